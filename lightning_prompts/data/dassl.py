@@ -1,0 +1,304 @@
+"""The Dassl/CoOp few-shot benchmark format, read as-is.
+
+Everything here follows the official CoOp dataset code (``datasets/*.py`` in KaiyangZhou/CoOp
+and Dassl's ``base_dataset.py``), so users reuse the split files and caches they already have:
+
+* ``<root>/<dataset_dir>/split_zhou_<Name>.json``: ``{"train"|"val"|"test": [[path, label, classname], …]}``
+  with paths relative to the image directory (the dataset directory for Stanford Cars);
+* ImageNet: ``classnames.txt`` (``<wnid> <name>``) and ``images/{train,val}/<wnid>/``; the official val
+  set is the test set (and, as in CoOp, also the validation set);
+* FGVC-Aircraft: ``variants.txt`` and ``images_variant_{train,val,test}.txt``;
+* few-shot subsets: per class in order of first appearance, ``random.sample(items, K)`` with a
+  ``random.Random(seed)`` used first for train (K shots) then for val (``min(K, 4)`` shots); with
+  Python's identical seeding this picks what Dassl's globally seeded ``random`` picks. An existing
+  ``split_fewshot/shot_{K}-seed_{S}.pkl`` cache (pickled Dassl ``Datum`` objects) is used verbatim;
+* base/novel: labels of the train split sorted, the first ``ceil(n/2)`` are base, the rest novel,
+  each relabelled from 0.
+
+Unlike Dassl, a class with fewer than K images is an error, not a silent smaller class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning_prompts.data.images import ImageItem
+from lightning_prompts.errors import DatasetError
+
+Subsample = Literal["all", "base", "new"]
+
+
+@dataclass(frozen=True)
+class DasslDataset:
+    """Where one benchmark dataset lives under the Dassl root.
+
+    Attributes:
+        name: Dassl's registry name (``"Caltech101"``).
+        dataset_dir: folder under the root.
+        image_dir: folder of the images, relative to ``dataset_dir`` (``""``: the dataset folder).
+        split_file: the ``split_zhou_*.json`` file name, or ``None`` for the special readers.
+        layout: ``"split_json"``, ``"imagenet"`` or ``"fgvc_aircraft"``.
+    """
+
+    name: str
+    dataset_dir: str
+    image_dir: str
+    split_file: str | None
+    layout: str = "split_json"
+
+
+#: The 11 datasets of the CoOp benchmark, by the short names recipes use.
+DASSL_DATASETS: dict[str, DasslDataset] = {
+    "imagenet": DasslDataset("ImageNet", "imagenet", "images", None, "imagenet"),
+    "caltech101": DasslDataset("Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json"),
+    "oxford_pets": DasslDataset("OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json"),
+    "stanford_cars": DasslDataset("StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json"),
+    "oxford_flowers": DasslDataset("OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json"),
+    "food101": DasslDataset("Food101", "food-101", "images", "split_zhou_Food101.json"),
+    "fgvc_aircraft": DasslDataset("FGVCAircraft", "fgvc_aircraft", "images", None, "fgvc_aircraft"),
+    "sun397": DasslDataset("SUN397", "sun397", "SUN397", "split_zhou_SUN397.json"),
+    "dtd": DasslDataset("DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json"),
+    "eurosat": DasslDataset("EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json"),
+    "ucf101": DasslDataset("UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
+}
+
+
+def dataset_spec(name: str) -> DasslDataset:
+    """Look a dataset up by short name (``"caltech101"``) or Dassl name (``"Caltech101"``)."""
+    key = name.lower()
+    for short, spec in DASSL_DATASETS.items():
+        if key in (short, spec.name.lower()):
+            return spec
+    raise DatasetError(f"Unknown Dassl dataset {name!r}; known: {sorted(DASSL_DATASETS)}.")
+
+
+# -- readers --------------------------------------------------------------------------------------
+def read_split_json(split_path: Path, image_root: Path) -> dict[str, list[ImageItem]]:
+    """Read a ``split_zhou_*.json`` file (paths relative to ``image_root``)."""
+    if not split_path.is_file():
+        raise DatasetError(f"Split file {split_path} does not exist (expected the CoOp split_zhou_*.json file).")
+    try:
+        content = json.loads(split_path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"Split file {split_path} is not valid JSON: {error}") from error
+    splits: dict[str, list[ImageItem]] = {}
+    for split in ("train", "val", "test"):
+        if split not in content:
+            raise DatasetError(f"Split file {split_path} has no {split!r} list.")
+        items = []
+        for index, entry in enumerate(content[split]):
+            if not (isinstance(entry, list) and len(entry) == 3):
+                raise DatasetError(
+                    f"{split_path}: {split} entry {index} is {entry!r}; expected [relative_path, label, classname]."
+                )
+            path, label, classname = entry
+            items.append(ImageItem(image_root / path, int(label), str(classname)))
+        splits[split] = items
+    return splits
+
+
+def read_imagenet(dataset_root: Path) -> dict[str, list[ImageItem]]:
+    """Read CoOp's ImageNet layout: the official val set is both validation and test set."""
+    names_file = dataset_root / "classnames.txt"
+    if not names_file.is_file():
+        raise DatasetError(f"{names_file} does not exist (expected CoOp's ImageNet classnames.txt: '<wnid> <name>').")
+    classnames: dict[str, str] = {}
+    for number, line in enumerate(names_file.read_text().splitlines(), 1):
+        if line.strip():
+            wnid, _, name = line.strip().partition(" ")
+            if not name:
+                raise DatasetError(f"{names_file}:{number}: expected '<wnid> <class name>', got {line!r}.")
+            classnames[wnid] = name
+    splits = {}
+    for split, folder in (("train", "train"), ("test", "val")):
+        image_root = dataset_root / "images" / folder
+        if not image_root.is_dir():
+            raise DatasetError(f"ImageNet image folder {image_root} does not exist.")
+        items = []
+        for label, class_dir in enumerate(sorted(p for p in image_root.iterdir() if p.is_dir())):
+            if class_dir.name not in classnames:
+                raise DatasetError(f"{class_dir}: folder {class_dir.name!r} is not a class of {names_file}.")
+            name = classnames[class_dir.name]
+            items.extend(
+                ImageItem(path, label, name)
+                for path in sorted(class_dir.iterdir())
+                if path.is_file() and not path.name.startswith(".")
+            )
+        splits[split] = items
+    splits["val"] = splits["test"]
+    return splits
+
+
+def read_fgvc_aircraft(dataset_root: Path) -> dict[str, list[ImageItem]]:
+    """Read FGVC-Aircraft's official variant lists (``variants.txt``, ``images_variant_*.txt``)."""
+    variants_file = dataset_root / "variants.txt"
+    if not variants_file.is_file():
+        raise DatasetError(f"{variants_file} does not exist (FGVC-Aircraft's list of variants).")
+    labels = {line.strip(): i for i, line in enumerate(l for l in variants_file.read_text().splitlines() if l.strip())}
+    splits = {}
+    for split in ("train", "val", "test"):
+        list_file = dataset_root / f"images_variant_{split}.txt"
+        if not list_file.is_file():
+            raise DatasetError(f"{list_file} does not exist (FGVC-Aircraft's '<image id> <variant>' list).")
+        items = []
+        for number, line in enumerate(list_file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            image_id, _, variant = line.strip().partition(" ")
+            if variant not in labels:
+                raise DatasetError(f"{list_file}:{number}: variant {variant!r} is not in {variants_file}.")
+            items.append(ImageItem(dataset_root / "images" / f"{image_id}.jpg", labels[variant], variant))
+        splits[split] = items
+    return splits
+
+
+def read_dataset(root: Path, spec: DasslDataset) -> dict[str, list[ImageItem]]:
+    """Read ``train``/``val``/``test`` of a Dassl dataset under ``root``."""
+    dataset_root = root / spec.dataset_dir
+    if not dataset_root.is_dir():
+        raise DatasetError(
+            f"{spec.name}: folder {dataset_root} does not exist (expected {spec.dataset_dir!r} under the root {root})."
+        )
+    if spec.layout == "imagenet":
+        return read_imagenet(dataset_root)
+    if spec.layout == "fgvc_aircraft":
+        return read_fgvc_aircraft(dataset_root)
+    assert spec.split_file is not None
+    return read_split_json(dataset_root / spec.split_file, dataset_root / spec.image_dir)
+
+
+# -- few-shot sampling ------------------------------------------------------------------------------
+def group_by_label(items: Sequence[ImageItem]) -> dict[int, list[ImageItem]]:
+    """Items per label, labels in order of first appearance (Dassl's ``split_dataset_by_label``)."""
+    groups: dict[int, list[ImageItem]] = {}
+    for item in items:
+        groups.setdefault(item.label, []).append(item)
+    return groups
+
+
+def sample_few_shot(items: Sequence[ImageItem], shots: int, rng: random.Random, where: str) -> list[ImageItem]:
+    """``shots`` items per class with ``rng.sample``; ``shots < 1`` keeps everything."""
+    if shots < 1:
+        return list(items)
+    chosen: list[ImageItem] = []
+    for label, group in group_by_label(items).items():
+        if len(group) < shots:
+            raise DatasetError(
+                f"{where}: class {group[0].classname!r} (label {label}) has {len(group)} images, fewer than the "
+                f"{shots} shots requested."
+            )
+        chosen.extend(rng.sample(group, shots))
+    return chosen
+
+
+def few_shot_splits(
+    train: Sequence[ImageItem], val: Sequence[ImageItem], shots: int, seed: int, where: str
+) -> tuple[list[ImageItem], list[ImageItem]]:
+    """Dassl's few-shot train (``shots``) and val (``min(shots, 4)``) subsets for ``seed``.
+
+    Deterministic and independent of any global random state, so every DDP rank draws the same.
+    """
+    rng = random.Random(seed)
+    few_train = sample_few_shot(train, shots, rng, f"{where} train split")
+    few_val = sample_few_shot(val, min(shots, 4), rng, f"{where} val split") if val else []
+    return few_train, few_val
+
+
+def subsample_classes(
+    subsample: Subsample, train: Sequence[ImageItem], *others: Sequence[ImageItem]
+) -> list[list[ImageItem]]:
+    """CoOp's ``subsample_classes``: keep the base (first ``ceil(n/2)`` sorted train labels) or new
+    classes, relabelled from 0, in ``train`` and every other list."""
+    lists = [list(train), *(list(o) for o in others)]
+    if subsample == "all":
+        return lists
+    if subsample not in ("base", "new"):
+        raise ValueError(f"subsample must be 'all', 'base' or 'new', got {subsample!r}.")
+    labels = sorted({item.label for item in train})
+    half = math.ceil(len(labels) / 2)
+    selected = labels[:half] if subsample == "base" else labels[half:]
+    relabel = {old: new for new, old in enumerate(selected)}
+    return [[ImageItem(i.path, relabel[i.label], i.classname) for i in items if i.label in relabel] for items in lists]
+
+
+# -- Dassl's few-shot cache -----------------------------------------------------------------------
+class _Datum:
+    """Stand-in for ``dassl.data.datasets.base_dataset.Datum`` when unpickling caches without Dassl."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class _DasslUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("dassl.") and name == "Datum":
+            return _Datum
+        if module in ("builtins", "collections", "copyreg") or module.startswith("_codecs"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a few-shot cache")
+
+
+def fewshot_cache_path(root: Path, spec: DasslDataset, shots: int, seed: int) -> Path:
+    return root / spec.dataset_dir / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
+
+
+def read_fewshot_cache(path: Path, known: Sequence[ImageItem]) -> dict[str, list[ImageItem]]:
+    """Read Dassl's ``shot_K-seed_S.pkl``; its absolute paths are matched to the split's images by
+    their path relative to the image folder, so a moved data root still works."""
+    with path.open("rb") as handle:
+        try:
+            content = _DasslUnpickler(handle).load()
+        except Exception as error:  # noqa: BLE001 - any failure means the cache is unusable
+            raise DatasetError(f"Few-shot cache {path} cannot be read: {error}") from error
+    by_suffix = {item.path.as_posix(): item for item in known}
+    suffixes = _suffix_index(by_suffix)
+    result = {}
+    for split, data in content.items():
+        items = []
+        for datum in data:
+            stored = Path(str(getattr(datum, "_impath", ""))).as_posix()
+            match = _match_suffix(stored, suffixes)
+            if match is None:
+                raise DatasetError(f"Few-shot cache {path}: image {stored} is not in the dataset's split.")
+            items.append(match)
+        result[split] = items
+    return result
+
+
+_SUFFIX_DEPTH = 4  # class folder + file name is enough for every dataset; keep the index small
+
+
+def _suffix_index(items: dict[str, ImageItem]) -> dict[str, ImageItem]:
+    index: dict[str, ImageItem] = {}
+    for posix, item in items.items():
+        parts = posix.split("/")
+        for depth in range(1, min(len(parts), _SUFFIX_DEPTH) + 1):
+            index.setdefault("/".join(parts[-depth:]), item)
+    return index
+
+
+def _match_suffix(stored: str, index: dict[str, ImageItem]) -> ImageItem | None:
+    parts = stored.split("/")
+    for depth in range(min(len(parts), _SUFFIX_DEPTH), 0, -1):  # longest suffix first
+        found = index.get("/".join(parts[-depth:]))
+        if found is not None:
+            return found
+    return None
+
+
+def layout_writer(spec: DasslDataset) -> Callable[..., None]:
+    """The synthetic-data writer for ``spec``'s layout (see :mod:`lightning_prompts.data.synthetic`)."""
+    from lightning_prompts.data import synthetic
+
+    return {
+        "split_json": synthetic.write_split_json_layout,
+        "imagenet": synthetic.write_imagenet_layout,
+        "fgvc_aircraft": synthetic.write_fgvc_aircraft_layout,
+    }[spec.layout]

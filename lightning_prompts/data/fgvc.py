@@ -1,0 +1,86 @@
+"""Fine-grained benchmarks (CUB-200-2011 & co.) in VPT's json format.
+
+``<root>/images/…`` plus ``train.json``, ``val.json``, ``test.json``, each mapping an image path
+(relative to ``images/``) to a class id. Ids are relabelled ``0..C-1`` in sorted order, as VPT's
+loader does (CUB's ids are zero-padded ``"001"``..``"200"``); class names come from the folder
+names (``"001.Black_footed_Albatross"`` -> ``"Black footed Albatross"``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
+from lightning_prompts.data.images import ImageItem, check_known_classes
+from lightning_prompts.data.synthetic import write_json_map_layout
+from lightning_prompts.data.transforms import Augmentation
+from lightning_prompts.errors import DatasetError
+
+
+def _readable(folder: str) -> str:
+    _, _, name = folder.partition(".")
+    return (name or folder).replace("_", " ")
+
+
+class FGVCDataModule(ImageClassificationDataModule):
+    """A VPT-format fine-grained dataset (CUB, NABirds, Oxford Flowers, Stanford Dogs/Cars).
+
+    Args:
+        root: the dataset folder (``CUB_200_2011`` with ``images/`` and the three json files).
+        **rest**: see :class:`ImageClassificationDataModule` (defaults: VPT's FGVC preprocessing,
+            ImageNet mean/std).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/CUB_200_2011",
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 4,
+        image_size: int = 224,
+        augmentation: Augmentation = "fgvc",
+        normalization: str = "imagenet",
+        shuffle: bool = True,
+        verify_images: bool = True,
+        synthetic: Synthetic | None = None,
+    ) -> None:
+        super().__init__(
+            root, batch_size, eval_batch_size, num_workers, image_size, augmentation, normalization, shuffle,
+            verify_images, synthetic,
+        )
+
+    def write_synthetic(self, root: Path, spec: Synthetic) -> None:
+        write_json_map_layout(root, spec.num_classes, spec.images_per_class, spec.image_size, spec.seed)
+
+    def _read(self, split: str) -> dict[str, str]:
+        path = self.root / f"{split}.json"
+        if not path.is_file():
+            raise DatasetError(f"{path} does not exist (VPT's FGVC split: image path -> class id).")
+        try:
+            content = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{path} is not valid JSON: {error}") from error
+        return {str(k): str(v) for k, v in content.items()}
+
+    def load_splits(self) -> LoadedSplits:
+        raw = {split: self._read(split) for split in ("train", "val", "test")}
+        ids = sorted(set(raw["train"].values()))
+        label_of = {class_id: label for label, class_id in enumerate(ids)}
+        folder_of: dict[str, str] = {}
+        for path, class_id in raw["train"].items():
+            folder_of.setdefault(class_id, path.split("/")[0] if "/" in path else class_id)
+        classnames = [_readable(folder_of[class_id]) for class_id in ids]
+        splits: dict[str, list[ImageItem]] = {}
+        for split, mapping in raw.items():
+            items = []
+            for index, (path, class_id) in enumerate(mapping.items()):
+                if class_id not in label_of:
+                    raise DatasetError(
+                        f"{self.root / (split + '.json')}: entry {index} ({path}) has class id {class_id!r}, which the "
+                        f"train split does not have."
+                    )
+                items.append(ImageItem(self.root / "images" / path, label_of[class_id], classnames[label_of[class_id]]))
+            splits[split] = items
+        check_known_classes(splits["val"], classnames, "val.json")
+        return LoadedSplits(classnames, splits["train"], splits["val"], {"test": (classnames, splits["test"])})

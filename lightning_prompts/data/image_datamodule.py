@@ -1,0 +1,184 @@
+"""Shared machinery of the image classification data modules.
+
+A subclass reads its on-disk format in :meth:`ImageClassificationDataModule.load_splits`; this
+base class validates what was read (known classes, readable images) *before* training starts,
+applies the benchmark's transforms and builds the loaders.
+
+Protocol with the methods (data knows nothing of models; methods read these attributes):
+
+* ``classnames``: the training classes in label order (the CLI links them to ``model.classnames``);
+* ``test_class_sets``: ``{set name: class names}`` in the order of ``test_dataloader()``; each test
+  set is labelled from 0 in its own classes (base-to-novel: ``{"base": …, "novel": …}``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from lightning_prompts.data.images import ImageItem, ImageListDataset, verify_images
+from lightning_prompts.data.transforms import Augmentation, build_transform
+from lightning_prompts.errors import DatasetError
+
+
+@dataclass
+class Synthetic:
+    """Generate a tiny dataset in the data module's own on-disk layout instead of reading ``root``.
+
+    Used by the ``recipes/_tiny`` overlays and the tests: the real reader runs on kilobytes of
+    generated images, so any recipe runs offline in seconds.
+
+    Attributes:
+        num_classes: classes to generate.
+        images_per_class: images per class and split.
+        image_size: side of the generated images.
+        seed: seed of the generated pixels.
+    """
+
+    num_classes: int = 4
+    images_per_class: int = 8
+    image_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class LoadedSplits:
+    """What :meth:`ImageClassificationDataModule.load_splits` returns."""
+
+    classnames: list[str]
+    train: list[ImageItem]
+    val: list[ImageItem]
+    test_sets: dict[str, tuple[list[str], list[ImageItem]]] = field(default_factory=dict)
+
+
+class ImageClassificationDataModule(LightningDataModule):
+    """Base of the image data modules (see the module docstring).
+
+    Args:
+        root: the dataset root on disk.
+        batch_size: training batch size (per process).
+        eval_batch_size: validation/test batch size.
+        num_workers: data-loading worker processes.
+        image_size: side of the network input.
+        augmentation: preprocessing preset (``"clip"``, ``"fgvc"``, ``"vtab"``; see ``transforms.py``).
+        normalization: ``"clip"``, ``"imagenet"`` or ``"inception"`` mean/std.
+        shuffle: shuffle the training set each epoch.
+        verify_images: open every image header at ``setup`` so unreadable files fail before training.
+        synthetic: generate a tiny dataset in this module's layout instead of reading ``root``.
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 32,
+        eval_batch_size: int = 100,
+        num_workers: int = 4,
+        image_size: int = 224,
+        augmentation: Augmentation = "clip",
+        normalization: str = "clip",
+        shuffle: bool = True,
+        verify_images: bool = True,
+        synthetic: Synthetic | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.image_size, self.augmentation, self.normalization = image_size, augmentation, normalization
+        self.shuffle, self.verify = shuffle, verify_images
+        self.synthetic = synthetic
+        self._loaded: LoadedSplits | None = None
+        self._datasets: dict[str, Any] = {}
+
+    # -- what a subclass implements -------------------------------------------------------------
+    def load_splits(self) -> LoadedSplits:
+        """Read the on-disk split into labelled items (no image is opened here)."""
+        raise NotImplementedError
+
+    def write_synthetic(self, root: Path, spec: Synthetic) -> None:
+        """Write a tiny dataset in this module's layout under ``root``."""
+        raise NotImplementedError
+
+    @property
+    def description(self) -> str:
+        """How to name this dataset in messages."""
+        return f"{type(self).__name__}(root={self.root})"
+
+    # -- protocol with the methods ------------------------------------------------------------------
+    @property
+    def classnames(self) -> list[str]:
+        return list(self._splits().classnames)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def test_class_sets(self) -> dict[str, list[str]]:
+        return {name: list(names) for name, (names, _) in self._splits().test_sets.items()}
+
+    def _splits(self) -> LoadedSplits:
+        if self._loaded is None:
+            if self.synthetic is not None and not (self.root / ".synthetic").exists():
+                self.root = _synthetic_root()
+                self.write_synthetic(self.root, self.synthetic)
+                (self.root / ".synthetic").touch()
+            if not self.root.is_dir():
+                raise DatasetError(f"{self.description}: dataset root {self.root} does not exist.")
+            loaded = self.load_splits()
+            if not loaded.train:
+                raise DatasetError(f"{self.description}: the training split is empty.")
+            self._loaded = loaded
+        return self._loaded
+
+    # -- Lightning hooks ----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        splits = self._splits()
+        train_tf = build_transform(self.augmentation, self.image_size, self.normalization, train=True)
+        eval_tf = build_transform(self.augmentation, self.image_size, self.normalization, train=False)
+        if stage in ("fit", "validate") and "train" not in self._datasets:
+            if self.verify:
+                verify_images(splits.train, f"{self.description} train split")
+                verify_images(splits.val, f"{self.description} val split")
+            self._datasets["train"] = ImageListDataset(splits.train, train_tf)
+            self._datasets["val"] = ImageListDataset(splits.val or splits.train, eval_tf)
+        if stage in ("test", "predict") and "test" not in self._datasets:
+            if not splits.test_sets:
+                raise DatasetError(f"{self.description}: there is no test split.")
+            if self.verify:
+                for name, (_, items) in splits.test_sets.items():
+                    verify_images(items, f"{self.description} test split {name!r}")
+            self._datasets["test"] = [ImageListDataset(items, eval_tf) for _, items in splits.test_sets.values()]
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._datasets["train"]
+        # Dassl drops the last partial batch only when there is more than one batch
+        drop_last = len(dataset) >= self.batch_size
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=self.shuffle, drop_last=drop_last,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._datasets["val"])
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(dataset) for dataset in self._datasets["test"]]
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self.test_dataloader()
+
+    def _eval_loader(self, dataset: Any) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+def _synthetic_root() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="lightning_prompts_synthetic_"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path

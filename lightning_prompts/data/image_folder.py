@@ -1,0 +1,86 @@
+"""Your own images in torchvision's ``ImageFolder`` layout: ``<root>/<split>/<class>/<image>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning_prompts.data.dassl import few_shot_splits
+from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
+from lightning_prompts.data.images import ImageItem, check_known_classes
+from lightning_prompts.data.synthetic import write_image_folder_layout
+from lightning_prompts.data.transforms import Augmentation
+from lightning_prompts.errors import DatasetError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def read_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[ImageItem]]:
+    """Items of ``folder/<class>/<image>``; classes are the sorted sub-folders unless given."""
+    if not folder.is_dir():
+        raise DatasetError(f"Image folder {folder} does not exist.")
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    names = classes if classes is not None else found
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise DatasetError(f"{folder}: class folders {unknown} are not among the training classes {names}.")
+    items = []
+    for label, name in enumerate(names):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        items.extend(
+            ImageItem(path, label, name.replace("_", " "))
+            for path in sorted(class_dir.rglob("*"))
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+        )
+    return names, items
+
+
+class ImageFolderDataModule(ImageClassificationDataModule):
+    """Image classification on your own data, one folder per class and split.
+
+    Args:
+        root: folder holding ``train/`` and optionally ``val/`` and ``test/`` (each ``<class>/<image>``).
+            Class names are the training folder names (``_`` read as a space).
+        shots: images per class for training (few-shot, seeded); ``-1`` uses all.
+        seed: the few-shot sampling seed.
+        **rest**: see :class:`ImageClassificationDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        shots: int = -1,
+        seed: int = 1,
+        batch_size: int = 32,
+        eval_batch_size: int = 100,
+        num_workers: int = 4,
+        image_size: int = 224,
+        augmentation: Augmentation = "clip",
+        normalization: str = "clip",
+        shuffle: bool = True,
+        verify_images: bool = True,
+        synthetic: Synthetic | None = None,
+    ) -> None:
+        super().__init__(
+            root, batch_size, eval_batch_size, num_workers, image_size, augmentation, normalization, shuffle,
+            verify_images, synthetic,
+        )
+        self.shots, self.seed = shots, seed
+
+    def write_synthetic(self, root: Path, spec: Synthetic) -> None:
+        per_class = max(spec.images_per_class, self.shots)
+        write_image_folder_layout(root, spec.num_classes, per_class, spec.image_size, spec.seed)
+
+    def load_splits(self) -> LoadedSplits:
+        folders, train = read_image_folder(self.root / "train")
+        classnames = [name.replace("_", " ") for name in folders]
+        splits = {}
+        for split in ("val", "test"):
+            folder = self.root / split
+            splits[split] = read_image_folder(folder, folders)[1] if folder.is_dir() else []
+            check_known_classes(splits[split], classnames, f"{self.description} {split} split")
+        if self.shots > 0:
+            train, _ = few_shot_splits(train, [], self.shots, self.seed, self.description)
+        test = splits["test"] or splits["val"]
+        return LoadedSplits(classnames, train, splits["val"], {"test": (classnames, test)} if test else {})

@@ -1,0 +1,87 @@
+"""Export a soft prompt as a PEFT prompt-tuning adapter (``PeftModel.from_pretrained`` loads it).
+
+PEFT stores a prompt-tuning adapter as ``adapter_config.json`` plus ``adapter_model.safetensors``
+holding one tensor ``prompt_embeddings`` of shape ``(num_virtual_tokens, token_dim)``; for
+sequence classification the trained head travels as ``modules_to_save`` under
+``base_model.<head name>.<parameter>``. We write the same two files without importing PEFT.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+
+
+def export_peft_prompt_tuning(
+    directory: str | Path,
+    prompt: Tensor,
+    model_config: Any,
+    task: str,
+    base_model_name_or_path: str | None,
+    head_modules: Mapping[str, nn.Module] | None = None,
+) -> Path:
+    """Write ``directory/adapter_config.json`` and ``directory/adapter_model.safetensors``.
+
+    Args:
+        directory: output folder (created; replaced atomically if it exists).
+        prompt: ``(num_virtual_tokens, token_dim)`` soft prompt.
+        model_config: the base model's ``transformers`` config (layer and head counts).
+        task: ``"sequence-classification"`` or ``"causal-lm"``.
+        base_model_name_or_path: recorded so ``PeftModel.from_pretrained`` users know the base model.
+        head_modules: trained classification head(s) by attribute name (sequence classification).
+    """
+    from safetensors.torch import save_file
+
+    if task not in _TASK_TYPES:
+        raise ValueError(f"task must be one of {sorted(_TASK_TYPES)}, got {task!r}.")
+    tensors = {"prompt_embeddings": prompt.detach().float().cpu().contiguous()}
+    for name, module in (head_modules or {}).items():
+        for key, value in module.state_dict().items():
+            tensors[f"base_model.{name}.{key}"] = value.detach().cpu().contiguous()
+    config = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": _TASK_TYPES[task],
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "token_dim": int(prompt.shape[1]),
+        "num_transformer_submodules": 1,
+        "num_attention_heads": _first(model_config, "num_attention_heads", "n_head"),
+        "num_layers": _first(model_config, "num_hidden_layers", "n_layer"),
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+        "tokenizer_kwargs": None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "revision": None,
+        "inference_mode": True,
+        "modules_to_save": ["classifier", "score"] if task == "sequence-classification" else None,
+        "auto_mapping": None,
+    }
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        save_file(tensors, str(staging / "adapter_model.safetensors"))
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.replace(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _first(config: Any, *names: str) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    return None

@@ -1,0 +1,9 @@
+"""Prompt-tuning methods, one LightningModule each."""
+
+from lightning_prompts.methods.base import PromptModule
+from lightning_prompts.methods.coop import CoOp
+from lightning_prompts.methods.gpf import GPF
+from lightning_prompts.methods.prompt_tuning import PromptTuning
+from lightning_prompts.methods.vpt import VPT
+
+__all__ = ["GPF", "CoOp", "PromptModule", "PromptTuning", "VPT"]

@@ -1,0 +1,77 @@
+"""Warm-up then cosine decay, in the two flavours the prompt-tuning literature uses.
+
+* **Dassl / CoOp** (``warmup="constant"``): epoch 0 runs at a constant ``warmup_lr`` (1e-5), then
+  epoch ``e >= 1`` runs at ``base * (1 + cos(pi * (e - 1) / E)) / 2`` with ``E = max_epochs``: the
+  cosine spans all ``E`` epochs *after* the warm-up, so the last epoch never reaches zero. Set
+  ``cosine_epochs`` to ``max_epochs`` to get it.
+* **VPT** (``warmup="linear"``, ``warmup_lr=0``): epoch ``e < W`` runs at ``base * e / W`` (so epoch
+  0 at zero), then a cosine over the remaining ``max_epochs - W`` epochs (the default
+  ``cosine_epochs``).
+
+Both step once per epoch in the official code; with ``interval: step`` in the module, read
+"epoch" as "optimizer step" everywhere here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+class WarmupCosineLR(LRScheduler):
+    """Constant or linear warm-up, then cosine decay to ``min_lr``.
+
+    Args:
+        optimizer: the wrapped optimizer (every parameter group keeps its own base lr).
+        max_epochs: length of training; ``None`` takes the Trainer's ``max_epochs`` (filled in by
+            :class:`~lightning_prompts.methods.PromptModule`).
+        warmup_epochs: epochs of warm-up.
+        warmup: ``"constant"`` (run at ``warmup_lr``) or ``"linear"`` (from ``warmup_lr`` to the base lr).
+        warmup_lr: the warm-up learning rate (absolute, the same for every group, as in Dassl).
+        cosine_epochs: span of the cosine after warm-up; ``None`` means ``max_epochs - warmup_epochs``.
+        min_lr: the cosine's floor.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        max_epochs: int | None = None,
+        warmup_epochs: int = 0,
+        warmup: str = "linear",
+        warmup_lr: float = 0.0,
+        cosine_epochs: int | None = None,
+        min_lr: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if warmup not in ("constant", "linear"):
+            raise ValueError(f"warmup must be 'constant' or 'linear', got {warmup!r}.")
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
+        self.max_epochs = max_epochs
+        self.warmup_epochs, self.warmup, self.warmup_lr = warmup_epochs, warmup, warmup_lr
+        self.cosine_epochs, self.min_lr = cosine_epochs, min_lr
+        super().__init__(optimizer, last_epoch)
+
+    def set_max_epochs(self, max_epochs: int) -> None:
+        """Fill in ``max_epochs`` when it was left to the Trainer."""
+        if self.max_epochs is None:
+            self.max_epochs = max_epochs
+
+    def lr_at(self, epoch: int, base_lr: float) -> float:
+        """The learning rate of ``epoch`` for a group whose base lr is ``base_lr``."""
+        if epoch < self.warmup_epochs:
+            if self.warmup == "constant":
+                return self.warmup_lr
+            return self.warmup_lr + (base_lr - self.warmup_lr) * epoch / self.warmup_epochs
+        span = self.cosine_epochs
+        if span is None:
+            if self.max_epochs is None:  # not bound yet: the first post-warm-up epoch is the base lr
+                return base_lr
+            span = max(1, self.max_epochs - self.warmup_epochs)
+        progress = min(epoch - self.warmup_epochs, span) / span
+        return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def get_lr(self) -> list[float]:
+        return [self.lr_at(self.last_epoch, base) for base in self.base_lrs]

@@ -1,0 +1,5 @@
+"""LightningModules that produce the frozen backbones prompt methods tune (not prompt methods themselves)."""
+
+from lightning_prompts.pretraining.graphcl import GraphCL
+
+__all__ = ["GraphCL"]

@@ -1,0 +1,156 @@
+"""GraphCL: contrastive pre-training of a GNN encoder (You, Chen, Sui, Chen, Wang, Shen — "Graph
+Contrastive Learning with Augmentations", NeurIPS 2020; official code: github.com/Shen-Lab/GraphCL).
+
+Each graph of a batch is augmented twice; the encoder and a projection head map both views to
+vectors, and the NT-Xent loss of the official code pulls the two views of a graph together
+against the other graphs of the batch::
+
+    s_ij = exp(cos(z_i, z'_j) / τ),     loss = mean_i −log( s_ii / (Σ_j s_ij − s_ii) )
+
+(one direction, positive excluded from the denominator, as in ``loss_cal`` of the official code).
+
+Augmentations (GraphCL's names): ``"drop_nodes"`` removes each node with probability ``ratio``,
+``"permute_edges"`` removes each edge with probability ``ratio``, ``"mask_nodes"`` replaces the
+features of a ``ratio`` share of nodes with N(0.5, 0.5) noise. The trained encoder is written
+with :func:`~lightning_prompts.backbones.gnn.save_gnn` to ``encoder_path`` at the end of
+``fit``, ready for ``GNN(checkpoint_path=...)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_prompts.backbones.gnn import Architecture, GNN, Pooling, build_gnn, save_gnn
+from lightning_prompts.utils.factories import as_factory, describe_factory
+
+Augmentation = Literal["drop_nodes", "permute_edges", "mask_nodes"]
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """GraphCL's NT-Xent between two views (rows of ``z1`` and ``z2`` pair up)."""
+    similarity = F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).t()
+    exp = torch.exp(similarity / temperature)
+    positive = exp.diagonal()
+    return -torch.log(positive / (exp.sum(dim=1) - positive)).mean()
+
+
+def drop_nodes(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
+    """Keep each node with probability ``1 - ratio`` (at least one node per graph) and its induced edges."""
+    from torch_geometric.utils import subgraph
+
+    keep = torch.rand(data.num_nodes, generator=generator) >= ratio
+    batch = getattr(data, "batch", None)
+    if batch is not None:  # never empty a graph: keep its first node
+        first = torch.ones_like(batch, dtype=torch.bool)
+        first[1:] = batch[1:] != batch[:-1]
+        keep |= first
+    else:
+        keep[0] = True
+    edge_index, _ = subgraph(keep, data.edge_index, relabel_nodes=True, num_nodes=data.num_nodes)
+    view = data.clone()
+    view.x, view.edge_index = data.x[keep], edge_index
+    if batch is not None:
+        view.batch = batch[keep]
+    return view
+
+
+def permute_edges(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
+    """Drop each edge with probability ``ratio``."""
+    keep = torch.rand(data.edge_index.shape[1], generator=generator) >= ratio
+    view = data.clone()
+    view.edge_index = data.edge_index[:, keep]
+    return view
+
+
+def mask_nodes(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
+    """Replace the features of a ``ratio`` share of nodes with N(0.5, 0.5) noise (GraphCL's mask)."""
+    masked = torch.rand(data.num_nodes, generator=generator) < ratio
+    view = data.clone()
+    x = data.x.clone().float()
+    x[masked] = 0.5 + 0.5 * torch.randn(int(masked.sum()), x.shape[1], generator=generator)
+    view.x = x
+    return view
+
+
+AUGMENTATIONS: dict[str, Callable[..., Any]] = {
+    "drop_nodes": drop_nodes, "permute_edges": permute_edges, "mask_nodes": mask_nodes,
+}
+
+
+class GraphCL(LightningModule):
+    """Pre-train a GIN/GCN/GAT encoder with GraphCL; write it for :class:`GNN` backbones.
+
+    Args:
+        arch, in_channels, hidden_channels, num_layers, norm: the encoder (see :class:`GNN`).
+        augmentations: the two augmentations, one per view.
+        aug_ratio: strength of each augmentation (GraphCL: 0.2).
+        temperature: NT-Xent temperature τ (GraphCL's unsupervised code: 0.2).
+        pooling: graph readout before the projection head.
+        encoder_path: where to write the trained encoder at the end of ``fit`` (``None``: don't).
+        optimizer: optimizer factory (default Adam, lr 0.01, weight decay 1e-4 as in ProG's GraphCL).
+    """
+
+    def __init__(
+        self,
+        arch: Architecture = "gin",
+        in_channels: int = 300,
+        hidden_channels: int = 300,
+        num_layers: int = 5,
+        norm: str | None = "batch_norm",
+        augmentations: Sequence[Augmentation] = ("drop_nodes", "mask_nodes"),
+        aug_ratio: float = 0.2,
+        temperature: float = 0.2,
+        pooling: Pooling = "mean",
+        encoder_path: str | None = None,
+        optimizer: Callable[[Any], Optimizer] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.hparams["optimizer"] = describe_factory(optimizer)
+        if len(augmentations) != 2 or any(name not in AUGMENTATIONS for name in augmentations):
+            raise ValueError(f"augmentations must be two of {sorted(AUGMENTATIONS)}, got {list(augmentations)}.")
+        self.config = {"arch": arch, "in_channels": in_channels, "hidden_channels": hidden_channels,
+                       "num_layers": num_layers, "norm": norm}
+        self.encoder = build_gnn(arch, in_channels, hidden_channels, num_layers, dropout=0.0, norm=norm)
+        self.projection = nn.Sequential(
+            nn.Linear(hidden_channels, hidden_channels), nn.ReLU(inplace=True), nn.Linear(hidden_channels, hidden_channels)
+        )
+        self.augmentations, self.aug_ratio, self.temperature = list(augmentations), aug_ratio, temperature
+        self.pooling, self.encoder_path = pooling, encoder_path
+        self._optimizer_factory = as_factory(optimizer) or functools.partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4)
+
+    def embed(self, data: Any) -> Tensor:
+        """Projected graph embeddings of a batch."""
+        nodes = self.encoder(data.x.float(), data.edge_index)
+        return self.projection(GNN.pool(nodes, getattr(data, "batch", None), self.pooling))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        first, second = (AUGMENTATIONS[name](batch, self.aug_ratio) for name in self.augmentations)
+        loss = nt_xent(self.embed(first), self.embed(second), self.temperature)
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        first, second = (AUGMENTATIONS[name](batch, self.aug_ratio) for name in self.augmentations)
+        loss = nt_xent(self.embed(first), self.embed(second), self.temperature)
+        self.log("val/loss", loss, batch_size=int(batch.num_graphs), sync_dist=True)
+
+    def configure_optimizers(self) -> Optimizer:
+        return self._optimizer_factory(self.parameters())
+
+    def export_encoder(self, path: str | Path) -> Path:
+        """Write the encoder for ``GNN(checkpoint_path=path, **architecture)``."""
+        return save_gnn(self.encoder, path, self.config)
+
+    def on_fit_end(self) -> None:
+        if self.encoder_path and self.trainer.is_global_zero:
+            self.export_encoder(self.encoder_path)

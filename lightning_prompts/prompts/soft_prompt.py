@@ -1,0 +1,64 @@
+"""Soft tokens prepended to a language model's input embeddings (Lester et al., 2021)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+SoftPromptInit = Literal["text", "vocab", "random"]
+
+
+class SoftPrompt(nn.Module):
+    """``num_tokens`` learnable vectors of the model's embedding width.
+
+    Initialisations (Lester et al.; the first two as PEFT implements them):
+
+    * ``"text"``: embeddings of ``init_token_ids`` (the tokenized ``init_text``), repeated or cut to
+      ``num_tokens``;
+    * ``"vocab"``: embeddings of tokens sampled uniformly from the vocabulary;
+    * ``"random"``: uniform in ``[-0.5, 0.5]`` as in the paper (PEFT's ``RANDOM`` keeps
+      ``nn.Embedding``'s N(0, 1), far larger than word embeddings).
+
+    Args:
+        num_tokens: number of soft tokens.
+        word_embeddings: the model's input embedding table (read once, never trained).
+        init: one of the initialisations above.
+        init_token_ids: token ids for ``"text"``.
+        generator: random generator for ``"vocab"`` and ``"random"``.
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        word_embeddings: nn.Embedding,
+        init: SoftPromptInit = "vocab",
+        init_token_ids: list[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {num_tokens}.")
+        vocab, width = word_embeddings.weight.shape
+        if init == "text":
+            if not init_token_ids:
+                raise ValueError("init='text' needs init_text that produces at least one token.")
+            ids = init_token_ids * math.ceil(num_tokens / len(init_token_ids))
+            weight = word_embeddings.weight[torch.tensor(ids[:num_tokens])]
+        elif init == "vocab":
+            ids = torch.randint(0, vocab, (num_tokens,), generator=generator)
+            weight = word_embeddings.weight[ids]
+        elif init == "random":
+            weight = torch.rand(num_tokens, width, generator=generator) - 0.5
+        else:
+            raise ValueError(f"init must be 'text', 'vocab' or 'random', got {init!r}.")
+        self.embedding = nn.Parameter(weight.detach().clone().float())
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.embedding.shape[0])
+
+    def forward(self) -> Tensor:
+        return self.embedding

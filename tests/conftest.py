@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny backbones built in code, offline settings."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*treespec.*")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    from lightning_prompts.backbones import OpenCLIP
+
+    return OpenCLIP("tiny", pretrained=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit():
+    from lightning_prompts.backbones import TimmViT
+
+    return TimmViT("tiny")
+
+
+@pytest.fixture
+def trainer_kwargs(tmp_path):
+    """Quiet CPU trainer settings for tests."""
+    return {
+        "accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+        "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp_path),
+    }

@@ -1,0 +1,14 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+from lightning_prompts.data import FewShotImageDataModule, Synthetic
+
+
+def synthetic_fewshot(dataset: str = "caltech101", shots: int = 2, num_classes: int = 4, **kwargs):
+    """A few-shot image data module on generated images in ``dataset``'s Dassl layout."""
+    options = {"batch_size": 4, "eval_batch_size": 8, "num_workers": 0, "image_size": 32}
+    options.update(kwargs)
+    return FewShotImageDataModule(
+        dataset=dataset, shots=shots, synthetic=Synthetic(num_classes=num_classes, images_per_class=4), **options
+    )
