@@ -40,5 +40,9 @@ class MissingOutputFieldError(LightningPromptsError, ValueError):
         )
 
 
+class ConfigurationError(LightningPromptsError, ValueError):
+    """Parts of an experiment that cannot work together (model and data classes, task levels…)."""
+
+
 class ContextLengthError(LightningPromptsError, ValueError):
     """A prompt plus its text does not fit into the model's context window."""

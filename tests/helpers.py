@@ -12,3 +12,15 @@ def synthetic_fewshot(dataset: str = "caltech101", shots: int = 2, num_classes: 
     return FewShotImageDataModule(
         dataset=dataset, shots=shots, synthetic=Synthetic(num_classes=num_classes, images_per_class=4), **options
     )
+
+
+from lightning_prompts.callbacks import LossTerm  # noqa: E402
+
+
+class SquaredTextFeatures(LossTerm):
+    """Mean square of the normalised class text features: 1/D whatever the prompt (easy to check)."""
+
+    required_fields = ("text_features",)
+
+    def compute(self, module, batch, output):
+        return output.text_features.pow(2).mean()

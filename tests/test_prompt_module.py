@@ -82,7 +82,7 @@ def test_parameter_groups_get_their_own_learning_rates(tiny_vit):
     )
     optimizer = method.configure_optimizers()
     lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
-    assert lrs == {"prompt": 0.1, "head": 0.01}
+    assert lrs == {"prompt": 0.1, "head": 0.01, "head_bias": 0.1}
     with pytest.raises(ValueError, match="unknown groups"):
         VPT(tiny_vit, ["a", "b"], param_group_lr={"heads": 0.01}).configure_optimizers()
 

@@ -53,7 +53,10 @@ def test_initialisation_and_head_follow_the_official_code(tiny_vit):
     tokens = method.prompt.tokens.detach()
     assert tokens.abs().max() <= bound and tokens.abs().max() > 0.9 * bound
     assert torch.allclose(method.head.bias, torch.full((10,), -math.log(99)))
-    assert {g["name"] for g in method.param_groups()} == {"prompt", "head"}
+    groups = {g["name"]: g for g in method.param_groups()}
+    assert set(groups) == {"prompt", "head", "head_bias"} and groups["head_bias"]["weight_decay"] == 0.0
+    optimizer = method.configure_optimizers()
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 1e-4, 0.0]
     trainable = {n for n, p in method.named_parameters() if p.requires_grad}
     assert trainable == {"prompt.tokens", "head.weight", "head.bias"}
 

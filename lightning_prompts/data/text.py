@@ -159,7 +159,7 @@ class TextClassificationDataModule(LightningDataModule):
     # -- loading ------------------------------------------------------------------------------------
     def _rows(self, split: str) -> list[tuple[str, str]] | None:
         if self.synthetic is not None:
-            return synthetic_rows(split, self.synthetic)
+            return synthetic_rows(split, self.synthetic, self.labels)
         file = self.files[split]
         if file is None:
             return None
@@ -262,13 +262,16 @@ _POSITIVE = ("great", "wonderful", "moving", "brilliant", "funny", "beautiful", 
 _NEGATIVE = ("dull", "boring", "awful", "clumsy", "tedious", "bland", "messy", "weak")
 
 
-def synthetic_rows(split: str, spec: SyntheticText) -> list[tuple[str, str]] | None:
-    """Short review-like sentences whose label follows from their adjective."""
+def synthetic_rows(split: str, spec: SyntheticText, labels: Sequence[str] | None = None) -> list[tuple[str, str]] | None:
+    """Short review-like sentences whose label follows from their adjective; the labels are the
+    configured label values (so a recipe's ``labels`` still hold), by default negative/positive."""
     if split == "test":
         return None
+    values = list(labels or ["negative", "positive"])
     rng = random.Random(f"{spec.seed}-{split}")
     rows = []
-    for label, words in (("negative", _NEGATIVE), ("positive", _POSITIVE)):
+    for index, label in enumerate(values):
+        words = _NEGATIVE if index % 2 == 0 else _POSITIVE
         for _ in range(spec.examples_per_class):
-            rows.append((f"the film was {rng.choice(words)} and {rng.choice(words)}", label))
+            rows.append((f"the film was {rng.choice(words)} and {rng.choice(words)}", str(label)))
     return rows

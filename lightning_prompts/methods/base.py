@@ -38,7 +38,12 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lightning_prompts.backbones.base import Backbone, build_backbone
 from lightning_prompts.callbacks.loss_term import LossTerm
-from lightning_prompts.errors import BackboneMismatchError, MissingOutputFieldError, MissingTrainableStateError
+from lightning_prompts.errors import (
+    BackboneMismatchError,
+    ConfigurationError,
+    MissingOutputFieldError,
+    MissingTrainableStateError,
+)
 from lightning_prompts.metrics import SetwiseAccuracy
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.utils.factories import as_factory, describe_factory
@@ -134,7 +139,7 @@ class PromptModule(LightningModule):
         """Switch the classes the method scores (rebuild class prompts). Methods whose classes are
         fixed by a trained head only accept their own classes."""
         if list(classnames) != list(self.classnames):
-            raise NotImplementedError(
+            raise ConfigurationError(
                 f"{type(self).__name__} was trained for {len(self.classnames)} fixed classes and cannot "
                 f"score other classes ({len(classnames)} given)."
             )
@@ -172,7 +177,7 @@ class PromptModule(LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         data_classes = getattr(datamodule, "classnames", None)
         if data_classes is not None and list(data_classes) != self.classnames_for_training:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(self).__name__} was built for classes {_preview(self.classnames_for_training)} but the data "
                 f"module provides {_preview(data_classes)}; pass the data module's classnames (the CLI links them)."
             )
@@ -180,7 +185,7 @@ class PromptModule(LightningModule):
         if class_sets and not self.supports_new_classes:
             foreign = [name for name, names in class_sets.items() if list(names) != list(self.classnames)]
             if foreign:
-                raise NotImplementedError(
+                raise ConfigurationError(
                     f"{type(self).__name__} scores a fixed set of classes and cannot be tested on the "
                     f"test set(s) {foreign} whose classes differ (base-to-novel needs a method that builds "
                     f"class prompts from names, such as CoOp)."
@@ -260,7 +265,7 @@ class PromptModule(LightningModule):
         unknown = set(self._param_group_lr) - {group["name"] for group in groups}
         if unknown:
             names = sorted(group["name"] for group in groups)
-            raise ValueError(f"param_group_lr names unknown groups {sorted(unknown)}; {type(self).__name__} has {names}.")
+            raise ConfigurationError(f"param_group_lr names unknown groups {sorted(unknown)}; {type(self).__name__} has {names}.")
         for group in groups:
             if group["name"] in self._param_group_lr:
                 group["lr"] = float(self._param_group_lr[group["name"]])
@@ -279,13 +284,13 @@ class PromptModule(LightningModule):
         for group in groups:
             for param in group["params"]:
                 if not param.requires_grad:
-                    raise ValueError(f"Parameter group {group['name']!r} holds a frozen parameter.")
+                    raise ConfigurationError(f"Parameter group {group['name']!r} holds a frozen parameter.")
                 if id(param) in seen:
-                    raise ValueError(f"A parameter is in groups {seen[id(param)]!r} and {group['name']!r}.")
+                    raise ConfigurationError(f"A parameter is in groups {seen[id(param)]!r} and {group['name']!r}.")
                 seen[id(param)] = group["name"]
         missing = [name for name, p in self.named_parameters() if p.requires_grad and id(p) not in seen]
         if missing:
-            raise ValueError(f"Trainable parameters in no parameter group: {missing}.")
+            raise ConfigurationError(f"Trainable parameters in no parameter group: {missing}.")
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints and export

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.gnn import GNN, Pooling
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import LRSchedulerCallable, OptimizerCallable, PromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.feature_prompt import GPFPlusPrompt, GPFPrompt
@@ -91,7 +92,9 @@ class GPF(PromptModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         level = getattr(datamodule, "task_level", None)
         if level is not None and level != self.task:
-            raise ValueError(f"GPF is configured for task={self.task!r} but the data module provides {level}-level data.")
+            raise ConfigurationError(
+                f"GPF is configured for task={self.task!r} but the data module provides {level}-level data."
+            )
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [

@@ -163,6 +163,11 @@ class PromptTuning(PromptModule):
     def export_peft(self, directory: str | Path) -> Path:
         """Write a PEFT prompt-tuning adapter that ``PeftModel.from_pretrained(base, directory)`` loads."""
         model: HFText = self.backbone
+        if model.pooling != "model":
+            raise NotImplementedError(
+                f"PEFT scores sequences with the model's own pooling; this prompt was trained with "
+                f"pooling={model.pooling!r}, which PEFT cannot reproduce. Use export_prompt() instead."
+            )
         return export_peft_prompt_tuning(
             directory, self.prompt.embedding, model.model.config, model.task, model.model_name_or_path,
             model.head_modules(),

@@ -43,8 +43,8 @@ class VPT(PromptModule):
         dropout: dropout on the prompt tokens.
         project_dim: learn prompts in this smaller width and project them (VPT's ``PROJECT``).
         optimizer, lr_scheduler, lr_scheduler_interval, param_group_lr: see
-            :class:`~lightning_prompts.methods.PromptModule`; the groups are ``"prompt"`` and
-            ``"head"``. Default optimizer: SGD, lr 0.01, momentum 0.9, weight decay 1e-4 (VPT's
+            :class:`~lightning_prompts.methods.PromptModule`; the groups are ``"prompt"``,
+            ``"head"`` and ``"head_bias"`` (no weight decay, as in the official optimizer). Default optimizer: SGD, lr 0.01, momentum 0.9, weight decay 1e-4 (VPT's
             config defaults; its tuned recipes scale the lr by batch/256).
     """
 
@@ -79,9 +79,11 @@ class VPT(PromptModule):
         nn.init.constant_(self.head.bias, -math.log((1 - 0.01) / 0.01))
 
     def param_groups(self) -> list[dict[str, Any]]:
+        # the official optimizer exempts only the head's bias from weight decay
         return [
             {"name": "prompt", "params": list(self.prompt.parameters())},
-            {"name": "head", "params": list(self.head.parameters())},
+            {"name": "head", "params": [self.head.weight]},
+            {"name": "head_bias", "params": [self.head.bias], "weight_decay": 0.0},
         ]
 
     def forward(self, images: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:

@@ -1,12 +1,11 @@
 """Warm-up then cosine decay, in the two flavours the prompt-tuning literature uses.
 
-* **Dassl / CoOp** (``warmup="constant"``): epoch 0 runs at a constant ``warmup_lr`` (1e-5), then
-  epoch ``e >= 1`` runs at ``base * (1 + cos(pi * (e - 1) / E)) / 2`` with ``E = max_epochs``: the
-  cosine spans all ``E`` epochs *after* the warm-up, so the last epoch never reaches zero. Set
-  ``cosine_epochs`` to ``max_epochs`` to get it.
-* **VPT** (``warmup="linear"``, ``warmup_lr=0``): epoch ``e < W`` runs at ``base * e / W`` (so epoch
-  0 at zero), then a cosine over the remaining ``max_epochs - W`` epochs (the default
-  ``cosine_epochs``).
+* **Dassl / CoOp** (``warmup="constant"``, ``cosine_span="total"``): epoch 0 runs at a constant
+  ``warmup_lr`` (1e-5), then epoch ``e >= 1`` runs at ``base * (1 + cos(pi * (e - 1) / E)) / 2`` with
+  ``E = max_epochs``: the cosine spans ``E`` epochs *counted after* the warm-up, so the last epoch
+  never reaches zero.
+* **VPT** (``warmup="linear"``, ``warmup_lr=0``, ``cosine_span="remaining"``): epoch ``e < W`` runs at
+  ``base * e / W`` (so epoch 0 at zero), then a cosine over the remaining ``max_epochs - W`` epochs.
 
 Both step once per epoch in the official code; with ``interval: step`` in the module, read
 "epoch" as "optimizer step" everywhere here.
@@ -30,7 +29,8 @@ class WarmupCosineLR(LRScheduler):
         warmup_epochs: epochs of warm-up.
         warmup: ``"constant"`` (run at ``warmup_lr``) or ``"linear"`` (from ``warmup_lr`` to the base lr).
         warmup_lr: the warm-up learning rate (absolute, the same for every group, as in Dassl).
-        cosine_epochs: span of the cosine after warm-up; ``None`` means ``max_epochs - warmup_epochs``.
+        cosine_span: ``"remaining"``: the cosine spans ``max_epochs - warmup_epochs`` (VPT);
+            ``"total"``: it spans ``max_epochs`` counted from the end of warm-up (Dassl).
         min_lr: the cosine's floor.
     """
 
@@ -41,17 +41,19 @@ class WarmupCosineLR(LRScheduler):
         warmup_epochs: int = 0,
         warmup: str = "linear",
         warmup_lr: float = 0.0,
-        cosine_epochs: int | None = None,
+        cosine_span: str = "remaining",
         min_lr: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
         if warmup not in ("constant", "linear"):
             raise ValueError(f"warmup must be 'constant' or 'linear', got {warmup!r}.")
+        if cosine_span not in ("remaining", "total"):
+            raise ValueError(f"cosine_span must be 'remaining' or 'total', got {cosine_span!r}.")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
         self.max_epochs = max_epochs
         self.warmup_epochs, self.warmup, self.warmup_lr = warmup_epochs, warmup, warmup_lr
-        self.cosine_epochs, self.min_lr = cosine_epochs, min_lr
+        self.cosine_span, self.min_lr = cosine_span, min_lr
         super().__init__(optimizer, last_epoch)
 
     def set_max_epochs(self, max_epochs: int) -> None:
@@ -65,11 +67,9 @@ class WarmupCosineLR(LRScheduler):
             if self.warmup == "constant":
                 return self.warmup_lr
             return self.warmup_lr + (base_lr - self.warmup_lr) * epoch / self.warmup_epochs
-        span = self.cosine_epochs
-        if span is None:
-            if self.max_epochs is None:  # not bound yet: the first post-warm-up epoch is the base lr
-                return base_lr
-            span = max(1, self.max_epochs - self.warmup_epochs)
+        if self.max_epochs is None:  # not bound to the Trainer yet: the first post-warm-up epoch runs at base lr
+            return base_lr
+        span = self.max_epochs if self.cosine_span == "total" else max(1, self.max_epochs - self.warmup_epochs)
         progress = min(epoch - self.warmup_epochs, span) / span
         return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

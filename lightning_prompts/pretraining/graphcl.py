@@ -29,7 +29,8 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_prompts.backbones.gnn import Architecture, GNN, Pooling, build_gnn, save_gnn
+from lightning_prompts.backbones.base import build_backbone
+from lightning_prompts.backbones.gnn import GNN, Pooling, build_gnn, save_gnn
 from lightning_prompts.utils.factories import as_factory, describe_factory
 
 Augmentation = Literal["drop_nodes", "permute_edges", "mask_nodes"]
@@ -90,7 +91,9 @@ class GraphCL(LightningModule):
     """Pre-train a GIN/GCN/GAT encoder with GraphCL; write it for :class:`GNN` backbones.
 
     Args:
-        arch, in_channels, hidden_channels, num_layers, norm: the encoder (see :class:`GNN`).
+        backbone: the :class:`GNN` to pre-train, configured exactly as the prompt method will later
+            load it (the same ``backbone`` block in both recipes); its weights (random, or a
+            checkpoint to continue from) are copied into a trainable encoder.
         augmentations: the two augmentations, one per view.
         aug_ratio: strength of each augmentation (GraphCL: 0.2).
         temperature: NT-Xent temperature τ (GraphCL's unsupervised code: 0.2).
@@ -101,11 +104,7 @@ class GraphCL(LightningModule):
 
     def __init__(
         self,
-        arch: Architecture = "gin",
-        in_channels: int = 300,
-        hidden_channels: int = 300,
-        num_layers: int = 5,
-        norm: str | None = "batch_norm",
+        backbone: GNN,
         augmentations: Sequence[Augmentation] = ("drop_nodes", "mask_nodes"),
         aug_ratio: float = 0.2,
         temperature: float = 0.2,
@@ -114,13 +113,18 @@ class GraphCL(LightningModule):
         optimizer: Callable[[Any], Optimizer] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        gnn = build_backbone(backbone)
+        if not isinstance(gnn, GNN):
+            raise TypeError(f"GraphCL pre-trains a GNN backbone, got {type(gnn).__name__}.")
+        self.save_hyperparameters(ignore=["optimizer", "backbone"])
+        self.hparams["backbone"] = gnn.config()
         self.hparams["optimizer"] = describe_factory(optimizer)
         if len(augmentations) != 2 or any(name not in AUGMENTATIONS for name in augmentations):
             raise ValueError(f"augmentations must be two of {sorted(AUGMENTATIONS)}, got {list(augmentations)}.")
-        self.config = {"arch": arch, "in_channels": in_channels, "hidden_channels": hidden_channels,
-                       "num_layers": num_layers, "norm": norm}
-        self.encoder = build_gnn(arch, in_channels, hidden_channels, num_layers, dropout=0.0, norm=norm)
+        self.config = dict(gnn.arch_config)
+        hidden_channels = gnn.hidden_channels
+        self.encoder = build_gnn(**self.config, dropout=0.0)
+        self.encoder.load_state_dict(gnn.encoder.state_dict())
         self.projection = nn.Sequential(
             nn.Linear(hidden_channels, hidden_channels), nn.ReLU(inplace=True), nn.Linear(hidden_channels, hidden_channels)
         )
@@ -148,7 +152,7 @@ class GraphCL(LightningModule):
         return self._optimizer_factory(self.parameters())
 
     def export_encoder(self, path: str | Path) -> Path:
-        """Write the encoder for ``GNN(checkpoint_path=path, **architecture)``."""
+        """Write the encoder for ``GNN(checkpoint_path=path)`` with the same architecture."""
         return save_gnn(self.encoder, path, self.config)
 
     def on_fit_end(self) -> None:

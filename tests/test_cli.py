@@ -1,0 +1,72 @@
+"""The lightning-prompts command: config printing, links, base-to-novel, callbacks from YAML, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_prompts.cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+TINY_CLIP = str(RECIPES / "_tiny" / "clip.yaml")
+
+
+def test_print_config_shows_every_default_with_short_names(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", str(RECIPES / "coop" / "caltech101.yaml"), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    model = config["model"]
+    assert model["class_path"] == "lightning_prompts.CoOp"
+    assert model["init_args"]["n_ctx"] == 16 and model["init_args"]["class_token_position"] == "end"
+    assert model["init_args"]["backbone"]["init_args"]["model_name"] == "RN50-quickgelu"
+    assert model["init_args"]["lr_scheduler"]["init_args"]["cosine_span"] == "total"
+    assert config["trainer"]["max_epochs"] == 200
+
+
+def test_classnames_flow_from_data_to_model(tmp_path):
+    cli = run_cli(["--config", str(RECIPES / "coop" / "dtd.yaml"), "--config", TINY_CLIP,
+                   "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert cli.model.classnames == cli.datamodule.classnames == ["airplane", "bicycle", "bird", "cat"]
+
+
+def test_base_to_novel_fit_then_test_reports_base_novel_and_hm(tmp_path):
+    recipe = str(RECIPES / "coop" / "base_to_novel" / "eurosat.yaml")
+    common = ["--config", recipe, "--config", TINY_CLIP, "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.fast_dev_run", "false", "--trainer.max_epochs", "1", "--trainer.logger", "false"]
+    fit = run_cli(["fit", *common])
+    checkpoint = fit.trainer.checkpoint_callback.best_model_path
+    assert Path(checkpoint).is_file()
+    test = run_cli(["test", *common, "--ckpt_path", checkpoint])
+    metrics = {k: float(v) for k, v in test.trainer.callback_metrics.items()}
+    assert {"test/acc_base", "test/acc_novel", "test/hm"} <= set(metrics)
+    base, novel = metrics["test/acc_base"], metrics["test/acc_novel"]
+    assert metrics["test/hm"] == pytest.approx(2 * base * novel / (base + novel) if base + novel else 0.0, abs=1e-6)
+    assert test.model.classnames == test.datamodule.classnames  # back to the base classes afterwards
+
+
+def test_loss_term_callback_from_the_command_line(tmp_path):
+    cli = run_cli(["fit", "--config", str(RECIPES / "coop" / "caltech101.yaml"), "--config", TINY_CLIP,
+                   "--trainer.default_root_dir", str(tmp_path),
+                   "--trainer.callbacks+=helpers.SquaredTextFeatures", "--trainer.callbacks.weight=64",
+                   "--trainer.callbacks.name=sq"])
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["train/sq"]) == pytest.approx(64 / 32, rel=1e-4)  # weight x 1/D with D = 32
+    assert float(metrics["train/loss"]) == pytest.approx(float(metrics["train/task_loss"]) + 2.0, rel=1e-4)
+
+
+def test_bad_input_is_one_line_on_the_console(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "lightning_prompts.cli", "fit", "--config", str(RECIPES / "coop" / "dtd.yaml"),
+               "--data.init_args.root", str(tmp_path / "missing"), "--trainer.default_root_dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lightning-prompts: error: DescribableTextures (") and "dataset root" in last
+    assert "does not exist" in last and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-written

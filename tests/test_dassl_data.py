@@ -1,0 +1,184 @@
+"""The Dassl/CoOp dataset format, few-shot sampling and base/novel splits, and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import random
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from helpers import synthetic_fewshot
+from lightning_prompts.data import FewShotImageDataModule
+from lightning_prompts.data.dassl import DASSL_DATASETS, few_shot_splits, read_split_json, subsample_classes
+from lightning_prompts.data.images import ImageItem
+from lightning_prompts.data.synthetic import write_image, write_split_json_layout
+from lightning_prompts.errors import DatasetError
+
+
+@pytest.mark.parametrize("dataset", sorted(DASSL_DATASETS))
+def test_every_coop_dataset_layout_reads(dataset):
+    data = synthetic_fewshot(dataset, shots=2, num_classes=3)
+    data.setup("fit")
+    data.setup("test")
+    assert len(data.classnames) == 3
+    assert len(data._datasets["train"]) == 6  # 2 shots x 3 classes
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32)
+
+
+def dassl_reference(train, val, shots, seed):
+    """Dassl's generate_fewshot_dataset with the global `random` seeded by set_random_seed."""
+    random.seed(seed)
+    out = []
+    for items, k in ((train, shots), (val, min(shots, 4))):
+        groups = {}
+        for item in items:
+            groups.setdefault(item.label, []).append(item)
+        chosen = []
+        for group in groups.values():
+            chosen.extend(random.sample(group, k) if len(group) >= k else group)
+        out.append(chosen)
+    return out
+
+
+def make_items(num_classes, per_class, prefix="img"):
+    return [ImageItem(Path(f"{prefix}/{c}/{i}.jpg"), c, f"c{c}") for c in range(num_classes) for i in range(per_class)]
+
+
+def test_few_shot_sampling_reproduces_dassl_and_is_deterministic():
+    train, val = make_items(5, 20), make_items(5, 9, "val")
+    ours = few_shot_splits(train, val, 16, seed=2, where="x")
+    assert list(ours) == dassl_reference(train, val, 16, 2)
+    assert few_shot_splits(train, val, 16, seed=2, where="x") == ours  # independent of global state
+    assert len(ours[1]) == 5 * 4  # validation capped at min(K, 4)
+    assert few_shot_splits(train, val, 16, seed=3, where="x") != ours
+
+
+def test_subsample_classes_relabels_base_and_new_like_coop():
+    train, test = make_items(5, 2), make_items(5, 1, "test")
+    base_train, base_test = subsample_classes("base", train, test)
+    new_train, new_test = subsample_classes("new", train, test)
+    assert sorted({i.label for i in base_train}) == [0, 1, 2]  # ceil(5/2) base classes
+    assert sorted({i.label for i in new_test}) == [0, 1]  # relabelled from 0
+    assert {i.classname for i in new_test} == {"c3", "c4"}
+    assert len(base_test) == 3 and len(new_train) == 4
+
+
+def test_base_to_novel_test_sets():
+    data = synthetic_fewshot("eurosat", shots=2, num_classes=5, subsample_classes="base_to_novel")
+    sets = data.test_class_sets
+    assert list(sets) == ["base", "novel"]
+    assert len(sets["base"]) == math.ceil(5 / 2) and len(sets["novel"]) == 2
+    assert data.classnames == sets["base"]
+    data.setup("test")
+    novel_labels = {item.label for item in data._datasets["test"][1].items}
+    assert novel_labels == {0, 1}
+
+
+def test_dassl_fewshot_cache_is_used_verbatim(tmp_path):
+    data = synthetic_fewshot("oxford_pets", shots=2, num_classes=3)
+    data.classnames  # generate the synthetic tree
+    root = data.root
+    spec = DASSL_DATASETS["oxford_pets"]
+    split = json.loads((root / spec.dataset_dir / spec.split_file).read_text())
+    names = ["dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"]
+    modules = {name: types.ModuleType(name) for name in names}
+    module = modules[names[-1]]
+
+    class Datum:  # what Dassl pickles: absolute paths of the machine that made the cache
+        def __init__(self, impath, label, classname):
+            self._impath, self._label, self._domain, self._classname = impath, label, 0, classname
+
+    Datum.__module__, Datum.__qualname__ = module.__name__, "Datum"
+    module.Datum = Datum
+    sys.modules.update(modules)  # pretend Dassl is installed while pickling, as on the machine that made it
+    try:
+        chosen = [entry for entry in split["train"] if entry[0].endswith("_001.jpg")] + [split["train"][0]]
+        cache = {"train": [Datum(f"/elsewhere/oxford_pets/images/{p}", l, c) for p, l, c in chosen],
+                 "val": [Datum(f"/elsewhere/oxford_pets/images/{p}", l, c) for p, l, c in split["val"][:3]]}
+        folder = root / spec.dataset_dir / "split_fewshot"
+        folder.mkdir()
+        (folder / "shot_2-seed_1.pkl").write_bytes(pickle.dumps(cache))
+    finally:
+        for name in names:
+            del sys.modules[name]
+    fresh = FewShotImageDataModule(root=str(root), dataset="oxford_pets", shots=2, image_size=32, num_workers=0)
+    loaded = fresh._splits()
+    assert [i.path.name for i in loaded.train] == [Path(p).name for p, _, _ in chosen]
+    assert all(i.path.is_file() for i in loaded.train)
+
+
+# -- bad input -----------------------------------------------------------------------------------------
+def test_missing_root_fails_with_the_expected_folder(tmp_path):
+    data = FewShotImageDataModule(root=str(tmp_path / "nowhere"), dataset="caltech101")
+    with pytest.raises(DatasetError, match="does not exist"):
+        data.classnames
+
+
+def test_missing_split_file_names_it(tmp_path):
+    (tmp_path / "caltech-101").mkdir()
+    data = FewShotImageDataModule(root=str(tmp_path), dataset="caltech101")
+    with pytest.raises(DatasetError, match="split_zhou_Caltech101.json does not exist"):
+        data.classnames
+
+
+def write_tree(tmp_path, num_classes=3, per_class=4):
+    root = tmp_path / "dtd"
+    write_split_json_layout(root, "images", "split_zhou_DescribableTextures.json", num_classes, per_class, 16, 0)
+    return root / "split_zhou_DescribableTextures.json"
+
+
+def test_split_entry_with_unknown_class_is_rejected(tmp_path):
+    split_file = write_tree(tmp_path)
+    split = json.loads(split_file.read_text())
+    split["test"][0][1] = 7  # a label the train split does not have
+    split_file.write_text(json.dumps(split))
+    data = FewShotImageDataModule(root=str(tmp_path), dataset="dtd", shots=2)
+    with pytest.raises(DatasetError, match=r"test split: entry 0 .* not one of the 3 training classes"):
+        data.classnames
+
+
+def test_class_renamed_in_one_entry_is_rejected(tmp_path):
+    split_file = write_tree(tmp_path)
+    split = json.loads(split_file.read_text())
+    split["val"][1][2] = "zebra"
+    split_file.write_text(json.dumps(split))
+    with pytest.raises(DatasetError, match="zebra"):
+        FewShotImageDataModule(root=str(tmp_path), dataset="dtd", shots=2).classnames
+
+
+def test_more_shots_than_images_is_an_error(tmp_path):
+    write_tree(tmp_path, per_class=4)
+    data = FewShotImageDataModule(root=str(tmp_path), dataset="dtd", shots=8)
+    with pytest.raises(DatasetError, match="has 4 images, fewer than the 8 shots"):
+        data.classnames
+
+
+def test_unreadable_image_fails_at_setup(tmp_path):
+    split_file = write_tree(tmp_path)
+    first = json.loads(split_file.read_text())["train"][0][0]
+    (tmp_path / "dtd" / "images" / first).write_bytes(b"not a jpeg")
+    data = FewShotImageDataModule(root=str(tmp_path), dataset="dtd", shots=4, num_workers=0)
+    with pytest.raises(DatasetError, match=r"cannot be read"):
+        data.setup("fit")
+
+
+def test_missing_image_fails_at_setup(tmp_path):
+    split_file = write_tree(tmp_path)
+    first = json.loads(split_file.read_text())["train"][0][0]
+    (tmp_path / "dtd" / "images" / first).unlink()
+    with pytest.raises(DatasetError, match="does not exist"):
+        FewShotImageDataModule(root=str(tmp_path), dataset="dtd", shots=4).setup("fit")
+
+
+def test_split_reader_joins_paths_on_the_image_folder(tmp_path):
+    split_file = write_tree(tmp_path, num_classes=2, per_class=1)
+    splits = read_split_json(split_file, tmp_path / "dtd" / "images")
+    assert all(item.path.is_file() for item in splits["train"])
+    assert [item.classname for item in splits["train"]] == ["airplane", "bicycle"]
+    write_image(tmp_path / "x.jpg", 0, 0, 8, 0)

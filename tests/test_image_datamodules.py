@@ -1,0 +1,61 @@
+"""Own data (ImageFolder), VTAB-1k folders and VPT's FGVC json: layouts, labels, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lightning_prompts.data import FGVCDataModule, ImageFolderDataModule, Synthetic, VTAB1kDataModule
+from lightning_prompts.data.synthetic import write_image_folder_layout, write_json_map_layout
+from lightning_prompts.errors import DatasetError
+
+SMALL = {"image_size": 32, "num_workers": 0, "batch_size": 4, "eval_batch_size": 4}
+
+
+def test_image_folder_reads_classes_from_train_folders(tmp_path):
+    write_image_folder_layout(tmp_path, num_classes=3, per_class=4, size=16, seed=0)
+    data = ImageFolderDataModule(root=str(tmp_path), shots=2, **SMALL)
+    assert data.classnames == ["airplane", "bicycle", "bird"]
+    data.setup("fit")
+    assert len(data._datasets["train"]) == 6
+    assert data.test_class_sets == {"test": data.classnames}
+
+
+def test_image_folder_rejects_an_unknown_test_class(tmp_path):
+    write_image_folder_layout(tmp_path, num_classes=2, per_class=2, size=16, seed=0)
+    (tmp_path / "test" / "zebra").mkdir()
+    with pytest.raises(DatasetError, match=r"class folders \['zebra'\]"):
+        ImageFolderDataModule(root=str(tmp_path), **SMALL).classnames
+
+
+def test_vtab_lists_train_on_train800val200_in_final_mode():
+    data = VTAB1kDataModule(task="dtd", synthetic=Synthetic(num_classes=3, images_per_class=2), **SMALL)
+    data.setup("fit")
+    assert data.classnames == ["class 0", "class 1", "class 2"]
+    assert all("train800val200" in str(item.path) for item in data._datasets["train"].items)
+    tune = VTAB1kDataModule(task="dtd", mode="tune", synthetic=Synthetic(num_classes=3, images_per_class=2), **SMALL)
+    tune.setup("fit")
+    assert all("/train800/" in str(item.path) for item in tune._datasets["train"].items)
+
+
+def test_vtab_unknown_task():
+    with pytest.raises(ValueError, match="Unknown VTAB-1k task"):
+        VTAB1kDataModule(task="imagenet")
+
+
+def test_fgvc_relabels_sorted_class_ids_and_names_from_folders(tmp_path):
+    write_json_map_layout(tmp_path, num_classes=3, per_class=2, size=16, seed=0)
+    data = FGVCDataModule(root=str(tmp_path), **SMALL)
+    assert data.classnames == ["airplane", "bicycle", "bird"]
+    splits = data._splits()
+    assert sorted({item.label for item in splits.train}) == [0, 1, 2]
+
+
+def test_fgvc_test_entry_with_unknown_class(tmp_path):
+    write_json_map_layout(tmp_path, num_classes=2, per_class=2, size=16, seed=0)
+    test = json.loads((tmp_path / "test.json").read_text())
+    test[next(iter(test))] = "099"
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    with pytest.raises(DatasetError, match="class id '099'"):
+        FGVCDataModule(root=str(tmp_path), **SMALL).classnames

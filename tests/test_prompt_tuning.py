@@ -1,0 +1,125 @@
+"""Prompt tuning: the soft prompt enters like PEFT's, and PEFT loads our export with equal logits."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from peft import PeftModel
+
+from lightning_prompts.backbones import HFText
+from lightning_prompts.data import SyntheticText, TextClassificationDataModule
+from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.methods import PromptTuning
+
+TEXTS = ["the film was great and moving", "dull", "an awful, tedious and clumsy film with a weak plot!"]
+
+
+def trained(task: str, trainer_kwargs, **kwargs) -> PromptTuning:
+    backbone = HFText("tiny-bert" if task == "sequence-classification" else "tiny-gpt2", task=task)
+    data = TextClassificationDataModule(synthetic=SyntheticText(examples_per_class=8), batch_size=8)
+    method = PromptTuning(backbone, data.classnames, num_virtual_tokens=5, **kwargs)
+    Trainer(max_steps=3, **trainer_kwargs).fit(method, data)
+    return method.eval()
+
+
+def test_sequence_classification_matches_peft_after_export(trainer_kwargs, tmp_path):
+    method = trained("sequence-classification", trainer_kwargs)
+    base = copy.deepcopy(method.backbone.model)
+    with torch.no_grad():  # PEFT must take the head from the adapter, not from the copy
+        for head in base.classifier.parameters():
+            head.zero_()
+    directory = method.export_peft(tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(base, str(directory)).eval()
+    tokens = method.tokenize(TEXTS)
+    with torch.no_grad():
+        ours = method(tokens["input_ids"], tokens["attention_mask"]).logits
+        theirs = peft_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_causal_lm_verbalizer_matches_peft_after_export(trainer_kwargs, tmp_path):
+    method = trained("causal-lm", trainer_kwargs, text_template="{text} it was")
+    directory = method.export_peft(tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(method.backbone.model), str(directory)).eval()
+    tokens = method.tokenize(TEXTS)
+    with torch.no_grad():
+        ours = method(tokens["input_ids"], tokens["attention_mask"]).logits
+        full = peft_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).logits
+    last = tokens["attention_mask"].sum(1) - 1 + 5  # last real token, after the 5 virtual tokens
+    theirs = full[torch.arange(len(TEXTS)), last][:, method.label_word_ids]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_soft_prompt_is_prepended_with_ones_in_the_mask():
+    backbone = HFText("tiny-bert")
+    method = PromptTuning(backbone, ["neg", "pos"], num_virtual_tokens=3, init="random")
+    tokens = method.tokenize(TEXTS)
+    embeds = torch.cat([method.prompt.embedding.unsqueeze(0).expand(3, -1, -1), backbone.word_embeddings(tokens["input_ids"])], 1)
+    mask = torch.cat([torch.ones(3, 3, dtype=torch.long), tokens["attention_mask"]], 1)
+    with torch.no_grad():
+        expected = backbone.model(inputs_embeds=embeds, attention_mask=mask).logits
+        assert torch.allclose(method(**tokens).logits, expected, atol=1e-6)
+    trainable = {n for n, p in method.named_parameters() if p.requires_grad}
+    assert trainable == {"prompt.embedding", "backbone.model.classifier.weight", "backbone.model.classifier.bias"}
+
+
+def test_text_initialisation_repeats_the_tokens_like_peft():
+    backbone = HFText("tiny-bert")
+    method = PromptTuning(backbone, ["neg", "pos"], num_virtual_tokens=7, init="text", init_text="ok")
+    ids = backbone.tokenizer("ok")["input_ids"]  # [CLS] o ##k [SEP]
+    expected = backbone.word_embeddings.weight[torch.tensor((ids * 2)[:7])]
+    assert torch.equal(method.prompt.embedding.detach(), expected)
+
+
+def test_random_init_is_lesters_uniform():
+    method = PromptTuning(HFText("tiny-bert"), ["neg", "pos"], num_virtual_tokens=50, init="random")
+    values = method.prompt.embedding.detach()
+    assert values.min() >= -0.5 and values.max() <= 0.5 and values.std() > 0.2
+
+
+def test_checkpoint_keeps_prompt_and_head_only(trainer_kwargs, tmp_path):
+    method = trained("sequence-classification", trainer_kwargs)
+    state = {k for k in method.trainable_state_keys()}
+    assert state == {"prompt.embedding", "backbone.model.classifier.weight", "backbone.model.classifier.bias"}
+
+
+def test_too_long_text_fails_at_setup(trainer_kwargs, tmp_path):
+    rows = "text,label\n" + "\n".join([f"short {i},a" for i in range(4)] + [("word " * 200) + ",b"] * 4)
+    (tmp_path / "train.csv").write_text(rows)
+    data = TextClassificationDataModule(train_file=str(tmp_path / "train.csv"), val_fraction=0.25)
+    method = PromptTuning(HFText("tiny-bert"), data.classnames, num_virtual_tokens=5)
+    trainer = Trainer(max_steps=1, **trainer_kwargs)
+    with pytest.raises(ContextLengthError, match="exceeds the context length 128"):
+        trainer.fit(method, data)
+    assert trainer.global_step == 0
+    truncating = PromptTuning(HFText("tiny-bert"), data.classnames, num_virtual_tokens=5, truncate=True)
+    Trainer(max_steps=1, **trainer_kwargs).fit(truncating, data)
+
+
+def test_label_words_must_start_with_distinct_tokens():
+    with pytest.raises(ValueError, match="distinct tokens"):
+        PromptTuning(HFText("tiny-gpt2", task="causal-lm"), ["a", "b"], label_words=["good", "great"])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_sentence_encoder_pooling_reads_text_tokens_only(pooling):
+    backbone = HFText("tiny-bert", pooling=pooling)
+    method = PromptTuning(backbone, ["neg", "pos"], num_virtual_tokens=3)
+    tokens = method.tokenize(TEXTS)
+    prompt = method.prompt.embedding.unsqueeze(0).expand(3, -1, -1)
+    embeds = torch.cat([prompt, backbone.word_embeddings(tokens["input_ids"])], 1)
+    mask = torch.cat([torch.ones(3, 3, dtype=torch.long), tokens["attention_mask"]], 1)
+    with torch.no_grad():
+        hidden = backbone.model.bert(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        if pooling == "cls":
+            pooled = hidden[:, 3]
+        else:
+            text = tokens["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden[:, 3:] * text).sum(1) / text.sum(1)
+        expected = backbone.model.classifier(pooled)
+        assert torch.allclose(method(**tokens).logits, expected, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="PEFT"):
+        method.export_peft("unused")
