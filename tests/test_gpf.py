@@ -35,6 +35,7 @@ def test_gpf_plus_mixes_bases_with_a_per_node_softmax():
 
 
 def graph_data(**kwargs):
+    torch.manual_seed(0)  # FakeDataset draws graphs and labels from the global generator
     dataset = FakeDataset(num_graphs=24, avg_num_nodes=8, num_channels=5, num_classes=2, task="graph")
     return GraphDataModule(dataset, task="graph", shots=4, val_shots=2, batch_size=4, **kwargs)
 

@@ -47,6 +47,7 @@ def test_augmentations_keep_every_graph_and_valid_indices():
 
 
 def test_pretrain_then_load_as_frozen_backbone(trainer_kwargs, tmp_path):
+    torch.manual_seed(0)
     dataset = FakeDataset(num_graphs=16, avg_num_nodes=8, num_channels=4, num_classes=2, task="graph")
     data = GraphDataModule(dataset, task="graph", shots=-1, batch_size=8)
     path = tmp_path / "encoder.pt"
