@@ -49,6 +49,16 @@ def test_base_to_novel_fit_then_test_reports_base_novel_and_hm(tmp_path):
     assert metrics["test/hm"] == pytest.approx(2 * base * novel / (base + novel) if base + novel else 0.0, abs=1e-6)
     assert test.model.classnames == test.datamodule.classnames  # back to the base classes afterwards
 
+    # a checkpoint written under the CLI loads in plain Python, backbone rebuilt from its config
+    from lightning_prompts import CoOp
+
+    restored = CoOp.load_from_checkpoint(checkpoint)
+    assert restored.classnames == fit.model.classnames
+    assert restored.backbone.identity() == fit.model.backbone.identity()
+    assert restored.prompt.ctx.shape == fit.model.prompt.ctx.shape
+    predictions = run_cli(["predict", *common, "--ckpt_path", checkpoint]).trainer.predict_loop.predictions
+    assert predictions and "preds" in predictions[0][0]
+
 
 def test_loss_term_callback_from_the_command_line(tmp_path):
     cli = run_cli(["fit", "--config", str(RECIPES / "coop" / "caltech101.yaml"), "--config", TINY_CLIP,

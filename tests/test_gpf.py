@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Trainer, seed_everything
 from torch_geometric.data import Data
 from torch_geometric.datasets import FakeDataset, KarateClub
 
@@ -35,7 +35,7 @@ def test_gpf_plus_mixes_bases_with_a_per_node_softmax():
 
 
 def graph_data(**kwargs):
-    torch.manual_seed(0)  # FakeDataset draws graphs and labels from the global generator
+    seed_everything(0, verbose=False)  # FakeDataset draws from Python's and torch's global generators
     dataset = FakeDataset(num_graphs=24, avg_num_nodes=8, num_channels=5, num_classes=2, task="graph")
     return GraphDataModule(dataset, task="graph", shots=4, val_shots=2, batch_size=4, **kwargs)
 

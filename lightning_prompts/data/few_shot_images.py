@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lightning_prompts.data.dassl import (
     dataset_spec,
@@ -16,7 +16,6 @@ from lightning_prompts.data.dassl import (
 )
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import check_known_classes, classnames_by_label
-from lightning_prompts.data.transforms import Augmentation
 from lightning_prompts.errors import DatasetError
 
 SubsampleClasses = Literal["all", "base", "new", "base_to_novel"]
@@ -36,8 +35,8 @@ class FewShotImageDataModule(ImageClassificationDataModule):
             ``SUBSAMPLE_CLASSES``); or ``"base_to_novel"``: train on base, test on base *and* novel
             in one run (test sets ``"base"`` and ``"novel"``, each labelled from 0).
         use_fewshot_cache: use Dassl's ``split_fewshot/shot_K-seed_S.pkl`` when it exists.
-        **rest**: see :class:`ImageClassificationDataModule` (the defaults are CoOp's: batch 32,
-            test batch 100, 224 px, CLIP preprocessing).
+        **kwargs: loader and preprocessing settings of :class:`ImageClassificationDataModule`, whose
+            defaults are CoOp's (batch 32, test batch 100, 224 px, CLIP preprocessing).
     """
 
     def __init__(
@@ -48,20 +47,9 @@ class FewShotImageDataModule(ImageClassificationDataModule):
         seed: int = 1,
         subsample_classes: SubsampleClasses = "all",
         use_fewshot_cache: bool = True,
-        batch_size: int = 32,
-        eval_batch_size: int = 100,
-        num_workers: int = 4,
-        image_size: int = 224,
-        augmentation: Augmentation = "clip",
-        normalization: str = "clip",
-        shuffle: bool = True,
-        verify_images: bool = True,
-        synthetic: Synthetic | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, batch_size, eval_batch_size, num_workers, image_size, augmentation, normalization, shuffle,
-            verify_images, synthetic,
-        )
+        super().__init__(root, **kwargs)
         self.spec = dataset_spec(dataset)
         if subsample_classes not in ("all", "base", "new", "base_to_novel"):
             raise ValueError(f"subsample_classes must be all/base/new/base_to_novel, got {subsample_classes!r}.")

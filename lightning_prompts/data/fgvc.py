@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import ImageItem, check_known_classes
@@ -28,8 +29,8 @@ class FGVCDataModule(ImageClassificationDataModule):
 
     Args:
         root: the dataset folder (``CUB_200_2011`` with ``images/`` and the three json files).
-        **rest**: see :class:`ImageClassificationDataModule` (defaults: VPT's FGVC preprocessing,
-            ImageNet mean/std).
+        batch_size, eval_batch_size, augmentation, normalization: as in VPT's FGVC runs.
+        **kwargs: other settings of :class:`ImageClassificationDataModule`.
     """
 
     def __init__(
@@ -37,17 +38,13 @@ class FGVCDataModule(ImageClassificationDataModule):
         root: str = "data/CUB_200_2011",
         batch_size: int = 128,
         eval_batch_size: int = 256,
-        num_workers: int = 4,
-        image_size: int = 224,
         augmentation: Augmentation = "fgvc",
         normalization: str = "imagenet",
-        shuffle: bool = True,
-        verify_images: bool = True,
-        synthetic: Synthetic | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            root, batch_size, eval_batch_size, num_workers, image_size, augmentation, normalization, shuffle,
-            verify_images, synthetic,
+            root, batch_size=batch_size, eval_batch_size=eval_batch_size, augmentation=augmentation,
+            normalization=normalization, **kwargs,
         )
 
     def write_synthetic(self, root: Path, spec: Synthetic) -> None:

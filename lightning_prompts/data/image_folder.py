@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lightning_prompts.data.dassl import few_shot_splits
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import ImageItem, check_known_classes
 from lightning_prompts.data.synthetic import write_image_folder_layout
-from lightning_prompts.data.transforms import Augmentation
 from lightning_prompts.errors import DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -44,7 +44,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             Class names are the training folder names (``_`` read as a space).
         shots: images per class for training (few-shot, seeded); ``-1`` uses all.
         seed: the few-shot sampling seed.
-        **rest**: see :class:`ImageClassificationDataModule`.
+        **kwargs: loader and preprocessing settings of :class:`ImageClassificationDataModule`.
     """
 
     def __init__(
@@ -52,20 +52,9 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         root: str = "data",
         shots: int = -1,
         seed: int = 1,
-        batch_size: int = 32,
-        eval_batch_size: int = 100,
-        num_workers: int = 4,
-        image_size: int = 224,
-        augmentation: Augmentation = "clip",
-        normalization: str = "clip",
-        shuffle: bool = True,
-        verify_images: bool = True,
-        synthetic: Synthetic | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, batch_size, eval_batch_size, num_workers, image_size, augmentation, normalization, shuffle,
-            verify_images, synthetic,
-        )
+        super().__init__(root, **kwargs)
         self.shots, self.seed = shots, seed
 
     def write_synthetic(self, root: Path, spec: Synthetic) -> None:

@@ -8,6 +8,7 @@ tuning runs train on ``train800`` and validate on ``val200``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import ImageItem, check_known_classes
@@ -52,8 +53,9 @@ class VTAB1kDataModule(ImageClassificationDataModule):
         root: the ``vtab-1k`` folder.
         task: one of :data:`VTAB_TASKS`.
         mode: ``"final"`` (train800val200 -> test) or ``"tune"`` (train800 -> val200, which is also the test set).
-        **rest**: see :class:`ImageClassificationDataModule` (defaults: VPT's VTAB preprocessing,
-            224 px resize, no augmentation, ImageNet mean/std).
+        batch_size, eval_batch_size, augmentation, normalization: as in VPT's VTAB runs (224 px
+            resize, no augmentation, ImageNet mean/std).
+        **kwargs: other settings of :class:`ImageClassificationDataModule`.
     """
 
     def __init__(
@@ -63,17 +65,13 @@ class VTAB1kDataModule(ImageClassificationDataModule):
         mode: str = "final",
         batch_size: int = 64,
         eval_batch_size: int = 256,
-        num_workers: int = 4,
-        image_size: int = 224,
         augmentation: Augmentation = "vtab",
         normalization: str = "imagenet",
-        shuffle: bool = True,
-        verify_images: bool = True,
-        synthetic: Synthetic | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            root, batch_size, eval_batch_size, num_workers, image_size, augmentation, normalization, shuffle,
-            verify_images, synthetic,
+            root, batch_size=batch_size, eval_batch_size=eval_batch_size, augmentation=augmentation,
+            normalization=normalization, **kwargs,
         )
         if task not in VTAB_TASKS:
             raise ValueError(f"Unknown VTAB-1k task {task!r}; known: {sorted(VTAB_TASKS)}.")

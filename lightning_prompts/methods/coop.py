@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_prompts.backbones.open_clip import OpenCLIP
-from lightning_prompts.methods.base import LRSchedulerCallable, OptimizerCallable, PromptModule
+from lightning_prompts.methods.base import PromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.text_context import ClassContextPrompt
 
@@ -52,7 +52,7 @@ class CoOp(PromptModule):
         init_std: std of the random initialisation.
         frozen_template: hand-written prompt of the *unprompted* CLIP, used for the
             ``frozen_text_features`` output field that callbacks may ask for.
-        optimizer, lr_scheduler, lr_scheduler_interval, param_group_lr: see
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``, ``param_group_lr``; see
             :class:`~lightning_prompts.methods.PromptModule`. Default optimizer: SGD, lr 0.002,
             momentum 0.9, weight decay 5e-4 (Dassl's defaults in CoOp's configs).
     """
@@ -72,12 +72,9 @@ class CoOp(PromptModule):
         class_token_position: Literal["end", "middle", "front"] = "end",
         init_std: float = 0.02,
         frozen_template: str = "a photo of a {}.",
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        param_group_lr: dict[str, float] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, classnames, optimizer, lr_scheduler, lr_scheduler_interval, param_group_lr)
+        super().__init__(backbone, classnames, **kwargs)
         if not self.classnames:
             raise ValueError("CoOp needs classnames (the CLI links them from the data module).")
         self.frozen_template = frozen_template

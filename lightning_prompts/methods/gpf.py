@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_prompts.backbones.gnn import GNN, Pooling
 from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods.base import LRSchedulerCallable, OptimizerCallable, PromptModule
+from lightning_prompts.methods.base import PromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.feature_prompt import GPFPlusPrompt, GPFPrompt
 
@@ -52,7 +52,7 @@ class GPF(PromptModule):
         task: ``"node"`` or ``"graph"``; must match the data module's ``task_level``.
         pooling: graph readout (``"mean"``, ``"sum"``, ``"max"``).
         head_layers, head_hidden: the MLP head (GPF tunes 1–4 layers per dataset).
-        optimizer, lr_scheduler, lr_scheduler_interval, param_group_lr: see
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``, ``param_group_lr``; see
             :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` and ``"head"``.
             Default optimizer: Adam, lr 1e-3, no weight decay (GPF's scripts).
     """
@@ -70,12 +70,9 @@ class GPF(PromptModule):
         pooling: Pooling = "mean",
         head_layers: int = 1,
         head_hidden: int | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        param_group_lr: dict[str, float] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, classnames, optimizer, lr_scheduler, lr_scheduler_interval, param_group_lr)
+        super().__init__(backbone, classnames, **kwargs)
         if not self.classnames:
             raise ValueError("GPF needs classnames to size its head (the CLI links them from the data module).")
         if variant not in ("gpf", "gpf-plus"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from torch import Tensor
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.errors import ContextLengthError
 from lightning_prompts.export.peft import export_peft_prompt_tuning
-from lightning_prompts.methods.base import LRSchedulerCallable, OptimizerCallable, PromptModule
+from lightning_prompts.methods.base import PromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.soft_prompt import SoftPrompt, SoftPromptInit
 
@@ -54,7 +54,7 @@ class PromptTuning(PromptModule):
         text_template: how an input is presented, e.g. ``"Review: {text} Sentiment:"``.
         truncate: cut texts that do not fit the context (otherwise too long a text is an error at setup).
         seed: seed of the ``"vocab"``/``"random"`` initialisation.
-        optimizer, lr_scheduler, lr_scheduler_interval, param_group_lr: see
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``, ``param_group_lr``; see
             :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` and (sequence
             classification) ``"head"``. Default optimizer: AdamW, lr 0.3, no weight decay (prompt
             tuning needs learning rates far above fine-tuning's).
@@ -76,12 +76,9 @@ class PromptTuning(PromptModule):
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        param_group_lr: dict[str, float] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, classnames, optimizer, lr_scheduler, lr_scheduler_interval, param_group_lr)
+        super().__init__(backbone, classnames, **kwargs)
         if not self.classnames:
             raise ValueError("PromptTuning needs classnames (the CLI links them from the data module).")
         if "{text}" not in text_template:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.timm_vit import TimmViT
-from lightning_prompts.methods.base import LRSchedulerCallable, OptimizerCallable, PromptModule
+from lightning_prompts.methods.base import PromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.visual_tokens import VisualPromptTokens
 
@@ -42,7 +42,7 @@ class VPT(PromptModule):
         deep: VPT-deep (prompts at every layer) instead of VPT-shallow.
         dropout: dropout on the prompt tokens.
         project_dim: learn prompts in this smaller width and project them (VPT's ``PROJECT``).
-        optimizer, lr_scheduler, lr_scheduler_interval, param_group_lr: see
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``, ``param_group_lr``; see
             :class:`~lightning_prompts.methods.PromptModule`; the groups are ``"prompt"``,
             ``"head"`` and ``"head_bias"`` (no weight decay, as in the official optimizer). Default optimizer: SGD, lr 0.01, momentum 0.9, weight decay 1e-4 (VPT's
             config defaults; its tuned recipes scale the lr by batch/256).
@@ -61,12 +61,9 @@ class VPT(PromptModule):
         deep: bool = False,
         dropout: float = 0.0,
         project_dim: int | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        param_group_lr: dict[str, float] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, classnames, optimizer, lr_scheduler, lr_scheduler_interval, param_group_lr)
+        super().__init__(backbone, classnames, **kwargs)
         if not self.classnames:
             raise ValueError("VPT needs classnames to size its head (the CLI links them from the data module).")
         vit = self.backbone

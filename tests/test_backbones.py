@@ -1,0 +1,87 @@
+"""TimmViT, HFText and GNN seams that the method tests do not already pin."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_prompts.backbones import GNN, HFText, TimmViT, build_backbone
+from lightning_prompts.backbones.gnn import save_gnn
+from lightning_prompts.backbones.hf_text import tiny_tokenizer
+from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.methods import CoOp
+from lightning_prompts.utils import resolve_path
+
+
+def test_timm_vit_is_rebuilt_identically_from_its_config(tiny_vit):
+    assert build_backbone(tiny_vit.config()).identity() == tiny_vit.identity()
+    assert TimmViT("tiny", seed=1).identity()["fingerprint"] != tiny_vit.identity()["fingerprint"]
+
+
+def test_timm_vit_rejects_non_vit_models():
+    with pytest.raises(NotImplementedError, match="VisionTransformer"):
+        TimmViT("resnet18", pretrained=False)
+
+
+def test_tiny_tokenizer_never_produces_unknown_tokens():
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer("Hello, World! 42")["input_ids"]
+    assert tokenizer.unk_token_id not in ids and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+
+
+def test_hf_text_reserves_room_for_soft_tokens():
+    backbone = HFText("tiny-bert")  # context 128
+    text = "a" * 60  # one word of 60 characters: 62 tokens with [CLS] and [SEP]
+    assert backbone.tokenize([text], reserve=66)["input_ids"].shape[1] == 62
+    with pytest.raises(ContextLengthError, match="62 tokens; with 67 soft tokens"):
+        backbone.tokenize([text], reserve=67)
+    assert backbone.tokenize([text], reserve=67, truncate=True)["input_ids"].shape[1] == 61
+
+
+def test_hf_text_resized_head_is_seeded_and_frozen():
+    first, second = HFText("tiny-bert", seed=3), HFText("tiny-bert", seed=3)
+    first.resize_head(5)
+    second.resize_head(5)
+    assert torch.equal(first.model.classifier.weight, second.model.classifier.weight)
+    assert first.model.classifier.out_features == 5 and not first.model.classifier.weight.requires_grad
+
+
+def test_package_paths_resolve_without_importing_the_package(tmp_path):
+    assert resolve_path("pkg://lightning_prompts/py.typed").is_file()
+    with pytest.raises(FileNotFoundError, match="not installed"):
+        resolve_path("pkg://no_such_package_xyz/file")
+    assert resolve_path(tmp_path) == tmp_path
+
+
+def test_gnn_checkpoint_must_exist_and_be_ours(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        GNN(in_channels=4, hidden_channels=8, num_layers=2, checkpoint_path=str(tmp_path / "none.pt"))
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a GNN checkpoint"):
+        GNN(in_channels=4, hidden_channels=8, num_layers=2, checkpoint_path=str(tmp_path / "other.pt"))
+    gnn = GNN(in_channels=4, hidden_channels=8, num_layers=2, seed=5)
+    path = save_gnn(gnn.encoder, tmp_path / "gnn.pt", gnn.arch_config)
+    loaded = GNN(in_channels=4, hidden_channels=8, num_layers=2, checkpoint_path=str(path))
+    assert loaded.identity()["fingerprint"] == gnn.identity()["fingerprint"]
+
+
+def test_subclassing_a_method_to_change_one_step(tiny_clip):
+    """The example of docs/architecture.md: a learned temperature joins the trainable state."""
+
+    class CoOpLearnedTemperature(CoOp):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.log_temperature = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, images, fields=frozenset()):
+            output = super().forward(images, fields)
+            output.logits = output.logits * self.log_temperature.exp()
+            return output
+
+    model = CoOpLearnedTemperature(tiny_clip, ["cat", "dog"], n_ctx=4)
+    assert model.trainable_state_keys() == {"prompt.ctx", "log_temperature"}
+    assert {id(p) for p in model.configure_optimizers().param_groups[0]["params"]} == {
+        id(model.prompt.ctx), id(model.log_temperature)
+    }
+    model(torch.randn(2, 3, 32, 32)).logits.sum().backward()
+    assert model.log_temperature.grad is not None
