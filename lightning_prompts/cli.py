@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_prompts  # noqa: F401  (registers every class for short names)
 from lightning_prompts.errors import LightningPromptsError
+from lightning_prompts.methods import PromptModule
 
 
 class PromptsCLI(LightningCLI):
@@ -27,6 +28,25 @@ class PromptsCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
+
+    # Check the experiment before the Trainer starts: inside fit, Lightning's SaveConfigCallback
+    # writes config.yaml before the module's setup runs, and a run that cannot work should leave
+    # nothing behind.
+    def before_fit(self) -> None:
+        self._check_ready("fit")
+
+    def before_validate(self) -> None:
+        self._check_ready("validate")
+
+    def before_test(self) -> None:
+        self._check_ready("test")
+
+    def before_predict(self) -> None:
+        self._check_ready("predict")
+
+    def _check_ready(self, stage: str) -> None:
+        if isinstance(self.model, PromptModule):
+            self.model.check_ready(stage, self.trainer.callbacks, self.datamodule)
 
 
 def run_cli(args: Sequence[str] | None = None, run: bool = True) -> PromptsCLI:

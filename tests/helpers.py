@@ -24,3 +24,12 @@ class SquaredTextFeatures(LossTerm):
 
     def compute(self, module, batch, output):
         return output.text_features.pow(2).mean()
+
+
+class NeedsNodeEmbeddings(LossTerm):
+    """A term no image method can feed (for the unmet-field error)."""
+
+    required_fields = ("node_embeddings",)
+
+    def compute(self, module, batch, output):  # pragma: no cover - never reached
+        raise AssertionError("a term with an unmet field must not run")

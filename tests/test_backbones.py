@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_prompts.backbones import GNN, HFText, TimmViT, build_backbone
+from lightning_prompts.backbones import GNN, HFText, OpenCLIP, TimmViT, build_backbone
 from lightning_prompts.backbones.gnn import save_gnn
 from lightning_prompts.backbones.hf_text import tiny_tokenizer
 from lightning_prompts.errors import ContextLengthError
@@ -85,3 +85,27 @@ def test_subclassing_a_method_to_change_one_step(tiny_clip):
     }
     model(torch.randn(2, 3, 32, 32)).logits.sum().backward()
     assert model.log_temperature.grad is not None
+
+
+def test_open_clip_loads_a_local_checkpoint_file(tiny_clip, tmp_path):
+    path = tmp_path / "clip.pt"
+    torch.save(tiny_clip.model.state_dict(), path)
+    loaded = OpenCLIP("tiny", pretrained=str(path), seed=123)  # other random init, then the file's weights
+    assert loaded.identity()["fingerprint"] == tiny_clip.identity()["fingerprint"]
+    assert loaded.name == f"tiny/{path}"
+
+
+def test_timm_vit_loads_a_local_checkpoint_file(tiny_vit, tmp_path):
+    path = tmp_path / "vit.pth"
+    torch.save(tiny_vit.model.state_dict(), path)
+    loaded = TimmViT("tiny", pretrained=False, checkpoint_path=str(path), seed=9)
+    assert loaded.identity()["fingerprint"] == tiny_vit.identity()["fingerprint"]
+
+
+def test_hf_text_loads_a_local_directory(tmp_path):
+    tiny = HFText("tiny-bert", seed=4)
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = HFText(str(tmp_path))
+    assert loaded.identity()["fingerprint"] == tiny.identity()["fingerprint"]
+    assert loaded.tokenize(["hello"])["input_ids"].tolist() == tiny.tokenize(["hello"])["input_ids"].tolist()

@@ -80,3 +80,12 @@ def test_bad_input_is_one_line_on_the_console(tmp_path):
     assert last.startswith("lightning-prompts: error: DescribableTextures (") and "dataset root" in last
     assert "does not exist" in last and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_unmet_callback_field_fails_before_anything_is_written(tmp_path):
+    from lightning_prompts.errors import MissingOutputFieldError
+
+    with pytest.raises(MissingOutputFieldError, match="needs the output field 'node_embeddings'"):
+        run_cli(["fit", "--config", str(RECIPES / "coop" / "caltech101.yaml"), "--config", TINY_CLIP,
+                 "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=helpers.NeedsNodeEmbeddings"])
+    assert not list(tmp_path.rglob("*"))  # no config.yaml, no log folder

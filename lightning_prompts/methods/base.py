@@ -152,12 +152,11 @@ class PromptModule(LightningModule):
     # ------------------------------------------------------------------------------------------
     # Loss terms and the output contract
     # ------------------------------------------------------------------------------------------
-    def loss_terms(self) -> list[LossTerm]:
-        """The loss-term callbacks attached to the trainer."""
-        trainer = self._trainer
-        if trainer is None:
-            return []
-        return [callback for callback in trainer.callbacks if isinstance(callback, LossTerm)]
+    def loss_terms(self, callbacks: Iterable[Any] | None = None) -> list[LossTerm]:
+        """The loss-term callbacks among ``callbacks`` (default: the trainer's)."""
+        if callbacks is None:
+            callbacks = self._trainer.callbacks if self._trainer is not None else []
+        return [callback for callback in callbacks if isinstance(callback, LossTerm)]
 
     def check_output_fields(self, terms: Iterable[LossTerm]) -> frozenset[str]:
         """Raise :class:`MissingOutputFieldError` if a term needs a field this method cannot fill;
@@ -172,9 +171,15 @@ class PromptModule(LightningModule):
                 needed.add(field)
         return frozenset(needed)
 
-    def setup(self, stage: str) -> None:
-        self._requested_fields = self.check_output_fields(self.loss_terms())
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+    def check_ready(self, stage: str, callbacks: Iterable[Any], datamodule: Any | None) -> None:
+        """Fail now, before anything runs or is written, if this experiment cannot work: a callback
+        needs an output field the method lacks, model and data disagree on the classes, or a fixed
+        head is asked to score other classes. Methods extend it (``super().check_ready(...)``).
+
+        Called from ``setup`` and, by the ``lightning-prompts`` command, before the Trainer starts
+        (so not even a config file is written for a run that cannot work).
+        """
+        self.check_output_fields(self.loss_terms(callbacks))
         data_classes = getattr(datamodule, "classnames", None)
         if data_classes is not None and list(data_classes) != self.classnames_for_training:
             raise ConfigurationError(
@@ -190,6 +195,11 @@ class PromptModule(LightningModule):
                     f"test set(s) {foreign} whose classes differ (base-to-novel needs a method that builds "
                     f"class prompts from names, such as CoOp)."
                 )
+
+    def setup(self, stage: str) -> None:
+        callbacks = self.trainer.callbacks
+        self.check_ready(stage, callbacks, getattr(self.trainer, "datamodule", None))
+        self._requested_fields = self.check_output_fields(self.loss_terms(callbacks))
 
     # ------------------------------------------------------------------------------------------
     # Steps

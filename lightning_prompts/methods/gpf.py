@@ -84,9 +84,8 @@ class GPF(PromptModule):
         self.prompt = GPFPrompt(gnn.in_channels) if variant == "gpf" else GPFPlusPrompt(gnn.in_channels, num_bases)
         self.head = mlp_head(gnn.hidden_channels, len(self.classnames), head_layers, head_hidden)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        super().check_ready(stage, callbacks, datamodule)
         level = getattr(datamodule, "task_level", None)
         if level is not None and level != self.task:
             raise ConfigurationError(

@@ -123,9 +123,8 @@ class PromptTuning(PromptModule):
             batch = {**batch, **self.tokenize(batch["text"])}
         return batch
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        super().check_ready(stage, callbacks, datamodule)
         if self.truncate or not hasattr(datamodule, "split_texts"):
             return
         limit = self.backbone.max_length - self.prompt.num_tokens
