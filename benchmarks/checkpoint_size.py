@@ -28,13 +28,24 @@ def main() -> None:
     args = parser.parse_args()
     clip = OpenCLIP(args.model, pretrained=None)
     data = FewShotImageDataModule(
-        dataset="caltech101", shots=1, synthetic=Synthetic(num_classes=10, images_per_class=1, image_size=224),
-        batch_size=2, num_workers=0, image_size=clip.image_size,
+        dataset="caltech101",
+        shots=1,
+        synthetic=Synthetic(num_classes=10, images_per_class=1, image_size=224),
+        batch_size=2,
+        num_workers=0,
+        image_size=clip.image_size,
     )
     model = CoOp(clip, data.classnames, n_ctx=args.n_ctx)
     with tempfile.TemporaryDirectory() as folder:
-        trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, limit_val_batches=0, default_root_dir=folder)
+        trainer = Trainer(
+            max_steps=1,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            default_root_dir=folder,
+        )
         trainer.fit(model, data)
         checkpoint = Path(folder) / "coop.ckpt"
         trainer.save_checkpoint(checkpoint)

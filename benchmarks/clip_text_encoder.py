@@ -70,8 +70,10 @@ def main() -> None:
         prompt = ClassContextPrompt(clip, CALTECH101, n_ctx=None, ctx_init=args.ctx_init)
     embeddings, eot = prompt()
     length = int(eot.max()) + 1
-    print(f"model: {args.model} text tower (random weights), {len(CALTECH101)} class prompts, n_ctx={prompt.n_ctx}, "
-          f"longest prompt {length} of {clip.context_length} tokens, threads={torch.get_num_threads()}")
+    print(
+        f"model: {args.model} text tower (random weights), {len(CALTECH101)} class prompts, n_ctx={prompt.n_ctx}, "
+        f"longest prompt {length} of {clip.context_length} tokens, threads={torch.get_num_threads()}"
+    )
 
     with torch.no_grad():
         full = full_pass(clip, embeddings, eot)

@@ -35,6 +35,11 @@ def tiny_vit():
 def trainer_kwargs(tmp_path):
     """Quiet CPU trainer settings for tests."""
     return {
-        "accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-        "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp_path),
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
     }

@@ -81,7 +81,8 @@ def test_subclassing_a_method_to_change_one_step(tiny_clip):
     model = CoOpLearnedTemperature(tiny_clip, ["cat", "dog"], n_ctx=4)
     assert model.trainable_state_keys() == {"prompt.ctx", "log_temperature"}
     assert {id(p) for p in model.configure_optimizers().param_groups[0]["params"]} == {
-        id(model.prompt.ctx), id(model.log_temperature)
+        id(model.prompt.ctx),
+        id(model.log_temperature),
     }
     model(torch.randn(2, 3, 32, 32)).logits.sum().backward()
     assert model.log_temperature.grad is not None

@@ -30,15 +30,36 @@ def test_print_config_shows_every_default_with_short_names(capsys):
 
 
 def test_classnames_flow_from_data_to_model(tmp_path):
-    cli = run_cli(["--config", str(RECIPES / "coop" / "dtd.yaml"), "--config", TINY_CLIP,
-                   "--trainer.default_root_dir", str(tmp_path)], run=False)
+    cli = run_cli(
+        [
+            "--config",
+            str(RECIPES / "coop" / "dtd.yaml"),
+            "--config",
+            TINY_CLIP,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        run=False,
+    )
     assert cli.model.classnames == cli.datamodule.classnames == ["airplane", "bicycle", "bird", "cat"]
 
 
 def test_base_to_novel_fit_then_test_reports_base_novel_and_hm(tmp_path):
     recipe = str(RECIPES / "coop" / "base_to_novel" / "eurosat.yaml")
-    common = ["--config", recipe, "--config", TINY_CLIP, "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.fast_dev_run", "false", "--trainer.max_epochs", "1", "--trainer.logger", "false"]
+    common = [
+        "--config",
+        recipe,
+        "--config",
+        TINY_CLIP,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.fast_dev_run",
+        "false",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.logger",
+        "false",
+    ]
     fit = run_cli(["fit", *common])
     checkpoint = fit.trainer.checkpoint_callback.best_model_path
     assert Path(checkpoint).is_file()
@@ -61,10 +82,20 @@ def test_base_to_novel_fit_then_test_reports_base_novel_and_hm(tmp_path):
 
 
 def test_loss_term_callback_from_the_command_line(tmp_path):
-    cli = run_cli(["fit", "--config", str(RECIPES / "coop" / "caltech101.yaml"), "--config", TINY_CLIP,
-                   "--trainer.default_root_dir", str(tmp_path),
-                   "--trainer.callbacks+=helpers.SquaredTextFeatures", "--trainer.callbacks.weight=64",
-                   "--trainer.callbacks.name=sq"])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(RECIPES / "coop" / "caltech101.yaml"),
+            "--config",
+            TINY_CLIP,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.callbacks+=helpers.SquaredTextFeatures",
+            "--trainer.callbacks.weight=64",
+            "--trainer.callbacks.name=sq",
+        ]
+    )
     metrics = cli.trainer.callback_metrics
     assert float(metrics["train/sq"]) == pytest.approx(64 / 32, rel=1e-4)  # weight x 1/D with D = 32
     assert float(metrics["train/loss"]) == pytest.approx(float(metrics["train/task_loss"]) + 2.0, rel=1e-4)
@@ -72,8 +103,18 @@ def test_loss_term_callback_from_the_command_line(tmp_path):
 
 def test_bad_input_is_one_line_on_the_console(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "lightning_prompts.cli", "fit", "--config", str(RECIPES / "coop" / "dtd.yaml"),
-               "--data.init_args.root", str(tmp_path / "missing"), "--trainer.default_root_dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_prompts.cli",
+        "fit",
+        "--config",
+        str(RECIPES / "coop" / "dtd.yaml"),
+        "--data.init_args.root",
+        str(tmp_path / "missing"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
@@ -86,6 +127,16 @@ def test_unmet_callback_field_fails_before_anything_is_written(tmp_path):
     from lightning_prompts.errors import MissingOutputFieldError
 
     with pytest.raises(MissingOutputFieldError, match="needs the output field 'node_embeddings'"):
-        run_cli(["fit", "--config", str(RECIPES / "coop" / "caltech101.yaml"), "--config", TINY_CLIP,
-                 "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=helpers.NeedsNodeEmbeddings"])
+        run_cli(
+            [
+                "fit",
+                "--config",
+                str(RECIPES / "coop" / "caltech101.yaml"),
+                "--config",
+                TINY_CLIP,
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                "--trainer.callbacks+=helpers.NeedsNodeEmbeddings",
+            ]
+        )
     assert not list(tmp_path.rglob("*"))  # no config.yaml, no log folder

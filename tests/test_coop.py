@@ -21,7 +21,7 @@ def official_class_prompts(clip, ctx, classnames, position, prompt_prefix):
     name_lens = [len(tokenizer.encode(name)) for name in names]
     tokenized = torch.cat([open_clip.tokenize(prompt_prefix + " " + name + ".") for name in names])
     embedding = clip.model.token_embedding(tokenized)
-    prefix, suffix = embedding[:, :1], embedding[:, 1 + n_ctx:]
+    prefix, suffix = embedding[:, :1], embedding[:, 1 + n_ctx :]
     if ctx.dim() == 2:
         ctx = ctx.unsqueeze(0).expand(len(names), -1, -1)
     if position == "end":
@@ -31,9 +31,15 @@ def official_class_prompts(clip, ctx, classnames, position, prompt_prefix):
         half = n_ctx // 2
         for i, n in enumerate(name_lens):
             if position == "middle":
-                row = [prefix[i:i + 1], ctx[i:i + 1, :half], suffix[i:i + 1, :n], ctx[i:i + 1, half:], suffix[i:i + 1, n:]]
+                row = [
+                    prefix[i : i + 1],
+                    ctx[i : i + 1, :half],
+                    suffix[i : i + 1, :n],
+                    ctx[i : i + 1, half:],
+                    suffix[i : i + 1, n:],
+                ]
             else:
-                row = [prefix[i:i + 1], suffix[i:i + 1, :n], ctx[i:i + 1], suffix[i:i + 1, n:]]
+                row = [prefix[i : i + 1], suffix[i : i + 1, :n], ctx[i : i + 1], suffix[i : i + 1, n:]]
             rows.append(torch.cat(row, dim=1))
         prompts = torch.cat(rows)
     return prompts, tokenized

@@ -11,8 +11,8 @@ import types
 from pathlib import Path
 
 import pytest
-
 from helpers import synthetic_fewshot
+
 from lightning_prompts.data import FewShotImageDataModule
 from lightning_prompts.data.dassl import DASSL_DATASETS, few_shot_splits, read_split_json, subsample_classes
 from lightning_prompts.data.images import ImageItem
@@ -99,8 +99,10 @@ def test_dassl_fewshot_cache_is_used_verbatim(tmp_path):
     sys.modules.update(modules)  # pretend Dassl is installed while pickling, as on the machine that made it
     try:
         chosen = [entry for entry in split["train"] if entry[0].endswith("_001.jpg")] + [split["train"][0]]
-        cache = {"train": [Datum(f"/elsewhere/oxford_pets/images/{p}", l, c) for p, l, c in chosen],
-                 "val": [Datum(f"/elsewhere/oxford_pets/images/{p}", l, c) for p, l, c in split["val"][:3]]}
+        cache = {
+            "train": [Datum(f"/elsewhere/oxford_pets/images/{p}", label, c) for p, label, c in chosen],
+            "val": [Datum(f"/elsewhere/oxford_pets/images/{p}", label, c) for p, label, c in split["val"][:3]],
+        }
         folder = root / spec.dataset_dir / "split_fewshot"
         folder.mkdir()
         (folder / "shot_2-seed_1.pkl").write_bytes(pickle.dumps(cache))

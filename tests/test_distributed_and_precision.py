@@ -6,9 +6,9 @@ import functools
 
 import pytest
 import torch
+from helpers import synthetic_fewshot
 from lightning.pytorch import Trainer
 
-from helpers import synthetic_fewshot
 from lightning_prompts.methods import VPT, CoOp
 
 
@@ -16,12 +16,19 @@ def train_coop(clip, strategy: str, devices: int, batch_size: int, root) -> torc
     # resize-only preprocessing and no shuffling: both runs see the same 8 images per step
     data = synthetic_fewshot(shots=2, num_classes=4, augmentation="vtab", shuffle=False, batch_size=batch_size)
     torch.manual_seed(0)
-    method = CoOp(clip, data.classnames, n_ctx=4,
-                  optimizer=functools.partial(torch.optim.SGD, lr=0.5, momentum=0.9))
+    method = CoOp(clip, data.classnames, n_ctx=4, optimizer=functools.partial(torch.optim.SGD, lr=0.5, momentum=0.9))
     trainer = Trainer(
-        max_epochs=3, strategy=strategy, devices=devices, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(root),
+        max_epochs=3,
+        strategy=strategy,
+        devices=devices,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
     )
     trainer.fit(method, data)  # ddp_spawn copies the trained weights back into this process
     return method.prompt.ctx.detach().clone()

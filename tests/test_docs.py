@@ -16,7 +16,11 @@ def test_mkdocs_build_strict(tmp_path):
     pytest.importorskip("mkdocs", reason="the [docs] extra is not installed")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "methods" / "coop" / "index.html").is_file()
@@ -27,5 +31,9 @@ def test_every_method_has_a_docs_page():
 
     pages = {p.stem for p in (ROOT / "docs" / "methods").glob("*.md")}
     modules = {name for name in dir(methods) if not name.startswith("_")} - {"PromptModule", "base"}
-    names = {getattr(methods, name).__module__.rsplit(".", 1)[-1] for name in modules if isinstance(getattr(methods, name), type)}
+    names = {
+        getattr(methods, name).__module__.rsplit(".", 1)[-1]
+        for name in modules
+        if isinstance(getattr(methods, name), type)
+    }
     assert names <= pages, f"methods without a docs page: {names - pages}"

@@ -50,7 +50,11 @@ def test_graph_classification_trains_only_prompt_and_head(trainer_kwargs):
     assert not torch.equal(method.prompt.bases, before)
     assert torch.equal(gnn.encoder.norms[0].module.running_mean, running_mean)  # BatchNorm statistics untouched
     assert {n for n, p in method.named_parameters() if p.requires_grad} == {
-        "prompt.bases", "prompt.scorer.weight", "prompt.scorer.bias", "head.0.weight", "head.0.bias"
+        "prompt.bases",
+        "prompt.scorer.weight",
+        "prompt.scorer.bias",
+        "head.0.weight",
+        "head.0.bias",
     }
 
 

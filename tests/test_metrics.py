@@ -10,7 +10,9 @@ from lightning_prompts.metrics import SetwiseAccuracy, harmonic_mean
 
 def test_accuracy_per_set_and_harmonic_mean():
     metric = SetwiseAccuracy(["base", "novel"])
-    metric.update(torch.tensor([[2.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]]), torch.tensor([0, 1, 1, 1]), set_index=0)
+    metric.update(
+        torch.tensor([[2.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]]), torch.tensor([0, 1, 1, 1]), set_index=0
+    )
     metric.update(torch.tensor([1, 0]), torch.tensor([1, 1]), set_index=1)
     result = metric.compute()
     assert result["base"].item() == pytest.approx(0.75)

@@ -9,7 +9,12 @@ import torch.nn.functional as F
 from lightning_prompts.backbones import OpenCLIP, build_backbone
 from lightning_prompts.errors import ContextLengthError
 
-PROMPTS = ["a photo of a cat.", "X X X X X X X X X X X X X X X X golden retriever.", "a.", "a photo of a " + "very " * 20 + "big dog."]
+PROMPTS = [
+    "a photo of a cat.",
+    "X X X X X X X X X X X X X X X X golden retriever.",
+    "a.",
+    "a photo of a " + "very " * 20 + "big dog.",
+]
 
 
 def full_77_token_pass(clip: OpenCLIP, embeddings: torch.Tensor, eot: torch.Tensor, deep=None) -> torch.Tensor:
@@ -18,7 +23,9 @@ def full_77_token_pass(clip: OpenCLIP, embeddings: torch.Tensor, eot: torch.Tens
     x = embeddings + model.positional_embedding
     for index, block in enumerate(model.transformer.resblocks):
         if deep and 1 <= index <= len(deep):
-            x = torch.cat([x[:, :1], deep[index - 1].expand(x.shape[0], -1, -1), x[:, 1 + deep[index - 1].shape[0]:]], 1)
+            x = torch.cat(
+                [x[:, :1], deep[index - 1].expand(x.shape[0], -1, -1), x[:, 1 + deep[index - 1].shape[0] :]], 1
+            )
         x = block(x, attn_mask=model.attn_mask)
     x = model.ln_final(x)
     return x[torch.arange(x.shape[0]), eot] @ model.text_projection
@@ -64,9 +71,9 @@ def test_visual_prompts_are_inserted_before_ln_pre_and_removed_before_pooling(ti
     x = torch.cat([x[:, :start], prompts.expand(2, -1, -1), x[:, start:]], 1)
     x = visual.ln_pre(x)
     x = visual.transformer.resblocks[0](x)
-    x = torch.cat([x[:, :start], deep[0].expand(2, -1, -1), x[:, start + 3:]], 1)
+    x = torch.cat([x[:, :start], deep[0].expand(2, -1, -1), x[:, start + 3 :]], 1)
     x = visual.transformer.resblocks[1](x)
-    x = torch.cat([x[:, :start], x[:, start + 3:]], 1)
+    x = torch.cat([x[:, :start], x[:, start + 3 :]], 1)
     x = visual.ln_post(x)
     assert torch.allclose(got.features, x[:, 0] @ visual.proj, atol=1e-5)
     assert torch.allclose(got.patch_tokens, x[:, 1:], atol=1e-5)
@@ -90,3 +97,15 @@ def test_backbone_is_frozen_and_rebuildable_from_its_config(tiny_clip):
 def test_logit_scale_is_exp_of_the_parameter(tiny_clip):
     assert torch.isclose(tiny_clip.logit_scale, tiny_clip.model.logit_scale.exp())
     assert F.normalize(tiny_clip.encode_text(["a cat"]), dim=-1).norm().item() == pytest.approx(1.0)
+
+
+def test_resnet_towers_encode_images_but_refuse_visual_prompts():
+    """CoOp's paper backbone is RN50: the image path must work without the ViT seams."""
+    clip = OpenCLIP("RN50", pretrained=None)
+    assert not clip.is_vit and clip.context_length == 77
+    images = torch.randn(1, 3, 224, 224)
+    encoding = clip.encode_image(images)
+    assert encoding.patch_tokens is None
+    assert torch.allclose(encoding.features, clip.model.encode_image(images), atol=1e-5)
+    with pytest.raises(NotImplementedError, match="ViT image tower"):
+        clip.encode_image(images, prompts=torch.zeros(2, 64))

@@ -7,10 +7,10 @@ import os
 
 import pytest
 import torch
+from helpers import synthetic_fewshot
 from lightning.pytorch import Callback, Trainer
 from safetensors.torch import load_file
 
-from helpers import synthetic_fewshot
 from lightning_prompts.backbones import OpenCLIP, TimmViT
 from lightning_prompts.callbacks import LossTerm
 from lightning_prompts.errors import BackboneMismatchError, MissingOutputFieldError, MissingTrainableStateError
@@ -77,7 +77,9 @@ def test_callback_needing_a_missing_field_fails_before_training(tiny_clip, train
 
 def test_parameter_groups_get_their_own_learning_rates(tiny_vit):
     method = VPT(
-        tiny_vit, ["a", "b"], optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+        tiny_vit,
+        ["a", "b"],
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
         param_group_lr={"head": 0.01},
     )
     optimizer = method.configure_optimizers()
@@ -89,7 +91,8 @@ def test_parameter_groups_get_their_own_learning_rates(tiny_vit):
 
 def test_optimizer_from_yaml_style_mapping_and_scheduler(tiny_vit):
     method = VPT(
-        tiny_vit, ["a", "b"],
+        tiny_vit,
+        ["a", "b"],
         optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.5}},
         lr_scheduler=functools.partial(WarmupCosineLR, max_epochs=10, warmup_epochs=2),
     )

@@ -57,7 +57,9 @@ def test_soft_prompt_is_prepended_with_ones_in_the_mask():
     backbone = HFText("tiny-bert")
     method = PromptTuning(backbone, ["neg", "pos"], num_virtual_tokens=3, init="random")
     tokens = method.tokenize(TEXTS)
-    embeds = torch.cat([method.prompt.embedding.unsqueeze(0).expand(3, -1, -1), backbone.word_embeddings(tokens["input_ids"])], 1)
+    embeds = torch.cat(
+        [method.prompt.embedding.unsqueeze(0).expand(3, -1, -1), backbone.word_embeddings(tokens["input_ids"])], 1
+    )
     mask = torch.cat([torch.ones(3, 3, dtype=torch.long), tokens["attention_mask"]], 1)
     with torch.no_grad():
         expected = backbone.model(inputs_embeds=embeds, attention_mask=mask).logits

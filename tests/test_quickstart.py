@@ -19,10 +19,25 @@ pytestmark = [
 
 
 def test_quickstart_loads_the_real_model_and_data_and_trains(tmp_path):
-    cli = run_cli(["fit", "--config", RECIPE, "--trainer.default_root_dir", str(tmp_path),
-                   "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-                   "--trainer.limit_val_batches", "2", "--trainer.logger", "false",
-                   "--trainer.enable_checkpointing", "false"])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            RECIPE,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "3",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+        ]
+    )
     backbone = cli.model.backbone
     assert backbone.model.config.hidden_size == 384 and backbone.model.config.num_hidden_layers == 6
     assert sum(p.numel() for p in backbone.parameters()) > 22_000_000  # the real MiniLM-L6, not a tiny model

@@ -10,8 +10,14 @@ from lightning_prompts.cli import run_cli
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 #: recipe folder -> tiny overlay family. A new method folder must be added here (the test fails otherwise).
-FAMILIES = {"coop": "clip", "vpt": "vit", "prompt_tuning": "text", "gpf": "graph", "graphcl": "graph",
-            "quickstart.yaml": "text"}
+FAMILIES = {
+    "coop": "clip",
+    "vpt": "vit",
+    "prompt_tuning": "text",
+    "gpf": "graph",
+    "graphcl": "graph",
+    "quickstart.yaml": "text",
+}
 
 
 def recipe_files() -> list[Path]:
@@ -27,8 +33,9 @@ def test_every_recipe_folder_has_a_family():
 def test_recipe_runs_with_tiny_overlay(recipe, tmp_path):
     family = FAMILIES[recipe.relative_to(RECIPES).parts[0]]
     overlay = RECIPES / "_tiny" / f"{family}.yaml"
-    cli = run_cli(["fit", "--config", str(recipe), "--config", str(overlay),
-                   "--trainer.default_root_dir", str(tmp_path)])
+    cli = run_cli(
+        ["fit", "--config", str(recipe), "--config", str(overlay), "--trainer.default_root_dir", str(tmp_path)]
+    )
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1
     assert "train/loss" in cli.trainer.callback_metrics

@@ -26,10 +26,21 @@ def optimizer(lr):
 def test_dassl_constant_warmup_then_cosine_over_max_epochs():
     # Dassl's ConstantWarmupScheduler(CosineAnnealingLR(T_max=10), warmup 1 epoch at 1e-5),
     # values obtained by running Dassl's scheduler code:
-    expected = [1e-05, 0.002, 0.00195106, 0.00180902, 0.00158779, 0.00130902, 0.001, 0.000690983, 0.000412215,
-                0.000190983]
-    scheduler = WarmupCosineLR(optimizer(0.002), max_epochs=10, warmup_epochs=1, warmup="constant", warmup_lr=1e-5,
-                               cosine_span="total")
+    expected = [
+        1e-05,
+        0.002,
+        0.00195106,
+        0.00180902,
+        0.00158779,
+        0.00130902,
+        0.001,
+        0.000690983,
+        0.000412215,
+        0.000190983,
+    ]
+    scheduler = WarmupCosineLR(
+        optimizer(0.002), max_epochs=10, warmup_epochs=1, warmup="constant", warmup_lr=1e-5, cosine_span="total"
+    )
     assert lrs(scheduler, 10) == pytest.approx(expected, rel=1e-5)
 
 
@@ -44,7 +55,9 @@ def test_vpt_linear_warmup_from_zero_then_cosine_over_the_rest():
 def test_max_epochs_can_come_from_the_trainer():
     scheduler = WarmupCosineLR(optimizer(1.0), warmup_epochs=0)
     scheduler.set_max_epochs(4)
-    assert lrs(scheduler, 4) == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
+    assert lrs(scheduler, 4) == pytest.approx(
+        [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]
+    )
 
 
 def test_each_group_keeps_its_own_base_lr():
@@ -53,4 +66,6 @@ def test_each_group_keeps_its_own_base_lr():
     scheduler = WarmupCosineLR(opt, max_epochs=4, warmup_epochs=0)
     opt.step()
     scheduler.step()
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5 * (1 + math.cos(math.pi / 4)), 0.05 * (1 + math.cos(math.pi / 4))])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(
+        [0.5 * (1 + math.cos(math.pi / 4)), 0.05 * (1 + math.cos(math.pi / 4))]
+    )

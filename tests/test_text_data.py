@@ -19,11 +19,11 @@ def rows(n=20):
 def test_formats(tmp_path, kind):
     path = tmp_path / f"train.{kind}"
     if kind.startswith("csv"):
-        content = "sentence,label\n" + "".join(f"{t},{l}\n" for t, l in rows())
+        content = "sentence,label\n" + "".join(f"{t},{label_}\n" for t, label_ in rows())
     elif kind == "tsv":
-        content = "sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows())
+        content = "sentence\tlabel\n" + "".join(f"{t}\t{label_}\n" for t, label_ in rows())
     else:
-        content = "".join(json.dumps({"sentence": t, "label": l}) + "\n" for t, l in rows())
+        content = "".join(json.dumps({"sentence": t, "label": label_}) + "\n" for t, label_ in rows())
     if kind.endswith("bz2"):
         path.write_bytes(bz2.compress(content.encode()))
     else:
@@ -38,7 +38,7 @@ def test_formats(tmp_path, kind):
 
 def test_labels_order_classnames_and_filtering(tmp_path):
     path = tmp_path / "train.csv"
-    path.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows()) + "odd one,plot\n")
+    path.write_text("text,label\n" + "".join(f"{t},{label_}\n" for t, label_ in rows()) + "odd one,plot\n")
     with pytest.raises(DatasetError, match="label 'plot'"):
         TextClassificationDataModule(train_file=str(path), labels=["neg", "pos"]).classnames
     data = TextClassificationDataModule(
@@ -51,7 +51,7 @@ def test_labels_order_classnames_and_filtering(tmp_path):
 
 def test_hold_out_and_few_shot_are_deterministic(tmp_path):
     path = tmp_path / "train.csv"
-    path.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows(40)))
+    path.write_text("text,label\n" + "".join(f"{t},{label_}\n" for t, label_ in rows(40)))
     first = TextClassificationDataModule(train_file=str(path), shots=4, seed=3)._load()
     second = TextClassificationDataModule(train_file=str(path), shots=4, seed=3)._load()
     assert first == second and len(first["train"][0]) == 8

@@ -19,7 +19,7 @@ def reference_vpt_features(vit: TimmViT, images, first, deep):
     x = torch.cat([x[:, :1], first.expand(b, -1, -1), x[:, 1:]], dim=1)  # [CLS, P, patches]
     for index, block in enumerate(model.blocks):
         if deep is not None and index > 0:
-            x = torch.cat([x[:, :1], deep[index - 1].expand(b, -1, -1), x[:, 1 + n:]], dim=1)
+            x = torch.cat([x[:, :1], deep[index - 1].expand(b, -1, -1), x[:, 1 + n :]], dim=1)
         x = block(x)
     x = model.norm(x)
     return x[:, 0], x
@@ -65,4 +65,6 @@ def test_no_prompts_reproduces_timm(tiny_vit):
     images = torch.randn(2, 3, 32, 32)
     encoding = tiny_vit.forward_features(images)
     model = tiny_vit.model
-    assert torch.allclose(encoding.pooled, model.forward_head(model.forward_features(images), pre_logits=True), atol=1e-6)
+    assert torch.allclose(
+        encoding.pooled, model.forward_head(model.forward_features(images), pre_logits=True), atol=1e-6
+    )

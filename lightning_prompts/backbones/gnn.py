@@ -37,8 +37,12 @@ def build_gnn(
     if arch not in classes:
         raise ValueError(f"arch must be one of {sorted(classes)}, got {arch!r}.")
     return classes[arch](
-        in_channels=in_channels, hidden_channels=hidden_channels, num_layers=num_layers,
-        dropout=dropout, norm=norm, jk=None,
+        in_channels=in_channels,
+        hidden_channels=hidden_channels,
+        num_layers=num_layers,
+        dropout=dropout,
+        norm=norm,
+        jk=None,
     )
 
 
@@ -80,8 +84,11 @@ class GNN(Backbone):
     ) -> None:
         super().__init__()
         self.arch_config = {
-            "arch": arch, "in_channels": in_channels, "hidden_channels": hidden_channels,
-            "num_layers": num_layers, "norm": norm,
+            "arch": arch,
+            "in_channels": in_channels,
+            "hidden_channels": hidden_channels,
+            "num_layers": num_layers,
+            "norm": norm,
         }
         self.checkpoint_path = checkpoint_path
         with torch.random.fork_rng(devices=[]):
@@ -124,9 +131,7 @@ class GNN(Backbone):
     def encode_nodes(self, x: Tensor, edge_index: Tensor) -> Tensor:
         """Node embeddings ``(N, hidden_channels)`` of (possibly prompted) node features ``x``."""
         if x.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"Node features have {x.shape[-1]} channels but {self.name} expects {self.in_channels}."
-            )
+            raise ValueError(f"Node features have {x.shape[-1]} channels but {self.name} expects {self.in_channels}.")
         return self.encoder(x, edge_index)
 
     @staticmethod

@@ -39,8 +39,12 @@ Pooling = Literal["model", "mean", "cls"]
 #: Tiny architectures for tests and ``recipes/_tiny/text.yaml``; they use :func:`tiny_tokenizer`.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny-bert": {
-        "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 64, "max_position_embeddings": 128,
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
     },
     "tiny-gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},
 }
@@ -171,7 +175,9 @@ class HFText(Backbone):
         self.requires_grad_(False)
 
     # -- text seams --------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str], reserve: int = 0, truncate: bool = False, where: str = "") -> dict[str, Tensor]:
+    def tokenize(
+        self, texts: Sequence[str], reserve: int = 0, truncate: bool = False, where: str = ""
+    ) -> dict[str, Tensor]:
         """Tokenize a batch, right-padded, leaving room for ``reserve`` soft tokens.
 
         Raises:
@@ -246,7 +252,6 @@ class HFText(Backbone):
         output.logits = output.logits[torch.arange(last.shape[0], device=last.device), column]
         return output
 
-
     def _pooled_classification(self, kwargs: dict[str, Any], num_prompt: int) -> Any:
         """Mean- or first-text-token pooling of the encoder's last hidden states, then the classifier."""
         from transformers.modeling_outputs import SequenceClassifierOutput
@@ -281,11 +286,16 @@ def tiny_tokenizer(causal: bool = False) -> Any:
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     if not causal:
         tokenizer.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
         )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
         model_max_length=128,
     )
 

@@ -295,7 +295,7 @@ class OpenCLIP(Backbone):
         start = num_tokens if location == "append" else 1
         x = _run_blocks(visual.transformer, x, None, deep_prompts, start)
         if n_prompts:  # drop the prompt tokens before pooling
-            x = torch.cat([x[:, :start], x[:, start + n_prompts:]], dim=1)
+            x = torch.cat([x[:, :start], x[:, start + n_prompts :]], dim=1)
         pooled, tokens = visual._pool(x)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
@@ -320,7 +320,7 @@ def _run_blocks(
     for index, block in enumerate(transformer.resblocks):
         if deep_prompts and 1 <= index <= len(deep_prompts):
             prompt = expand_to_batch(deep_prompts[index - 1], x.shape[0]).to(x.dtype)
-            x = torch.cat([x[:, :start], prompt, x[:, start + prompt.shape[1]:]], dim=1)
+            x = torch.cat([x[:, :start], prompt, x[:, start + prompt.shape[1] :]], dim=1)
         if transformer.batch_first:
             x = block(x, attn_mask=attn_mask)
         else:  # older open_clip (and OpenAI CLIP) run sequence-first

@@ -73,8 +73,11 @@ class TimmViT(Backbone):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = timm.create_model(
-                timm_name, pretrained=pretrained and checkpoint_path is None, num_classes=0,
-                checkpoint_path=checkpoint_path or "", **kwargs,
+                timm_name,
+                pretrained=pretrained and checkpoint_path is None,
+                num_classes=0,
+                checkpoint_path=checkpoint_path or "",
+                **kwargs,
             )
         if not isinstance(self.model, VisionTransformer):
             raise NotImplementedError(
@@ -146,10 +149,10 @@ class TimmViT(Backbone):
         for index, block in enumerate(model.blocks):
             if deep_prompts and 1 <= index <= len(deep_prompts):
                 fresh = expand_to_batch(deep_prompts[index - 1], x.shape[0]).to(x.dtype)
-                x = torch.cat([x[:, :start], fresh, x[:, start + n:]], dim=1)
+                x = torch.cat([x[:, :start], fresh, x[:, start + n :]], dim=1)
             x = block(x)
         x = model.norm(x)
-        prompt_tokens = x[:, start:start + n]
-        x = torch.cat([x[:, :start], x[:, start + n:]], dim=1)
+        prompt_tokens = x[:, start : start + n]
+        x = torch.cat([x[:, :start], x[:, start + n :]], dim=1)
         pooled = model.forward_head(x, pre_logits=True)  # pool + fc_norm (head_drop is off in eval)
         return ViTEncoding(pooled=pooled, patch_tokens=x[:, start:], prompt_tokens=prompt_tokens)

@@ -1,7 +1,7 @@
 """LightningDataModules for the benchmarks and for your own data."""
 
-from lightning_prompts.data.fgvc import FGVCDataModule
 from lightning_prompts.data.few_shot_images import FewShotImageDataModule
+from lightning_prompts.data.fgvc import FGVCDataModule
 from lightning_prompts.data.graph import GraphDataModule
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, Synthetic
 from lightning_prompts.data.image_folder import ImageFolderDataModule
@@ -9,6 +9,13 @@ from lightning_prompts.data.text import SyntheticText, TextClassificationDataMod
 from lightning_prompts.data.vtab import VTAB1kDataModule
 
 __all__ = [
-    "FGVCDataModule", "FewShotImageDataModule", "GraphDataModule", "ImageClassificationDataModule",
-    "ImageFolderDataModule", "Synthetic", "SyntheticText", "TextClassificationDataModule", "VTAB1kDataModule",
+    "FGVCDataModule",
+    "FewShotImageDataModule",
+    "GraphDataModule",
+    "ImageClassificationDataModule",
+    "ImageFolderDataModule",
+    "Synthetic",
+    "SyntheticText",
+    "TextClassificationDataModule",
+    "VTAB1kDataModule",
 ]

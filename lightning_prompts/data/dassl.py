@@ -141,7 +141,8 @@ def read_fgvc_aircraft(dataset_root: Path) -> dict[str, list[ImageItem]]:
     variants_file = dataset_root / "variants.txt"
     if not variants_file.is_file():
         raise DatasetError(f"{variants_file} does not exist (FGVC-Aircraft's list of variants).")
-    labels = {line.strip(): i for i, line in enumerate(l for l in variants_file.read_text().splitlines() if l.strip())}
+    names = [line.strip() for line in variants_file.read_text().splitlines() if line.strip()]
+    labels = {name: index for index, name in enumerate(names)}
     splits = {}
     for split in ("train", "val", "test"):
         list_file = dataset_root / f"images_variant_{split}.txt"

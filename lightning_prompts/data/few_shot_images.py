@@ -83,7 +83,10 @@ class FewShotImageDataModule(ImageClassificationDataModule):
             base_train, base_val, base_test = subsample_classes("base", train, val, test)
             novel_train, novel_test = subsample_classes("new", train, test)
             base_names = classnames_by_label(base_train, where)
-            test_sets = {"base": (base_names, base_test), "novel": (classnames_by_label(novel_train, where), novel_test)}
+            test_sets = {
+                "base": (base_names, base_test),
+                "novel": (classnames_by_label(novel_train, where), novel_test),
+            }
             return LoadedSplits(base_names, base_train, base_val, test_sets)
         train, val, test = subsample_classes(self.subsample, train, val, test)
         names = classnames_by_label(train, where)

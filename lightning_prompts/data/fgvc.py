@@ -43,8 +43,12 @@ class FGVCDataModule(ImageClassificationDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            root, batch_size=batch_size, eval_batch_size=eval_batch_size, augmentation=augmentation,
-            normalization=normalization, **kwargs,
+            root,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            augmentation=augmentation,
+            normalization=normalization,
+            **kwargs,
         )
 
     def write_synthetic(self, root: Path, spec: Synthetic) -> None:

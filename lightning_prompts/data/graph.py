@@ -106,7 +106,9 @@ class GraphDataModule(LightningDataModule):
         if task not in ("node", "graph"):
             raise ValueError(f"task must be 'node' or 'graph', got {task!r}.")
         if ego_hops is not None and task != "node":
-            raise ValueError("ego_hops turns node classification into ego-graph classification; use it with task='node'.")
+            raise ValueError(
+                "ego_hops turns node classification into ego-graph classification; use it with task='node'."
+            )
         self.dataset = instantiate_dataset(dataset)
         self.task, self.ego_hops = task, ego_hops
         self.shots, self.val_shots, self.seed = shots, shots if val_shots is None else val_shots, seed
@@ -187,7 +189,9 @@ class GraphDataModule(LightningDataModule):
 
         if self.task_level == "node":  # one full graph per batch
             return DataLoader(self._splits[split], batch_size=1, collate_fn=_first, num_workers=self.num_workers)
-        return GraphLoader(self._splits[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+        return GraphLoader(
+            self._splits[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -209,10 +213,12 @@ def ego_graphs(graph: Any, centers: Sequence[int], hops: int) -> list[Any]:
 
     graphs = []
     for center in centers:
-        nodes, edge_index, mapping, _ = k_hop_subgraph(int(center), hops, graph.edge_index, relabel_nodes=True,
-                                                       num_nodes=graph.num_nodes)
-        graphs.append(Data(x=graph.x[nodes], edge_index=edge_index, y=graph.y[center].view(1),
-                           center_index=mapping.view(1)))
+        nodes, edge_index, mapping, _ = k_hop_subgraph(
+            int(center), hops, graph.edge_index, relabel_nodes=True, num_nodes=graph.num_nodes
+        )
+        graphs.append(
+            Data(x=graph.x[nodes], edge_index=edge_index, y=graph.y[center].view(1), center_index=mapping.view(1))
+        )
     return graphs
 
 

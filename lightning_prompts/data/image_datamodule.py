@@ -161,8 +161,12 @@ class ImageClassificationDataModule(LightningDataModule):
         # Dassl drops the last partial batch only when there is more than one batch
         drop_last = len(dataset) >= self.batch_size
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=self.shuffle, drop_last=drop_last,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -13,8 +13,22 @@ import numpy as np
 
 #: Readable class names for generated data (real words, so CLIP tokenization behaves normally).
 CLASSNAMES = (
-    "airplane", "bicycle", "bird", "cat", "dog", "frog", "horse", "ship", "truck", "apple",
-    "banana", "chair", "guitar", "lamp", "mountain", "river",
+    "airplane",
+    "bicycle",
+    "bird",
+    "cat",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+    "apple",
+    "banana",
+    "chair",
+    "guitar",
+    "lamp",
+    "mountain",
+    "river",
 )
 SPLITS = ("train", "val", "test")
 

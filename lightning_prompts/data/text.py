@@ -57,7 +57,9 @@ def read_table(path: Path, text_column: str, label_column: str) -> list[tuple[st
         elif kind in (".csv", ".tsv"):
             records = list(csv.DictReader(io.StringIO(handle.read()), delimiter="\t" if kind == ".tsv" else ","))
         else:
-            raise DatasetError(f"{path}: unsupported format {kind!r} (use .csv, .tsv or .jsonl, optionally compressed).")
+            raise DatasetError(
+                f"{path}: unsupported format {kind!r} (use .csv, .tsv or .jsonl, optionally compressed)."
+            )
     rows = []
     for number, record in enumerate(records, 1):
         if text_column not in record or label_column not in record:
@@ -241,8 +243,11 @@ class TextClassificationDataModule(LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         texts, labels = self._load()[split]
         return DataLoader(
-            TextDataset(texts, labels), batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train, collate_fn=collate_text, num_workers=self.num_workers,
+            TextDataset(texts, labels),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            collate_fn=collate_text,
+            num_workers=self.num_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -262,7 +267,9 @@ _POSITIVE = ("great", "wonderful", "moving", "brilliant", "funny", "beautiful", 
 _NEGATIVE = ("dull", "boring", "awful", "clumsy", "tedious", "bland", "messy", "weak")
 
 
-def synthetic_rows(split: str, spec: SyntheticText, labels: Sequence[str] | None = None) -> list[tuple[str, str]] | None:
+def synthetic_rows(
+    split: str, spec: SyntheticText, labels: Sequence[str] | None = None
+) -> list[tuple[str, str]] | None:
     """Short review-like sentences whose label follows from their adjective; the labels are the
     configured label values (so a recipe's ``labels`` still hold), by default negative/positive."""
     if split == "test":

@@ -18,16 +18,39 @@ from lightning_prompts.errors import DatasetError
 
 #: The 19 VTAB-1k tasks (folder name -> number of classes) and their groups.
 VTAB_TASKS: dict[str, int] = {
-    "caltech101": 102, "cifar": 100, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37, "svhn": 10,
-    "sun397": 397, "patch_camelyon": 2, "eurosat": 10, "resisc45": 45, "diabetic_retinopathy": 5,
-    "clevr_count": 8, "clevr_dist": 6, "dmlab": 6, "kitti": 4, "dsprites_loc": 16, "dsprites_ori": 16,
-    "smallnorb_azi": 18, "smallnorb_ele": 9,
+    "caltech101": 102,
+    "cifar": 100,
+    "dtd": 47,
+    "oxford_flowers102": 102,
+    "oxford_iiit_pet": 37,
+    "svhn": 10,
+    "sun397": 397,
+    "patch_camelyon": 2,
+    "eurosat": 10,
+    "resisc45": 45,
+    "diabetic_retinopathy": 5,
+    "clevr_count": 8,
+    "clevr_dist": 6,
+    "dmlab": 6,
+    "kitti": 4,
+    "dsprites_loc": 16,
+    "dsprites_ori": 16,
+    "smallnorb_azi": 18,
+    "smallnorb_ele": 9,
 }
 VTAB_GROUPS: dict[str, list[str]] = {
     "natural": ["caltech101", "cifar", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"],
     "specialized": ["patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"],
-    "structured": ["clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori", "smallnorb_azi",
-                   "smallnorb_ele"],
+    "structured": [
+        "clevr_count",
+        "clevr_dist",
+        "dmlab",
+        "kitti",
+        "dsprites_loc",
+        "dsprites_ori",
+        "smallnorb_azi",
+        "smallnorb_ele",
+    ],
 }
 
 
@@ -70,8 +93,12 @@ class VTAB1kDataModule(ImageClassificationDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            root, batch_size=batch_size, eval_batch_size=eval_batch_size, augmentation=augmentation,
-            normalization=normalization, **kwargs,
+            root,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            augmentation=augmentation,
+            normalization=normalization,
+            **kwargs,
         )
         if task not in VTAB_TASKS:
             raise ValueError(f"Unknown VTAB-1k task {task!r}; known: {sorted(VTAB_TASKS)}.")
@@ -87,8 +114,12 @@ class VTAB1kDataModule(ImageClassificationDataModule):
 
     def write_synthetic(self, root: Path, spec: Synthetic) -> None:
         task_root = root / self.task
-        names = {"train800val200": "train800val200.txt", "train800": "train800.txt", "val200": "val200.txt",
-                 "test": "test.txt"}
+        names = {
+            "train800val200": "train800val200.txt",
+            "train800": "train800.txt",
+            "val200": "val200.txt",
+            "test": "test.txt",
+        }
         write_list_layout(task_root, names, spec.num_classes, spec.images_per_class, spec.image_size, spec.seed)
 
     def load_splits(self) -> LoadedSplits:

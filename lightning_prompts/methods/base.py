@@ -23,12 +23,12 @@ does the rest, the same way for every method:
 from __future__ import annotations
 
 import json
+import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
@@ -55,7 +55,9 @@ LRSchedulerCallable = Callable[[Optimizer], LRScheduler]
 # mode during training, and our checkpoints leave the backbone out (on_load_checkpoint guards the
 # keys that matter). Silence only those, only for backbone keys.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-warnings.filterwarnings("ignore", message=r"Found keys that are in the model state dict but not in the checkpoint: \['backbone\.")
+warnings.filterwarnings(
+    "ignore", message=r"Found keys that are in the model state dict but not in the checkpoint: \['backbone\."
+)
 
 _CHECKPOINT_KEY = "lightning_prompts"
 _METADATA_PREFIX = "lightning_prompts."
@@ -82,7 +84,8 @@ class PromptModule(LightningModule):
     supports_new_classes: ClassVar[bool] = False
     #: Optimizer used when none is configured (the method's official default).
     default_optimizer: ClassVar[dict[str, Any]] = {
-        "class_path": "torch.optim.SGD", "init_args": {"lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4}
+        "class_path": "torch.optim.SGD",
+        "init_args": {"lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4},
     }
 
     def __init__(
@@ -224,7 +227,9 @@ class PromptModule(LightningModule):
         self.val_accuracy.update(output.logits.detach(), targets)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/acc", self.val_accuracy.compute()["val"], prog_bar=True)
+        accuracy = self.val_accuracy.compute().get("val")
+        if accuracy is not None:  # None when the epoch had no validation batch
+            self.log("val/acc", accuracy, prog_bar=True)
         self.val_accuracy.reset()
 
     def on_test_epoch_start(self) -> None:
@@ -275,7 +280,9 @@ class PromptModule(LightningModule):
         unknown = set(self._param_group_lr) - {group["name"] for group in groups}
         if unknown:
             names = sorted(group["name"] for group in groups)
-            raise ConfigurationError(f"param_group_lr names unknown groups {sorted(unknown)}; {type(self).__name__} has {names}.")
+            raise ConfigurationError(
+                f"param_group_lr names unknown groups {sorted(unknown)}; {type(self).__name__} has {names}."
+            )
         for group in groups:
             if group["name"] in self._param_group_lr:
                 group["lr"] = float(self._param_group_lr[group["name"]])
@@ -284,8 +291,9 @@ class PromptModule(LightningModule):
             return optimizer
         scheduler = self._scheduler_factory(optimizer)
         if hasattr(scheduler, "set_max_epochs") and self._trainer is not None:
-            total = self.trainer.max_epochs if self._scheduler_interval == "epoch" else self.trainer.estimated_stepping_batches
-            if total is not None and total > 0:
+            trainer = self.trainer
+            total = trainer.max_epochs if self._scheduler_interval == "epoch" else trainer.estimated_stepping_batches
+            if total is not None and 0 < total < math.inf:
                 scheduler.set_max_epochs(int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self._scheduler_interval}}
 

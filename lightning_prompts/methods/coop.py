@@ -79,8 +79,13 @@ class CoOp(PromptModule):
             raise ValueError("CoOp needs classnames (the CLI links them from the data module).")
         self.frozen_template = frozen_template
         self.prompt = ClassContextPrompt(
-            self.backbone, self.classnames, n_ctx=n_ctx, ctx_init=ctx_init, class_specific=class_specific,
-            class_token_position=class_token_position, init_std=init_std,
+            self.backbone,
+            self.classnames,
+            n_ctx=n_ctx,
+            ctx_init=ctx_init,
+            class_specific=class_specific,
+            class_token_position=class_token_position,
+            init_std=init_std,
         )
         self._text_cache: tuple[Any, Tensor] | None = None
         self._frozen_text_cache: tuple[Any, Tensor] | None = None

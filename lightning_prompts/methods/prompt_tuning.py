@@ -35,7 +35,6 @@ from lightning_prompts.methods.base import PromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.soft_prompt import SoftPrompt, SoftPromptInit
 
-
 # Tokenizing in the module's on_before_batch_transfer is the design (data stays model-agnostic).
 warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
 
@@ -62,7 +61,8 @@ class PromptTuning(PromptModule):
 
     output_fields: ClassVar[frozenset[str]] = frozenset({"logits", "pooled_features"})
     default_optimizer: ClassVar[dict[str, Any]] = {
-        "class_path": "torch.optim.AdamW", "init_args": {"lr": 0.3, "weight_decay": 0.0}
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": 0.3, "weight_decay": 0.0},
     }
 
     def __init__(
@@ -165,6 +165,10 @@ class PromptTuning(PromptModule):
                 f"pooling={model.pooling!r}, which PEFT cannot reproduce. Use export_prompt() instead."
             )
         return export_peft_prompt_tuning(
-            directory, self.prompt.embedding, model.model.config, model.task, model.model_name_or_path,
+            directory,
+            self.prompt.embedding,
+            model.model.config,
+            model.task,
+            model.model_name_or_path,
             model.head_modules(),
         )

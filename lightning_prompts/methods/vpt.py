@@ -44,13 +44,15 @@ class VPT(PromptModule):
         project_dim: learn prompts in this smaller width and project them (VPT's ``PROJECT``).
         **kwargs: ``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``, ``param_group_lr``; see
             :class:`~lightning_prompts.methods.PromptModule`; the groups are ``"prompt"``,
-            ``"head"`` and ``"head_bias"`` (no weight decay, as in the official optimizer). Default optimizer: SGD, lr 0.01, momentum 0.9, weight decay 1e-4 (VPT's
-            config defaults; its tuned recipes scale the lr by batch/256).
+            ``"head"`` and ``"head_bias"`` (no weight decay, as in the official optimizer).
+            Default optimizer: SGD, lr 0.01, momentum 0.9, weight decay 1e-4 (VPT's config
+            defaults; its tuned recipes scale the lr by batch/256).
     """
 
     output_fields: ClassVar[frozenset[str]] = frozenset({"logits", "pooled_features", "patch_tokens"})
     default_optimizer: ClassVar[dict[str, Any]] = {
-        "class_path": "torch.optim.SGD", "init_args": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
+        "class_path": "torch.optim.SGD",
+        "init_args": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
     }
 
     def __init__(
@@ -68,7 +70,12 @@ class VPT(PromptModule):
             raise ValueError("VPT needs classnames to size its head (the CLI links them from the data module).")
         vit = self.backbone
         self.prompt = VisualPromptTokens(
-            num_tokens, vit.width, vit.depth, deep=deep, patch_size=vit.patch_size, dropout=dropout,
+            num_tokens,
+            vit.width,
+            vit.depth,
+            deep=deep,
+            patch_size=vit.patch_size,
+            dropout=dropout,
             project_dim=project_dim,
         )
         self.head = nn.Linear(vit.width, len(self.classnames))

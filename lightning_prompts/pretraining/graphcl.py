@@ -19,9 +19,9 @@ with :func:`~lightning_prompts.backbones.gnn.save_gnn` to ``encoder_path`` at th
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,9 @@ def mask_nodes(data: Any, ratio: float, generator: torch.Generator | None = None
 
 
 AUGMENTATIONS: dict[str, Callable[..., Any]] = {
-    "drop_nodes": drop_nodes, "permute_edges": permute_edges, "mask_nodes": mask_nodes,
+    "drop_nodes": drop_nodes,
+    "permute_edges": permute_edges,
+    "mask_nodes": mask_nodes,
 }
 
 
@@ -126,11 +128,15 @@ class GraphCL(LightningModule):
         self.encoder = build_gnn(**self.config, dropout=0.0)
         self.encoder.load_state_dict(gnn.encoder.state_dict())
         self.projection = nn.Sequential(
-            nn.Linear(hidden_channels, hidden_channels), nn.ReLU(inplace=True), nn.Linear(hidden_channels, hidden_channels)
+            nn.Linear(hidden_channels, hidden_channels),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_channels, hidden_channels),
         )
         self.augmentations, self.aug_ratio, self.temperature = list(augmentations), aug_ratio, temperature
         self.pooling, self.encoder_path = pooling, encoder_path
-        self._optimizer_factory = as_factory(optimizer) or functools.partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4)
+        self._optimizer_factory = as_factory(optimizer) or functools.partial(
+            torch.optim.Adam, lr=0.01, weight_decay=1e-4
+        )
 
     def embed(self, data: Any) -> Tensor:
         """Projected graph embeddings of a batch."""

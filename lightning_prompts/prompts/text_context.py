@@ -65,7 +65,7 @@ class ClassContextPrompt(nn.Module):
             if n_ctx > available:
                 raise ValueError(f"n_ctx={n_ctx} but ctx_init {ctx_init!r} has only {available} tokens.")
             with torch.no_grad():
-                vectors = backbone.embed_tokens(init_ids)[0, 1:1 + n_ctx].detach().clone().float()
+                vectors = backbone.embed_tokens(init_ids)[0, 1 : 1 + n_ctx].detach().clone().float()
             self.prompt_prefix = ctx_init
         else:
             if not n_ctx or n_ctx < 1:
@@ -75,9 +75,11 @@ class ClassContextPrompt(nn.Module):
         self.n_ctx, self.class_specific, self.position = n_ctx, class_specific, class_token_position
         if class_specific:
             count = len(classnames)
-            vectors = vectors.unsqueeze(0).repeat(count, 1, 1) if ctx_init else torch.empty(
-                count, n_ctx, width
-            ).normal_(std=init_std)
+            vectors = (
+                vectors.unsqueeze(0).repeat(count, 1, 1)
+                if ctx_init
+                else torch.empty(count, n_ctx, width).normal_(std=init_std)
+            )
         self.ctx = nn.Parameter(vectors)
         self.set_classnames(classnames, backbone)
 
@@ -105,7 +107,7 @@ class ClassContextPrompt(nn.Module):
         self.classnames = list(classnames)
         self.register_buffer("eot_positions", backbone.eot_positions(token_ids), persistent=False)
         self.register_buffer("token_prefix", embeddings[:, :1].clone(), persistent=False)
-        self.register_buffer("token_suffix", embeddings[:, 1 + self.n_ctx:].clone(), persistent=False)
+        self.register_buffer("token_suffix", embeddings[:, 1 + self.n_ctx :].clone(), persistent=False)
         # tokens of each class name (without the trailing "."): what "middle"/"front" move around
         self.name_lengths = [backbone.token_count(name) - 2 for name in names]
 
@@ -123,11 +125,11 @@ class ClassContextPrompt(nn.Module):
             rows = []
             half = self.n_ctx // 2
             for i, length in enumerate(self.name_lengths):
-                name, rest = suffix[i:i + 1, :length], suffix[i:i + 1, length:]
+                name, rest = suffix[i : i + 1, :length], suffix[i : i + 1, length:]
                 if self.position == "middle":
-                    parts = [prefix[i:i + 1], ctx[i:i + 1, :half], name, ctx[i:i + 1, half:], rest]
+                    parts = [prefix[i : i + 1], ctx[i : i + 1, :half], name, ctx[i : i + 1, half:], rest]
                 else:
-                    parts = [prefix[i:i + 1], name, ctx[i:i + 1], rest]
+                    parts = [prefix[i : i + 1], name, ctx[i : i + 1], rest]
                 rows.append(torch.cat(parts, dim=1))
             prompts = torch.cat(rows, dim=0)
         # moving the class name does not change the number of tokens, so EOT stays where it was

