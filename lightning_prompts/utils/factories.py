@@ -30,7 +30,7 @@ def describe_factory(value: Any) -> dict[str, Any] | None:
     """``{"class_path", "init_args"}`` for a factory made of a class and keyword arguments, else ``None``.
 
     Handles ``functools.partial(Class, **kwargs)``, a bare class, a mapping (returned as is), and
-    the callables jsonargparse builds for ``OptimizerCallable``/``LRSchedulerCallable``.
+    the partials jsonargparse builds for ``OptimizerCallable``/``LRSchedulerCallable``.
     """
     if value is None:
         return None
@@ -38,11 +38,10 @@ def describe_factory(value: Any) -> dict[str, Any] | None:
         return dict(value)
     if inspect.isclass(value):
         return {"class_path": f"{value.__module__}.{value.__qualname__}", "init_args": {}}
-    if isinstance(value, functools.partial) and inspect.isclass(value.func) and not value.args:
-        func = value.func
-        return {"class_path": f"{func.__module__}.{func.__qualname__}", "init_args": dict(value.keywords)}
-    # jsonargparse's partial_instance-like callables keep the class and the init args
-    func, kwargs = getattr(value, "func", None), getattr(value, "keywords", None)
-    if inspect.isclass(func) and isinstance(kwargs, Mapping):
-        return {"class_path": f"{func.__module__}.{func.__qualname__}", "init_args": dict(kwargs)}
+    if isinstance(value, functools.partial):
+        # plain partial(Class, **kw), or jsonargparse's partial(helper, instantiator, Class, **kw)
+        classes = [item for item in (value.func, *value.args) if inspect.isclass(item)]
+        if classes:
+            cls = classes[-1]
+            return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(value.keywords)}
     return None
