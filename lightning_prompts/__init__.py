@@ -5,7 +5,7 @@ short class name in YAML recipes (``class_path: CoOp``). The upstream model libr
 imported when a backbone is built.
 """
 
-from lightning_prompts.backbones import GNN, Backbone, HFText, OpenCLIP, TimmViT
+from lightning_prompts.backbones import GNN, Backbone, HFText, OpenCLIP, StandInCLIP, TimmViT
 from lightning_prompts.callbacks import LossTerm
 from lightning_prompts.data import (
     FewShotImageDataModule,
@@ -18,7 +18,7 @@ from lightning_prompts.data import (
     TextClassificationDataModule,
     VTAB1kDataModule,
 )
-from lightning_prompts.methods import GPF, VPT, CoOp, PromptModule, PromptTuning
+from lightning_prompts.methods import GPF, VPT, CoOp, PromptModule, PromptTuning, ZeroShotCLIP
 from lightning_prompts.optim import WarmupCosineLR
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.pretraining import GraphCL
@@ -43,10 +43,12 @@ __all__ = [
     "PromptModule",
     "PromptOutput",
     "PromptTuning",
+    "StandInCLIP",
     "Synthetic",
     "SyntheticText",
     "TextClassificationDataModule",
     "TimmViT",
     "VTAB1kDataModule",
     "WarmupCosineLR",
+    "ZeroShotCLIP",
 ]

@@ -22,14 +22,13 @@ text towers without a causal mask, and pooling at the first/last position.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_prompts.backbones.base import Backbone, expand_to_batch
+from lightning_prompts.backbones.base import expand_to_batch
+from lightning_prompts.backbones.vision_language import ImageEncoding, VisionLanguageBackbone
 from lightning_prompts.errors import ContextLengthError
 
 #: OpenAI CLIP preprocessing constants (open_clip's defaults for OpenAI weights).
@@ -45,21 +44,7 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
-@dataclass
-class ImageEncoding:
-    """Result of :meth:`OpenCLIP.encode_image`.
-
-    Attributes:
-        features: ``(B, D)`` projected global image feature (not normalised).
-        patch_tokens: ``(B, N, W)`` last-layer patch tokens after the final LayerNorm, without the
-            class token and without prompt tokens; ``None`` for non-ViT towers.
-    """
-
-    features: Tensor
-    patch_tokens: Tensor | None = None
-
-
-class OpenCLIP(Backbone):
+class OpenCLIP(VisionLanguageBackbone):
     """A frozen open_clip CLIP model.
 
     Args:
@@ -81,8 +66,6 @@ class OpenCLIP(Backbone):
         >>> tiny.encode_text(["a photo of a cat."]).shape
         torch.Size([1, 32])
     """
-
-    family = "clip"
 
     def __init__(
         self,
@@ -247,12 +230,6 @@ class OpenCLIP(Backbone):
         if projection is None:
             return x
         return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
-
-    def encode_text(self, texts: Sequence[str], normalize: bool = False) -> Tensor:
-        """Features of plain strings (hand-written prompts, zero-shot class prompts)."""
-        ids = self.tokenize(texts)
-        features = self.encode_text_embeddings(self.embed_tokens(ids), self.eot_positions(ids))
-        return F.normalize(features, dim=-1) if normalize else features
 
     # -- image seam --------------------------------------------------------------------------
     def encode_image(

@@ -54,7 +54,7 @@ class DasslDataset:
     layout: str = "split_json"
 
 
-#: The 11 datasets of the CoOp benchmark, by the short names recipes use.
+#: The 11 datasets of the CoOp benchmark (and the testbed's Fashion-MNIST), by the short names recipes use.
 DASSL_DATASETS: dict[str, DasslDataset] = {
     "imagenet": DasslDataset("ImageNet", "imagenet", "images", None, "imagenet"),
     "caltech101": DasslDataset("Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json"),
@@ -67,6 +67,8 @@ DASSL_DATASETS: dict[str, DasslDataset] = {
     "dtd": DasslDataset("DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json"),
     "eurosat": DasslDataset("EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json"),
     "ucf101": DasslDataset("UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
+    # not a CoOp dataset: the offline testbed's Fashion-MNIST (python -m lightning_prompts.testbed prepare)
+    "fashion_mnist": DasslDataset("FashionMNIST", "fashion_mnist", "images", "split_zhou_FashionMNIST.json"),
 }
 
 

@@ -5,5 +5,6 @@ from lightning_prompts.methods.coop import CoOp
 from lightning_prompts.methods.gpf import GPF
 from lightning_prompts.methods.prompt_tuning import PromptTuning
 from lightning_prompts.methods.vpt import VPT
+from lightning_prompts.methods.zero_shot_clip import ZeroShotCLIP
 
-__all__ = ["GPF", "CoOp", "PromptModule", "PromptTuning", "VPT"]
+__all__ = ["GPF", "VPT", "CoOp", "PromptModule", "PromptTuning", "ZeroShotCLIP"]

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_prompts.backbones.open_clip import OpenCLIP
+from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
 from lightning_prompts.methods.base import PromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.text_context import ClassContextPrompt
@@ -43,7 +43,8 @@ class CoOp(PromptModule):
     """CoOp on a frozen CLIP.
 
     Args:
-        backbone: the frozen :class:`~lightning_prompts.backbones.OpenCLIP`.
+        backbone: a frozen CLIP-family backbone (:class:`~lightning_prompts.backbones.OpenCLIP`,
+            :class:`~lightning_prompts.backbones.StandInCLIP`).
         classnames: the training classes (linked from the data module by the CLI).
         n_ctx: number of context vectors (16 in the paper; ``None`` with ``ctx_init``: its word count).
         ctx_init: initialise the context from this phrase (``"a photo of a"``), or ``None`` for random.
@@ -64,7 +65,7 @@ class CoOp(PromptModule):
 
     def __init__(
         self,
-        backbone: OpenCLIP,
+        backbone: VisionLanguageBackbone,
         classnames: Sequence[str] | None = None,
         n_ctx: int | None = 16,
         ctx_init: str | None = None,

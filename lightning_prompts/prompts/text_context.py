@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_prompts.backbones.open_clip import OpenCLIP
+from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
 
 ClassTokenPosition = Literal["end", "middle", "front"]
 
@@ -45,7 +45,7 @@ class ClassContextPrompt(nn.Module):
 
     def __init__(
         self,
-        backbone: OpenCLIP,
+        backbone: VisionLanguageBackbone,
         classnames: Sequence[str],
         n_ctx: int | None = 16,
         ctx_init: str | None = None,
@@ -92,7 +92,7 @@ class ClassContextPrompt(nn.Module):
         return [f"{self.prompt_prefix} {name}." for name in classnames]
 
     @torch.no_grad()
-    def set_classnames(self, classnames: Sequence[str], backbone: OpenCLIP) -> None:
+    def set_classnames(self, classnames: Sequence[str], backbone: VisionLanguageBackbone) -> None:
         """Rebuild the fixed prompt parts for a new list of classes."""
         names = [name.replace("_", " ") for name in classnames]
         if not names:

@@ -1,0 +1,182 @@
+"""Base-to-novel results of CLIP prompt methods on the offline testbed (stand-in CLIP, Fashion-MNIST).
+
+For every method recipe in ``recipes/testbed/`` and every seed, trains on the 5 base classes (16
+shots) and tests on base and novel classes; writes per-seed logs, a Markdown table (mean ± std over
+seeds of base, novel and harmonic mean; HM also from the seed-averaged accuracies, as papers report
+it) and a bar chart. Zero-shot does not depend on the few-shot seed, so it runs once; it is also
+reported on all 10 classes at once.
+
+    python -m lightning_prompts.testbed prepare --root data/testbed      # once
+    python benchmarks/testbed_base_to_novel.py [--methods zeroshot coop] [--seeds 1 2 3] [--out docs/testbed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from lightning_prompts.cli import run_cli
+from lightning_prompts.metrics import harmonic_mean
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes" / "testbed"
+LABELS = {"zeroshot": "Zero-shot", "coop": "CoOp"}
+
+
+def run_method(method: str, seed: int, workdir: Path, logs: Path, data_root: str) -> dict[str, float]:
+    """Fit (unless zero-shot) and test one seed; return the test metrics and copy the logs."""
+    recipe = str(RECIPES / f"{method}.yaml")
+    folder = workdir / method / f"seed{seed}"
+    common = [
+        "--config",
+        recipe,
+        "--seed_everything",
+        str(seed),
+        "--data.init_args.seed",
+        str(seed),
+        "--data.init_args.root",
+        data_root,
+        "--trainer.default_root_dir",
+        str(folder),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    start = time.perf_counter()
+    checkpoint: list[str] = []
+    if method != "zeroshot":
+        fit = run_cli(
+            [
+                "fit",
+                *common,
+                "--trainer.logger",
+                "lightning.pytorch.loggers.CSVLogger",
+                "--trainer.logger.save_dir",
+                str(folder),
+            ]
+        )
+        checkpoint = [
+            "--ckpt_path",
+            fit.trainer.checkpoint_callback.last_model_path or fit.trainer.checkpoint_callback.best_model_path,
+        ]
+        shutil.copy(Path(fit.trainer.logger.log_dir) / "metrics.csv", logs / f"{method}_seed{seed}_fit.csv")
+    test = run_cli(["test", *common, "--trainer.logger", "false", *checkpoint])
+    metrics = {k: float(v) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}
+    metrics["minutes"] = (time.perf_counter() - start) / 60
+    (logs / f"{method}_seed{seed}_test.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def zero_shot_all_classes(workdir: Path, data_root: str) -> float:
+    test = run_cli(
+        [
+            "test",
+            "--config",
+            str(RECIPES / "zeroshot.yaml"),
+            "--data.init_args.subsample_classes",
+            "all",
+            "--data.init_args.root",
+            data_root,
+            "--trainer.default_root_dir",
+            str(workdir / "zeroshot_all"),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    return float(test.trainer.callback_metrics["test/acc"])
+
+
+def summarise(results: dict[str, list[dict[str, float]]]) -> list[dict[str, str | float]]:
+    rows = []
+    for method, runs in results.items():
+        row: dict[str, str | float] = {"method": LABELS.get(method, method), "seeds": len(runs)}
+        for key in ("acc_base", "acc_novel", "hm"):
+            values = [100 * run[f"test/{key}"] for run in runs]
+            row[key] = statistics.mean(values)
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row["hm_of_means"] = float(harmonic_mean(row["acc_base"], row["acc_novel"]))
+        row["minutes"] = statistics.mean(run["minutes"] for run in runs)
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: list[dict[str, str | float]], all_classes: float | None, path: Path) -> None:
+    lines = [
+        "| method | seeds | base | novel | HM (per seed) | HM of means | minutes per run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [f"{row[k]:.1f} ± {row[k + '_std']:.1f}" for k in ("acc_base", "acc_novel", "hm")]
+        lines.append(
+            f"| {row['method']} | {row['seeds']} | {' | '.join(cells)} | {row['hm_of_means']:.1f} "
+            f"| {row['minutes']:.1f} |"
+        )
+    if all_classes is not None:
+        lines.append("")
+        lines.append(f"Zero-shot on all 10 classes at once: **{100 * all_classes:.1f}%** (chance 10%).")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_chart(rows: list[dict[str, str | float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys, names = ("acc_base", "acc_novel", "hm"), ("base", "novel", "HM")
+    width = 0.8 / len(rows)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for index, row in enumerate(rows):
+        positions = [k + index * width for k in range(len(keys))]
+        axis.bar(
+            positions,
+            [row[k] for k in keys],
+            width,
+            yerr=[row[k + "_std"] for k in keys],
+            capsize=3,
+            label=str(row["method"]),
+        )
+    axis.set_xticks([k + width * (len(rows) - 1) / 2 for k in range(len(keys))], names)
+    axis.set_ylabel("accuracy (%)")
+    axis.axhline(20, color="grey", linewidth=0.8, linestyle="--", label="chance (5 classes)")
+    axis.set_title("Stand-in CLIP on Fashion-MNIST, base-to-novel, 16 shots")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=["zeroshot", "coop"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--data-root", default="data/testbed")
+    parser.add_argument("--workdir", default="outputs/testbed")
+    parser.add_argument("--out", default="docs/testbed")
+    args = parser.parse_args()
+    out, workdir = Path(args.out), Path(args.workdir)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict[str, float]]] = {}
+    for method in args.methods:
+        seeds = args.seeds[:1] if method == "zeroshot" else args.seeds  # zero-shot ignores the few-shot seed
+        results[method] = [run_method(method, seed, workdir, logs, args.data_root) for seed in seeds]
+        print(method, results[method], flush=True)
+    all_classes = zero_shot_all_classes(workdir, args.data_root) if "zeroshot" in args.methods else None
+    rows = summarise(results)
+    write_table(rows, all_classes, out / "results_table.md")
+    write_chart(rows, out / "results.png")
+    with (out / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print((out / "results_table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

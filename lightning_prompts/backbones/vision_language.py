@@ -1,0 +1,96 @@
+"""The seams every vision-language (CLIP-family) backbone exposes, so CLIP methods run on any of them.
+
+:class:`~lightning_prompts.backbones.OpenCLIP` (open_clip models) and
+:class:`~lightning_prompts.backbones.StandInCLIP` (the offline two-tower stand-in) implement them;
+methods such as CoOp and zero-shot CLIP type their backbone as :class:`VisionLanguageBackbone`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_prompts.backbones.base import Backbone
+
+
+@dataclass
+class ImageEncoding:
+    """Result of ``encode_image``.
+
+    Attributes:
+        features: ``(B, D)`` global image feature in the joint space (not normalised).
+        patch_tokens: ``(B, N, W)`` last-layer spatial tokens (ViT patch tokens after the final norm,
+            prompt and class tokens removed; a CNN's last feature map), or ``None``.
+    """
+
+    features: Tensor
+    patch_tokens: Tensor | None = None
+
+
+class VisionLanguageBackbone(Backbone):
+    """A frozen image-text model: text encoded from token embeddings, images with optional prompts.
+
+    Text: :meth:`tokenize` (ids of fixed length ``context_length``; raises instead of truncating),
+    :meth:`token_count`, :meth:`embed_tokens`, :meth:`eot_positions` (where each sequence's feature
+    is read) and :meth:`encode_text_embeddings` (from embeddings, with deep prompts replacing a slot
+    before layers ``1..k``). Images: :meth:`encode_image`. Both land in a joint space of
+    ``embed_dim`` where ``logit_scale · cos`` scores image-text pairs.
+    """
+
+    family = "clip"
+
+    # -- properties every implementation provides ------------------------------------------------
+    context_length: int
+    text_width: int
+    embed_dim: int
+    text_layers: int
+    is_vit: bool
+    image_size: int
+    logit_scale: Tensor
+    truncates_text: bool
+
+    def token_count(self, text: str) -> int:
+        """Tokens of ``text`` including the start and end tokens."""
+        raise NotImplementedError
+
+    def tokenize(self, texts: Sequence[str], what: str = "text") -> Tensor:
+        """``(N, context_length)`` token ids; :class:`~lightning_prompts.errors.ContextLengthError` if too long."""
+        raise NotImplementedError
+
+    def embed_tokens(self, token_ids: Tensor) -> Tensor:
+        """Token embeddings ``(N, L, text_width)`` (what learned context vectors replace)."""
+        raise NotImplementedError
+
+    def eot_positions(self, token_ids: Tensor) -> Tensor:
+        """``(N,)`` index of the end-of-text token of each sequence."""
+        raise NotImplementedError
+
+    def encode_text_embeddings(
+        self,
+        embeddings: Tensor,
+        eot_positions: Tensor,
+        deep_prompts: Sequence[Tensor] | None = None,
+        deep_prompt_start: int = 1,
+        truncate: bool = True,
+    ) -> Tensor:
+        """Text features ``(N, embed_dim)`` (not normalised) from token embeddings."""
+        raise NotImplementedError
+
+    def encode_image(
+        self,
+        images: Tensor,
+        prompts: Tensor | None = None,
+        deep_prompts: Sequence[Tensor] | None = None,
+        location: str = "append",
+    ) -> ImageEncoding:
+        """Image features, optionally with visual prompt tokens (ViT towers)."""
+        raise NotImplementedError
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = False) -> Tensor:
+        """Features of plain strings (hand-written prompts)."""
+        ids = self.tokenize(texts)
+        features = self.encode_text_embeddings(self.embed_tokens(ids), self.eot_positions(ids))
+        return F.normalize(features, dim=-1) if normalize else features

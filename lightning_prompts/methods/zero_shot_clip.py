@@ -1,0 +1,94 @@
+"""Zero-shot CLIP (Radford et al., "Learning Transferable Visual Models From Natural Language
+Supervision", ICML 2021): classify images by their similarity to hand-written class prompts.
+
+The baseline every CLIP prompt method is compared with. Nothing is trained: the class weights are
+the normalised mean of the text features of ``templates`` filled with each class name (prompt
+ensembling when several templates are given), and ``logits = s · <f(x), w_c>``. ``fit`` only
+validates; use ``validate`` or ``test`` (base-to-novel test sets included).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
+from lightning_prompts.methods.base import PromptModule
+from lightning_prompts.outputs import PromptOutput
+
+# Zero-shot CLIP has nothing to optimise by design; `fit` only validates.
+warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")
+warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
+
+
+class ZeroShotCLIP(PromptModule):
+    """Hand-written prompts on a frozen CLIP (any CLIP-family backbone).
+
+    Args:
+        backbone: a CLIP-family backbone (:class:`~lightning_prompts.backbones.OpenCLIP`,
+            :class:`~lightning_prompts.backbones.StandInCLIP`).
+        classnames: the classes (linked from the data module; ``_`` becomes a space).
+        templates: prompt templates with ``{}`` for the class name (CLIP's default: ``"a photo of a {}."``).
+        **kwargs: see :class:`~lightning_prompts.methods.PromptModule` (nothing is optimised).
+    """
+
+    output_fields: ClassVar[frozenset[str]] = frozenset(
+        {"logits", "image_features", "text_features", "frozen_image_features", "frozen_text_features"}
+    )
+    supports_new_classes: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        backbone: VisionLanguageBackbone,
+        classnames: Sequence[str] | None = None,
+        templates: Sequence[str] = ("a photo of a {}.",),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, classnames, **kwargs)
+        if not self.classnames:
+            raise ValueError("ZeroShotCLIP needs classnames (the CLI links them from the data module).")
+        if not templates or any("{}" not in template for template in templates):
+            raise ValueError(f"every template needs a '{{}}' for the class name, got {list(templates)}.")
+        self.templates = list(templates)
+        self._class_weights: Tensor | None = None
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        self.classnames = list(classnames)
+        self._class_weights = None
+
+    @torch.no_grad()
+    def class_weights(self) -> Tensor:
+        """``(C, D)`` normalised mean over templates of the normalised class-prompt features."""
+        if self._class_weights is None or self._class_weights.device != self.device:
+            per_template = [
+                self.backbone.encode_text([t.format(n.replace("_", " ")) for n in self.classnames], normalize=True)
+                for t in self.templates
+            ]
+            self._class_weights = F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
+        return self._class_weights
+
+    def forward(self, images: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        image_features = F.normalize(self.backbone.encode_image(images).features, dim=-1)
+        weights = self.class_weights().to(image_features.dtype)
+        logits = self.backbone.logit_scale * image_features @ weights.t()
+        return PromptOutput(
+            logits=logits,
+            image_features=image_features,
+            text_features=weights,
+            frozen_image_features=image_features,
+            frozen_text_features=weights,
+        )
+
+    def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        return self(batch["image"], fields)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        return None  # nothing to train: fit only runs validation
+
+    def configure_optimizers(self) -> None:
+        return None

@@ -1,0 +1,58 @@
+"""Commands of the offline testbed.
+
+    python -m lightning_prompts.testbed align \
+        --output lightning_prompts/backbones/assets/stand_in_clip_alignment.safetensors
+    python -m lightning_prompts.testbed prepare --root data/testbed [--source /usr/share/datasets/fashion-mnist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_prompts.testbed", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    align = commands.add_parser("align", help="train the stand-in CLIP's text-to-image alignment map")
+    align.add_argument("--output", required=True, help="safetensors file to write")
+    align.add_argument("--steps", type=int, default=300)
+    align.add_argument("--lr", type=float, default=1e-3)
+    align.add_argument("--seed", type=int, default=0)
+    align.add_argument("--held-out", type=int, default=100, help="classes held out for the generalisation check")
+    prepare = commands.add_parser("prepare", help="write Fashion-MNIST in the Dassl layout, with masks")
+    prepare.add_argument("--root", default="data/testbed")
+    prepare.add_argument("--source", default=None, help="folder of the IDX files (default: the Debian package's)")
+    prepare.add_argument("--train-per-class", type=int, default=100)
+    prepare.add_argument("--val-per-class", type=int, default=20)
+    prepare.add_argument("--test-per-class", type=int, default=200)
+    prepare.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.command == "align":
+        import torch
+
+        from lightning_prompts.testbed.alignment import AlignmentConfig, run
+
+        torch.set_num_threads(1)  # one thread: the same floating-point sums on every machine
+        report = run(args.output, AlignmentConfig(steps=args.steps, lr=args.lr, seed=args.seed, held_out=args.held_out))
+        print(json.dumps(report, indent=1))
+    else:
+        from lightning_prompts.testbed.fashion_mnist import DEBIAN_SOURCE, write_fashion_mnist
+
+        path = write_fashion_mnist(
+            args.source or DEBIAN_SOURCE,
+            args.root,
+            args.train_per_class,
+            args.val_per_class,
+            args.test_per_class,
+            args.seed,
+        )
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

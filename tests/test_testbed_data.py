@@ -1,0 +1,84 @@
+"""Fashion-MNIST in the Dassl layout: IDX reading, a stable split, masks beside the images."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lightning_prompts.data import FewShotImageDataModule
+from lightning_prompts.testbed.fashion_mnist import CLASSNAMES, DEBIAN_SOURCE, read_idx, write_fashion_mnist
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def idx_source(tmp_path):
+    """A miniature Fashion-MNIST: 30 training and 12 test images per class, black background."""
+    rng = np.random.default_rng(0)
+    source = tmp_path / "idx"
+    source.mkdir()
+    for prefix, per_class in (("train", 30), ("t10k", 12)):
+        labels = np.repeat(np.arange(10), per_class)
+        images = np.zeros((labels.size, 28, 28), dtype=np.uint8)
+        images[:, 8:20, 8:20] = rng.integers(60, 255, size=(labels.size, 12, 12))
+        write_idx(source / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return source
+
+
+def test_idx_reader_round_trips(idx_source):
+    images = read_idx(idx_source / "train-images-idx3-ubyte.gz")
+    labels = read_idx(idx_source / "train-labels-idx1-ubyte.gz")
+    assert images.shape == (300, 28, 28) and labels.tolist()[:31] == [0] * 30 + [1]
+
+
+def test_split_file_is_stable_and_reads_as_a_dassl_dataset(idx_source, tmp_path):
+    first = write_fashion_mnist(idx_source, tmp_path / "a", train_per_class=16, val_per_class=4, test_per_class=5)
+    second = write_fashion_mnist(idx_source, tmp_path / "b", train_per_class=16, val_per_class=4, test_per_class=5)
+    assert first.read_bytes() == second.read_bytes()
+    split = json.loads(first.read_text())
+    assert [len(split[part]) for part in ("train", "val", "test")] == [160, 40, 50]
+    data = FewShotImageDataModule(
+        root=str(tmp_path / "a"),
+        dataset="fashion_mnist",
+        shots=16,
+        subsample_classes="base_to_novel",
+        image_size=32,
+        num_workers=0,
+    )
+    assert data.test_class_sets == {"base": CLASSNAMES[:5], "novel": CLASSNAMES[5:]}
+    data.setup("test")
+
+
+def test_masks_mirror_the_images_and_mark_the_bright_pixels(idx_source, tmp_path):
+    split_file = write_fashion_mnist(idx_source, tmp_path, train_per_class=2, val_per_class=1, test_per_class=1)
+    root = split_file.parent
+    relative = json.loads(split_file.read_text())["train"][0][0]
+    image = np.asarray(Image.open(root / "images" / relative))
+    mask = np.asarray(Image.open(root / "mask" / relative))
+    assert set(np.unique(mask)) <= {0, 255}
+    assert (mask[8:20, 8:20] == 255).all() and (mask[:8] == 0).all()
+    assert image.shape == mask.shape == (28, 28)
+    assert not list(tmp_path.glob(".fashion_mnist.*"))  # written in a temporary folder, then renamed
+
+
+REAL_SPLIT_SHA256 = "2b5d13715abad9486aab61b483ccb85cc95292416681ad546e99e91d1be1a0d2"
+
+
+@pytest.mark.skipif(
+    not Path(DEBIAN_SOURCE).is_dir(), reason="the Debian package dataset-fashion-mnist is not installed"
+)
+def test_the_real_split_file_is_pinned(tmp_path):
+    split_file = write_fashion_mnist(DEBIAN_SOURCE, tmp_path)
+    digest = hashlib.sha256(split_file.read_bytes()).hexdigest()
+    assert digest == REAL_SPLIT_SHA256, f"the testbed split changed: {digest}"
