@@ -6,7 +6,7 @@ imported when a backbone is built.
 """
 
 from lightning_prompts.backbones import GNN, Backbone, HFText, OpenCLIP, StandInCLIP, TimmViT
-from lightning_prompts.callbacks import LossTerm
+from lightning_prompts.callbacks import ConsistencyRegularization, LossTerm
 from lightning_prompts.data import (
     FewShotImageDataModule,
     FGVCDataModule,
@@ -18,7 +18,7 @@ from lightning_prompts.data import (
     TextClassificationDataModule,
     VTAB1kDataModule,
 )
-from lightning_prompts.methods import GPF, VPT, CoOp, PromptModule, PromptTuning, ZeroShotCLIP
+from lightning_prompts.methods import GPF, VPT, CoOp, CoPrompt, MaPLe, PromptModule, PromptTuning, ZeroShotCLIP
 from lightning_prompts.optim import WarmupCosineLR
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.pretraining import GraphCL
@@ -30,7 +30,9 @@ __all__ = [
     "GPF",
     "VPT",
     "Backbone",
+    "ConsistencyRegularization",
     "CoOp",
+    "CoPrompt",
     "FGVCDataModule",
     "FewShotImageDataModule",
     "GraphCL",
@@ -39,6 +41,7 @@ __all__ = [
     "ImageClassificationDataModule",
     "ImageFolderDataModule",
     "LossTerm",
+    "MaPLe",
     "OpenCLIP",
     "PromptModule",
     "PromptOutput",

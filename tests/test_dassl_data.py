@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import synthetic_fewshot
 
 from lightning_prompts.data import FewShotImageDataModule
@@ -184,3 +185,24 @@ def test_split_reader_joins_paths_on_the_image_folder(tmp_path):
     assert all(item.path.is_file() for item in splits["train"])
     assert [item.classname for item in splits["train"]] == ["airplane", "bicycle"]
     write_image(tmp_path / "x.jpg", 0, 0, 8, 0)
+
+
+def test_two_views_and_masks_travel_with_the_training_batch():
+    data = synthetic_fewshot(
+        "oxford_pets", shots=2, num_classes=2, views=2, masks=True, augmentation="clip", batch_size=4
+    )
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape == batch["image_view2"].shape == (4, 3, 32, 32)
+    assert not torch.equal(batch["image"], batch["image_view2"])  # independently augmented
+    assert batch["mask"].shape == (4, 1, 32, 32) and set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert type(batch["image"]) is torch.Tensor
+
+
+def test_missing_mask_fails_at_setup():
+    data = synthetic_fewshot("dtd", shots=2, num_classes=2, masks=True)
+    data.classnames
+    first = data._splits().train[0]
+    data.mask_path(first).unlink()
+    with pytest.raises(DatasetError, match="mask of .* does not exist"):
+        data.setup("fit")

@@ -36,4 +36,5 @@ def test_every_method_has_a_docs_page():
         for name in modules
         if isinstance(getattr(methods, name), type)
     }
+    names = {name for name in names if not name.startswith("_")}  # shared bases live in private modules
     assert names <= pages, f"methods without a docs page: {names - pages}"

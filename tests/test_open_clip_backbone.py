@@ -70,9 +70,10 @@ def test_visual_prompts_are_inserted_before_ln_pre_and_removed_before_pooling(ti
     start = x.shape[1] if location == "append" else 1
     x = torch.cat([x[:, :start], prompts.expand(2, -1, -1), x[:, start:]], 1)
     x = visual.ln_pre(x)
-    x = visual.transformer.resblocks[0](x)
-    x = torch.cat([x[:, :start], deep[0].expand(2, -1, -1), x[:, start + 3 :]], 1)
-    x = visual.transformer.resblocks[1](x)
+    for index, block in enumerate(visual.transformer.resblocks):
+        if index == 1:  # the one deep prompt replaces the slot before block 1
+            x = torch.cat([x[:, :start], deep[0].expand(2, -1, -1), x[:, start + 3 :]], 1)
+        x = block(x)
     x = torch.cat([x[:, :start], x[:, start + 3 :]], 1)
     x = visual.ln_post(x)
     assert torch.allclose(got.features, x[:, 0] @ visual.proj, atol=1e-5)

@@ -13,6 +13,8 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 FAMILIES = {
     "coop": "clip",
     "zero_shot_clip": "clip",
+    "maple": "clip",
+    "coprompt": "clip",
     "testbed": "clip",
     "vpt": "vit",
     "prompt_tuning": "text",

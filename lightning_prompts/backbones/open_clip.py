@@ -36,11 +36,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: A CLIP small enough for tests and the ``recipes/_tiny/clip.yaml`` overlay: the real BPE
-#: vocabulary and 77-token context, a 2-layer 32-wide text tower and a 2-layer ViT on 32 px.
+#: vocabulary and 77-token context, and ViT-B/16's 12 layers in both towers (so deep-prompt recipes
+#: keep their depth), but 32-wide text and 48-wide vision layers on 32-px images.
 TINY_CONFIG: dict[str, Any] = {
     "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 2, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 12, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 12},
 }
 
 

@@ -49,6 +49,8 @@ class VisionLanguageBackbone(Backbone):
     text_layers: int
     is_vit: bool
     image_size: int
+    vision_width: int  # ViT towers only: the width of a visual prompt token
+    vision_layers: int  # ViT towers only
     logit_scale: Tensor
     truncates_text: bool
 

@@ -47,6 +47,10 @@ class LossTerm(Callback):
         """The unweighted term for this training batch."""
         raise NotImplementedError
 
+    def check_ready(self, module: PromptModule, datamodule: Any | None) -> None:
+        """Raise now if this term cannot work with ``module`` (called before training starts, after the
+        output fields were checked); e.g. a missing file the term reads."""
+
     def __call__(self, module: PromptModule, batch: Any, output: PromptOutput) -> Tensor:
         return self.weight * self.compute(module, batch, output)
 

@@ -15,7 +15,7 @@ from lightning_prompts.data.dassl import (
     subsample_classes,
 )
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
-from lightning_prompts.data.images import check_known_classes, classnames_by_label
+from lightning_prompts.data.images import ImageItem, check_known_classes, classnames_by_label
 from lightning_prompts.errors import DatasetError
 
 SubsampleClasses = Literal["all", "base", "new", "base_to_novel"]
@@ -70,6 +70,12 @@ class FewShotImageDataModule(ImageClassificationDataModule):
             writer(target, self.spec.image_dir, self.spec.split_file, *sizes)
         else:
             writer(target, *sizes)
+
+    def mask_path(self, item: ImageItem) -> Path:
+        """DAPT-S layout: ``<dataset folder>/mask/<path under the image folder>``, as PNG."""
+        dataset_root = self.root / self.spec.dataset_dir
+        relative = item.path.relative_to(dataset_root / self.spec.image_dir)
+        return (dataset_root / "mask" / relative).with_suffix(".png")
 
     def load_splits(self) -> LoadedSplits:
         splits = read_dataset(self.root, self.spec)

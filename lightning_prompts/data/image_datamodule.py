@@ -23,7 +23,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from lightning_prompts.data.images import ImageItem, ImageListDataset, verify_images
+from lightning_prompts.data.images import ImageItem, ImageListDataset, verify_images, verify_masks
 from lightning_prompts.data.transforms import Augmentation, build_transform
 from lightning_prompts.errors import DatasetError
 
@@ -72,6 +72,10 @@ class ImageClassificationDataModule(LightningDataModule):
         shuffle: shuffle the training set each epoch.
         verify_images: open every image header at ``setup`` so unreadable files fail before training.
         synthetic: generate a tiny dataset in this module's layout instead of reading ``root``.
+        views: training views per image: 2 adds ``"image_view2"`` to each batch, a second independently
+            augmented view (CoPrompt feeds it to the frozen teacher).
+        masks: add each training image's foreground mask (``"mask"``, transformed with the image), read
+            from a folder that mirrors the image tree (see :meth:`mask_path`).
     """
 
     def __init__(
@@ -86,13 +90,17 @@ class ImageClassificationDataModule(LightningDataModule):
         shuffle: bool = True,
         verify_images: bool = True,
         synthetic: Synthetic | None = None,
+        views: int = 1,
+        masks: bool = False,
     ) -> None:
         super().__init__()
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}.")
         self.root = Path(root).expanduser()
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.image_size, self.augmentation, self.normalization = image_size, augmentation, normalization
         self.shuffle, self.verify = shuffle, verify_images
-        self.synthetic = synthetic
+        self.synthetic, self.views, self.masks = synthetic, views, masks
         self._loaded: LoadedSplits | None = None
         self._datasets: dict[str, Any] = {}
 
@@ -104,6 +112,10 @@ class ImageClassificationDataModule(LightningDataModule):
     def write_synthetic(self, root: Path, spec: Synthetic) -> None:
         """Write a tiny dataset in this module's layout under ``root``."""
         raise NotImplementedError
+
+    def mask_path(self, item: ImageItem) -> Path:
+        """Where ``item``'s foreground mask is (layouts that have masks override this)."""
+        raise NotImplementedError(f"{type(self).__name__} does not read foreground masks (masks=True).")
 
     @property
     def description(self) -> str:
@@ -143,10 +155,13 @@ class ImageClassificationDataModule(LightningDataModule):
         train_tf = build_transform(self.augmentation, self.image_size, self.normalization, train=True)
         eval_tf = build_transform(self.augmentation, self.image_size, self.normalization, train=False)
         if stage in ("fit", "validate") and "train" not in self._datasets:
+            mask_path = self.mask_path if self.masks else None
             if self.verify:
                 verify_images(splits.train, f"{self.description} train split")
                 verify_images(splits.val, f"{self.description} val split")
-            self._datasets["train"] = ImageListDataset(splits.train, train_tf)
+                if mask_path is not None:
+                    verify_masks(splits.train, mask_path, f"{self.description} train split")
+            self._datasets["train"] = ImageListDataset(splits.train, train_tf, self.views, mask_path)
             self._datasets["val"] = ImageListDataset(splits.val or splits.train, eval_tf)
         if stage in ("test", "predict") and "test" not in self._datasets:
             if not splits.test_sets:

@@ -1,7 +1,8 @@
 """Tiny generated datasets in the real on-disk layouts (for tests and the ``_tiny`` overlays).
 
 Each writer produces kilobytes of JPEG images whose colour depends on the class (so a model can
-learn something) in exactly the layout a reader expects; the real reader then runs on them.
+learn something) in exactly the layout a reader expects; the real reader then runs on them. The
+Dassl layouts also get a foreground mask per image in the ``mask/`` folder that mirrors ``images``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def write_image(path: Path, label: int, index: int, size: int, seed: int) -> Non
     Image.fromarray(pixels).save(path, format="JPEG", quality=90)
 
 
+def write_mask(path: Path, size: int) -> None:
+    """A foreground mask: the central half of the image (255) on background (0), as PNG."""
+    from PIL import Image
+
+    pixels = np.zeros((size, size), dtype=np.uint8)
+    pixels[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path.with_suffix(".png"))
+
+
 def write_split_json_layout(
     dataset_root: Path, image_dir: str, split_file: str, num_classes: int, per_class: int, size: int, seed: int
 ) -> None:
@@ -63,6 +74,7 @@ def write_split_json_layout(
             for i in range(per_class):
                 relative = f"{folder}/{part}_{i:03d}.jpg"
                 write_image(image_root / relative, label, part_index * 1000 + i, size, seed)
+                write_mask(dataset_root / "mask" / relative, size)
                 split[part].append([relative, label, name])
     (dataset_root / split_file).write_text(json.dumps(split, indent=1))
 
@@ -76,8 +88,9 @@ def write_imagenet_layout(dataset_root: Path, num_classes: int, per_class: int, 
     for part_index, folder in enumerate(("train", "val")):
         for label, wnid in enumerate(wnids):
             for i in range(per_class):
-                path = dataset_root / "images" / folder / wnid / f"{wnid}_{i:04d}.JPEG"
-                write_image(path, label, part_index * 1000 + i, size, seed)
+                relative = f"{folder}/{wnid}/{wnid}_{i:04d}.JPEG"
+                write_image(dataset_root / "images" / relative, label, part_index * 1000 + i, size, seed)
+                write_mask(dataset_root / "mask" / relative, size)
 
 
 def write_fgvc_aircraft_layout(dataset_root: Path, num_classes: int, per_class: int, size: int, seed: int) -> None:
@@ -91,6 +104,7 @@ def write_fgvc_aircraft_layout(dataset_root: Path, num_classes: int, per_class: 
             for i in range(per_class):
                 image_id = f"{part_index}{label:03d}{i:03d}"
                 write_image(dataset_root / "images" / f"{image_id}.jpg", label, part_index * 1000 + i, size, seed)
+                write_mask(dataset_root / "mask" / f"{image_id}.png", size)
                 lines.append(f"{image_id} {variant}\n")
         (dataset_root / f"images_variant_{part}.txt").write_text("".join(lines))
 

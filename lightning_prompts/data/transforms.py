@@ -5,13 +5,22 @@
 * ``"fgvc"`` (VPT on CUB & co.): train resize to 256/224 of the size + random crop + flip; test
   resize + center crop (bilinear).
 * ``"vtab"`` (VPT on VTAB-1k): resize straight to size×size, no augmentation.
+* ``"randaugment"`` (CoPrompt): train resize straight to size×size (bicubic) + RandAugment (2 ops,
+  magnitude 10); test as ``"clip"``. torchvision's RandAugment, whose 14 operations are close to but
+  not exactly Dassl's 16.
+
+Transforms are torchvision ``v2`` pipelines applied to PIL images (identical to the v1 transforms
+the official code uses); geometric steps also apply to a segmentation mask passed with the image
+(``transform(image, mask)``), which is how foreground masks stay aligned with their image.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-Augmentation = Literal["clip", "fgvc", "vtab"]
+import torch
+
+Augmentation = Literal["clip", "fgvc", "vtab", "randaugment"]
 
 #: Normalisation constants by name.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -22,28 +31,35 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 
 
 def build_transform(preset: Augmentation, size: int, normalization: str, train: bool) -> Any:
-    """The torchvision transform of ``preset`` for training or evaluation."""
-    from torchvision import transforms as T
+    """The torchvision (v2) transform of ``preset`` for training or evaluation."""
+    from torchvision.transforms import v2
 
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}.")
     mean, std = NORMALIZATIONS[normalization]
-    bicubic, bilinear = T.InterpolationMode.BICUBIC, T.InterpolationMode.BILINEAR
+    bicubic, bilinear = v2.InterpolationMode.BICUBIC, v2.InterpolationMode.BILINEAR
+    clip_eval = [v2.Resize(size, interpolation=bicubic), v2.CenterCrop(size)]
     if preset == "clip":
         steps = (
-            [T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=bicubic), T.RandomHorizontalFlip()]
+            [v2.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=bicubic), v2.RandomHorizontalFlip()]
             if train
-            else [T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
+            else clip_eval
         )
     elif preset == "fgvc":
         resize = round(size * 256 / 224)
         steps = (
-            [T.Resize(resize, interpolation=bilinear), T.RandomCrop(size), T.RandomHorizontalFlip()]
+            [v2.Resize(resize, interpolation=bilinear), v2.RandomCrop(size), v2.RandomHorizontalFlip()]
             if train
-            else [T.Resize(resize, interpolation=bilinear), T.CenterCrop(size)]
+            else [v2.Resize(resize, interpolation=bilinear), v2.CenterCrop(size)]
         )
     elif preset == "vtab":
-        steps = [T.Resize((size, size), interpolation=bilinear)]
+        steps = [v2.Resize((size, size), interpolation=bilinear)]
+    elif preset == "randaugment":
+        steps = (
+            [v2.Resize((size, size), interpolation=bicubic), v2.RandAugment(num_ops=2, magnitude=10)]
+            if train
+            else clip_eval
+        )
     else:
-        raise ValueError(f"augmentation must be 'clip', 'fgvc' or 'vtab', got {preset!r}.")
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+        raise ValueError(f"augmentation must be 'clip', 'fgvc', 'vtab' or 'randaugment', got {preset!r}.")
+    return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])

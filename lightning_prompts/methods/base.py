@@ -182,7 +182,12 @@ class PromptModule(LightningModule):
         Called from ``setup`` and, by the ``lightning-prompts`` command, before the Trainer starts
         (so not even a config file is written for a run that cannot work).
         """
-        self.check_output_fields(self.loss_terms(callbacks))
+        own = self.configure_callbacks()  # callbacks a method brings itself (CoPrompt's consistency term)
+        own = list(own) if isinstance(own, Sequence) else [own]
+        terms = self.loss_terms([*callbacks, *own])
+        self.check_output_fields(terms)
+        for term in terms:
+            term.check_ready(self, datamodule)
         data_classes = getattr(datamodule, "classnames", None)
         if data_classes is not None and list(data_classes) != self.classnames_for_training:
             raise ConfigurationError(

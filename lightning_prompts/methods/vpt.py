@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.timm_vit import TimmViT
@@ -49,7 +50,9 @@ class VPT(PromptModule):
             defaults; its tuned recipes scale the lr by batch/256).
     """
 
-    output_fields: ClassVar[frozenset[str]] = frozenset({"logits", "pooled_features", "patch_tokens"})
+    output_fields: ClassVar[frozenset[str]] = frozenset(
+        {"logits", "pooled_features", "patch_tokens", "image_features", "frozen_image_features"}
+    )
     default_optimizer: ClassVar[dict[str, Any]] = {
         "class_path": "torch.optim.SGD",
         "init_args": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
@@ -90,13 +93,24 @@ class VPT(PromptModule):
             {"name": "head_bias", "params": [self.head.bias], "weight_decay": 0.0},
         ]
 
-    def forward(self, images: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        """Classify ``images`` ``(B, 3, H, W)``."""
+    def forward(
+        self, images: Tensor, fields: frozenset[str] = frozenset(), teacher_images: Tensor | None = None
+    ) -> PromptOutput:
+        """Classify ``images`` ``(B, 3, H, W)``; ``image_features`` is the pooled feature the head
+        reads, ``frozen_image_features`` (on request) the unprompted ViT's on ``teacher_images``."""
         tokens, deep_tokens = self.prompt()
         encoded = self.backbone.forward_features(images, tokens, deep_tokens or None)
-        return PromptOutput(
-            logits=self.head(encoded.pooled), pooled_features=encoded.pooled, patch_tokens=encoded.patch_tokens
+        output = PromptOutput(
+            logits=self.head(encoded.pooled),
+            pooled_features=encoded.pooled,
+            image_features=encoded.pooled,
+            patch_tokens=encoded.patch_tokens,
         )
+        if "frozen_image_features" in fields:
+            with torch.no_grad():
+                frozen = self.backbone.forward_features(images if teacher_images is None else teacher_images)
+            output.frozen_image_features = frozen.pooled
+        return output
 
     def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        return self(batch["image"], fields)
+        return self(batch["image"], fields, batch.get("image_view2"))

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
-from lightning_prompts.methods.base import PromptModule
-from lightning_prompts.outputs import PromptOutput
+from lightning_prompts.methods._clip_base import CLIPPromptModule
 
 # Zero-shot CLIP has nothing to optimise by design; `fit` only validates.
 warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")
 warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
 
 
-class ZeroShotCLIP(PromptModule):
+class ZeroShotCLIP(CLIPPromptModule):
     """Hand-written prompts on a frozen CLIP (any CLIP-family backbone).
 
     Args:
@@ -34,13 +33,8 @@ class ZeroShotCLIP(PromptModule):
             :class:`~lightning_prompts.backbones.StandInCLIP`).
         classnames: the classes (linked from the data module; ``_`` becomes a space).
         templates: prompt templates with ``{}`` for the class name (CLIP's default: ``"a photo of a {}."``).
-        **kwargs: see :class:`~lightning_prompts.methods.PromptModule` (nothing is optimised).
+        **kwargs: see :class:`~lightning_prompts.methods.CLIPPromptModule` (nothing is optimised).
     """
-
-    output_fields: ClassVar[frozenset[str]] = frozenset(
-        {"logits", "image_features", "text_features", "frozen_image_features", "frozen_text_features"}
-    )
-    supports_new_classes: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -50,42 +44,27 @@ class ZeroShotCLIP(PromptModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, classnames, **kwargs)
-        if not self.classnames:
-            raise ValueError("ZeroShotCLIP needs classnames (the CLI links them from the data module).")
         if not templates or any("{}" not in template for template in templates):
             raise ValueError(f"every template needs a '{{}}' for the class name, got {list(templates)}.")
         self.templates = list(templates)
-        self._class_weights: Tensor | None = None
-
-    def set_classnames(self, classnames: Sequence[str]) -> None:
-        self.classnames = list(classnames)
-        self._class_weights = None
 
     @torch.no_grad()
-    def class_weights(self) -> Tensor:
+    def class_text_features(self) -> Tensor:
         """``(C, D)`` normalised mean over templates of the normalised class-prompt features."""
-        if self._class_weights is None or self._class_weights.device != self.device:
-            per_template = [
-                self.backbone.encode_text([t.format(n.replace("_", " ")) for n in self.classnames], normalize=True)
-                for t in self.templates
-            ]
-            self._class_weights = F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
-        return self._class_weights
+        per_template = [
+            self.backbone.encode_text([t.format(n.replace("_", " ")) for n in self.classnames], normalize=True)
+            for t in self.templates
+        ]
+        return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
 
-    def forward(self, images: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        image_features = F.normalize(self.backbone.encode_image(images).features, dim=-1)
-        weights = self.class_weights().to(image_features.dtype)
-        logits = self.backbone.logit_scale * image_features @ weights.t()
-        return PromptOutput(
-            logits=logits,
-            image_features=image_features,
-            text_features=weights,
-            frozen_image_features=image_features,
-            frozen_text_features=weights,
-        )
+    def image_features(self, images: Tensor) -> Tensor:
+        return F.normalize(self.backbone.encode_image(images).features, dim=-1)
 
-    def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        return self(batch["image"], fields)
+    def frozen_text_features(self) -> Tensor:
+        return self.encode_class_prompts()  # the model is its own frozen teacher
+
+    def frozen_image_features(self, images: Tensor) -> Tensor:
+        return self.image_features(images)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         return None  # nothing to train: fit only runs validation
