@@ -26,7 +26,13 @@ from lightning_prompts.metrics import harmonic_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "testbed"
-LABELS = {"zeroshot": "Zero-shot", "coop": "CoOp", "maple": "MaPLe (text branch)", "coprompt": "CoPrompt (text branch)"}
+LABELS = {
+    "zeroshot": "Zero-shot",
+    "coop": "CoOp",
+    "maple": "MaPLe (text branch)",
+    "coprompt": "CoPrompt (text branch)",
+    "dapt": "DAPT (text branch)",
+}
 
 
 def run_method(method: str, seed: int, workdir: Path, logs: Path, data_root: str) -> dict[str, float]:

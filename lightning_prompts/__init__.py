@@ -6,7 +6,7 @@ imported when a backbone is built.
 """
 
 from lightning_prompts.backbones import GNN, Backbone, HFText, OpenCLIP, StandInCLIP, TimmViT
-from lightning_prompts.callbacks import ConsistencyRegularization, LossTerm
+from lightning_prompts.callbacks import ConsistencyRegularization, GradCAMMasks, LossTerm, PullPushRegularization
 from lightning_prompts.data import (
     FewShotImageDataModule,
     FGVCDataModule,
@@ -18,7 +18,17 @@ from lightning_prompts.data import (
     TextClassificationDataModule,
     VTAB1kDataModule,
 )
-from lightning_prompts.methods import GPF, VPT, CoOp, CoPrompt, MaPLe, PromptModule, PromptTuning, ZeroShotCLIP
+from lightning_prompts.methods import (
+    DAPT,
+    GPF,
+    VPT,
+    CoOp,
+    CoPrompt,
+    MaPLe,
+    PromptModule,
+    PromptTuning,
+    ZeroShotCLIP,
+)
 from lightning_prompts.optim import WarmupCosineLR
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.pretraining import GraphCL
@@ -30,11 +40,13 @@ __all__ = [
     "GPF",
     "VPT",
     "Backbone",
+    "DAPT",
     "ConsistencyRegularization",
     "CoOp",
     "CoPrompt",
     "FGVCDataModule",
     "FewShotImageDataModule",
+    "GradCAMMasks",
     "GraphCL",
     "GraphDataModule",
     "HFText",
@@ -45,6 +57,7 @@ __all__ = [
     "OpenCLIP",
     "PromptModule",
     "PromptOutput",
+    "PullPushRegularization",
     "PromptTuning",
     "StandInCLIP",
     "Synthetic",

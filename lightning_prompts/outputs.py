@@ -27,6 +27,11 @@ class PromptOutput:
         frozen_image_features: image embeddings of the *unprompted* frozen model.
         frozen_text_features: class text embeddings of the *unprompted* frozen model.
         node_embeddings: ``(N, D)`` node embeddings of a GNN.
+        foreground_image_features: image features of the foreground only (image × mask), as the method
+            computes its ``image_features``.
+        background_image_features: image features of the background only (image × (1 − mask)).
+        background_text_features: ``(K, D)`` text features of background prompts (DAPT's "a clean
+            origami {}." vocabulary), through the method's text path.
         extras: method-specific tensors under free names.
     """
 
@@ -38,6 +43,9 @@ class PromptOutput:
     frozen_image_features: Tensor | None = None
     frozen_text_features: Tensor | None = None
     node_embeddings: Tensor | None = None
+    foreground_image_features: Tensor | None = None
+    background_image_features: Tensor | None = None
+    background_text_features: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def get(self, name: str) -> Any:

@@ -15,6 +15,7 @@ FAMILIES = {
     "zero_shot_clip": "clip",
     "maple": "clip",
     "coprompt": "clip",
+    "dapt": "clip",
     "testbed": "clip",
     "vpt": "vit",
     "prompt_tuning": "text",

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lightning_prompts.backbones.base import expand_to_batch
-from lightning_prompts.backbones.vision_language import ImageEncoding, VisionLanguageBackbone
+from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
 from lightning_prompts.errors import ContextLengthError
 
 #: OpenAI CLIP preprocessing constants (open_clip's defaults for OpenAI weights).
@@ -278,6 +278,20 @@ class OpenCLIP(VisionLanguageBackbone):
         if visual.proj is not None:
             pooled = pooled @ visual.proj
         return ImageEncoding(pooled, tokens)
+
+    def gradcam_target(self) -> GradCAMTarget:
+        """DAPT's choice: the tokens entering the last block's attention (``ln_1`` output); the patch
+        tokens follow the class token (visual prompts, if any, are appended after them, as MaPLe does)."""
+        self._require_vit("Grad-CAM")
+        visual = self.model.visual
+        height, width = visual.grid_size
+        batch_first = visual.transformer.batch_first
+
+        def tokens(output: Tensor) -> tuple[Tensor, tuple[int, int]]:
+            output = output if batch_first else output.transpose(0, 1)
+            return output[:, 1 : 1 + height * width], (height, width)
+
+        return GradCAMTarget(visual.transformer.resblocks[-1].ln_1, tokens)
 
     def _require_vit(self, what: str) -> None:
         if not self.is_vit:

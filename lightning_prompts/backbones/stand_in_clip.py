@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.base import expand_to_batch
-from lightning_prompts.backbones.vision_language import ImageEncoding, VisionLanguageBackbone
+from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
 from lightning_prompts.errors import ContextLengthError
 from lightning_prompts.utils.resources import resolve_path
 
@@ -221,6 +221,14 @@ class StandInCLIP(VisionLanguageBackbone):
         alignment map (see :meth:`OpenCLIP.encode_text_embeddings` for the arguments)."""
         pooled = self.pool_text_embeddings(embeddings, eot_positions, deep_prompts, deep_prompt_start, truncate)
         return self.projection(pooled.to(self.projection.weight.dtype))
+
+    def gradcam_target(self) -> GradCAMTarget:
+        """Standard CNN Grad-CAM: the last feature map (after the final 1×1 convolution and its BN-act)."""
+
+        def tokens(output: Tensor) -> tuple[Tensor, tuple[int, int]]:
+            return output.flatten(2).transpose(1, 2), (output.shape[2], output.shape[3])
+
+        return GradCAMTarget(self.image.bn2, tokens)
 
     # -- image seam --------------------------------------------------------------------------
     def encode_image(

@@ -7,13 +7,27 @@ methods such as CoOp and zero-shot CLIP type their backbone as :class:`VisionLan
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_prompts.backbones.base import Backbone
+
+
+@dataclass
+class GradCAMTarget:
+    """Where Grad-CAM reads a backbone's image encoder.
+
+    Attributes:
+        module: the module whose output holds the spatial activations (hooked during a forward).
+        tokens: maps that output to ``(B, N, C)`` activations in row-major grid order and the grid
+            ``(h, w)`` with ``N = h·w``.
+    """
+
+    module: nn.Module
+    tokens: Callable[[Tensor], tuple[Tensor, tuple[int, int]]]
 
 
 @dataclass
@@ -90,6 +104,10 @@ class VisionLanguageBackbone(Backbone):
     ) -> ImageEncoding:
         """Image features, optionally with visual prompt tokens (ViT towers)."""
         raise NotImplementedError
+
+    def gradcam_target(self) -> GradCAMTarget:
+        """The activations Grad-CAM weighs (the last block's input tokens of a ViT, a CNN's last feature map)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose Grad-CAM activations.")
 
     def encode_text(self, texts: Sequence[str], normalize: bool = False) -> Tensor:
         """Features of plain strings (hand-written prompts)."""

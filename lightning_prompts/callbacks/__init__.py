@@ -1,6 +1,8 @@
 """Reusable regularisers and training dynamics that plug into any method whose outputs fit."""
 
 from lightning_prompts.callbacks.consistency import ConsistencyRegularization
+from lightning_prompts.callbacks.gradcam_masks import GradCAMMasks
 from lightning_prompts.callbacks.loss_term import LossTerm
+from lightning_prompts.callbacks.pull_push import PullPushRegularization
 
-__all__ = ["ConsistencyRegularization", "LossTerm"]
+__all__ = ["ConsistencyRegularization", "GradCAMMasks", "LossTerm", "PullPushRegularization"]

@@ -113,7 +113,7 @@ class ConsistencyRegularization(LossTerm):
         self._rng = random.Random(seed)
         self._teacher: tuple[Any, Tensor] | None = None
 
-    def check_ready(self, module: PromptModule, datamodule: Any | None) -> None:
+    def check_ready(self, module: PromptModule, datamodule: Any | None, callbacks: Sequence[Any] = ()) -> None:
         if not self.text:
             return
         if not hasattr(module.backbone, "encode_text"):

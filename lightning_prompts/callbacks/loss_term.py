@@ -15,6 +15,7 @@ and the field (:class:`~lightning_prompts.errors.MissingOutputFieldError`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lightning.pytorch.callbacks import Callback
@@ -47,9 +48,10 @@ class LossTerm(Callback):
         """The unweighted term for this training batch."""
         raise NotImplementedError
 
-    def check_ready(self, module: PromptModule, datamodule: Any | None) -> None:
-        """Raise now if this term cannot work with ``module`` (called before training starts, after the
-        output fields were checked); e.g. a missing file the term reads."""
+    def check_ready(self, module: PromptModule, datamodule: Any | None, callbacks: Sequence[Any] = ()) -> None:
+        """Raise now if this term cannot work with ``module``, its data module and the other
+        ``callbacks`` (called before training starts, after the output fields were checked); e.g. a
+        missing file the term reads."""
 
     def __call__(self, module: PromptModule, batch: Any, output: PromptOutput) -> Tensor:
         return self.weight * self.compute(module, batch, output)

@@ -41,7 +41,16 @@ class CLIPPromptModule(PromptModule):
     """
 
     output_fields: ClassVar[frozenset[str]] = frozenset(
-        {"logits", "image_features", "text_features", "frozen_image_features", "frozen_text_features"}
+        {
+            "logits",
+            "image_features",
+            "text_features",
+            "frozen_image_features",
+            "frozen_text_features",
+            "foreground_image_features",
+            "background_image_features",
+            "background_text_features",
+        }
     )
     supports_new_classes: ClassVar[bool] = True
 
@@ -61,6 +70,7 @@ class CLIPPromptModule(PromptModule):
         self._classes_version = 0
         self._text_cache: tuple[Any, Tensor] | None = None
         self._frozen_text_cache: tuple[Any, Tensor] | None = None
+        self.background_prompts: list[str] = []
 
     # -- what a CLIP method implements -------------------------------------------------------------
     def class_text_features(self) -> Tensor:
@@ -102,6 +112,18 @@ class CLIPPromptModule(PromptModule):
                 self._frozen_text_cache = (key, self.backbone.encode_text(texts, normalize=True))
         return self._frozen_text_cache[1]
 
+    def set_background_prompts(self, prompts: Sequence[str]) -> None:
+        """Texts whose features fill ``background_text_features`` (set by DAPT's pull-push term)."""
+        self.background_prompts = list(prompts)
+
+    def background_text_features(self) -> Tensor:
+        """L2-normalised features ``(K, D)`` of :attr:`background_prompts`; here from the frozen model
+        (methods with deep text prompts pass them through those, as DAPT does)."""
+        if not self.background_prompts:
+            raise ValueError("background_text_features needs background prompts (set_background_prompts).")
+        with torch.no_grad():
+            return self.backbone.encode_text(self.background_prompts, normalize=True)
+
     @torch.no_grad()
     def frozen_image_features(self, images: Tensor) -> Tensor:
         """L2-normalised features of the unprompted image encoder."""
@@ -109,14 +131,20 @@ class CLIPPromptModule(PromptModule):
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(
-        self, images: Tensor, fields: frozenset[str] = frozenset(), teacher_images: Tensor | None = None
+        self,
+        images: Tensor,
+        fields: frozenset[str] = frozenset(),
+        teacher_images: Tensor | None = None,
+        masks: Tensor | None = None,
     ) -> PromptOutput:
         """Classify ``images`` ``(B, 3, H, W)`` against the current classes.
 
         Args:
             images: the images the method sees.
-            fields: optional output fields to fill (``frozen_image_features``, ``frozen_text_features``).
+            fields: optional output fields to fill (``frozen_*``, ``foreground_image_features``…).
             teacher_images: what the frozen model sees for ``frozen_image_features`` (default: ``images``).
+            masks: ``(B, 1, H, W)`` foreground masks in ``{0, 1}`` for the foreground/background fields
+                (applied to the normalised images, as DAPT does).
         """
         image = self.image_features(images)
         text = self.encode_class_prompts()
@@ -128,7 +156,15 @@ class CLIPPromptModule(PromptModule):
             output.frozen_image_features = self.frozen_image_features(
                 images if teacher_images is None else teacher_images
             )
+        if fields & {"foreground_image_features", "background_image_features"}:
+            if masks is None:
+                raise ValueError("foreground/background features need masks (data masks: true, or GradCAMMasks).")
+            masks = masks.to(images.dtype)
+            output.foreground_image_features = self.image_features(images * masks)
+            output.background_image_features = self.image_features(images * (1.0 - masks))
+        if "background_text_features" in fields:
+            output.background_text_features = self.background_text_features()
         return output
 
     def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        return self(batch["image"], fields, batch.get("image_view2"))
+        return self(batch["image"], fields, batch.get("image_view2"), batch.get("mask"))

@@ -184,10 +184,11 @@ class PromptModule(LightningModule):
         """
         own = self.configure_callbacks()  # callbacks a method brings itself (CoPrompt's consistency term)
         own = list(own) if isinstance(own, Sequence) else [own]
-        terms = self.loss_terms([*callbacks, *own])
+        everything = [*callbacks, *own]
+        terms = self.loss_terms(everything)
         self.check_output_fields(terms)
         for term in terms:
-            term.check_ready(self, datamodule)
+            term.check_ready(self, datamodule, everything)
         data_classes = getattr(datamodule, "classnames", None)
         if data_classes is not None and list(data_classes) != self.classnames_for_training:
             raise ConfigurationError(

@@ -76,6 +76,17 @@ class MaPLe(CLIPPromptModule):
         first, deep = self.prompt.vision_prompts()
         return self.backbone.encode_image(images, first, deep or None, location="append").features
 
+    def background_text_features(self) -> Tensor:
+        """Background prompts through the deep text prompts, their first layer left as written (DAPT)."""
+        if not self.background_prompts:
+            raise ValueError("background_text_features needs background prompts (set_background_prompts).")
+        ids = self.backbone.tokenize(self.background_prompts, what="background prompt")
+        _, _, deep = self.prompt.text_prompts()
+        features = self.backbone.encode_text_embeddings(
+            self.backbone.embed_tokens(ids), self.backbone.eot_positions(ids), deep_prompts=deep
+        )
+        return F.normalize(features, dim=-1)
+
     def class_text_features(self) -> Tensor:
         return F.normalize(self.encode_text_prompts(), dim=-1)
 
