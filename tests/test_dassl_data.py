@@ -206,3 +206,17 @@ def test_missing_mask_fails_at_setup():
     data.mask_path(first).unlink()
     with pytest.raises(DatasetError, match="mask of .* does not exist"):
         data.setup("fit")
+
+
+def test_masks_are_found_in_dapts_released_layouts():
+    data = synthetic_fewshot("dtd", shots=2, num_classes=2, masks=True)
+    data.classnames
+    first = data._splits().train[0]
+    mask_root = data.root / data.spec.dataset_dir / "mask"
+    mirrored_png = data.mask_path(first)
+    assert mirrored_png == mask_root / first.path.parent.name / (first.path.stem + ".png")
+    # DAPT's flat folder, keeping the image's own file name and extension
+    flat = mask_root / first.path.name
+    mirrored_png.rename(flat)
+    assert data.mask_path(first) == flat
+    data.setup("fit")  # every mask is found

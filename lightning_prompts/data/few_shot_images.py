@@ -72,10 +72,14 @@ class FewShotImageDataModule(ImageClassificationDataModule):
             writer(target, *sizes)
 
     def mask_path(self, item: ImageItem) -> Path:
-        """DAPT-S layout: ``<dataset folder>/mask/<path under the image folder>``, as PNG."""
+        """DAPT-S layout: ``<dataset folder>/mask/<path under the image folder>``, with the image's own
+        file name (as DAPT's released masks) or as PNG; DAPT's flat ``mask/<file name>`` (its layout for
+        Pets, Flowers, Aircraft and Cars) is read too. The first candidate is named when none exists."""
         dataset_root = self.root / self.spec.dataset_dir
         relative = item.path.relative_to(dataset_root / self.spec.image_dir)
-        return (dataset_root / "mask" / relative).with_suffix(".png")
+        mirrored = dataset_root / "mask" / relative
+        candidates = (mirrored.with_suffix(".png"), mirrored, dataset_root / "mask" / relative.name)
+        return next((path for path in candidates if path.is_file()), candidates[0])
 
     def load_splits(self) -> LoadedSplits:
         splits = read_dataset(self.root, self.spec)
