@@ -6,13 +6,20 @@ imported when a backbone is built.
 """
 
 from lightning_prompts.backbones import GNN, Backbone, HFText, OpenCLIP, StandInCLIP, TimmViT
-from lightning_prompts.callbacks import ConsistencyRegularization, GradCAMMasks, LossTerm, PullPushRegularization
+from lightning_prompts.callbacks import (
+    ConsistencyRegularization,
+    GradCAMMasks,
+    GradientRegulation,
+    LossTerm,
+    PullPushRegularization,
+)
 from lightning_prompts.data import (
     FewShotImageDataModule,
     FGVCDataModule,
     GraphDataModule,
     ImageClassificationDataModule,
     ImageFolderDataModule,
+    ImageTextDataModule,
     Synthetic,
     SyntheticText,
     TextClassificationDataModule,
@@ -29,9 +36,9 @@ from lightning_prompts.methods import (
     PromptTuning,
     ZeroShotCLIP,
 )
-from lightning_prompts.optim import WarmupCosineLR
+from lightning_prompts.optim import GradientRegulator, WarmupCosineLR
 from lightning_prompts.outputs import PromptOutput
-from lightning_prompts.pretraining import GraphCL
+from lightning_prompts.pretraining import GRAM, GraphCL
 
 __version__ = "0.1.0"
 
@@ -46,12 +53,16 @@ __all__ = [
     "CoPrompt",
     "FGVCDataModule",
     "FewShotImageDataModule",
+    "GRAM",
     "GradCAMMasks",
+    "GradientRegulation",
+    "GradientRegulator",
     "GraphCL",
     "GraphDataModule",
     "HFText",
     "ImageClassificationDataModule",
     "ImageFolderDataModule",
+    "ImageTextDataModule",
     "LossTerm",
     "MaPLe",
     "OpenCLIP",

@@ -2,7 +2,8 @@
 
 from lightning_prompts.callbacks.consistency import ConsistencyRegularization
 from lightning_prompts.callbacks.gradcam_masks import GradCAMMasks
+from lightning_prompts.callbacks.gradient_regulation import GradientRegulation
 from lightning_prompts.callbacks.loss_term import LossTerm
 from lightning_prompts.callbacks.pull_push import PullPushRegularization
 
-__all__ = ["ConsistencyRegularization", "GradCAMMasks", "LossTerm", "PullPushRegularization"]
+__all__ = ["ConsistencyRegularization", "GradCAMMasks", "GradientRegulation", "LossTerm", "PullPushRegularization"]

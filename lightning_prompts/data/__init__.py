@@ -5,6 +5,7 @@ from lightning_prompts.data.fgvc import FGVCDataModule
 from lightning_prompts.data.graph import GraphDataModule
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, Synthetic
 from lightning_prompts.data.image_folder import ImageFolderDataModule
+from lightning_prompts.data.image_text import ImageTextDataModule
 from lightning_prompts.data.text import SyntheticText, TextClassificationDataModule
 from lightning_prompts.data.vtab import VTAB1kDataModule
 
@@ -14,6 +15,7 @@ __all__ = [
     "GraphDataModule",
     "ImageClassificationDataModule",
     "ImageFolderDataModule",
+    "ImageTextDataModule",
     "Synthetic",
     "SyntheticText",
     "TextClassificationDataModule",

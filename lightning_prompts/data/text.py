@@ -43,10 +43,11 @@ class SyntheticText:
     seed: int = 0
 
 
-def read_table(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
-    """``(text, label)`` rows of a CSV/TSV/JSONL file (label kept as a string)."""
+def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a CSV/TSV/JSONL file (optionally ``.gz``/``.bz2``/``.xz``) as ``{column: str}``; every
+    row must have ``columns``."""
     if not path.is_file():
-        raise DatasetError(f"Text data file {path} does not exist.")
+        raise DatasetError(f"Data file {path} does not exist.")
     suffixes = [s.lower() for s in path.suffixes]
     opener = _OPENERS.get(suffixes[-1]) if suffixes else None
     kind = suffixes[-2] if opener and len(suffixes) >= 2 else (suffixes[-1] if suffixes else "")
@@ -60,14 +61,16 @@ def read_table(path: Path, text_column: str, label_column: str) -> list[tuple[st
             raise DatasetError(
                 f"{path}: unsupported format {kind!r} (use .csv, .tsv or .jsonl, optionally compressed)."
             )
-    rows = []
     for number, record in enumerate(records, 1):
-        if text_column not in record or label_column not in record:
-            raise DatasetError(
-                f"{path}: row {number} lacks column {text_column!r} or {label_column!r} (has {sorted(record)})."
-            )
-        rows.append((str(record[text_column]), str(record[label_column])))
-    return rows
+        missing = [column for column in columns if column not in record]
+        if missing:
+            raise DatasetError(f"{path}: row {number} lacks column(s) {missing} (has {sorted(record)}).")
+    return [{key: str(value) for key, value in record.items()} for record in records]
+
+
+def read_table(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
+    """``(text, label)`` rows of a CSV/TSV/JSONL file (label kept as a string)."""
+    return [(record[text_column], record[label_column]) for record in read_records(path, (text_column, label_column))]
 
 
 class TextDataset(Dataset):

@@ -76,6 +76,10 @@ class PromptModule(LightningModule):
         lr_scheduler_interval: step the scheduler every ``"epoch"`` (Dassl, VPT) or ``"step"``.
         param_group_lr: learning rates for named parameter groups (see :meth:`param_groups`),
             overriding the optimizer's ``lr`` for those groups.
+        prompt_init: a ``safetensors`` file (:meth:`export_prompt`) whose tensors initialise trainable
+            tensors of the same names and shapes when ``fit`` starts, e.g. GRAM's meta-learned context
+            (``prompt_init.safetensors``); tensors it lacks keep their own initialisation. A checkpoint
+            being resumed overrides it.
     """
 
     #: Fields of :class:`PromptOutput` this method can fill (checked against callbacks' needs).
@@ -96,6 +100,7 @@ class PromptModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         param_group_lr: dict[str, float] | None = None,
+        prompt_init: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.backbone = build_backbone(backbone)
@@ -115,6 +120,7 @@ class PromptModule(LightningModule):
         self._scheduler_factory = as_factory(lr_scheduler)
         self._scheduler_interval = lr_scheduler_interval
         self._param_group_lr = dict(param_group_lr or {})
+        self._prompt_init = prompt_init
         self.strict_loading = False  # the backbone is not in our checkpoints; see on_load_checkpoint
         self._requested_fields: frozenset[str] = frozenset()
         self.val_accuracy = SetwiseAccuracy(["val"])
@@ -187,8 +193,10 @@ class PromptModule(LightningModule):
         everything = [*callbacks, *own]
         terms = self.loss_terms(everything)
         self.check_output_fields(terms)
-        for term in terms:
-            term.check_ready(self, datamodule, everything)
+        for callback in everything:  # loss terms and other callbacks that can check themselves
+            check = getattr(callback, "check_ready", None)
+            if callable(check):
+                check(self, datamodule, everything)
         data_classes = getattr(datamodule, "classnames", None)
         if data_classes is not None and list(data_classes) != self.classnames_for_training:
             raise ConfigurationError(
@@ -209,6 +217,8 @@ class PromptModule(LightningModule):
         callbacks = self.trainer.callbacks
         self.check_ready(stage, callbacks, getattr(self.trainer, "datamodule", None))
         self._requested_fields = self.check_output_fields(self.loss_terms(callbacks))
+        if stage == "fit" and self._prompt_init is not None:
+            self.init_prompt_from(self._prompt_init)
 
     # ------------------------------------------------------------------------------------------
     # Steps
@@ -337,7 +347,7 @@ class PromptModule(LightningModule):
         meta = checkpoint.get(_CHECKPOINT_KEY) or {}
         self._check_loadable(checkpoint.get("state_dict", {}).keys(), meta.get("backbone"), "the checkpoint")
 
-    def _check_loadable(self, keys: Iterable[str], identity: Mapping[str, str] | None, source: str) -> None:
+    def _check_backbone(self, identity: Mapping[str, str] | None, source: str) -> None:
         mine = self.backbone.identity()
         if identity is not None and (
             identity.get("class") != mine["class"] or identity.get("fingerprint") != mine["fingerprint"]
@@ -348,6 +358,9 @@ class PromptModule(LightningModule):
                 f"{mine['class']} {mine['name']!r} (fingerprint {mine['fingerprint']}). Load it into the "
                 f"backbone it was trained on."
             )
+
+    def _check_loadable(self, keys: Iterable[str], identity: Mapping[str, str] | None, source: str) -> None:
+        self._check_backbone(identity, source)
         keys = set(keys)
         missing = sorted(self.trainable_state_keys() - keys)
         if missing:
@@ -363,15 +376,16 @@ class PromptModule(LightningModule):
                 f"saved by another method or configuration."
             )
 
-    def export_prompt(self, path: str | Path) -> Path:
+    def export_prompt(self, path: str | Path, prefix: str = "") -> Path:
         """Write the trainable state (prompts, heads) to a ``safetensors`` file.
 
         The file's metadata names the method, its hyperparameters and the backbone identity, so
-        :meth:`load_prompt` can refuse it for another backbone.
+        :meth:`load_prompt` can refuse it for another backbone. ``prefix`` keeps only the tensors whose
+        names start with it (``"prompt."``: the prompt without a head).
         """
         from safetensors.torch import save_file
 
-        keep = self.trainable_state_keys()
+        keep = {key for key in self.trainable_state_keys() if key.startswith(prefix)}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in keep}
         metadata = {
             f"{_METADATA_PREFIX}method": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -387,14 +401,42 @@ class PromptModule(LightningModule):
 
     def load_prompt(self, path: str | Path) -> None:
         """Load a file written by :meth:`export_prompt` into this module (same checks as checkpoints)."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        identity = metadata.get(f"{_METADATA_PREFIX}backbone")
-        self._check_loadable(tensors, json.loads(identity) if identity else None, f"prompt file {path}")
+        tensors, identity = _read_prompt_file(path)
+        self._check_loadable(tensors, identity, f"prompt file {path}")
         self.load_state_dict(tensors, strict=False)
+
+    def init_prompt_from(self, path: str | Path) -> None:
+        """Copy the tensors of a prompt file into the trainable tensors of the same names (see
+        ``prompt_init``); the backbone must match and every tensor must fit a trainable one."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigurationError(f"prompt_init file {path} does not exist.")
+        tensors, identity = _read_prompt_file(path)
+        self._check_backbone(identity, f"prompt_init file {path}")
+        own = self.state_dict()
+        trainable = self.trainable_state_keys()
+        for key, tensor in tensors.items():
+            if key not in trainable:
+                raise ConfigurationError(
+                    f"prompt_init file {path} holds {key!r}, which is not a trainable tensor of "
+                    f"{type(self).__name__} ({_preview(sorted(trainable))})."
+                )
+            if tuple(tensor.shape) != tuple(own[key].shape):
+                raise ConfigurationError(
+                    f"prompt_init file {path}: {key!r} has shape {tuple(tensor.shape)} but "
+                    f"{type(self).__name__} needs {tuple(own[key].shape)} (e.g. another n_ctx)."
+                )
+        self.load_state_dict(tensors, strict=False)
+
+
+def _read_prompt_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str] | None]:
+    """The tensors of a file written by :meth:`PromptModule.export_prompt` and its backbone identity."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        identity = (handle.metadata() or {}).get(f"{_METADATA_PREFIX}backbone")
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    return tensors, json.loads(identity) if identity else None
 
 
 def _preview(names: Sequence[str], limit: int = 5) -> str:

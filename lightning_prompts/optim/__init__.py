@@ -1,5 +1,6 @@
-"""Learning-rate schedules used by the paper recipes."""
+"""Learning-rate schedules used by the paper recipes, and GRAM's gradient regulator."""
 
+from lightning_prompts.optim.gradient_regulator import GradientRegulator
 from lightning_prompts.optim.schedulers import WarmupCosineLR
 
-__all__ = ["WarmupCosineLR"]
+__all__ = ["GradientRegulator", "WarmupCosineLR"]

@@ -111,9 +111,12 @@ class ClassContextPrompt(nn.Module):
         # tokens of each class name (without the trailing "."): what "middle"/"front" move around
         self.name_lengths = [backbone.token_count(name) - 2 for name in names]
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        """Return the class prompts' token embeddings ``(C, L, width)`` and their EOT positions ``(C,)``."""
-        ctx = self.ctx
+    def forward(self, ctx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return the class prompts' token embeddings ``(C, L, width)`` and their EOT positions ``(C,)``.
+
+        ``ctx`` replaces the learned context for this call (GRAM's adapted context ``ctx − α·ψ(g)``).
+        """
+        ctx = self.ctx if ctx is None else ctx
         count = self.token_prefix.shape[0]
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(count, -1, -1)
