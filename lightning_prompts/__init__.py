@@ -11,6 +11,7 @@ from lightning_prompts.callbacks import (
     GradCAMMasks,
     GradientRegulation,
     LossTerm,
+    MomentumAccumulation,
     PullPushRegularization,
 )
 from lightning_prompts.data import (
@@ -65,6 +66,7 @@ __all__ = [
     "ImageTextDataModule",
     "LossTerm",
     "MaPLe",
+    "MomentumAccumulation",
     "OpenCLIP",
     "PromptModule",
     "PromptOutput",

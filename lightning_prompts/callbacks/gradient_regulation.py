@@ -19,6 +19,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from torch.optim import Optimizer
 
+from lightning_prompts.callbacks.parameter_groups import group_parameters
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.optim.gradient_regulator import GradientRegulator
 
@@ -55,17 +56,7 @@ class GradientRegulation(Callback):
     def check_ready(self, module: PromptModule, datamodule: Any | None, callbacks: Sequence[Any] = ()) -> None:
         """Fail before training if the regulator cannot be read or the method lacks a named group."""
         self._load()
-        self._params = self.regulated_parameters(module)
-
-    def regulated_parameters(self, module: PromptModule) -> list[nn.Parameter]:
-        groups = {group["name"]: group["params"] for group in module.param_groups()}
-        unknown = [name for name in self.groups if name not in groups]
-        if unknown:
-            raise ConfigurationError(
-                f"GradientRegulation on {type(module).__name__}: no parameter group {unknown}; "
-                f"{type(module).__name__} has {sorted(groups)}."
-            )
-        return [param for name in self.groups for param in groups[name]]
+        self._params = group_parameters(module, self.groups, "GradientRegulation")
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":

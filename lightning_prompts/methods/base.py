@@ -240,7 +240,7 @@ class PromptModule(LightningModule):
         output = self.forward_batch(batch)
         targets = self.batch_targets(batch)
         self.log("val/loss", self.task_loss(output, targets), batch_size=int(targets.shape[0]), sync_dist=True)
-        self.val_accuracy.update(output.logits.detach(), targets)
+        self.val_accuracy.update(self.evaluation_scores(batch, output.logits.detach()), targets)
 
     def on_validation_epoch_end(self) -> None:
         accuracy = self.val_accuracy.compute().get("val")
@@ -262,9 +262,9 @@ class PromptModule(LightningModule):
         if dataloader_idx != self._active_test_set:  # sets are run one after the other
             self.set_classnames(self._test_class_sets[dataloader_idx])
             self._active_test_set = dataloader_idx
-        output = self.forward_batch(batch)
+        scores = self.evaluation_scores(batch, self.forward_batch(batch).logits.detach())
         assert self.test_accuracy is not None
-        self.test_accuracy.update(output.logits.detach(), self.batch_targets(batch), set_index=dataloader_idx)
+        self.test_accuracy.update(scores, self.batch_targets(batch), set_index=dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
         assert self.test_accuracy is not None
@@ -280,7 +280,16 @@ class PromptModule(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         logits = self.forward_batch(batch).logits
-        return {"logits": logits, "preds": logits.argmax(dim=-1)}
+        return {"logits": logits, "preds": self.evaluation_scores(batch, logits).argmax(dim=-1)}
+
+    def evaluation_scores(self, batch: Any, logits: Tensor) -> Tensor:
+        """What accuracy and predictions are taken from: the logits, unless a callback ensembles them
+        with another model (``ensemble_scores``, e.g. :class:`~lightning_prompts.callbacks.MomentumAccumulation`)."""
+        for callback in self.trainer.callbacks if self._trainer is not None else ():
+            ensemble = getattr(callback, "ensemble_scores", None)
+            if callable(ensemble):
+                logits = ensemble(self, batch, logits)
+        return logits
 
     @property
     def classnames_for_training(self) -> list[str]:

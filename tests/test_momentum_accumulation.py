@@ -1,0 +1,104 @@
+"""MomentumAccumulation (LAE's offline EMA model and online/offline ensemble) on any method's prompt."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import synthetic_fewshot
+from lightning.pytorch import Callback, Trainer
+
+from lightning_prompts.callbacks import MomentumAccumulation
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.methods import VPT, CoOp
+
+
+class OnlineSpy(Callback):
+    """Online prompt values after every training step (runs after MomentumAccumulation)."""
+
+    def __init__(self) -> None:
+        self.values: list[list[torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.values.append([p.detach().clone() for p in pl_module.prompt.parameters()])
+
+
+class TwoTaskVPT(VPT):
+    """A VPT whose "task" is 0 for the first two batches and 1 afterwards."""
+
+    current_task = 0
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.current_task = 0 if batch_idx < 2 else 1
+
+
+def test_offline_copy_is_the_ema_of_the_prompt_and_only_of_it(tiny_vit, trainer_kwargs):
+    data = synthetic_fewshot(augmentation="vtab", batch_size=2)
+    model = VPT(tiny_vit, data.classnames, num_tokens=2)
+    accumulation, spy = MomentumAccumulation(decay=0.5), OnlineSpy()
+    Trainer(max_steps=4, callbacks=[accumulation, spy], **trainer_kwargs).fit(model, data)
+    expected = spy.values[0]  # the copy starts at the first step (a one-task method)
+    for online in spy.values[1:]:
+        expected = [0.5 * e + 0.5 * o for e, o in zip(expected, online)]
+    assert len(accumulation.offline) == len(list(model.prompt.parameters()))
+    for offline, reference, online in zip(accumulation.offline, expected, spy.values[-1]):
+        assert torch.allclose(offline, reference, atol=1e-6)
+        assert not torch.allclose(offline, online)
+    prompt_ids = {id(p) for p in model.prompt.parameters()}
+    assert {id(p) for p in accumulation._params} == prompt_ids  # never the backbone, never the head
+
+
+def test_offline_copy_starts_at_the_second_task(tiny_vit, trainer_kwargs):
+    data = synthetic_fewshot(augmentation="vtab", batch_size=2)
+    model = TwoTaskVPT(tiny_vit, data.classnames, num_tokens=2)
+    accumulation, spy = MomentumAccumulation(decay=0.9), OnlineSpy()
+
+    class Watch(Callback):
+        started: list[bool] = []
+
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            self.started.append(accumulation.offline is not None)
+
+    watch = Watch()
+    Trainer(max_steps=4, callbacks=[accumulation, spy, watch], **trainer_kwargs).fit(model, data)
+    assert watch.started == [False, False, True, True]
+    expected = [0.9 * s + 0.1 * o for s, o in zip(spy.values[2], spy.values[3])]
+    for offline, reference in zip(accumulation.offline, expected):
+        assert torch.allclose(offline, reference, atol=1e-6)
+
+
+def test_ensemble_takes_the_per_class_max_of_both_probabilities(tiny_clip, trainer_kwargs):
+    data = synthetic_fewshot(augmentation="vtab")
+    model = CoOp(tiny_clip, data.classnames, n_ctx=4)
+    accumulation = MomentumAccumulation(decay=0.9)
+    trainer = Trainer(max_steps=1, callbacks=[accumulation], **trainer_kwargs)
+    trainer.fit(model, data)
+    with torch.no_grad():  # make the two models clearly different
+        accumulation.offline[0].add_(torch.randn_like(accumulation.offline[0]))
+    model.eval()
+    images = torch.randn(3, 3, 32, 32)
+    online_ctx = model.prompt.ctx.detach().clone()
+    online = model(images).logits
+    scores = model.evaluation_scores({"image": images}, online)
+    with torch.no_grad():
+        model.prompt.ctx.copy_(accumulation.offline[0])
+    offline = model(images).logits
+    with torch.no_grad():
+        model.prompt.ctx.copy_(online_ctx)
+    assert not torch.allclose(online, offline)
+    assert torch.allclose(scores, torch.maximum(F.softmax(online, -1), F.softmax(offline, -1)), atol=1e-6)
+    assert torch.equal(model.prompt.ctx, online_ctx)  # restored after the ensemble
+    assert torch.allclose(model(images).logits, online)  # and the eval-mode text cache is not stale
+
+
+def test_offline_state_round_trips_and_unknown_groups_fail(tiny_vit, trainer_kwargs):
+    accumulation = MomentumAccumulation()
+    accumulation.offline = [torch.ones(2, 3)]
+    restored = MomentumAccumulation()
+    restored.load_state_dict(accumulation.state_dict())
+    assert torch.equal(restored.offline[0], torch.ones(2, 3))
+    data = synthetic_fewshot(augmentation="vtab")
+    trainer = Trainer(max_steps=1, callbacks=[MomentumAccumulation(groups=["pets"])], **trainer_kwargs)
+    with pytest.raises(ConfigurationError, match=r"MomentumAccumulation on VPT: no parameter group \['pets'\]"):
+        trainer.fit(VPT(tiny_vit, data.classnames), data)
+    assert trainer.global_step == 0
