@@ -15,6 +15,7 @@ from lightning_prompts.callbacks import (
     PullPushRegularization,
 )
 from lightning_prompts.data import (
+    ClassIncrementalDataModule,
     FewShotImageDataModule,
     FGVCDataModule,
     GraphDataModule,
@@ -29,6 +30,7 @@ from lightning_prompts.data import (
 from lightning_prompts.methods import (
     DAPT,
     GPF,
+    LAE,
     VPT,
     CoOp,
     CoPrompt,
@@ -46,8 +48,10 @@ __version__ = "0.1.0"
 __all__ = [
     "GNN",
     "GPF",
+    "LAE",
     "VPT",
     "Backbone",
+    "ClassIncrementalDataModule",
     "DAPT",
     "ConsistencyRegularization",
     "CoOp",

@@ -19,6 +19,7 @@ FAMILIES = {
     "coprompt": "clip",
     "dapt": "clip",
     "gram": "clip",
+    "lae": "continual",
     "testbed": "clip",
     "vpt": "vit",
     "prompt_tuning": "text",

@@ -9,7 +9,7 @@ patch tokens, prompt tokens excluded), after the final norm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_prompts.backbones.base import Backbone, expand_to_batch
+from lightning_prompts.prompts.pet import BlockPET, attention_with_prefix
 
 #: timm's smallest ViT, shrunk further, for tests and the ``recipes/_tiny/vit.yaml`` overlay.
 TINY_KWARGS: dict[str, Any] = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
@@ -127,14 +128,17 @@ class TimmViT(Backbone):
         images: Tensor,
         prompts: Tensor | None = None,
         deep_prompts: Sequence[Tensor] | None = None,
+        block_pets: Mapping[int, BlockPET] | None = None,
     ) -> ViTEncoding:
-        """Run the ViT with prompt tokens.
+        """Run the ViT with prompt tokens and/or PET modules.
 
         Args:
             images: ``(B, 3, H, W)`` normalised images.
             prompts: ``(n, W)`` or ``(B, n, W)`` tokens inserted after the prefix tokens, before block 0.
             deep_prompts: tokens for blocks ``1..len(deep_prompts)``; before block ``i`` the prompt slot
                 is replaced by ``deep_prompts[i-1]`` (the previous block's outputs there are dropped).
+            block_pets: ``{block index: BlockPET}``: those blocks run with the adapter, LoRA or prefix
+                (:mod:`lightning_prompts.prompts.pet`); the backbone itself is not modified.
         """
         if deep_prompts and prompts is None:
             raise ValueError("deep prompts need first-layer prompts (the slot they replace).")
@@ -150,9 +154,36 @@ class TimmViT(Backbone):
             if deep_prompts and 1 <= index <= len(deep_prompts):
                 fresh = expand_to_batch(deep_prompts[index - 1], x.shape[0]).to(x.dtype)
                 x = torch.cat([x[:, :start], fresh, x[:, start + n :]], dim=1)
-            x = block(x)
+            pet = block_pets.get(index) if block_pets else None
+            x = block(x) if pet is None else block_with_pet(block, x, pet)
         x = model.norm(x)
         prompt_tokens = x[:, start : start + n]
         x = torch.cat([x[:, :start], x[:, start + n :]], dim=1)
         pooled = model.forward_head(x, pre_logits=True)  # pool + fc_norm (head_drop is off in eval)
         return ViTEncoding(pooled=pooled, patch_tokens=x[:, start:], prompt_tokens=prompt_tokens)
+
+
+def block_with_pet(block: Any, x: Tensor, pet: BlockPET) -> Tensor:
+    """A timm ViT ``Block`` in eval mode (no dropout, no drop-path) with ``pet`` inserted: the same
+    steps as timm's ``Block.forward``/``Attention.forward``, plus the LoRA increment on the qkv
+    projection, the prefix keys/values in the attention, and the adapter beside the attention."""
+    attn = block.attn
+    if getattr(attn, "gate", None) is not None:
+        raise NotImplementedError("PET modules are not supported on gated attention.")
+    hidden = block.norm1(x)
+    batch, tokens, _ = hidden.shape
+    qkv = attn.qkv(hidden)
+    if pet.lora is not None:
+        qkv = qkv + pet.lora(hidden).to(qkv.dtype)
+    q, k, v = qkv.reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if pet.prefix is not None:
+        out = attention_with_prefix(q, k, v, attn.scale, pet.prefix)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    out = out.transpose(1, 2).reshape(batch, tokens, -1)
+    out = attn.proj(getattr(attn, "norm", torch.nn.Identity())(out))
+    if pet.adapter is not None:
+        out = out + pet.adapter(hidden).to(out.dtype)
+    x = x + block.ls1(out)
+    return x + block.ls2(block.mlp(block.norm2(x)))

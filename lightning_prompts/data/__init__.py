@@ -1,5 +1,6 @@
 """LightningDataModules for the benchmarks and for your own data."""
 
+from lightning_prompts.data.class_incremental import ClassIncrementalDataModule
 from lightning_prompts.data.few_shot_images import FewShotImageDataModule
 from lightning_prompts.data.fgvc import FGVCDataModule
 from lightning_prompts.data.graph import GraphDataModule
@@ -10,6 +11,7 @@ from lightning_prompts.data.text import SyntheticText, TextClassificationDataMod
 from lightning_prompts.data.vtab import VTAB1kDataModule
 
 __all__ = [
+    "ClassIncrementalDataModule",
     "FGVCDataModule",
     "FewShotImageDataModule",
     "GraphDataModule",

@@ -8,6 +8,9 @@
 * ``"randaugment"`` (CoPrompt): train resize straight to size×size (bicubic) + RandAugment (2 ops,
   magnitude 10); test as ``"clip"``. torchvision's RandAugment, whose 14 operations are close to but
   not exactly Dassl's 16.
+* ``"lae"`` (LAE's continual-learning streams): train RandomResizedCrop(default scale, bilinear) +
+  flip; test resize the short side to 256/224 of the size + center crop; use with ``normalization:
+  "none"`` (LAE feeds [0, 1] pixels to its ViT).
 
 Transforms are torchvision ``v2`` pipelines applied to PIL images (identical to the v1 transforms
 the official code uses); geometric steps also apply to a segmentation mask passed with the image
@@ -20,13 +23,14 @@ from typing import Any, Literal
 
 import torch
 
-Augmentation = Literal["clip", "fgvc", "vtab", "randaugment"]
+Augmentation = Literal["clip", "fgvc", "vtab", "randaugment", "lae"]
 
 #: Normalisation constants by name.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 
 
@@ -60,6 +64,12 @@ def build_transform(preset: Augmentation, size: int, normalization: str, train: 
             if train
             else clip_eval
         )
+    elif preset == "lae":
+        steps = (
+            [v2.RandomResizedCrop(size, interpolation=bilinear), v2.RandomHorizontalFlip()]
+            if train
+            else [v2.Resize(round(size * 256 / 224), interpolation=bilinear), v2.CenterCrop(size)]
+        )
     else:
-        raise ValueError(f"augmentation must be 'clip', 'fgvc', 'vtab' or 'randaugment', got {preset!r}.")
+        raise ValueError(f"augmentation must be 'clip', 'fgvc', 'vtab', 'randaugment' or 'lae', got {preset!r}.")
     return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])

@@ -1,0 +1,226 @@
+"""LAE: Learning, Accumulation, Ensemble — continual learning with parameter-efficient tuning (Gao,
+Cen, Xiao, Wang, Chen, Cao, Zhou — "A Unified Continual Learning Framework with General
+Parameter-Efficient Tuning", ICCV 2023; official code: github.com/gqk/LAE).
+
+A frozen ViT learns a class-incremental stream of tasks through PET modules (adapter, LoRA or
+prefix in its first blocks; :mod:`lightning_prompts.prompts.pet`) and a growing classifier:
+
+* **learning**: task ``t`` adds a linear head for its classes (init N(0, 0.001²), zero bias); the loss
+  is cross-entropy on the current task's logits only, so old heads get no gradient; from the second
+  task on, the PET modules are frozen for the first ``freeze_epochs`` epochs of the task (only the new
+  head learns, aligning it with the PET before the PET moves); the optimizer starts afresh each task
+  (Adam, constant learning rate);
+* **accumulation**: an offline copy of the PET modules follows the online ones by an EMA with decay
+  0.9999 per step from the second task on (:class:`~lightning_prompts.callbacks.MomentumAccumulation`,
+  which LAE attaches itself; the heads are shared);
+* **ensemble**: evaluation scores each seen class by the larger of the online and offline softmax
+  probabilities.
+
+The whole stream is one ``fit`` (``max_epochs = num_tasks · epochs_per_task``,
+``reload_dataloaders_every_n_epochs: 1``) on a :class:`~lightning_prompts.data.ClassIncrementalDataModule`;
+validation at the end of each task reports the accuracy on all seen classes (``val/acc``, A_t), the
+average incremental accuracy and the forgetting (:mod:`lightning_prompts.metrics.continual`).
+
+Faithful to the official code: PET placement, widths and initialisation, the compensatory prefix,
+the per-step EMA (also during the freeze epochs), current-task-only loss, head initialisation, the
+fresh Adam per task, the per-class-max ensemble. Deviations: timm's ViT instead of LAE's own port of
+Google's ``ViT-B_16.npz`` (``vit_base_patch16_224.orig_in21k`` holds the same weights); the offline
+model is created at the first step of task 2 from the online one (LAE deep-copies it when task 2 is
+set up: the same values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback
+from torch import Tensor, nn
+
+from lightning_prompts.backbones.timm_vit import TimmViT
+from lightning_prompts.callbacks.momentum_accumulation import MomentumAccumulation
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.methods.base import PromptModule
+from lightning_prompts.metrics.continual import TaskAccuracy, average_incremental_accuracy, forgetting
+from lightning_prompts.outputs import PromptOutput
+from lightning_prompts.prompts.pet import BlockPET, PETKind
+
+
+class LAE(PromptModule):
+    """LAE on a frozen timm ViT (see the module docstring).
+
+    Args:
+        backbone: the frozen :class:`~lightning_prompts.backbones.TimmViT` (LAE: ViT-B/16 ImageNet-21k).
+        classnames: every class of the stream in stream order (linked from the data module).
+        num_tasks: tasks of the stream (the classes are cut into equal tasks in order).
+        pet: ``"adapter"``, ``"lora"`` or ``"prefix"``.
+        pet_blocks: the blocks that get a PET module (LAE: the first five).
+        adapter_width, lora_rank, prefix_length, compensatory: the PET modules' sizes (5, 5, 10, true).
+        freeze_epochs: epochs at the start of every task but the first with the PET frozen
+            (LAE: 3 of 5 on CIFAR-100, 30 of 50 on ImageNet-R).
+        ema_decay: decay of the offline PET's EMA per step (0.9999).
+        ensemble: evaluate with the online/offline ensemble.
+        head_init_std: std of each new head's weights (0.001).
+        **kwargs: ``optimizer`` (default Adam, lr 0.0028125 = 0.03·24/256, LAE's CIFAR-100 setting),
+            ``param_group_lr`` (groups ``prompt`` — the PET modules — and ``head``); see
+            :class:`~lightning_prompts.methods.PromptModule`.
+    """
+
+    default_optimizer: ClassVar[dict[str, Any]] = {
+        "class_path": "torch.optim.Adam",
+        "init_args": {"lr": 0.0028125, "weight_decay": 0.0},
+    }
+
+    def __init__(
+        self,
+        backbone: TimmViT,
+        classnames: Sequence[str] | None = None,
+        num_tasks: int = 10,
+        pet: PETKind = "adapter",
+        pet_blocks: Sequence[int] = (0, 1, 2, 3, 4),
+        adapter_width: int = 5,
+        lora_rank: int = 5,
+        prefix_length: int = 10,
+        compensatory: bool = True,
+        freeze_epochs: int = 3,
+        ema_decay: float = 0.9999,
+        ensemble: bool = True,
+        head_init_std: float = 0.001,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, classnames, **kwargs)
+        if not self.classnames:
+            raise ValueError("LAE needs the stream's class names (the data module provides them).")
+        if len(self.classnames) % num_tasks:
+            raise ValueError(f"{len(self.classnames)} classes cannot be cut into {num_tasks} equal tasks.")
+        depth = self.backbone.depth
+        if any(not 0 <= index < depth for index in pet_blocks):
+            raise ValueError(f"pet_blocks {list(pet_blocks)} must be block indices of the {depth}-block ViT.")
+        if freeze_epochs < 0:
+            raise ValueError(f"freeze_epochs must be >= 0, got {freeze_epochs}.")
+        width = self.backbone.width
+        self.pets = nn.ModuleDict(
+            {
+                str(index): BlockPET(pet, width, adapter_width, lora_rank, prefix_length, compensatory)
+                for index in pet_blocks
+            }
+        )
+        self.num_tasks, self.classes_per_task = num_tasks, len(self.classnames) // num_tasks
+        self.heads = nn.ModuleList(nn.Linear(width, self.classes_per_task) for _ in range(num_tasks))
+        for head in self.heads:
+            nn.init.normal_(head.weight, std=head_init_std)
+            nn.init.zeros_(head.bias)
+        self.freeze_epochs, self.ema_decay, self.ensemble = freeze_epochs, ema_decay, ensemble
+        self.task_accuracy = TaskAccuracy(num_tasks)
+        # R[t, j] and A_t, kept in the module so checkpoints carry the history
+        self.register_buffer("accuracy_matrix", torch.full((num_tasks, num_tasks), float("nan")))
+        self.register_buffer("task_end_accuracy", torch.full((num_tasks,), float("nan")))
+        self._task = 0
+
+    # -- the stream ---------------------------------------------------------------------------------
+    @property
+    def current_task(self) -> int:
+        """The task being learned (from the data module's schedule during ``fit``)."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "task_of_epoch"):
+            return int(datamodule.task_of_epoch(trainer.current_epoch))
+        return self._task
+
+    @current_task.setter
+    def current_task(self, task: int) -> None:
+        self._task = int(task)
+
+    def seen_tasks(self) -> int:
+        """Heads that score: every task when testing or predicting, else tasks ``0..current``."""
+        trainer = self._trainer
+        if trainer is not None and (trainer.testing or trainer.predicting):
+            return self.num_tasks
+        return self.current_task + 1
+
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        super().check_ready(stage, callbacks, datamodule)
+        data_tasks = getattr(datamodule, "num_tasks", None)
+        if data_tasks is not None and data_tasks != self.num_tasks:
+            raise ConfigurationError(f"LAE has num_tasks={self.num_tasks} but the data stream has {data_tasks} tasks.")
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [MomentumAccumulation(decay=self.ema_decay, groups=["prompt"], start_task=1, ensemble=self.ensemble)]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [
+            {"name": "prompt", "params": list(self.pets.parameters())},
+            {"name": "head", "params": list(self.heads.parameters())},
+        ]
+
+    # -- forward ------------------------------------------------------------------------------------
+    def forward(self, images: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        """Logits ``(B, seen tasks · classes per task)`` of the seen tasks' heads."""
+        pets = {int(index): module for index, module in self.pets.items()}
+        pooled = self.backbone.forward_features(images, block_pets=pets).pooled
+        logits = torch.cat([head(pooled) for head in self.heads[: self.seen_tasks()]], dim=-1)
+        return PromptOutput(logits=logits, image_features=pooled)
+
+    def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        return self(batch["image"], fields)
+
+    def task_loss(self, output: PromptOutput, targets: Tensor) -> Tensor:
+        if not self.training:
+            return F.cross_entropy(output.logits.float(), targets)
+        start = self.current_task * self.classes_per_task  # current task's columns only
+        return F.cross_entropy(output.logits[:, start:].float(), targets - start)
+
+    # -- task schedule ------------------------------------------------------------------------------
+    def epoch_in_task(self) -> int:
+        datamodule = self.trainer.datamodule
+        return self.trainer.current_epoch - self.current_task * datamodule.epochs_per_task
+
+    def on_train_epoch_start(self) -> None:
+        task, epoch = self.current_task, self.epoch_in_task()
+        if task > 0 and epoch == 0:  # LAE builds a new optimizer per task
+            for optimizer in self.trainer.optimizers:
+                optimizer.state.clear()
+        frozen = task > 0 and epoch < self.freeze_epochs
+        for param in self.pets.parameters():
+            param.requires_grad_(not frozen)
+            if frozen:
+                param.grad = None
+
+    def on_train_end(self) -> None:
+        for param in self.pets.parameters():  # leave the module as built
+            param.requires_grad_(True)
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        output = self.forward_batch(batch)
+        targets = batch["label"]
+        self.log("val/loss", self.task_loss(output, targets), batch_size=int(targets.shape[0]), sync_dist=True)
+        self.task_accuracy.update(self.evaluation_scores(batch, output.logits.detach()), targets, batch["task"])
+
+    def on_validation_epoch_end(self) -> None:
+        overall, per_task = self.task_accuracy.compute()
+        self.task_accuracy.reset()
+        if self.trainer.sanity_checking:
+            return
+        task = self.current_task
+        self.accuracy_matrix[task] = per_task
+        self.task_end_accuracy[task] = overall
+        self.log("val/acc", overall, prog_bar=True)
+        self.log("val/avg_incremental_acc", average_incremental_accuracy(self.task_end_accuracy[: task + 1]))
+        self.log("val/forgetting", forgetting(self.accuracy_matrix, task))
+
+    def on_test_epoch_start(self) -> None:
+        self.task_accuracy.reset()
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        scores = self.evaluation_scores(batch, self.forward_batch(batch).logits.detach())
+        self.task_accuracy.update(scores, batch["label"], batch["task"])
+
+    def on_test_epoch_end(self) -> None:
+        overall, per_task = self.task_accuracy.compute()
+        self.task_accuracy.reset()
+        self.log("test/acc", overall)
+        for task, accuracy in enumerate(per_task.tolist()):
+            self.log(f"test/acc_task{task}", accuracy)
