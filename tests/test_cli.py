@@ -140,3 +140,45 @@ def test_unmet_callback_field_fails_before_anything_is_written(tmp_path):
             ]
         )
     assert not list(tmp_path.rglob("*"))  # no config.yaml, no log folder
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overlay", "callback"),
+    [
+        ("coop/caltech101.yaml", "clip", ["ConsistencyRegularization", "--trainer.callbacks.image=false"]),
+        ("vpt/cub.yaml", "vit", ["ConsistencyRegularization", "--trainer.callbacks.text=false"]),
+        ("vpt/cub.yaml", "vit", ["GradientRegulation", "--trainer.callbacks.regulator=REGULATOR"]),
+        ("prompt_tuning/sst2.yaml", "text", ["GradientRegulation", "--trainer.callbacks.regulator=REGULATOR"]),
+        ("coop/caltech101.yaml", "clip", ["MomentumAccumulation", "--trainer.callbacks.decay=0.5"]),
+        ("prompt_tuning/sst2.yaml", "text", ["MomentumAccumulation"]),
+    ],
+    ids=["consistency-coop", "consistency-vpt", "regulation-vpt", "regulation-pt", "momentum-coop", "momentum-pt"],
+)
+def test_callbacks_compose_with_other_methods_from_yaml(recipe, overlay, callback, tmp_path):
+    from lightning_prompts.callbacks import GradientRegulation, MomentumAccumulation
+    from lightning_prompts.optim import GradientRegulator
+
+    regulator = GradientRegulator().save(tmp_path / "regulator.safetensors")
+    name, *options = callback
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(RECIPES / recipe),
+            "--config",
+            str(RECIPES / "_tiny" / f"{overlay}.yaml"),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            f"--trainer.callbacks+={name}",
+            *(option.replace("REGULATOR", str(regulator)) for option in options),
+        ]
+    )
+    attached = [c for c in cli.trainer.callbacks if type(c).__name__ == name]
+    assert len(attached) == 1 and cli.trainer.global_step == 1
+    metrics = cli.trainer.callback_metrics
+    if name == "ConsistencyRegularization":  # the term joins the loss
+        assert float(metrics["train/loss"]) > float(metrics["train/task_loss"])
+    elif name == "GradientRegulation":
+        assert isinstance(attached[0], GradientRegulation) and attached[0]._params
+    else:
+        assert isinstance(attached[0], MomentumAccumulation) and attached[0].offline is not None
