@@ -7,8 +7,7 @@ excluded) is compared. Real model sizes, random or shipped weights:
 
 * CLIP methods on the offline stand-in CLIP (EfficientNet-Lite0 + MiniLM, 224 px; needs the
   ``testbed`` extra), CoOp with 10 classes, batch 8;
-* VPT on a ViT-S/16 (random weights, 224 px), batch 8;
-* LAE (adapter) on the same ViT-S/16, whose MomentumAccumulation is its own.
+* VPT on a ViT-S/16 (random weights, 224 px), batch 8.
 
 It also times ConsistencyRegularization with its teacher text features cached (the default: once per
 class set) against recomputing them every step, which is what caching saves.
