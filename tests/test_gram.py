@@ -218,6 +218,9 @@ def test_prompt_init_must_fit(tiny_clip, tmp_path):
         coop.init_prompt_from(path)
     with pytest.raises(ConfigurationError, match="does not exist"):
         coop.init_prompt_from(tmp_path / "missing.safetensors")
+    missing = CoOp(tiny_clip, ["cat", "dog"], n_ctx=2, prompt_init=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ConfigurationError, match="prompt_init file .*missing.safetensors does not exist"):
+        missing.check_ready("fit", [], None)  # what the command runs before the Trainer starts
     other = OpenCLIP("tiny", pretrained=None, seed=1)
     with pytest.raises(BackboneMismatchError, match="prompt_init file"):
         CoOp(other, ["cat", "dog"], n_ctx=4).init_prompt_from(path)

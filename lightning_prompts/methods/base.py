@@ -197,6 +197,8 @@ class PromptModule(LightningModule):
             check = getattr(callback, "check_ready", None)
             if callable(check):
                 check(self, datamodule, everything)
+        if stage == "fit" and self._prompt_init is not None and not Path(self._prompt_init).is_file():
+            raise ConfigurationError(f"prompt_init file {self._prompt_init} does not exist.")
         data_classes = getattr(datamodule, "classnames", None)
         if data_classes is not None and list(data_classes) != self.classnames_for_training:
             raise ConfigurationError(
