@@ -17,7 +17,7 @@ from lightning_prompts.data import ClassIncrementalDataModule
 from lightning_prompts.data.synthetic import write_image
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.methods import LAE
-from lightning_prompts.metrics import TaskAccuracy, average_incremental_accuracy, forgetting
+from lightning_prompts.metrics import ContinualAccuracy, TaskAccuracy, average_incremental_accuracy, forgetting
 from lightning_prompts.prompts.pet import BlockPET
 
 
@@ -139,12 +139,27 @@ def test_three_task_stream_freezes_accumulates_and_keeps_old_heads(trainer_kwarg
     assert torch.equal(head_at[0][2], head_at[4][2])  # task 2's head before task 2
     assert not torch.equal(head_at[4][2], head_at[6][2])
     # validation after each task: R[t, j] recorded for seen tasks, metrics logged
-    assert torch.isnan(model.accuracy_matrix[0, 1:]).all() and not torch.isnan(model.accuracy_matrix[2]).any()
+    history = model.continual_accuracy
+    assert torch.isnan(history.matrix[0, 1:]).all() and not torch.isnan(history.matrix[2]).any()
     metrics = trainer.callback_metrics
-    assert torch.isclose(metrics["val/acc"], model.task_end_accuracy[2])
-    assert torch.isclose(metrics["val/avg_incremental_acc"], model.task_end_accuracy.mean())
-    assert torch.isclose(metrics["val/forgetting"], forgetting(model.accuracy_matrix, 2))
+    assert torch.isclose(metrics["val/acc"], history.task_end[2])
+    assert torch.isclose(metrics["val/avg_incremental_acc"], history.task_end.mean())
+    assert torch.isclose(metrics["val/forgetting"], forgetting(history.matrix, 2))
+    assert "continual_accuracy.matrix" in model.state_dict()  # the history is checkpointed
     assert all(p.requires_grad for p in model.pets.parameters())
+    # evaluation ensembles the online and offline PET by the per-class max of their probabilities
+    model.eval()
+    images = torch.randn(3, 3, 32, 32)
+    online = model(images).logits
+    saved = [p.detach().clone() for p in model.pets.parameters()]
+    with torch.no_grad():
+        for param, offline in zip(model.pets.parameters(), accumulation.offline):
+            param.copy_(offline)
+        offline_logits = model(images).logits
+        for param, value in zip(model.pets.parameters(), saved):
+            param.copy_(value)
+    expected = torch.maximum(F.softmax(online, -1), F.softmax(offline_logits, -1))
+    assert torch.allclose(model.evaluation_scores({"image": images}, online), expected, atol=1e-6)
 
 
 def test_lae_scores_only_seen_tasks_and_checks_the_stream(trainer_kwargs):
@@ -174,6 +189,12 @@ def test_continual_metrics_match_their_definitions():
     assert forgetting(matrix, 2) == pytest.approx(0.3)
     assert forgetting(matrix, 0) == 0
     assert average_incremental_accuracy(torch.tensor([0.9, 0.7, float("nan")])) == pytest.approx(0.8)
+    history = ContinualAccuracy(3)
+    for task in range(3):
+        history.update(task, torch.tensor([0.9, 0.7, 0.6][task]), matrix[task])
+    assert history.compute()["acc"] == pytest.approx(0.6)
+    assert history.compute()["avg_incremental_acc"] == pytest.approx(0.7333, abs=1e-4)
+    assert history.compute()["forgetting"] == pytest.approx(0.3)
 
 
 def write_cifar100(root, per_class: int = 2) -> None:

@@ -19,7 +19,7 @@ prefix in its first blocks; :mod:`lightning_prompts.prompts.pet`) and a growing 
 The whole stream is one ``fit`` (``max_epochs = num_tasks · epochs_per_task``,
 ``reload_dataloaders_every_n_epochs: 1``) on a :class:`~lightning_prompts.data.ClassIncrementalDataModule`;
 validation at the end of each task reports the accuracy on all seen classes (``val/acc``, A_t), the
-average incremental accuracy and the forgetting (:mod:`lightning_prompts.metrics.continual`).
+average incremental accuracy and the forgetting (:class:`~lightning_prompts.metrics.ContinualAccuracy`).
 
 Faithful to the official code: PET placement, widths and initialisation, the compensatory prefix,
 the per-step EMA (also during the freeze epochs), current-task-only loss, head initialisation, the
@@ -43,7 +43,7 @@ from lightning_prompts.backbones.timm_vit import TimmViT
 from lightning_prompts.callbacks.momentum_accumulation import MomentumAccumulation
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import PromptModule
-from lightning_prompts.metrics.continual import TaskAccuracy, average_incremental_accuracy, forgetting
+from lightning_prompts.metrics.continual import ContinualAccuracy, TaskAccuracy
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.pet import BlockPET, PETKind
 
@@ -114,9 +114,7 @@ class LAE(PromptModule):
             nn.init.zeros_(head.bias)
         self.freeze_epochs, self.ema_decay, self.ensemble = freeze_epochs, ema_decay, ensemble
         self.task_accuracy = TaskAccuracy(num_tasks)
-        # R[t, j] and A_t, kept in the module so checkpoints carry the history
-        self.register_buffer("accuracy_matrix", torch.full((num_tasks, num_tasks), float("nan")))
-        self.register_buffer("task_end_accuracy", torch.full((num_tasks,), float("nan")))
+        self.continual_accuracy = ContinualAccuracy(num_tasks)  # R[t, j] and A_t; saved in checkpoints
         self._task = 0
 
     # -- the stream ---------------------------------------------------------------------------------
@@ -204,12 +202,11 @@ class LAE(PromptModule):
         self.task_accuracy.reset()
         if self.trainer.sanity_checking:
             return
-        task = self.current_task
-        self.accuracy_matrix[task] = per_task
-        self.task_end_accuracy[task] = overall
-        self.log("val/acc", overall, prog_bar=True)
-        self.log("val/avg_incremental_acc", average_incremental_accuracy(self.task_end_accuracy[: task + 1]))
-        self.log("val/forgetting", forgetting(self.accuracy_matrix, task))
+        self.continual_accuracy.update(self.current_task, overall, per_task)
+        history = self.continual_accuracy.compute()
+        self.log("val/acc", history["acc"], prog_bar=True)
+        self.log("val/avg_incremental_acc", history["avg_incremental_acc"])
+        self.log("val/forgetting", history["forgetting"])
 
     def on_test_epoch_start(self) -> None:
         self.task_accuracy.reset()

@@ -1,6 +1,18 @@
 """torchmetrics metrics for the evaluation protocols of prompt learning."""
 
-from lightning_prompts.metrics.continual import TaskAccuracy, average_incremental_accuracy, forgetting
+from lightning_prompts.metrics.continual import (
+    ContinualAccuracy,
+    TaskAccuracy,
+    average_incremental_accuracy,
+    forgetting,
+)
 from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy, harmonic_mean
 
-__all__ = ["SetwiseAccuracy", "TaskAccuracy", "average_incremental_accuracy", "forgetting", "harmonic_mean"]
+__all__ = [
+    "ContinualAccuracy",
+    "SetwiseAccuracy",
+    "TaskAccuracy",
+    "average_incremental_accuracy",
+    "forgetting",
+    "harmonic_mean",
+]

@@ -54,3 +54,41 @@ def forgetting(matrix: Tensor, last: int) -> Tensor:
         return matrix.new_zeros(())
     drops = [matrix[j:last, j].max() - matrix[last, j] for j in range(last)]
     return torch.stack(drops).mean()
+
+
+class ContinualAccuracy(Metric):
+    """The history of a class-incremental run: ``R[t, j]`` and ``A_t`` for every task evaluated so far
+    (``update(task, overall, per_task)`` after a task's evaluation, e.g. from :class:`TaskAccuracy`),
+    and from it the last accuracy, the average incremental accuracy and the forgetting. Its states are
+    saved with the module (``persistent``) and never reset between evaluations; every rank records
+    the same, already synchronised, values.
+
+    Args:
+        num_tasks: number of tasks of the stream.
+    """
+
+    full_state_update = True
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(sync_on_compute=False)
+        self.num_tasks = num_tasks
+        nan = float("nan")
+        self.add_state("matrix", torch.full((num_tasks, num_tasks), nan), dist_reduce_fx=None, persistent=True)
+        self.add_state("task_end", torch.full((num_tasks,), nan), dist_reduce_fx=None, persistent=True)
+        self.add_state("last_task", torch.tensor(-1), dist_reduce_fx=None, persistent=True)
+
+    def update(self, task: int, overall: Tensor, per_task: Tensor) -> None:
+        self.matrix[task] = per_task.to(self.matrix)
+        self.task_end[task] = overall.to(self.task_end)
+        self.last_task.fill_(task)
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"acc": A_t, "avg_incremental_acc", "forgetting"}`` after the last recorded task ``t``."""
+        last = int(self.last_task)
+        if last < 0:
+            raise RuntimeError("ContinualAccuracy.compute() before any task was recorded.")
+        return {
+            "acc": self.task_end[last],
+            "avg_incremental_acc": average_incremental_accuracy(self.task_end[: last + 1]),
+            "forgetting": forgetting(self.matrix, last),
+        }
