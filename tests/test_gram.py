@@ -241,6 +241,18 @@ def test_cross_domain_tasks_are_seeded_and_never_mix_domains():
         CrossDomainTaskSampler([0, 0, 0], shots=1, tasks=1)
 
 
+def test_ddp_ranks_share_the_tasks(monkeypatch):
+    domains = [0] * 5 + [1] * 3 + [2] * 4
+    everything = list(CrossDomainTaskSampler(domains, shots=2, tasks=10, seed=3))
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(CrossDomainTaskSampler, "_rank_and_world", staticmethod(lambda rank=rank: (rank, 2)))
+        sampler = CrossDomainTaskSampler(domains, shots=2, tasks=10, seed=3)
+        shares.append(list(sampler))
+        assert len(sampler) == 5
+    assert shares[0] == everything[0::2] and shares[1] == everything[1::2]
+
+
 def test_kmeans_is_seeded_and_finds_separated_clusters():
     generator = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])

@@ -48,7 +48,8 @@ class ImageCaptionDataset(Dataset):
 
 class CrossDomainTaskSampler(Sampler[list[int]]):
     """Meta-task batches: ``shots`` indices of one domain then ``shots`` of another, drawn with a
-    ``random.Random(seed + epoch)`` so every DDP rank and every rerun draws the same tasks."""
+    ``random.Random(seed + epoch)`` so every rerun draws the same tasks. Under DDP every rank draws the
+    same task list and keeps its own share of it (tasks ``rank, rank + world, …``)."""
 
     def __init__(self, domains: Sequence[int], shots: int, tasks: int, seed: int = 0) -> None:
         self.members: dict[int, list[int]] = {}
@@ -58,8 +59,14 @@ class CrossDomainTaskSampler(Sampler[list[int]]):
             raise DatasetError(f"meta-tasks need at least 2 domains, the training pairs have {len(self.members)}.")
         self.shots, self.tasks, self.seed, self.epoch = shots, tasks, seed, 0
 
+    @staticmethod
+    def _rank_and_world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        return self.tasks
+        return max(1, self.tasks // self._rank_and_world()[1])
 
     def _draw(self, rng: random.Random, domain: int) -> list[int]:
         members = self.members[domain]
@@ -71,9 +78,12 @@ class CrossDomainTaskSampler(Sampler[list[int]]):
         rng = random.Random(self.seed + self.epoch)
         self.epoch += 1
         names = sorted(self.members)
-        for _ in range(self.tasks):
+        rank, world = self._rank_and_world()
+        tasks = []
+        for _ in range(max(self.tasks, world)):
             support, query = rng.sample(names, 2)
-            yield self._draw(rng, support) + self._draw(rng, query)
+            tasks.append(self._draw(rng, support) + self._draw(rng, query))
+        yield from tasks[rank::world][: len(self)]  # the same number of tasks on every rank
 
 
 def collate_pairs(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
