@@ -9,6 +9,7 @@ reported on all 10 classes at once.
     python -m lightning_prompts.testbed prepare --root data/testbed      # once
     python benchmarks/testbed_base_to_novel.py [--methods zeroshot coop] [--seeds 1 2 3] [--out docs/testbed]
     python benchmarks/testbed_base_to_novel.py --methods maple --report zeroshot coop maple   # reuse earlier logs
+    python benchmarks/testbed_base_to_novel.py --methods --report zeroshot coop maple coprompt dapt   # report only
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def write_chart(rows: list[dict[str, str | float]], path: Path) -> None:
 
     keys, names = ("acc_base", "acc_novel", "hm"), ("base", "novel", "HM")
     width = 0.8 / len(rows)
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    figure, axis = plt.subplots(figsize=(7.5, 3.5))
     for index, row in enumerate(rows):
         positions = [k + index * width for k in range(len(keys))]
         axis.bar(
@@ -158,14 +159,14 @@ def write_chart(rows: list[dict[str, str | float]], path: Path) -> None:
     axis.set_ylabel("accuracy (%)")
     axis.axhline(20, color="grey", linewidth=0.8, linestyle="--", label="chance (5 classes)")
     axis.set_title("Stand-in CLIP on Fashion-MNIST, base-to-novel, 16 shots")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=["zeroshot", "coop"], help="methods to run")
+    parser.add_argument("--methods", nargs="*", default=["zeroshot", "coop"], help="methods to run (none: report only)")
     parser.add_argument("--report", nargs="+", default=None, help="methods in the table (default: --methods)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--data-root", default="data/testbed")
