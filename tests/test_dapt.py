@@ -145,3 +145,15 @@ def test_epoch_refresh_needs_deterministic_preprocessing(tiny_clip, trainer_kwar
     )
     with pytest.raises(ConfigurationError, match="deterministic training preprocessing"):
         trainer.fit(CoOp(tiny_clip, data.classnames, n_ctx=4), data)
+
+
+def test_frozen_background_features_are_computed_once(tiny_clip, monkeypatch):
+    model = CoOp(tiny_clip, ["cat", "dog"], n_ctx=4)
+    model.set_background_prompts(["a clean origami sky.", "a clean origami road."])
+    calls = []
+    encode = type(tiny_clip).encode_text
+    monkeypatch.setattr(type(tiny_clip), "encode_text", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    first = model.background_text_features()
+    assert torch.equal(model.background_text_features(), first) and len(calls) == 1
+    model.set_background_prompts(["a clean origami sea."])
+    assert model.background_text_features().shape[0] == 1 and len(calls) == 2

@@ -70,6 +70,7 @@ class CLIPPromptModule(PromptModule):
         self._classes_version = 0
         self._text_cache: tuple[Any, Tensor] | None = None
         self._frozen_text_cache: tuple[Any, Tensor] | None = None
+        self._background_text_cache: tuple[Any, Tensor] | None = None
         self.background_prompts: list[str] = []
 
     # -- what a CLIP method implements -------------------------------------------------------------
@@ -117,12 +118,17 @@ class CLIPPromptModule(PromptModule):
         self.background_prompts = list(prompts)
 
     def background_text_features(self) -> Tensor:
-        """L2-normalised features ``(K, D)`` of :attr:`background_prompts`; here from the frozen model
-        (methods with deep text prompts pass them through those, as DAPT does)."""
+        """L2-normalised features ``(K, D)`` of :attr:`background_prompts`; here from the frozen model,
+        computed once per set of prompts (methods with deep text prompts pass them through those, as
+        DAPT does, and recompute them)."""
         if not self.background_prompts:
             raise ValueError("background_text_features needs background prompts (set_background_prompts).")
-        with torch.no_grad():
-            return self.backbone.encode_text(self.background_prompts, normalize=True)
+        key = (tuple(self.background_prompts), self.device)
+        if self._background_text_cache is None or self._background_text_cache[0] != key:
+            with torch.no_grad():
+                features = self.backbone.encode_text(self.background_prompts, normalize=True)
+            self._background_text_cache = (key, features)
+        return self._background_text_cache[1]
 
     @torch.no_grad()
     def frozen_image_features(self, images: Tensor) -> Tensor:
