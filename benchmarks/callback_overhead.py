@@ -1,9 +1,9 @@
 """Per-training-step overhead of each plug-in callback against the same method without it.
 
-One run, interleaved: for every (method, callback) pair the method is trained for a few steps with
-and without the callback on the same batches, and the median step time (``on_train_batch_start`` to
-``on_train_batch_end``: forward, loss terms, backward, callback hooks, optimizer step; data loading
-excluded) is compared. Real model sizes, random or shipped weights:
+One run: for every (method, callback) pair the method is trained for a few steps without and then
+with the callback on the same batches (after one discarded warm-up fit per method), and the median
+step time (``on_train_batch_start`` to ``on_train_batch_end``: forward, loss terms, backward,
+callback hooks, optimizer step; data loading excluded) is compared. Real model sizes, random or shipped weights:
 
 * CLIP methods on the offline stand-in CLIP (EfficientNet-Lite0 + MiniLM, 224 px; needs the
   ``testbed`` extra), CoOp with 10 classes, batch 8;
@@ -105,6 +105,7 @@ def image_data(image_size: int, **kwargs: Any) -> FewShotImageDataModule:
         augmentation="vtab",
         batch_size=8,
         shuffle=False,
+        num_workers=0,  # loader workers would decode the next batches during the timed steps
         **kwargs,
     )
 
@@ -146,15 +147,21 @@ def main() -> None:
         ("VPT", vpt, vit_data, "GradientRegulation", [GradientRegulation(regulator)]),
         ("VPT", vpt, vit_data, "MomentumAccumulation", [MomentumAccumulation()]),
     ]
-    baselines: dict[str, float] = {}
     print(f"median training-step time over {args.steps} steps (after {args.warmup} warm-up), one run:")
+    warmed: set[str] = set()
     for method, make, data, name, callbacks in rows:
-        if method not in baselines:
-            baselines[method] = median_step(make, data, [], args.steps, args.warmup)
-            print(f"  {method} alone: {baselines[method] * 1000:.0f} ms")
+        if method not in warmed:  # a first fit pays one-time costs (allocator, kernel caches): discard it
+            median_step(make, data, [], args.steps, args.warmup)
+            warmed.add(method)
+        # the baseline is measured right before and right after each callback run (their mean), so
+        # both sides see the same machine state on a machine whose speed drifts
+        before = median_step(make, data, [], args.steps, args.warmup)
         with_callback = median_step(make, data, callbacks, args.steps, args.warmup)
-        ratio = with_callback / baselines[method]
-        print(f"overhead {method} + {name}: {ratio:.2f}x ({with_callback * 1000:.0f} ms)")
+        baseline = (before + median_step(make, data, [], args.steps, args.warmup)) / 2
+        print(
+            f"overhead {method} + {name}: {with_callback / baseline:.2f}x "
+            f"({baseline * 1000:.0f} ms -> {with_callback * 1000:.0f} ms)"
+        )
 
     # the teacher sees every description of every class; CoPrompt's files hold several per class
     cached = median_step(coop, clip_data, [consistency], args.steps, args.warmup)
