@@ -88,7 +88,8 @@ def test_pet_initialisation_is_lae(tiny_vit):
     assert lora.a_k.shape == (5, 32) and torch.equal(lora.b_v, torch.zeros(32, 5))
     prefix = BlockPET("prefix", 32).prefix
     assert prefix.keys.shape == (10, 32) and 0 <= prefix.keys.min() and prefix.values.max() <= 0.01
-    assert all(float(s) == 1.0 for s in (adapter.scale, lora.scale_k, lora.scale_v, prefix.scale_k, prefix.scale_v))
+    scales = (adapter.scale, lora.scale_k, lora.scale_v, prefix.scale_k, prefix.scale_v)
+    assert all(float(s.detach()) == 1.0 for s in scales)
 
 
 def tiny_stream(num_tasks: int = 3, epochs_per_task: int = 2, **kwargs) -> ClassIncrementalDataModule:
