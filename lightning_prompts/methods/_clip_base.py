@@ -53,6 +53,9 @@ class CLIPPromptModule(PromptModule):
         }
     )
     supports_new_classes: ClassVar[bool] = True
+    #: The method leaves the image encoder unprompted, so its image features *are* the frozen model's
+    #: (CoOp, zero-shot): ``frozen_image_features`` of the same images reuses them instead of a second pass.
+    image_side_frozen: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -159,9 +162,12 @@ class CLIPPromptModule(PromptModule):
         if "frozen_text_features" in fields:
             output.frozen_text_features = self.frozen_text_features()
         if "frozen_image_features" in fields:
-            output.frozen_image_features = self.frozen_image_features(
-                images if teacher_images is None else teacher_images
-            )
+            if teacher_images is None and self.image_side_frozen:
+                output.frozen_image_features = image.detach()
+            else:
+                output.frozen_image_features = self.frozen_image_features(
+                    images if teacher_images is None else teacher_images
+                )
         if fields & {"foreground_image_features", "background_image_features"}:
             if masks is None:
                 raise ValueError("foreground/background features need masks (data masks: true, or GradCAMMasks).")

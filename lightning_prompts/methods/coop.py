@@ -27,7 +27,7 @@ Where we deviate, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,6 +54,8 @@ class CoOp(CLIPPromptModule):
             :class:`~lightning_prompts.methods.PromptModule`). Default optimizer: SGD, lr 0.002,
             momentum 0.9, weight decay 5e-4 (Dassl's defaults in CoOp's configs).
     """
+
+    image_side_frozen: ClassVar[bool] = True
 
     def __init__(
         self,

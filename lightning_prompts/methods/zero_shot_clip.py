@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ class ZeroShotCLIP(CLIPPromptModule):
         templates: prompt templates with ``{}`` for the class name (CLIP's default: ``"a photo of a {}."``).
         **kwargs: see :class:`~lightning_prompts.methods.CLIPPromptModule` (nothing is optimised).
     """
+
+    image_side_frozen: ClassVar[bool] = True
 
     def __init__(
         self,

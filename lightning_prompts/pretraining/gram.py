@@ -102,6 +102,7 @@ class GRAM(PromptModule):
         self.regulator = GradientRegulator(regulator_hidden)
         self.inner_lr, self.num_domains, self.output_dir = inner_lr, num_domains, Path(output_dir)
         self._fitted_captions: dict[str, str] = {}
+        self._pair_image_features: Tensor | None = None  # frozen features of the training pairs, by index
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [
@@ -137,24 +138,27 @@ class GRAM(PromptModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
-        if stage != "fit":
-            return
-        if datamodule is None or not hasattr(datamodule, "assign_domains"):
+        if stage == "fit" and (datamodule is None or not hasattr(datamodule, "assign_domains")):
             raise ConfigurationError("GRAM meta-learns on image–text pairs: use ImageTextDataModule.")
+
+    def on_fit_start(self) -> None:
+        # here, not in setup: the module is on its device, and the training loader is not built yet
+        datamodule = self.trainer.datamodule
         if datamodule.domains is None:
-            datamodule.setup("fit")
             datamodule.assign_domains(self.cluster_domains(datamodule.pairs_dataloader("train")))
 
     @torch.no_grad()
     def cluster_domains(self, loader: Any) -> list[int]:
-        """k-means of the frozen model's concatenated image and caption features (one pass)."""
-        features = []
+        """k-means of the frozen model's concatenated image and caption features (one pass). The image
+        features are kept (on the CPU) and reused by every meta-task: the preprocessing is deterministic
+        and the image encoder frozen, so they never change."""
+        images, texts = [], []
         for batch in loader:
-            image = self.image_features(batch["image"].to(self.device))
+            images.append(self.image_features(batch["image"].to(self.device)).float().cpu())
             captions = [self.fit_caption(caption) for caption in batch["caption"]]
-            text = F.normalize(self.backbone.encode_text(captions), dim=-1)
-            features.append(torch.cat([image, text], dim=1).float().cpu())
-        features = torch.cat(features)
+            texts.append(F.normalize(self.backbone.encode_text(captions), dim=-1).float().cpu())
+        self._pair_image_features = torch.cat(images)
+        features = torch.cat([self._pair_image_features, torch.cat(texts)], dim=1)
         clusters = min(self.num_domains, features.shape[0])
         labels, _ = kmeans(features, clusters, seed=0)
         sizes = torch.bincount(labels, minlength=clusters).tolist()
@@ -162,11 +166,14 @@ class GRAM(PromptModule):
         return labels.tolist()
 
     # -- steps --------------------------------------------------------------------------------------
-    def meta_loss(self, images: Tensor, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
+    def meta_loss(
+        self, images: Tensor, captions: Sequence[str], image_features: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(support loss, query loss after the regulated inner step)`` of one meta-task: the first
-        half of the pairs is the support set, the second half the query set."""
+        half of the pairs is the support set, the second half the query set. ``image_features``: the
+        images' frozen features when already known (then ``images`` is not encoded)."""
         half = len(captions) // 2
-        image = self.image_features(images)
+        image = self.image_features(images) if image_features is None else image_features
         scale = self.backbone.logit_scale
         ctx = self.prompt.ctx
         support = contrastive_loss(image[:half], self.caption_features(captions[:half]), scale)
@@ -179,7 +186,10 @@ class GRAM(PromptModule):
         captions = batch["caption"]
         if len(captions) < 4 or len(captions) % 2:
             raise ValueError(f"a meta-task batch holds a support and a query set of equal size, got {len(captions)}.")
-        support, query = self.meta_loss(batch["image"], captions)
+        cached = None
+        if self._pair_image_features is not None:
+            cached = self._pair_image_features[batch["index"].cpu()].to(self.device)
+        support, query = self.meta_loss(batch["image"], captions, cached)
         size = len(captions) // 2
         self.log("train/support_loss", support, batch_size=size)
         self.log("train/loss", query, prog_bar=True, batch_size=size)
