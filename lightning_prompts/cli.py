@@ -1,75 +1,171 @@
-"""The ``lightning-prompts`` command: LightningCLI in subclass mode.
+"""The ``lightning-prompts`` command.
 
     lightning-prompts fit --config recipes/coop/caltech101.yaml
     lightning-prompts fit --config recipes/coop/caltech101.yaml --config recipes/_tiny/clip.yaml
     lightning-prompts test --config … --ckpt_path …
+    lightning-prompts list methods
+    lightning-prompts export --ckpt_path run.ckpt --output prompt.safetensors
 
-Every method, data module, backbone and callback of the package is importable by its short class
-name (``class_path: CoOp``), because importing :mod:`lightning_prompts` imports them all. The
-training classes flow from the data module to the model (``data.classnames`` ->
-``model.classnames``), so a recipe never lists them twice.
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (:mod:`lightning_prompts.lightning_cli`);
+``--help``, ``--version``, ``list`` and ``export`` are answered here without importing Lightning or
+torch, so they return at once. Bad input ends with one line, ``lightning-prompts: error: <what>
+(<where>)``, and exit status 2.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-import lightning_prompts  # noqa: F401  (registers every class for short names)
+from lightning_prompts import __version__, registry
 from lightning_prompts.errors import LightningPromptsError
-from lightning_prompts.methods import PromptModule
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIST_KINDS = {
+    "methods": "method",
+    "callbacks": "callback",
+    "backbones": "backbone",
+    "datamodules": "datamodule",
+    "evaluators": "evaluator",
+    "pretraining": "pretraining",
+}
 
 
-class PromptsCLI(LightningCLI):
-    """LightningCLI with the links every recipe relies on."""
+def help_text() -> str:
+    methods = ", ".join(entry.name for entry in registry.list_methods())
+    return f"""usage: lightning-prompts [-h] [--version] {{fit,validate,test,predict,list,export}} ...
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
+Prompt tuning for frozen pre-trained models (CLIP, ViT, language models, GNNs) as PyTorch Lightning
+modules, callbacks and YAML recipes. Version {__version__}.
 
-    # Check the experiment before the Trainer starts: inside fit, Lightning's SaveConfigCallback
-    # writes config.yaml before the module's setup runs, and a run that cannot work should leave
-    # nothing behind.
-    def before_fit(self) -> None:
-        self._check_ready("fit")
+subcommands:
+  fit        train a method from a recipe (LightningCLI; `lightning-prompts fit --help` lists every option)
+  validate   evaluate on the validation split
+  test       evaluate on the test sets (base/novel/HM, continual accuracies, …)
+  predict    write predictions
+  list       list methods, callbacks, backbones, data modules, evaluators or recipes
+  export     write a trained prompt from a checkpoint to safetensors (and a PEFT adapter)
 
-    def before_validate(self) -> None:
-        self._check_ready("validate")
+examples:
+  lightning-prompts fit --config recipes/coop/caltech101.yaml
+  lightning-prompts fit --config recipes/coop/caltech101.yaml --config recipes/_tiny/clip.yaml   # offline, seconds
+  lightning-prompts test --config recipes/maple/dtd.yaml --ckpt_path <run>/checkpoints/best.ckpt
+  lightning-prompts list methods
+  lightning-prompts export --ckpt_path <run>/checkpoints/best.ckpt --output prompt.safetensors
 
-    def before_test(self) -> None:
-        self._check_ready("test")
+methods: {methods}
 
-    def before_predict(self) -> None:
-        self._check_ready("predict")
-
-    def _check_ready(self, stage: str) -> None:
-        if isinstance(self.model, PromptModule):
-            self.model.check_ready(stage, self.trainer.callbacks, self.datamodule)
+options:
+  -h, --help     show this message and exit
+  -V, --version  show the version and exit
+"""
 
 
-def run_cli(args: Sequence[str] | None = None, run: bool = True) -> PromptsCLI:
-    """Run the CLI on ``args`` (``sys.argv`` when ``None``); errors propagate (tests use this)."""
-    return PromptsCLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        args=list(args) if args is not None else None,
-        run=run,
+def list_command(args: Sequence[str]) -> int:
+    """``lightning-prompts list [kind] [--family F] [--root recipes]``: one line per entry."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="lightning-prompts list", description="List what lightning_prompts ships.")
+    parser.add_argument("kind", nargs="?", default="methods", choices=[*LIST_KINDS, "recipes"])
+    parser.add_argument("--family", default=None, help="only this family (clip, vit, text, graph)")
+    parser.add_argument("--root", default="recipes", help="recipe folder (list recipes)")
+    options = parser.parse_args(list(args))
+    if options.kind == "recipes":
+        return _list_recipes(options.root)
+    entries = registry.entries(LIST_KINDS[options.kind], options.family)
+    rows = [_describe(entry) for entry in entries]
+    width = max((len(row[0]) for row in rows), default=0)
+    for name, detail in rows:
+        print(f"{name:<{width}}  {detail}")
+    return 0
+
+
+def _describe(entry: registry.Entry) -> tuple[str, str]:
+    parts = [entry.family or "-"]
+    if entry.paper:
+        parts.append(entry.paper)
+    elif entry.summary:
+        parts.append(entry.summary)
+    if entry.kind in ("method", "pretraining"):
+        fields = getattr(entry.load(), "output_fields", None)
+        if fields:
+            parts.append("fields: " + ", ".join(sorted(fields)))
+    if entry.kind == "callback":
+        cls = entry.load()
+        needs = tuple(getattr(cls, "required_fields", ()))
+        parts.append("needs: " + (", ".join(needs) if needs else "-"))
+    return entry.name, " | ".join(parts)
+
+
+def _list_recipes(root: str) -> int:
+    from pathlib import Path
+
+    from lightning_prompts.recipes import recipe_table
+
+    folder = Path(root)
+    if not folder.is_dir():
+        raise LightningPromptsError(f"no recipe folder at {folder.resolve()} (give --root)")
+    rows = recipe_table(folder)
+    width = max((len(path) for path, _ in rows), default=0)
+    for path, method in rows:
+        print(f"{path:<{width}}  {method}")
+    return 0
+
+
+def export_command(args: Sequence[str]) -> int:
+    """``lightning-prompts export --ckpt_path X --output Y [--peft DIR]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-prompts export",
+        description="Write the trained prompt of a checkpoint to a safetensors file (and, for prompt tuning, a "
+        "PEFT adapter folder). The backbone is rebuilt from the checkpoint's stored, registered config.",
     )
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by lightning-prompts fit")
+    parser.add_argument("--output", required=True, help="the safetensors file to write")
+    parser.add_argument("--peft", default=None, help="also write a PEFT adapter to this folder (text methods)")
+    options = parser.parse_args(list(args))
+    from lightning_prompts.export.checkpoint import export_checkpoint
+
+    written = export_checkpoint(options.ckpt_path, options.output, options.peft)
+    for path in written:
+        print(path)
+    return 0
 
 
-def main() -> None:
-    """The ``lightning-prompts`` console script: bad input ends with one clear line, not a traceback."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script: bad input ends with one clear line and exit status 2, not a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        run_cli()
+        if not args or args[0] in ("-h", "--help"):
+            print(help_text())
+            return
+        if args[0] in ("-V", "--version"):
+            print(f"lightning-prompts {__version__}")
+            return
+        if args[0] == "list":
+            raise SystemExit(list_command(args[1:]))
+        if args[0] == "export":
+            raise SystemExit(export_command(args[1:]))
+        from lightning_prompts.lightning_cli import run_cli
+
+        if argv is None:
+            run_cli()
+        else:
+            run_cli(args)
     except LightningPromptsError as error:
         print(f"lightning-prompts: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def __getattr__(name: str) -> Any:
+    # run_cli and PromptsCLI live with Lightning; importing them here would slow `--help` down
+    if name in ("run_cli", "PromptsCLI"):
+        from lightning_prompts import lightning_cli
+
+        return getattr(lightning_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from helpers import synthetic_fewshot
 from lightning.pytorch import Trainer
 
+from lightning_prompts.batch import IMAGE, IMAGE_VIEW2
 from lightning_prompts.callbacks import ConsistencyRegularization
 from lightning_prompts.errors import DatasetError, MissingOutputFieldError
 from lightning_prompts.methods import VPT, CoOp, CoPrompt
@@ -56,7 +57,7 @@ def test_consistency_term_equals_the_official_formula(tiny_clip, tmp_path):
     model = CoOp(tiny_clip, ["cat", "dog"], n_ctx=4)
     term = ConsistencyRegularization(weight=4.0, descriptions=str(path), seed=3)
     images, second_view = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
-    output = model(images, frozenset({"frozen_image_features"}), second_view)
+    output = model.compute_output({IMAGE: images, IMAGE_VIEW2: second_view}, {"frozen_image_features"})
     teacher = term.teacher_text_features(model)
     index = random.Random(3).randrange(2)  # the description the term draws first
     expected = official_consistency(
@@ -69,7 +70,7 @@ def test_consistency_term_equals_the_official_formula(tiny_clip, tmp_path):
 
 def test_mse_distance_is_on_normalised_features(tiny_clip):
     model = CoOp(tiny_clip, ["cat", "dog"], n_ctx=4)
-    output = model(torch.randn(2, 3, 32, 32), frozenset({"frozen_image_features"}))
+    output = model.compute_output({IMAGE: torch.randn(2, 3, 32, 32)}, {"frozen_image_features"})
     term = ConsistencyRegularization(weight=1.0, distance="mse", image=False)
     expected = F.mse_loss(output.text_features, term.teacher_text_features(model)[0])
     assert torch.allclose(term(model, {}, output), expected, atol=1e-6)
@@ -81,7 +82,7 @@ def test_teacher_text_features_are_computed_once(tiny_clip, monkeypatch):
     calls = []
     original = tiny_clip.encode_text
     monkeypatch.setattr(tiny_clip, "encode_text", lambda *a, **k: calls.append(1) or original(*a, **k))
-    output = model(torch.randn(2, 3, 32, 32), frozenset({"frozen_image_features"}))
+    output = model.compute_output({IMAGE: torch.randn(2, 3, 32, 32)}, {"frozen_image_features"})
     for _ in range(5):
         term(model, {}, output)
     assert len(calls) == 2  # one call per class, at the first step only

@@ -8,20 +8,21 @@ import torch.nn.functional as F
 from helpers import synthetic_fewshot
 from lightning.pytorch import Trainer
 
+from lightning_prompts.batch import IMAGE, MASK
 from lightning_prompts.callbacks import GradCAMMasks, PullPushRegularization
 from lightning_prompts.callbacks.gradcam_masks import gradcam_masks
 from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods import DAPT, CoOp, MaPLe
+from lightning_prompts.methods import DAPT, CoOp
 from lightning_prompts.outputs import PromptOutput
 
-FIELDS = frozenset({"foreground_image_features", "background_image_features", "background_text_features"})
+FIELDS = frozenset({"foreground_image_features", "background_image_features"})
 
 
 class FakeModule:
-    """What the term reads from a module: the epoch, the logit scale and the targets."""
+    """What the term reads from a module (the module protocol): the epoch, the logit scale and the targets."""
 
     def __init__(self, epoch, scale):
-        self.current_epoch, self.backbone = epoch, type("B", (), {"logit_scale": torch.tensor(scale)})()
+        self.current_epoch, self.logit_scale = epoch, torch.tensor(scale)
 
     def log(self, *args, **kwargs):
         pass
@@ -76,21 +77,21 @@ def test_stage_switch_and_stop_gradients():
 
 def test_foreground_and_background_views_multiply_the_normalised_image(tiny_clip):
     model = CoOp(tiny_clip, ["cat", "dog"], n_ctx=4)
-    model.set_background_prompts(["a clean origami sky."])
+    term = PullPushRegularization(background_words=["sky"])
     images, masks = torch.randn(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
-    output = model(images, FIELDS, masks=masks)
+    output = model.compute_output({IMAGE: images, MASK: masks}, FIELDS)
     assert torch.allclose(output.foreground_image_features, model.image_features(images * masks), atol=1e-6)
     assert torch.allclose(output.background_image_features, model.image_features(images * (1 - masks)), atol=1e-6)
-    assert output.background_text_features.shape == (1, tiny_clip.embed_dim)
+    assert term.background_text_features(model, output).shape == (1, tiny_clip.embed_dim)
 
 
 def test_maple_background_prompts_run_through_the_deep_text_prompts(tiny_clip):
-    model = MaPLe(tiny_clip, ["cat"], depth=3)
-    model.set_background_prompts(["a clean origami sky."])
+    model = DAPT(tiny_clip, ["cat"], depth=3, background_words=["sky"])
     with torch.no_grad():
         model.prompt.deep_text[0].add_(1.0)
     frozen = tiny_clip.encode_text(["a clean origami sky."], normalize=True)
-    assert not torch.allclose(model.background_text_features(), frozen, atol=1e-3)
+    output = model.compute_output({IMAGE: torch.randn(1, 3, 32, 32)}, {"background_text_features"})
+    assert not torch.allclose(output.background_text_features, frozen, atol=1e-3)
 
 
 def test_gradcam_masks_follow_dapt(tiny_clip):
@@ -149,11 +150,12 @@ def test_epoch_refresh_needs_deterministic_preprocessing(tiny_clip, trainer_kwar
 
 def test_frozen_background_features_are_computed_once(tiny_clip, monkeypatch):
     model = CoOp(tiny_clip, ["cat", "dog"], n_ctx=4)
-    model.set_background_prompts(["a clean origami sky.", "a clean origami road."])
+    term = PullPushRegularization(background_words=["sky", "road"])
+    output = model(torch.randn(1, 3, 32, 32))  # CoOp provides no background text: the term encodes its own
     calls = []
     encode = type(tiny_clip).encode_text
     monkeypatch.setattr(type(tiny_clip), "encode_text", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
-    first = model.background_text_features()
-    assert torch.equal(model.background_text_features(), first) and len(calls) == 1
-    model.set_background_prompts(["a clean origami sea."])
-    assert model.background_text_features().shape[0] == 1 and len(calls) == 2
+    first = term.background_text_features(model, output)
+    assert torch.equal(term.background_text_features(model, output), first) and len(calls) == 1
+    term.background_prompts = ["a clean origami sea."]
+    assert term.background_text_features(model, output).shape[0] == 1 and len(calls) == 2

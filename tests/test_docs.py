@@ -26,15 +26,8 @@ def test_mkdocs_build_strict(tmp_path):
     assert (tmp_path / "site" / "methods" / "coop" / "index.html").is_file()
 
 
-def test_every_method_has_a_docs_page():
-    import lightning_prompts.methods as methods
+def test_every_registered_method_and_callback_has_its_docs_page():
+    from lightning_prompts import registry
 
-    pages = {p.stem for p in (ROOT / "docs" / "methods").glob("*.md")}
-    modules = {name for name in dir(methods) if not name.startswith("_")} - {"PromptModule", "base"}
-    names = {
-        getattr(methods, name).__module__.rsplit(".", 1)[-1]
-        for name in modules
-        if isinstance(getattr(methods, name), type)
-    }
-    names = {name for name in names if not name.startswith("_")}  # shared bases live in private modules
-    assert names <= pages, f"methods without a docs page: {names - pages}"
+    for entry in [*registry.entries("method"), *registry.entries("callback"), *registry.entries("pretraining")]:
+        assert (ROOT / "docs" / entry.docs).is_file(), f"{entry.name} has no docs page at docs/{entry.docs}"

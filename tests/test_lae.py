@@ -11,14 +11,21 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
 
 from lightning_prompts.backbones import TimmViT
-from lightning_prompts.backbones.timm_vit import block_with_pet
+from lightning_prompts.backbones.hooks import BlockContext, attached
 from lightning_prompts.callbacks import MomentumAccumulation
 from lightning_prompts.data import ClassIncrementalDataModule
 from lightning_prompts.data.synthetic import write_image
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.methods import LAE
 from lightning_prompts.metrics import ContinualAccuracy, TaskAccuracy, average_incremental_accuracy, forgetting
-from lightning_prompts.prompts.pet import BlockPET
+from lightning_prompts.prompts.pet import BlockPET, PETHooks
+
+
+def block_with_pet(vit: TimmViT, x: torch.Tensor, pet: BlockPET) -> torch.Tensor:
+    """Block 0 of ``vit`` (timm's own block) with ``pet`` plugged in through the block-hook seam."""
+    context = BlockContext(0, vit.depth, vit.num_prefix_tokens, "vision")
+    with attached(PETHooks({0: pet}), vit.block_sites()[:1], [context], vit.name):
+        return vit.model.blocks[0](x)
 
 
 def randomised(pet: BlockPET, seed: int = 0) -> BlockPET:
@@ -74,11 +81,11 @@ def test_pet_blocks_follow_lae(kind, tiny_vit):
     x = torch.randn(2, 17, tiny_vit.width)
     fresh = BlockPET(kind, tiny_vit.width, prefix_length=3)
     if kind != "prefix":  # adapters and LoRA start at zero: the block is unchanged
-        assert torch.allclose(block_with_pet(block, x, fresh), block(x), atol=1e-6)
+        assert torch.allclose(block_with_pet(tiny_vit, x, fresh), block(x), atol=1e-6)
     pet = randomised(BlockPET(kind, tiny_vit.width, prefix_length=3))
     with torch.no_grad():
-        assert torch.allclose(block_with_pet(block, x, pet), reference_block(block, x, pet), atol=1e-5)
-        assert not torch.allclose(block_with_pet(block, x, pet), block(x), atol=1e-3)
+        assert torch.allclose(block_with_pet(tiny_vit, x, pet), reference_block(block, x, pet), atol=1e-5)
+        assert not torch.allclose(block_with_pet(tiny_vit, x, pet), block(x), atol=1e-3)
 
 
 def test_pet_initialisation_is_lae(tiny_vit):
@@ -125,11 +132,11 @@ def test_three_task_stream_freezes_accumulates_and_keeps_old_heads(trainer_kwarg
     assert spy.trainable == [True, True, False, True, False, True]
     frozen_epoch = spy.online[2 * steps_per_epoch : 3 * steps_per_epoch]
     assert all(torch.equal(a, b) for step in frozen_epoch for a, b in zip(step, frozen_epoch[0]))
-    # the offline copy starts at the first step of the second task (the spy runs just before LAE's
-    # MomentumAccumulation, so it sees it from the next step) and is the EMA from there
-    assert spy.offline_started == [False] * (2 * steps_per_epoch + 1) + [True] * (4 * steps_per_epoch - 1)
-    expected = spy.online[2 * steps_per_epoch]
-    for online in spy.online[2 * steps_per_epoch + 1 :]:
+    # the offline copy is taken at the start of the second task's first step, before its update (what the
+    # first task left, as LAE copies at the task switch), and is the EMA from there
+    assert spy.offline_started == [False] * (2 * steps_per_epoch) + [True] * (4 * steps_per_epoch)
+    expected = spy.online[2 * steps_per_epoch - 1]
+    for online in spy.online[2 * steps_per_epoch :]:
         expected = [0.5 * e + 0.5 * o for e, o in zip(expected, online)]
     accumulation = next(c for c in trainer.callbacks if isinstance(c, MomentumAccumulation))
     for offline, reference in zip(accumulation.offline, expected):
@@ -140,13 +147,15 @@ def test_three_task_stream_freezes_accumulates_and_keeps_old_heads(trainer_kwarg
     assert torch.equal(head_at[0][2], head_at[4][2])  # task 2's head before task 2
     assert not torch.equal(head_at[4][2], head_at[6][2])
     # validation after each task: R[t, j] recorded for seen tasks, metrics logged
-    history = model.continual_accuracy
+    history = model.evaluator.history
     assert torch.isnan(history.matrix[0, 1:]).all() and not torch.isnan(history.matrix[2]).any()
     metrics = trainer.callback_metrics
     assert torch.isclose(metrics["val/acc"], history.task_end[2])
     assert torch.isclose(metrics["val/avg_incremental_acc"], history.task_end.mean())
     assert torch.isclose(metrics["val/forgetting"], forgetting(history.matrix, 2))
-    assert "continual_accuracy.matrix" in model.state_dict()  # the history is checkpointed
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)  # the history is checkpointed
+    assert torch.allclose(checkpoint["lightning_prompts"]["evaluator"]["matrix"], history.matrix.cpu(), equal_nan=True)
     assert all(p.requires_grad for p in model.pets.parameters())
     # evaluation ensembles the online and offline PET by the per-class max of their probabilities
     model.eval()

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from lightning_prompts.backbones.hooks import expand_to_batch  # noqa: F401  (shared helper, re-exported)
 
 
 class Backbone(nn.Module):
@@ -70,6 +71,13 @@ class Backbone(nn.Module):
         cls = type(self)
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self._init_args)}
 
+    @classmethod
+    def check_stored_config(cls, init_args: Mapping[str, Any]) -> None:
+        """Refuse arguments that a *file* (a checkpoint's hyperparameters) must not set, because they would
+        run code or reach outside what the user configured. Only the user's own config or code may pass
+        them; subclasses with such arguments override this (:class:`~lightning_prompts.backbones.HFText`
+        refuses ``trust_remote_code``)."""
+
     # -- identifiable -------------------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -97,16 +105,13 @@ def _fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def expand_to_batch(tokens: torch.Tensor, batch: int) -> torch.Tensor:
-    """``(n, W)`` prompt tokens shared by the batch become ``(B, n, W)``; ``(B, n, W)`` is kept."""
-    return tokens.unsqueeze(0).expand(batch, -1, -1) if tokens.dim() == 2 else tokens
-
-
 def build_backbone(config: Backbone | Mapping[str, Any]) -> Backbone:
     """Return ``config`` if it is a backbone, otherwise build one from ``{"class_path", "init_args"}``.
 
-    Checkpoints made by the CLI hand nested configs to a module's constructor as plain dicts;
-    this is where they become backbones again.
+    Checkpoints hand their stored backbone config to a module's constructor as a plain dict; this is
+    where it becomes a backbone again. Such a dict comes from a file, so only a *registered* backbone
+    class is built (nothing is imported before that check) and its arguments pass
+    :meth:`Backbone.check_stored_config`.
     """
     if isinstance(config, Backbone):
         return config
@@ -114,17 +119,9 @@ def build_backbone(config: Backbone | Mapping[str, Any]) -> Backbone:
         raise TypeError(
             f"Expected a Backbone or a mapping with 'class_path' (and 'init_args'), got {type(config).__name__}."
         )
-    cls = import_class(str(config["class_path"]))
-    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
-        raise TypeError(f"{config['class_path']} is not a lightning_prompts Backbone.")
-    return cls(**dict(config.get("init_args") or {}))
+    from lightning_prompts.registry import resolve_class
 
-
-def import_class(class_path: str) -> Any:
-    """Import ``package.module.Name``; a bare ``Name`` is looked up in ``lightning_prompts``."""
-    if "." not in class_path:
-        import lightning_prompts
-
-        return getattr(lightning_prompts, class_path)
-    module_name, _, attr = class_path.rpartition(".")
-    return getattr(importlib.import_module(module_name), attr)
+    cls = resolve_class(str(config["class_path"]), "backbone")
+    init_args = dict(config.get("init_args") or {})
+    cls.check_stored_config(init_args)
+    return cls(**init_args)

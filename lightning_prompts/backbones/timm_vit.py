@@ -1,23 +1,35 @@
-"""Vision Transformers through ``timm``: the backbone of the visual prompt methods (VPT, …).
+"""Vision Transformers through ``timm``: the backbone of the visual prompt methods (VPT, LAE, …).
 
-The seam is :meth:`TimmViT.forward_features` with prompt tokens: shallow prompts are inserted
-once, after the positional embedding and after the class/register tokens (so they carry no
-position); deep prompts *replace* the prompt slot before every later block, as in VPT-deep.
-The returned pooled feature is what timm's own head would read (class token or average of the
-patch tokens, prompt tokens excluded), after the final norm.
+The seam is :meth:`TimmViT.forward_features` with a :class:`~lightning_prompts.backbones.hooks.BlockHook`:
+timm's own blocks run one after the other, the hook edits the tokens between them (prompt tokens go
+after the class/register tokens, so they carry no position; deep prompts *replace* the slot before
+later blocks, as in VPT-deep) and adds branches or prefixes inside them (LAE's adapter, LoRA and
+prefix) through PyTorch hooks on timm's ``attn``/``attn.qkv``/``mlp`` modules. The returned pooled
+feature is what timm's own head would read (class token or average of the patch tokens, prompt tokens
+excluded), after the final norm.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_prompts.backbones.base import Backbone, expand_to_batch
-from lightning_prompts.prompts.pet import BlockPET, attention_with_prefix
+from lightning_prompts.backbones.attention import prefix_attention
+from lightning_prompts.backbones.base import Backbone
+from lightning_prompts.backbones.hooks import (
+    AttentionPrefix,
+    BlockContext,
+    BlockHook,
+    BlockSites,
+    PromptTokens,
+    attached,
+    compose,
+)
+from lightning_prompts.registry import register_backbone
 
 #: timm's smallest ViT, shrunk further, for tests and the ``recipes/_tiny/vit.yaml`` overlay.
 TINY_KWARGS: dict[str, Any] = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
@@ -38,6 +50,7 @@ class ViTEncoding:
     prompt_tokens: Tensor
 
 
+@register_backbone(family="vit")
 class TimmViT(Backbone):
     """A frozen timm ``VisionTransformer``.
 
@@ -123,67 +136,77 @@ class TimmViT(Backbone):
         x = model.patch_drop(x)
         return model.norm_pre(x)
 
+    def block_sites(self) -> list[BlockSites]:
+        """Where hooks enter each timm block: ``attn`` (input: ``norm1`` output), ``attn.qkv``, ``mlp``."""
+        sites = []
+        for block in self.model.blocks:
+            attention = block.attn
+            sites.append(
+                BlockSites(
+                    attention=attention,
+                    mlp=block.mlp,
+                    qkv=getattr(attention, "qkv", None),
+                    prefixed_attention=_prefixed_timm_attention(attention),
+                )
+            )
+        return sites
+
     def forward_features(
         self,
         images: Tensor,
         prompts: Tensor | None = None,
         deep_prompts: Sequence[Tensor] | None = None,
-        block_pets: Mapping[int, BlockPET] | None = None,
+        hooks: BlockHook | None = None,
     ) -> ViTEncoding:
-        """Run the ViT with prompt tokens and/or PET modules.
+        """Run the ViT with prompt tokens and/or a block hook.
 
         Args:
             images: ``(B, 3, H, W)`` normalised images.
-            prompts: ``(n, W)`` or ``(B, n, W)`` tokens inserted after the prefix tokens, before block 0.
+            prompts: ``(n, W)`` or ``(B, n, W)`` tokens inserted after the prefix tokens, before block 0
+                (shorthand for a :class:`~lightning_prompts.backbones.hooks.PromptTokens` hook).
             deep_prompts: tokens for blocks ``1..len(deep_prompts)``; before block ``i`` the prompt slot
                 is replaced by ``deep_prompts[i-1]`` (the previous block's outputs there are dropped).
-            block_pets: ``{block index: BlockPET}``: those blocks run with the adapter, LoRA or prefix
-                (:mod:`lightning_prompts.prompts.pet`); the backbone itself is not modified.
+            hooks: what prompt modules change between and inside the blocks (token edits, adapters,
+                LoRA, prefixes); the backbone itself is not modified.
         """
-        if deep_prompts and prompts is None:
-            raise ValueError("deep prompts need first-layer prompts (the slot they replace).")
+        slot = PromptTokens(prompts, deep_prompts, "after_prefix") if prompts is not None or deep_prompts else None
+        hook = compose(slot, hooks)
         model = self.model
         x = self.embed(images)
-        start = self.num_prefix_tokens
-        n = 0
-        if prompts is not None:
-            prompts = expand_to_batch(prompts, x.shape[0]).to(x.dtype)
-            n = prompts.shape[1]
-            x = torch.cat([x[:, :start], prompts, x[:, start:]], dim=1)
-        for index, block in enumerate(model.blocks):
-            if deep_prompts and 1 <= index <= len(deep_prompts):
-                fresh = expand_to_batch(deep_prompts[index - 1], x.shape[0]).to(x.dtype)
-                x = torch.cat([x[:, :start], fresh, x[:, start + n :]], dim=1)
-            pet = block_pets.get(index) if block_pets else None
-            x = block(x) if pet is None else block_with_pet(block, x, pet)
+        depth = len(model.blocks)
+        contexts = [BlockContext(i, depth, self.num_prefix_tokens, "vision") for i in range(depth)]
+        with attached(hook, self.block_sites(), contexts, self.name):
+            for block, context in zip(model.blocks, contexts):
+                if hook is not None:
+                    x = hook.before_block(context, x)
+                x = block(x)
         x = model.norm(x)
-        prompt_tokens = x[:, start : start + n]
-        x = torch.cat([x[:, :start], x[:, start + n :]], dim=1)
+        prompt_tokens = None
+        if hook is not None:
+            x, prompt_tokens = hook.after_blocks(BlockContext(depth, depth, self.num_prefix_tokens, "vision"), x)
+        if prompt_tokens is None:
+            prompt_tokens = x[:, :0]
         pooled = model.forward_head(x, pre_logits=True)  # pool + fc_norm (head_drop is off in eval)
-        return ViTEncoding(pooled=pooled, patch_tokens=x[:, start:], prompt_tokens=prompt_tokens)
+        return ViTEncoding(pooled=pooled, patch_tokens=x[:, self.num_prefix_tokens :], prompt_tokens=prompt_tokens)
 
 
-def block_with_pet(block: Any, x: Tensor, pet: BlockPET) -> Tensor:
-    """A timm ViT ``Block`` in eval mode (no dropout, no drop-path) with ``pet`` inserted: the same
-    steps as timm's ``Block.forward``/``Attention.forward``, plus the LoRA increment on the qkv
-    projection, the prefix keys/values in the attention, and the adapter beside the attention."""
-    attn = block.attn
-    if getattr(attn, "gate", None) is not None:
-        raise NotImplementedError("PET modules are not supported on gated attention.")
-    hidden = block.norm1(x)
-    batch, tokens, _ = hidden.shape
-    qkv = attn.qkv(hidden)
-    if pet.lora is not None:
-        qkv = qkv + pet.lora(hidden).to(qkv.dtype)
-    q, k, v = qkv.reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    if pet.prefix is not None:
-        out = attention_with_prefix(q, k, v, attn.scale, pet.prefix)
-    else:
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    out = out.transpose(1, 2).reshape(batch, tokens, -1)
-    out = attn.proj(getattr(attn, "norm", torch.nn.Identity())(out))
-    if pet.adapter is not None:
-        out = out + pet.adapter(hidden).to(out.dtype)
-    x = x + block.ls1(out)
-    return x + block.ls2(block.mlp(block.norm2(x)))
+def _prefixed_timm_attention(attention: Any) -> Any:
+    """timm ``Attention`` in eval mode with extra keys/values: the steps of its ``forward`` with the
+    prefix joined to the keys and values (``attn.qkv`` is still called, so a LoRA hook on it applies)."""
+    if not all(hasattr(attention, name) for name in ("qkv", "num_heads", "head_dim", "scale", "proj")):
+        return None
+
+    def forward(hidden: Tensor, prefix: AttentionPrefix) -> Tensor:
+        if getattr(attention, "gate", None) is not None:
+            raise NotImplementedError("attention prefixes are not supported on gated attention.")
+        batch, tokens, _ = hidden.shape
+        qkv = attention.qkv(hidden)
+        q, k, v = (
+            qkv.reshape(batch, tokens, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        )
+        q, k = attention.q_norm(q), attention.k_norm(k)
+        out = prefix_attention(q, k, v, attention.scale, prefix)
+        out = out.transpose(1, 2).reshape(batch, tokens, -1)
+        return attention.proj(getattr(attention, "norm", torch.nn.Identity())(out))
+
+    return forward

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.base import Backbone
+from lightning_prompts.backbones.hooks import BlockHook
 
 
 @dataclass
@@ -91,8 +92,10 @@ class VisionLanguageBackbone(Backbone):
         deep_prompts: Sequence[Tensor] | None = None,
         deep_prompt_start: int = 1,
         truncate: bool = True,
+        hooks: BlockHook | None = None,
     ) -> Tensor:
-        """Text features ``(N, embed_dim)`` (not normalised) from token embeddings."""
+        """Text features ``(N, embed_dim)`` (not normalised) from token embeddings; ``hooks`` plugs prompt
+        modules into the text transformer's blocks."""
         raise NotImplementedError
 
     def encode_image(
@@ -101,8 +104,9 @@ class VisionLanguageBackbone(Backbone):
         prompts: Tensor | None = None,
         deep_prompts: Sequence[Tensor] | None = None,
         location: str = "append",
+        hooks: BlockHook | None = None,
     ) -> ImageEncoding:
-        """Image features, optionally with visual prompt tokens (ViT towers)."""
+        """Image features, optionally with visual prompt tokens or a block hook (ViT towers)."""
         raise NotImplementedError
 
     def gradcam_target(self) -> GradCAMTarget:

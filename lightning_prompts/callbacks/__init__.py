@@ -1,17 +1,8 @@
-"""Reusable regularisers and training dynamics that plug into any method whose outputs fit."""
+"""Reusable regularisers and training dynamics that plug into any method whose outputs fit.
 
-from lightning_prompts.callbacks.consistency import ConsistencyRegularization
-from lightning_prompts.callbacks.gradcam_masks import GradCAMMasks
-from lightning_prompts.callbacks.gradient_regulation import GradientRegulation
-from lightning_prompts.callbacks.loss_term import LossTerm
-from lightning_prompts.callbacks.momentum_accumulation import MomentumAccumulation
-from lightning_prompts.callbacks.pull_push import PullPushRegularization
+Every callback registers itself and imports on first use.
+"""
 
-__all__ = [
-    "ConsistencyRegularization",
-    "GradCAMMasks",
-    "GradientRegulation",
-    "LossTerm",
-    "MomentumAccumulation",
-    "PullPushRegularization",
-]
+from lightning_prompts.registry import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {"LossTerm": "lightning_prompts.callbacks.loss_term"})

@@ -17,8 +17,10 @@ prompted model's features back towards the frozen model's:
 the mean squared error of the L2-normalised features. The term is ``weight ×`` the sum.
 
 The frozen text features are computed once per set of classes, at the first step, by the method's
-frozen backbone (``module.backbone.encode_text``, so the text term needs a CLIP-family backbone);
-each step only indexes them. The frozen image features come from the method's
+frozen text encoder (``module.encode_texts``, so the text term needs a CLIP-family method); each step
+only indexes them. The per-step description draw is seeded from the run's seed
+(``seed_everything``) unless ``seed`` is given, so runs with different seeds draw different sequences.
+The frozen image features come from the method's
 ``frozen_image_features`` output field. With ``text=False`` the term needs only image features, so
 it also regularises visual prompts (VPT).
 """
@@ -26,6 +28,7 @@ it also regularises visual prompts (VPT).
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,9 +40,12 @@ from torch import Tensor
 
 from lightning_prompts.callbacks.loss_term import LossTerm
 from lightning_prompts.errors import ConfigurationError, DatasetError
+from lightning_prompts.registry import register_callback
 from lightning_prompts.utils.resources import resolve_path
 
 if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+
     from lightning_prompts.methods.base import PromptModule
     from lightning_prompts.outputs import PromptOutput
 
@@ -72,6 +78,12 @@ def read_descriptions(path: str | Path, classnames: Sequence[str]) -> list[list[
     return [[entries[i % len(entries)] for i in range(longest)] for entries in lists]
 
 
+@register_callback(
+    family="clip",
+    paper="Roy and Etemad, ICLR 2024 — Consistency-guided Prompt Learning for Vision-Language Models",
+    code="ShuvenduRoy/CoPrompt",
+    docs="callbacks/consistency.md",
+)
 class ConsistencyRegularization(LossTerm):
     """CoPrompt's consistency term, usable on any method whose outputs fit (see the module docstring).
 
@@ -83,7 +95,7 @@ class ConsistencyRegularization(LossTerm):
         descriptions: JSON file ``{class name: [description, ...]}`` for the frozen text features
             (``pkg://`` paths work); ``None`` uses ``templates``.
         templates: hand-written templates used without ``descriptions``.
-        seed: seed of the per-step description draw (the same on every DDP rank).
+        seed: seed of the per-step description draw (the same on every DDP rank); default: the run's seed.
         name: logged as ``train/<name>``.
     """
 
@@ -95,7 +107,7 @@ class ConsistencyRegularization(LossTerm):
         image: bool = True,
         descriptions: str | None = None,
         templates: Sequence[str] = ("a photo of a {}.",),
-        seed: int = 0,
+        seed: int | None = None,
         name: str = "consistency",
     ) -> None:
         super().__init__(weight, name)
@@ -110,16 +122,23 @@ class ConsistencyRegularization(LossTerm):
         self.required_fields = (("text_features",) if text else ()) + (
             ("image_features", "frozen_image_features") if image else ()
         )
-        self._rng = random.Random(seed)
+        self.seed = seed
+        self._rng = random.Random(seed if seed is not None else 0)
+        self._seeded = seed is not None
         self._teacher: tuple[Any, Tensor] | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not self._seeded:  # the run's seed (seed_everything sets it), so every seed draws its own sequence
+            self._rng = random.Random(int(os.environ.get("PL_GLOBAL_SEED", "0")))
+            self._seeded = True
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, callbacks: Sequence[Any] = ()) -> None:
         if not self.text:
             return
-        if not hasattr(module.backbone, "encode_text"):
+        if not callable(getattr(module, "encode_texts", None)):
             raise ConfigurationError(
-                f"ConsistencyRegularization's text term needs a CLIP-family backbone; {type(module).__name__} "
-                f"has {type(module.backbone).__name__}. Set text: false to regularise image features only."
+                f"ConsistencyRegularization's text term needs a CLIP-family method (encode_texts); "
+                f"{type(module).__name__} has none. Set text: false to regularise image features only."
             )
         if self.descriptions is not None:  # a missing file or class fails now, not at the first step
             read_descriptions(self.descriptions, module.classnames)
@@ -130,14 +149,13 @@ class ConsistencyRegularization(LossTerm):
         key = (tuple(module.classnames), module.device)
         if self._teacher is None or self._teacher[0] != key:
             self.check_ready(module, None)
-            backbone = module.backbone
             names = list(module.classnames)
             if self.descriptions is not None:
                 per_class = read_descriptions(self.descriptions, names)
             else:
                 per_class = [[t.format(n.replace("_", " ")) for t in self.templates] for n in names]
             with torch.no_grad():
-                rows = [backbone.encode_text(texts, normalize=True) for texts in per_class]  # (n_sources, D) each
+                rows = [module.encode_texts(texts) for texts in per_class]  # (n_sources, D) each
             self._teacher = (key, torch.stack(rows, dim=1))
         return self._teacher[1]
 
@@ -152,8 +170,11 @@ class ConsistencyRegularization(LossTerm):
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.getstate()}
+        version, internal, gauss = self._rng.getstate()
+        return {"rng": [version, list(internal), gauss]}  # plain lists: loadable with weights_only=True
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "rng" in state_dict:
-            self._rng.setstate(state_dict["rng"])
+            version, internal, gauss = state_dict["rng"]
+            self._rng.setstate((version, tuple(internal), gauss))
+            self._seeded = True

@@ -9,7 +9,7 @@ division by the batch maximum, threshold 0.5.
 
 The callback puts the mask into each training batch (``batch["mask"]``) before the method's
 forward pass, so any mask-reading term (:class:`~lightning_prompts.callbacks.PullPushRegularization`)
-uses it:
+uses it (it declares so in ``provides_batch_keys``):
 
 * ``refresh="epoch"`` (DAPT's schedule): masks of the whole training set are computed at the start
   of every epoch with the current prompts and looked up by sample index. That is only aligned with
@@ -33,7 +33,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_prompts.batch import IMAGE, INDEX, LABEL, MASK
+from lightning_prompts.data.protocols import TrainingSet, provided
 from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.registry import register_callback
 
 if TYPE_CHECKING:
     from lightning_prompts.methods.base import PromptModule
@@ -41,13 +44,13 @@ if TYPE_CHECKING:
 
 def gradcam_masks(module: PromptModule, images: Tensor, labels: Tensor, threshold: float = 0.5) -> Tensor:
     """Binary foreground masks ``(B, 1, H, W)`` of ``images`` under ``module``'s current prompts."""
-    target = module.backbone.gradcam_target()
+    target = module.gradcam_target()
     captured: dict[str, Tensor] = {}
     handle = target.module.register_forward_hook(lambda _m, _i, output: captured.__setitem__("output", output))
     try:
         with torch.enable_grad():
             # the input requires a gradient so that the activations do, even for a frozen, unprompted encoder
-            logits = module.forward_batch({"image": images.detach().requires_grad_(True)}).logits
+            logits = module.forward_batch({IMAGE: images.detach().requires_grad_(True)}).logits
             score = logits.gather(1, labels.view(-1, 1)).sum()
             (gradient,) = torch.autograd.grad(score, captured["output"])
     finally:
@@ -61,6 +64,12 @@ def gradcam_masks(module: PromptModule, images: Tensor, labels: Tensor, threshol
     return (cam >= threshold).to(images.dtype)
 
 
+@register_callback(
+    family="clip",
+    paper="Zhang et al., TPAMI 2025 — Decouple before Align: Visual Disentanglement Enhances Prompt Tuning",
+    code="Ferenas/DAPT",
+    docs="callbacks/gradcam_masks.md",
+)
 class GradCAMMasks(Callback):
     """Put Grad-CAM foreground masks into the training batches (see the module docstring).
 
@@ -70,6 +79,9 @@ class GradCAMMasks(Callback):
         batch_size: images per Grad-CAM pass when refreshing per epoch (DAPT: 50).
     """
 
+    #: The batch keys this callback adds to every training batch (loss terms check for them).
+    provides_batch_keys = (MASK,)
+
     def __init__(self, threshold: float = 0.5, refresh: Literal["epoch", "step"] = "epoch", batch_size: int = 50):
         super().__init__()
         if refresh not in ("epoch", "step"):
@@ -77,12 +89,21 @@ class GradCAMMasks(Callback):
         self.threshold, self.refresh, self.batch_size = threshold, refresh, batch_size
         self._masks: Tensor | None = None
 
+    def check_ready(self, module: Any, datamodule: Any | None, callbacks: Any = ()) -> None:
+        if not callable(getattr(module, "gradcam_target", None)):
+            raise ConfigurationError(
+                f"GradCAMMasks needs a method with an image encoder (gradcam_target); {type(module).__name__} has none."
+            )
+        if self.refresh == "epoch" and datamodule is not None and provided(datamodule, TrainingSet) is None:
+            raise ConfigurationError("GradCAMMasks(refresh='epoch') needs a data module that exposes train_dataset().")
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and self.refresh == "epoch":
-            dataset = trainer.datamodule._datasets["train"] if trainer.datamodule is not None else None
-            if dataset is None:
+            source = provided(trainer.datamodule, TrainingSet)
+            if source is None:
                 raise ConfigurationError("GradCAMMasks(refresh='epoch') needs a data module with a training set.")
-            first, second = dataset[0]["image"], dataset[0]["image"]
+            dataset = source.train_dataset()
+            first, second = dataset[0][IMAGE], dataset[0][IMAGE]
             if not torch.equal(first, second):
                 raise ConfigurationError(
                     "GradCAMMasks(refresh='epoch') looks masks up by sample, which needs deterministic training "
@@ -92,16 +113,16 @@ class GradCAMMasks(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.refresh != "epoch":
             return
-        dataset = trainer.datamodule._datasets["train"]
+        dataset = trainer.datamodule.train_dataset()
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
         masks = []
         for batch in loader:
-            images = batch["image"].to(pl_module.device)
-            masks.append(gradcam_masks(pl_module, images, batch["label"].to(pl_module.device), self.threshold).cpu())
+            images = batch[IMAGE].to(pl_module.device)
+            masks.append(gradcam_masks(pl_module, images, batch[LABEL].to(pl_module.device), self.threshold).cpu())
         self._masks = torch.cat(masks)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.refresh == "epoch" and self._masks is not None:
-            batch["mask"] = self._masks[batch["index"].cpu()].to(batch["image"].device, batch["image"].dtype)
+            batch[MASK] = self._masks[batch[INDEX].cpu()].to(batch[IMAGE].device, batch[IMAGE].dtype)
         else:
-            batch["mask"] = gradcam_masks(pl_module, batch["image"], batch["label"], self.threshold)
+            batch[MASK] = gradcam_masks(pl_module, batch[IMAGE], batch[LABEL], self.threshold)

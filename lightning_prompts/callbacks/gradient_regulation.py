@@ -22,11 +22,16 @@ from torch.optim import Optimizer
 from lightning_prompts.callbacks.parameter_groups import group_parameters
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.optim.gradient_regulator import GradientRegulator
+from lightning_prompts.registry import register_callback
 
 if TYPE_CHECKING:
     from lightning_prompts.methods.base import PromptModule
 
 
+@register_callback(
+    paper="Li et al., ICCV 2023 — Gradient-Regulated Meta-Prompt Learning for Generalizable Vision-Language Models",
+    docs="callbacks/gradient_regulation.md",
+)
 class GradientRegulation(Callback):
     """Replace the gradients of a method's prompt parameters by ψ(gradient) before each optimizer step.
 

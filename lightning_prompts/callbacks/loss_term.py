@@ -9,8 +9,12 @@ and the method's :class:`~lightning_prompts.outputs.PromptOutput`. The method's
 scaling, gradient accumulation and DDP gradient synchronisation stay exactly Lightning's.
 
 A term declares the output fields it reads in ``required_fields``; attaching it to a method that
-cannot produce one of them fails at ``setup`` with a message naming the method, the callback
-and the field (:class:`~lightning_prompts.errors.MissingOutputFieldError`).
+cannot produce one of them fails before training with a message naming the method, the callback
+and the field (:class:`~lightning_prompts.errors.MissingOutputFieldError`). Fields it uses when the
+method has them, and replaces otherwise, go in ``optional_fields``. Besides the output, a term reads
+only the small module protocol documented in :mod:`lightning_prompts.methods.base.module`
+(``classnames``, ``batch_targets``, ``encode_texts``, ``logit_scale``, …), never a method's internals
+or another callback's class.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class LossTerm(Callback):
     """
 
     required_fields: ClassVar[tuple[str, ...]] = ()
+    #: Fields the term reads when the method can fill them (it has its own fallback otherwise).
+    optional_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
         super().__init__()

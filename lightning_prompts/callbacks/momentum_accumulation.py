@@ -14,10 +14,11 @@ Only the tensors of the chosen parameter groups (default ``prompt``: the PET mod
 are averaged; the frozen backbone is never copied and the heads are shared, as in LAE (Lightning's
 ``EMAWeightAveraging`` would copy the whole module, backbone included). When the offline copy starts:
 
-* on a continual method (one with a ``current_task`` attribute, 0-based), at the first step of task
-  ``start_task`` (LAE: 1, i.e. the second task), as a copy of the online parameters at that moment
-  (the end of the first task);
-* on any other method (one task), at the first training step.
+* on a class-incremental stream (a data module with a task schedule,
+  :class:`~lightning_prompts.data.protocols.TaskStream`), at the start of the first step of task
+  ``start_task`` (LAE: 1, i.e. the second task), before that step's update: a copy of the online
+  parameters as the first task left them, as LAE copies its online model when task 2 is set up;
+* on any other run (one task), at the start of the first training step.
 
 The offline tensors are part of the callback's state, so they are saved in Lightning checkpoints.
 """
@@ -33,8 +34,16 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
 from lightning_prompts.callbacks.parameter_groups import group_parameters
+from lightning_prompts.data.protocols import TaskStream, provided
+from lightning_prompts.registry import register_callback
 
 
+@register_callback(
+    paper="Gao, Cen, Xiao, Wang, Chen, Cao, Zhou, ICCV 2023 — A Unified Continual Learning Framework with "
+    "General Parameter-Efficient Tuning",
+    code="gqk/LAE",
+    docs="callbacks/momentum_accumulation.md",
+)
 class MomentumAccumulation(Callback):
     """EMA of a method's prompt parameters into an offline copy, and the online/offline ensemble.
 
@@ -64,18 +73,22 @@ class MomentumAccumulation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.check_ready(pl_module, trainer.datamodule)
 
-    def should_start(self, pl_module: LightningModule) -> bool:
-        task = getattr(pl_module, "current_task", None)
-        return task is None or int(task) >= self.start_task
+    def should_start(self, trainer: Trainer) -> bool:
+        """Whether the offline copy starts now: on a task stream from task ``start_task``, else at once."""
+        stream = provided(trainer.datamodule, TaskStream)
+        return stream is None or int(stream.task_of_epoch(trainer.current_epoch)) >= self.start_task
 
     # -- accumulation -------------------------------------------------------------------------------
     @torch.no_grad()
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self.offline is None and self.should_start(trainer):
+            # before this step's optimizer update: the online state as the previous task left it
+            self.offline = [param.detach().clone() for param in self._params]
+
+    @torch.no_grad()
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if self.offline is None:
-            if not self.should_start(pl_module):
-                return
-            # the copy is taken before this step's update is accumulated: the online state it starts from
-            self.offline = [param.detach().clone() for param in self._params]
+            return
         for offline, online in zip(self.offline, self._params):
             offline.mul_(self.decay).add_(online.detach().to(offline.dtype), alpha=1.0 - self.decay)
 

@@ -14,8 +14,12 @@ the masking done on the normalised tensor); the method encodes both like the ful
   pseudo-label ``ŷ`` the most similar background word.
 
 Defaults are the official ones: weights 0.8 / 0.1 / 0.5, margin 1.5, switch after epoch 6 of 10,
-DAPT's 32 background words and template. Masks come from the data module (``masks: true``, DAPT-S:
-a folder mirroring the images) or from :class:`~lightning_prompts.callbacks.GradCAMMasks` (DAPT-G).
+DAPT's 32 background words and template. Masks arrive in the batch (``batch["mask"]``): from the data
+module (``masks: true``, DAPT-S: a folder mirroring the images) or from a callback that puts them there
+(:class:`~lightning_prompts.callbacks.GradCAMMasks`, DAPT-G). The background prompts' text features
+come from the method when it provides ``background_text_features`` (DAPT runs them through its deep
+text prompts); otherwise the term encodes its own background prompts with the frozen text encoder
+(``module.encode_texts``), once.
 
 Where we deviate: the official code slices the last 25 of the 32 background prompts for the
 background term and leaves the other 7 as extra columns of the class logits (so it classifies among
@@ -31,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_prompts.callbacks.gradcam_masks import GradCAMMasks
+from lightning_prompts.batch import MASK
 from lightning_prompts.callbacks.loss_term import LossTerm
+from lightning_prompts.data.protocols import BatchKeys, provided
 from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.registry import register_callback
 
 if TYPE_CHECKING:
-    from lightning.pytorch import LightningModule, Trainer
-
     from lightning_prompts.methods.base import PromptModule
     from lightning_prompts.outputs import PromptOutput
 
@@ -79,6 +83,12 @@ BACKGROUND_WORDS = (
 BACKGROUND_TEMPLATE = "a clean origami {}."
 
 
+@register_callback(
+    family="clip",
+    paper="Zhang et al., TPAMI 2025 — Decouple before Align: Visual Disentanglement Enhances Prompt Tuning",
+    code="Ferenas/DAPT",
+    docs="callbacks/pull_push.md",
+)
 class PullPushRegularization(LossTerm):
     """DAPT's decoupling term (see the module docstring).
 
@@ -95,8 +105,8 @@ class PullPushRegularization(LossTerm):
         "text_features",
         "foreground_image_features",
         "background_image_features",
-        "background_text_features",
     )
+    optional_fields = ("background_text_features",)
 
     def __init__(
         self,
@@ -118,17 +128,33 @@ class PullPushRegularization(LossTerm):
         self.foreground_weight, self.background_weight = foreground_weight, background_weight
         self.switch_epoch = switch_epoch
         self.background_prompts = [background_template.format(word) for word in background_words]
+        self._background: tuple[Any, Tensor] | None = None
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, callbacks: Sequence[Any] = ()) -> None:
-        has_masks = bool(getattr(datamodule, "masks", False))
-        if not has_masks and not any(isinstance(callback, GradCAMMasks) for callback in callbacks):
+        data = provided(datamodule, BatchKeys)
+        from_data = data is not None and MASK in data.batch_keys
+        from_callback = any(MASK in getattr(callback, "provides_batch_keys", ()) for callback in callbacks)
+        if not (from_data or from_callback):
             raise ConfigurationError(
-                f"PullPushRegularization on {type(module).__name__} needs foreground masks: read them from disk "
-                f"(data: masks: true, DAPT-S) or add the GradCAMMasks callback (DAPT-G)."
+                f"PullPushRegularization on {type(module).__name__} needs foreground masks in the batch: read them "
+                f"from disk (data: masks: true, DAPT-S) or add a callback that makes them (GradCAMMasks, DAPT-G)."
+            )
+        if "background_text_features" not in module.output_fields and not callable(
+            getattr(module, "encode_texts", None)
+        ):
+            raise ConfigurationError(
+                f"PullPushRegularization needs background text features: {type(module).__name__} neither provides "
+                f"background_text_features nor encodes texts (a CLIP-family method)."
             )
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        pl_module.set_background_prompts(self.background_prompts)
+    def background_text_features(self, module: PromptModule, output: PromptOutput) -> Tensor:
+        """The method's background text features, or the frozen encoder's of this term's prompts (cached)."""
+        if output.background_text_features is not None:
+            return output.background_text_features
+        key = (tuple(self.background_prompts), module.device)
+        if self._background is None or self._background[0] != key:
+            self._background = (key, module.encode_texts(self.background_prompts))
+        return self._background[1]
 
     def early_stage(self, epoch: int) -> bool:
         return epoch <= self.switch_epoch
@@ -143,10 +169,10 @@ class PullPushRegularization(LossTerm):
                 margin=self.margin,
             )
         module.log(f"train/{self.name}_stage", 2.0, batch_size=output.logits.shape[0])
-        scale = module.backbone.logit_scale
+        scale = module.logit_scale
         targets = module.batch_targets(batch)
         foreground_logits = scale * output.foreground_image_features.detach() @ output.text_features.t()
-        background = output.background_image_features @ output.background_text_features.t()
+        background = output.background_image_features @ self.background_text_features(module, output).t()
         pseudo_labels = background.argmax(dim=1).detach()
         return self.foreground_weight * F.cross_entropy(foreground_logits.float(), targets) + (
             self.background_weight * F.cross_entropy((scale * background).float(), pseudo_labels)

@@ -30,11 +30,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_prompts.batch import IMAGE, INDEX, LABEL, TASK
 from lightning_prompts.data.image_datamodule import Synthetic
 from lightning_prompts.data.images import ImageItem, load_rgb, verify_images
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
+from lightning_prompts.registry import register_datamodule
 
 
 class StreamDataset(Dataset):
@@ -54,13 +56,14 @@ class StreamDataset(Dataset):
         source = self.images[index]
         image = Image.fromarray(source) if isinstance(source, np.ndarray) else load_rgb(source)
         return {
-            "image": torch.as_tensor(self.transform(image)),
-            "label": self.labels[index],
-            "task": self.tasks[index],
-            "index": index,
+            IMAGE: torch.as_tensor(self.transform(image)),
+            LABEL: self.labels[index],
+            TASK: self.tasks[index],
+            INDEX: index,
         }
 
 
+@register_datamodule()
 class ClassIncrementalDataModule(LightningDataModule):
     """A class-incremental stream (see the module docstring).
 
@@ -197,6 +200,16 @@ class ClassIncrementalDataModule(LightningDataModule):
     @property
     def classes_per_task(self) -> int:
         return len(self.data()["order"]) // self.num_tasks
+
+    @property
+    def batch_keys(self) -> frozenset[str]:
+        return frozenset({TASK, INDEX})
+
+    def default_evaluator(self) -> Any:
+        """The continual protocol (A_t, average incremental accuracy, forgetting)."""
+        from lightning_prompts.evaluation.continual import ContinualEvaluator
+
+        return ContinualEvaluator()
 
     def task_of_epoch(self, epoch: int) -> int:
         """The task trained in (0-based) ``epoch``."""

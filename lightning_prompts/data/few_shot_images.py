@@ -17,10 +17,12 @@ from lightning_prompts.data.dassl import (
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import ImageItem, check_known_classes, classnames_by_label
 from lightning_prompts.errors import DatasetError
+from lightning_prompts.registry import register_datamodule
 
 SubsampleClasses = Literal["all", "base", "new", "base_to_novel"]
 
 
+@register_datamodule()
 class FewShotImageDataModule(ImageClassificationDataModule):
     """K-shot training on one of the 11 CoOp datasets, with CoOp's base/novel class splits.
 

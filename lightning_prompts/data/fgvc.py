@@ -17,6 +17,7 @@ from lightning_prompts.data.images import ImageItem, check_known_classes
 from lightning_prompts.data.synthetic import write_json_map_layout
 from lightning_prompts.data.transforms import Augmentation
 from lightning_prompts.errors import DatasetError
+from lightning_prompts.registry import register_datamodule
 
 
 def _readable(folder: str) -> str:
@@ -24,6 +25,7 @@ def _readable(folder: str) -> str:
     return (name or folder).replace("_", " ")
 
 
+@register_datamodule()
 class FGVCDataModule(ImageClassificationDataModule):
     """A VPT-format fine-grained dataset (CUB, NABirds, Oxford Flowers, Stanford Dogs/Cars).
 

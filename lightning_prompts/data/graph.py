@@ -25,21 +25,40 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from lightning_prompts.backbones.base import import_class
-from lightning_prompts.errors import DatasetError
+from lightning_prompts.errors import ConfigurationError, DatasetError
+from lightning_prompts.registry import register_datamodule
 
 Task = Literal["node", "graph"]
 
 
 def instantiate_dataset(dataset: Any) -> Any:
-    """A PyG dataset from an instance or a ``{"class_path", "init_args"}`` mapping."""
+    """A PyG dataset from an instance or a ``{"class_path", "init_args"}`` mapping naming a dataset class of
+    ``torch_geometric.datasets`` (nothing else is imported from a mapping; pass other datasets as instances)."""
     if isinstance(dataset, Mapping) and "class_path" in dataset:
-        cls = import_class(str(dataset["class_path"]))
+        cls = pyg_dataset_class(str(dataset["class_path"]))
         try:
             return cls(**dict(dataset.get("init_args") or {}))
         except Exception as error:  # a PyG dataset that must download fails here when offline
             raise DatasetError(f"Could not build dataset {dataset['class_path']}: {error}") from error
     return dataset
+
+
+def pyg_dataset_class(class_path: str) -> type:
+    """The ``torch_geometric.datasets`` class ``class_path`` names (full path or bare name)."""
+    import importlib
+
+    from torch_geometric.data import Dataset
+
+    module, _, name = class_path.rpartition(".")
+    module = module or "torch_geometric.datasets"
+    trusted = module == "torch_geometric.datasets" or module.startswith("torch_geometric.datasets.")
+    cls = getattr(importlib.import_module(module), name, None) if trusted else None
+    if not (isinstance(cls, type) and issubclass(cls, Dataset)):
+        raise ConfigurationError(
+            f"dataset class_path {class_path!r} is not a dataset of torch_geometric.datasets; build other datasets "
+            f"in Python and pass the instance (GraphDataModule(dataset=MyDataset(...)))."
+        )
+    return cls
 
 
 def check_node_features(data: Any, where: str) -> None:
@@ -74,6 +93,7 @@ def stratified_split(
     return sorted(train), sorted(val), [i for i in range(len(labels)) if i not in taken]
 
 
+@register_datamodule()
 class GraphDataModule(LightningDataModule):
     """Few-shot node or graph classification on a PyG dataset.
 

@@ -23,6 +23,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from lightning_prompts.batch import INDEX, MASK, image_view
 from lightning_prompts.data.images import ImageItem, ImageListDataset, verify_images, verify_masks
 from lightning_prompts.data.transforms import Augmentation, build_transform
 from lightning_prompts.errors import DatasetError
@@ -134,6 +135,18 @@ class ImageClassificationDataModule(LightningDataModule):
     @property
     def test_class_sets(self) -> dict[str, list[str]]:
         return {name: list(names) for name, (names, _) in self._splits().test_sets.items()}
+
+    @property
+    def batch_keys(self) -> frozenset[str]:
+        """Keys every training batch carries besides image and label (see :mod:`lightning_prompts.batch`)."""
+        keys = {INDEX, *(image_view(view) for view in range(2, self.views + 1))}
+        return frozenset(keys | ({MASK} if self.masks else set()))
+
+    def train_dataset(self) -> Any:
+        """The training dataset (after ``setup("fit")``), for per-sample passes such as Grad-CAM masks."""
+        if "train" not in self._datasets:
+            self.setup("fit")
+        return self._datasets["train"]
 
     def _splits(self) -> LoadedSplits:
         if self._loaded is None:

@@ -10,6 +10,7 @@ from lightning_prompts.data.image_datamodule import ImageClassificationDataModul
 from lightning_prompts.data.images import ImageItem, check_known_classes
 from lightning_prompts.data.synthetic import write_image_folder_layout
 from lightning_prompts.errors import DatasetError
+from lightning_prompts.registry import register_datamodule
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -36,6 +37,7 @@ def read_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
     return names, items
 
 
+@register_datamodule()
 class ImageFolderDataModule(ImageClassificationDataModule):
     """Image classification on your own data, one folder per class and split.
 

@@ -23,12 +23,14 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lightning_prompts.batch import CAPTION, IMAGE, INDEX
 from lightning_prompts.data.image_datamodule import Synthetic, _synthetic_root
 from lightning_prompts.data.images import ImageItem, load_rgb, verify_images
 from lightning_prompts.data.synthetic import classnames_for, write_image
 from lightning_prompts.data.text import read_records
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
+from lightning_prompts.registry import register_datamodule
 from lightning_prompts.utils.resources import resolve_path
 
 
@@ -43,7 +45,7 @@ class ImageCaptionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self.transform(load_rgb(self.paths[index]))
-        return {"image": torch.as_tensor(image), "caption": self.captions[index], "index": index}
+        return {IMAGE: torch.as_tensor(image), CAPTION: self.captions[index], INDEX: index}
 
 
 class CrossDomainTaskSampler(Sampler[list[int]]):
@@ -88,12 +90,13 @@ class CrossDomainTaskSampler(Sampler[list[int]]):
 
 def collate_pairs(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "image": torch.stack([item["image"] for item in items]),
-        "caption": [item["caption"] for item in items],
-        "index": torch.tensor([item["index"] for item in items]),
+        IMAGE: torch.stack([item[IMAGE] for item in items]),
+        CAPTION: [item[CAPTION] for item in items],
+        INDEX: torch.tensor([item[INDEX] for item in items]),
     }
 
 
+@register_datamodule()
 class ImageTextDataModule(LightningDataModule):
     """Image–caption pairs as meta-tasks (training) and held-out pairs (validation).
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from lightning_prompts.batch import IMAGE, INDEX, LABEL, MASK, image_view
 from lightning_prompts.errors import DatasetError
 
 
@@ -124,15 +125,15 @@ class ImageListDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         image = load_rgb(item.path)
-        sample: dict[str, Any] = {"label": item.label, "index": index}
+        sample: dict[str, Any] = {LABEL: item.label, INDEX: index}
         if self.mask_path is not None:
             first, mask = _apply(self.transform, image, load_mask(self.mask_path(item)))
-            sample["mask"] = (mask > 0).float()
+            sample[MASK] = (mask > 0).float()
         else:
             first = _apply(self.transform, image)
-        sample["image"] = first
+        sample[IMAGE] = first
         for view in range(2, self.views + 1):
-            sample[f"image_view{view}"] = _apply(self.transform, image)
+            sample[image_view(view)] = _apply(self.transform, image)
         return sample
 
 

@@ -24,7 +24,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_prompts.batch import LABEL, TEXT
 from lightning_prompts.errors import DatasetError
+from lightning_prompts.registry import register_datamodule
 from lightning_prompts.utils.resources import resolve_path
 
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -83,13 +85,14 @@ class TextDataset(Dataset):
         return len(self.texts)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"text": self.texts[index], "label": self.labels[index]}
+        return {TEXT: self.texts[index], LABEL: self.labels[index]}
 
 
 def collate_text(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    return {"text": [item["text"] for item in items], "label": torch.tensor([item["label"] for item in items])}
+    return {TEXT: [item[TEXT] for item in items], LABEL: torch.tensor([item[LABEL] for item in items])}
 
 
+@register_datamodule()
 class TextClassificationDataModule(LightningDataModule):
     """Text classification from files.
 

@@ -15,6 +15,7 @@ from lightning_prompts.data.images import ImageItem, check_known_classes
 from lightning_prompts.data.synthetic import write_list_layout
 from lightning_prompts.data.transforms import Augmentation
 from lightning_prompts.errors import DatasetError
+from lightning_prompts.registry import register_datamodule
 
 #: The 19 VTAB-1k tasks (folder name -> number of classes) and their groups.
 VTAB_TASKS: dict[str, int] = {
@@ -69,6 +70,7 @@ def read_list_file(path: Path, task_root: Path) -> list[tuple[Path, int]]:
     return pairs
 
 
+@register_datamodule()
 class VTAB1kDataModule(ImageClassificationDataModule):
     """One VTAB-1k task from local folders.
 

@@ -1,27 +1,13 @@
-"""Prompt-tuning methods, one LightningModule each."""
+"""Prompt-tuning methods, one LightningModule each, and the family bases they build on.
 
-from lightning_prompts.methods._clip_base import CLIPPromptModule
-from lightning_prompts.methods.base import PromptModule
-from lightning_prompts.methods.coop import CoOp
-from lightning_prompts.methods.coprompt import CoPrompt
-from lightning_prompts.methods.dapt import DAPT
-from lightning_prompts.methods.gpf import GPF
-from lightning_prompts.methods.lae import LAE
-from lightning_prompts.methods.maple import MaPLe
-from lightning_prompts.methods.prompt_tuning import PromptTuning
-from lightning_prompts.methods.vpt import VPT
-from lightning_prompts.methods.zero_shot_clip import ZeroShotCLIP
+Every method registers itself (:func:`lightning_prompts.registry.register_method`) and imports on first
+use: ``from lightning_prompts.methods import CoOp`` loads only CoOp's module.
+"""
 
-__all__ = [
-    "DAPT",
-    "GPF",
-    "LAE",
-    "VPT",
-    "CLIPPromptModule",
-    "CoOp",
-    "CoPrompt",
-    "MaPLe",
-    "PromptModule",
-    "PromptTuning",
-    "ZeroShotCLIP",
-]
+from lightning_prompts.registry import lazy_exports
+
+_BASES = {
+    name: "lightning_prompts.methods.base"
+    for name in ("PromptModule", "CLIPPromptModule", "ViTPromptModule", "TextPromptModule", "GraphPromptModule")
+}
+__getattr__, __dir__ = lazy_exports(__name__, _BASES)

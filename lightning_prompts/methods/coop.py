@@ -33,10 +33,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
-from lightning_prompts.methods._clip_base import CLIPPromptModule
+from lightning_prompts.methods.base import CLIPPromptModule
 from lightning_prompts.prompts.text_context import ClassContextPrompt
+from lightning_prompts.registry import register_method
 
 
+@register_method(
+    family="clip",
+    paper="Zhou, Yang, Loy, Liu, IJCV 2022 — Learning to Prompt for Vision-Language Models",
+    code="KaiyangZhou/CoOp",
+    example={"n_ctx": 4},
+)
 class CoOp(CLIPPromptModule):
     """CoOp on a frozen CLIP.
 

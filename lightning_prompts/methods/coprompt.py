@@ -35,8 +35,15 @@ from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
 from lightning_prompts.callbacks.consistency import ConsistencyRegularization
 from lightning_prompts.methods.maple import MaPLe
 from lightning_prompts.prompts.adapter import ResidualAdapter
+from lightning_prompts.registry import register_method
 
 
+@register_method(
+    family="clip",
+    paper="Roy and Etemad, ICLR 2024 — Consistency-guided Prompt Learning for Vision-Language Models",
+    code="ShuvenduRoy/CoPrompt",
+    example={"depth": 3},
+)
 class CoPrompt(MaPLe):
     """CoPrompt on a frozen CLIP.
 

@@ -24,13 +24,23 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from lightning.pytorch import Callback
+from torch import Tensor
 
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
 from lightning_prompts.callbacks.gradcam_masks import GradCAMMasks
 from lightning_prompts.callbacks.pull_push import BACKGROUND_TEMPLATE, BACKGROUND_WORDS, PullPushRegularization
+from lightning_prompts.methods.base import provides
 from lightning_prompts.methods.maple import MaPLe
+from lightning_prompts.outputs import PromptOutput
+from lightning_prompts.registry import register_method
 
 
+@register_method(
+    family="clip",
+    paper="Zhang et al., TPAMI 2025 — Decouple before Align: Visual Disentanglement Enhances Prompt Tuning",
+    code="Ferenas/DAPT",
+    example={"depth": 3, "masks": "gradcam", "gradcam_refresh": "step"},
+)
 class DAPT(MaPLe):
     """DAPT on a frozen CLIP (MaPLe prompts + foreground/background decoupling).
 
@@ -66,6 +76,9 @@ class DAPT(MaPLe):
         if masks not in ("data", "gradcam"):
             raise ValueError(f"masks must be 'data' or 'gradcam', got {masks!r}.")
         self.masks, self.gradcam_refresh = masks, gradcam_refresh
+        if "{}" not in background_template or not background_words:
+            raise ValueError("DAPT needs background words and a background template with '{}'.")
+        self.background_prompts = [background_template.format(word) for word in background_words]
         self.pull_push = {
             "triplet_weight": triplet_weight,
             "margin": margin,
@@ -82,3 +95,8 @@ class DAPT(MaPLe):
         if self.masks == "gradcam":
             callbacks.insert(0, GradCAMMasks(refresh=self.gradcam_refresh))
         return callbacks
+
+    @provides("background_text_features")
+    def _provide_background_text(self, batch: Any, output: PromptOutput) -> Tensor:
+        """The background prompts through MaPLe's deep text prompts (they learn from the background term)."""
+        return self.encode_prompted_texts(self.background_prompts)

@@ -17,9 +17,10 @@ prefix in its first blocks; :mod:`lightning_prompts.prompts.pet`) and a growing 
   probabilities.
 
 The whole stream is one ``fit`` (``max_epochs = num_tasks · epochs_per_task``,
-``reload_dataloaders_every_n_epochs: 1``) on a :class:`~lightning_prompts.data.ClassIncrementalDataModule`;
-validation at the end of each task reports the accuracy on all seen classes (``val/acc``, A_t), the
-average incremental accuracy and the forgetting (:class:`~lightning_prompts.metrics.ContinualAccuracy`).
+``reload_dataloaders_every_n_epochs: 1``) on a :class:`~lightning_prompts.data.ClassIncrementalDataModule`,
+whose task schedule tells the current task; its evaluator
+(:class:`~lightning_prompts.evaluation.ContinualEvaluator`) reports at the end of each task the accuracy
+on all seen classes (``val/acc``, A_t), the average incremental accuracy and the forgetting.
 
 Faithful to the official code: PET placement, widths and initialisation, the compensatory prefix,
 the per-step EMA (also during the freeze epochs), current-task-only loss, head initialisation, the
@@ -41,14 +42,23 @@ from torch import Tensor, nn
 
 from lightning_prompts.backbones.timm_vit import TimmViT
 from lightning_prompts.callbacks.momentum_accumulation import MomentumAccumulation
+from lightning_prompts.data.protocols import TaskStream, provided
 from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods.base import PromptModule
-from lightning_prompts.metrics.continual import ContinualAccuracy, TaskAccuracy
+from lightning_prompts.methods.base import ViTPromptModule
 from lightning_prompts.outputs import PromptOutput
-from lightning_prompts.prompts.pet import BlockPET, PETKind
+from lightning_prompts.prompts.pet import BlockPET, PETHooks, PETKind
+from lightning_prompts.registry import register_method
 
 
-class LAE(PromptModule):
+@register_method(
+    family="vit",
+    overlay="continual",
+    paper="Gao, Cen, Xiao, Wang, Chen, Cao, Zhou, ICCV 2023 — A Unified Continual Learning Framework with "
+    "General Parameter-Efficient Tuning",
+    code="gqk/LAE",
+    example={"num_tasks": 2, "pet": "prefix", "pet_blocks": [0, 1], "prefix_length": 3},
+)
+class LAE(ViTPromptModule):
     """LAE on a frozen timm ViT (see the module docstring).
 
     Args:
@@ -91,8 +101,6 @@ class LAE(PromptModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, classnames, **kwargs)
-        if not self.classnames:
-            raise ValueError("LAE needs the stream's class names (the data module provides them).")
         if len(self.classnames) % num_tasks:
             raise ValueError(f"{len(self.classnames)} classes cannot be cut into {num_tasks} equal tasks.")
         depth = self.backbone.depth
@@ -113,18 +121,16 @@ class LAE(PromptModule):
             nn.init.normal_(head.weight, std=head_init_std)
             nn.init.zeros_(head.bias)
         self.freeze_epochs, self.ema_decay, self.ensemble = freeze_epochs, ema_decay, ensemble
-        self.task_accuracy = TaskAccuracy(num_tasks)
-        self.continual_accuracy = ContinualAccuracy(num_tasks)  # R[t, j] and A_t; saved in checkpoints
         self._task = 0
 
     # -- the stream ---------------------------------------------------------------------------------
     @property
     def current_task(self) -> int:
-        """The task being learned (from the data module's schedule during ``fit``)."""
+        """The task being learned (from the data module's task schedule during ``fit``)."""
         trainer = self._trainer
-        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-        if datamodule is not None and hasattr(datamodule, "task_of_epoch"):
-            return int(datamodule.task_of_epoch(trainer.current_epoch))
+        stream = provided(self.datamodule, TaskStream)
+        if stream is not None and trainer is not None:
+            return int(stream.task_of_epoch(trainer.current_epoch))
         return self._task
 
     @current_task.setter
@@ -140,9 +146,11 @@ class LAE(PromptModule):
 
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         super().check_ready(stage, callbacks, datamodule)
-        data_tasks = getattr(datamodule, "num_tasks", None)
-        if data_tasks is not None and data_tasks != self.num_tasks:
-            raise ConfigurationError(f"LAE has num_tasks={self.num_tasks} but the data stream has {data_tasks} tasks.")
+        stream = provided(datamodule, TaskStream)
+        if stream is not None and stream.num_tasks != self.num_tasks:
+            raise ConfigurationError(
+                f"LAE has num_tasks={self.num_tasks} but the data stream has {stream.num_tasks} tasks."
+            )
 
     def configure_callbacks(self) -> list[Callback]:
         return [MomentumAccumulation(decay=self.ema_decay, groups=["prompt"], start_task=1, ensemble=self.ensemble)]
@@ -154,15 +162,12 @@ class LAE(PromptModule):
         ]
 
     # -- forward ------------------------------------------------------------------------------------
-    def forward(self, images: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        """Logits ``(B, seen tasks · classes per task)`` of the seen tasks' heads."""
-        pets = {int(index): module for index, module in self.pets.items()}
-        pooled = self.backbone.forward_features(images, block_pets=pets).pooled
-        logits = torch.cat([head(pooled) for head in self.heads[: self.seen_tasks()]], dim=-1)
-        return PromptOutput(logits=logits, image_features=pooled)
+    def block_hooks(self) -> PETHooks:
+        return PETHooks({int(index): module for index, module in self.pets.items()})
 
-    def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        return self(batch["image"], fields)
+    def classify(self, pooled: Tensor) -> Tensor:
+        """Logits ``(B, seen tasks · classes per task)`` of the seen tasks' heads."""
+        return torch.cat([head(pooled) for head in self.heads[: self.seen_tasks()]], dim=-1)
 
     def task_loss(self, output: PromptOutput, targets: Tensor) -> Tensor:
         if not self.training:
@@ -172,8 +177,9 @@ class LAE(PromptModule):
 
     # -- task schedule ------------------------------------------------------------------------------
     def epoch_in_task(self) -> int:
-        datamodule = self.trainer.datamodule
-        return self.trainer.current_epoch - self.current_task * datamodule.epochs_per_task
+        stream = provided(self.datamodule, TaskStream)
+        epochs_per_task = stream.epochs_per_task if stream is not None else self.trainer.max_epochs
+        return self.trainer.current_epoch - self.current_task * epochs_per_task
 
     def on_train_epoch_start(self) -> None:
         task, epoch = self.current_task, self.epoch_in_task()
@@ -189,35 +195,3 @@ class LAE(PromptModule):
     def on_train_end(self) -> None:
         for param in self.pets.parameters():  # leave the module as built
             param.requires_grad_(True)
-
-    # -- evaluation ---------------------------------------------------------------------------------
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        output = self.forward_batch(batch)
-        targets = batch["label"]
-        self.log("val/loss", self.task_loss(output, targets), batch_size=int(targets.shape[0]), sync_dist=True)
-        self.task_accuracy.update(self.evaluation_scores(batch, output.logits.detach()), targets, batch["task"])
-
-    def on_validation_epoch_end(self) -> None:
-        overall, per_task = self.task_accuracy.compute()
-        self.task_accuracy.reset()
-        if self.trainer.sanity_checking:
-            return
-        self.continual_accuracy.update(self.current_task, overall, per_task)
-        history = self.continual_accuracy.compute()
-        self.log("val/acc", history["acc"], prog_bar=True)
-        self.log("val/avg_incremental_acc", history["avg_incremental_acc"])
-        self.log("val/forgetting", history["forgetting"])
-
-    def on_test_epoch_start(self) -> None:
-        self.task_accuracy.reset()
-
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        scores = self.evaluation_scores(batch, self.forward_batch(batch).logits.detach())
-        self.task_accuracy.update(scores, batch["label"], batch["task"])
-
-    def on_test_epoch_end(self) -> None:
-        overall, per_task = self.task_accuracy.compute()
-        self.task_accuracy.reset()
-        self.log("test/acc", overall)
-        for task, accuracy in enumerate(per_task.tolist()):
-            self.log(f"test/acc_task{task}", accuracy)

@@ -25,10 +25,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
-from lightning_prompts.methods._clip_base import CLIPPromptModule
+from lightning_prompts.methods.base import CLIPPromptModule
 from lightning_prompts.prompts.coupled import CoupledPrompts
+from lightning_prompts.registry import register_method
 
 
+@register_method(
+    family="clip",
+    paper="Khattak, Rasheed, Maaz, Khan, Khan, CVPR 2023 — MaPLe: Multi-modal Prompt Learning",
+    code="muzairkhattak/multimodal-prompt-learning",
+    example={"depth": 3},
+)
 class MaPLe(CLIPPromptModule):
     """MaPLe on a frozen CLIP.
 
@@ -68,22 +75,19 @@ class MaPLe(CLIPPromptModule):
 
     def encode_text_prompts(self) -> Tensor:
         """Projected (not normalised) text features of the deep-prompted class prompts."""
-        prompts, eot, deep = self.prompt.text_prompts()
-        return self.backbone.encode_text_embeddings(prompts, eot, deep_prompts=deep, deep_prompt_start=1)
+        prompts, eot = self.prompt.text()
+        return self.backbone.encode_text_embeddings(prompts, eot, hooks=self.prompt.text_hooks())
 
     def encode_prompted_images(self, images: Tensor) -> Tensor:
         """Projected (not normalised) features of the images with the coupled visual prompts."""
-        first, deep = self.prompt.vision_prompts()
-        return self.backbone.encode_image(images, first, deep or None, location="append").features
+        return self.backbone.encode_image(images, hooks=self.prompt.vision_hooks()).features
 
-    def background_text_features(self) -> Tensor:
-        """Background prompts through the deep text prompts, their first layer left as written (DAPT)."""
-        if not self.background_prompts:
-            raise ValueError("background_text_features needs background prompts (set_background_prompts).")
-        ids = self.backbone.tokenize(self.background_prompts, what="background prompt")
-        _, _, deep = self.prompt.text_prompts()
+    def encode_prompted_texts(self, texts: Sequence[str]) -> Tensor:
+        """L2-normalised features of plain strings through the deep text prompts (their first layer left
+        as written), as DAPT encodes its background prompts."""
+        ids = self.backbone.tokenize(list(texts), what="text")
         features = self.backbone.encode_text_embeddings(
-            self.backbone.embed_tokens(ids), self.backbone.eot_positions(ids), deep_prompts=deep
+            self.backbone.embed_tokens(ids), self.backbone.eot_positions(ids), hooks=self.prompt.text_hooks()
         )
         return F.normalize(features, dim=-1)
 

@@ -24,16 +24,21 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
+from lightning_prompts.backbones.hooks import BlockHook
 from lightning_prompts.backbones.timm_vit import TimmViT
-from lightning_prompts.methods.base import PromptModule
-from lightning_prompts.outputs import PromptOutput
+from lightning_prompts.methods.base import ViTPromptModule
 from lightning_prompts.prompts.visual_tokens import VisualPromptTokens
+from lightning_prompts.registry import register_method
 
 
-class VPT(PromptModule):
+@register_method(
+    family="vit",
+    paper="Jia, Tang, Chen, Cardie, Belongie, Hariharan, Lim, ECCV 2022 — Visual Prompt Tuning",
+    code="KMnP/vpt",
+)
+class VPT(ViTPromptModule):
     """Visual prompt tuning of a frozen timm ViT, with a trained linear head.
 
     Args:
@@ -50,9 +55,6 @@ class VPT(PromptModule):
             defaults; its tuned recipes scale the lr by batch/256).
     """
 
-    output_fields: ClassVar[frozenset[str]] = frozenset(
-        {"logits", "pooled_features", "patch_tokens", "image_features", "frozen_image_features"}
-    )
     default_optimizer: ClassVar[dict[str, Any]] = {
         "class_path": "torch.optim.SGD",
         "init_args": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
@@ -69,8 +71,6 @@ class VPT(PromptModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, classnames, **kwargs)
-        if not self.classnames:
-            raise ValueError("VPT needs classnames to size its head (the CLI links them from the data module).")
         vit = self.backbone
         self.prompt = VisualPromptTokens(
             num_tokens,
@@ -93,24 +93,8 @@ class VPT(PromptModule):
             {"name": "head_bias", "params": [self.head.bias], "weight_decay": 0.0},
         ]
 
-    def forward(
-        self, images: Tensor, fields: frozenset[str] = frozenset(), teacher_images: Tensor | None = None
-    ) -> PromptOutput:
-        """Classify ``images`` ``(B, 3, H, W)``; ``image_features`` is the pooled feature the head
-        reads, ``frozen_image_features`` (on request) the unprompted ViT's on ``teacher_images``."""
-        tokens, deep_tokens = self.prompt()
-        encoded = self.backbone.forward_features(images, tokens, deep_tokens or None)
-        output = PromptOutput(
-            logits=self.head(encoded.pooled),
-            pooled_features=encoded.pooled,
-            image_features=encoded.pooled,
-            patch_tokens=encoded.patch_tokens,
-        )
-        if "frozen_image_features" in fields:
-            with torch.no_grad():
-                frozen = self.backbone.forward_features(images if teacher_images is None else teacher_images)
-            output.frozen_image_features = frozen.pooled
-        return output
+    def block_hooks(self) -> BlockHook:
+        return self.prompt.hooks()
 
-    def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        return self(batch["image"], fields, batch.get("image_view2"))
+    def classify(self, pooled: Tensor) -> Tensor:
+        return self.head(pooled)

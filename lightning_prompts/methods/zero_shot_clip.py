@@ -9,7 +9,6 @@ validates; use ``validate`` or ``test`` (base-to-novel test sets included).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -18,13 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
-from lightning_prompts.methods._clip_base import CLIPPromptModule
-
-# Zero-shot CLIP has nothing to optimise by design; `fit` only validates.
-warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")
-warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
+from lightning_prompts.methods.base import CLIPPromptModule
+from lightning_prompts.registry import register_method
 
 
+@register_method(
+    family="clip",
+    paper="Radford et al., ICML 2021 — Learning Transferable Visual Models From Natural Language Supervision",
+    code="openai/CLIP",
+)
 class ZeroShotCLIP(CLIPPromptModule):
     """Hand-written prompts on a frozen CLIP (any CLIP-family backbone).
 
@@ -67,9 +68,3 @@ class ZeroShotCLIP(CLIPPromptModule):
 
     def frozen_image_features(self, images: Tensor) -> Tensor:
         return self.image_features(images)
-
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        return None  # nothing to train: fit only runs validation
-
-    def configure_optimizers(self) -> None:
-        return None

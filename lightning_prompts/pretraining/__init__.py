@@ -1,6 +1,6 @@
-"""LightningModules that produce the frozen backbones prompt methods tune (not prompt methods themselves)."""
+"""LightningModules that produce what prompt methods start from (a pre-trained GNN, a meta-learned
+prompt initialisation); they register as ``pretraining`` and import on first use."""
 
-from lightning_prompts.pretraining.gram import GRAM
-from lightning_prompts.pretraining.graphcl import GraphCL
+from lightning_prompts.registry import lazy_exports
 
-__all__ = ["GRAM", "GraphCL"]
+__getattr__, __dir__ = lazy_exports(__name__)

@@ -46,10 +46,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
+from lightning_prompts.batch import CAPTION, IMAGE, INDEX
+from lightning_prompts.data.protocols import PairDomains, provided
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import PromptModule
 from lightning_prompts.optim.gradient_regulator import GradientRegulator
 from lightning_prompts.prompts.text_context import ClassContextPrompt
+from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.kmeans import kmeans
 
 
@@ -60,6 +63,11 @@ def contrastive_loss(image_features: Tensor, text_features: Tensor, scale: Tenso
     return (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits.t().float(), targets)) / 2
 
 
+@register_pretraining(
+    family="clip",
+    paper="Li et al., ICCV 2023 — Gradient-Regulated Meta-Prompt Learning for Generalizable Vision-Language Models",
+    overlay="clip",
+)
 class GRAM(PromptModule):
     """Meta-learn a context initialisation and a gradient regulator (see the module docstring).
 
@@ -137,13 +145,13 @@ class GRAM(PromptModule):
     # -- domains ------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and (datamodule is None or not hasattr(datamodule, "assign_domains")):
+        if stage == "fit" and provided(self.datamodule, PairDomains) is None:
             raise ConfigurationError("GRAM meta-learns on image–text pairs: use ImageTextDataModule.")
 
     def on_fit_start(self) -> None:
         # here, not in setup: the module is on its device, and the training loader is not built yet
-        datamodule = self.trainer.datamodule
+        datamodule = provided(self.datamodule, PairDomains)
+        assert datamodule is not None
         if datamodule.domains is None:
             datamodule.assign_domains(self.cluster_domains(datamodule.pairs_dataloader("train")))
 
@@ -154,8 +162,8 @@ class GRAM(PromptModule):
         and the image encoder frozen, so they never change."""
         images, texts = [], []
         for batch in loader:
-            images.append(self.image_features(batch["image"].to(self.device)).float().cpu())
-            captions = [self.fit_caption(caption) for caption in batch["caption"]]
+            images.append(self.image_features(batch[IMAGE].to(self.device)).float().cpu())
+            captions = [self.fit_caption(caption) for caption in batch[CAPTION]]
             texts.append(F.normalize(self.backbone.encode_text(captions), dim=-1).float().cpu())
         self._pair_image_features = torch.cat(images)
         features = torch.cat([self._pair_image_features, torch.cat(texts)], dim=1)
@@ -183,21 +191,21 @@ class GRAM(PromptModule):
         return support.detach(), query
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        captions = batch["caption"]
+        captions = batch[CAPTION]
         if len(captions) < 4 or len(captions) % 2:
             raise ValueError(f"a meta-task batch holds a support and a query set of equal size, got {len(captions)}.")
         cached = None
         if self._pair_image_features is not None:
-            cached = self._pair_image_features[batch["index"].cpu()].to(self.device)
-        support, query = self.meta_loss(batch["image"], captions, cached)
+            cached = self._pair_image_features[batch[INDEX].cpu()].to(self.device)
+        support, query = self.meta_loss(batch[IMAGE], captions, cached)
         size = len(captions) // 2
         self.log("train/support_loss", support, batch_size=size)
         self.log("train/loss", query, prog_bar=True, batch_size=size)
         return query
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        image = self.image_features(batch["image"])
-        text = self.caption_features(batch["caption"])
+        image = self.image_features(batch[IMAGE])
+        text = self.caption_features(batch[CAPTION])
         size = image.shape[0]
         self.log("val/loss", contrastive_loss(image, text, self.backbone.logit_scale), batch_size=size)
         hits = (image @ text.t()).argmax(dim=1) == torch.arange(size, device=image.device)

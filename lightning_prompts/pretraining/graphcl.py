@@ -31,6 +31,7 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.gnn import GNN, Pooling, build_gnn, save_gnn
+from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.factories import as_factory, describe_factory
 
 Augmentation = Literal["drop_nodes", "permute_edges", "mask_nodes"]
@@ -89,6 +90,12 @@ AUGMENTATIONS: dict[str, Callable[..., Any]] = {
 }
 
 
+@register_pretraining(
+    family="graph",
+    paper="You, Chen, Sui, Chen, Wang, Shen, NeurIPS 2020 — Graph Contrastive Learning with Augmentations",
+    code="Shen-Lab/GraphCL",
+    docs="methods/gpf.md",
+)
 class GraphCL(LightningModule):
     """Pre-train a GIN/GCN/GAT encoder with GraphCL; write it for :class:`GNN` backbones.
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_prompts.backbones.hooks import PromptTokens
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
 from lightning_prompts.prompts.text_context import ClassContextPrompt
 
@@ -87,3 +88,13 @@ class CoupledPrompts(nn.Module):
             return None, []
         first = self.projection(self.text.ctx)
         return first, [projection(prompt) for projection, prompt in zip(self.deep_projections, self.deep_text)]
+
+    def text_hooks(self) -> PromptTokens | None:
+        """The deep text prompts as a block hook: positions ``1..n_ctx`` replaced before layers ``1..depth-1``."""
+        return PromptTokens(None, list(self.deep_text), 1) if len(self.deep_text) else None
+
+    def vision_hooks(self) -> PromptTokens | None:
+        """The projected visual prompts as a block hook: appended after the patch tokens before ``ln_pre``
+        and replacing that slot before layers ``1..depth-1`` (``None`` without vision prompts)."""
+        first, deep = self.vision_prompts()
+        return PromptTokens(first, deep, "append") if first is not None else None

@@ -15,6 +15,18 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_prompts.backbones.hooks import BlockContext, BlockHook
+
+
+class InputFeaturePrompt(BlockHook):
+    """A feature prompt as a block hook: ``prompt(x)`` replaces the node features entering layer 0."""
+
+    def __init__(self, prompt: nn.Module) -> None:
+        self.prompt = prompt
+
+    def before_block(self, context: BlockContext, tokens: Tensor) -> Tensor:
+        return self.prompt(tokens) if context.index == 0 else tokens
+
 
 def glorot_(tensor: Tensor) -> Tensor:
     """Glorot/Xavier uniform in ``±sqrt(6 / (fan_in + fan_out))`` over the last two dimensions."""
@@ -33,6 +45,9 @@ class GPFPrompt(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x + self.global_emb
 
+    def hooks(self) -> InputFeaturePrompt:
+        return InputFeaturePrompt(self)
+
 
 class GPFPlusPrompt(nn.Module):
     """GPF-plus: ``x_i + softmax(a(x_i)) · P`` with ``num_bases`` learned bases ``P``."""
@@ -47,3 +62,6 @@ class GPFPlusPrompt(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weights = torch.softmax(self.scorer(x), dim=1)
         return x + weights @ self.bases
+
+    def hooks(self) -> InputFeaturePrompt:
+        return InputFeaturePrompt(self)

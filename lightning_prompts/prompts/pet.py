@@ -13,18 +13,22 @@ One :class:`BlockPET` per adapted block holds one kind of module:
   prefix to sum to one, so the original tokens keep their joint-softmax weights and the prefix adds
   ``softmax_prefix(q·k_pᵀ)·v_p``.
 
-Every scale is a learnable scalar initialised to 1 (LAE's ``Scaler`` with ``scale: null``). The ViT
-runs them through :meth:`~lightning_prompts.backbones.TimmViT.forward_features` (``block_pets``);
-the frozen backbone is never modified.
+Every scale is a learnable scalar initialised to 1 (LAE's ``Scaler`` with ``scale: null``).
+:class:`PETHooks` plugs them into a backbone's blocks through the block-hook seam (the adapter as an
+attention branch, LoRA as a qkv branch, the prefix as attention keys/values); the frozen backbone is
+never modified.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from lightning_prompts.backbones.hooks import AttentionPrefix, BlockContext, BlockHook
 
 PETKind = Literal["adapter", "lora", "prefix"]
 
@@ -101,16 +105,27 @@ class BlockPET(nn.Module):
         self.prefix = Prefix(dim, prefix_length, compensatory) if kind == "prefix" else None
 
 
-def attention_with_prefix(q: Tensor, k: Tensor, v: Tensor, scale: float, prefix: Prefix) -> Tensor:
-    """Multi-head attention ``(B, H, N, d)`` whose keys/values also include the prefix tokens."""
-    batch, heads, _, head_dim = q.shape
-    prefix_k, prefix_v = (
-        t.to(q.dtype).reshape(1, -1, heads, head_dim).transpose(1, 2).expand(batch, -1, -1, -1) for t in prefix()
-    )
-    scores = (q * scale) @ torch.cat([prefix_k, k], dim=2).transpose(-2, -1)
-    weights = scores.softmax(dim=-1)
-    length = prefix_k.shape[2]
-    if prefix.compensatory:  # the prefix's share renormalised to one; the tokens keep theirs
-        share = weights[..., :length].sum(dim=-1, keepdim=True).clamp(min=1e-12)
-        weights = torch.cat([weights[..., :length] / share, weights[..., length:]], dim=-1)
-    return weights @ torch.cat([prefix_v, v], dim=2)
+class PETHooks(BlockHook):
+    """The PET modules of several blocks (``{block index: BlockPET}``) as one block hook."""
+
+    def __init__(self, pets: Mapping[int, BlockPET]) -> None:
+        self.pets = dict(pets)
+
+    def uses(self, capability: str) -> bool:
+        kind = {"attention_branch": "adapter", "qkv_branch": "lora", "attention_prefix": "prefix"}.get(capability)
+        return any(pet.kind == kind for pet in self.pets.values())
+
+    def attention_branch(self, context: BlockContext, hidden: Tensor) -> Tensor | None:
+        pet = self.pets.get(context.index)
+        return pet.adapter(hidden) if pet is not None and pet.adapter is not None else None
+
+    def qkv_branch(self, context: BlockContext, hidden: Tensor) -> Tensor | None:
+        pet = self.pets.get(context.index)
+        return pet.lora(hidden) if pet is not None and pet.lora is not None else None
+
+    def attention_prefix(self, context: BlockContext) -> AttentionPrefix | None:
+        pet = self.pets.get(context.index)
+        if pet is None or pet.prefix is None:
+            return None
+        keys, values = pet.prefix()
+        return AttentionPrefix(keys, values, compensatory=pet.prefix.compensatory)

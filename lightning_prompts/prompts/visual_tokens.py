@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_prompts.backbones.hooks import PromptTokens
+
 
 class VisualPromptTokens(nn.Module):
     """``num_tokens`` prompt tokens for the first layer, and for each later layer when ``deep``.
@@ -61,3 +63,9 @@ class VisualPromptTokens(nn.Module):
         if self.deep_tokens is None:
             return first, []
         return first, [self.dropout(self.projection(layer)) for layer in self.deep_tokens]
+
+    def hooks(self) -> PromptTokens:
+        """The tokens of this forward pass as a block hook: inserted after the prefix (class) tokens
+        before block 0, replacing that slot before each later block when ``deep``."""
+        first, deep = self()
+        return PromptTokens(first, deep, "after_prefix")

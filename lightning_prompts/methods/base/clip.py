@@ -8,10 +8,12 @@ two features, so a subclass implements :meth:`CLIPPromptModule.class_text_featur
 * in eval mode the class text features are computed once per set of classes and parameter values
   (the cache key is the version counter of every trainable parameter, which an optimizer step
   bumps), not once per batch;
-* the output fields a regulariser may ask for: ``frozen_text_features`` (the unprompted model on
-  ``frozen_template``, computed once per class set) and ``frozen_image_features`` (the unprompted
-  image encoder, on the batch's second view ``image_view2`` when the data module makes one, as
-  CoPrompt feeds its teacher).
+* providers of the output fields a regulariser may ask for: ``frozen_text_features`` (the unprompted
+  model on ``frozen_template``, computed once per class set), ``frozen_image_features`` (the unprompted
+  image encoder, on the batch's second view when the data module makes one, as CoPrompt feeds its
+  teacher) and the foreground/background image features of masked images (the batch's ``mask``);
+* the module protocol CLIP loss terms use: :meth:`~CLIPPromptModule.encode_texts` (the frozen text
+  encoder), :attr:`~CLIPPromptModule.logit_scale` and :meth:`~CLIPPromptModule.gradcam_target`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
-from lightning_prompts.methods.base import PromptModule
+from lightning_prompts.backbones.vision_language import GradCAMTarget, VisionLanguageBackbone
+from lightning_prompts.batch import IMAGE, IMAGE_VIEW2, MASK
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.methods.base.fields import provides
+from lightning_prompts.methods.base.module import PromptModule
 from lightning_prompts.outputs import PromptOutput
 
 
@@ -40,18 +45,7 @@ class CLIPPromptModule(PromptModule):
         **kwargs: see :class:`~lightning_prompts.methods.PromptModule`.
     """
 
-    output_fields: ClassVar[frozenset[str]] = frozenset(
-        {
-            "logits",
-            "image_features",
-            "text_features",
-            "frozen_image_features",
-            "frozen_text_features",
-            "foreground_image_features",
-            "background_image_features",
-            "background_text_features",
-        }
-    )
+    produced_fields: ClassVar[frozenset[str]] = frozenset({"logits", "image_features", "text_features"})
     supports_new_classes: ClassVar[bool] = True
     #: The method leaves the image encoder unprompted, so its image features *are* the frozen model's
     #: (CoOp, zero-shot): ``frozen_image_features`` of the same images reuses them instead of a second pass.
@@ -73,8 +67,6 @@ class CLIPPromptModule(PromptModule):
         self._classes_version = 0
         self._text_cache: tuple[Any, Tensor] | None = None
         self._frozen_text_cache: tuple[Any, Tensor] | None = None
-        self._background_text_cache: tuple[Any, Tensor] | None = None
-        self.background_prompts: list[str] = []
 
     # -- what a CLIP method implements -------------------------------------------------------------
     def class_text_features(self) -> Tensor:
@@ -87,6 +79,21 @@ class CLIPPromptModule(PromptModule):
 
     def rebuild_class_prompts(self, classnames: Sequence[str]) -> None:
         """Rebuild whatever depends on the class names (CoOp's fixed prompt parts)."""
+
+    # -- the module protocol of CLIP loss terms ------------------------------------------------------
+    @property
+    def logit_scale(self) -> Tensor:
+        """CLIP's temperature ``s`` (``logits = s · cos``)."""
+        return self.backbone.logit_scale
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> Tensor:
+        """L2-normalised features of plain strings by the frozen, unprompted text encoder."""
+        return self.backbone.encode_text(list(texts), normalize=True)
+
+    def gradcam_target(self) -> GradCAMTarget:
+        """The activations Grad-CAM weighs in the image encoder."""
+        return self.backbone.gradcam_target()
 
     # -- classes -------------------------------------------------------------------------------------
     def set_classnames(self, classnames: Sequence[str]) -> None:
@@ -112,26 +119,8 @@ class CLIPPromptModule(PromptModule):
         key = (self._classes_version, self.device)
         if self._frozen_text_cache is None or self._frozen_text_cache[0] != key:
             texts = [self.frozen_template.format(name.replace("_", " ")) for name in self.classnames]
-            with torch.no_grad():
-                self._frozen_text_cache = (key, self.backbone.encode_text(texts, normalize=True))
+            self._frozen_text_cache = (key, self.encode_texts(texts))
         return self._frozen_text_cache[1]
-
-    def set_background_prompts(self, prompts: Sequence[str]) -> None:
-        """Texts whose features fill ``background_text_features`` (set by DAPT's pull-push term)."""
-        self.background_prompts = list(prompts)
-
-    def background_text_features(self) -> Tensor:
-        """L2-normalised features ``(K, D)`` of :attr:`background_prompts`; here from the frozen model,
-        computed once per set of prompts (methods with deep text prompts pass them through those, as
-        DAPT does, and recompute them)."""
-        if not self.background_prompts:
-            raise ValueError("background_text_features needs background prompts (set_background_prompts).")
-        key = (tuple(self.background_prompts), self.device)
-        if self._background_text_cache is None or self._background_text_cache[0] != key:
-            with torch.no_grad():
-                features = self.backbone.encode_text(self.background_prompts, normalize=True)
-            self._background_text_cache = (key, features)
-        return self._background_text_cache[1]
 
     @torch.no_grad()
     def frozen_image_features(self, images: Tensor) -> Tensor:
@@ -139,44 +128,48 @@ class CLIPPromptModule(PromptModule):
         return F.normalize(self.backbone.encode_image(images).features, dim=-1)
 
     # -- forward -------------------------------------------------------------------------------------
-    def forward(
-        self,
-        images: Tensor,
-        fields: frozenset[str] = frozenset(),
-        teacher_images: Tensor | None = None,
-        masks: Tensor | None = None,
-    ) -> PromptOutput:
-        """Classify ``images`` ``(B, 3, H, W)`` against the current classes.
-
-        Args:
-            images: the images the method sees.
-            fields: optional output fields to fill (``frozen_*``, ``foreground_image_features``…).
-            teacher_images: what the frozen model sees for ``frozen_image_features`` (default: ``images``).
-            masks: ``(B, 1, H, W)`` foreground masks in ``{0, 1}`` for the foreground/background fields
-                (applied to the normalised images, as DAPT does).
-        """
+    def forward(self, images: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        """Classify ``images`` ``(B, 3, H, W)`` against the current classes (optional ``fields`` are filled
+        by :meth:`~lightning_prompts.methods.PromptModule.compute_output`, which calls this)."""
         image = self.image_features(images)
         text = self.encode_class_prompts()
-        logits = self.backbone.logit_scale * image @ text.t().to(image.dtype)
-        output = PromptOutput(logits=logits, image_features=image, text_features=text)
-        if "frozen_text_features" in fields:
-            output.frozen_text_features = self.frozen_text_features()
-        if "frozen_image_features" in fields:
-            if teacher_images is None and self.image_side_frozen:
-                output.frozen_image_features = image.detach()
-            else:
-                output.frozen_image_features = self.frozen_image_features(
-                    images if teacher_images is None else teacher_images
-                )
-        if fields & {"foreground_image_features", "background_image_features"}:
-            if masks is None:
-                raise ValueError("foreground/background features need masks (data masks: true, or GradCAMMasks).")
-            masks = masks.to(images.dtype)
-            output.foreground_image_features = self.image_features(images * masks)
-            output.background_image_features = self.image_features(images * (1.0 - masks))
-        if "background_text_features" in fields:
-            output.background_text_features = self.background_text_features()
-        return output
+        logits = self.logit_scale * image @ text.t().to(image.dtype)
+        return PromptOutput(logits=logits, image_features=image, text_features=text)
 
     def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        return self(batch["image"], fields, batch.get("image_view2"), batch.get("mask"))
+        return self(batch[IMAGE], fields)
+
+    # -- providers of the optional output fields -----------------------------------------------------
+    @provides("frozen_text_features")
+    def _provide_frozen_text(self, batch: Any, output: PromptOutput) -> Tensor:
+        return self.frozen_text_features()
+
+    @provides("frozen_image_features")
+    def _provide_frozen_image(self, batch: Any, output: PromptOutput) -> Tensor:
+        """The frozen image encoder on the batch's second view (the images themselves without one)."""
+        second = batch.get(IMAGE_VIEW2)
+        if second is None and self.image_side_frozen:
+            return output.image_features.detach()  # the method's image features are the frozen model's
+        return self.frozen_image_features(batch[IMAGE] if second is None else second)
+
+    @provides("foreground_image_features")
+    def _provide_foreground(self, batch: Any, output: PromptOutput) -> Tensor:
+        """Image features of image × mask, computed like ``image_features`` (DAPT masks normalised images)."""
+        images, masks = self._masked(batch)
+        return self.image_features(images * masks)
+
+    @provides("background_image_features")
+    def _provide_background(self, batch: Any, output: PromptOutput) -> Tensor:
+        """Image features of image × (1 − mask)."""
+        images, masks = self._masked(batch)
+        return self.image_features(images * (1.0 - masks))
+
+    def _masked(self, batch: Any) -> tuple[Tensor, Tensor]:
+        masks = batch.get(MASK)
+        if masks is None:
+            raise ConfigurationError(
+                f"{type(self).__name__}: foreground/background features need masks in the batch "
+                f"(data masks: true, or the GradCAMMasks callback)."
+            )
+        images = batch[IMAGE]
+        return images, masks.to(images.dtype)

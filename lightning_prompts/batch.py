@@ -1,0 +1,32 @@
+"""The keys of a batch: named once, used everywhere.
+
+Data modules build batches as dicts with these keys (graph data modules hand PyG batches instead);
+methods, callbacks and evaluators read them through these names, never through bare strings.
+"""
+
+from __future__ import annotations
+
+#: ``(B, 3, H, W)`` normalised images.
+IMAGE = "image"
+#: ``(B, 3, H, W)`` a second, independently augmented view of the same images (``views: 2``).
+IMAGE_VIEW2 = "image_view2"
+#: ``(B, 1, H, W)`` foreground masks in ``{0, 1}``, transformed with the first view.
+MASK = "mask"
+#: ``(B,)`` class labels.
+LABEL = "label"
+#: ``(B,)`` position of each sample in its dataset (for per-sample state such as cached masks).
+INDEX = "index"
+#: ``(B,)`` the continual-learning task each sample belongs to.
+TASK = "task"
+#: ``list[str]`` raw texts (methods tokenize them).
+TEXT = "text"
+#: ``list[str]`` image captions (image-text pairs).
+CAPTION = "caption"
+#: ``(B, T)`` token ids and attention mask, added by text methods when they tokenize.
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+
+
+def image_view(view: int) -> str:
+    """The key of the ``view``-th view (1: :data:`IMAGE`)."""
+    return IMAGE if view == 1 else f"image_view{view}"

@@ -1,0 +1,13 @@
+"""Evaluation protocols as objects: what validation and test measure and log.
+
+A method does not override its evaluation loop: its :class:`~lightning_prompts.methods.PromptModule`
+hands every validation and test batch to an :class:`Evaluator`, chosen by the recipe
+(``model.init_args.evaluator``) or by the data module (``default_evaluator()``), else
+:class:`ClassificationEvaluator`.
+"""
+
+from lightning_prompts.evaluation.base import Evaluator
+from lightning_prompts.evaluation.classification import ClassificationEvaluator
+from lightning_prompts.evaluation.continual import ContinualEvaluator
+
+__all__ = ["ClassificationEvaluator", "ContinualEvaluator", "Evaluator"]

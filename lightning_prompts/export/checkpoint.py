@@ -1,0 +1,35 @@
+"""Take the trained prompt out of a Lightning checkpoint (``lightning-prompts export``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning_prompts.errors import ConfigurationError
+
+
+def export_checkpoint(ckpt_path: str | Path, output: str | Path, peft_dir: str | Path | None = None) -> list[Path]:
+    """Rebuild the method of ``ckpt_path`` (registered classes only; the backbone from its stored config)
+    and write its trainable state to ``output`` (safetensors), and a PEFT adapter to ``peft_dir``."""
+    import torch
+
+    from lightning_prompts.registry import resolve_class
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigurationError(f"checkpoint {path} does not exist.")
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:  # noqa: BLE001 - any failure means it is not a checkpoint we can use
+        raise ConfigurationError(f"{path} is not a readable Lightning checkpoint ({error}).") from error
+    method = (checkpoint.get("lightning_prompts") or {}).get("method") if isinstance(checkpoint, dict) else None
+    if not method:
+        raise ConfigurationError(f"{path} was not written by a lightning_prompts method (no method recorded).")
+    cls = resolve_class(str(method), ("method", "pretraining"))
+    model = cls.load_from_checkpoint(str(path), map_location="cpu")
+    written = [model.export_prompt(output)]
+    if peft_dir is not None:
+        export = getattr(model, "export_peft", None)
+        if not callable(export):
+            raise ConfigurationError(f"{method} has no PEFT export (only text prompt methods do).")
+        written.append(Path(export(peft_dir)))
+    return written

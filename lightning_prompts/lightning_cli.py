@@ -1,0 +1,152 @@
+"""The Lightning side of the ``lightning-prompts`` command: LightningCLI in subclass mode.
+
+Imported only when a Lightning subcommand runs (``fit``, ``validate``, ``test``, ``predict``), so that
+``lightning-prompts --help`` and ``lightning-prompts list`` stay fast.
+
+* Every registered class is importable by its short name (``class_path: CoOp``), because the registered
+  modules are imported before parsing.
+* Recipes may ``extends`` other files (:mod:`lightning_prompts.recipes`).
+* The training classes flow from the data module to the model (``data.classnames`` ->
+  ``model.classnames``), so a recipe never lists them twice.
+* The experiment is checked before the Trainer starts (``check_ready``), so a run that cannot work
+  writes nothing.
+* ``--ckpt_path`` never rewrites the config: a checkpoint trained with another backbone or other
+  hyperparameters than the config is an error that names the differences.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_prompts import registry
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.recipes import EXTENDS, expand_config_args
+
+
+class PromptsCLI(LightningCLI):
+    """LightningCLI with the links, checks and checkpoint rules every recipe relies on."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
+        parser.add_argument(
+            f"--{EXTENDS}",
+            type=list[str] | None,
+            default=None,
+            help="Recipe files this one builds on; lightning-prompts expands them into --config options.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        section = self.config.get(self.subcommand) if self.subcommand else self.config
+        if section is not None and EXTENDS in section:
+            section[EXTENDS] = None  # already expanded into the files before this one
+
+    # Check the experiment before the Trainer starts: inside fit, Lightning's SaveConfigCallback
+    # writes config.yaml before the module's setup runs, and a run that cannot work should leave
+    # nothing behind.
+    def before_fit(self) -> None:
+        self._check_ready("fit")
+
+    def before_validate(self) -> None:
+        self._check_ready("validate")
+
+    def before_test(self) -> None:
+        self._check_ready("test")
+
+    def before_predict(self) -> None:
+        self._check_ready("predict")
+
+    def _check_ready(self, stage: str) -> None:
+        check = getattr(self.model, "check_ready", None)
+        if callable(check):
+            check(stage, self.trainer.callbacks, self.datamodule)
+
+    def _parse_ckpt_path(self) -> None:
+        """Compare the checkpoint's hyperparameters with the config instead of merging them over it."""
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        import torch
+
+        try:
+            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        except Exception as error:  # noqa: BLE001 - any failure means it is not a checkpoint we can use
+            raise ConfigurationError(
+                f"--ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({error})."
+            ) from error
+        stored = checkpoint.get("hyper_parameters") or {}
+        dump = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="json")
+        model = json.loads(dump)[self.config.subcommand].get("model") or {}
+        differences = compare_hparams(stored, model.get("init_args") or {})
+        method = (checkpoint.get("lightning_prompts") or {}).get("method")
+        configured = str(model.get("class_path", "")).rpartition(".")[2]
+        if method and configured and method != configured:
+            differences.insert(0, f"method: checkpoint {method}, config {configured}")
+        if differences:
+            shown = "; ".join(differences[:5]) + ("; …" if len(differences) > 5 else "")
+            raise ConfigurationError(
+                f"--ckpt_path {ckpt_path} was trained with another configuration than this one ({shown}). Run with "
+                f"the config it was trained with (the run's config.yaml) so the model is rebuilt as trained."
+            )
+
+
+#: Hyperparameters that may differ between training and evaluating a checkpoint.
+_IGNORED = frozenset(
+    {"prompt_init", "classnames", "optimizer", "lr_scheduler", "lr_scheduler_interval", "param_group_lr"}
+)
+
+
+def compare_hparams(stored: dict[str, Any], configured: dict[str, Any]) -> list[str]:
+    """``"key: checkpoint X, config Y"`` for every model argument both name with different values."""
+    differences = []
+    for key in sorted(set(stored) & set(configured)):
+        if key in _IGNORED or key.startswith("_"):
+            continue
+        if _normalise(stored[key]) != _normalise(configured[key]):
+            differences.append(f"{key}: checkpoint {_short(stored[key])}, config {_short(configured[key])}")
+    return differences
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, dict):
+        items = {k: _normalise(v) for k, v in value.items() if v is not None}
+        if "class_path" in items:  # the same class under a short or a full path
+            items["class_path"] = str(items["class_path"]).rpartition(".")[2]
+        return items
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(_normalise(value), default=str)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def run_cli(args: Sequence[str] | None = None, run: bool = True) -> PromptsCLI:
+    """Run the CLI on ``args`` (``sys.argv`` when ``None``); errors propagate (tests use this)."""
+    import sys
+
+    registry.import_all()  # short class names and subclass lookups see every registered class
+    if args is None:  # the console script: expand in place (LightningCLI reads sys.argv)
+        sys.argv[1:] = expand_config_args(sys.argv[1:])
+        arguments = None
+    else:
+        arguments = expand_config_args(list(args))
+    return PromptsCLI(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=arguments,
+        run=run,
+    )

@@ -1,0 +1,193 @@
+"""Checkpoints and prompt files hold the trainable state only, and refuse another backbone.
+
+Mixed into :class:`~lightning_prompts.methods.PromptModule`. The trainable state is every tensor
+outside the frozen backbone plus backbone parameters a method unfroze (a text classifier head), and,
+for methods whose trainable state is text (discrete prompt optimisers), the strings of
+:meth:`TrainableStateMixin.text_state`. A checkpoint or a ``safetensors`` prompt file records the
+backbone's identity; loading refuses a file of another backbone, one that lacks a trainable tensor,
+and one with tensors the module does not define, each with a message naming what differs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from lightning_prompts.errors import BackboneMismatchError, ConfigurationError, MissingTrainableStateError
+
+CHECKPOINT_KEY = "lightning_prompts"
+METADATA_PREFIX = "lightning_prompts."
+
+
+class TrainableStateMixin:
+    """Trainable-state checkpoints, export and import (see the module docstring)."""
+
+    # -- what is trainable -------------------------------------------------------------------------
+    def trainable_state_keys(self) -> set[str]:
+        """State-dict keys a checkpoint keeps: everything outside the backbone, plus backbone
+        parameters a method unfroze (e.g. a text classifier head)."""
+        keys = {key for key in self.state_dict() if not key.startswith("backbone.")}
+        keys |= {f"backbone.{name}" for name, p in self.backbone.named_parameters() if p.requires_grad}
+        return keys
+
+    def text_state(self) -> dict[str, str]:
+        """Trainable state that is text (a discrete prompt); saved in checkpoints and prompt files."""
+        return {}
+
+    def load_text_state(self, state: Mapping[str, str]) -> None:
+        """Restore :meth:`text_state`."""
+        if state:
+            raise MissingTrainableStateError(
+                f"{type(self).__name__} has no text state, but the file holds {sorted(state)}."
+            )
+
+    # -- Lightning checkpoints ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_state_keys()
+        for key in ("state_dict", "current_model_state"):  # the second one: Lightning's weight averaging
+            if key in checkpoint:
+                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if k in keep}
+        checkpoint[CHECKPOINT_KEY] = {
+            "method": type(self).__name__,
+            "backbone": self.backbone.identity(),
+            "state_keys": sorted(keep),
+            "text_state": self.text_state(),
+            "evaluator": self.evaluator.state_dict() if self.evaluator is not None else {},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY) or {}
+        self._check_loadable(checkpoint.get("state_dict", {}).keys(), meta.get("backbone"), "the checkpoint")
+        self.load_text_state(meta.get("text_state") or {})
+        if meta.get("evaluator"):
+            self.restore_evaluator_state(meta["evaluator"])
+
+    def _check_backbone(self, identity: Mapping[str, str] | None, source: str) -> None:
+        mine = self.backbone.identity()
+        if identity is not None and (
+            identity.get("class") != mine["class"] or identity.get("fingerprint") != mine["fingerprint"]
+        ):
+            raise BackboneMismatchError(
+                f"{source} holds a prompt trained on backbone {identity.get('class')} {identity.get('name')!r} "
+                f"(fingerprint {identity.get('fingerprint')}), but this {type(self).__name__} has "
+                f"{mine['class']} {mine['name']!r} (fingerprint {mine['fingerprint']}). Load it into the "
+                f"backbone it was trained on."
+            )
+
+    def _check_loadable(self, keys: Iterable[str], identity: Mapping[str, str] | None, source: str) -> None:
+        self._check_backbone(identity, source)
+        keys = set(keys)
+        missing = sorted(self.trainable_state_keys() - keys)
+        if missing:
+            raise MissingTrainableStateError(
+                f"{source} lacks trainable tensors of {type(self).__name__}: {missing}. It was saved by "
+                f"another method or configuration."
+            )
+        own = set(self.state_dict())
+        unexpected = sorted(k for k in keys if k not in own and not k.startswith("backbone."))
+        if unexpected:
+            raise MissingTrainableStateError(
+                f"{source} holds tensors that {type(self).__name__} does not define: {unexpected}. It was "
+                f"saved by another method or configuration."
+            )
+
+    def _check_shapes(self, tensors: Mapping[str, Tensor], source: str) -> None:
+        own = self.state_dict()
+        for key, tensor in tensors.items():
+            if key in own and tuple(tensor.shape) != tuple(own[key].shape):
+                raise ConfigurationError(
+                    f"{source}: {key!r} has shape {tuple(tensor.shape)} but {type(self).__name__} needs "
+                    f"{tuple(own[key].shape)} (another n_ctx, width or number of classes?)."
+                )
+
+    # -- prompt files ------------------------------------------------------------------------------
+    def export_prompt(self, path: str | Path, prefix: str = "") -> Path:
+        """Write the trainable state (prompts, heads; text state as metadata) to a ``safetensors`` file.
+
+        The file's metadata names the method, its hyperparameters and the backbone identity, so
+        :meth:`load_prompt` can refuse it for another backbone. ``prefix`` keeps only the tensors whose
+        names start with it (``"prompt."``: the prompt without a head).
+        """
+        from safetensors.torch import save_file
+
+        keep = {key for key in self.trainable_state_keys() if key.startswith(prefix)}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in keep}
+        metadata = {
+            f"{METADATA_PREFIX}method": f"{type(self).__module__}.{type(self).__qualname__}",
+            f"{METADATA_PREFIX}backbone": json.dumps(self.backbone.identity()),
+            f"{METADATA_PREFIX}hparams": json.dumps(dict(self.hparams), default=str),
+            f"{METADATA_PREFIX}text_state": json.dumps(self.text_state()),
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)  # atomic: no half-written file on failure
+        return path
+
+    def load_prompt(self, path: str | Path) -> None:
+        """Load a file written by :meth:`export_prompt` into this module (same checks as checkpoints)."""
+        tensors, metadata = read_prompt_file(path)
+        self._check_loadable(tensors, metadata.get("backbone"), f"prompt file {path}")
+        self._check_shapes(tensors, f"prompt file {path}")
+        self.load_state_dict(tensors, strict=False)
+        self.load_text_state(metadata.get("text_state") or {})
+
+    def check_prompt_init(self, path: str | Path) -> dict[str, Tensor]:
+        """Read ``prompt_init`` and check it fits: the backbone, and every tensor a trainable one of the
+        same shape. Raises :class:`ConfigurationError`; returns the tensors."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigurationError(f"prompt_init file {path} does not exist.")
+        tensors, metadata = read_prompt_file(path)
+        self._check_backbone(metadata.get("backbone"), f"prompt_init file {path}")
+        trainable = self.trainable_state_keys()
+        for key in tensors:
+            if key not in trainable:
+                raise ConfigurationError(
+                    f"prompt_init file {path} holds {key!r}, which is not a trainable tensor of "
+                    f"{type(self).__name__} ({preview(sorted(trainable))})."
+                )
+        self._check_shapes(tensors, f"prompt_init file {path}")
+        return tensors
+
+    def init_prompt_from(self, path: str | Path) -> None:
+        """Copy the tensors of a prompt file into the trainable tensors of the same names (see
+        ``prompt_init``); the backbone must match and every tensor must fit a trainable one."""
+        self.load_state_dict(self.check_prompt_init(path), strict=False)
+
+
+def read_prompt_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors of a file written by :meth:`TrainableStateMixin.export_prompt` and its metadata
+    (``backbone`` identity, ``text_state``); a clear :class:`ConfigurationError` for anything else."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise ConfigurationError(f"prompt file {path} is not a safetensors file ({error}).") from error
+    metadata: dict[str, Any] = {}
+    for name in ("backbone", "text_state"):
+        value = raw.get(f"{METADATA_PREFIX}{name}")
+        if value:
+            try:
+                metadata[name] = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ConfigurationError(f"prompt file {path}: its {name} metadata is not JSON.") from error
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ConfigurationError(f"prompt file {path}: tensor {key!r} holds NaN or infinite values.")
+    return tensors, metadata
+
+
+def preview(names: Sequence[str], limit: int = 5) -> str:
+    """``['a', 'b', …] (n)`` for messages."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{', …' if len(names) > limit else ''}] ({len(names)})"

@@ -1,0 +1,127 @@
+"""``GraphPromptModule``: what every prompt method on a frozen GNN shares (GPF, …).
+
+A graph method plugs its prompt into the GNN's layers through a block hook
+(:meth:`GraphPromptModule.block_hooks`; GPF edits the node features entering layer 0), and a small
+trained head classifies the node embeddings (node tasks) or their mean/sum/max pool (graph tasks,
+ego-graphs included). The base checks, before training, that the task level and the node-feature
+width of the data match the method and the backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from torch import Tensor, nn
+
+from lightning_prompts.backbones.gnn import GNN, Pooling
+from lightning_prompts.backbones.hooks import BlockHook
+from lightning_prompts.data.protocols import GraphTask, provided
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.methods.base.module import PromptModule
+from lightning_prompts.outputs import PromptOutput
+
+
+def mlp_head(in_channels: int, num_classes: int, num_layers: int, hidden: int | None) -> nn.Module:
+    """``num_layers`` Linear layers with ReLU between them (1 layer: a Linear)."""
+    if num_layers < 1:
+        raise ValueError(f"head_layers must be >= 1, got {num_layers}.")
+    hidden = hidden or in_channels
+    layers: list[nn.Module] = []
+    width = in_channels
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+class GraphPromptModule(PromptModule):
+    """Base of graph prompt methods (see the module docstring).
+
+    Args:
+        backbone: the frozen :class:`~lightning_prompts.backbones.GNN`.
+        classnames: the classes (linked from the data module).
+        task: ``"node"`` or ``"graph"``; must match the data module's ``task_level``.
+        pooling: graph readout (``"mean"``, ``"sum"``, ``"max"``).
+        head_layers, head_hidden: the MLP head.
+        **kwargs: see :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` and ``"head"``.
+    """
+
+    produced_fields: ClassVar[frozenset[str]] = frozenset({"logits", "pooled_features", "node_embeddings"})
+
+    def __init__(
+        self,
+        backbone: GNN,
+        classnames: Sequence[str] | None = None,
+        task: Literal["node", "graph"] = "graph",
+        pooling: Pooling = "mean",
+        head_layers: int = 1,
+        head_hidden: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, classnames, **kwargs)
+        if not self.classnames:
+            raise ValueError(f"{type(self).__name__} needs classnames to size its head (the CLI links them).")
+        if task not in ("node", "graph"):
+            raise ValueError(f"task must be 'node' or 'graph', got {task!r}.")
+        self.task, self.pooling = task, pooling
+        self.prompt = self.build_prompt()  # before the head: the prompt's initialisation draws first
+        self.head = mlp_head(self.backbone.hidden_channels, len(self.classnames), head_layers, head_hidden)
+
+    # -- what a graph method implements --------------------------------------------------------------
+    def build_prompt(self) -> nn.Module | None:
+        """The prompt module (its arguments are in ``self.hparams``); ``None``: no prompt (linear probe)."""
+        return None
+
+    def block_hooks(self) -> BlockHook | None:
+        """The prompt of this forward pass as a block hook on the GNN's layers."""
+        return None
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        """The prompt's trainable parameters (the ``"prompt"`` group)."""
+        return list(self.prompt.parameters()) if self.prompt is not None else []
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        super().check_ready(stage, callbacks, datamodule)
+        data = provided(datamodule, GraphTask)
+        if data is None:
+            return
+        if data.task_level != self.task:
+            raise ConfigurationError(
+                f"{type(self).__name__} is configured for task={self.task!r} but the data module provides "
+                f"{data.task_level}-level data."
+            )
+        width = data.num_features
+        if width != self.backbone.in_channels:
+            raise ConfigurationError(
+                f"the graphs have {width} node features but the GNN {self.backbone.name} expects "
+                f"{self.backbone.in_channels} (its in_channels); use data with the pre-training features or "
+                f"another encoder."
+            )
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [
+            {"name": "prompt", "params": list(self.prompt_parameters())},
+            {"name": "head", "params": list(self.head.parameters())},
+        ]
+
+    # -- forward -------------------------------------------------------------------------------------
+    def forward(self, data: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        """Logits for the target nodes (``data.target_mask``, else all) or for every graph of the batch."""
+        nodes = self.backbone.encode_nodes(data.x, data.edge_index, hooks=self.block_hooks())
+        if self.task == "graph":
+            features = self.backbone.pool(nodes, getattr(data, "batch", None), self.pooling)
+        else:
+            mask = getattr(data, "target_mask", None)
+            features = nodes if mask is None else nodes[mask]
+        return PromptOutput(logits=self.head(features), pooled_features=features, node_embeddings=nodes)
+
+    def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        return self(batch, fields)
+
+    def batch_targets(self, batch: Any) -> Tensor:
+        labels = batch.y.view(-1)
+        mask = getattr(batch, "target_mask", None)
+        return labels[mask] if self.task == "node" and mask is not None else labels

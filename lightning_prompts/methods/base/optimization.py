@@ -1,0 +1,65 @@
+"""Optimisation of a method's named parameter groups, mixed into :class:`~lightning_prompts.methods.PromptModule`.
+
+``param_groups()`` names groups (``prompt``, ``head``, …); ``param_group_lr`` gives any group its own
+learning rate; the optimizer and scheduler come from YAML (``class_path``/``init_args``) or as callables,
+and the scheduler steps per epoch (Dassl, VPT) or per step. A method without trainable parameters
+(zero-shot CLIP) gets no optimizer, so ``fit`` only validates it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lightning_prompts.errors import ConfigurationError
+
+
+class OptimizationMixin:
+    """``configure_optimizers`` over named parameter groups (see the module docstring)."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Named parameter groups (``{"name": ..., "params": [...]}``); all trainable parameters
+        must appear exactly once. Override to give, e.g., a head its own learning rate."""
+        return [{"name": "prompt", "params": [p for p in self.parameters() if p.requires_grad]}]
+
+    @property
+    def has_trainable_parameters(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def configure_optimizers(self) -> Any:
+        if not self.has_trainable_parameters:
+            return None  # nothing to train: fit only validates
+        groups = self.param_groups()
+        self._check_param_groups(groups)
+        unknown = set(self._param_group_lr) - {group["name"] for group in groups}
+        if unknown:
+            names = sorted(group["name"] for group in groups)
+            raise ConfigurationError(
+                f"param_group_lr names unknown groups {sorted(unknown)}; {type(self).__name__} has {names}."
+            )
+        for group in groups:
+            if group["name"] in self._param_group_lr:
+                group["lr"] = float(self._param_group_lr[group["name"]])
+        optimizer = self._optimizer_factory(groups)
+        if self._scheduler_factory is None:
+            return optimizer
+        scheduler = self._scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_max_epochs") and self._trainer is not None:
+            trainer = self.trainer
+            total = trainer.max_epochs if self._scheduler_interval == "epoch" else trainer.estimated_stepping_batches
+            if total is not None and 0 < total < math.inf:
+                scheduler.set_max_epochs(int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self._scheduler_interval}}
+
+    def _check_param_groups(self, groups: list[dict[str, Any]]) -> None:
+        seen: dict[int, str] = {}
+        for group in groups:
+            for param in group["params"]:
+                if not param.requires_grad:
+                    raise ConfigurationError(f"Parameter group {group['name']!r} holds a frozen parameter.")
+                if id(param) in seen:
+                    raise ConfigurationError(f"A parameter is in groups {seen[id(param)]!r} and {group['name']!r}.")
+                seen[id(param)] = group["name"]
+        missing = [name for name, p in self.named_parameters() if p.requires_grad and id(p) not in seen]
+        if missing:
+            raise ConfigurationError(f"Trainable parameters in no parameter group: {missing}.")

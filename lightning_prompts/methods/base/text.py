@@ -1,0 +1,152 @@
+"""``TextPromptModule``: what every prompt method on a frozen Hugging Face language model shares.
+
+* **inputs**: raw texts from the data module are put into ``text_template`` and tokenized in
+  ``on_before_batch_transfer`` (on the CPU; data modules stay model-agnostic), right-padded, with
+  room left for the method's :attr:`~TextPromptModule.reserved_tokens` soft tokens;
+* **context length**: before training, every text of every split is checked to fit the context with
+  the soft tokens (the data module's ``split_texts``), so a too-long text fails in seconds, not in epoch 3;
+* **scoring**: sequence classification trains the model's own classification head (resized to the
+  classes, PEFT's ``modules_to_save``); a causal LM scores each class by the next-token logit of its
+  label word at the last real position (a verbalizer);
+* **parameter groups**: ``"prompt"`` (:meth:`~TextPromptModule.prompt_parameters`) and ``"head"``.
+
+A method implements :meth:`~TextPromptModule.reserved_tokens`, :meth:`~TextPromptModule.prompt_parameters`
+and :meth:`~TextPromptModule.run_model` (how its prompt enters the model).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prompts.backbones.hf_text import HFText
+from lightning_prompts.batch import ATTENTION_MASK, INPUT_IDS, TEXT
+from lightning_prompts.data.protocols import TextSplits, provided
+from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.methods.base.module import PromptModule
+from lightning_prompts.outputs import PromptOutput
+
+# Tokenizing in the module's on_before_batch_transfer is the design (data stays model-agnostic).
+warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
+
+
+class TextPromptModule(PromptModule):
+    """Base of text prompt methods (see the module docstring).
+
+    Args:
+        backbone: the frozen :class:`~lightning_prompts.backbones.HFText` (its ``task`` picks the head).
+        classnames: the classes, in label order (linked from the data module).
+        label_words: causal LM only: one word per class whose next-token logit scores it
+            (default: the class names).
+        text_template: how an input is presented, e.g. ``"Review: {text} Sentiment:"``.
+        truncate: cut texts that do not fit the context (otherwise too long a text is an error before training).
+        **kwargs: see :class:`~lightning_prompts.methods.PromptModule`.
+    """
+
+    produced_fields: ClassVar[frozenset[str]] = frozenset({"logits", "pooled_features"})
+
+    def __init__(
+        self,
+        backbone: HFText,
+        classnames: Sequence[str] | None = None,
+        label_words: Sequence[str] | None = None,
+        text_template: str = "{text}",
+        truncate: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, classnames, **kwargs)
+        if not self.classnames:
+            raise ValueError(f"{type(self).__name__} needs classnames (the CLI links them from the data module).")
+        if "{text}" not in text_template:
+            raise ValueError(f"text_template must contain '{{text}}', got {text_template!r}.")
+        model: HFText = self.backbone
+        self.text_template, self.truncate = text_template, truncate
+        if model.task == "sequence-classification":
+            model.resize_head(len(self.classnames))
+            for head in model.head_modules().values():
+                head.requires_grad_(True)
+            self.label_word_ids: list[int] = []
+        else:
+            words = list(label_words) if label_words else [name.replace("_", " ") for name in self.classnames]
+            if len(words) != len(self.classnames):
+                raise ValueError(f"{len(words)} label words for {len(self.classnames)} classes.")
+            self.label_word_ids = model.label_word_ids(words)
+            if len(set(self.label_word_ids)) != len(words):
+                raise ValueError(f"Label words {words} do not start with distinct tokens in {model.name}.")
+
+    # -- what a text method implements ---------------------------------------------------------------
+    @property
+    def reserved_tokens(self) -> int:
+        """Input positions the method's prompt occupies (texts get the rest of the context)."""
+        return 0
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        """The prompt's trainable parameters (the ``"prompt"`` group)."""
+        return []
+
+    def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
+        """The backbone's output (``.logits``; ``.hidden_states`` when asked) with the method's prompt."""
+        return self.backbone.forward_embeddings(None, input_ids, attention_mask, output_hidden_states)
+
+    # -- parameters ------------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        groups = [{"name": "prompt", "params": list(self.prompt_parameters())}]
+        head = [p for module in self.backbone.head_modules().values() for p in module.parameters()]
+        if head:
+            groups.append({"name": "head", "params": head})
+        return groups
+
+    # -- inputs ----------------------------------------------------------------------------------------
+    def format_texts(self, texts: Sequence[str]) -> list[str]:
+        return [self.text_template.format(text=text) for text in texts]
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """Template and tokenize raw texts, leaving room for the soft tokens."""
+        return self.backbone.tokenize(self.format_texts(texts), reserve=self.reserved_tokens, truncate=self.truncate)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # tokenization happens here, on the CPU, so data modules stay model-agnostic
+        if isinstance(batch, dict) and TEXT in batch and INPUT_IDS not in batch:
+            batch = {**batch, **self.tokenize(batch[TEXT])}
+        return batch
+
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        super().check_ready(stage, callbacks, datamodule)
+        splits = provided(datamodule, TextSplits)
+        if self.truncate or splits is None:
+            return
+        reserve = self.reserved_tokens
+        limit = self.backbone.max_length - reserve
+        for split, texts in splits.split_texts(stage).items():  # fail before training, not in epoch 3
+            lengths = self.backbone.token_lengths(self.format_texts(texts))
+            worst = max(range(len(lengths)), key=lengths.__getitem__, default=None)
+            if worst is not None and lengths[worst] > limit:
+                fix = (
+                    "set truncate=True" if limit >= 2 else f"use fewer than {self.backbone.max_length - 1} soft tokens"
+                )
+                raise ContextLengthError(
+                    f"{split} text {worst} has {lengths[worst]} tokens; with {reserve} soft tokens that exceeds the "
+                    f"context length {self.backbone.max_length} of {self.backbone.name}. Shorten the texts or {fix}. "
+                    f"Text starts: {texts[worst][:80]!r}"
+                )
+
+    # -- forward -------------------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        """Class logits ``(B, C)`` for tokenized inputs (see :meth:`tokenize`)."""
+        want_pooled = "pooled_features" in fields
+        output = self.run_model(input_ids, attention_mask, want_pooled)
+        logits = output.logits
+        if self.label_word_ids:
+            logits = logits[:, self.label_word_ids]
+        pooled = output.hidden_states[-1][:, 0] if want_pooled else None
+        return PromptOutput(logits=logits, pooled_features=pooled)
+
+    def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        if INPUT_IDS not in batch:
+            batch = self.on_before_batch_transfer(batch, 0)
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return self(batch[INPUT_IDS], batch[ATTENTION_MASK], fields)
