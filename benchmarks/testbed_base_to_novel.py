@@ -22,18 +22,23 @@ import statistics
 import time
 from pathlib import Path
 
+from lightning_prompts import registry
 from lightning_prompts.cli import run_cli
 from lightning_prompts.metrics import harmonic_mean
+from lightning_prompts.recipes import merged_section, model_class
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "testbed"
-LABELS = {
-    "zeroshot": "Zero-shot",
-    "coop": "CoOp",
-    "maple": "MaPLe (text branch)",
-    "coprompt": "CoPrompt (text branch)",
-    "dapt": "DAPT (text branch)",
-}
+
+
+def label(method: str) -> str:
+    """How the table names a testbed recipe: its method's registry title, and "(text branch)" when the
+    recipe switches the visual prompts off (the stand-in's image tower is a CNN)."""
+    recipe = RECIPES / f"{method}.yaml"
+    title = registry.get(model_class(recipe) or "").title
+    model = merged_section(recipe, "model") or {}
+    text_only = (model.get("init_args") or {}).get("vision_prompts") is False
+    return f"{title} (text branch)" if text_only else title
 
 
 def run_method(method: str, seed: int, workdir: Path, logs: Path, data_root: str) -> dict[str, float]:
@@ -108,7 +113,7 @@ def zero_shot_all_classes(workdir: Path, data_root: str) -> float:
 def summarise(results: dict[str, list[dict[str, float]]]) -> list[dict[str, str | float]]:
     rows = []
     for method, runs in results.items():
-        row: dict[str, str | float] = {"method": LABELS.get(method, method), "seeds": len(runs)}
+        row: dict[str, str | float] = {"method": label(method), "seeds": len(runs)}
         for key in ("acc_base", "acc_novel", "hm"):
             values = [100 * run[f"test/{key}"] for run in runs]
             row[key] = statistics.mean(values)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_prompts import registry
@@ -36,7 +36,7 @@ class PromptsCLI(LightningCLI):
         parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
         parser.add_argument(
             f"--{EXTENDS}",
-            type=list[str] | None,
+            type=str | list[str] | None,
             default=None,
             help="Recipe files this one builds on; lightning-prompts expands them into --config options.",
         )
@@ -150,3 +150,18 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True) -> PromptsCLI:
         args=arguments,
         run=run,
     )
+
+
+def recipe_parser() -> LightningArgumentParser:
+    """The command's full parser (every subcommand), built once without parsing or running anything:
+    checking many recipe files against it costs a parse each (the tests do this for every recipe)."""
+    registry.import_all()
+    cli = PromptsCLI.__new__(PromptsCLI)  # the parser only: LightningCLI.__init__ would also instantiate
+    cli.save_config_callback, cli.save_config_kwargs = None, {}
+    cli.trainer_class, cli.trainer_defaults, cli.seed_everything_default = Trainer, {}, True
+    cli.parser_kwargs, cli.parser_class, cli.auto_configure_optimizers = {}, LightningArgumentParser, False
+    cli.model_class, cli._model_class, cli.subclass_mode_model = LightningModule, LightningModule, True
+    cli.datamodule_class, cli._datamodule_class, cli.subclass_mode_data = LightningDataModule, LightningDataModule, True
+    main_kwargs, subparser_kwargs = cli._setup_parser_kwargs(cli.parser_kwargs)
+    cli.setup_parser(True, main_kwargs, subparser_kwargs)
+    return cli.parser

@@ -54,6 +54,7 @@ class Entry:
         name: the class name, which is also its short name in YAML (``class_path: CoOp``).
         module: the module that defines it.
         family: the model family (``"clip"``, ``"vit"``, ``"text"``, ``"graph"``) where it applies.
+        title: how tables and charts name it (default: the class name), e.g. ``"Zero-shot CLIP"``.
         paper: the paper, as ``"Authors, Venue Year — Title"``.
         code: the official implementation (``owner/repo`` on GitHub), if any.
         summary: one line; the first line of the class docstring unless given.
@@ -69,6 +70,7 @@ class Entry:
     name: str
     module: str
     family: str = ""
+    title: str = ""
     paper: str = ""
     code: str = ""
     summary: str = ""
@@ -88,7 +90,7 @@ class Entry:
 
 
 _RUNTIME: dict[str, Entry] = {}
-_META_KEYS = ("family", "paper", "code", "summary", "docs", "recipes", "overlay", "example")
+_META_KEYS = ("family", "title", "paper", "code", "summary", "docs", "recipes", "overlay", "example")
 
 
 def register(kind: str, **meta: Any) -> Callable[[T], T]:
@@ -137,7 +139,14 @@ def _complete(entry: Entry, doc: str | None) -> Entry:
     elif not docs and entry.kind == "callback":
         docs = f"callbacks/{stem}.md"
     recipes = entry.recipes or (stem if entry.kind in ("method", "pretraining") else "")
-    return replace(entry, summary=summary, docs=docs, recipes=recipes, overlay=entry.overlay or entry.family)
+    return replace(
+        entry,
+        title=entry.title or entry.name,
+        summary=summary,
+        docs=docs,
+        recipes=recipes,
+        overlay=entry.overlay or entry.family,
+    )
 
 
 def _first_line(doc: str | None) -> str:

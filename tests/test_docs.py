@@ -31,3 +31,38 @@ def test_every_registered_method_and_callback_has_its_docs_page():
 
     for entry in [*registry.entries("method"), *registry.entries("callback"), *registry.entries("pretraining")]:
         assert (ROOT / "docs" / entry.docs).is_file(), f"{entry.name} has no docs page at docs/{entry.docs}"
+
+
+def test_readme_table_covers_every_registered_backbone_and_family():
+    from lightning_prompts import registry
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| family | backbone | library |") :].split("\n\n", 1)[0]
+    families = {"clip": "vision-language", "vit": "vision", "text": "text", "graph": "graph"}
+    for entry in registry.entries("backbone"):
+        assert f"`{entry.name}`" in table, f"README's table lacks the backbone {entry.name}"
+        assert f"| {families[entry.family]} |" in table
+    for entry in registry.list_methods():
+        assert f"| {families[entry.family]} |" in table, f"README's table lacks the family of {entry.name}"
+
+
+def test_docs_tables_and_nav_come_from_the_registry():
+    """The hook's tables list every registered method, callback and recipe folder."""
+    import importlib.util
+
+    from lightning_prompts import registry
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    methods, callbacks, recipes = hooks.methods_table(), hooks.callbacks_table(), hooks.recipes_table()
+    for entry in registry.entries("method"):
+        assert f"[`{entry.name}`]({entry.docs})" in methods
+    for entry in registry.entries("callback"):
+        assert f"[`{entry.name}`]({entry.docs})" in callbacks
+    for folder in ("coop/", "coop/base_to_novel/", "lae/", "testbed/"):
+        assert f"| `{folder}` |" in recipes
+    config = hooks.on_config({"nav": [{"Home": "index.md"}, {"Offline testbed": "testbed.md"}, {"Benchmarks": "b.md"}]})
+    sections = {key: value for item in config["nav"] for key, value in item.items()}
+    assert {entry.docs for entry in registry.entries("method")} <= {next(iter(i.values())) for i in sections["Methods"]}
+    assert [next(iter(i)) for i in sections["Callbacks"]] == [e.name for e in registry.entries("callback")]

@@ -1,4 +1,5 @@
-"""Recipes are code: every YAML in recipes/ runs one batch of fit with its family's tiny overlay."""
+"""Recipes are code: every YAML in recipes/ parses against the command's parser, and one recipe per
+folder and method runs one batch of fit with its method's tiny overlay (from the registry)."""
 
 from __future__ import annotations
 
@@ -8,34 +9,46 @@ from pathlib import Path
 
 import pytest
 
+from lightning_prompts import registry
 from lightning_prompts.cli import run_cli
+from lightning_prompts.recipes import expand_config_args, find_recipes, model_class
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-#: recipe folder -> tiny overlay family. A new method folder must be added here (the test fails otherwise).
-FAMILIES = {
-    "coop": "clip",
-    "zero_shot_clip": "clip",
-    "maple": "clip",
-    "coprompt": "clip",
-    "dapt": "clip",
-    "gram": "clip",
-    "lae": "continual",
-    "testbed": "clip",
-    "vpt": "vit",
-    "prompt_tuning": "text",
-    "gpf": "graph",
-    "graphcl": "graph",
-    "quickstart.yaml": "text",
-}
+FILES = find_recipes(RECIPES)
 
 
-def recipe_files() -> list[Path]:
-    return sorted(p for p in RECIPES.rglob("*.yaml") if not p.relative_to(RECIPES).parts[0].startswith("_"))
+def overlay_for(recipe: Path) -> Path:
+    """The tiny overlay of the recipe's method (its registry entry says which)."""
+    entry = registry.get(model_class(recipe))
+    return RECIPES / "_tiny" / f"{entry.overlay}.yaml"
 
 
-def test_every_recipe_folder_has_a_family():
-    folders = {p.relative_to(RECIPES).parts[0] for p in recipe_files()}
-    assert folders <= set(FAMILIES), f"map these to a tiny overlay in FAMILIES: {folders - set(FAMILIES)}"
+def one_per_folder_and_method() -> list[Path]:
+    chosen: dict[tuple[Path, str], Path] = {}
+    for recipe in FILES:
+        chosen.setdefault((recipe.parent, model_class(recipe) or ""), recipe)
+    return sorted(chosen.values())
+
+
+@pytest.fixture(scope="module")
+def parser():
+    from lightning_prompts.lightning_cli import recipe_parser
+
+    return recipe_parser()
+
+
+@pytest.mark.parametrize("recipe", FILES, ids=lambda p: str(p.relative_to(RECIPES)))
+def test_recipe_parses(recipe, parser):
+    config = parser.parse_args(["fit", *expand_config_args(["--config", str(recipe)])])
+    method = config.fit.model.class_path.rpartition(".")[2]
+    assert registry.get(method).kind in ("method", "pretraining")
+    assert overlay_for(recipe).is_file()
+
+
+def test_every_registered_method_has_a_recipe_folder_with_a_recipe():
+    folders = {path.relative_to(RECIPES).parts[0] for path in FILES}
+    for entry in [*registry.entries("method"), *registry.entries("pretraining")]:
+        assert entry.recipes in folders, f"{entry.name} has no recipes/{entry.recipes}/ with a runnable recipe"
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +65,22 @@ def tiny_gram_outputs(tmp_path_factory) -> Path:
     return folder / "outputs"
 
 
-@pytest.mark.parametrize("recipe", recipe_files(), ids=lambda p: str(p.relative_to(RECIPES)))
-def test_recipe_runs_with_tiny_overlay(recipe, tmp_path, monkeypatch, request):
-    folder = recipe.relative_to(RECIPES).parts[0]
-    overlay = RECIPES / "_tiny" / f"{FAMILIES[folder]}.yaml"
-    if folder == "gram":  # GRAM writes outputs/gram/ and its CoOp recipes read it: run in a scratch folder
+@pytest.mark.parametrize("recipe", one_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monkeypatch, request):
+    if recipe.parent.name == "gram":  # GRAM writes outputs/gram/ and its CoOp recipes read it: a scratch folder
         monkeypatch.chdir(tmp_path)
         if recipe.name != "meta_train.yaml":
             shutil.copytree(request.getfixturevalue("tiny_gram_outputs"), tmp_path / "outputs")
     cli = run_cli(
-        ["fit", "--config", str(recipe), "--config", str(overlay), "--trainer.default_root_dir", str(tmp_path)]
+        [
+            "fit",
+            "--config",
+            str(recipe),
+            "--config",
+            str(overlay_for(recipe)),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
     )
     assert cli.trainer.state.finished
     if any(p.requires_grad for p in cli.model.parameters()):

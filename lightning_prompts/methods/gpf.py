@@ -29,6 +29,7 @@ from lightning_prompts.registry import register_method
 
 @register_method(
     family="graph",
+    title="GPF and GPF-plus",
     paper="Fang, Zhang, Yang, Wang, Chen, NeurIPS 2023 — Universal Prompt Tuning for Graph Neural Networks",
     code="LuckyTiger123/GPF",
 )

@@ -36,6 +36,7 @@ from lightning_prompts.registry import register_method
 
 @register_method(
     family="text",
+    title="Prompt Tuning",
     paper="Lester, Al-Rfou, Constant, EMNLP 2021 — The Power of Scale for Parameter-Efficient Prompt Tuning",
     code="huggingface/peft",
     example={"num_virtual_tokens": 4},

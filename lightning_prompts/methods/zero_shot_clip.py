@@ -23,6 +23,7 @@ from lightning_prompts.registry import register_method
 
 @register_method(
     family="clip",
+    title="Zero-shot CLIP",
     paper="Radford et al., ICML 2021 — Learning Transferable Visual Models From Natural Language Supervision",
     code="openai/CLIP",
 )

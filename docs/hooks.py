@@ -1,0 +1,111 @@
+"""mkdocs hooks: the method and callback pages in the navigation, and the tables of methods, callbacks
+and recipes, come from the registry (``lightning_prompts.registry``) and the recipe folder, never
+from hand-kept lists.
+
+In a page, ``<!-- registry: methods -->``, ``<!-- registry: callbacks -->``, ``<!-- registry: backbones -->``
+and ``<!-- registry: recipes -->`` are replaced by the generated tables.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from lightning_prompts import registry
+from lightning_prompts.recipes import find_recipes, model_class, read_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = {"clip": "vision-language", "vit": "vision", "text": "text", "graph": "graph"}
+_MARKER = re.compile(r"<!-- registry: (\w+) -->")
+
+
+def on_config(config: Any) -> Any:
+    """Insert "Methods" and "Callbacks" sections after the testbed page, one entry per registered class."""
+    methods = [{entry.title: entry.docs} for entry in registry.entries("method")]
+    pretraining = [{entry.title: entry.docs} for entry in registry.entries("pretraining")]
+    callbacks = [{entry.name: entry.docs} for entry in registry.entries("callback")]
+    seen: set[str] = set()
+    method_pages = []
+    for item in [*methods, *pretraining]:  # GraphCL shares GPF's page
+        page = next(iter(item.values()))
+        if page not in seen:
+            seen.add(page)
+            method_pages.append(item)
+    nav = [item for item in config["nav"] if not (isinstance(item, dict) and ({"Methods", "Callbacks"} & set(item)))]
+    anchor = next(
+        (i for i, item in enumerate(nav) if isinstance(item, dict) and "Offline testbed" in item), len(nav) - 1
+    )
+    nav[anchor + 1 : anchor + 1] = [{"Methods": method_pages}, {"Callbacks": callbacks}]
+    config["nav"] = nav
+    return config
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    depth = page.file.src_uri.count("/")
+    prefix = "../" * depth
+    return _MARKER.sub(lambda match: TABLES[match.group(1)](prefix), markdown)
+
+
+def methods_table(prefix: str = "") -> str:
+    rows = ["| method | family | paper | official code | recipes |", "|---|---|---|---|---|"]
+    for entry in [*registry.entries("method"), *registry.entries("pretraining")]:
+        code = f"[{entry.code}](https://github.com/{entry.code})" if entry.code else "none (decided and documented)"
+        recipes = f"`recipes/{entry.recipes}/`" if (ROOT / "recipes" / entry.recipes).is_dir() else "—"
+        kind = " (pre-training)" if entry.kind == "pretraining" else ""
+        rows.append(
+            f"| [`{entry.name}`]({prefix}{entry.docs}){kind} | {FAMILIES.get(entry.family, entry.family)} | "
+            f"{entry.paper} | {code} | {recipes} |"
+        )
+    return "\n".join(rows)
+
+
+def callbacks_table(prefix: str = "") -> str:
+    rows = ["| callback | what it adds | needs (output fields) | from |", "|---|---|---|---|"]
+    for entry in registry.entries("callback"):
+        needs = ", ".join(f"`{name}`" for name in getattr(entry.load(), "required_fields", ())) or "—"
+        source = entry.paper.split(" — ")[0] if entry.paper else "—"
+        rows.append(f"| [`{entry.name}`]({prefix}{entry.docs}) | {entry.summary} | {needs} | {source} |")
+    return "\n".join(rows)
+
+
+def backbones_table(prefix: str = "") -> str:
+    rows = ["| backbone | family | what it is |", "|---|---|---|"]
+    for entry in registry.entries("backbone"):
+        rows.append(f"| `{entry.name}` | {FAMILIES.get(entry.family, entry.family)} | {entry.summary} |")
+    return "\n".join(rows)
+
+
+def recipes_table(prefix: str = "") -> str:
+    """One row per recipe folder: its methods, how many recipes, and what its defaults say."""
+    folders: dict[Path, list[Path]] = {}
+    for recipe in find_recipes(ROOT / "recipes"):
+        folders.setdefault(recipe.parent, []).append(recipe)
+    rows = ["| recipes | method | files | protocol |", "|---|---|---|---|"]
+    for folder, files in sorted(folders.items()):
+        relative = folder.relative_to(ROOT / "recipes")
+        methods = sorted({model_class(file) or "?" for file in files})
+        described = folder / "_defaults.yaml" if (folder / "_defaults.yaml").is_file() else files[0]
+        rows.append(
+            f"| `{relative}/` | {', '.join(f'`{m}`' for m in methods)} | {len(files)} | {_first_comment(described)} |"
+        )
+    return "\n".join(rows)
+
+
+def _first_comment(path: Path) -> str:
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    text = " ".join(lines)
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence.replace("|", "/") or (str(read_yaml(path))[:80])
+
+
+TABLES = {
+    "methods": methods_table,
+    "callbacks": callbacks_table,
+    "backbones": backbones_table,
+    "recipes": recipes_table,
+}
