@@ -10,8 +10,14 @@ Imported only when a Lightning subcommand runs (``fit``, ``validate``, ``test``,
   ``model.classnames``), so a recipe never lists them twice.
 * The experiment is checked before the Trainer starts (``check_ready``), so a run that cannot work
   writes nothing.
-* ``--ckpt_path`` never rewrites the config: a checkpoint trained with another backbone or other
-  hyperparameters than the config is an error that names the differences.
+* A run of ``recipes/<path>.yaml`` writes under ``outputs/<path>/`` unless ``trainer.default_root_dir``
+  is given, and keeps ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (best validation
+  accuracy, or the method's ``checkpoint_monitor``) unless the config sets its own ``ModelCheckpoint``
+  or ``enable_checkpointing: false``.
+* ``--ckpt_path last`` / ``best`` name the newest such checkpoint of the run folder, and finding none
+  is an error (Lightning would silently evaluate the untrained model).
+* ``--ckpt_path`` never rewrites the config: a checkpoint trained with another backbone, other
+  hyperparameters or other classes than the config is an error that names the differences.
 """
 
 from __future__ import annotations
@@ -43,8 +49,25 @@ class PromptsCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         section = self.config.get(self.subcommand) if self.subcommand else self.config
-        if section is not None and EXTENDS in section:
+        if section is None:
+            return
+        if EXTENDS in section:
             section[EXTENDS] = None  # already expanded into the files before this one
+        trainer = section.get("trainer")
+        if trainer is not None and trainer.get("default_root_dir") is None:
+            folder = run_folder(section.get("config") or [])
+            if folder is not None:
+                trainer["default_root_dir"] = str(folder)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        configured = [*(config.get("callbacks") or []), *callbacks]
+        wanted = config.get("enable_checkpointing") is not False and not config.get("fast_dev_run")
+        if wanted and not any(isinstance(callback, ModelCheckpoint) for callback in configured):
+            monitor, mode = getattr(self.model, "checkpoint_monitor", ("val/acc", "max"))
+            callbacks = [*callbacks, ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_last=True)]
+        return super()._instantiate_trainer(config, callbacks)
 
     # Check the experiment before the Trainer starts: inside fit, Lightning's SaveConfigCallback
     # writes config.yaml before the module's setup runs, and a run that cannot work should leave
@@ -65,14 +88,30 @@ class PromptsCLI(LightningCLI):
         check = getattr(self.model, "check_ready", None)
         if callable(check):
             check(stage, self.trainer.callbacks, self.datamodule)
+        trained = getattr(self, "_checkpoint_classes", None)
+        mine = getattr(self.model, "classnames_for_training", None)
+        if trained and mine is not None and list(trained) != list(mine):
+            raise ConfigurationError(
+                f"--ckpt_path {self._checkpoint_path} was trained on classes {_names(trained)} but this config's data "
+                f"module provides {_names(mine)}; run with the config it was trained with."
+            )
 
     def _parse_ckpt_path(self) -> None:
-        """Compare the checkpoint's hyperparameters with the config instead of merging them over it."""
+        """Resolve ``last``/``best`` and compare the checkpoint's hyperparameters with the config instead of
+        merging them over it."""
         if not self.config.get("subcommand"):
             return
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        section = self.config[self.config.subcommand]
+        ckpt_path = section.get("ckpt_path")
+        if ckpt_path in ("last", "best"):
+            root = Path(
+                (section.get("trainer") or {}).get("default_root_dir") or run_folder(section.get("config") or []) or "."
+            )
+            ckpt_path = section["ckpt_path"] = str(find_checkpoint(root, ckpt_path))
+        if not ckpt_path:
             return
+        if not Path(ckpt_path).is_file():
+            raise ConfigurationError(f"--ckpt_path {ckpt_path} does not exist.")
         import torch
 
         try:
@@ -82,6 +121,7 @@ class PromptsCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({error})."
             ) from error
         stored = checkpoint.get("hyper_parameters") or {}
+        self._checkpoint_path, self._checkpoint_classes = ckpt_path, stored.get("classnames")
         dump = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="json")
         model = json.loads(dump)[self.config.subcommand].get("model") or {}
         differences = compare_hparams(stored, model.get("init_args") or {})
@@ -123,6 +163,37 @@ def _normalise(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_normalise(v) for v in value]
     return value
+
+
+def run_folder(configs: Sequence[Any]) -> Path | None:
+    """``outputs/<path>`` for the last recipe file ``recipes/<path>.yaml`` among the ``--config`` files
+    (shared pieces and overlays in ``_``-prefixed folders or files do not count)."""
+    for config in reversed(list(configs)):
+        path = Path(str(getattr(config, "absolute", config))).resolve()
+        parts = path.parts
+        if "recipes" not in parts:
+            continue
+        relative = Path(*parts[len(parts) - parts[::-1].index("recipes") :])
+        if any(part.startswith("_") for part in relative.parts):
+            continue
+        return Path("outputs") / relative.with_suffix("")
+    return None
+
+
+def find_checkpoint(root: Path, which: str) -> Path:
+    """The newest ``checkpoints/<which>.ckpt`` under ``root`` (``which``: ``last`` or ``best``)."""
+    found = sorted(root.glob(f"**/checkpoints/{which}*.ckpt"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        raise ConfigurationError(
+            f"--ckpt_path {which}: no checkpoints/{which}.ckpt under {root.resolve()} (run fit with this recipe "
+            f"first, or give the checkpoint's path)."
+        )
+    return found[-1]
+
+
+def _names(names: Sequence[str]) -> str:
+    names = list(names)
+    return f"[{', '.join(map(repr, names[:4]))}{', …' if len(names) > 4 else ''}] ({len(names)})"
 
 
 def _short(value: Any) -> str:

@@ -111,6 +111,9 @@ class GraphCL(LightningModule):
         optimizer: optimizer factory (default Adam, lr 0.01, weight decay 1e-4 as in ProG's GraphCL).
     """
 
+    #: What the command's default checkpoint keeps as "best" (there is no accuracy to pre-training).
+    checkpoint_monitor = ("val/loss", "min")
+
     def __init__(
         self,
         backbone: GNN,

@@ -90,6 +90,8 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
     output_fields: ClassVar[frozenset[str]] = frozenset({"logits"})
     #: Whether the method can evaluate classes it was not trained on (base-to-novel).
     supports_new_classes: ClassVar[bool] = False
+    #: The metric and mode the command's default ``best.ckpt`` is chosen by.
+    checkpoint_monitor: ClassVar[tuple[str, str]] = ("val/acc", "max")
     #: Optimizer used when none is configured (the method's official default).
     default_optimizer: ClassVar[dict[str, Any]] = {
         "class_path": "torch.optim.SGD",
