@@ -150,7 +150,10 @@ def _complete(entry: Entry, doc: str | None) -> Entry:
 
 
 def _first_line(doc: str | None) -> str:
-    return (doc or "").strip().split("\n\n", 1)[0].replace("\n", " ").strip()
+    """The first paragraph of a docstring, on one line (indentation as :func:`ast.get_docstring` cleans it)."""
+    import inspect
+
+    return inspect.cleandoc(doc or "").split("\n\n", 1)[0].replace("\n", " ").strip()
 
 
 # -- the static index ---------------------------------------------------------------------------------
