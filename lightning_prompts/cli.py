@@ -134,6 +134,76 @@ def export_command(args: Sequence[str]) -> int:
     return 0
 
 
+def describe_error(error: BaseException) -> str | None:
+    """One line for an error caused by bad input: our own errors (also when raised while a class was being
+    built from the config, which the parser wraps), and the parser's, with a did-you-mean for unknown
+    options. ``None`` for anything else (a bug: the traceback is worth seeing)."""
+    import argparse
+    import re
+
+    chain, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for item in chain:
+        if isinstance(item, LightningPromptsError):
+            return str(item)
+    if not any(isinstance(item, argparse.ArgumentError) for item in chain):
+        return None
+    text = "\n".join(str(item) for item in chain)
+    option = re.search(r"Option '([\w.]+)' is not accepted", text)
+    if option:
+        owner = re.search(r"class_path '([\w.]+)'", text)
+        known = _init_arguments(owner.group(1)) if owner else []
+        return _unknown(option.group(1), known, owner.group(1).rpartition(".")[2] if owner else "")
+    key = re.search(r"Key \"([\w.]+)\" is not expected", text) or re.search(
+        r"unrecognized arguments: --?([\w.]+)", text, re.IGNORECASE
+    )
+    if key:
+        name = key.group(1)
+        known = _init_arguments("lightning.pytorch.Trainer") if name.startswith("trainer.") else []
+        return _unknown(name, known, "the Trainer" if known else "")
+    innermost = str(chain[-1]).strip().splitlines()
+    return " ".join(line.strip() for line in innermost if line.strip())
+
+
+def _init_arguments(class_path: str) -> list[str]:
+    """The constructor arguments of a registered class and of the bases it forwards ``**kwargs`` to."""
+    import inspect
+
+    if class_path == "lightning.pytorch.Trainer":
+        from lightning.pytorch import Trainer
+
+        classes: tuple[type, ...] = (Trainer,)
+    else:
+        entry = registry.find(class_path.rpartition(".")[2])
+        if entry is None:
+            return []
+        classes = entry.load().__mro__
+    names: list[str] = []
+    for cls in classes:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, parameter in inspect.signature(init).parameters.items():
+            if name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                names.append(name)
+        if cls.__module__.startswith("lightning."):
+            break
+    return list(dict.fromkeys(names))
+
+
+def _unknown(name: str, known: Sequence[str], owner: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name.rpartition(".")[2], known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    where = f" of {owner}" if owner else ""
+    return f"unknown option {name!r}{where}{hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script: bad input ends with one clear line and exit status 2, not a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -150,12 +220,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(export_command(args[1:]))
         from lightning_prompts.lightning_cli import run_cli
 
-        if argv is None:
-            run_cli()
-        else:
-            run_cli(args)
-    except LightningPromptsError as error:
-        print(f"lightning-prompts: error: {error}", file=sys.stderr)
+        run_cli(None if argv is None else args, exit_on_error=False)
+    except Exception as error:  # noqa: BLE001 - bad input becomes one line; anything else keeps its traceback
+        message = describe_error(error)
+        if message is None:
+            raise
+        print(f"lightning-prompts: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

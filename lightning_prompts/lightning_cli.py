@@ -201,8 +201,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "…"
 
 
-def run_cli(args: Sequence[str] | None = None, run: bool = True) -> PromptsCLI:
-    """Run the CLI on ``args`` (``sys.argv`` when ``None``); errors propagate (tests use this)."""
+def run_cli(args: Sequence[str] | None = None, run: bool = True, exit_on_error: bool = True) -> PromptsCLI:
+    """Run the CLI on ``args`` (``sys.argv`` when ``None``); errors propagate (tests use this).
+
+    ``exit_on_error=False`` makes argument errors raise (``argparse.ArgumentError``) instead of printing
+    the parser's usage and exiting; the console script uses it to print one line instead.
+    """
     import sys
 
     registry.import_all()  # short class names and subclass lookups see every registered class
@@ -218,6 +222,7 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True) -> PromptsCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": exit_on_error},
         args=arguments,
         run=run,
     )

@@ -8,6 +8,10 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "LIGHTNING_PROMPTS_CACHE" not in os.environ:  # the image-verification record: never the user's home
+    import tempfile
+
+    os.environ["LIGHTNING_PROMPTS_CACHE"] = tempfile.mkdtemp(prefix="lightning_prompts_cache_")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

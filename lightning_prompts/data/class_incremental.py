@@ -9,7 +9,8 @@ task in ``batch["task"]``. Labels are positions in the class order, so task ``t`
 
 Datasets, read from local folders as the official code's loaders expect them:
 
-* ``cifar100``: the python version, ``<root>/cifar-100-python/{train,test,meta}`` (pickles);
+* ``cifar100``: the python version, ``<root>/cifar-100-python/{train,test,meta}`` (pickles, read with
+  an allow-list of numpy's array globals only, so the files cannot run code);
 * ``imagenet_r``: ``<root>/imagenet-r/{train_list,val_list}.txt`` with ``<path> <label>`` lines,
   paths relative to ``<root>/imagenet-r/`` — the L2P split (80 % / 20 % of ImageNet-R) LAE publishes;
   class names from the WordNet ids in the paths.
@@ -20,7 +21,6 @@ second and third orders are lists in its configs).
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
+from lightning_prompts.utils.safe_pickle import load_cifar_pickle
 
 
 class StreamDataset(Dataset):
@@ -120,15 +121,13 @@ class ClassIncrementalDataModule(LightningDataModule):
                 raise DatasetError(
                     f"CIFAR-100: {path} does not exist (expected the python version, cifar-100-python/)."
                 )
-            with path.open("rb") as handle:
-                content = pickle.load(handle, encoding="latin1")
+            content = load_cifar_pickle(path)
             images = np.asarray(content["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             splits[split] = (images, [int(label) for label in content["fine_labels"]])
         meta = base / "meta"
         if not meta.is_file():
             raise DatasetError(f"CIFAR-100: {meta} does not exist.")
-        with meta.open("rb") as handle:
-            names = [name.replace("_", " ") for name in pickle.load(handle, encoding="latin1")["fine_label_names"]]
+        names = [name.replace("_", " ") for name in load_cifar_pickle(meta)["fine_label_names"]]
         return {"names": names, **splits}
 
     def _read_imagenet_r(self, folder: Path) -> dict[str, Any]:

@@ -11,7 +11,8 @@ and Dassl's ``base_dataset.py``), so users reuse the split files and caches they
 * few-shot subsets: per class in order of first appearance, ``random.sample(items, K)`` with a
   ``random.Random(seed)`` used first for train (K shots) then for val (``min(K, 4)`` shots); with
   Python's identical seeding this picks what Dassl's globally seeded ``random`` picks. An existing
-  ``split_fewshot/shot_{K}-seed_{S}.pkl`` cache (pickled Dassl ``Datum`` objects) is used verbatim;
+  ``split_fewshot/shot_{K}-seed_{S}.pkl`` cache (pickled Dassl ``Datum`` objects) is used verbatim,
+  read with an allow-list of exactly what a ``Datum`` needs (the file cannot run code);
 * base/novel: labels of the train split sorted, the first ``ceil(n/2)`` are base, the rest novel,
   each relabelled from 0.
 
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from lightning_prompts.data.images import ImageItem
 from lightning_prompts.errors import DatasetError
+from lightning_prompts.utils.safe_pickle import load_dassl_fewshot_cache
 
 Subsample = Literal["all", "base", "new"]
 
@@ -232,34 +233,15 @@ def subsample_classes(
 
 
 # -- Dassl's few-shot cache -----------------------------------------------------------------------
-class _Datum:
-    """Stand-in for ``dassl.data.datasets.base_dataset.Datum`` when unpickling caches without Dassl."""
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-
-class _DasslUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("dassl.") and name == "Datum":
-            return _Datum
-        if module in ("builtins", "collections", "copyreg") or module.startswith("_codecs"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a few-shot cache")
-
-
 def fewshot_cache_path(root: Path, spec: DasslDataset, shots: int, seed: int) -> Path:
     return root / spec.dataset_dir / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
 
 
 def read_fewshot_cache(path: Path, known: Sequence[ImageItem]) -> dict[str, list[ImageItem]]:
-    """Read Dassl's ``shot_K-seed_S.pkl``; its absolute paths are matched to the split's images by
-    their path relative to the image folder, so a moved data root still works."""
-    with path.open("rb") as handle:
-        try:
-            content = _DasslUnpickler(handle).load()
-        except Exception as error:  # noqa: BLE001 - any failure means the cache is unusable
-            raise DatasetError(f"Few-shot cache {path} cannot be read: {error}") from error
+    """Read Dassl's ``shot_K-seed_S.pkl`` (an allow-list of exactly what a Dassl ``Datum`` needs, so the
+    file cannot run code); its absolute paths are matched to the split's images by their path relative
+    to the image folder, so a moved data root still works."""
+    content = load_dassl_fewshot_cache(path)
     by_suffix = {item.path.as_posix(): item for item in known}
     suffixes = _suffix_index(by_suffix)
     result = {}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_prompts.batch import INDEX, MASK, image_view
@@ -151,6 +152,8 @@ class ImageClassificationDataModule(LightningDataModule):
     def _splits(self) -> LoadedSplits:
         if self._loaded is None:
             if self.synthetic is not None and not (self.root / ".synthetic").exists():
+                if self.root != Path("data"):  # the overlay's generated data replaces a root the user gave
+                    rank_zero_warn(f"{type(self).__name__}: synthetic data is generated; root {self.root} is not read.")
                 self.root = _synthetic_root()
                 self.write_synthetic(self.root, self.synthetic)
                 (self.root / ".synthetic").touch()
@@ -194,7 +197,9 @@ class ImageClassificationDataModule(LightningDataModule):
             shuffle=self.shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # workers are re-created (and seeded from the main generator) every epoch, so a run resumed
+            # from a checkpoint draws the same augmentations as the uninterrupted run
+            persistent_workers=False,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -29,11 +29,16 @@ def read_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
-        items.extend(
+        found = [
             ImageItem(path, label, name.replace("_", " "))
             for path in sorted(class_dir.rglob("*"))
             if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-        )
+        ]
+        if not found and classes is None:  # a training class without images would never be learned
+            raise DatasetError(
+                f"{class_dir}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})."
+            )
+        items.extend(found)
     return names, items
 
 

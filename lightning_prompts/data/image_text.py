@@ -51,7 +51,9 @@ class ImageCaptionDataset(Dataset):
 class CrossDomainTaskSampler(Sampler[list[int]]):
     """Meta-task batches: ``shots`` indices of one domain then ``shots`` of another, drawn with a
     ``random.Random(seed + epoch)`` so every rerun draws the same tasks. Under DDP every rank draws the
-    same task list and keeps its own share of it (tasks ``rank, rank + world, …``)."""
+    same task list and keeps its own share of it (tasks ``rank, rank + world, …``). Lightning tells the
+    sampler its epoch (``set_epoch``), so a resumed run draws the tasks of the epoch it resumes at;
+    without it the epoch counts the iterations."""
 
     def __init__(self, domains: Sequence[int], shots: int, tasks: int, seed: int = 0) -> None:
         self.members: dict[int, list[int]] = {}
@@ -60,6 +62,10 @@ class CrossDomainTaskSampler(Sampler[list[int]]):
         if len(self.members) < 2:
             raise DatasetError(f"meta-tasks need at least 2 domains, the training pairs have {len(self.members)}.")
         self.shots, self.tasks, self.seed, self.epoch = shots, tasks, seed, 0
+        self._epoch_given = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._epoch_given = int(epoch), True
 
     @staticmethod
     def _rank_and_world() -> tuple[int, int]:
@@ -78,7 +84,8 @@ class CrossDomainTaskSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
+        if not self._epoch_given:
+            self.epoch += 1
         names = sorted(self.members)
         rank, world = self._rank_and_world()
         tasks = []

@@ -5,7 +5,9 @@ outside the frozen backbone plus backbone parameters a method unfroze (a text cl
 for methods whose trainable state is text (discrete prompt optimisers), the strings of
 :meth:`TrainableStateMixin.text_state`. A checkpoint or a ``safetensors`` prompt file records the
 backbone's identity; loading refuses a file of another backbone, one that lacks a trainable tensor,
-and one with tensors the module does not define, each with a message naming what differs.
+and one with tensors the module does not define, each with a message naming what differs. A
+Lightning checkpoint also holds the random generators' states, restored when ``fit`` resumes from it
+(:mod:`~lightning_prompts.methods.base.reproducibility`), so a resumed run equals the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from lightning_prompts.errors import BackboneMismatchError, ConfigurationError, MissingTrainableStateError
+from lightning_prompts.methods.base.reproducibility import restore_rng_state, rng_state
 
 CHECKPOINT_KEY = "lightning_prompts"
 METADATA_PREFIX = "lightning_prompts."
@@ -57,6 +60,7 @@ class TrainableStateMixin:
             "state_keys": sorted(keep),
             "text_state": self.text_state(),
             "evaluator": self.evaluator.state_dict() if self.evaluator is not None else {},
+            "rng": rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -65,6 +69,9 @@ class TrainableStateMixin:
         self.load_text_state(meta.get("text_state") or {})
         if meta.get("evaluator"):
             self.restore_evaluator_state(meta["evaluator"])
+        trainer = getattr(self, "_trainer", None)
+        if meta.get("rng") and trainer is not None and trainer.state.fn == "fit":  # resuming: continue exactly
+            restore_rng_state(meta["rng"])
 
     def _check_backbone(self, identity: Mapping[str, str] | None, source: str) -> None:
         mine = self.backbone.identity()

@@ -224,6 +224,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
                 check(self, datamodule, everything)
         if stage == "fit" and self._prompt_init is not None:
             self.check_prompt_init(self._prompt_init)
+        check_class_list(type(self).__name__, self.classnames_for_training, stage)
         source = provided(datamodule, ClassNames)
         data_classes = source.classnames if source is not None else None
         if data_classes is not None and list(data_classes) != self.classnames_for_training:
@@ -351,6 +352,28 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         logits = self.forward_batch(batch).logits
         return {"logits": logits, "preds": self.evaluation_scores(batch, logits).argmax(dim=-1)}
+
+
+def check_class_list(method: str, classnames: Sequence[str], stage: str) -> None:
+    """Class lists that would train silently wrong: one class (the cross-entropy is exactly 0 and
+    accuracy 1), empty names, names that become the same prompt (``_``/case/space differences)."""
+    if not classnames:
+        return
+    if stage == "fit" and len(classnames) < 2:
+        raise ConfigurationError(
+            f"{method} got one class ({classnames[0]!r}): classification needs at least two (the loss would be 0)."
+        )
+    empty = [index for index, name in enumerate(classnames) if not str(name).strip()]
+    if empty:
+        raise ConfigurationError(f"{method}: class names at positions {empty} are empty.")
+    seen: dict[str, str] = {}
+    for name in classnames:
+        key = " ".join(str(name).replace("_", " ").lower().split())
+        if key in seen:
+            raise ConfigurationError(
+                f"{method}: classes {seen[key]!r} and {name!r} are the same name (their prompts would be identical)."
+            )
+        seen[key] = str(name)
 
 
 def _build_evaluator(value: Evaluator | Mapping[str, Any] | None) -> Evaluator | None:

@@ -116,10 +116,15 @@ class TextPromptModule(PromptModule):
 
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         super().check_ready(stage, callbacks, datamodule)
+        reserve = self.reserved_tokens
+        if reserve > self.backbone.max_length - 2:  # no room for any text, truncated or not
+            raise ContextLengthError(
+                f"{type(self).__name__} reserves {reserve} positions for its prompt, but {self.backbone.name} has a "
+                f"context of {self.backbone.max_length}: use fewer than {self.backbone.max_length - 1} soft tokens."
+            )
         splits = provided(datamodule, TextSplits)
         if self.truncate or splits is None:
             return
-        reserve = self.reserved_tokens
         limit = self.backbone.max_length - reserve
         for split, texts in splits.split_texts(stage).items():  # fail before training, not in epoch 3
             lengths = self.backbone.token_lengths(self.format_texts(texts))
