@@ -72,10 +72,7 @@ def run_method(method: str, seed: int, workdir: Path, logs: Path, data_root: str
                 str(folder),
             ]
         )
-        checkpoint = [
-            "--ckpt_path",
-            fit.trainer.checkpoint_callback.last_model_path or fit.trainer.checkpoint_callback.best_model_path,
-        ]
+        checkpoint = ["--ckpt_path", "last"]  # the last epoch, as the Dassl protocol evaluates
         shutil.copy(Path(fit.trainer.logger.log_dir) / "metrics.csv", logs / f"{method}_seed{seed}_fit.csv")
     test = run_cli(["test", *common, "--trainer.logger", "false", *checkpoint])
     metrics = {k: float(v) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}

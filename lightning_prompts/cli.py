@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         message = describe_error(error)
         if message is None:
             raise
-        print(f"lightning-prompts: error: {message}", file=sys.stderr)
+        print(f"lightning-prompts: error: {' '.join(message.split())}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

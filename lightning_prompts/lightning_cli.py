@@ -65,8 +65,7 @@ class PromptsCLI(LightningCLI):
         configured = [*(config.get("callbacks") or []), *callbacks]
         wanted = config.get("enable_checkpointing") is not False and not config.get("fast_dev_run")
         if wanted and not any(isinstance(callback, ModelCheckpoint) for callback in configured):
-            monitor, mode = getattr(self.model, "checkpoint_monitor", ("val/acc", "max"))
-            callbacks = [*callbacks, ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_last=True)]
+            callbacks = [*callbacks, *default_checkpoints(self.model)]
         return super()._instantiate_trainer(config, callbacks)
 
     # Check the experiment before the Trainer starts: inside fit, Lightning's SaveConfigCallback
@@ -85,6 +84,10 @@ class PromptsCLI(LightningCLI):
         self._check_ready("predict")
 
     def _check_ready(self, stage: str) -> None:
+        check_writable(Path(self.trainer.default_root_dir))
+        setup = getattr(self.datamodule, "setup", None)
+        if callable(setup):  # reads and verifies the data now (Lightning's own call then finds it done)
+            setup(stage)
         check = getattr(self.model, "check_ready", None)
         if callable(check):
             check(stage, self.trainer.callbacks, self.datamodule)
@@ -165,6 +168,35 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+def default_checkpoints(model: Any) -> list[Any]:
+    """``checkpoints/best.ckpt`` (the method's ``checkpoint_monitor``, validation accuracy by default) and
+    ``checkpoints/last.ckpt`` (after every epoch). Two callbacks: Lightning's ``save_last`` only refreshes
+    ``last.ckpt`` when a best checkpoint is saved, which would make "last" the best epoch's."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    monitor, mode = getattr(model, "checkpoint_monitor", ("val/acc", "max"))
+    best = ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False)
+    last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
+    return [best, last]
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before anything runs if the run folder cannot be created or written (probed, not guessed:
+    permission bits do not tell what a read-only mount or a file in the way will do)."""
+    import tempfile
+
+    ancestor = folder.resolve()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigurationError(f"the run folder {folder} cannot be created: {ancestor} is a file.")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        raise ConfigurationError(f"the run folder {folder} is not writable ({error.strerror}: {ancestor}).") from None
+
+
 def run_folder(configs: Sequence[Any]) -> Path | None:
     """``outputs/<path>`` for the last recipe file ``recipes/<path>.yaml`` among the ``--config`` files
     (shared pieces and overlays in ``_``-prefixed folders or files do not count)."""
@@ -222,6 +254,9 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True, exit_on_error: 
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        # checkpoints rebuild their module from its own hyperparameters (registered classes only), never
+        # from class paths the file names (Lightning's instantiator would import them)
+        load_from_checkpoint_support=False,
         parser_kwargs={"exit_on_error": exit_on_error},
         args=arguments,
         run=run,

@@ -49,6 +49,10 @@ def expand_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[Path]:
         chain = " -> ".join(str(p) for p in (*_seen, resolved))
         raise RecipeError(f"recipes extend each other in a cycle: {chain}.")
     content = read_yaml(file)
+    if content is not None and not isinstance(content, dict):
+        raise RecipeError(
+            f"recipe {file} holds a {type(content).__name__}, not a mapping of options (trainer:, model:, …)."
+        )
     bases = content.get(EXTENDS) if isinstance(content, dict) else None
     if bases is None:
         return [file]

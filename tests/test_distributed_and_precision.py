@@ -58,3 +58,65 @@ def test_bf16_mixed_run_stays_finite(method_name, tiny_clip, tiny_vit, trainer_k
     assert all(torch.isfinite(p).all() for p in after)
     assert all(p.dtype == torch.float32 for p in after)  # fp32 master weights
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def fit_copies_back(method, data, strategy: str, devices: int, root, **options) -> None:
+    trainer = Trainer(
+        strategy=strategy,
+        devices=devices,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+        **options,
+    )
+    trainer.fit(method, data)  # ddp_spawn copies the trained weights back into this process
+
+
+def coop_with_consistency(clip, strategy: str, devices: int, batch_size: int, root):
+    from lightning_prompts.callbacks import ConsistencyRegularization
+
+    data = synthetic_fewshot(shots=2, num_classes=4, augmentation="vtab", shuffle=False, batch_size=batch_size)
+    torch.manual_seed(0)
+    method = CoOp(clip, data.classnames, n_ctx=4, optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    term = ConsistencyRegularization(weight=4.0, templates=["a photo of a {}.", "a drawing of a {}."], seed=3)
+    trainer_options = {"max_epochs": 3, "callbacks": [term]}
+    fit_copies_back(method, data, strategy, devices, root, **trainer_options)
+    return method.prompt.ctx.detach().clone()
+
+
+def test_ddp_with_a_loss_term_matches_one_process_on_the_same_global_batch(tiny_clip, tmp_path):
+    single = coop_with_consistency(tiny_clip, "auto", 1, batch_size=8, root=tmp_path / "single")
+    ddp = coop_with_consistency(tiny_clip, "ddp_spawn", 2, batch_size=4, root=tmp_path / "ddp")
+    torch.manual_seed(0)
+    initial = CoOp(tiny_clip, ["a"], n_ctx=4).prompt.ctx
+    assert (single - initial).abs().max() > 1e-2  # training moved the prompt
+    assert torch.allclose(single, ddp, atol=1e-6), (single - ddp).abs().max()
+
+
+def gram_run(clip, strategy: str, devices: int, root, accumulate: int):
+    from lightning_prompts.data import ImageTextDataModule
+    from lightning_prompts.pretraining import GRAM
+
+    spec = {"num_classes": 3, "images_per_class": 4, "image_size": 32}
+    data = ImageTextDataModule(synthetic=spec, image_size=32, batch_size=2, tasks_per_epoch=4, val_fraction=0.0)
+    torch.manual_seed(0)
+    gram = GRAM(clip, n_ctx=4, num_domains=3, output_dir=root / "gram")
+    options = {"max_epochs": 2, "accumulate_grad_batches": accumulate, "use_distributed_sampler": False}
+    fit_copies_back(gram, data, strategy, devices, root, **options)
+    return gram.prompt.ctx.detach().clone(), [p.detach().clone() for p in gram.regulator.parameters()]
+
+
+def test_ddp_shares_gram_meta_tasks_among_ranks_like_accumulation_in_one_process(tiny_clip, tmp_path):
+    """Two ranks each take every other meta-task; one process takes both per optimizer step (two
+    accumulated batches): the same global batch, so the same meta-learned context and regulator."""
+    single_ctx, single_psi = gram_run(tiny_clip, "auto", 1, tmp_path / "single", accumulate=2)
+    ddp_ctx, ddp_psi = gram_run(tiny_clip, "ddp_spawn", 2, tmp_path / "ddp", accumulate=1)
+    torch.manual_seed(0)
+    assert torch.allclose(single_ctx, ddp_ctx, atol=1e-6), (single_ctx - ddp_ctx).abs().max()
+    for single, ddp in zip(single_psi, ddp_psi):
+        assert torch.allclose(single, ddp, rtol=1e-6, atol=1e-6), (single - ddp).abs().max()

@@ -40,6 +40,11 @@ def instantiate_dataset(dataset: Any) -> Any:
             return cls(**dict(dataset.get("init_args") or {}))
         except Exception as error:  # a PyG dataset that must download fails here when offline
             raise DatasetError(f"Could not build dataset {dataset['class_path']}: {error}") from error
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise ConfigurationError(
+            f"dataset must be a PyG dataset or a {{class_path, init_args}} mapping, got {type(dataset).__name__}; to "
+            f"change one of its arguments, give the whole dataset mapping (class_path and init_args) in a config file."
+        )
     return dataset
 
 
@@ -98,8 +103,10 @@ class GraphDataModule(LightningDataModule):
     """Few-shot node or graph classification on a PyG dataset.
 
     Args:
-        dataset: a PyG dataset, or ``{class_path, init_args}`` of one, e.g.
-            ``{class_path: torch_geometric.datasets.Planetoid, init_args: {root: data/Planetoid, name: Cora}}``.
+        dataset: ``{class_path, init_args}`` of a ``torch_geometric.datasets`` class, e.g.
+            ``{class_path: torch_geometric.datasets.Planetoid, init_args: {root: data/Planetoid, name: Cora}}``
+            (from Python, a dataset instance works too). The mapping stays a mapping through the config
+            parser and only a PyG dataset class is built from it, so a config can name nothing else.
         task: ``"node"`` or ``"graph"`` classification.
         shots: training examples per class (``-1``: the dataset's own split, or 80/10/10 for graphs).
         val_shots: validation examples per class (default: ``shots``).
@@ -112,7 +119,7 @@ class GraphDataModule(LightningDataModule):
 
     def __init__(
         self,
-        dataset: Any,
+        dataset: dict[str, Any],
         task: Task = "node",
         shots: int = 5,
         val_shots: int | None = None,

@@ -25,7 +25,7 @@ class VerifiedImages:
     """The decoded images under one folder (see the module docstring)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
+        self.root = Path(os.path.abspath(root))  # abspath, not resolve: a symlink loop fails later, named
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
         self.file = cache_folder() / f"{digest}.json"
         self.entries: dict[str, list[int]] = {}
@@ -40,16 +40,16 @@ class VerifiedImages:
     @classmethod
     def for_items(cls, items: Sequence[Any]) -> VerifiedImages:
         """The record of the folder that holds all ``items`` (their common parent)."""
-        paths = [str(item.path.resolve().parent) for item in items]
+        paths = [os.path.dirname(os.path.abspath(item.path)) for item in items]
         root = Path(os.path.commonpath(paths)) if paths else Path(".")
         return cls(root)
 
     def _key(self, path: Path) -> str:
-        resolved = path.resolve()
+        absolute = Path(os.path.abspath(path))
         try:
-            return str(resolved.relative_to(self.root))
+            return str(absolute.relative_to(self.root))
         except ValueError:
-            return str(resolved)
+            return str(absolute)
 
     def known(self, path: Path, stat: os.stat_result) -> bool:
         return self.entries.get(self._key(path)) == [stat.st_size, stat.st_mtime_ns]

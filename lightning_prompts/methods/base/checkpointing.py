@@ -29,6 +29,28 @@ METADATA_PREFIX = "lightning_prompts."
 class TrainableStateMixin:
     """Trainable-state checkpoints, export and import (see the module docstring)."""
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, with the checkpoint's own class-building instructions
+        (``_instantiator``, ``_class_path``) dropped first: they would build the nested classes the file
+        names (importing their modules). The module is built by its constructor from the stored
+        hyperparameters instead, which accept only registered classes."""
+        import io
+
+        import torch
+
+        if isinstance(checkpoint_path, (str, Path)) and kwargs.get("hparams_file") is None:
+            checkpoint = torch.load(checkpoint_path, map_location=map_location or "cpu", weights_only=True)
+            stored = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+            if isinstance(stored, dict):
+                for key in ("_instantiator", "_class_path"):
+                    stored.pop(key, None)
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+            buffer.seek(0)
+            checkpoint_path = buffer
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+
     # -- what is trainable -------------------------------------------------------------------------
     def trainable_state_keys(self) -> set[str]:
         """State-dict keys a checkpoint keeps: everything outside the backbone, plus backbone

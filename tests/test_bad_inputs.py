@@ -1,0 +1,445 @@
+"""Bad and hostile input, as a user meets it on the command line: each case ends with exit status 2 and
+one line ``lightning-prompts: error: …`` that names the file or key at fault, before anything is
+written to the run folder; no file the library reads can run code."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lightning_prompts.cli import main
+from lightning_prompts.data.synthetic import write_image_folder_layout, write_split_json_layout
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+TINY_CLIP = str(RECIPES / "_tiny" / "clip.yaml")
+COOP = str(RECIPES / "coop" / "dtd.yaml")
+TINY = ["--config", COOP, "--config", TINY_CLIP]
+
+
+def dassl_tree(root: Path, classes: int = 3, per_class: int = 4) -> Path:
+    """A DTD tree in the Dassl layout (what recipes/coop/dtd.yaml reads)."""
+    write_split_json_layout(root / "dtd", "images", "split_zhou_DescribableTextures.json", classes, per_class, 32, 0)
+    return root / "dtd"
+
+
+def real_data(root: Path) -> list[str]:
+    """Arguments that point the tiny recipe at ``root`` instead of generating data."""
+    return ["--data.init_args.synthetic", "null", "--data.init_args.root", str(root), "--data.init_args.shots", "-1"]
+
+
+def run(args: list[str], out: Path, capsys, run_folder: bool = True) -> str:
+    """Run the command in-process; return its one error line after checking status and the empty run folder."""
+    import logging
+
+    logging.raiseExceptions = False  # handlers made under an earlier test hold its closed capture stream
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--trainer.default_root_dir", str(out)] if run_folder else args)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[-1].startswith("lightning-prompts: error: "), lines[-3:]
+    assert "Traceback" not in "\n".join(lines)
+    assert not out.exists() or not any(out.rglob("*")), f"the run wrote {list(out.rglob('*'))}"
+    return lines[-1]
+
+
+# -- each case builds its input under tmp_path and returns (command arguments, what the message must name)
+def truncated_jpeg(tmp: Path):
+    dataset = dassl_tree(tmp / "data")
+    first = json.loads((dataset / "split_zhou_DescribableTextures.json").read_text())["train"][0][0]
+    image = dataset / "images" / first
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    return ["fit", *TINY, *real_data(tmp / "data")], image.name
+
+
+def zero_byte_image(tmp: Path):
+    dataset = dassl_tree(tmp / "data")
+    first = json.loads((dataset / "split_zhou_DescribableTextures.json").read_text())["train"][0][0]
+    (dataset / "images" / first).write_bytes(b"")
+    return ["fit", *TINY, *real_data(tmp / "data")], Path(first).name
+
+
+def split_not_json(tmp: Path):
+    dataset = dassl_tree(tmp / "data")
+    (dataset / "split_zhou_DescribableTextures.json").write_text("{ this is not json")
+    return ["fit", *TINY, *real_data(tmp / "data")], "split_zhou_DescribableTextures.json"
+
+
+def label_out_of_range(tmp: Path):
+    dataset = dassl_tree(tmp / "data")
+    split_file = dataset / "split_zhou_DescribableTextures.json"
+    split = json.loads(split_file.read_text())
+    split["test"][0][1] = 41
+    split_file.write_text(json.dumps(split))
+    return ["fit", *TINY, *real_data(tmp / "data")], "label 41"
+
+
+def missing_root(tmp: Path):
+    return ["fit", *TINY, *real_data(tmp / "nowhere")], "nowhere"
+
+
+def unknown_dataset(tmp: Path):
+    return ["fit", *TINY, "--data.init_args.dataset", "dtdd"], "dtdd"
+
+
+def one_class_only(tmp: Path):
+    dassl_tree(tmp / "data", classes=1)
+    return ["fit", *TINY, *real_data(tmp / "data")], "one class"
+
+
+def symlink_loop(tmp: Path):
+    write_image_folder_layout(tmp / "folder", 2, 3, 32, 0)
+    images = sorted((tmp / "folder" / "train").rglob("*.jpg"))
+    images[0].unlink()
+    images[0].symlink_to(images[0])  # a link to itself: stat loops
+    recipe = tmp / "folder_recipe.yaml"
+    recipe.write_text(
+        f"extends: {COOP}\ndata:\n  class_path: ImageFolderDataModule\n"
+        f"  init_args: {{root: '{tmp / 'folder'}', num_workers: 0, image_size: 32}}\n"
+    )
+    args = ["fit", "--config", str(recipe), "--config", TINY_CLIP, "--data.init_args.synthetic", "null"]
+    return [*args, "--data.init_args.shots", "-1"], images[0].name
+
+
+def empty_class_folder(tmp: Path):
+    write_image_folder_layout(tmp / "folder", 3, 3, 32, 0)
+    empty = tmp / "folder" / "train" / "zebra"
+    empty.mkdir()
+    recipe = tmp / "folder_recipe.yaml"
+    recipe.write_text(
+        f"extends: {COOP}\ndata:\n  class_path: ImageFolderDataModule\n"
+        f"  init_args: {{root: '{tmp / 'folder'}', num_workers: 0, image_size: 32}}\n"
+    )
+    return ["fit", "--config", str(recipe), "--config", TINY_CLIP, "--data.init_args.synthetic", "null"], "zebra"
+
+
+def duplicate_class_names(tmp: Path):
+    rows = "\n".join(f"text {i},{label}" for i in range(8) for label in ("Good", "good"))
+    (tmp / "train.csv").write_text("text,label\n" + rows + "\n")
+    args = [
+        "fit",
+        "--config",
+        str(RECIPES / "prompt_tuning" / "sst2.yaml"),
+        "--config",
+        str(RECIPES / "_tiny" / "text.yaml"),
+    ]
+    return [
+        *args,
+        "--data.init_args.synthetic",
+        "null",
+        "--data.init_args.train_file",
+        str(tmp / "train.csv"),
+        "--data.init_args.val_file",
+        "null",
+        "--data.init_args.test_file",
+        "null",
+        "--data.init_args.text_column",
+        "text",
+        "--data.init_args.labels",
+        "null",
+        "--data.init_args.classnames",
+        "null",
+    ], "'Good' and 'good'"
+
+
+def context_too_long(tmp: Path):
+    phrase = " ".join(["word"] * 80)
+    return ["fit", *TINY, "--model.init_args.ctx_init", phrase, "--model.init_args.n_ctx", "null"], "context length"
+
+
+def too_many_soft_tokens(tmp: Path):
+    args = [
+        "fit",
+        "--config",
+        str(RECIPES / "prompt_tuning" / "sst2.yaml"),
+        "--config",
+        str(RECIPES / "_tiny" / "text.yaml"),
+    ]
+    return [*args, "--model.init_args.num_virtual_tokens", "200", "--model.init_args.truncate", "true"], "200"
+
+
+def typo_in_a_key(tmp: Path):
+    return ["fit", *TINY, "--model.init_args.n_ctxx", "4"], "did you mean 'n_ctx'"
+
+
+def typo_in_a_recipe(tmp: Path):
+    recipe = tmp / "typo.yaml"
+    recipe.write_text(f"extends: {COOP}\nmodel:\n  init_args:\n    class_specfic: true\n")
+    return ["fit", "--config", str(recipe), "--config", TINY_CLIP], "class_specific"
+
+
+def yaml_that_is_a_list(tmp: Path):
+    recipe = tmp / "list.yaml"
+    recipe.write_text("- fit\n- model\n")
+    return ["fit", "--config", str(recipe)], "list.yaml"
+
+
+def extends_a_missing_file(tmp: Path):
+    recipe = tmp / "child.yaml"
+    recipe.write_text("extends: parent.yaml\n")
+    return ["fit", "--config", str(recipe)], "parent.yaml"
+
+
+def extends_in_a_cycle(tmp: Path):
+    (tmp / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp / "b.yaml").write_text("extends: a.yaml\n")
+    return ["fit", "--config", str(tmp / "a.yaml")], "cycle"
+
+
+def prompt_init_not_safetensors(tmp: Path):
+    (tmp / "init.safetensors").write_bytes(b"not a safetensors file at all")
+    return ["fit", *TINY, "--model.init_args.prompt_init", str(tmp / "init.safetensors")], "init.safetensors"
+
+
+def prompt_init_other_shape(tmp: Path):
+    save_file({"prompt.ctx": torch.zeros(7, 32)}, str(tmp / "init.safetensors"))
+    return ["fit", *TINY, "--model.init_args.prompt_init", str(tmp / "init.safetensors")], "(7, 32)"
+
+
+def prompt_init_with_nan(tmp: Path):
+    save_file({"prompt.ctx": torch.full((16, 32), float("nan"))}, str(tmp / "init.safetensors"))
+    return ["fit", *TINY, "--model.init_args.prompt_init", str(tmp / "init.safetensors")], "NaN"
+
+
+def gpf_graph_without_features(tmp: Path):
+    fake = "{class_path: torch_geometric.datasets.FakeDataset, init_args: {num_graphs: 1, num_channels: 0, task: node}}"
+    return graph_overlay(tmp, fake), "node features"
+
+
+def graph_overlay(tmp: Path, dataset: str) -> list[str]:
+    """The tiny graph recipe with ``dataset`` (YAML) in place of its FakeDataset."""
+    (tmp / "graph.yaml").write_text(f"data:\n  init_args:\n    dataset: {dataset}\n")
+    gpf = ["--config", str(RECIPES / "gpf" / "cora.yaml"), "--config", str(RECIPES / "_tiny" / "graph.yaml")]
+    return ["fit", *gpf, "--config", str(tmp / "graph.yaml")]
+
+
+def gpf_features_of_another_width(tmp: Path):
+    fake = "{class_path: torch_geometric.datasets.FakeDataset, init_args: {num_graphs: 1, num_channels: 5, task: node}}"
+    return graph_overlay(tmp, fake), "5 node features"
+
+
+def graph_dataset_not_from_pyg(tmp: Path):
+    marker = tmp / "pwned"
+    return graph_overlay(tmp, f"{{class_path: os.system, init_args: {{command: 'touch {marker}'}}}}"), "os.system"
+
+
+def last_without_a_checkpoint(tmp: Path):
+    return ["test", *TINY, "--ckpt_path", "last"], "checkpoints/last.ckpt"
+
+
+def checkpoint_path_missing(tmp: Path):
+    return ["test", *TINY, "--ckpt_path", str(tmp / "gone.ckpt")], "gone.ckpt"
+
+
+def checkpoint_not_a_checkpoint(tmp: Path):
+    (tmp / "junk.ckpt").write_bytes(os.urandom(64))
+    return ["test", *TINY, "--ckpt_path", str(tmp / "junk.ckpt")], "junk.ckpt"
+
+
+def saved_checkpoint(tmp: Path) -> Path:
+    """A trained tiny CoOp checkpoint (one step, saved by the default last/best checkpointing)."""
+    folder = tmp / "trained"
+    main(
+        [
+            "fit",
+            *TINY,
+            "--trainer.default_root_dir",
+            str(folder),
+            "--trainer.fast_dev_run",
+            "false",
+            "--trainer.max_steps",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+        ]
+    )
+    return next(folder.rglob("last.ckpt"))
+
+
+def checkpoint_of_other_hyperparameters(tmp: Path):
+    path = saved_checkpoint(tmp)
+    return ["test", *TINY, "--ckpt_path", str(path), "--model.init_args.n_ctx", "4"], "n_ctx: checkpoint 16, config 4"
+
+
+def checkpoint_of_another_backbone(tmp: Path):
+    path = saved_checkpoint(tmp)
+    return ["test", *TINY, "--ckpt_path", str(path), "--model.init_args.backbone.init_args.seed", "5"], "backbone"
+
+
+def checkpoint_of_another_method(tmp: Path):
+    path = saved_checkpoint(tmp)
+    vpt = ["--config", str(RECIPES / "vpt" / "cub.yaml"), "--config", str(RECIPES / "_tiny" / "vit.yaml")]
+    return ["test", *vpt, "--ckpt_path", str(path)], "CoOp"
+
+
+CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
+    fn.__name__: fn
+    for fn in (
+        truncated_jpeg,
+        zero_byte_image,
+        split_not_json,
+        label_out_of_range,
+        missing_root,
+        unknown_dataset,
+        one_class_only,
+        symlink_loop,
+        empty_class_folder,
+        duplicate_class_names,
+        context_too_long,
+        too_many_soft_tokens,
+        typo_in_a_key,
+        typo_in_a_recipe,
+        yaml_that_is_a_list,
+        extends_a_missing_file,
+        extends_in_a_cycle,
+        prompt_init_not_safetensors,
+        prompt_init_other_shape,
+        prompt_init_with_nan,
+        gpf_graph_without_features,
+        gpf_features_of_another_width,
+        graph_dataset_not_from_pyg,
+        last_without_a_checkpoint,
+        checkpoint_path_missing,
+        checkpoint_not_a_checkpoint,
+        checkpoint_of_other_hyperparameters,
+        checkpoint_of_another_backbone,
+        checkpoint_of_another_method,
+    )
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, culprit = CASES[case](tmp_path)
+    capsys.readouterr()
+    line = run(args, tmp_path / "run", capsys)
+    assert culprit in line, line
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_run_folder_under_a_file_fails_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *TINY, "--trainer.default_root_dir", str(tmp_path / "file" / "run")])
+    assert exit_info.value.code == 2
+    assert "cannot be created" in capsys.readouterr().err and (tmp_path / "file").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root writes to read-only folders")
+def test_a_read_only_run_folder_fails_before_anything_runs(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        line = run(["fit", *TINY], folder, capsys)
+    finally:
+        folder.chmod(0o755)
+    assert "not writable" in line
+
+
+def test_paths_with_spaces_and_unicode_work(tmp_path):
+    root = tmp_path / "données d'entraînement ✓"
+    dassl_tree(root)
+    out = tmp_path / "sortie à écrire"
+    main(["fit", *TINY, *real_data(root), "--trainer.default_root_dir", str(out)])
+
+
+def test_grayscale_cmyk_and_16_bit_images_load_as_8_bit_rgb(tmp_path):
+    from PIL import Image
+
+    from lightning_prompts.data.images import load_rgb
+
+    ramp = np.linspace(0, 65535, 32 * 32, dtype=np.uint16).reshape(32, 32)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    Image.new("L", (32, 32), 90).save(tmp_path / "gray.png")
+    Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    for name in ("deep.png", "gray.png", "cmyk.jpg"):
+        image = load_rgb(tmp_path / name)
+        assert image.mode == "RGB" and image.size == (32, 32)
+    deep = np.asarray(load_rgb(tmp_path / "deep.png"))[..., 0]
+    assert deep.min() == 0 and deep.max() == 255 and len(np.unique(deep)) > 200  # scaled, not clipped to 255
+
+
+# -- hostile files: they would write a marker if any code in them ran ----------------------------------
+class _Payload:
+    """Pickles to "call os.system(touch marker)" when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_hostile_few_shot_cache_runs_no_code(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dataset = dassl_tree(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    (dataset / "split_fewshot").mkdir()
+    (dataset / "split_fewshot" / "shot_2-seed_1.pkl").write_bytes(pickle.dumps({"train": [_Payload(marker)]}))
+    exec_payload = b"cbuiltins\nexec\n(Vopen(" + repr(str(marker)).encode() + b", 'w')\ntR."
+    args = ["fit", *TINY, *real_data(tmp_path / "data"), "--data.init_args.shots", "2"]  # the cache of 2 shots
+    line = run(args, tmp_path / "run", capsys)
+    assert "shot_2-seed_1.pkl" in line and "not allowed" in line and not marker.exists()
+    (dataset / "split_fewshot" / "shot_2-seed_1.pkl").write_bytes(exec_payload)  # builtins.exec, protocol 0
+    line = run(args, tmp_path / "run", capsys)
+    assert "builtins.exec" in line and not marker.exists()
+
+
+def test_a_hostile_cifar_file_runs_no_code(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    base = tmp_path / "data" / "cifar-100-python"
+    base.mkdir(parents=True)
+    for split in ("train", "test"):
+        (base / split).write_bytes(pickle.dumps({"data": _Payload(marker), "fine_labels": [0]}))
+    (base / "meta").write_bytes(pickle.dumps({"fine_label_names": ["a", "b"]}))
+    args = [
+        "fit",
+        "--config",
+        str(RECIPES / "lae" / "cifar100_adapter.yaml"),
+        "--config",
+        str(RECIPES / "_tiny" / "continual.yaml"),
+        "--data.init_args.synthetic",
+        "null",
+        "--data.init_args.root",
+        str(tmp_path / "data"),
+    ]
+    line = run(args, tmp_path / "run", capsys)
+    assert "cifar-100-python" in line and "posix.system" in line and not marker.exists()
+
+
+def test_hostile_checkpoint_hyperparameters_run_no_code(tmp_path, capsys, monkeypatch):
+    """A checkpoint's stored config may name a module that does something on import, a callable as its
+    optimizer, or trust_remote_code: export and load_from_checkpoint refuse all three."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass OpenCLIP: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = saved_checkpoint(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)
+    attacks = {
+        "evil backbone": ("backbone", {"class_path": "evil_module.OpenCLIP", "init_args": {}}, "evil_module.OpenCLIP"),
+        "callable optimizer": ("optimizer", {"class_path": "os.system", "init_args": {}}, "os.system"),
+    }
+    for name, (key, value, culprit) in attacks.items():
+        hostile = {**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], key: value}}
+        torch.save(hostile, tmp_path / f"{key}.ckpt")
+        export = ["export", "--ckpt_path", str(tmp_path / f"{key}.ckpt"), "--output", str(tmp_path / "run" / "p")]
+        line = run(export, tmp_path / "run", capsys, run_folder=False)
+        assert culprit in line and not marker.exists(), name
+    assert "evil_module" not in sys.modules
+    from lightning_prompts.backbones import HFText
+    from lightning_prompts.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="trust_remote_code"):
+        HFText.check_stored_config({"model_kwargs": {"trust_remote_code": True}})
