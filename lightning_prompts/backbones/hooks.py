@@ -101,6 +101,12 @@ class BlockHook:
         """Whether this hook overrides ``capability`` (one of :data:`CAPABILITIES`)."""
         return getattr(type(self), capability) is not getattr(BlockHook, capability)
 
+    def within_shared_prefix(self, length: int) -> bool:
+        """Whether this hook only replaces tokens among the first ``length`` positions, with the same values
+        for every sequence of the batch, and changes nothing else: then a backbone may encode those
+        positions once for all sequences (the shared-prefix text pass). Unknown hooks say no."""
+        return not any(self.uses(capability) for capability in CAPABILITIES)
+
 
 class ComposedHooks(BlockHook):
     """Several hooks as one: token edits in order (removal in reverse), branches summed, prefixes joined."""
@@ -110,6 +116,9 @@ class ComposedHooks(BlockHook):
 
     def uses(self, capability: str) -> bool:
         return any(hook.uses(capability) for hook in self.hooks)
+
+    def within_shared_prefix(self, length: int) -> bool:
+        return all(hook.within_shared_prefix(length) for hook in self.hooks)
 
     def before_block(self, context: BlockContext, tokens: Tensor) -> Tensor:
         for hook in self.hooks:
@@ -211,6 +220,14 @@ class PromptTokens(BlockHook):
             fresh = expand_to_batch(self.deep[context.index - 1], tokens.shape[0]).to(tokens.dtype)
             return torch.cat([tokens[:, :start], fresh, tokens[:, start + length :]], dim=1)
         return tokens
+
+    def within_shared_prefix(self, length: int) -> bool:
+        """A fixed slot of shared (2-D) deep prompts inside the prefix replaces the same positions of every
+        sequence with the same values; inserted tokens and per-sequence prompts do not qualify."""
+        if self.first is not None or self._slot is None:
+            return False
+        start, slot = self._slot
+        return start + slot <= length and all(prompt.dim() == 2 for prompt in self.deep)
 
     def after_blocks(self, context: BlockContext, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.first is None or self._slot is None:

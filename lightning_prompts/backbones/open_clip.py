@@ -17,6 +17,17 @@ features as running all 77. The official CoOp/MaPLe code always runs 77 position
 prompts rarely need more than 20, so we run only what is needed (see
 ``benchmarks/clip_text_encoder.py``). Truncation is switched off where it would not be exact:
 text towers without a causal mask, and pooling at the first/last position.
+
+**Shared-prefix text pass.** Class prompts usually begin with the same tokens: ``[SOS] ctx_1 … ctx_n``
+of a shared learned context (CoOp, MaPLe, CoPrompt, DAPT, GRAM's CoOp), or the words of a template.
+Under the causal mask the hidden states of those positions are identical for every class in every
+layer, so :meth:`OpenCLIP.encode_text_embeddings` finds the longest prefix all sequences share (one
+comparison of the embeddings), runs it once, and runs only each class's own tokens (``name . [EOT]``)
+attending to the prefix's keys and values; the gradient to a shared context flows through the prefix
+once. It is used automatically where it is exact: a causal text tower, a prefix of at least two
+positions that ends before every end-of-text token, and block hooks that only replace positions inside
+the prefix with values shared by every sequence (MaPLe's deep prompts). ``shared_prefix=False`` on the
+backbone turns it off. See ``benchmarks/coop_step.py``.
 """
 
 from __future__ import annotations
@@ -62,6 +73,8 @@ class OpenCLIP(VisionLanguageBackbone):
         cache_dir: where open_clip caches downloaded weights.
         seed: seed for random initialisation, so a random-weight backbone is rebuilt identically
             when a checkpoint is loaded (tests, tiny overlays).
+        shared_prefix: encode the prefix all text sequences share once (see the module docstring); exact,
+            so only worth turning off to compare.
 
     Example:
         >>> clip = OpenCLIP("ViT-B-16", pretrained="openai")            # doctest: +SKIP
@@ -78,11 +91,13 @@ class OpenCLIP(VisionLanguageBackbone):
         force_quick_gelu: bool = False,
         cache_dir: str | None = None,
         seed: int = 0,
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__()
         import open_clip
 
         self.model_name, self.pretrained = model_name, pretrained
+        self.shared_prefix = shared_prefix
         if model_cfg is None and model_name == "tiny":
             model_cfg = TINY_CONFIG
         with torch.random.fork_rng(devices=[]):
@@ -230,13 +245,32 @@ class OpenCLIP(VisionLanguageBackbone):
         x = embeddings[:, :length].to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
         attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
         slot = PromptTokens(None, deep_prompts, deep_prompt_start) if deep_prompts else None
-        x = _run_blocks(model.transformer, x, attn_mask, compose(slot, hooks), "text", self.name)
-        x = model.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_positions]
+        hook = compose(slot, hooks)
+        shared = self.shared_prefix_length(embeddings[:, :length], eot_positions, hook)
+        rows = torch.arange(x.shape[0], device=x.device)
+        if shared:
+            x = _run_with_shared_prefix(model.transformer, x, attn_mask, shared, hook)[rows, eot_positions - shared]
+        else:
+            x = _run_blocks(model.transformer, x, attn_mask, hook, "text", self.name)[rows, eot_positions]
+        x = model.ln_final(x)  # per token: only the rows read are normalised
         projection = model.text_projection
         if projection is None:
             return x
         return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+    def shared_prefix_length(self, embeddings: Tensor, eot_positions: Tensor, hook: BlockHook | None) -> int:
+        """How many leading positions the text pass may encode once for all sequences (0: none), where
+        that is exact (see the module docstring)."""
+        transformer = self.model.transformer
+        if not (self.shared_prefix and self.truncates_text and transformer.batch_first) or embeddings.shape[0] < 2:
+            return 0
+        with torch.no_grad():
+            same = (embeddings == embeddings[:1]).all(dim=-1).all(dim=0)
+            length = int(same.long().cumprod(0).sum())
+        length = min(length, int(eot_positions.min()))  # every feature is read in the per-sequence part
+        if length < 2 or (hook is not None and not hook.within_shared_prefix(length)):
+            return 0
+        return length
 
     # -- image seam --------------------------------------------------------------------------
     def encode_image(
@@ -304,6 +338,56 @@ class OpenCLIP(VisionLanguageBackbone):
             raise NotImplementedError(
                 f"{what} need a ViT image tower; {self.name} has {type(self.model.visual).__name__}."
             )
+
+
+def _run_with_shared_prefix(
+    transformer: torch.nn.Module, x: Tensor, attn_mask: Tensor, length: int, hook: BlockHook | None
+) -> Tensor:
+    """The blocks of a causal, batch-first open_clip text ``Transformer`` with the first ``length``
+    positions (identical in every sequence) run once: the prefix as a sequence of its own, each
+    sequence's remaining tokens attending to the prefix's keys and values and to their own."""
+    blocks = transformer.resblocks
+    prefix, rest = x[:1, :length], x[:, length:]
+    prefix_mask, rest_mask = attn_mask[:length, :length], attn_mask[length:]
+    for index, block in enumerate(blocks):
+        if hook is not None:  # only replaces positions inside the prefix, identically for every sequence
+            prefix = hook.before_block(BlockContext(index, len(blocks), 1, "text"), prefix)
+        rest = rest + block.ls_1(_attend_with_prefix(block.attn, block.ln_1(prefix), block.ln_1(rest), rest_mask))
+        rest = rest + block.ls_2(block.mlp(block.ln_2(rest)))
+        prefix = block(prefix, attn_mask=prefix_mask)
+    return rest  # the per-sequence positions (every feature is read there)
+
+
+def _attend_with_prefix(attention: torch.nn.Module, prefix: Tensor, rest: Tensor, mask: Tensor) -> Tensor:
+    """``nn.MultiheadAttention`` (batch-first, packed in-projection) of the queries of ``rest`` over the keys
+    and values of ``[prefix; rest]``. The prefix's keys and values are projected once and broadcast, never
+    copied per sequence: the scores against the prefix and against the sequence's own tokens are
+    computed apart and share one softmax."""
+    import torch.nn.functional as F
+
+    width, heads = rest.shape[-1], attention.num_heads
+    head_width = width // heads
+    w_q, w_kv = attention.in_proj_weight.split([width, 2 * width])
+    b_q, b_kv = attention.in_proj_bias.split([width, 2 * width]) if attention.in_proj_bias is not None else (None, None)
+    count, length, shared = rest.shape[0], rest.shape[1], prefix.shape[1]
+
+    def heads_first(t: Tensor) -> Tensor:
+        return t.reshape(t.shape[0], t.shape[1], heads, head_width).transpose(1, 2)
+
+    # the prefix side as one matmul per head over every sequence's queries: (h, C·S, d) @ (h, d, P)
+    prefix_k, prefix_v = (
+        t.reshape(shared, heads, head_width).transpose(0, 1) for t in F.linear(prefix[0], w_kv, b_kv).chunk(2, -1)
+    )
+    rest_k, rest_v = (heads_first(t) for t in F.linear(rest, w_kv, b_kv).chunk(2, dim=-1))  # (C, h, S, d)
+    q = heads_first(F.linear(rest, w_q, b_q)) * head_width**-0.5  # (C, h, S, d)
+    by_head = q.transpose(0, 1).reshape(heads, count * length, head_width)
+    prefix_scores = (by_head @ prefix_k.transpose(-2, -1)).reshape(heads, count, length, shared).transpose(0, 1)
+    scores = torch.cat([prefix_scores, q @ rest_k.transpose(-2, -1)], dim=-1)  # (C, h, S, P + S)
+    weights = (scores + mask.to(scores.dtype)).softmax(dim=-1)
+    prefix_weights = weights[..., :shared].transpose(0, 1).reshape(heads, count * length, shared)
+    from_prefix = (prefix_weights @ prefix_v).reshape(heads, count, length, head_width).transpose(0, 1)
+    out = from_prefix + weights[..., shared:] @ rest_v
+    return attention.out_proj(out.transpose(1, 2).reshape(count, length, width))
 
 
 def _run_blocks(

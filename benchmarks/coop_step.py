@@ -1,0 +1,202 @@
+"""One CoOp (and MaPLe) training step against the way the CoOp paper's code takes it.
+
+The reference is written here, as CoOp's ``TextEncoder`` does it (KaiyangZhou/CoOp, trainers/coop.py):
+every class's full 77-token prompt ``[SOS] ctx_1 … ctx_n <class> . [EOT] pad…`` plus positional
+embeddings through the whole text transformer, every step, the feature read at the end-of-text token;
+the frozen image encoder on the batch; ``CE(s · <f, w_c>)``; backward into the context; an SGD step.
+Ours is :class:`~lightning_prompts.methods.CoOp`'s step on the same backbone: the text pass stops at the
+last end-of-text token and runs the context prefix shared by all classes once.
+
+Both run in one process, alternating (one warm-up, then ``--rounds`` rounds), on CLIP ViT-B/16's
+architecture with random weights (the cost does not depend on the values), batch 8, 16 context vectors,
+fp32. Printed: each round, ``ratio_<C>`` (reference time / ours), the largest relative logits
+difference, and ``mem_ratio_<C>``: the bytes of activations saved for backward in one step, counted with
+``torch.autograd.graph.saved_tensors_hooks`` (every distinct storage the step's graph keeps, counted
+while the graph is alive, the model's own weights left out; deterministic on any machine).
+
+    python benchmarks/coop_step.py                      # 100 and 1000 classes, CoOp; MaPLe at 100
+    python benchmarks/coop_step.py --classes 100 --methods coop --rounds 2
+    python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --peak-memory   # GPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from lightning_prompts.backbones import OpenCLIP
+from lightning_prompts.methods import CoOp, MaPLe
+
+
+def class_names(count: int) -> list[str]:
+    """``count`` distinct class names of one to three words (ImageNet-like lengths)."""
+    words = ("red", "small", "north", "sea", "tabby", "golden", "wild", "paper", "stone", "night", "river")
+    nouns = ("cat", "eagle", "turtle", "lamp", "boat", "tower", "ferret", "orchid", "drum", "kettle", "maple")
+    names = []
+    for index in range(count):
+        a, b, c = index % len(words), (index // len(words)) % len(nouns), index // (len(words) * len(nouns))
+        names.append(" ".join([words[a], nouns[b]] + [f"type {c}"] * (c > 0)))
+    return names
+
+
+# -- the reference: CoOp's text encoder and training step -------------------------------------------------
+def reference_text_features(clip: OpenCLIP, prompts: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """CoOp's TextEncoder.forward on open_clip's modules: all 77 positions, then the EOT row."""
+    model = clip.model
+    x = prompts + model.positional_embedding
+    x = model.transformer(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    return x[torch.arange(x.shape[0]), eot] @ model.text_projection
+
+
+def reference_coop_logits(method: CoOp, images: torch.Tensor) -> torch.Tensor:
+    clip = method.backbone
+    with torch.no_grad():
+        image = F.normalize(clip.encode_image(images).features, dim=-1)
+    prompts, eot = method.prompt()
+    text = F.normalize(reference_text_features(clip, prompts, eot), dim=-1)
+    return clip.logit_scale * image @ text.t()
+
+
+def reference_maple_logits(method: MaPLe, images: torch.Tensor) -> torch.Tensor:
+    """MaPLe's official forward: the deep-prompted text encoder over all 77 positions."""
+    clip = method.backbone
+    prompts, eot, deep = method.prompt.text_prompts()
+    model = clip.model
+    x = prompts + model.positional_embedding
+    for index, block in enumerate(model.transformer.resblocks):
+        if 1 <= index <= len(deep):
+            x = torch.cat([x[:, :1], deep[index - 1].expand(x.shape[0], -1, -1), x[:, 1 + deep[0].shape[0] :]], 1)
+        x = block(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    text = F.normalize(x[torch.arange(x.shape[0]), eot] @ model.text_projection, dim=-1)
+    image = method.image_features(images)
+    return clip.logit_scale * image @ text.t()
+
+
+# -- measuring -----------------------------------------------------------------------------------------
+def step(logits_fn: Callable[[], torch.Tensor], labels: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(logits_fn(), labels).backward()
+    optimizer.step()
+
+
+def saved_bytes(logits_fn: Callable[[], torch.Tensor], labels: torch.Tensor, module: torch.nn.Module) -> int:
+    """Bytes of activations the autograd graph of one step's loss keeps for backward: every distinct
+    storage it holds, counted while the graph is alive (so no address is reused), without the model's own
+    weights (resident anyway); then released without a backward."""
+    resident = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in resident:
+            saved[storage.data_ptr()] = storage.nbytes()  # views of one storage count once
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = F.cross_entropy(logits_fn(), labels)
+    total = sum(saved.values())
+    del loss
+    gc.collect()
+    return total
+
+
+def timed(function: Callable[[], None], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    function()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compare(method_name: str, classes: int, args: argparse.Namespace, clip: OpenCLIP) -> None:
+    names = class_names(classes)
+    torch.manual_seed(0)
+    if method_name == "coop":
+        method = CoOp(clip, names, n_ctx=16).to(args.device)
+        reference = lambda: reference_coop_logits(method, images)  # noqa: E731
+    else:
+        method = MaPLe(clip, names, n_ctx=2, depth=9).to(args.device)
+        reference = lambda: reference_maple_logits(method, images)  # noqa: E731
+    method.train()
+    images = torch.randn(args.batch, 3, 224, 224, device=args.device)
+    labels = torch.randint(0, classes, (args.batch,), device=args.device)
+    ours = lambda: method.compute_output({"image": images}).logits  # noqa: E731
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: both sides keep evaluating the same prompt
+    with torch.no_grad():
+        difference = ((reference() - ours()).abs().max() / ours().abs().max()).item()
+    memory = {name: saved_bytes(fn, labels, method) for name, fn in (("reference", reference), ("ours", ours))}
+    print(
+        f"{method_name} {classes} classes: saved for backward: reference {memory['reference'] / 2**30:.2f} GiB, "
+        f"ours {memory['ours'] / 2**30:.2f} GiB",
+        flush=True,
+    )
+    print(
+        f"mem_ratio_{classes}{'' if method_name == 'coop' else '_' + method_name}: "
+        f"{memory['reference'] / memory['ours']:.1f}",
+        flush=True,
+    )
+    times: dict[str, list[float]] = {"reference": [], "ours": []}
+    for round_index in range(args.rounds + 1):  # round 0 warms up
+        for name, fn in (("reference", reference), ("ours", ours)):
+            if args.skip_reference and name == "reference":
+                continue
+            seconds = timed(lambda fn=fn: step(fn, labels, optimizer), args.device)
+            if round_index:
+                times[name].append(seconds)
+            print(f"  round {round_index}{' (warm-up)' if not round_index else ''}: {name} {seconds:.2f} s", flush=True)
+        gc.collect()
+    if args.peak_memory and args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        step(ours, labels, optimizer)
+        print(
+            f"peak_cuda_memory_{classes}{'' if method_name == 'coop' else '_' + method_name}: "
+            f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (ours, batch {args.batch})",
+            flush=True,
+        )
+    suffix = "" if method_name == "coop" else f"_{method_name}"
+    if times["reference"]:
+        ratio = statistics.median(times["reference"]) / statistics.median(times["ours"])
+        print(f"ratio_{classes}{suffix}: {ratio:.1f}", flush=True)
+    print(f"logits_difference_{classes}{suffix}: {difference:.1e} (relative)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--methods", nargs="+", default=["coop", "maple"], choices=["coop", "maple"])
+    parser.add_argument("--maple-classes", type=int, nargs="+", default=[100])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--peak-memory", action="store_true", help="CUDA: also print our step's peak memory")
+    parser.add_argument("--skip-reference", action="store_true", help="time ours only (memory is still counted)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"device {args.device}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, "
+        f"batch {args.batch}",
+        flush=True,
+    )
+    clip = OpenCLIP("ViT-B-16", pretrained=None).to(args.device)  # ViT-B/16's architecture, random weights
+    for method_name in args.methods:
+        for classes in args.classes if method_name == "coop" else args.maple_classes:
+            compare(method_name, classes, args, clip)
+    print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
