@@ -18,6 +18,8 @@ LABEL = "label"
 INDEX = "index"
 #: ``(B,)`` the continual-learning task each sample belongs to.
 TASK = "task"
+#: ``(B, D)`` precomputed frozen image features of the batch's images (a feature cache puts them there).
+IMAGE_FEATURES = "image_features"
 #: ``list[str]`` raw texts (methods tokenize them).
 TEXT = "text"
 #: ``list[str]`` image captions (image-text pairs).

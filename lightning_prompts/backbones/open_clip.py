@@ -22,12 +22,12 @@ text towers without a causal mask, and pooling at the first/last position.
 of a shared learned context (CoOp, MaPLe, CoPrompt, DAPT, GRAM's CoOp), or the words of a template.
 Under the causal mask the hidden states of those positions are identical for every class in every
 layer, so :meth:`OpenCLIP.encode_text_embeddings` finds the longest prefix all sequences share (one
-comparison of the embeddings), runs it once, and runs only each class's own tokens (``name . [EOT]``)
-attending to the prefix's keys and values; the gradient to a shared context flows through the prefix
-once. It is used automatically where it is exact: a causal text tower, a prefix of at least two
-positions that ends before every end-of-text token, and block hooks that only replace positions inside
-the prefix with values shared by every sequence (MaPLe's deep prompts). ``shared_prefix=False`` on the
-backbone turns it off. See ``benchmarks/coop_step.py``.
+comparison of the embeddings), runs it once, and runs only each class's own tokens (``name . [EOT]``),
+grouped by length so no padding is computed, attending to the prefix's keys and values; the gradient to
+a shared context flows through the prefix once. It is used automatically where it is exact: a causal
+text tower, a prefix of at least two positions that ends before every end-of-text token, and block
+hooks that only replace positions inside the prefix with values shared by every sequence (MaPLe's deep
+prompts). ``shared_prefix=False`` on the backbone turns it off. See ``benchmarks/coop_step.py``.
 """
 
 from __future__ import annotations
@@ -247,10 +247,10 @@ class OpenCLIP(VisionLanguageBackbone):
         slot = PromptTokens(None, deep_prompts, deep_prompt_start) if deep_prompts else None
         hook = compose(slot, hooks)
         shared = self.shared_prefix_length(embeddings[:, :length], eot_positions, hook)
-        rows = torch.arange(x.shape[0], device=x.device)
         if shared:
-            x = _run_with_shared_prefix(model.transformer, x, attn_mask, shared, hook)[rows, eot_positions - shared]
+            x = _run_with_shared_prefix(model.transformer, x, attn_mask, shared, hook, eot_positions)
         else:
+            rows = torch.arange(x.shape[0], device=x.device)
             x = _run_blocks(model.transformer, x, attn_mask, hook, "text", self.name)[rows, eot_positions]
         x = model.ln_final(x)  # per token: only the rows read are normalised
         projection = model.text_projection
@@ -341,21 +341,40 @@ class OpenCLIP(VisionLanguageBackbone):
 
 
 def _run_with_shared_prefix(
-    transformer: torch.nn.Module, x: Tensor, attn_mask: Tensor, length: int, hook: BlockHook | None
+    transformer: torch.nn.Module,
+    x: Tensor,
+    attn_mask: Tensor,
+    length: int,
+    hook: BlockHook | None,
+    eot_positions: Tensor,
 ) -> Tensor:
-    """The blocks of a causal, batch-first open_clip text ``Transformer`` with the first ``length``
-    positions (identical in every sequence) run once: the prefix as a sequence of its own, each
-    sequence's remaining tokens attending to the prefix's keys and values and to their own."""
+    """The features (each sequence's row at its end-of-text position, before ``ln_final``) of a causal,
+    batch-first open_clip text ``Transformer`` whose first ``length`` positions are identical in every
+    sequence: the prefix runs once, as a sequence of its own; then the sequences, grouped by length (no
+    padding computed), run their own tokens attending to the prefix's keys and values and to their own."""
     blocks = transformer.resblocks
-    prefix, rest = x[:1, :length], x[:, length:]
-    prefix_mask, rest_mask = attn_mask[:length, :length], attn_mask[length:]
+    prefix = x[:1, :length]
+    prefix_inputs = []  # the prefix's normalised input to each block: its keys and values come from it
     for index, block in enumerate(blocks):
         if hook is not None:  # only replaces positions inside the prefix, identically for every sequence
             prefix = hook.before_block(BlockContext(index, len(blocks), 1, "text"), prefix)
-        rest = rest + block.ls_1(_attend_with_prefix(block.attn, block.ln_1(prefix), block.ln_1(rest), rest_mask))
-        rest = rest + block.ls_2(block.mlp(block.ln_2(rest)))
-        prefix = block(prefix, attn_mask=prefix_mask)
-    return rest  # the per-sequence positions (every feature is read there)
+        prefix_inputs.append(block.ln_1(prefix))
+        prefix = block(prefix, attn_mask=attn_mask[:length, :length])
+    ends = eot_positions + 1
+    order, features = [], []
+    for end in sorted(set(ends.tolist())):  # one group per sequence length
+        members = (ends == end).nonzero().view(-1)
+        rest = x[members, length:end]
+        mask = attn_mask[length:end, :end]
+        for block, normed_prefix in zip(blocks, prefix_inputs):
+            rest = rest + block.ls_1(_attend_with_prefix(block.attn, normed_prefix, block.ln_1(rest), mask))
+            rest = rest + block.ls_2(block.mlp(block.ln_2(rest)))
+        order.append(members)
+        features.append(rest[:, -1])  # the end-of-text token closes each sequence of the group
+    order_all = torch.cat(order)
+    inverse = torch.empty_like(order_all)
+    inverse[order_all] = torch.arange(order_all.numel(), device=order_all.device)
+    return torch.cat(features)[inverse]
 
 
 def _attend_with_prefix(attention: torch.nn.Module, prefix: Tensor, rest: Tensor, mask: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_prompts.backbones.vision_language import GradCAMTarget, VisionLanguageBackbone
-from lightning_prompts.batch import IMAGE, IMAGE_VIEW2, MASK
+from lightning_prompts.batch import IMAGE, IMAGE_FEATURES, IMAGE_VIEW2, MASK
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base.fields import provides
 from lightning_prompts.methods.base.module import PromptModule
@@ -131,12 +131,18 @@ class CLIPPromptModule(PromptModule):
     def forward(self, images: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
         """Classify ``images`` ``(B, 3, H, W)`` against the current classes (optional ``fields`` are filled
         by :meth:`~lightning_prompts.methods.PromptModule.compute_output`, which calls this)."""
-        image = self.image_features(images)
+        return self.classify_features(self.image_features(images))
+
+    def classify_features(self, image: Tensor) -> PromptOutput:
+        """The output for L2-normalised image features ``(B, D)``."""
         text = self.encode_class_prompts()
         logits = self.logit_scale * image @ text.t().to(image.dtype)
         return PromptOutput(logits=logits, image_features=image, text_features=text)
 
     def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
+        cached = batch.get(IMAGE_FEATURES) if self.image_side_frozen else None
+        if cached is not None:  # the frozen image encoder's features, precomputed (FrozenFeatureCache)
+            return self.classify_features(cached.to(self.device))
         return self(batch[IMAGE], fields)
 
     # -- providers of the optional output fields -----------------------------------------------------
