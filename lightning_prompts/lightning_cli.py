@@ -23,6 +23,8 @@ Imported only when a Lightning subcommand runs (``fit``, ``validate``, ``test``,
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,17 +37,46 @@ from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.recipes import EXTENDS, expand_config_args
 
 
+class _NoAdvertisements(logging.Filter):
+    """Lightning logs tips about optional paid services on every run; the command leaves them out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).lstrip().startswith("💡 Tip")
+
+
+def quiet() -> None:
+    """The command's output: Lightning's progress and results, without advertisements or deprecation
+    notices about Lightning's own internals (a user cannot act on either)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdvertisements) for f in logger.filters):
+            logger.addFilter(_NoAdvertisements())
+        for handler in logger.handlers:
+            if not any(isinstance(f, _NoAdvertisements) for f in handler.filters):
+                handler.addFilter(_NoAdvertisements())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+
+
 class PromptsCLI(LightningCLI):
     """LightningCLI with the links, checks and checkpoint rules every recipe relies on."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
+        if any(action.dest == "verbose" for action in parser._actions):  # validate/test: our table, after the run
+            parser.set_defaults(verbose=False)
         parser.add_argument(
             f"--{EXTENDS}",
             type=str | list[str] | None,
             default=None,
             help="Recipe files this one builds on; lightning-prompts expands them into --config options.",
         )
+
+    def after_test(self) -> None:
+        print_results(self.trainer.callback_metrics, "test")
+
+    def after_validate(self) -> None:
+        print_results(self.trainer.callback_metrics, "val")
 
     def before_instantiate_classes(self) -> None:
         section = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -168,6 +199,26 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+def print_results(metrics: dict[str, Any], stage: str) -> None:
+    """The stage's metrics as one table: a row per test set (base, novel, HM; a continual run's tasks),
+    not Lightning's column per data loader (which repeats every epoch-level metric in each column)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    rows = [
+        (name[len(stage) + 1 :], float(value))
+        for name, value in sorted(metrics.items())
+        if name.startswith(f"{stage}/")
+    ]
+    if not rows:
+        return
+    width = max(len(name) for name, _ in rows)
+    print(f"{'test' if stage == 'test' else 'validation'} results")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value:.4f}")
+
+
 def default_checkpoints(model: Any) -> list[Any]:
     """``checkpoints/best.ckpt`` (the method's ``checkpoint_monitor``, validation accuracy by default) and
     ``checkpoints/last.ckpt`` (after every epoch). Two callbacks: Lightning's ``save_last`` only refreshes
@@ -242,6 +293,7 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True, exit_on_error: 
     import sys
 
     registry.import_all()  # short class names and subclass lookups see every registered class
+    quiet()
     if args is None:  # the console script: expand in place (LightningCLI reads sys.argv)
         sys.argv[1:] = expand_config_args(sys.argv[1:])
         arguments = None

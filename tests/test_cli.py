@@ -44,7 +44,7 @@ def test_classnames_flow_from_data_to_model(tmp_path):
     assert cli.model.classnames == cli.datamodule.classnames == ["airplane", "bicycle", "bird", "cat"]
 
 
-def test_base_to_novel_fit_then_test_reports_base_novel_and_hm(tmp_path):
+def test_base_to_novel_fit_then_test_reports_base_novel_and_hm(tmp_path, capsys):
     recipe = str(RECIPES / "coop" / "base_to_novel" / "eurosat.yaml")
     common = [
         "--config",
@@ -69,6 +69,12 @@ def test_base_to_novel_fit_then_test_reports_base_novel_and_hm(tmp_path):
     base, novel = metrics["test/acc_base"], metrics["test/acc_novel"]
     assert metrics["test/hm"] == pytest.approx(2 * base * novel / (base + novel) if base + novel else 0.0, abs=1e-6)
     assert test.model.classnames == test.datamodule.classnames  # back to the base classes afterwards
+    printed = capsys.readouterr()
+    table = printed.out[printed.out.index("test results") :].splitlines()[1:4]  # one row per metric, sorted
+    assert [line.split() for line in table] == [
+        [name, f"{metrics['test/' + name]:.4f}"] for name in ("acc_base", "acc_novel", "hm")
+    ]
+    assert "Tip" not in printed.out + printed.err
 
     # a checkpoint written under the CLI loads in plain Python, backbone rebuilt from its config
     from lightning_prompts import CoOp

@@ -91,7 +91,7 @@ class ImageClassificationDataModule(LightningDataModule):
         normalization: str = "clip",
         shuffle: bool = True,
         verify_images: bool = True,
-        synthetic: Synthetic | None = None,
+        synthetic: Synthetic | dict[str, Any] | None = None,
         views: int = 1,
         masks: bool = False,
     ) -> None:
@@ -102,7 +102,8 @@ class ImageClassificationDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.image_size, self.augmentation, self.normalization = image_size, augmentation, normalization
         self.shuffle, self.verify = shuffle, verify_images
-        self.synthetic, self.views, self.masks = synthetic, views, masks
+        self.synthetic = Synthetic(**synthetic) if isinstance(synthetic, dict) else synthetic  # from Python too
+        self.views, self.masks = views, masks
         self._loaded: LoadedSplits | None = None
         self._datasets: dict[str, Any] = {}
 

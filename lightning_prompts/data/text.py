@@ -131,7 +131,7 @@ class TextClassificationDataModule(LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
-        synthetic: SyntheticText | None = None,
+        synthetic: SyntheticText | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if train_file is None and synthetic is None:
@@ -144,7 +144,7 @@ class TextClassificationDataModule(LightningDataModule):
         self.drop_other_labels, self.val_fraction = drop_other_labels, val_fraction
         self.shots, self.max_train_examples, self.seed = shots, max_train_examples, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.synthetic = synthetic
+        self.synthetic = SyntheticText(**synthetic) if isinstance(synthetic, dict) else synthetic  # from Python too
         self._splits: dict[str, tuple[list[str], list[int]]] | None = None
         self._label_values: list[str] | None = None
 

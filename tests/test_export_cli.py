@@ -1,0 +1,65 @@
+"""``lightning-prompts export``: the trained prompt leaves a command-line run without Python, and what it
+writes loads back into our method (safetensors) and into Hugging Face PEFT (adapter folder)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from lightning_prompts.cli import main, run_cli
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+ONE_EPOCH = ["--trainer.fast_dev_run=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
+
+
+def fit(recipe: str, overlay: str, tmp_path: Path, *extra: str):
+    cli = run_cli(
+        ["fit", "--config", str(RECIPES / recipe), "--config", str(RECIPES / "_tiny" / overlay), *ONE_EPOCH, *extra]
+        + ["--trainer.default_root_dir", str(tmp_path)]
+    )
+    return cli.model.eval(), tmp_path / "checkpoints" / "last.ckpt"
+
+
+def export(checkpoint: Path, *extra: str, capsys) -> list[str]:
+    capsys.readouterr()  # what fit printed
+    with pytest.raises(SystemExit) as done:
+        main(["export", "--ckpt_path", str(checkpoint), *extra])
+    assert done.value.code == 0
+    return capsys.readouterr().out.split()
+
+
+def test_export_a_coop_prompt_and_load_it_into_a_fresh_method(tmp_path, capsys):
+    from lightning_prompts import CoOp
+
+    trained, checkpoint = fit("coop/caltech101.yaml", "clip.yaml", tmp_path)
+    written = export(checkpoint, "--output", str(tmp_path / "coop.safetensors"), capsys=capsys)
+    assert written == [str(tmp_path / "coop.safetensors")]
+    fresh = CoOp(trained.backbone, trained.classnames, n_ctx=trained.prompt.ctx.shape[0]).eval()
+    assert not torch.equal(fresh.prompt.ctx, trained.prompt.ctx)
+    fresh.load_prompt(written[0])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fresh(images).logits, trained(images).logits)
+
+
+def test_export_prompt_tuning_to_peft_and_peft_scores_as_we_do(tmp_path, capsys):
+    trained, checkpoint = fit("prompt_tuning/sst2.yaml", "text.yaml", tmp_path, "--model.init_args.param_group_lr.head=0.5")
+    adapter = tmp_path / "adapter"
+    written = export(checkpoint, "--output", str(tmp_path / "prompt.safetensors"), "--peft", str(adapter), capsys=capsys)
+    assert written == [str(tmp_path / "prompt.safetensors"), str(adapter)]
+    assert (adapter / "adapter_config.json").is_file()
+    base = copy.deepcopy(trained.backbone.model)
+    with torch.no_grad():  # PEFT must take the trained head from the adapter, not from this copy
+        for head in base.classifier.parameters():
+            head.zero_()
+    peft_model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tokens = trained.tokenize(["a fine film", "dull and slow, the worst"])
+    with torch.no_grad():
+        ours = trained(tokens["input_ids"], tokens["attention_mask"]).logits
+        theirs = peft_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours[:, 0], ours[:, 1])  # the classes score differently: the check can fail
