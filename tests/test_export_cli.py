@@ -47,9 +47,13 @@ def test_export_a_coop_prompt_and_load_it_into_a_fresh_method(tmp_path, capsys):
 
 
 def test_export_prompt_tuning_to_peft_and_peft_scores_as_we_do(tmp_path, capsys):
-    trained, checkpoint = fit("prompt_tuning/sst2.yaml", "text.yaml", tmp_path, "--model.init_args.param_group_lr.head=0.5")
+    trained, checkpoint = fit(
+        "prompt_tuning/sst2.yaml", "text.yaml", tmp_path, "--model.init_args.param_group_lr.head=0.5"
+    )
     adapter = tmp_path / "adapter"
-    written = export(checkpoint, "--output", str(tmp_path / "prompt.safetensors"), "--peft", str(adapter), capsys=capsys)
+    written = export(
+        checkpoint, "--output", str(tmp_path / "prompt.safetensors"), "--peft", str(adapter), capsys=capsys
+    )
     assert written == [str(tmp_path / "prompt.safetensors"), str(adapter)]
     assert (adapter / "adapter_config.json").is_file()
     base = copy.deepcopy(trained.backbone.model)

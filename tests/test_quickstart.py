@@ -49,6 +49,6 @@ def test_quickstart_loads_the_real_model_and_data_and_trains(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_quickstart_clearly_beats_chance(tmp_path):
+def test_full_quickstart_reaches_the_documented_accuracy(tmp_path):
     cli = run_cli(["fit", "--config", RECIPE, "--trainer.default_root_dir", str(tmp_path)])
-    assert float(cli.trainer.callback_metrics["val/acc"]) > 0.7
+    assert float(cli.trainer.callback_metrics["val/acc"]) >= 0.75  # docs/quickstart.md: 0.765 (chance 0.5)

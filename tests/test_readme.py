@@ -73,7 +73,9 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys):
         assert cli.trainer.state.finished, command
         if command[0] == "fit":
             trained = trainable_state(cli.model)
-            assert (tmp_path / "outputs" / Path(recipe).relative_to("recipes").with_suffix("") / "checkpoints" / "last.ckpt").is_file()
+            assert (
+                tmp_path / "outputs" / Path(recipe).relative_to("recipes").with_suffix("") / "checkpoints" / "last.ckpt"
+            ).is_file()
         if command[0] == "test":
             assert {"test/acc_base", "test/acc_novel", "test/hm"} <= set(cli.trainer.callback_metrics)
             tested = trainable_state(cli.model)
@@ -99,7 +101,9 @@ def test_readme_python_runs(monkeypatch, tmp_path):
 
     def one_batch_trainer(**kwargs):
         kwargs.update(precision="32-true", accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-        return real_trainer(**kwargs, max_steps=1, limit_val_batches=1, limit_test_batches=1, default_root_dir=str(tmp_path))
+        return real_trainer(
+            **kwargs, max_steps=1, limit_val_batches=1, limit_test_batches=1, default_root_dir=str(tmp_path)
+        )
 
     monkeypatch.setattr(pl, "Trainer", one_batch_trainer)
     for language, body in BLOCKS:

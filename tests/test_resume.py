@@ -39,8 +39,10 @@ def vpt():
     return VPT(TimmViT("tiny"), data.classnames, num_tokens=2, dropout=0.1), data
 
 
-def prompt_tuning():
-    data = TextClassificationDataModule(synthetic=SyntheticText(examples_per_class=12), batch_size=4)
+def prompt_tuning(group_by_length: bool = False):
+    data = TextClassificationDataModule(
+        synthetic=SyntheticText(examples_per_class=12), batch_size=4, group_by_length=group_by_length
+    )
     return PromptTuning(HFText("tiny-bert"), data.classnames, num_virtual_tokens=4), data
 
 
@@ -74,6 +76,7 @@ CASES = {
     "coop-2-workers": (lambda: coop(workers=2), 3, 1, {}),
     "vpt": (vpt, 3, 1, {}),
     "prompt-tuning": (prompt_tuning, 3, 1, {}),
+    "prompt-tuning-length-grouped": (lambda: prompt_tuning(group_by_length=True), 3, 1, {}),
     "lae-mid-task": (lae, 4, 3, {"reload_dataloaders_every_n_epochs": 1, "num_sanity_val_steps": 0}),
 }
 

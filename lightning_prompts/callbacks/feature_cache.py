@@ -1,7 +1,7 @@
 """``FrozenFeatureCache``: train a text-side prompt on precomputed image features (opt-in, not exact).
 
 When a method leaves the image encoder unprompted and frozen (CoOp, KgCoOp-style recipes, zero-shot
-CLIP, CLIP-Adapter's input), every training and validation step encodes images whose features could be
+CLIP), every training and validation step encodes images whose features could be
 computed once. This callback computes the frozen image features of ``passes`` passes over the training
 set at the start of ``fit`` (each pass with the training preprocessing, so random crops and flips give
 ``passes`` augmented copies) and hands epoch ``e``'s batches the features of pass ``e mod passes`` for

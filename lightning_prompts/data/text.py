@@ -25,6 +25,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_prompts.batch import LABEL, TEXT
+from lightning_prompts.data.length_grouping import LengthGroupedBatchSampler, longest_first
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
 from lightning_prompts.utils.resources import resolve_path
@@ -111,6 +112,11 @@ class TextClassificationDataModule(LightningDataModule):
         max_train_examples: cap the training set (after few-shot sampling), keeping class balance.
         seed: seed of the hold-out and few-shot sampling (identical on every DDP rank).
         batch_size, eval_batch_size, num_workers: loader settings.
+        group_by_length: training batches of texts of similar length (in characters), in random order,
+            and evaluation in order of length: far less padding, so much faster on corpora whose
+            lengths vary (see :mod:`lightning_prompts.data.length_grouping`). Changes which texts
+            share a training batch, so it is a different run; evaluation results are unchanged.
+            On one process only: with several, training batches are Lightning's distributed shuffle.
         synthetic: generate a tiny dataset instead of reading files.
     """
 
@@ -131,6 +137,7 @@ class TextClassificationDataModule(LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
+        group_by_length: bool = False,
         synthetic: SyntheticText | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -144,6 +151,7 @@ class TextClassificationDataModule(LightningDataModule):
         self.drop_other_labels, self.val_fraction = drop_other_labels, val_fraction
         self.shots, self.max_train_examples, self.seed = shots, max_train_examples, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.group_by_length = group_by_length
         self.synthetic = SyntheticText(**synthetic) if isinstance(synthetic, dict) else synthetic  # from Python too
         self._splits: dict[str, tuple[list[str], list[int]]] | None = None
         self._label_values: list[str] | None = None
@@ -246,15 +254,21 @@ class TextClassificationDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         self._load()
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool, keep_order: bool = False) -> DataLoader:
         texts, labels = self._load()[split]
-        return DataLoader(
-            TextDataset(texts, labels),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            collate_fn=collate_text,
-            num_workers=self.num_workers,
-        )
+        common = {"collate_fn": collate_text, "num_workers": self.num_workers}
+        if not self.group_by_length or keep_order:
+            batch_size = self.batch_size if train else self.eval_batch_size
+            return DataLoader(TextDataset(texts, labels), batch_size=batch_size, shuffle=train, **common)
+        lengths = [len(text) for text in texts]
+        if not train:  # metrics do not depend on the order; padding does
+            order = longest_first(lengths)
+            dataset = TextDataset([texts[i] for i in order], [labels[i] for i in order])
+            return DataLoader(dataset, batch_size=self.eval_batch_size, **common)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return DataLoader(TextDataset(texts, labels), batch_size=self.batch_size, shuffle=True, **common)
+        sampler = LengthGroupedBatchSampler(lengths, self.batch_size)
+        return DataLoader(TextDataset(texts, labels), batch_sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -266,7 +280,7 @@ class TextClassificationDataModule(LightningDataModule):
         return self._loader("test", False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._loader("test", False, keep_order=True)  # predictions in the file's order
 
 
 _POSITIVE = ("great", "wonderful", "moving", "brilliant", "funny", "beautiful", "charming", "smart")
