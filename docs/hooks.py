@@ -3,7 +3,9 @@ and recipes, come from the registry (``lightning_prompts.registry``) and the rec
 from hand-kept lists.
 
 In a page, ``<!-- registry: methods -->``, ``<!-- registry: callbacks -->``, ``<!-- registry: backbones -->``
-and ``<!-- registry: recipes -->`` are replaced by the generated tables.
+and ``<!-- registry: recipes -->`` are replaced by the generated tables, and ``<!-- api: <kind> -->`` (in
+``docs/api/``) by one mkdocstrings block per registered class of that kind. Every method and callback
+page ends with a link to its class in the API reference.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from lightning_prompts.recipes import find_recipes, model_class, read_yaml
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"clip": "vision-language", "vit": "vision", "text": "text", "graph": "graph"}
 _MARKER = re.compile(r"<!-- registry: (\w+) -->")
+_API_MARKER = re.compile(r"<!-- api: (\w+) -->")
+API_PAGES = {"method": "api/methods.md", "pretraining": "api/methods.md", "callback": "api/callbacks.md"}
 
 
 def on_config(config: Any) -> Any:
@@ -44,7 +48,39 @@ def on_config(config: Any) -> Any:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     depth = page.file.src_uri.count("/")
     prefix = "../" * depth
-    return _MARKER.sub(lambda match: TABLES[match.group(1)](prefix), markdown)
+    markdown = _MARKER.sub(lambda match: TABLES[match.group(1)](prefix), markdown)
+    markdown = _API_MARKER.sub(lambda match: api_blocks(match.group(1)), markdown)
+    return markdown + api_links(page.file.src_uri, prefix)
+
+
+_SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj|exc):<code>(~?)([\w.]+)</code>")
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """Docstrings cross-reference in Sphinx roles (read by IDEs and ``help()``); the API pages show the
+    name as code instead of the raw role (``~a.b.C`` reads ``C``, as Sphinx writes it)."""
+
+    def shown(match: re.Match) -> str:
+        short, name = match.groups()
+        return f"<code>{name.rsplit('.', 1)[-1] if short else name}</code>"
+
+    return _SPHINX_ROLE.sub(shown, html)
+
+
+def api_blocks(kind: str) -> str:
+    """One mkdocstrings block per registered class of ``kind``, in registry order."""
+    return "\n\n".join(f"::: {entry.module}.{entry.name}" for entry in registry.entries(kind))
+
+
+def api_links(page: str, prefix: str) -> str:
+    """ "API reference: ..." under the page of a registered method or callback."""
+    documented = [entry for kind, target in API_PAGES.items() for entry in registry.entries(kind) if entry.docs == page]
+    if not documented:
+        return ""
+    links = ", ".join(
+        f"[`{entry.name}`]({prefix}{API_PAGES[entry.kind]}#{entry.module}.{entry.name})" for entry in documented
+    )
+    return f"\n\n---\n\nAPI reference: {links}.\n"
 
 
 def methods_table(prefix: str = "") -> str:

@@ -56,6 +56,8 @@ def quiet() -> None:
                 handler.addFilter(_NoAdvertisements())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    # the default logger is CSVLogger (our recipes name it); Lightning's note that TensorBoard is optional
+    warnings.filterwarnings("ignore", message=r"Starting from v1\.9\.0, `tensorboardX` has been removed")
 
 
 class PromptsCLI(LightningCLI):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,29 @@ def test_mkdocs_build_strict(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "site" / "methods" / "coop" / "index.html").is_file()
+    site = tmp_path / "site"
+    assert (site / "methods" / "coop" / "index.html").is_file()
+    api = (site / "api" / "methods" / "index.html").read_text()
+    assert 'id="lightning_prompts.methods.coop.CoOp"' in api and ":class:" not in api  # roles shown as names
+    coop = (site / "methods" / "coop" / "index.html").read_text()
+    assert "api/methods/#lightning_prompts.methods.coop.CoOp" in coop  # the method page links its API entry
+    assert 'class="arithmatex"' in coop  # formulas are math, not code
+    tutorial = (site / "tutorials" / "coop_export_new_classes" / "index.html").read_text()
+    assert "test/acc_novel: 0." in tutorial and '<span class="nf">main</span>' in tutorial  # script and output
+
+    if shutil.which("chromium") is None:
+        return  # the screenshots need the Debian package (apt-get install chromium)
+    shots = subprocess.run(
+        [sys.executable, "docs/screenshots.py", "--site", str(site), "--out", str(tmp_path / "shots")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert shots.returncode == 0, shots.stdout + shots.stderr
+    sizes = {path.stem: path.stat().st_size for path in (tmp_path / "shots").glob("*.png")}
+    assert set(sizes) == {"home", "tutorial_coop", "api_coop", "gallery"}
+    assert min(sizes.values()) > 50_000, sizes  # a blank page is about 9 KB
 
 
 def test_every_registered_method_and_callback_has_its_docs_page():

@@ -48,8 +48,9 @@ class DAPT(MaPLe):
         backbone, classnames, n_ctx, ctx_init, depth, vision_prompts: see :class:`~lightning_prompts.methods.MaPLe`.
         masks: ``"data"`` (DAPT-S: the data module must read masks, ``masks: true``) or ``"gradcam"`` (DAPT-G).
         gradcam_refresh: ``"epoch"`` (DAPT; needs deterministic training preprocessing) or ``"step"``.
-        triplet_weight, margin, foreground_weight, background_weight, switch_epoch, background_words,
-            background_template: see :class:`~lightning_prompts.callbacks.PullPushRegularization`.
+        triplet_weight, margin, foreground_weight, background_weight, switch_epoch: see
+            :class:`~lightning_prompts.callbacks.PullPushRegularization`.
+        background_words, background_template: see :class:`~lightning_prompts.callbacks.PullPushRegularization`.
         **kwargs: see :class:`~lightning_prompts.methods.MaPLe`.
     """
 

@@ -1,0 +1,115 @@
+"""The how-to guides' commands run as written: the ``lightning-prompts`` lines of docs/howto/own_data.md
+and docs/howto/resume.md, on files made here in the layouts the guides show, with a tiny backbone
+overlay that leaves the guide's data options alone."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_prompts.cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+HOWTO = ROOT / "docs" / "howto"
+# the tiny overlays' backbone and trainer settings, without their generated data
+TINY_MODELS = {
+    "clip": "model:\n  init_args:\n    backbone:\n      class_path: OpenCLIP\n"
+    "      init_args: {model_name: tiny, pretrained: null}\n",
+    "text": "model:\n  init_args:\n    backbone:\n      class_path: HFText\n"
+    "      init_args: {model_name_or_path: tiny}\n",
+}
+ONE_BATCH = (
+    "trainer:\n  accelerator: cpu\n  devices: 1\n  precision: 32-true\n  logger: false\n  max_epochs: 1\n"
+    "  limit_train_batches: 1\n  limit_val_batches: 1\n"
+)
+
+
+def commands(page: str) -> list[list[str]]:
+    """The ``lightning-prompts`` commands of a page's bash blocks (continuation lines joined)."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", (HOWTO / page).read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["lightning-prompts"]:
+                found.append(words[1:])
+    return found
+
+
+def write_overlay(folder: Path, family: str) -> str:
+    path = folder / f"tiny_{family}.yaml"
+    path.write_text(TINY_MODELS[family] + ONE_BATCH)
+    return str(path)
+
+
+def write_image_folders(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 16), ("val", 2)):  # the guide's command asks for 16 shots
+        for index, name in enumerate(["golden retriever", "tabby_cat", "goldfish"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for k in range(count):
+                pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) // (index + 1)
+                Image.fromarray(pixels).save(folder / f"{k}.png")
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    return tmp_path
+
+
+def test_own_images_command(scratch):
+    write_image_folders(scratch / "my_data")
+    (image_command,) = [c for c in commands("own_data.md") if "ImageFolderDataModule" in c]
+    cli = run_cli([*image_command, "--config", write_overlay(scratch, "clip"), "--data.init_args.image_size=32"])
+    assert cli.trainer.state.finished
+    assert type(cli.datamodule).__name__ == "ImageFolderDataModule"
+    assert cli.model.classnames == ["golden retriever", "goldfish", "tabby cat"]
+
+
+def test_own_text_command(scratch):
+    rows = [('{"review": "A triumph.", "stars": "pos"}'), ('{"review": "Dull.", "stars": "neg"}')] * 10
+    (scratch / "reviews.jsonl").write_text("\n".join(rows) + "\n")
+    (text_command,) = [c for c in commands("own_data.md") if any("reviews.jsonl" in word for word in c)]
+    cli = run_cli([*text_command, "--config", write_overlay(scratch, "text")])
+    assert cli.trainer.state.finished
+    assert cli.model.classnames == ["negative", "positive"]
+    assert len(cli.datamodule.split_texts("fit")["train"]) + len(cli.datamodule.split_texts("fit")["val"]) == 20
+
+
+def test_resume_commands(scratch):
+    fit, resume = commands("resume.md")
+    tiny = ["--config", "recipes/_tiny/clip.yaml", "--trainer.fast_dev_run=false"]
+    tiny += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    first = run_cli([*fit, *tiny, "--trainer.max_epochs=1"])  # the run that was interrupted after an epoch
+    assert (scratch / "outputs" / "coop" / "caltech101" / "checkpoints" / "last.ckpt").is_file()
+    second = run_cli([*resume, *tiny, "--trainer.max_epochs=2"])
+    assert first.trainer.global_step == 1 and second.trainer.global_step == 2  # continued, not restarted
+
+
+def test_reproduce_a_paper_table_commands(scratch):
+    """One dataset and seed of the loop on docs/howto/reproduce_paper.md: fit, then test the trained prompt."""
+    page = (HOWTO / "reproduce_paper.md").read_text()
+    assert "METHOD=maple" in page and "for seed in 1 2 3" in page
+    values = {"$METHOD": "maple", "$dataset": "dtd", "$seed": "1", "$run": "outputs/table/maple/dtd/seed1"}
+    fit, test = [], []
+    for words in commands("reproduce_paper.md"):
+        words = [values.get(word, word) for word in words]
+        words = [word.replace("$METHOD", "maple").replace("$dataset", "dtd") for word in words]
+        (fit if words[0] == "fit" else test).append(words)
+    tiny = ["--config", "recipes/_tiny/clip.yaml"]
+    trained = run_cli([*fit[0], *tiny, "--trainer.fast_dev_run=false", "--trainer.max_epochs=1",
+                       "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])  # fmt: skip
+    assert (scratch / "outputs/table/maple/dtd/seed1/checkpoints/last.ckpt").is_file()
+    tested = run_cli([*test[0], *tiny, "--trainer.fast_dev_run=false", "--trainer.limit_test_batches=1"])
+    assert {"test/acc_base", "test/acc_novel", "test/hm"} <= set(tested.trainer.callback_metrics)
+    for name, value in trained.model.state_dict().items():  # the trained prompt was tested
+        if name in trained.model.trainable_state_keys():
+            assert torch.equal(value, tested.model.state_dict()[name]), name
