@@ -153,8 +153,10 @@ class PromptsCLI(LightningCLI):
         try:
             checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
         except Exception as error:  # noqa: BLE001 - any failure means it is not a checkpoint we can use
+            # torch's own message suggests weights_only=False, which would let the file run code: not shown
+            reason = "only tensors and plain values are read" if "weights_only" in str(error) else str(error)
             raise ConfigurationError(
-                f"--ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({error})."
+                f"--ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({type(error).__name__}; {reason})."
             ) from error
         stored = checkpoint.get("hyper_parameters") or {}
         self._checkpoint_path, self._checkpoint_classes = ckpt_path, stored.get("classnames")
@@ -185,9 +187,25 @@ def compare_hparams(stored: dict[str, Any], configured: dict[str, Any]) -> list[
     for key in sorted(set(stored) & set(configured)):
         if key in _IGNORED or key.startswith("_"):
             continue
-        if _normalise(stored[key]) != _normalise(configured[key]):
-            differences.append(f"{key}: checkpoint {_short(stored[key])}, config {_short(configured[key])}")
+        differences += _differences(key, _normalise(stored[key]), _normalise(configured[key]))
     return differences
+
+
+def _differences(where: str, stored: Any, configured: Any) -> list[str]:
+    """The differing leaves of two normalised values, named by their path (``backbone.init_args.width``),
+    so a long nested config shows what differs instead of a shared prefix."""
+    if stored == configured:
+        return []
+    if (
+        isinstance(stored, dict)
+        and isinstance(configured, dict)
+        and stored.get("class_path") == configured.get("class_path")
+    ):
+        found = []
+        for key in sorted(set(stored) | set(configured)):
+            found += _differences(f"{where}.{key}", stored.get(key), configured.get(key))
+        return found
+    return [f"{where}: checkpoint {_short(stored)}, config {_short(configured)}"]
 
 
 def _normalise(value: Any) -> Any:

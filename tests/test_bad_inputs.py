@@ -271,7 +271,14 @@ def checkpoint_of_other_hyperparameters(tmp: Path):
 
 def checkpoint_of_another_backbone(tmp: Path):
     path = saved_checkpoint(tmp)
-    return ["test", *TINY, "--ckpt_path", str(path), "--model.init_args.backbone.init_args.seed", "5"], "backbone"
+    return [
+        "test",
+        *TINY,
+        "--ckpt_path",
+        str(path),
+        "--model.init_args.backbone.init_args.seed",
+        "5",
+    ], "backbone.init_args.seed: checkpoint 0, config 5"
 
 
 def checkpoint_of_another_method(tmp: Path):
@@ -323,6 +330,7 @@ def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(case, tmp_p
     capsys.readouterr()
     line = run(args, tmp_path / "run", capsys)
     assert culprit in line, line
+    assert "weights_only` set to `False" not in line  # never advise loading a file in a way that runs its code
     assert not (tmp_path / "pwned").exists()
 
 

@@ -38,6 +38,7 @@ def test_export_a_coop_prompt_and_load_it_into_a_fresh_method(tmp_path, capsys):
     trained, checkpoint = fit("coop/caltech101.yaml", "clip.yaml", tmp_path)
     written = export(checkpoint, "--output", str(tmp_path / "coop.safetensors"), capsys=capsys)
     assert written == [str(tmp_path / "coop.safetensors")]
+    assert Path(written[0]).stat().st_mode & 0o777 == 0o644  # readable by the people it is shared with
     fresh = CoOp(trained.backbone, trained.classnames, n_ctx=trained.prompt.ctx.shape[0]).eval()
     assert not torch.equal(fresh.prompt.ctx, trained.prompt.ctx)
     fresh.load_prompt(written[0])

@@ -155,6 +155,7 @@ class TrainableStateMixin:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata=metadata)
+        tmp.chmod(0o644)  # safetensors writes owner-only files; a prompt file is meant to be shared
         tmp.replace(path)  # atomic: no half-written file on failure
         return path
 
