@@ -18,7 +18,9 @@ It exposes exactly the seams of :class:`~lightning_prompts.backbones.OpenCLIP`, 
 runs on it unchanged: tokenize, embed tokens, encode text *from embeddings* (deep prompts replace a
 slot before each layer; padding after the last ``[SEP]`` is dropped, which is exact because it is
 masked), encode images (global feature and the 7×7 feature map as "patch tokens"; a CNN takes no
-visual prompt tokens), logit scale.
+visual prompt tokens), logit scale. MiniLM attends in both directions, so the shared-prefix text pass
+of :class:`~lightning_prompts.backbones.OpenCLIP` (exact only under CLIP's causal mask: there the
+prefix cannot see the class tokens) does not apply here; every prompt runs whole up to its padding.
 """
 
 from __future__ import annotations
