@@ -205,6 +205,8 @@ def _differences(where: str, stored: Any, configured: Any) -> list[str]:
         for key in sorted(set(stored) | set(configured)):
             found += _differences(f"{where}.{key}", stored.get(key), configured.get(key))
         return found
+    if isinstance(stored, dict) and isinstance(configured, dict) and "class_path" in stored:
+        return [f"{where}: checkpoint {stored['class_path']}, config {configured.get('class_path')}"]
     return [f"{where}: checkpoint {_short(stored)}, config {_short(configured)}"]
 
 

@@ -284,7 +284,12 @@ def checkpoint_of_another_backbone(tmp: Path):
 def checkpoint_of_another_method(tmp: Path):
     path = saved_checkpoint(tmp)
     vpt = ["--config", str(RECIPES / "vpt" / "cub.yaml"), "--config", str(RECIPES / "_tiny" / "vit.yaml")]
-    return ["test", *vpt, "--ckpt_path", str(path)], "CoOp"
+    return [
+        "test",
+        *vpt,
+        "--ckpt_path",
+        str(path),
+    ], "method: checkpoint CoOp, config VPT; backbone: checkpoint OpenCLIP, config TimmViT"
 
 
 CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
