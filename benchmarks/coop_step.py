@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from saved_memory import saved_bytes  # benchmarks/saved_memory.py (the script's folder is on the path)
 
 from lightning_prompts.backbones import OpenCLIP
 from lightning_prompts.methods import CoOp, MaPLe
@@ -88,27 +89,6 @@ def step(logits_fn: Callable[[], torch.Tensor], labels: torch.Tensor, optimizer:
     optimizer.step()
 
 
-def saved_bytes(logits_fn: Callable[[], torch.Tensor], labels: torch.Tensor, module: torch.nn.Module) -> int:
-    """Bytes of activations the autograd graph of one step's loss keeps for backward: every distinct
-    storage it holds, counted while the graph is alive (so no address is reused), without the model's own
-    weights (resident anyway); then released without a backward."""
-    resident = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in resident:
-            saved[storage.data_ptr()] = storage.nbytes()  # views of one storage count once
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = F.cross_entropy(logits_fn(), labels)
-    total = sum(saved.values())
-    del loss
-    gc.collect()
-    return total
-
-
 def timed(function: Callable[[], None], device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -139,7 +119,10 @@ def compare(method_name: str, classes: int, args: argparse.Namespace, clip: Open
         with torch.no_grad():
             difference = ((reference() - ours()).abs().max() / ours().abs().max()).item()
     if not args.skip_memory:
-        memory = {name: saved_bytes(fn, labels, method) for name, fn in (("reference", reference), ("ours", ours))}
+        memory = {
+            name: saved_bytes(lambda fn=fn: F.cross_entropy(fn(), labels), method)
+            for name, fn in (("reference", reference), ("ours", ours))
+        }
         suffix = "" if method_name == "coop" else "_" + method_name
         print(
             f"{method_name} {classes} classes: saved for backward: reference {memory['reference'] / 2**30:.2f} "

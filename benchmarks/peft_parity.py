@@ -24,27 +24,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from saved_memory import saved_bytes  # benchmarks/saved_memory.py (the script's folder is on the path)
 
 from lightning_prompts.backbones import HFText
 from lightning_prompts.data import TextClassificationDataModule
 from lightning_prompts.methods import PromptTuning
-
-
-def saved_bytes(loss_fn, module: torch.nn.Module) -> int:
-    resident = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in resident:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = loss_fn()
-    total = sum(saved.values())
-    del loss
-    return total
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TINY_CLIP = str(RECIPES / "_tiny" / "clip.yaml")
 COOP = str(RECIPES / "coop" / "dtd.yaml")
 TINY = ["--config", COOP, "--config", TINY_CLIP]
+TINY_TEXT = ["--config", str(RECIPES / "prompt_tuning" / "sst2.yaml"), "--config", str(RECIPES / "_tiny" / "text.yaml")]
 
 
 def dassl_tree(root: Path, classes: int = 3, per_class: int = 4) -> Path:
@@ -124,13 +125,7 @@ def empty_class_folder(tmp: Path):
 def duplicate_class_names(tmp: Path):
     rows = "\n".join(f"text {i},{label}" for i in range(8) for label in ("Good", "good"))
     (tmp / "train.csv").write_text("text,label\n" + rows + "\n")
-    args = [
-        "fit",
-        "--config",
-        str(RECIPES / "prompt_tuning" / "sst2.yaml"),
-        "--config",
-        str(RECIPES / "_tiny" / "text.yaml"),
-    ]
+    args = ["fit", *TINY_TEXT]
     return [
         *args,
         "--data.init_args.synthetic",
@@ -156,13 +151,7 @@ def context_too_long(tmp: Path):
 
 
 def too_many_soft_tokens(tmp: Path):
-    args = [
-        "fit",
-        "--config",
-        str(RECIPES / "prompt_tuning" / "sst2.yaml"),
-        "--config",
-        str(RECIPES / "_tiny" / "text.yaml"),
-    ]
+    args = ["fit", *TINY_TEXT]
     return [*args, "--model.init_args.num_virtual_tokens", "200", "--model.init_args.truncate", "true"], "200"
 
 

@@ -12,13 +12,8 @@ from lightning.pytorch import Trainer
 from lightning_prompts.methods import VPT, CoOp
 
 
-def train_coop(clip, strategy: str, devices: int, batch_size: int, root) -> torch.Tensor:
-    # resize-only preprocessing and no shuffling: both runs see the same 8 images per step
-    data = synthetic_fewshot(shots=2, num_classes=4, augmentation="vtab", shuffle=False, batch_size=batch_size)
-    torch.manual_seed(0)
-    method = CoOp(clip, data.classnames, n_ctx=4, optimizer=functools.partial(torch.optim.SGD, lr=0.5, momentum=0.9))
+def fit_copies_back(method, data, strategy: str, devices: int, root, **options) -> None:
     trainer = Trainer(
-        max_epochs=3,
         strategy=strategy,
         devices=devices,
         accelerator="cpu",
@@ -29,8 +24,17 @@ def train_coop(clip, strategy: str, devices: int, batch_size: int, root) -> torc
         limit_val_batches=0,
         num_sanity_val_steps=0,
         default_root_dir=str(root),
+        **options,
     )
     trainer.fit(method, data)  # ddp_spawn copies the trained weights back into this process
+
+
+def train_coop(clip, strategy: str, devices: int, batch_size: int, root, lr: float = 0.5, callbacks=()) -> torch.Tensor:
+    # resize-only preprocessing and no shuffling: both runs see the same 8 images per step
+    data = synthetic_fewshot(shots=2, num_classes=4, augmentation="vtab", shuffle=False, batch_size=batch_size)
+    torch.manual_seed(0)
+    method = CoOp(clip, data.classnames, n_ctx=4, optimizer=functools.partial(torch.optim.SGD, lr=lr, momentum=0.9))
+    fit_copies_back(method, data, strategy, devices, root, max_epochs=3, callbacks=list(callbacks))
     return method.prompt.ctx.detach().clone()
 
 
@@ -60,33 +64,11 @@ def test_bf16_mixed_run_stays_finite(method_name, tiny_clip, tiny_vit, trainer_k
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
 
 
-def fit_copies_back(method, data, strategy: str, devices: int, root, **options) -> None:
-    trainer = Trainer(
-        strategy=strategy,
-        devices=devices,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(root),
-        **options,
-    )
-    trainer.fit(method, data)  # ddp_spawn copies the trained weights back into this process
-
-
 def coop_with_consistency(clip, strategy: str, devices: int, batch_size: int, root):
     from lightning_prompts.callbacks import ConsistencyRegularization
 
-    data = synthetic_fewshot(shots=2, num_classes=4, augmentation="vtab", shuffle=False, batch_size=batch_size)
-    torch.manual_seed(0)
-    method = CoOp(clip, data.classnames, n_ctx=4, optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9))
     term = ConsistencyRegularization(weight=4.0, templates=["a photo of a {}.", "a drawing of a {}."], seed=3)
-    trainer_options = {"max_epochs": 3, "callbacks": [term]}
-    fit_copies_back(method, data, strategy, devices, root, **trainer_options)
-    return method.prompt.ctx.detach().clone()
+    return train_coop(clip, strategy, devices, batch_size, root, lr=0.05, callbacks=[term])
 
 
 def test_ddp_with_a_loss_term_matches_one_process_on_the_same_global_batch(tiny_clip, tmp_path):
