@@ -2,7 +2,7 @@
 pages render: the home page, a tutorial, the API reference of CoOp and the results gallery.
 
     apt-get install chromium          # once
-    python docs/screenshots.py [--out site_screenshots]
+    python docs/screenshots.py [--out site_screenshots] [--network]
 
 Builds the site with ``mkdocs build --strict`` into a temporary folder (or takes ``--site``), serves it
 on a local port and writes one PNG per page. Exits 2 with a message when Chromium is not installed.
@@ -42,6 +42,12 @@ frame.src = "/" + location.search.slice(1);
 """
 
 
+# by default every request but the local server's fails at once: offline, Chromium would otherwise wait
+# for the CDN (MathJax) and font requests to time out (pages then render with fallback fonts and formulas
+# as TeX); --network lets them through
+OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
         pass
@@ -59,6 +65,7 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=1600)
     parser.add_argument("--site", default=None, help="an already built site (default: build one)")
+    parser.add_argument("--network", action="store_true", help="let the pages fetch MathJax and fonts from their CDNs")
     args = parser.parse_args()
     browser = chromium()
     if browser is None:
@@ -76,6 +83,8 @@ def main() -> int:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
+            # one Chromium per page, all at once: each spends most of its few seconds starting up
+            shots = []
             for name, page in PAGES.items():
                 target = out / f"{name}.png"
                 page, _, anchor = page.partition("#")
@@ -83,12 +92,17 @@ def main() -> int:
                 # a frame instead
                 path = f"_scrolled.html?{page}#{anchor}" if anchor else page
                 url = f"http://127.0.0.1:{server.server_port}/{path}"
-                subprocess.run(
-                    [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                     f"--window-size={args.width},{args.height}", "--virtual-time-budget=5000",
-                     f"--screenshot={target}", url],
-                    check=True, capture_output=True, timeout=120,
-                )  # fmt: skip
+                profile = Path(scratch) / f"profile_{name}"  # concurrent Chromiums need a profile each
+                command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--window-size={args.width},{args.height}", "--virtual-time-budget=5000",
+                           f"--user-data-dir={profile}", f"--screenshot={target}", url]  # fmt: skip
+                if not args.network:
+                    command.insert(1, OFFLINE)
+                shots.append((target, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            for target, shot in shots:
+                _, errors = shot.communicate(timeout=120)
+                if shot.returncode != 0:
+                    raise subprocess.CalledProcessError(shot.returncode, shot.args, stderr=errors)
                 print(target)
         finally:
             server.shutdown()

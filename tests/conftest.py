@@ -18,7 +18,9 @@ import torch  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*treespec.*")
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# under pytest-xdist every worker takes one core of its own (two workers with two threads each thrash)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
 @pytest.fixture(scope="session")

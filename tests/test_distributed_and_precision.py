@@ -26,7 +26,10 @@ def fit_copies_back(method, data, strategy: str, devices: int, root, **options) 
         default_root_dir=str(root),
         **options,
     )
-    trainer.fit(method, data)  # ddp_spawn copies the trained weights back into this process
+    # ddp_fork, not ddp_spawn: a forked rank inherits the imported torch and lightning, a spawned one
+    # imports them again (about 20 s per two-rank launch on a 2-core machine); both copy the trained
+    # weights back into this process
+    trainer.fit(method, data)
 
 
 def train_coop(clip, strategy: str, devices: int, batch_size: int, root, lr: float = 0.5, callbacks=()) -> torch.Tensor:
@@ -40,7 +43,7 @@ def train_coop(clip, strategy: str, devices: int, batch_size: int, root, lr: flo
 
 def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tiny_clip, tmp_path):
     single = train_coop(tiny_clip, "auto", 1, batch_size=8, root=tmp_path / "single")  # 1 step per epoch
-    ddp = train_coop(tiny_clip, "ddp_spawn", 2, batch_size=4, root=tmp_path / "ddp")
+    ddp = train_coop(tiny_clip, "ddp_fork", 2, batch_size=4, root=tmp_path / "ddp")
     initial = CoOp(tiny_clip, ["a"], n_ctx=4).prompt.ctx  # same seed as above: torch.manual_seed(0) first
     assert not torch.allclose(single, initial)  # training moved the prompt
     assert torch.allclose(single, ddp, atol=1e-5), (single - ddp).abs().max()
@@ -73,7 +76,7 @@ def coop_with_consistency(clip, strategy: str, devices: int, batch_size: int, ro
 
 def test_ddp_with_a_loss_term_matches_one_process_on_the_same_global_batch(tiny_clip, tmp_path):
     single = coop_with_consistency(tiny_clip, "auto", 1, batch_size=8, root=tmp_path / "single")
-    ddp = coop_with_consistency(tiny_clip, "ddp_spawn", 2, batch_size=4, root=tmp_path / "ddp")
+    ddp = coop_with_consistency(tiny_clip, "ddp_fork", 2, batch_size=4, root=tmp_path / "ddp")
     torch.manual_seed(0)
     initial = CoOp(tiny_clip, ["a"], n_ctx=4).prompt.ctx
     assert (single - initial).abs().max() > 1e-2  # training moved the prompt
@@ -97,7 +100,7 @@ def test_ddp_shares_gram_meta_tasks_among_ranks_like_accumulation_in_one_process
     """Two ranks each take every other meta-task; one process takes both per optimizer step (two
     accumulated batches): the same global batch, so the same meta-learned context and regulator."""
     single_ctx, single_psi = gram_run(tiny_clip, "auto", 1, tmp_path / "single", accumulate=2)
-    ddp_ctx, ddp_psi = gram_run(tiny_clip, "ddp_spawn", 2, tmp_path / "ddp", accumulate=1)
+    ddp_ctx, ddp_psi = gram_run(tiny_clip, "ddp_fork", 2, tmp_path / "ddp", accumulate=1)
     torch.manual_seed(0)
     assert torch.allclose(single_ctx, ddp_ctx, atol=1e-6), (single_ctx - ddp_ctx).abs().max()
     for single, ddp in zip(single_psi, ddp_psi):

@@ -20,7 +20,7 @@ RUNS = {
     "own_method": {},
     "own_loss_term": {},
     "continual_lae": {},
-    "text_prompt_to_peft": {"steps": 4},
+    "text_prompt_to_peft": {"steps": 4, "val_batches": 2},
     "graph_prompts": {},
 }
 

