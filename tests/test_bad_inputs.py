@@ -87,6 +87,12 @@ def missing_root(tmp: Path):
     return ["fit", *TINY, *real_data(tmp / "nowhere")], "nowhere"
 
 
+def ood_folder_missing(tmp: Path):
+    dassl_tree(tmp / "data")
+    ood = ["--data.init_args.ood_sets", json.dumps({"inaturalist": str(tmp / "iNaturalist")})]
+    return ["test", *TINY, *real_data(tmp / "data"), *ood], "iNaturalist"
+
+
 def unknown_dataset(tmp: Path):
     return ["fit", *TINY, "--data.init_args.dataset", "dtdd"], "dtdd"
 
@@ -289,6 +295,7 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         split_not_json,
         label_out_of_range,
         missing_root,
+        ood_folder_missing,
         unknown_dataset,
         one_class_only,
         symlink_loop,

@@ -8,7 +8,10 @@ Protocol with the methods (data knows nothing of models; methods read these attr
 
 * ``classnames``: the training classes in label order (the CLI links them to ``model.classnames``);
 * ``test_class_sets``: ``{set name: class names}`` in the order of ``test_dataloader()``; each test
-  set is labelled from 0 in its own classes (base-to-novel: ``{"base": …, "novel": …}``).
+  set is labelled from 0 in its own classes (base-to-novel: ``{"base": …, "novel": …}``);
+* ``ood_test_sets``: the names of the OOD test sets (``ood_sets``), whose loaders follow the ID test
+  set's; their images are unlabelled (label ``-1``) and the default evaluator becomes
+  :class:`~lightning_prompts.evaluation.OODEvaluator`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_prompts.batch import INDEX, MASK, image_view
-from lightning_prompts.data.images import ImageItem, ImageListDataset, verify_images, verify_masks
+from lightning_prompts.data.images import (
+    ImageItem,
+    ImageListDataset,
+    read_unlabelled_images,
+    verify_images,
+    verify_masks,
+)
+from lightning_prompts.data.synthetic import write_unlabelled_images
 from lightning_prompts.data.transforms import Augmentation, build_transform
 from lightning_prompts.errors import DatasetError
 
@@ -78,6 +88,9 @@ class ImageClassificationDataModule(LightningDataModule):
             augmented view (CoPrompt feeds it to the frozen teacher).
         masks: add each training image's foreground mask (``"mask"``, transformed with the image), read
             from a folder that mirrors the image tree (see :meth:`mask_path`).
+        ood_sets: out-of-distribution test sets, ``{name: folder}``: every image under the folder, at
+            any depth, in the layouts the OOD benchmarks ship (``iNaturalist/images/*.jpg``,
+            ``dtd/images/<class>/*.jpg``); tested after the ID test set (see ``ood_test_sets``).
     """
 
     def __init__(
@@ -94,6 +107,7 @@ class ImageClassificationDataModule(LightningDataModule):
         synthetic: Synthetic | dict[str, Any] | None = None,
         views: int = 1,
         masks: bool = False,
+        ood_sets: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         if views < 1:
@@ -104,6 +118,7 @@ class ImageClassificationDataModule(LightningDataModule):
         self.shuffle, self.verify = shuffle, verify_images
         self.synthetic = Synthetic(**synthetic) if isinstance(synthetic, dict) else synthetic  # from Python too
         self.views, self.masks = views, masks
+        self.ood_sets = {str(name): Path(folder).expanduser() for name, folder in (ood_sets or {}).items()}
         self._loaded: LoadedSplits | None = None
         self._datasets: dict[str, Any] = {}
 
@@ -139,6 +154,17 @@ class ImageClassificationDataModule(LightningDataModule):
         return {name: list(names) for name, (names, _) in self._splits().test_sets.items()}
 
     @property
+    def ood_test_sets(self) -> list[str]:
+        """The OOD test sets, in the order their loaders follow the ID test set's."""
+        return list(self.ood_sets)
+
+    def default_evaluator(self) -> Any:
+        """OOD detection when OOD sets are given, else accuracy (base-to-novel with several test sets)."""
+        from lightning_prompts.evaluation import ClassificationEvaluator, OODEvaluator
+
+        return OODEvaluator() if self.ood_sets else ClassificationEvaluator()
+
+    @property
     def batch_keys(self) -> frozenset[str]:
         """Keys every training batch carries besides image and label (see :mod:`lightning_prompts.batch`)."""
         keys = {INDEX, *(image_view(view) for view in range(2, self.views + 1))}
@@ -157,7 +183,11 @@ class ImageClassificationDataModule(LightningDataModule):
                     rank_zero_warn(f"{type(self).__name__}: synthetic data is generated; root {self.root} is not read.")
                 self.root = _synthetic_root()
                 self.write_synthetic(self.root, self.synthetic)
+                for index, name in enumerate(self.ood_sets):  # noise images stand in for each OOD folder
+                    write_unlabelled_images(self.root / "ood" / name, self.synthetic.images_per_class, 16, seed=index)
                 (self.root / ".synthetic").touch()
+            if self.synthetic is not None:
+                self.ood_sets = {name: self.root / "ood" / name for name in self.ood_sets}
             if not self.root.is_dir():
                 raise DatasetError(f"{self.description}: dataset root {self.root} does not exist.")
             loaded = self.load_splits()
@@ -187,6 +217,11 @@ class ImageClassificationDataModule(LightningDataModule):
                 for name, (_, items) in splits.test_sets.items():
                     verify_images(items, f"{self.description} test split {name!r}")
             self._datasets["test"] = [ImageListDataset(items, eval_tf) for _, items in splits.test_sets.values()]
+            for name, folder in self.ood_sets.items():
+                items = read_unlabelled_images(folder, f"{self.description} OOD set {name!r}")
+                if self.verify:
+                    verify_images(items, f"{self.description} OOD set {name!r}")
+                self._datasets["test"].append(ImageListDataset(items, eval_tf))
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]

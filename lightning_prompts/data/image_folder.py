@@ -7,12 +7,10 @@ from typing import Any
 
 from lightning_prompts.data.dassl import few_shot_splits
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
-from lightning_prompts.data.images import ImageItem, check_known_classes
+from lightning_prompts.data.images import IMAGE_SUFFIXES, ImageItem, check_known_classes
 from lightning_prompts.data.synthetic import write_image_folder_layout
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def read_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[ImageItem]]:

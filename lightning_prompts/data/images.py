@@ -17,6 +17,11 @@ from torch.utils.data import Dataset
 from lightning_prompts.batch import IMAGE, INDEX, LABEL, MASK, image_view
 from lightning_prompts.errors import DatasetError
 
+#: File suffixes read as images (case-insensitive); names starting with "." are skipped.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+#: The label of images without one (OOD test sets).
+NO_LABEL = -1
+
 
 @dataclass(frozen=True)
 class ImageItem:
@@ -25,6 +30,20 @@ class ImageItem:
     path: Path
     label: int
     classname: str
+
+
+def read_unlabelled_images(folder: Path, where: str) -> list[ImageItem]:
+    """Every image under ``folder`` at any depth, sorted by path, labelled :data:`NO_LABEL`."""
+    if not folder.is_dir():
+        raise DatasetError(f"{where}: folder {folder} does not exist.")
+    items = [
+        ImageItem(path, NO_LABEL, "")
+        for path in sorted(folder.rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    ]
+    if not items:
+        raise DatasetError(f"{where}: folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    return items
 
 
 def load_rgb(path: Path) -> Any:

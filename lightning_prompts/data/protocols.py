@@ -33,6 +33,15 @@ class TestClassSets(Protocol):
 
 
 @runtime_checkable
+class OODTestSets(Protocol):
+    """Out-of-distribution test sets: their names, in the order their loaders follow the ID test set's
+    in ``test_dataloader()`` (loader 0 is ID; OOD images carry the label ``-1``)."""
+
+    @property
+    def ood_test_sets(self) -> list[str]: ...
+
+
+@runtime_checkable
 class BatchKeys(Protocol):
     """The optional keys (:mod:`lightning_prompts.batch`) every training batch carries, beyond image and label."""
 

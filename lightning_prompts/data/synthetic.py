@@ -51,6 +51,18 @@ def write_image(path: Path, label: int, index: int, size: int, seed: int) -> Non
     Image.fromarray(pixels).save(path, format="JPEG", quality=90)
 
 
+def write_unlabelled_images(folder: Path, count: int, size: int, seed: int) -> None:
+    """``count`` grey-noise JPEGs (no class colour) in ``folder/images/``, a stand-in OOD set."""
+    from PIL import Image
+
+    for index in range(count):
+        rng = np.random.default_rng([seed, 1000, index])
+        pixels = np.clip(rng.normal(128, 60, size=(size, size, 1)).repeat(3, axis=2), 0, 255).astype(np.uint8)
+        path = folder / "images" / f"{index:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+
+
 def write_mask(path: Path, size: int) -> None:
     """A foreground mask: the central half of the image (255) on background (0), as PNG."""
     from PIL import Image

@@ -9,5 +9,6 @@ hands every validation and test batch to an :class:`Evaluator`, chosen by the re
 from lightning_prompts.evaluation.base import Evaluator
 from lightning_prompts.evaluation.classification import ClassificationEvaluator
 from lightning_prompts.evaluation.continual import ContinualEvaluator
+from lightning_prompts.evaluation.ood import OODEvaluator
 
-__all__ = ["ClassificationEvaluator", "ContinualEvaluator", "Evaluator"]
+__all__ = ["ClassificationEvaluator", "ContinualEvaluator", "Evaluator", "OODEvaluator"]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from lightning_prompts.data.protocols import TestClassSets, provided
+from lightning_prompts.data.protocols import OODTestSets, TestClassSets, provided
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.evaluation.base import Evaluator, Stage
 from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy
@@ -37,6 +37,12 @@ class ClassificationEvaluator(Evaluator):
         return sets or {"test": list(module.classnames)}
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
+        ood = provided(datamodule, OODTestSets)
+        if stage == "test" and ood is not None and list(ood.ood_test_sets):
+            raise ConfigurationError(
+                f"The data module has OOD test sets {list(ood.ood_test_sets)}, which ClassificationEvaluator cannot "
+                f"score: use OODEvaluator (the default with ood_sets)."
+            )
         source = provided(datamodule, TestClassSets)
         if source is None or module.supports_new_classes:
             return

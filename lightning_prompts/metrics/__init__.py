@@ -6,13 +6,16 @@ from lightning_prompts.metrics.continual import (
     average_incremental_accuracy,
     forgetting,
 )
+from lightning_prompts.metrics.ood import OODDetection, ood_metrics
 from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy, harmonic_mean
 
 __all__ = [
     "ContinualAccuracy",
+    "OODDetection",
     "SetwiseAccuracy",
     "TaskAccuracy",
     "average_incremental_accuracy",
     "forgetting",
     "harmonic_mean",
+    "ood_metrics",
 ]
