@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
 from lightning_prompts.methods.base import CLIPPromptModule
+from lightning_prompts.methods.base.clip import template_ensemble
 from lightning_prompts.registry import register_method
 
 
@@ -52,14 +52,9 @@ class ZeroShotCLIP(CLIPPromptModule):
             raise ValueError(f"every template needs a '{{}}' for the class name, got {list(templates)}.")
         self.templates = list(templates)
 
-    @torch.no_grad()
     def class_text_features(self) -> Tensor:
         """``(C, D)`` normalised mean over templates of the normalised class-prompt features."""
-        per_template = [
-            self.backbone.encode_text([t.format(n.replace("_", " ")) for n in self.classnames], normalize=True)
-            for t in self.templates
-        ]
-        return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
+        return template_ensemble(self.backbone, self.classnames, self.templates)
 
     def image_features(self, images: Tensor) -> Tensor:
         return F.normalize(self.backbone.encode_image(images).features, dim=-1)

@@ -3,6 +3,7 @@
     python -m lightning_prompts.testbed align \
         --output lightning_prompts/backbones/assets/stand_in_clip_alignment.safetensors
     python -m lightning_prompts.testbed prepare --root data/testbed [--source /usr/share/datasets/fashion-mnist]
+    python -m lightning_prompts.testbed prepare-ood --root data/testbed
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare.add_argument("--val-per-class", type=int, default=20)
     prepare.add_argument("--test-per-class", type=int, default=200)
     prepare.add_argument("--seed", type=int, default=0)
+    ood = commands.add_parser("prepare-ood", help="write the OOD sets (MNIST, sklearn digits, novel Fashion-MNIST)")
+    ood.add_argument("--root", default="data/testbed")
+    ood.add_argument("--per-class", type=int, default=100, help="images per digit of the MNIST and digits sets")
+    ood.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     if args.command == "align":
@@ -39,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)  # one thread: the same floating-point sums on every machine
         report = run(args.output, AlignmentConfig(steps=args.steps, lr=args.lr, seed=args.seed, held_out=args.held_out))
         print(json.dumps(report, indent=1))
+    elif args.command == "prepare-ood":
+        from lightning_prompts.testbed.ood_sets import write_ood_sets
+
+        counts = write_ood_sets(args.root, args.per_class, args.seed)
+        print(f"wrote {args.root}/ood/: " + ", ".join(f"{name} {count} images" for name, count in counts.items()))
     else:
         from lightning_prompts.testbed.fashion_mnist import DEBIAN_SOURCE, write_fashion_mnist
 

@@ -1,0 +1,55 @@
+"""ConES on CLIP classification (no official code): the equations of docs/methods/cones.md pinned by a
+re-computation: z_c = s · <f(x)/|f(x)|, e_c/|e_c|>, e initialised from the zero-shot text features,
+only e trains, the text encoder never runs in training, unseen classes fall back to zero-shot features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from helpers import synthetic_fewshot
+from lightning.pytorch import Trainer
+
+from lightning_prompts.methods import ConES, ZeroShotCLIP
+
+TEMPLATES = ["a photo of a {}.", "a drawing of a {}."]
+
+
+def test_initial_embeddings_are_the_zero_shot_ensemble_and_logits_follow_the_formula(tiny_clip):
+    names = ["tabby cat", "golden_retriever", "canoe"]
+    model = ConES(tiny_clip, names, templates=TEMPLATES).eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        zero_shot = ZeroShotCLIP(tiny_clip, names, templates=TEMPLATES).eval()(images).logits
+        assert torch.allclose(model(images).logits, zero_shot, atol=1e-5)  # at init: zero-shot CLIP
+        # move the embeddings far enough that the ranking of classes changes, then re-compute by hand
+        model.class_embeddings.add_(torch.randn_like(model.class_embeddings) * 2)
+        image = F.normalize(tiny_clip.encode_image(images).features, dim=-1)
+        expected = tiny_clip.logit_scale * image @ F.normalize(model.class_embeddings, dim=-1).t()
+        logits = model(images).logits
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert not torch.allclose(logits, zero_shot, atol=1e-2)  # the learned embeddings, not the zero-shot ones
+
+
+def test_only_the_embeddings_train_and_the_text_encoder_never_runs_in_training(tiny_clip, trainer_kwargs, monkeypatch):
+    data = synthetic_fewshot()
+    model = ConES(tiny_clip, data.classnames)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["class_embeddings"]
+    assert model.class_embeddings.shape == (4, tiny_clip.embed_dim)
+    calls = []
+    encode = type(tiny_clip).encode_text
+    monkeypatch.setattr(type(tiny_clip), "encode_text", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    before = model.class_embeddings.detach().clone()
+    Trainer(max_steps=3, limit_val_batches=0, **trainer_kwargs).fit(model, data)
+    assert not torch.equal(model.class_embeddings, before)
+    assert calls == []  # embeddings were made at construction; training never encodes text
+
+
+def test_new_classes_keep_learned_embeddings_and_score_unseen_ones_zero_shot(tiny_clip):
+    model = ConES(tiny_clip, ["cat", "dog"]).eval()
+    with torch.no_grad():
+        model.class_embeddings.mul_(-1)  # learned: far from zero-shot
+    model.set_classnames(["dog", "canoe"])
+    features = model.encode_class_prompts()
+    assert torch.allclose(features[0], F.normalize(model.class_embeddings[1], dim=-1))
+    canoe = F.normalize(tiny_clip.encode_text(["a photo of a canoe."], normalize=True), dim=-1)[0]
+    assert torch.allclose(features[1], canoe, atol=1e-6)
