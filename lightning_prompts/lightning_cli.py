@@ -175,9 +175,10 @@ class PromptsCLI(LightningCLI):
             )
 
 
-#: Hyperparameters that may differ between training and evaluating a checkpoint.
+#: Hyperparameters that may differ between training and evaluating a checkpoint (the evaluator too: a
+#: model trained for accuracy is then tested for OOD detection).
 _IGNORED = frozenset(
-    {"prompt_init", "classnames", "optimizer", "lr_scheduler", "lr_scheduler_interval", "param_group_lr"}
+    {"prompt_init", "classnames", "optimizer", "lr_scheduler", "lr_scheduler_interval", "param_group_lr", "evaluator"}
 )
 
 

