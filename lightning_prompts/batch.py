@@ -12,6 +12,8 @@ IMAGE = "image"
 IMAGE_VIEW2 = "image_view2"
 #: ``(B, 1, H, W)`` foreground masks in ``{0, 1}``, transformed with the first view.
 MASK = "mask"
+#: ``(B, N, 3, H, W)`` randomly augmented test-time views of each test image (``test_views: N``; TPT).
+IMAGE_VIEWS = "image_views"
 #: ``(B,)`` class labels.
 LABEL = "label"
 #: ``(B,)`` position of each sample in its dataset (for per-sample state such as cached masks).

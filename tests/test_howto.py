@@ -113,3 +113,28 @@ def test_reproduce_a_paper_table_commands(scratch):
     for name, value in trained.model.state_dict().items():  # the trained prompt was tested
         if name in trained.model.trainable_state_keys():
             assert torch.equal(value, tested.model.state_dict()[name]), name
+
+
+def test_ood_and_test_time_commands(scratch):
+    """Train on the guide's ID folders, test against its OOD folder, then TPT's command."""
+    write_image_folders(scratch / "my_data")
+    for split in ("test",):
+        for name in ["golden retriever", "tabby_cat", "goldfish"]:
+            for k in range(2):
+                (scratch / "my_data" / split / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((40, 40, 3), 40 * k, np.uint8)).save(
+                    scratch / "my_data" / split / name / f"{k}.png"
+                )
+    ood = scratch / "my_ood" / "street_scenes" / "images"
+    ood.mkdir(parents=True)
+    for k in range(3):
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(ood / f"{k}.jpg")
+    fit, test, tpt = commands("ood_and_test_time.md")
+    overlay = ["--config", write_overlay(scratch, "clip"), "--data.init_args.image_size=32"]
+    overlay += ["--data.init_args.num_workers=0"]
+    run_cli([*fit, *overlay])
+    tested = run_cli([*test, *overlay])
+    assert "test/fpr95_street_scenes" in tested.trainer.callback_metrics
+    assert (scratch / "outputs" / "my_ood" / "ood_scores.png").is_file()
+    tuned = run_cli([*tpt, "--config", "recipes/_tiny/clip.yaml", "--data.init_args.test_views=9"])  # tiny data
+    assert type(tuned.model.evaluator).__name__ == "TestTimePromptTuning"

@@ -36,7 +36,12 @@ from lightning_prompts.data.images import (
     verify_masks,
 )
 from lightning_prompts.data.synthetic import write_unlabelled_images
-from lightning_prompts.data.transforms import Augmentation, build_transform
+from lightning_prompts.data.transforms import (
+    Augmentation,
+    TestViewAugmentation,
+    build_test_view_transform,
+    build_transform,
+)
 from lightning_prompts.errors import DatasetError
 
 
@@ -91,6 +96,10 @@ class ImageClassificationDataModule(LightningDataModule):
         ood_sets: out-of-distribution test sets, ``{name: folder}``: every image under the folder, at
             any depth, in the layouts the OOD benchmarks ship (``iNaturalist/images/*.jpg``,
             ``dtd/images/<class>/*.jpg``); tested after the ID test set (see ``ood_test_sets``).
+        test_views: N > 0 adds ``"image_views"`` ``(B, N, 3, H, W)`` to every test batch: N random views
+            of each test image for test-time adaptation (TPT: 63), made as ``test_view_augmentation``
+            says (``"crops"`` or ``"augmix"``; see
+            :func:`~lightning_prompts.data.transforms.build_test_view_transform`).
     """
 
     def __init__(
@@ -108,6 +117,8 @@ class ImageClassificationDataModule(LightningDataModule):
         views: int = 1,
         masks: bool = False,
         ood_sets: dict[str, str] | None = None,
+        test_views: int = 0,
+        test_view_augmentation: TestViewAugmentation = "crops",
     ) -> None:
         super().__init__()
         if views < 1:
@@ -119,6 +130,9 @@ class ImageClassificationDataModule(LightningDataModule):
         self.synthetic = Synthetic(**synthetic) if isinstance(synthetic, dict) else synthetic  # from Python too
         self.views, self.masks = views, masks
         self.ood_sets = {str(name): Path(folder).expanduser() for name, folder in (ood_sets or {}).items()}
+        if test_views < 0:
+            raise ValueError(f"test_views must be >= 0, got {test_views}.")
+        self.test_views, self.test_view_augmentation = test_views, test_view_augmentation
         self._loaded: LoadedSplits | None = None
         self._datasets: dict[str, Any] = {}
 
@@ -216,12 +230,22 @@ class ImageClassificationDataModule(LightningDataModule):
             if self.verify:
                 for name, (_, items) in splits.test_sets.items():
                     verify_images(items, f"{self.description} test split {name!r}")
-            self._datasets["test"] = [ImageListDataset(items, eval_tf) for _, items in splits.test_sets.values()]
+            views: dict[str, Any] = {}
+            if self.test_views:
+                view_tf = build_test_view_transform(self.test_view_augmentation, self.image_size, self.normalization)
+                views = {
+                    "test_views": self.test_views,
+                    "view_transform": view_tf,
+                    "view_seed": getattr(self, "seed", 0),
+                }
+            self._datasets["test"] = [
+                ImageListDataset(items, eval_tf, **views) for _, items in splits.test_sets.values()
+            ]
             for name, folder in self.ood_sets.items():
                 items = read_unlabelled_images(folder, f"{self.description} OOD set {name!r}")
                 if self.verify:
                     verify_images(items, f"{self.description} OOD set {name!r}")
-                self._datasets["test"].append(ImageListDataset(items, eval_tf))
+                self._datasets["test"].append(ImageListDataset(items, eval_tf, **views))
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lightning_prompts.batch import IMAGE, INDEX, LABEL, MASK, image_view
+from lightning_prompts.batch import IMAGE, IMAGE_VIEWS, INDEX, LABEL, MASK, image_view
 from lightning_prompts.errors import DatasetError
 
 #: File suffixes read as images (case-insensitive); names starting with "." are skipped.
@@ -165,6 +165,9 @@ class ImageListDataset(Dataset):
             the same image (CoPrompt's second view for the frozen teacher).
         mask_path: maps an item to its foreground mask file; adds ``"mask"`` ``(1, H, W)`` in ``{0, 1}``,
             transformed jointly with the first view (nonzero mask pixels are foreground).
+        test_views: with N > 0, also ``"image_views"`` ``(N, 3, H, W)``: N views by ``view_transform``
+            (test-time adaptation); sample ``i``'s views are drawn from a generator seeded with
+            ``(view_seed, i)``, so they do not depend on the batch order or the loader's workers.
     """
 
     def __init__(
@@ -173,11 +176,17 @@ class ImageListDataset(Dataset):
         transform: Callable[..., Any] | None = None,
         views: int = 1,
         mask_path: Callable[[ImageItem], Path] | None = None,
+        test_views: int = 0,
+        view_transform: Callable[..., Any] | None = None,
+        view_seed: int = 0,
     ) -> None:
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}.")
+        if test_views and view_transform is None:
+            raise ValueError("test_views needs a view_transform.")
         self.items = list(items)
         self.transform, self.views, self.mask_path = transform, views, mask_path
+        self.test_views, self.view_transform, self.view_seed = test_views, view_transform, view_seed
 
     def __len__(self) -> int:
         return len(self.items)
@@ -194,6 +203,10 @@ class ImageListDataset(Dataset):
         sample[IMAGE] = first
         for view in range(2, self.views + 1):
             sample[image_view(view)] = _apply(self.transform, image)
+        if self.test_views:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.view_seed * 1_000_003 + index)
+                sample[IMAGE_VIEWS] = torch.stack([_apply(self.view_transform, image) for _ in range(self.test_views)])
         return sample
 
 

@@ -73,3 +73,28 @@ def build_transform(preset: Augmentation, size: int, normalization: str, train: 
     else:
         raise ValueError(f"augmentation must be 'clip', 'fgvc', 'vtab', 'randaugment' or 'lae', got {preset!r}.")
     return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+TestViewAugmentation = Literal["crops", "augmix"]
+
+
+def build_test_view_transform(kind: TestViewAugmentation, size: int, normalization: str) -> Any:
+    """One random test-time view of a PIL image, as TPT (Shu et al., NeurIPS 2022) makes them:
+
+    * ``"crops"`` (TPT on the ImageNet variants): RandomResizedCrop(size) with torchvision's defaults
+      (scale 0.08–1, bilinear) + horizontal flip;
+    * ``"augmix"`` (TPT on the fine-grained sets): the same crop and flip, then AugMix at severity 1 with
+      3 chains of 1–3 operations, Dirichlet(1) chain weights and a Beta(1, 1) blend with the crop.
+      TPT's own AugMix mixes in the normalised space; mixing before the (affine) normalisation is the
+      same, and torchvision's ``AugMix(all_ops=False)`` has TPT's operation list (no colour, contrast,
+      brightness or sharpness), with torchvision's magnitudes at severity 1.
+    """
+    from torchvision.transforms import v2
+
+    if kind not in ("crops", "augmix"):
+        raise ValueError(f"test-view augmentation must be 'crops' or 'augmix', got {kind!r}.")
+    mean, std = NORMALIZATIONS[normalization]
+    steps: list[Any] = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
+    if kind == "augmix":
+        steps.append(v2.AugMix(severity=1, mixture_width=3, chain_depth=-1, alpha=1.0, all_ops=False))
+    return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])

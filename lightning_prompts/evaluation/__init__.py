@@ -10,5 +10,6 @@ from lightning_prompts.evaluation.base import Evaluator
 from lightning_prompts.evaluation.classification import ClassificationEvaluator
 from lightning_prompts.evaluation.continual import ContinualEvaluator
 from lightning_prompts.evaluation.ood import OODEvaluator
+from lightning_prompts.evaluation.test_time import TestTimePromptTuning
 
-__all__ = ["ClassificationEvaluator", "ContinualEvaluator", "Evaluator", "OODEvaluator"]
+__all__ = ["ClassificationEvaluator", "ContinualEvaluator", "Evaluator", "OODEvaluator", "TestTimePromptTuning"]

@@ -1,0 +1,139 @@
+"""Test-time prompt tuning (TPT; Shu et al., "Test-Time Prompt Tuning for Zero-Shot Generalization in
+Vision-Language Models", NeurIPS 2022; official code: github.com/azshue/TPT) as an evaluator.
+
+For every test image, with ``N`` random views of it (the data module's ``test_views``, TPT: 63) and
+the image itself:
+
+1. the method's trainable tensors (CoOp's context) are reset to their values at the start of the test
+   and a fresh AdamW (lr 5e-3) is made, so every sample starts from the same prompt;
+2. the ``ρ = 10%`` views (original included) whose predictions have the lowest entropy are selected
+   at the first step and kept for the later ones;
+3. the entropy of their *averaged probability*, ``H(p̄)`` with ``p̄ = mean_v softmax(z_v)`` (computed
+   as a log-mean-exp of log-probabilities), is minimised for ``steps`` steps (TPT: 1);
+4. the image itself is classified with the tuned prompt.
+
+The views of one image are scored in one batch, and when the method leaves the image encoder
+unprompted (``image_side_frozen``: CoOp), their image features are computed once per sample instead
+of once per step (they cannot change). ``tests/evaluation/test_test_time.py`` re-computes the
+selection, the loss and the reset.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from lightning_prompts.batch import IMAGE, IMAGE_VIEWS
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.evaluation.base import Stage
+from lightning_prompts.evaluation.classification import ClassificationEvaluator
+from lightning_prompts.registry import register_evaluator
+
+if TYPE_CHECKING:
+    from lightning_prompts.methods.base import PromptModule
+
+
+def select_confident(logits: Tensor, fraction: float) -> Tensor:
+    """Indices of the ``int(V · fraction)`` rows of ``logits`` ``(V, C)`` with the lowest entropy."""
+    entropy = -(logits.softmax(dim=-1) * logits.log_softmax(dim=-1)).sum(dim=-1)
+    return torch.argsort(entropy, descending=False)[: int(logits.shape[0] * fraction)]
+
+
+def average_probability_entropy(logits: Tensor) -> Tensor:
+    """``H(mean_v softmax(z_v))`` of ``logits`` ``(V, C)``, via ``log p̄ = logsumexp_v log p_v − log V``."""
+    log_probabilities = logits.float().log_softmax(dim=-1)
+    log_mean = (log_probabilities.logsumexp(dim=0) - math.log(logits.shape[0])).clamp(
+        min=torch.finfo(torch.float32).min
+    )
+    return -(log_mean * log_mean.exp()).sum(dim=-1)
+
+
+@register_evaluator()
+class TestTimePromptTuning(ClassificationEvaluator):
+    """TPT at test (see the module docstring); validation is plain accuracy, as without it.
+
+    Args:
+        steps: optimisation steps per test image (TPT: 1; DiffTPT: 4).
+        lr: AdamW learning rate (5e-3).
+        selection: the share of views kept by confidence (0.1).
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name says
+
+    def __init__(self, steps: int = 1, lr: float = 5e-3, selection: float = 0.1) -> None:
+        super().__init__()
+        if steps < 1 or lr <= 0 or not 0 < selection <= 1:
+            raise ConfigurationError("TestTimePromptTuning: steps >= 1, lr > 0 and 0 < selection <= 1.")
+        self.steps, self.lr, self.selection = steps, lr, selection
+        self._initial: dict[str, Tensor] = {}
+
+    def check_ready(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
+        super().check_ready(module, datamodule, stage)
+        if stage != "test":
+            return
+        if not any(p.requires_grad for p in module.parameters()):
+            raise ConfigurationError(
+                f"TestTimePromptTuning tunes a method's prompt; {type(module).__name__} has no trainable tensor."
+            )
+        if not getattr(datamodule, "test_views", 0):
+            raise ConfigurationError(
+                "TestTimePromptTuning needs test-time views: give the data module test_views (TPT: 63)."
+            )
+
+    def start(self, module: PromptModule, stage: Stage) -> None:
+        super().start(module, stage)
+        if stage == "test":  # the prompt every test image starts from
+            self._initial = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+    def score(self, module: PromptModule, batch: Any, stage: Stage, dataloader_idx: int) -> Tensor:
+        if stage != "test":
+            return super().score(module, batch, stage, dataloader_idx)
+        rows = []
+        for index in range(batch[IMAGE].shape[0]):
+            rows.append(self.tune_and_predict(module, batch[IMAGE][index], batch[IMAGE_VIEWS][index]))
+        return module.evaluation_scores(batch, torch.cat(rows))
+
+    def reset(self, module: PromptModule) -> list[Tensor]:
+        """Put the trainable tensors back to their test-start values; return them."""
+        parameters = dict(module.named_parameters())
+        with torch.no_grad():
+            for name, value in self._initial.items():
+                parameters[name].copy_(value)
+                parameters[name].grad = None
+        return [parameters[name] for name in self._initial]
+
+    def tune_and_predict(self, module: PromptModule, image: Tensor, views: Tensor) -> Tensor:
+        """Logits ``(1, C)`` of ``image`` after tuning on ``[image, *views]`` from the initial prompt."""
+        # Lightning tests under inference mode; the tuning steps need autograd (on copies of the inputs)
+        with torch.inference_mode(False), torch.enable_grad():
+            inputs = torch.cat([image.unsqueeze(0), views]).clone()
+            parameters = self.reset(module)
+            optimizer = torch.optim.AdamW(parameters, lr=self.lr)
+            frozen_features = None
+            if getattr(module, "image_side_frozen", False):
+                with torch.no_grad():
+                    frozen_features = module.image_features(inputs)
+            selected = None
+            for _ in range(self.steps):
+                if frozen_features is not None:
+                    logits = module.classify_features(frozen_features).logits
+                else:
+                    logits = module(inputs).logits
+                if selected is None:  # chosen once, at the first step, as TPT does
+                    selected = select_confident(logits.detach(), self.selection)
+                loss = average_probability_entropy(logits[selected])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                if frozen_features is not None:
+                    return module.classify_features(frozen_features[:1]).logits.detach()
+                return module(inputs[:1]).logits.detach()
+
+    def finish(self, module: PromptModule, stage: Stage) -> dict[str, Tensor]:
+        if stage == "test" and self._initial:
+            self.reset(module)  # leave the module as the test found it
+        return super().finish(module, stage)
