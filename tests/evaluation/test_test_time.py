@@ -129,3 +129,17 @@ def test_a_tpt_recipe_tests_from_the_command_line(tmp_path, capsys):
     assert isinstance(cli.model.evaluator, TestTimePromptTuning)
     assert cli.datamodule.test_view_augmentation == "augmix"
     assert "test/acc" in cli.trainer.callback_metrics and "acc" in capsys.readouterr().out
+
+
+def test_the_cost_benchmark_runs_and_both_paths_predict_the_same(monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "tpt_cost.py"
+    argv = ["tpt_cost.py", "--model", "tiny", "--classes", "5", "--views", "9", "--steps", "2", "--images", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    printed = capsys.readouterr().out
+    difference = float(printed.rsplit("largest logits difference:", 1)[1])
+    assert difference < 1e-4 and "one at a time / batched" in printed
