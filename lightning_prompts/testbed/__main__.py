@@ -48,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lightning_prompts.testbed.ood_sets import write_ood_sets
 
         counts = write_ood_sets(args.root, args.per_class, args.seed)
-        print(f"wrote {args.root}/ood/: " + ", ".join(f"{name} {count} images" for name, count in counts.items()))
+        words = counts.pop("words")
+        sets = ", ".join(f"{name} {count} images" for name, count in counts.items())
+        print(f"wrote {args.root}/ood/: {sets}; words.txt with {words} words")
     else:
         from lightning_prompts.testbed.fashion_mnist import DEBIAN_SOURCE, write_fashion_mnist
 

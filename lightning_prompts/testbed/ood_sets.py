@@ -7,7 +7,11 @@ The ID set is Fashion-MNIST's five base classes (``subsample_classes: base``); t
 * ``digits``: scikit-learn's bundled 8×8 handwritten digits (UCI), 100 per digit, their 0–16 grey
   levels scaled to 0–255 and enlarged to 28×28 (bilinear);
 * ``fashion_novel``: near-OOD, the test images of Fashion-MNIST's five novel classes (sandal, shirt,
-  sneaker, bag, ankle boot) that ``prepare`` wrote in the Dassl tree.
+  sneaker, bag, ankle boot) that ``prepare`` wrote in the Dassl tree;
+
+and ``words.txt``, the word list NegLabel mines its negative labels from: every name of every
+ImageNet-1k class (timm's synset lemmas, 1,800-odd words and phrases; the real NegLabel list is WordNet's
+nouns and adjectives, which no package here ships).
 
 Far-OOD sets are grey digits on black like Fashion-MNIST, so they differ in content, not in style.
 """
@@ -105,6 +109,11 @@ def write_ood_sets(root: str | Path = "data/testbed", per_class: int = 100, seed
             shutil.copyfile(root / "fashion_mnist" / "images" / relative, target)
             novel += 1
     counts["fashion_novel"] = novel
+    from lightning_prompts.testbed.alignment import imagenet_class_names
+
+    words = list(dict.fromkeys(name for names in imagenet_class_names() for name in names))
+    (scratch / "words.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    counts["words"] = len(words)
     if final.exists():
         shutil.rmtree(final)
     scratch.replace(final)

@@ -96,7 +96,10 @@ def test_ood_sets_are_real_digits_and_the_novel_fashion_test_images(idx_source, 
     assert images.shape == (5000, 28, 28) and np.bincount(labels).tolist() == [500] * 10
     write_fashion_mnist(idx_source, tmp_path, train_per_class=2, val_per_class=1, test_per_class=3)
     counts = write_ood_sets(tmp_path, per_class=4, seed=0)
+    words = counts.pop("words")
     assert counts == {"mnist": 40, "digits": 40, "fashion_novel": 3 * len(NOVEL_CLASSES)}
+    listed = (tmp_path / "ood" / "words.txt").read_text().splitlines()
+    assert len(listed) == words > 1500 and "goldfish" in listed and len(set(listed)) == words
     for name, count in counts.items():
         items = read_unlabelled_images(tmp_path / "ood" / name, name)
         assert len(items) == count

@@ -1,0 +1,77 @@
+"""Negative labels for zero-shot OOD detection (NegLabel; LAPT mines its negative labels the same way).
+
+From a word list the user gives, keep the words whose text features are *farthest* from the ID class
+names: for each candidate, its similarities to the ``n`` ID names are sorted and the one at position
+``int(percentile · n)`` (a high percentile, so one close ID name is enough to disqualify a word) is its
+closeness; the ``count`` candidates with the smallest closeness become the negative labels. Words that
+are an ID name (ignoring case and ``_``) are never chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lightning_prompts.errors import DatasetError
+
+
+def read_word_list(path: str | Path) -> list[str]:
+    """One word or phrase per line (UTF-8); blank lines and lines starting with ``#`` are skipped,
+    repeats kept once, in order."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"Word list {path} does not exist.")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"Word list {path} is not UTF-8 text: {error}") from None
+    words = list(dict.fromkeys(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")))
+    if not words:
+        raise DatasetError(f"Word list {path} holds no words.")
+    return words
+
+
+def closeness_to(id_features: Tensor, candidate_features: Tensor, percentile: float) -> Tensor:
+    """``(K,)``: each candidate's ``int(percentile · n)``-th smallest cosine to the ``n`` ID features."""
+    similarities = candidate_features @ id_features.t()  # (K, n), both L2-normalised
+    position = min(int(percentile * id_features.shape[0]), id_features.shape[0] - 1)
+    return similarities.sort(dim=1).values[:, position]
+
+
+@torch.no_grad()
+def mine_negative_labels(
+    encode_texts: Callable[[Sequence[str]], Tensor],
+    id_names: Sequence[str],
+    candidates: Sequence[str],
+    count: int,
+    percentile: float = 0.95,
+    template: str = "a photo of a {}.",
+    batch_size: int = 1000,
+) -> list[str]:
+    """The ``count`` candidates farthest from ``id_names`` (see the module docstring), farthest first.
+
+    Args:
+        encode_texts: L2-normalised text features of strings (a CLIP method's ``encode_texts``).
+        id_names: the in-distribution class names.
+        candidates: the word list.
+        count: how many negative labels to keep (NegLabel and LAPT: 10,000 at test).
+        percentile: where in the sorted similarities to read a candidate's closeness (0.95).
+        template: how names are turned into text before encoding.
+        batch_size: candidates encoded at once.
+    """
+    own = {name.replace("_", " ").lower() for name in id_names}
+    pool = [word for word in candidates if word.replace("_", " ").lower() not in own]
+    if count < 1 or count > len(pool):
+        raise ValueError(f"count must be between 1 and the {len(pool)} candidates that are not ID names, got {count}.")
+    id_features = encode_texts([template.format(name.replace("_", " ")) for name in id_names])
+    closeness = torch.cat(
+        [
+            closeness_to(id_features, encode_texts([template.format(w) for w in pool[i : i + batch_size]]), percentile)
+            for i in range(0, len(pool), batch_size)
+        ]
+    )
+    order = torch.argsort(closeness, stable=True)[:count]
+    return [pool[int(i)] for i in order]

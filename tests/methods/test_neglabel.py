@@ -1,0 +1,81 @@
+"""NegLabel: the mining rule (closeness = the int(0.95·n)-th smallest cosine to the ID names, the
+farthest kept) re-computed by hand, the word-list format, and the ID-mass score over ID + negative
+labels from the module's logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import synthetic_fewshot
+from lightning.pytorch import Trainer
+
+from lightning_prompts.errors import ConfigurationError, DatasetError
+from lightning_prompts.evaluation import ClassificationEvaluator, OODEvaluator
+from lightning_prompts.methods import NegLabel
+from lightning_prompts.prompts.negative_labels import closeness_to, mine_negative_labels, read_word_list
+
+
+def test_closeness_is_the_percentile_similarity_and_the_farthest_words_are_kept():
+    id_features = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.8, 0.0]]), dim=-1)
+    words = {"near": [0.9, 0.1, 0.0], "far": [0.0, 0.0, 1.0], "middle": [0.5, -0.5, 0.7], "next": [0.1, 0.9, 0.1]}
+    features = F.normalize(torch.tensor(list(words.values())), dim=-1)
+    similarities = features @ id_features.t()
+    # n = 3 ID names: position int(0.95 * 3) = 2, the largest of the three similarities
+    assert torch.allclose(closeness_to(id_features, features, 0.95), similarities.max(dim=1).values)
+    assert torch.allclose(closeness_to(id_features, features, 0.5), similarities.sort(dim=1).values[:, 1])
+
+    table = dict(zip(["a photo of a id0.", "a photo of a id1.", "a photo of a id2."], id_features))
+    table.update({f"a photo of a {w}.": f for w, f in zip(words, features)})
+    encode = lambda texts: torch.stack([table[t] for t in texts])  # noqa: E731
+    mined = mine_negative_labels(encode, ["id0", "id1", "id2"], [*words, "ID1"], count=2, batch_size=2)
+    order = similarities.max(dim=1).values.argsort()
+    assert mined == [list(words)[int(i)] for i in order[:2]] == ["far", "middle"]  # "ID1" is an ID name: never
+
+
+def test_word_lists_are_read_once_per_word_and_bad_ones_are_named(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text("# WordNet nouns\nteapot\n\nvolcano\nteapot\n  violin  \n", encoding="utf-8")
+    assert read_word_list(path) == ["teapot", "volcano", "violin"]
+    path.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(DatasetError, match="is not UTF-8 text"):
+        read_word_list(path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_word_list(tmp_path / "missing.txt")
+
+
+def test_the_id_mass_of_its_logits_is_what_the_evaluator_logs(tiny_clip, trainer_kwargs, tmp_path):
+    data = synthetic_fewshot(ood_sets={"noise": "unused"})
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(["teapot", "volcano", "violin", "glacier", "tractor", "lobster", *data.classnames]))
+    model = NegLabel(tiny_clip, data.classnames, word_list=str(words), num_negative_labels=4, negative_groups=2)
+    assert len(model.negative_labels) == 4 and not set(model.negative_labels) & set(data.classnames)
+    assert isinstance(
+        model.evaluator_choice if hasattr(model, "evaluator_choice") else model.resolve_evaluator(data), OODEvaluator
+    )
+    results = Trainer(**trainer_kwargs).test(model, data)[0]
+    loaders = data.test_dataloader()
+    with torch.no_grad():
+        logits = [torch.cat([model.eval()(b["image"]).logits for b in loader]) for loader in loaders]
+    assert logits[0].shape[1] == 4 + 4  # ID classes, then negative labels
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(0))
+
+    def mass(z):  # two groups of two negatives, each with every ID class
+        groups = [torch.cat([z[:, :4], z[:, 4:][:, g]], 1).softmax(1)[:, :4].sum(1) for g in (order[:2], order[2:])]
+        return torch.stack(groups).mean(0)
+
+    from lightning_prompts.metrics import ood_metrics
+
+    expected = ood_metrics(mass(logits[0]), mass(logits[1]))
+    assert results["test/auroc_noise"] == pytest.approx(float(expected["auroc"]), abs=1e-6)
+    targets = torch.cat([b["label"] for b in loaders[0]])
+    assert results["test/acc"] == pytest.approx(float((logits[0][:, :4].argmax(1) == targets).float().mean()))
+
+
+def test_it_needs_a_word_list_and_the_ood_evaluator(tiny_clip):
+    with pytest.raises(ConfigurationError, match="needs a word_list"):
+        NegLabel(tiny_clip, ["cat", "dog"])
+    model = NegLabel(tiny_clip, ["cat", "dog"], negative_labels=["teapot", "violin"], negative_groups=2,
+                     evaluator=ClassificationEvaluator())  # fmt: skip
+    with pytest.raises(ConfigurationError, match="evaluate it with OODEvaluator"):
+        model.check_ready("test", [], None)
