@@ -105,3 +105,22 @@ def test_ddp_shares_gram_meta_tasks_among_ranks_like_accumulation_in_one_process
     assert torch.allclose(single_ctx, ddp_ctx, atol=1e-6), (single_ctx - ddp_ctx).abs().max()
     for single, ddp in zip(single_psi, ddp_psi):
         assert torch.allclose(single, ddp, rtol=1e-6, atol=1e-6), (single - ddp).abs().max()
+
+
+def test_ddp_ood_metrics_are_computed_on_the_scores_of_both_ranks(tiny_clip, tmp_path):
+    """Two ranks each score half of the ID and OOD images (even halves: no padding duplicates); the
+    evaluator gathers the scores before computing, so FPR95/AUROC equal one process's, not an average."""
+    results = {}
+    for strategy, devices in (("auto", 1), ("ddp_spawn", 2)):
+        data = synthetic_fewshot(ood_sets={"noise": "unused"}, eval_batch_size=4)  # 16 ID and 4 OOD images
+        torch.manual_seed(0)
+        method = CoOp(tiny_clip, data.classnames, n_ctx=4, init_std=1.0)
+        trainer = Trainer(
+            strategy=strategy, devices=devices, accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=str(tmp_path / strategy),
+        )  # fmt: skip
+        results[strategy] = trainer.test(method, data, verbose=False)[0]
+    single, ddp = results["auto"], results["ddp_spawn"]
+    assert set(single) == set(ddp) and "test/auroc_noise" in single
+    for key in single:
+        assert ddp[key] == pytest.approx(single[key], abs=1e-6), key

@@ -22,6 +22,7 @@ RUNS = {
     "continual_lae": {},
     "text_prompt_to_peft": {"steps": 4, "val_batches": 2},
     "graph_prompts": {},
+    "ood_detection": {"testbed": False},
 }
 
 

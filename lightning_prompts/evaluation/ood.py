@@ -148,8 +148,10 @@ class OODEvaluator(Evaluator):
         if "test" in accuracy:
             results["test/acc"] = accuracy["test"]
         trainer = module._trainer
-        if self.histogram and (trainer is None or trainer.is_global_zero):
-            self.write_scores(self.output_folder(module))
+        if self.histogram:
+            scores = self.detection.all_scores()  # every process takes part in the gathering
+            if trainer is None or trainer.is_global_zero:
+                self.write_scores(self.output_folder(module), scores)
         self.detection.reset()
         self.test_accuracy.reset()
         return results
@@ -161,7 +163,7 @@ class OODEvaluator(Evaluator):
         folder = trainer.log_dir if trainer.logger is not None else None
         return Path(folder or trainer.default_root_dir)
 
-    def write_scores(self, folder: Path) -> None:
+    def write_scores(self, folder: Path, scores: dict[str, Tensor]) -> None:
         """``ood_scores.safetensors`` (``id`` and one tensor per OOD set) and ``ood_scores.png``."""
         import matplotlib
 
@@ -172,8 +174,7 @@ class OODEvaluator(Evaluator):
         assert self.detection is not None
         folder.mkdir(parents=True, exist_ok=True)
         names = self.detection.ood_set_names
-        scores = {"id": self.detection.scores(0).cpu()}
-        scores.update({name: self.detection.scores(i).cpu() for i, name in enumerate(names, 1)})
+        scores = {name: values.cpu() for name, values in scores.items()}
         save_file({name: values.float().contiguous() for name, values in scores.items()}, str(folder / SCORES_FILE))
         (folder / SCORES_FILE).chmod(0o644)  # safetensors writes owner-only files; these are results to share
         figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)

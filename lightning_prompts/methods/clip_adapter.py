@@ -62,6 +62,9 @@ class CLIPAdapter(CLIPPromptModule):
     ) -> None:
         kwargs.pop("frozen_template", None)  # the template *is* the frozen prompt here
         super().__init__(backbone, classnames, frozen_template=template, **kwargs)
+        # the frozen template is ``template``: not a hyperparameter of its own (a checkpoint would otherwise
+        # disagree with every config that omits it)
+        self.hparams.pop("frozen_template", None)
         self.adapter = ResidualAdapter(self.backbone.embed_dim, ratio, reduction)
 
     def class_text_features(self) -> Tensor:

@@ -67,6 +67,9 @@ class ConES(CLIPPromptModule):
             raise ValueError(f"every template needs a '{{}}' for the class name, got {list(templates)}.")
         super().__init__(backbone, classnames, frozen_template=templates[0], **kwargs)
         self.templates = list(templates)
+        # the frozen template follows from ``templates``; it is not an argument of this method, so it is not
+        # a hyperparameter either (a checkpoint would otherwise disagree with every config that omits it)
+        self.hparams.pop("frozen_template", None)
         #: The classes the embeddings belong to (the training classes), in row order.
         self.embedding_classnames = list(self.classnames)
         self.class_embeddings = nn.Parameter(template_ensemble(self.backbone, self.embedding_classnames, templates))

@@ -172,12 +172,18 @@ class OODDetection(Metric):
         getattr(self, f"scores_{set_index}").append(scores.detach().flatten().to(torch.float64))
 
     def scores(self, set_index: int) -> Tensor:
-        """All scores of a set so far (ID for 0), concatenated."""
-        return (
-            dim_zero_cat(getattr(self, f"scores_{set_index}"))
-            if getattr(self, f"scores_{set_index}")
-            else torch.zeros(0)
-        )
+        """The scores of a set so far (ID for 0), concatenated: this process's, or every process's
+        inside ``compute`` and :meth:`all_scores`."""
+        value = getattr(self, f"scores_{set_index}")
+        if isinstance(value, Tensor):  # synchronised: torchmetrics gathered the list into one tensor
+            return value
+        return dim_zero_cat(value) if value else torch.zeros(0, dtype=torch.float64, device=self.device)
+
+    def all_scores(self) -> dict[str, Tensor]:
+        """``{"id": …, <set>: …}`` with the scores of every process (a collective call: every process
+        must make it)."""
+        with self.sync_context(should_sync=True, should_unsync=True):
+            return {name: self.scores(i).clone() for i, name in enumerate(["id", *self.ood_set_names])}
 
     def compute(self) -> dict[str, Tensor]:
         id_scores = self.scores(0)

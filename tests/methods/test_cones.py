@@ -4,6 +4,7 @@ only e trains, the text encoder never runs in training, unseen classes fall back
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from helpers import synthetic_fewshot
@@ -53,3 +54,21 @@ def test_new_classes_keep_learned_embeddings_and_score_unseen_ones_zero_shot(tin
     assert torch.allclose(features[0], F.normalize(model.class_embeddings[1], dim=-1))
     canoe = F.normalize(tiny_clip.encode_text(["a photo of a canoe."], normalize=True), dim=-1)[0]
     assert torch.allclose(features[1], canoe, atol=1e-6)
+
+
+@pytest.mark.parametrize("folder", ["cones", "clip_adapter"])
+def test_a_checkpoint_is_tested_with_the_recipe_it_was_trained_with(folder, tmp_path, monkeypatch):
+    """fit, then test --ckpt_path last with the same recipe: the stored hyperparameters match the config
+    (the frozen template these methods derive is not one of them)."""
+    from pathlib import Path
+
+    from lightning_prompts.cli import run_cli
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    monkeypatch.chdir(tmp_path)
+    common = ["--config", str(recipes / folder / "dtd.yaml"), "--config", str(recipes / "_tiny" / "clip.yaml")]
+    common += ["--trainer.fast_dev_run", "false", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"]
+    common += ["--trainer.default_root_dir", str(tmp_path)]
+    run_cli(["fit", *common])
+    cli = run_cli(["test", *common, "--ckpt_path", "last"])
+    assert "test/acc" in cli.trainer.callback_metrics
