@@ -182,7 +182,9 @@ class OODDetection(Metric):
     def all_scores(self) -> dict[str, Tensor]:
         """``{"id": …, <set>: …}`` with the scores of every process (a collective call: every process
         must make it)."""
-        with self.sync_context(should_sync=True, should_unsync=True):
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, distributed_available=self.distributed_available_fn, should_unsync=True
+        ):
             return {name: self.scores(i).clone() for i, name in enumerate(["id", *self.ood_set_names])}
 
     def compute(self) -> dict[str, Tensor]:

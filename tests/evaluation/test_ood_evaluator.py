@@ -134,21 +134,3 @@ def test_the_imagenet_ood_recipe_tests_every_ood_set_from_the_command_line(tmp_p
         assert 0.0 <= float(metrics[f"test/auroc_{name}"]) <= 1.0 and f"test/fpr95_{name}" in metrics
     assert "fpr95_textures" in capsys.readouterr().out  # the results table the command prints
     assert (tmp_path / "ood_scores.png").is_file()
-
-
-def test_a_checkpoint_trained_for_accuracy_is_tested_for_ood_detection(tmp_path, monkeypatch):
-    """fit with the accuracy protocol, then test the checkpoint with OOD sets and MCM (the data page's
-    command): the evaluator is a test-time choice, not part of the trained model."""
-    from pathlib import Path
-
-    from lightning_prompts.cli import run_cli
-
-    recipes = Path(__file__).resolve().parents[2] / "recipes"
-    monkeypatch.chdir(tmp_path)
-    common = ["--config", str(recipes / "coop" / "caltech101.yaml"), "--config", str(recipes / "_tiny" / "clip.yaml")]
-    common += ["--trainer.fast_dev_run", "false", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
-    common += ["--trainer.default_root_dir", str(tmp_path)]
-    run_cli(["fit", *common])
-    cli = run_cli(["test", *common, "--ckpt_path", "last", "--data.init_args.ood_sets", "{mine: unused}"])
-    assert isinstance(cli.model.evaluator, OODEvaluator)
-    assert "test/auroc_mine" in cli.trainer.callback_metrics

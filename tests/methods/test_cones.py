@@ -59,7 +59,9 @@ def test_new_classes_keep_learned_embeddings_and_score_unseen_ones_zero_shot(tin
 @pytest.mark.parametrize("folder", ["cones", "clip_adapter"])
 def test_a_checkpoint_is_tested_with_the_recipe_it_was_trained_with(folder, tmp_path, monkeypatch):
     """fit, then test --ckpt_path last with the same recipe: the stored hyperparameters match the config
-    (the frozen template these methods derive is not one of them)."""
+    (the frozen template these methods derive is not one of them). The test adds OOD sets, so it also
+    shows that a checkpoint trained for accuracy is tested with another evaluator (the data page's
+    command)."""
     from pathlib import Path
 
     from lightning_prompts.cli import run_cli
@@ -70,5 +72,6 @@ def test_a_checkpoint_is_tested_with_the_recipe_it_was_trained_with(folder, tmp_
     common += ["--trainer.fast_dev_run", "false", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"]
     common += ["--trainer.default_root_dir", str(tmp_path)]
     run_cli(["fit", *common])
-    cli = run_cli(["test", *common, "--ckpt_path", "last"])
-    assert "test/acc" in cli.trainer.callback_metrics
+    cli = run_cli(["test", *common, "--ckpt_path", "last", "--data.init_args.ood_sets", "{mine: unused}"])
+    assert type(cli.model.evaluator).__name__ == "OODEvaluator"
+    assert "test/acc" in cli.trainer.callback_metrics and "test/auroc_mine" in cli.trainer.callback_metrics

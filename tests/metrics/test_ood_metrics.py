@@ -107,3 +107,29 @@ def test_docstring_examples_run():
     from lightning_prompts.metrics import ood
 
     assert doctest.testmod(ood).failed == 0
+
+
+def test_metrics_and_histogram_scores_use_every_process_scores():
+    """Two processes emulated with torchmetrics' own hooks: this process holds half of the scores and the
+    gather returns the other half too; compute and all_scores see the whole set (after a
+    synchronisation the list states are one tensor, which the metric must read as such)."""
+    from lightning_prompts.metrics import OODDetection
+
+    halves = {0: (ID_SCORES[:2], ID_SCORES[2:]), 1: (OOD_SCORES[:1], OOD_SCORES[1:])}
+
+    def gather(tensor, group=None):  # what the other rank holds, by matching this rank's local state
+        for mine, theirs in halves.values():
+            if tensor.numel() == mine.numel() and torch.equal(tensor, mine.double()):
+                return [tensor, theirs.double()]
+        raise AssertionError(tensor)
+
+    metric = OODDetection(["ood"], dist_sync_fn=gather, distributed_available_fn=lambda: True)
+    metric.update(halves[0][0], set_index=0)
+    metric.update(halves[1][0], set_index=1)
+    whole = ood_metrics(ID_SCORES, OOD_SCORES)
+    results = metric.compute()
+    assert float(results["auroc_ood"]) == pytest.approx(float(whole["auroc"]))
+    scores = metric.all_scores()
+    assert torch.equal(scores["id"].sort().values, ID_SCORES.double().sort().values)
+    assert torch.equal(scores["ood"].sort().values, OOD_SCORES.double().sort().values)
+    assert metric.scores(0).numel() == 2  # back to this process's own after the synchronisation
