@@ -65,14 +65,20 @@ class PromptsCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
-        if any(action.dest == "verbose" for action in parser._actions):  # validate/test: our table, after the run
-            parser.set_defaults(verbose=False)
         parser.add_argument(
             f"--{EXTENDS}",
             type=str | list[str] | None,
             default=None,
             help="Recipe files this one builds on; lightning-prompts expands them into --config options.",
         )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # validate/test print our one table after the run, not Lightning's (one column per loader, the same
+        # numbers in each); ``verbose`` is added after add_arguments_to_parser, so its default is set here
+        if any(action.dest == "verbose" for action in parser._actions):
+            parser.set_defaults(verbose=False)
+        return parser
 
     def after_test(self) -> None:
         print_results(self.trainer.callback_metrics, "test")

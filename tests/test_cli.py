@@ -75,6 +75,7 @@ def test_base_to_novel_fit_then_test_reports_base_novel_and_hm(tmp_path, capsys)
         [name, f"{metrics['test/' + name]:.4f}"] for name in ("acc_base", "acc_novel", "hm")
     ]
     assert "Tip" not in printed.out + printed.err
+    assert "DataLoader 0" not in printed.out + printed.err  # not Lightning's table as well, one column per loader
 
     # a checkpoint written under the CLI loads in plain Python, backbone rebuilt from its config
     from lightning_prompts import CoOp
