@@ -25,29 +25,22 @@ import torch.nn.functional as F
 
 from lightning_prompts.backbones import OpenCLIP
 from lightning_prompts.evaluation import TestTimePromptTuning
-from lightning_prompts.evaluation.test_time import average_probability_entropy, select_confident
 from lightning_prompts.methods import CoOp
 
 
 def one_view_at_a_time(
     method: CoOp, tpt: TestTimePromptTuning, image: torch.Tensor, views: torch.Tensor
 ) -> torch.Tensor:
+    """TPT's computation with the inputs encoded one by one, at every step (the same tuning loop)."""
     inputs = torch.cat([image.unsqueeze(0), views])
-    parameters = tpt.reset(method)
-    optimizer = torch.optim.AdamW(parameters, lr=tpt.lr)
-    selected = None
-    for _ in range(tpt.steps):
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            features = torch.cat([F.normalize(method.backbone.encode_image(x[None]).features, dim=-1) for x in inputs])
-        logits = method.classify_features(features).logits
-        if selected is None:
-            selected = select_confident(logits.detach(), tpt.selection)
-        loss = average_probability_entropy(logits[selected])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            return torch.cat([F.normalize(method.backbone.encode_image(x[None]).features, dim=-1) for x in batch])
+
+    tpt.tune(method, lambda: method.classify_features(encode(inputs)).logits)
     with torch.no_grad():
-        return method.classify_features(F.normalize(method.backbone.encode_image(image[None]).features, dim=-1)).logits
+        return method.classify_features(encode(image[None])).logits
 
 
 def main() -> None:

@@ -143,15 +143,14 @@ class OODEvaluator(Evaluator):
             self.val_accuracy.reset()
             return {"val/acc": result["val"]} if "val" in result else {}
         assert self.detection is not None
-        results = {f"test/{name}": value for name, value in self.detection.compute().items()}
+        scores = self.detection.all_scores()  # gathered once (every process takes part): metrics and histogram
+        results = {f"test/{name}": value for name, value in self.detection.metrics_of(scores).items()}
         accuracy = self.test_accuracy.compute()
         if "test" in accuracy:
             results["test/acc"] = accuracy["test"]
         trainer = module._trainer
-        if self.histogram:
-            scores = self.detection.all_scores()  # every process takes part in the gathering
-            if trainer is None or trainer.is_global_zero:
-                self.write_scores(self.output_folder(module), scores)
+        if self.histogram and (trainer is None or trainer.is_global_zero):
+            self.write_scores(self.output_folder(module), scores)
         self.detection.reset()
         self.test_accuracy.reset()
         return results

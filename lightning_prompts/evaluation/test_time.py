@@ -21,6 +21,7 @@ selection, the loss and the reset.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -105,32 +106,33 @@ class TestTimePromptTuning(ClassificationEvaluator):
                 parameters[name].grad = None
         return [parameters[name] for name in self._initial]
 
+    def tune(self, module: PromptModule, logits_of: Callable[[], Tensor]) -> None:
+        """Reset the prompt, then ``steps`` AdamW steps on the entropy of the mean probability of the most
+        confident rows of ``logits_of()`` (the rows are chosen at the first step and kept, as TPT does)."""
+        optimizer = torch.optim.AdamW(self.reset(module), lr=self.lr)
+        selected = None
+        for _ in range(self.steps):
+            logits = logits_of()
+            if selected is None:
+                selected = select_confident(logits.detach(), self.selection)
+            loss = average_probability_entropy(logits[selected])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
     def tune_and_predict(self, module: PromptModule, image: Tensor, views: Tensor) -> Tensor:
         """Logits ``(1, C)`` of ``image`` after tuning on ``[image, *views]`` from the initial prompt."""
         # Lightning tests under inference mode; the tuning steps need autograd (on copies of the inputs)
         with torch.inference_mode(False), torch.enable_grad():
             inputs = torch.cat([image.unsqueeze(0), views]).clone()
-            parameters = self.reset(module)
-            optimizer = torch.optim.AdamW(parameters, lr=self.lr)
-            frozen_features = None
-            if getattr(module, "image_side_frozen", False):
+            if getattr(module, "image_side_frozen", False):  # the views' features cannot change: once
                 with torch.no_grad():
-                    frozen_features = module.image_features(inputs)
-            selected = None
-            for _ in range(self.steps):
-                if frozen_features is not None:
-                    logits = module.classify_features(frozen_features).logits
-                else:
-                    logits = module(inputs).logits
-                if selected is None:  # chosen once, at the first step, as TPT does
-                    selected = select_confident(logits.detach(), self.selection)
-                loss = average_probability_entropy(logits[selected])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                    features = module.image_features(inputs)
+                self.tune(module, lambda: module.classify_features(features).logits)
+                with torch.no_grad():
+                    return module.classify_features(features[:1]).logits.detach()
+            self.tune(module, lambda: module(inputs).logits)
             with torch.no_grad():
-                if frozen_features is not None:
-                    return module.classify_features(frozen_features[:1]).logits.detach()
                 return module(inputs[:1]).logits.detach()
 
     def finish(self, module: PromptModule, stage: Stage) -> dict[str, Tensor]:

@@ -188,11 +188,11 @@ class OODDetection(Metric):
             return {name: self.scores(i).clone() for i, name in enumerate(["id", *self.ood_set_names])}
 
     def compute(self) -> dict[str, Tensor]:
-        id_scores = self.scores(0)
-        per_set = {
-            name: ood_metrics(id_scores, self.scores(i), self.convention)
-            for i, name in enumerate(self.ood_set_names, 1)
-        }
+        return self.metrics_of({name: self.scores(i) for i, name in enumerate(["id", *self.ood_set_names])})
+
+    def metrics_of(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What :meth:`compute` returns, for scores already gathered (:meth:`all_scores`)."""
+        per_set = {name: ood_metrics(scores["id"], scores[name], self.convention) for name in self.ood_set_names}
         results = {f"{metric}_{name}": value for name, metrics in per_set.items() for metric, value in metrics.items()}
         for metric in next(iter(per_set.values())):
             results[metric] = torch.stack([metrics[metric] for metrics in per_set.values()]).mean()
