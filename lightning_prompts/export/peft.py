@@ -1,9 +1,11 @@
-"""Export a soft prompt as a PEFT prompt-tuning adapter (``PeftModel.from_pretrained`` loads it).
+"""Export soft prompts as PEFT adapters (``PeftModel.from_pretrained`` loads them).
 
-PEFT stores a prompt-tuning adapter as ``adapter_config.json`` plus ``adapter_model.safetensors``
-holding one tensor ``prompt_embeddings`` of shape ``(num_virtual_tokens, token_dim)``; for
-sequence classification the trained head travels as ``modules_to_save`` under
-``base_model.<head name>.<parameter>``. We write the same two files without importing PEFT.
+PEFT stores a prompt-learning adapter as ``adapter_config.json`` plus ``adapter_model.safetensors``
+holding one tensor ``prompt_embeddings``: ``(num_virtual_tokens, token_dim)`` for prompt tuning,
+``(num_virtual_tokens, 2 · num_layers · token_dim)`` for prefix tuning (the per-layer keys and values,
+reparameterisation applied, as PEFT saves them in inference mode). For sequence classification the
+trained head travels as ``modules_to_save`` under ``base_model.<head name>.<parameter>``. We write the
+same two files without importing PEFT.
 """
 
 from __future__ import annotations
@@ -38,6 +40,61 @@ def export_peft_prompt_tuning(
         base_model_name_or_path: recorded so ``PeftModel.from_pretrained`` users know the base model.
         head_modules: trained classification head(s) by attribute name (sequence classification).
     """
+    config = {
+        "peft_type": "PROMPT_TUNING",
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "token_dim": int(prompt.shape[1]),
+        "num_attention_heads": _first(model_config, "num_attention_heads", "n_head"),
+        "num_layers": _first(model_config, "num_hidden_layers", "n_layer"),
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+        "tokenizer_kwargs": None,
+    }
+    return _write_adapter(directory, config, prompt, task, base_model_name_or_path, head_modules)
+
+
+def export_peft_prefix_tuning(
+    directory: str | Path,
+    table: Tensor,
+    num_layers: int,
+    key_value_heads: int,
+    task: str,
+    base_model_name_or_path: str | None,
+    head_modules: Mapping[str, nn.Module] | None = None,
+) -> Path:
+    """Write a PEFT prefix-tuning adapter.
+
+    Args:
+        table: ``(m, 2 · num_layers · W)`` keys and values in PEFT's layout ``[layer][key, value][head][dim]``
+            with ``W = key_value_heads · head_dim``.
+        num_layers, key_value_heads: the base model's layers and key/value heads (``num_attention_heads``
+            in PEFT's config is the number of key/value heads, so grouped-query models load).
+        Other arguments as :func:`export_peft_prompt_tuning`.
+    """
+    width, rest = divmod(int(table.shape[1]), 2 * num_layers)
+    if rest:
+        raise ValueError(f"a prefix table of width {table.shape[1]} does not split into 2 x {num_layers} layers.")
+    config = {
+        "peft_type": "PREFIX_TUNING",
+        "num_virtual_tokens": int(table.shape[0]),
+        "token_dim": width,
+        "num_attention_heads": key_value_heads,
+        "num_layers": num_layers,
+        "encoder_hidden_size": width,
+        "prefix_projection": False,
+    }
+    return _write_adapter(directory, config, table, task, base_model_name_or_path, head_modules)
+
+
+def _write_adapter(
+    directory: str | Path,
+    config: dict[str, Any],
+    prompt: Tensor,
+    task: str,
+    base_model_name_or_path: str | None,
+    head_modules: Mapping[str, nn.Module] | None,
+) -> Path:
     from safetensors.torch import save_file
 
     if task not in _TASK_TYPES:
@@ -47,17 +104,9 @@ def export_peft_prompt_tuning(
         for key, value in module.state_dict().items():
             tensors[f"base_model.{name}.{key}"] = value.detach().cpu().contiguous()
     config = {
-        "peft_type": "PROMPT_TUNING",
+        **config,
         "task_type": _TASK_TYPES[task],
-        "num_virtual_tokens": int(prompt.shape[0]),
-        "token_dim": int(prompt.shape[1]),
         "num_transformer_submodules": 1,
-        "num_attention_heads": _first(model_config, "num_attention_heads", "n_head"),
-        "num_layers": _first(model_config, "num_hidden_layers", "n_layer"),
-        "prompt_tuning_init": "RANDOM",
-        "prompt_tuning_init_text": None,
-        "tokenizer_name_or_path": None,
-        "tokenizer_kwargs": None,
         "base_model_name_or_path": base_model_name_or_path,
         "revision": None,
         "inference_mode": True,

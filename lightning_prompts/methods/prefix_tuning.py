@@ -1,0 +1,126 @@
+"""Prefix tuning / P-tuning v2: learned keys and values in every layer of a frozen language model.
+
+Prefix tuning (Li & Liang, ACL 2021) and P-tuning v2 (Liu et al., ACL 2022) give every transformer
+layer ``m`` extra key/value pairs that every real token attends to; they are the "deep" counterpart of
+:class:`~lightning_prompts.methods.PromptTuning`, which only changes the input. P-tuning v2 trains
+them with the model's classification head on natural-language understanding tasks, which is what
+``task="sequence-classification"`` does here; ``task="causal-lm"`` scores classes with a verbalizer.
+
+The prefixes are a :class:`~lightning_prompts.prompts.prefix.DeepPrefix` whose block hook
+(``attention_prefix``) :class:`~lightning_prompts.backbones.HFText` turns into a prefilled key/value
+cache, the mechanism PEFT's ``PREFIX_TUNING`` and the P-tuning v2 code use (``past_key_values``):
+text positions start after the prefix, and the attention mask gets ``m`` leading ones.
+
+:meth:`PrefixTuning.export_peft` writes a PEFT ``PREFIX_TUNING`` adapter (the reparameterisation
+baked in, as PEFT saves it); PEFT gives the same logits for causal language models
+(``tests/methods/test_prefix_tuning.py``). Where we deviate: the frozen model runs in eval mode
+(both references train with its dropout on); ``dropout`` on the prefix (P-tuning v2 uses the model's
+hidden dropout, 0.1 for BERT) defaults to 0 as in PEFT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prompts.backbones.hf_text import HFText
+from lightning_prompts.export.peft import export_peft_prefix_tuning
+from lightning_prompts.methods.base import TextPromptModule
+from lightning_prompts.prompts.prefix import DeepPrefix
+from lightning_prompts.registry import register_method
+
+
+@register_method(
+    family="text",
+    title="Prefix Tuning / P-tuning v2",
+    paper="Li & Liang, ACL 2021 — Prefix-Tuning; Liu et al., ACL 2022 — P-Tuning v2",
+    code="THUDM/P-tuning-v2",
+    example={"num_virtual_tokens": 4},
+)
+class PrefixTuning(TextPromptModule):
+    """Per-layer key/value prefixes on a frozen Hugging Face model.
+
+    Args:
+        backbone: the frozen :class:`~lightning_prompts.backbones.HFText` (its ``task`` picks the head).
+        classnames: the classes, in label order (linked from the data module).
+        num_virtual_tokens: prefix length ``m`` (P-tuning v2 uses 20 on SuperGLUE, up to 128 elsewhere).
+        projection_hidden: hidden width of the reparameterisation MLP (P-tuning v2's ``prefix_projection``
+            with ``prefix_hidden_size``, 512 in its scripts); ``None`` trains the prefixes directly.
+        dropout: dropout on the prefixes while training.
+        label_words, text_template, truncate: see :class:`~lightning_prompts.methods.base.TextPromptModule`.
+        seed: seed of the prefix initialisation (N(0, 1), as ``nn.Embedding`` in both references).
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``param_group_lr`` …; groups ``"prompt"`` and
+            (sequence classification) ``"head"``. Default optimizer: AdamW, lr 5e-3, no weight decay
+            (P-tuning v2's SuperGLUE scripts use 5e-3 to 1e-2).
+    """
+
+    default_optimizer: ClassVar[dict[str, Any]] = {
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": 5e-3, "weight_decay": 0.0},
+    }
+
+    def __init__(
+        self,
+        backbone: HFText,
+        classnames: Sequence[str] | None = None,
+        num_virtual_tokens: int = 20,
+        projection_hidden: int | None = None,
+        dropout: float = 0.0,
+        label_words: Sequence[str] | None = None,
+        text_template: str = "{text}",
+        truncate: bool = False,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
+        model: HFText = self.backbone
+        heads, head_dim = model.key_value_heads
+        self.prefix = DeepPrefix(
+            num_virtual_tokens,
+            model.num_layers,
+            heads * head_dim,
+            projection_hidden=projection_hidden,
+            token_dim=model.hidden_size,
+            dropout=dropout,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    @property
+    def reserved_tokens(self) -> int:
+        # the text's positions start after the prefix (the model counts the cache as past positions)
+        return self.prefix.num_tokens
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        return list(self.prefix.parameters())
+
+    def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
+        return self.backbone.forward_embeddings(
+            None, input_ids, attention_mask, output_hidden_states, hooks=self.prefix.hooks()
+        )
+
+    # -- export ----------------------------------------------------------------------------------------
+    def export_peft(self, directory: str | Path) -> Path:
+        """Write a PEFT prefix-tuning adapter that ``PeftModel.from_pretrained(base, directory)`` loads.
+
+        Raises:
+            NotImplementedError: for sequence classification, whose ``transformers`` 5 model classes no
+                longer take ``past_key_values``, so PEFT (0.21) refuses prefix tuning on them; use
+                :meth:`export_prompt` (our format) instead.
+        """
+        model: HFText = self.backbone
+        if model.task == "sequence-classification":
+            raise NotImplementedError(
+                "PEFT runs prefix tuning through `past_key_values`, which transformers 5's sequence-classification "
+                "models no longer accept (PEFT raises 'Model does not support past key values'); export_prompt() "
+                "writes the prefixes in our format, and causal language models export to PEFT."
+            )
+        heads, _ = model.key_value_heads
+        with torch.no_grad():
+            table = self.prefix.flat()
+        return export_peft_prefix_tuning(
+            directory, table, model.num_layers, heads, model.task, model.model_name_or_path, model.head_modules()
+        )

@@ -1,0 +1,131 @@
+"""Prefix tuning / P-tuning v2: per-layer keys and values, pinned to a hand-written encoder and to PEFT."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from peft import PeftModel
+from torch.nn import functional as F
+
+from lightning_prompts.backbones import HFText
+from lightning_prompts.data import SyntheticText, TextClassificationDataModule
+from lightning_prompts.methods import PrefixTuning
+
+TEXTS = ["the film was great and moving", "dull", "an awful, tedious and clumsy film with a weak plot!"]
+
+
+def bert_with_prefix(model, input_ids, attention_mask, keys, values):
+    """BERT's sequence classification written out by hand, every layer's attention reading ``m`` extra
+    keys/values first and the text's positions starting at ``m`` (P-tuning v2's past_key_values)."""
+    bert, config = model.bert, model.config
+    m = keys[0].shape[0]
+    heads = config.num_attention_heads
+    width = config.hidden_size // heads
+    positions = torch.arange(m, m + input_ids.shape[1])
+    emb = bert.embeddings
+    h = emb.word_embeddings(input_ids) + emb.position_embeddings(positions) + emb.token_type_embeddings.weight[0]
+    h = emb.LayerNorm(h)
+    visible = torch.cat([torch.ones(input_ids.shape[0], m), attention_mask.float()], 1)
+    bias = (1 - visible)[:, None, None, :] * torch.finfo(h.dtype).min
+    for layer, key_p, value_p in zip(bert.encoder.layer, keys, values):
+        att = layer.attention.self
+
+        def split(x):
+            return x.view(x.shape[0], -1, heads, width).transpose(1, 2)
+
+        q = split(att.query(h))
+        k = split(torch.cat([key_p.expand(h.shape[0], -1, -1), att.key(h)], 1))
+        v = split(torch.cat([value_p.expand(h.shape[0], -1, -1), att.value(h)], 1))
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(width) + bias, dim=-1)
+        context = (weights @ v).transpose(1, 2).reshape(h.shape)
+        h = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + h)
+        h = layer.output.LayerNorm(layer.output.dense(F.gelu(layer.intermediate.dense(h))) + h)
+    pooled = torch.tanh(bert.pooler.dense(h[:, 0]))
+    return model.classifier(pooled)
+
+
+def test_encoder_prefixes_match_a_hand_written_bert():
+    backbone = HFText("tiny-bert")
+    method = PrefixTuning(backbone, ["neg", "pos", "mixed"], num_virtual_tokens=3, seed=1).eval()
+    with torch.no_grad():  # a head large enough that classes score differently
+        backbone.model.classifier.weight.normal_(0, 1)
+    tokens = method.tokenize(TEXTS)
+    table = method.prefix().detach()  # (m, L, 2, W)
+    with torch.no_grad():
+        ours = method(**tokens).logits
+        expected = bert_with_prefix(
+            backbone.model,
+            tokens["input_ids"],
+            tokens["attention_mask"],
+            table[:, :, 0].unbind(1),
+            table[:, :, 1].unbind(1),
+        )
+        without = backbone.forward_embeddings(None, **tokens).logits
+    assert ours.shape == (3, 3)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert not torch.allclose(ours, without, atol=1e-3)  # the prefixes do change the output
+    trainable = {n for n, p in method.named_parameters() if p.requires_grad}
+    assert trainable == {"prefix.table", "backbone.model.classifier.weight", "backbone.model.classifier.bias"}
+
+
+def test_reparameterisation_is_p_tuning_v2s_mlp():
+    method = PrefixTuning(HFText("tiny-bert"), ["a", "b"], num_virtual_tokens=4, projection_hidden=8)
+    mlp = method.prefix.projection
+    first, last = mlp[0], mlp[2]
+    table = method.prefix.table
+    expected = F.linear(torch.tanh(F.linear(table, first.weight, first.bias)), last.weight, last.bias)
+    assert torch.allclose(method.prefix.flat(), expected)
+    assert method.prefix().shape == (4, 2, 2, 32)  # m, layers, key/value, heads * head_dim
+    assert {n for n, p in method.named_parameters() if p.requires_grad and n.startswith("prefix")} == {
+        "prefix.table",
+        "prefix.projection.0.weight",
+        "prefix.projection.0.bias",
+        "prefix.projection.2.weight",
+        "prefix.projection.2.bias",
+    }
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-gemma3"])
+@pytest.mark.parametrize("projection_hidden", [None, 16])
+def test_causal_lm_matches_peft_after_export(name, projection_hidden, trainer_kwargs, tmp_path):
+    backbone = HFText(name, task="causal-lm")
+    data = TextClassificationDataModule(synthetic=SyntheticText(examples_per_class=8), batch_size=8)
+    method = PrefixTuning(
+        backbone,
+        data.classnames,
+        num_virtual_tokens=5,
+        projection_hidden=projection_hidden,
+        text_template="{text} it was",
+    )
+    before = method.prefix.flat().detach().clone()
+    Trainer(max_steps=3, **trainer_kwargs).fit(method, data)
+    method.eval()
+    assert not torch.allclose(method.prefix.flat(), before)  # it trained
+    directory = method.export_peft(tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(directory)).eval()
+    tokens = method.tokenize(TEXTS)
+    with torch.no_grad():
+        ours = method(tokens["input_ids"], tokens["attention_mask"]).logits
+        full = peft_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).logits
+        plain = backbone.forward_embeddings(None, **tokens).logits[:, method.label_word_ids]
+    last = tokens["attention_mask"].sum(1) - 1  # the prefix is in the cache, not in the sequence
+    theirs = full[torch.arange(len(TEXTS)), last][:, method.label_word_ids]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours, plain, atol=1e-4)
+
+
+def test_sequence_classification_export_says_why_peft_cannot_load_it(tmp_path):
+    method = PrefixTuning(HFText("tiny-bert"), ["a", "b"], num_virtual_tokens=2)
+    with pytest.raises(NotImplementedError, match="past_key_values"):
+        method.export_peft(tmp_path / "adapter")
+
+
+def test_the_prefix_takes_positions_from_the_context():
+    backbone = HFText("tiny-bert", max_length=16)
+    method = PrefixTuning(backbone, ["a", "b"], num_virtual_tokens=6)
+    assert method.reserved_tokens == 6
+    assert method.tokenize(["abc"])["input_ids"].shape[1] <= 10
