@@ -233,8 +233,8 @@ class HFText(Backbone):
             lengths = encoded["attention_mask"].sum(1)
             worst = int(lengths.argmax())
             raise ContextLengthError(
-                f"Text {worst}{' of ' + where if where else ''} has {int(lengths[worst])} tokens; with {reserve} "
-                f"soft tokens that exceeds the context length {self.max_length} of {self.name}. Shorten the "
+                f"Text {worst}{' of ' + where if where else ''} has {int(lengths[worst])} tokens, more than the "
+                f"{limit} positions left for text in the context of {self.max_length} of {self.name}. Shorten the "
                 f"texts or set truncate=True. Text starts: {texts[worst][:80]!r}"
             )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
@@ -269,6 +269,7 @@ class HFText(Backbone):
         attention_mask: Tensor,
         output_hidden_states: bool = False,
         hooks: BlockHook | None = None,
+        input_offset: Tensor | None = None,
     ) -> Any:
         """Run the model on ``[prompt; embed(input_ids)]`` with the mask extended by ones.
 
@@ -278,6 +279,8 @@ class HFText(Backbone):
             hooks: a block hook whose token edits apply to the hidden states entering each layer (in place:
                 the sequence length cannot change inside a Hugging Face model), and whose attention prefixes
                 (one per layer, one length) enter every layer as a key/value cache (prefix tuning, P-tuning v2).
+            input_offset: ``(T, H)`` or ``(B, T, H)`` added to the word embeddings of the input tokens (every
+                position, padding included; not to the soft tokens): DePT's position-wise low-rank update.
 
         Returns:
             For sequence classification the model output (``.logits`` is ``(B, num_labels)``); for a
@@ -285,6 +288,12 @@ class HFText(Backbone):
             real token.
         """
         embeds = self.word_embeddings(input_ids)
+        if input_offset is not None:
+            if input_offset.shape[-2] != input_ids.shape[1]:
+                raise ValueError(
+                    f"an input offset for {input_offset.shape[-2]} positions, but {input_ids.shape[1]} tokens."
+                )
+            embeds = embeds + input_offset.to(embeds.dtype)
         if prompt is not None:
             prompt = expand_to_batch(prompt, embeds.shape[0])
             embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)

@@ -15,10 +15,11 @@ import io
 import json
 import lzma
 import random
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -71,9 +72,30 @@ def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     return [{key: str(value) for key, value in record.items()} for record in records]
 
 
-def read_table(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
-    """``(text, label)`` rows of a CSV/TSV/JSONL file (label kept as a string)."""
-    return [(record[text_column], record[label_column]) for record in read_records(path, (text_column, label_column))]
+def read_table(
+    path: Path, text_column: str, label_column: str, text_format: str | None = None
+) -> list[tuple[str, str]]:
+    """``(text, label)`` rows of a CSV/TSV/JSONL file (label kept as a string). With ``text_format``
+    (``"premise: {premise} hypothesis: {hypothesis}"``) the text is built from the columns it names."""
+    if text_format is None:
+        return [(r[text_column], r[label_column]) for r in read_records(path, (text_column, label_column))]
+    columns = format_columns(text_format)
+    return [(text_format.format(**r), r[label_column]) for r in read_records(path, (*columns, label_column))]
+
+
+def format_columns(text_format: str) -> list[str]:
+    """The column names a ``text_format`` reads; only plain ``{name}`` fields are allowed (a format string
+    from a config must not reach attributes or items of the values)."""
+    names = []
+    for _, field, spec, conversion in string.Formatter().parse(text_format):
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            raise ValueError(f"text_format fields must be plain column names like {{premise}}, got {{{field}}}.")
+        names.append(field)
+    if not names:
+        raise ValueError(f"text_format {text_format!r} names no column.")
+    return names
 
 
 class TextDataset(Dataset):
@@ -103,6 +125,14 @@ class TextClassificationDataModule(LightningDataModule):
         val_file: validation data; ``None`` holds out ``val_fraction`` of the training file.
         test_file: test data; ``None`` tests on the validation data.
         text_column, label_column: column (or JSON key) names.
+        text_format: build the text from several columns, e.g. ``"premise: {premise} hypothesis: {hypothesis}"``
+            for sentence pairs (GLUE/SuperGLUE as ``datasets`` writes them); replaces ``text_column``.
+        split_protocol: where validation and test come from. ``"files"``: the files (or ``val_fraction``).
+            The protocol of the DePT/MPT/ATTEMPT papers, whose GLUE/SuperGLUE test labels are hidden:
+            ``"halve_validation"`` (small sets: RTE, MRPC, CoLA, STS-B, CB, BoolQ, WiC, …) splits the
+            validation file in two seeded halves, validation and test; ``"holdout_1k"`` (large sets: SST-2,
+            QNLI, QQP, MNLI, …) holds 1,000 seeded training examples out for validation and tests on the
+            validation file.
         labels: the label values in class order, as they appear in the files (``["0", "1"]``,
             ``["rotten", "fresh"]``); ``None`` uses the sorted values of the training file.
         classnames: readable class names (the verbalizer's default label words); default: ``labels``.
@@ -127,6 +157,8 @@ class TextClassificationDataModule(LightningDataModule):
         test_file: str | None = None,
         text_column: str = "text",
         label_column: str = "label",
+        text_format: str | None = None,
+        split_protocol: Literal["files", "halve_validation", "holdout_1k"] = "files",
         labels: list[str] | None = None,
         classnames: list[str] | None = None,
         drop_other_labels: bool = False,
@@ -147,6 +179,16 @@ class TextClassificationDataModule(LightningDataModule):
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
         self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.text_column, self.label_column = text_column, label_column
+        if text_format is not None:
+            format_columns(text_format)  # a bad format fails here, not when the files are read
+        if split_protocol not in ("files", "halve_validation", "holdout_1k"):
+            raise ValueError(f"split_protocol must be files, halve_validation or holdout_1k, got {split_protocol!r}.")
+        if split_protocol != "files" and (val_file is None or test_file is not None) and synthetic is None:
+            raise ValueError(
+                f"split_protocol={split_protocol!r} takes a val_file (the benchmark's validation set) "
+                f"and no test_file (it makes the test split)."
+            )
+        self.text_format, self.split_protocol = text_format, split_protocol
         self.labels, self._classnames = labels, classnames
         self.drop_other_labels, self.val_fraction = drop_other_labels, val_fraction
         self.shots, self.max_train_examples, self.seed = shots, max_train_examples, seed
@@ -179,7 +221,7 @@ class TextClassificationDataModule(LightningDataModule):
         file = self.files[split]
         if file is None:
             return None
-        return read_table(resolve_path(file), self.text_column, self.label_column)
+        return read_table(resolve_path(file), self.text_column, self.label_column, self.text_format)
 
     def _load(self) -> dict[str, tuple[list[str], list[int]]]:
         if self._splits is not None:
@@ -209,18 +251,20 @@ class TextClassificationDataModule(LightningDataModule):
         rng = random.Random(self.seed)
         train = encoded(train_rows, "train")
         val_rows = self._rows("val")
+        test_rows = self._rows("test")
+        test = encoded(test_rows, "test") if test_rows is not None else None
         if val_rows is None:
-            order = list(range(len(train[0])))
-            rng.shuffle(order)
-            cut = max(1, int(round(len(order) * self.val_fraction)))
-            held, kept = sorted(order[:cut]), sorted(order[cut:])
-            val = ([train[0][i] for i in held], [train[1][i] for i in held])
-            train = ([train[0][i] for i in kept], [train[1][i] for i in kept])
+            train, val = _held_out(train, max(1, int(round(len(train[0]) * self.val_fraction))), rng)
+        elif self.split_protocol == "holdout_1k":
+            train, val = _held_out(train, 1000, rng)
+            test = encoded(val_rows, "val")
+        elif self.split_protocol == "halve_validation":
+            whole = encoded(val_rows, "val")
+            test, val = _held_out(whole, len(whole[0]) // 2, rng)
         else:
             val = encoded(val_rows, "val")
         train = self._sample(train, rng)
-        test_rows = self._rows("test")
-        test = encoded(test_rows, "test") if test_rows is not None else val
+        test = test if test is not None else val
         if not train[0]:
             raise DatasetError("The training split is empty after filtering labels.")
         self._splits = {"train": train, "val": val, "test": test}
@@ -281,6 +325,19 @@ class TextClassificationDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", False, keep_order=True)  # predictions in the file's order
+
+
+def _held_out(
+    split: tuple[list[str], list[int]], count: int, rng: random.Random
+) -> tuple[tuple[list[str], list[int]], tuple[list[str], list[int]]]:
+    """``(kept, held)``: ``count`` seeded examples held out of ``split`` (both kept in file order)."""
+    texts, labels = split
+    if count >= len(texts):
+        raise DatasetError(f"cannot hold {count} examples out of a split of {len(texts)}.")
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    held, kept = sorted(order[:count]), sorted(order[count:])
+    return ([texts[i] for i in kept], [labels[i] for i in kept]), ([texts[i] for i in held], [labels[i] for i in held])
 
 
 _POSITIVE = ("great", "wonderful", "moving", "brilliant", "funny", "beautiful", "charming", "smart")

@@ -7,7 +7,11 @@
 * **VPT** (``warmup="linear"``, ``warmup_lr=0``, ``cosine_span="remaining"``): epoch ``e < W`` runs at
   ``base * e / W`` (so epoch 0 at zero), then a cosine over the remaining ``max_epochs - W`` epochs.
 
-Both step once per epoch in the official code; with ``interval: step`` in the module, read
+* **Hugging Face's** ``get_linear_schedule_with_warmup`` (DePT, PANDA): ``warmup="linear"``,
+  ``warmup_lr=0``, ``cosine_span="remaining"``, ``decay="linear"``: ``base * (T - e) / (T - W)`` after the
+  warm-up, stepped per optimizer step.
+
+Dassl and VPT step once per epoch in the official code; with ``interval: step`` in the module, read
 "epoch" as "optimizer step" everywhere here.
 """
 
@@ -32,6 +36,7 @@ class WarmupCosineLR(LRScheduler):
         cosine_span: ``"remaining"``: the cosine spans ``max_epochs - warmup_epochs`` (VPT);
             ``"total"``: it spans ``max_epochs`` counted from the end of warm-up (Dassl).
         min_lr: the cosine's floor.
+        decay: ``"cosine"`` or ``"linear"`` (from the base lr to ``min_lr`` over the same span).
     """
 
     def __init__(
@@ -43,8 +48,12 @@ class WarmupCosineLR(LRScheduler):
         warmup_lr: float = 0.0,
         cosine_span: str = "remaining",
         min_lr: float = 0.0,
+        decay: str = "cosine",
         last_epoch: int = -1,
     ) -> None:
+        if decay not in ("cosine", "linear"):
+            raise ValueError(f"decay must be 'cosine' or 'linear', got {decay!r}.")
+        self.decay = decay
         if warmup not in ("constant", "linear"):
             raise ValueError(f"warmup must be 'constant' or 'linear', got {warmup!r}.")
         if cosine_span not in ("remaining", "total"):
@@ -71,7 +80,8 @@ class WarmupCosineLR(LRScheduler):
             return base_lr
         span = self.max_epochs if self.cosine_span == "total" else max(1, self.max_epochs - self.warmup_epochs)
         progress = min(epoch - self.warmup_epochs, span) / span
-        return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        remaining = 1.0 - progress if self.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + (base_lr - self.min_lr) * remaining
 
     def get_lr(self) -> list[float]:
         return [self.lr_at(self.last_epoch, base) for base in self.base_lrs]

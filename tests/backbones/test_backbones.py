@@ -33,7 +33,7 @@ def test_hf_text_reserves_room_for_soft_tokens():
     backbone = HFText("tiny-bert")  # context 128
     text = "a" * 60  # one word of 60 characters: 62 tokens with [CLS] and [SEP]
     assert backbone.tokenize([text], reserve=66)["input_ids"].shape[1] == 62
-    with pytest.raises(ContextLengthError, match="62 tokens; with 67 soft tokens"):
+    with pytest.raises(ContextLengthError, match="62 tokens, more than the 61 positions left for text"):
         backbone.tokenize([text], reserve=67)
     assert backbone.tokenize([text], reserve=67, truncate=True)["input_ids"].shape[1] == 61
 

@@ -62,3 +62,52 @@ def test_hold_out_and_few_shot_are_deterministic(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         TextClassificationDataModule(train_file=str(tmp_path / "nope.csv")).classnames
+
+
+def write_pairs(path, n, start=0):
+    """RTE as ``datasets`` writes it to JSON lines (integer labels, an ``idx`` column)."""
+    lines = [
+        json.dumps({"premise": f"premise {i}", "hypothesis": f"hypothesis {i}", "label": i % 2, "idx": i})
+        for i in range(start, start + n)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_text_format_builds_sentence_pairs(tmp_path):
+    data = TextClassificationDataModule(
+        train_file=write_pairs(tmp_path / "train.jsonl", 8),
+        val_file=write_pairs(tmp_path / "validation.jsonl", 4),
+        text_format="premise: {premise} hypothesis: {hypothesis}",
+        labels=["0", "1"],
+        classnames=["entailment", "not_entailment"],
+    )
+    data.setup("fit")
+    assert data._splits["train"][0][3] == "premise: premise 3 hypothesis: hypothesis 3"
+    assert data._splits["train"][1][:4] == [0, 1, 0, 1]
+    for bad in ("{premise.__class__}", "{premise!r}", "{0}", "no fields"):
+        with pytest.raises(ValueError, match="text_format"):
+            TextClassificationDataModule(train_file="unused.jsonl", text_format=bad)
+    missing = TextClassificationDataModule(train_file=str(tmp_path / "train.jsonl"), text_format="{question}")
+    with pytest.raises(DatasetError, match="lacks column"):
+        missing.setup("fit")
+
+
+def test_split_protocols_of_the_glue_papers(tmp_path):
+    train, validation = write_pairs(tmp_path / "train.jsonl", 1200), write_pairs(tmp_path / "val.jsonl", 11, 5000)
+    common = {"train_file": train, "val_file": validation, "text_format": "{premise}", "labels": ["0", "1"]}
+    large = TextClassificationDataModule(split_protocol="holdout_1k", **common)
+    large.setup("fit")
+    train_texts, val_texts, test_texts = (large._splits[s][0] for s in ("train", "val", "test"))
+    assert (len(train_texts), len(val_texts), len(test_texts)) == (200, 1000, 11)
+    assert set(train_texts).isdisjoint(val_texts) and all(int(t.split()[1]) >= 5000 for t in test_texts)
+    small = TextClassificationDataModule(split_protocol="halve_validation", **common)
+    small.setup("fit")
+    val_texts, test_texts = small._splits["val"][0], small._splits["test"][0]
+    assert (len(small._splits["train"][0]), len(val_texts), len(test_texts)) == (1200, 5, 6)
+    assert sorted(val_texts + test_texts) == sorted(f"premise {i}" for i in range(5000, 5011))
+    again = TextClassificationDataModule(split_protocol="halve_validation", **common)
+    again.setup("fit")
+    assert again._splits["val"][0] == val_texts  # seeded: the same halves every run
+    with pytest.raises(ValueError, match="no test_file"):
+        TextClassificationDataModule(split_protocol="halve_validation", test_file=validation, **common)

@@ -69,3 +69,13 @@ def test_each_group_keeps_its_own_base_lr():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx(
         [0.5 * (1 + math.cos(math.pi / 4)), 0.05 * (1 + math.cos(math.pi / 4))]
     )
+
+
+def test_linear_decay_is_transformers_linear_schedule_with_warmup():
+    from transformers import get_linear_schedule_with_warmup
+
+    ours = WarmupCosineLR(optimizer(0.3), max_epochs=40, warmup_epochs=5, decay="linear")
+    theirs = get_linear_schedule_with_warmup(optimizer(0.3), num_warmup_steps=5, num_training_steps=40)
+    assert lrs(ours, 40) == pytest.approx(lrs(theirs, 40), abs=1e-12)
+    with pytest.raises(ValueError, match="decay"):
+        WarmupCosineLR(optimizer(0.1), decay="step")

@@ -84,6 +84,12 @@ class TextPromptModule(PromptModule):
         """Input positions the method's prompt occupies (texts get the rest of the context)."""
         return 0
 
+    @property
+    def max_text_tokens(self) -> int:
+        """Longest tokenized text (special tokens included) the method feeds: the context less the prompt's
+        positions, unless the method fixes its own text length (DePT)."""
+        return self.backbone.max_length - self.reserved_tokens
+
     def prompt_parameters(self) -> list[nn.Parameter]:
         """The prompt's trainable parameters (the ``"prompt"`` group)."""
         return []
@@ -106,7 +112,8 @@ class TextPromptModule(PromptModule):
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Template and tokenize raw texts, leaving room for the soft tokens."""
-        return self.backbone.tokenize(self.format_texts(texts), reserve=self.reserved_tokens, truncate=self.truncate)
+        reserve = self.backbone.max_length - self.max_text_tokens
+        return self.backbone.tokenize(self.format_texts(texts), reserve=reserve, truncate=self.truncate)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # tokenization happens here, on the CPU, so data modules stay model-agnostic
@@ -125,7 +132,7 @@ class TextPromptModule(PromptModule):
         splits = provided(datamodule, TextSplits)
         if self.truncate or splits is None:
             return
-        limit = self.backbone.max_length - reserve
+        limit = self.max_text_tokens
         for split, texts in splits.split_texts(stage).items():  # fail before training, not in epoch 3
             lengths = self.backbone.token_lengths(self.format_texts(texts))
             worst = max(range(len(lengths)), key=lengths.__getitem__, default=None)
@@ -134,8 +141,9 @@ class TextPromptModule(PromptModule):
                     "set truncate=True" if limit >= 2 else f"use fewer than {self.backbone.max_length - 1} soft tokens"
                 )
                 raise ContextLengthError(
-                    f"{split} text {worst} has {lengths[worst]} tokens; with {reserve} soft tokens that exceeds the "
-                    f"context length {self.backbone.max_length} of {self.backbone.name}. Shorten the texts or {fix}. "
+                    f"{split} text {worst} has {lengths[worst]} tokens; {type(self).__name__} feeds texts of at most "
+                    f"{limit} tokens ({reserve} of the context length {self.backbone.max_length} of "
+                    f"{self.backbone.name} are the prompt's). Shorten the texts or {fix}. "
                     f"Text starts: {texts[worst][:80]!r}"
                 )
 
