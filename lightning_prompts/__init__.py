@@ -28,6 +28,7 @@ _INFRASTRUCTURE = {
     "Synthetic": "lightning_prompts.data.image_datamodule",
     "SyntheticText": "lightning_prompts.data.text",
     "WarmupCosineLR": "lightning_prompts.optim.schedulers",
+    "ExponentialDecayLR": "lightning_prompts.optim.schedulers",
     "GradientRegulator": "lightning_prompts.optim.gradient_regulator",
 }
 

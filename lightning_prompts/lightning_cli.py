@@ -104,7 +104,7 @@ class PromptsCLI(LightningCLI):
         configured = [*(config.get("callbacks") or []), *callbacks]
         wanted = config.get("enable_checkpointing") is not False and not config.get("fast_dev_run")
         if wanted and not any(isinstance(callback, ModelCheckpoint) for callback in configured):
-            callbacks = [*callbacks, *default_checkpoints(self.model)]
+            callbacks = [*callbacks, *default_checkpoints(self.model, getattr(self, "datamodule", None))]
         return super()._instantiate_trainer(config, callbacks)
 
     # Check the experiment before the Trainer starts: inside fit, Lightning's SaveConfigCallback
@@ -248,13 +248,18 @@ def print_results(metrics: dict[str, Any], stage: str) -> None:
         print(f"  {name:<{width}}  {value:.4f}")
 
 
-def default_checkpoints(model: Any) -> list[Any]:
-    """``checkpoints/best.ckpt`` (the method's ``checkpoint_monitor``, validation accuracy by default) and
+def default_checkpoints(model: Any, datamodule: Any | None = None) -> list[Any]:
+    """``checkpoints/best.ckpt`` (by the evaluator's ``monitor``, such as multi-label macro-F1, else the
+    method's ``checkpoint_monitor``, validation accuracy by default) and
     ``checkpoints/last.ckpt`` (after every epoch). Two callbacks: Lightning's ``save_last`` only refreshes
     ``last.ckpt`` when a best checkpoint is saved, which would make "last" the best epoch's."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     monitor, mode = getattr(model, "checkpoint_monitor", ("val/acc", "max"))
+    resolve = getattr(model, "resolve_evaluator", None)
+    evaluator_monitor = getattr(resolve(datamodule), "monitor", None) if callable(resolve) else None
+    if evaluator_monitor is not None:
+        monitor, mode = evaluator_monitor
     best = ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False)
     last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
     return [best, last]

@@ -15,7 +15,9 @@ Two heads:
   position, which with a prompt is the first soft token), exactly as PEFT does. Sentence encoders
   such as MiniLM were trained for mean pooling, so ``pooling="mean"`` averages the last hidden
   states of the text tokens (soft tokens excluded) and ``pooling="cls"`` reads the text's own
-  first token, both feeding the model's classifier Linear. The classifier
+  first token, both feeding the model's classifier Linear; decoders (GPT-2, Llama, Gemma) read the last
+  real token with ``pooling="last"`` (their own head, given ``inputs_embeds``, cannot find the padding
+  and reads the last position, a pad for all but the longest text). The classifier
   (``classifier``/``score``) is the one part of the backbone that methods train, like PEFT's
   ``modules_to_save``.
 * ``task="causal-lm"``: ``AutoModelForCausalLM``; the class score is the next-token logit of each
@@ -40,7 +42,7 @@ from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.resources import resolve_path
 
 Task = Literal["sequence-classification", "causal-lm"]
-Pooling = Literal["model", "mean", "cls"]
+Pooling = Literal["model", "mean", "cls", "last"]
 
 #: Tiny architectures for tests and ``recipes/_tiny/text.yaml``; they use :func:`tiny_tokenizer`.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -85,7 +87,7 @@ class HFText(Backbone):
             one that fits ``task``).
         task: ``"sequence-classification"`` or ``"causal-lm"`` (see the module docstring).
         pooling: sequence classification only: ``"model"`` (the model's own head; PEFT-compatible),
-            ``"mean"`` or ``"cls"`` (see the module docstring).
+            ``"mean"``, ``"cls"`` or ``"last"`` (see the module docstring).
         num_labels: size of the classification head (sequence classification); methods resize it
             to their number of classes with :meth:`resize_head`.
         tokenizer_name_or_path: tokenizer source when it differs from the model's.
@@ -114,8 +116,8 @@ class HFText(Backbone):
 
         if task not in ("sequence-classification", "causal-lm"):
             raise ValueError(f"task must be 'sequence-classification' or 'causal-lm', got {task!r}.")
-        if pooling not in ("model", "mean", "cls"):
-            raise ValueError(f"pooling must be 'model', 'mean' or 'cls', got {pooling!r}.")
+        if pooling not in ("model", "mean", "cls", "last"):
+            raise ValueError(f"pooling must be 'model', 'mean', 'cls' or 'last', got {pooling!r}.")
         self.pooling = pooling if task == "sequence-classification" else "model"
         if model_name_or_path == "tiny":
             model_name_or_path = "tiny-bert" if task == "sequence-classification" else "tiny-gpt2"
@@ -399,7 +401,9 @@ class HFText(Backbone):
 
         outputs = self.model.base_model(**kwargs)
         hidden = outputs.last_hidden_state
-        if self.pooling == "cls":
+        if self.pooling == "last":  # right padding: the last real token (soft tokens are in the mask)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), sequence_mask.sum(1) - 1]
+        elif self.pooling == "cls":
             pooled = hidden[:, num_prompt]
         else:
             mask = sequence_mask.clone()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -86,6 +86,7 @@ def consistency_kl(anchor: Tensor, paraphrase: Tensor, temperature: float) -> Te
     family="text",
     paper="Sun, Shaib, Wallace, ICLR 2024 — Evaluating the Zero-shot Robustness of Instruction-tuned Language Models",
     docs="callbacks/instruction_consistency.md",
+    example={"paraphrases": "recipes/instruction_consistency/sentiment_instructions.json"},
 )
 class InstructionConsistency(SeededDraws, LossTerm):
     """Agreement between the outputs under the method's instruction and a drawn paraphrase (see the module docstring).
@@ -99,6 +100,8 @@ class InstructionConsistency(SeededDraws, LossTerm):
         seed: seed of the per-step paraphrase draw; default: the run's seed.
         name: logged as ``train/<name>``.
     """
+
+    method_families: ClassVar[tuple[str, ...] | None] = ("text",)
 
     def __init__(
         self,

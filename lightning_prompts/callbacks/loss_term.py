@@ -42,6 +42,9 @@ class LossTerm(Callback):
     """
 
     required_fields: ClassVar[tuple[str, ...]] = ()
+    #: Families of the methods the term works with (``None``: any method whose outputs fit); for others its
+    #: ``check_ready`` raises :class:`~lightning_prompts.errors.ConfigurationError` before training.
+    method_families: ClassVar[tuple[str, ...] | None] = None
     #: Fields the term reads when the method can fill them (it has its own fallback otherwise).
     optional_fields: ClassVar[tuple[str, ...]] = ()
 

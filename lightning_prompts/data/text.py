@@ -47,9 +47,9 @@ class SyntheticText:
     seed: int = 0
 
 
-def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
-    """Rows of a CSV/TSV/JSONL file (optionally ``.gz``/``.bz2``/``.xz``) as ``{column: str}``; every
-    row must have ``columns``."""
+def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of a CSV/TSV/JSONL file (optionally ``.gz``/``.bz2``/``.xz``) as ``{column: str}`` (a JSON list,
+    such as a multi-label row's labels, as a list of strings); every row must have ``columns``."""
     if not path.is_file():
         raise DatasetError(f"Data file {path} does not exist.")
     suffixes = [s.lower() for s in path.suffixes]
@@ -69,12 +69,16 @@ def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
         missing = [column for column in columns if column not in record]
         if missing:
             raise DatasetError(f"{path}: row {number} lacks column(s) {missing} (has {sorted(record)}).")
-    return [{key: str(value) for key, value in record.items()} for record in records]
+    return [{key: _as_text(value) for key, value in record.items()} for record in records]
+
+
+def _as_text(value: Any) -> str | list[str]:
+    return [str(item) for item in value] if isinstance(value, list) else str(value)
 
 
 def read_table(
     path: Path, text_column: str, label_column: str, text_format: str | None = None
-) -> list[tuple[str, str]]:
+) -> list[tuple[str, Any]]:
     """``(text, label)`` rows of a CSV/TSV/JSONL file (label kept as a string). With ``text_format``
     (``"premise: {premise} hypothesis: {hypothesis}"``) the text is built from the columns it names."""
     if text_format is None:
@@ -99,20 +103,28 @@ def format_columns(text_format: str) -> list[str]:
 
 
 class TextDataset(Dataset):
-    """``(text, label index)`` pairs as ``{"text", "label"}`` dicts."""
+    """``(text, label)`` pairs as ``{"text", "label"}`` dicts: a class index, or with ``num_classes`` (multi-label)
+    a list of class indices given as a multi-hot float vector."""
 
-    def __init__(self, texts: Sequence[str], labels: Sequence[int]) -> None:
-        self.texts, self.labels = list(texts), list(labels)
+    def __init__(self, texts: Sequence[str], labels: Sequence[Any], num_classes: int | None = None) -> None:
+        self.texts, self.labels, self.num_classes = list(texts), list(labels), num_classes
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {TEXT: self.texts[index], LABEL: self.labels[index]}
+        label = self.labels[index]
+        if self.num_classes is not None:
+            label = torch.zeros(self.num_classes).index_fill_(0, torch.tensor(label, dtype=torch.long), 1.0)
+        return {TEXT: self.texts[index], LABEL: label}
 
 
 def collate_text(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    return {TEXT: [item[TEXT] for item in items], LABEL: torch.tensor([item[LABEL] for item in items])}
+    labels = [item[LABEL] for item in items]
+    return {
+        TEXT: [item[TEXT] for item in items],
+        LABEL: torch.stack(labels) if torch.is_tensor(labels[0]) else torch.tensor(labels),
+    }
 
 
 @register_datamodule()
@@ -136,6 +148,9 @@ class TextClassificationDataModule(LightningDataModule):
         labels: the label values in class order, as they appear in the files (``["0", "1"]``,
             ``["rotten", "fresh"]``); ``None`` uses the sorted values of the training file.
         classnames: readable class names (the verbalizer's default label words); default: ``labels``.
+        label_separator: multi-label data: the label column holds several labels separated by this string
+            (``"|"``), or a JSON list; batches then carry multi-hot ``(B, C)`` float targets, and the default
+            evaluation is :class:`~lightning_prompts.evaluation.MultiLabelEvaluator`.
         drop_other_labels: drop rows whose label is not in ``labels`` instead of failing.
         val_fraction: share of the training file held out when there is no ``val_file``.
         shots: training examples per class (few-shot); ``-1`` uses all.
@@ -161,6 +176,7 @@ class TextClassificationDataModule(LightningDataModule):
         split_protocol: Literal["files", "halve_validation", "holdout_1k"] = "files",
         labels: list[str] | None = None,
         classnames: list[str] | None = None,
+        label_separator: str | None = None,
         drop_other_labels: bool = False,
         val_fraction: float = 0.1,
         shots: int = -1,
@@ -189,6 +205,9 @@ class TextClassificationDataModule(LightningDataModule):
                 f"and no test_file (it makes the test split)."
             )
         self.text_format, self.split_protocol = text_format, split_protocol
+        if label_separator is not None and (shots > 0 or label_separator == ""):
+            raise ValueError("multi-label data (label_separator) takes no `shots` and a non-empty separator.")
+        self.label_separator = label_separator
         self.labels, self._classnames = labels, classnames
         self.drop_other_labels, self.val_fraction = drop_other_labels, val_fraction
         self.shots, self.max_train_examples, self.seed = shots, max_train_examples, seed
@@ -230,22 +249,27 @@ class TextClassificationDataModule(LightningDataModule):
         assert train_rows is not None
         if not train_rows:
             raise DatasetError(f"Training file {self.files['train']} has no rows.")
-        values = self.labels or sorted({label for _, label in train_rows})
+        values = self.labels or sorted({value for _, label in train_rows for value in self._label_list(label)})
         self._label_values = [str(value) for value in values]
         encode = {value: index for index, value in enumerate(self._label_values)}
 
-        def encoded(rows: list[tuple[str, str]], split: str) -> tuple[list[str], list[int]]:
+        def encoded(rows: list[tuple[str, Any]], split: str) -> tuple[list[str], list[Any]]:
             texts, labels = [], []
             for number, (text, label) in enumerate(rows, 1):
-                if label not in encode:
+                values = self._label_list(label)
+                unknown = [value for value in values if value not in encode]
+                if unknown:  # (a multi-label row may have no label: a negative for every class)
                     if self.drop_other_labels:
-                        continue
-                    raise DatasetError(
-                        f"{split} row {number} ({self.files[split] or 'synthetic'}) has label {label!r}, not one of "
-                        f"{self._label_values}; list it in `labels` or set drop_other_labels=True."
-                    )
+                        values = [value for value in values if value in encode]
+                        if not values and self.label_separator is None:
+                            continue
+                    else:
+                        raise DatasetError(
+                            f"{split} row {number} ({self.files[split] or 'synthetic'}) has label {label!r}, not one "
+                            f"of {self._label_values}; list it in `labels` or set drop_other_labels=True."
+                        )
                 texts.append(text)
-                labels.append(encode[label])
+                labels.append([encode[v] for v in values] if self.label_separator is not None else encode[values[0]])
             return texts, labels
 
         rng = random.Random(self.seed)
@@ -270,8 +294,38 @@ class TextClassificationDataModule(LightningDataModule):
         self._splits = {"train": train, "val": val, "test": test}
         return self._splits
 
-    def _sample(self, split: tuple[list[str], list[int]], rng: random.Random) -> tuple[list[str], list[int]]:
+    def _label_list(self, label: Any) -> list[str]:
+        """A row's label values: one (single-label), or every label of a multi-label row."""
+        if self.label_separator is None:
+            if isinstance(label, list):
+                raise DatasetError(f"a label list {label} in single-label data; set label_separator for multi-label.")
+            return [label]
+        values = label if isinstance(label, list) else label.split(self.label_separator)
+        return [value.strip() for value in values if value.strip()]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.label_separator is not None
+
+    def train_label_counts(self) -> list[int]:
+        """Training examples of each class (the positives of each label, for multi-label data)."""
+        counts = [0] * len(self.classnames)
+        for label in self._load()["train"][1]:
+            for index in label if isinstance(label, list) else [label]:
+                counts[index] += 1
+        return counts
+
+    def default_evaluator(self) -> Any:
+        """Macro-F1, Jaccard and mAP for multi-label data, else accuracy."""
+        from lightning_prompts.evaluation import ClassificationEvaluator, MultiLabelEvaluator
+
+        return MultiLabelEvaluator() if self.multi_label else ClassificationEvaluator()
+
+    def _sample(self, split: tuple[list[str], list[Any]], rng: random.Random) -> tuple[list[str], list[Any]]:
         texts, labels = split
+        if self.multi_label:  # no per-class balance for label sets: a seeded subset
+            chosen = sorted(rng.sample(range(len(texts)), min(len(texts), self.max_train_examples or len(texts))))
+            return [texts[i] for i in chosen], [labels[i] for i in chosen]
         by_class: dict[int, list[int]] = {}
         for index, label in enumerate(labels):
             by_class.setdefault(label, []).append(index)
@@ -301,18 +355,19 @@ class TextClassificationDataModule(LightningDataModule):
     def _loader(self, split: str, train: bool, keep_order: bool = False) -> DataLoader:
         texts, labels = self._load()[split]
         common = {"collate_fn": collate_text, "num_workers": self.num_workers}
+        classes = len(self.classnames) if self.multi_label else None
         if not self.group_by_length or keep_order:
             batch_size = self.batch_size if train else self.eval_batch_size
-            return DataLoader(TextDataset(texts, labels), batch_size=batch_size, shuffle=train, **common)
+            return DataLoader(TextDataset(texts, labels, classes), batch_size=batch_size, shuffle=train, **common)
         lengths = [len(text) for text in texts]
         if not train:  # metrics do not depend on the order; padding does
             order = longest_first(lengths)
-            dataset = TextDataset([texts[i] for i in order], [labels[i] for i in order])
+            dataset = TextDataset([texts[i] for i in order], [labels[i] for i in order], classes)
             return DataLoader(dataset, batch_size=self.eval_batch_size, **common)
         if self.trainer is not None and self.trainer.world_size > 1:
-            return DataLoader(TextDataset(texts, labels), batch_size=self.batch_size, shuffle=True, **common)
+            return DataLoader(TextDataset(texts, labels, classes), batch_size=self.batch_size, shuffle=True, **common)
         sampler = LengthGroupedBatchSampler(lengths, self.batch_size)
-        return DataLoader(TextDataset(texts, labels), batch_sampler=sampler, **common)
+        return DataLoader(TextDataset(texts, labels, classes), batch_sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -9,7 +9,15 @@ hands every validation and test batch to an :class:`Evaluator`, chosen by the re
 from lightning_prompts.evaluation.base import Evaluator
 from lightning_prompts.evaluation.classification import ClassificationEvaluator
 from lightning_prompts.evaluation.continual import ContinualEvaluator
+from lightning_prompts.evaluation.multilabel import MultiLabelEvaluator
 from lightning_prompts.evaluation.ood import OODEvaluator
 from lightning_prompts.evaluation.test_time import TestTimePromptTuning
 
-__all__ = ["ClassificationEvaluator", "ContinualEvaluator", "Evaluator", "OODEvaluator", "TestTimePromptTuning"]
+__all__ = [
+    "ClassificationEvaluator",
+    "ContinualEvaluator",
+    "Evaluator",
+    "MultiLabelEvaluator",
+    "OODEvaluator",
+    "TestTimePromptTuning",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -22,6 +22,10 @@ class Evaluator:
     Protocols to come fit the same shape: OOD detection scores ID and OOD loaders and logs FPR95/AUROC;
     test-time adaptation overrides :meth:`score` to adapt on each sample before predicting.
     """
+
+    #: ``(metric, mode)`` the command's ``best.ckpt`` is chosen by under this protocol (``None``: the method's
+    #: ``checkpoint_monitor``, validation accuracy by default).
+    monitor: ClassVar[tuple[str, str] | None] = None
 
     def setup(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
         """Read what the protocol needs from the data module (called in the module's ``setup``)."""

@@ -67,7 +67,7 @@ def matched_prompt_length(budget_tokens: int, max_length: int, rank: int, width:
     paper="Shi & Lipani, ICLR 2024 — DePT: Decomposed Prompt Tuning for Parameter-Efficient Fine-tuning",
     code="ZhengxiangShi/DePT",
     overlay="dept",
-    example={"num_virtual_tokens": 4, "rank": 4, "max_length": 48},
+    example={"num_virtual_tokens": 4, "rank": 4, "max_length": 96},
 )
 class DePT(TextPromptModule):
     """A short soft prompt plus a position-indexed low-rank update of the input embeddings.

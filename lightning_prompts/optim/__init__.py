@@ -1,6 +1,6 @@
 """Learning-rate schedules used by the paper recipes, and GRAM's gradient regulator."""
 
 from lightning_prompts.optim.gradient_regulator import GradientRegulator
-from lightning_prompts.optim.schedulers import WarmupCosineLR
+from lightning_prompts.optim.schedulers import ExponentialDecayLR, WarmupCosineLR
 
-__all__ = ["GradientRegulator", "WarmupCosineLR"]
+__all__ = ["ExponentialDecayLR", "GradientRegulator", "WarmupCosineLR"]

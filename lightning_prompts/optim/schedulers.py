@@ -85,3 +85,38 @@ class WarmupCosineLR(LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [self.lr_at(self.last_epoch, base) for base in self.base_lrs]
+
+
+class ExponentialDecayLR(LRScheduler):
+    """Exponential decay from the base lr to ``final_fraction`` of it at the last of ``total_steps`` steps:
+    ``lr_t = base · γ^t`` with ``γ = final_fraction^(1 / (total_steps − 1))`` (PTEC: to 1 % over training,
+    stepped per optimizer update).
+
+    Args:
+        optimizer: the wrapped optimizer (every group decays from its own base lr).
+        final_fraction: the last step's share of the base lr.
+        total_steps: steps of training; ``None`` takes the Trainer's (filled in by
+            :class:`~lightning_prompts.methods.PromptModule`: optimizer steps with ``interval: step``).
+    """
+
+    def __init__(
+        self, optimizer: Optimizer, final_fraction: float = 0.01, total_steps: int | None = None, last_epoch: int = -1
+    ) -> None:
+        if not 0.0 < final_fraction <= 1.0:
+            raise ValueError(f"final_fraction must be in (0, 1], got {final_fraction}.")
+        self.final_fraction, self.total_steps = final_fraction, total_steps
+        super().__init__(optimizer, last_epoch)
+
+    def set_max_epochs(self, max_epochs: int) -> None:
+        if self.total_steps is None:
+            self.total_steps = max_epochs
+
+    @property
+    def gamma(self) -> float:
+        if self.total_steps is None or self.total_steps < 2:
+            return 1.0
+        return self.final_fraction ** (1.0 / (self.total_steps - 1))
+
+    def get_lr(self) -> list[float]:
+        step = min(self.last_epoch, (self.total_steps or 1) - 1)
+        return [base * self.gamma**step for base in self.base_lrs]
