@@ -62,8 +62,9 @@ class Entry:
             ``callbacks/<module file>.md`` for callbacks.
         recipes: the recipe folder (relative to ``recipes/``); default the module file name for methods.
         overlay: the tiny overlay under ``recipes/_tiny/`` its recipes run with (default: ``family``).
-        example: constructor arguments that make a tiny instance on the family's tiny backbone
-            (the contract suite uses them; most methods need none).
+        example: constructor arguments that make a tiny instance on the family's tiny backbone (the contract
+            suite uses them; most methods need none); ``contract_backbone`` names another tiny model for a
+            method that needs one (POST: ``"tiny-gpt2"``, a causal LM).
     """
 
     kind: str

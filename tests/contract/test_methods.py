@@ -26,7 +26,9 @@ IDS = [entry.name for entry in METHODS]
 
 def build(entry: registry.Entry, seed: int = 0):
     torch.manual_seed(seed)
-    return entry.load()(backbone(entry.family), CLASSNAMES, **entry.example)
+    example = dict(entry.example)
+    tiny = example.pop("contract_backbone", None)  # a method for one kind of backbone names it (POST: causal LM)
+    return entry.load()(backbone(entry.family, tiny), CLASSNAMES, **example)
 
 
 def trainable(module) -> dict[str, torch.nn.Parameter]:

@@ -34,8 +34,13 @@ def _backbone(family: str) -> Any:
     raise KeyError(f"no tiny backbone for family {family!r}; add one to tests/contract/tiny.py")
 
 
-def backbone(family: str) -> Any:
-    """A fresh copy of the family's tiny backbone (methods may unfreeze or resize parts of it)."""
+def backbone(family: str, name: str | None = None) -> Any:
+    """A fresh copy of the family's tiny backbone (methods may unfreeze or resize parts of it); ``name``
+    picks another tiny text model (``"tiny-gpt2"``: a causal LM)."""
+    if name is not None:
+        from lightning_prompts.backbones import HFText
+
+        return HFText(name, task="causal-lm" if "gpt2" in name or "gemma" in name else "sequence-classification")
     return copy.deepcopy(_backbone(family))
 
 

@@ -53,10 +53,16 @@ class TrainableStateMixin:
 
     # -- what is trainable -------------------------------------------------------------------------
     def trainable_state_keys(self) -> set[str]:
-        """State-dict keys a checkpoint keeps: everything outside the backbone, plus backbone
-        parameters a method unfroze (e.g. a text classifier head)."""
-        keys = {key for key in self.state_dict() if not key.startswith("backbone.")}
-        keys |= {f"backbone.{name}" for name, p in self.backbone.named_parameters() if p.requires_grad}
+        """State-dict keys a checkpoint keeps: everything outside the backbone (and outside any other frozen
+        backbone the method holds, such as POST's source model), plus backbone parameters a method unfroze
+        (e.g. a text classifier head)."""
+        from lightning_prompts.backbones.base import Backbone
+
+        frozen = [name for name, child in self.named_children() if isinstance(child, Backbone)]
+        keys = {key for key in self.state_dict() if not any(key.startswith(f"{name}.") for name in frozen)}
+        for name in frozen:
+            child = getattr(self, name)
+            keys |= {f"{name}.{param}" for param, p in child.named_parameters() if p.requires_grad}
         return keys
 
     def text_state(self) -> dict[str, str]:
