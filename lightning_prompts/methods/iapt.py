@@ -1,0 +1,90 @@
+"""IAPT — Instruction-Aware Prompt Tuning (Zhu et al., ACL 2024).
+
+Only a few soft tokens (4), but generated **per input and per layer** from the input's own hidden
+states: each layer has a generator — attention pooling over the input's tokens, a bottleneck, a
+learnable rational activation (its own per layer, since layers prefer different activations) — and the
+generated tokens replace the prompt slot's hidden states before that layer (deep-prompt style). We
+found no released code; what we decided, and ``tests/methods/test_iapt.py`` pins:
+
+* layer 0's tokens come from the input's word embeddings and are prepended as the slot (``n`` positions
+  at the front, ``n`` ones in the attention mask); before block ``l >= 1`` the slot is replaced by layer
+  ``l``'s tokens, generated from the hidden states of the text's real tokens entering block ``l``;
+* generator ``l``: ``rational_l(W_down,l · attnpool_l(H_l) + b)``, then one up-projection shared by all
+  layers (``bottleneck → n · d``), zero-initialised with a small random bias, so at initialisation every
+  layer gets the same learned base prompt whatever the input;
+* the rational activation is the "safe" Padé form ``P(x) / (1 + |Q(x)|)``, degrees 5 and 4, initialised to
+  the identity.
+
+The instruction is the whole templated input (for classification there is no response span).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prompts.backbones.hf_text import HFText
+from lightning_prompts.methods.base import TextPromptModule
+from lightning_prompts.prompts.instance_prompts import InstancePromptGenerators, InstancePromptHook
+from lightning_prompts.registry import register_method
+
+
+@register_method(
+    family="text",
+    title="IAPT",
+    paper="Zhu et al., ACL 2024 — IAPT: Instruction-Aware Prompt Tuning for Large Language Models",
+    example={"num_virtual_tokens": 2, "bottleneck": 4},
+)
+class IAPT(TextPromptModule):
+    """Soft tokens generated per input and per layer from the input's hidden states (see the module docstring).
+
+    Args:
+        backbone: the frozen :class:`~lightning_prompts.backbones.HFText`.
+        classnames: the classes, in label order (linked from the data module).
+        num_virtual_tokens: ``n``, tokens per layer (IAPT: 4).
+        bottleneck: the generators' bottleneck width.
+        label_words, text_template, truncate: see :class:`~lightning_prompts.methods.base.TextPromptModule`.
+        seed: seed of the initialisation.
+        **kwargs: see :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` (the generators)
+            and ``"head"``. Default optimizer: AdamW, lr 1e-3.
+    """
+
+    default_optimizer: ClassVar[dict[str, Any]] = {
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": 1e-3, "weight_decay": 0.0},
+    }
+
+    def __init__(
+        self,
+        backbone: HFText,
+        classnames: Sequence[str] | None = None,
+        num_virtual_tokens: int = 4,
+        bottleneck: int = 16,
+        label_words: Sequence[str] | None = None,
+        text_template: str = "{text}",
+        truncate: bool = False,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
+        model: HFText = self.backbone
+        generator = torch.Generator().manual_seed(seed)
+        self.generators = InstancePromptGenerators(
+            model.num_layers, model.hidden_size, num_virtual_tokens, bottleneck, generator
+        )
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.generators.num_tokens
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        return list(self.generators.parameters())
+
+    def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
+        embeds = self.backbone.word_embeddings(input_ids)
+        first = self.generators(0, embeds, attention_mask)  # layer 0: from the word embeddings
+        hook = InstancePromptHook(self.generators, attention_mask)
+        return self.backbone.forward_embeddings(first, input_ids, attention_mask, output_hidden_states, hooks=hook)

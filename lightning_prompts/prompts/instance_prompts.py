@@ -1,0 +1,106 @@
+"""Per-input, per-layer soft tokens generated from the input's own hidden states (IAPT).
+
+A layer's generator pools the hidden states of the input's real tokens (attention pooling with a learned
+query), passes the pooled vector through a bottleneck with a learnable rational activation, and emits
+``n`` soft tokens for that layer. :class:`InstancePromptHook` puts them in a fixed slot of ``n`` positions
+at the front of the sequence: layer 0's from the word embeddings (the input the method prepends), layer
+``l``'s replace the slot's hidden states before block ``l`` (deep-prompt style).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prompts.backbones.hooks import BlockContext, BlockHook
+
+
+class RationalActivation(nn.Module):
+    """``P(x) / Q(x)`` with ``P`` of degree ``p`` and ``Q(x) = 1 + |b_1 x + … + b_q x^q|`` (the "safe" Padé
+    activation: the denominator never vanishes). Initialised to the identity (``a_1 = 1``, others 0)."""
+
+    def __init__(self, numerator_degree: int = 5, denominator_degree: int = 4) -> None:
+        super().__init__()
+        numerator = torch.zeros(numerator_degree + 1)
+        numerator[1] = 1.0
+        self.numerator = nn.Parameter(numerator)
+        self.denominator = nn.Parameter(torch.zeros(denominator_degree))
+
+    def forward(self, x: Tensor) -> Tensor:
+        powers = torch.stack([x**k for k in range(self.numerator.numel())], dim=-1)
+        p = powers @ self.numerator.to(x.dtype)
+        q = 1.0 + (powers[..., 1 : self.denominator.numel() + 1] @ self.denominator.to(x.dtype)).abs()
+        return p / q
+
+
+class AttentionPooling(nn.Module):
+    """``Σ_t softmax_t(h_t · w / √d) h_t`` over the real tokens (mask 1)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(width))
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        scores = hidden @ self.query.to(hidden.dtype) / hidden.shape[-1] ** 0.5
+        scores = scores.masked_fill(mask == 0, torch.finfo(scores.dtype).min)
+        return (torch.softmax(scores.float(), dim=-1).to(hidden.dtype).unsqueeze(-1) * hidden).sum(1)
+
+
+class LayerPromptGenerator(nn.Module):
+    """One layer's generator: pool → down-project → rational activation; the up-projection is shared."""
+
+    def __init__(self, width: int, bottleneck: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.pool = AttentionPooling(width)
+        self.down = nn.Linear(width, bottleneck)
+        bound = width**-0.5
+        with torch.no_grad():
+            self.down.weight.uniform_(-bound, bound, generator=generator)
+            self.down.bias.zero_()
+        self.activation = RationalActivation()
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.activation(self.down(self.pool(hidden, mask)))
+
+
+class InstancePromptGenerators(nn.Module):
+    """Generators for ``num_layers`` layers, ``num_tokens`` soft tokens each, with one shared up-projection
+    (``bottleneck → num_tokens · width``, zero-initialised: every generated token starts at ``bias``, a
+    learned base prompt)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        width: int,
+        num_tokens: int = 4,
+        bottleneck: int = 16,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_tokens, self.width = num_tokens, width
+        self.layers = nn.ModuleList(LayerPromptGenerator(width, bottleneck, generator) for _ in range(num_layers))
+        self.up = nn.Linear(bottleneck, num_tokens * width)
+        with torch.no_grad():
+            self.up.weight.zero_()
+            self.up.bias.normal_(0.0, 0.02, generator=generator)
+
+    def forward(self, layer: int, hidden: Tensor, mask: Tensor) -> Tensor:
+        """``(B, num_tokens, width)`` soft tokens of ``layer`` for hidden states ``(B, T, width)``."""
+        code = self.layers[layer](hidden, mask)
+        return self.up(code).view(hidden.shape[0], self.num_tokens, self.width)
+
+
+class InstancePromptHook(BlockHook):
+    """Replaces the slot's ``n`` positions (after ``offset`` leading positions) before every block ``l >= 1``
+    with the tokens layer ``l``'s generator makes from the hidden states of the text's real tokens."""
+
+    def __init__(self, generators: InstancePromptGenerators, text_mask: Tensor, offset: int = 0) -> None:
+        self.generators, self.text_mask, self.offset = generators, text_mask, offset
+
+    def before_block(self, context: BlockContext, tokens: Tensor) -> Tensor:
+        if context.index == 0 or context.index >= len(self.generators.layers):
+            return tokens
+        start, n = self.offset, self.generators.num_tokens
+        text = tokens[:, start + n :]
+        fresh = self.generators(context.index, text, self.text_mask).to(tokens.dtype)
+        return torch.cat([tokens[:, :start], fresh, text], dim=1)
