@@ -29,6 +29,7 @@ def export_peft_prompt_tuning(
     task: str,
     base_model_name_or_path: str | None,
     head_modules: Mapping[str, nn.Module] | None = None,
+    p_tuning_hidden_size: int | None = None,
 ) -> Path:
     """Write ``directory/adapter_config.json`` and ``directory/adapter_model.safetensors``.
 
@@ -39,7 +40,22 @@ def export_peft_prompt_tuning(
         task: ``"sequence-classification"`` or ``"causal-lm"``.
         base_model_name_or_path: recorded so ``PeftModel.from_pretrained`` users know the base model.
         head_modules: trained classification head(s) by attribute name (sequence classification).
+        p_tuning_hidden_size: write a ``P_TUNING`` adapter (``prompt`` is then the MLP's output, which PEFT
+            stores and loads in inference mode) with this ``encoder_hidden_size``.
     """
+    if p_tuning_hidden_size is not None:
+        config: dict[str, Any] = {
+            "peft_type": "P_TUNING",
+            "num_virtual_tokens": int(prompt.shape[0]),
+            "token_dim": int(prompt.shape[1]),
+            "num_attention_heads": _first(model_config, "num_attention_heads", "n_head"),
+            "num_layers": _first(model_config, "num_hidden_layers", "n_layer"),
+            "encoder_reparameterization_type": "MLP",
+            "encoder_hidden_size": int(p_tuning_hidden_size),
+            "encoder_num_layers": 2,
+            "encoder_dropout": 0.0,
+        }
+        return _write_adapter(directory, config, prompt, task, base_model_name_or_path, head_modules)
     config = {
         "peft_type": "PROMPT_TUNING",
         "num_virtual_tokens": int(prompt.shape[0]),

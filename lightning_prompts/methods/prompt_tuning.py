@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.export.peft import export_peft_prompt_tuning
 from lightning_prompts.methods.base import TextPromptModule
-from lightning_prompts.prompts.soft_prompt import SoftPrompt, SoftPromptInit
+from lightning_prompts.prompts.soft_prompt import PromptEncoderMLP, SoftPrompt, SoftPromptInit
 from lightning_prompts.registry import register_method
 
 
@@ -55,6 +55,10 @@ class PromptTuning(TextPromptModule):
         text_template: how an input is presented, e.g. ``"Review: {text} Sentiment:"``.
         truncate: cut texts that do not fit the context (otherwise too long a text is an error before training).
         seed: seed of the ``"vocab"``/``"random"`` initialisation.
+        encoder_hidden_size: P-tuning (Liu et al., 2021): reparameterise the soft tokens through PEFT's
+            ``P_TUNING`` MLP of this hidden width while training
+            (:class:`~lightning_prompts.prompts.soft_prompt.PromptEncoderMLP`); ``export_peft`` then writes a
+            ``P_TUNING`` adapter. ``None``: plain prompt tuning.
         **kwargs: ``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``, ``param_group_lr``; see
             :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` and (sequence
             classification) ``"head"``. Default optimizer: AdamW, lr 0.3, no weight decay (prompt
@@ -77,6 +81,7 @@ class PromptTuning(TextPromptModule):
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,
+        encoder_hidden_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
@@ -84,31 +89,42 @@ class PromptTuning(TextPromptModule):
         init_ids = model.tokenizer(init_text)["input_ids"] if init == "text" and init_text else None
         generator = torch.Generator().manual_seed(seed)
         self.prompt = SoftPrompt(num_virtual_tokens, model.word_embeddings, init, init_ids, generator)
+        self.encoder = (
+            PromptEncoderMLP(model.hidden_size, encoder_hidden_size, generator) if encoder_hidden_size else None
+        )
+
+    def soft_tokens(self) -> Tensor:
+        """The ``(m, d)`` tokens that enter the model (through P-tuning's MLP when it is on)."""
+        return self.prompt() if self.encoder is None else self.encoder(self.prompt())
 
     @property
     def reserved_tokens(self) -> int:
         return self.prompt.num_tokens
 
     def prompt_parameters(self) -> list[nn.Parameter]:
-        return [self.prompt.embedding]
+        return [self.prompt.embedding, *(self.encoder.parameters() if self.encoder is not None else [])]
 
     def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
-        return self.backbone.forward_embeddings(self.prompt(), input_ids, attention_mask, output_hidden_states)
+        return self.backbone.forward_embeddings(self.soft_tokens(), input_ids, attention_mask, output_hidden_states)
 
     # -- export ----------------------------------------------------------------------------------------
     def export_peft(self, directory: str | Path) -> Path:
-        """Write a PEFT prompt-tuning adapter that ``PeftModel.from_pretrained(base, directory)`` loads."""
+        """Write a PEFT adapter that ``PeftModel.from_pretrained(base, directory)`` loads: ``PROMPT_TUNING``,
+        or ``P_TUNING`` with the MLP's output when ``encoder_hidden_size`` is set."""
         model: HFText = self.backbone
         if model.pooling != "model":
             raise NotImplementedError(
                 f"PEFT scores sequences with the model's own pooling; this prompt was trained with "
                 f"pooling={model.pooling!r}, which PEFT cannot reproduce. Use export_prompt() instead."
             )
+        with torch.no_grad():
+            tokens = self.soft_tokens()
         return export_peft_prompt_tuning(
             directory,
-            self.prompt.embedding,
+            tokens,
             model.model.config,
             model.task,
             model.model_name_or_path,
             model.head_modules(),
+            p_tuning_hidden_size=self.encoder.mlp[0].out_features if self.encoder is not None else None,
         )

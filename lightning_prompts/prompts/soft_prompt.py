@@ -62,3 +62,29 @@ class SoftPrompt(nn.Module):
 
     def forward(self) -> Tensor:
         return self.embedding
+
+
+class PromptEncoderMLP(nn.Module):
+    """P-tuning's reparameterisation (Liu et al., "GPT Understands, Too", 2021; PEFT's ``P_TUNING`` with
+    ``encoder_reparameterization_type="MLP"``): the soft tokens pass through
+    ``Linear(d, h) → ReLU → Linear(h, h) → ReLU → Linear(h, d)`` before they enter the model. Only the output
+    matters at inference, which is what a PEFT export stores.
+
+    Args:
+        width: ``d``, the model's embedding width.
+        hidden: ``h``.
+        generator: random generator of the initialisation (``nn.Linear``'s, drawn from it).
+    """
+
+    def __init__(self, width: int, hidden: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        linears = [nn.Linear(width, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, width)]
+        with torch.no_grad():
+            for linear in linears:
+                bound = linear.in_features**-0.5
+                linear.weight.uniform_(-bound, bound, generator=generator)
+                linear.bias.uniform_(-bound, bound, generator=generator)
+        self.mlp = nn.Sequential(linears[0], nn.ReLU(), linears[1], nn.ReLU(), linears[2])
+
+    def forward(self, prompt: Tensor) -> Tensor:
+        return self.mlp(prompt)

@@ -125,3 +125,32 @@ def test_sentence_encoder_pooling_reads_text_tokens_only(pooling):
         assert torch.allclose(method(**tokens).logits, expected, atol=1e-5)
     with pytest.raises(NotImplementedError, match="PEFT"):
         method.export_peft("unused")
+
+
+@pytest.mark.parametrize("task", ["sequence-classification", "causal-lm"])
+def test_p_tuning_mlp_exports_as_peft_p_tuning_with_the_same_logits(task, trainer_kwargs, tmp_path):
+    method = trained(
+        task,
+        trainer_kwargs,
+        encoder_hidden_size=16,
+        **({"text_template": "{text} it was"} if task == "causal-lm" else {}),
+    )
+    mlp = method.encoder.mlp
+    expected = mlp[4](torch.relu(mlp[2](torch.relu(mlp[0](method.prompt.embedding)))))
+    assert torch.allclose(method.soft_tokens(), expected)  # PEFT's MLP: Linear, ReLU, Linear, ReLU, Linear
+    assert {n for n, p in method.named_parameters() if p.requires_grad and n.startswith("encoder")} == {
+        f"encoder.mlp.{i}.{kind}" for i in (0, 2, 4) for kind in ("weight", "bias")
+    }
+    directory = method.export_peft(tmp_path / "adapter")
+    import json
+
+    assert json.loads((directory / "adapter_config.json").read_text())["peft_type"] == "P_TUNING"
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(method.backbone.model), str(directory)).eval()
+    tokens = method.tokenize(TEXTS)
+    with torch.no_grad():
+        ours = method(tokens["input_ids"], tokens["attention_mask"]).logits
+        full = peft_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).logits
+    if task == "causal-lm":
+        last = tokens["attention_mask"].sum(1) - 1 + 5
+        full = full[torch.arange(len(TEXTS)), last][:, method.label_word_ids]
+    assert torch.allclose(ours, full, atol=1e-5)
