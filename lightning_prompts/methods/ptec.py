@@ -65,7 +65,7 @@ def label_token_init(label_ids: Sequence[Sequence[int]], num_tokens: int, vocab:
     title="PTEC",
     paper="Buchner et al., NAACL Industry 2024 — Prompt Tuned Embedding Classification for Industry Sector Allocation",
     code="valbuc/PTEC",
-    overlay="ptec",
+    overlay="text_short_prompt",
     example={"num_virtual_tokens": 4},
 )
 class PTEC(TextPromptModule):

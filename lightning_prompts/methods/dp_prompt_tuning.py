@@ -1,0 +1,180 @@
+"""Prompt tuning with differential privacy (DP-SGD on the prompt only): POST's private stage.
+
+In POST (Wang et al., ICML 2025) the data owner tunes the soft prompt on a small model with DP-SGD
+(the paper's PromptDPSGD), so the prompt it hands over — and anything transferred from it
+(:class:`~lightning_prompts.methods.POST`) — is differentially private with respect to the private data.
+Each step: per-example gradients of the trainable tensors (the prompt, and the head for sequence
+classification), each clipped to norm ``max_grad_norm`` (C), summed, Gaussian noise N(0, σ²C²) added,
+divided by the batch size, then a plain SGD step (the official code allows SGD only).
+
+Privacy accounting uses Opacus (``opacus``, the maintained PyTorch DP library): its RDP accountant
+tracks ε for ``δ = 1/N`` (the official choice) and, given a target ε, its ``get_noise_multiplier``
+picks σ for the planned epochs. Opacus's own per-sample-gradient hooks cannot see a soft prompt (a
+parameter concatenated to the inputs, not a layer applied to them), so the per-example gradients are
+computed here, one example at a time — exact, and affordable on the small models this stage is for.
+
+Where we deviate: batches are fixed-size shuffled batches, while the accountant assumes Poisson sampling
+of rate ``batch_size / N`` (the common approximation; the official code samples Poisson batches with
+Opacus's data loader).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from lightning_prompts.backbones.hf_text import HFText
+from lightning_prompts.batch import ATTENTION_MASK, INPUT_IDS
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.methods.prompt_tuning import PromptTuning
+from lightning_prompts.registry import register_method
+
+
+def clip_and_noise(
+    per_example: Sequence[Sequence[Tensor]], max_grad_norm: float, noise_multiplier: float, generator: torch.Generator
+) -> list[Tensor]:
+    """DP-SGD's gradient: ``(Σ_i clip_C(g_i) + N(0, σ²C²)) / B`` per tensor, ``g_i`` clipped jointly over tensors."""
+    summed = [torch.zeros_like(t) for t in per_example[0]]
+    for grads in per_example:
+        norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
+        scale = min(1.0, max_grad_norm / (float(norm) + 1e-6))
+        for total, g in zip(summed, grads):
+            total.add_(g, alpha=scale)
+    out = []
+    for total in summed:
+        noise = torch.randn(total.shape, generator=generator, dtype=torch.float32).to(total)
+        out.append((total + noise_multiplier * max_grad_norm * noise) / len(per_example))
+    return out
+
+
+@register_method(
+    family="text",
+    title="Prompt tuning with DP-SGD",
+    paper="Wang et al., ICML 2025 — POST: Privacy Of Soft-prompt Transfer (its private prompt tuning, PromptDPSGD)",
+    code="sprintml/POST",
+    overlay="text_short_prompt",
+    example={"num_virtual_tokens": 3, "noise_multiplier": 1.0},
+)
+class DPPromptTuning(PromptTuning):
+    """Soft prompt tuning whose updates are differentially private (see the module docstring).
+
+    Args:
+        backbone, classnames: see :class:`~lightning_prompts.methods.PromptTuning` (and its other arguments
+            through ``**kwargs``).
+        target_epsilon: ε to reach after ``max_epochs`` (σ is computed from it at the start of training);
+            ignored when ``noise_multiplier`` is given.
+        noise_multiplier: σ directly.
+        max_grad_norm: C, the per-example clipping norm (POST: 1.0).
+        delta: δ (default ``1 / N``).
+        **kwargs: :class:`~lightning_prompts.methods.PromptTuning`'s. Default optimizer: SGD, lr 0.1.
+    """
+
+    default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
+
+    def __init__(
+        self,
+        backbone: HFText,
+        classnames: Sequence[str] | None = None,
+        target_epsilon: float | None = 8.0,
+        noise_multiplier: float | None = None,
+        max_grad_norm: float = 1.0,
+        delta: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, classnames, **kwargs)
+        if noise_multiplier is None and target_epsilon is None:
+            raise ConfigurationError("DPPromptTuning needs target_epsilon or noise_multiplier.")
+        if max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}.")
+        self.target_epsilon, self.noise_multiplier = target_epsilon, noise_multiplier
+        self.max_grad_norm, self.delta = float(max_grad_norm), delta
+        self.automatic_optimization = False
+        self._accountant: Any = None
+        self._sample_rate = 0.0
+        self._noise = torch.Generator()
+
+    # -- privacy accounting ------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        from opacus.accountants import RDPAccountant
+        from opacus.accountants.utils import get_noise_multiplier
+
+        size = len(self.trainer.datamodule.train_dataloader().dataset) if self.trainer.datamodule else None
+        if not size:
+            raise ConfigurationError("DPPromptTuning needs the training set's size (a data module) for its accounting.")
+        batch = self.trainer.datamodule.batch_size
+        self._sample_rate = min(1.0, batch / size)
+        self.delta = self.delta if self.delta is not None else 1.0 / size
+        if self.noise_multiplier is None:
+            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+            self.noise_multiplier = float(
+                get_noise_multiplier(
+                    target_epsilon=self.target_epsilon,
+                    target_delta=self.delta,
+                    sample_rate=self._sample_rate,
+                    epochs=epochs,
+                    accountant="rdp",
+                )
+            )
+        if self._accountant is None:  # a resumed run keeps the history (and noise stream) of its checkpoint
+            self._accountant = RDPAccountant()
+            self._noise.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", "0")) + 7919)
+
+    @property
+    def epsilon(self) -> float:
+        """ε spent so far (at ``delta``)."""
+        if self._accountant is None or not self._accountant.history:
+            return 0.0
+        return float(self._accountant.get_epsilon(self.delta))
+
+    # -- the private step --------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        optimizer = self.optimizers()
+        params = [p for p in self.parameters() if p.requires_grad]
+        ids, mask, targets = batch[INPUT_IDS], batch[ATTENTION_MASK], self.batch_targets(batch)
+        per_example, losses = [], []
+        for index in range(ids.shape[0]):
+            one = slice(index, index + 1)
+            loss = self.task_loss(self(ids[one], mask[one]), targets[one])
+            per_example.append(torch.autograd.grad(loss, params))
+            losses.append(loss.detach())
+        assert self.noise_multiplier is not None
+        grads = clip_and_noise(per_example, self.max_grad_norm, self.noise_multiplier, self._noise)
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and self._scheduler_interval == "step":
+            scheduler.step()
+        self._accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self._sample_rate)
+        loss = torch.stack(losses).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=ids.shape[0])
+        self.log("train/epsilon", self.epsilon, prog_bar=True, batch_size=ids.shape[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and self._scheduler_interval == "epoch":
+            scheduler.step()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self._accountant is not None:  # plain lists: the history resumes with weights_only loading
+            checkpoint["dp_accountant"] = [list(map(float, step)) for step in self._accountant.history]
+            checkpoint["dp_noise_multiplier"] = self.noise_multiplier
+            checkpoint["dp_noise_state"] = self._noise.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "dp_accountant" in checkpoint:
+            from opacus.accountants import RDPAccountant
+
+            self._accountant = RDPAccountant()
+            self._accountant.history = [tuple(step[:2]) + (int(step[2]),) for step in checkpoint["dp_accountant"]]
+            self.noise_multiplier = checkpoint.get("dp_noise_multiplier", self.noise_multiplier)
+            if "dp_noise_state" in checkpoint:
+                self._noise.set_state(checkpoint["dp_noise_state"])

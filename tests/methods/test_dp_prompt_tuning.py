@@ -1,0 +1,74 @@
+"""DP-SGD on the prompt: per-example clipping, Gaussian noise σC, mean over the batch; Opacus's RDP accounting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from lightning_prompts.backbones import HFText
+from lightning_prompts.data import SyntheticText, TextClassificationDataModule
+from lightning_prompts.methods import DPPromptTuning
+from lightning_prompts.methods.dp_prompt_tuning import clip_and_noise
+
+
+def test_clip_and_noise_by_hand():
+    g1 = [torch.tensor([3.0, 4.0]), torch.tensor([0.0])]  # norm 5 → scaled to C = 1
+    g2 = [torch.tensor([0.3, 0.0]), torch.tensor([0.4])]  # norm 0.5 → kept
+    clean = clip_and_noise([g1, g2], max_grad_norm=1.0, noise_multiplier=0.0, generator=torch.Generator())
+    assert torch.allclose(clean[0], (torch.tensor([0.6, 0.8]) + torch.tensor([0.3, 0.0])) / 2)
+    assert torch.allclose(clean[1], torch.tensor([0.4]) / 2)
+    many = [[torch.zeros(20_000)] for _ in range(4)]
+    noisy = clip_and_noise(many, max_grad_norm=2.0, noise_multiplier=1.5, generator=torch.Generator().manual_seed(0))
+    assert noisy[0].std().item() == pytest.approx(1.5 * 2.0 / 4, rel=0.03)  # N(0, (σC)²) / B
+
+
+def data():
+    return TextClassificationDataModule(synthetic=SyntheticText(examples_per_class=12), batch_size=6)
+
+
+def test_a_private_step_is_the_clipped_mean_gradient_and_epsilon_is_opacus_rdp(trainer_kwargs):
+    from opacus.accountants import RDPAccountant
+
+    module = data()
+    method = DPPromptTuning(
+        HFText("tiny-bert"), module.classnames, num_virtual_tokens=3, noise_multiplier=0.0, max_grad_norm=0.05,
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+    )  # fmt: skip
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    tokens = method.tokenize(batch["text"])
+    params = [p for p in method.parameters() if p.requires_grad]
+    per_example = []
+    for i in range(len(batch["text"])):  # per-example gradients, one example at a time
+        output = method(tokens["input_ids"][i : i + 1], tokens["attention_mask"][i : i + 1])
+        per_example.append(torch.autograd.grad(method.task_loss(output, batch["label"][i : i + 1]), params))
+    expected = [torch.zeros_like(p) for p in params]
+    for grads in per_example:  # clipped to C = 0.05 jointly over tensors, by hand
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        assert norm > 0.05  # so clipping is exercised
+        for total, g in zip(expected, grads):
+            total += g * (0.05 / norm)
+    got = clip_and_noise(per_example, 0.05, 0.0, torch.Generator())
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e / len(per_example), atol=1e-6)
+    trainer = Trainer(max_steps=3, **trainer_kwargs)
+    noisy = DPPromptTuning(HFText("tiny-bert"), module.classnames, num_virtual_tokens=3, noise_multiplier=1.1)
+    trainer.fit(noisy, data())
+    reference = RDPAccountant()
+    for _ in range(3):
+        reference.step(noise_multiplier=1.1, sample_rate=6 / 24)
+    assert noisy.epsilon == pytest.approx(reference.get_epsilon(1 / 24))
+    assert trainer.logged_metrics["train/epsilon"] == pytest.approx(noisy.epsilon)
+
+
+def test_target_epsilon_sets_the_noise_from_the_planned_epochs(trainer_kwargs):
+    from opacus.accountants.utils import get_noise_multiplier
+
+    method = DPPromptTuning(HFText("tiny-bert"), data().classnames, num_virtual_tokens=3, target_epsilon=3.0)
+    Trainer(max_epochs=1, **trainer_kwargs).fit(method, data())
+    expected = get_noise_multiplier(
+        target_epsilon=3.0, target_delta=1 / 24, sample_rate=6 / 24, epochs=1, accountant="rdp"
+    )
+    assert method.noise_multiplier == pytest.approx(expected)
+    assert method.epsilon <= 3.0 + 1e-6
