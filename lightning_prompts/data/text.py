@@ -1,4 +1,4 @@
-"""Text classification from CSV, TSV or JSON-lines files (optionally ``.gz``/``.bz2``/``.xz``).
+"""Text classification from CSV, TSV or JSON-lines files (optionally ``.gz``/``.bz2``/``.xz``) or Parquet.
 
 Batches are ``{"text": [str, ...], "label": LongTensor}``; the method tokenizes them (data
 modules know nothing of models). GLUE's SST-2 ``train.tsv``/``dev.tsv`` (columns ``sentence``,
@@ -53,6 +53,9 @@ def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DatasetError(f"Data file {path} does not exist.")
     suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".parquet":
+        records = _read_parquet(path)
+        return _checked(path, records, columns)
     opener = _OPENERS.get(suffixes[-1]) if suffixes else None
     kind = suffixes[-2] if opener and len(suffixes) >= 2 else (suffixes[-1] if suffixes else "")
     raw = opener(path, "rt", encoding="utf-8") if opener else path.open("r", encoding="utf-8", newline="")
@@ -63,13 +66,29 @@ def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
             records = list(csv.DictReader(io.StringIO(handle.read()), delimiter="\t" if kind == ".tsv" else ","))
         else:
             raise DatasetError(
-                f"{path}: unsupported format {kind!r} (use .csv, .tsv or .jsonl, optionally compressed)."
+                f"{path}: unsupported format {kind!r} (use .csv, .tsv, .jsonl, optionally compressed, or .parquet)."
             )
+    return _checked(path, records, columns)
+
+
+def _checked(path: Path, records: list[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
     for number, record in enumerate(records, 1):
         missing = [column for column in columns if column not in record]
         if missing:
             raise DatasetError(f"{path}: row {number} lacks column(s) {missing} (has {sorted(record)}).")
     return [{key: _as_text(value) for key, value in record.items()} for record in records]
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    """Rows of a Parquet file (what ``datasets`` writes with ``to_parquet`` and keeps in its hub caches)."""
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError as error:  # pragma: no cover - pyarrow ships with the [text] extra
+        raise DatasetError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow).") from error
+    try:
+        return parquet.read_table(path).to_pylist()
+    except Exception as error:  # pyarrow raises its own error types for a damaged file
+        raise DatasetError(f"{path} is not a readable Parquet file ({error}).") from error
 
 
 def _as_text(value: Any) -> str | list[str]:
@@ -132,7 +151,8 @@ class TextClassificationDataModule(LightningDataModule):
     """Text classification from files.
 
     Args:
-        train_file: training data (``.csv``/``.tsv``/``.jsonl``, optionally ``.gz``/``.bz2``/``.xz``);
+        train_file: training data (``.csv``/``.tsv``/``.jsonl``, optionally ``.gz``/``.bz2``/``.xz``, or
+            ``.parquet``);
             ``pkg://<package>/<path>`` reads a file shipped inside a Python package.
         val_file: validation data; ``None`` holds out ``val_fraction`` of the training file.
         test_file: test data; ``None`` tests on the validation data.

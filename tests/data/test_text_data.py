@@ -111,3 +111,30 @@ def test_split_protocols_of_the_glue_papers(tmp_path):
     assert again._splits["val"][0] == val_texts  # seeded: the same halves every run
     with pytest.raises(ValueError, match="no test_file"):
         TextClassificationDataModule(split_protocol="halve_validation", test_file=validation, **common)
+
+
+def test_parquet_as_datasets_writes_it(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "premise": [f"premise {i}" for i in range(10)],
+            "hypothesis": [f"hypothesis {i}" for i in range(10)],
+            "label": [i % 3 for i in range(10)],
+            "tags": [["a", "b"] if i % 2 else ["c"] for i in range(10)],
+        }
+    )
+    pq.write_table(table, tmp_path / "train.parquet")
+    data = TextClassificationDataModule(
+        train_file=str(tmp_path / "train.parquet"), text_format="{premise} / {hypothesis}", labels=["0", "1", "2"]
+    )
+    data.setup("fit")
+    assert sorted(data._splits["train"][0] + data._splits["val"][0])[0] == "premise 0 / hypothesis 0"
+    tags = TextClassificationDataModule(
+        train_file=str(tmp_path / "train.parquet"), text_column="premise", label_column="tags", label_separator="|"
+    )
+    assert tags.classnames == ["a", "b", "c"] and tags.train_label_counts() != [0, 0, 0]
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DatasetError, match="not a readable Parquet file"):
+        TextClassificationDataModule(train_file=str(tmp_path / "broken.parquet")).setup("fit")
