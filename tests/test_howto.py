@@ -129,7 +129,7 @@ def test_ood_and_test_time_commands(scratch):
     ood.mkdir(parents=True)
     for k in range(3):
         Image.fromarray(np.random.default_rng(k).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(ood / f"{k}.jpg")
-    fit, test, tpt = commands("ood_and_test_time.md")
+    fit, test, tpt, variants = commands("ood_and_test_time.md")
     overlay = ["--config", write_overlay(scratch, "clip"), "--data.init_args.image_size=32"]
     overlay += ["--data.init_args.num_workers=0"]
     run_cli([*fit, *overlay])
@@ -138,3 +138,7 @@ def test_ood_and_test_time_commands(scratch):
     assert (scratch / "outputs" / "my_ood" / "ood_scores.png").is_file()
     tuned = run_cli([*tpt, "--config", "recipes/_tiny/clip.yaml", "--data.init_args.test_views=9"])  # tiny data
     assert type(tuned.model.evaluator).__name__ == "TestTimePromptTuning"
+    shifted = run_cli([*variants, "--config", "recipes/_tiny/clip.yaml", "--data.init_args.test_views=3"])
+    assert {f"test/acc_{name}" for name in ("imagenet_a", "imagenetv2", "imagenet_r", "imagenet_sketch")} <= set(
+        shifted.trainer.callback_metrics
+    )

@@ -107,8 +107,8 @@ def read_split_json(split_path: Path, image_root: Path) -> dict[str, list[ImageI
     return splits
 
 
-def read_imagenet(dataset_root: Path) -> dict[str, list[ImageItem]]:
-    """Read CoOp's ImageNet layout: the official val set is both validation and test set."""
+def read_imagenet_classnames(dataset_root: Path) -> dict[str, str]:
+    """CoOp's ImageNet ``classnames.txt``: ``{wnid: class name}``."""
     names_file = dataset_root / "classnames.txt"
     if not names_file.is_file():
         raise DatasetError(f"{names_file} does not exist (expected CoOp's ImageNet classnames.txt: '<wnid> <name>').")
@@ -119,7 +119,46 @@ def read_imagenet(dataset_root: Path) -> dict[str, list[ImageItem]]:
             if not name:
                 raise DatasetError(f"{names_file}:{number}: expected '<wnid> <class name>', got {line!r}.")
             classnames[wnid] = name
-    splits = {}
+    return classnames
+
+
+def read_imagenet_variant(folder: Path, classnames: dict[str, str]) -> tuple[list[str], list[ImageItem]]:
+    """An ImageNet test variant as TPT and CoOp's domain-generalisation protocol read it: class folders named
+    by wnid (ImageNet-A and -R: 200 classes; ImageNet-Sketch: 1,000) or by class index in ImageNet's sorted-wnid
+    order (ImageNetV2's ``0`` … ``999``). Returns the variant's classes in ImageNet's order and its images
+    labelled within them, so a method scores only the classes the variant has (the 200-class mask of -A/-R)."""
+    if not folder.is_dir():
+        raise DatasetError(f"ImageNet variant folder {folder} does not exist.")
+    ordered = sorted(classnames)
+    class_dirs = [p for p in folder.iterdir() if p.is_dir()]
+    if not class_dirs:
+        raise DatasetError(f"ImageNet variant folder {folder} has no class folders.")
+    by_wnid: dict[str, Path] = {}
+    for class_dir in class_dirs:
+        if class_dir.name.isdigit():  # ImageNetV2: the class index
+            index = int(class_dir.name)
+            if index >= len(ordered):
+                raise DatasetError(f"{class_dir}: class index {index}, but ImageNet has {len(ordered)} classes.")
+            by_wnid[ordered[index]] = class_dir
+        elif class_dir.name in classnames:
+            by_wnid[class_dir.name] = class_dir
+        else:
+            raise DatasetError(f"{class_dir}: {class_dir.name!r} is neither an ImageNet wnid nor a class index.")
+    present = [wnid for wnid in ordered if wnid in by_wnid]
+    items = [
+        ImageItem(path, label, classnames[wnid])
+        for label, wnid in enumerate(present)
+        for path in sorted(by_wnid[wnid].iterdir())
+        if path.is_file() and not path.name.startswith(".")
+    ]
+    return [classnames[wnid] for wnid in present], items
+
+
+def read_imagenet(dataset_root: Path) -> dict[str, list[ImageItem]]:
+    """Read CoOp's ImageNet layout: the official val set is both validation and test set."""
+    names_file = dataset_root / "classnames.txt"
+    classnames = read_imagenet_classnames(dataset_root)
+    splits: dict[str, list[ImageItem]] = {}
     for split, folder in (("train", "train"), ("test", "val")):
         image_root = dataset_root / "images" / folder
         if not image_root.is_dir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +13,8 @@ from lightning_prompts.data.dassl import (
     layout_writer,
     read_dataset,
     read_fewshot_cache,
+    read_imagenet_classnames,
+    read_imagenet_variant,
     subsample_classes,
 )
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
@@ -37,6 +40,10 @@ class FewShotImageDataModule(ImageClassificationDataModule):
             ``SUBSAMPLE_CLASSES``); or ``"base_to_novel"``: train on base, test on base *and* novel
             in one run (test sets ``"base"`` and ``"novel"``, each labelled from 0).
         use_fewshot_cache: use Dassl's ``split_fewshot/shot_K-seed_S.pkl`` when it exists.
+        imagenet_variants: ImageNet only: extra test sets ``{name: folder}`` (relative to ``root`` or absolute)
+            in TPT's layouts — ``imagenet-a``, ``imagenet-r`` (200 wnid folders), ``imagenet-sketch`` (1,000),
+            ``imagenetv2`` (folders ``0`` … ``999``); each is scored on its own classes (the 200-class mask),
+            after ImageNet's own test set (CoOp's domain-generalisation and TPT's protocols).
         **kwargs: loader and preprocessing settings of :class:`ImageClassificationDataModule`, whose
             defaults are CoOp's (batch 32, test batch 100, 224 px, CLIP preprocessing).
     """
@@ -49,10 +56,14 @@ class FewShotImageDataModule(ImageClassificationDataModule):
         seed: int = 1,
         subsample_classes: SubsampleClasses = "all",
         use_fewshot_cache: bool = True,
+        imagenet_variants: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, **kwargs)
         self.spec = dataset_spec(dataset)
+        if imagenet_variants and (self.spec.layout != "imagenet" or subsample_classes != "all"):
+            raise ValueError("imagenet_variants are test sets of ImageNet with subsample_classes='all'.")
+        self.imagenet_variants = dict(imagenet_variants or {})
         if subsample_classes not in ("all", "base", "new", "base_to_novel"):
             raise ValueError(f"subsample_classes must be all/base/new/base_to_novel, got {subsample_classes!r}.")
         self.shots, self.seed, self.subsample = shots, seed, subsample_classes
@@ -72,6 +83,10 @@ class FewShotImageDataModule(ImageClassificationDataModule):
             writer(target, self.spec.image_dir, self.spec.split_file, *sizes)
         else:
             writer(target, *sizes)
+        for index, folder in enumerate(self.imagenet_variants.values()):  # a variant with every other class
+            variant = root / folder
+            for class_dir in sorted((target / "images" / "val").iterdir())[index % 2 :: 2]:
+                shutil.copytree(class_dir, variant / class_dir.name, dirs_exist_ok=True)
 
     def mask_path(self, item: ImageItem) -> Path:
         """DAPT-S layout: ``<dataset folder>/mask/<path under the image folder>``, with the image's own
@@ -102,7 +117,14 @@ class FewShotImageDataModule(ImageClassificationDataModule):
             return LoadedSplits(base_names, base_train, base_val, test_sets)
         train, val, test = subsample_classes(self.subsample, train, val, test)
         names = classnames_by_label(train, where)
-        return LoadedSplits(names, train, val, {"test": (names, test)})
+        if not self.imagenet_variants:
+            return LoadedSplits(names, train, val, {"test": (names, test)})
+        wnids = read_imagenet_classnames(self.root / self.spec.dataset_dir)
+        test_sets = {"imagenet": (names, test)}
+        for name, folder in self.imagenet_variants.items():
+            path = Path(folder).expanduser()
+            test_sets[name] = read_imagenet_variant(path if path.is_absolute() else self.root / path, wnids)
+        return LoadedSplits(names, train, val, test_sets)
 
     def _few_shot(self, train: list, val: list) -> tuple[list, list]:
         if self.shots < 1:

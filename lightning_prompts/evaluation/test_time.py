@@ -38,9 +38,11 @@ if TYPE_CHECKING:
 
 
 def select_confident(logits: Tensor, fraction: float) -> Tensor:
-    """Indices of the ``int(V · fraction)`` rows of ``logits`` ``(V, C)`` with the lowest entropy."""
+    """Indices of the ``int(V · fraction)`` rows of ``logits`` ``(V, C)`` with the lowest entropy (TPT's count),
+    at least one: with few views (``V · fraction < 1``) TPT's count would select nothing and its loss would
+    be the entropy of an empty mean."""
     entropy = -(logits.softmax(dim=-1) * logits.log_softmax(dim=-1)).sum(dim=-1)
-    return torch.argsort(entropy, descending=False)[: int(logits.shape[0] * fraction)]
+    return torch.argsort(entropy, descending=False)[: max(1, int(logits.shape[0] * fraction))]
 
 
 def average_probability_entropy(logits: Tensor) -> Tensor:

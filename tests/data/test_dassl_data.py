@@ -220,3 +220,38 @@ def test_masks_are_found_in_dapts_released_layouts():
     mirrored_png.rename(flat)
     assert data.mask_path(first) == flat
     data.setup("fit")  # every mask is found
+
+
+def test_imagenet_variants_are_test_sets_on_their_own_classes(tmp_path, trainer_kwargs):
+    from lightning.pytorch import Trainer
+
+    from lightning_prompts.backbones import OpenCLIP
+    from lightning_prompts.data.synthetic import write_imagenet_layout
+    from lightning_prompts.methods import CoOp
+
+    write_imagenet_layout(tmp_path / "imagenet", num_classes=4, per_class=2, size=32, seed=0)
+    wnids = [f"n{label:08d}" for label in range(4)]
+    for index in (1, 3):  # ImageNet-A/-R style: a subset of wnid folders
+        write_image(tmp_path / "imagenet-a" / wnids[index] / "a.jpg", index, 7, 32, 0)
+    for index in (0, 2, 3):  # ImageNetV2 style: folders named by class index
+        write_image(tmp_path / "imagenetv2" / str(index) / "v.jpeg", index, 8, 32, 0)
+    data = FewShotImageDataModule(
+        root=str(tmp_path), dataset="imagenet", shots=1, image_size=32,
+        imagenet_variants={"imagenet_a": "imagenet-a", "imagenetv2": str(tmp_path / "imagenetv2")},
+    )  # fmt: skip
+    data.setup("test")
+    names = data.classnames
+    sets = data.test_class_sets
+    assert list(sets) == ["imagenet", "imagenet_a", "imagenetv2"]
+    assert sets["imagenet_a"] == [names[1], names[3]] and sets["imagenetv2"] == [names[0], names[2], names[3]]
+    labels = [item.label for item in data._splits().test_sets["imagenetv2"][1]]
+    assert labels == [0, 1, 2]  # labelled within the variant's own classes
+    method = CoOp(OpenCLIP("tiny", pretrained=None), names, n_ctx=2)
+    results = Trainer(**trainer_kwargs).test(method, data, verbose=False)[0]
+    assert {"test/acc_imagenet", "test/acc_imagenet_a", "test/acc_imagenetv2"} <= set(results)
+    with pytest.raises(ValueError, match="ImageNet"):
+        FewShotImageDataModule(root=str(tmp_path), dataset="dtd", imagenet_variants={"a": "x"})
+    (tmp_path / "bad" / "not_a_class").mkdir(parents=True)
+    bad = FewShotImageDataModule(root=str(tmp_path), dataset="imagenet", shots=1, imagenet_variants={"b": "bad"})
+    with pytest.raises(DatasetError, match="neither an ImageNet wnid"):
+        bad.setup("test")

@@ -25,6 +25,8 @@ def test_selection_keeps_the_lowest_entropy_tenth_and_the_loss_is_the_entropy_of
     assert len(chosen) == 6 and set(chosen.tolist()) == set(entropy.topk(6, largest=False).indices.tolist())
     mean = probabilities[chosen].mean(0)
     assert torch.allclose(average_probability_entropy(logits[chosen]), -(mean * mean.log()).sum(), atol=1e-6)
+    few = select_confident(logits[:4], 0.1)  # 4 views: TPT's int(0.4) would keep none; we keep the surest
+    assert few.tolist() == [int(entropy[:4].argmin())]
 
 
 def reference_tpt(method: CoOp, initial_ctx: torch.Tensor, image: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
