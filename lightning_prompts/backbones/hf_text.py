@@ -27,6 +27,7 @@ Two heads:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -340,9 +341,10 @@ class HFText(Backbone):
     def num_layers(self) -> int:
         return len(self.layers())
 
-    @property
+    @functools.cached_property
     def _cache_argument(self) -> str:
-        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated until 5.40)
+        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated until 5.40);
+        # looked up once, not on every forward
         return "cache" if "cache" in inspect.signature(self.model.base_model.forward).parameters else "past_key_values"
 
     def _prefix_cache(self, hooks: BlockHook, contexts: Sequence[BlockContext], embeds: Tensor) -> tuple[Any, int]:
@@ -408,10 +410,15 @@ class HFText(Backbone):
         else:
             mask = sequence_mask.clone()
             mask[:, :num_prompt] = 0  # the soft tokens are not text
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            pooled = masked_mean(hidden, mask)
         (head,) = self.head_modules().values()
         return SequenceClassifierOutput(logits=head(pooled), hidden_states=outputs.hidden_states)
+
+
+def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the positions where ``mask`` is 1: ``(B, T, D), (B, T) → (B, D)``."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def tiny_tokenizer(causal: bool = False) -> Any:

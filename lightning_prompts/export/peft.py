@@ -43,30 +43,28 @@ def export_peft_prompt_tuning(
         p_tuning_hidden_size: write a ``P_TUNING`` adapter (``prompt`` is then the MLP's output, which PEFT
             stores and loads in inference mode) with this ``encoder_hidden_size``.
     """
+    config: dict[str, Any] = {
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "token_dim": int(prompt.shape[1]),
+        "num_attention_heads": _first(model_config, "num_attention_heads", "n_head"),
+        "num_layers": _first(model_config, "num_hidden_layers", "n_layer"),
+    }
     if p_tuning_hidden_size is not None:
-        config: dict[str, Any] = {
+        config |= {
             "peft_type": "P_TUNING",
-            "num_virtual_tokens": int(prompt.shape[0]),
-            "token_dim": int(prompt.shape[1]),
-            "num_attention_heads": _first(model_config, "num_attention_heads", "n_head"),
-            "num_layers": _first(model_config, "num_hidden_layers", "n_layer"),
             "encoder_reparameterization_type": "MLP",
             "encoder_hidden_size": int(p_tuning_hidden_size),
             "encoder_num_layers": 2,
             "encoder_dropout": 0.0,
         }
-        return _write_adapter(directory, config, prompt, task, base_model_name_or_path, head_modules)
-    config = {
-        "peft_type": "PROMPT_TUNING",
-        "num_virtual_tokens": int(prompt.shape[0]),
-        "token_dim": int(prompt.shape[1]),
-        "num_attention_heads": _first(model_config, "num_attention_heads", "n_head"),
-        "num_layers": _first(model_config, "num_hidden_layers", "n_layer"),
-        "prompt_tuning_init": "RANDOM",
-        "prompt_tuning_init_text": None,
-        "tokenizer_name_or_path": None,
-        "tokenizer_kwargs": None,
-    }
+    else:
+        config |= {
+            "peft_type": "PROMPT_TUNING",
+            "prompt_tuning_init": "RANDOM",
+            "prompt_tuning_init_text": None,
+            "tokenizer_name_or_path": None,
+            "tokenizer_kwargs": None,
+        }
     return _write_adapter(directory, config, prompt, task, base_model_name_or_path, head_modules)
 
 

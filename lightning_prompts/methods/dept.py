@@ -41,7 +41,7 @@ from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.methods.base import TextPromptModule
 from lightning_prompts.prompts.low_rank_offset import LowRankPositionOffset
-from lightning_prompts.prompts.soft_prompt import SoftPrompt, SoftPromptInit
+from lightning_prompts.prompts.soft_prompt import SoftPromptInit
 from lightning_prompts.registry import register_method
 
 #: The official initialisation text, with its typo ("postive") fixed.
@@ -130,8 +130,7 @@ class DePT(TextPromptModule):
             )
         self.input_length, self.offset_lr, self.pad_to_max_length = max_length, offset_lr, pad_to_max_length
         generator = torch.Generator().manual_seed(seed)
-        init_ids = model.tokenizer(init_text)["input_ids"] if init == "text" and init_text else None
-        self.prompt = SoftPrompt(num_virtual_tokens, model.word_embeddings, init, init_ids, generator)
+        self.prompt = self.soft_prompt(num_virtual_tokens, init, init_text, generator)
         self.offset = LowRankPositionOffset(max_length, rank, width, lora_alpha, generator)
 
     # -- the text base's seams ---------------------------------------------------------------------------

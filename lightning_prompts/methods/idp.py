@@ -27,18 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_prompts.backbones.hf_text import HFText
+from lightning_prompts.backbones.hf_text import HFText, masked_mean
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import TextPromptModule
-from lightning_prompts.methods.base.checkpointing import read_prompt_file
-from lightning_prompts.prompts.soft_prompt import SoftPrompt, SoftPromptInit
+from lightning_prompts.methods.base.checkpointing import read_soft_prompt
+from lightning_prompts.prompts.soft_prompt import SoftPromptInit
 from lightning_prompts.registry import register_method
-
-
-def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the positions where ``mask`` is 1: ``(B, T, D), (B, T) → (B, D)``."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 @register_method(
@@ -88,7 +82,7 @@ class IDP(TextPromptModule):
         super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
         model: HFText = self.backbone
         if prompt_files:
-            prompts = [self._read_prompt(path) for path in prompt_files]
+            prompts = [read_soft_prompt(path, model.hidden_size, model.name) for path in prompt_files]
             if len({prompt.shape for prompt in prompts}) != 1:
                 raise ConfigurationError(
                     f"IDP's prompt files must hold prompts of one length, got {[p.shape[0] for p in prompts]}."
@@ -98,22 +92,10 @@ class IDP(TextPromptModule):
             if num_prompts < 2:
                 raise ConfigurationError(f"IDP chooses among prompts: num_prompts must be >= 2, got {num_prompts}.")
             generator = torch.Generator().manual_seed(seed)
-            draws = [
-                SoftPrompt(num_virtual_tokens, model.word_embeddings, init, None, generator) for _ in range(num_prompts)
-            ]
+            draws = [self.soft_prompt(num_virtual_tokens, init, None, generator) for _ in range(num_prompts)]
             bank = torch.stack([draw.embedding for draw in draws])
         self.bank = nn.Parameter(bank.detach().clone())
         self.selector_layer = selector_layer
-
-    def _read_prompt(self, path: str) -> Tensor:
-        tensors, _ = read_prompt_file(path)
-        prompt = tensors.get("prompt.embedding")
-        if prompt is None or prompt.dim() != 2 or prompt.shape[1] != self.backbone.hidden_size:
-            raise ConfigurationError(
-                f"prompt file {path} holds no prompt.embedding of width {self.backbone.hidden_size} "
-                f"(write it with PromptTuning.export_prompt on {self.backbone.name})."
-            )
-        return prompt
 
     @property
     def num_prompts(self) -> int:

@@ -43,10 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from lightning_prompts.backbones.hf_text import HFText
+from lightning_prompts.backbones.hf_text import HFText, masked_mean
 from lightning_prompts.batch import ATTENTION_MASK, INPUT_IDS
 from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods.base.checkpointing import read_prompt_file
 from lightning_prompts.methods.base.text import TextPromptModule
 from lightning_prompts.methods.prefix_tuning import PrefixTuning
 from lightning_prompts.outputs import PromptOutput
@@ -88,20 +87,16 @@ class _EmbeddingRunner(torch.nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         hidden = self.method.run_model(input_ids, attention_mask, True).hidden_states[-1][:, -input_ids.shape[1] :]
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return masked_mean(hidden, attention_mask)
 
 
 def _prompt_tensors(path: str | Path, method: TextPromptModule, keep: str = "") -> dict[str, Tensor]:
-    """The tensors of an ``export_prompt`` file whose names start with ``keep``, checked to fit ``method``: the
-    same backbone (fingerprint) and shapes."""
-    tensors, metadata = read_prompt_file(path)
-    method._check_backbone(metadata.get("backbone"), f"prompt file {path}")
-    own = method.state_dict()
-    chosen = {k: v for k, v in tensors.items() if k.startswith(keep)}
-    wrong = [k for k, v in chosen.items() if k not in own or own[k].shape != v.shape]
-    if wrong or not chosen:
-        raise ConfigurationError(f"prompt file {path} does not fit {type(method).__name__}: {wrong or 'no tensors'}.")
+    """The tensors of an ``export_prompt`` file whose names start with ``keep``, checked to fit ``method`` as a
+    ``prompt_init`` file is (same backbone, trainable tensors of the same shapes)."""
+    chosen = {k: v for k, v in method.check_prompt_init(path).items() if k.startswith(keep)}
+    if not chosen:
+        what = keep or "trainable"
+        raise ConfigurationError(f"prompt file {path} holds no {what} tensors of {type(method).__name__}.")
     return chosen
 
 

@@ -36,7 +36,7 @@ from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.batch import ATTENTION_MASK, INPUT_IDS, TEXT
 from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods.base.checkpointing import read_prompt_file
+from lightning_prompts.methods.base.checkpointing import read_soft_prompt
 from lightning_prompts.methods.prompt_tuning import PromptTuning
 from lightning_prompts.prompts.soft_prompt import SoftPromptInit
 from lightning_prompts.registry import register_method
@@ -146,14 +146,7 @@ class POST(PromptTuning):
         if self._source_embedding is None:
             if self.source is None or self.source_prompt is None:
                 raise ConfigurationError("POST needs source_backbone and source_prompt to transfer.")
-            tensors, _ = read_prompt_file(self.source_prompt)
-            embedding = tensors.get("prompt.embedding")
-            if embedding is None or embedding.shape[-1] != self.source.hidden_size:
-                raise ConfigurationError(
-                    f"source_prompt {self.source_prompt} holds no prompt.embedding of width {self.source.hidden_size} "
-                    f"(the source model's): write it with PromptTuning.export_prompt on {self.source.name}."
-                )
-            self._source_embedding = embedding
+            self._source_embedding = read_soft_prompt(self.source_prompt, self.source.hidden_size, self.source.name)
         return self._source_embedding.to(self.device)
 
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:

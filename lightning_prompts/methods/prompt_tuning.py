@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.export.peft import export_peft_prompt_tuning
 from lightning_prompts.methods.base import TextPromptModule
-from lightning_prompts.prompts.soft_prompt import PromptEncoderMLP, SoftPrompt, SoftPromptInit
+from lightning_prompts.prompts.soft_prompt import PromptEncoderMLP, SoftPromptInit
 from lightning_prompts.registry import register_method
 
 
@@ -86,9 +86,8 @@ class PromptTuning(TextPromptModule):
     ) -> None:
         super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
         model: HFText = self.backbone
-        init_ids = model.tokenizer(init_text)["input_ids"] if init == "text" and init_text else None
         generator = torch.Generator().manual_seed(seed)
-        self.prompt = SoftPrompt(num_virtual_tokens, model.word_embeddings, init, init_ids, generator)
+        self.prompt = self.soft_prompt(num_virtual_tokens, init, init_text, generator)
         self.encoder = (
             PromptEncoderMLP(model.hidden_size, encoder_hidden_size, generator) if encoder_hidden_size else None
         )

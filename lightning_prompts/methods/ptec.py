@@ -123,8 +123,7 @@ class PTEC(TextPromptModule):
             ids = label_token_init(names, num_virtual_tokens, model.word_embeddings.num_embeddings, seed)
             self.prompt = SoftPrompt(num_virtual_tokens, model.word_embeddings, "text", ids)
         else:
-            init_ids = model.tokenizer(init_text)["input_ids"] if init == "text" and init_text else None
-            self.prompt = SoftPrompt(num_virtual_tokens, model.word_embeddings, init, init_ids, generator)
+            self.prompt = self.soft_prompt(num_virtual_tokens, init, init_text, generator)
         self.head_lr, self.decay_to = head_lr, decay_to
         weights = torch.tensor(pos_weight, dtype=torch.float) if pos_weight else torch.ones(len(self.classnames))
         if weights.shape != (len(self.classnames),):

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from lightning_prompts.backbones import HFText
 from lightning_prompts.data import SyntheticText, TextClassificationDataModule
-from lightning_prompts.methods import PrefixTuning
+from lightning_prompts.methods.prefix_tuning import PrefixTuning
 
 TEXTS = ["the film was great and moving", "dull", "an awful, tedious and clumsy film with a weak plot!"]
 

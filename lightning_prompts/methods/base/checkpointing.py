@@ -197,6 +197,19 @@ class TrainableStateMixin:
         self.load_state_dict(self.check_prompt_init(path), strict=False)
 
 
+def read_soft_prompt(path: str | Path, width: int, model: str) -> Tensor:
+    """The ``(m, width)`` soft prompt (``prompt.embedding``) of a file that ``PromptTuning.export_prompt`` wrote
+    on a model of embedding width ``width`` (``model`` names it in the error)."""
+    tensors, _ = read_prompt_file(path)
+    prompt = tensors.get("prompt.embedding")
+    if prompt is None or prompt.dim() != 2 or prompt.shape[1] != width:
+        raise ConfigurationError(
+            f"prompt file {path} holds no prompt.embedding of width {width} (write it with "
+            f"PromptTuning.export_prompt on {model})."
+        )
+    return prompt
+
+
 def read_prompt_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The tensors of a file written by :meth:`TrainableStateMixin.export_prompt` and its metadata
     (``backbone`` identity, ``text_state``); a clear :class:`ConfigurationError` for anything else."""

@@ -29,6 +29,7 @@ from lightning_prompts.data.protocols import TextSplits, provided
 from lightning_prompts.errors import ContextLengthError
 from lightning_prompts.methods.base.module import PromptModule
 from lightning_prompts.outputs import PromptOutput
+from lightning_prompts.prompts.soft_prompt import SoftPrompt, SoftPromptInit
 
 # Tokenizing in the module's on_before_batch_transfer is the design (data stays model-agnostic).
 warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
@@ -89,6 +90,14 @@ class TextPromptModule(PromptModule):
         """Longest tokenized text (special tokens included) the method feeds: the context less the prompt's
         positions, unless the method fixes its own text length (DePT)."""
         return self.backbone.max_length - self.reserved_tokens
+
+    def soft_prompt(
+        self, num_tokens: int, init: SoftPromptInit, init_text: str | None, generator: torch.Generator | None
+    ) -> SoftPrompt:
+        """Soft tokens of the backbone's width; ``init="text"`` starts from ``init_text`` tokenized with the
+        model's special tokens, as PEFT does (see :class:`~lightning_prompts.prompts.soft_prompt.SoftPrompt`)."""
+        ids = self.backbone.tokenizer(init_text)["input_ids"] if init == "text" and init_text else None
+        return SoftPrompt(num_tokens, self.backbone.word_embeddings, init, ids, generator)
 
     def prompt_parameters(self) -> list[nn.Parameter]:
         """The prompt's trainable parameters (the ``"prompt"`` group)."""
