@@ -1,0 +1,88 @@
+"""The Python snippets of the text methods' docs pages run, on the tiny models instead of the hub ids they name
+(and, where a page's sizes need a real model's context, sizes that fit the tiny one)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_prompts.backbones import HFText
+from lightning_prompts.methods import PrefixTuning, PromptTuning
+
+PAGES = Path(__file__).resolve().parents[1] / "docs" / "methods"
+MODELS = {'"gpt2-large"': '"tiny-gpt2"', '"gpt2"': '"tiny-gpt2"', '"huggyllama/llama-7b"': '"tiny-gpt2"'}
+MODELS['"bert-base-uncased"'] = '"tiny-bert"'
+# budgets and lengths of BERT-base (d = 768, 512 positions) that the tiny models (d = 32, 128) cannot hold
+SIZES = {
+    "dept": {"budget_tokens=100": "budget_tokens=40", "rank=30": "rank=2", "max_length=256": "max_length=64"},
+    "ept": {"budget_tokens=100": "budget_tokens=40", "rank=30": "rank=2", "max_length=256": "max_length=64"},
+    "idp": {"num_virtual_tokens=20": "num_virtual_tokens=4"},
+}
+
+
+def blocks(page: str) -> list[str]:
+    code = re.findall(r"```python\n(.*?)```", (PAGES / f"{page}.md").read_text(), re.S)
+    assert code, f"docs/methods/{page}.md has no Python block"
+    out = []
+    for block in code:
+        for old, new in {**MODELS, **SIZES.get(page, {})}.items():
+            block = block.replace(old, new)
+        out.append(block)
+    return out
+
+
+def prompt_file(path: str, seed: int = 0) -> None:
+    method = PromptTuning(
+        HFText("tiny-gpt2", task="causal-lm"), ["negative", "positive"], num_virtual_tokens=3, seed=seed
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    method.export_prompt(path, prefix="prompt.")
+
+
+CLASSES = {"prefix_tuning": "PrefixTuning", "dept": "DePT", "ept": "EPT", "idp": "IDP", "iapt": "IAPT"}
+CLASSES |= {"ptec": "PTEC", "post": "POST"}
+
+
+@pytest.mark.parametrize("page", list(CLASSES))
+def test_the_use_snippet_builds_the_method(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for index, name in enumerate(["news", "reviews", "forums"]):  # IDP's bank
+        prompt_file(f"{name}.safetensors", seed=index)
+    prompt_file("outputs/post/source_prompt.safetensors")  # POST's source
+    namespace: dict = {}
+    exec(blocks(page)[0], namespace)
+    assert type(namespace["model"]).__name__ == CLASSES[page]
+    if page == "prefix_tuning":
+        assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_ptec_trie_snippet_generates_class_names():
+    backbone = HFText("tiny-gpt2", task="causal-lm")
+    tokenizer, classnames = backbone.tokenizer, ["race", "religion", "age"]
+    inputs = tokenizer(["targets of the post:"], return_tensors="pt")
+    namespace = {
+        "tokenizer": tokenizer,
+        "classnames": classnames,
+        "separator_id": tokenizer(",", add_special_tokens=False)["input_ids"][0],
+        "prompt_length": inputs["input_ids"].shape[1],
+        "inputs": dict(inputs),
+        "model": backbone.model.eval(),
+    }
+    tokenizer.eos_token = tokenizer.sep_token  # the tiny tokenizer has no end-of-sequence token of its own
+    with torch.no_grad():
+        exec(blocks("ptec")[1], namespace)
+    assert namespace["labels"] and all(set(labels) <= {0, 1, 2} for labels in namespace["labels"])
+
+
+def test_panda_transferability_snippet(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    method = PrefixTuning(HFText("tiny-bert"), ["entailment", "contradiction", "neutral"], num_virtual_tokens=2)
+    for seed, name in enumerate(["mnli", "cb", "sst2"]):
+        other = PrefixTuning(HFText("tiny-bert"), method.classnames, num_virtual_tokens=2, seed=seed)
+        other.export_prompt(f"{name}.safetensors", prefix="prefix.")
+    namespace = {"method": method.eval(), "cb_texts": ["a premise and a hypothesis", "another pair"]}
+    exec(blocks("panda")[0], namespace)
+    assert -1.0 <= namespace["beta"] <= 1.0 and [name for name, _ in namespace["ranking"]] != []
