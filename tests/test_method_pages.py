@@ -86,3 +86,26 @@ def test_panda_transferability_snippet(tmp_path, monkeypatch):
     namespace = {"method": method.eval(), "cb_texts": ["a premise and a hypothesis", "another pair"]}
     exec(blocks("panda")[0], namespace)
     assert -1.0 <= namespace["beta"] <= 1.0 and [name for name, _ in namespace["ranking"]] != []
+
+
+def test_gpf_molecule_snippet(tmp_path, monkeypatch):
+    pytest.importorskip("rdkit")
+    from lightning_prompts.backbones.molecule_gin import MoleculeGINEncoder
+
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "data" / "moleculenet" / "bbbp" / "raw" / "BBBP.csv"
+    csv.parent.mkdir(parents=True)
+    molecules = (Path(__file__).resolve().parents[1] / "recipes" / "_tiny" / "molecules.csv").read_text().splitlines()
+    csv.write_text(
+        "\n".join(
+            ["num,name,p_np,smiles", *(f"{i},m{i},{i % 2},{row.split(',')[0]}" for i, row in enumerate(molecules[1:]))]
+        )
+        + "\n"
+    )
+    checkpoint = tmp_path / "checkpoints" / "gpf" / "contextpred.pth"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(MoleculeGINEncoder(5, 300).state_dict(), checkpoint)  # the released files' layout and size
+    namespace: dict = {}
+    exec(blocks("gpf")[1], namespace)
+    model, data = namespace["model"], namespace["data"]
+    assert type(model).__name__ == "GPF" and data.classnames == ["p_np"] and model.objective == "masked_bce"

@@ -18,9 +18,11 @@ FILES = find_recipes(RECIPES)
 
 
 def overlay_for(recipe: Path) -> Path:
-    """The tiny overlay of the recipe's method (its registry entry says which)."""
+    """The tiny overlay of the recipe's method (its registry entry says which), or the one for the recipe's
+    sub-folder when there is one (``_tiny/<overlay>_<sub-folder>.yaml``: other data, e.g. molecules)."""
     entry = registry.get(model_class(recipe))
-    return RECIPES / "_tiny" / f"{entry.overlay}.yaml"
+    specific = RECIPES / "_tiny" / f"{entry.overlay}_{recipe.parent.name}.yaml"
+    return specific if specific.is_file() else RECIPES / "_tiny" / f"{entry.overlay}.yaml"
 
 
 def one_per_folder_and_method() -> list[Path]:

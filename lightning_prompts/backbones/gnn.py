@@ -59,8 +59,41 @@ def save_gnn(encoder: nn.Module, path: str | Path, config: dict[str, Any]) -> Pa
     return path
 
 
+class GraphBackbone(Backbone):
+    """What graph prompt methods read from a frozen GNN: the widths, node embeddings whose layer inputs
+    block hooks edit, and a readout. :class:`GNN` and
+    :class:`~lightning_prompts.backbones.molecule_gin.MoleculeGIN` implement it."""
+
+    family = "graph"
+
+    @property
+    def in_channels(self) -> int:
+        """Width of the node features a prompt edits (those entering the first layer)."""
+        raise NotImplementedError
+
+    @property
+    def hidden_channels(self) -> int:
+        """Width of the node embeddings."""
+        raise NotImplementedError
+
+    @property
+    def input_features(self) -> int:
+        """Columns of ``data.x`` the backbone reads."""
+        raise NotImplementedError
+
+    def encode_nodes(
+        self, x: Tensor, edge_index: Tensor, hooks: BlockHook | None = None, edge_attr: Tensor | None = None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def pool(node_embeddings: Tensor, batch: Tensor | None, pooling: Pooling = "mean") -> Tensor:
+        """Graph embeddings from node embeddings (``batch`` maps nodes to graphs)."""
+        return pool_nodes(node_embeddings, batch, pooling)
+
+
 @register_backbone(family="graph")
-class GNN(Backbone):
+class GNN(GraphBackbone):
     """A frozen GIN/GCN/GAT encoder.
 
     Args:
@@ -73,8 +106,6 @@ class GNN(Backbone):
             arguments above. ``None`` keeps random weights.
         seed: seed for random initialisation.
     """
-
-    family = "graph"
 
     def __init__(
         self,
@@ -132,24 +163,37 @@ class GNN(Backbone):
     def hidden_channels(self) -> int:
         return int(self.arch_config["hidden_channels"])
 
-    def encode_nodes(self, x: Tensor, edge_index: Tensor, hooks: BlockHook | None = None) -> Tensor:
+    @property
+    def input_features(self) -> int:
+        """Columns of ``data.x`` (the features a prompt edits, here the same)."""
+        return self.in_channels
+
+    def encode_nodes(
+        self, x: Tensor, edge_index: Tensor, hooks: BlockHook | None = None, edge_attr: Tensor | None = None
+    ) -> Tensor:
         """Node embeddings ``(N, hidden_channels)`` of node features ``x``; ``hooks`` edits the features
-        entering each message-passing layer (in place: a node count cannot change)."""
+        entering each message-passing layer (in place: a node count cannot change). PyG's basic GNNs read
+        no edge features, so ``edge_attr`` is ignored."""
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"Node features have {x.shape[-1]} channels but {self.name} expects {self.in_channels}.")
-        if hooks is not None and any(
-            hooks.uses(c) for c in ("attention_prefix", "attention_branch", "mlp_branch", "qkv_branch")
-        ):
-            raise NotImplementedError(f"{self.name} takes feature edits from block hooks (before each layer) only.")
+        check_feature_hooks(hooks, self.name)
         convs = self.encoder.convs
         contexts = [BlockContext(i, len(convs), 0, "graph") for i in range(len(convs))]
         with tokens_before_blocks(hooks, convs, contexts):
             return self.encoder(x, edge_index)
 
-    @staticmethod
-    def pool(node_embeddings: Tensor, batch: Tensor | None, pooling: Pooling = "mean") -> Tensor:
-        """Graph embeddings from node embeddings (``batch`` maps nodes to graphs)."""
-        from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
-        pools = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
-        return pools[pooling](node_embeddings, batch)
+def pool_nodes(node_embeddings: Tensor, batch: Tensor | None, pooling: Pooling = "mean") -> Tensor:
+    """Graph embeddings from node embeddings (``batch`` maps nodes to graphs)."""
+    from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+
+    pools = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
+    return pools[pooling](node_embeddings, batch)
+
+
+def check_feature_hooks(hooks: BlockHook | None, backbone: str) -> None:
+    """GNN layers take one kind of hook edit: the node features entering a layer."""
+    if hooks is not None and any(
+        hooks.uses(c) for c in ("attention_prefix", "attention_branch", "mlp_branch", "qkv_branch")
+    ):
+        raise NotImplementedError(f"{backbone} takes feature edits from block hooks (before each layer) only.")

@@ -10,6 +10,7 @@ from lightning_prompts.evaluation.base import Evaluator
 from lightning_prompts.evaluation.classification import ClassificationEvaluator
 from lightning_prompts.evaluation.continual import ContinualEvaluator
 from lightning_prompts.evaluation.multilabel import MultiLabelEvaluator
+from lightning_prompts.evaluation.multitask import MultiTaskAUROCEvaluator
 from lightning_prompts.evaluation.ood import OODEvaluator
 from lightning_prompts.evaluation.test_time import TestTimePromptTuning
 
@@ -18,6 +19,7 @@ __all__ = [
     "ContinualEvaluator",
     "Evaluator",
     "MultiLabelEvaluator",
+    "MultiTaskAUROCEvaluator",
     "OODEvaluator",
     "TestTimePromptTuning",
 ]

@@ -6,11 +6,13 @@ from lightning_prompts.metrics.continual import (
     average_incremental_accuracy,
     forgetting,
 )
+from lightning_prompts.metrics.multitask_auroc import MultiTaskAUROC
 from lightning_prompts.metrics.ood import OODDetection, ood_metrics
 from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy, harmonic_mean
 
 __all__ = [
     "ContinualAccuracy",
+    "MultiTaskAUROC",
     "OODDetection",
     "SetwiseAccuracy",
     "TaskAccuracy",

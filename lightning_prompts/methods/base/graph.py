@@ -3,8 +3,11 @@
 A graph method plugs its prompt into the GNN's layers through a block hook
 (:meth:`GraphPromptModule.block_hooks`; GPF edits the node features entering layer 0), and a small
 trained head classifies the node embeddings (node tasks) or their mean/sum/max pool (graph tasks,
-ego-graphs included). The base checks, before training, that the task level and the node-feature
-width of the data match the method and the backbone.
+ego-graphs included). Two objectives: cross-entropy over classes, and masked binary cross-entropy
+over tasks with missing labels (``objective="masked_bce"``, MoleculeNet: one sigmoid output per task,
+the loss averaged over the labelled entries as in Pretrain-GNNs and GPF). The base checks, before
+training, that the task level, the label kind and the node-feature width of the data match the
+method and the backbone.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from lightning_prompts.backbones.gnn import GNN, Pooling
+from lightning_prompts.backbones.gnn import GraphBackbone, Pooling
 from lightning_prompts.backbones.hooks import BlockHook
 from lightning_prompts.data.protocols import GraphTask, provided
 from lightning_prompts.errors import ConfigurationError
@@ -40,11 +45,14 @@ class GraphPromptModule(PromptModule):
     """Base of graph prompt methods (see the module docstring).
 
     Args:
-        backbone: the frozen :class:`~lightning_prompts.backbones.GNN`.
-        classnames: the classes (linked from the data module).
+        backbone: the frozen GNN (:class:`~lightning_prompts.backbones.gnn.GNN`, or
+            :class:`~lightning_prompts.backbones.molecule_gin.MoleculeGIN` for molecules).
+        classnames: the classes, or the binary tasks under ``masked_bce`` (linked from the data module).
         task: ``"node"`` or ``"graph"``; must match the data module's ``task_level``.
         pooling: graph readout (``"mean"``, ``"sum"``, ``"max"``).
         head_layers, head_hidden: the MLP head.
+        objective: ``"cross_entropy"`` (one class per example) or ``"masked_bce"`` (multi-task binary
+            labels with ``nan`` for missing ones; needs data that declares ``binary_tasks``).
         **kwargs: see :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` and ``"head"``.
     """
 
@@ -52,15 +60,19 @@ class GraphPromptModule(PromptModule):
 
     def __init__(
         self,
-        backbone: GNN,
+        backbone: GraphBackbone,
         classnames: Sequence[str] | None = None,
         task: Literal["node", "graph"] = "graph",
         pooling: Pooling = "mean",
         head_layers: int = 1,
         head_hidden: int | None = None,
+        objective: Literal["cross_entropy", "masked_bce"] = "cross_entropy",
         **kwargs: Any,
     ) -> None:
+        if objective not in ("cross_entropy", "masked_bce"):
+            raise ValueError(f"objective must be 'cross_entropy' or 'masked_bce', got {objective!r}.")
         super().__init__(backbone, classnames, **kwargs)
+        self.objective = objective
         if not self.classnames:
             raise ValueError(f"{type(self).__name__} needs classnames to size its head (the CLI links them).")
         if task not in ("node", "graph"):
@@ -93,12 +105,18 @@ class GraphPromptModule(PromptModule):
                 f"{type(self).__name__} is configured for task={self.task!r} but the data module provides "
                 f"{data.task_level}-level data."
             )
+        binary = bool(getattr(datamodule, "binary_tasks", False))
+        if binary != (self.objective == "masked_bce"):
+            wanted = "masked_bce" if binary else "cross_entropy"
+            raise ConfigurationError(
+                f"{type(self).__name__} has objective={self.objective!r} but the data module provides "
+                f"{'multi-task binary' if binary else 'single-label class'} labels; set objective: {wanted}."
+            )
         width = data.num_features
-        if width != self.backbone.in_channels:
+        if width != self.backbone.input_features:
             raise ConfigurationError(
                 f"the graphs have {width} node features but the GNN {self.backbone.name} expects "
-                f"{self.backbone.in_channels} (its in_channels); use data with the pre-training features or "
-                f"another encoder."
+                f"{self.backbone.input_features}; use data with the pre-training features or another encoder."
             )
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -110,7 +128,8 @@ class GraphPromptModule(PromptModule):
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, data: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
         """Logits for the target nodes (``data.target_mask``, else all) or for every graph of the batch."""
-        nodes = self.backbone.encode_nodes(data.x, data.edge_index, hooks=self.block_hooks())
+        edge_attr = getattr(data, "edge_attr", None)
+        nodes = self.backbone.encode_nodes(data.x, data.edge_index, hooks=self.block_hooks(), edge_attr=edge_attr)
         if self.task == "graph":
             features = self.backbone.pool(nodes, getattr(data, "batch", None), self.pooling)
         else:
@@ -122,6 +141,20 @@ class GraphPromptModule(PromptModule):
         return self(batch, fields)
 
     def batch_targets(self, batch: Any) -> Tensor:
+        if self.objective == "masked_bce":  # (graphs, tasks), nan where a label is missing
+            return batch.y.view(-1, len(self.classnames)).float()
         labels = batch.y.view(-1)
         mask = getattr(batch, "target_mask", None)
         return labels[mask] if self.task == "node" and mask is not None else labels
+
+    def task_loss(self, output: PromptOutput, targets: Tensor) -> Tensor:
+        if self.objective == "cross_entropy":
+            return super().task_loss(output, targets)
+        return masked_binary_cross_entropy(output.logits, targets)
+
+
+def masked_binary_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy with logits averaged over the labelled entries (``nan`` targets are missing)."""
+    labelled = ~torch.isnan(targets)
+    losses = F.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(targets.float()), reduction="none")
+    return torch.where(labelled, losses, torch.zeros_like(losses)).sum() / labelled.sum().clamp(min=1)
