@@ -22,6 +22,8 @@ INDEX = "index"
 TASK = "task"
 #: ``(B, D)`` precomputed frozen image features of the batch's images (a feature cache puts them there).
 IMAGE_FEATURES = "image_features"
+#: ``(B, N, 3)`` point clouds (coordinates).
+POINTS = "points"
 #: ``list[str]`` raw texts (methods tokenize them).
 TEXT = "text"
 #: ``list[str]`` image captions (image-text pairs).

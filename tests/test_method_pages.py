@@ -109,3 +109,22 @@ def test_gpf_molecule_snippet(tmp_path, monkeypatch):
     exec(blocks("gpf")[1], namespace)
     model, data = namespace["model"], namespace["data"]
     assert type(model).__name__ == "GPF" and data.classnames == ["p_np"] and model.objective == "masked_bce"
+
+
+def test_idpt_snippet(tmp_path, monkeypatch):
+    from lightning_prompts.backbones.point_mae import PointMAE
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data" / "ModelNet" / "modelnet40_normal_resampled"
+    root.mkdir(parents=True)
+    (root / "modelnet40_shape_names.txt").write_text("airplane\nbathtub\n")
+    checkpoint = tmp_path / "checkpoints" / "point_mae" / "pretrain.pth"
+    checkpoint.parent.mkdir(parents=True)
+    tiny = {"width": 16, "depth": 12, "num_heads": 2}
+    state = {f"module.MAE_encoder.{k}": v for k, v in PointMAE(**tiny).state_dict().items()}
+    torch.save({"base_model": state}, checkpoint)
+    block = blocks("idpt")[0].replace("num_patches=64)", "num_patches=64, width=16, num_heads=2)")
+    namespace: dict = {}
+    exec(block, namespace)
+    assert type(namespace["model"]).__name__ == "IDPT" and type(namespace["baseline"]).__name__ == "PointVPT"
+    assert namespace["model"].classnames == ["airplane", "bathtub"]

@@ -6,6 +6,8 @@ A backbone runs its pre-trained blocks as their library defines them and, at dec
 * :meth:`~BlockHook.before_block`: edit the tokens (a GNN: the node features) entering block ``i``:
   insert prompt tokens, replace a slot with that block's own prompts, add a feature prompt;
 * :meth:`~BlockHook.after_blocks`: after the last block, take out what was inserted;
+* :meth:`~BlockHook.positions_before_block`: where a backbone adds position embeddings before every
+  block (Point-MAE), the positions of the tokens ``before_block`` inserted;
 * :meth:`~BlockHook.attention_prefix`: keys and values every query of block ``i`` also attends to
   (prefix tuning, LAE's prefix);
 * :meth:`~BlockHook.attention_branch` / :meth:`~BlockHook.mlp_branch`: a side branch fed with the
@@ -81,6 +83,12 @@ class BlockHook:
         at the inserted positions or None)``. ``context.index`` is ``num_blocks``."""
         return tokens, None
 
+    def positions_before_block(self, context: BlockContext, positions: Tensor) -> Tensor:
+        """For backbones that add position embeddings to the tokens before *every* block (Point-MAE): the
+        positions ``(B, N, W)`` of the tokens :meth:`before_block` returned. A hook that inserts or
+        replaces tokens inserts or replaces their positions here the same way."""
+        return positions
+
     def attention_prefix(self, context: BlockContext) -> AttentionPrefix | None:
         """Extra keys/values for block ``context.index``'s attention, or ``None``."""
         return None
@@ -124,6 +132,11 @@ class ComposedHooks(BlockHook):
         for hook in self.hooks:
             tokens = hook.before_block(context, tokens)
         return tokens
+
+    def positions_before_block(self, context: BlockContext, positions: Tensor) -> Tensor:
+        for hook in self.hooks:
+            positions = hook.positions_before_block(context, positions)
+        return positions
 
     def after_blocks(self, context: BlockContext, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
         inserted: Tensor | None = None

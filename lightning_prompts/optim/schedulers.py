@@ -34,7 +34,9 @@ class WarmupCosineLR(LRScheduler):
         warmup: ``"constant"`` (run at ``warmup_lr``) or ``"linear"`` (from ``warmup_lr`` to the base lr).
         warmup_lr: the warm-up learning rate (absolute, the same for every group, as in Dassl).
         cosine_span: ``"remaining"``: the cosine spans ``max_epochs - warmup_epochs`` (VPT);
-            ``"total"``: it spans ``max_epochs`` counted from the end of warm-up (Dassl).
+            ``"total"``: it spans ``max_epochs`` counted from the end of warm-up (Dassl);
+            ``"from_start"``: it spans ``max_epochs`` counted from epoch 0, so warm-up ends part-way down
+            the curve (timm's ``CosineLRScheduler`` without ``warmup_prefix``: Point-MAE, IDPT).
         min_lr: the cosine's floor.
         decay: ``"cosine"`` or ``"linear"`` (from the base lr to ``min_lr`` over the same span).
     """
@@ -56,8 +58,8 @@ class WarmupCosineLR(LRScheduler):
         self.decay = decay
         if warmup not in ("constant", "linear"):
             raise ValueError(f"warmup must be 'constant' or 'linear', got {warmup!r}.")
-        if cosine_span not in ("remaining", "total"):
-            raise ValueError(f"cosine_span must be 'remaining' or 'total', got {cosine_span!r}.")
+        if cosine_span not in ("remaining", "total", "from_start"):
+            raise ValueError(f"cosine_span must be 'remaining', 'total' or 'from_start', got {cosine_span!r}.")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
         self.max_epochs = max_epochs
@@ -78,8 +80,9 @@ class WarmupCosineLR(LRScheduler):
             return self.warmup_lr + (base_lr - self.warmup_lr) * epoch / self.warmup_epochs
         if self.max_epochs is None:  # not bound to the Trainer yet: the first post-warm-up epoch runs at base lr
             return base_lr
-        span = self.max_epochs if self.cosine_span == "total" else max(1, self.max_epochs - self.warmup_epochs)
-        progress = min(epoch - self.warmup_epochs, span) / span
+        span = self.max_epochs if self.cosine_span != "remaining" else max(1, self.max_epochs - self.warmup_epochs)
+        elapsed = epoch if self.cosine_span == "from_start" else epoch - self.warmup_epochs
+        progress = min(elapsed, span) / span
         remaining = 1.0 - progress if self.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.min_lr + (base_lr - self.min_lr) * remaining
 

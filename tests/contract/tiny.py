@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lightning_prompts.batch import IMAGE, IMAGE_VIEW2, INDEX, LABEL, MASK, TASK, TEXT
+from lightning_prompts.batch import IMAGE, IMAGE_VIEW2, INDEX, LABEL, MASK, POINTS, TASK, TEXT
 
 CLASSNAMES = ["cat", "dog", "bird", "fish"]
 
@@ -31,6 +31,10 @@ def _backbone(family: str) -> Any:
         from lightning_prompts.backbones import GNN
 
         return GNN(in_channels=8, hidden_channels=16, num_layers=2)
+    if family == "points":
+        from lightning_prompts.backbones.point_mae import PointMAE
+
+        return PointMAE(num_patches=8, patch_size=8, width=16, depth=2, num_heads=2)
     raise KeyError(f"no tiny backbone for family {family!r}; add one to tests/contract/tiny.py")
 
 
@@ -69,4 +73,6 @@ def batch(family: str, size: int = 2) -> Any:
             edges = torch.tensor([[0, 1, 2, 3, 1, 2, 3, 4], [1, 2, 3, 4, 0, 1, 2, 3]])
             graphs.append(Data(x=x, edge_index=edges, y=labels[index : index + 1]))
         return Batch.from_data_list(graphs)
+    if family == "points":
+        return {POINTS: torch.randn(size, 64, 3, generator=generator), LABEL: labels}
     raise KeyError(family)

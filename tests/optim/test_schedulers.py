@@ -79,3 +79,20 @@ def test_linear_decay_is_transformers_linear_schedule_with_warmup():
     assert lrs(ours, 40) == pytest.approx(lrs(theirs, 40), abs=1e-12)
     with pytest.raises(ValueError, match="decay"):
         WarmupCosineLR(optimizer(0.1), decay="step")
+
+
+def test_from_start_cosine_is_timms_cosine_scheduler_as_point_mae_configures_it():
+    from timm.scheduler import CosineLRScheduler
+
+    reference_optimizer = optimizer(5e-4)
+    reference = CosineLRScheduler(
+        reference_optimizer, t_initial=30, lr_min=1e-6, warmup_lr_init=1e-6, warmup_t=10, cycle_limit=1
+    )
+    expected = []
+    for epoch in range(30):
+        reference.step(epoch)
+        expected.append(reference_optimizer.param_groups[0]["lr"])
+    scheduler = WarmupCosineLR(
+        optimizer(5e-4), max_epochs=30, warmup_epochs=10, warmup_lr=1e-6, cosine_span="from_start", min_lr=1e-6
+    )
+    assert lrs(scheduler, 30) == pytest.approx(expected, rel=1e-9)

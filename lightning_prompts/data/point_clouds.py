@@ -1,0 +1,377 @@
+"""Point-cloud classification: ModelNet40 and ScanObjectNN from their usual files, and procedural shapes.
+
+* **ModelNet40** (``modelnet40_normal_resampled/``, the layout Point-MAE and IDPT read):
+  ``modelnet40_shape_names.txt``, ``modelnet40_{train,test}.txt`` (shape ids such as ``airplane_0627``)
+  and ``<class>/<shape id>.txt`` with ``x,y,z,nx,ny,nz`` per line. The first ``stored_points`` (8,192)
+  points are kept, centred and scaled into the unit sphere (``pc_normalize``). The official
+  pre-processed ``*_fps.dat`` files are pickles and are never read.
+* **ScanObjectNN** (``h5_files/``): ``main_split_nobg/{training,test}_objectdataset.h5`` (OBJ-ONLY),
+  ``main_split/{training,test}_objectdataset.h5`` (OBJ-BG) and
+  ``main_split/{training,test}_objectdataset_augmentedrot_scale75.h5`` (PB-T50-RS), datasets ``data``
+  ``(N, 2048, 3)`` and ``label``; read with ``h5py`` (the ``points`` extra).
+* **Procedural shapes** (:class:`ProceduralShapes`): surface samples of spheres, cubes, cylinders, cones
+  and tori under a random rotation and stretch, optionally corrupted with jitter or outliers; the
+  offline stand-in for the testbed and the tiny recipes.
+
+Sampling follows IDPT's runner and runs on the batch after it reaches the device
+(:meth:`PointCloudDataModule.on_after_batch_transfer`, as the official code does it on the GPU):
+training clouds are cut to ``train_pool`` points by farthest point sampling (1,200 for 1,024 points,
+2,400 for 2,048, at most the cloud), of which a random ``num_points`` are kept, then augmented
+(ModelNet: per-cloud scale in [2/3, 3/2] and shift in [−0.2, 0.2] per axis; ScanObjectNN: a random
+rotation about the vertical axis); evaluation clouds are cut to ``num_points`` by farthest point
+sampling alone.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_prompts.backbones.point_ops import farthest_point_sample
+from lightning_prompts.batch import LABEL, POINTS
+from lightning_prompts.errors import ConfigurationError, DatasetError
+from lightning_prompts.registry import register_datamodule
+
+DatasetName = Literal["modelnet40", "scanobjectnn", "shapes"]
+ScanVariant = Literal["obj_only", "obj_bg", "pb_t50_rs"]
+Augment = Literal["scale_translate", "rotate", "none"]
+Corruption = Literal["none", "jitter", "outliers"]
+
+SCANOBJECTNN_CLASSES = (
+    "bag", "bin", "box", "cabinet", "chair", "desk", "display", "door",
+    "shelf", "table", "bed", "pillow", "sink", "sofa", "toilet",
+)  # fmt: skip
+_SCAN_FILES = {
+    "obj_only": ("main_split_nobg", "objectdataset"),
+    "obj_bg": ("main_split", "objectdataset"),
+    "pb_t50_rs": ("main_split", "objectdataset_augmentedrot_scale75"),
+}
+SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")
+
+
+def normalise_cloud(points: np.ndarray) -> np.ndarray:
+    """Centre a cloud and scale it into the unit sphere (Point-MAE's ``pc_normalize``)."""
+    points = points - points.mean(axis=0)
+    radius = np.sqrt((points**2).sum(axis=1)).max()
+    return points / radius if radius > 0 else points
+
+
+def read_modelnet40(
+    root: str | Path, split: str, stored_points: int = 8192
+) -> tuple[list[np.ndarray], list[int], list[str]]:
+    """Clouds ``(stored_points, 3)``, labels and class names of a ModelNet40 ``normal_resampled`` split."""
+    root = Path(root)
+    names_file, split_file = root / "modelnet40_shape_names.txt", root / f"modelnet40_{split}.txt"
+    for required in (names_file, split_file):
+        if not required.is_file():
+            raise DatasetError(
+                f"{required} does not exist (expected ModelNet40's modelnet40_normal_resampled/ layout)."
+            )
+    classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    index = {name: i for i, name in enumerate(classes)}
+    clouds, labels = [], []
+    for line, shape in enumerate(s.strip() for s in split_file.read_text().splitlines()):
+        if not shape:
+            continue
+        name = shape.rsplit("_", 1)[0]
+        if name not in index:
+            raise DatasetError(f"{split_file}:{line + 1}: shape {shape!r} is of no class in {names_file.name}.")
+        path = root / name / f"{shape}.txt"
+        if not path.is_file():
+            raise DatasetError(f"{path} does not exist (listed in {split_file.name}).")
+        try:
+            values = np.loadtxt(path, delimiter=",", dtype=np.float32, max_rows=stored_points, ndmin=2)
+        except ValueError as error:
+            raise DatasetError(f"{path} is not comma-separated coordinates: {error}") from error
+        if values.shape[1] < 3:
+            raise DatasetError(f"{path} has {values.shape[1]} columns; expected x,y,z[,nx,ny,nz].")
+        clouds.append(normalise_cloud(values[:, :3]))
+        labels.append(index[name])
+    if not clouds:
+        raise DatasetError(f"{split_file} lists no shapes.")
+    return clouds, labels, classes
+
+
+def read_scanobjectnn(root: str | Path, variant: ScanVariant, split: str) -> tuple[list[np.ndarray], list[int]]:
+    """Clouds ``(2048, 3)`` and labels of a ScanObjectNN variant (``split``: ``"training"`` or ``"test"``)."""
+    try:
+        import h5py
+    except ImportError as error:
+        raise ImportError("ScanObjectNN needs h5py: pip install 'lightning-prompts[points]'.") from error
+    if variant not in _SCAN_FILES:
+        raise ConfigurationError(f"variant must be one of {sorted(_SCAN_FILES)}, got {variant!r}.")
+    folder, stem = _SCAN_FILES[variant]
+    path = Path(root) / folder / f"{split}_{stem}.h5"
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist (expected ScanObjectNN's h5_files/ layout).")
+    with h5py.File(path, "r") as file:
+        if "data" not in file or "label" not in file:
+            raise DatasetError(f"{path} lacks the 'data' and 'label' datasets.")
+        data = np.asarray(file["data"], dtype=np.float32)
+        labels = np.asarray(file["label"]).astype(np.int64).reshape(-1)
+    if data.ndim != 3 or data.shape[2] < 3 or len(data) != len(labels):
+        raise DatasetError(f"{path}: data {data.shape} and label {labels.shape} are not (N, P, 3) and (N,).")
+    if labels.min() < 0 or labels.max() >= len(SCANOBJECTNN_CLASSES):
+        raise DatasetError(f"{path}: labels outside 0..{len(SCANOBJECTNN_CLASSES) - 1}.")
+    return [cloud[:, :3] for cloud in data], labels.tolist()
+
+
+def sample_shape(kind: str, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` points on the surface of a unit ``kind`` (one of :data:`SHAPES`)."""
+    u, v = rng.random(count), rng.random(count)
+    if kind == "sphere":
+        z, phi = 2 * u - 1, 2 * math.pi * v
+        r = np.sqrt(1 - z**2)
+        return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+    if kind == "cube":
+        points = rng.uniform(-1, 1, size=(count, 3))
+        axis, sign = rng.integers(0, 3, count), rng.choice([-1.0, 1.0], count)
+        points[np.arange(count), axis] = sign
+        return points
+    if kind == "cylinder":
+        phi, z = 2 * math.pi * u, 2 * v - 1
+        return np.stack([np.cos(phi), np.sin(phi), z], axis=1)
+    if kind == "cone":
+        phi, h = 2 * math.pi * u, np.sqrt(v)  # uniform over the lateral surface
+        return np.stack([h * np.cos(phi), h * np.sin(phi), 1 - 2 * h], axis=1)
+    if kind == "torus":
+        phi, theta = 2 * math.pi * u, 2 * math.pi * v
+        ring = 1 + 0.35 * np.cos(theta)
+        return np.stack([ring * np.cos(phi), ring * np.sin(phi), 0.35 * np.sin(theta)], axis=1)
+    raise ValueError(f"unknown shape {kind!r}; expected one of {SHAPES}.")
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random 3-D rotation (QR of a Gaussian matrix, sign-fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def corrupt(cloud: np.ndarray, corruption: Corruption, severity: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian jitter with std ``severity``, or a ``severity`` share of points replaced by uniform outliers
+    in the bounding cube ``[-1, 1]³``."""
+    if corruption == "none" or severity <= 0:
+        return cloud
+    if corruption == "jitter":
+        return cloud + rng.normal(0.0, severity, size=cloud.shape).astype(cloud.dtype)
+    if corruption == "outliers":
+        cloud = cloud.copy()
+        chosen = rng.choice(len(cloud), size=int(round(severity * len(cloud))), replace=False)
+        cloud[chosen] = rng.uniform(-1, 1, size=(len(chosen), 3))
+        return cloud
+    raise ValueError(f"corruption must be 'none', 'jitter' or 'outliers', got {corruption!r}.")
+
+
+class ProceduralShapes(Dataset):
+    """``per_class`` clouds of ``points`` points for each shape of :data:`SHAPES` (see the module docstring);
+    sample ``i`` is drawn from ``numpy.random.default_rng([seed, i])``, so a split is the same everywhere."""
+
+    def __init__(
+        self,
+        per_class: int,
+        points: int = 1024,
+        seed: int = 0,
+        corruption: Corruption = "none",
+        severity: float = 0.0,
+    ) -> None:
+        self.per_class, self.points, self.seed = per_class, points, seed
+        self.corruption, self.severity = corruption, severity
+
+    def __len__(self) -> int:
+        return self.per_class * len(SHAPES)
+
+    def cloud(self, index: int) -> tuple[np.ndarray, int]:
+        label = index % len(SHAPES)
+        rng = np.random.default_rng([self.seed, index])
+        cloud = sample_shape(SHAPES[label], self.points, rng) * rng.uniform(0.6, 1.4, size=3)
+        cloud = normalise_cloud(cloud @ random_rotation(rng).T).astype(np.float32)
+        return corrupt(cloud, self.corruption, self.severity, rng).astype(np.float32), label
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        cloud, label = self.cloud(index)
+        return {POINTS: torch.from_numpy(cloud), LABEL: label}
+
+
+class CloudList(Dataset):
+    def __init__(self, clouds: list[np.ndarray], labels: list[int]) -> None:
+        self.clouds, self.labels = clouds, labels
+
+    def __len__(self) -> int:
+        return len(self.clouds)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {POINTS: torch.from_numpy(np.ascontiguousarray(self.clouds[index])), LABEL: self.labels[index]}
+
+
+def few_shot_indices(labels: list[int], shots: int, seed: int) -> list[int]:
+    """``shots`` indices per class, drawn with ``random.Random(seed)``."""
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    rng, chosen = random.Random(seed), []
+    for label, members in sorted(by_class.items()):
+        if len(members) < shots:
+            raise DatasetError(f"class {label} has {len(members)} training clouds, fewer than {shots} shots.")
+        chosen += rng.sample(members, shots)
+    return sorted(chosen)
+
+
+def sample_points(points: Tensor, count: int, pool: int | None) -> Tensor:
+    """Farthest point sampling to ``pool`` points (``count`` if ``None``), then a random ``count`` of them."""
+    keep = min(pool or count, points.shape[1])
+    rows = torch.arange(points.shape[0], device=points.device)[:, None]
+    pooled = points[rows, farthest_point_sample(points, keep)]
+    if keep == count:
+        return pooled if pool is None else pooled[:, torch.randperm(keep, device=points.device)]
+    return pooled[:, torch.randperm(keep, device=points.device)[:count]]
+
+
+def augment_clouds(points: Tensor, augment: Augment) -> Tensor:
+    """IDPT's training augmentation per cloud: scale in [2/3, 3/2] and shift in [−0.2, 0.2] per axis, or a
+    rotation about the vertical (y) axis."""
+    batch = points.shape[0]
+    if augment == "scale_translate":
+        scale = torch.empty(batch, 1, 3, device=points.device).uniform_(2 / 3, 3 / 2)
+        shift = torch.empty(batch, 1, 3, device=points.device).uniform_(-0.2, 0.2)
+        return points * scale + shift
+    if augment == "rotate":
+        angle = torch.rand(batch, device=points.device) * 2 * math.pi
+        cos, sin, zero, one = angle.cos(), angle.sin(), torch.zeros_like(angle), torch.ones_like(angle)
+        rotation = torch.stack([cos, zero, sin, zero, one, zero, -sin, zero, cos], dim=1).view(batch, 3, 3)
+        return points @ rotation.to(points.dtype)
+    return points
+
+
+@register_datamodule()
+class PointCloudDataModule(LightningDataModule):
+    """Point-cloud classification (see the module docstring).
+
+    Args:
+        dataset: ``"modelnet40"``, ``"scanobjectnn"`` or ``"shapes"`` (procedural, offline).
+        root: the dataset folder (``modelnet40_normal_resampled/`` or ScanObjectNN's ``h5_files/``).
+        variant: ScanObjectNN's ``obj_only``, ``obj_bg`` or ``pb_t50_rs``.
+        num_points: points per cloud the model reads (1,024 ModelNet40, 2,048 ScanObjectNN).
+        train_pool: farthest-point pool the training points are drawn from (default: IDPT's 1.17×).
+        augment: training augmentation (default: ``scale_translate`` for ModelNet and shapes, ``rotate``
+            for ScanObjectNN).
+        shots: training clouds per class (few-shot); ``None``: all.
+        shapes_per_class, shapes_test_per_class: sizes of the procedural splits.
+        test_corruption, test_severity: corruption of the procedural validation/test clouds.
+        batch_size: clouds per batch (32).
+        num_workers: loader workers.
+        seed: seed of the few-shot draw and of the procedural shapes.
+
+    As in the official configs, ModelNet40 and ScanObjectNN validate on their test split (they have no
+    other); the recipes report the last epoch's test accuracy rather than the best one.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "modelnet40",
+        root: str | None = None,
+        variant: ScanVariant = "pb_t50_rs",
+        num_points: int = 1024,
+        train_pool: int | None = None,
+        augment: Augment | None = None,
+        shots: int | None = None,
+        shapes_per_class: int = 40,
+        shapes_test_per_class: int = 20,
+        test_corruption: Corruption = "none",
+        test_severity: float = 0.0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in ("modelnet40", "scanobjectnn", "shapes"):
+            raise ConfigurationError(f"dataset must be 'modelnet40', 'scanobjectnn' or 'shapes', got {dataset!r}.")
+        if dataset != "shapes" and root is None:
+            raise ConfigurationError(f"{dataset} needs root (the dataset folder).")
+        self.dataset, self.root, self.variant, self.num_points = dataset, root, variant, num_points
+        self.train_pool = train_pool if train_pool is not None else int(round(num_points * 1.171875))  # 1024→1200
+        if self.train_pool < num_points:
+            raise ConfigurationError(f"train_pool ({self.train_pool}) must hold num_points ({num_points}).")
+        self.augment: Augment = augment or ("rotate" if dataset == "scanobjectnn" else "scale_translate")
+        self.shots, self.seed, self.batch_size, self.num_workers = shots, seed, batch_size, num_workers
+        self.shapes_per_class, self.shapes_test_per_class = shapes_per_class, shapes_test_per_class
+        self.test_corruption, self.test_severity = test_corruption, test_severity
+        self._splits: dict[str, Dataset] | None = None
+        self._classnames: list[str] | None = None
+
+    @property
+    def classnames(self) -> list[str]:
+        if self.dataset == "shapes":
+            return list(SHAPES)
+        if self.dataset == "scanobjectnn":
+            return list(SCANOBJECTNN_CLASSES)
+        if self._classnames is None:
+            names = Path(str(self.root)) / "modelnet40_shape_names.txt"
+            if not names.is_file():
+                raise DatasetError(f"{names} does not exist (expected ModelNet40's modelnet40_normal_resampled/).")
+            self._classnames = [line.strip() for line in names.read_text().splitlines() if line.strip()]
+        return list(self._classnames)
+
+    def _read(self) -> dict[str, Dataset]:
+        if self.dataset == "shapes":
+            stored = max(self.train_pool, self.num_points) * 2
+            train = ProceduralShapes(self.shapes_per_class, stored, self.seed)
+            test = ProceduralShapes(
+                self.shapes_test_per_class, stored, self.seed + 1, self.test_corruption, self.test_severity
+            )
+            labels = [i % len(SHAPES) for i in range(len(train))]
+        else:
+            if self.dataset == "modelnet40":
+                train_clouds, labels, _ = read_modelnet40(str(self.root), "train")
+                test_clouds, test_labels, _ = read_modelnet40(str(self.root), "test")
+            else:
+                train_clouds, labels = read_scanobjectnn(str(self.root), self.variant, "training")
+                test_clouds, test_labels = read_scanobjectnn(str(self.root), self.variant, "test")
+            smallest = min(len(cloud) for cloud in (*train_clouds, *test_clouds))
+            if smallest < self.num_points:
+                raise DatasetError(f"a cloud has {smallest} points, fewer than num_points={self.num_points}.")
+            train, test = CloudList(train_clouds, labels), CloudList(test_clouds, test_labels)
+        if self.shots is not None:
+            train = torch.utils.data.Subset(train, few_shot_indices(labels, self.shots, self.seed))
+        return {"train": train, "test": test}
+
+    def setup(self, stage: str) -> None:
+        if self._splits is None:
+            self._splits = self._read()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        assert self._splits is not None, "call setup() first"
+        return DataLoader(
+            self._splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            drop_last=shuffle and len(self._splits[split]) > self.batch_size,  # BatchNorm in the head
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """IDPT's sampling and augmentation on the device (see the module docstring)."""
+        points = batch[POINTS].float()
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            points = augment_clouds(sample_points(points, self.num_points, self.train_pool), self.augment)
+        else:
+            points = sample_points(points, self.num_points, None)
+        return {**batch, POINTS: points}

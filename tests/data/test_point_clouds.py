@@ -1,0 +1,115 @@
+"""Point-cloud data: ModelNet40 and ScanObjectNN readers on files written in their layouts, the procedural
+shapes, and IDPT's device-side sampling and augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_prompts.backbones.point_ops import farthest_point_sample
+from lightning_prompts.batch import LABEL, POINTS
+from lightning_prompts.data.point_clouds import (
+    SHAPES,
+    PointCloudDataModule,
+    ProceduralShapes,
+    augment_clouds,
+    read_modelnet40,
+    read_scanobjectnn,
+    sample_points,
+)
+from lightning_prompts.errors import ConfigurationError, DatasetError
+
+
+def write_modelnet(root, classes=("airplane", "night_stand", "vase"), points=300):
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    (root / "modelnet40_shape_names.txt").write_text("\n".join(classes) + "\n")
+    splits = {"train": [], "test": []}
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            shape = f"{name}_{i + 1:04d}"
+            cloud = rng.normal(size=(points, 3)) * (c + 1) + 5.0
+            normals = rng.normal(size=(points, 3))
+            np.savetxt(root / name / f"{shape}.txt", np.hstack([cloud, normals]), delimiter=",", fmt="%.6f")
+            splits["test" if i == 2 else "train"].append(shape)
+    for split, shapes in splits.items():
+        (root / f"modelnet40_{split}.txt").write_text("\n".join(shapes) + "\n")
+    return root
+
+
+def test_modelnet40_is_read_normalised_with_class_names_from_the_shape_ids(tmp_path):
+    root = write_modelnet(tmp_path / "modelnet40_normal_resampled")
+    clouds, labels, classes = read_modelnet40(root, "train", stored_points=200)
+    assert classes == ["airplane", "night_stand", "vase"]  # 'night_stand_0001' → 'night_stand'
+    assert labels == [0, 0, 1, 1, 2, 2] and clouds[0].shape == (200, 3)
+    for cloud in clouds:
+        assert np.allclose(cloud.mean(0), 0, atol=1e-5)
+        assert np.isclose(np.sqrt((cloud**2).sum(1)).max(), 1.0)
+    (root / "modelnet40_test.txt").write_text("chair_0001\n")
+    with pytest.raises(DatasetError, match="of no class"):
+        read_modelnet40(root, "test")
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_modelnet40(tmp_path, "train")
+
+
+def test_scanobjectnn_variants_are_read_from_their_h5_files(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    folder = tmp_path / "h5_files" / "main_split"
+    folder.mkdir(parents=True)
+    data = np.random.default_rng(0).normal(size=(4, 64, 3)).astype(np.float32)
+    with h5py.File(folder / "training_objectdataset_augmentedrot_scale75.h5", "w") as file:
+        file["data"], file["label"] = data, np.array([0, 3, 14, 2], dtype=np.uint8)
+    clouds, labels = read_scanobjectnn(tmp_path / "h5_files", "pb_t50_rs", "training")
+    assert labels == [0, 3, 14, 2] and np.array_equal(clouds[1], data[1])
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_scanobjectnn(tmp_path / "h5_files", "obj_only", "training")
+    with h5py.File(folder / "test_objectdataset_augmentedrot_scale75.h5", "w") as file:
+        file["data"], file["label"] = data, np.array([0, 1, 2, 15])
+    with pytest.raises(DatasetError, match="labels outside"):
+        read_scanobjectnn(tmp_path / "h5_files", "pb_t50_rs", "test")
+
+
+def test_procedural_shapes_are_deterministic_and_corruptible():
+    shapes = ProceduralShapes(per_class=2, points=512, seed=3)
+    assert len(shapes) == 10 and [shapes[i][LABEL] for i in range(5)] == [0, 1, 2, 3, 4]
+    assert torch.equal(shapes[7][POINTS], ProceduralShapes(2, 512, seed=3)[7][POINTS])
+    sphere = shapes.cloud(0)[0]  # unit sphere, stretched and rotated: every point within the unit ball
+    assert sphere.shape == (512, 3) and np.sqrt((sphere**2).sum(1)).max() == pytest.approx(1.0, abs=1e-5)
+    clean = ProceduralShapes(2, 512, seed=3).cloud(1)[0]
+    noisy = ProceduralShapes(2, 512, seed=3, corruption="outliers", severity=0.25).cloud(1)[0]
+    assert (np.abs(noisy - clean).sum(1) > 0).sum() == pytest.approx(128, abs=2)  # 25 % of the points moved
+    assert SHAPES == ("sphere", "cube", "cylinder", "cone", "torus")
+
+
+def test_sampling_is_fps_for_evaluation_and_a_random_subset_of_an_fps_pool_for_training():
+    torch.manual_seed(0)
+    points = torch.randn(2, 300, 3)
+    rows = torch.arange(2)[:, None]
+    assert torch.equal(sample_points(points, 64, None), points[rows, farthest_point_sample(points, 64)])
+    train = sample_points(points, 64, 75)
+    pool = points[rows, farthest_point_sample(points, 75)]
+    for b in range(2):  # every training point is one of the 75 pool points, none twice
+        matches = (train[b][:, None] == pool[b][None]).all(-1)
+        assert matches.sum(1).eq(1).all() and matches.sum(0).le(1).all()
+    scaled = augment_clouds(torch.ones(8, 5, 3), "scale_translate")
+    assert scaled.min() >= 2 / 3 - 0.2 and scaled.max() <= 3 / 2 + 0.2
+    rotated = augment_clouds(points, "rotate")
+    assert torch.allclose(rotated[..., 1], points[..., 1]) and torch.allclose(rotated.norm(dim=-1), points.norm(dim=-1))
+
+
+def test_data_module_serves_sampled_clouds_and_checks_its_arguments(tmp_path):
+    with pytest.raises(ConfigurationError, match="needs root"):
+        PointCloudDataModule("modelnet40")
+    with pytest.raises(ConfigurationError, match="train_pool"):
+        PointCloudDataModule("shapes", num_points=64, train_pool=32)
+    data = PointCloudDataModule("shapes", num_points=64, shapes_per_class=4, shapes_test_per_class=2, shots=2)
+    data.setup("fit")
+    assert data.classnames == list(SHAPES) and len(data._splits["train"]) == 10
+    batch = data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)
+    assert batch[POINTS].shape == (10, 64, 3)
+    modelnet = PointCloudDataModule("modelnet40", str(write_modelnet(tmp_path / "m")), num_points=64, batch_size=2)
+    modelnet.setup("fit")
+    assert modelnet.classnames == ["airplane", "night_stand", "vase"]
+    assert next(iter(modelnet.train_dataloader()))[POINTS].shape == (2, 300, 3)
