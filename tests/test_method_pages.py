@@ -121,7 +121,7 @@ def test_idpt_snippet(tmp_path, monkeypatch):
     checkpoint = tmp_path / "checkpoints" / "point_mae" / "pretrain.pth"
     checkpoint.parent.mkdir(parents=True)
     tiny = {"width": 16, "depth": 12, "num_heads": 2}
-    state = {f"module.MAE_encoder.{k}": v for k, v in PointMAE(**tiny).state_dict().items()}
+    state = {f"module.MAE_encoder.{k}": v for k, v in PointMAE(**tiny).model.state_dict().items()}
     torch.save({"base_model": state}, checkpoint)
     block = blocks("idpt")[0].replace("num_patches=64)", "num_patches=64, width=16, num_heads=2)")
     namespace: dict = {}

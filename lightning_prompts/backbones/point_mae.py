@@ -142,6 +142,54 @@ def read_point_mae_state(path: Path) -> dict[str, Tensor]:
     return renamed
 
 
+class PointTransformerEncoder(nn.Module):
+    """The layers of Point-MAE's encoder (``MaskTransformer`` without its masking): patch grouping and the
+    mini-PointNet (:meth:`embed`), position MLP, blocks and final norm. :class:`PointMAE` freezes one;
+    :class:`~lightning_prompts.pretraining.point_mae.PointMAEPretraining` trains one."""
+
+    def __init__(self, num_patches: int, patch_size: int, width: int, depth: int, num_heads: int) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}.")
+        self.num_patches, self.patch_size, self.width, self.depth = num_patches, patch_size, width, depth
+        self.encoder = MiniPointNet(width)
+        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, width))
+        self.blocks = nn.ModuleList(PointBlock(width, num_heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+
+    def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """``(centres (B, G, 3), patches (B, G, k, 3))`` of clouds ``(B, N, 3)``, patches relative to centres."""
+        if points.dim() != 3 or points.shape[-1] != 3:
+            raise ValueError(f"point clouds must be (B, N, 3) coordinates, got {tuple(points.shape)}.")
+        if points.shape[1] < max(self.num_patches, self.patch_size):
+            raise ValueError(
+                f"clouds of {points.shape[1]} points cannot make {self.num_patches} patches of {self.patch_size}."
+            )
+        return group_patches(points.float(), self.num_patches, self.patch_size)
+
+    def embed(self, points: Tensor) -> PointPatches:
+        """Patch tokens and positions of clouds ``(B, N, 3)``."""
+        centres, patches = self.group(points)
+        return PointPatches(self.encoder(patches), self.pos_embed(centres), centres)
+
+    def run(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """The blocks without hooks (``x = block(x + pos)``) and the final norm."""
+        for block in self.blocks:
+            tokens = block(tokens + positions)
+        return self.norm(tokens)
+
+
+def point_mae_checkpoint(encoder: PointTransformerEncoder) -> dict[str, dict[str, Tensor]]:
+    """An encoder's weights in the layout of Point-MAE's pre-training checkpoints (``base_model`` with
+    ``MAE_encoder.`` keys and ``blocks.blocks.<i>``), which :func:`read_point_mae_state` and the official
+    fine-tuning code both read."""
+    state = {}
+    for key, value in encoder.state_dict().items():
+        official = key.replace("blocks.", "blocks.blocks.", 1) if key.startswith("blocks.") else key
+        state[f"MAE_encoder.{official}"] = value.detach().cpu().clone()
+    return {"base_model": state}
+
+
 @register_backbone(family="points")
 class PointMAE(Backbone):
     """The frozen Point-MAE encoder (see the module docstring).
@@ -169,16 +217,11 @@ class PointMAE(Backbone):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if width % num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}.")
         self.checkpoint_path, self.num_patches, self.patch_size = checkpoint_path, num_patches, patch_size
-        self.width, self.depth = width, depth
+        self.width, self.depth, self.num_heads = width, depth, num_heads
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.encoder = MiniPointNet(width)
-            self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, width))
-            self.blocks = nn.ModuleList(PointBlock(width, num_heads) for _ in range(depth))
-            self.norm = nn.LayerNorm(width)
+            self.model = PointTransformerEncoder(num_patches, patch_size, width, depth, num_heads)
         if checkpoint_path is not None:
             self._load(Path(checkpoint_path))
         self.freeze()
@@ -192,7 +235,7 @@ class PointMAE(Backbone):
                 f"{path} holds a {stored_depth}-block, {stored_width}-wide encoder but the backbone is configured "
                 f"with depth={self.depth}, width={self.width}; configure it as stored."
             )
-        missing, _ = self.load_state_dict(state, strict=False)
+        missing, _ = self.model.load_state_dict(state, strict=False)
         if missing:
             raise ValueError(f"{path} lacks encoder weights: {missing[:5]}{'…' if len(missing) > 5 else ''}")
 
@@ -203,14 +246,7 @@ class PointMAE(Backbone):
 
     def embed(self, points: Tensor) -> PointPatches:
         """Patch tokens and positions of clouds ``(B, N, 3)`` (``N >= patch_size``)."""
-        if points.dim() != 3 or points.shape[-1] != 3:
-            raise ValueError(f"{self.name} reads clouds as (B, N, 3) coordinates, got {tuple(points.shape)}.")
-        if points.shape[1] < max(self.num_patches, self.patch_size):
-            raise ValueError(
-                f"clouds of {points.shape[1]} points cannot make {self.num_patches} patches of {self.patch_size}."
-            )
-        centres, patches = group_patches(points.float(), self.num_patches, self.patch_size)
-        return PointPatches(self.encoder(patches), self.pos_embed(centres), centres)
+        return self.model.embed(points)
 
     def encode(
         self, tokens: Tensor, positions: Tensor, hooks: BlockHook | None = None, prefix_tokens: int = 0
@@ -220,9 +256,9 @@ class PointMAE(Backbone):
         if tokens.shape != positions.shape:
             raise ValueError(f"tokens {tuple(tokens.shape)} and positions {tuple(positions.shape)} differ.")
         contexts = [BlockContext(i, self.depth, prefix_tokens, "points") for i in range(self.depth)]
-        sites = [BlockSites(attention=b.attn, mlp=b.mlp, qkv=b.attn.qkv) for b in self.blocks]
+        sites = [BlockSites(attention=b.attn, mlp=b.mlp, qkv=b.attn.qkv) for b in self.model.blocks]
         with attached(hooks, sites, contexts, self.name):
-            for block, context in zip(self.blocks, contexts):
+            for block, context in zip(self.model.blocks, contexts):
                 if hooks is not None:
                     tokens = hooks.before_block(context, tokens)
                     positions = hooks.positions_before_block(context, positions)
@@ -236,4 +272,5 @@ class PointMAE(Backbone):
         if hooks is not None:
             end = BlockContext(self.depth, self.depth, prefix_tokens, "points")
             tokens, inserted = hooks.after_blocks(end, tokens)
-        return PointEncoding(self.norm(tokens), None if inserted is None else self.norm(inserted))
+        norm = self.model.norm
+        return PointEncoding(norm(tokens), None if inserted is None else norm(inserted))

@@ -9,6 +9,10 @@
   ``main_split/{training,test}_objectdataset.h5`` (OBJ-BG) and
   ``main_split/{training,test}_objectdataset_augmentedrot_scale75.h5`` (PB-T50-RS), datasets ``data``
   ``(N, 2048, 3)`` and ``label``; read with ``h5py`` (the ``points`` extra).
+* **ShapeNet-55** (Point-MAE's pre-training set): ``ShapeNet-55/{train,test}.txt`` listing
+  ``<taxonomy>-<model>.npy`` files of ``shapenet_pc/`` (8,192 points each), read lazily with
+  ``numpy.load(allow_pickle=False)``; each read keeps a random ``num_points`` (Point-MAE's
+  ``random_sample``) and normalises them; the label is the taxonomy (55 classes).
 * **Procedural shapes** (:class:`ProceduralShapes`): surface samples of spheres, cubes, cylinders, cones
   and tori under a random rotation and stretch, optionally corrupted with jitter or outliers; the
   offline stand-in for the testbed and the tiny recipes.
@@ -40,7 +44,7 @@ from lightning_prompts.batch import LABEL, POINTS
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
 
-DatasetName = Literal["modelnet40", "scanobjectnn", "shapes"]
+DatasetName = Literal["modelnet40", "scanobjectnn", "shapenet55", "shapes"]
 ScanVariant = Literal["obj_only", "obj_bg", "pb_t50_rs"]
 Augment = Literal["scale_translate", "rotate", "none"]
 Corruption = Literal["none", "jitter", "outliers"]
@@ -122,6 +126,46 @@ def read_scanobjectnn(root: str | Path, variant: ScanVariant, split: str) -> tup
     if labels.min() < 0 or labels.max() >= len(SCANOBJECTNN_CLASSES):
         raise DatasetError(f"{path}: labels outside 0..{len(SCANOBJECTNN_CLASSES) - 1}.")
     return [cloud[:, :3] for cloud in data], labels.tolist()
+
+
+def read_shapenet55_list(root: str | Path, split: str) -> tuple[list[Path], list[str]]:
+    """The ``.npy`` paths and taxonomy ids of a ShapeNet-55 split (``root``: ``ShapeNet55-34/``)."""
+    root = Path(root)
+    listing = root / "ShapeNet-55" / f"{split}.txt"
+    if not listing.is_file():
+        raise DatasetError(f"{listing} does not exist (expected ShapeNet55-34/ShapeNet-55/{split}.txt).")
+    paths, taxonomies = [], []
+    for line in (entry.strip() for entry in listing.read_text().splitlines()):
+        if not line:
+            continue
+        if "-" not in line or not line.endswith(".npy"):
+            raise DatasetError(f"{listing}: entry {line!r} is not '<taxonomy>-<model>.npy'.")
+        paths.append(root / "shapenet_pc" / line)
+        taxonomies.append(line.split("-", 1)[0])
+    if not paths:
+        raise DatasetError(f"{listing} lists no clouds.")
+    return paths, taxonomies
+
+
+class NpyClouds(Dataset):
+    """Clouds read on access from ``.npy`` files (no pickles), ``num_points`` of them drawn at random."""
+
+    def __init__(self, paths: list[Path], labels: list[int], num_points: int) -> None:
+        self.paths, self.labels, self.num_points = paths, labels, num_points
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        try:
+            cloud = np.load(path, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"{path} cannot be read as a .npy array: {error}") from error
+        if cloud.ndim != 2 or cloud.shape[1] < 3 or len(cloud) < self.num_points:
+            raise DatasetError(f"{path} holds {cloud.shape}, not at least ({self.num_points}, 3) points.")
+        chosen = torch.randperm(len(cloud))[: self.num_points].numpy()
+        return {POINTS: torch.from_numpy(normalise_cloud(cloud[chosen, :3])), LABEL: self.labels[index]}
 
 
 def sample_shape(kind: str, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -256,8 +300,9 @@ class PointCloudDataModule(LightningDataModule):
     """Point-cloud classification (see the module docstring).
 
     Args:
-        dataset: ``"modelnet40"``, ``"scanobjectnn"`` or ``"shapes"`` (procedural, offline).
-        root: the dataset folder (``modelnet40_normal_resampled/`` or ScanObjectNN's ``h5_files/``).
+        dataset: ``"modelnet40"``, ``"scanobjectnn"``, ``"shapenet55"`` or ``"shapes"`` (procedural, offline).
+        root: the dataset folder (``modelnet40_normal_resampled/``, ScanObjectNN's ``h5_files/`` or
+            ``ShapeNet55-34/``).
         variant: ScanObjectNN's ``obj_only``, ``obj_bg`` or ``pb_t50_rs``.
         num_points: points per cloud the model reads (1,024 ModelNet40, 2,048 ScanObjectNN).
         train_pool: farthest-point pool the training points are drawn from (default: IDPT's 1.17×).
@@ -292,8 +337,10 @@ class PointCloudDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if dataset not in ("modelnet40", "scanobjectnn", "shapes"):
-            raise ConfigurationError(f"dataset must be 'modelnet40', 'scanobjectnn' or 'shapes', got {dataset!r}.")
+        if dataset not in ("modelnet40", "scanobjectnn", "shapenet55", "shapes"):
+            raise ConfigurationError(
+                f"dataset must be 'modelnet40', 'scanobjectnn', 'shapenet55' or 'shapes', got {dataset!r}."
+            )
         if dataset != "shapes" and root is None:
             raise ConfigurationError(f"{dataset} needs root (the dataset folder).")
         self.dataset, self.root, self.variant, self.num_points = dataset, root, variant, num_points
@@ -313,6 +360,8 @@ class PointCloudDataModule(LightningDataModule):
             return list(SHAPES)
         if self.dataset == "scanobjectnn":
             return list(SCANOBJECTNN_CLASSES)
+        if self._classnames is None and self.dataset == "shapenet55":
+            self._classnames = sorted(set(read_shapenet55_list(str(self.root), "train")[1]))
         if self._classnames is None:
             names = Path(str(self.root)) / "modelnet40_shape_names.txt"
             if not names.is_file():
@@ -328,6 +377,17 @@ class PointCloudDataModule(LightningDataModule):
                 self.shapes_test_per_class, stored, self.seed + 1, self.test_corruption, self.test_severity
             )
             labels = [i % len(SHAPES) for i in range(len(train))]
+        elif self.dataset == "shapenet55":
+            index = {name: i for i, name in enumerate(self.classnames)}
+            splits: dict[str, Dataset] = {}
+            for split in ("train", "test"):
+                paths, taxonomies = read_shapenet55_list(str(self.root), split)
+                unknown = sorted(set(taxonomies) - set(index))
+                if unknown:
+                    raise DatasetError(f"ShapeNet-55 {split}.txt has taxonomies {unknown} that train.txt lacks.")
+                splits[split] = NpyClouds(paths, [index[t] for t in taxonomies], self.num_points)
+            train, test = splits["train"], splits["test"]
+            labels = list(train.labels)  # type: ignore[attr-defined]
         else:
             if self.dataset == "modelnet40":
                 train_clouds, labels, _ = read_modelnet40(str(self.root), "train")

@@ -113,3 +113,24 @@ def test_data_module_serves_sampled_clouds_and_checks_its_arguments(tmp_path):
     modelnet.setup("fit")
     assert modelnet.classnames == ["airplane", "night_stand", "vase"]
     assert next(iter(modelnet.train_dataloader()))[POINTS].shape == (2, 300, 3)
+
+
+def test_shapenet55_reads_npy_clouds_lazily_and_never_unpickles(tmp_path):
+    root = tmp_path / "ShapeNet55-34"
+    (root / "ShapeNet-55").mkdir(parents=True)
+    (root / "shapenet_pc").mkdir()
+    rng = np.random.default_rng(0)
+    names = ["02691156-aaa.npy", "03001627-bbb.npy", "02691156-ccc.npy"]
+    for name in names:
+        np.save(root / "shapenet_pc" / name, (rng.normal(size=(200, 3)) + 3).astype(np.float32))
+    (root / "ShapeNet-55" / "train.txt").write_text("\n".join(names[:2]) + "\n")
+    (root / "ShapeNet-55" / "test.txt").write_text(names[2] + "\n")
+    data = PointCloudDataModule("shapenet55", str(root), num_points=64, batch_size=2)
+    data.setup("fit")
+    assert data.classnames == ["02691156", "03001627"]
+    item = data._splits["train"][1]
+    assert item[POINTS].shape == (64, 3) and item[LABEL] == 1
+    assert np.isclose(item[POINTS].norm(dim=1).max().item(), 1.0, atol=1e-5)
+    np.save(root / "shapenet_pc" / names[2], np.array([{"code": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DatasetError, match="cannot be read"):
+        data._splits["test"][0]

@@ -41,7 +41,7 @@ def checkpoint(tmp_path):
     source = PointMAE(num_patches=PATCHES, patch_size=PATCH_SIZE, width=WIDTH, depth=DEPTH, num_heads=HEADS)
     randomise(source, seed=1)
     base_model = {}
-    for key, value in source.state_dict().items():
+    for key, value in source.model.state_dict().items():
         official = key.replace("blocks.", "blocks.blocks.", 1) if key.startswith("blocks.") else key
         base_model[f"module.MAE_encoder.{official}"] = value
     base_model["module.mask_token"] = torch.zeros(1, 1, WIDTH)
@@ -49,7 +49,7 @@ def checkpoint(tmp_path):
     path = tmp_path / "pretrain.pth"
     torch.save({"base_model": base_model, "optimizer": {"state": {}, "param_groups": []}, "epoch": 300,
                 "metrics": {}, "best_metrics": {}}, path)  # fmt: skip
-    return path, source.state_dict()
+    return path, source.model.state_dict()
 
 
 # -- the official computation, written out -----------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_point_mae_checkpoint_loads_and_encodes_as_the_official_encoder(checkpoi
     path, weights = checkpoint
     backbone = backbone_from(path)
     for key, value in weights.items():
-        assert torch.equal(backbone.state_dict()[key], value), key
+        assert torch.equal(backbone.model.state_dict()[key], value), key
     points = torch.randn(2, 64, 3, generator=torch.Generator().manual_seed(0))
     patches = backbone.embed(points)
     centres, neighbourhoods = group_patches(points, PATCHES, PATCH_SIZE)
