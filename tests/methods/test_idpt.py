@@ -245,3 +245,23 @@ def test_idpt_trains_and_checks_its_inputs(trainer_kwargs):
     Trainer(max_steps=2, **trainer_kwargs).fit(method, loader)
     assert not torch.equal(method.generator.fuse[0].weight, before)
     assert math.isfinite(float(method.forward_batch(data[0]).logits.detach().sum()))
+
+
+def test_linear_probe_is_a_linear_layer_on_max_and_mean_of_the_frozen_patch_tokens(checkpoint):
+    from lightning_prompts.methods.point_linear_probe import PointLinearProbe
+
+    path, weights = checkpoint
+    method = PointLinearProbe(backbone_from(path), CLASSES).eval()
+    assert {n for n, p in method.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
+    points = torch.randn(2, 64, 3, generator=torch.Generator().manual_seed(6))
+    centres, neighbourhoods = group_patches(points, PATCHES, PATCH_SIZE)
+    x = official_encoder(weights, neighbourhoods)
+    pos = F.gelu(centres @ weights["pos_embed.0.weight"].t() + weights["pos_embed.0.bias"])
+    pos = pos @ weights["pos_embed.2.weight"].t() + weights["pos_embed.2.bias"]
+    for i in range(DEPTH):
+        x = official_block(weights, i, x + pos)
+    x = F.layer_norm(x, (WIDTH,), weights["norm.weight"], weights["norm.bias"])
+    feature = torch.cat([x.max(1)[0], x.mean(1)], dim=-1)
+    output = method.forward_batch({"points": points})
+    torch.testing.assert_close(output.pooled_features, feature, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(output.logits, method.head(feature))

@@ -67,16 +67,23 @@ class PointPromptModule(PromptModule):
     }
     #: how many ``width``-wide features :meth:`pool` concatenates (sizes the head).
     pooled_parts: ClassVar[int] = 2
+    #: whether the method lays out a trained class token (with a trained position) before the patches.
+    class_token: ClassVar[bool] = True
 
     def __init__(self, backbone: PointMAE, classnames: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(backbone, classnames, **kwargs)
         if not self.classnames:
             raise ValueError(f"{type(self).__name__} needs classnames to size its head (the CLI links them).")
         width = backbone.width
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.cls_pos = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, width), std=0.02))
+        if self.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+            self.cls_pos = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, width), std=0.02))
         self.build_prompt()
-        self.head = point_head(self.pooled_parts * width, len(self.classnames))
+        self.head = self.build_head(self.pooled_parts * width, len(self.classnames))
+
+    def build_head(self, in_features: int, num_classes: int) -> nn.Module:
+        """The classifier (default: the official fine-tuning head)."""
+        return point_head(in_features, num_classes)
 
     # -- what a point method implements -------------------------------------------------------------
     def build_prompt(self) -> None:
@@ -94,12 +101,14 @@ class PointPromptModule(PromptModule):
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, points: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
         patches = self.backbone.embed(points)
-        batch = points.shape[0]
-        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), patches.tokens], dim=1)
-        positions = torch.cat([self.cls_pos.expand(batch, -1, -1), patches.positions], dim=1)
-        encoded = self.backbone.encode(tokens, positions, hooks=self.block_hooks(), prefix_tokens=1)
+        batch, prefix = points.shape[0], int(self.class_token)
+        tokens, positions = patches.tokens, patches.positions
+        if self.class_token:
+            tokens = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)
+            positions = torch.cat([self.cls_pos.expand(batch, -1, -1), positions], dim=1)
+        encoded = self.backbone.encode(tokens, positions, hooks=self.block_hooks(), prefix_tokens=prefix)
         pooled = self.pool(encoded)
-        return PromptOutput(logits=self.head(pooled), pooled_features=pooled, patch_tokens=encoded.tokens[:, 1:])
+        return PromptOutput(logits=self.head(pooled), pooled_features=pooled, patch_tokens=encoded.tokens[:, prefix:])
 
     def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
         return self(batch[POINTS], fields)
