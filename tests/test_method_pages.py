@@ -128,3 +128,12 @@ def test_idpt_snippet(tmp_path, monkeypatch):
     exec(block, namespace)
     assert type(namespace["model"]).__name__ == "IDPT" and type(namespace["baseline"]).__name__ == "PointVPT"
     assert namespace["model"].classnames == ["airplane", "bathtub"]
+
+
+def test_dvpt_snippet():
+    block = blocks("dvpt")[0].replace('TimmViT("vit_base_patch16_224.orig_in21k")', 'TimmViT("tiny")')
+    namespace: dict = {}
+    exec(block, namespace)
+    model = namespace["model"]
+    assert type(model).__name__ == "DVPT" and len(model.classnames) == 5
+    assert model.resolve_evaluator(None).monitor == ("val/kappa", "max")
