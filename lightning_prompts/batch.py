@@ -14,6 +14,8 @@ IMAGE_VIEW2 = "image_view2"
 MASK = "mask"
 #: ``(B, N, 3, H, W)`` randomly augmented test-time views of each test image (``test_views: N``; TPT).
 IMAGE_VIEWS = "image_views"
+#: ``(B, K, 3, H, W)`` pre-generated views of each test image (DiffTPT's diffusion samples), read from a folder.
+GENERATED_VIEWS = "generated_views"
 #: ``(B,)`` class labels.
 LABEL = "label"
 #: ``(B,)`` position of each sample in its dataset (for per-sample state such as cached masks).

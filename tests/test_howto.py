@@ -129,7 +129,7 @@ def test_ood_and_test_time_commands(scratch):
     ood.mkdir(parents=True)
     for k in range(3):
         Image.fromarray(np.random.default_rng(k).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(ood / f"{k}.jpg")
-    fit, test, tpt, variants = commands("ood_and_test_time.md")
+    fit, test, tpt, variants, difftpt = commands("ood_and_test_time.md")
     overlay = ["--config", write_overlay(scratch, "clip"), "--data.init_args.image_size=32"]
     overlay += ["--data.init_args.num_workers=0"]
     run_cli([*fit, *overlay])
@@ -142,3 +142,16 @@ def test_ood_and_test_time_commands(scratch):
     assert {f"test/acc_{name}" for name in ("imagenet_a", "imagenetv2", "imagenet_r", "imagenet_sketch")} <= set(
         shifted.trainer.callback_metrics
     )
+    # DiffTPT reads generated views in the official layout: 2 per test image of the tiny DTD data (its
+    # generated test images are <class>/test_<i>.jpg, a few per class)
+    from lightning_prompts.data.synthetic import classnames_for
+
+    for name in classnames_for(4):
+        for i in range(16):
+            for k in range(2):
+                path = scratch / "data/difftpt/dtd" / name / f"test_{i:03d}_{k}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((32, 32, 3), 60 * k + i, np.uint8)).save(path)
+    diffused = run_cli([*difftpt, "--config", "recipes/_tiny/clip.yaml", "--data.init_args.test_views=3",
+                        "--data.init_args.generated_views=2"])  # fmt: skip
+    assert type(diffused.model.evaluator).__name__ == "DiffTPT" and "test/acc" in diffused.trainer.callback_metrics

@@ -100,6 +100,11 @@ class ImageClassificationDataModule(LightningDataModule):
             of each test image for test-time adaptation (TPT: 63), made as ``test_view_augmentation``
             says (``"crops"`` or ``"augmix"``; see
             :func:`~lightning_prompts.data.transforms.build_test_view_transform`).
+        generated_views: K > 0 adds ``"generated_views"`` ``(B, K, 3, H, W)`` to every test batch: K images
+            generated beforehand from each test image (DiffTPT: 63 Stable Diffusion image variations), read
+            from ``generated_views_root`` in DiffTPT's layout, ``<root>/<image's folder>/<image stem>_<k><ext>``,
+            resized and centre-cropped like the test image. Every file is checked at ``setup``.
+        generated_views_root: the folder of the generated views.
     """
 
     def __init__(
@@ -119,6 +124,8 @@ class ImageClassificationDataModule(LightningDataModule):
         ood_sets: dict[str, str] | None = None,
         test_views: int = 0,
         test_view_augmentation: TestViewAugmentation = "crops",
+        generated_views: int = 0,
+        generated_views_root: str | None = None,
     ) -> None:
         super().__init__()
         if views < 1:
@@ -133,6 +140,10 @@ class ImageClassificationDataModule(LightningDataModule):
         if test_views < 0:
             raise ValueError(f"test_views must be >= 0, got {test_views}.")
         self.test_views, self.test_view_augmentation = test_views, test_view_augmentation
+        if generated_views < 0 or (generated_views > 0) != (generated_views_root is not None):
+            raise ValueError("generated_views (a count > 0) and generated_views_root come together.")
+        self.generated_views = generated_views
+        self.generated_views_root = Path(generated_views_root).expanduser() if generated_views_root else None
         self._loaded: LoadedSplits | None = None
         self._datasets: dict[str, Any] = {}
 
@@ -238,14 +249,24 @@ class ImageClassificationDataModule(LightningDataModule):
                     "view_transform": view_tf,
                     "view_seed": getattr(self, "seed", 0),
                 }
+            generated: dict[str, Any] = {}
+            if self.generated_views:
+                for _, items in splits.test_sets.values():
+                    check_generated_views(items, self.generated_view_path, self.generated_views, self.description)
+                generated = {"generated_views": (self.generated_views, self.generated_view_path)}
             self._datasets["test"] = [
-                ImageListDataset(items, eval_tf, **views) for _, items in splits.test_sets.values()
+                ImageListDataset(items, eval_tf, **views, **generated) for _, items in splits.test_sets.values()
             ]
             for name, folder in self.ood_sets.items():
                 items = read_unlabelled_images(folder, f"{self.description} OOD set {name!r}")
                 if self.verify:
                     verify_images(items, f"{self.description} OOD set {name!r}")
                 self._datasets["test"].append(ImageListDataset(items, eval_tf, **views))
+
+    def generated_view_path(self, item: ImageItem, index: int) -> Path:
+        """DiffTPT's layout: ``<generated_views_root>/<image's folder>/<image stem>_<index><ext>``."""
+        assert self.generated_views_root is not None
+        return self.generated_views_root / item.path.parent.name / f"{item.path.stem}_{index}{item.path.suffix}"
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._datasets["train"]
@@ -279,3 +300,14 @@ def _synthetic_root() -> Path:
     path = Path(tempfile.mkdtemp(prefix="lightning_prompts_synthetic_"))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
+
+
+def check_generated_views(items: Any, path_of: Any, count: int, where: str) -> None:
+    """Every test image has its ``count`` generated views (fail at ``setup``, naming the first missing one)."""
+    for item in items:
+        for index in range(count):
+            path = path_of(item, index)
+            if not path.is_file():
+                raise DatasetError(
+                    f"{where}: generated view {index} of {item.path.name} does not exist (expected {path})."
+                )

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lightning_prompts.batch import IMAGE, IMAGE_VIEWS, INDEX, LABEL, MASK, image_view
+from lightning_prompts.batch import GENERATED_VIEWS, IMAGE, IMAGE_VIEWS, INDEX, LABEL, MASK, image_view
 from lightning_prompts.errors import DatasetError
 
 #: File suffixes read as images (case-insensitive); names starting with "." are skipped.
@@ -168,6 +168,8 @@ class ImageListDataset(Dataset):
         test_views: with N > 0, also ``"image_views"`` ``(N, 3, H, W)``: N views by ``view_transform``
             (test-time adaptation); sample ``i``'s views are drawn from a generator seeded with
             ``(view_seed, i)``, so they do not depend on the batch order or the loader's workers.
+        generated_views: ``(K, path of the k-th pre-generated view of an item)``: adds ``"generated_views"``
+            ``(K, 3, H, W)``, those images through ``transform`` (DiffTPT's diffusion samples).
     """
 
     def __init__(
@@ -179,9 +181,11 @@ class ImageListDataset(Dataset):
         test_views: int = 0,
         view_transform: Callable[..., Any] | None = None,
         view_seed: int = 0,
+        generated_views: tuple[int, Callable[[ImageItem, int], Path]] | None = None,
     ) -> None:
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}.")
+        self.generated_views = generated_views
         if test_views and view_transform is None:
             raise ValueError("test_views needs a view_transform.")
         self.items = list(items)
@@ -207,6 +211,11 @@ class ImageListDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.view_seed * 1_000_003 + index)
                 sample[IMAGE_VIEWS] = torch.stack([_apply(self.view_transform, image) for _ in range(self.test_views)])
+        if self.generated_views is not None:
+            count, path_of = self.generated_views
+            sample[GENERATED_VIEWS] = torch.stack(
+                [_apply(self.transform, load_rgb(path_of(item, k))) for k in range(count)]
+            )
         return sample
 
 

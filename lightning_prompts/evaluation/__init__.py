@@ -9,6 +9,7 @@ hands every validation and test batch to an :class:`Evaluator`, chosen by the re
 from lightning_prompts.evaluation.base import Evaluator
 from lightning_prompts.evaluation.classification import ClassificationEvaluator
 from lightning_prompts.evaluation.continual import ContinualEvaluator
+from lightning_prompts.evaluation.diff_tpt import DiffTPT
 from lightning_prompts.evaluation.graded import GradedClassificationEvaluator
 from lightning_prompts.evaluation.multilabel import MultiLabelEvaluator
 from lightning_prompts.evaluation.multitask import MultiTaskAUROCEvaluator
@@ -18,6 +19,7 @@ from lightning_prompts.evaluation.test_time import TestTimePromptTuning
 __all__ = [
     "ClassificationEvaluator",
     "ContinualEvaluator",
+    "DiffTPT",
     "Evaluator",
     "GradedClassificationEvaluator",
     "MultiLabelEvaluator",

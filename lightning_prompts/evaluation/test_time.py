@@ -96,8 +96,16 @@ class TestTimePromptTuning(ClassificationEvaluator):
             return super().score(module, batch, stage, dataloader_idx)
         rows = []
         for index in range(batch[IMAGE].shape[0]):
-            rows.append(self.tune_and_predict(module, batch[IMAGE][index], batch[IMAGE_VIEWS][index]))
+            rows.append(self.tune_and_predict(module, batch[IMAGE][index], self.views(batch, index)))
         return module.evaluation_scores(batch, torch.cat(rows))
+
+    def views(self, batch: Any, index: int) -> Tensor:
+        """The views ``(V, 3, H, W)`` of test image ``index`` that the prompt is tuned on (besides the image)."""
+        return batch[IMAGE_VIEWS][index]
+
+    def select(self, logits: Tensor) -> Tensor:
+        """Indices of the rows of ``logits`` ``(1 + V, C)`` (row 0: the image) whose entropy is minimised."""
+        return select_confident(logits, self.selection)
 
     def reset(self, module: PromptModule) -> list[Tensor]:
         """Put the trainable tensors back to their test-start values; return them."""
@@ -116,7 +124,7 @@ class TestTimePromptTuning(ClassificationEvaluator):
         for _ in range(self.steps):
             logits = logits_of()
             if selected is None:
-                selected = select_confident(logits.detach(), self.selection)
+                selected = self.select(logits.detach())
             loss = average_probability_entropy(logits[selected])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
