@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.base import Backbone
-from lightning_prompts.backbones.hooks import BlockContext, BlockHook, tokens_before_blocks
+from lightning_prompts.backbones.hooks import INSIDE_BLOCK, BlockContext, BlockHook, tokens_before_blocks
 from lightning_prompts.registry import register_backbone
 
 Architecture = Literal["gin", "gcn", "gat"]
@@ -193,7 +193,5 @@ def pool_nodes(node_embeddings: Tensor, batch: Tensor | None, pooling: Pooling =
 
 def check_feature_hooks(hooks: BlockHook | None, backbone: str) -> None:
     """GNN layers take one kind of hook edit: the node features entering a layer."""
-    if hooks is not None and any(
-        hooks.uses(c) for c in ("attention_prefix", "attention_branch", "mlp_branch", "qkv_branch")
-    ):
+    if hooks is not None and any(hooks.uses(c) for c in INSIDE_BLOCK):
         raise NotImplementedError(f"{backbone} takes feature edits from block hooks (before each layer) only.")

@@ -37,7 +37,13 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.base import Backbone
-from lightning_prompts.backbones.hooks import BlockContext, BlockHook, expand_to_batch, tokens_before_blocks
+from lightning_prompts.backbones.hooks import (
+    INSIDE_BLOCK,
+    BlockContext,
+    BlockHook,
+    expand_to_batch,
+    tokens_before_blocks,
+)
 from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.resources import resolve_path
@@ -312,7 +318,7 @@ class HFText(Backbone):
         num_prompt = 0 if prompt is None else prompt.shape[1]
         if hooks is None:
             return self._run(kwargs, num_prompt, attention_mask)
-        branches = [c for c in ("attention_branch", "mlp_branch", "qkv_branch") if hooks.uses(c)]
+        branches = [c for c in INSIDE_BLOCK if c != "attention_prefix" and hooks.uses(c)]
         if branches:
             raise NotImplementedError(
                 f"{self.name} takes token edits and attention prefixes from block hooks, not {branches}."

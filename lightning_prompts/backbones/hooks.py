@@ -12,6 +12,8 @@ A backbone runs its pre-trained blocks as their library defines them and, at dec
   (prefix tuning, LAE's prefix);
 * :meth:`~BlockHook.attention_branch` / :meth:`~BlockHook.mlp_branch`: a side branch fed with the
   attention's (the MLP's) input whose output is added to its output (adapters, APT's aggregation);
+* :meth:`~BlockHook.attention_output`: replace the attention's output, given its input and output
+  (APT's aggregation, which also rescales the output);
 * :meth:`~BlockHook.qkv_branch`: a side branch added to the fused query/key/value projection (LoRA).
 
 Backbones implement the seam with PyTorch hooks on the upstream model's own modules, attached for one
@@ -32,7 +34,17 @@ import torch
 from torch import Tensor, nn
 
 #: The capabilities a hook can have (names of :class:`BlockHook` methods).
-CAPABILITIES = ("before_block", "after_blocks", "attention_prefix", "attention_branch", "mlp_branch", "qkv_branch")
+CAPABILITIES = (
+    "before_block",
+    "after_blocks",
+    "attention_prefix",
+    "attention_branch",
+    "attention_output",
+    "mlp_branch",
+    "qkv_branch",
+)
+#: The capabilities that act inside a block (a backbone without attention sites refuses them).
+INSIDE_BLOCK = ("attention_prefix", "attention_branch", "attention_output", "mlp_branch", "qkv_branch")
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,11 @@ class BlockHook:
         """Added to the attention output; ``hidden`` is the attention's input (after the block's first norm)."""
         return None
 
+    def attention_output(self, context: BlockContext, hidden: Tensor, output: Tensor) -> Tensor | None:
+        """A replacement for the attention's ``output`` (after its projection, before the residual), given its
+        input ``hidden`` (after the block's first norm); ``None`` keeps it. Runs after ``attention_branch``."""
+        return None
+
     def mlp_branch(self, context: BlockContext, hidden: Tensor) -> Tensor | None:
         """Added to the MLP output; ``hidden`` is the MLP's input (after the block's second norm)."""
         return None
@@ -157,6 +174,14 @@ class ComposedHooks(BlockHook):
 
     def attention_branch(self, context: BlockContext, hidden: Tensor) -> Tensor | None:
         return _sum(hook.attention_branch(context, hidden) for hook in self.hooks)
+
+    def attention_output(self, context: BlockContext, hidden: Tensor, output: Tensor) -> Tensor | None:
+        changed = False
+        for hook in self.hooks:
+            replaced = hook.attention_output(context, hidden, output)
+            if replaced is not None:
+                output, changed = replaced, True
+        return output if changed else None
 
     def mlp_branch(self, context: BlockContext, hidden: Tensor) -> Tensor | None:
         return _sum(hook.mlp_branch(context, hidden) for hook in self.hooks)
@@ -305,6 +330,10 @@ def _attach_block(
         if module is None:
             raise NotImplementedError(f"{backbone} has no {capability.replace('_', ' ')} seam in its blocks.")
         handles.append(module.register_forward_hook(_adder(getattr(hook, capability), context)))
+    if hook.uses("attention_output"):
+        if site.attention is None:
+            raise NotImplementedError(f"{backbone} has no attention output seam in its blocks.")
+        handles.append(site.attention.register_forward_hook(_replacer(hook.attention_output, context)))
     if hook.uses("attention_prefix"):
         attention, prefixed = site.attention, site.prefixed_attention
         if attention is None or prefixed is None:
@@ -317,6 +346,18 @@ def _attach_block(
 
         attention.forward = forward  # type: ignore[method-assign]
         patched.append(attention)
+
+
+def _replacer(replace: Callable[[BlockContext, Tensor, Tensor], Tensor | None], context: BlockContext) -> Callable:
+    def apply(module: nn.Module, args: tuple, output: Tensor | tuple) -> Tensor | tuple:
+        first = output[0] if isinstance(output, tuple) else output  # nn.MultiheadAttention: (output, weights)
+        replaced = replace(context, args[0], first)
+        if replaced is None:
+            return output
+        replaced = replaced.to(first.dtype)
+        return (replaced, *output[1:]) if isinstance(output, tuple) else replaced
+
+    return apply
 
 
 def _adder(branch: Callable[[BlockContext, Tensor], Tensor | None], context: BlockContext) -> Callable:

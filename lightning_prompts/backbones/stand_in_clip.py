@@ -30,7 +30,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_prompts.backbones.hooks import BlockContext, BlockHook, PromptTokens, compose, tokens_before_blocks
+from lightning_prompts.backbones.hooks import (
+    INSIDE_BLOCK,
+    BlockContext,
+    BlockHook,
+    PromptTokens,
+    compose,
+    tokens_before_blocks,
+)
 from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
 from lightning_prompts.errors import ContextLengthError
 from lightning_prompts.registry import register_backbone
@@ -210,8 +217,7 @@ class StandInCLIP(VisionLanguageBackbone):
         slot = PromptTokens(None, deep_prompts, deep_prompt_start) if deep_prompts else None
         hook = compose(slot, hooks)
         if hook is not None and not all(
-            capability == "before_block" or not hook.uses(capability)
-            for capability in ("attention_prefix", "attention_branch", "mlp_branch", "qkv_branch")
+            capability == "before_block" or not hook.uses(capability) for capability in INSIDE_BLOCK
         ):
             raise NotImplementedError(f"{self.name}'s text tower takes token edits only (no branches or prefixes).")
         layers = self.text.encoder.layer

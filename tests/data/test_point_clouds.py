@@ -93,6 +93,10 @@ def test_sampling_is_fps_for_evaluation_and_a_random_subset_of_an_fps_pool_for_t
     for b in range(2):  # every training point is one of the 75 pool points, none twice
         matches = (train[b][:, None] == pool[b][None]).all(-1)
         assert matches.sum(1).eq(1).all() and matches.sum(0).le(1).all()
+    # all of a cloud: FPS would only reorder it (point 0 first), so the loop is skipped
+    ordered = points[rows, farthest_point_sample(points, 300)]
+    assert torch.equal(ordered[:, 0], points[:, 0]) and torch.equal(sample_points(points, 300, None), points)
+    assert torch.equal(ordered.sort(dim=1).values, sample_points(points, 300, 300).sort(dim=1).values)
     scaled = augment_clouds(torch.ones(8, 5, 3), "scale_translate")
     assert scaled.min() >= 2 / 3 - 0.2 and scaled.max() <= 3 / 2 + 0.2
     rotated = augment_clouds(points, "rotate")
