@@ -141,7 +141,7 @@ def report(rows: list[dict[str, Any]], pretraining: dict[str, Any], out: Path) -
     curve.plot(range(1, len(pretraining["loss"]) + 1), pretraining["loss"], color="#4c72b0")
     curve.set_title("Point-MAE pre-training (procedural shapes)")
     curve.set_xlabel("epoch")
-    curve.set_ylabel("Chamfer-L2")
+    curve.set_ylabel("Chamfer-L2 (last batch of the epoch)")
     width = 0.8 / len(names)
     for index, name in enumerate(names):
         runs = [r for r in rows if r["method"] == name]
