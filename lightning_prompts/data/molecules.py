@@ -217,7 +217,8 @@ def read_moleculenet_csv(
     path: str | Path, smiles_column: str = "smiles", tasks: Sequence[str] | None = None
 ) -> tuple[list[Any], list[str], list[str], int]:
     """Graphs (``y``: ``(1, tasks)`` floats, ``nan`` = missing), their SMILES, the task names and the count
-    of rows skipped because RDKit could not parse their SMILES."""
+    of rows skipped because RDKit could not parse their SMILES. ``tasks=[]`` reads molecules without labels
+    (pre-training sets such as ZINC15's ``zinc_standard_agent``)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"MoleculeNet CSV {path} does not exist.")
@@ -226,8 +227,8 @@ def read_moleculenet_csv(
         raise DatasetError(f"{path} has no SMILES column {smiles_column!r} (columns: {columns[:8]}…).")
     tasks = [c for c in columns if c != smiles_column] if tasks is None else list(tasks)
     absent = [task for task in tasks if task not in columns]
-    if absent or not tasks:
-        raise DatasetError(f"{path} lacks the task columns {absent or '(none given)'}.")
+    if absent:
+        raise DatasetError(f"{path} lacks the task columns {absent}.")
     Chem = _rdkit()
     graphs, smiles, skipped = [], [], 0
     for line, row in enumerate(rows, start=2):
@@ -253,7 +254,8 @@ class MoleculeNetDataModule(LightningDataModule):
         path: the CSV (``.csv`` or ``.csv.gz``), e.g. ``dataset/bbbp/raw/BBBP.csv``.
         dataset: a MoleculeNet name (``bbbp``, ``tox21``, ``toxcast``, ``sider``, ``clintox``, ``muv``, ``hiv``,
             ``bace``) that fixes the SMILES and task columns; ``None``: give them.
-        smiles_column, tasks: the SMILES column and the 0/1 task columns (``None``: all other columns).
+        smiles_column, tasks: the SMILES column and the 0/1 task columns (``None``: all other columns;
+            ``[]``: none, for pre-training on unlabelled molecules).
         split: ``"scaffold"`` (the papers' protocol, deterministic) or ``"random"`` (seeded).
         train_graphs: few-shot training size of GPF's protocol (50 in its few-shot tables); scaffold only.
         seed: seed of the random split.
