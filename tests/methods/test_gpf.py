@@ -88,3 +88,17 @@ def test_feature_width_mismatch_is_named():
     gnn = GNN("gin", in_channels=5, hidden_channels=8, num_layers=2)
     with pytest.raises(ValueError, match="expects 5"):
         gnn.encode_nodes(torch.randn(3, 4), torch.tensor([[0, 1], [1, 2]]))
+
+
+def test_linear_probe_trains_only_its_head_on_the_unprompted_encoder(trainer_kwargs):
+    from lightning_prompts.methods.graph_linear_probe import GraphLinearProbe
+
+    data = graph_data()
+    gnn = GNN("gin", in_channels=5, hidden_channels=16, num_layers=2)
+    method = GraphLinearProbe(gnn, data.classnames, task="graph").eval()
+    assert method.prompt is None and [g["name"] for g in method.param_groups()] == ["head"]
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    pooled = GNN.pool(gnn.encode_nodes(batch.x, batch.edge_index), batch.batch, "mean")
+    torch.testing.assert_close(method(batch).logits, method.head(pooled))
+    Trainer(max_steps=2, **trainer_kwargs).fit(method, data)
