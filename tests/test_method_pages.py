@@ -142,5 +142,5 @@ def test_dvpt_snippet():
 def test_apt_snippet():
     block = blocks("apt")[0].replace('TimmViT("vit_base_patch16_224.orig_in21k")', 'TimmViT("tiny")')
     namespace: dict = {"classnames": ["cat", "dog"]}
-    exec(block.replace("num_tokens=200", "num_tokens=8"), namespace)
+    exec(block.replace("num_tokens=50", "num_tokens=8"), namespace)
     assert type(namespace["model"]).__name__ == "APT" and len(namespace["model"].prompt) == 3

@@ -39,7 +39,7 @@ class APT(ViTPromptModule):
     Args:
         backbone: the frozen :class:`~lightning_prompts.backbones.TimmViT`.
         classnames: the classes (their number sizes the head).
-        num_tokens: prompts per layer's bank (200, the official value).
+        num_tokens: prompts per layer's bank (50, the official ViT's; METER's BERT side uses 200).
         rank: rank of each bank's update (4).
         layers: the blocks that get a bank (default: all).
         **kwargs: see :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` and ``"head"``.
@@ -54,7 +54,7 @@ class APT(ViTPromptModule):
         self,
         backbone: TimmViT,
         classnames: Sequence[str] | None = None,
-        num_tokens: int = 200,
+        num_tokens: int = 50,
         rank: int = 4,
         layers: Sequence[int] | None = None,
         **kwargs: Any,

@@ -11,7 +11,10 @@ the attention's output. Per layer, with ``h`` the attention's input (``N × D``)
     g = stopgrad(max_m a)                (N × 1)
     A' = (A + g ⊙ e) · exp(β)            (β a learned scalar, 0 at first)
 
-``P ~ N(0, 0.02²)``, ``U = W₂ W₁`` without biases (``W₁ ~ N(0, 1)``, ``W₂ = 0``), as the official module.
+``P ~ N(0, 0.02²)``; ``U = W₂ W₁`` without biases, both drawn from a truncated N(0, 0.02²): the official
+module declares ``W₁ ~ N(0, 1)`` and ``W₂ = 0``, but the official ViT applies its own weight initialisation
+to every linear layer afterwards, so the weights it trains from are these (checked by running the
+official code). The ViT there uses banks of 50 prompts (METER's BERT side uses 200).
 Where the official BERT/METER code applies it — after the attention's output projection, before the
 residual — is where :meth:`~lightning_prompts.backbones.hooks.BlockHook.attention_output` acts in any
 backbone with an attention site (timm ViTs, open_clip towers), so every layer gets its own bank.
@@ -32,16 +35,16 @@ class ApproximatedPrompt(nn.Module):
 
     Args:
         width: token width ``D``.
-        num_tokens: prompts in the bank ``M`` (200).
+        num_tokens: prompts in the bank ``M`` (50, the official ViT's).
         rank: rank of the update ``r`` (4).
     """
 
-    def __init__(self, width: int, num_tokens: int = 200, rank: int = 4) -> None:
+    def __init__(self, width: int, num_tokens: int = 50, rank: int = 4) -> None:
         super().__init__()
         self.tokens = nn.Parameter(torch.empty(num_tokens, width).normal_(0.0, 0.02))
         self.update = nn.Sequential(nn.Linear(width, rank, bias=False), nn.Linear(rank, width, bias=False))
-        nn.init.normal_(self.update[0].weight, mean=0.0, std=1.0)
-        nn.init.zeros_(self.update[1].weight)
+        for layer in self.update:  # what the official ViT's weight initialisation leaves (see the module docstring)
+            nn.init.trunc_normal_(layer.weight, std=0.02)
         self.scale = nn.Parameter(torch.zeros(1))
 
     def forward(self, hidden: Tensor, output: Tensor) -> Tensor:

@@ -28,11 +28,12 @@ def randomise(module: torch.nn.Module) -> None:
 
 
 def test_the_approximated_prompt_is_the_official_module():
-    fresh = ApproximatedPrompt(width=16, num_tokens=10, rank=4)
-    assert torch.equal(fresh.update[1].weight, torch.zeros(16, 4)) and fresh.scale.item() == 0.0
-    assert 0.01 < fresh.tokens.std() < 0.03 and 0.7 < fresh.update[0].weight.std() < 1.3
+    fresh = ApproximatedPrompt(width=64, num_tokens=50, rank=4)
+    assert fresh.scale.item() == 0.0 and 0.01 < fresh.tokens.std() < 0.03
+    for layer in fresh.update:  # the official ViT re-initialises the module's linear layers: trunc-normal 0.02
+        assert 0.01 < layer.weight.std() < 0.03
     randomise(fresh)
-    hidden, output = torch.randn(2, 7, 16), torch.randn(2, 7, 16)
+    hidden, output = torch.randn(2, 7, 64), torch.randn(2, 7, 64)
     torch.testing.assert_close(fresh(hidden, output), official(fresh, output, hidden))
     # the gate is a stop-gradient: the bank's gradient only flows through e = a P and a
     hidden.requires_grad_(True)
