@@ -6,12 +6,14 @@ from lightning_prompts.metrics.continual import (
     average_incremental_accuracy,
     forgetting,
 )
+from lightning_prompts.metrics.multilabel_continual import MultiLabelCLMetrics
 from lightning_prompts.metrics.multitask_auroc import MultiTaskAUROC
 from lightning_prompts.metrics.ood import OODDetection, ood_metrics
 from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy, harmonic_mean
 
 __all__ = [
     "ContinualAccuracy",
+    "MultiLabelCLMetrics",
     "MultiTaskAUROC",
     "OODDetection",
     "SetwiseAccuracy",

@@ -33,3 +33,23 @@ def test_single_set_has_no_hm_and_names_must_be_distinct():
     assert metric.compute().keys() == {"test"}
     with pytest.raises(ValueError):
         SetwiseAccuracy(["a", "a"])
+
+
+def test_multilabel_continual_metrics_score_seen_classes_as_the_official_protocol():
+    from lightning_prompts.metrics import MultiLabelCLMetrics
+
+    metric = MultiLabelCLMetrics(num_classes=3, threshold=0.8)
+    probabilities = torch.tensor([[0.9, 0.2, 0.7], [0.85, 0.95, 0.1], [0.3, 0.5, 0.99], [0.1, 0.81, 0.2]])
+    targets = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 0, 1], [0, 0, 0]])
+    metric.update(probabilities[:2], targets[:2])
+    metric.update(probabilities[2:], targets[2:])
+    result = metric.scores(seen=2)
+    # class 0: ranked 0.9 (+), 0.85 (-), 0.3 (+): AP = 0.5·1 + 0.5·(2/3); class 1 has no positive: left out
+    assert result["map"].item() == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # > 0.8: class 0 predicts rows 0, 1 (TP 1, FP 1, FN 1): F1 0.5; class 1 predicts rows 1, 3 (FP 2): F1 0
+    assert result["cf1"].item() == pytest.approx(0.25)
+    # pooled: TP 1, FP 3, FN 1 → precision 1/4, recall 1/2, F1 1/3
+    assert result["of1"].item() == pytest.approx(1 / 3)
+    assert metric.compute()["map"].item() == pytest.approx((0.5 + 0.5 * 2 / 3 + 1.0) / 2)  # class 2 seen too
+    with pytest.raises(ValueError, match="must both be"):
+        metric.update(probabilities[:, :2], targets[:, :2])
