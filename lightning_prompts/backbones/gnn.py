@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lightning_prompts.backbones.base import Backbone
 from lightning_prompts.backbones.hooks import INSIDE_BLOCK, BlockContext, BlockHook, tokens_before_blocks
 from lightning_prompts.registry import register_backbone
+from lightning_prompts.utils.tensor_files import save_atomically
 
 Architecture = Literal["gin", "gcn", "gat"]
 Pooling = Literal["mean", "sum", "max"]
@@ -51,12 +52,7 @@ def build_gnn(
 
 def save_gnn(encoder: nn.Module, path: str | Path, config: dict[str, Any]) -> Path:
     """Write a GNN encoder's weights and architecture to ``path`` (a ``.pt`` file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": {k: config[k] for k in _ARCH_FIELDS}, "state_dict": encoder.state_dict()}, tmp)
-    tmp.replace(path)  # atomic: no half-written encoder is ever visible
-    return path
+    return save_atomically({"config": {k: config[k] for k in _ARCH_FIELDS}, "state_dict": encoder.state_dict()}, path)
 
 
 class GraphBackbone(Backbone):

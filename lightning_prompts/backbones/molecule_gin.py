@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from lightning_prompts.backbones.gnn import GraphBackbone, check_feature_hooks
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, tokens_before_blocks
 from lightning_prompts.registry import register_backbone
+from lightning_prompts.utils.tensor_files import load_tensor_file
 
 #: Embedding rows of the official code: 118 elements + padding + the attribute-masking token.
 NUM_ATOM_TYPES = 120
@@ -98,12 +99,7 @@ def read_pretrain_gnns_state(path: Path) -> dict[str, Tensor]:
     Accepts the encoder's own state dict (the released files) and the state dict of a whole
     ``GNN_graphpred`` model (keys under ``gnn.``; its prediction head is dropped).
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"molecule GIN checkpoint {path} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # not a tensor file, or one holding objects other than tensors
-        raise ValueError(f"{path} is not a state dict of tensors readable with weights_only=True: {error}") from error
+    state = load_tensor_file(path, "molecule GIN checkpoint")
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors).")
     if "x_embedding1.weight" not in state and "gnn.x_embedding1.weight" in state:

@@ -31,6 +31,7 @@ from lightning_prompts.backbones.base import Backbone
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, attached
 from lightning_prompts.backbones.point_ops import group_patches
 from lightning_prompts.registry import register_backbone
+from lightning_prompts.utils.tensor_files import load_tensor_file
 
 
 class MiniPointNet(nn.Module):
@@ -120,12 +121,7 @@ def read_point_mae_state(path: Path) -> dict[str, Tensor]:
     / ``base_model.`` prefixes and ``blocks.blocks.`` → ``blocks.``, and keeps the encoder's keys only (the
     decoder, mask token and fine-tuning heads are not the backbone's).
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"Point-MAE checkpoint {path} does not exist.")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # not a tensor file, or one holding objects other than tensors
-        raise ValueError(f"{path} is not a checkpoint readable with weights_only=True: {error}") from error
+    saved = load_tensor_file(path, "Point-MAE checkpoint")
     state = saved.get("base_model", saved) if isinstance(saved, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state dict (expected Point-MAE's {{'base_model': …}}).")

@@ -30,6 +30,7 @@ from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.molecule_gin import NUM_ATOM_TYPES, MoleculeGIN, MoleculeGINEncoder
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.factories import as_factory, describe_factory
+from lightning_prompts.utils.tensor_files import save_atomically
 
 #: The atom types the official linear layer predicts (the mask token's index, 119, excluded).
 PREDICTED_ATOM_TYPES = NUM_ATOM_TYPES - 1
@@ -121,12 +122,7 @@ class AttributeMasking(LightningModule):
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder as the official script does (a plain state dict)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}, tmp)
-        tmp.replace(path)  # atomic: no half-written encoder is ever visible
-        return path
+        return save_atomically({k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}, path)
 
     def on_fit_end(self) -> None:
         if self.encoder_path and self.trainer.is_global_zero:

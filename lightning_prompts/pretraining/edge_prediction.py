@@ -33,6 +33,7 @@ from lightning_prompts.backbones.gnn import GNN, GraphBackbone, build_gnn, save_
 from lightning_prompts.backbones.molecule_gin import MoleculeGIN, MoleculeGINEncoder
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.factories import as_factory, describe_factory
+from lightning_prompts.utils.tensor_files import save_atomically
 
 
 def positive_pairs(edge_index: Tensor) -> Tensor:
@@ -159,12 +160,7 @@ class EdgePrediction(LightningModule):
         """Write the encoder for ``GNN(checkpoint_path=...)`` or ``MoleculeGIN(checkpoint_path=...)``."""
         if self.config is not None:
             return save_gnn(self.encoder, path, self.config)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}, tmp)
-        tmp.replace(path)
-        return path
+        return save_atomically({k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}, path)
 
     def on_fit_end(self) -> None:
         if self.encoder_path and self.trainer.is_global_zero:

@@ -31,6 +31,7 @@ from lightning_prompts.backbones.point_mae import PointBlock, PointMAE, PointTra
 from lightning_prompts.batch import POINTS
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.factories import as_factory, describe_factory
+from lightning_prompts.utils.tensor_files import save_atomically
 
 
 def chamfer_l2(predicted: Tensor, target: Tensor) -> Tensor:
@@ -153,12 +154,7 @@ class PointMAEPretraining(LightningModule):
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder in Point-MAE's checkpoint layout (for ``PointMAE(checkpoint_path=path)``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(point_mae_checkpoint(self.encoder), tmp)
-        tmp.replace(path)  # atomic: no half-written encoder is ever visible
-        return path
+        return save_atomically(point_mae_checkpoint(self.encoder), path)
 
     def on_fit_end(self) -> None:
         if self.encoder_path and self.trainer.is_global_zero:
