@@ -3,8 +3,11 @@
 * **ModelNet40** (``modelnet40_normal_resampled/``, the layout Point-MAE and IDPT read):
   ``modelnet40_shape_names.txt``, ``modelnet40_{train,test}.txt`` (shape ids such as ``airplane_0627``)
   and ``<class>/<shape id>.txt`` with ``x,y,z,nx,ny,nz`` per line. The first ``stored_points`` (8,192)
-  points are kept, centred and scaled into the unit sphere (``pc_normalize``). The official
-  pre-processed ``*_fps.dat`` files are pickles and are never read.
+  points are kept, centred and scaled into the unit sphere (``pc_normalize``).
+* **Few-shot ModelNet40** (``ModelNetFewshot/<way>way_<shot>shot/<fold>.pkl``, the folds Point-BERT
+  generated and IDPT evaluates, 10 per setting): ``{"train": [(points, way index, ModelNet40 class id)],
+  "test": [...]}``. They are pickles, so they are read by a restricted unpickler that rebuilds plain
+  numpy arrays and scalars and refuses every other global before it is imported.
 * **ScanObjectNN** (``h5_files/``): ``main_split_nobg/{training,test}_objectdataset.h5`` (OBJ-ONLY),
   ``main_split/{training,test}_objectdataset.h5`` (OBJ-BG) and
   ``main_split/{training,test}_objectdataset_augmentedrot_scale75.h5`` (PB-T50-RS), datasets ``data``
@@ -44,7 +47,7 @@ from lightning_prompts.batch import LABEL, POINTS
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
 
-DatasetName = Literal["modelnet40", "scanobjectnn", "shapenet55", "shapes"]
+DatasetName = Literal["modelnet40", "modelnet40_fewshot", "scanobjectnn", "shapenet55", "shapes"]
 ScanVariant = Literal["obj_only", "obj_bg", "pb_t50_rs"]
 Augment = Literal["scale_translate", "rotate", "none"]
 Corruption = Literal["none", "jitter", "outliers"]
@@ -166,6 +169,47 @@ class NpyClouds(Dataset):
             raise DatasetError(f"{path} holds {cloud.shape}, not at least ({self.num_points}, 3) points.")
         chosen = torch.randperm(len(cloud))[: self.num_points].numpy()
         return {POINTS: torch.from_numpy(normalise_cloud(cloud[chosen, :3])), LABEL: self.labels[index]}
+
+
+#: ModelNet40's classes in label order (``modelnet40_shape_names.txt``), which the few-shot folds index.
+MODELNET40_CLASSES = (
+    "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone",
+    "cup", "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp",
+    "laptop", "mantel", "monitor", "night_stand", "person", "piano", "plant", "radio", "range_hood", "sink",
+    "sofa", "stairs", "stool", "table", "tent", "toilet", "tv_stand", "vase", "wardrobe", "xbox",
+)  # fmt: skip
+
+
+def read_modelnet_fewshot(
+    root: str | Path, way: int, shot: int, fold: int
+) -> tuple[dict[str, tuple[list[np.ndarray], list[int]]], list[str]]:
+    """The train and test clouds (normalised, coordinates only) and way-index labels of one few-shot fold,
+    and the class names in way-index order."""
+    from lightning_prompts.utils.safe_pickle import load_numpy_pickle
+
+    path = Path(root) / f"{way}way_{shot}shot" / f"{fold}.pkl"
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist (expected ModelNetFewshot/<way>way_<shot>shot/<fold>.pkl).")
+    content = load_numpy_pickle(path, "ModelNet40 few-shot fold")
+    if not isinstance(content, dict) or not {"train", "test"} <= set(content):
+        raise DatasetError(f"{path} is not a few-shot fold (a dict with 'train' and 'test').")
+    names: dict[int, str] = {}
+    splits: dict[str, tuple[list[np.ndarray], list[int]]] = {}
+    for split in ("train", "test"):
+        clouds, labels = [], []
+        for position, entry in enumerate(content[split]):
+            if not (isinstance(entry, (tuple, list)) and len(entry) == 3 and isinstance(entry[0], np.ndarray)):
+                raise DatasetError(f"{path}: {split} entry {position} is not (points, label, class id).")
+            points, label, class_id = entry
+            if not 0 <= int(label) < way or not 0 <= int(class_id) < len(MODELNET40_CLASSES):
+                raise DatasetError(f"{path}: {split} entry {position} has label {label}, class id {class_id}.")
+            names[int(label)] = MODELNET40_CLASSES[int(class_id)]
+            clouds.append(normalise_cloud(np.asarray(points, dtype=np.float32)[:, :3]))
+            labels.append(int(label))
+        splits[split] = (clouds, labels)
+    if sorted(names) != list(range(way)):
+        raise DatasetError(f"{path}: the training entries do not cover the {way} ways.")
+    return splits, [names[i] for i in range(way)]
 
 
 def sample_shape(kind: str, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -307,9 +351,11 @@ class PointCloudDataModule(LightningDataModule):
     """Point-cloud classification (see the module docstring).
 
     Args:
-        dataset: ``"modelnet40"``, ``"scanobjectnn"``, ``"shapenet55"`` or ``"shapes"`` (procedural, offline).
-        root: the dataset folder (``modelnet40_normal_resampled/``, ScanObjectNN's ``h5_files/`` or
-            ``ShapeNet55-34/``).
+        dataset: ``"modelnet40"``, ``"modelnet40_fewshot"``, ``"scanobjectnn"``, ``"shapenet55"`` or
+            ``"shapes"`` (procedural, offline).
+        root: the dataset folder (``modelnet40_normal_resampled/``, ``ModelNetFewshot/``, ScanObjectNN's
+            ``h5_files/`` or ``ShapeNet55-34/``).
+        way, shot, fold: the few-shot fold (5 or 10 ways, 10 or 20 shots, folds 0–9).
         variant: ScanObjectNN's ``obj_only``, ``obj_bg`` or ``pb_t50_rs``.
         num_points: points per cloud the model reads (1,024 ModelNet40, 2,048 ScanObjectNN).
         train_pool: farthest-point pool the training points are drawn from (default: IDPT's 1.17×).
@@ -339,14 +385,18 @@ class PointCloudDataModule(LightningDataModule):
         shapes_test_per_class: int = 20,
         test_corruption: Corruption = "none",
         test_severity: float = 0.0,
+        way: int = 5,
+        shot: int = 10,
+        fold: int = 0,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if dataset not in ("modelnet40", "scanobjectnn", "shapenet55", "shapes"):
+        if dataset not in ("modelnet40", "modelnet40_fewshot", "scanobjectnn", "shapenet55", "shapes"):
             raise ConfigurationError(
-                f"dataset must be 'modelnet40', 'scanobjectnn', 'shapenet55' or 'shapes', got {dataset!r}."
+                f"dataset must be 'modelnet40', 'modelnet40_fewshot', 'scanobjectnn', 'shapenet55' or 'shapes', "
+                f"got {dataset!r}."
             )
         if dataset != "shapes" and root is None:
             raise ConfigurationError(f"{dataset} needs root (the dataset folder).")
@@ -358,6 +408,7 @@ class PointCloudDataModule(LightningDataModule):
         self.shots, self.seed, self.batch_size, self.num_workers = shots, seed, batch_size, num_workers
         self.shapes_per_class, self.shapes_test_per_class = shapes_per_class, shapes_test_per_class
         self.test_corruption, self.test_severity = test_corruption, test_severity
+        self.way, self.shot, self.fold = way, shot, fold
         self._splits: dict[str, Dataset] | None = None
         self._classnames: list[str] | None = None
 
@@ -367,6 +418,8 @@ class PointCloudDataModule(LightningDataModule):
             return list(SHAPES)
         if self.dataset == "scanobjectnn":
             return list(SCANOBJECTNN_CLASSES)
+        if self._classnames is None and self.dataset == "modelnet40_fewshot":
+            self._classnames = read_modelnet_fewshot(str(self.root), self.way, self.shot, self.fold)[1]
         if self._classnames is None and self.dataset == "shapenet55":
             self._classnames = sorted(set(read_shapenet55_list(str(self.root), "train")[1]))
         if self._classnames is None:
@@ -396,7 +449,10 @@ class PointCloudDataModule(LightningDataModule):
             train, test = splits["train"], splits["test"]
             labels = list(train.labels)  # type: ignore[attr-defined]
         else:
-            if self.dataset == "modelnet40":
+            if self.dataset == "modelnet40_fewshot":
+                fold, _ = read_modelnet_fewshot(str(self.root), self.way, self.shot, self.fold)
+                (train_clouds, labels), (test_clouds, test_labels) = fold["train"], fold["test"]
+            elif self.dataset == "modelnet40":
                 train_clouds, labels, _ = read_modelnet40(str(self.root), "train")
                 test_clouds, test_labels, _ = read_modelnet40(str(self.root), "test")
             else:

@@ -59,10 +59,22 @@ def _numpy_allowed() -> dict[tuple[str, str], Any]:
             raise pickle.UnpicklingError("numpy arrays of Python objects are not allowed")
         return result
 
+    def scalar(kind: Any, data: Any = None) -> Any:
+        if not isinstance(kind, np.dtype) or kind.hasobject or not isinstance(data, bytes):
+            raise pickle.UnpicklingError("only numpy scalars of plain dtypes are allowed")
+        return np.frombuffer(data, dtype=kind)[0]
+
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): dtype}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = reconstruct
+        allowed[(module, "scalar")] = scalar
     return allowed
+
+
+def load_numpy_pickle(path: Path, what: str) -> Any:
+    """A pickle of plain containers holding numpy arrays and scalars (Point-BERT/IDPT's ModelNet caches and
+    few-shot folds); anything else it names is refused before it is imported."""
+    return restricted_load(path, _numpy_allowed(), what, encoding="latin1")
 
 
 def load_cifar_pickle(path: Path) -> Any:

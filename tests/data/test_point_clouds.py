@@ -138,3 +138,44 @@ def test_shapenet55_reads_npy_clouds_lazily_and_never_unpickles(tmp_path):
     np.save(root / "shapenet_pc" / names[2], np.array([{"code": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DatasetError, match="cannot be read"):
         data._splits["test"][0]
+
+
+def write_fewshot_fold(path, way=5, shot=2, seed=0):
+    """A fold as Point-BERT's generate_few_shot_data.py pickles it: (points, way index, np.int32 class id)."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    keys = [np.array([k]).astype(np.int32)[0] for k in (8, 0, 39, 17, 23)][:way]  # chair, airplane, xbox, …
+    content = {
+        split: [(rng.normal(size=(64, 6)).astype(np.float32) + 2, i, keys[i]) for i in range(way) for _ in range(n)]
+        for split, n in (("train", shot), ("test", 3))
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(content))
+
+
+def test_modelnet_fewshot_folds_are_read_by_a_restricted_unpickler(tmp_path):
+    import pickle
+
+    from lightning_prompts.data.point_clouds import read_modelnet_fewshot
+
+    root = tmp_path / "ModelNetFewshot"
+    write_fewshot_fold(root / "5way_2shot" / "3.pkl")
+    splits, names = read_modelnet_fewshot(root, 5, 2, 3)
+    assert names == ["chair", "airplane", "xbox", "guitar", "night_stand"]
+    clouds, labels = splits["train"]
+    assert len(clouds) == 10 and sorted(set(labels)) == [0, 1, 2, 3, 4] and clouds[0].shape == (64, 3)
+    assert np.isclose(np.sqrt((clouds[0] ** 2).sum(1)).max(), 1.0)
+    data = PointCloudDataModule("modelnet40_fewshot", str(root), num_points=32, way=5, shot=2, fold=3, batch_size=4)
+    data.setup("fit")
+    assert data.classnames[0] == "chair" and len(data._splits["test"]) == 15
+
+    class Payload:  # a pickle that would run a command when loaded
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo unsafe",))
+
+    (root / "5way_2shot" / "4.pkl").write_bytes(pickle.dumps({"train": [Payload()], "test": []}))
+    with pytest.raises(DatasetError, match="not allowed"):
+        read_modelnet_fewshot(root, 5, 2, 4)
