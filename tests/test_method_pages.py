@@ -144,3 +144,16 @@ def test_apt_snippet():
     namespace: dict = {"classnames": ["cat", "dog"]}
     exec(block.replace("num_tokens=50", "num_tokens=8"), namespace)
     assert type(namespace["model"]).__name__ == "APT" and len(namespace["model"].prompt) == 3
+
+
+def test_lapt_snippet(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    words = tmp_path / "data" / "ood" / "wordnet_words.txt"
+    words.parent.mkdir(parents=True)
+    words.write_text("\n".join(["teapot", "volcano", "violin", "glacier", "anvil", "harbor", "kettle"]) + "\n")
+    block = blocks("lapt")[0].replace('OpenCLIP("ViT-B-16", pretrained="openai")', 'OpenCLIP("tiny", pretrained=None)')
+    namespace: dict = {}
+    exec(block.replace("count=1000", "count=4").replace("negative_groups=10", "negative_groups=2"), namespace)
+    model = namespace["model"]
+    assert type(model).__name__ == "LAPT" and len(model.negative_labels) == 4
+    assert model.prompt.classnames == ["goldfish", "tabby cat", "golden retriever"]

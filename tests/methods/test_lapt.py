@@ -1,0 +1,77 @@
+"""LAPT (YBZh/OpenOOD-VLM, released setting): the two contexts and the label layout, the cross-modal mixing
+loss against a hand computation, and one checkpoint serving training (ID + negative folders) and test (ID
+classes, more negatives)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.evaluation.ood_scores import id_mass
+from lightning_prompts.methods.lapt import LAPT
+
+NEGATIVES = ["teapot", "volcano", "violin", "glacier"]
+
+
+def trained_layout(tiny_clip):
+    torch.manual_seed(0)
+    method = LAPT(tiny_clip, ["cat", "teapot", "dog", "volcano"], negative_labels=NEGATIVES, negative_groups=2)
+    with torch.no_grad():  # contexts far from each other: ID and negative prompts differ clearly
+        method.prompt.ctx.normal_(std=1.0)
+        method.negative_prompt.ctx.normal_(std=1.0)
+    return method
+
+
+def test_id_names_and_negatives_take_their_own_context(tiny_clip):
+    method = trained_layout(tiny_clip)
+    assert method.prompt.classnames == ["cat", "dog"] and method.negative_prompt.classnames == NEGATIVES
+    assert method.scored_labels() == ["cat", "teapot", "dog", "volcano", "violin", "glacier"]
+    text = method.class_text_features()
+    neg_prompts, neg_eot = method.negative_prompt()
+    negatives = F.normalize(tiny_clip.encode_text_embeddings(neg_prompts, neg_eot), dim=-1)
+    id_prompts, id_eot = method.prompt()
+    ids = F.normalize(tiny_clip.encode_text_embeddings(id_prompts, id_eot), dim=-1)
+    torch.testing.assert_close(
+        text, torch.stack([ids[0], negatives[0], ids[1], negatives[1], negatives[2], negatives[3]])
+    )
+    assert {g["name"] for g in method.param_groups()} == {"prompt", "negative_prompt"}
+    with pytest.raises(ConfigurationError, match="needs negative_labels"):
+        LAPT(tiny_clip, ["cat", "dog"])
+
+
+def test_mixing_loss_is_ce_of_mixed_image_and_template_features(tiny_clip):
+    method = trained_layout(tiny_clip).train()
+    images = torch.randn(3, 3, 32, 32)
+    targets = torch.tensor([0, 1, 3])  # cat, teapot (a negative label with a training folder), volcano
+    torch.manual_seed(5)
+    output = method.forward_batch({"image": images})
+    loss = method.task_loss(output, targets)
+    torch.manual_seed(5)
+    method.forward_batch({"image": images})  # same draws as above up to the loss
+    lam = torch.distributions.Beta(1.0, 1.0).sample((3,))
+    k = torch.randint(7, (3,))
+    image = F.normalize(tiny_clip.encode_image(images).features, dim=-1)
+    names = ["cat", "teapot", "volcano"]
+    template = torch.stack(
+        [tiny_clip.encode_text([method._templates[int(k[i])].format(names[i])], normalize=True)[0] for i in range(3)]
+    )
+    mixed = F.normalize(lam[:, None] * image + (1 - lam[:, None]) * template, dim=-1)
+    logits = tiny_clip.logit_scale * mixed @ method.class_text_features().t()
+    torch.testing.assert_close(loss, F.cross_entropy(logits, targets), rtol=1e-4, atol=1e-5)
+
+
+def test_one_checkpoint_serves_the_test_with_id_classes_and_more_negatives(tiny_clip):
+    trained = trained_layout(tiny_clip)
+    state = {k: v for k, v in trained.state_dict().items() if k in trained.trainable_state_keys()}
+    more = [*NEGATIVES, "anvil", "harbor"]
+    tested = LAPT(tiny_clip, ["cat", "dog"], negative_labels=more, negative_groups=3)
+    tested.load_state_dict(state, strict=False)
+    assert torch.equal(tested.prompt.ctx, trained.prompt.ctx)
+    assert tested.scored_labels() == ["cat", "dog", *more]
+    tested.eval()
+    logits = tested.forward_batch({"image": torch.randn(2, 3, 32, 32)}).logits
+    assert logits.shape == (2, 8)
+    score = id_mass(logits, num_id=2, groups=3)
+    assert ((0 < score) & (score < 1)).all()
