@@ -190,7 +190,9 @@ class MoleculeGIN(GraphBackbone):
             ("atom", x, (NUM_ATOM_TYPES, NUM_CHIRALITY_TAGS)),
             ("bond", edge_attr, (NUM_BOND_TYPES, NUM_BOND_DIRECTIONS)),
         ):
-            if values.numel() and (values.min() < 0 or (values.max(0).values >= torch.tensor(limits)).any()):
+            if values.numel() and (
+                values.min() < 0 or (values.max(0).values >= torch.tensor(limits, device=values.device)).any()
+            ):
                 raise ValueError(f"{name} feature indices outside the embedding tables {limits} of {self.name}.")
 
     def encode_nodes(

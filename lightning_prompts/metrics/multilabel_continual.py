@@ -79,7 +79,7 @@ class MultiLabelCLMetrics(Metric):
             for c in range(seen)
             if targets[:, c].any()
         ]
-        mean_ap = torch.stack(precisions).mean() if precisions else torch.tensor(float("nan"))
+        mean_ap = torch.stack(precisions).mean() if precisions else torch.tensor(float("nan"), device=targets.device)
         predicted = probabilities > self.threshold
         positive = targets.bool()
         tp = (predicted & positive).sum(0).float()
