@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from lightning_prompts.backbones.base import Backbone
 from lightning_prompts.backbones.hooks import INSIDE_BLOCK, BlockContext, BlockHook, tokens_before_blocks
 from lightning_prompts.registry import register_backbone
-from lightning_prompts.utils.tensor_files import save_atomically
+from lightning_prompts.utils.tensor_files import load_tensor_file, save_atomically
 
 Architecture = Literal["gin", "gcn", "gat"]
 Pooling = Literal["mean", "sum", "max"]
@@ -130,9 +130,7 @@ class GNN(GraphBackbone):
         self.freeze()
 
     def _load(self, path: Path) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(f"GNN checkpoint {path} does not exist.")
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_tensor_file(path, "GNN checkpoint")
         if not isinstance(saved, dict) or "state_dict" not in saved:
             raise ValueError(f"{path} is not a GNN checkpoint written by lightning_prompts.backbones.gnn.save_gnn.")
         stored = saved.get("config", {})

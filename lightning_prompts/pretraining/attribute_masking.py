@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.molecule_gin import NUM_ATOM_TYPES, MoleculeGIN, MoleculeGINEncoder
+from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.factories import as_factory, describe_factory
 from lightning_prompts.utils.tensor_files import save_atomically
@@ -41,11 +42,7 @@ def sample_masked_atoms(batch: Tensor, counts: Tensor, rate: float) -> Tensor:
     """Boolean ``(N,)``: ``int(n · rate + 1)`` atoms drawn uniformly without replacement from each molecule
     (``batch`` maps atoms to molecules, ``counts`` holds each molecule's atom count)."""
     wanted = (counts.float() * rate + 1).long().clamp(max=counts)
-    order = torch.argsort(batch.float() * 2 + torch.rand(batch.shape[0], device=batch.device))  # molecule, then random
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.shape[0], device=batch.device) - starts[batch[order]]
-    return rank < wanted[batch]
+    return random_ranks(batch, counts.shape[0]) < wanted[batch]
 
 
 @register_pretraining(

@@ -31,6 +31,7 @@ from torch.optim import Optimizer
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.gnn import GNN, GraphBackbone, build_gnn, save_gnn
 from lightning_prompts.backbones.molecule_gin import MoleculeGIN, MoleculeGINEncoder
+from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.factories import as_factory, describe_factory
 from lightning_prompts.utils.tensor_files import save_atomically
@@ -57,13 +58,7 @@ def negative_pairs(edge_index: Tensor, batch: Tensor, counts: Tensor, draws: int
     keys, owner = keys[fresh], owner[fresh]
     keys, first = _first_occurrences(keys)
     owner = owner[first]
-    order = torch.argsort(owner * 2 + torch.rand(owner.shape[0], device=batch.device))
-    rank = torch.empty_like(order)
-    group_starts = torch.cumsum(torch.bincount(owner, minlength=counts.shape[0]), 0) - torch.bincount(
-        owner, minlength=counts.shape[0]
-    )
-    rank[order] = torch.arange(order.shape[0], device=batch.device) - group_starts[owner[order]]
-    keep = rank < counts[owner]
+    keep = random_ranks(owner, counts.shape[0]) < counts[owner]
     return torch.stack([keys[keep] // total, keys[keep] % total])
 
 
