@@ -88,6 +88,7 @@ def test_released_checkpoint_format_loads_with_identical_outputs(checkpoint):
 
 
 def test_gpf_prompt_enters_after_the_atom_embedding(checkpoint):
+    torch.manual_seed(0)  # the head's initialisation too: the check must not depend on the worker's RNG state
     gnn = MoleculeGIN(str(checkpoint), num_layers=LAYERS, emb_dim=WIDTH)
     method = GPF(gnn, ["p_np"], variant="gpf", task="graph", objective="masked_bce")
     with torch.no_grad():  # seeded: the check must not depend on what ran before in the worker
