@@ -20,6 +20,8 @@ GENERATED_VIEWS = "generated_views"
 LABEL = "label"
 #: ``(B,)`` position of each sample in its dataset (for per-sample state such as cached masks).
 INDEX = "index"
+#: ``(B,)`` bool: the sample's label is a pseudolabel (pseudolabel prompt tuning; GRIP, FPL, IFPL).
+PSEUDO_LABELLED = "pseudo_labelled"
 #: ``(B,)`` the continual-learning task each sample belongs to.
 TASK = "task"
 #: ``(B, D)`` precomputed frozen image features of the batch's images (a feature cache puts them there).

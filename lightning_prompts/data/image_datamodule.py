@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,19 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lightning_prompts.batch import INDEX, MASK, image_view
+from lightning_prompts.batch import INDEX, MASK, PSEUDO_LABELLED, image_view
 from lightning_prompts.data.images import (
     ImageItem,
     ImageListDataset,
     read_unlabelled_images,
     verify_images,
     verify_masks,
+)
+from lightning_prompts.data.pseudolabels import (
+    PseudoLabelledDataset,
+    PseudoLabelPartition,
+    PseudoLabelSplit,
+    partition_for_pseudolabels,
 )
 from lightning_prompts.data.synthetic import write_unlabelled_images
 from lightning_prompts.data.transforms import (
@@ -42,7 +49,7 @@ from lightning_prompts.data.transforms import (
     build_test_view_transform,
     build_transform,
 )
-from lightning_prompts.errors import DatasetError
+from lightning_prompts.errors import ConfigurationError, DatasetError
 
 
 @dataclass
@@ -105,6 +112,10 @@ class ImageClassificationDataModule(LightningDataModule):
             from ``generated_views_root`` in DiffTPT's layout, ``<root>/<image's folder>/<image stem>_<k><ext>``,
             resized and centre-cropped like the test image. Every file is checked at ``setup``.
         generated_views_root: the folder of the generated views.
+        pseudolabels: split the training images into labelled and unlabelled ones for pseudolabel prompt
+            tuning (``{setting: ssl | ul | trzsl, ...}``, see
+            :class:`~lightning_prompts.data.pseudolabels.PseudoLabelSplit`); the
+            :class:`~lightning_prompts.callbacks.PseudoLabelRounds` callback then chooses the pseudolabels.
     """
 
     def __init__(
@@ -126,6 +137,7 @@ class ImageClassificationDataModule(LightningDataModule):
         test_view_augmentation: TestViewAugmentation = "crops",
         generated_views: int = 0,
         generated_views_root: str | None = None,
+        pseudolabels: PseudoLabelSplit | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if views < 1:
@@ -144,6 +156,11 @@ class ImageClassificationDataModule(LightningDataModule):
             raise ValueError("generated_views (a count > 0) and generated_views_root come together.")
         self.generated_views = generated_views
         self.generated_views_root = Path(generated_views_root).expanduser() if generated_views_root else None
+        self.pseudolabels = PseudoLabelSplit(**pseudolabels) if isinstance(pseudolabels, dict) else pseudolabels
+        #: called before each epoch's training loader is built, so the pseudolabels of that epoch are in place
+        #: (set by :class:`~lightning_prompts.callbacks.PseudoLabelRounds`)
+        self.pseudolabel_refresh: Callable[[], None] | None = None
+        self._partition: PseudoLabelPartition | None = None
         self._loaded: LoadedSplits | None = None
         self._datasets: dict[str, Any] = {}
 
@@ -193,6 +210,7 @@ class ImageClassificationDataModule(LightningDataModule):
     def batch_keys(self) -> frozenset[str]:
         """Keys every training batch carries besides image and label (see :mod:`lightning_prompts.batch`)."""
         keys = {INDEX, *(image_view(view) for view in range(2, self.views + 1))}
+        keys |= {PSEUDO_LABELLED} if self.pseudolabels is not None else set()
         return frozenset(keys | ({MASK} if self.masks else set()))
 
     def train_dataset(self) -> Any:
@@ -233,8 +251,11 @@ class ImageClassificationDataModule(LightningDataModule):
                 verify_images(splits.val, f"{self.description} val split")
                 if mask_path is not None:
                     verify_masks(splits.train, mask_path, f"{self.description} train split")
-            self._datasets["train"] = ImageListDataset(splits.train, train_tf, self.views, mask_path)
-            self._datasets["val"] = ImageListDataset(splits.val or splits.train, eval_tf)
+            if self.pseudolabels is None:
+                self._datasets["train"] = ImageListDataset(splits.train, train_tf, self.views, mask_path)
+                self._datasets["val"] = ImageListDataset(splits.val or splits.train, eval_tf)
+            else:
+                self._setup_pseudolabel_split(splits, train_tf, eval_tf, mask_path)
         if stage in ("test", "predict") and "test" not in self._datasets:
             if not splits.test_sets:
                 raise DatasetError(f"{self.description}: there is no test split.")
@@ -263,12 +284,48 @@ class ImageClassificationDataModule(LightningDataModule):
                     verify_images(items, f"{self.description} OOD set {name!r}")
                 self._datasets["test"].append(ImageListDataset(items, eval_tf, **views))
 
+    # -- pseudolabel prompt tuning ------------------------------------------------------------------
+    def _setup_pseudolabel_split(self, splits: LoadedSplits, train_tf: Any, eval_tf: Any, mask_path: Any) -> None:
+        assert self.pseudolabels is not None
+        partition = partition_for_pseudolabels(splits.train, splits.classnames, self.pseudolabels, self.description)
+        if not partition.unlabelled:
+            setting = self.pseudolabels.setting
+            raise DatasetError(f"{self.description}: the {setting} split leaves no unlabelled images.")
+        self._partition = partition
+        self._train_parts = (train_tf, mask_path)
+        self._datasets["unlabelled"] = ImageListDataset(partition.unlabelled, eval_tf)
+        self.set_pseudolabels([], [])
+        self._datasets["val"] = ImageListDataset(partition.labelled_val or splits.val or splits.train, eval_tf)
+
+    @property
+    def pseudolabel_partition(self) -> PseudoLabelPartition:
+        """The labelled/unlabelled division of the training split (after ``setup("fit")``)."""
+        if self._partition is None:
+            raise ConfigurationError(f"{self.description}: pseudolabels are not configured (pseudolabels: ...).")
+        return self._partition
+
+    def unlabelled_dataset(self) -> Any:
+        """The unlabelled training images with the evaluation preprocessing; their ``"label"`` is the true
+        class, which pseudolabelling never reads (it is only reported as the pseudolabels' accuracy)."""
+        self.pseudolabel_partition  # noqa: B018 - raises if pseudolabels are not configured
+        return self._datasets["unlabelled"]
+
+    def set_pseudolabels(self, indices: Sequence[int], labels: Sequence[int]) -> None:
+        """Train on the labelled images plus ``unlabelled[indices]`` labelled ``labels`` from now on."""
+        partition = self.pseudolabel_partition
+        train_tf, mask_path = self._train_parts
+        self._datasets["train"] = PseudoLabelledDataset(
+            partition.labelled, partition.unlabelled, indices, labels, self.classnames, train_tf, self.views, mask_path
+        )
+
     def generated_view_path(self, item: ImageItem, index: int) -> Path:
         """DiffTPT's layout: ``<generated_views_root>/<image's folder>/<image stem>_<index><ext>``."""
         assert self.generated_views_root is not None
         return self.generated_views_root / item.path.parent.name / f"{item.path.stem}_{index}{item.path.suffix}"
 
     def train_dataloader(self) -> DataLoader:
+        if self.pseudolabel_refresh is not None:
+            self.pseudolabel_refresh()
         dataset = self._datasets["train"]
         # Dassl drops the last partial batch only when there is more than one batch
         drop_last = len(dataset) >= self.batch_size

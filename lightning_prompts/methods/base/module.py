@@ -313,7 +313,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         output = self.compute_output(batch, self._requested_fields)
         targets = self.batch_targets(batch)
         batch_size = int(targets.shape[0])
-        loss = self.task_loss(output, targets)
+        loss = self.training_task_loss(batch, output, targets)
         self.log("train/task_loss", loss, batch_size=batch_size)
         for term in self.loss_terms():
             value = term(self, batch, output)
@@ -321,6 +321,15 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
             loss = loss + value
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
+
+    def training_task_loss(self, batch: Any, output: PromptOutput, targets: Tensor) -> Tensor:
+        """The task loss of a training step: :meth:`task_loss`, unless a callback weighs the batch's parts
+        itself (``weighted_task_loss``, e.g. :class:`~lightning_prompts.callbacks.PseudoLabelRounds`)."""
+        for callback in self.trainer.callbacks if self._trainer is not None else ():
+            weighted = getattr(callback, "weighted_task_loss", None)
+            if callable(weighted):
+                return weighted(self, batch, output, targets)
+        return self.task_loss(output, targets)
 
     def on_validation_epoch_start(self) -> None:
         self._evaluator().start(self, "val")

@@ -46,10 +46,21 @@ class OptimizationMixin:
         scheduler = self._scheduler_factory(optimizer)
         if hasattr(scheduler, "set_max_epochs") and self._trainer is not None:
             trainer = self.trainer
-            total = trainer.max_epochs if self._scheduler_interval == "epoch" else trainer.estimated_stepping_batches
+            epochwise = self._scheduler_interval == "epoch"
+            total = self._schedule_epochs(trainer) if epochwise else trainer.estimated_stepping_batches
             if total is not None and 0 < total < math.inf:
                 scheduler.set_max_epochs(int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self._scheduler_interval}}
+
+    @staticmethod
+    def _schedule_epochs(trainer: Any) -> Any:
+        """Epochs one schedule spans: the whole run, unless a callback restarts it (``epochs_per_schedule``,
+        e.g. :class:`~lightning_prompts.callbacks.PseudoLabelRounds`: one round)."""
+        for callback in trainer.callbacks:
+            span = getattr(callback, "epochs_per_schedule", None)
+            if isinstance(span, int):
+                return span
+        return trainer.max_epochs
 
     def _check_param_groups(self, groups: list[dict[str, Any]]) -> None:
         seen: dict[int, str] = {}
