@@ -156,7 +156,7 @@ class PseudoLabelRounds(Callback):
         if stage != "fit":
             return
         expected = self.rounds * self.epochs_per_round
-        if trainer.max_epochs != expected:
+        if trainer.max_epochs != expected and not trainer.fast_dev_run:
             raise ConfigurationError(
                 f"PseudoLabelRounds runs {self.rounds} round(s) of {self.epochs_per_round} epochs: set "
                 f"trainer.max_epochs to {expected} (got {trainer.max_epochs})."

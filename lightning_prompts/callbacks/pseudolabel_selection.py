@@ -70,6 +70,8 @@ def pseudolabels_per_class(
     FPL and IFPL use ``k`` (16) every round. GRIP starts from ``int(int(|U| / rounds) / C)`` and grows by
     the same share each round, ``int((r + 1) · int(|U| / rounds) / C)``, capped at ``floor(|U| / C)``, so
     the last round pseudolabels all unlabelled data (the official ``STEP_QUANTILE`` of 10 % gives 10 rounds).
+    K is at least 1: with fewer than ``rounds · C`` unlabelled images the official code's first K is 0 and
+    its leaderboard fails on an empty board.
     """
     if strategy in ("fpl", "ifpl"):
         return k
@@ -77,7 +79,8 @@ def pseudolabels_per_class(
         raise ValueError(f"strategy must be 'fpl', 'ifpl' or 'grip', got {strategy!r}.")
     step = num_unlabelled // rounds
     wanted = int((round_index + 1) * step / num_classes)
-    return wanted if wanted * num_classes <= num_unlabelled else num_unlabelled // num_classes
+    k = wanted if wanted * num_classes <= num_unlabelled else num_unlabelled // num_classes
+    return max(1, k)
 
 
 def pseudolabel_loss(logits: Tensor, targets: Tensor, pseudo_labelled: Tensor, gamma: float) -> Tensor:

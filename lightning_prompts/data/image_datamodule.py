@@ -41,6 +41,7 @@ from lightning_prompts.data.pseudolabels import (
     PseudoLabelPartition,
     PseudoLabelSplit,
     partition_for_pseudolabels,
+    seen_and_unseen_classes,
 )
 from lightning_prompts.data.synthetic import write_unlabelled_images
 from lightning_prompts.data.transforms import (
@@ -194,6 +195,16 @@ class ImageClassificationDataModule(LightningDataModule):
     @property
     def test_class_sets(self) -> dict[str, list[str]]:
         return {name: list(names) for name, (names, _) in self._splits().test_sets.items()}
+
+    @property
+    def class_groups(self) -> dict[str, list[str]]:
+        """``{"seen": …, "unseen": …}`` in the transductive zero-shot setting (``pseudolabels.setting: trzsl``):
+        the test set is scored over all classes and reported per group and as their harmonic mean."""
+        if self.pseudolabels is None or self.pseudolabels.setting != "trzsl":
+            return {}
+        names = self.classnames
+        seen, unseen = seen_and_unseen_classes(names, self.pseudolabels, self.description)
+        return {"seen": [names[i] for i in seen], "unseen": [names[i] for i in unseen]}
 
     @property
     def ood_test_sets(self) -> list[str]:

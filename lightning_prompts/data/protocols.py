@@ -33,6 +33,16 @@ class TestClassSets(Protocol):
 
 
 @runtime_checkable
+class ClassGroups(Protocol):
+    """Groups of the training classes scored separately on the one test set, with predictions over all
+    classes (transductive zero-shot: ``{"seen": …, "unseen": …}``, whose harmonic mean is the headline);
+    empty when the protocol has none."""
+
+    @property
+    def class_groups(self) -> dict[str, list[str]]: ...
+
+
+@runtime_checkable
 class OODTestSets(Protocol):
     """Out-of-distribution test sets: their names, in the order their loaders follow the ID test set's
     in ``test_dataloader()`` (loader 0 is ID; OOD images carry the label ``-1``)."""

@@ -124,7 +124,7 @@ def partition_for_pseudolabels(
         unlabelled = [item for index, item in enumerate(train) if index not in taken]
         pseudo_classes = list(range(num_classes))
     else:
-        seen, unseen = _seen_and_unseen(classnames, spec, where)
+        seen, unseen = seen_and_unseen_classes(classnames, spec, where)
         seen_set = set(seen)
         labelled = [item for item in train if item.label in seen_set]
         unlabelled = [item for item in train if item.label not in seen_set]
@@ -135,7 +135,10 @@ def partition_for_pseudolabels(
     )
 
 
-def _seen_and_unseen(classnames: Sequence[str], spec: PseudoLabelSplit, where: str) -> tuple[list[int], list[int]]:
+def seen_and_unseen_classes(
+    classnames: Sequence[str], spec: PseudoLabelSplit, where: str
+) -> tuple[list[int], list[int]]:
+    """The seen and unseen class indices of the ``trzsl`` setting (given by name, or drawn)."""
     if spec.seen_classes is None:
         return seen_class_split(len(classnames), spec.seen_fraction, spec.split_seed)
     index = {name: position for position, name in enumerate(classnames)}

@@ -11,6 +11,8 @@
 * ``"lae"`` (LAE's continual-learning streams): train RandomResizedCrop(default scale, bilinear) +
   flip; test resize the short side to 256/224 of the size + center crop; use with ``normalization:
   "none"`` (LAE feeds [0, 1] pixels to its ViT).
+* ``"clip_preprocess"`` (GRIP, FPL, IFPL): CLIP's own preprocessing for training too (resize the short
+  side, bicubic, + center crop), no augmentation.
 
 Transforms are torchvision ``v2`` pipelines applied to PIL images (identical to the v1 transforms
 the official code uses); geometric steps also apply to a segmentation mask passed with the image
@@ -23,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-Augmentation = Literal["clip", "fgvc", "vtab", "randaugment", "lae"]
+Augmentation = Literal["clip", "fgvc", "vtab", "randaugment", "lae", "clip_preprocess"]
 
 #: Normalisation constants by name.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -70,8 +72,12 @@ def build_transform(preset: Augmentation, size: int, normalization: str, train: 
             if train
             else [v2.Resize(round(size * 256 / 224), interpolation=bilinear), v2.CenterCrop(size)]
         )
+    elif preset == "clip_preprocess":
+        steps = clip_eval
     else:
-        raise ValueError(f"augmentation must be 'clip', 'fgvc', 'vtab', 'randaugment' or 'lae', got {preset!r}.")
+        raise ValueError(
+            f"augmentation must be 'clip', 'fgvc', 'vtab', 'randaugment', 'lae' or 'clip_preprocess', got {preset!r}."
+        )
     return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 

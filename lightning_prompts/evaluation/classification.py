@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
-from lightning_prompts.data.protocols import OODTestSets, TestClassSets, provided
+from lightning_prompts.data.protocols import ClassGroups, OODTestSets, TestClassSets, provided
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.evaluation.base import Evaluator, Stage
-from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy
+from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy, harmonic_mean
 from lightning_prompts.registry import register_evaluator
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ class ClassificationEvaluator(Evaluator):
         self._set_names: list[str] = []
         self._class_sets: list[list[str]] = []
         self._active = -1
+        # class groups scored on the one test set over all classes (transductive zero-shot: seen / unseen)
+        self.group_accuracy: SetwiseAccuracy | None = None
+        self._group_members: list[Tensor] = []
 
     @staticmethod
     def class_sets(module: PromptModule, datamodule: Any | None) -> dict[str, list[str]]:
@@ -64,6 +68,15 @@ class ClassificationEvaluator(Evaluator):
         self._set_names, self._class_sets = list(sets), [list(names) for names in sets.values()]
         self.test_accuracy = SetwiseAccuracy(self._set_names).to(module.device)
         self._active = -1
+        source = provided(module.datamodule, ClassGroups)
+        groups = dict(source.class_groups or {}) if source is not None else {}
+        self.group_accuracy, self._group_members = None, []
+        if groups:
+            position = {name: index for index, name in enumerate(module.classnames)}
+            self._group_members = [
+                torch.tensor([position[name] for name in names], device=module.device) for names in groups.values()
+            ]
+            self.group_accuracy = SetwiseAccuracy(list(groups)).to(module.device)
 
     def prepare(self, module: PromptModule, stage: Stage, dataloader_idx: int) -> None:
         if stage == "test" and dataloader_idx != self._active:  # sets are run one after the other
@@ -78,6 +91,10 @@ class ClassificationEvaluator(Evaluator):
         else:
             assert self.test_accuracy is not None
             self.test_accuracy.update(scores, targets, set_index=dataloader_idx)
+            for index, members in enumerate(self._group_members):
+                assert self.group_accuracy is not None
+                inside = torch.isin(targets, members)
+                self.group_accuracy.update(scores[inside], targets[inside], set_index=index)
 
     def finish(self, module: PromptModule, stage: Stage) -> dict[str, Tensor]:
         if stage == "val":
@@ -89,6 +106,13 @@ class ClassificationEvaluator(Evaluator):
         self.test_accuracy.reset()
         if module.classnames != module.classnames_for_training:  # back to the training classes
             module.set_classnames(module.classnames_for_training)
+        if self.group_accuracy is not None:
+            groups = self.group_accuracy.compute()
+            self.group_accuracy.reset()
+            report = {"test/acc": results["test"], **{f"test/acc_{name}": value for name, value in groups.items()}}
+            if len(groups) == 2:  # both groups had test images
+                report["test/hm"] = harmonic_mean(*(groups[name] for name in self.group_accuracy.set_names))
+            return report
         if list(results) == ["test"]:
             return {"test/acc": results["test"]}
         return {(f"test/{name}" if name == "hm" else f"test/acc_{name}"): value for name, value in results.items()}

@@ -3,6 +3,10 @@ rounds themselves, pinned to re-computations of the official code (BatsResearch/
 
 from __future__ import annotations
 
+import re
+import shlex
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +90,7 @@ def test_grip_grows_k_to_all_unlabelled_data_and_fpl_ifpl_keep_it():
     ]
     assert pseudolabels_per_class("grip", 9, 1000, 7) == 142 == 1000 // 7
     assert pseudolabels_per_class("grip", 10, 1000, 7) == 142  # capped at floor(|U|/C)
+    assert pseudolabels_per_class("grip", 0, 30, 7) == 1  # int(int(30/10)/7) = 0 would leave nothing to train on
     assert pseudolabels_per_class("ifpl", 5, 1000, 7) == pseudolabels_per_class("fpl", 0, 1000, 7) == 16
 
 
@@ -305,3 +310,67 @@ def test_bad_configurations_are_refused_before_training(tiny_clip, trainer_kwarg
         PseudoLabelRounds().check_ready(lapt, data)
     with pytest.raises(ValueError, match="one round"):
         PseudoLabelRounds(strategy="fpl", rounds=3)
+
+
+def test_the_transductive_zero_shot_test_reports_seen_unseen_and_their_harmonic_mean(tiny_clip, trainer_kwargs):
+    seed_everything(0)
+    data = pseudolabel_data("trzsl", seen_classes=None, split_seed=0)
+    method = CoOp(tiny_clip, data.classnames, n_ctx=4, init_std=0.5)
+    groups = data.class_groups
+    seen, unseen = seen_class_split(4, 0.62, 0)
+    assert groups == {"seen": [data.classnames[i] for i in seen], "unseen": [data.classnames[i] for i in unseen]}
+    result = Trainer(**trainer_kwargs).test(method, data)[0]
+    # predictions over all four classes, accuracy within each group's test images (the official metric)
+    data.setup("test")
+    test = data._datasets["test"][0]
+    images = torch.stack([test[i][IMAGE] for i in range(len(test))])
+    labels = torch.tensor([test[i]["label"] for i in range(len(test))])
+    method.eval()
+    with torch.no_grad():
+        predicted = method.forward_batch({IMAGE: images}).logits.argmax(dim=-1)
+    accuracy = {}
+    for name, members in (("seen", seen), ("unseen", unseen)):
+        inside = torch.isin(labels, torch.tensor(members))
+        accuracy[name] = float((predicted[inside] == labels[inside]).float().mean())
+        assert result[f"test/acc_{name}"] == pytest.approx(accuracy[name], abs=1e-6)
+    hm = 2 * accuracy["seen"] * accuracy["unseen"] / max(accuracy["seen"] + accuracy["unseen"], 1e-12)
+    assert result["test/hm"] == pytest.approx(hm, abs=1e-6)
+    assert result["test/acc"] == pytest.approx(float((predicted == labels).float().mean()), abs=1e-6)
+
+
+def test_transductive_zero_shot_pseudolabels_range_over_the_unseen_classes_only(tiny_clip, trainer_kwargs):
+    _, data, pseudo, _ = fit_rounds(tiny_clip, trainer_kwargs, rounds=1, strategy="fpl", epochs=1, setting="trzsl")
+    _, unseen = seen_class_split(4, 0.62, 500)
+    assert pseudo.labels and set(pseudo.labels) <= set(unseen)
+    labelled = data.pseudolabel_partition.labelled
+    assert labelled and {item.label for item in labelled}.isdisjoint(unseen)
+
+
+# -- the docs page runs as written ----------------------------------------------------------------------
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "callbacks" / "pseudolabel_rounds.md"
+
+
+def test_the_page_snippet_builds_a_grip_run():
+    block = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)[0]
+    block = block.replace('OpenCLIP("ViT-B-32-quickgelu", pretrained="openai")', 'OpenCLIP("tiny", pretrained=None)')
+    block = block.replace(
+        'root="data/grip/DTD",', 'image_size=32, synthetic={"num_classes": 3, "images_per_class": 12},'
+    )
+    namespace: dict = {}
+    exec(block, namespace)
+    rounds, trainer = namespace["rounds"], namespace["trainer"]
+    assert (rounds.strategy, rounds.rounds, rounds.epochs_per_round) == ("grip", 10, 150)
+    assert trainer.max_epochs == 1500 and namespace["data"].pseudolabels.setting == "ssl"
+
+
+def test_the_page_fpl_command_switches_the_strategy(tmp_path, monkeypatch):
+    from lightning_prompts.cli import run_cli
+
+    bash = re.findall(r"```bash\n(.*?)```", PAGE.read_text(), re.S)[0].replace("\\\n", " ")
+    fpl = next(shlex.split(line) for line in bash.splitlines() if "strategy fpl" in line)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    overlay = "recipes/_tiny/clip.yaml"
+    cli = run_cli([*fpl[1:], "--config", overlay, f"--trainer.default_root_dir={tmp_path}"])
+    callback = next(c for c in cli.trainer.callbacks if isinstance(c, PseudoLabelRounds))
+    assert (callback.strategy, callback.rounds, cli.trainer.max_epochs) == ("fpl", 1, 1)  # fast_dev_run: 1
+    assert callback.history and callback.history[0]["count"] > 0
