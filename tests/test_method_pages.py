@@ -157,3 +157,14 @@ def test_lapt_snippet(tmp_path, monkeypatch):
     model = namespace["model"]
     assert type(model).__name__ == "LAPT" and len(model.negative_labels) == 4
     assert model.prompt.classnames == ["goldfish", "tabby cat", "golden retriever"]
+
+
+def test_local_prompt_snippet():
+    block = blocks("local_prompt")[0].replace(
+        'OpenCLIP("ViT-B-16", pretrained="openai")', 'OpenCLIP("tiny", pretrained=None)'
+    )
+    namespace: dict = {}
+    exec(block.replace("num_negative_prompts=300", "num_negative_prompts=5"), namespace)
+    model = namespace["model"]
+    assert type(model).__name__ == "LocalPrompt" and model.negative_prompt.ctx.shape[:2] == (5, 16)
+    assert model.prompt.ctx.shape[:2] == (3, 16) and (model.top_k, model.test_top_k) == (50, 10)

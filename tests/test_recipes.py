@@ -86,7 +86,8 @@ def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monk
     )
     assert cli.trainer.state.finished
     if any(p.requires_grad for p in cli.model.parameters()):
-        assert cli.trainer.global_step == 1
+        assert cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 1
+        assert cli.trainer.global_step >= 1  # optimizer steps: LocalPrompt takes one per positive view
         assert "train/loss" in cli.trainer.callback_metrics
     else:  # nothing to train (zero-shot): fit only validates
         assert "val/acc" in cli.trainer.callback_metrics

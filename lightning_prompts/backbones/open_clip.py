@@ -319,6 +319,17 @@ class OpenCLIP(VisionLanguageBackbone):
             pooled = pooled @ visual.proj
         return ImageEncoding(pooled, tokens)
 
+    def local_features(self, encoding: ImageEncoding) -> Tensor:
+        """The patch tokens after ``ln_post`` through the visual projection, as the class token is (GL-MCM,
+        Local-Prompt). ViT towers with CLIP's token pooling only."""
+        visual = self.model.visual
+        if encoding.patch_tokens is None or getattr(visual, "attn_pool", None) is not None:
+            raise NotImplementedError(f"{self.name}: local features need a ViT image tower with token pooling.")
+        tokens = encoding.patch_tokens
+        if getattr(visual, "final_ln_after_pool", False):  # the tokens left the pool without the final norm
+            tokens = visual.ln_post(tokens)
+        return tokens @ visual.proj if visual.proj is not None else tokens
+
     def gradcam_target(self) -> GradCAMTarget:
         """DAPT's choice: the tokens entering the last block's attention (``ln_1`` output); the patch
         tokens follow the class token (visual prompts, if any, are appended after them, as MaPLe does)."""

@@ -250,6 +250,12 @@ class StandInCLIP(VisionLanguageBackbone):
         return GradCAMTarget(self.image.bn2, tokens)
 
     # -- image seam --------------------------------------------------------------------------
+    def local_features(self, encoding: ImageEncoding) -> Tensor:
+        """The last feature map's cells: already in the joint space (the pooled feature is their mean)."""
+        if encoding.patch_tokens is None:
+            raise NotImplementedError(f"{self.name}: the encoding carries no feature map.")
+        return encoding.patch_tokens
+
     def encode_image(
         self,
         images: Tensor,

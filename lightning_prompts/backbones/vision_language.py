@@ -109,6 +109,11 @@ class VisionLanguageBackbone(Backbone):
         """Image features, optionally with visual prompt tokens or a block hook (ViT towers)."""
         raise NotImplementedError
 
+    def local_features(self, encoding: ImageEncoding) -> Tensor:
+        """``(B, N, embed_dim)``: an encoding's patch tokens in the joint image-text space (not normalised),
+        so each region can be scored against text features (GL-MCM's and Local-Prompt's local features)."""
+        raise NotImplementedError(f"{type(self).__name__} does not map patch tokens into the joint space.")
+
     def gradcam_target(self) -> GradCAMTarget:
         """The activations Grad-CAM weighs (the last block's input tokens of a ViT, a CNN's last feature map)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose Grad-CAM activations.")

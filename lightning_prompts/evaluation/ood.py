@@ -38,7 +38,8 @@ class OODEvaluator(Evaluator):
     Args:
         score: the ID score (:mod:`lightning_prompts.evaluation.ood_scores`): ``"mcm"`` (default; needs a
             module with a ``logit_scale``: CLIP methods), ``"msp"``, ``"max_logit"``, ``"energy"`` or
-            ``"id_mass"`` (methods that score negative labels after the ID classes).
+            ``"id_mass"`` (methods that score negative labels after the ID classes) or ``"r_mcm"`` (Local-Prompt's
+            regional MCM; methods with ``regional_id_scores``).
         temperature: T of ``mcm``, ``msp`` and ``energy`` (MCM's code: 1).
         convention: ``"mcm"`` (ID positive, MCM/GL-MCM/Local-Prompt) or ``"openood"`` (OOD positive,
             OpenOOD/LAPT); see :mod:`lightning_prompts.metrics.ood`.
@@ -70,6 +71,7 @@ class OODEvaluator(Evaluator):
         self.test_accuracy = SetwiseAccuracy(["test"])
         self.detection: OODDetection | None = None
         self.num_id = 0
+        self._regional: Tensor | None = None  # r_mcm: the batch's scores, from score() to update()
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
         if stage != "test":
@@ -83,6 +85,10 @@ class OODEvaluator(Evaluator):
         if classes is not None and len(classes.test_class_sets) > 1:
             raise ConfigurationError(
                 f"OODEvaluator scores one ID test set; the data module declares {list(classes.test_class_sets)}."
+            )
+        if self.score_name == "r_mcm" and not callable(getattr(module, "regional_id_scores", None)):
+            raise ConfigurationError(
+                f"OODEvaluator: score 'r_mcm' needs regional outputs (LocalPrompt); {type(module).__name__} has none."
             )
         if self.score_name == "mcm" and getattr(type(module), "logit_scale", None) is None:
             raise ConfigurationError(
@@ -113,8 +119,20 @@ class OODEvaluator(Evaluator):
         self.test_accuracy = self.test_accuracy.to(module.device)
         self.test_accuracy.reset()
 
+    def score(self, module: PromptModule, batch: Any, stage: Stage, dataloader_idx: int) -> Tensor:
+        if self.score_name != "r_mcm":
+            return super().score(module, batch, stage, dataloader_idx)
+        output = module.forward_batch(batch)
+        self._regional = module.regional_id_scores(output).detach()
+        return module.evaluation_scores(batch, output.logits.detach())
+
     def id_scores(self, module: PromptModule, logits: Tensor) -> Tensor:
         """The ID score of each row of ``logits`` (see :mod:`lightning_prompts.evaluation.ood_scores`)."""
+        if self.score_name == "r_mcm":
+            if self._regional is None or self._regional.shape[0] != logits.shape[0]:
+                raise ConfigurationError("OODEvaluator: r_mcm scores come from score(); call it for every batch.")
+            regional, self._regional = self._regional, None
+            return regional
         if self.score_name == "mcm":
             return ood_scores.mcm(logits, module.logit_scale.detach(), self.temperature)
         if self.score_name == "id_mass":

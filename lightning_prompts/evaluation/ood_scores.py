@@ -16,6 +16,11 @@
     (NegLabel, LAPT): ``Σ_{c < n_id} softmax(z)_c``. With ``groups > 1`` the negative labels are split
     into that many groups after a seeded permutation and the mass is averaged over the groups, each
     group scored together with every ID class (LAPT scores 10,000 negatives in 100 groups).
+``r_mcm``
+    Local-Prompt's regional MCM (Zeng et al., ICLR 2025): global MCM plus the mean of the k largest
+    regional probabilities, each region's softmax over the ID local prompts *and* the negative local
+    prompts, flattened over regions × ID classes (:func:`regional_mcm`). Needs a method with regional
+    outputs (:class:`~lightning_prompts.methods.LocalPrompt`).
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-ScoreName = Literal["mcm", "msp", "max_logit", "energy", "id_mass"]
-SCORES = ("mcm", "msp", "max_logit", "energy", "id_mass")
+ScoreName = Literal["mcm", "msp", "max_logit", "energy", "id_mass", "r_mcm"]
+SCORES = ("mcm", "msp", "max_logit", "energy", "id_mass", "r_mcm")
 
 
 def mcm(logits: Tensor, logit_scale: Tensor | float, temperature: float = 1.0) -> Tensor:
@@ -62,3 +67,29 @@ def id_mass(logits: Tensor, num_id: int, groups: int = 1, seed: int = 0) -> Tens
         probabilities = torch.cat([id_logits, negative_logits[..., group]], dim=-1).softmax(dim=-1)
         masses.append(probabilities[..., :num_id].sum(dim=-1))
     return torch.stack(masses).mean(dim=0)
+
+
+def regional_mcm(
+    global_logits: Tensor,
+    local_logits: Tensor,
+    negative_local_logits: Tensor,
+    logit_scale: Tensor | float,
+    top_k: int,
+    temperature: float = 1.0,
+) -> Tensor:
+    """R-MCM: ``max softmax(cos_global / T) + mean top-k over (regions × ID classes) of
+    exp(cos_local / T) / Σ_{ID + negative local prompts} exp(cos / T)``.
+
+    Args:
+        global_logits: ``(B, C)`` ``logit_scale · cos`` of the global image feature and the global prompts.
+        local_logits: ``(B, N, C)`` the same for each region and the ID local prompts.
+        negative_local_logits: ``(B, N, M)`` each region against the negative local prompts.
+        logit_scale: the scale dividing the logits back into cosines.
+        top_k: regional probabilities averaged (capped at ``N · C``).
+    """
+    local = local_logits.float() / (logit_scale * temperature)
+    negative = negative_local_logits.float() / (logit_scale * temperature)
+    log_total = torch.logsumexp(torch.cat([local, negative], dim=-1), dim=-1, keepdim=True)
+    regional = (local - log_total).exp().flatten(1)  # (B, N * C)
+    top = regional.topk(min(top_k, regional.shape[1]), dim=-1).values.mean(dim=-1)
+    return mcm(global_logits, logit_scale, temperature) + top

@@ -74,6 +74,8 @@ class DPPromptTuning(PromptTuning):
     """
 
     default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
+    #: the private step clips and noises per-example gradients of the task loss only
+    accepts_loss_terms: ClassVar[bool] = False
 
     def __init__(
         self,

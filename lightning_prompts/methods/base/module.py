@@ -88,6 +88,9 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
     produced_fields: ClassVar[frozenset[str]] = frozenset({"logits"})
     #: Every field the method can fill: ``produced_fields`` plus its providers' (computed per class).
     output_fields: ClassVar[frozenset[str]] = frozenset({"logits"})
+    #: Whether loss-term callbacks can add to the method's objective (``False`` for methods whose training
+    #: step is their own: several optimizer steps per batch, per-example private gradients).
+    accepts_loss_terms: ClassVar[bool] = True
     #: Whether the method can evaluate classes it was not trained on (base-to-novel).
     supports_new_classes: ClassVar[bool] = False
     #: The metric and mode the command's default ``best.ckpt`` is chosen by.
@@ -217,7 +220,14 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         own = self.configure_callbacks()  # callbacks a method brings itself (CoPrompt's consistency term)
         own = list(own) if isinstance(own, Sequence) else [own]
         everything = [*callbacks, *own]
-        self.check_output_fields(self.loss_terms(everything))
+        terms = self.loss_terms(everything)
+        self.check_output_fields(terms)
+        if terms and not self.accepts_loss_terms:
+            names = sorted(type(term).__name__ for term in terms)
+            raise ConfigurationError(
+                f"{type(self).__name__} trains with its own training step, which loss-term callbacks cannot join "
+                f"({', '.join(names)})."
+            )
         for callback in everything:  # loss terms and other callbacks that can check themselves
             check = getattr(callback, "check_ready", None)
             if callable(check):
