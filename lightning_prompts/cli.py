@@ -34,7 +34,7 @@ LIST_KINDS = {
 
 def help_text() -> str:
     methods = ", ".join(entry.name for entry in registry.list_methods())
-    return f"""usage: lightning-prompts [-h] [--version] {{fit,validate,test,predict,list,export}} ...
+    return f"""usage: lightning-prompts [-h] [--version] {{fit,validate,test,predict,list,export,average}} ...
 
 Prompt tuning for frozen pre-trained models (CLIP, ViT, language models, GNNs) as PyTorch Lightning
 modules, callbacks and YAML recipes. Version {__version__}.
@@ -46,6 +46,7 @@ subcommands:
   predict    write predictions
   list       list methods, callbacks, backbones, data modules, evaluators or recipes
   export     write a trained prompt from a checkpoint to safetensors (and a PEFT adapter)
+  average    average prompt files element-wise (MVLPT's source prompt over seeds)
 
 examples:
   lightning-prompts fit --config recipes/coop/caltech101.yaml
@@ -204,6 +205,24 @@ def _unknown(name: str, known: Sequence[str], owner: str) -> str:
     return f"unknown option {name!r}{where}{hint}"
 
 
+def average_command(args: Sequence[str]) -> int:
+    """``lightning-prompts average --output Y A B [C …]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-prompts average",
+        description="Average prompt files element-wise (same method, backbone and tensors), e.g. the prompts of "
+        "three seeds into MVLPT's source prompt; start another run from it with --model.init_args.prompt_init.",
+    )
+    parser.add_argument("inputs", nargs="+", help="prompt files written by lightning-prompts export")
+    parser.add_argument("--output", required=True, help="the safetensors file to write")
+    options = parser.parse_args(list(args))
+    from lightning_prompts.export.average import average_prompt_files
+
+    print(average_prompt_files(options.inputs, options.output))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script: bad input ends with one clear line and exit status 2, not a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -218,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(list_command(args[1:]))
         if args[0] == "export":
             raise SystemExit(export_command(args[1:]))
+        if args[0] == "average":
+            raise SystemExit(average_command(args[1:]))
         from lightning_prompts.lightning_cli import run_cli
 
         run_cli(None if argv is None else args, exit_on_error=False)

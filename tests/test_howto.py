@@ -155,3 +155,37 @@ def test_ood_and_test_time_commands(scratch):
     diffused = run_cli([*difftpt, "--config", "recipes/_tiny/clip.yaml", "--data.init_args.test_views=3",
                         "--data.init_args.generated_views=2"])  # fmt: skip
     assert type(diffused.model.evaluator).__name__ == "DiffTPT" and "test/acc" in diffused.trainer.callback_metrics
+
+
+def test_multitask_commands(scratch):
+    """MVLPT's workflow as the guide writes it: two source seeds (tiny merged data), export, average, then a
+    target run on image folders started from the averaged prompt, and its test."""
+    found: dict[str, list[list[str]]] = {"source": [], "export": [], "average": [], "fit": [], "test": []}
+    for words in commands("multitask.md"):
+        kind = "source" if words[0] == "fit" and "source_coop11" in words[2] else words[0]
+        found[kind].append(words)
+    fits, exports = found["source"], found["export"]
+    (average,), (target_fit,), (target_test,) = found["average"], found["fit"], found["test"]
+    tiny = ["--config", "recipes/_tiny/clip.yaml", "--trainer.fast_dev_run=false", "--trainer.max_epochs=1"]
+    tiny += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    for fit in fits:
+        run_cli([*fit, *tiny])
+    for export in exports:
+        from lightning_prompts.cli import export_command
+
+        export_command(export[1:])
+    from lightning_prompts.cli import average_command
+
+    average_command(average[1:])
+    assert (scratch / "outputs/mvlpt/source.safetensors").is_file()
+    write_image_folders(scratch / "data/elevater/resisc45")
+    target_tiny = ["--config", write_overlay(scratch, "clip"), "--data.init_args.image_size=32"]
+    target_tiny += ["--data.init_args.num_workers=0"]
+    trained = run_cli([*target_fit, *target_tiny])
+    from lightning_prompts.methods.base.checkpointing import read_prompt_file
+
+    source, _ = read_prompt_file(scratch / "outputs/mvlpt/source.safetensors")
+    assert trained.model.hparams["prompt_init"] == "outputs/mvlpt/source.safetensors"
+    assert not torch.equal(trained.model.prompt.ctx.detach(), source["prompt.ctx"])  # started there, then trained
+    tested = run_cli([*target_test, *target_tiny, "--trainer.limit_test_batches=1"])
+    assert "test/acc" in tested.trainer.callback_metrics

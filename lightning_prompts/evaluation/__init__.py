@@ -13,6 +13,7 @@ from lightning_prompts.evaluation.diff_tpt import DiffTPT
 from lightning_prompts.evaluation.graded import GradedClassificationEvaluator
 from lightning_prompts.evaluation.multilabel import MultiLabelEvaluator
 from lightning_prompts.evaluation.multitask import MultiTaskAUROCEvaluator
+from lightning_prompts.evaluation.multitask_accuracy import MultiTaskAccuracyEvaluator
 from lightning_prompts.evaluation.ood import OODEvaluator
 from lightning_prompts.evaluation.test_time import TestTimePromptTuning
 
@@ -24,6 +25,7 @@ __all__ = [
     "GradedClassificationEvaluator",
     "MultiLabelEvaluator",
     "MultiTaskAUROCEvaluator",
+    "MultiTaskAccuracyEvaluator",
     "OODEvaluator",
     "TestTimePromptTuning",
 ]

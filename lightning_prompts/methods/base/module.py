@@ -234,7 +234,13 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
                 check(self, datamodule, everything)
         if stage == "fit" and self._prompt_init is not None:
             self.check_prompt_init(self._prompt_init)
-        check_class_list(type(self).__name__, self.classnames_for_training, stage)
+        ranges = getattr(datamodule, "task_class_ranges", None) if datamodule is not None else None
+        if isinstance(ranges, dict) and ranges:  # a merged label space: names may repeat across tasks
+            names = self.classnames_for_training
+            for task, (start, end) in ranges.items():
+                check_class_list(f"{type(self).__name__} (task {task})", names[start:end], stage)
+        else:
+            check_class_list(type(self).__name__, self.classnames_for_training, stage)
         source = provided(datamodule, ClassNames)
         data_classes = source.classnames if source is not None else None
         if data_classes is not None and list(data_classes) != self.classnames_for_training:
