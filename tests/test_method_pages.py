@@ -168,3 +168,11 @@ def test_local_prompt_snippet():
     model = namespace["model"]
     assert type(model).__name__ == "LocalPrompt" and model.negative_prompt.ctx.shape[:2] == (5, 16)
     assert model.prompt.ctx.shape[:2] == (3, 16) and (model.top_k, model.test_top_k) == (50, 10)
+
+
+def test_mvpt_snippet():
+    block = blocks("mvpt")[0].replace('OpenCLIP("ViT-B-16", pretrained="openai")', 'OpenCLIP("tiny", pretrained=None)')
+    namespace: dict = {}
+    exec(block, namespace)
+    model = namespace["model"]
+    assert type(model).__name__ == "MVPT" and model.prompt.deep_tokens.shape[:2] == (11, 16)

@@ -158,6 +158,12 @@ class OpenCLIP(VisionLanguageBackbone):
         return int(self.model.visual.class_embedding.shape[-1])
 
     @property
+    def patch_size(self) -> int:
+        """The ViT tower's patch side (the VPT initialisation bound reads it)."""
+        self._require_vit("the patch size")
+        return int(self.model.visual.conv1.kernel_size[0])
+
+    @property
     def vision_layers(self) -> int:
         self._require_vit("vision_layers")
         return len(self.model.visual.transformer.resblocks)
@@ -280,6 +286,7 @@ class OpenCLIP(VisionLanguageBackbone):
         deep_prompts: Sequence[Tensor] | None = None,
         location: Literal["append", "prepend"] = "append",
         hooks: BlockHook | None = None,
+        after_ln_pre: bool = False,
     ) -> ImageEncoding:
         """Encode images, optionally with visual prompt tokens or a block hook (ViT towers only).
 
@@ -293,6 +300,8 @@ class OpenCLIP(VisionLanguageBackbone):
             location: where the prompt slot is (see ``prompts``).
             hooks: a block hook for the vision transformer. Its edits before block 0 see the tokens
                 *before* ``ln_pre`` (CLIP's input norm), where MaPLe and IVLP insert their prompts.
+            after_ln_pre: apply the prompts and the hook's block-0 edit *after* ``ln_pre`` instead (MVLPT's
+                visual prompts, VPT on CLIP), so the inserted tokens are not normalised by it.
         """
         visual = self.model.visual
         slot = None
@@ -308,10 +317,10 @@ class OpenCLIP(VisionLanguageBackbone):
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         x = visual.patch_dropout(x)
-        if hook is not None:  # block 0's input edit comes before ln_pre (see above)
+        if hook is not None and not after_ln_pre:  # block 0's input edit comes before ln_pre (see above)
             x = hook.before_block(BlockContext(0, self.vision_layers, 1, "vision"), x)
         x = visual.ln_pre(x)
-        x = _run_blocks(visual.transformer, x, None, hook, "vision", self.name, first_edited=True)
+        x = _run_blocks(visual.transformer, x, None, hook, "vision", self.name, first_edited=not after_ln_pre)
         if hook is not None:  # drop the prompt tokens before pooling
             x, _ = hook.after_blocks(BlockContext(self.vision_layers, self.vision_layers, 1, "vision"), x)
         pooled, tokens = visual._pool(x)

@@ -129,14 +129,13 @@ class PseudoLabelRounds(Callback):
 
     # -- checks -------------------------------------------------------------------------------------
     def check_ready(self, module: Any, datamodule: Any | None, callbacks: Any = ()) -> None:
-        from lightning_prompts.methods.base import CLIPPromptModule, PromptModule
-
-        if not isinstance(module, CLIPPromptModule):
+        is_clip = all(callable(getattr(module, name, None)) for name in ("encode_texts", "frozen_image_features"))
+        if not is_clip:
             raise ConfigurationError(
                 f"PseudoLabelRounds pseudolabels with CLIP's zero-shot classifier; {type(module).__name__} is not a "
                 f"CLIP method."
             )
-        if type(module).task_loss is not PromptModule.task_loss:
+        if getattr(module, "has_own_objective", False):
             raise ConfigurationError(
                 f"PseudoLabelRounds trains with γ-weighted cross-entropy; {type(module).__name__} has an objective of "
                 f"its own (task_loss), which the two would not combine."
@@ -226,12 +225,10 @@ class PseudoLabelRounds(Callback):
     def _probabilities(
         self, module: Any, dataset: Any, classes: list[int], zero_shot: bool, was_training: bool
     ) -> Tensor:
-        from lightning_prompts.methods.base.clip import template_ensemble
-
         try:
-            if zero_shot:
-                names = [module.classnames[label] for label in classes]
-                text = template_ensemble(module.backbone, names, [self.template])
+            if zero_shot:  # the frozen text encoder on the filled-in template (the module protocol of CLIP terms)
+                names = [module.classnames[label].replace("_", " ") for label in classes]
+                text = module.encode_texts([self.template.format(name) for name in names])
             chunks = []
             for batch in DataLoader(dataset, batch_size=self.batch_size, shuffle=False):
                 images = batch[IMAGE].to(module.device)

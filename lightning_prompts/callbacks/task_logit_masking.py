@@ -50,13 +50,11 @@ class TaskLogitMasking(Callback):
         self._bounds: tuple[Tensor, Tensor] | None = None
 
     def check_ready(self, module: Any, datamodule: Any | None, callbacks: Any = ()) -> None:
-        from lightning_prompts.methods.base import PromptModule
-
         if datamodule is not None and not isinstance(getattr(datamodule, "task_class_ranges", None), dict):
             raise ConfigurationError(
                 "TaskLogitMasking needs a data module with task_class_ranges (MultiTaskImageDataModule)."
             )
-        if type(module).task_loss is not PromptModule.task_loss:
+        if getattr(module, "has_own_objective", False):
             raise ConfigurationError(
                 f"TaskLogitMasking masks the cross-entropy; {type(module).__name__} has an objective of its own."
             )

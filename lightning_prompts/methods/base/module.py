@@ -338,6 +338,12 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
+    @property
+    def has_own_objective(self) -> bool:
+        """Whether the method replaces the default cross-entropy :meth:`task_loss` (callbacks that reweigh or
+        mask the cross-entropy refuse such methods)."""
+        return type(self).task_loss is not PromptModule.task_loss
+
     def training_task_loss(self, batch: Any, output: PromptOutput, targets: Tensor) -> Tensor:
         """The task loss of a training step: :meth:`task_loss`, unless a callback weighs the batch's parts
         itself (``weighted_task_loss``, e.g. :class:`~lightning_prompts.callbacks.PseudoLabelRounds`)."""

@@ -1,0 +1,63 @@
+"""MVPT (sIncerass/MVLPT, VPT.N_CTX 16 with COOP.N_CTX 0): the image feature equals a block-by-block
+re-computation of the official ``ImageEncoder.forward`` (prompts after ln_pre, right after the class token,
+replaced before every later block), the text side is CLIP's frozen template."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lightning_prompts.methods.mvpt import MVPT
+
+
+def official_image_features(visual, images, shallow, deep):
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = visual.ln_pre(x)
+    batch, n = x.shape[0], shallow.shape[0]
+    x = torch.cat([x[:, :1], shallow.expand(batch, -1, -1), x[:, 1:]], dim=1)  # forward_vpt
+    x = x.permute(1, 0, 2)  # NLD -> LND, as the official loop runs
+    for index, block in enumerate(visual.transformer.resblocks):
+        if index >= 1:
+            fresh = deep[index - 1].expand(batch, -1, -1).permute(1, 0, 2)
+            x = torch.cat([x[:1], fresh, x[1 + n :]], dim=0)
+        if visual.transformer.batch_first:
+            x = block(x.permute(1, 0, 2)).permute(1, 0, 2)
+        else:
+            x = block(x)
+    x = x.permute(1, 0, 2)
+    return visual.ln_post(x[:, 0, :]) @ visual.proj
+
+
+def test_image_features_equal_the_official_encoder(tiny_clip):
+    torch.manual_seed(0)
+    method = MVPT(tiny_clip, ["cat", "dog", "fox"], num_tokens=3).eval()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = method.image_features(images)
+        expected = official_image_features(
+            tiny_clip.model.visual, images, method.prompt.tokens, method.prompt.deep_tokens
+        )
+    torch.testing.assert_close(ours, F.normalize(expected, dim=-1), rtol=1e-5, atol=1e-5)
+    # the prompts matter: without them the feature differs
+    assert not torch.allclose(ours, F.normalize(tiny_clip.encode_image(images).features, dim=-1), atol=1e-3)
+    assert method.prompt.deep_tokens.shape == (11, 3, 48)  # layers 1..11 of the tiny 12-layer tower
+    bound = math.sqrt(6.0 / (3 * 8 * 8 + 48))  # VPT's uniform initialisation, patch 8, width 48
+    assert float(method.prompt.tokens.detach().abs().max()) <= bound
+
+
+def test_text_side_is_clip_on_the_frozen_template_and_only_prompts_train(tiny_clip):
+    method = MVPT(tiny_clip, ["cat", "dog"], num_tokens=2)
+    expected = tiny_clip.encode_text(["a photo of a cat.", "a photo of a dog."], normalize=True)
+    torch.testing.assert_close(method.class_text_features(), expected)
+    trainable = {name for name, p in method.named_parameters() if p.requires_grad}
+    assert trainable == {"prompt.tokens", "prompt.deep_tokens"}
+    images = torch.randn(2, 3, 32, 32)
+    method.train()
+    loss = F.cross_entropy(method(images).logits, torch.tensor([0, 1]))
+    loss.backward()
+    assert method.prompt.deep_tokens.grad is not None and method.prompt.deep_tokens.grad.abs().sum() > 0
