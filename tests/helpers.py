@@ -33,3 +33,28 @@ class NeedsNodeEmbeddings(LossTerm):
 
     def compute(self, module, batch, output):  # pragma: no cover - never reached
         raise AssertionError("a term with an unmet field must not run")
+
+
+def official_mvlpt_image_features(visual, images, shallow, deep):
+    """MVLPT's ``ImageEncoder.forward`` (sIncerass/MVLPT) re-computed: prompts after ln_pre, right after the
+    class token, replaced before every later block; sequence-first as the official loop runs."""
+    import torch
+
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = visual.ln_pre(x)
+    batch, n = x.shape[0], shallow.shape[0]
+    x = torch.cat([x[:, :1], shallow.expand(batch, -1, -1), x[:, 1:]], dim=1)  # forward_vpt
+    x = x.permute(1, 0, 2)  # NLD -> LND, as the official loop runs
+    for index, block in enumerate(visual.transformer.resblocks):
+        if index >= 1:
+            fresh = deep[index - 1].expand(batch, -1, -1).permute(1, 0, 2)
+            x = torch.cat([x[:1], fresh, x[1 + n :]], dim=0)
+        if visual.transformer.batch_first:
+            x = block(x.permute(1, 0, 2)).permute(1, 0, 2)
+        else:
+            x = block(x)
+    x = x.permute(1, 0, 2)
+    return visual.ln_post(x[:, 0, :]) @ visual.proj

@@ -176,3 +176,12 @@ def test_mvpt_snippet():
     exec(block, namespace)
     model = namespace["model"]
     assert type(model).__name__ == "MVPT" and model.prompt.deep_tokens.shape[:2] == (11, 16)
+
+
+def test_mupt_snippet():
+    block = blocks("mupt")[0].replace('OpenCLIP("ViT-B-16", pretrained="openai")', 'OpenCLIP("tiny", pretrained=None)')
+    namespace: dict = {}
+    exec(block, namespace)
+    model = namespace["model"]
+    assert type(model).__name__ == "MUPT" and model.prompt.ctx.shape[0] == 4
+    assert model.visual_prompt.deep_tokens.shape[:2] == (11, 4)

@@ -8,29 +8,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from helpers import official_mvlpt_image_features
 
 from lightning_prompts.methods.mvpt import MVPT
-
-
-def official_image_features(visual, images, shallow, deep):
-    x = visual.conv1(images)
-    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-    cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    x = visual.ln_pre(x)
-    batch, n = x.shape[0], shallow.shape[0]
-    x = torch.cat([x[:, :1], shallow.expand(batch, -1, -1), x[:, 1:]], dim=1)  # forward_vpt
-    x = x.permute(1, 0, 2)  # NLD -> LND, as the official loop runs
-    for index, block in enumerate(visual.transformer.resblocks):
-        if index >= 1:
-            fresh = deep[index - 1].expand(batch, -1, -1).permute(1, 0, 2)
-            x = torch.cat([x[:1], fresh, x[1 + n :]], dim=0)
-        if visual.transformer.batch_first:
-            x = block(x.permute(1, 0, 2)).permute(1, 0, 2)
-        else:
-            x = block(x)
-    x = x.permute(1, 0, 2)
-    return visual.ln_post(x[:, 0, :]) @ visual.proj
 
 
 def test_image_features_equal_the_official_encoder(tiny_clip):
@@ -39,7 +19,7 @@ def test_image_features_equal_the_official_encoder(tiny_clip):
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = method.image_features(images)
-        expected = official_image_features(
+        expected = official_mvlpt_image_features(
             tiny_clip.model.visual, images, method.prompt.tokens, method.prompt.deep_tokens
         )
     torch.testing.assert_close(ours, F.normalize(expected, dim=-1), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,61 @@
+"""MUPT (sIncerass/MVLPT with UPT prompts): the joint projector equals the official forward_mvlpt_proj (one CLIP
+residual block on a length-1 sequence: no token sees another), and the text and image features are built from
+the projected prompts as the official code builds them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from helpers import official_mvlpt_image_features
+
+from lightning_prompts.methods.mupt import MUPT
+
+
+def official_projection(module, tokens):
+    """CLIP's ResidualAttentionBlock on x of shape (L=1, N=S, 128): attention over one key is its value."""
+    block = module.projector.block
+    width = tokens.shape[-1]
+    w_v, b_v = block.attn.in_proj_weight[2 * width :], block.attn.in_proj_bias[2 * width :]
+    normed = F.layer_norm(tokens, (width,), block.ln_1.weight, block.ln_1.bias)
+    x = tokens + F.linear(F.linear(normed, w_v, b_v), block.attn.out_proj.weight, block.attn.out_proj.bias)
+    hidden = F.linear(
+        F.layer_norm(x, (width,), block.ln_2.weight, block.ln_2.bias), block.mlp[0].weight, block.mlp[0].bias
+    )
+    return x + F.linear(hidden * torch.sigmoid(1.702 * hidden), block.mlp[2].weight, block.mlp[2].bias)
+
+
+def test_prompts_go_through_the_official_projection_then_into_both_towers(tiny_clip):
+    torch.manual_seed(0)
+    method = MUPT(tiny_clip, ["cat", "dog", "fox"], n_ctx=2, num_tokens=3, projector_width=16).eval()
+    projector = method.projector
+    with torch.no_grad():
+        coop = projector.text_in(method.prompt.ctx)  # (2, 16)
+        vpt = torch.cat([method.visual_prompt.tokens[None], method.visual_prompt.deep_tokens]).reshape(-1, 48)
+        joint = official_projection(method, torch.cat([coop, projector.vision_in(vpt)]))
+        context = projector.text_out(joint[:2])
+        visual = projector.vision_out(joint[2:]).reshape(12, 3, 48)
+        ours_context, ours_visual = method.projected_prompts()
+        torch.testing.assert_close(ours_context, context, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours_visual, visual, rtol=1e-5, atol=1e-6)
+        # text: CoOp's middle-position prompts around the projected context
+        prompts, eot = method.prompt(context)
+        expected_text = F.normalize(tiny_clip.encode_text_embeddings(prompts, eot), dim=-1)
+        torch.testing.assert_close(method.class_text_features(), expected_text, rtol=1e-5, atol=1e-6)
+        # image: the projected tokens after ln_pre, replaced before every later block
+        images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        expected_image = official_mvlpt_image_features(tiny_clip.model.visual, images, visual[0], visual[1:])
+        torch.testing.assert_close(
+            method.image_features(images), F.normalize(expected_image, dim=-1), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_no_token_sees_another_in_the_projector(tiny_clip):
+    torch.manual_seed(0)
+    method = MUPT(tiny_clip, ["cat", "dog"], n_ctx=2, num_tokens=2, projector_width=16)
+    with torch.no_grad():
+        _, before = method.projected_prompts()
+        method.prompt.ctx.add_(1.0)  # change the text context only
+        _, after = method.projected_prompts()
+    torch.testing.assert_close(before, after)  # the visual tokens are untouched: a length-1 sequence
+    trainable = {name.split(".")[0] for name, p in method.named_parameters() if p.requires_grad}
+    assert trainable == {"prompt", "visual_prompt", "projector"}
