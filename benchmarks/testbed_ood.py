@@ -11,6 +11,7 @@ few-shot seed and run once.
     python -m lightning_prompts.testbed prepare --root data/testbed && python -m lightning_prompts.testbed prepare-ood
     python benchmarks/testbed_ood.py [--methods zeroshot neglabel coop] [--seeds 1 2 3] [--workdir outputs/testbed_ood]
     python benchmarks/testbed_ood.py --methods --report zeroshot neglabel coop    # tables from earlier runs
+    python benchmarks/testbed_ood.py --methods local_prompt --report zeroshot neglabel coop local_prompt
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "testbed"
 SETS = ("mnist", "digits", "fashion_novel")
-TITLES = {"zeroshot": "Zero-shot MCM", "neglabel": "NegLabel", "coop": "CoOp + MCM"}
+TITLES = {
+    "zeroshot": "Zero-shot MCM",
+    "neglabel": "NegLabel",
+    "coop": "CoOp + MCM",
+    "local_prompt": "Local-Prompt + R-MCM",
+}
 UNTRAINED = {"zeroshot", "neglabel"}
 
 
