@@ -28,6 +28,8 @@ TASK = "task"
 IMAGE_FEATURES = "image_features"
 #: ``(B, N, 3)`` point clouds (coordinates).
 POINTS = "points"
+#: ``(B, V, N, 3)`` V voting views of each test cloud (Point-MAE/IDPT's test-time voting; ``test_votes: V``).
+POINT_VOTES = "point_votes"
 #: ``list[str]`` raw texts (methods tokenize them).
 TEXT = "text"
 #: ``list[str]`` image captions (image-text pairs).

@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_prompts.backbones.point_ops import farthest_point_sample
-from lightning_prompts.batch import LABEL, POINTS
+from lightning_prompts.batch import LABEL, POINT_VOTES, POINTS
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
 
@@ -346,6 +346,20 @@ def augment_clouds(points: Tensor, augment: Augment) -> Tensor:
     return points
 
 
+def voting_views(points: Tensor, count: int, pool: int, votes: int) -> Tensor:
+    """``(B, votes, count, 3)``: Point-MAE's ``test_vote`` views. One farthest-point pool of ``pool`` points
+    per cloud, then for each vote a random ``count`` of the pool's positions (shared by the batch) and a
+    per-cloud scale in [2/3, 3/2] and shift in [−0.2, 0.2] per axis."""
+    keep = min(pool, points.shape[1])
+    rows = torch.arange(points.shape[0], device=points.device)[:, None]
+    pooled = points if keep == points.shape[1] else points[rows, farthest_point_sample(points, keep)]
+    views = []
+    for _ in range(votes):
+        chosen = pooled[:, torch.randperm(keep, device=points.device)[: min(count, keep)]]
+        views.append(augment_clouds(chosen, "scale_translate"))
+    return torch.stack(views, dim=1)
+
+
 @register_datamodule()
 class PointCloudDataModule(LightningDataModule):
     """Point-cloud classification (see the module docstring).
@@ -364,6 +378,10 @@ class PointCloudDataModule(LightningDataModule):
         shots: training clouds per class (few-shot); ``None``: all.
         shapes_per_class, shapes_test_per_class: sizes of the procedural splits.
         test_corruption, test_severity: corruption of the procedural validation/test clouds.
+        test_votes: V > 0 adds ``"point_votes"`` ``(B, V, num_points, 3)`` to every *test* batch, Point-MAE's
+            and IDPT's voting views: a farthest-point pool of ``train_pool`` points, then per vote a random
+            ``num_points`` of them (the same positions for the whole batch) scaled and shifted per cloud;
+            :class:`~lightning_prompts.evaluation.PointVotingEvaluator` averages the logits (official: 10).
         batch_size: clouds per batch (32).
         num_workers: loader workers.
         seed: seed of the few-shot draw and of the procedural shapes.
@@ -385,6 +403,7 @@ class PointCloudDataModule(LightningDataModule):
         shapes_test_per_class: int = 20,
         test_corruption: Corruption = "none",
         test_severity: float = 0.0,
+        test_votes: int = 0,
         way: int = 5,
         shot: int = 10,
         fold: int = 0,
@@ -408,6 +427,9 @@ class PointCloudDataModule(LightningDataModule):
         self.shots, self.seed, self.batch_size, self.num_workers = shots, seed, batch_size, num_workers
         self.shapes_per_class, self.shapes_test_per_class = shapes_per_class, shapes_test_per_class
         self.test_corruption, self.test_severity = test_corruption, test_severity
+        if test_votes < 0:
+            raise ConfigurationError(f"test_votes must be >= 0, got {test_votes}.")
+        self.test_votes = test_votes
         self.way, self.shot, self.fold = way, shot, fold
         self._splits: dict[str, Dataset] | None = None
         self._classnames: list[str] | None = None
@@ -495,6 +517,8 @@ class PointCloudDataModule(LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training:
             points = augment_clouds(sample_points(points, self.num_points, self.train_pool), self.augment)
-        else:
-            points = sample_points(points, self.num_points, None)
-        return {**batch, POINTS: points}
+            return {**batch, POINTS: points}
+        extra = {}
+        if self.test_votes and trainer is not None and trainer.testing:
+            extra[POINT_VOTES] = voting_views(points, self.num_points, self.train_pool, self.test_votes)
+        return {**batch, POINTS: sample_points(points, self.num_points, None), **extra}

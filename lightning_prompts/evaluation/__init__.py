@@ -15,6 +15,7 @@ from lightning_prompts.evaluation.multilabel import MultiLabelEvaluator
 from lightning_prompts.evaluation.multitask import MultiTaskAUROCEvaluator
 from lightning_prompts.evaluation.multitask_accuracy import MultiTaskAccuracyEvaluator
 from lightning_prompts.evaluation.ood import OODEvaluator
+from lightning_prompts.evaluation.point_voting import PointVotingEvaluator
 from lightning_prompts.evaluation.test_time import TestTimePromptTuning
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "MultiTaskAUROCEvaluator",
     "MultiTaskAccuracyEvaluator",
     "OODEvaluator",
+    "PointVotingEvaluator",
     "TestTimePromptTuning",
 ]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_prompts.backbones.point_ops import farthest_point_sample
-from lightning_prompts.batch import LABEL, POINTS
+from lightning_prompts.batch import LABEL, POINT_VOTES, POINTS
 from lightning_prompts.data.point_clouds import (
     SHAPES,
     PointCloudDataModule,
@@ -179,3 +179,73 @@ def test_modelnet_fewshot_folds_are_read_by_a_restricted_unpickler(tmp_path):
     (root / "5way_2shot" / "4.pkl").write_bytes(pickle.dumps({"train": [Payload()], "test": []}))
     with pytest.raises(DatasetError, match="not allowed"):
         read_modelnet_fewshot(root, 5, 2, 4)
+
+
+def test_voting_views_follow_the_official_test_vote():
+    from lightning_prompts.data.point_clouds import voting_views
+
+    torch.manual_seed(0)
+    clouds = torch.randn(3, 80, 3)
+    pooled_positions = farthest_point_sample(clouds, 60)
+    torch.manual_seed(5)
+    views = voting_views(clouds, 50, 60, votes=4)
+    assert views.shape == (3, 4, 50, 3)
+    # re-computed with the same draws: one FPS pool, per vote a shared random subset, then per-cloud scale/shift
+    torch.manual_seed(5)
+    rows = torch.arange(3)[:, None]
+    pooled = clouds[rows, pooled_positions]
+    for vote in range(4):
+        chosen = pooled[:, torch.randperm(60)[:50]]
+        scale = torch.empty(3, 1, 3).uniform_(2 / 3, 3 / 2)
+        shift = torch.empty(3, 1, 3).uniform_(-0.2, 0.2)
+        torch.testing.assert_close(views[:, vote], chosen * scale + shift)
+    assert not torch.allclose(views[:, 0], views[:, 1])
+
+
+def test_the_voting_evaluator_averages_logits_over_the_views(trainer_kwargs):
+    from lightning.pytorch import Trainer
+
+    from lightning_prompts.backbones import PointMAE
+    from lightning_prompts.evaluation import PointVotingEvaluator
+    from lightning_prompts.methods import PointLinearProbe
+
+    torch.manual_seed(0)
+    backbone = PointMAE(num_patches=8, patch_size=8, width=16, depth=1, num_heads=2)
+    data = PointCloudDataModule(dataset="shapes", num_points=64, train_pool=80, shapes_per_class=2,
+                                shapes_test_per_class=2, batch_size=10, test_votes=3)  # fmt: skip
+    captured = []
+
+    class Capture(PointVotingEvaluator):
+        def score(self, module, batch, stage, dataloader_idx):
+            scores = super().score(module, batch, stage, dataloader_idx)
+            votes = batch[POINT_VOTES]
+            with torch.no_grad():
+                each = torch.stack([module.forward_batch({POINTS: votes[:, v]}).logits for v in range(3)])
+            captured.append(torch.allclose(scores, each.mean(dim=0), atol=1e-6))
+            return scores
+
+    method = PointLinearProbe(backbone, data.classnames, evaluator=Capture())
+    result = Trainer(**trainer_kwargs).test(method, data)[0]
+    assert captured and all(captured) and 0.0 <= result["test/acc"] <= 1.0
+    with pytest.raises(ConfigurationError, match="test_votes"):
+        plain = PointCloudDataModule(dataset="shapes", num_points=64, shapes_per_class=2, shapes_test_per_class=2)
+        Trainer(**trainer_kwargs).test(
+            PointLinearProbe(backbone, plain.classnames, evaluator=PointVotingEvaluator()), plain
+        )
+
+
+def test_the_idpt_page_voting_options_run_a_test(tmp_path, monkeypatch):
+    import re
+    import shlex
+    from pathlib import Path
+
+    from lightning_prompts.cli import run_cli
+
+    root = Path(__file__).resolve().parents[2]
+    page = (root / "docs" / "methods" / "idpt.md").read_text()
+    options = shlex.split(re.search(r"ModelNet voting: `(.*?)`", page).group(1))
+    monkeypatch.chdir(root)
+    cli = run_cli(["test", "--config", "recipes/idpt/modelnet40.yaml", "--config", "recipes/_tiny/idpt.yaml",
+                   *options, f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    assert type(cli.model.evaluator).__name__ == "PointVotingEvaluator" and cli.datamodule.test_votes == 10
+    assert "test/acc" in cli.trainer.callback_metrics
