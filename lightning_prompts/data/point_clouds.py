@@ -74,9 +74,18 @@ def normalise_cloud(points: np.ndarray) -> np.ndarray:
 def read_modelnet40(
     root: str | Path, split: str, stored_points: int = 8192
 ) -> tuple[list[np.ndarray], list[int], list[str]]:
-    """Clouds ``(stored_points, 3)``, labels and class names of a ModelNet40 ``normal_resampled`` split."""
+    """Clouds ``(stored_points, 3)``, labels and class names of a ModelNet40 ``normal_resampled`` split.
+
+    With the official cache ``modelnet40_<split>_<stored_points>pts_fps.dat`` in ``root`` (Point-BERT's
+    download; each cloud farthest-point-sampled from its 10,000 points) the clouds are those, read by the
+    restricted unpickler (numpy arrays only); without it, the first ``stored_points`` points of each ``.txt``
+    file are kept, which is not the official subset."""
     root = Path(root)
     names_file, split_file = root / "modelnet40_shape_names.txt", root / f"modelnet40_{split}.txt"
+    cache = root / f"modelnet40_{split}_{stored_points}pts_fps.dat"
+    if cache.is_file() and names_file.is_file():
+        classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        return (*read_modelnet40_fps_cache(cache, len(classes)), classes)
     for required in (names_file, split_file):
         if not required.is_file():
             raise DatasetError(
@@ -105,6 +114,25 @@ def read_modelnet40(
     if not clouds:
         raise DatasetError(f"{split_file} lists no shapes.")
     return clouds, labels, classes
+
+
+def read_modelnet40_fps_cache(path: Path, num_classes: int) -> tuple[list[np.ndarray], list[int]]:
+    """The official ``*_fps.dat`` cache: a pickle of ``[list of (N, 6) float32 clouds, list of (1,) int32
+    labels]``, read by the restricted unpickler; each cloud's xyz is centred and scaled as the official
+    loader does when it serves it."""
+    from lightning_prompts.utils.safe_pickle import load_numpy_pickle
+
+    content = load_numpy_pickle(path, "ModelNet40 FPS cache")
+    if not (isinstance(content, (list, tuple)) and len(content) == 2 and len(content[0]) == len(content[1])):
+        raise DatasetError(f"{path}: expected [clouds, labels] of equal length (Point-BERT's ModelNet40 cache).")
+    clouds, labels = [], []
+    for position, (points, label) in enumerate(zip(*content, strict=True)):
+        points, label = np.asarray(points, dtype=np.float32), int(np.asarray(label).reshape(-1)[0])
+        if points.ndim != 2 or points.shape[1] < 3 or not 0 <= label < num_classes:
+            raise DatasetError(f"{path}: entry {position} is not an (N, 3+) cloud with a label below {num_classes}.")
+        clouds.append(normalise_cloud(points[:, :3]))
+        labels.append(label)
+    return clouds, labels
 
 
 def read_scanobjectnn(root: str | Path, variant: ScanVariant, split: str) -> tuple[list[np.ndarray], list[int]]:

@@ -54,6 +54,26 @@ def test_modelnet40_is_read_normalised_with_class_names_from_the_shape_ids(tmp_p
         read_modelnet40(tmp_path, "train")
 
 
+def test_the_official_fps_cache_is_read_instead_of_the_text_files(tmp_path):
+    import pickle
+
+    root = write_modelnet(tmp_path / "modelnet40_normal_resampled")
+    rng = np.random.default_rng(0)
+    stored = [rng.normal(size=(50, 6)).astype(np.float32) * 3 + 1 for _ in range(3)]
+    labels = [np.array([c]).astype(np.int32) for c in (2, 0, 1)]
+    with open(root / "modelnet40_train_50pts_fps.dat", "wb") as handle:  # Point-BERT's format: [points, labels]
+        pickle.dump([stored, labels], handle)
+    clouds, read_labels, classes = read_modelnet40(root, "train", stored_points=50)
+    assert read_labels == [2, 0, 1] and classes == ["airplane", "night_stand", "vase"]
+    for cloud, original in zip(clouds, stored, strict=True):  # pc_normalize of the xyz columns
+        centred = original[:, :3] - original[:, :3].mean(0)
+        assert np.allclose(cloud, centred / np.sqrt((centred**2).sum(1)).max(), atol=1e-6)
+    with open(root / "modelnet40_train_50pts_fps.dat", "wb") as handle:
+        pickle.dump([stored, [np.array([7], dtype=np.int32)] * 3], handle)
+    with pytest.raises(DatasetError, match="label below 3"):
+        read_modelnet40(root, "train", stored_points=50)
+
+
 def test_scanobjectnn_variants_are_read_from_their_h5_files(tmp_path):
     h5py = pytest.importorskip("h5py")
     folder = tmp_path / "h5_files" / "main_split"
