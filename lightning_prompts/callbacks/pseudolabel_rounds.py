@@ -160,10 +160,17 @@ class PseudoLabelRounds(Callback):
                 f"PseudoLabelRounds runs {self.rounds} round(s) of {self.epochs_per_round} epochs: set "
                 f"trainer.max_epochs to {expected} (got {trainer.max_epochs})."
             )
+        # a fresh run starts from zero-shot pseudolabels (a resumed one gets its state back after setup)
+        self.labelled_round, self.indices, self.labels, self.history, self._applied_round = -1, [], [], [], -1
         datamodule = trainer.datamodule
         datamodule.pseudolabel_refresh = lambda: self.refresh(trainer, pl_module)
         # the training set changes between rounds; rebuilding the loader every epoch keeps a resumed run exact
         trainer.reload_dataloaders_every_n_epochs = 1
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if stage == "fit" and datamodule is not None and hasattr(datamodule, "pseudolabel_refresh"):
+            datamodule.pseudolabel_refresh = None  # a later run of the same data module starts clean
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
