@@ -149,6 +149,7 @@ class LocalPrompt(CLIPPromptModule):
         self.negative_prompt = ClassContextPrompt(
             self.backbone, negatives, n_ctx, class_specific=True, init_std=init_std
         )
+        self._negative_cache: tuple[Any, Tensor] | None = None
 
     # -- text and image features --------------------------------------------------------------------------
     def rebuild_class_prompts(self, classnames: Sequence[str]) -> None:
@@ -160,9 +161,16 @@ class LocalPrompt(CLIPPromptModule):
         return F.normalize(self.backbone.encode_text_embeddings(prompts, eot), dim=-1)
 
     def negative_text_features(self) -> Tensor:
-        """The negative local prompts' features ``(M, D)``, L2-normalised."""
+        """The negative local prompts' features ``(M, D)``, L2-normalised (computed once per parameter
+        version in evaluation, like the class prompts: 300 prompts need not pass the text encoder per batch)."""
+        key = (self.negative_prompt.ctx._version, self.device)
+        cacheable = not (self.training or torch.is_grad_enabled())
+        if cacheable and self._negative_cache is not None and self._negative_cache[0] == key:
+            return self._negative_cache[1]
         prompts, eot = self.negative_prompt()
-        return F.normalize(self.backbone.encode_text_embeddings(prompts, eot), dim=-1)
+        features = F.normalize(self.backbone.encode_text_embeddings(prompts, eot), dim=-1)
+        self._negative_cache = (key, features) if cacheable else None
+        return features
 
     @torch.no_grad()
     def encode_views(self, images: Tensor) -> tuple[Tensor, Tensor]:

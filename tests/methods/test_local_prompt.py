@@ -216,3 +216,22 @@ def test_ood_test_scores_every_image_with_r_mcm(tiny_clip, trainer_kwargs):
     with torch.no_grad():
         expected = method.regional_id_scores(method(images))
     torch.testing.assert_close(scores["noise"], expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_negative_prompt_features_are_computed_once_per_parameter_version_in_evaluation(tiny_clip, monkeypatch):
+    method = local_prompt(tiny_clip).eval()
+    calls = []
+    encode = type(tiny_clip).encode_text_embeddings
+    monkeypatch.setattr(
+        type(tiny_clip), "encode_text_embeddings", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k)
+    )
+    with torch.no_grad():
+        first = method.negative_text_features()
+        again = method.negative_text_features()
+        assert len(calls) == 1 and again is first
+        method.negative_prompt.ctx.add_(0.5)  # an optimizer step bumps the version: recomputed
+        changed = method.negative_text_features()
+    assert len(calls) == 2 and not torch.allclose(changed, first)
+    method.train()
+    method.negative_text_features()  # training never uses the cache
+    assert len(calls) == 3
