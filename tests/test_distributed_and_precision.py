@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 from helpers import synthetic_fewshot
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 from lightning_prompts.methods import VPT, CoOp
 
@@ -126,3 +126,54 @@ def test_ddp_ood_metrics_are_computed_on_the_scores_of_both_ranks(tiny_clip, tmp
     assert set(single) == set(ddp) and "test/auroc_noise" in single
     for key in single:
         assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
+
+
+def local_prompt_run(clip, strategy: str, devices: int, batch_size: int, root) -> tuple[torch.Tensor, torch.Tensor]:
+    from lightning_prompts.methods import LocalPrompt
+
+    # three identical views per image (resize only), no shuffling: both runs see the same 8 images per step
+    data = synthetic_fewshot(shots=2, num_classes=4, augmentation="vtab", shuffle=False, batch_size=batch_size, views=3)
+    torch.manual_seed(0)
+    method = LocalPrompt(clip, data.classnames, n_ctx=2, num_negative_prompts=3, top_k=2, num_positive_views=2,
+                         optimizer=functools.partial(torch.optim.SGD, lr=0.5))  # fmt: skip
+    fit_copies_back(method, data, strategy, devices, root, max_epochs=2)
+    return method.prompt.ctx.detach().clone(), method.negative_prompt.ctx.detach().clone()
+
+
+def test_ddp_local_prompt_steps_match_one_process_on_the_same_global_batch(tiny_clip, tmp_path):
+    """Manual optimisation, two steps per batch: each rank's mean losses over half the batch, averaged by DDP,
+    are the one-process means over the whole batch."""
+    single = local_prompt_run(tiny_clip, "auto", 1, batch_size=8, root=tmp_path / "single")
+    ddp = local_prompt_run(tiny_clip, "ddp_fork", 2, batch_size=4, root=tmp_path / "ddp")
+    torch.manual_seed(0)
+    for one, two in zip(single, ddp, strict=True):
+        assert torch.allclose(one, two, atol=1e-5), (one - two).abs().max()
+
+
+class SamePseudolabelsOnEveryRank(Callback):
+    """Fails the rank whose pseudolabels differ from the other rank's (the pass runs on every rank)."""
+
+    def on_train_epoch_start(self, trainer, module):
+        from lightning_prompts.callbacks import PseudoLabelRounds
+
+        rounds = next(c for c in trainer.callbacks if isinstance(c, PseudoLabelRounds))
+        mine = torch.tensor(rounds.indices + rounds.labels, dtype=torch.float64)
+        gathered = module.all_gather(mine)
+        assert gathered.dim() == 2 and len(rounds.labels) > 0 and torch.equal(gathered[0], gathered[1])
+
+
+def test_ddp_pseudolabel_rounds_agree_across_ranks(tiny_clip, tmp_path):
+    from lightning_prompts.callbacks import PseudoLabelRounds
+    from lightning_prompts.data import ImageFolderDataModule, Synthetic
+
+    synthetic = Synthetic(num_classes=4, images_per_class=10)
+    data = ImageFolderDataModule(shots=-1, batch_size=4, num_workers=0, image_size=32, augmentation="vtab",
+                                 synthetic=synthetic, pseudolabels={"setting": "ssl"})  # fmt: skip
+    torch.manual_seed(0)
+    method = CoOp(tiny_clip, data.classnames, n_ctx=4, optimizer=functools.partial(torch.optim.SGD, lr=0.5))
+    before = method.prompt.ctx.detach().clone()
+    rounds = PseudoLabelRounds(strategy="grip", rounds=2, epochs_per_round=1, holdout_from_k=3)
+    fit_copies_back(
+        method, data, "ddp_fork", 2, tmp_path, max_epochs=2, callbacks=[rounds, SamePseudolabelsOnEveryRank()]
+    )
+    assert not torch.allclose(method.prompt.ctx, before)  # both rounds trained (a failed check fails the fit)
