@@ -374,3 +374,21 @@ def test_the_page_fpl_command_switches_the_strategy(tmp_path, monkeypatch):
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, PseudoLabelRounds))
     assert (callback.strategy, callback.rounds, cli.trainer.max_epochs) == ("fpl", 1, 1)  # fast_dev_run: 1
     assert callback.history and callback.history[0]["count"] > 0
+
+
+def test_grip_trains_visual_prompts_too(tiny_clip, trainer_kwargs):
+    """The callback is not tied to text prompts: GRIP's visual variant (MVPT's shallow tokens before ln_pre)."""
+    from lightning_prompts.methods import MVPT
+
+    seed_everything(0)
+    data = pseudolabel_data()
+    sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5}}
+    method = MVPT(tiny_clip, data.classnames, num_tokens=4, deep=False, after_ln_pre=False, init="normal",
+                  frozen_template="a photo of a {}", optimizer=sgd)  # fmt: skip
+    before = method.prompt.tokens.detach().clone()
+    record = RecordRounds()
+    rounds = PseudoLabelRounds(strategy="grip", rounds=2, epochs_per_round=1, holdout_from_k=3)
+    Trainer(max_epochs=2, callbacks=[rounds, record], limit_val_batches=0, **trainer_kwargs).fit(method, data)
+    assert len(rounds.history) == 2 and not torch.equal(method.prompt.tokens, before)
+    k2 = pseudolabels_per_class("grip", 1, len(data.unlabelled_dataset()), 4, rounds=2)
+    assert (rounds.indices, rounds.labels) == official_holdout(*leaderboard_top_k(record.probabilities[0], k2))

@@ -41,3 +41,34 @@ def test_text_side_is_clip_on_the_frozen_template_and_only_prompts_train(tiny_cl
     loss = F.cross_entropy(method(images).logits, torch.tensor([0, 1]))
     loss.backward()
     assert method.prompt.deep_tokens.grad is not None and method.prompt.deep_tokens.grad.abs().sum() > 0
+
+
+def official_grip_visual_features(visual, images, prefix):
+    """GRIP's CustomVisionTransformer.forward (BatsResearch/menghini-enhanceCLIPwithCLIP-code) re-computed: the
+    prefix after the class token *before* ln_pre, no deep prompts."""
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = torch.cat([x[:, :1], prefix.expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
+    x = visual.ln_pre(x)
+    for block in visual.transformer.resblocks:
+        x = block(x) if visual.transformer.batch_first else block(x.permute(1, 0, 2)).permute(1, 0, 2)
+    return visual.ln_post(x[:, 0, :]) @ visual.proj
+
+
+def test_grip_visual_prompts_enter_before_ln_pre_and_start_from_a_scaled_normal(tiny_clip):
+    torch.manual_seed(0)
+    method = MVPT(tiny_clip, ["cat", "dog"], num_tokens=4, deep=False, after_ln_pre=False, init="normal").eval()
+    assert method.prompt.deep_tokens is None
+    std = float(method.prompt.tokens.detach().std())
+    assert 0.5 * 48**-0.5 < std < 1.6 * 48**-0.5  # W^-1/2 · N(0, 1)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = method.image_features(images)
+        expected = official_grip_visual_features(tiny_clip.model.visual, images, method.prompt.tokens)
+        after = MVPT(tiny_clip, ["cat", "dog"], num_tokens=4, deep=False, init="normal")
+        after.prompt.load_state_dict(method.prompt.state_dict())
+        moved = after.image_features(images)
+    torch.testing.assert_close(ours, F.normalize(expected, dim=-1), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, moved, atol=1e-4)  # before or after ln_pre is not the same model
