@@ -341,18 +341,23 @@ def few_shot_indices(labels: list[int], shots: int, seed: int) -> list[int]:
     return sorted(chosen)
 
 
+def pool_points(points: Tensor, pool: int) -> Tensor:
+    """The farthest-point pool of ``pool`` points of each cloud, in the order FPS picks them (greedy, from point
+    0, so its first ``k`` points are FPS's ``k``); the cloud itself when it has no more than ``pool`` points."""
+    if pool >= points.shape[1]:
+        return points
+    rows = torch.arange(points.shape[0], device=points.device)[:, None]
+    return points[rows, farthest_point_sample(points, pool)]
+
+
 def sample_points(points: Tensor, count: int, pool: int | None) -> Tensor:
     """Farthest point sampling to ``pool`` points (``count`` if ``None``), then a random ``count`` of them.
 
     Sampling *all* of a cloud's points only reorders them (FPS starts at point 0, which stays first), and
     the patch grouping that follows does not depend on the order, so that case skips the FPS loop (on a
     CPU it is most of a batch's cost: ScanObjectNN's 2,048 of 2,048 points)."""
-    keep = min(pool or count, points.shape[1])
-    if keep == points.shape[1]:
-        pooled = points
-    else:
-        rows = torch.arange(points.shape[0], device=points.device)[:, None]
-        pooled = points[rows, farthest_point_sample(points, keep)]
+    pooled = pool_points(points, pool or count)
+    keep = pooled.shape[1]
     if keep == count:
         return pooled if pool is None else pooled[:, torch.randperm(keep, device=points.device)]
     return pooled[:, torch.randperm(keep, device=points.device)[:count]]
@@ -378,12 +383,15 @@ def voting_views(points: Tensor, count: int, pool: int, votes: int) -> Tensor:
     """``(B, votes, count, 3)``: Point-MAE's ``test_vote`` views. One farthest-point pool of ``pool`` points
     per cloud, then for each vote a random ``count`` of the pool's positions (shared by the batch) and a
     per-cloud scale in [2/3, 3/2] and shift in [−0.2, 0.2] per axis."""
-    keep = min(pool, points.shape[1])
-    rows = torch.arange(points.shape[0], device=points.device)[:, None]
-    pooled = points if keep == points.shape[1] else points[rows, farthest_point_sample(points, keep)]
+    return views_from_pool(pool_points(points, pool), count, votes)
+
+
+def views_from_pool(pooled: Tensor, count: int, votes: int) -> Tensor:
+    """:func:`voting_views` from an FPS pool already taken."""
+    keep = pooled.shape[1]
     views = []
     for _ in range(votes):
-        chosen = pooled[:, torch.randperm(keep, device=points.device)[: min(count, keep)]]
+        chosen = pooled[:, torch.randperm(keep, device=pooled.device)[: min(count, keep)]]
         views.append(augment_clouds(chosen, "scale_translate"))
     return torch.stack(views, dim=1)
 
@@ -546,7 +554,11 @@ class PointCloudDataModule(LightningDataModule):
         if trainer is not None and trainer.training:
             points = augment_clouds(sample_points(points, self.num_points, self.train_pool), self.augment)
             return {**batch, POINTS: points}
-        extra = {}
         if self.test_votes and trainer is not None and trainer.testing:
-            extra[POINT_VOTES] = voting_views(points, self.num_points, self.train_pool, self.test_votes)
-        return {**batch, POINTS: sample_points(points, self.num_points, None), **extra}
+            pooled = pool_points(points, self.train_pool)
+            votes = {POINT_VOTES: views_from_pool(pooled, self.num_points, self.test_votes)}
+            if pooled.shape[1] < points.shape[1] and self.num_points <= pooled.shape[1]:
+                # FPS picks greedily, so the pool's first num_points are the evaluation sample: no second FPS
+                return {**batch, POINTS: pooled[:, : self.num_points], **votes}
+            return {**batch, POINTS: sample_points(points, self.num_points, None), **votes}
+        return {**batch, POINTS: sample_points(points, self.num_points, None)}

@@ -86,9 +86,7 @@ class PseudoLabelPartition:
 def seen_class_split(num_classes: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """The official seen/unseen class draw: seen = ``choice(C, int(fraction C), replace=False)`` after
     ``numpy.random.seed(seed)`` (in draw order); unseen = the rest, ascending."""
-    seen = np.random.RandomState(seed).choice(range(num_classes), size=int(num_classes * fraction), replace=False)
-    seen_list = [int(index) for index in seen]
-    return seen_list, sorted(set(range(num_classes)) - set(seen_list))
+    return official_subset(num_classes, fraction, seed)
 
 
 def official_subset(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

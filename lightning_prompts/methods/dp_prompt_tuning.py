@@ -149,19 +149,11 @@ class DPPromptTuning(PromptTuning):
             param.grad = grad
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and self._scheduler_interval == "step":
-            scheduler.step()
         self._accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self._sample_rate)
         loss = torch.stack(losses).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=ids.shape[0])
         self.log("train/epsilon", self.epsilon, prog_bar=True, batch_size=ids.shape[0])
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and self._scheduler_interval == "epoch":
-            scheduler.step()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -33,6 +33,7 @@ first term instead, which is the same number up to rounding).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -194,7 +195,7 @@ class LocalPrompt(CLIPPromptModule):
         negative_logits = scale * local @ self.negative_text_features().t().to(local.dtype)
         k = min(self.test_top_k, local.shape[1])
         regional = (local_logits / scale / self.temperature).topk(k, dim=1).values  # (B, k, C)
-        logits = global_logits / scale + torch.logsumexp(regional, dim=1) - torch.log(torch.tensor(float(k)))
+        logits = global_logits / scale + torch.logsumexp(regional, dim=1) - math.log(k)
         extras = {
             "global_logits": global_logits,
             "local_logits": local_logits,
@@ -281,16 +282,6 @@ class LocalPrompt(CLIPPromptModule):
                 f"views; the batch has {len(views)} (set the data module's views: 16, as the paper does)."
             )
         return views
-
-    def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()  # manual optimisation: the epoch-wise schedule is stepped here
-        if scheduler is not None and self._scheduler_interval == "epoch":
-            scheduler.step()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and self._scheduler_interval == "step":
-            scheduler.step()
 
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         super().check_ready(stage, callbacks, datamodule)

@@ -21,17 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.molecule_gin import NUM_ATOM_TYPES, MoleculeGIN, MoleculeGINEncoder
+from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
-from lightning_prompts.utils.factories import as_factory, describe_factory
-from lightning_prompts.utils.tensor_files import save_atomically
 
 #: The atom types the official linear layer predicts (the mask token's index, 119, excluded).
 PREDICTED_ATOM_TYPES = NUM_ATOM_TYPES - 1
@@ -55,7 +53,7 @@ def sample_masked_atoms(batch: Tensor, counts: Tensor, rate: float) -> Tensor:
     recipes="gpf",
     overlay="graph_moleculenet",
 )
-class AttributeMasking(LightningModule):
+class AttributeMasking(EncoderPretraining):
     """Pre-train a molecule GIN by masked-atom prediction (see the module docstring).
 
     Args:
@@ -65,8 +63,6 @@ class AttributeMasking(LightningModule):
         encoder_path: where to write the encoder at the end of ``fit`` (``None``: don't).
         optimizer: optimizer factory (default Adam, lr 1e-3, no weight decay).
     """
-
-    checkpoint_monitor = ("val/loss", "min")
 
     def __init__(
         self,
@@ -83,12 +79,11 @@ class AttributeMasking(LightningModule):
             raise ValueError(f"mask_rate must be in [0, 1), got {mask_rate}.")
         self.save_hyperparameters(ignore=["optimizer", "backbone"])
         self.hparams["backbone"] = frozen.config()
-        self.hparams["optimizer"] = describe_factory(optimizer)
         self.encoder = MoleculeGINEncoder(frozen.num_layers, frozen.emb_dim)
         self.encoder.load_state_dict(frozen.encoder.state_dict())
         self.atom_predictor = nn.Linear(frozen.emb_dim, PREDICTED_ATOM_TYPES)
         self.mask_rate, self.encoder_path = mask_rate, encoder_path
-        self._optimizer_factory = as_factory(optimizer) or functools.partial(torch.optim.Adam, lr=1e-3)
+        self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=1e-3))
 
     def masked_atom_loss(self, data: Any, masked: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(cross-entropy, accuracy)`` of the atom types of the ``masked`` atoms (default: a fresh draw)."""
@@ -114,13 +109,6 @@ class AttributeMasking(LightningModule):
         self.log("val/loss", loss, batch_size=int(batch.num_graphs), sync_dist=True)
         self.log("val/atom_acc", accuracy, batch_size=int(batch.num_graphs), sync_dist=True)
 
-    def configure_optimizers(self) -> Optimizer:
-        return self._optimizer_factory(self.parameters())
-
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder as the official script does (a plain state dict)."""
-        return save_atomically({k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}, path)
-
-    def on_fit_end(self) -> None:
-        if self.encoder_path and self.trainer.is_global_zero:
-            self.export_encoder(self.encoder_path)
+        return self.save_plain_encoder(path)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.nn import functional as F
 from torch.optim import Optimizer
@@ -31,10 +30,9 @@ from torch.optim import Optimizer
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.gnn import GNN, GraphBackbone, build_gnn, save_gnn
 from lightning_prompts.backbones.molecule_gin import MoleculeGIN, MoleculeGINEncoder
+from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
-from lightning_prompts.utils.factories import as_factory, describe_factory
-from lightning_prompts.utils.tensor_files import save_atomically
 
 
 def positive_pairs(edge_index: Tensor) -> Tensor:
@@ -89,7 +87,7 @@ def edge_prediction_loss(nodes: Tensor, positives: Tensor, negatives: Tensor) ->
     recipes="gpf",
     overlay="graph_moleculenet",
 )
-class EdgePrediction(LightningModule):
+class EdgePrediction(EncoderPretraining):
     """Pre-train a GNN or molecule GIN by edge prediction (see the module docstring).
 
     Args:
@@ -98,8 +96,6 @@ class EdgePrediction(LightningModule):
         encoder_path: where to write the encoder at the end of ``fit`` (``None``: don't).
         optimizer: optimizer factory (default Adam, lr 1e-3, no weight decay).
     """
-
-    checkpoint_monitor = ("val/loss", "min")
 
     def __init__(
         self,
@@ -111,7 +107,6 @@ class EdgePrediction(LightningModule):
         frozen = build_backbone(backbone)
         self.save_hyperparameters(ignore=["optimizer", "backbone"])
         self.hparams["backbone"] = frozen.config()
-        self.hparams["optimizer"] = describe_factory(optimizer)
         if isinstance(frozen, GNN):
             self.config: dict[str, Any] | None = dict(frozen.arch_config)
             self.encoder = build_gnn(**self.config, dropout=0.0)
@@ -122,7 +117,7 @@ class EdgePrediction(LightningModule):
             raise TypeError(f"edge prediction pre-trains a GNN or MoleculeGIN, got {type(frozen).__name__}.")
         self.encoder.load_state_dict(frozen.encoder.state_dict())
         self.encoder_path = encoder_path
-        self._optimizer_factory = as_factory(optimizer) or functools.partial(torch.optim.Adam, lr=1e-3)
+        self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=1e-3))
 
     def encode(self, data: Any) -> Tensor:
         if self.config is None:
@@ -148,15 +143,8 @@ class EdgePrediction(LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.log("val/loss", self.loss(batch), batch_size=int(getattr(batch, "num_graphs", 1)), sync_dist=True)
 
-    def configure_optimizers(self) -> Optimizer:
-        return self._optimizer_factory(self.parameters())
-
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder for ``GNN(checkpoint_path=...)`` or ``MoleculeGIN(checkpoint_path=...)``."""
         if self.config is not None:
             return save_gnn(self.encoder, path, self.config)
-        return save_atomically({k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}, path)
-
-    def on_fit_end(self) -> None:
-        if self.encoder_path and self.trainer.is_global_zero:
-            self.export_encoder(self.encoder_path)
+        return self.save_plain_encoder(path)

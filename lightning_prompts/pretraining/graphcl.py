@@ -25,14 +25,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.gnn import GNN, Pooling, build_gnn, save_gnn
+from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.registry import register_pretraining
-from lightning_prompts.utils.factories import as_factory, describe_factory
 
 Augmentation = Literal["drop_nodes", "permute_edges", "mask_nodes"]
 
@@ -96,7 +95,7 @@ AUGMENTATIONS: dict[str, Callable[..., Any]] = {
     code="Shen-Lab/GraphCL",
     docs="methods/gpf.md",
 )
-class GraphCL(LightningModule):
+class GraphCL(EncoderPretraining):
     """Pre-train a GIN/GCN/GAT encoder with GraphCL; write it for :class:`GNN` backbones.
 
     Args:
@@ -112,8 +111,6 @@ class GraphCL(LightningModule):
     """
 
     #: What the command's default checkpoint keeps as "best" (there is no accuracy to pre-training).
-    checkpoint_monitor = ("val/loss", "min")
-
     def __init__(
         self,
         backbone: GNN,
@@ -130,7 +127,6 @@ class GraphCL(LightningModule):
             raise TypeError(f"GraphCL pre-trains a GNN backbone, got {type(gnn).__name__}.")
         self.save_hyperparameters(ignore=["optimizer", "backbone"])
         self.hparams["backbone"] = gnn.config()
-        self.hparams["optimizer"] = describe_factory(optimizer)
         if len(augmentations) != 2 or any(name not in AUGMENTATIONS for name in augmentations):
             raise ValueError(f"augmentations must be two of {sorted(AUGMENTATIONS)}, got {list(augmentations)}.")
         self.config = dict(gnn.arch_config)
@@ -144,9 +140,7 @@ class GraphCL(LightningModule):
         )
         self.augmentations, self.aug_ratio, self.temperature = list(augmentations), aug_ratio, temperature
         self.pooling, self.encoder_path = pooling, encoder_path
-        self._optimizer_factory = as_factory(optimizer) or functools.partial(
-            torch.optim.Adam, lr=0.01, weight_decay=1e-4
-        )
+        self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4))
 
     def embed(self, data: Any) -> Tensor:
         """Projected graph embeddings of a batch."""
@@ -164,13 +158,6 @@ class GraphCL(LightningModule):
         loss = nt_xent(self.embed(first), self.embed(second), self.temperature)
         self.log("val/loss", loss, batch_size=int(batch.num_graphs), sync_dist=True)
 
-    def configure_optimizers(self) -> Optimizer:
-        return self._optimizer_factory(self.parameters())
-
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder for ``GNN(checkpoint_path=path)`` with the same architecture."""
         return save_gnn(self.encoder, path, self.config)
-
-    def on_fit_end(self) -> None:
-        if self.encoder_path and self.trainer.is_global_zero:
-            self.export_encoder(self.encoder_path)

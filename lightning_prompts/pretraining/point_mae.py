@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -29,6 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.point_mae import PointBlock, PointMAE, PointTransformerEncoder, point_mae_checkpoint
 from lightning_prompts.batch import POINTS
+from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.factories import as_factory, describe_factory
 from lightning_prompts.utils.tensor_files import save_atomically
@@ -57,7 +57,7 @@ def random_patch_mask(batch: int, patches: int, ratio: float, device: torch.devi
     docs="methods/idpt.md",
     overlay="point_mae",
 )
-class PointMAEPretraining(LightningModule):
+class PointMAEPretraining(EncoderPretraining):
     """Pre-train a Point-MAE encoder by masked patch reconstruction (see the module docstring).
 
     Args:
@@ -72,8 +72,6 @@ class PointMAEPretraining(LightningModule):
         lr_scheduler: scheduler factory, stepped per epoch (e.g. ``WarmupCosineLR`` with
             ``cosine_span="from_start"``, Point-MAE's schedule); ``None``: a constant learning rate.
     """
-
-    checkpoint_monitor = ("val/loss", "min")
 
     def __init__(
         self,
@@ -93,7 +91,6 @@ class PointMAEPretraining(LightningModule):
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}.")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "backbone"])
         self.hparams["backbone"] = frozen.config()
-        self.hparams["optimizer"] = describe_factory(optimizer)
         self.hparams["lr_scheduler"] = describe_factory(lr_scheduler)
         self._scheduler_factory = as_factory(lr_scheduler)
         width, heads = frozen.width, decoder_heads or frozen.num_heads
@@ -107,9 +104,7 @@ class PointMAEPretraining(LightningModule):
         self.decoder_norm = nn.LayerNorm(width)
         self.increase_dim = nn.Conv1d(width, 3 * frozen.patch_size, 1)
         self.mask_ratio, self.encoder_path = mask_ratio, encoder_path
-        self._optimizer_factory = as_factory(optimizer) or functools.partial(
-            torch.optim.AdamW, lr=1e-3, weight_decay=0.05
-        )
+        self.use_optimizer(optimizer, functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05))
 
     def reconstruction_loss(self, points: Tensor, mask: Tensor | None = None) -> Tensor:
         """The Chamfer-L2 reconstruction loss of the hidden patches of ``points`` ``(B, N, 3)`` (``mask``
@@ -155,7 +150,3 @@ class PointMAEPretraining(LightningModule):
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder in Point-MAE's checkpoint layout (for ``PointMAE(checkpoint_path=path)``)."""
         return save_atomically(point_mae_checkpoint(self.encoder), path)
-
-    def on_fit_end(self) -> None:
-        if self.encoder_path and self.trainer.is_global_zero:
-            self.export_encoder(self.encoder_path)

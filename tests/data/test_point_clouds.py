@@ -269,3 +269,12 @@ def test_the_idpt_page_voting_options_run_a_test(tmp_path, monkeypatch):
                    *options, f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     assert type(cli.model.evaluator).__name__ == "PointVotingEvaluator" and cli.datamodule.test_votes == 10
     assert "test/acc" in cli.trainer.callback_metrics
+
+
+def test_the_fps_pool_prefix_is_the_evaluation_sample():
+    """Voting reuses its FPS pool for the evaluated clouds: FPS is greedy, so the pool's first points are FPS's."""
+    from lightning_prompts.data.point_clouds import pool_points
+
+    clouds = torch.randn(2, 300, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pool_points(clouds, 120)[:, :64], sample_points(clouds, 64, None))
+    assert pool_points(clouds, 300) is clouds

@@ -235,3 +235,13 @@ def test_negative_prompt_features_are_computed_once_per_parameter_version_in_eva
     method.train()
     method.negative_text_features()  # training never uses the cache
     assert len(calls) == 3
+
+
+def test_manual_optimisation_still_steps_the_epoch_schedule(tiny_clip, trainer_kwargs):
+    data = synthetic_fewshot(shots=2, num_classes=3, views=3, batch_size=6)
+    halving = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    method = LocalPrompt(tiny_clip, data.classnames, n_ctx=2, num_negative_prompts=3, top_k=2, num_positive_views=2,
+                         optimizer=functools.partial(torch.optim.SGD, lr=0.4), lr_scheduler=halving)  # fmt: skip
+    trainer = Trainer(max_epochs=2, limit_val_batches=0, **trainer_kwargs)
+    trainer.fit(method, data)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1)  # halved after each of 2 epochs

@@ -62,6 +62,21 @@ class OptimizationMixin:
                 return span
         return trainer.max_epochs
 
+    # -- manual optimisation (several steps per batch, private gradients): Lightning steps no scheduler then,
+    # so the base does, at the configured interval, after the training step
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.automatic_optimization:
+            self._step_scheduler("step")
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:
+            self._step_scheduler("epoch")
+
+    def _step_scheduler(self, interval: str) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and self._scheduler_interval == interval:
+            scheduler.step()
+
     def _check_param_groups(self, groups: list[dict[str, Any]]) -> None:
         seen: dict[int, str] = {}
         for group in groups:

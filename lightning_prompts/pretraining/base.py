@@ -1,0 +1,46 @@
+"""What the encoder pre-training modules share (GraphCL, attribute masking, edge prediction, Point-MAE).
+
+Each trains a copy of a backbone's encoder under its own objective; this base holds the rest: the optimizer
+from a factory (a YAML ``class_path``/``init_args`` or a callable, described in the hyperparameters), the
+``val/loss`` checkpoint monitor, and writing the encoder to ``encoder_path`` when ``fit`` ends (rank zero) in
+the format the matching backbone loads (:meth:`EncoderPretraining.export_encoder`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule
+from torch.optim import Optimizer
+
+from lightning_prompts.utils.factories import as_factory, describe_factory
+from lightning_prompts.utils.tensor_files import save_atomically
+
+
+class EncoderPretraining(LightningModule):
+    """Base of the encoder pre-training modules (see the module docstring)."""
+
+    checkpoint_monitor = ("val/loss", "min")
+    encoder_path: str | None = None
+
+    def use_optimizer(self, optimizer: Any, default: Callable[[Any], Optimizer]) -> None:
+        """Train with ``optimizer`` (``None``: ``default``, the official one) and record it in the hyperparameters."""
+        self.hparams["optimizer"] = describe_factory(optimizer)
+        self._optimizer_factory = as_factory(optimizer) or default
+
+    def configure_optimizers(self) -> Any:
+        return self._optimizer_factory(self.parameters())
+
+    def export_encoder(self, path: str | Path) -> Path:
+        """Write the trained encoder where its backbone's ``checkpoint_path`` can read it."""
+        raise NotImplementedError
+
+    def save_plain_encoder(self, path: str | Path) -> Path:
+        """The encoder as a plain state dict, the format of the official Pretrain-GNNs scripts."""
+        return save_atomically({k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}, path)
+
+    def on_fit_end(self) -> None:
+        if self.encoder_path and self.trainer.is_global_zero:
+            self.export_encoder(self.encoder_path)
