@@ -52,6 +52,20 @@ def lae():
     return LAE(TimmViT("tiny"), data.classnames, num_tasks=2, pet="adapter", pet_blocks=[0], freeze_epochs=1), data
 
 
+def relief():
+    from torch_geometric.datasets import FakeDataset
+
+    from lightning_prompts.backbones import GNN
+    from lightning_prompts.data import GraphDataModule
+    from lightning_prompts.methods.relief import RELIEF
+
+    seed_everything(0, verbose=False)  # FakeDataset draws from the global generators
+    graphs = FakeDataset(num_graphs=24, avg_num_nodes=6, num_channels=5, num_classes=2, task="graph")
+    data = GraphDataModule(graphs, task="graph", shots=4, val_shots=2, batch_size=4)  # two pools per epoch
+    settings = {"ensemble_size": 2, "ppo_minibatch_size": 8, "ppo_epochs": 2, "max_nodes": data.max_nodes}
+    return RELIEF(GNN("gin", in_channels=5, hidden_channels=8, num_layers=2), data.classnames, **settings), data
+
+
 def train(build, folder, epochs, kill=None, resume=False, **trainer):
     seed_everything(7, workers=True)  # as the command line does at every start
     model, data = build()
@@ -77,6 +91,7 @@ CASES = {
     "vpt": (vpt, 3, 1, {}),
     "prompt-tuning": (prompt_tuning, 3, 1, {}),
     "prompt-tuning-length-grouped": (lambda: prompt_tuning(group_by_length=True), 3, 1, {}),
+    "relief": (relief, 3, 1, {}),
     "lae-mid-task": (lae, 4, 3, {"reload_dataloaders_every_n_epochs": 1, "num_sanity_val_steps": 0}),
 }
 

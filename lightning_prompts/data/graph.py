@@ -157,6 +157,16 @@ class GraphDataModule(LightningDataModule):
         return int(self.dataset[0].x.shape[-1])
 
     @property
+    def max_nodes(self) -> int:
+        """Nodes of the largest graph a method sees (ego-graphs once built; RELIEF sizes its critic by it)."""
+        if self.task == "graph":
+            return max(int(graph.num_nodes) for graph in self.dataset)
+        if self.ego_hops is None:
+            return int(self.dataset[0].num_nodes)
+        self.setup("fit")
+        return max(int(graph.num_nodes) for split in self._splits.values() for graph in split)
+
+    @property
     def num_classes(self) -> int:
         labels = self._labels()
         return int(labels.max()) + 1

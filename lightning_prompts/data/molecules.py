@@ -257,8 +257,12 @@ class MoleculeNetDataModule(LightningDataModule):
         smiles_column, tasks: the SMILES column and the 0/1 task columns (``None``: all other columns;
             ``[]``: none, for pre-training on unlabelled molecules).
         split: ``"scaffold"`` (the papers' protocol, deterministic) or ``"random"`` (seeded).
-        train_graphs: few-shot training size of GPF's protocol (50 in its few-shot tables); scaffold only.
-        seed: seed of the random split.
+        train_graphs: few-shot training size (50 in GPF's and RELIEF's few-shot tables); scaffold only.
+        few_shot_draw: which ``train_graphs`` molecules train: ``"first_sets"`` (GPF: the first scaffold sets
+            that fit, the rest of the training share dropped) or ``"shuffled"`` (RELIEF's
+            ``scaffold_split_fewshot``: the whole scaffold training share shuffled by ``random.seed(seed)``,
+            then its first ``train_graphs``). Validation and test are the scaffold split's either way.
+        seed: seed of the random split and of the ``"shuffled"`` few-shot draw (RELIEF's ``--seed``).
         batch_size: graphs per batch (32 in GPF's scripts).
         num_workers: loader workers.
     """
@@ -271,6 +275,7 @@ class MoleculeNetDataModule(LightningDataModule):
         tasks: list[str] | None = None,
         split: Split = "scaffold",
         train_graphs: int | None = None,
+        few_shot_draw: Literal["first_sets", "shuffled"] = "first_sets",
         seed: int = 0,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -285,7 +290,10 @@ class MoleculeNetDataModule(LightningDataModule):
             raise ConfigurationError(f"split must be 'scaffold' or 'random', got {split!r}.")
         if train_graphs is not None and (split != "scaffold" or train_graphs < 1):
             raise ConfigurationError("train_graphs (GPF's few-shot protocol) needs split='scaffold' and a count >= 1.")
+        if few_shot_draw not in ("first_sets", "shuffled"):
+            raise ConfigurationError(f"few_shot_draw must be 'first_sets' or 'shuffled', got {few_shot_draw!r}.")
         self.path, self.split, self.train_graphs, self.seed = Path(path), split, train_graphs, seed
+        self.few_shot_draw = few_shot_draw
         self.batch_size, self.num_workers = batch_size, num_workers
         self.graphs, self.smiles, self.tasks, self.skipped = read_moleculenet_csv(self.path, smiles_column, tasks)
         self._splits: dict[str, list[Any]] | None = None
@@ -303,6 +311,11 @@ class MoleculeNetDataModule(LightningDataModule):
         """The task names: one sigmoid output each."""
         return list(self.tasks)
 
+    @property
+    def max_nodes(self) -> int:
+        """Atoms of the largest molecule (RELIEF sizes its critic by it)."""
+        return max(graph.num_nodes for graph in self.graphs)
+
     def default_evaluator(self) -> Any:
         from lightning_prompts.evaluation.multitask import MultiTaskAUROCEvaluator
 
@@ -310,7 +323,11 @@ class MoleculeNetDataModule(LightningDataModule):
 
     # -- splits ---------------------------------------------------------------------------------------
     def split_indices(self) -> dict[str, list[int]]:
-        if self.split == "scaffold":
+        if self.split == "scaffold" and self.few_shot_draw == "shuffled" and self.train_graphs is not None:
+            train, val, test = scaffold_split(self.smiles)
+            random.Random(self.seed).shuffle(train)  # RELIEF: random.seed(seed); random.shuffle(train_idx)
+            train = train[: self.train_graphs]
+        elif self.split == "scaffold":
             train, val, test = scaffold_split(self.smiles, train_graphs=self.train_graphs)
         else:
             train, val, test = random_split(len(self.smiles), self.seed)

@@ -3,7 +3,8 @@ one critic, clipped surrogates and the ensemble's KL penalties (official ``agent
 
 * :class:`DiscreteNodeActor`: per-node scores ``d → d/2 → d/4 → 1`` with tanh, orthogonal initialisation
   (gain √2, the last layer 0.01), a softmax over the graph's real nodes (padding masked to −inf);
-* :class:`ContinuousIncrementActor`: the chosen node's ``tanh(MLP(h)) · max_action`` (``d → d/2 → d/2 → d``) is
+* :class:`ContinuousIncrementActor`: the chosen node's ``tanh(MLP(h)) · max_action`` (``d → d/2 → d/2 → d'``;
+  ``d'`` = ``d`` in RELIEF, where the prompt and the state are both 300-wide atom embeddings) is
   the mean of a Gaussian whose log-std is *not* learned but annealed per epoch from ``init_log_std`` to −5
   (:func:`annealed_log_std`);
 * :class:`StateCritic`: ``V(s)`` of the flattened, zero-padded node states (widths 5 % and 2.5 % of the
@@ -61,16 +62,16 @@ def annealed_log_std(epoch: int, total_epochs: int, init_log_std: float = 0.0, f
 class ContinuousIncrementActor(nn.Module):
     """What to add to the chosen node's features (see the module docstring)."""
 
-    def __init__(self, width: int, max_action: float, init_log_std: float = 0.0) -> None:
+    def __init__(self, width: int, max_action: float, init_log_std: float = 0.0, out_width: int | None = None) -> None:
         super().__init__()
-        half = int(width * 0.5)
+        half, out_width = int(width * 0.5), out_width or width
         self.mean_net = nn.Sequential(
             _orthogonal(nn.Linear(width, half)), nn.Tanh(),
             _orthogonal(nn.Linear(half, half)), nn.Tanh(),
-            _orthogonal(nn.Linear(half, width), gain=0.01),
+            _orthogonal(nn.Linear(half, out_width), gain=0.01),
         )  # fmt: skip
         self.max_action = max_action
-        self.register_buffer("log_std", torch.full((width,), float(init_log_std)))
+        self.register_buffer("log_std", torch.full((out_width,), float(init_log_std)))
 
     def forward(self, states: Tensor, nodes: Tensor) -> Tensor:
         """The mean increment ``(B, d)`` for node ``nodes[b]`` of each state ``(B, N, d)``."""

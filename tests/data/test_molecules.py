@@ -65,6 +65,21 @@ def test_scaffold_split_matches_a_hand_computation():
         scaffold_split(SMILES, 0.8, 0.1, 0.2)
 
 
+def test_relief_few_shot_draw_is_the_whole_scaffold_train_share_shuffled_by_the_split_seed(tmp_path):
+    # RELIEF's scaffold_split_fewshot: random.seed(seed); random.shuffle(train_idx); train_idx[:number_train]
+    path = write_csv(tmp_path / "m.csv", [f"{s},1,0" for s in SMILES])
+    data = MoleculeNetDataModule(str(path), train_graphs=5, few_shot_draw="shuffled", seed=2)
+    expected = [0, 3, 6, 8, 1, 4, 7, 10]  # the full scaffold training share (hand computation above)
+    random.seed(2)
+    random.shuffle(expected)
+    splits = data.split_indices()
+    assert splits["train"] == expected[:5]
+    assert (splits["val"], splits["test"]) == ([2, 9], [5])
+    assert data.max_nodes == 7  # chlorobenzene and friends: 7 heavy atoms
+    with pytest.raises(ConfigurationError, match="few_shot_draw"):
+        MoleculeNetDataModule(str(path), train_graphs=5, few_shot_draw="random")
+
+
 def test_random_split_is_the_official_seeded_shuffle():
     order = list(range(25))
     random.seed(3)
@@ -137,3 +152,19 @@ def test_gpf_trains_on_molecules_with_masked_bce_and_logs_roc_auc(tmp_path, trai
     wrong = GPF(MoleculeGIN(num_layers=2, emb_dim=8), data.classnames)
     with pytest.raises(ConfigurationError, match="set objective: masked_bce"):
         Trainer(max_steps=1, **trainer_kwargs).fit(wrong, data)
+
+
+def test_relief_trains_on_molecules_with_the_official_reward_and_logs_roc_auc(tmp_path, trainer_kwargs):
+    from lightning_prompts.methods.relief import RELIEF
+
+    data = MoleculeNetDataModule(str(molecule_csv(tmp_path)), train_graphs=8, few_shot_draw="shuffled", batch_size=8)
+    settings = {"objective": "masked_bce", "ensemble_size": 2, "ppo_minibatch_size": 8, "ppo_epochs": 2}
+    method = RELIEF(MoleculeGIN(num_layers=2, emb_dim=8), data.classnames, max_nodes=7, **settings)
+    trainer = Trainer(max_epochs=1, **trainer_kwargs)
+    trainer.fit(method, data)
+    assert trainer.global_step > 1  # PPO updates and the head steps, all in one training batch
+    (metrics,) = trainer.validate(method, data)
+    assert 0.0 <= metrics["val/roc_auc"] <= 1.0
+    too_small = RELIEF(MoleculeGIN(num_layers=2, emb_dim=8), data.classnames, max_nodes=5, **settings)
+    with pytest.raises(ConfigurationError, match="largest graph has 7 nodes .*max_nodes: 7"):
+        Trainer(max_epochs=1, **trainer_kwargs).fit(too_small, data)
