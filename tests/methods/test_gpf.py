@@ -102,3 +102,25 @@ def test_linear_probe_trains_only_its_head_on_the_unprompted_encoder(trainer_kwa
     pooled = GNN.pool(gnn.encode_nodes(batch.x, batch.edge_index), batch.batch, "mean")
     torch.testing.assert_close(method(batch).logits, method.head(pooled))
     Trainer(max_steps=2, **trainer_kwargs).fit(method, data)
+
+
+def test_full_fine_tuning_trains_the_gnn_and_the_head_and_keeps_batchnorm_statistics(trainer_kwargs, tmp_path):
+    from lightning_prompts.methods.graph_fine_tuning import GraphFineTuning
+
+    data = graph_data()
+    gnn = GNN("gin", in_channels=5, hidden_channels=16, num_layers=2)
+    weight = gnn.encoder.convs[0].nn.lins[0].weight.detach().clone()
+    running_mean = gnn.encoder.norms[0].module.running_mean.clone()
+    method = GraphFineTuning(gnn, data.classnames, task="graph")
+    assert [g["name"] for g in method.param_groups()] == ["backbone", "head"]
+    Trainer(max_steps=3, **trainer_kwargs).fit(method, data)
+    assert not torch.equal(gnn.encoder.convs[0].nn.lins[0].weight, weight)  # the GNN trained
+    assert torch.equal(gnn.encoder.norms[0].module.running_mean, running_mean)
+    assert "backbone.encoder.convs.0.nn.lins.0.weight" in method.trainable_state_keys()
+    path = method.export_prompt(tmp_path / "fine_tuned.safetensors")  # the fine-tuned GNN travels in the file
+    fresh = GraphFineTuning(GNN("gin", in_channels=5, hidden_channels=16, num_layers=2), data.classnames)
+    fresh.load_prompt(path)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(batch).logits, method.eval()(batch).logits)
