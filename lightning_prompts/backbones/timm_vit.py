@@ -11,7 +11,7 @@ excluded), after the final norm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +188,23 @@ class TimmViT(Backbone):
             prompt_tokens = x[:, :0]
         pooled = model.forward_head(x, pre_logits=True)  # pool + fc_norm (head_drop is off in eval)
         return ViTEncoding(pooled=pooled, patch_tokens=x[:, self.num_prefix_tokens :], prompt_tokens=prompt_tokens)
+
+    def forward_side_stream(
+        self, images: Tensor, side: Tensor, step: Callable[[int, Any, Tensor, Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Run the frozen ViT unchanged beside a *side stream* of tokens that reads it but never writes to it.
+
+        Before block ``i`` runs on the main tokens ``x``, ``side = step(i, block, x, side)`` (``block`` is the
+        timm block, whose weights the step may reuse); after the last block both streams go through the final
+        norm. Returns ``(x, side)``. MULTI-LANE's lanes are such a stream: per-task tokens that summarise the
+        frozen stream's patches and attend among themselves with the frozen weights.
+        """
+        model = self.model
+        x = self.embed(images)
+        for index, block in enumerate(model.blocks):
+            side = step(index, block, x, side)
+            x = block(x)
+        return model.norm(x), model.norm(side)
 
 
 def _prefixed_timm_attention(attention: Any) -> Any:

@@ -11,6 +11,9 @@
 * ``"lae"`` (LAE's continual-learning streams): train RandomResizedCrop(default scale, bilinear) +
   flip; test resize the short side to 256/224 of the size + center crop; use with ``normalization:
   "none"`` (LAE feeds [0, 1] pixels to its ViT).
+* ``"multi_lane"`` (MULTI-LANE's streams): train RandomResizedCrop(scale 0.05–1, bilinear) + flip; test
+  resize the short side to 256/224 of the size (bicubic) + center crop; inputs in [0, 1] (``normalization:
+  "none"``, the official default without ``--normalize_input``).
 * ``"clip_preprocess"`` (GRIP, FPL, IFPL): CLIP's own preprocessing for training too (resize the short
   side, bicubic, + center crop), no augmentation.
 
@@ -21,11 +24,11 @@ the official code uses); geometric steps also apply to a segmentation mask passe
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
-Augmentation = Literal["clip", "fgvc", "vtab", "randaugment", "lae", "clip_preprocess"]
+Augmentation = Literal["clip", "fgvc", "vtab", "randaugment", "lae", "multi_lane", "clip_preprocess"]
 
 #: Normalisation constants by name.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -72,11 +75,17 @@ def build_transform(preset: Augmentation, size: int, normalization: str, train: 
             if train
             else [v2.Resize(round(size * 256 / 224), interpolation=bilinear), v2.CenterCrop(size)]
         )
+    elif preset == "multi_lane":
+        steps = (
+            [v2.RandomResizedCrop(size, scale=(0.05, 1.0), interpolation=bilinear), v2.RandomHorizontalFlip()]
+            if train
+            else [v2.Resize(int(size * 256 / 224), interpolation=bicubic), v2.CenterCrop(size)]
+        )
     elif preset == "clip_preprocess":
         steps = clip_eval
     else:
         raise ValueError(
-            f"augmentation must be 'clip', 'fgvc', 'vtab', 'randaugment', 'lae' or 'clip_preprocess', got {preset!r}."
+            f"augmentation must be one of {list(get_args(Augmentation))}, got {preset!r}."
         )
     return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 

@@ -42,9 +42,8 @@ from torch import Tensor, nn
 
 from lightning_prompts.backbones.timm_vit import TimmViT
 from lightning_prompts.callbacks.momentum_accumulation import MomentumAccumulation
-from lightning_prompts.data.protocols import TaskStream, provided
-from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import ViTPromptModule
+from lightning_prompts.methods.base.continual import ContinualMixin
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.pet import BlockPET, PETHooks, PETKind
 from lightning_prompts.registry import register_method
@@ -58,7 +57,7 @@ from lightning_prompts.registry import register_method
     code="gqk/LAE",
     example={"num_tasks": 2, "pet": "prefix", "pet_blocks": [0, 1], "prefix_length": 3},
 )
-class LAE(ViTPromptModule):
+class LAE(ContinualMixin, ViTPromptModule):
     """LAE on a frozen timm ViT (see the module docstring).
 
     Args:
@@ -121,36 +120,10 @@ class LAE(ViTPromptModule):
             nn.init.normal_(head.weight, std=head_init_std)
             nn.init.zeros_(head.bias)
         self.freeze_epochs, self.ema_decay, self.ensemble = freeze_epochs, ema_decay, ensemble
-        self._task = 0
-
-    # -- the stream ---------------------------------------------------------------------------------
-    @property
-    def current_task(self) -> int:
-        """The task being learned (from the data module's task schedule during ``fit``)."""
-        trainer = self._trainer
-        stream = provided(self.datamodule, TaskStream)
-        if stream is not None and trainer is not None:
-            return int(stream.task_of_epoch(trainer.current_epoch))
-        return self._task
-
-    @current_task.setter
-    def current_task(self, task: int) -> None:
-        self._task = int(task)
-
-    def seen_tasks(self) -> int:
-        """Heads that score: every task when testing or predicting, else tasks ``0..current``."""
-        trainer = self._trainer
-        if trainer is not None and (trainer.testing or trainer.predicting):
-            return self.num_tasks
-        return self.current_task + 1
 
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         super().check_ready(stage, callbacks, datamodule)
-        stream = provided(datamodule, TaskStream)
-        if stream is not None and stream.num_tasks != self.num_tasks:
-            raise ConfigurationError(
-                f"LAE has num_tasks={self.num_tasks} but the data stream has {stream.num_tasks} tasks."
-            )
+        self.check_stream(datamodule)
 
     def configure_callbacks(self) -> list[Callback]:
         return [MomentumAccumulation(decay=self.ema_decay, groups=["prompt"], start_task=1, ensemble=self.ensemble)]
@@ -176,16 +149,10 @@ class LAE(ViTPromptModule):
         return F.cross_entropy(output.logits[:, start:].float(), targets - start)
 
     # -- task schedule ------------------------------------------------------------------------------
-    def epoch_in_task(self) -> int:
-        stream = provided(self.datamodule, TaskStream)
-        epochs_per_task = stream.epochs_per_task if stream is not None else self.trainer.max_epochs
-        return self.trainer.current_epoch - self.current_task * epochs_per_task
-
     def on_train_epoch_start(self) -> None:
         task, epoch = self.current_task, self.epoch_in_task()
         if task > 0 and epoch == 0:  # LAE builds a new optimizer per task
-            for optimizer in self.trainer.optimizers:
-                optimizer.state.clear()
+            self.restart_optimisation()
         frozen = task > 0 and epoch < self.freeze_epochs
         for param in self.pets.parameters():
             param.requires_grad_(not frozen)
