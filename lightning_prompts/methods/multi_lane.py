@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from lightning_prompts.backbones.timm_vit import TimmViT
 from lightning_prompts.batch import IMAGE, LABEL
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import ViTPromptModule
 from lightning_prompts.methods.base.continual import ContinualMixin
 from lightning_prompts.outputs import PromptOutput
@@ -95,6 +96,7 @@ class MultiLane(ContinualMixin, ViTPromptModule):
                 f"classes_per_task {list(classes_per_task)} must be {num_tasks} counts >= 1 summing to {total}."
             )
         self.num_tasks, self.multi_label, self.drop_and_replace = num_tasks, multi_label, drop_and_replace
+        self.task_sizes = [int(count) for count in classes_per_task]
         self.class_bounds = torch.cumsum(torch.tensor([0, *classes_per_task]), 0).tolist()
         owners = torch.repeat_interleave(torch.arange(num_tasks), torch.tensor(list(classes_per_task)))
         self.register_buffer("task_of_class", owners, persistent=False)
@@ -110,6 +112,20 @@ class MultiLane(ContinualMixin, ViTPromptModule):
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         super().check_ready(stage, callbacks, datamodule)
         self.check_stream(datamodule)
+        if datamodule is None:
+            return
+        sizes = getattr(datamodule, "classes_per_task", None)
+        sizes = [sizes] * self.num_tasks if isinstance(sizes, int) else sizes
+        if isinstance(sizes, list) and sizes != self.task_sizes:
+            raise ConfigurationError(
+                f"MultiLane's tasks have {self.task_sizes} classes but the stream's have {sizes}; "
+                f"set model.init_args.classes_per_task: {sizes}."
+            )
+        labels = bool(getattr(datamodule, "multi_label", False))
+        if labels != self.multi_label:
+            raise ConfigurationError(
+                f"the stream is {'multi' if labels else 'single'}-label; set model.init_args.multi_label: {labels}."
+            )
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [

@@ -193,6 +193,14 @@ def test_the_docs_use_snippet_builds_the_method():
     exec(block, namespace)
     model = namespace["model"]
     assert model.lanes.selectors.shape == (2, 20, 32) and len(model.lanes.prompts) == 3
+    multilabel = re.findall(r"```python\n(.*?)```", page, re.S)[1]
+    old = '"voc", root="data", base_classes=10, num_tasks=6, epochs_per_task=30'
+    assert old in multilabel
+    spec = '{"num_classes": 20, "train_images": 4, "test_images": 4}'
+    multilabel = multilabel.replace(old, f"base_classes=10, num_tasks=6, synthetic={spec}")
+    exec(multilabel.replace("multi_label=True", "multi_label=True, prompt_blocks=3"), namespace)
+    model = namespace["model"]
+    assert model.task_sizes == [10, 2, 2, 2, 2, 2] and model.multi_label
 
 
 def test_the_multi_lane_augmentation_preset():
