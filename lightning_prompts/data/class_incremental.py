@@ -13,7 +13,9 @@ Datasets, read from local folders as the official code's loaders expect them:
   an allow-list of numpy's array globals only, so the files cannot run code);
 * ``imagenet_r``: ``<root>/imagenet-r/{train_list,val_list}.txt`` with ``<path> <label>`` lines,
   paths relative to ``<root>/imagenet-r/`` — the L2P split (80 % / 20 % of ImageNet-R) LAE publishes;
-  class names from the WordNet ids in the paths.
+  class names from the WordNet ids in the paths;
+* ``image_folder``: your own images, ``<root>/train/<class>/*`` and ``<root>/test/<class>/*`` (classes sorted by
+  folder name, ``_`` read as a space; the offline continual testbed writes Fashion-MNIST this way).
 
 ``class_order`` is ``null`` (sorted labels, LAE's first order) or an explicit permutation (LAE's
 second and third orders are lists in its configs).
@@ -32,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_prompts.batch import IMAGE, INDEX, LABEL, TASK
 from lightning_prompts.data.image_datamodule import Synthetic
-from lightning_prompts.data.images import ImageItem, load_rgb, verify_images
+from lightning_prompts.data.images import IMAGE_SUFFIXES, ImageItem, load_rgb, verify_images
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
@@ -82,7 +84,7 @@ class ClassIncrementalDataModule(LightningDataModule):
 
     def __init__(
         self,
-        dataset: Literal["cifar100", "imagenet_r"] = "cifar100",
+        dataset: Literal["cifar100", "imagenet_r", "image_folder"] = "cifar100",
         root: str | Path = "data",
         num_tasks: int = 10,
         epochs_per_task: int = 5,
@@ -97,8 +99,8 @@ class ClassIncrementalDataModule(LightningDataModule):
         verify: bool = True,
     ) -> None:
         super().__init__()
-        if dataset not in ("cifar100", "imagenet_r"):
-            raise ValueError(f"dataset must be 'cifar100' or 'imagenet_r', got {dataset!r}.")
+        if dataset not in ("cifar100", "imagenet_r", "image_folder"):
+            raise ValueError(f"dataset must be 'cifar100', 'imagenet_r' or 'image_folder', got {dataset!r}.")
         if num_tasks < 1 or epochs_per_task < 1:
             raise ValueError(f"num_tasks and epochs_per_task must be positive, got {num_tasks}, {epochs_per_task}.")
         self.dataset, self.root = dataset, Path(root)
@@ -152,6 +154,29 @@ class ClassIncrementalDataModule(LightningDataModule):
         count = max(wnids) + 1
         return {"names": _wordnet_names([wnids.get(label, str(label)) for label in range(count)]), **splits}
 
+    def _read_image_folder(self, folder: Path) -> dict[str, Any]:
+        """``<root>/train/<class>/*`` and ``<root>/test/<class>/*``; classes sorted by folder name, the same in
+        both splits."""
+        splits: dict[str, Any] = {}
+        names: list[str] | None = None
+        for split in ("train", "test"):
+            base = folder / split
+            if not base.is_dir():
+                raise DatasetError(f"image_folder stream: {base} does not exist (expected <root>/{split}/<class>/).")
+            classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if names is not None and classes != names:
+                raise DatasetError(f"image_folder stream: {folder}/train and {folder}/test hold different classes.")
+            names = classes
+            paths, labels = [], []
+            for label, name in enumerate(classes):
+                found = [p for p in sorted((base / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+                if not found:
+                    raise DatasetError(f"image_folder stream: class folder {base / name} holds no images.")
+                paths += found
+                labels += [label] * len(found)
+            splits[split] = (paths, labels)
+        return {"names": [name.replace("_", " ") for name in names or []], **splits}
+
     def _write_synthetic(self, spec: Synthetic) -> dict[str, Any]:
         rng = np.random.default_rng(spec.seed)
         splits = {}
@@ -173,8 +198,10 @@ class ClassIncrementalDataModule(LightningDataModule):
                 data = self._write_synthetic(self.synthetic)
             elif self.dataset == "cifar100":
                 data = self._read_cifar100(self.root)
-            else:
+            elif self.dataset == "imagenet_r":
                 data = self._read_imagenet_r(self.root)
+            else:
+                data = self._read_image_folder(self.root)
             count = len(data["names"])
             order = self.requested_order if self.requested_order is not None else list(range(count))
             if sorted(order) != list(range(count)):
@@ -227,11 +254,11 @@ class ClassIncrementalDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         data = self.data()
-        if self.verify and self.synthetic is None and self.dataset == "imagenet_r":
+        if self.verify and self.synthetic is None and self.dataset in ("imagenet_r", "image_folder"):
             for split in ("train", "test"):
                 paths, labels = data[split]
                 items = [ImageItem(path, label, data["names"][label]) for path, label in zip(paths, labels)]
-                verify_images(items, f"ImageNet-R {split} list")
+                verify_images(items, f"{self.dataset} {split} split")
 
     def _current_task(self) -> int:
         trainer = getattr(self, "trainer", None)
