@@ -1,4 +1,5 @@
-"""The offline graph testbed: GPF, GPF-plus and a linear probe on GNNs pre-trained in-repo.
+"""The offline graph testbed: GPF, GPF-plus, RELIEF, a linear probe and full fine-tuning on GNNs pre-trained
+in-repo.
 
 No graph checkpoints or datasets download here, so the graphs are generated, from three families that
 differ in structure, each with node features that carry a weak class signal:
@@ -13,10 +14,14 @@ differ in structure, each with node features that carry a weak class signal:
 1. **Pre-training** (labels unused): a GIN (3 layers, 32 wide, BatchNorm) on 600 graphs, once with
    GraphCL (node dropping + feature masking, NT-Xent) and once with edge prediction, 20 epochs each.
 2. **Few-shot** (``--shots`` 10 graphs per class, 20 for validation, fresh graphs): with the GIN frozen,
-   the linear probe, GPF and GPF-plus (10 bases) train a linear head on mean-pooled embeddings for
-   ``--epochs`` (60), Adam lr 1e-3 (GPF's), seeds 0, 1, 2; test on 300 held-out graphs.
+   the linear probe, GPF and GPF-plus (10 bases) train a linear head on mean-pooled embeddings (full
+   fine-tuning: the GIN too) for ``--epochs`` (60), Adam lr 1e-3 (GPF's), seeds 0, 1, 2; test on 300
+   held-out graphs. RELIEF trains the same head, alternating with its policy (3 members, ``max_z`` 0.5,
+   discrete penalty 1, PPO minibatch 64, two head passes per epoch, all 30 training graphs in one batch:
+   one official epoch per epoch), and its wall time per epoch is split into rollouts, PPO updates and head
+   updates.
 
-Writes ``results.json``, ``results.md`` and ``accuracy.png`` to ``--out``:
+Writes ``results.json``, ``results.md``, ``relief_time.md`` and ``accuracy.png`` to ``--out``:
 
     python benchmarks/graph_testbed.py --out docs/testbed/graph
 """
@@ -31,14 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from torch_geometric.data import Data
 from torch_geometric.utils import barabasi_albert_graph, erdos_renyi_graph, stochastic_blockmodel_graph
 
 from lightning_prompts.backbones.gnn import GNN
 from lightning_prompts.data import GraphDataModule
 from lightning_prompts.methods import GPF
+from lightning_prompts.methods.graph_fine_tuning import GraphFineTuning
 from lightning_prompts.methods.graph_linear_probe import GraphLinearProbe
+from lightning_prompts.methods.relief import RELIEF
 from lightning_prompts.pretraining.edge_prediction import EdgePrediction
 from lightning_prompts.pretraining.graphcl import GraphCL
 
@@ -79,10 +86,25 @@ class GraphFamilies(torch.utils.data.Dataset):
         return self.graphs[index]
 
 
-def quiet_trainer(epochs: int) -> Trainer:
+METHODS = ("linear probe", "full fine-tuning", "GPF", "GPF-plus", "RELIEF")
+
+
+class PhaseTimes(Callback):
+    """Sums RELIEF's per-epoch phase times (rollouts, PPO updates, head updates) over the fit."""
+
+    def __init__(self) -> None:
+        self.seconds = {"rollout": 0.0, "ppo": 0.0, "head": 0.0}
+
+    def on_train_epoch_end(self, trainer: Trainer, module: Any) -> None:
+        for phase, value in getattr(module, "phase_seconds", {}).items():
+            self.seconds[phase] += value
+
+
+def quiet_trainer(epochs: int, callbacks: list[Callback] | None = None) -> Trainer:
     return Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=callbacks,
     )  # fmt: skip
 
 
@@ -106,20 +128,36 @@ def pretrain(strategy: str, work: Path, epochs: int, shift: float) -> Path:
 def run(strategy: str, checkpoint: Path, name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(seed, verbose=False)
     families = GraphFamilies(args.shots + 20 + 100, seed=1000 + seed, shift=args.feature_shift)
+    pool = args.shots * len(FAMILIES)  # RELIEF: one batch holds every training graph (one official epoch)
     data = GraphDataModule(
-        families, task="graph", shots=args.shots, val_shots=20, seed=seed, batch_size=16, classnames=list(FAMILIES)
-    )
+        families, task="graph", shots=args.shots, val_shots=20, seed=seed, classnames=list(FAMILIES),
+        batch_size=pool if name == "RELIEF" else 16,
+    )  # fmt: skip
     backbone = GNN(**GNN_CONFIG, checkpoint_path=str(checkpoint))
+    times = PhaseTimes()
     if name == "linear probe":
         method = GraphLinearProbe(backbone, list(FAMILIES), task="graph")
+    elif name == "full fine-tuning":
+        method = GraphFineTuning(backbone, list(FAMILIES), task="graph")
+    elif name == "RELIEF":
+        method = RELIEF(
+            backbone, list(FAMILIES), task="graph", max_nodes=32, max_increment=0.5, penalty_discrete=1.0,
+            ppo_minibatch_size=64, head_epochs=2,
+        )  # fmt: skip
     else:
         variant = "gpf" if name == "GPF" else "gpf-plus"
         method = GPF(backbone, list(FAMILIES), variant=variant, num_bases=10, task="graph")
-    trainer = quiet_trainer(args.epochs)
+    trainer = quiet_trainer(args.epochs, [times])
+    start = time.perf_counter()
     trainer.fit(method, data)
+    seconds = time.perf_counter() - start
     accuracy = float(trainer.test(method, data, verbose=False)[0]["test/acc"])
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    return {"pretraining": strategy, "method": name, "seed": seed, "accuracy": accuracy, "trainable": trainable}
+    row = {"pretraining": strategy, "method": name, "seed": seed, "accuracy": accuracy, "trainable": trainable}
+    row["seconds_per_epoch"] = seconds / args.epochs
+    if name == "RELIEF":
+        row["phase_seconds_per_epoch"] = {k: v / args.epochs for k, v in times.seconds.items()}
+    return row
 
 
 def report(rows: list[dict[str, Any]], out: Path) -> None:
@@ -129,7 +167,7 @@ def report(rows: list[dict[str, Any]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     strategies = list(dict.fromkeys(r["pretraining"] for r in rows))
-    names = list(dict.fromkeys(r["method"] for r in rows))
+    names = [name for name in METHODS if any(r["method"] == name for r in rows)]
     lines = ["| pre-training | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     figure, axis = plt.subplots(figsize=(6.5, 3.6))
     width = 0.8 / len(names)
@@ -157,6 +195,25 @@ def report(rows: list[dict[str, Any]], out: Path) -> None:
     figure.tight_layout()
     figure.savefig(out / "accuracy.png", dpi=110)
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    relief = [r for r in rows if r["method"] == "RELIEF"]
+    if relief:
+        table = ["| pre-training | s / epoch | rollouts | PPO updates | head updates | GPF s / epoch |",
+                 "|---|---|---|---|---|---|"]  # fmt: skip
+        for strategy in strategies:
+            mine = [r for r in relief if r["pretraining"] == strategy]
+            gpf = [
+                r["seconds_per_epoch"]
+                for r in rows
+                if r["pretraining"] == strategy and r["method"] == "GPF" and "seconds_per_epoch" in r
+            ]
+            total = statistics.mean(r["seconds_per_epoch"] for r in mine)
+            phases = [
+                statistics.mean(r["phase_seconds_per_epoch"][p] for r in mine) for p in ("rollout", "ppo", "head")
+            ]
+            cells = [f"{value:.2f} s ({100 * value / total:.0f} %)" for value in phases]
+            gpf_cell = f"{statistics.mean(gpf):.2f}" if gpf else "–"
+            table.append(f"| {strategy} | {total:.2f} | " + " | ".join(cells) + f" | {gpf_cell} |")
+        (out / "relief_time.md").write_text("\n".join(table) + "\n")
 
 
 def main() -> None:
@@ -168,6 +225,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--feature-shift", type=float, default=0.3)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -176,7 +234,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = json.loads(results.read_text()) if results.exists() else []
     for strategy in ("GraphCL", "edge prediction"):
         checkpoint = pretrain(strategy, args.work, args.pretrain_epochs, args.feature_shift)
-        for name in ("linear probe", "GPF", "GPF-plus"):
+        for name in args.methods:
             for seed in args.seeds:
                 if any(r["pretraining"] == strategy and r["method"] == name and r["seed"] == seed for r in rows):
                     continue  # resumable: finished runs are kept
