@@ -84,9 +84,7 @@ def build_transform(preset: Augmentation, size: int, normalization: str, train: 
     elif preset == "clip_preprocess":
         steps = clip_eval
     else:
-        raise ValueError(
-            f"augmentation must be one of {list(get_args(Augmentation))}, got {preset!r}."
-        )
+        raise ValueError(f"augmentation must be one of {list(get_args(Augmentation))}, got {preset!r}.")
     return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
