@@ -60,6 +60,7 @@ def test_readme_table_covers_every_registered_backbone_and_family():
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("| family | backbone | library |") :].split("\n\n", 1)[0]
     families = {"clip": "vision-language", "vit": "vision", "text": "text", "graph": "graph", "points": "point clouds"}
+    families["hetero"] = "heterogeneous graph"
     for entry in registry.entries("backbone"):
         assert f"`{entry.name}`" in table, f"README's table lacks the backbone {entry.name}"
         assert f"| {families[entry.family]} |" in table

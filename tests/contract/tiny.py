@@ -31,6 +31,11 @@ def _backbone(family: str) -> Any:
         from lightning_prompts.backbones import GNN
 
         return GNN(in_channels=8, hidden_channels=16, num_layers=2)
+    if family == "hetero":
+        from lightning_prompts.backbones.hetero_gnn import HeteroGNN
+
+        edges = [["paper", "to", "author"], ["author", "to", "paper"]]
+        return HeteroGNN({"paper": 6, "author": 5}, edges, hidden_channels=16, num_layers=2)
     if family == "points":
         from lightning_prompts.backbones.point_mae import PointMAE
 
@@ -73,6 +78,18 @@ def batch(family: str, size: int = 2) -> Any:
             edges = torch.tensor([[0, 1, 2, 3, 1, 2, 3, 4], [1, 2, 3, 4, 0, 1, 2, 3]])
             graphs.append(Data(x=x, edge_index=edges, y=labels[index : index + 1]))
         return Batch.from_data_list(graphs)
+    if family == "hetero":
+        from torch_geometric.data import HeteroData
+
+        data = HeteroData()
+        data["paper"].x = 3 * torch.randn(5, 6, generator=generator)
+        data["author"].x = 3 * torch.randn(4, 5, generator=generator)
+        edges = torch.tensor([[0, 1, 2, 3, 4, 0], [0, 1, 2, 3, 0, 3]])
+        data["paper", "to", "author"].edge_index = edges
+        data["author", "to", "paper"].edge_index = edges.flip(0)
+        data["paper"].y = torch.tensor([0, 1, 0, 1, 1])
+        data["paper"].target_mask = torch.arange(5) < size
+        return data
     if family == "points":
         return {POINTS: torch.randn(size, 64, 3, generator=generator), LABEL: labels}
     raise KeyError(family)
