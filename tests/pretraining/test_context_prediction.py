@@ -1,0 +1,114 @@
+"""Context prediction (Pretrain-GNNs ``pretrain_contextpred.py``): the substructure/context extraction against a
+transcription of the official ``ExtractSubstructureContextPair`` (networkx), the cbow and skipgram losses against
+a transcription of the official ``train``, and an exported encoder in the official plain state-dict format."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.nn import functional as F
+
+from lightning_prompts.backbones.molecule_gin import MoleculeGIN
+from lightning_prompts.data.molecules import MoleculeNetDataModule, smiles_to_graph
+from lightning_prompts.pretraining.context_prediction import (
+    ContextPrediction,
+    cyclic_shift,
+    substructure_context_pair,
+)
+
+pytest.importorskip("rdkit")
+LONG = ["CCCCCCCCCCCCC(=O)O", "OCCCCCCCCCCN", "c1ccccc1CCCCCCCCC", "CC(C)CCCCCCCCCCCCO"]
+
+
+def official_sets(data, root, k, l1, l2):
+    """``ExtractSubstructureContextPair``'s node sets, transcribed with networkx as the official code."""
+    graph = nx.Graph()
+    graph.add_nodes_from(range(data.num_nodes))
+    graph.add_edges_from(data.edge_index.t().tolist())
+    substruct = set(nx.single_source_shortest_path_length(graph, root, k).keys())
+    l1_nodes = set(nx.single_source_shortest_path_length(graph, root, l1).keys())
+    l2_nodes = set(nx.single_source_shortest_path_length(graph, root, l2).keys())
+    context = l1_nodes.symmetric_difference(l2_nodes)
+    return substruct, context, context & substruct
+
+
+def test_substructure_and_context_are_the_official_hop_rings():
+    for smiles in LONG:
+        molecule = smiles_to_graph(smiles)
+        molecule.x = torch.cat([molecule.x, torch.arange(molecule.num_nodes)[:, None]], dim=1)  # node ids ride along
+        for root in range(molecule.num_nodes):
+            pair = substructure_context_pair(molecule, root, 5, 4, 7)
+            substruct, context, overlap = official_sets(molecule, root, 5, 4, 7)
+            if not context:
+                assert pair is None
+                continue
+            assert set(pair["x_substruct"][:, 2].tolist()) == substruct
+            assert set(pair["x_context"][:, 2].tolist()) == context
+            assert int(pair["x_substruct"][pair["center_substruct_idx"], 2]) == root
+            assert set(pair["x_context"][pair["overlap_context_substruct_idx"], 2].tolist()) == overlap
+            # the subgraphs keep exactly the bonds among their atoms, with their features
+            ids = pair["x_context"][:, 2]
+            kept = {(int(ids[a]), int(ids[b])) for a, b in pair["edge_index_context"].t().tolist()}
+            assert kept == {(a, b) for a, b in molecule.edge_index.t().tolist() if a in context and b in context}
+
+
+def test_cyclic_shift_is_the_official_cycle_index():
+    assert cyclic_shift(5, 1).tolist() == [1, 2, 3, 4, 0]
+    assert cyclic_shift(5, 2).tolist() == [2, 3, 4, 0, 1]
+
+
+@pytest.mark.parametrize("mode", ["cbow", "skipgram"])
+def test_the_loss_is_the_official_train_step(mode):
+    torch.manual_seed(0)
+    module = ContextPrediction(MoleculeGIN(num_layers=2, emb_dim=8), context_size=2, mode=mode, neg_samples=2)
+    module.eval()  # BatchNorm on running statistics: molecule by molecule equals the batch
+    pairs = [substructure_context_pair(smiles_to_graph(s), 0, 2, 1, 3) for s in LONG]
+    positive, negative = module.scores(pairs)
+    # the official batching and train(): substructure and context batches, centers and anchors offset per molecule
+    encode = module.encoder
+    sub = [encode(p["x_substruct"], p["edge_index_substruct"], p["edge_attr_substruct"])[p["center_substruct_idx"]]
+           for p in pairs]  # fmt: skip
+    substruct_rep = torch.cat(sub)
+    overlapped = [module.context_encoder(p["x_context"], p["edge_index_context"], p["edge_attr_context"])[
+        p["overlap_context_substruct_idx"]] for p in pairs]  # fmt: skip
+    if mode == "cbow":
+        context_rep = torch.stack([o.mean(0) for o in overlapped])
+        neg = torch.cat([context_rep[cyclic_shift(len(context_rep), i + 1)] for i in range(2)])
+        pred_pos = (substruct_rep * context_rep).sum(1)
+        pred_neg = (substruct_rep.repeat((2, 1)) * neg).sum(1)
+    else:
+        sizes = [len(o) for o in overlapped]
+        node_rep = torch.cat(overlapped)
+        expanded = torch.cat([substruct_rep[i].repeat((sizes[i], 1)) for i in range(len(pairs))])
+        pred_pos = (expanded * node_rep).sum(1)
+        shifted = []
+        for i in range(2):
+            rep = substruct_rep[cyclic_shift(len(substruct_rep), i + 1)]
+            shifted.append(torch.cat([rep[j].repeat((sizes[j], 1)) for j in range(len(pairs))]))
+        pred_neg = (torch.cat(shifted) * node_rep.repeat((2, 1))).sum(1)
+    torch.testing.assert_close(positive, pred_pos, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(negative, pred_neg, atol=1e-5, rtol=1e-5)
+    expected = F.binary_cross_entropy_with_logits(pred_pos.double(), torch.ones(len(pred_pos)).double())
+    expected = expected + 2 * F.binary_cross_entropy_with_logits(pred_neg.double(), torch.zeros(len(pred_neg)).double())
+    loss = F.binary_cross_entropy_with_logits(positive.double(), torch.ones_like(positive).double()) + 2 * (
+        F.binary_cross_entropy_with_logits(negative.double(), torch.zeros_like(negative).double())
+    )
+    torch.testing.assert_close(loss, expected)
+
+
+def test_pretraining_writes_an_encoder_molecule_gin_loads(tmp_path, trainer_kwargs):
+    csv = tmp_path / "zinc.csv"
+    csv.write_text("\n".join(["smiles", *(LONG * 4), "CCO"]) + "\n")  # ethanol has no context: skipped
+    data = MoleculeNetDataModule(str(csv), tasks=[], split="random", batch_size=8)
+    path = tmp_path / "contextpred.pth"
+    module = ContextPrediction(MoleculeGIN(num_layers=2, emb_dim=8), encoder_path=str(path))
+    before = module.encoder.gnns[0].mlp[0].weight.detach().clone()
+    Trainer(max_steps=3, **trainer_kwargs).fit(module, data)
+    assert not torch.equal(module.encoder.gnns[0].mlp[0].weight, before)
+    saved = torch.load(path, weights_only=True)
+    assert "x_embedding1.weight" in saved and not any(k.startswith("context") for k in saved)  # substructure GIN
+    loaded = MoleculeGIN(str(path), num_layers=2, emb_dim=8)
+    for key, value in module.encoder.state_dict().items():
+        assert torch.equal(loaded.encoder.state_dict()[key], value), key
