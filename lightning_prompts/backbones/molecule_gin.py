@@ -13,8 +13,8 @@ The module tree repeats the official one (``x_embedding1/2``, ``gnns.<i>.mlp``,
 ``torch.load(weights_only=True)``. Block hooks edit the features entering each layer, so GPF's prompt
 lands where the official code adds it: after the atom embedding, before layer 0.
 
-Only the chemistry encoder is provided; the ``bio`` (protein-association) encoder of the same papers
-has another layer (edge features through a linear map, concatenated messages) and is not.
+The ``bio`` (protein-association) encoder of the same papers has another layer (edge features through a linear
+map, concatenated messages): :class:`~lightning_prompts.backbones.bio_gin.BioGIN`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,158 @@
+"""The protein-association ("bio") GIN of "Strategies for Pre-training Graph Neural Networks" (Hu et al., ICLR
+2020), the encoder behind GPF's ``bio/pretrained_models/*.pth`` checkpoints.
+
+Nodes enter as one integer flag (``x`` ``(N, 1)``, 0 or 1: the ego-network's centre) that an embedding table of two
+rows turns into ``emb_dim`` features; every layer maps the 9-dim edge features linearly to ``emb_dim`` (self-loops
+carry the one-hot self-loop attribute, index 7), concatenates them to the neighbour's features, sums the messages
+and applies ``Linear(2d, 2d) → BatchNorm → ReLU → Linear(2d, d)``; ReLU between layers (none after the last); the
+node embeddings are the last layer's output. There is no BatchNorm between layers, unlike the molecule GIN.
+
+The module tree repeats the official one (``gnns.<i>.mlp``, ``gnns.<i>.edge_encoder``,
+``gnns.0.input_node_embeddings``), so the released plain state dicts load as they are (``weights_only=True``). The
+input embedding is taken before layer 0 here (the official layer 0 embeds inside its forward), so a block hook
+before layer 0 — GPF's prompt — lands where GPF's ``bio`` code adds it: on the embedded nodes.
+
+The bio *dataset* (STRING ego-networks) is distributed as pickled networkx graphs and torch-pickled processed
+files; we do not read those (no pickle), so bring the graphs as PyG ``Data`` objects with ``x`` ``(N, 1)`` and
+``edge_attr`` ``(E, 9)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from lightning_prompts.backbones.gnn import GraphBackbone, check_feature_hooks
+from lightning_prompts.backbones.hooks import BlockContext, BlockHook, tokens_before_blocks
+from lightning_prompts.registry import register_backbone
+from lightning_prompts.utils.tensor_files import load_tensor_file
+
+EDGE_FEATURES = 9
+SELF_LOOP_FEATURE = 7
+
+
+class BioGINLayer(nn.Module):
+    """One bio GIN layer: messages ``[x_j ‖ W e_ij]`` summed over in-edges and a self-loop, then the MLP."""
+
+    def __init__(self, emb_dim: int, input_layer: bool = False) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * emb_dim, 2 * emb_dim), nn.BatchNorm1d(2 * emb_dim), nn.ReLU(), nn.Linear(2 * emb_dim, emb_dim)
+        )
+        self.edge_encoder = nn.Linear(EDGE_FEATURES, emb_dim)
+        if input_layer:
+            self.input_node_embeddings = nn.Embedding(2, emb_dim)
+            nn.init.xavier_uniform_(self.input_node_embeddings.weight)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        num_nodes = x.shape[0]
+        loops = torch.arange(num_nodes, device=x.device)
+        source, target = torch.cat([edge_index[0], loops]), torch.cat([edge_index[1], loops])
+        loop_attr = torch.zeros(num_nodes, EDGE_FEATURES, dtype=edge_attr.dtype, device=edge_attr.device)
+        loop_attr[:, SELF_LOOP_FEATURE] = 1
+        edges = self.edge_encoder(torch.cat([edge_attr, loop_attr]).to(x.dtype))
+        messages = torch.cat([x[source], edges], dim=1)
+        summed = messages.new_zeros(num_nodes, messages.shape[1]).index_add_(0, target, messages)
+        return self.mlp(summed)
+
+
+class BioGINEncoder(nn.Module):
+    """The node embedding table and ``num_layers`` :class:`BioGINLayer` (see the module docstring)."""
+
+    def __init__(self, num_layers: int, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if num_layers < 2:
+            raise ValueError(f"num_layers must be at least 2 (as in the official encoder), got {num_layers}.")
+        self.dropout = dropout
+        self.gnns = nn.ModuleList(BioGINLayer(emb_dim, input_layer=index == 0) for index in range(num_layers))
+
+    def embed_nodes(self, x: Tensor) -> Tensor:
+        return self.gnns[0].input_node_embeddings(x.to(torch.int64).view(-1))
+
+    def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        """From the *embedded* nodes (:meth:`embed_nodes`)."""
+        last = len(self.gnns) - 1
+        for index, layer in enumerate(self.gnns):
+            h = layer(h, edge_index, edge_attr)
+            h = F.dropout(h if index == last else F.relu(h), self.dropout, training=self.training)
+        return h
+
+
+@register_backbone(family="graph")
+class BioGIN(GraphBackbone):
+    """The frozen bio GIN of Pretrain-GNNs and GPF (see the module docstring).
+
+    Args:
+        checkpoint_path: a ``.pth`` of the Pretrain-GNNs or GPF repositories (``bio/pretrained_models/
+            contextpred.pth`` …; a whole ``GNN_graphpred`` state dict too, its head dropped); ``None``: random.
+        num_layers: message-passing layers (5 in the released checkpoints).
+        emb_dim: width (300 in the released checkpoints).
+        seed: seed of the random initialisation.
+    """
+
+    def __init__(
+        self, checkpoint_path: str | None = None, num_layers: int = 5, emb_dim: int = 300, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.checkpoint_path, self.num_layers, self.emb_dim = checkpoint_path, num_layers, emb_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.encoder = BioGINEncoder(num_layers, emb_dim)
+        if checkpoint_path is not None:
+            self._load(Path(checkpoint_path))
+        self.freeze()
+
+    def _load(self, path: Path) -> None:
+        state = load_tensor_file(path, "bio GIN checkpoint")
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors).")
+        if "gnns.0.input_node_embeddings.weight" not in state:
+            state = {k.removeprefix("gnn."): v for k, v in state.items() if k.startswith("gnn.")}
+        if "gnns.0.input_node_embeddings.weight" not in state:
+            raise ValueError(f"{path} is not a Pretrain-GNNs bio encoder: no 'gnns.0.input_node_embeddings.weight'.")
+        layers = len({int(k.split(".")[1]) for k in state if k.startswith("gnns.")})
+        width = int(state["gnns.0.input_node_embeddings.weight"].shape[1])
+        if (layers, width) != (self.num_layers, self.emb_dim):
+            raise ValueError(
+                f"{path} holds a {layers}-layer, {width}-wide bio encoder but the backbone is configured with "
+                f"num_layers={self.num_layers}, emb_dim={self.emb_dim}; configure it as stored."
+            )
+        missing, unexpected = self.encoder.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path} does not match the bio GIN: missing {missing}, unexpected {unexpected}.")
+
+    @property
+    def name(self) -> str:
+        shape = f"bio-gin-{self.num_layers}x{self.emb_dim}"
+        return f"{shape}/{Path(self.checkpoint_path).name}" if self.checkpoint_path else f"{shape}/random"
+
+    @property
+    def in_channels(self) -> int:
+        """Width of the features a prompt edits (the node embeddings entering layer 0)."""
+        return self.emb_dim
+
+    @property
+    def hidden_channels(self) -> int:
+        return self.emb_dim
+
+    @property
+    def input_features(self) -> int:
+        """Columns of ``data.x``: the centre flag."""
+        return 1
+
+    def encode_nodes(
+        self, x: Tensor, edge_index: Tensor, hooks: BlockHook | None = None, edge_attr: Tensor | None = None
+    ) -> Tensor:
+        """Node embeddings ``(N, emb_dim)``; ``hooks`` edits the features entering each layer."""
+        if x.dim() != 2 or x.shape[1] != 1 or x.is_floating_point() and not torch.equal(x, x.round()):
+            raise ValueError(f"{self.name} reads nodes as (N, 1) 0/1 flags, got {x.dtype} {tuple(x.shape)}.")
+        if edge_attr is None or edge_attr.dim() != 2 or edge_attr.shape[1] != EDGE_FEATURES:
+            raise ValueError(f"{self.name} needs 9-dim edge features (data.edge_attr), as the STRING graphs carry.")
+        check_feature_hooks(hooks, self.name)
+        layers = self.encoder.gnns
+        contexts = [BlockContext(i, len(layers), 0, "graph") for i in range(len(layers))]
+        with tokens_before_blocks(hooks, layers, contexts):
+            return self.encoder(self.encoder.embed_nodes(x), edge_index, edge_attr)
