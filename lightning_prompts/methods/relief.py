@@ -179,6 +179,11 @@ class RELIEF(GraphPromptModule):
             raise ConfigurationError(
                 "RELIEF decays its learning rates itself (policy_lr_decay, head_lr_decay); remove lr_scheduler."
             )
+        if task != "graph":
+            raise ConfigurationError(
+                "RELIEF prompts graphs episode by episode: classify nodes through their k-hop ego-graphs "
+                "(GraphDataModule(task='node', ego_hops=k)) with task='graph', as the official node-level code does."
+            )
         super().__init__(backbone, classnames, task, pooling, head_layers, head_hidden, objective, **kwargs)
         self.automatic_optimization = False  # several policy updates and head steps per training batch
         self.entropy_weight = entropy_coef
@@ -266,10 +271,7 @@ class RELIEF(GraphPromptModule):
         return self.backbone.encode_nodes(data.x, data.edge_index, hooks=hooks, edge_attr=edge_attr)
 
     def example_features(self, data: Any, nodes: Tensor) -> Tensor:
-        if self.task == "graph":
-            return self.backbone.pool(nodes, data.batch, self.pooling)
-        mask = getattr(data, "target_mask", None)
-        return nodes if mask is None else nodes[mask]
+        return self.backbone.pool(nodes, data.batch, self.pooling)
 
     def graph_losses(self, data: Any, nodes: Tensor) -> Tensor:
         """``(G,)``: each graph's task loss under the current head, the reward's ``ℓ`` (module docstring)."""
@@ -282,11 +284,7 @@ class RELIEF(GraphPromptModule):
             per_example = losses.sum(dim=-1) / labelled.sum(dim=-1).clamp(min=1)
         else:
             per_example = F.cross_entropy(logits.float(), targets, reduction="none")
-        if self.task == "graph":
-            return per_example
-        owner = data.batch if getattr(data, "target_mask", None) is None else data.batch[data.target_mask]
-        totals = per_example.new_zeros(data.num_graphs).index_add_(0, owner, per_example)
-        return totals / torch.bincount(owner, minlength=data.num_graphs).clamp(min=1)
+        return per_example
 
     @staticmethod
     def _layout(data: Any) -> tuple[Tensor, Tensor]:

@@ -423,3 +423,8 @@ def test_the_docs_use_snippet_builds_the_method():
     model = namespace["model"]
     assert type(model).__name__ == "RELIEF" and model.policy.max_nodes == 13
     assert model.policy.critic.value[1].in_features == 13 * 8
+
+
+def test_node_level_is_through_ego_graphs_only():
+    with pytest.raises(ConfigurationError, match="ego-graphs"):
+        relief(task="node")
