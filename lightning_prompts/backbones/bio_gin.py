@@ -19,16 +19,12 @@ files; we do not read those (no pickle), so bring the graphs as PyG ``Data`` obj
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_prompts.backbones.gnn import GraphBackbone, check_feature_hooks
-from lightning_prompts.backbones.hooks import BlockContext, BlockHook, tokens_before_blocks
+from lightning_prompts.backbones.pretrain_gnns import PretrainGNNsBackbone
 from lightning_prompts.registry import register_backbone
-from lightning_prompts.utils.tensor_files import load_tensor_file
 
 EDGE_FEATURES = 9
 SELF_LOOP_FEATURE = 7
@@ -72,8 +68,8 @@ class BioGINEncoder(nn.Module):
     def embed_nodes(self, x: Tensor) -> Tensor:
         return self.gnns[0].input_node_embeddings(x.to(torch.int64).view(-1))
 
-    def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        """From the *embedded* nodes (:meth:`embed_nodes`)."""
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        h = self.embed_nodes(x)  # before layer 0, so a hook on layer 0 sees the embedded nodes
         last = len(self.gnns) - 1
         for index, layer in enumerate(self.gnns):
             h = layer(h, edge_index, edge_attr)
@@ -82,7 +78,7 @@ class BioGINEncoder(nn.Module):
 
 
 @register_backbone(family="graph")
-class BioGIN(GraphBackbone):
+class BioGIN(PretrainGNNsBackbone):
     """The frozen bio GIN of Pretrain-GNNs and GPF (see the module docstring).
 
     Args:
@@ -93,66 +89,17 @@ class BioGIN(GraphBackbone):
         seed: seed of the random initialisation.
     """
 
-    def __init__(
-        self, checkpoint_path: str | None = None, num_layers: int = 5, emb_dim: int = 300, seed: int = 0
-    ) -> None:
-        super().__init__()
-        self.checkpoint_path, self.num_layers, self.emb_dim = checkpoint_path, num_layers, emb_dim
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.encoder = BioGINEncoder(num_layers, emb_dim)
-        if checkpoint_path is not None:
-            self._load(Path(checkpoint_path))
-        self.freeze()
-
-    def _load(self, path: Path) -> None:
-        state = load_tensor_file(path, "bio GIN checkpoint")
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors).")
-        if "gnns.0.input_node_embeddings.weight" not in state:
-            state = {k.removeprefix("gnn."): v for k, v in state.items() if k.startswith("gnn.")}
-        if "gnns.0.input_node_embeddings.weight" not in state:
-            raise ValueError(f"{path} is not a Pretrain-GNNs bio encoder: no 'gnns.0.input_node_embeddings.weight'.")
-        layers = len({int(k.split(".")[1]) for k in state if k.startswith("gnns.")})
-        width = int(state["gnns.0.input_node_embeddings.weight"].shape[1])
-        if (layers, width) != (self.num_layers, self.emb_dim):
-            raise ValueError(
-                f"{path} holds a {layers}-layer, {width}-wide bio encoder but the backbone is configured with "
-                f"num_layers={self.num_layers}, emb_dim={self.emb_dim}; configure it as stored."
-            )
-        missing, unexpected = self.encoder.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path} does not match the bio GIN: missing {missing}, unexpected {unexpected}.")
-
-    @property
-    def name(self) -> str:
-        shape = f"bio-gin-{self.num_layers}x{self.emb_dim}"
-        return f"{shape}/{Path(self.checkpoint_path).name}" if self.checkpoint_path else f"{shape}/random"
-
-    @property
-    def in_channels(self) -> int:
-        """Width of the features a prompt edits (the node embeddings entering layer 0)."""
-        return self.emb_dim
-
-    @property
-    def hidden_channels(self) -> int:
-        return self.emb_dim
+    encoder_class = BioGINEncoder
+    marker_key = "gnns.0.input_node_embeddings.weight"
+    label = "bio GIN"
 
     @property
     def input_features(self) -> int:
         """Columns of ``data.x``: the centre flag."""
         return 1
 
-    def encode_nodes(
-        self, x: Tensor, edge_index: Tensor, hooks: BlockHook | None = None, edge_attr: Tensor | None = None
-    ) -> Tensor:
-        """Node embeddings ``(N, emb_dim)``; ``hooks`` edits the features entering each layer."""
+    def check_inputs(self, x: Tensor, edge_attr: Tensor | None) -> None:
         if x.dim() != 2 or x.shape[1] != 1 or x.is_floating_point() and not torch.equal(x, x.round()):
             raise ValueError(f"{self.name} reads nodes as (N, 1) 0/1 flags, got {x.dtype} {tuple(x.shape)}.")
         if edge_attr is None or edge_attr.dim() != 2 or edge_attr.shape[1] != EDGE_FEATURES:
             raise ValueError(f"{self.name} needs 9-dim edge features (data.edge_attr), as the STRING graphs carry.")
-        check_feature_hooks(hooks, self.name)
-        layers = self.encoder.gnns
-        contexts = [BlockContext(i, len(layers), 0, "graph") for i in range(len(layers))]
-        with tokens_before_blocks(hooks, layers, contexts):
-            return self.encoder(self.encoder.embed_nodes(x), edge_index, edge_attr)

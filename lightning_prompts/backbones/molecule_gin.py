@@ -19,16 +19,12 @@ map, concatenated messages): :class:`~lightning_prompts.backbones.bio_gin.BioGIN
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_prompts.backbones.gnn import GraphBackbone, check_feature_hooks
-from lightning_prompts.backbones.hooks import BlockContext, BlockHook, tokens_before_blocks
+from lightning_prompts.backbones.pretrain_gnns import PretrainGNNsBackbone
 from lightning_prompts.registry import register_backbone
-from lightning_prompts.utils.tensor_files import load_tensor_file
 
 #: Embedding rows of the official code: 118 elements + padding + the attribute-masking token.
 NUM_ATOM_TYPES = 120
@@ -93,38 +89,14 @@ class MoleculeGINEncoder(nn.Module):
         return h
 
 
-def read_pretrain_gnns_state(path: Path) -> dict[str, Tensor]:
-    """The encoder state dict of a Pretrain-GNNs / GPF ``.pth`` file (tensors only, no code runs).
-
-    Accepts the encoder's own state dict (the released files) and the state dict of a whole
-    ``GNN_graphpred`` model (keys under ``gnn.``; its prediction head is dropped).
-    """
-    state = load_tensor_file(path, "molecule GIN checkpoint")
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors).")
-    if "x_embedding1.weight" not in state and "gnn.x_embedding1.weight" in state:
-        state = {key.removeprefix("gnn."): value for key, value in state.items() if key.startswith("gnn.")}
-    if "x_embedding1.weight" not in state:
-        raise ValueError(
-            f"{path} is not a Pretrain-GNNs molecule encoder: it has no 'x_embedding1.weight' "
-            f"(keys start with {sorted(state)[:3]})."
-        )
-    return dict(state)
-
-
-def checkpoint_shape(state: dict[str, Tensor]) -> tuple[int, int]:
-    """``(num_layers, emb_dim)`` of an encoder state dict."""
-    layers = {int(key.split(".")[1]) for key in state if key.startswith("gnns.")}
-    return len(layers), int(state["x_embedding1.weight"].shape[1])
-
-
 @register_backbone(family="graph")
-class MoleculeGIN(GraphBackbone):
+class MoleculeGIN(PretrainGNNsBackbone):
     """The frozen molecule GIN of Pretrain-GNNs and GPF (see the module docstring).
 
     Args:
         checkpoint_path: a ``.pth`` file of the Pretrain-GNNs or GPF repositories (e.g.
-            ``chem/pretrained_models/contextpred.pth``); ``None`` keeps random weights.
+            ``chem/pretrained_models/contextpred.pth``; a whole ``GNN_graphpred`` state dict too, its head dropped);
+            ``None`` keeps random weights.
         num_layers: message-passing layers (5 in every released checkpoint).
         emb_dim: width of atom, bond and node embeddings (300 in every released checkpoint).
         seed: seed for random initialisation.
@@ -134,43 +106,9 @@ class MoleculeGIN(GraphBackbone):
     embeddings, so :attr:`in_channels` is ``emb_dim`` and :attr:`input_features` is 2.
     """
 
-    def __init__(
-        self, checkpoint_path: str | None = None, num_layers: int = 5, emb_dim: int = 300, seed: int = 0
-    ) -> None:
-        super().__init__()
-        self.checkpoint_path, self.num_layers, self.emb_dim = checkpoint_path, num_layers, emb_dim
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.encoder = MoleculeGINEncoder(num_layers, emb_dim)
-        if checkpoint_path is not None:
-            self._load(Path(checkpoint_path))
-        self.freeze()
-
-    def _load(self, path: Path) -> None:
-        state = read_pretrain_gnns_state(path)
-        stored = checkpoint_shape(state)
-        if stored != (self.num_layers, self.emb_dim):
-            raise ValueError(
-                f"{path} holds a {stored[0]}-layer, {stored[1]}-wide encoder but the backbone is configured with "
-                f"num_layers={self.num_layers}, emb_dim={self.emb_dim}; configure it as stored."
-            )
-        missing, unexpected = self.encoder.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path} does not match the molecule GIN: missing {missing}, unexpected {unexpected}.")
-
-    @property
-    def name(self) -> str:
-        shape = f"molecule-gin-{self.num_layers}x{self.emb_dim}"
-        return f"{shape}/{Path(self.checkpoint_path).name}" if self.checkpoint_path else f"{shape}/random"
-
-    @property
-    def in_channels(self) -> int:
-        """Width of the features a prompt edits (the atom embeddings)."""
-        return self.emb_dim
-
-    @property
-    def hidden_channels(self) -> int:
-        return self.emb_dim
+    encoder_class = MoleculeGINEncoder
+    marker_key = "x_embedding1.weight"
+    label = "molecule GIN"
 
     @property
     def input_features(self) -> int:
@@ -194,15 +132,3 @@ class MoleculeGIN(GraphBackbone):
                 values.min() < 0 or (values.max(0).values >= torch.tensor(limits, device=values.device)).any()
             ):
                 raise ValueError(f"{name} feature indices outside the embedding tables {limits} of {self.name}.")
-
-    def encode_nodes(
-        self, x: Tensor, edge_index: Tensor, hooks: BlockHook | None = None, edge_attr: Tensor | None = None
-    ) -> Tensor:
-        """Node embeddings ``(N, emb_dim)``; ``hooks`` edits the features entering each layer."""
-        self.check_inputs(x, edge_attr)
-        assert edge_attr is not None
-        check_feature_hooks(hooks, self.name)
-        layers = self.encoder.gnns
-        contexts = [BlockContext(i, len(layers), 0, "graph") for i in range(len(layers))]
-        with tokens_before_blocks(hooks, layers, contexts):
-            return self.encoder(x, edge_index, edge_attr)

@@ -74,7 +74,7 @@ def test_a_checkpoint_in_the_released_key_format_gives_the_official_embeddings(t
     data = ego_graph()
     ours = backbone.encode_nodes(data.x, data.edge_index, edge_attr=data.edge_attr)
     torch.testing.assert_close(ours, official_forward(state, data.x, data.edge_index, data.edge_attr))
-    with pytest.raises(ValueError, match="3-layer, 8-wide bio encoder"):
+    with pytest.raises(ValueError, match="3-layer, 8-wide bio GIN"):
         BioGIN(str(path), num_layers=5, emb_dim=WIDTH)
 
 

@@ -112,13 +112,13 @@ def test_whole_graph_prediction_model_state_loads_its_encoder(tmp_path):
 
 
 def test_bad_checkpoints_and_inputs_are_refused_with_the_reason(tmp_path, checkpoint):
-    with pytest.raises(ValueError, match="3-layer, 8-wide encoder"):
+    with pytest.raises(ValueError, match="3-layer, 8-wide molecule GIN"):
         MoleculeGIN(str(checkpoint), num_layers=5, emb_dim=300)
     with pytest.raises(FileNotFoundError):
         MoleculeGIN(str(tmp_path / "missing.pth"))
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.ones(2)}, other)
-    with pytest.raises(ValueError, match="not a Pretrain-GNNs molecule encoder"):
+    with pytest.raises(ValueError, match="not a Pretrain-GNNs molecule GIN"):
         MoleculeGIN(str(other))
     code = tmp_path / "code.pth"
     torch.save({"x_embedding1.weight": torch.ones(2), "hook": print}, code)
