@@ -3,7 +3,7 @@
 
 Each task gets a *lane* (:mod:`lightning_prompts.prompts.lanes`): its own copy of the ViT's class token and
 ``S`` selectors, which run beside the frozen ViT through every block with the frozen weights — the selectors
-summarise the frozen patch tokens (drop and replace), the lane attends over its class token and summaries
+summarise the frozen stream's tokens (drop and replace), the lane attends over its class token and summaries
 with its own key/value prompts in the first blocks — and never change the frozen stream. The final lane class
 token is L2-normalised and read by one shared linear head over all classes.
 
