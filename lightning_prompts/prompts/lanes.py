@@ -5,8 +5,8 @@ A lane is a handful of tokens per task — its class token (a copy of the ViT's)
 beside the frozen ViT through every block with the block's own frozen weights and never write into the frozen
 stream. In block ``i``, on LayerNorm'd tokens:
 
-1. **drop and replace**: each selector ``s`` summarises the frozen stream's (normalised, detached) tokens — class token and patches —
-   ``X``: ``softmax(s Xᵀ / √d) X``; the lane attends over ``[cls, summaries]``;
+1. **drop and replace**: each selector ``s`` summarises the frozen stream's (normalised, detached) tokens ``X``,
+   class token and patches: ``softmax(s Xᵀ / √d) X``; the lane attends over ``[cls, summaries]``;
 2. **prefix prompts** (the first ``prompt_blocks`` blocks): the lane's keys and values are prefixed by the
    lane's own ``K`` key and ``K`` value prompts per head;
 3. after the attention the summaries are *dropped*: the lane keeps its class token's output and its
