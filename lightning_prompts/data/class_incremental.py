@@ -261,8 +261,7 @@ class ClassIncrementalDataModule(LightningDataModule):
                 verify_images(items, f"{self.dataset} {split} split")
 
     def _current_task(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return self.task_of_epoch(trainer.current_epoch) if trainer is not None else 0
+        return current_stream_task(self)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._subset("train", [self._current_task()], train=True)
@@ -300,3 +299,9 @@ def _wordnet_names(wnids: Sequence[str]) -> list[str]:
         except (KeyError, ValueError):
             names.append(wnid)
     return names
+
+
+def current_stream_task(stream: Any) -> int:
+    """The task a stream data module serves now: its schedule's task of the trainer's epoch (0 before a trainer)."""
+    trainer = getattr(stream, "trainer", None)
+    return stream.task_of_epoch(trainer.current_epoch) if trainer is not None else 0

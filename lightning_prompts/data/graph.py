@@ -225,7 +225,7 @@ class GraphDataModule(LightningDataModule):
         from torch_geometric.loader import DataLoader as GraphLoader
 
         if self.task_level == "node":  # one full graph per batch
-            return DataLoader(self._splits[split], batch_size=1, collate_fn=_first, num_workers=self.num_workers)
+            return DataLoader(self._splits[split], batch_size=1, collate_fn=first_item, num_workers=self.num_workers)
         return GraphLoader(
             self._splits[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers
         )
@@ -259,5 +259,5 @@ def ego_graphs(graph: Any, centers: Sequence[int], hops: int) -> list[Any]:
     return graphs
 
 
-def _first(items: list[Any]) -> Any:
+def first_item(items: list[Any]) -> Any:
     return items[0]

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from lightning_prompts.data.graph import instantiate_dataset
+from lightning_prompts.data.graph import first_item, instantiate_dataset
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
 
@@ -79,10 +79,6 @@ class HeteroSBM:
 
     def __getitem__(self, index: int) -> Any:
         return self.data
-
-
-def _first(items: list[Any]) -> Any:
-    return items[0]
 
 
 @register_datamodule()
@@ -186,7 +182,7 @@ class HeteroGraphDataModule(LightningDataModule):
         return view
 
     def _loader(self, split: str) -> DataLoader:
-        return DataLoader([self._view(split)], batch_size=1, collate_fn=_first)
+        return DataLoader([self._view(split)], batch_size=1, collate_fn=first_item)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -31,6 +31,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_prompts.batch import IMAGE, INDEX, LABEL
+from lightning_prompts.data.class_incremental import current_stream_task
 from lightning_prompts.data.images import load_rgb
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import build_transform
@@ -251,8 +252,7 @@ class MultiLabelIncrementalDataModule(LightningDataModule):
         return MultiLabelImages(chosen, [labels[i] for i in keep], len(self.data()["names"]), transform)
 
     def _current_task(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return self.task_of_epoch(trainer.current_epoch) if trainer is not None else 0
+        return current_stream_task(self)
 
     def train_dataloader(self) -> DataLoader:
         task = self._current_task()

@@ -286,18 +286,17 @@ class RELIEF(GraphPromptModule):
             per_example = F.cross_entropy(logits.float(), targets, reduction="none")
         return per_example
 
-    @staticmethod
-    def _layout(data: Any) -> tuple[Tensor, Tensor]:
-        nodes_per_graph = torch.bincount(data.batch, minlength=data.num_graphs)
-        return nodes_per_graph, torch.cumsum(nodes_per_graph, 0) - nodes_per_graph
+    def _empty_prompt(self, data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Nodes per graph, each graph's first node, the padding mask and the all-zero increments of a batch."""
+        counts = torch.bincount(data.batch, minlength=data.num_graphs)
+        increments = data.x.new_zeros(data.num_nodes, self.backbone.in_channels, dtype=torch.float32)
+        return counts, torch.cumsum(counts, 0) - counts, self.policy.padding(counts), increments
 
     # -- prompting ------------------------------------------------------------------------------------
     @torch.no_grad()
     def joint_increments(self, data: Any, generator: torch.Generator | None = None) -> Tensor:
         """The joint policy's prompt of a batch of graphs: ``n_g`` steps per graph (official ``attach_prompt``)."""
-        counts, starts = self._layout(data)
-        padding = self.policy.padding(counts)
-        increments = data.x.new_zeros(data.num_nodes, self.backbone.in_channels, dtype=torch.float32)
+        counts, starts, padding, increments = self._empty_prompt(data)
         for step in range(int(counts.max())):
             states = self.policy.states(self.node_embeddings(data, increments), data.batch, counts)
             nodes, added = self.policy.joint_action(states, padding, generator)
@@ -308,10 +307,8 @@ class RELIEF(GraphPromptModule):
     @torch.no_grad()
     def rollout(self, member: int, data: Any) -> EpisodeBatch:
         """Member ``member``'s stochastic episodes on a batch of graphs (official ``train_prompt`` loop)."""
-        counts, starts = self._layout(data)
-        padding = self.policy.padding(counts)
+        counts, starts, padding, increments = self._empty_prompt(data)
         steps = int(counts.max())
-        increments = data.x.new_zeros(data.num_nodes, self.backbone.in_channels, dtype=torch.float32)
         embeddings = self.node_embeddings(data, increments)
         record: dict[str, list[Tensor]] = {k: [] for k in ("states", "nodes", "increments", "lp_nodes", "lp_inc")}
         losses = [self.graph_losses(data, embeddings)]
