@@ -8,6 +8,13 @@ from lightning_prompts.registry import lazy_exports
 
 _BASES = {
     name: "lightning_prompts.methods.base"
-    for name in ("PromptModule", "CLIPPromptModule", "ViTPromptModule", "TextPromptModule", "GraphPromptModule")
+    for name in (
+        "PromptModule",
+        "CLIPPromptModule",
+        "ViTPromptModule",
+        "TextPromptModule",
+        "GraphPromptModule",
+        "HeteroNodeModule",
+    )
 }
 __getattr__, __dir__ = lazy_exports(__name__, _BASES)

@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.hetero_gnn import EdgeType, HeteroGNN
-from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods.base import PromptModule
+from lightning_prompts.methods.base.hetero import HeteroNodeModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.hetero import HeteroFeaturePrompt, NeighbourAttention, SemanticAttention
 from lightning_prompts.registry import register_method
@@ -63,7 +62,7 @@ def metapath_edges(data: Any, path: Sequence[EdgeType]) -> Tensor:
     code="none released",
     example={"target": "paper", "metapaths": [[["paper", "to", "author"], ["author", "to", "paper"]]], "num_bases": 2},
 )
-class HetGPT(PromptModule):
+class HetGPT(HeteroNodeModule):
     """HetGPT on a frozen heterogeneous GNN (see the module docstring).
 
     Args:
@@ -95,16 +94,10 @@ class HetGPT(PromptModule):
         attention_width: int = 128,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, classnames, **kwargs)
-        if not self.classnames:
-            raise ValueError("HetGPT needs classnames to size its class tokens (the CLI links them).")
-        if target not in self.backbone.in_channels:
-            raise ValueError(
-                f"target {target!r} is not a node type of the encoder ({sorted(self.backbone.in_channels)})."
-            )
+        super().__init__(backbone, classnames, target, **kwargs)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}.")
-        self.target, self.temperature, self.prompt_l2 = target, temperature, prompt_l2
+        self.temperature, self.prompt_l2 = temperature, prompt_l2
         self.relations = [e for e in self.backbone.edge_types if e[2] == target]
         self.metapaths = [[tuple(e) for e in path] for path in metapaths or []]
         for path in self.metapaths:
@@ -133,14 +126,6 @@ class HetGPT(PromptModule):
             {"name": "aggregation", "params": aggregation},
         ]
 
-    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
-        super().check_ready(stage, callbacks, datamodule)
-        data_target = getattr(datamodule, "target", None)
-        if data_target is not None and data_target != self.target:
-            raise ConfigurationError(
-                f"HetGPT classifies {self.target!r} nodes but the data module's target is {data_target!r}."
-            )
-
     # -- forward ---------------------------------------------------------------------------------------
     def node_representations(self, data: Any) -> Tensor:
         """``z`` ``(N_target, width)`` of every target-type node (see the module docstring)."""
@@ -162,20 +147,13 @@ class HetGPT(PromptModule):
         return F.normalize(z, dim=-1) @ F.normalize(self.class_tokens, dim=-1).T / self.temperature
 
     def forward(self, data: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
-        z = self.node_representations(data)
-        mask = getattr(data[self.target], "target_mask", None)
-        z = z if mask is None else z[mask]
+        z = self.select_targets(data, self.node_representations(data))
         return PromptOutput(logits=self.logits_of(z), pooled_features=z)
 
     def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
         if self.training and not bool(self.class_tokens_ready):
             self.initialise_class_tokens(batch)
         return self(batch, fields)
-
-    def batch_targets(self, batch: Any) -> Tensor:
-        store = batch[self.target]
-        mask = getattr(store, "target_mask", None)
-        return store.y if mask is None else store.y[mask]
 
     @torch.no_grad()
     def initialise_class_tokens(self, batch: Any) -> None:
