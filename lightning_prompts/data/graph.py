@@ -10,7 +10,10 @@ Three ways to read a dataset:
   also what :class:`~lightning_prompts.pretraining.GraphCL` pre-trains on for node datasets.
 
 Few-shot splits draw ``shots`` training and ``val_shots`` validation examples per class with a
-``random.Random(seed)``, identical on every DDP rank; all remaining examples are the test set.
+``random.Random(seed)``, identical on every DDP rank; all remaining examples are the test set. RELIEF's node-level
+protocol (ProG's) instead draws ``val_size`` and ``test_size`` examples at random from those left after the
+training shots, keeps only nodes whose ego-graph has ``ego_size`` = [min, max] nodes, and reduces the node features
+to ``svd_features`` columns (PyG's ``SVDFeatureReduction``: ``U[:, :k] diag(S[:k])``, no centring).
 ``shots=-1`` keeps a node dataset's own ``train/val/test_mask`` (e.g. Planetoid's public split) or
 splits graphs 80/10/10.
 """
@@ -77,25 +80,44 @@ def check_node_features(data: Any, where: str) -> None:
 
 
 def stratified_split(
-    labels: Sequence[int], shots: int, val_shots: int, seed: int, where: str
+    labels: Sequence[int],
+    shots: int,
+    val_shots: int,
+    seed: int,
+    where: str,
+    eligible: Sequence[int] | None = None,
+    sizes: tuple[int, int | None] | None = None,
 ) -> tuple[list[int], list[int], list[int]]:
-    """Per class ``shots`` train and ``val_shots`` val indices; the rest is test."""
+    """Per class ``shots`` train and ``val_shots`` val indices; the rest is test. Only ``eligible`` indices (default
+    all) take part. With ``sizes = (val_size, test_size)`` validation is instead ``val_size`` indices drawn at random
+    from those left after the training shots, and test the next ``test_size`` of them (``None``: all the rest)."""
     rng = random.Random(seed)
     by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(labels):
-        by_class.setdefault(int(label), []).append(index)
+    for index in range(len(labels)) if eligible is None else eligible:
+        by_class.setdefault(int(labels[index]), []).append(index)
+    per_class_val = 0 if sizes is not None else val_shots
     train, val = [], []
     for label, indices in sorted(by_class.items()):
-        if len(indices) < shots + val_shots:
+        if len(indices) < shots + per_class_val:
             raise DatasetError(
-                f"{where}: class {label} has {len(indices)} examples, fewer than the {shots} training + {val_shots} "
-                f"validation shots requested."
+                f"{where}: class {label} has {len(indices)} examples, fewer than the {shots} training + "
+                f"{per_class_val} validation shots requested."
             )
-        chosen = rng.sample(indices, shots + val_shots)
+        chosen = rng.sample(indices, shots + per_class_val)
         train.extend(chosen[:shots])
         val.extend(chosen[shots:])
     taken = set(train) | set(val)
-    return sorted(train), sorted(val), [i for i in range(len(labels)) if i not in taken]
+    rest = [i for i in sorted(i for indices in by_class.values() for i in indices) if i not in taken]
+    if sizes is None:
+        return sorted(train), sorted(val), rest
+    val_size, test_size = sizes
+    wanted = val_size + (test_size or 0)
+    if len(rest) < wanted:
+        raise DatasetError(f"{where}: {len(rest)} examples left after the training shots, fewer than the {wanted} "
+                           f"validation + test examples requested.")  # fmt: skip
+    rng.shuffle(rest)
+    test = rest[val_size:] if test_size is None else rest[val_size:wanted]
+    return sorted(train), sorted(rest[:val_size]), sorted(test)
 
 
 @register_datamodule()
@@ -112,6 +134,14 @@ class GraphDataModule(LightningDataModule):
         val_shots: validation examples per class (default: ``shots``).
         seed: seed of the few-shot split.
         ego_hops: for node tasks, classify each node's k-hop ego-graph instead of the node in the full graph.
+        ego_size: ``[min, max]``: only nodes whose ego-graph has between min and max nodes (both included) are
+            examples (RELIEF: Cora 4 hops 5–150, CiteSeer 3 hops 20–150, PubMed 2 hops 50–300).
+        val_size, test_size: draw validation (and test; ``None``: all the rest) at random, unstratified, from the
+            examples left after the training shots instead of ``val_shots`` per class (RELIEF: 500 and 500).
+        svd_features: reduce node features to this many columns by SVD first (RELIEF: 100); node tasks only.
+        edges: ``"as_stored"``, or ``"lower_to_higher"``: keep each edge only from the lower to the higher node
+            index (node tasks). RELIEF's processed Cora holds each citation once that way, so its ego-graphs (in-
+            neighbours, ``k_hop_subgraph``'s flow) differ from those of PyG's symmetric Cora.
         classnames: class names (default ``"class 0"``, ``"class 1"``, …).
         batch_size: graphs per batch (graph tasks and ego-graphs).
         num_workers: loader workers.
@@ -128,6 +158,11 @@ class GraphDataModule(LightningDataModule):
         classnames: list[str] | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
+        ego_size: tuple[int, int] | None = None,
+        val_size: int | None = None,
+        test_size: int | None = None,
+        svd_features: int | None = None,
+        edges: Literal["as_stored", "lower_to_higher"] = "as_stored",
     ) -> None:
         super().__init__()
         if task not in ("node", "graph"):
@@ -136,8 +171,19 @@ class GraphDataModule(LightningDataModule):
             raise ValueError(
                 "ego_hops turns node classification into ego-graph classification; use it with task='node'."
             )
+        if ego_size is not None and (ego_hops is None or len(ego_size) != 2 or not 1 <= ego_size[0] <= ego_size[1]):
+            raise ValueError(f"ego_size must be [min, max] with 1 <= min <= max and needs ego_hops, got {ego_size}.")
+        if test_size is not None and val_size is None:
+            raise ValueError("test_size needs val_size (both draw from the examples left after the training shots).")
+        if svd_features is not None and (task != "node" or svd_features < 1):
+            raise ValueError("svd_features reduces one graph's node features: a positive width with task='node'.")
+        if edges not in ("as_stored", "lower_to_higher") or (edges != "as_stored" and task != "node"):
+            raise ValueError(f"edges must be 'as_stored' or, for task='node', 'lower_to_higher'; got {edges!r}.")
+        self.edges = edges
         self.dataset = instantiate_dataset(dataset)
         self.task, self.ego_hops = task, ego_hops
+        self.ego_size, self.val_size, self.test_size, self.svd_features = ego_size, val_size, test_size, svd_features
+        self._graph: Any = None
         self.shots, self.val_shots, self.seed = shots, shots if val_shots is None else val_shots, seed
         self._classnames, self.batch_size, self.num_workers = classnames, batch_size, num_workers
         self._splits: dict[str, Any] | None = None
@@ -145,6 +191,20 @@ class GraphDataModule(LightningDataModule):
         if len(self.dataset) == 0:
             raise DatasetError(f"{where} is empty.")
         check_node_features(self.dataset[0], where)
+
+    @property
+    def graph(self) -> Any:
+        """The one graph of a node task (features reduced by ``svd_features``, edges kept as ``edges`` says)."""
+        if self._graph is None:
+            graph = self.dataset[0]
+            if self.svd_features is not None and graph.x.shape[-1] > self.svd_features:
+                from torch_geometric.transforms import SVDFeatureReduction
+
+                graph = SVDFeatureReduction(self.svd_features)(graph)
+            if self.edges == "lower_to_higher":
+                graph.edge_index = graph.edge_index[:, graph.edge_index[0] < graph.edge_index[1]]
+            self._graph = graph
+        return self._graph
 
     # -- protocol with the methods ------------------------------------------------------------------
     @property
@@ -154,7 +214,7 @@ class GraphDataModule(LightningDataModule):
 
     @property
     def num_features(self) -> int:
-        return int(self.dataset[0].x.shape[-1])
+        return int((self.graph if self.task == "node" else self.dataset[0]).x.shape[-1])
 
     @property
     def max_nodes(self) -> int:
@@ -162,7 +222,7 @@ class GraphDataModule(LightningDataModule):
         if self.task == "graph":
             return max(int(graph.num_nodes) for graph in self.dataset)
         if self.ego_hops is None:
-            return int(self.dataset[0].num_nodes)
+            return int(self.graph.num_nodes)
         self.setup("fit")
         return max(int(graph.num_nodes) for split in self._splits.values() for graph in split)
 
@@ -182,17 +242,21 @@ class GraphDataModule(LightningDataModule):
     # -- splits -------------------------------------------------------------------------------------
     def _labels(self) -> torch.Tensor:
         if self.task == "node":
-            return self.dataset[0].y.view(-1)
+            return self.graph.y.view(-1)
         return torch.cat([graph.y.view(-1)[:1] for graph in self.dataset])
 
     def _split_indices(self) -> dict[str, list[int]]:
         labels = self._labels().tolist()
         name = type(self.dataset).__name__
         if self.shots > 0:
-            train, val, test = stratified_split(labels, self.shots, self.val_shots, self.seed, name)
+            sizes = None if self.val_size is None else (self.val_size, self.test_size)
+            eligible = None if self.ego_size is None else self.ego_sized_nodes()
+            train, val, test = stratified_split(labels, self.shots, self.val_shots, self.seed, name, eligible, sizes)
             return {"train": train, "val": val, "test": test}
+        if self.ego_size is not None or self.val_size is not None:
+            raise ConfigurationError("ego_size and val_size shape a few-shot split: set shots > 0.")
         if self.task == "node":
-            data = self.dataset[0]
+            data = self.graph
             masks = {split: getattr(data, f"{split}_mask", None) for split in ("train", "val", "test")}
             if any(mask is None for mask in masks.values()):
                 raise DatasetError(f"{name} has no train/val/test masks; set shots > 0 for a few-shot split.")
@@ -202,6 +266,18 @@ class GraphDataModule(LightningDataModule):
         cut1, cut2 = int(0.8 * len(order)), int(0.9 * len(order))
         return {"train": sorted(order[:cut1]), "val": sorted(order[cut1:cut2]), "test": sorted(order[cut2:])}
 
+    def ego_sized_nodes(self) -> list[int]:
+        """The nodes whose ``ego_hops``-hop ego-graph has ``ego_size`` nodes (sizes as ``k_hop_subgraph`` counts)."""
+        from torch_geometric.utils import k_hop_subgraph
+
+        low, high = self.ego_size
+        graph = self.graph
+        sizes = [
+            len(k_hop_subgraph(node, self.ego_hops, graph.edge_index, num_nodes=graph.num_nodes)[0])
+            for node in range(graph.num_nodes)
+        ]
+        return [node for node, size in enumerate(sizes) if low <= size <= high]
+
     def setup(self, stage: str) -> None:
         if self._splits is not None:
             return
@@ -209,9 +285,9 @@ class GraphDataModule(LightningDataModule):
         if self.task == "graph":
             self._splits = {split: self.dataset[torch.tensor(ids, dtype=torch.long)] for split, ids in indices.items()}
         elif self.ego_hops is not None:
-            self._splits = {split: ego_graphs(self.dataset[0], ids, self.ego_hops) for split, ids in indices.items()}
+            self._splits = {split: ego_graphs(self.graph, ids, self.ego_hops) for split, ids in indices.items()}
         else:
-            graph = self.dataset[0]
+            graph = self.graph
             self._splits = {}
             for split, ids in indices.items():
                 view = graph.clone()

@@ -22,9 +22,18 @@ if TYPE_CHECKING:
 class ClassificationEvaluator(Evaluator):
     """Accuracy on the training classes (``val/acc``) and per test set (``test/acc``; with several sets
     ``test/acc_<set>``, and ``test/hm`` for base and novel), switching the module to each test set's
-    classes first (CoOp rebuilds its class prompts). The default protocol."""
+    classes first (CoOp rebuilds its class prompts). The default protocol.
 
-    def __init__(self) -> None:
+    Args:
+        macro_f1: also report the macro-averaged F1 over the classes (``val/macro_f1``, ``test/macro_f1``; one test
+            set only), as RELIEF's node-level tables do; the command line's best checkpoint then follows
+            ``val/macro_f1``, the official model selection.
+    """
+
+    def __init__(self, macro_f1: bool = False) -> None:
+        self.macro_f1 = macro_f1
+        self.monitor = ("val/macro_f1", "max") if macro_f1 else None  # type: ignore[misc]
+        self._f1: dict[str, Any] = {}
         self.val_accuracy = SetwiseAccuracy(["val"])
         self.test_accuracy: SetwiseAccuracy | None = None
         self._set_names: list[str] = []
@@ -41,6 +50,8 @@ class ClassificationEvaluator(Evaluator):
         return sets or {"test": list(module.classnames)}
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
+        if self.macro_f1 and stage == "test" and len(self.class_sets(module, datamodule)) > 1:
+            raise ConfigurationError("macro_f1=True scores one test set; the data module has several.")
         ood = provided(datamodule, OODTestSets)
         if stage == "test" and ood is not None and list(ood.ood_test_sets):
             raise ConfigurationError(
@@ -60,6 +71,10 @@ class ClassificationEvaluator(Evaluator):
             )
 
     def start(self, module: PromptModule, stage: Stage) -> None:
+        if self.macro_f1:
+            from torchmetrics.classification import MulticlassF1Score
+
+            self._f1[stage] = MulticlassF1Score(len(module.classnames), average="macro").to(module.device)
         if stage == "val":
             self.val_accuracy = self.val_accuracy.to(module.device)
             self.val_accuracy.reset()
@@ -86,6 +101,8 @@ class ClassificationEvaluator(Evaluator):
     def update(
         self, module: PromptModule, batch: Any, scores: Tensor, targets: Tensor, stage: Stage, dataloader_idx: int
     ) -> None:
+        if self.macro_f1:
+            self._f1[stage].update(scores.argmax(dim=-1), targets)
         if stage == "val":
             self.val_accuracy.update(scores, targets)
         else:
@@ -97,10 +114,12 @@ class ClassificationEvaluator(Evaluator):
                 self.group_accuracy.update(scores[inside], targets[inside], set_index=index)
 
     def finish(self, module: PromptModule, stage: Stage) -> dict[str, Tensor]:
+        f1 = self._f1.pop(stage, None)
+        extra = {f"{stage}/macro_f1": f1.compute()} if f1 is not None and f1.update_count else {}
         if stage == "val":
             result = self.val_accuracy.compute()
             self.val_accuracy.reset()
-            return {"val/acc": result["val"]} if "val" in result else {}  # no batch: nothing to report
+            return {"val/acc": result["val"], **extra} if "val" in result else {}  # no batch: nothing to report
         assert self.test_accuracy is not None
         results = self.test_accuracy.compute()
         self.test_accuracy.reset()
@@ -114,5 +133,5 @@ class ClassificationEvaluator(Evaluator):
                 report["test/hm"] = harmonic_mean(*(groups[name] for name in self.group_accuracy.set_names))
             return report
         if list(results) == ["test"]:
-            return {"test/acc": results["test"]}
+            return {"test/acc": results["test"], **extra}
         return {(f"test/{name}" if name == "hm" else f"test/acc_{name}"): value for name, value in results.items()}

@@ -122,6 +122,9 @@ class RELIEF(GraphPromptModule):
         head_batch_size: graphs per head step (128).
         subset_overlap: the ensemble's data overlap (0.2).
         eval_seed: seed of the joint policy's node draws when evaluating.
+        clamp_increments, reward_clip: the two differences of the official node-level code from its graph-level
+            code: sampled increments clamped to ``±max_increment``, and each step's loss decrease clipped to
+            ``±reward_clip`` (0.1) before normalisation; off by default (graph level), on in the node-level recipes.
         **kwargs: ``optimizer`` (the head's; default Adam, lr 1e-3 = ``tasknet_lr``) and the other
             :class:`~lightning_prompts.methods.PromptModule` options. RELIEF decays its learning rates itself, so
             it takes no ``lr_scheduler``.
@@ -165,6 +168,8 @@ class RELIEF(GraphPromptModule):
         head_batch_size: int = 128,
         subset_overlap: float = 0.2,
         eval_seed: int = 0,
+        clamp_increments: bool = False,
+        reward_clip: float | None = None,
         **kwargs: Any,
     ) -> None:
         for name, value in (("policy_lr_decay", policy_lr_decay), ("head_lr_decay", head_lr_decay)):
@@ -193,7 +198,7 @@ class RELIEF(GraphPromptModule):
         h = self.hparams
         return InsertionPolicy(
             self.backbone.hidden_channels, self.backbone.in_channels, h["max_nodes"], h["ensemble_size"],
-            h["max_increment"], h["init_log_std"],
+            h["max_increment"], h["init_log_std"], h["clamp_increments"],
         )  # fmt: skip
 
     @property
@@ -405,7 +410,9 @@ class RELIEF(GraphPromptModule):
                 data = Batch.from_data_list([graphs[i] for i in group.tolist()]).to(self.device)
                 started = time.perf_counter()
                 episodes = self.rollout(member, data)
-                experience = episodes.transitions(self.policy.critic, normalizer, h["gamma"], h["gae_lambda"])
+                experience = episodes.transitions(
+                    self.policy.critic, normalizer, h["gamma"], h["gae_lambda"], h["reward_clip"]
+                )
                 self.phase_seconds["rollout"] += time.perf_counter() - started
                 if len(experience) > h["ppo_minibatch_size"]:  # the official code skips smaller groups
                     started = time.perf_counter()

@@ -47,6 +47,8 @@ class InsertionPolicy(nn.Module):
         ensemble_size: members (RELIEF: 3; 1 is plain H-PPO).
         max_increment: the bound ``max_z`` of the mean increment per step.
         init_log_std: the continuous actors' initial log-std (annealed by the method, not learned).
+        clamp_increments: clamp each sampled increment to ``±max_increment`` before its log-probability is taken
+            (RELIEF's node-level code does; its graph-level code does not).
     """
 
     def __init__(
@@ -57,8 +59,10 @@ class InsertionPolicy(nn.Module):
         ensemble_size: int = 3,
         max_increment: float = 1.0,
         init_log_std: float = 0.0,
+        clamp_increments: bool = False,
     ) -> None:
         super().__init__()
+        self.clamp_increments, self.max_increment = clamp_increments, max_increment
         if ensemble_size < 1:
             raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}.")
         if max_nodes < 1:
@@ -110,6 +114,8 @@ class InsertionPolicy(nn.Module):
         nodes = node_dist.sample()
         increment_dist = self.continuous[member].distribution(states, nodes)
         increments = increment_dist.sample()
+        if self.clamp_increments:
+            increments = increments.clamp(-self.max_increment, self.max_increment)
         return nodes, increments, node_dist.log_prob(nodes), increment_dist.log_prob(increments).sum(dim=-1)
 
     def joint_action(

@@ -56,8 +56,15 @@ class EpisodeBatch:
     losses: Tensor  # (G, T + 1): ℓ_0 … ℓ_T
 
     def transitions(
-        self, critic: nn.Module, normalizer: RewardNormalizer, gamma: float = 0.99, lam: float = 0.95
+        self,
+        critic: nn.Module,
+        normalizer: RewardNormalizer,
+        gamma: float = 0.99,
+        lam: float = 0.95,
+        reward_clip: float | None = None,
     ) -> Transitions:
+        """Valid steps with normalised rewards, advantages and returns; ``reward_clip`` bounds each loss decrease
+        to ``±reward_clip`` before normalisation (RELIEF's node-level code: 0.1)."""
         counts = self.nodes_per_graph.tolist()
         steps = self.states.shape[1]
         valid = torch.arange(steps, device=self.states.device) < self.nodes_per_graph.unsqueeze(-1)  # (G, T)
@@ -65,6 +72,8 @@ class EpisodeBatch:
         next_states = torch.cat([torch.cat([s[1:n], s[n - 1 : n]]) for s, n in zip(self.states, counts)])
         dones = torch.cat([torch.arange(n, device=states.device) == n - 1 for n in counts]).to(states.dtype)
         raw = [(self.losses[g, :n] - self.losses[g, 1 : n + 1]).double().cpu().numpy() for g, n in enumerate(counts)]
+        if reward_clip is not None:
+            raw = [episode.clip(-reward_clip, reward_clip) for episode in raw]
         if normalizer.stats.count == 0:
             normalizer.warm_up([r for episode in raw for r in episode])
         rewards = torch.tensor(

@@ -85,6 +85,7 @@ class Official:
 
     def __init__(self, module: RELIEF):
         self.s = dict(module.hparams)
+        self.clamped = self.clipped = 0  # node-level clamps of sampled increments and clips of rewards
         self.gnn = module.backbone.encoder
         self.actor_ds = [copy.deepcopy(a.scores) for a in module.policy.discrete]
         self.actor_cs = [copy.deepcopy(a.mean_net) for a in module.policy.continuous]
@@ -173,6 +174,10 @@ class Official:
                         mean = self.mean(a, st, a_d)
                         dist_c = Normal(mean, torch.exp(torch.full_like(mean, self.log_std)))
                         a_c = dist_c.sample()
+                        if self.s["clamp_increments"]:  # node_level/agent.py get_action_logprob
+                            bound = self.s["max_increment"]
+                            self.clamped += int((a_c.abs() > bound).sum())
+                            a_c = torch.clamp(a_c, -bound, bound)
                         lp_c = dist_c.log_prob(a_c).sum(-1)
                     for i in range(G):
                         if step < npg[i]:
@@ -186,7 +191,12 @@ class Official:
                     n = int(npg[i])
                     next_state[i, : n - 1] = state[i, 1:n]
                     next_state[i, n - 1] = state[i, n - 1]
-                rewards = [(reward[i][: n + 1][:-1] - reward[i][: n + 1][1:]).numpy() for i, n in enumerate(npg)]
+                rewards = [(reward[i][: n + 1][:-1] - reward[i][: n + 1][1:]) for i, n in enumerate(npg)]
+                if self.s["reward_clip"] is not None:  # node_level/reward.py reshape_reward
+                    clip = self.s["reward_clip"]
+                    self.clipped += sum(int((r.abs() > clip).sum()) for r in rewards)
+                    rewards = [torch.clamp(r, min=-clip, max=clip) for r in rewards]
+                rewards = [r.numpy() for r in rewards]
                 state, next_state, done = state[valid], next_state[valid], done[valid]
                 # compute_adv_ret
                 if norm.n == 0:
@@ -301,8 +311,12 @@ class Official:
                 break
 
 
-def test_two_epochs_equal_the_official_training_loop():
-    module = relief()
+@pytest.mark.parametrize(
+    "level", [{}, {"clamp_increments": True, "reward_clip": 0.001, "max_increment": 0.3}], ids=["graph", "node"]
+)
+def test_two_epochs_equal_the_official_training_loop(level):
+    """graph_level's loop, and node_level's (sampled increments clamped to ±max_z, rewards clipped)."""
+    module = relief(**level)
     pool = graphs(10)
     captured = {}
     original = module.training_step
@@ -326,7 +340,9 @@ def test_two_epochs_equal_the_official_training_loop():
     pairs = [(module.head, official.tasknet), (module.policy.critic.value, official.critic)]
     pairs += [(ours.scores, theirs) for ours, theirs in zip(module.policy.discrete, official.actor_ds)]
     pairs += [(ours.mean_net, theirs) for ours, theirs in zip(module.policy.continuous, official.actor_cs)]
-    initial = relief()
+    if level:  # both node-level differences acted in these two epochs
+        assert official.clamped > 0 and official.clipped > 0
+    initial = relief(**level)
     moved = 0
     for (ours, _), start in zip(pairs, [initial.head, initial.policy.critic.value]):
         moved += sum(float((a - b).detach().abs().max()) > 1e-4 for a, b in zip(ours.parameters(), start.parameters()))

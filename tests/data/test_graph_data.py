@@ -1,0 +1,85 @@
+"""GraphDataModule's node-level protocol of RELIEF (ProG): ego-graph size limits, validation and test drawn at random
+from the examples left after the training shots, SVD-reduced features — each against a brute-force computation."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+import torch
+from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.utils import to_undirected
+
+from lightning_prompts.data.graph import GraphDataModule
+
+
+class OneGraph(InMemoryDataset):
+    def __init__(self, data):
+        super().__init__()
+        self.data, self.slices = self.collate([data])
+
+
+def random_graph(nodes=120, features=30, classes=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    edges = to_undirected(torch.randint(0, nodes, (2, nodes), generator=generator), num_nodes=nodes)
+    x = torch.randn(nodes, features, generator=generator)
+    return Data(x=x, edge_index=edges, y=torch.arange(nodes) % classes)
+
+
+def test_ego_size_keeps_the_nodes_whose_k_hop_graph_has_min_to_max_nodes_and_the_sizes_draw_from_the_rest():
+    graph = random_graph()
+    data = GraphDataModule(OneGraph(graph), shots=3, ego_hops=2, ego_size=(3, 12), val_size=20, test_size=25, seed=4)
+    network = nx.Graph(graph.edge_index.t().tolist())
+    network.add_nodes_from(range(graph.num_nodes))
+    sizes = {n: len(nx.single_source_shortest_path_length(network, n, cutoff=2)) for n in network}
+    eligible = {n for n, size in sizes.items() if 3 <= size <= 12}
+    assert set(data.ego_sized_nodes()) == eligible and 0 < len(eligible) < graph.num_nodes
+    splits = data._split_indices()
+    train, val, test = (set(splits[k]) for k in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (9, 20, 25) and train | val | test <= eligible
+    assert not (train & val or train & test or val & test)
+    assert sorted(int(graph.y[n]) for n in train) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # shots per class
+    data.setup("fit")
+    assert all(3 <= g.num_nodes <= 12 for split in data._splits.values() for g in split)
+    assert {int(g.y) for g in data._splits["train"]} == {0, 1, 2}
+    everything = GraphDataModule(OneGraph(graph), shots=3, ego_hops=2, ego_size=(3, 12), val_size=20, seed=4)
+    split = everything._split_indices()
+    assert len(split["test"]) == len(eligible) - 9 - 20  # no test_size: all the rest
+
+
+def test_svd_features_are_u_times_s_of_the_feature_matrix():
+    graph = random_graph(features=30)
+    data = GraphDataModule(OneGraph(graph), shots=3, ego_hops=1, svd_features=8)
+    u, s, _ = torch.linalg.svd(graph.x)
+    torch.testing.assert_close(data.graph.x, u[:, :8] @ torch.diag(s[:8]))
+    assert data.num_features == 8
+    data.setup("fit")
+    assert data._splits["train"][0].x.shape[-1] == 8
+
+
+def test_bad_protocol_arguments_are_refused():
+    graph = OneGraph(random_graph())
+    with pytest.raises(ValueError, match="needs ego_hops"):
+        GraphDataModule(graph, ego_size=(3, 12))
+    with pytest.raises(ValueError, match="test_size needs val_size"):
+        GraphDataModule(graph, test_size=10)
+    with pytest.raises(ValueError, match="svd_features"):
+        GraphDataModule(graph, task="graph", svd_features=8)
+    too_many = GraphDataModule(graph, shots=3, ego_hops=2, ego_size=(3, 12), val_size=500, test_size=500)
+    with pytest.raises(Exception, match="fewer than the 1000 validation"):
+        too_many._split_indices()
+
+
+def test_lower_to_higher_edges_keep_each_edge_once_and_ego_graphs_follow_in_neighbours():
+    graph = random_graph()
+    data = GraphDataModule(OneGraph(graph), shots=3, ego_hops=2, edges="lower_to_higher")
+    kept = data.graph.edge_index
+    assert bool((kept[0] < kept[1]).all()) and kept.shape[1] == int((graph.edge_index[0] < graph.edge_index[1]).sum())
+    network = nx.DiGraph(kept.t().tolist())
+    network.add_nodes_from(range(graph.num_nodes))
+    reverse = network.reverse()  # k_hop_subgraph's default flow collects the nodes that reach the centre
+    sizes = [len(nx.single_source_shortest_path_length(reverse, n, cutoff=2)) for n in range(graph.num_nodes)]
+    sized = GraphDataModule(OneGraph(graph), shots=1, ego_hops=2, ego_size=(2, 4), edges="lower_to_higher")
+    assert set(sized.ego_sized_nodes()) == {n for n, size in enumerate(sizes) if 2 <= size <= 4}
+    assert sizes[0] == 1  # node 0 has no lower neighbour: its ego-graph is itself
+    with pytest.raises(ValueError, match="lower_to_higher"):
+        GraphDataModule(OneGraph(graph), task="graph", edges="lower_to_higher")

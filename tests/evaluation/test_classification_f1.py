@@ -1,0 +1,44 @@
+"""ClassificationEvaluator(macro_f1=True): the macro F1 over classes next to accuracy, against a hand computation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lightning_prompts.evaluation import ClassificationEvaluator
+
+
+def hand_macro_f1(predicted, targets, classes):
+    scores = []
+    for c in range(classes):
+        tp = sum(int(p == c and t == c) for p, t in zip(predicted, targets))
+        fp = sum(int(p == c and t != c) for p, t in zip(predicted, targets))
+        fn = sum(int(p != c and t == c) for p, t in zip(predicted, targets))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / classes
+
+
+@pytest.mark.parametrize("stage", ["val", "test"])
+def test_macro_f1_is_the_mean_of_the_per_class_f1(stage):
+    module = SimpleNamespace(classnames=["a", "b", "c"], classnames_for_training=["a", "b", "c"], device="cpu",
+                             datamodule=None, set_classnames=lambda names: None)  # fmt: skip
+    evaluator = ClassificationEvaluator(macro_f1=True)
+    evaluator.start(module, stage)
+    generator = torch.Generator().manual_seed(0)
+    predicted, targets = [], []
+    for _ in range(3):  # batches
+        scores, labels = torch.randn(7, 3, generator=generator), torch.randint(0, 3, (7,), generator=generator)
+        evaluator.prepare(module, stage, 0)
+        evaluator.update(module, None, scores, labels, stage, 0)
+        predicted += scores.argmax(-1).tolist()
+        targets += labels.tolist()
+    report = evaluator.finish(module, stage)
+    assert float(report[f"{stage}/macro_f1"]) == pytest.approx(hand_macro_f1(predicted, targets, 3), abs=1e-6)
+    accuracy = sum(int(p == t) for p, t in zip(predicted, targets)) / len(targets)
+    assert float(report[f"{stage}/acc"]) == pytest.approx(accuracy, abs=1e-6)
+    plain = ClassificationEvaluator()
+    plain.start(module, "val")
+    plain.update(module, None, torch.eye(3), torch.arange(3), "val", 0)
+    assert set(plain.finish(module, "val")) == {"val/acc"}
