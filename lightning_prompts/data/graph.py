@@ -142,6 +142,9 @@ class GraphDataModule(LightningDataModule):
         edges: ``"as_stored"``, or ``"lower_to_higher"``: keep each edge only from the lower to the higher node
             index (node tasks). RELIEF's processed Cora holds each citation once that way, so its ego-graphs (in-
             neighbours, ``k_hop_subgraph``'s flow) differ from those of PyG's symmetric Cora.
+        ego_fanout: sample each ego-graph hop by hop (``[10, 10]``: up to 10 in-neighbours per node per hop, as
+            PyG's ``NeighborLoader`` does) instead of inducing it: RELIEF's Amazon Photo and Computers subgraphs.
+            ``ego_size`` still filters on the full k-hop size, as the official preprocessing does.
         classnames: class names (default ``"class 0"``, ``"class 1"``, …).
         batch_size: graphs per batch (graph tasks and ego-graphs).
         num_workers: loader workers.
@@ -163,6 +166,7 @@ class GraphDataModule(LightningDataModule):
         test_size: int | None = None,
         svd_features: int | None = None,
         edges: Literal["as_stored", "lower_to_higher"] = "as_stored",
+        ego_fanout: list[int] | None = None,
     ) -> None:
         super().__init__()
         if task not in ("node", "graph"):
@@ -179,7 +183,9 @@ class GraphDataModule(LightningDataModule):
             raise ValueError("svd_features reduces one graph's node features: a positive width with task='node'.")
         if edges not in ("as_stored", "lower_to_higher") or (edges != "as_stored" and task != "node"):
             raise ValueError(f"edges must be 'as_stored' or, for task='node', 'lower_to_higher'; got {edges!r}.")
-        self.edges = edges
+        if ego_fanout is not None and (ego_hops is None or len(ego_fanout) != ego_hops or min(ego_fanout) < 1):
+            raise ValueError(f"ego_fanout needs one positive width per hop of ego_hops ({ego_hops}), got {ego_fanout}.")
+        self.edges, self.ego_fanout = edges, ego_fanout
         self.dataset = instantiate_dataset(dataset)
         self.task, self.ego_hops = task, ego_hops
         self.ego_size, self.val_size, self.test_size, self.svd_features = ego_size, val_size, test_size, svd_features
@@ -285,7 +291,13 @@ class GraphDataModule(LightningDataModule):
         if self.task == "graph":
             self._splits = {split: self.dataset[torch.tensor(ids, dtype=torch.long)] for split, ids in indices.items()}
         elif self.ego_hops is not None:
-            self._splits = {split: ego_graphs(self.graph, ids, self.ego_hops) for split, ids in indices.items()}
+            if self.ego_fanout is None:
+                self._splits = {split: ego_graphs(self.graph, ids, self.ego_hops) for split, ids in indices.items()}
+            else:
+                self._splits = {
+                    split: sampled_ego_graphs(self.graph, ids, self.ego_fanout, self.seed + offset)
+                    for offset, (split, ids) in enumerate(indices.items())
+                }
         else:
             graph = self.graph
             self._splits = {}
@@ -331,6 +343,42 @@ def ego_graphs(graph: Any, centers: Sequence[int], hops: int) -> list[Any]:
         )
         graphs.append(
             Data(x=graph.x[nodes], edge_index=edge_index, y=graph.y[center].view(1), center_index=mapping.view(1))
+        )
+    return graphs
+
+
+def sampled_ego_graphs(graph: Any, centers: Sequence[int], fanout: Sequence[int], seed: int) -> list[Any]:
+    """Neighbour-sampled ego-graphs, as PyG's ``NeighborLoader(num_neighbors=fanout)`` draws them one seed node at a
+    time (directed sampling, RELIEF's Amazon subgraphs): hop by hop, every node added in the previous hop draws up to
+    ``fanout[h]`` of its in-neighbours uniformly without replacement; the subgraph holds the centre (first), the
+    nodes reached, and only the sampled edges (neighbour → node). Draws come from a generator seeded by ``seed``."""
+    from torch_geometric.data import Data
+
+    generator = torch.Generator().manual_seed(seed)
+    source, target = graph.edge_index
+    order = torch.argsort(target, stable=True)
+    sources = source[order]
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(target, minlength=graph.num_nodes).cumsum(0)])
+    graphs = []
+    for center in centers:
+        local = {int(center): 0}
+        frontier, edges = [int(center)], []
+        for width in fanout:
+            reached = []
+            for node in frontier:
+                neighbours = sources[starts[node] : starts[node + 1]]
+                if len(neighbours) > width:
+                    neighbours = neighbours[torch.randperm(len(neighbours), generator=generator)[:width]]
+                for neighbour in neighbours.tolist():
+                    if neighbour not in local:
+                        local[neighbour] = len(local)
+                        reached.append(neighbour)
+                    edges.append((local[neighbour], local[node]))
+            frontier = reached
+        nodes = torch.tensor(list(local), dtype=torch.long)
+        edge_index = torch.tensor(edges, dtype=torch.long).t().reshape(2, -1)
+        graphs.append(
+            Data(x=graph.x[nodes], edge_index=edge_index, y=graph.y[center].view(1), center_index=torch.zeros(1).long())
         )
     return graphs
 

@@ -125,6 +125,9 @@ class RELIEF(GraphPromptModule):
         clamp_increments, reward_clip: the two differences of the official node-level code from its graph-level
             code: sampled increments clamped to ``±max_increment``, and each step's loss decrease clipped to
             ``±reward_clip`` (0.1) before normalisation; off by default (graph level), on in the node-level recipes.
+        warmup_epochs: epochs of head-only training on the unprompted graphs (shuffled minibatches of 32) before the
+            policy starts (the node-level ``--warmup_epochs``: Amazon Photo 50 or 100); ``trainer.max_epochs``
+            counts them, and the annealing and learning-rate decays run over the epochs after them.
         **kwargs: ``optimizer`` (the head's; default Adam, lr 1e-3 = ``tasknet_lr``) and the other
             :class:`~lightning_prompts.methods.PromptModule` options. RELIEF decays its learning rates itself, so
             it takes no ``lr_scheduler``.
@@ -170,6 +173,7 @@ class RELIEF(GraphPromptModule):
         eval_seed: int = 0,
         clamp_increments: bool = False,
         reward_clip: float | None = None,
+        warmup_epochs: int = 0,
         **kwargs: Any,
     ) -> None:
         for name, value in (("policy_lr_decay", policy_lr_decay), ("head_lr_decay", head_lr_decay)):
@@ -217,8 +221,12 @@ class RELIEF(GraphPromptModule):
         if stage == "fit" and self._trainer is not None:
             if self.trainer.world_size > 1:
                 raise ConfigurationError("RELIEF trains its policy in one process; run it on one device.")
-            if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
-                raise ConfigurationError("RELIEF anneals its policy over max_epochs; set trainer.max_epochs.")
+            epochs = self.trainer.max_epochs
+            if not self.trainer.fast_dev_run and (epochs is None or epochs <= self.hparams["warmup_epochs"]):
+                raise ConfigurationError(
+                    "RELIEF anneals its policy over the epochs after its warm-up; set trainer.max_epochs above "
+                    f"warmup_epochs ({self.hparams['warmup_epochs']})."
+                )
 
     # -- optimisation ---------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
@@ -251,7 +259,10 @@ class RELIEF(GraphPromptModule):
 
     def on_train_epoch_start(self) -> None:
         h = self.hparams
-        epoch, total = self.current_epoch + 1, int(self.trainer.max_epochs)
+        self.phase_seconds = dict.fromkeys(self.phase_seconds, 0.0)
+        if self.current_epoch < h["warmup_epochs"]:
+            return  # the head alone, at its initial learning rate
+        epoch, total = self.current_epoch + 1 - h["warmup_epochs"], int(self.trainer.max_epochs) - h["warmup_epochs"]
         decay = 1.0 - (epoch - 1) / total
         *policy, head = self.optimizers()
         for optimizer in policy:
@@ -262,7 +273,6 @@ class RELIEF(GraphPromptModule):
             group["lr"] = group["base_lr"] * (decay if h["head_lr_decay"] == "down" else 1.0)
         self.entropy_weight = h["entropy_coef"] * decay
         self.policy.set_log_std(annealed_log_std(epoch, total, h["init_log_std"]))
-        self.phase_seconds = dict.fromkeys(self.phase_seconds, 0.0)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
@@ -346,6 +356,25 @@ class RELIEF(GraphPromptModule):
         return PromptOutput(logits=self.head(features), pooled_features=features, node_embeddings=nodes)
 
     # -- training -------------------------------------------------------------------------------------
+    def warmup_step(self, graphs: list[Any], head_optimizer: Any) -> Tensor:
+        """One warm-up epoch (official ``tasknet_warmup``): head steps on shuffled minibatches of 32 unprompted
+        graphs."""
+        started, losses = time.perf_counter(), []
+        for group in torch.randperm(len(graphs)).split(32):
+            data = Batch.from_data_list([graphs[i] for i in group.tolist()]).to(self.device)
+            with torch.no_grad():
+                nodes = self.node_embeddings(data)
+            loss = self.task_loss(PromptOutput(logits=self.head(self.example_features(data, nodes))),
+                                  self.batch_targets(data))  # fmt: skip
+            head_optimizer.zero_grad()
+            self.manual_backward(loss)
+            head_optimizer.step()
+            losses.append(loss.detach())
+        self.phase_seconds["head"] += time.perf_counter() - started
+        loss = torch.stack(losses).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(graphs))
+        return loss
+
     def ppo_update(self, member: int, experience: Transitions, optimizer: Any) -> dict[str, float]:
         """Member ``member``'s hybrid-PPO passes over ``experience`` (official ``train_policy``/``_actor_loss``)."""
         h, policy = self.hparams, self.policy
@@ -402,6 +431,8 @@ class RELIEF(GraphPromptModule):
         h = self.hparams
         *policy_optimizers, head_optimizer = self.optimizers()
         graphs = batch.to_data_list()
+        if self.current_epoch < h["warmup_epochs"]:
+            return self.warmup_step(graphs, head_optimizer)
         normalizer = RewardNormalizer()  # fresh each epoch's pool, shared by the members (official)
         self.backbone.eval()
         for member, subset in enumerate(member_subsets(len(graphs), self.policy.ensemble_size, h["subset_overlap"])):

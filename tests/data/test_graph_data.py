@@ -83,3 +83,30 @@ def test_lower_to_higher_edges_keep_each_edge_once_and_ego_graphs_follow_in_neig
     assert sizes[0] == 1  # node 0 has no lower neighbour: its ego-graph is itself
     with pytest.raises(ValueError, match="lower_to_higher"):
         GraphDataModule(OneGraph(graph), task="graph", edges="lower_to_higher")
+
+
+def test_sampled_ego_graphs_match_pyg_neighbor_loader_with_all_neighbours_and_respect_the_fanout():
+    from lightning_prompts.data.graph import sampled_ego_graphs
+
+    graph = random_graph(nodes=60)
+    node_of = {tuple(row): index for index, row in enumerate(graph.x.tolist())}  # random features: unique rows
+    in_edges = {(a, b) for a, b in graph.edge_index.t().tolist()}
+    centers = [0, 7, 31]
+    ours = sampled_ego_graphs(graph, centers, [100, 100], seed=0)  # wider than any degree: every neighbour
+    for center, mine in zip(centers, ours):
+        # what NeighborLoader(num_neighbors=[-1, -1]) returns: nodes within 2 in-hops, and the in-edges of the
+        # nodes within 1 hop (the frontiers that sampled)
+        hop1 = {a for a, b in in_edges if b == center} - {center}
+        hop2 = {a for a, b in in_edges if b in hop1} - hop1 - {center}
+        ids = [node_of[tuple(row)] for row in mine.x.tolist()]
+        assert ids[0] == center and set(ids) == {center} | hop1 | hop2
+        mine_edges = {(ids[a], ids[b]) for a, b in mine.edge_index.t().tolist()}
+        assert mine_edges == {(a, b) for a, b in in_edges if b in {center} | hop1}
+        assert int(mine.y) == int(graph.y[center])
+    narrow = sampled_ego_graphs(graph, centers, [2, 1], seed=3)
+    for sub in narrow:
+        incoming = torch.bincount(sub.edge_index[1], minlength=sub.num_nodes)
+        assert int(incoming[0]) <= 2 and int(incoming[1:].max()) <= 1  # the centre: hop 1's width; the rest: hop 2's
+        assert sub.num_nodes <= 1 + 2 + 2 and int(sub.center_index) == 0
+    again = sampled_ego_graphs(graph, centers, [2, 1], seed=3)
+    assert all(torch.equal(a.edge_index, b.edge_index) for a, b in zip(narrow, again))  # seeded

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning import Trainer
+from lightning import Callback, Trainer
 from torch.distributions import Categorical, Normal
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
@@ -444,3 +444,63 @@ def test_the_docs_use_snippet_builds_the_method():
 def test_node_level_is_through_ego_graphs_only():
     with pytest.raises(ConfigurationError, match="ego-graphs"):
         relief(task="node")
+
+
+def test_warmup_epochs_train_the_head_alone_on_unprompted_graphs_then_the_schedules_start(trainer_kwargs):
+    """node_level/base.py tasknet_warmup: head steps on shuffled minibatches of 32 unprompted graphs; the annealing
+    and the decays then count the epochs after the warm-up."""
+    module = relief(warmup_epochs=2, ensemble_size=1)
+    pool = graphs(40)
+    policy = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    reference_head = copy.deepcopy(module.head)
+    optimizer = torch.optim.Adam(reference_head.parameters(), lr=1e-3)
+
+    class Record(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:  # the end of the warm-up: only the head moved
+                assert all(torch.equal(v, pl_module.policy.state_dict()[k]) for k, v in policy.items())
+                for a, b in zip(pl_module.head.parameters(), reference_head.parameters()):
+                    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+    def reference_epoch():
+        for group in torch.randperm(len(pool)).split(32):
+            data = Batch.from_data_list([pool[i] for i in group.tolist()])
+            with torch.no_grad():
+                nodes = module.backbone.encode_nodes(data.x, data.edge_index)
+            features = module.backbone.pool(nodes, data.batch, "mean")
+            loss = F.cross_entropy(reference_head(features), data.y.view(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    original = module.training_step
+
+    def with_reference(batch, batch_idx):
+        if module.current_epoch < 2:  # replay the warm-up from the same random state, before ours runs
+            state = torch.get_rng_state()
+            reference_epoch()
+            torch.set_rng_state(state)
+        return original(batch, batch_idx)
+
+    module.training_step = with_reference
+    Trainer(max_epochs=3, callbacks=[Record()], limit_val_batches=0, **trainer_kwargs).fit(
+        module, train_dataloaders=DataLoader(pool, batch_size=len(pool), shuffle=False)
+    )
+    assert module.policy.continuous[0].log_std[0].item() == pytest.approx(SETTINGS["init_log_std"])  # epoch 1 of 1
+    assert any(not torch.equal(v, module.policy.state_dict()[k]) for k, v in policy.items())  # the policy trained
+    with pytest.raises(ConfigurationError, match="above warmup_epochs"):
+        Trainer(max_epochs=2, **trainer_kwargs).fit(relief(warmup_epochs=2), train_dataloaders=DataLoader(pool))
+
+
+def test_the_amazon_node_recipe_samples_ego_graphs_and_warms_up(tmp_path):
+    from lightning_prompts.cli import run_cli
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    configs = ["--config", str(recipes / "relief" / "node" / "photo_gppt.yaml")]
+    configs += ["--config", str(recipes / "_tiny" / "relief_node.yaml")]
+    cli = run_cli(["fit", *configs, "--data.init_args.ego_hops", "2", "--data.init_args.ego_size", "[1, 80]",
+                   "--model.init_args.max_nodes", "221",
+                   "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert cli.datamodule.ego_fanout == [20, 10] and cli.model.hparams["warmup_epochs"] == 100
+    assert max(g.num_nodes for g in cli.datamodule._splits["train"]) <= 1 + 20 + 200
+    assert cli.trainer.callback_metrics["time/rollout_s"] == 0  # the one fast_dev_run step was a warm-up step
