@@ -359,21 +359,25 @@ class RELIEF(GraphPromptModule):
     def warmup_step(self, graphs: list[Any], head_optimizer: Any) -> Tensor:
         """One warm-up epoch (official ``tasknet_warmup``): head steps on shuffled minibatches of 32 unprompted
         graphs."""
-        started, losses = time.perf_counter(), []
-        for group in torch.randperm(len(graphs)).split(32):
-            data = Batch.from_data_list([graphs[i] for i in group.tolist()]).to(self.device)
-            with torch.no_grad():
-                nodes = self.node_embeddings(data)
-            loss = self.task_loss(PromptOutput(logits=self.head(self.example_features(data, nodes))),
-                                  self.batch_targets(data))  # fmt: skip
-            head_optimizer.zero_grad()
-            self.manual_backward(loss)
-            head_optimizer.step()
-            losses.append(loss.detach())
+        started = time.perf_counter()
+        groups = torch.randperm(len(graphs)).split(32)
+        losses = [self.head_step(graphs, group, head_optimizer, prompted=False) for group in groups]
         self.phase_seconds["head"] += time.perf_counter() - started
         loss = torch.stack(losses).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(graphs))
         return loss
+
+    def head_step(self, graphs: list[Any], group: Tensor, head_optimizer: Any, prompted: bool) -> Tensor:
+        """One step of the head on the graphs ``group`` indexes, prompted by the joint policy or not."""
+        data = Batch.from_data_list([graphs[i] for i in group.tolist()]).to(self.device)
+        with torch.no_grad():
+            nodes = self.node_embeddings(data, self.joint_increments(data) if prompted else None)
+        logits = self.head(self.example_features(data, nodes))
+        loss = self.task_loss(PromptOutput(logits=logits), self.batch_targets(data))
+        head_optimizer.zero_grad()
+        self.manual_backward(loss)
+        head_optimizer.step()
+        return loss.detach()
 
     def ppo_update(self, member: int, experience: Transitions, optimizer: Any) -> dict[str, float]:
         """Member ``member``'s hybrid-PPO passes over ``experience`` (official ``train_policy``/``_actor_loss``)."""
@@ -455,15 +459,7 @@ class RELIEF(GraphPromptModule):
         head_losses = []
         for _ in range(h["head_epochs"]):
             for group in torch.arange(len(graphs)).split(h["head_batch_size"]):
-                data = Batch.from_data_list([graphs[i] for i in group.tolist()]).to(self.device)
-                with torch.no_grad():
-                    nodes = self.node_embeddings(data, self.joint_increments(data))
-                logits = self.head(self.example_features(data, nodes))
-                loss = self.task_loss(PromptOutput(logits=logits), self.batch_targets(data))
-                head_optimizer.zero_grad()
-                self.manual_backward(loss)
-                head_optimizer.step()
-                head_losses.append(loss.detach())
+                head_losses.append(self.head_step(graphs, group, head_optimizer, prompted=True))
         self.phase_seconds["head"] += time.perf_counter() - started
         loss = torch.stack(head_losses).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(graphs))
