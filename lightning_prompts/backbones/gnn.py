@@ -124,10 +124,21 @@ class GNN(GraphBackbone):
         self.checkpoint_path = checkpoint_path
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.encoder = build_gnn(arch, in_channels, hidden_channels, num_layers, norm)
+            self.encoder = self.build_encoder()
         if checkpoint_path is not None:
             self._load(Path(checkpoint_path))
         self.freeze()
+
+    def build_encoder(self) -> nn.Module:
+        """The encoder ``arch_config`` describes (a subclass with another module tree overrides this, ``layers``
+        and ``_load``)."""
+        arch = self.arch_config
+        return build_gnn(arch["arch"], arch["in_channels"], arch["hidden_channels"], arch["num_layers"], arch["norm"])
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The message-passing layers, whose inputs block hooks edit."""
+        return self.encoder.convs
 
     def _load(self, path: Path) -> None:
         saved = load_tensor_file(path, "GNN checkpoint")
@@ -171,9 +182,9 @@ class GNN(GraphBackbone):
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"Node features have {x.shape[-1]} channels but {self.name} expects {self.in_channels}.")
         check_feature_hooks(hooks, self.name)
-        convs = self.encoder.convs
-        contexts = [BlockContext(i, len(convs), 0, "graph") for i in range(len(convs))]
-        with tokens_before_blocks(hooks, convs, contexts):
+        layers = self.layers
+        contexts = [BlockContext(i, len(layers), 0, "graph") for i in range(len(layers))]
+        with tokens_before_blocks(hooks, layers, contexts):
             return self.encoder(x, edge_index)
 
 

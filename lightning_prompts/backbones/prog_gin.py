@@ -19,12 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_prompts.backbones.gnn import GraphBackbone, check_feature_hooks
-from lightning_prompts.backbones.hooks import BlockContext, BlockHook, tokens_before_blocks
+from lightning_prompts.backbones.gnn import GNN
 from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.tensor_files import load_tensor_file
 
@@ -52,8 +50,9 @@ class ProGGINEncoder(nn.Module):
 
 
 @register_backbone(family="graph")
-class ProGGIN(GraphBackbone):
-    """A frozen ProG / RELIEF node-level GIN (see the module docstring).
+class ProGGIN(GNN):
+    """A frozen ProG / RELIEF node-level GIN (see the module docstring); :class:`~lightning_prompts.backbones.GNN`
+    with the official module tree and checkpoint format.
 
     Args:
         in_channels: node feature width (100: RELIEF's SVD-reduced features).
@@ -72,57 +71,27 @@ class ProGGIN(GraphBackbone):
         checkpoint_path: str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.arch = {"in_channels": in_channels, "hidden_channels": hidden_channels, "num_layers": num_layers}
-        self.checkpoint_path = checkpoint_path
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.encoder = ProGGINEncoder(in_channels, hidden_channels, num_layers)
-        if checkpoint_path is not None:
-            self._load(Path(checkpoint_path))
-        self.freeze()
+        super().__init__("prog-gin", in_channels, hidden_channels, num_layers, None, checkpoint_path, seed)
+
+    def build_encoder(self) -> nn.Module:
+        arch = self.arch_config
+        return ProGGINEncoder(arch["in_channels"], arch["hidden_channels"], arch["num_layers"])
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.encoder.conv_layers
 
     def _load(self, path: Path) -> None:
         state = load_tensor_file(path, "ProG GIN checkpoint")
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
             raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors).")
         if "conv_layers.0.nn.0.weight" not in state:
-            raise ValueError(
-                f"{path} is not a ProG GIN: it has no 'conv_layers.0.nn.0.weight' (keys {sorted(state)[:3]})."
-            )
+            first = sorted(state)[:3]
+            raise ValueError(f"{path} is not a ProG GIN: it has no 'conv_layers.0.nn.0.weight' (keys {first}).")
         layers = len({int(key.split(".")[1]) for key in state if key.startswith("conv_layers.")})
         hidden, inputs = (int(n) for n in state["conv_layers.0.nn.0.weight"].shape)
         stored = {"in_channels": inputs, "hidden_channels": hidden, "num_layers": layers}
-        if stored != self.arch:
-            raise ValueError(f"{path} holds a GIN with {stored} but the backbone is configured with {self.arch}.")
+        configured = {key: self.arch_config[key] for key in stored}
+        if stored != configured:
+            raise ValueError(f"{path} holds a GIN with {stored} but the backbone is configured with {configured}.")
         self.encoder.load_state_dict({key: value.float() for key, value in state.items()})
-
-    @property
-    def name(self) -> str:
-        shape = f"prog-gin-{self.arch['num_layers']}x{self.arch['hidden_channels']}"
-        return f"{shape}/{Path(self.checkpoint_path).name}" if self.checkpoint_path else f"{shape}/random"
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.arch["in_channels"])
-
-    @property
-    def hidden_channels(self) -> int:
-        return int(self.arch["hidden_channels"])
-
-    @property
-    def input_features(self) -> int:
-        return self.in_channels
-
-    def encode_nodes(
-        self, x: Tensor, edge_index: Tensor, hooks: BlockHook | None = None, edge_attr: Tensor | None = None
-    ) -> Tensor:
-        """Node embeddings ``(N, hidden_channels)``; ``hooks`` edits the features entering each layer; GIN reads no
-        edge features, so ``edge_attr`` is ignored."""
-        if x.shape[-1] != self.in_channels:
-            raise ValueError(f"Node features have {x.shape[-1]} channels but {self.name} expects {self.in_channels}.")
-        check_feature_hooks(hooks, self.name)
-        layers = self.encoder.conv_layers
-        contexts = [BlockContext(i, len(layers), 0, "graph") for i in range(len(layers))]
-        with tokens_before_blocks(hooks, layers, contexts):
-            return self.encoder(x.to(layers[0].nn[0].weight.dtype), edge_index)
