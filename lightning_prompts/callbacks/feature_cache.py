@@ -3,11 +3,13 @@
 When a method leaves the image encoder unprompted and frozen (CoOp, KgCoOp-style recipes, zero-shot
 CLIP), every training and validation step encodes images whose features could be
 computed once. This callback computes the frozen image features of ``passes`` passes over the training
-set at the start of ``fit`` (each pass with the training preprocessing, so random crops and flips give
+set when training starts (each pass with the training preprocessing, so random crops and flips give
 ``passes`` augmented copies) and hands epoch ``e``'s batches the features of pass ``e mod passes`` for
-their images (``batch["image_features"]``); the method then skips its image encoder. Validation images
-(deterministic evaluation preprocessing) are encoded once, at the first validation, and reused every
-epoch: that part is exact.
+their images (``batch["image_features"]``); the method then skips its image encoder. A training set that
+changes between epochs (pseudolabel rounds) encodes only the images it has not seen in this fit, and
+:class:`~lightning_prompts.callbacks.PseudoLabelRounds` reads its unlabelled images' features from here too.
+Validation images (deterministic evaluation preprocessing) are encoded once, at the first validation, and
+reused every epoch: that part is exact.
 
 Training on cached features is **not exact** to per-step augmentation: with random augmentation each
 image is seen in ``passes`` augmented versions instead of a fresh one every epoch. With deterministic
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from lightning_prompts.batch import IMAGE, IMAGE_FEATURES, INDEX
 from lightning_prompts.data.protocols import TrainingSet, provided
@@ -49,7 +51,9 @@ class FrozenFeatureCache(Callback):
         if passes < 1:
             raise ValueError(f"passes must be at least 1, got {passes}.")
         self.passes, self.batch_size = passes, batch_size
-        self.features: Tensor | None = None
+        self.features: Tensor | None = None  # (passes, N, D): the current training set's
+        self._train_dataset: Any = None
+        self._stored: dict[tuple[int | str, str], Tensor] = {}  # (pass or preprocessing, image file) -> feature
         # validation features per data loader, keyed by the loader's dataset (a new dataset is re-encoded)
         self._eval_features: dict[int, tuple[Any, Tensor | None]] = {}
         self._current_eval: list[Tensor | None] = []
@@ -63,19 +67,47 @@ class FrozenFeatureCache(Callback):
         if datamodule is not None and provided(datamodule, TrainingSet) is None:
             raise ConfigurationError("FrozenFeatureCache needs a data module that exposes train_dataset().")
 
-    @torch.no_grad()
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.features, self._train_dataset, self._stored = None, None, {}
+
+    @torch.no_grad()
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dataset = trainer.datamodule.train_dataset()
-        # the passes' augmentations come from a generator of their own, seeded from the run's seed, so the
-        # training's own random stream (shuffling, dropout) is the one it would be without the cache
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch.initial_seed() % 2**31)
-            self.features = torch.stack([self._encode(pl_module, dataset, self.batch_size) for _ in range(self.passes)])
+        if dataset is not self._train_dataset:  # the first epoch, or a training set that changed (pseudolabels)
+            self.features = self.features_of(pl_module, dataset, list(range(self.passes)))
+            self._train_dataset = dataset
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.features is not None:
             chosen = self.features[trainer.current_epoch % self.passes, batch[INDEX].cpu()]
             batch[IMAGE_FEATURES] = chosen.to(pl_module.device, non_blocking=True)
+
+    @torch.no_grad()
+    def features_of(self, module: LightningModule, dataset: Any, versions: list[int | str]) -> Tensor:
+        """Frozen image features ``(len(versions), N, D)`` of ``dataset`` in its order, one row per version: the
+        training passes (ints) or another preprocessing of the same images (a name: ``"eval"`` for the
+        pseudolabelling pass of :class:`~lightning_prompts.callbacks.PseudoLabelRounds`).
+
+        Images of a dataset that lists them (``items`` with a ``path``) are kept by file for the whole fit, so a
+        training set that changes between epochs encodes only the images it has not seen; other datasets are
+        encoded whole. Versions are encoded in order from a generator of the cache's own, seeded from the run's
+        seed: the training's random stream (shuffling, dropout) is the one it would be without the cache.
+        """
+        keys = _image_keys(dataset)
+        missing = list(range(len(dataset)))
+        if keys is not None:
+            missing = [i for i, key in enumerate(keys) if any((v, key) not in self._stored for v in versions)]
+        encoded: list[Tensor] = []
+        if missing:
+            part = dataset if len(missing) == len(dataset) else Subset(dataset, missing)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(torch.initial_seed() % 2**31)
+                encoded = [self._encode(module, part, self.batch_size) for _ in versions]
+        if keys is None:
+            return torch.stack(encoded)
+        for version, features in zip(versions, encoded):
+            self._stored.update({(version, keys[i]): row for i, row in zip(missing, features)})
+        return torch.stack([torch.stack([self._stored[(v, key)] for key in keys]) for v in versions])
 
     @torch.no_grad()
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -112,11 +144,12 @@ class FrozenFeatureCache(Callback):
     def _encode(module: LightningModule, dataset: Any, batch_size: int) -> Tensor:
         """Frozen image features ``(N, D)`` of every sample of ``dataset``, in dataset order."""
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
-        features: Tensor | None = None
-        for batch in loader:
-            encoded = module.image_features(batch[IMAGE].to(module.device)).float().cpu()
-            if features is None:
-                features = encoded.new_zeros(len(dataset), encoded.shape[-1])
-            features[batch[INDEX]] = encoded
-        assert features is not None
-        return features
+        return torch.cat([module.image_features(batch[IMAGE].to(module.device)).float().cpu() for batch in loader])
+
+
+def _image_keys(dataset: Any) -> list[str] | None:
+    """The image files of a dataset that lists them (``ImageListDataset`` and its subclasses), else ``None``."""
+    items = getattr(dataset, "items", None)
+    if not isinstance(items, (list, tuple)) or not all(hasattr(item, "path") for item in items):
+        return None
+    return [str(item.path) for item in items]

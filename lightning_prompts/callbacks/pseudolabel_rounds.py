@@ -36,7 +36,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_prompts.batch import IMAGE, PSEUDO_LABELLED
+from lightning_prompts.batch import IMAGE, IMAGE_FEATURES, PSEUDO_LABELLED
+from lightning_prompts.callbacks.feature_cache import FrozenFeatureCache
 from lightning_prompts.callbacks.pseudolabel_selection import (
     Strategy,
     balance_weight,
@@ -198,7 +199,8 @@ class PseudoLabelRounds(Callback):
         round_index = min(trainer.current_epoch // self.epochs_per_round, self.rounds - 1)
         datamodule = trainer.datamodule
         if self.labelled_round != round_index:
-            self.indices, self.labels = self.pseudolabel(module, datamodule, round_index)
+            cache = next((c for c in trainer.callbacks if isinstance(c, FrozenFeatureCache)), None)
+            self.indices, self.labels = self.pseudolabel(module, datamodule, round_index, cache)
             self.labelled_round = round_index
             self._report(trainer, datamodule, round_index)
         if self._applied_round != round_index:
@@ -206,11 +208,15 @@ class PseudoLabelRounds(Callback):
             self._applied_round = round_index
 
     @torch.no_grad()
-    def pseudolabel(self, module: Any, datamodule: Any, round_index: int) -> tuple[list[int], list[int]]:
-        """Pseudolabels of round ``round_index``: zero-shot CLIP for the first, the method after that."""
+    def pseudolabel(
+        self, module: Any, datamodule: Any, round_index: int, cache: FrozenFeatureCache | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Pseudolabels of round ``round_index``: zero-shot CLIP for the first, the method after that. With a
+        :class:`~lightning_prompts.callbacks.FrozenFeatureCache`, the unlabelled images are encoded once per fit."""
         partition = datamodule.pseudolabel_partition
         classes = partition.pseudolabel_classes
-        probabilities = self.class_probabilities(module, datamodule.unlabelled_dataset(), classes, round_index == 0)
+        dataset = datamodule.unlabelled_dataset()
+        probabilities = self.class_probabilities(module, dataset, classes, round_index == 0, cache)
         num_unlabelled = len(partition.unlabelled)
         k = pseudolabels_per_class(self.strategy, round_index, num_unlabelled, len(classes), self.rounds, self.k)
         positions, local_labels = leaderboard_top_k(probabilities, k)
@@ -220,34 +226,38 @@ class PseudoLabelRounds(Callback):
             positions, labels = [positions[i] for i in kept], [labels[i] for i in kept]
         return positions, labels
 
-    def class_probabilities(self, module: Any, dataset: Any, classes: list[int], zero_shot: bool) -> Tensor:
+    def class_probabilities(
+        self, module: Any, dataset: Any, classes: list[int], zero_shot: bool, cache: FrozenFeatureCache | None = None
+    ) -> Tensor:
         """``(N, |classes|)`` softmax over ``classes`` for every unlabelled image, in dataset order."""
         was_training = module.training
         module.eval()
         # the pass draws nothing the training would (a loader's iterator takes a seed from the global
         # generator), so the run's random stream, saved in checkpoints, is the same with or without a resume
-        with torch.random.fork_rng(devices=[]):
-            return self._probabilities(module, dataset, classes, zero_shot, was_training)
-
-    def _probabilities(
-        self, module: Any, dataset: Any, classes: list[int], zero_shot: bool, was_training: bool
-    ) -> Tensor:
         try:
-            if zero_shot:  # the frozen text encoder on the filled-in template (the module protocol of CLIP terms)
-                names = [module.classnames[label].replace("_", " ") for label in classes]
-                text = module.encode_texts([self.template.format(name) for name in names])
-            chunks = []
-            for batch in DataLoader(dataset, batch_size=self.batch_size, shuffle=False):
-                images = batch[IMAGE].to(module.device)
-                if zero_shot:
-                    image = module.frozen_image_features(images)
-                    logits = module.logit_scale * image @ text.t().to(image.dtype)
-                    chunks.append(logits.float().softmax(dim=-1).cpu())
-                else:
-                    chunks.append(restrict_to_classes(module.forward_batch({IMAGE: images}).logits, classes).cpu())
+            with torch.random.fork_rng(devices=[]):
+                if cache is None:
+                    loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
+                    inputs = ({IMAGE: batch[IMAGE].to(module.device)} for batch in loader)
+                else:  # the cache's method has a frozen, unprompted image side: its features are the frozen model's
+                    features = cache.features_of(module, dataset, ["eval"])[0].split(self.batch_size)
+                    inputs = ({IMAGE_FEATURES: chunk.to(module.device)} for chunk in features)
+                text = None
+                if zero_shot:  # the frozen text encoder on the filled-in template (the module protocol of CLIP terms)
+                    names = [module.classnames[label].replace("_", " ") for label in classes]
+                    text = module.encode_texts([self.template.format(name) for name in names])
+                return torch.cat([self._probabilities(module, batch, classes, text) for batch in inputs])
         finally:
             module.train(was_training)
-        return torch.cat(chunks)
+
+    @staticmethod
+    def _probabilities(module: Any, batch: dict[str, Tensor], classes: list[int], text: Tensor | None) -> Tensor:
+        """The method's probabilities over ``classes``, or zero-shot CLIP's against the template features ``text``."""
+        if text is None:
+            return restrict_to_classes(module.forward_batch(batch).logits, classes).cpu()
+        image = batch[IMAGE_FEATURES] if IMAGE_FEATURES in batch else module.frozen_image_features(batch[IMAGE])
+        logits = module.logit_scale * image @ text.t().to(image.dtype)
+        return logits.float().softmax(dim=-1).cpu()
 
     def _report(self, trainer: Trainer, datamodule: Any, round_index: int) -> None:
         truth = [int(datamodule.pseudolabel_partition.unlabelled[i].label) for i in self.indices]

@@ -15,7 +15,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_prompts.batch import IMAGE, PSEUDO_LABELLED
-from lightning_prompts.callbacks import PseudoLabelRounds
+from lightning_prompts.callbacks import FrozenFeatureCache, PseudoLabelRounds
 from lightning_prompts.callbacks.pseudolabel_selection import (
     balance_weight,
     leaderboard_top_k,
@@ -269,6 +269,28 @@ def test_grip_rounds_relabel_with_the_current_prompt_reset_the_optimizer_and_gro
     assert len(record.starts) == 4
 
 
+def test_with_the_feature_cache_rounds_equal_the_uncached_run_and_encode_each_image_once(
+    tiny_clip, trainer_kwargs, monkeypatch
+):
+    plain, _, plain_rounds, _ = fit_rounds(tiny_clip, trainer_kwargs, rounds=3)
+    encoded = []
+    encode = type(tiny_clip).encode_image
+    counting = lambda self, x, *a, **k: encoded.append(len(x)) or encode(self, x, *a, **k)  # noqa: E731
+    monkeypatch.setattr(type(tiny_clip), "encode_image", counting)
+    cache = FrozenFeatureCache(passes=1, batch_size=64)
+    cached, data, cached_rounds, record = fit_rounds(tiny_clip, trainer_kwargs, rounds=3, extra=[cache])
+    assert cached_rounds.history == plain_rounds.history and cached_rounds.labels == plain_rounds.labels
+    assert torch.allclose(cached.prompt.ctx, plain.prompt.ctx, atol=1e-5)
+    # the 32 unlabelled images once for pseudolabelling ("eval"), and each training image once when it first
+    # enters the training set: the 6 labelled shots and the pseudolabelled images of the three rounds
+    trained = {str(item.path) for item in data.pseudolabel_partition.labelled[:6]}
+    trained |= {str(data.pseudolabel_partition.unlabelled[i].path) for i in cached_rounds.indices}
+    first_pass = {key for version, key in cache._stored if version == 0}
+    assert trained <= first_pass
+    assert sum(encoded) == 32 + len(first_pass) + 6 * 32  # + RecordRounds' own pass at each of the 6 epochs' ends
+    assert len([key for version, key in cache._stored if version == "eval"]) == 32
+
+
 def test_the_first_round_trains_on_the_zero_shot_leaderboard(tiny_clip, trainer_kwargs):
     seen = []
 
@@ -392,3 +414,23 @@ def test_grip_trains_visual_prompts_too(tiny_clip, trainer_kwargs):
     assert len(rounds.history) == 2 and not torch.equal(method.prompt.tokens, before)
     k2 = pseudolabels_per_class("grip", 1, len(data.unlabelled_dataset()), 4, rounds=2)
     assert (rounds.indices, rounds.labels) == official_holdout(*leaderboard_top_k(record.probabilities[0], k2))
+
+
+@pytest.mark.parametrize("recipe", ["grip_ssl", "grip_ssl_ifpl", "grip_ssl_fpl", "coop_ssl_labelled"])
+def test_the_testbed_pseudolabel_recipes_run_from_the_command_line(recipe, tmp_path):
+    from lightning_prompts.cli import run_cli
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    tiny = str(recipes / "_tiny" / "clip.yaml")
+    configs = ["--config", str(recipes / "testbed" / f"{recipe}.yaml"), "--config", tiny]
+    cli = run_cli(["fit", *configs, "--data.init_args.shots", "4", "--trainer.default_root_dir", str(tmp_path)])
+    cache = next(c for c in cli.trainer.callbacks if isinstance(c, FrozenFeatureCache))
+    rounds = [c for c in cli.trainer.callbacks if isinstance(c, PseudoLabelRounds)]
+    dataset = cli.datamodule.train_dataset()
+    assert cache.features.shape[:2] == (1, len(dataset))
+    if rounds:  # the first round's pseudolabels joined the 2 labelled images per class (minus the validation share)
+        assert rounds[0].labelled_round == 0 and dataset.num_pseudo == len(rounds[0].labels) > 0
+        unlabelled = 4 * (4 - 2)  # 4 classes x (4 shots - 2 labelled)
+        assert len([key for version, key in cache._stored if version == "eval"]) == unlabelled
+    else:
+        assert dataset.num_pseudo == 0
