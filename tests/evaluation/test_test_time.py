@@ -109,7 +109,8 @@ def test_views_are_seeded_per_image_and_tpt_needs_them(tiny_clip):
     TestTimePromptTuning().check_ready(method, data, "test")
 
 
-def test_a_tpt_recipe_tests_from_the_command_line(tmp_path, capsys):
+@pytest.mark.parametrize("recipe", ["tpt/dtd.yaml", "testbed/tpt.yaml"])
+def test_a_tpt_recipe_tests_from_the_command_line(recipe, tmp_path, capsys):
     from pathlib import Path
 
     from lightning_prompts.cli import run_cli
@@ -119,7 +120,7 @@ def test_a_tpt_recipe_tests_from_the_command_line(tmp_path, capsys):
         [
             "test",
             "--config",
-            str(recipes / "tpt" / "dtd.yaml"),
+            str(recipes / recipe),
             "--config",
             str(recipes / "_tiny" / "clip.yaml"),
             "--data.init_args.test_views",
