@@ -68,7 +68,8 @@ def report(logs: Path, out: Path, seeds: list[int]) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.bar(["zero-shot", *names], [100 * zero_shot, *means], yerr=[0.0, *sds], capsize=3,
+    ticks = [name.replace(", labelled images only", "\n(labelled only)").replace(" with ", "\nwith ") for name in names]
+    left.bar(["zero-shot", *ticks], [100 * zero_shot, *means], yerr=[0.0, *sds], capsize=3,
              color=["grey", "tab:blue", "tab:orange", "tab:olive", "tab:green", "tab:red"])  # fmt: skip
     left.axhline(10, color="grey", linestyle=":", linewidth=1)
     left.set_ylabel("test accuracy (%), mean ± sd over seeds")
@@ -76,7 +77,7 @@ def report(logs: Path, out: Path, seeds: list[int]) -> None:
     left.tick_params(axis="x", labelsize=7)
     for name, per_seed in curves.items():
         rounds = [statistics.mean(values) for values in zip(*per_seed)]
-        right.plot(range(1, len(rounds) + 1), rounds, marker="o", label=name)
+        right.plot(range(1, len(rounds) + 1), rounds, marker="o", markersize=9 if len(rounds) == 1 else 5, label=name)
     right.set_xlabel("round")
     right.set_ylabel("pseudolabels right (%)")
     right.set_title("Pseudolabel accuracy per round", fontsize=9)

@@ -7,7 +7,7 @@ classifies the target type's node embeddings. Only the head trains.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from lightning_prompts.backbones.hetero_gnn import HeteroGNN
 from lightning_prompts.methods.base.graph import mlp_head
@@ -34,9 +34,6 @@ class HeteroLinearProbe(HeteroNodeModule):
         **kwargs: see :class:`~lightning_prompts.methods.PromptModule`; group ``"head"``. Default optimizer: Adam,
             lr 5e-3 (HetGPT's).
     """
-
-    default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.Adam", "init_args": {"lr": 5e-3}}
-    produced_fields: ClassVar[frozenset[str]] = frozenset({"logits", "pooled_features"})
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,9 +78,6 @@ class HetGPT(HeteroNodeModule):
         **kwargs: see :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` (feature prompts and
             class tokens) and ``"aggregation"``. Default optimizer: Adam, lr 5e-3.
     """
-
-    default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.Adam", "init_args": {"lr": 5e-3}}
-    produced_fields: ClassVar[frozenset[str]] = frozenset({"logits", "pooled_features"})
 
     def __init__(
         self,

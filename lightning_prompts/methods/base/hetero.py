@@ -9,7 +9,7 @@ the same type.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -25,8 +25,11 @@ class HeteroNodeModule(PromptModule):
         backbone: the frozen :class:`~lightning_prompts.backbones.HeteroGNN`.
         classnames: the target type's classes (linked from the data module).
         target: the node type to classify (ACM: ``paper``, DBLP: ``author``, IMDB: ``movie``).
-        **kwargs: see :class:`~lightning_prompts.methods.PromptModule`.
+        **kwargs: see :class:`~lightning_prompts.methods.PromptModule`. Default optimizer: Adam, lr 5e-3 (HetGPT's).
     """
+
+    default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.Adam", "init_args": {"lr": 5e-3}}
+    produced_fields: ClassVar[frozenset[str]] = frozenset({"logits", "pooled_features"})
 
     def __init__(
         self, backbone: HeteroGNN, classnames: Sequence[str] | None = None, target: str = "paper", **kwargs: Any
