@@ -273,16 +273,28 @@ class GraphDataModule(LightningDataModule):
         return {"train": sorted(order[:cut1]), "val": sorted(order[cut1:cut2]), "test": sorted(order[cut2:])}
 
     def ego_sized_nodes(self) -> list[int]:
-        """The nodes whose ``ego_hops``-hop ego-graph has ``ego_size`` nodes (sizes as ``k_hop_subgraph`` counts)."""
-        from torch_geometric.utils import k_hop_subgraph
+        """The nodes whose ``ego_hops``-hop ego-graph has ``ego_size`` nodes (sizes as ``k_hop_subgraph`` counts:
+        the nodes that reach the centre in at most ``ego_hops`` edges, itself included).
+
+        All sizes at once from the sparse reachability matrix ``(I + A)^k`` (``A[i, j]`` = 1 for an edge j → i)
+        instead of one ``k_hop_subgraph`` per node, which took minutes on PubMed's 19,717 nodes."""
+        import numpy as np
+        from scipy import sparse
 
         low, high = self.ego_size
         graph = self.graph
-        sizes = [
-            len(k_hop_subgraph(node, self.ego_hops, graph.edge_index, num_nodes=graph.num_nodes)[0])
-            for node in range(graph.num_nodes)
-        ]
-        return [node for node, size in enumerate(sizes) if low <= size <= high]
+        n = graph.num_nodes
+        source, target = graph.edge_index.numpy()
+        step = (
+            sparse.identity(n, dtype=bool, format="csr")
+            + sparse.csr_matrix((np.ones(len(source), dtype=bool), (target, source)), shape=(n, n))
+        ).astype(bool)
+        reach = step
+        for _ in range(self.ego_hops - 1):
+            reach = (reach @ step).astype(bool)
+        reach.eliminate_zeros()
+        sizes = np.diff(reach.indptr)
+        return [int(node) for node in np.flatnonzero((sizes >= low) & (sizes <= high))]
 
     def setup(self, stage: str) -> None:
         if self._splits is not None:
