@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import synthetic_fewshot
+from lightning.pytorch import Callback, Trainer
 
 from lightning_prompts.backbones import OpenCLIP
 from lightning_prompts.cli import main
@@ -48,3 +50,48 @@ def test_files_that_do_not_fit_together_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["average", "--output", str(tmp_path / "o.safetensors"), str(tmp_path / "a.safetensors")])
     assert "at least two" in capsys.readouterr().err
+
+
+class ContextAtStart(Callback):
+    """The context each stage starts from."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer, module) -> None:
+        self.seen["fit"] = module.prompt.ctx.detach().clone()
+
+    def on_test_start(self, trainer, module) -> None:
+        self.seen["test"] = module.prompt.ctx.detach().clone()
+
+
+def test_prompt_init_applies_to_a_test_without_training_and_never_over_a_trained_or_restored_prompt(
+    tiny_clip, trainer_kwargs, tmp_path
+):
+    data = synthetic_fewshot(num_classes=3)
+    source = seed_prompt(tiny_clip, tmp_path / "source.safetensors", 7)
+    plain = {"n_ctx": 4, "class_token_position": "middle"}
+
+    # `lightning-prompts test` with prompt_init and no checkpoint: the source prompt is what is tested
+    untrained = CoOp(tiny_clip, data.classnames, prompt_init=str(tmp_path / "source.safetensors"), **plain)
+    assert not torch.equal(untrained.prompt.ctx, source)
+    seen = ContextAtStart()
+    Trainer(callbacks=[seen], **trainer_kwargs).test(untrained, data, verbose=False)
+    torch.testing.assert_close(seen.seen["test"], source, rtol=0, atol=0)
+
+    # fit then test in one process: fit starts from the source prompt, the test sees the trained one
+    trained = CoOp(tiny_clip, data.classnames, prompt_init=str(tmp_path / "source.safetensors"), **plain)
+    seen = ContextAtStart()
+    trainer = Trainer(max_steps=2, callbacks=[seen], **{**trainer_kwargs, "enable_checkpointing": True})
+    trainer.fit(trained, data)
+    after_fit = trained.prompt.ctx.detach().clone()
+    assert torch.equal(seen.seen["fit"], source) and not torch.equal(after_fit, source)
+    trainer.test(trained, data, verbose=False)
+    assert torch.equal(seen.seen["test"], after_fit)
+
+    # a checkpoint given to test wins over prompt_init
+    checkpoint = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
+    fresh = CoOp(tiny_clip, data.classnames, prompt_init=str(tmp_path / "source.safetensors"), **plain)
+    seen = ContextAtStart()
+    Trainer(callbacks=[seen], **trainer_kwargs).test(fresh, data, ckpt_path=checkpoint, verbose=False)
+    assert torch.equal(seen.seen["test"], after_fit)

@@ -77,9 +77,11 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         param_group_lr: learning rates for named parameter groups (see :meth:`param_groups`),
             overriding the optimizer's ``lr`` for those groups.
         prompt_init: a ``safetensors`` file (:meth:`export_prompt`) whose tensors initialise trainable
-            tensors of the same names and shapes when ``fit`` starts, e.g. GRAM's meta-learned context
-            (``prompt_init.safetensors``); tensors it lacks keep their own initialisation. A checkpoint
-            being resumed overrides it.
+            tensors of the same names and shapes when the module is first set up — by ``fit``, or by
+            ``validate``/``test``/``predict`` run without training (a source prompt evaluated as it is, TPT from
+            a trained context) — e.g. GRAM's meta-learned context (``prompt_init.safetensors``); tensors it
+            lacks keep their own initialisation. A checkpoint (``ckpt_path``) overrides it, and a module
+            trained in this process is not reset by a later ``test``.
         evaluator: the evaluation protocol (:mod:`lightning_prompts.evaluation`); ``None`` takes the data
             module's ``default_evaluator()``, else accuracy (base-to-novel when the data declares test sets).
     """
@@ -140,6 +142,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         self._scheduler_interval = lr_scheduler_interval
         self._param_group_lr = dict(param_group_lr or {})
         self._prompt_init = prompt_init
+        self._prompt_init_applied = False
         self._evaluator_choice = _build_evaluator(evaluator)
         self.evaluator: Evaluator | None = None
         self._evaluator_state: dict[str, Any] | None = None
@@ -232,7 +235,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
             check = getattr(callback, "check_ready", None)
             if callable(check):
                 check(self, datamodule, everything)
-        if stage == "fit" and self._prompt_init is not None:
+        if self._prompt_init is not None and not self._prompt_init_applied:
             self.check_prompt_init(self._prompt_init)
         ranges = getattr(datamodule, "task_class_ranges", None) if datamodule is not None else None
         if isinstance(ranges, dict) and ranges:  # a merged label space: names may repeat across tasks
@@ -262,8 +265,11 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         if self._evaluator_state is not None:
             self.evaluator.load_state_dict(self._evaluator_state)
             self._evaluator_state = None
-        if stage == "fit" and self._prompt_init is not None:
+        if self._prompt_init is not None and not self._prompt_init_applied:
+            # once per module: Lightning restores a ckpt_path after setup, so a checkpoint still wins, and a
+            # `test` after `fit` in one process must not reset the trained prompt
             self.init_prompt_from(self._prompt_init)
+            self._prompt_init_applied = True
 
     # ------------------------------------------------------------------------------------------
     # Evaluation protocol
