@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from lightning_prompts.cli import run_cli
+from lightning_prompts.testbed.fashion_mnist import write_test_subset
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLIT = "split_zhou_FashionMNIST.json"
 RUNS = {
     "zero-shot (\"a photo of a {}.\")": ("zeroshot.yaml", ["--data.init_args.subsample_classes", "all"]),
     "CoOp's initial context \"a photo of a\", untuned": (
@@ -30,23 +30,6 @@ RUNS = {
     ),
     "TPT (1 step, 63 AugMix views, 10% most confident)": ("tpt.yaml", []),
 }  # fmt: skip
-
-
-def subset_root(data_root: Path, workdir: Path, per_class: int) -> Path:
-    """A testbed root whose test split keeps the first ``per_class`` images of every class."""
-    source = data_root / "fashion_mnist"
-    target = workdir / "data" / "fashion_mnist"
-    target.mkdir(parents=True, exist_ok=True)
-    if not (target / "images").exists():
-        (target / "images").symlink_to((source / "images").resolve())
-    split = json.loads((source / SPLIT).read_text())
-    kept, counts = [], {}
-    for entry in split["test"]:
-        counts[entry[1]] = counts.get(entry[1], 0) + 1
-        if counts[entry[1]] <= per_class:
-            kept.append(entry)
-    (target / SPLIT).write_text(json.dumps({**split, "test": kept}))
-    return target.parent
 
 
 def run(name: str, seed: int, root: Path, workdir: Path) -> dict[str, float]:
@@ -103,7 +86,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/testbed/tpt"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    root = subset_root(args.data_root, args.workdir, args.per_class)
+    root = write_test_subset(args.data_root, args.workdir / "data", args.per_class)
     results = args.out / "results.json"
     rows: list[dict] = json.loads(results.read_text()) if results.exists() else []
     for name in RUNS:

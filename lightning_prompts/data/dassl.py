@@ -55,7 +55,7 @@ class DasslDataset:
     layout: str = "split_json"
 
 
-#: The 11 datasets of the CoOp benchmark (and the testbed's Fashion-MNIST), by the short names recipes use.
+#: The 11 datasets of the CoOp benchmark (and the testbed's Fashion-MNIST and digits), by the short names recipes use.
 DASSL_DATASETS: dict[str, DasslDataset] = {
     "imagenet": DasslDataset("ImageNet", "imagenet", "images", None, "imagenet"),
     "caltech101": DasslDataset("Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json"),
@@ -70,6 +70,9 @@ DASSL_DATASETS: dict[str, DasslDataset] = {
     "ucf101": DasslDataset("UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
     # not a CoOp dataset: the offline testbed's Fashion-MNIST (python -m lightning_prompts.testbed prepare)
     "fashion_mnist": DasslDataset("FashionMNIST", "fashion_mnist", "images", "split_zhou_FashionMNIST.json"),
+    # nor these: the testbed's digit sets, MVLPT's source tasks (python -m lightning_prompts.testbed prepare-digits)
+    "mnist": DasslDataset("MNIST", "mnist", "images", "split_zhou_MNIST.json"),
+    "digits": DasslDataset("Digits", "digits", "images", "split_zhou_Digits.json"),
 }
 
 

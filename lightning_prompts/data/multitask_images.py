@@ -13,7 +13,7 @@ merged space, so the usual duplicate-name check applies within each task only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning_prompts.data.few_shot_images import FewShotImageDataModule
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
@@ -32,6 +32,8 @@ class MultiTaskImageDataModule(ImageClassificationDataModule):
             :class:`~lightning_prompts.data.FewShotImageDataModule` takes them).
         shots: images per class for training in every task (``-1``: all).
         seed: the few-shot sampling seed.
+        subsample_classes: per task, ``"base"`` or ``"new"`` to keep only that half of its classes (CoOp's
+            split), so that the other half can be a target task the source never saw; tasks not named keep all.
         **kwargs: loader and preprocessing settings of :class:`ImageClassificationDataModule`.
     """
 
@@ -41,17 +43,29 @@ class MultiTaskImageDataModule(ImageClassificationDataModule):
         tasks: list[str] | None = None,
         shots: int = 16,
         seed: int = 1,
+        subsample_classes: dict[str, Literal["base", "new"]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, **kwargs)
         if not tasks or len(set(tasks)) != len(tasks):
             raise ConfigurationError(f"MultiTaskImageDataModule needs distinct tasks (datasets), got {tasks}.")
-        self.tasks, self.shots, self.seed = list(tasks), shots, seed
+        subsample = dict(subsample_classes or {})
+        if unknown := sorted(set(subsample) - set(tasks)):
+            raise ConfigurationError(f"subsample_classes names {unknown}, which are not among the tasks {tasks}.")
+        if wrong := {task: half for task, half in subsample.items() if half not in ("base", "new")}:
+            raise ConfigurationError(f"subsample_classes keeps 'base' or 'new' of a task, got {wrong}.")
+        self.tasks, self.shots, self.seed, self.subsample = list(tasks), shots, seed, subsample
         self._ranges: dict[str, tuple[int, int]] = {}
 
     def task_module(self, task: str) -> FewShotImageDataModule:
         """The reader of one task (its own splits, labels from 0)."""
-        return FewShotImageDataModule(root=str(self.root), dataset=task, shots=self.shots, seed=self.seed)
+        return FewShotImageDataModule(
+            root=str(self.root),
+            dataset=task,
+            shots=self.shots,
+            seed=self.seed,
+            subsample_classes=self.subsample.get(task, "all"),
+        )
 
     @property
     def description(self) -> str:

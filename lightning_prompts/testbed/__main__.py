@@ -4,6 +4,7 @@
         --output lightning_prompts/backbones/assets/stand_in_clip_alignment.safetensors
     python -m lightning_prompts.testbed prepare --root data/testbed [--source /usr/share/datasets/fashion-mnist]
     python -m lightning_prompts.testbed prepare-ood --root data/testbed
+    python -m lightning_prompts.testbed prepare-digits --root data/testbed
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ood.add_argument("--root", default="data/testbed")
     ood.add_argument("--per-class", type=int, default=100, help="images per digit of the MNIST and digits sets")
     ood.add_argument("--seed", type=int, default=0)
+    digits = commands.add_parser("prepare-digits", help="write MNIST and sklearn's digits in the Dassl layout (MVLPT)")
+    digits.add_argument("--root", default="data/testbed")
+    digits.add_argument("--train-per-class", type=int, default=100)
+    digits.add_argument("--val-per-class", type=int, default=20)
+    digits.add_argument("--test-per-class", type=int, default=50)
+    digits.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     if args.command == "align":
@@ -44,6 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)  # one thread: the same floating-point sums on every machine
         report = run(args.output, AlignmentConfig(steps=args.steps, lr=args.lr, seed=args.seed, held_out=args.held_out))
         print(json.dumps(report, indent=1))
+    elif args.command == "prepare-digits":
+        from lightning_prompts.testbed.digit_datasets import write_digit_datasets
+
+        written = write_digit_datasets(
+            args.root, args.train_per_class, args.val_per_class, args.test_per_class, args.seed
+        )
+        for name, parts in written.items():
+            print(f"wrote {args.root}/{name}/: " + ", ".join(f"{part} {count}" for part, count in parts.items()))
     elif args.command == "prepare-ood":
         from lightning_prompts.testbed.ood_sets import write_ood_sets
 

