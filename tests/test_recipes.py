@@ -11,7 +11,7 @@ import pytest
 
 from lightning_prompts import registry
 from lightning_prompts.cli import run_cli
-from lightning_prompts.recipes import expand_config_args, find_recipes, model_class
+from lightning_prompts.recipes import expand_config_args, find_recipes, merged_section, model_class
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 FILES = find_recipes(RECIPES)
@@ -26,9 +26,12 @@ def overlay_for(recipe: Path) -> Path:
 
 
 def one_per_folder_and_method() -> list[Path]:
-    chosen: dict[tuple[Path, str], Path] = {}
+    """One recipe per folder, method and data module (a folder's recipes mostly differ in data only)."""
+    chosen: dict[tuple[Path, str, str], Path] = {}
     for recipe in FILES:
-        chosen.setdefault((recipe.parent, model_class(recipe) or ""), recipe)
+        data = merged_section(recipe, "data")
+        data_class = data.get("class_path", "") if isinstance(data, dict) else str(data)
+        chosen.setdefault((recipe.parent, model_class(recipe) or "", data_class), recipe)
     return sorted(chosen.values())
 
 
@@ -73,6 +76,14 @@ def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monk
         monkeypatch.chdir(tmp_path)
         if recipe.name != "meta_train.yaml":
             shutil.copytree(request.getfixturevalue("tiny_gram_outputs"), tmp_path / "outputs")
+    elif prompt_init := (merged_section(recipe, "model") or {}).get("init_args", {}).get("prompt_init"):
+        # a target stage reads its source prompt (MVLPT): written first by the same recipe, in a scratch folder
+        monkeypatch.chdir(tmp_path)
+        source = run_cli(["fit", "--config", str(recipe), "--config", str(overlay_for(recipe)),
+                          "--model.init_args.prompt_init", "null",
+                          "--trainer.default_root_dir", str(tmp_path / "source")])  # fmt: skip
+        Path(prompt_init).parent.mkdir(parents=True, exist_ok=True)
+        source.model.export_prompt(prompt_init)
     cli = run_cli(
         [
             "fit",
