@@ -147,3 +147,31 @@ def test_test_subset_keeps_the_first_images_of_each_class_and_every_training_ima
     assert len(subset["test"]) == 20 and subset["test"][:2] == full["test"][:2]
     module = FewShotImageDataModule(root=str(root), dataset="fashion_mnist", shots=1, seed=1)
     assert all(item.path.is_file() for item in module.load_splits().test_sets["test"][1])
+
+
+def test_shifted_roots_hold_the_corrupted_first_test_images_and_the_original_training_split(idx_source, tmp_path):
+    from lightning_prompts.testbed.fashion_mnist import SPLIT_FILE
+    from lightning_prompts.testbed.shifts import SHIFTS, write_shifted_root
+
+    write_fashion_mnist(idx_source, tmp_path / "full", train_per_class=2, val_per_class=1, test_per_class=5)
+    full = json.loads((tmp_path / "full" / "fashion_mnist" / SPLIT_FILE).read_text())
+    first = Image.open(tmp_path / "full" / "fashion_mnist" / "images" / full["test"][0][0])
+    original = np.asarray(first, dtype=np.int64)
+    shifted = {}
+    for shift in SHIFTS:
+        root = write_shifted_root(tmp_path / "full", tmp_path / shift, shift, per_class=2)
+        split = json.loads((root / "fashion_mnist" / SPLIT_FILE).read_text())
+        assert split["train"] == full["train"] and split["val"] == full["val"]
+        assert len(split["test"]) == 20 and [e[1:] for e in split["test"][:2]] == [e[1:] for e in full["test"][:2]]
+        shifted[shift] = np.asarray(Image.open(root / "fashion_mnist" / "images" / split["test"][0][0]), dtype=np.int64)
+        module = FewShotImageDataModule(root=str(root), dataset="fashion_mnist", shots=1, seed=1)
+        assert all(item.path.is_file() for item in module.load_splits().test_sets["test"][1])
+    assert np.array_equal(shifted["inversion"], 255 - original)
+    assert np.array_equal(shifted["rotation"], np.asarray(first.rotate(45, resample=Image.BILINEAR, fillcolor=0)))
+    assert shifted["blur"].std() < original.std() and abs(shifted["blur"].mean() - original.mean()) < 3
+    noise = shifted["noise"] - original
+    assert 20 < noise.std() < 45  # σ 40, less where clipping at 0 and 255 bites
+    again = write_shifted_root(tmp_path / "full", tmp_path / "again", "noise", per_class=2)
+    split = json.loads((again / "fashion_mnist" / SPLIT_FILE).read_text())
+    repeat = np.asarray(Image.open(again / "fashion_mnist" / "images" / split["test"][0][0]), dtype=np.int64)
+    assert np.array_equal(repeat, shifted["noise"])  # seeded per image
