@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from continual_testbed import VIT, pretrain, write_stream
 from lightning.pytorch import Trainer, seed_everything
+from testbed_report import write_report
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_prompts.backbones import TimmViT
@@ -130,7 +131,6 @@ def report(rows: list[dict], costs: dict[str, dict], configs: list[tuple[str, in
             f"| {cost['ms']:.1f} |"
         )
         points.setdefault(name, []).append((cost["gflops"], statistics.mean(values), sd, tokens))
-    (out / "results.md").write_text("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(6.5, 3.6))
     for name, marks in points.items():
         axis.errorbar([m[0] for m in marks], [m[1] for m in marks], yerr=[m[2] for m in marks], marker="o",
@@ -142,9 +142,7 @@ def report(rows: list[dict], costs: dict[str, dict], configs: list[tuple[str, in
     axis.set_ylabel("test accuracy (%), mean ± sd")
     axis.set_title("Frozen MNIST-pre-trained ViT, Fashion-MNIST 16 shots (labels: prompts per block)", fontsize=9)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out / "results.png", dpi=110)
-    print((out / "results.md").read_text())
+    write_report(out, lines, figure)
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
+from testbed_report import write_report
+
 from lightning_prompts.cli import run_cli
 from lightning_prompts.export.average import average_prompt_files
 from lightning_prompts.testbed.fashion_mnist import write_test_subset
@@ -116,7 +118,6 @@ def report(rows: list[dict], out: Path, per_class: int) -> None:
         fits = [r["fit_minutes"] for r in targets if r["arm"] == arm and r["shots"] == 4]
         cells.append(f"{statistics.mean(fits):.1f}" if fits else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
 
     figure, axis = plt.subplots(figsize=(6.5, 3.4))
     width = 0.26
@@ -131,9 +132,7 @@ def report(rows: list[dict], out: Path, per_class: int) -> None:
     axis.set_title("Target: Fashion-MNIST novel classes; source: its base classes + MNIST + digits", fontsize=9)
     axis.set_ylim(0, 118)  # room for the legend above the bars
     axis.legend(fontsize=7, loc="upper left")
-    figure.tight_layout()
-    figure.savefig(out / "results.png", dpi=110)
-    print((out / "results.md").read_text())
+    write_report(out, lines, figure)
 
 
 def main() -> None:

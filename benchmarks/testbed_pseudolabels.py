@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from testbed_base_to_novel import run_method, zero_shot_all_classes
+from testbed_report import write_report
 
 METHODS = {
     "coop_ssl_labelled": "CoOp, labelled images only",
@@ -65,7 +66,6 @@ def report(logs: Path, out: Path, seeds: list[int]) -> None:
     for name, per_seed in curves.items():
         rounds = [statistics.mean(values) for values in zip(*per_seed)]
         lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in rounds) + " |" * (1 + 10 - len(rounds)))
-    (out / "results.md").write_text("\n".join(lines) + "\n")
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     ticks = [name.replace(", labelled images only", "\n(labelled only)").replace(" with ", "\nwith ") for name in names]
@@ -82,9 +82,7 @@ def report(logs: Path, out: Path, seeds: list[int]) -> None:
     right.set_ylabel("pseudolabels right (%)")
     right.set_title("Pseudolabel accuracy per round", fontsize=9)
     right.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out / "results.png", dpi=110)
-    print((out / "results.md").read_text())
+    write_report(out, lines, figure)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ import statistics
 import time
 from pathlib import Path
 
+from testbed_report import write_report
+
 from lightning_prompts.cli import run_cli
 from lightning_prompts.testbed.fashion_mnist import write_test_subset
 from lightning_prompts.testbed.shifts import SHIFTS, write_shifted_root
@@ -73,16 +75,13 @@ def report(rows: list[dict], out: Path) -> None:
         sds.append(sd)
     lines.append("")
     lines.append(f"{rows[0]['images']} test images (the first {rows[0]['images'] // 10} of each class); chance 10%.")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(6.5, 3.4))
     axis.bar(names, means, yerr=sds, capsize=3, color=["grey", "tab:blue", "tab:green"])
     axis.axhline(10, color="grey", linestyle=":", linewidth=1)
     axis.set_ylabel("test accuracy (%), mean ± sd")
     axis.set_title("Stand-in CLIP on Fashion-MNIST (10 classes), test-time prompt tuning", fontsize=9)
     axis.tick_params(axis="x", labelsize=8)
-    figure.tight_layout()
-    figure.savefig(out / "results.png", dpi=110)
-    print((out / "results.md").read_text())
+    write_report(out, lines, figure)
 
 
 def report_shifts(rows: list[dict], out: Path, shifts: list[str]) -> None:
@@ -103,7 +102,6 @@ def report_shifts(rows: list[dict], out: Path, shifts: list[str]) -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     images = {r["shift"]: r["images"] for r in rows if r.get("shift") in shifts}
     lines += ["", "Test images per shift: " + ", ".join(f"{s} {images.get(s, 0)}" for s in shifts) + "; chance 10%."]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(6.5, 3.4))
     width = 0.8 / len(bars)
     for k, (name, values) in enumerate(bars.items()):
@@ -113,9 +111,7 @@ def report_shifts(rows: list[dict], out: Path, shifts: list[str]) -> None:
     axis.set_ylabel("test accuracy (%)")
     axis.set_title("Stand-in CLIP on corrupted Fashion-MNIST test images", fontsize=9)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(out / "results.png", dpi=110)
-    print((out / "results.md").read_text())
+    write_report(out, lines, figure)
 
 
 def main() -> None:
