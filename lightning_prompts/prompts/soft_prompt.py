@@ -14,7 +14,9 @@ SoftPromptInit = Literal["text", "vocab", "random"]
 class SoftPrompt(nn.Module):
     """``num_tokens`` learnable vectors of the model's embedding width.
 
-    Initialisations (Lester et al.; the first two as PEFT implements them):
+    Initialisations (Lester et al.; the first two as PEFT implements them, through the embedding module, so
+    the soft tokens start at the scale of the real tokens the model sees: Gemma's embedding multiplies its
+    table by sqrt(d)):
 
     * ``"text"``: embeddings of ``init_token_ids`` (the tokenized ``init_text``), repeated or cut to
       ``num_tokens``;
@@ -46,15 +48,22 @@ class SoftPrompt(nn.Module):
             if not init_token_ids:
                 raise ValueError("init='text' needs init_text that produces at least one token.")
             ids = init_token_ids * math.ceil(num_tokens / len(init_token_ids))
-            weight = word_embeddings.weight[torch.tensor(ids[:num_tokens])]
+            weight = self._embed(word_embeddings, torch.tensor(ids[:num_tokens]))
         elif init == "vocab":
-            ids = torch.randint(0, vocab, (num_tokens,), generator=generator)
-            weight = word_embeddings.weight[ids]
+            weight = self._embed(word_embeddings, torch.randint(0, vocab, (num_tokens,), generator=generator))
         elif init == "random":
             weight = torch.rand(num_tokens, width, generator=generator) - 0.5
         else:
             raise ValueError(f"init must be 'text', 'vocab' or 'random', got {init!r}.")
         self.embedding = nn.Parameter(weight.detach().clone().float())
+
+    @staticmethod
+    def _embed(word_embeddings: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        # Through the module, not ``.weight[ids]``: Gemma's embedding (and BART's with scale_embedding)
+        # multiplies by sqrt(d) in forward, so a row of the table is sqrt(d) times smaller than the real
+        # token the model sees next to the prompt. PEFT initialises through the module too.
+        with torch.no_grad():
+            return word_embeddings(ids.to(word_embeddings.weight.device))
 
     @property
     def num_tokens(self) -> int:

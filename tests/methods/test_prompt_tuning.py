@@ -76,6 +76,22 @@ def test_text_initialisation_repeats_the_tokens_like_peft():
     assert torch.equal(method.prompt.embedding.detach(), expected)
 
 
+@pytest.mark.parametrize("init", ["text", "vocab"])
+def test_initialisation_takes_the_embedding_modules_scale(init):
+    # Gemma scales its embedding table by sqrt(d) in forward: a soft token read from the raw table would
+    # start sqrt(32) ~ 5.7 times smaller than the real tokens beside it
+    backbone = HFText("tiny-gemma3", task="causal-lm")
+    method = PromptTuning(backbone, ["neg", "pos"], num_virtual_tokens=4, init=init, init_text="ok", seed=3)
+    table = backbone.word_embeddings.weight
+    prompt = method.prompt.embedding.detach()
+    rows = [int((table * 32**0.5 - row).abs().sum(1).argmin()) for row in prompt]
+    assert torch.allclose(prompt, table[rows] * 32**0.5, atol=1e-5)
+    assert torch.allclose(prompt, backbone.word_embeddings(torch.tensor(rows)), atol=1e-6)
+    if init == "text":
+        ids = backbone.tokenizer("ok")["input_ids"]
+        assert rows == (ids * 4)[:4]
+
+
 def test_random_init_is_lesters_uniform():
     method = PromptTuning(HFText("tiny-bert"), ["neg", "pos"], num_virtual_tokens=50, init="random")
     values = method.prompt.embedding.detach()
