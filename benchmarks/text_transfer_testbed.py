@@ -38,7 +38,7 @@ ROWS = ("scratch", "vanilla transfer", "PANDA")
 
 
 def fit(method: Any, task: str, seed: int, epochs: int) -> float:
-    data = TextClassificationDataModule(seed=seed, batch_size=32, group_by_length=True, **TASKS[task])
+    data = TextClassificationDataModule(**{**TASKS[task], "seed": seed})
     trainer = Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=epochs,
@@ -64,7 +64,7 @@ def run_seed(seed: int, work: Path, args: argparse.Namespace) -> list[dict[str, 
     vanilla = PrefixTuning(backbone(), target_names, prompt_init=str(source_file), **common)
     rows.append(("vanilla transfer", fit(vanilla, "party", seed, args.target_epochs)))
     teacher_file = vanilla.export_prompt(work / f"teacher_seed{seed}.safetensors")
-    texts = TextClassificationDataModule(seed=seed, **TASKS["party"])._load()["train"][0][:64]
+    texts = TextClassificationDataModule(**{**TASKS["party"], "seed": seed})._load()["train"][0][:64]
     beta = prompt_transferability(vanilla, source_file, teacher_file, texts)
     seed_everything(seed, verbose=False)
     panda = PANDA(backbone(), target_names, teacher_prompt=str(teacher_file), **common)

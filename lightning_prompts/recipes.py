@@ -96,11 +96,12 @@ def expand_config_args(args: Sequence[str]) -> list[str]:
     return out
 
 
-def merged_section(path: str | Path, section: str) -> Any:
-    """The ``section`` (``"model"``, ``"data"``…) of a recipe after ``extends`` and nested config files:
-    a plain dict merge in file order (enough to tell which classes a recipe builds, not a full parse)."""
+def merged_section(path: str | Path, section: str, *overlays: str | Path) -> Any:
+    """The ``section`` (``"model"``, ``"data"``…) of a recipe after ``extends`` and nested config files, and
+    after ``overlays`` (files given after it, as repeated ``--config``): a plain dict merge in file order
+    (enough to tell which classes a recipe builds, not a full parse)."""
     value: Any = None
-    for file in expand_file(path):
+    for file in [file for recipe in (path, *overlays) for file in expand_file(recipe)]:
         content = read_yaml(file)
         if isinstance(content, dict) and section in content:
             value = _merge(value, _load_nested(content[section], file.parent))

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+from pathlib import Path
+
 from lightning_prompts.data import FewShotImageDataModule, Synthetic
+
+
+def docs_commands(page: Path) -> list[list[str]]:
+    """The ``lightning-prompts`` commands of a docs page's bash blocks (continuation lines joined), without
+    the program name."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["lightning-prompts"]:
+                found.append(words[1:])
+    return found
 
 
 def synthetic_fewshot(dataset: str = "caltech101", shots: int = 2, num_classes: int = 4, **kwargs):

@@ -4,13 +4,12 @@ overlay that leaves the guide's data options alone."""
 
 from __future__ import annotations
 
-import re
-import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import docs_commands
 from PIL import Image
 
 from lightning_prompts.cli import run_cli
@@ -31,14 +30,8 @@ ONE_BATCH = (
 
 
 def commands(page: str) -> list[list[str]]:
-    """The ``lightning-prompts`` commands of a page's bash blocks (continuation lines joined)."""
-    found = []
-    for block in re.findall(r"```bash\n(.*?)```", (HOWTO / page).read_text(), re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
-            if words[:1] == ["lightning-prompts"]:
-                found.append(words[1:])
-    return found
+    """The ``lightning-prompts`` commands of a how-to page."""
+    return docs_commands(HOWTO / page)
 
 
 def write_overlay(folder: Path, family: str) -> str:

