@@ -158,7 +158,8 @@ def test_multitask_commands(scratch):
         kind = "source" if words[0] == "fit" and "source_coop11" in words[2] else words[0]
         found[kind].append(words)
     fits, exports = found["source"], found["export"]
-    (average,), (target_fit,), (target_test,) = found["average"], found["fit"], found["test"]
+    (average,) = found["average"]
+    (target_fit, per_class_fit), (target_test, per_class_test) = found["fit"], found["test"]
     tiny = ["--config", "recipes/_tiny/clip.yaml", "--trainer.fast_dev_run=false", "--trainer.max_epochs=1"]
     tiny += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
     for fit in fits:
@@ -182,3 +183,9 @@ def test_multitask_commands(scratch):
     assert not torch.equal(trained.model.prompt.ctx.detach(), source["prompt.ctx"])  # started there, then trained
     tested = run_cli([*target_test, *target_tiny, "--trainer.limit_test_batches=1"])
     assert "test/acc" in tested.trainer.callback_metrics
+    # the datasets ELEVATER scores by mean per-class accuracy: reported, and the best checkpoint follows it
+    write_image_folders(scratch / "data/elevater/oxford-iiit-pets")
+    trained = run_cli([*per_class_fit, *target_tiny])
+    assert trained.trainer.checkpoint_callback.monitor == "val/mean_per_class"
+    tested = run_cli([*per_class_test, *target_tiny, "--trainer.limit_test_batches=1"])
+    assert {"test/acc", "test/mean_per_class"} <= set(tested.trainer.callback_metrics)

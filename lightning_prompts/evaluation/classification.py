@@ -11,6 +11,7 @@ from torch import Tensor
 from lightning_prompts.data.protocols import ClassGroups, OODTestSets, TestClassSets, provided
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.evaluation.base import Evaluator, Stage
+from lightning_prompts.metrics.mean_per_class import MeanPerClassAccuracy
 from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy, harmonic_mean
 from lightning_prompts.registry import register_evaluator
 
@@ -28,12 +29,17 @@ class ClassificationEvaluator(Evaluator):
         macro_f1: also report the macro-averaged F1 over the classes (``val/macro_f1``, ``test/macro_f1``; one test
             set only), as RELIEF's node-level tables do; the command line's best checkpoint then follows
             ``val/macro_f1``, the official model selection.
+        mean_per_class: also report ELEVATER's mean per-class accuracy (``val/mean_per_class``,
+            ``test/mean_per_class``; one test set only; :class:`~lightning_prompts.metrics.MeanPerClassAccuracy`),
+            the official metric of Caltech-101, FGVC-Aircraft, Flowers-102 and Oxford-IIIT Pets in MVLPT's
+            ELEVATER tables; the best checkpoint then follows ``val/mean_per_class``.
     """
 
-    def __init__(self, macro_f1: bool = False) -> None:
-        self.macro_f1 = macro_f1
-        self.monitor = ("val/macro_f1", "max") if macro_f1 else None  # type: ignore[misc]
-        self._f1: dict[str, Any] = {}
+    def __init__(self, macro_f1: bool = False, mean_per_class: bool = False) -> None:
+        self.macro_f1, self.mean_per_class = macro_f1, mean_per_class
+        monitored = "val/mean_per_class" if mean_per_class else "val/macro_f1" if macro_f1 else None
+        self.monitor = (monitored, "max") if monitored else None  # type: ignore[misc]
+        self._extra: dict[str, dict[str, Any]] = {}
         self.val_accuracy = SetwiseAccuracy(["val"])
         self.test_accuracy: SetwiseAccuracy | None = None
         self._set_names: list[str] = []
@@ -50,8 +56,10 @@ class ClassificationEvaluator(Evaluator):
         return sets or {"test": list(module.classnames)}
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
-        if self.macro_f1 and stage == "test" and len(self.class_sets(module, datamodule)) > 1:
-            raise ConfigurationError("macro_f1=True scores one test set; the data module has several.")
+        if stage == "test" and len(self.class_sets(module, datamodule)) > 1:
+            for name in ("macro_f1", "mean_per_class"):
+                if getattr(self, name):
+                    raise ConfigurationError(f"{name}=True scores one test set; the data module has several.")
         ood = provided(datamodule, OODTestSets)
         if stage == "test" and ood is not None and list(ood.ood_test_sets):
             raise ConfigurationError(
@@ -71,10 +79,14 @@ class ClassificationEvaluator(Evaluator):
             )
 
     def start(self, module: PromptModule, stage: Stage) -> None:
+        self._extra[stage] = {}
         if self.macro_f1:
             from torchmetrics.classification import MulticlassF1Score
 
-            self._f1[stage] = MulticlassF1Score(len(module.classnames), average="macro").to(module.device)
+            f1 = MulticlassF1Score(len(module.classnames), average="macro")
+            self._extra[stage]["macro_f1"] = f1.to(module.device)
+        if self.mean_per_class:
+            self._extra[stage]["mean_per_class"] = MeanPerClassAccuracy().to(module.device)
         if stage == "val":
             self.val_accuracy = self.val_accuracy.to(module.device)
             self.val_accuracy.reset()
@@ -101,8 +113,8 @@ class ClassificationEvaluator(Evaluator):
     def update(
         self, module: PromptModule, batch: Any, scores: Tensor, targets: Tensor, stage: Stage, dataloader_idx: int
     ) -> None:
-        if self.macro_f1:
-            self._f1[stage].update(scores.argmax(dim=-1), targets)
+        for name, metric in self._extra.get(stage, {}).items():
+            metric.update(scores.argmax(dim=-1) if name == "macro_f1" else scores, targets)
         if stage == "val":
             self.val_accuracy.update(scores, targets)
         else:
@@ -114,8 +126,8 @@ class ClassificationEvaluator(Evaluator):
                 self.group_accuracy.update(scores[inside], targets[inside], set_index=index)
 
     def finish(self, module: PromptModule, stage: Stage) -> dict[str, Tensor]:
-        f1 = self._f1.pop(stage, None)
-        extra = {f"{stage}/macro_f1": f1.compute()} if f1 is not None and f1.update_count else {}
+        metrics = self._extra.pop(stage, {})
+        extra = {f"{stage}/{name}": metric.compute() for name, metric in metrics.items() if metric.update_count}
         if stage == "val":
             result = self.val_accuracy.compute()
             self.val_accuracy.reset()

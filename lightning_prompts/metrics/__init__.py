@@ -6,6 +6,7 @@ from lightning_prompts.metrics.continual import (
     average_incremental_accuracy,
     forgetting,
 )
+from lightning_prompts.metrics.mean_per_class import MeanPerClassAccuracy
 from lightning_prompts.metrics.multilabel_continual import MultiLabelCLMetrics
 from lightning_prompts.metrics.multitask_auroc import MultiTaskAUROC
 from lightning_prompts.metrics.ood import OODDetection, ood_metrics
@@ -13,6 +14,7 @@ from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy, harmonic
 
 __all__ = [
     "ContinualAccuracy",
+    "MeanPerClassAccuracy",
     "MultiLabelCLMetrics",
     "MultiTaskAUROC",
     "OODDetection",
