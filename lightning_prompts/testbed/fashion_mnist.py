@@ -101,6 +101,17 @@ def write_fashion_mnist(
     return final_root / SPLIT_FILE
 
 
+def first_per_class(entries: list[list], per_class: int) -> list[tuple[int, list]]:
+    """The first ``per_class`` entries ``[path, label, name]`` of every label, with their index in ``entries``."""
+    counts: dict[int, int] = {}
+    kept = []
+    for index, entry in enumerate(entries):
+        counts[entry[1]] = counts.get(entry[1], 0) + 1
+        if counts[entry[1]] <= per_class:
+            kept.append((index, entry))
+    return kept
+
+
 def write_test_subset(data_root: str | Path, target_root: str | Path, per_class: int) -> Path:
     """A testbed root under ``target_root`` whose Fashion-MNIST test split keeps the first ``per_class`` images of
     every class (train and validation splits unchanged; the images are linked, not copied). Benchmarks whose test
@@ -111,10 +122,6 @@ def write_test_subset(data_root: str | Path, target_root: str | Path, per_class:
     if not (target / "images").exists():
         (target / "images").symlink_to((source / "images").resolve())
     split = json.loads((source / SPLIT_FILE).read_text())
-    kept, counts = [], {}
-    for entry in split["test"]:
-        counts[entry[1]] = counts.get(entry[1], 0) + 1
-        if counts[entry[1]] <= per_class:
-            kept.append(entry)
+    kept = [entry for _, entry in first_per_class(split["test"], per_class)]
     (target / SPLIT_FILE).write_text(json.dumps({**split, "test": kept}))
     return target.parent

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from lightning_prompts.testbed.fashion_mnist import SPLIT_FILE
+from lightning_prompts.testbed.fashion_mnist import SPLIT_FILE, first_per_class
 
 
 def _noise(image: Image.Image, index: int) -> Image.Image:
@@ -51,11 +51,8 @@ def write_shifted_root(data_root: str | Path, target_root: str | Path, shift: st
     for folder in sorted({entry[0].split("/")[0] for entry in split["train"] + split["val"]}):
         if not (images / folder).exists():  # the original training and validation images, linked
             (images / folder).symlink_to((source / "images" / folder).resolve())
-    kept, counts = [], {}
-    for index, (relative, label, name) in enumerate(split["test"]):
-        counts[label] = counts.get(label, 0) + 1
-        if counts[label] > per_class:
-            continue
+    kept = []
+    for index, (relative, label, name) in first_per_class(split["test"], per_class):
         shifted = f"{shift}/{relative}"
         (images / shifted).parent.mkdir(parents=True, exist_ok=True)
         with Image.open(source / "images" / relative) as original:
