@@ -159,7 +159,7 @@ def test_multitask_commands(scratch):
         found[kind].append(words)
     fits, exports = found["source"], found["export"]
     (average,) = found["average"]
-    (target_fit, per_class_fit), (target_test, per_class_test) = found["fit"], found["test"]
+    (target_fit, per_class_fit, voc_fit), (target_test, per_class_test, voc_test) = found["fit"], found["test"]
     tiny = ["--config", "recipes/_tiny/clip.yaml", "--trainer.fast_dev_run=false", "--trainer.max_epochs=1"]
     tiny += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
     for fit in fits:
@@ -189,3 +189,18 @@ def test_multitask_commands(scratch):
     assert trained.trainer.checkpoint_callback.monitor == "val/mean_per_class"
     tested = run_cli([*per_class_test, *target_tiny, "--trainer.limit_test_batches=1"])
     assert {"test/acc", "test/mean_per_class"} <= set(tested.trainer.callback_metrics)
+    # VOC 2007 in ELEVATER's downloaded format (multi-label, training images in a zip): the 11-point mAP
+    from lightning_prompts.data import Synthetic
+    from lightning_prompts.data.elevater import write_synthetic_iris
+
+    voc = scratch / "data/elevater/voc2007_20211007"
+    voc.mkdir(parents=True)
+    indices = {"train": "train_ic.txt", "val": "val_ic.txt", "test": "test_ic.txt"}
+    write_synthetic_iris(
+        voc, Synthetic(num_classes=3, images_per_class=6, image_size=32), indices, "labels.txt", True, 6
+    )
+    trained = run_cli([*voc_fit, *target_tiny])
+    assert trained.trainer.checkpoint_callback.monitor == "val/map_11point"
+    assert trained.trainer.datamodule.multi_label and len(trained.trainer.datamodule.classnames) == 3
+    tested = run_cli([*voc_test, *target_tiny, "--trainer.limit_test_batches=1"])
+    assert 0.0 < float(tested.trainer.callback_metrics["test/map_11point"]) <= 1.0

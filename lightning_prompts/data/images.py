@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch.utils.data import Dataset
@@ -46,9 +46,10 @@ def read_unlabelled_images(folder: Path, where: str) -> list[ImageItem]:
     return items
 
 
-def load_rgb(path: Path) -> Any:
-    """Open an image as 8-bit RGB (PIL): grayscale, palette, CMYK and alpha images are converted, and
-    16-bit or float images are scaled to 8 bits first (PIL's RGB conversion would clip them)."""
+def load_rgb(path: Path | IO[bytes]) -> Any:
+    """Open an image (a path, or a binary file such as an archive member) as 8-bit RGB (PIL): grayscale,
+    palette, CMYK and alpha images are converted, and 16-bit or float images are scaled to 8 bits first (PIL's
+    RGB conversion would clip them)."""
     from PIL import Image
 
     with Image.open(path) as image:
@@ -67,7 +68,7 @@ def _to_8bit(image: Any) -> Any:
     return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
 
 
-def decode_fully(path: Path) -> None:
+def decode_fully(path: Path | IO[bytes]) -> None:
     """Decode the whole image (not just its header), so a truncated or corrupt body fails here and not in
     the middle of an epoch. JPEGs decode in draft mode (1/8 scale: every entropy-coded block is still
     read, which is where truncation and corruption show), about 1.6× faster than a full decode."""

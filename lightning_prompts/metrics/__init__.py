@@ -9,6 +9,7 @@ from lightning_prompts.metrics.continual import (
 from lightning_prompts.metrics.mean_per_class import MeanPerClassAccuracy
 from lightning_prompts.metrics.multilabel_continual import MultiLabelCLMetrics
 from lightning_prompts.metrics.multitask_auroc import MultiTaskAUROC
+from lightning_prompts.metrics.n_point_map import NPointMeanAveragePrecision
 from lightning_prompts.metrics.ood import OODDetection, ood_metrics
 from lightning_prompts.metrics.setwise_accuracy import SetwiseAccuracy, harmonic_mean
 
@@ -17,6 +18,7 @@ __all__ = [
     "MeanPerClassAccuracy",
     "MultiLabelCLMetrics",
     "MultiTaskAUROC",
+    "NPointMeanAveragePrecision",
     "OODDetection",
     "SetwiseAccuracy",
     "TaskAccuracy",

@@ -158,11 +158,16 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         raise NotImplementedError
 
     def batch_targets(self, batch: Any) -> Tensor:
-        """Class indices ``(B,)`` the logits of :meth:`forward_batch` are scored against."""
+        """Class indices ``(B,)`` (or multi-hot ``(B, C)``) the logits of :meth:`forward_batch` are scored against."""
         return batch[LABEL]
 
     def task_loss(self, output: PromptOutput, targets: Tensor) -> Tensor:
-        """The method's own objective (cross-entropy by default)."""
+        """The method's own objective: cross-entropy; for multi-hot ``(B, C)`` targets, cross-entropy against the
+        uniform distribution over each example's classes (MVLPT's and ELEVATER's prompt-tuning objective for
+        multi-label data; an example without a class contributes 0, where the official code would give NaN)."""
+        if targets.dim() == 2:
+            targets = targets.float()
+            return F.cross_entropy(output.logits.float(), targets / targets.sum(dim=1, keepdim=True).clamp_min(1.0))
         return F.cross_entropy(output.logits.float(), targets)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:

@@ -1,0 +1,175 @@
+"""ELEVATER's downloaded format (iris index files, images in zip archives): reading, vision-datasets' few-shot
+draw, checks before training, multi-hot batches, MVLPT's multi-label objective and the 11-point mAP evaluator,
+end to end with a tiny CLIP."""
+
+from __future__ import annotations
+
+import collections
+import random
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_prompts.data.elevater import ElevaterDataModule, IndexEntry, read_index, sample_few_shot
+from lightning_prompts.data.synthetic import classnames_for
+from lightning_prompts.errors import DatasetError
+from lightning_prompts.evaluation import MultiLabelEvaluator
+from lightning_prompts.methods.base.module import PromptModule
+from lightning_prompts.metrics import NPointMeanAveragePrecision
+from lightning_prompts.outputs import PromptOutput
+
+SYNTHETIC = {"num_classes": 4, "images_per_class": 4, "image_size": 16}
+
+
+def write_dataset(root: Path, lines: list[str], names=("cat", "dog", "bus")) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "labels.txt").write_text("\n".join(names) + "\n")
+    with zipfile.ZipFile(root / "train_images.zip", "w") as archive:
+        for k in range(3):
+            path = root / f"{k}.png"
+            Image.new("RGB", (8, 8), (40 * k, 0, 0)).save(path)
+            archive.write(path, f"images/{k}.png")
+        archive.writestr("images/broken.png", b"\x89PNG not an image")
+    (root / "broken.png").write_bytes(b"\xff\xd8 truncated")
+    for split in ("train.txt", "test.txt"):
+        (root / split).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_multi_label_batches_come_from_the_archive_with_multi_hot_targets():
+    data = ElevaterDataModule(multi_label=True, synthetic=SYNTHETIC, image_size=16, batch_size=16, num_workers=0)
+    data.setup("fit")
+    assert data.classnames == classnames_for(4) and (data.root / "labels.txt").read_text().split("\n")[0] == "airplane"
+    assert (data.root / "train_images.zip").is_file() and not (data.root / "train").exists()
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape == (16, 3, 16, 16)
+    assert batch["label"].dtype == torch.float32 and batch["label"].shape == (16, 4)
+    assert set(batch["label"].sum(dim=1).tolist()) == {1.0, 2.0}  # every other image holds two classes
+    evaluator = data.default_evaluator()
+    assert isinstance(evaluator, MultiLabelEvaluator) and evaluator.monitor == ("val/map_11point", "max")
+
+
+def test_single_label_reads_plain_indices_and_refuses_several_labels(tmp_path):
+    root = write_dataset(tmp_path / "set", ["train_images.zip@images/0.png 0", "1.png 1", "2.png 2"])
+    data = ElevaterDataModule(root=str(root), image_size=16, num_workers=0, batch_size=3)
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))  # no val.txt: validation on the test split
+    assert batch["label"].tolist() == [0, 1, 2] and data.classnames == ["cat", "dog", "bus"]
+    root = write_dataset(tmp_path / "multi", ["train_images.zip@images/0.png 0,2", "1.png 1"])
+    with pytest.raises(DatasetError, match="multi_label: true"):
+        ElevaterDataModule(root=str(root), num_workers=0).setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("1.png 3", "labels in 0..2"),
+        ("1.png", "expected '<image> <label>"),
+        ("1.png one", "expected '<image> <label>"),
+        ("../outside.png 0", "inside the dataset folder"),
+        ("/etc/passwd 0", "inside the dataset folder"),
+        ("train_images.zip@../../x.png 0", "inside the dataset folder"),
+        ("evil.tar@x.png 0", "not a .zip file"),
+        ("train_images.zip@images/9.png 0", "is not in archive"),
+        ("missing.png 0", "does not exist"),
+        ("broken.png 0", "cannot be read"),
+        ("train_images.zip@images/broken.png 0", "cannot be read"),
+    ],
+)
+def test_bad_index_lines_fail_at_setup(tmp_path, line, message):
+    root = write_dataset(tmp_path / "set", ["1.png 1", line])
+    with pytest.raises(DatasetError, match=message):
+        ElevaterDataModule(root=str(root), num_workers=0).setup("fit")
+
+
+def vision_datasets_few_shot(entries, shots, seed, num_classes):
+    # the published procedure, written independently: shuffle, take an image while any of its classes lacks shots
+    images = list(entries)
+    random.Random(seed).shuffle(images)
+    need = {c: shots for c in range(num_classes)}
+    taken = []
+    for image in images:
+        if any(need[c] > 0 for c in image.labels):
+            for c in image.labels:
+                need[c] -= 1
+            taken.append(image)
+        if all(v <= 0 for v in need.values()):
+            break
+    return taken
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_few_shot_draw_is_vision_datasets_procedure(multi):
+    rng = random.Random(5)
+    entries = [
+        IndexEntry(f"{k}.png", tuple(sorted(rng.sample(range(6), 2 if multi and k % 3 == 0 else 1))))
+        for k in range(300)
+    ]
+    for seed in (0, 1, 2):
+        drawn = sample_few_shot(entries, 4, seed, 6)
+        assert drawn == vision_datasets_few_shot(entries, 4, seed, 6)
+        counts = collections.Counter(c for entry in drawn for c in entry.labels)
+        assert all(counts[c] >= 4 for c in range(6))
+        if not multi:
+            assert all(counts[c] == 4 for c in range(6))
+    with pytest.raises(DatasetError, match="fewer than 400"):
+        sample_few_shot(entries, 400, 0, 6)
+
+
+def test_index_files_keep_spaces_in_paths(tmp_path):
+    (tmp_path / "index.txt").write_text("a photo.jpg 1,0\n\n")
+    assert read_index(tmp_path / "index.txt", 2) == [IndexEntry("a photo.jpg", (0, 1))]
+
+
+def test_multi_label_loss_is_cross_entropy_against_the_uniform_distribution_over_positives():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    log_p = F.log_softmax(logits, dim=1)
+    expected = -((log_p[0, 0] + log_p[0, 2]) / 2 + log_p[1, 1]) / 2  # MVLPT: label /= label.sum(); CE
+    loss = PromptModule.task_loss(SimpleNamespace(), PromptOutput(logits=logits), targets)
+    assert float(loss) == pytest.approx(float(expected), abs=1e-6)
+    indices = PromptModule.task_loss(SimpleNamespace(), PromptOutput(logits=logits), torch.tensor([0, 1]))
+    assert float(indices) == pytest.approx(float(-(log_p[0, 0] + log_p[1, 1]) / 2), abs=1e-6)
+
+
+def test_evaluator_logs_the_11_point_map_of_raw_scores():
+    generator = torch.Generator().manual_seed(0)
+    targets = (torch.rand(40, 5, generator=generator) < 0.4).long()
+    scores = 25 * torch.randn(40, 5, generator=generator) + 20 * targets  # CLIP-scale logits: sigmoid would tie
+    module = SimpleNamespace(classnames=list("abcde"), device=torch.device("cpu"))
+    evaluator = MultiLabelEvaluator(n_point_map=11)
+    evaluator.start(module, "test")
+    for start in (0, 20):
+        evaluator.update(module, None, scores[start : start + 20], targets[start : start + 20], "test", 0)
+    logged = evaluator.finish(module, "test")
+    metric = NPointMeanAveragePrecision()
+    metric.update(scores, targets)
+    assert float(logged["test/map_11point"]) == pytest.approx(float(metric.compute()), abs=1e-12)
+    assert {"test/macro_f1", "test/map"} <= logged.keys()
+    assert MultiLabelEvaluator().monitor == ("val/macro_f1", "max")
+
+
+def test_coop_trains_on_multi_label_data_and_reports_the_11_point_map(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from lightning_prompts.backbones import OpenCLIP
+    from lightning_prompts.methods import CoOp
+
+    data = ElevaterDataModule(multi_label=True, synthetic=SYNTHETIC, image_size=32, batch_size=8, num_workers=0)
+    model = CoOp(OpenCLIP("tiny", pretrained=None), data.classnames, n_ctx=4)
+    trainer = Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    trainer.fit(model, data)
+    metrics = trainer.callback_metrics
+    assert 0.0 < float(metrics["val/map_11point"]) <= 1.0 and torch.isfinite(metrics["train/loss"])
+    trained = dict(model.named_parameters())
+    assert before and all(not torch.equal(value, trained[name]) for name, value in before.items())
