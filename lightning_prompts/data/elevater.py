@@ -7,6 +7,12 @@ split, each line ``<image> <label>[,<label>…]``: the image a path relative to 
 ELEVATER's multi-label dataset, names its splits ``train_ic.txt``, ``val_ic.txt`` and ``test_ic.txt``; most others
 ``train.txt``, ``val.txt`` (or ``valid.txt``) and ``test.txt``.
 
+The datasets ELEVATER ships as COCO manifests instead (``resisc45_clip``, ``kitti-distance``, ``hateful-memes``,
+``imagenet-1k``: ``train.json``, ``val.json``, ``test.json``) are read when an index file name ends in ``.json``:
+``images`` (``id``, ``file_name``, optional ``zip_file``), ``annotations`` (``image_id``, ``category_id``) and
+``categories`` (``id``, ``name``; class order is by ``id``, the label map file is not read). JSON runs no code;
+image URLs are refused (nothing is downloaded).
+
 Few-shot training sets are drawn as vision-datasets' few-shot sampler draws them: the images in index order,
 shuffled by Python's ``random.Random(seed)``, each taken while one of its classes still lacks ``shots`` images
 (single-label: exactly ``shots`` per class; multi-label: at least ``shots`` per class).
@@ -21,6 +27,7 @@ once; a reference that leaves the dataset folder (absolute, ``..``) is refused.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import zipfile
@@ -84,6 +91,39 @@ def read_index(path: Path, num_classes: int) -> list[IndexEntry]:
     if not entries:
         raise DatasetError(f"ELEVATER index file {path} lists no image.")
     return entries
+
+
+def read_coco_manifest(path: Path) -> tuple[list[str], list[IndexEntry]]:
+    """Class names (by category id) and the entries of a vision-datasets COCO classification manifest, checked."""
+    if not path.is_file():
+        raise DatasetError(f"ELEVATER manifest {path} does not exist.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        categories = sorted((int(c["id"]), str(c["name"])) for c in manifest["categories"])
+        images = [(int(i["id"]), str(i["file_name"]), i.get("zip_file")) for i in manifest["images"]]
+        annotations = [(int(a["image_id"]), int(a["category_id"])) for a in manifest["annotations"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DatasetError(
+            f"{path}: not a COCO classification manifest (images, annotations, categories with ids): {error!r}"
+        ) from None
+    label_of = {category: label for label, (category, _) in enumerate(categories)}
+    labels: dict[int, set[int]] = {}
+    for image_id, category in annotations:
+        if category not in label_of:
+            raise DatasetError(f"{path}: an annotation of image {image_id} names unknown category {category}.")
+        labels.setdefault(image_id, set()).add(label_of[category])
+    entries = []
+    for image_id, file_name, zip_file in images:
+        reference = f"{zip_file}@{file_name}" if zip_file else file_name
+        if "://" in reference:
+            raise DatasetError(f"{path}: image {image_id} is a URL ({reference[:80]}); give the images locally.")
+        check_reference(reference, f"{path} image {image_id}")
+        if image_id not in labels:
+            raise DatasetError(f"{path}: image {image_id} ({reference[:80]}) has no annotation.")
+        entries.append(IndexEntry(reference, tuple(sorted(labels[image_id]))))
+    if not entries:
+        raise DatasetError(f"ELEVATER manifest {path} lists no image.")
+    return [name for _, name in categories], entries
 
 
 def check_reference(image: str, where: str) -> None:
@@ -186,9 +226,9 @@ class ElevaterDataModule(LightningDataModule):
 
     Args:
         root: the dataset folder (e.g. ``data/elevater/voc2007_20211007``).
-        train_index, val_index, test_index: index files in ``root``; a missing ``val_index`` file is allowed
-            (validation then runs on the test split, as the ELEVATER toolkit does for datasets without one).
-        labelmap: the label-map file in ``root``.
+        train_index, val_index, test_index: index files in ``root`` (iris ``.txt`` or COCO ``.json``); a missing
+            ``val_index`` file is allowed (validation then runs on the test split).
+        labelmap: the label-map file in ``root`` (iris format).
         multi_label: the dataset is multi-label (VOC 2007): multi-hot targets and ELEVATER's 11-point mAP;
             single-label data refuses index lines with several labels.
         shots: training images per class (few-shot, vision-datasets' draw); ``-1`` uses all.
@@ -246,12 +286,21 @@ class ElevaterDataModule(LightningDataModule):
                 )
             if not self.root.is_dir():
                 raise DatasetError(f"ELEVATER dataset folder {self.root} does not exist.")
-            names = read_labelmap(self.root / self.labelmap)
+            coco = self.index_files["train"].endswith(".json")
+            if coco:  # class names from the training manifest's categories
+                names = read_coco_manifest(self.root / self.index_files["train"])[0]
+            else:
+                names = read_labelmap(self.root / self.labelmap)
             splits = {}
             for split, file in self.index_files.items():
                 if split == "val" and not (self.root / file).is_file():
                     continue
-                entries = read_index(self.root / file, len(names))
+                if coco:
+                    split_names, entries = read_coco_manifest(self.root / file)
+                    if split_names != names:
+                        raise DatasetError(f"{self.root / file}: its categories differ from the training manifest's.")
+                else:
+                    entries = read_index(self.root / file, len(names))
                 several = next((entry for entry in entries if len(entry.labels) > 1), None)
                 if several is not None and not self.multi_label:
                     raise DatasetError(

@@ -5,6 +5,7 @@ end to end with a tiny CLIP."""
 from __future__ import annotations
 
 import collections
+import json
 import random
 import zipfile
 from pathlib import Path
@@ -173,3 +174,40 @@ def test_coop_trains_on_multi_label_data_and_reports_the_11_point_map(tmp_path):
     assert 0.0 < float(metrics["val/map_11point"]) <= 1.0 and torch.isfinite(metrics["train/loss"])
     trained = dict(model.named_parameters())
     assert before and all(not torch.equal(value, trained[name]) for name, value in before.items())
+
+
+def write_manifest(path: Path, images, annotations, categories=((1, "cat"), (2, "dog"), (3, "bus"))) -> None:
+    path.write_text(
+        json.dumps(
+            {
+                "images": [dict(id=i, file_name=f, **({"zip_file": z} if z else {})) for i, f, z in images],
+                "annotations": [{"id": k, "image_id": i, "category_id": c} for k, (i, c) in enumerate(annotations)],
+                "categories": [{"id": c, "name": n} for c, n in categories],
+            }
+        )
+    )
+
+
+def test_coco_manifests_are_read_like_the_index_files(tmp_path):
+    root = write_dataset(tmp_path / "set", ["1.png 1"])
+    images = [(1, "images/0.png", "train_images.zip"), (2, "1.png", None), (3, "2.png", None)]
+    for split in ("train", "test"):
+        write_manifest(root / f"{split}.json", images, [(1, 1), (2, 2), (3, 3)])
+    data = ElevaterDataModule(
+        root=str(root), train_index="train.json", test_index="test.json", image_size=16, num_workers=0, batch_size=3
+    )
+    data.setup("fit")
+    assert data.classnames == ["cat", "dog", "bus"]  # category order by id; labels.txt is not read
+    assert next(iter(data.val_dataloader()))["label"].tolist() == [0, 1, 2]
+    write_manifest(root / "bad.json", [(1, "https://example.com/a.jpg", None)], [(1, 1)])
+    with pytest.raises(DatasetError, match="is a URL"):
+        ElevaterDataModule(root=str(root), train_index="bad.json", num_workers=0).setup("fit")
+    write_manifest(root / "bad.json", images, [(1, 1), (2, 9), (3, 3)])
+    with pytest.raises(DatasetError, match="unknown category 9"):
+        ElevaterDataModule(root=str(root), train_index="bad.json", num_workers=0).setup("fit")
+    write_manifest(root / "bad.json", images, [(1, 1), (2, 2)])
+    with pytest.raises(DatasetError, match="has no annotation"):
+        ElevaterDataModule(root=str(root), train_index="bad.json", num_workers=0).setup("fit")
+    (root / "bad.json").write_text('{"images": [{"file_name": "1.png"}]}')
+    with pytest.raises(DatasetError, match="not a COCO classification manifest"):
+        ElevaterDataModule(root=str(root), train_index="bad.json", num_workers=0).setup("fit")
