@@ -1,13 +1,15 @@
 """Batches of texts of similar length, so a batch pads to little more than its own texts.
 
-A batch of texts is padded to its longest member. Drawn at random from a corpus whose lengths vary a
-lot (Rotten Tomatoes snippets: median 27 tokens, a few over 128), a batch of 32 pads to over four
-times the tokens it holds; a transformer spends its time on the padding. Grouping by length, as
-Hugging Face's ``Trainer(group_by_length=True)`` does, brings that to about 1.3: shuffle, cut the
-shuffled order into chunks of ``group`` batches, sort each chunk by length, cut it into batches and
-shuffle the batches. The batches stay random in content and order; only their composition changes,
-so a run with grouping is not the same run as one without (padding itself never changes a result:
-it is masked out).
+A batch of texts is padded to its longest member. Drawn at random from a corpus whose lengths vary
+(Rotten Tomatoes snippets: 4 to 78 MiniLM tokens, median 27), a batch of 32 feeds almost twice the
+positions its texts hold; a transformer spends that time on padding. Grouping by length, as Hugging
+Face's ``Trainer(group_by_length=True)`` does, removes nearly all of it: shuffle, cut the shuffled
+order into chunks of ``group`` batches, sort each chunk by length, cut it into batches and shuffle the
+batches. The batches stay random in content and order; only their composition changes, so a run with
+grouping is not the same run as one without (padding itself never changes a result: it is masked
+out). How well it works depends on the measure: sorted by characters, those batches still pad to
+1.3 positions per text token; by the model's own token counts (the text data module's
+``length_unit="tokens"``), to 1.03.
 """
 
 from __future__ import annotations

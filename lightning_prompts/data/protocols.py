@@ -74,6 +74,14 @@ class TextSplits(Protocol):
 
 
 @runtime_checkable
+class TokenCounter(Protocol):
+    """A model that counts the tokens each raw text occupies as it feeds it (text data modules group
+    batches by these counts; characters order texts far worse than their tokens do)."""
+
+    def text_lengths(self, texts: Sequence[str]) -> list[int]: ...
+
+
+@runtime_checkable
 class GraphTask(Protocol):
     """What a graph method classifies: ``"node"`` or ``"graph"`` (ego-graphs count as graphs)."""
 

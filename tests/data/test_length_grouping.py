@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
@@ -66,8 +67,34 @@ def test_evaluation_results_equal_the_ungrouped_loader_and_predict_keeps_order()
         assert predicted == data._load()["test"][0]  # the file's order
         rows[grouped] = [text for batch in data.val_dataloader() for text in batch["text"]]
     assert sorted(rows[True]) == sorted(rows[False]) and rows[True] != rows[False]
-    lengths = [len(text) for text in rows[True]]
+    lengths = [len(text) for text in rows[True]]  # characters by default
     assert lengths == sorted(lengths, reverse=True)
     assert results[True].keys() == results[False].keys()
     for key in results[False]:
         assert abs(results[True][key] - results[False][key]) < 1e-5, key
+
+
+def test_length_unit_tokens_groups_by_the_models_own_token_counts(tmp_path):
+    # characters order these texts the wrong way round: runs of spaces are long and no token at all
+    rng = random.Random(0)
+    texts = [("a" + " " * rng.randint(40, 80) + "b") if k % 2 else "".join(rng.choices("xyz", k=20)) for k in range(40)]
+    rows = "\n".join(f"{text},{k % 2}" for k, text in enumerate(texts))
+    (tmp_path / "train.csv").write_text("text,label\n" + rows + "\n")
+    data = TextClassificationDataModule(train_file=str(tmp_path / "train.csv"), val_fraction=0.5, batch_size=4)
+    data.setup("fit")
+    train_texts, val_texts = data._load()["train"][0], data._load()["val"][0]
+    assert data.text_lengths(val_texts) == [len(text) for text in val_texts]  # no model: characters
+    model = PromptTuning(HFText("tiny-bert"), data.classnames, num_virtual_tokens=3)
+    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    data.group_by_length, data.length_unit = True, "tokens"
+    trainer.validate(model, data, verbose=False)
+    tokens = model.text_lengths(val_texts)
+    assert tokens == [len(model.tokenize([text])["input_ids"][0]) for text in val_texts]
+    assert data.text_lengths(val_texts) == tokens and tokens != [len(text) for text in val_texts]
+    ordered = [text for batch in data.val_dataloader() for text in batch["text"]]
+    assert ordered[0].startswith(("x", "y", "z")) and ordered[-1].startswith("a")  # 22 tokens before 4
+    assert data.train_dataloader().batch_sampler.lengths == model.text_lengths(train_texts)
+    data.length_unit = "characters"
+    assert data.text_lengths(val_texts) == [len(text) for text in val_texts]
+    with pytest.raises(ValueError, match="length_unit"):
+        TextClassificationDataModule(synthetic={"examples_per_class": 4}, length_unit="words")

@@ -126,6 +126,13 @@ class TextPromptModule(PromptModule):
         reserve = self.backbone.max_length - self.max_text_tokens
         return self.backbone.tokenize(self.format_texts(texts, template), reserve=reserve, truncate=self.truncate)
 
+    def text_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each raw text occupies in the input (template and special tokens included, truncation
+        applied): :class:`~lightning_prompts.data.protocols.TokenCounter`, which text data modules group
+        batches by."""
+        lengths = self.backbone.token_lengths(self.format_texts(texts))
+        return [min(length, self.max_text_tokens) for length in lengths] if self.truncate else lengths
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # tokenization happens here, on the CPU, so data modules stay model-agnostic
         if isinstance(batch, dict) and TEXT in batch and INPUT_IDS not in batch:
