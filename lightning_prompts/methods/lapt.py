@@ -20,10 +20,18 @@ serves both stages: ``fit`` on folders of ID + negative labels (1,000 + 1,000 in
 on the ID set with its OOD sets and as many negative labels as you like (10,000 in 100 groups): the
 contexts do not depend on the names.
 
+One λ is drawn per step for the whole batch, as the release's ``mixup_data`` draws it.
+
+Cross-distribution mixing (``cross_distribution=True``; the release's ``mix_strategy: wccm_cd``, which none
+of its scripts use): a second branch from the same clean image features mixes each sample with a random
+sample of the other distribution in the batch (ID ↔ negative label), ``normalize(λ f_a + (1 − λ) f_b)``
+against the soft label ``λ y_a + (1 − λ) y_b``, its own λ per step, and adds that soft cross-entropy to the
+cross-modal loss. Where a batch holds only one of the two distributions the release's pairing returns
+nothing (and fails); here each sample is then its own partner (the clean features' cross-entropy).
+
 Decided here: the seven templates are CLIP's ImageNet ensemble (the release draws one of 7 frozen
 template features; we did not check which 7); both image and template features are L2-normalised before
-mixing. Cross-distribution mixing (ID with negative features, soft labels) is an option the release does
-not use and is not implemented.
+mixing.
 """
 
 from __future__ import annotations
@@ -76,6 +84,10 @@ class LAPT(CoOp):
         n_ctx, ctx_init: each context's length and initial phrase (the release: 2 vectors).
         templates: the frozen templates whose text features are mixed into the images.
         negative_groups: groups of the default evaluator's ``id_mass`` score (100 at test in the paper).
+        cross_distribution: add the paper's cross-distribution mixing (the release's ``mix_strategy: wccm_cd``,
+            which its scripts do not use): each image feature mixed with that of a random sample of the other
+            distribution in the batch (ID ↔ negative label), soft label ``λ y_a + (1 − λ) y_b``, a second λ ~
+            Beta(1, 1) per step; the soft cross-entropy is added to the cross-modal loss.
         **kwargs: see :class:`~lightning_prompts.methods.CoOp`; groups ``"prompt"`` (ID context) and
             ``"negative_prompt"``. Default optimizer: SGD Nesterov, lr 0.01, momentum 0.9, weight decay 1e-5.
     """
@@ -94,6 +106,7 @@ class LAPT(CoOp):
         ctx_init: str | None = None,
         templates: Sequence[str] = SEVEN_TEMPLATES,
         negative_groups: int = 100,
+        cross_distribution: bool = False,
         **kwargs: Any,
     ) -> None:
         if negative_labels is None:
@@ -107,6 +120,7 @@ class LAPT(CoOp):
         if not templates or any("{}" not in t for t in templates):
             raise ConfigurationError("LAPT's templates need a '{}' for the label each.")
         self._templates = list(templates)
+        self.cross_distribution = cross_distribution
         super().__init__(backbone, classnames, n_ctx=n_ctx, ctx_init=ctx_init, **kwargs)
         self.rebuild_class_prompts(self.classnames)  # CoOp built its prompt over every class; ID names only
         self.negative_prompt = ClassContextPrompt(self.backbone, self._negatives, n_ctx=n_ctx, ctx_init=ctx_init)
@@ -182,9 +196,41 @@ class LAPT(CoOp):
     def task_loss(self, output: PromptOutput, targets: Tensor) -> Tensor:
         if not self.training:
             return super().task_loss(output, targets)
-        weights = torch.distributions.Beta(1.0, 1.0).sample((targets.shape[0],)).to(targets.device)
-        templates = torch.randint(len(self._templates), (targets.shape[0],), device=targets.device)
-        return F.cross_entropy(self.mixed_logits(output, targets, weights, templates).float(), targets)
+        size = targets.shape[0]
+        # one λ per step for the whole batch, as the release's mixup_data draws it
+        weights = torch.distributions.Beta(1.0, 1.0).sample().expand(size).to(targets.device)
+        templates = torch.randint(len(self._templates), (size,), device=targets.device)
+        loss = F.cross_entropy(self.mixed_logits(output, targets, weights, templates).float(), targets)
+        if self.cross_distribution:
+            weight = torch.distributions.Beta(1.0, 1.0).sample().to(targets.device)
+            loss = loss + self.cross_distribution_loss(output, targets, self.distribution_partners(targets), weight)
+        return loss
+
+    # -- training: cross-distribution mixing (option) --------------------------------------------------
+    def distribution_partners(self, targets: Tensor) -> Tensor:
+        """For each sample, a random sample of the batch from the other distribution (ID ↔ negative label),
+        drawn with replacement; itself when the batch lacks one of the two."""
+        negatives = set(self._negatives)
+        is_negative = torch.tensor([name in negatives for name in self.classnames], device=targets.device)[targets]
+        id_rows, negative_rows = torch.where(~is_negative)[0], torch.where(is_negative)[0]
+        partners = torch.arange(targets.shape[0], device=targets.device)
+        if len(id_rows) and len(negative_rows):
+            partners[id_rows] = negative_rows[torch.randint(len(negative_rows), (len(id_rows),), device=targets.device)]
+            partners[negative_rows] = id_rows[torch.randint(len(id_rows), (len(negative_rows),), device=targets.device)]
+        return partners
+
+    def cross_distribution_loss(
+        self, output: PromptOutput, targets: Tensor, partners: Tensor, weight: Tensor
+    ) -> Tensor:
+        """Soft cross-entropy of ``normalize(λ f_a + (1 − λ) f_b)`` against ``λ y_a + (1 − λ) y_b`` over every
+        scored label, ``b`` the partner of ``a`` (:meth:`distribution_partners`), from the clean image features."""
+        image = output.image_features
+        lam = weight.to(image.dtype)
+        mixed = F.normalize(lam * image + (1 - lam) * image[partners], dim=-1)
+        logits = (self.logit_scale * mixed @ self._scored_text.t().to(mixed.dtype)).float()
+        one_hot = F.one_hot(targets, logits.shape[1]).float()
+        soft = float(weight) * one_hot + (1 - float(weight)) * one_hot[partners]
+        return -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         super().check_ready(stage, callbacks, datamodule)

@@ -50,7 +50,7 @@ def test_mixing_loss_is_ce_of_mixed_image_and_template_features(tiny_clip):
     loss = method.task_loss(output, targets)
     torch.manual_seed(5)
     method.forward_batch({"image": images})  # same draws as above up to the loss
-    lam = torch.distributions.Beta(1.0, 1.0).sample((3,))
+    lam = torch.distributions.Beta(1.0, 1.0).sample().expand(3)  # one λ per step, as the release draws it
     k = torch.randint(7, (3,))
     image = F.normalize(tiny_clip.encode_image(images).features, dim=-1)
     names = ["cat", "teapot", "volcano"]
@@ -60,6 +60,44 @@ def test_mixing_loss_is_ce_of_mixed_image_and_template_features(tiny_clip):
     mixed = F.normalize(lam[:, None] * image + (1 - lam[:, None]) * template, dim=-1)
     logits = tiny_clip.logit_scale * mixed @ method.class_text_features().t()
     torch.testing.assert_close(loss, F.cross_entropy(logits, targets), rtol=1e-4, atol=1e-5)
+
+
+def test_cross_distribution_mixing_pairs_id_with_negatives_and_adds_a_soft_cross_entropy(tiny_clip):
+    method = LAPT(
+        tiny_clip, ["cat", "teapot", "dog", "volcano"], negative_labels=NEGATIVES, cross_distribution=True
+    ).train()
+    with torch.no_grad():
+        method.prompt.ctx.normal_(std=1.0)
+        method.negative_prompt.ctx.normal_(std=1.0)
+    targets = torch.tensor([0, 1, 2, 3, 2])  # cat, teapot, dog, volcano, dog: teapot and volcano are negatives
+    torch.manual_seed(1)
+    for _ in range(5):
+        partners = method.distribution_partners(targets)
+        assert set(partners[[0, 2, 4]].tolist()) <= {1, 3} and set(partners[[1, 3]].tolist()) <= {0, 2, 4}
+    assert method.distribution_partners(torch.tensor([0, 2, 0])).tolist() == [0, 1, 2]  # no negative: itself
+    images = torch.randn(5, 3, 32, 32)
+    torch.manual_seed(7)
+    output = method.forward_batch({"image": images})
+    loss = method.task_loss(output, targets)
+    torch.manual_seed(7)
+    method.forward_batch({"image": images})
+    lam = torch.distributions.Beta(1.0, 1.0).sample()  # the draws in task_loss's order
+    k = torch.randint(7, (5,))
+    lam_cd = torch.distributions.Beta(1.0, 1.0).sample()
+    partners = method.distribution_partners(targets)
+    image = F.normalize(tiny_clip.encode_image(images).features, dim=-1)
+    text = method.class_text_features()
+    names = ["cat", "teapot", "dog", "volcano", "dog"]
+    template = torch.stack(
+        [tiny_clip.encode_text([method._templates[int(k[i])].format(names[i])], normalize=True)[0] for i in range(5)]
+    )
+    cross_modal = F.cross_entropy(
+        tiny_clip.logit_scale * F.normalize(lam * image + (1 - lam) * template, dim=-1) @ text.t(), targets
+    )
+    mixed = F.normalize(lam_cd * image + (1 - lam_cd) * image[partners], dim=-1)
+    log_p = F.log_softmax(tiny_clip.logit_scale * mixed @ text.t(), dim=1)
+    soft = -(lam_cd * log_p[torch.arange(5), targets] + (1 - lam_cd) * log_p[torch.arange(5), targets[partners]])
+    torch.testing.assert_close(loss, cross_modal + soft.mean(), rtol=1e-4, atol=1e-5)
 
 
 def test_one_checkpoint_serves_the_test_with_id_classes_and_more_negatives(tiny_clip):
