@@ -86,6 +86,7 @@ def read_index(path: Path, num_classes: int) -> list[IndexEntry]:
                 f"{path}:{number}: expected '<image> <label>[,<label>...]' with labels in 0..{num_classes - 1}, "
                 f"got {line.strip()[:120]!r}."
             )
+        image = image.replace("\\", "/")  # index files written on Windows (vision-datasets accepts both)
         check_reference(image, f"{path}:{number}")
         entries.append(IndexEntry(image, tuple(sorted(set(values)))))
     if not entries:
@@ -114,7 +115,7 @@ def read_coco_manifest(path: Path) -> tuple[list[str], list[IndexEntry]]:
         labels.setdefault(image_id, set()).add(label_of[category])
     entries = []
     for image_id, file_name, zip_file in images:
-        reference = f"{zip_file}@{file_name}" if zip_file else file_name
+        reference = (f"{zip_file}@{file_name}" if zip_file else file_name).replace("\\", "/")
         if "://" in reference:
             raise DatasetError(f"{path}: image {image_id} is a URL ({reference[:80]}); give the images locally.")
         check_reference(reference, f"{path} image {image_id}")

@@ -126,6 +126,8 @@ def test_few_shot_draw_is_vision_datasets_procedure(multi):
 def test_index_files_keep_spaces_in_paths(tmp_path):
     (tmp_path / "index.txt").write_text("a photo.jpg 1,0\n\n")
     assert read_index(tmp_path / "index.txt", 2) == [IndexEntry("a photo.jpg", (0, 1))]
+    (tmp_path / "index.txt").write_text("images\\train.zip@cats\\1.jpg 0\n")  # written on Windows
+    assert read_index(tmp_path / "index.txt", 2) == [IndexEntry("images/train.zip@cats/1.jpg", (0,))]
 
 
 def test_multi_label_loss_is_cross_entropy_against_the_uniform_distribution_over_positives():
