@@ -163,8 +163,8 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
 
     def task_loss(self, output: PromptOutput, targets: Tensor) -> Tensor:
         """The method's own objective: cross-entropy; for multi-hot ``(B, C)`` targets, cross-entropy against the
-        uniform distribution over each example's classes (MVLPT's and ELEVATER's prompt-tuning objective for
-        multi-label data; an example without a class contributes 0, where the official code would give NaN)."""
+        uniform distribution over each example's classes (MVLPT's objective for multi-label data, in its MVLPT and
+        CoOp trainers; an example without a class contributes 0, where the official code would give NaN)."""
         if targets.dim() == 2:
             targets = targets.float()
             return F.cross_entropy(output.logits.float(), targets / targets.sum(dim=1, keepdim=True).clamp_min(1.0))
