@@ -326,7 +326,8 @@ class ElevaterDataModule(LightningDataModule):
     # -- Lightning hooks ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         names, splits = self._read()
-        wanted = ("train", "val", "test") if stage in ("fit", "validate") else ("test",)
+        evaluated = "val" if "val" in splits else "test"  # without a validation index, validation uses test
+        wanted = ("train", evaluated) if stage in ("fit", "validate") else ("test",)
         for split in wanted:
             if split in self._datasets or split not in splits:
                 continue
@@ -341,7 +342,7 @@ class ElevaterDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self._datasets.get("val") or self._datasets["test"])
+        return self._eval_loader(self._datasets["val"] if "val" in self._datasets else self._datasets["test"])
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self._datasets["test"])

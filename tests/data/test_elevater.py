@@ -48,6 +48,9 @@ def test_multi_label_batches_come_from_the_archive_with_multi_hot_targets():
     data.setup("fit")
     assert data.classnames == classnames_for(4) and (data.root / "labels.txt").read_text().split("\n")[0] == "airplane"
     assert (data.root / "train_images.zip").is_file() and not (data.root / "train").exists()
+    assert set(data._datasets) == {"train", "val"}  # the test split is read (and decoded) only to test
+    data.setup("test")
+    assert set(data._datasets) == {"train", "val", "test"}
     batch = next(iter(data.train_dataloader()))
     assert batch["image"].shape == (16, 3, 16, 16)
     assert batch["label"].dtype == torch.float32 and batch["label"].shape == (16, 4)
