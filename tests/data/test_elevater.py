@@ -216,3 +216,21 @@ def test_coco_manifests_are_read_like_the_index_files(tmp_path):
     (root / "bad.json").write_text('{"images": [{"file_name": "1.png"}]}')
     with pytest.raises(DatasetError, match="not a COCO classification manifest"):
         ElevaterDataModule(root=str(root), train_index="bad.json", num_workers=0).setup("fit")
+
+
+def test_downloaded_format_recipe_with_the_mean_per_class_override(tmp_path):
+    from lightning_prompts.cli import run_cli
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    cli = run_cli(
+        [
+            "fit",
+            "--config", str(recipes / "mvlpt" / "target_elevater_downloaded.yaml"),
+            "--config", str(recipes / "_tiny" / "clip.yaml"),
+            "--model.init_args.prompt_init", "null",  # the source prompt is another stage's output
+            "--model.init_args.evaluator", "{class_path: ClassificationEvaluator, init_args: {mean_per_class: true}}",
+            "--trainer.default_root_dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert type(cli.datamodule).__name__ == "ElevaterDataModule" and not cli.datamodule.multi_label
+    assert {"val/acc", "val/mean_per_class"} <= set(cli.trainer.callback_metrics)
