@@ -57,6 +57,12 @@ class IndexEntry:
     image: str
     labels: tuple[int, ...]
 
+    @property
+    def archive_member(self) -> tuple[str, str] | None:
+        """``(archive, member)`` for an ``<archive>.zip@<member>`` reference, else ``None`` (a plain file)."""
+        archive, at, member = self.image.partition("@")
+        return (archive, member) if at else None
+
 
 def read_labelmap(path: Path) -> list[str]:
     """Class names, one per non-empty line, in label order."""
@@ -175,11 +181,11 @@ class ReferencedImages(Dataset):
             self._archives[key] = zipfile.ZipFile(self.root / name)
         return self._archives[key]
 
-    def open(self, image: str) -> Any:
-        if "@" in image:
-            name, member = image.split("@", 1)
+    def open(self, entry: IndexEntry) -> Any:
+        if entry.archive_member is not None:
+            name, member = entry.archive_member
             return load_rgb(io.BytesIO(self.archive(name).read(member)))
-        return load_rgb(self.root / image)
+        return load_rgb(self.root / entry.image)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
@@ -188,7 +194,7 @@ class ReferencedImages(Dataset):
             label[list(entry.labels)] = 1.0
         else:
             label = entry.labels[0]
-        return {IMAGE: torch.as_tensor(self.transform(self.open(entry.image))), LABEL: label}
+        return {IMAGE: torch.as_tensor(self.transform(self.open(entry))), LABEL: label}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_archives": {}}  # open archives stay in their process
@@ -200,12 +206,12 @@ def verify_references(root: Path, entries: Sequence[IndexEntry], where: str) -> 
     members decoded from the archive."""
     from PIL import UnidentifiedImageError
 
-    files = [ImageItem(root / entry.image, entry.labels[0], "") for entry in entries if "@" not in entry.image]
+    files = [ImageItem(root / entry.image, entry.labels[0], "") for entry in entries if entry.archive_member is None]
     verify_images(files, where)
     by_archive: dict[str, list[str]] = {}
     for entry in entries:
-        if "@" in entry.image:
-            name, member = entry.image.split("@", 1)
+        if entry.archive_member is not None:
+            name, member = entry.archive_member
             by_archive.setdefault(name, []).append(member)
     for name, members in by_archive.items():
         if not (root / name).is_file():
@@ -288,17 +294,16 @@ class ElevaterDataModule(LightningDataModule):
             if not self.root.is_dir():
                 raise DatasetError(f"ELEVATER dataset folder {self.root} does not exist.")
             coco = self.index_files["train"].endswith(".json")
-            if coco:  # class names from the training manifest's categories
-                names = read_coco_manifest(self.root / self.index_files["train"])[0]
-            else:
-                names = read_labelmap(self.root / self.labelmap)
+            names = None if coco else read_labelmap(self.root / self.labelmap)  # COCO: the training manifest's
             splits = {}
-            for split, file in self.index_files.items():
+            for split, file in self.index_files.items():  # train first
                 if split == "val" and not (self.root / file).is_file():
                     continue
                 if coco:
                     split_names, entries = read_coco_manifest(self.root / file)
-                    if split_names != names:
+                    if names is None:
+                        names = split_names
+                    elif split_names != names:
                         raise DatasetError(f"{self.root / file}: its categories differ from the training manifest's.")
                 else:
                     entries = read_index(self.root / file, len(names))
