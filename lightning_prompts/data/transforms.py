@@ -96,18 +96,19 @@ def build_test_view_transform(kind: TestViewAugmentation, size: int, normalizati
 
     * ``"crops"`` (TPT on the ImageNet variants): RandomResizedCrop(size) with torchvision's defaults
       (scale 0.08–1, bilinear) + horizontal flip;
-    * ``"augmix"`` (TPT on the fine-grained sets): the same crop and flip, then AugMix at severity 1 with
-      3 chains of 1–3 operations, Dirichlet(1) chain weights and a Beta(1, 1) blend with the crop.
-      TPT's own AugMix mixes in the normalised space; mixing before the (affine) normalisation is the
-      same, and torchvision's ``AugMix(all_ops=False)`` has TPT's operation list (no colour, contrast,
-      brightness or sharpness), with torchvision's magnitudes at severity 1.
+    * ``"augmix"`` (TPT on the fine-grained sets): the same crop and flip, then TPT's AugMix at severity 1
+      (:class:`~lightning_prompts.data.augmix.TPTAugMix`: 3 chains of 1–3 of TPT's nine operations with
+      its magnitudes, on the PIL crop, mixed in the normalised space with Dirichlet(1) chain weights and a
+      Beta(1, 1) blend with the crop).
     """
     from torchvision.transforms import v2
 
     if kind not in ("crops", "augmix"):
         raise ValueError(f"test-view augmentation must be 'crops' or 'augmix', got {kind!r}.")
     mean, std = NORMALIZATIONS[normalization]
-    steps: list[Any] = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
     if kind == "augmix":
-        steps.append(v2.AugMix(severity=1, mixture_width=3, chain_depth=-1, alpha=1.0, all_ops=False))
+        from lightning_prompts.data.augmix import augmix_view_transform
+
+        return augmix_view_transform(size, mean, std)
+    steps: list[Any] = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
     return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
