@@ -78,6 +78,23 @@ def test_cnn_image_tower_refuses_visual_prompts(tiny_stand_in):
     assert isinstance(tiny_stand_in, type(tiny_stand_in)) and not isinstance(tiny_stand_in, OpenCLIP)
 
 
+def test_channels_last_image_pass_equals_the_contiguous_one(tiny_stand_in):
+    # the image tower runs channels-last (faster on CPU); same features as timm's default layout
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ours = tiny_stand_in.encode_image(images)
+    contiguous = tiny_stand_in.image.to(memory_format=torch.contiguous_format)
+    try:
+        feature_map = contiguous.forward_features(images)
+        pooled = contiguous.forward_head(feature_map, pre_logits=True)
+    finally:
+        tiny_stand_in.image.to(memory_format=torch.channels_last)
+    assert next(p for p in tiny_stand_in.image.parameters() if p.ndim == 4).is_contiguous(
+        memory_format=torch.channels_last
+    )
+    torch.testing.assert_close(ours.features, pooled, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.patch_tokens, feature_map.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
 def test_alignment_is_deterministic(tiny_stand_in):
     config = AlignmentConfig(steps=5, held_out=10)
     first, report = align(tiny_stand_in, config)
