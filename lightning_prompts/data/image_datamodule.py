@@ -148,6 +148,11 @@ class ImageClassificationDataModule(LightningDataModule):
         self.image_size, self.augmentation, self.normalization = image_size, augmentation, normalization
         self.shuffle, self.verify = shuffle, verify_images
         self.synthetic = Synthetic(**synthetic) if isinstance(synthetic, dict) else synthetic  # from Python too
+        if masks and augmentation == "randaugment":
+            raise ValueError(
+                "masks=True needs an augmentation whose geometric steps move the mask too; RandAugment (Dassl's) "
+                "rotates, shears and translates the image alone. Use augmentation 'clip', 'fgvc' or 'vtab'."
+            )
         self.views, self.masks = views, masks
         self.ood_sets = {str(name): Path(folder).expanduser() for name, folder in (ood_sets or {}).items()}
         if test_views < 0:

@@ -5,9 +5,9 @@
 * ``"fgvc"`` (VPT on CUB & co.): train resize to 256/224 of the size + random crop + flip; test
   resize + center crop (bilinear).
 * ``"vtab"`` (VPT on VTAB-1k): resize straight to size×size, no augmentation.
-* ``"randaugment"`` (CoPrompt): train resize straight to size×size (bicubic) + RandAugment (2 ops,
-  magnitude 10); test as ``"clip"``. torchvision's RandAugment, whose 14 operations are close to but
-  not exactly Dassl's 16.
+* ``"randaugment"`` (CoPrompt): train resize straight to size×size (bicubic) + Dassl's RandAugment (2 of
+  its 16 operations at magnitude 10, :class:`~lightning_prompts.data.randaugment.DasslRandAugment`); test
+  as ``"clip"``.
 * ``"lae"`` (LAE's continual-learning streams): train RandomResizedCrop(default scale, bilinear) +
   flip; test resize the short side to 256/224 of the size + center crop; use with ``normalization:
   "none"`` (LAE feeds [0, 1] pixels to its ViT).
@@ -64,11 +64,9 @@ def build_transform(preset: Augmentation, size: int, normalization: str, train: 
     elif preset == "vtab":
         steps = [v2.Resize((size, size), interpolation=bilinear)]
     elif preset == "randaugment":
-        steps = (
-            [v2.Resize((size, size), interpolation=bicubic), v2.RandAugment(num_ops=2, magnitude=10)]
-            if train
-            else clip_eval
-        )
+        from lightning_prompts.data.randaugment import DasslRandAugment
+
+        steps = [v2.Resize((size, size), interpolation=bicubic), DasslRandAugment(n=2, m=10)] if train else clip_eval
     elif preset == "lae":
         steps = (
             [v2.RandomResizedCrop(size, interpolation=bilinear), v2.RandomHorizontalFlip()]
