@@ -14,7 +14,9 @@ torch, so they return at once. Bad input ends with one line, ``lightning-prompts
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -226,6 +228,9 @@ def average_command(args: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script: bad input ends with one clear line and exit status 2, not a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
+    # torch_geometric's import scripts functions with torch.jit.script, deprecated by torch 2.14: a notice about
+    # a dependency's internals that a user of this console cannot act on (it printed on `list methods`)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     try:
         if not args or args[0] in ("-h", "--help"):
             print(help_text())
@@ -242,6 +247,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from lightning_prompts.lightning_cli import run_cli
 
         run_cli(None if argv is None else args, exit_on_error=False)
+    except BrokenPipeError:
+        # the reader went away (`lightning-prompts list methods | head`): stop quietly as Unix tools do, with
+        # stdout pointed at /dev/null so the interpreter's final flush cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     except Exception as error:  # noqa: BLE001 - bad input becomes one line; anything else keeps its traceback
         message = describe_error(error)
         if message is None:

@@ -1,8 +1,9 @@
-"""The Python snippets of the text methods' docs pages run, on the tiny models instead of the hub ids they name
+"""The Python snippets of the methods' docs pages run, on the tiny models instead of the hub ids they name
 (and, where a page's sizes need a real model's context, sizes that fit the tiny one)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -12,9 +13,13 @@ import torch
 from lightning_prompts.backbones import HFText
 from lightning_prompts.methods import PrefixTuning, PromptTuning
 
+WORDS = ["teapot", "volcano", "violin", "glacier", "lantern"]  # NegLabel's word list, 150 entries
 PAGES = Path(__file__).resolve().parents[1] / "docs" / "methods"
 MODELS = {'"gpt2-large"': '"tiny-gpt2"', '"gpt2"': '"tiny-gpt2"', '"huggyllama/llama-7b"': '"tiny-gpt2"'}
 MODELS['"bert-base-uncased"'] = '"tiny-bert"'
+TINY_CLIP = 'OpenCLIP("tiny", pretrained=None)'
+MODELS |= {f'OpenCLIP("{name}", pretrained="openai")': TINY_CLIP for name in ("ViT-B-16-quickgelu", "RN50-quickgelu")}
+MODELS['TimmViT("vit_base_patch16_224.orig_in21k")'] = 'TimmViT("tiny")'
 # budgets and lengths of BERT-base (d = 768, 512 positions) that the tiny models (d = 32, 128) cannot hold
 SIZES = {
     "dept": {"budget_tokens=100": "budget_tokens=40", "rank=30": "rank=2", "max_length=256": "max_length=64"},
@@ -43,7 +48,9 @@ def prompt_file(path: str, seed: int = 0) -> None:
 
 
 CLASSES = {"prefix_tuning": "PrefixTuning", "dept": "DePT", "ept": "EPT", "idp": "IDP", "iapt": "IAPT"}
-CLASSES |= {"ptec": "PTEC", "post": "POST"}
+CLASSES |= {"ptec": "PTEC", "post": "POST", "prompt_tuning": "PromptTuning"}
+CLASSES |= {"coop": "CoOp", "clip_adapter": "CLIPAdapter", "cones": "ConES", "coprompt": "CoPrompt", "dapt": "DAPT"}
+CLASSES |= {"maple": "MaPLe", "neglabel": "NegLabel", "vpt": "VPT", "zero_shot_clip": "ZeroShotCLIP"}
 
 
 @pytest.mark.parametrize("page", list(CLASSES))
@@ -52,11 +59,19 @@ def test_the_use_snippet_builds_the_method(page, tmp_path, monkeypatch):
     for index, name in enumerate(["news", "reviews", "forums"]):  # IDP's bank
         prompt_file(f"{name}.safetensors", seed=index)
     prompt_file("outputs/post/source_prompt.safetensors")  # POST's source
+    descriptions = {
+        name: [f"a {name} texture.", f"a surface that is {name}."] for name in ["banded", "blotchy", "braided"]
+    }
+    (tmp_path / "gpt_file").mkdir()
+    (tmp_path / "gpt_file" / "dtd_prompt.json").write_text(json.dumps(descriptions))  # CoPrompt's teacher text
+    (tmp_path / "wordnet_words.txt").write_text("\n".join(f"{word}{k}" for word in WORDS for k in range(30)))
     namespace: dict = {}
     exec(blocks(page)[0], namespace)
     assert type(namespace["model"]).__name__ == CLASSES[page]
-    if page == "prefix_tuning":
+    if page in ("prefix_tuning", "prompt_tuning"):
         assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    if page == "neglabel":
+        assert len(namespace["model"].negative_labels) == 150  # 10,000 asked, all 150 words kept
 
 
 def test_ptec_trie_snippet_generates_class_names():

@@ -1,0 +1,59 @@
+"""The console script's own commands, as the README and docs give them: ``--help``, ``--version`` and ``list``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_prompts import __version__, registry
+from lightning_prompts.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_names_every_subcommand(capsys):
+    main(["--help"])
+    printed = capsys.readouterr().out
+    for subcommand in ("fit", "validate", "test", "predict", "list", "export", "average"):
+        assert f"\n  {subcommand} " in printed
+    main(["--version"])
+    assert capsys.readouterr().out.strip() == f"lightning-prompts {__version__}"
+
+
+def test_list_methods_prints_one_line_per_registered_method(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["list", "methods"])
+    assert exited.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == [entry.name for entry in registry.entries("method", None)] and {"CoOp", "VPT", "GPF"} <= set(names)
+    coop = lines[names.index("CoOp")]
+    assert coop.split()[1] == "clip" and "fields: " in coop and "logits" in coop
+    with pytest.raises(SystemExit):
+        main(["list", "methods", "--family", "graph"])
+    assert "CoOp" not in capsys.readouterr().out
+
+
+def test_list_recipes_names_each_recipe_and_its_method(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit):
+        main(["list", "recipes"])
+    rows = dict(line.split()[:2] for line in capsys.readouterr().out.splitlines())
+    assert rows["coop/caltech101.yaml"] == "CoOp" and rows["quickstart.yaml"] == "PromptTuning"
+    assert not any(path.startswith("_") or "/_" in path for path in rows)  # fragments are not listed
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `lightning-prompts list methods | head -1`: the reader is gone before the command prints
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from lightning_prompts.cli import main; main(['list', 'methods'])"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()
+    _, error = child.communicate(timeout=120)
+    assert child.returncode == 1 and b"Traceback" not in error and b"BrokenPipeError" not in error
+    assert b"torch.jit.script" not in error  # torch_geometric's deprecation notice is not the user's business
