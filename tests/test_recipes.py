@@ -1,5 +1,6 @@
-"""Recipes are code: every YAML in recipes/ parses against the command's parser, and one recipe per
-folder and method runs one batch of fit with its method's tiny overlay (from the registry)."""
+"""Recipes are code: every YAML in recipes/ parses against the command's parser, one recipe per folder and
+method runs one batch of fit with its method's tiny overlay (from the registry), and one per folder and method
+of those whose header says to `test` them untrained (zero-shot, NegLabel) runs that test."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ def overlay_for(recipe: Path) -> Path:
     return specific if specific.is_file() else RECIPES / "_tiny" / f"{entry.overlay}.yaml"
 
 
-def one_per_folder_and_method() -> list[Path]:
+def one_per_folder_and_method(keep=lambda recipe: True) -> list[Path]:
     """One recipe per folder, method and data module (a folder's recipes mostly differ in data only)."""
     chosen: dict[tuple[Path, str, str], Path] = {}
-    for recipe in FILES:
+    for recipe in filter(keep, FILES):
         data = merged_section(recipe, "data")
         data_class = data.get("class_path", "") if isinstance(data, dict) else str(data)
         chosen.setdefault((recipe.parent, model_class(recipe) or "", data_class), recipe)
@@ -102,3 +103,26 @@ def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monk
         assert "train/loss" in cli.trainer.callback_metrics
     else:  # nothing to train (zero-shot): fit only validates
         assert "val/acc" in cli.trainer.callback_metrics
+
+
+def tested_directly(recipe: Path) -> bool:
+    """Whether the recipe's header tells users to run ``lightning-prompts test`` on it with nothing trained first
+    (zero-shot, NegLabel, test-time tuning): no checkpoint, no fit before."""
+    lines = [line for line in recipe.read_text().splitlines() if line.startswith("#")]
+    command = f"lightning-prompts test --config recipes/{recipe.relative_to(RECIPES).as_posix()}"
+    return any(command in line and "ckpt_path" not in line and "&&" not in line for line in lines)
+
+
+def one_tested_directly_per_folder_and_method() -> list[Path]:
+    # TPT's recipes run in tests/evaluation/test_test_time.py, with fewer views
+    return [recipe for recipe in one_per_folder_and_method(tested_directly) if "tpt" not in recipe.as_posix()]
+
+
+@pytest.mark.parametrize(
+    "recipe", one_tested_directly_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES))
+)
+def test_a_recipe_tested_without_training_tests_with_its_tiny_overlay(recipe, tmp_path):
+    cli = run_cli(["test", "--config", str(recipe), "--config", str(overlay_for(recipe)),
+                   "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.state.finished and any(name.startswith("test/") for name in metrics), sorted(metrics)

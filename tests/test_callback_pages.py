@@ -1,0 +1,54 @@
+"""The commands of the callback pages (and DAPT's, whose variants are callback combinations) run as written, with
+the recipe's tiny overlay (tiny backbone, generated data, one batch) added after the recipe."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import docs_commands
+from test_recipes import overlay_for
+
+from lightning_prompts.cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs" / "callbacks").glob("*.md")) + [ROOT / "docs" / "methods" / "dapt.md"]
+COMMANDS = [(page, command) for page in PAGES for command in docs_commands(page)]
+
+
+def command_id(case) -> str:
+    page, command = case
+    return f"{page.stem}:{' '.join(command[:3])}{'…' if len(command) > 3 else ''}"
+
+
+@pytest.fixture(scope="module")
+def gram_outputs(tmp_path_factory) -> Path:
+    """GRAM's meta-trained regulator (what `recipes/gram/meta_train.yaml` writes), for the commands that read it."""
+    folder = tmp_path_factory.mktemp("gram")
+    recipe = ROOT / "recipes" / "gram" / "meta_train.yaml"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        run_cli(["fit", "--config", str(recipe), "--config", str(overlay_for(recipe)),
+                 "--trainer.default_root_dir", str(folder / "run")])  # fmt: skip
+    return folder / "outputs"
+
+
+@pytest.mark.parametrize("case", COMMANDS, ids=[command_id(case) for case in COMMANDS])
+def test_the_page_command_runs(case, tmp_path, monkeypatch, request):
+    page, command = case
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    if any("outputs/gram/" in word for word in command) or "recipes/gram/coop" in " ".join(command):
+        shutil.copytree(request.getfixturevalue("gram_outputs"), tmp_path / "outputs")
+    subcommand, config_flag, recipe, *rest = command
+    assert config_flag == "--config", command
+    overlay = overlay_for(ROOT / recipe)
+    run = ["--config", recipe, "--config", str(overlay), *rest, "--trainer.default_root_dir", str(tmp_path / "run")]
+    if subcommand == "test":  # after the page's own fit of the same recipe, whose last checkpoint it reads
+        fitted = run_cli(["fit", *run[:4], "--trainer.default_root_dir", str(tmp_path / "run")])
+        fitted.trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")  # fast_dev_run writes none
+    cli = run_cli([subcommand, *run])
+    assert cli.trainer.state.finished
+    metrics = cli.trainer.callback_metrics
+    assert ("train/loss" in metrics) if subcommand == "fit" else any(name.startswith("test/") for name in metrics)
