@@ -21,6 +21,13 @@ def docs_commands(page: Path) -> list[list[str]]:
     return found
 
 
+def docs_python_blocks(page: Path, containing: str) -> str:
+    """The one Python block of a docs page that contains ``containing``."""
+    found = [block for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S) if containing in block]
+    assert len(found) == 1, f"{page.name}: {len(found)} Python blocks contain {containing!r}"
+    return found[0]
+
+
 def synthetic_fewshot(dataset: str = "caltech101", shots: int = 2, num_classes: int = 4, **kwargs):
     """A few-shot image data module on generated images in ``dataset``'s Dassl layout."""
     options = {"batch_size": 4, "eval_batch_size": 8, "num_workers": 0, "image_size": 32}

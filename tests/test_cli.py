@@ -108,6 +108,29 @@ def test_loss_term_callback_from_the_command_line(tmp_path):
     assert float(metrics["train/loss"]) == pytest.approx(float(metrics["train/task_loss"]) + 2.0, rel=1e-4)
 
 
+@pytest.mark.parametrize("page", ["architecture.md", "contributing/add_a_method.md"])
+def test_the_pages_loss_term_runs_from_the_command_line(page, tmp_path, monkeypatch):
+    """The pages' example term, read from them, attached as the architecture page's command attaches it."""
+    import sys
+    import types
+
+    from helpers import docs_commands, docs_python_blocks
+
+    from lightning_prompts.callbacks import LossTerm
+
+    package = types.ModuleType("my_package")
+    package.LossTerm = LossTerm
+    exec(docs_python_blocks(ROOT / "docs" / page, "class FeatureNormPenalty"), package.__dict__)
+    monkeypatch.setitem(sys.modules, "my_package", package)
+    (command,) = [
+        c for c in docs_commands(ROOT / "docs" / "architecture.md") if "my_package.FeatureNormPenalty" in " ".join(c)
+    ]
+    cli = run_cli([*command[:3], "--config", TINY_CLIP, *command[3:], "--trainer.default_root_dir", str(tmp_path)])
+    metrics = cli.trainer.callback_metrics
+    weighted = float(metrics["train/loss"]) - float(metrics["train/task_loss"])
+    assert weighted == pytest.approx(float(metrics["train/FeatureNormPenalty"]), rel=1e-5) and weighted > 0
+
+
 def test_bad_input_is_one_line_on_the_console(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [

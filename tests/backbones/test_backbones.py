@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from helpers import docs_python_blocks
 
 from lightning_prompts.backbones import GNN, HFText, OpenCLIP, TimmViT, build_backbone
 from lightning_prompts.backbones.gnn import save_gnn
@@ -11,6 +14,8 @@ from lightning_prompts.backbones.hf_text import tiny_tokenizer
 from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.methods import CoOp
 from lightning_prompts.utils import resolve_path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_timm_vit_is_rebuilt_identically_from_its_config(tiny_vit):
@@ -66,18 +71,10 @@ def test_gnn_checkpoint_must_exist_and_be_ours(tmp_path):
 
 
 def test_subclassing_a_method_to_change_one_step(tiny_clip):
-    """The example of docs/architecture.md: a learned temperature joins the trainable state."""
-
-    class CoOpLearnedTemperature(CoOp):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.log_temperature = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, images, fields=frozenset()):
-            output = super().forward(images, fields)
-            output.logits = output.logits * self.log_temperature.exp()
-            return output
-
+    """The example of docs/architecture.md, read from the page: a learned temperature joins the trainable state."""
+    namespace = {"CoOp": CoOp, "torch": torch}
+    exec(docs_python_blocks(ROOT / "docs" / "architecture.md", "class CoOpLearnedTemperature"), namespace)
+    CoOpLearnedTemperature = namespace["CoOpLearnedTemperature"]  # noqa: N806 - the page's class name
     model = CoOpLearnedTemperature(tiny_clip, ["cat", "dog"], n_ctx=4)
     assert model.trainable_state_keys() == {"prompt.ctx", "log_temperature"}
     assert {id(p) for p in model.configure_optimizers().param_groups[0]["params"]} == {
