@@ -177,3 +177,23 @@ def test_ddp_pseudolabel_rounds_agree_across_ranks(tiny_clip, tmp_path):
         method, data, "ddp_fork", 2, tmp_path, max_epochs=2, callbacks=[rounds, SamePseudolabelsOnEveryRank()]
     )
     assert not torch.allclose(method.prompt.ctx, before)  # both rounds trained (a failed check fails the fit)
+
+
+def test_the_devices_page_precision_commands_run_on_cpu(tmp_path):
+    """docs/howto/devices.md's single-device commands, the page's precision last (after the tiny overlay, which
+    pins 32-true): bf16-mixed autocasts on CPU too."""
+    from pathlib import Path
+
+    from helpers import docs_commands
+    from test_recipes import overlay_for
+
+    from lightning_prompts.cli import run_cli
+
+    root = Path(__file__).resolve().parents[1]
+    commands = [c for c in docs_commands(root / "docs" / "howto" / "devices.md") if "--trainer.precision" in c]
+    assert len(commands) == 2
+    for index, (subcommand, flag, recipe, *rest) in enumerate(commands):
+        cli = run_cli([subcommand, flag, str(root / recipe), "--config", str(overlay_for(root / recipe)), *rest,
+                       "--trainer.default_root_dir", str(tmp_path / str(index))])  # fmt: skip
+        precision = rest[rest.index("--trainer.precision") + 1]
+        assert cli.trainer.precision == precision and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
