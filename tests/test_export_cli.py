@@ -68,3 +68,18 @@ def test_export_prompt_tuning_to_peft_and_peft_scores_as_we_do(tmp_path, capsys)
         theirs = peft_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert not torch.allclose(ours[:, 0], ours[:, 1])  # the classes score differently: the check can fail
+
+
+def test_export_a_dp_prompt_as_posts_source(tmp_path, capsys):
+    """The DP page's export command: the private prompt leaves the checkpoint, and POST reads it as its source."""
+    from lightning_prompts.backbones.hf_text import HFText
+    from lightning_prompts.methods import POST
+
+    trained, checkpoint = fit("dp_prompt_tuning/sst2_gpt2.yaml", "text_short_prompt.yaml", tmp_path)
+    assert type(trained).__name__ == "DPPromptTuning"
+    output = tmp_path / "outputs" / "post" / "source_prompt.safetensors"
+    output.parent.mkdir(parents=True)
+    assert export(checkpoint, "--output", str(output), capsys=capsys) == [str(output)]
+    source = HFText("tiny-gpt2", task="causal-lm")
+    post = POST(source, trained.classnames, source_backbone=source.config(), source_prompt=str(output))
+    torch.testing.assert_close(post.source_prompt_embedding(), trained.prompt().detach())
