@@ -1,5 +1,7 @@
-"""The commands of the callback pages (and DAPT's, whose variants are callback combinations) run as written, with
-the recipe's tiny overlay (tiny backbone, generated data, one batch) added after the recipe."""
+"""Commands of the docs run as written, with the recipe's tiny overlay (tiny backbone, generated data, one batch)
+added after the recipe: every command of the callback pages and of DAPT's page (its variants are callback
+combinations), and every `test` command of the method pages (a `--ckpt_path last|best` after a fit of the same
+recipe; placeholders such as `<run>` are left to the reader)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,13 @@ from lightning_prompts.cli import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs" / "callbacks").glob("*.md")) + [ROOT / "docs" / "methods" / "dapt.md"]
 COMMANDS = [(page, command) for page in PAGES for command in docs_commands(page)]
+COMMANDS += [
+    (page, command)
+    for page in sorted((ROOT / "docs" / "methods").glob("*.md"))
+    if page.stem != "dapt"
+    for command in docs_commands(page)
+    if command[0] == "test" and not any("<" in word for word in command)
+]
 
 
 def command_id(case) -> str:
@@ -45,9 +54,10 @@ def test_the_page_command_runs(case, tmp_path, monkeypatch, request):
     assert config_flag == "--config", command
     overlay = overlay_for(ROOT / recipe)
     run = ["--config", recipe, "--config", str(overlay), *rest, "--trainer.default_root_dir", str(tmp_path / "run")]
-    if subcommand == "test":  # after the page's own fit of the same recipe, whose last checkpoint it reads
+    if "--ckpt_path" in rest:  # after the page's own fit of the same recipe, whose last or best checkpoint it reads
+        which = rest[rest.index("--ckpt_path") + 1]
         fitted = run_cli(["fit", *run[:4], "--trainer.default_root_dir", str(tmp_path / "run")])
-        fitted.trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")  # fast_dev_run writes none
+        fitted.trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / f"{which}.ckpt")  # fast_dev_run writes none
     cli = run_cli([subcommand, *run])
     assert cli.trainer.state.finished
     metrics = cli.trainer.callback_metrics
