@@ -11,6 +11,10 @@
 * ``"lae"`` (LAE's continual-learning streams): train RandomResizedCrop(default scale, bilinear) +
   flip; test resize the short side to 256/224 of the size + center crop; use with ``normalization:
   "none"`` (LAE feeds [0, 1] pixels to its ViT).
+* ``"openood"`` (LAPT, as OpenOOD's ImageNet preprocessors with the ``--dataset.interpolation bilinear`` of
+  LAPT's scripts): the same pipeline as ``"lae"`` — train RandomResizedCrop(bilinear) + flip, test resize the
+  short side to 256/224 of the size (bilinear) + center crop — for ID and OOD test images alike; use with
+  ``normalization: "clip"``.
 * ``"multi_lane"`` (MULTI-LANE's streams): train RandomResizedCrop(scale 0.05–1, bilinear) + flip; test
   resize the short side to 256/224 of the size (bicubic) + center crop; inputs in [0, 1] (``normalization:
   "none"``, the official default without ``--normalize_input``).
@@ -28,7 +32,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-Augmentation = Literal["clip", "fgvc", "vtab", "randaugment", "lae", "multi_lane", "clip_preprocess"]
+Augmentation = Literal["clip", "fgvc", "vtab", "randaugment", "lae", "openood", "multi_lane", "clip_preprocess"]
 
 #: Normalisation constants by name.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -67,7 +71,7 @@ def build_transform(preset: Augmentation, size: int, normalization: str, train: 
         from lightning_prompts.data.randaugment import DasslRandAugment
 
         steps = [v2.Resize((size, size), interpolation=bicubic), DasslRandAugment(n=2, m=10)] if train else clip_eval
-    elif preset == "lae":
+    elif preset in ("lae", "openood"):
         steps = (
             [v2.RandomResizedCrop(size, interpolation=bilinear), v2.RandomHorizontalFlip()]
             if train

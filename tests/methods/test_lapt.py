@@ -113,3 +113,27 @@ def test_one_checkpoint_serves_the_test_with_id_classes_and_more_negatives(tiny_
     assert logits.shape == (2, 8)
     score = id_mass(logits, num_id=2, groups=3)
     assert ((0 < score) & (score < 1)).all()
+
+
+def test_lapt_recipes_preprocess_as_openood_with_lapts_bilinear():
+    """OpenOOD's ImageNet preprocessors with LAPT's `--dataset.interpolation bilinear`: train RandomResizedCrop(224)
+    + flip; test (ID and OOD sets) resize 256 + center crop 224; CLIP normalisation."""
+    from pathlib import Path
+
+    from torchvision.transforms import v2
+
+    from lightning_prompts.data.transforms import build_transform
+    from lightning_prompts.recipes import merged_section
+
+    bilinear = v2.InterpolationMode.BILINEAR
+    train = build_transform("openood", 224, "clip", train=True).transforms
+    assert isinstance(train[0], v2.RandomResizedCrop) and train[0].interpolation == bilinear
+    assert train[0].scale == (0.08, 1.0) and isinstance(train[1], v2.RandomHorizontalFlip)
+    test = build_transform("openood", 224, "clip", train=False).transforms
+    assert isinstance(test[0], v2.Resize) and test[0].size == [256] and test[0].interpolation == bilinear
+    assert isinstance(test[1], v2.CenterCrop) and test[1].size == (224, 224)
+    assert test[-1].mean == [0.48145466, 0.4578275, 0.40821073]
+    recipes = Path(__file__).resolve().parents[2] / "recipes" / "lapt"
+    for recipe in ("imagenet_train.yaml", "imagenet_train_cross_distribution.yaml", "ood_imagenet.yaml"):
+        data = merged_section(recipes / recipe, "data")["init_args"]
+        assert (data["augmentation"], data["normalization"]) == ("openood", "clip"), recipe
