@@ -17,6 +17,14 @@ Few-shot training sets are drawn as vision-datasets' few-shot sampler draws them
 shuffled by Python's ``random.Random(seed)``, each taken while one of its classes still lacks ``shots`` images
 (single-label: exactly ``shots`` per class; multi-label: at least ``shots`` per class).
 
+Validation follows MVLPT's use of the toolkit (``construct_dataloader`` and ``get_dataloader`` in
+``trainers/vision_benchmark/evaluation/feature.py``): it holds out 20% of the (few-shot) training set and trains on
+the rest — per class the first ``ceil(0.2 · n)`` images in the draw's order; for multi-label data, repeatedly the
+first image of the first class still short of its ``ceil(0.2 · n)``; with one shot, training and validation are the
+same images. The dataset's own validation index is not used by that code (``validation: "index"`` reads it
+instead). Images are resized straight to size × size (bicubic) for training and evaluation alike, with no crop and
+no augmentation (``augmentation: "elevater"``: the toolkit with ``CENTER_CROP: False``, MVLPT's setting).
+
 Batches are ``{"image", "label"}``; for multi-label data ``label`` is a multi-hot float ``(B, C)``, which the
 CLIP methods train on with MVLPT's objective (cross-entropy against the uniform distribution over an image's
 classes) and :class:`~lightning_prompts.evaluation.MultiLabelEvaluator` scores with ELEVATER's 11-point mAP.
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
 import zipfile
@@ -35,7 +44,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -163,6 +172,35 @@ def sample_few_shot(entries: Sequence[IndexEntry], shots: int, seed: int, num_cl
     return chosen
 
 
+def toolkit_validation_split(
+    entries: Sequence[IndexEntry], num_classes: int, multi_label: bool, fraction: float = 0.2
+) -> tuple[list[IndexEntry], list[IndexEntry]]:
+    """``(train, val)``: the ELEVATER toolkit's class-balanced hold-out of ``fraction`` of a training set (see the
+    module docstring), deterministic in the entries' order."""
+    if fraction <= 0:
+        return list(entries), []
+    chosen: set[int] = set()
+    if not multi_label:
+        positions: dict[int, list[int]] = {}
+        for position, entry in enumerate(entries):
+            positions.setdefault(entry.labels[0], []).append(position)
+        for found in positions.values():
+            chosen.update(found[: math.ceil(len(found) * fraction)])  # the toolkit's ceil(count · fraction)
+    else:
+        hot = torch.zeros(len(entries), num_classes)
+        for position, entry in enumerate(entries):
+            hot[position, list(entry.labels)] = 1.0
+        short = torch.tensor([float(math.ceil(count * fraction)) for count in hot.sum(0).tolist()])
+        while bool((short > 0).any()):
+            target = int(torch.nonzero(short > 0)[0])
+            position = int(torch.nonzero(hot[:, target] > 0)[0])
+            chosen.add(position)
+            short -= hot[position]
+            hot[position] = 0.0
+    train = [entry for position, entry in enumerate(entries) if position not in chosen]
+    return train, [entry for position, entry in enumerate(entries) if position in chosen]
+
+
 class ReferencedImages(Dataset):
     """``{"image", "label"}`` from iris image references; archives are opened once per process."""
 
@@ -235,6 +273,8 @@ class ElevaterDataModule(LightningDataModule):
         root: the dataset folder (e.g. ``data/elevater/voc2007_20211007``).
         train_index, val_index, test_index: index files in ``root`` (iris ``.txt`` or COCO ``.json``); a missing
             ``val_index`` file is allowed (validation then runs on the test split).
+        validation: ``"toolkit"`` (MVLPT's protocol): hold out 20% of the training set as the toolkit does (see the
+            module docstring); ``"index"``: validate on ``val_index``, or on the test split without one.
         labelmap: the label-map file in ``root`` (iris format).
         multi_label: the dataset is multi-label (VOC 2007): multi-hot targets and ELEVATER's 11-point mAP;
             single-label data refuses index lines with several labels.
@@ -263,14 +303,18 @@ class ElevaterDataModule(LightningDataModule):
         eval_batch_size: int = 100,
         num_workers: int = 4,
         image_size: int = 224,
-        augmentation: Augmentation = "clip",
+        augmentation: Augmentation = "elevater",
         normalization: str = "clip",
         verify_images: bool = True,
         synthetic: Synthetic | dict[str, Any] | None = None,
+        validation: Literal["toolkit", "index"] = "toolkit",
     ) -> None:
         super().__init__()
         if shots == 0 or shots < -1:
             raise ValueError(f"shots must be positive or -1 (all), got {shots}.")
+        if validation not in ("toolkit", "index"):
+            raise ValueError(f"validation must be 'toolkit' or 'index', got {validation!r}.")
+        self.validation = validation
         self.root = Path(root).expanduser()
         self.index_files = {"train": train_index, "val": val_index, "test": test_index}
         self.labelmap, self.multi_label, self.shots, self.seed = labelmap, multi_label, shots, seed
@@ -297,7 +341,7 @@ class ElevaterDataModule(LightningDataModule):
             names = None if coco else read_labelmap(self.root / self.labelmap)  # COCO: the training manifest's
             splits = {}
             for split, file in self.index_files.items():  # train first
-                if split == "val" and not (self.root / file).is_file():
+                if split == "val" and (self.validation == "toolkit" or not (self.root / file).is_file()):
                     continue
                 if coco:
                     split_names, entries = read_coco_manifest(self.root / file)
@@ -316,6 +360,13 @@ class ElevaterDataModule(LightningDataModule):
                 splits[split] = entries
             if self.shots > 0:
                 splits["train"] = sample_few_shot(splits["train"], self.shots, self.seed, len(names))
+            if self.validation == "toolkit":
+                if self.shots == 1:  # the toolkit trains and validates on the same single shot per class
+                    splits["val"] = list(splits["train"])
+                else:
+                    splits["train"], splits["val"] = toolkit_validation_split(
+                        splits["train"], len(names), self.multi_label
+                    )
             self._names, self._splits = names, splits
         return self._names, self._splits
 

@@ -20,6 +20,8 @@
   "none"``, the official default without ``--normalize_input``).
 * ``"clip_preprocess"`` (GRIP, FPL, IFPL): CLIP's own preprocessing for training too (resize the short
   side, bicubic, + center crop), no augmentation.
+* ``"elevater"`` (MVLPT on ELEVATER, the toolkit's ``construct_dataloader`` with ``CENTER_CROP: False``): resize
+  straight to size×size (bicubic) for training and evaluation alike, no crop, no augmentation.
 
 Transforms are torchvision ``v2`` pipelines applied to PIL images (identical to the v1 transforms
 the official code uses); geometric steps also apply to a segmentation mask passed with the image
@@ -32,7 +34,9 @@ from typing import Any, Literal, get_args
 
 import torch
 
-Augmentation = Literal["clip", "fgvc", "vtab", "randaugment", "lae", "openood", "multi_lane", "clip_preprocess"]
+Augmentation = Literal[
+    "clip", "fgvc", "vtab", "randaugment", "lae", "openood", "multi_lane", "clip_preprocess", "elevater"
+]
 
 #: Normalisation constants by name.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -85,6 +89,8 @@ def build_transform(preset: Augmentation, size: int, normalization: str, train: 
         )
     elif preset == "clip_preprocess":
         steps = clip_eval
+    elif preset == "elevater":
+        steps = [v2.Resize((size, size), interpolation=bicubic)]
     else:
         raise ValueError(f"augmentation must be one of {list(get_args(Augmentation))}, got {preset!r}.")
     return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])

@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import random
 import zipfile
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_prompts.data.elevater import ElevaterDataModule, IndexEntry, read_index, sample_few_shot
+from lightning_prompts.data.elevater import (
+    ElevaterDataModule,
+    IndexEntry,
+    read_index,
+    sample_few_shot,
+    toolkit_validation_split,
+)
+from lightning_prompts.data.image_datamodule import Synthetic
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.evaluation import MultiLabelEvaluator
@@ -44,7 +54,9 @@ def write_dataset(root: Path, lines: list[str], names=("cat", "dog", "bus")) -> 
 
 
 def test_multi_label_batches_come_from_the_archive_with_multi_hot_targets():
-    data = ElevaterDataModule(multi_label=True, synthetic=SYNTHETIC, image_size=16, batch_size=16, num_workers=0)
+    data = ElevaterDataModule(
+        multi_label=True, synthetic=SYNTHETIC, image_size=16, batch_size=16, num_workers=0, validation="index"
+    )
     data.setup("fit")
     assert data.classnames == classnames_for(4) and (data.root / "labels.txt").read_text().split("\n")[0] == "airplane"
     assert (data.root / "train_images.zip").is_file() and not (data.root / "train").exists()
@@ -61,7 +73,7 @@ def test_multi_label_batches_come_from_the_archive_with_multi_hot_targets():
 
 def test_single_label_reads_plain_indices_and_refuses_several_labels(tmp_path):
     root = write_dataset(tmp_path / "set", ["train_images.zip@images/0.png 0", "1.png 1", "2.png 2"])
-    data = ElevaterDataModule(root=str(root), image_size=16, num_workers=0, batch_size=3)
+    data = ElevaterDataModule(root=str(root), image_size=16, num_workers=0, batch_size=3, validation="index")
     data.setup("fit")
     batch = next(iter(data.val_dataloader()))  # no val.txt: validation on the test split
     assert batch["label"].tolist() == [0, 1, 2] and data.classnames == ["cat", "dog", "bus"]
@@ -234,3 +246,72 @@ def test_downloaded_format_recipe_with_the_mean_per_class_override(tmp_path):
     )  # fmt: skip
     assert type(cli.datamodule).__name__ == "ElevaterDataModule" and not cli.datamodule.multi_label
     assert {"val/acc", "val/mean_per_class"} <= set(cli.trainer.callback_metrics)
+
+
+def official_validation_indices(labels: np.ndarray, val_split: float = 0.2) -> set[int]:
+    """The toolkit's ``train_val_dataset`` (MVLPT's trainers/vision_benchmark/evaluation/feature.py), on labels."""
+    if labels.ndim == 1:
+        val = []
+        for label, count in Counter(labels.tolist()).items():
+            val.append(np.where(labels == label)[0][: math.ceil(count * val_split)])
+        return set(np.concatenate(val).tolist())
+    labels = labels.copy()
+    target = np.ceil(np.sum(labels, axis=0) * val_split)
+    pending, val = np.where(target > 0)[0], []
+    while pending.size > 0:
+        sample = np.where(labels[:, pending[0]] > 0)[0][0]
+        val.append(sample)
+        target -= labels[sample]
+        labels[sample] = 0
+        pending = np.where(target > 0)[0]
+    return set(val)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_toolkit_validation_split_equals_the_toolkits(seed, multi_label):
+    rng = np.random.default_rng(seed)
+    if multi_label:
+        hot = (rng.random((60, 5)) < 0.3).astype(int)
+        hot[np.arange(60), rng.integers(0, 5, 60)] = 1  # every image has a class
+        entries = [IndexEntry(f"{k}.png", tuple(np.nonzero(row)[0].tolist())) for k, row in enumerate(hot)]
+        labels = hot
+    else:
+        labels = rng.integers(0, 4, 57)
+        entries = [IndexEntry(f"{k}.png", (int(label),)) for k, label in enumerate(labels)]
+    train, val = toolkit_validation_split(entries, 5 if multi_label else 4, multi_label)
+    expected = official_validation_indices(labels)
+    assert {int(entry.image.split(".")[0]) for entry in val} == expected
+    assert len(train) + len(val) == len(entries) and not {e.image for e in train} & {e.image for e in val}
+    assert [entry.image for entry in train] == [e.image for k, e in enumerate(entries) if k not in expected]
+
+
+def test_toolkit_split_by_hand():
+    # 15 images of class 0 and 5 of class 1: the first ceil(3.0) = 3 and ceil(1.0) = 1 of each validate
+    entries = [IndexEntry(f"{k}.png", (0,)) for k in range(15)] + [IndexEntry(f"{k}.png", (1,)) for k in range(15, 20)]
+    train, val = toolkit_validation_split(entries, 2, multi_label=False)
+    assert [e.image for e in val] == ["0.png", "1.png", "2.png", "15.png"] and len(train) == 16
+    # multi-label: class 0 needs ceil(0.6) = 1, class 1 ceil(0.4) = 1; image 0 (classes 0 and 1) serves both
+    multi = [IndexEntry("a.png", (0, 1)), IndexEntry("b.png", (0,)), IndexEntry("c.png", (1, 2))]
+    train, val = toolkit_validation_split(multi, 3, multi_label=True)
+    assert [e.image for e in val] == ["a.png", "c.png"] and [e.image for e in train] == ["b.png"]
+
+
+def test_the_module_validates_as_the_toolkit_and_resizes_without_augmentation(tmp_path):
+    from torchvision.transforms import v2
+
+    data = ElevaterDataModule(synthetic=Synthetic(num_classes=3, images_per_class=10), shots=5, image_size=16,
+                              num_workers=0)  # fmt: skip
+    data.setup("fit")
+    train, val = data._datasets["train"].entries, data._datasets["val"].entries
+    assert len(train) == 3 * 4 and len(val) == 3  # of 5 shots per class, ceil(0.2 * 5) = 1 validates
+    assert not {e.image for e in train} & {e.image for e in val}
+    one_shot = ElevaterDataModule(synthetic=Synthetic(num_classes=3, images_per_class=4), shots=1, num_workers=0)
+    one_shot.setup("fit")
+    assert one_shot._datasets["train"].entries == one_shot._datasets["val"].entries  # the toolkit's 1-shot case
+    steps = data._datasets["train"].transform.transforms
+    assert isinstance(steps[0], v2.Resize) and steps[0].size == [16, 16]
+    assert steps[0].interpolation == v2.InterpolationMode.BICUBIC
+    assert not any(isinstance(step, (v2.RandomResizedCrop, v2.RandomHorizontalFlip)) for step in steps)
+    with pytest.raises(ValueError, match="validation must be"):
+        ElevaterDataModule(validation="val")
