@@ -2,7 +2,8 @@
 Prompt Tuning", ICCV 2023; official code: github.com/chunmeifeng/DiffTPT) as an evaluator.
 
 TPT (:class:`~lightning_prompts.evaluation.TestTimePromptTuning`) with more, and filtered, views. Per test
-image the prompt is tuned on the image, its ``N`` augmented views (63) and ``K`` views generated from it
+image the prompt is tuned on the image, its ``N`` augmented views (64: the official ``difftpt`` mode builds
+``batch_size`` of them where TPT's mode builds ``batch_size − 1``) and ``K`` views generated from it
 by a diffusion model (63 Stable Diffusion image variations, ``lambdalabs/sd-image-variations-diffusers``,
 guidance 3, generated beforehand):
 

@@ -119,3 +119,15 @@ def test_difftpt_needs_generated_views_or_a_generator(tiny_clip):
     assert flipped.views(batch, 0).shape == (5, 3, 32, 32)
     with pytest.raises(ValueError, match="come together"):
         synthetic_fewshot(generated_views=3)
+
+
+def test_the_dtd_recipe_makes_difftpts_view_counts():
+    """The official difftpt mode: AugMixAugmenter(n_views=batch_size) = 64 augmented views (TPT's mode: 63), plus
+    batch_size - 1 = 63 generated ones."""
+    from pathlib import Path
+
+    from lightning_prompts.recipes import merged_section
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "tpt" / "difftpt_dtd.yaml"
+    data = merged_section(recipe, "data")["init_args"]
+    assert (data["test_views"], data["generated_views"], data["test_view_augmentation"]) == (64, 63, "augmix")
