@@ -22,7 +22,8 @@
 
 Sampling follows IDPT's runner and runs on the batch after it reaches the device
 (:meth:`PointCloudDataModule.on_after_batch_transfer`, as the official code does it on the GPU):
-training clouds are cut to ``train_pool`` points by farthest point sampling (1,200 for 1,024 points,
+training clouds are shuffled (IDPT's datasets shuffle every read, so FPS starts at a random point) and cut to
+``train_pool`` points by farthest point sampling (1,200 for 1,024 points,
 2,400 for 2,048, at most the cloud), of which a random ``num_points`` are kept, then augmented
 (ModelNet: per-cloud scale in [2/3, 3/2] and shift in [−0.2, 0.2] per axis; ScanObjectNN: a random
 rotation about the vertical axis); evaluation clouds are cut to ``num_points`` by farthest point
@@ -341,6 +342,14 @@ def few_shot_indices(labels: list[int], shots: int, seed: int) -> list[int]:
     return sorted(chosen)
 
 
+def shuffle_points(points: Tensor) -> Tensor:
+    """Each cloud's points in a random order of its own. IDPT's (Point-MAE's) training datasets shuffle a cloud's
+    points on every read (``np.random.shuffle(pt_idxs)``), so the farthest-point pool drawn from it starts at a
+    random point and differs from epoch to epoch; without it, FPS from point 0 gives every epoch the same pool."""
+    order = torch.rand(points.shape[:2], device=points.device).argsort(dim=1)
+    return points.gather(1, order.unsqueeze(-1).expand_as(points))
+
+
 def pool_points(points: Tensor, pool: int) -> Tensor:
     """The farthest-point pool of ``pool`` points of each cloud, in the order FPS picks them (greedy, from point
     0, so its first ``k`` points are FPS's ``k``); the cloud itself when it has no more than ``pool`` points."""
@@ -552,7 +561,8 @@ class PointCloudDataModule(LightningDataModule):
         points = batch[POINTS].float()
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training:
-            points = augment_clouds(sample_points(points, self.num_points, self.train_pool), self.augment)
+            shuffled = shuffle_points(points)  # IDPT's datasets shuffle a training cloud on every read
+            points = augment_clouds(sample_points(shuffled, self.num_points, self.train_pool), self.augment)
             return {**batch, POINTS: points}
         if self.test_votes and trainer is not None and trainer.testing:
             pooled = pool_points(points, self.train_pool)

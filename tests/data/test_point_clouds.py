@@ -278,3 +278,26 @@ def test_the_fps_pool_prefix_is_the_evaluation_sample():
     clouds = torch.randn(2, 300, 3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(pool_points(clouds, 120)[:, :64], sample_points(clouds, 64, None))
     assert pool_points(clouds, 300) is clouds
+
+
+def test_training_pools_start_at_a_random_point_as_idpts_shuffled_reads_do():
+    """IDPT's datasets shuffle a training cloud on every read, so its FPS pool changes between epochs; from a fixed
+    first point it would be the same pool every time."""
+    from types import SimpleNamespace
+
+    from lightning_prompts.data.point_clouds import pool_points, shuffle_points
+
+    torch.manual_seed(0)
+    cloud = torch.randn(1, 200, 3)
+    shuffled = shuffle_points(cloud.expand(3, -1, -1))
+    assert torch.equal(shuffled.sort(dim=1).values, cloud.expand(3, -1, -1).sort(dim=1).values)  # same points
+    assert not torch.equal(shuffled[0], shuffled[1])  # each cloud its own order
+    data = PointCloudDataModule("shapes", num_points=16, train_pool=24, augment="none")
+    data.trainer = SimpleNamespace(training=True, testing=False)
+    fixed_pool = {tuple(point) for point in pool_points(cloud, 24)[0].tolist()}
+    seen = set()
+    for _ in range(20):
+        points = data.on_after_batch_transfer({POINTS: cloud}, 0)[POINTS]
+        assert points.shape == (1, 16, 3)
+        seen |= {tuple(point) for point in points[0].tolist()}
+    assert len(fixed_pool) == 24 and len(seen - fixed_pool) > 0  # training points from outside the fixed pool
