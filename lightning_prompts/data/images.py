@@ -201,7 +201,8 @@ class ImageListDataset(Dataset):
         image = load_rgb(item.path)
         sample: dict[str, Any] = {LABEL: item.label, INDEX: index}
         if self.mask_path is not None:
-            first, mask = _apply(self.transform, image, load_mask(self.mask_path(item)))
+            mask = fit_mask(load_mask(self.mask_path(item)), image.size)
+            first, mask = _apply(self.transform, image, mask)
             sample[MASK] = (mask > 0).float()
         else:
             first = _apply(self.transform, image)
@@ -229,6 +230,18 @@ def load_mask(path: Path) -> Any:
     with Image.open(path) as mask:
         pixels = np.asarray(mask.convert("L"))
     return tv_tensors.Mask(torch.from_numpy(pixels.copy()).unsqueeze(0))
+
+
+def fit_mask(mask: Any, size: tuple[int, int]) -> Any:
+    """``mask`` resized to the image's ``(width, height)`` when it differs, as DAPT's loader resizes each mask to its
+    image before the joint crop (nearest neighbour here, so labels stay labels; DAPT resizes with PIL's default)."""
+    from torchvision import tv_tensors
+
+    width, height = size
+    if tuple(mask.shape[-2:]) == (height, width):
+        return mask
+    resized = torch.nn.functional.interpolate(mask[None].float(), size=(height, width), mode="nearest")[0]
+    return tv_tensors.Mask(resized.to(torch.uint8))
 
 
 def _apply(transform: Callable[..., Any] | None, *inputs: Any) -> Any:

@@ -4,7 +4,10 @@
   short side (bicubic) + center crop.
 * ``"fgvc"`` (VPT on CUB & co.): train resize to 256/224 of the size + random crop + flip; test
   resize + center crop (bilinear).
-* ``"vtab"`` (VPT on VTAB-1k): resize straight to size×size, no augmentation.
+* ``"vtab"`` (VPT on VTAB-1k): resize straight to size×size, no augmentation. VPT resizes with TensorFlow's
+  ``tf.image.resize`` (bilinear, no antialiasing, kept in float); PIL's bilinear here antialiases, so images
+  shrunk to the size (KITTI, CLEVR, DMLab, SUN397, DTD, Caltech) keep less aliasing than VPT's; enlarged ones
+  (CIFAR, SVHN, dSprites, smallNORB, Camelyon) differ by rounding only.
 * ``"randaugment"`` (CoPrompt): train resize straight to size×size (bicubic) + Dassl's RandAugment (2 of
   its 16 operations at magnitude 10, :class:`~lightning_prompts.data.randaugment.DasslRandAugment`); test
   as ``"clip"``.
@@ -63,7 +66,7 @@ def build_transform(preset: Augmentation, size: int, normalization: str, train: 
             else clip_eval
         )
     elif preset == "fgvc":
-        resize = round(size * 256 / 224)
+        resize = {384: 438}.get(size, round(size * 256 / 224))  # VPT's table: 224→256, 384→438, 448→512
         steps = (
             [v2.Resize(resize, interpolation=bilinear), v2.RandomCrop(size), v2.RandomHorizontalFlip()]
             if train

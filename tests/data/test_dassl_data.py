@@ -255,3 +255,27 @@ def test_imagenet_variants_are_test_sets_on_their_own_classes(tmp_path, trainer_
     bad = FewShotImageDataModule(root=str(tmp_path), dataset="imagenet", shots=1, imagenet_variants={"b": "bad"})
     with pytest.raises(DatasetError, match="neither an ImageNet wnid"):
         bad.setup("test")
+
+
+def test_a_mask_of_another_size_is_resized_to_its_image_as_dapt_does():
+    """DAPT's loader resizes each mask to its image (``mask.resize(img0.size)``) before the joint crop; a mask of
+    another size used to stop torchvision's crop ("multiple HxW dimensions")."""
+    import numpy as np
+    from PIL import Image
+
+    from lightning_prompts.data.images import fit_mask, load_mask
+
+    data = synthetic_fewshot("dtd", shots=2, num_classes=2, masks=True, augmentation="clip", batch_size=4)
+    data.classnames
+    first = data._splits().train[0]
+    path = data.mask_path(first)
+    half = np.zeros((8, 12), dtype=np.uint8)
+    half[:, 6:] = 255  # right half foreground, at a quarter of the image's resolution
+    Image.fromarray(half).save(path)
+    data.setup("fit")
+    dataset = data.train_dataloader().dataset
+    position = next(k for k, item in enumerate(dataset.items) if item.path == first.path)
+    mask = dataset[position]["mask"]
+    assert mask.shape == (1, 32, 32) and set(mask.unique().tolist()) <= {0.0, 1.0}  # cropped with its image
+    resized = fit_mask(load_mask(path), (48, 32))
+    assert resized.shape == (1, 32, 48) and resized[0, :, :24].sum() == 0 and resized[0, :, 24:].min() == 255

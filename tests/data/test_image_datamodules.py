@@ -59,3 +59,16 @@ def test_fgvc_test_entry_with_unknown_class(tmp_path):
     (tmp_path / "test.json").write_text(json.dumps(test))
     with pytest.raises(DatasetError, match="class id '099'"):
         FGVCDataModule(root=str(tmp_path), **SMALL).classnames
+
+
+@pytest.mark.parametrize(("size", "resize"), [(224, 256), (384, 438), (448, 512)])
+def test_fgvc_preset_resizes_as_vpts_table(size, resize):
+    """VPT's src/data/transforms.py: resize to 256 / 438 / 512, then crop 224 / 384 / 448 (438 is not 384·256/224)."""
+    from torchvision.transforms import v2
+
+    from lightning_prompts.data.transforms import build_transform
+
+    for train in (True, False):
+        steps = build_transform("fgvc", size, "imagenet", train=train).transforms
+        assert isinstance(steps[0], v2.Resize) and steps[0].size == [resize]
+        assert steps[1].size == (size, size)
