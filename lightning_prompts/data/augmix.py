@@ -25,7 +25,7 @@ views of an image depend only on the seed our data module sets for it.
 Why not torchvision's ``AugMix(all_ops=False)``, which has the same operation list: at ``severity=1`` it
 indexes its magnitude bins with ``randint(1)``, i.e. always bin 0, so rotation, shear and translation are
 the identity and solarize never fires; it also mixes in uint8 and truncates, and runs its affine
-operations as ``grid_sample`` on tensors, about 40 times slower per view than PIL on 224-pixel crops.
+operations as ``grid_sample`` on tensors, about 30 times slower per view than PIL on 224-pixel crops.
 """
 
 from __future__ import annotations
