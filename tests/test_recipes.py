@@ -105,7 +105,7 @@ def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monk
         assert "val/acc" in cli.trainer.callback_metrics
 
 
-def tested_directly(recipe: Path) -> bool:
+def says_to_test_untrained(recipe: Path) -> bool:
     """Whether the recipe's header tells users to run ``lightning-prompts test`` on it with nothing trained first
     (zero-shot, NegLabel, test-time tuning): no checkpoint, no fit before."""
     lines = [line for line in recipe.read_text().splitlines() if line.startswith("#")]
@@ -113,13 +113,13 @@ def tested_directly(recipe: Path) -> bool:
     return any(command in line and "ckpt_path" not in line and "&&" not in line for line in lines)
 
 
-def one_tested_directly_per_folder_and_method() -> list[Path]:
+def one_documented_untrained_test_per_folder_and_method() -> list[Path]:
     # TPT's recipes run in tests/evaluation/test_test_time.py, with fewer views
-    return [recipe for recipe in one_per_folder_and_method(tested_directly) if "tpt" not in recipe.as_posix()]
+    return [recipe for recipe in one_per_folder_and_method(says_to_test_untrained) if "tpt" not in recipe.as_posix()]
 
 
 @pytest.mark.parametrize(
-    "recipe", one_tested_directly_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES))
+    "recipe", one_documented_untrained_test_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES))
 )
 def test_a_recipe_tested_without_training_tests_with_its_tiny_overlay(recipe, tmp_path):
     cli = run_cli(["test", "--config", str(recipe), "--config", str(overlay_for(recipe)),
