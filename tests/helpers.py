@@ -21,9 +21,14 @@ def docs_commands(page: Path) -> list[list[str]]:
     return found
 
 
+def docs_python(page: Path) -> list[str]:
+    """The Python blocks of a docs page, in order."""
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+
+
 def docs_python_blocks(page: Path, containing: str) -> str:
     """The one Python block of a docs page that contains ``containing``."""
-    found = [block for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S) if containing in block]
+    found = [block for block in docs_python(page) if containing in block]
     assert len(found) == 1, f"{page.name}: {len(found)} Python blocks contain {containing!r}"
     return found[0]
 

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import docs_python
 
 from lightning_prompts.backbones import HFText
 from lightning_prompts.methods import PrefixTuning, PromptTuning
@@ -29,7 +29,7 @@ SIZES = {
 
 
 def blocks(page: str) -> list[str]:
-    code = re.findall(r"```python\n(.*?)```", (PAGES / f"{page}.md").read_text(), re.S)
+    code = docs_python(PAGES / f"{page}.md")
     assert code, f"docs/methods/{page}.md has no Python block"
     out = []
     for block in code:

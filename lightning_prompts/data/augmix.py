@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_prompts.data.transforms import torch_seeded_generator
+
 #: TPT's AugMix operations, in its order (the draw picks an index into this tuple).
 TPT_AUGMIX_OPERATIONS = (
     "autocontrast",
@@ -118,8 +120,7 @@ class TPTAugMix:
         self.operations = tuple(operations)
 
     def __call__(self, image: Any) -> torch.Tensor:
-        # a generator per call, seeded from torch: the data module's per-image torch seed fixes the views
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        rng = torch_seeded_generator()
         return self.mix(image, rng)
 
     def mix(self, image: Any, rng: np.random.Generator) -> torch.Tensor:

@@ -42,7 +42,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
+
+from lightning_prompts.data.transforms import torch_seeded_generator
 
 #: Dassl's RandAugment operations (``randaugment_list``) and their value ranges, in its order.
 DASSL_RANDAUGMENT_OPERATIONS: tuple[tuple[str, float, float], ...] = (
@@ -130,7 +131,7 @@ class DasslRandAugment:
         self.n, self.m = n, m
 
     def __call__(self, image: Any) -> Any:
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        rng = torch_seeded_generator()
         return self.apply(image, rng)
 
     def apply(self, image: Any, rng: np.random.Generator) -> Any:

@@ -37,6 +37,15 @@ from typing import Any, Literal, get_args
 
 import torch
 
+
+def torch_seeded_generator() -> Any:
+    """A NumPy generator seeded from torch's RNG, for augmentations that draw with NumPy (Dassl's RandAugment, TPT's
+    AugMix): ``seed_everything``, the loader's worker seeding and a data module's per-image seed then fix them."""
+    import numpy as np
+
+    return np.random.default_rng(int(torch.randint(0, 2**62, ())))
+
+
 Augmentation = Literal[
     "clip", "fgvc", "vtab", "randaugment", "lae", "openood", "multi_lane", "clip_preprocess", "elevater"
 ]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import docs_python
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -373,7 +374,7 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "callbacks" / "pseudolabel
 
 
 def test_the_page_snippet_builds_a_grip_run():
-    block = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)[0]
+    block = docs_python(PAGE)[0]
     block = block.replace('OpenCLIP("ViT-B-32-quickgelu", pretrained="openai")', 'OpenCLIP("tiny", pretrained=None)')
     block = block.replace(
         'root="data/grip/DTD",', 'image_size=32, synthetic={"num_classes": 3, "images_per_class": 12},'

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import docs_python
 from lightning.pytorch import Trainer
 
 from lightning_prompts.backbones.hetero_gnn import HeteroGNN, save_hetero_gnn
@@ -185,12 +186,11 @@ def test_contrastive_pretraining_writes_an_encoder_hetgpt_loads(tmp_path):
 
 
 def test_the_docs_use_snippet_builds_the_method():
-    import re
     from pathlib import Path
 
-    page = (Path(__file__).resolve().parents[2] / "docs" / "methods" / "hetgpt.md").read_text()
+    page = Path(__file__).resolve().parents[2] / "docs" / "methods" / "hetgpt.md"
     namespace: dict = {}
-    exec(re.findall(r"```python\n(.*?)```", page, re.S)[0], namespace)
+    exec(docs_python(page)[0], namespace)
     model, data = namespace["model"], namespace["data"]
     assert type(model).__name__ == "HetGPT" and len(model.metapaths) == 2
     data.setup("fit")

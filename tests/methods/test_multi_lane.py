@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import docs_python
 from lightning.pytorch import Callback, Trainer
 
 from lightning_prompts.backbones import TimmViT
@@ -173,11 +174,10 @@ def test_task_boundary_copies_the_lane_and_starts_a_fresh_optimizer(tmp_path):
 
 
 def test_the_docs_use_snippet_builds_the_method():
-    import re
     from pathlib import Path
 
-    page = (Path(__file__).resolve().parents[2] / "docs" / "methods" / "multi_lane.md").read_text()
-    block = re.findall(r"```python\n(.*?)```", page, re.S)[0]
+    page = Path(__file__).resolve().parents[2] / "docs" / "methods" / "multi_lane.md"
+    block = docs_python(page)[0]
     for old, new in {
         '"cifar100", root="data", num_tasks=10': '"cifar100", num_tasks=2, image_size=32',
         'batch_size=1024, augmentation="multi_lane"': (
@@ -193,7 +193,7 @@ def test_the_docs_use_snippet_builds_the_method():
     exec(block, namespace)
     model = namespace["model"]
     assert model.lanes.selectors.shape == (2, 20, 32) and len(model.lanes.prompts) == 3
-    multilabel = re.findall(r"```python\n(.*?)```", page, re.S)[1]
+    multilabel = docs_python(page)[1]
     old = '"voc", root="data", base_classes=10, num_tasks=6, epochs_per_task=30'
     assert old in multilabel
     spec = '{"num_classes": 20, "train_images": 4, "test_images": 4}'

@@ -6,13 +6,13 @@ from __future__ import annotations
 import copy
 import math
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import docs_python
 from lightning import Callback, Trainer
 from torch.distributions import Categorical, Normal
 from torch_geometric.data import Batch, Data
@@ -424,8 +424,7 @@ def test_node_classification_through_ego_graphs(trainer_kwargs):
 
 
 def test_the_docs_use_snippet_builds_the_method():
-    page = (Path(__file__).resolve().parents[2] / "docs" / "methods" / "relief.md").read_text()
-    block = re.findall(r"```python\n(.*?)```", page, re.S)[0]
+    block = docs_python(Path(__file__).resolve().parents[2] / "docs" / "methods" / "relief.md")[0]
     block = block.replace('"data/moleculenet/bbbp/raw/BBBP.csv", dataset="bbbp"', '"recipes/_tiny/molecules.csv"')
     block = block.replace('MoleculeGIN("checkpoints/relief/contextpred.pth")', "MoleculeGIN(num_layers=2, emb_dim=8)")
     pytest.importorskip("rdkit")
