@@ -1,7 +1,7 @@
 """Where the quickstart's time goes: imports, model and data loading, each training epoch, validation.
 
-Also prints how many text positions each epoch fed per real text token (padding is the waste that
-length grouping removes; deterministic, unlike the times).
+Also prints how many text positions each epoch computed per real text token (padding is the waste that
+length grouping and the backbone's ``length_buckets`` remove; deterministic, unlike the times).
 
 Runs ``lightning-prompts fit --config recipes/quickstart.yaml`` in this process with a callback that
 stamps the phases, and prints them with the total wall time, the peak resident memory and the final
@@ -21,6 +21,7 @@ START = time.perf_counter()
 
 from lightning.pytorch import Callback  # noqa: E402
 
+from lightning_prompts.backbones.length_buckets import bucket_indices  # noqa: E402
 from lightning_prompts.lightning_cli import run_cli  # noqa: E402
 
 IMPORTED = time.perf_counter()
@@ -39,8 +40,10 @@ class PhaseTimer(Callback):
         self.positions = self.text_tokens = 0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        mask = batch["attention_mask"]  # text positions as fed: padding included, soft tokens not
-        self.positions += mask.numel()
+        mask = batch["attention_mask"]  # text positions as computed: padding included, soft tokens not
+        # the sub-batches the backbone runs, each to its own length (cut as it cuts them, soft tokens counted)
+        buckets = bucket_indices(mask, module.backbone.length_buckets, module.reserved_tokens)
+        self.positions += sum(len(rows) * length for rows, length in buckets)
         self.text_tokens += int(mask.sum())
 
     def on_train_epoch_end(self, trainer, module) -> None:
@@ -68,7 +71,7 @@ def main() -> None:
     for name, value in STAMPS:
         if not name.startswith("model and data"):
             print(f"{name}: {value:.1f} s")
-    print("padded positions per text token, per epoch: " + ", ".join(f"{ratio:.2f}" for ratio in PADDING))
+    print("text positions computed per text token, per epoch: " + ", ".join(f"{ratio:.2f}" for ratio in PADDING))
     print(f"total wall time: {end - START:.1f} s")
     print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     print(f"val/acc: {float(cli.trainer.callback_metrics['val/acc']):.3f}")

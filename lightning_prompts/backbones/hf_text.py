@@ -44,6 +44,7 @@ from lightning_prompts.backbones.hooks import (
     expand_to_batch,
     tokens_before_blocks,
 )
+from lightning_prompts.backbones.length_buckets import bucket_indices
 from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.resources import resolve_path
@@ -131,6 +132,12 @@ class HFText(Backbone):
             ``trust_remote_code: true`` runs Python files shipped with the model; only set it in your own
             config for a model you trust. A checkpoint can never set it (:meth:`check_stored_config`).
         seed: seed for the random parts (a new classification head, tiny models).
+        length_buckets: run each batch as up to this many sub-batches of similar token length, each padded
+            only to its own longest text (:mod:`~lightning_prompts.backbones.length_buckets`). No result
+            changes beyond float rounding: a text's output never depends on its batch-mates. It saves the
+            padding's compute, which pays on CPUs (the quickstart's training step: 1.10× faster with 2);
+            on a GPU, where padding costs little, keep 1. Applies to forwards without block hooks, input
+            offsets or hidden states (the others run as one batch).
     """
 
     family = "text"
@@ -145,9 +152,14 @@ class HFText(Backbone):
         max_length: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
+        length_buckets: int = 1,
     ) -> None:
         super().__init__()
         import transformers
+
+        if length_buckets < 1:
+            raise ValueError(f"length_buckets must be at least 1, got {length_buckets}.")
+        self.length_buckets = length_buckets
 
         if task not in ("sequence-classification", "causal-lm"):
             raise ValueError(f"task must be 'sequence-classification' or 'causal-lm', got {task!r}.")
@@ -331,6 +343,23 @@ class HFText(Backbone):
             causal LM the model output with ``.logits`` of shape ``(B, V)`` at each sequence's last
             real token.
         """
+        if self.length_buckets > 1 and hooks is None and input_offset is None and not output_hidden_states:
+            num_prompt = 0 if prompt is None else prompt.shape[-2]
+            buckets = bucket_indices(attention_mask, self.length_buckets, num_prompt)
+            if len(buckets) > 1:
+                return self._forward_buckets(prompt, input_ids, attention_mask, buckets)
+        return self._forward_batch(prompt, input_ids, attention_mask, output_hidden_states, hooks, input_offset)
+
+    def _forward_batch(
+        self,
+        prompt: Tensor | None,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        output_hidden_states: bool = False,
+        hooks: BlockHook | None = None,
+        input_offset: Tensor | None = None,
+    ) -> Any:
+        """:meth:`forward_embeddings` on the batch as it comes."""
         embeds = self.word_embeddings(input_ids)
         if input_offset is not None:
             if input_offset.shape[-2] != input_ids.shape[1]:
@@ -363,6 +392,18 @@ class HFText(Backbone):
             kwargs["attention_mask"] = torch.cat([ones, attention_mask], dim=1)
         with tokens_before_blocks(hooks, layers, contexts):
             return self._run(kwargs, num_prompt, attention_mask)
+
+    def _forward_buckets(
+        self, prompt: Tensor | None, input_ids: Tensor, attention_mask: Tensor, buckets: list[tuple[Tensor, int]]
+    ) -> Any:
+        """:meth:`forward_embeddings` run per sub-batch, each cut to its own length; logits in batch order."""
+        logits = []
+        for rows, length in buckets:
+            part = prompt[rows] if prompt is not None and prompt.dim() == 3 else prompt
+            output = self._forward_batch(part, input_ids[rows, :length], attention_mask[rows, :length])
+            logits.append(output.logits)
+        order = torch.cat([rows for rows, _ in buckets])
+        return type(output)(logits=torch.cat(logits)[order.argsort()])
 
     # -- attention prefixes (prefix tuning, P-tuning v2) -------------------------------------
     @property

@@ -34,6 +34,8 @@ from lightning_prompts.utils.resources import resolve_path
 
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
+LengthUnit = Literal["characters", "tokens"]
+
 
 @dataclass
 class SyntheticText:
@@ -179,9 +181,10 @@ class TextClassificationDataModule(LightningDataModule):
         seed: seed of the hold-out and few-shot sampling (identical on every DDP rank).
         batch_size, eval_batch_size, num_workers: loader settings.
         group_by_length: training batches of texts of similar length, in random order, and evaluation in
-            order of length: far less padding, so much faster on corpora whose lengths vary (see
-            :mod:`lightning_prompts.data.length_grouping`). Changes which texts
-            share a training batch, so it is a different run; evaluation results are unchanged.
+            order of length (the model's token counts when it counts them, characters otherwise): far less
+            padding, so much faster on corpora whose lengths vary (see
+            :mod:`lightning_prompts.data.length_grouping`). Changes which texts share a training batch, so it
+            is a different run; evaluation results are unchanged.
             On one process only: with several, training batches are Lightning's distributed shuffle.
         length_unit: what ``group_by_length`` measures: ``"characters"`` (the default, model-free) or
             ``"tokens"``, the model's own count (:meth:`text_lengths`): batches then pad almost nothing (Rotten
@@ -211,7 +214,7 @@ class TextClassificationDataModule(LightningDataModule):
         eval_batch_size: int = 64,
         num_workers: int = 0,
         group_by_length: bool = False,
-        length_unit: Literal["characters", "tokens"] = "characters",
+        length_unit: LengthUnit = "characters",
         synthetic: SyntheticText | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -387,21 +390,21 @@ class TextClassificationDataModule(LightningDataModule):
         if not self.group_by_length or keep_order:
             batch_size = self.batch_size if train else self.eval_batch_size
             return DataLoader(TextDataset(texts, labels, classes), batch_size=batch_size, shuffle=train, **common)
-        lengths = self.text_lengths(texts)
-        if not train:  # metrics do not depend on the order; padding does
-            order = longest_first(lengths)
+        if not train:  # metrics do not depend on the order or the batches; padding does: the model's own counts
+            order = longest_first(self.text_lengths(texts, unit="tokens"))
             dataset = TextDataset([texts[i] for i in order], [labels[i] for i in order], classes)
             return DataLoader(dataset, batch_size=self.eval_batch_size, **common)
+        lengths = self.text_lengths(texts)
         if self.trainer is not None and self.trainer.world_size > 1:
             return DataLoader(TextDataset(texts, labels, classes), batch_size=self.batch_size, shuffle=True, **common)
         sampler = LengthGroupedBatchSampler(lengths, self.batch_size)
         return DataLoader(TextDataset(texts, labels, classes), batch_sampler=sampler, **common)
 
-    def text_lengths(self, texts: Sequence[str]) -> list[int]:
+    def text_lengths(self, texts: Sequence[str], unit: LengthUnit | None = None) -> list[int]:
         """What ``group_by_length`` orders by: each text's characters, or with ``length_unit="tokens"`` its tokens
         as the trainer's model counts them (:class:`~lightning_prompts.data.protocols.TokenCounter`; characters
-        when no model counts tokens)."""
-        if self.length_unit == "tokens":
+        when no model counts tokens). ``unit`` overrides ``length_unit`` (evaluation always asks for tokens)."""
+        if (unit or self.length_unit) == "tokens":
             model = provided(self.trainer.lightning_module if self.trainer is not None else None, TokenCounter)
             if model is not None:
                 return model.text_lengths(texts)

@@ -67,7 +67,7 @@ def test_evaluation_results_equal_the_ungrouped_loader_and_predict_keeps_order()
         assert predicted == data._load()["test"][0]  # the file's order
         rows[grouped] = [text for batch in data.val_dataloader() for text in batch["text"]]
     assert sorted(rows[True]) == sorted(rows[False]) and rows[True] != rows[False]
-    lengths = [len(text) for text in rows[True]]  # characters by default
+    lengths = model.text_lengths(rows[True])  # evaluation: the model's token counts
     assert lengths == sorted(lengths, reverse=True)
     assert results[True].keys() == results[False].keys()
     for key in results[False]:
@@ -96,5 +96,8 @@ def test_length_unit_tokens_groups_by_the_models_own_token_counts(tmp_path):
     assert data.train_dataloader().batch_sampler.lengths == model.text_lengths(train_texts)
     data.length_unit = "characters"
     assert data.text_lengths(val_texts) == [len(text) for text in val_texts]
+    # evaluation orders by tokens whatever the training unit (its results do not depend on the batches)
+    assert [text for batch in data.val_dataloader() for text in batch["text"]] == ordered
+    assert data.train_dataloader().batch_sampler.lengths == [len(text) for text in train_texts]
     with pytest.raises(ValueError, match="length_unit"):
         TextClassificationDataModule(synthetic={"examples_per_class": 4}, length_unit="words")
