@@ -12,7 +12,13 @@ import pytest
 from PIL import Image
 
 from lightning_prompts.data import FewShotImageDataModule
-from lightning_prompts.testbed.fashion_mnist import CLASSNAMES, DEBIAN_SOURCE, read_idx, write_fashion_mnist
+from lightning_prompts.testbed.fashion_mnist import (
+    CLASSNAMES,
+    DEBIAN_SOURCE,
+    SPLIT_FILE,
+    read_idx,
+    write_fashion_mnist,
+)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -175,3 +181,28 @@ def test_shifted_roots_hold_the_corrupted_first_test_images_and_the_original_tra
     split = json.loads((again / "fashion_mnist" / SPLIT_FILE).read_text())
     repeat = np.asarray(Image.open(again / "fashion_mnist" / "images" / split["test"][0][0]), dtype=np.int64)
     assert np.array_equal(repeat, shifted["noise"])  # seeded per image
+
+
+def test_the_documented_testbed_commands_write_their_data(idx_source, tmp_path, capsys):
+    """``python -m lightning_prompts.testbed prepare | prepare-ood | prepare-digits`` as the docs run them (small
+    counts); ``align`` is the alignment training that ``test_alignment_is_deterministic`` runs."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("mlxtend")
+    from lightning_prompts.testbed.__main__ import main
+
+    root = str(tmp_path / "testbed")
+    small = ["--train-per-class", "2", "--val-per-class", "1"]
+    assert main(["prepare", "--root", root, "--source", str(idx_source), *small, "--test-per-class", "3"]) == 0
+    split_file = Path(root, "fashion_mnist", SPLIT_FILE)
+    assert capsys.readouterr().out.strip() == f"wrote {split_file}"
+    assert len(json.loads(split_file.read_text())["test"]) == 30
+    assert main(["prepare-ood", "--root", root, "--per-class", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"wrote {root}/ood/: mnist 20 images, digits 20 images, fashion_novel ")
+    assert sorted(p.name for p in Path(root, "ood").iterdir()) == ["digits", "fashion_novel", "mnist", "words.txt"]
+    assert main(["prepare-digits", "--root", root, *small, "--test-per-class", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"wrote {root}/") for line in lines)
+    with pytest.raises(SystemExit):
+        main(["prepare", "--train-per-class", "many"])
+    assert "invalid int value" in capsys.readouterr().err
