@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import re
 import runpy
+import shlex
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ RUNS = {
     "coop_export_new_classes": {"testbed": False},
     "own_method": {},
     "own_loss_term": {},
-    "continual_lae": {},
+    "continual_lae": {"plot": "accuracy_matrix.png"},  # the page's command
     "text_prompt_to_peft": {"steps": 4, "val_batches": 2},
     "graph_prompts": {},
     "ood_detection": {"testbed": False},
@@ -53,3 +55,26 @@ def test_tutorial_runs_and_prints_what_its_page_shows(name, tmp_path, monkeypatc
     assert [label for label in got if label in expected] == [label for label in expected if label in got]
     page = TUTORIALS / f"{name}.md"
     assert page.is_file() and f"{name}.py" in page.read_text() and f"output/{name}.txt" in page.read_text()
+    if "plot" in RUNS[name]:
+        assert (tmp_path / RUNS[name]["plot"]).read_bytes().startswith(b"\x89PNG")
+
+
+def page_commands(name: str) -> list[list[str]]:
+    """The arguments of every ``python docs/tutorials/<name>.py …`` line in the page's bash blocks."""
+    text = (TUTORIALS / f"{name}.md").read_text()
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
+    script = f"docs/tutorials/{name}.py"
+    return [shlex.split(line, comments=True)[2:] for line in lines if line.startswith(f"python {script}")]
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_page_commands_are_calls_of_main(name):
+    """Each command the page gives parses into a call of the tutorial's ``main`` (the one the tests run, with
+    ``RUNS``' arguments, or the longer real-data one: ``--testbed``, ``--steps 120``)."""
+    module = runpy.run_path(str(TUTORIALS / f"{name}.py"), run_name=f"tutorial_{name}")
+    commands = page_commands(name)
+    assert commands, f"docs/tutorials/{name}.md gives no command to run docs/tutorials/{name}.py"
+    for argv in commands:
+        kwargs = module["arguments"](argv) if "arguments" in module else {}
+        assert argv == [] or "arguments" in module, f"{name}.py takes no options, its page passes {argv}"
+        inspect.signature(module["main"]).bind(**kwargs)

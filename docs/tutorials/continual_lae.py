@@ -73,7 +73,12 @@ def main(plot: str | None = None) -> dict[str, float]:
     return metrics
 
 
-if __name__ == "__main__":
+def arguments(argv: list[str] | None = None) -> dict:
+    """The command line as ``main``'s keyword arguments (the tests parse the page's commands with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plot", default=None, help="write the matrix as an image")
-    main(parser.parse_args().plot)
+    return vars(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(**arguments())

@@ -102,7 +102,12 @@ def _two_per_class(data: FewShotImageDataModule) -> tuple[torch.Tensor, torch.Te
     return torch.stack(images), torch.tensor(labels)
 
 
-if __name__ == "__main__":
+def arguments(argv: list[str] | None = None) -> dict:
+    """The command line as ``main``'s keyword arguments (the tests parse the page's commands with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--testbed", action="store_true", help="stand-in CLIP on the Fashion-MNIST testbed")
-    main(parser.parse_args().testbed)
+    return vars(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(**arguments())

@@ -93,7 +93,12 @@ def main(testbed: bool = False, workdir: str | None = None) -> dict[str, float]:
     return {"zero_shot_auroc": before["test/auroc"], "coop_auroc": after["test/auroc"]}
 
 
-if __name__ == "__main__":
+def arguments(argv: list[str] | None = None) -> dict:
+    """The command line as ``main``'s keyword arguments (the tests parse the page's commands with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--testbed", action="store_true", help="stand-in CLIP on the Fashion-MNIST OOD testbed")
-    main(parser.parse_args().testbed)
+    return vars(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(**arguments())

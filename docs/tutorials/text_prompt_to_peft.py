@@ -76,7 +76,12 @@ def main(steps: int = 120, val_batches: int = 10, workdir: str | None = None) ->
     return {"val_acc": accuracy, "difference": difference}
 
 
-if __name__ == "__main__":
+def arguments(argv: list[str] | None = None) -> dict:
+    """The command line as ``main``'s keyword arguments (the tests parse the page's commands with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=120)
-    main(parser.parse_args().steps)
+    return vars(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(**arguments())
