@@ -394,10 +394,9 @@ class TextClassificationDataModule(LightningDataModule):
             order = longest_first(self.text_lengths(texts, unit="tokens"))
             dataset = TextDataset([texts[i] for i in order], [labels[i] for i in order], classes)
             return DataLoader(dataset, batch_size=self.eval_batch_size, **common)
-        lengths = self.text_lengths(texts)
         if self.trainer is not None and self.trainer.world_size > 1:
             return DataLoader(TextDataset(texts, labels, classes), batch_size=self.batch_size, shuffle=True, **common)
-        sampler = LengthGroupedBatchSampler(lengths, self.batch_size)
+        sampler = LengthGroupedBatchSampler(self.text_lengths(texts), self.batch_size)
         return DataLoader(TextDataset(texts, labels, classes), batch_sampler=sampler, **common)
 
     def text_lengths(self, texts: Sequence[str], unit: LengthUnit | None = None) -> list[int]:
