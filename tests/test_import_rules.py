@@ -72,3 +72,17 @@ def test_the_top_level_package_and_the_command_import_neither_torch_nor_lightnin
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_registering_every_class_imports_no_optional_model_library():
+    """The command imports every registered module before parsing (short class names); PyG, timm, OpenCLIP, PEFT
+    and scikit-learn load when a method uses them, not in every run's start-up (PyG alone took 2 s of it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lightning_prompts import registry; registry.import_all();"
+        "print([m for m in ('torch_geometric', 'timm', 'open_clip', 'peft', 'sklearn') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -57,7 +57,6 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 
 from lightning_prompts.backbones.gnn import GraphBackbone, Pooling
 from lightning_prompts.errors import ConfigurationError
@@ -369,7 +368,7 @@ class RELIEF(GraphPromptModule):
 
     def head_step(self, graphs: list[Any], group: Tensor, head_optimizer: Any, prompted: bool) -> Tensor:
         """One step of the head on the graphs ``group`` indexes, prompted by the joint policy or not."""
-        data = Batch.from_data_list([graphs[i] for i in group.tolist()]).to(self.device)
+        data = _batch_of([graphs[i] for i in group.tolist()]).to(self.device)
         with torch.no_grad():
             nodes = self.node_embeddings(data, self.joint_increments(data) if prompted else None)
         logits = self.head(self.example_features(data, nodes))
@@ -442,7 +441,7 @@ class RELIEF(GraphPromptModule):
         for member, subset in enumerate(member_subsets(len(graphs), self.policy.ensemble_size, h["subset_overlap"])):
             order = subset[torch.randperm(len(subset))]
             for group in order.split(h["episodes_per_update"]):
-                data = Batch.from_data_list([graphs[i] for i in group.tolist()]).to(self.device)
+                data = _batch_of([graphs[i] for i in group.tolist()]).to(self.device)
                 started = time.perf_counter()
                 episodes = self.rollout(member, data)
                 experience = episodes.transitions(
@@ -464,3 +463,11 @@ class RELIEF(GraphPromptModule):
         loss = torch.stack(head_losses).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(graphs))
         return loss
+
+
+def _batch_of(graphs: Sequence[Any]) -> Any:
+    """PyG's ``Batch`` of the graphs; PyG imported here, on first use, not when the command line starts (it
+    imports every registered method: 2 s of every run's start-up went to PyG)."""
+    from torch_geometric.data import Batch
+
+    return Batch.from_data_list(list(graphs))
