@@ -111,10 +111,16 @@ def test_bucketed_forward_equals_the_whole_batch(name, task, pooling, per_input_
     torch.testing.assert_close(bucketed_grad, grad, rtol=1e-5, atol=1e-6)
 
 
-def test_hidden_states_and_hooks_run_as_one_batch():
+def test_hidden_states_and_input_offsets_run_as_one_batch():
     backbone = noisy_backbone("tiny-bert", "sequence-classification", "mean", 3)
     tokens = backbone.tokenize(["a b c d e f g h i j", "a", "b", "c"])
     output = backbone.forward_embeddings(None, tokens["input_ids"], tokens["attention_mask"], output_hidden_states=True)
     assert output.hidden_states[-1].shape[:2] == tokens["input_ids"].shape  # one pass over the padded batch
+    # DePT's offset has a row per padded position: the batch cannot be cut, and is not
+    offset = torch.randn(tokens["input_ids"].shape[1], backbone.hidden_size, generator=torch.Generator().manual_seed(2))
+    bucketed = backbone.forward_embeddings(None, tokens["input_ids"], tokens["attention_mask"], input_offset=offset)
+    backbone.length_buckets = 1
+    whole = backbone.forward_embeddings(None, tokens["input_ids"], tokens["attention_mask"], input_offset=offset)
+    torch.testing.assert_close(bucketed.logits, whole.logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="length_buckets"):
         HFText("tiny-bert", length_buckets=0)
