@@ -29,7 +29,7 @@ from pathlib import Path
 from testbed_report import write_report
 
 from lightning_prompts.cli import run_cli
-from lightning_prompts.testbed.fashion_mnist import write_test_subset
+from lightning_prompts.testbed.fashion_mnist import CLASSNAMES, write_test_subset
 from lightning_prompts.testbed.shifts import SHIFTS, write_shifted_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,12 +130,15 @@ def main() -> None:
     }  # fmt: skip
     results = args.out / "results.json"
     rows: list[dict] = json.loads(results.read_text()) if results.exists() else []
+    images = args.per_class * len(CLASSNAMES)
+    # resumable; rows of these shifts from another --per-class are dropped (they would be averaged in)
+    rows = [r for r in rows if r.get("shift", "none") not in roots or r["images"] == images]
     for shift, root in roots.items():
         for name in RUNS:
             seeds = args.seeds if name.startswith("TPT") else args.seeds[:1]  # only TPT draws anything
             for seed in seeds:
                 if any(r["method"] == name and r["seed"] == seed and r.get("shift", "none") == shift for r in rows):
-                    continue  # resumable
+                    continue
                 rows.append({**run(name, seed, root, args.workdir), "shift": shift})
                 results.write_text(json.dumps(rows, indent=1))
                 print(json.dumps(rows[-1]), flush=True)
