@@ -51,6 +51,9 @@ from lightning_prompts.utils.resources import resolve_path
 
 Task = Literal["sequence-classification", "causal-lm"]
 Pooling = Literal["model", "mean", "cls", "last"]
+#: ``forward_embeddings``' ``(output_hidden_states, hooks, input_offset)``
+BatchOptions = tuple[bool, "BlockHook | None", "Tensor | None"]
+PLAIN_FORWARD: BatchOptions = (False, None, None)  # no hidden states, hooks or input offset
 
 #: Tiny architectures for tests and ``recipes/_tiny/text.yaml``; they use :func:`tiny_tokenizer`.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -348,18 +351,13 @@ class HFText(Backbone):
             buckets = bucket_indices(attention_mask, self.length_buckets, num_prompt)
             if len(buckets) > 1:
                 return self._forward_buckets(prompt, input_ids, attention_mask, buckets)
-        return self._forward_batch(prompt, input_ids, attention_mask, output_hidden_states, hooks, input_offset)
+        return self._forward_batch(prompt, input_ids, attention_mask, (output_hidden_states, hooks, input_offset))
 
     def _forward_batch(
-        self,
-        prompt: Tensor | None,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        output_hidden_states: bool = False,
-        hooks: BlockHook | None = None,
-        input_offset: Tensor | None = None,
+        self, prompt: Tensor | None, input_ids: Tensor, attention_mask: Tensor, options: BatchOptions = PLAIN_FORWARD
     ) -> Any:
-        """:meth:`forward_embeddings` on the batch as it comes."""
+        """:meth:`forward_embeddings` on the batch as it comes; ``options`` are its last three arguments."""
+        output_hidden_states, hooks, input_offset = options
         embeds = self.word_embeddings(input_ids)
         if input_offset is not None:
             if input_offset.shape[-2] != input_ids.shape[1]:
