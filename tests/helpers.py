@@ -9,15 +9,15 @@ from pathlib import Path
 from lightning_prompts.data import FewShotImageDataModule, Synthetic
 
 
-def docs_commands(page: Path) -> list[list[str]]:
-    """The ``lightning-prompts`` commands of a docs page's bash blocks (continuation lines joined), without
-    the program name."""
+def docs_commands(page: Path, program: tuple[str, ...] = ("lightning-prompts",)) -> list[list[str]]:
+    """The commands of a docs page's bash blocks that start with ``program`` (continuation lines joined), without
+    it: ``lightning-prompts`` by default, ``("python", "docs/tutorials/x.py")`` for a script."""
     found = []
     for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
-            if words[:1] == ["lightning-prompts"]:
-                found.append(words[1:])
+            if tuple(words[: len(program)]) == program:
+                found.append(words[len(program) :])
     return found
 
 

@@ -10,10 +10,10 @@ import inspect
 import io
 import re
 import runpy
-import shlex
 from pathlib import Path
 
 import pytest
+from helpers import docs_commands
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "docs" / "tutorials"
 # how each tutorial runs here: its main()'s arguments (the pages show the default or the real-data run)
@@ -59,20 +59,12 @@ def test_tutorial_runs_and_prints_what_its_page_shows(name, tmp_path, monkeypatc
         assert (tmp_path / RUNS[name]["plot"]).read_bytes().startswith(b"\x89PNG")
 
 
-def page_commands(name: str) -> list[list[str]]:
-    """The arguments of every ``python docs/tutorials/<name>.py …`` line in the page's bash blocks."""
-    text = (TUTORIALS / f"{name}.md").read_text()
-    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
-    script = f"docs/tutorials/{name}.py"
-    return [shlex.split(line, comments=True)[2:] for line in lines if line.startswith(f"python {script}")]
-
-
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_page_commands_are_calls_of_main(name):
     """Each command the page gives parses into a call of the tutorial's ``main`` (the one the tests run, with
     ``RUNS``' arguments, or the longer real-data one: ``--testbed``, ``--steps 120``)."""
     module = runpy.run_path(str(TUTORIALS / f"{name}.py"), run_name=f"tutorial_{name}")
-    commands = page_commands(name)
+    commands = docs_commands(TUTORIALS / f"{name}.md", ("python", f"docs/tutorials/{name}.py"))
     assert commands, f"docs/tutorials/{name}.md gives no command to run docs/tutorials/{name}.py"
     for argv in commands:
         kwargs = module["arguments"](argv) if "arguments" in module else {}
