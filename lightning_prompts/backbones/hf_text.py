@@ -314,12 +314,7 @@ class HFText(Backbone):
 
     def layers(self) -> nn.ModuleList:
         """The model's transformer layers (BERT ``encoder.layer``, GPT-2 ``h``, Llama/Gemma ``layers``…)."""
-        config = self.model.config
-        count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-        for module in self.model.base_model.modules():
-            if isinstance(module, nn.ModuleList) and len(module) == count:
-                return module
-        raise NotImplementedError(f"cannot find the {count} transformer layers of {self.name}.")
+        return transformer_layers(self.model)
 
     def forward_embeddings(
         self,
@@ -489,6 +484,16 @@ class HFText(Backbone):
             pooled = masked_mean(hidden, mask)
         (head,) = self.head_modules().values()
         return SequenceClassifierOutput(logits=head(pooled), hidden_states=outputs.hidden_states)
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The ``nn.ModuleList`` of a Hugging Face model's transformer blocks (as many as its config's layers)."""
+    config = model.config
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    for module in getattr(model, "base_model", model).modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise NotImplementedError(f"cannot find the {count} transformer layers of {type(model).__name__}.")
 
 
 def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:

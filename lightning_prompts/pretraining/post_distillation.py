@@ -1,0 +1,261 @@
+"""POST's stage 1: distil the large language model into the small one the data owner tunes a prompt on.
+
+POST (Wang et al., ICML 2025; code: sprintml/POST, read at c0665e83) tunes the private prompt on a small
+model *derived from the large one*, because a prompt transfers better between models that compute alike.
+Its ``distill/`` folder does it DistilBERT's way, and so does this module:
+
+1. the student starts as the teacher with only its first ``keep_first`` and last ``keep_last`` transformer
+   layers (``extract_distill_model.py``: 3 + 3 of RoBERTa-base's 12, 2 + 2 of GPT2-XL's 48), embeddings and
+   output head included (:mod:`~lightning_prompts.pretraining.layer_extraction`);
+2. it is trained on public text to match the frozen teacher (``distiller.py``, causal-LM mode):
+
+   ``loss = α_ce · T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)) + α_clm · CE(z_s, next token)
+   + α_mse · ‖z_s − z_t‖² + α_cos · (1 − cos(h_s, h_t))``
+
+   with ``z`` the logits over the whole vocabulary at every real (non-padding) position, the KL and the squared
+   error summed over the vocabulary and averaged over those positions (``batchmean``), the next-token
+   cross-entropy averaged over the predicted positions, and ``h`` the last hidden states (cosine averaged
+   over real positions). Official defaults: T = 2, α_ce = α_clm = 0.5, α_mse = α_cos = 0; AdamW lr 5e-4,
+   ε 1e-6, betas (0.9, 0.98), no weight decay, linear warm-up over 5 % of the updates then linear decay
+   (``WarmupCosineLR(decay="linear")`` with ``lr_scheduler_interval: step`` in the recipes), gradients
+   clipped to norm 5, 50 accumulated batches of 8 (Trainer settings). The teacher runs in eval mode, the
+   student in train mode.
+
+At the end of ``fit`` the student is written as a Hugging Face model folder (``student_path``; weights as
+safetensors, config, tokenizer), which ``HFText(student_path, task="causal-lm")`` loads as the small model of
+:class:`~lightning_prompts.methods.DPPromptTuning` / :class:`~lightning_prompts.methods.PromptTuning`
+(stage 2) and as :class:`~lightning_prompts.methods.POST`'s ``source_backbone`` (stage 3).
+
+Where we deviate: the texts come from a text data module (their labels unused), tokenized with the teacher's
+tokenizer and cut at ``max_length`` tokens, instead of the official pre-binarised, length-grouped corpus; the
+models get the attention mask (the official passes none in causal-LM mode: with right padding the real
+positions' outputs are the same either way, and padding never enters the loss).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import Tensor, nn
+
+from lightning_prompts.backbones.hf_text import HFText, transformer_layers
+from lightning_prompts.batch import TEXT
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.methods.base import PromptModule
+from lightning_prompts.pretraining.layer_extraction import keep_layers, layers_to_keep
+from lightning_prompts.registry import register_pretraining
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    temperature: float = 2.0,
+    alpha_ce: float = 0.5,
+    alpha_clm: float = 0.5,
+    alpha_mse: float = 0.0,
+    alpha_cos: float = 0.0,
+    student_hidden: Tensor | None = None,
+    teacher_hidden: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The distillation loss of the module docstring and its parts (``"loss"``, ``"ce"``, ``"clm"``, and
+    ``"mse"`` / ``"cos"`` when weighted). Logits ``(B, L, V)``, ids and mask ``(B, L)``, hidden ``(B, L, D)``."""
+    real = attention_mask.bool()
+    student, teacher = student_logits[real].float(), teacher_logits[real].float()  # (N, V)
+    parts: dict[str, Tensor] = {}
+    parts["ce"] = F.kl_div(
+        F.log_softmax(student / temperature, dim=-1), F.softmax(teacher / temperature, dim=-1), reduction="batchmean"
+    ) * (temperature**2)
+    labels = input_ids.masked_fill(~real, -100)
+    parts["clm"] = F.cross_entropy(
+        student_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+    )
+    loss = alpha_ce * parts["ce"] + alpha_clm * parts["clm"]
+    if alpha_mse > 0:
+        parts["mse"] = F.mse_loss(student, teacher, reduction="sum") / student.shape[0]
+        loss = loss + alpha_mse * parts["mse"]
+    if alpha_cos > 0:
+        if student_hidden is None or teacher_hidden is None:
+            raise ValueError("the cosine term needs both models' last hidden states.")
+        s, t = student_hidden[real].float(), teacher_hidden[real].float()
+        parts["cos"] = F.cosine_embedding_loss(s, t, s.new_ones(s.shape[0]))
+        loss = loss + alpha_cos * parts["cos"]
+    parts["loss"] = loss
+    return parts
+
+
+@register_pretraining(
+    family="text",
+    title="POST distillation",
+    paper="Wang et al., ICML 2025 — POST: Privacy Of Soft-prompt Transfer",
+    code="sprintml/POST",
+    docs="methods/post.md",
+    recipes="post",
+    overlay="post_distillation",
+    example={"contract_backbone": "tiny-gpt2"},
+)
+class POSTDistillation(PromptModule):
+    """Distil a causal LM into a model of its first and last layers (POST's stage 1; see the module docstring).
+
+    Args:
+        backbone: the large (teacher) :class:`~lightning_prompts.backbones.HFText`, ``task="causal-lm"``; frozen.
+        keep_first, keep_last: the teacher's layers the student starts from (the first and the last few).
+        temperature: ``T`` of the distillation KL (2.0).
+        alpha_ce, alpha_clm, alpha_mse, alpha_cos: weights of the KL, next-token, logit-MSE and hidden-state
+            cosine terms (0.5, 0.5, 0, 0).
+        freeze_word_embeddings, freeze_position_embeddings, freeze_lm_head: keep these student parts as the
+            teacher's (the official ``--freeze_*`` flags; off by default). Where the output head shares the
+            word embeddings (GPT-2, Gemma), freezing either freezes both.
+        max_length: longest text in tokens (default: the teacher's limit); longer texts are cut.
+        student_path: the folder the student is written to at the end of ``fit`` (``None``: don't).
+        classnames: unused (distillation has no classes); accepted for the CLI link with a text data module.
+        **kwargs: see :class:`~lightning_prompts.methods.PromptModule` (``optimizer``, ``lr_scheduler``…).
+            Default optimizer: AdamW, lr 5e-4, ε 1e-6, betas (0.9, 0.98), no weight decay.
+    """
+
+    default_optimizer: ClassVar[dict[str, Any]] = {
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": 5e-4, "eps": 1e-6, "betas": [0.9, 0.98], "weight_decay": 0.0},
+    }
+    checkpoint_monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")
+
+    def __init__(
+        self,
+        backbone: HFText,
+        keep_first: int = 3,
+        keep_last: int = 3,
+        temperature: float = 2.0,
+        alpha_ce: float = 0.5,
+        alpha_clm: float = 0.5,
+        alpha_mse: float = 0.0,
+        alpha_cos: float = 0.0,
+        freeze_word_embeddings: bool = False,
+        freeze_position_embeddings: bool = False,
+        freeze_lm_head: bool = False,
+        max_length: int | None = None,
+        student_path: str | Path | None = "outputs/post/student",
+        classnames: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, None, **kwargs)
+        if not isinstance(self.backbone, HFText) or self.backbone.task != "causal-lm":
+            raise ConfigurationError("POST distils a causal language model: use HFText(task='causal-lm').")
+        if temperature <= 0 or min(alpha_ce, alpha_clm, alpha_mse, alpha_cos) < 0:
+            raise ValueError("temperature must be positive and every alpha at least 0.")
+        if alpha_ce + alpha_clm + alpha_mse + alpha_cos == 0:
+            raise ValueError("at least one loss weight (alpha_ce, alpha_clm, alpha_mse, alpha_cos) must be positive.")
+        teacher = self.backbone.model
+        total = len(transformer_layers(teacher))
+        self.student = keep_layers(copy.deepcopy(teacher), layers_to_keep(total, keep_first, keep_last))
+        self.student.requires_grad_(True)
+        frozen = []
+        if freeze_word_embeddings:
+            frozen.append(self.student.get_input_embeddings().weight)
+        if freeze_lm_head:
+            frozen += list(self.student.get_output_embeddings().parameters())
+        if freeze_position_embeddings:
+            positions = _position_embeddings(self.student)
+            if positions is None:
+                raise ConfigurationError(
+                    f"{self.backbone.name} has no learned position embeddings to freeze (rotary positions?)."
+                )
+            frozen.append(positions.weight)
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        self.student.train()
+        self.temperature, self.student_path = float(temperature), student_path
+        self.alphas = {"ce": alpha_ce, "clm": alpha_clm, "mse": alpha_mse, "cos": alpha_cos}
+        self.max_length = max_length
+
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        """Distillation reads texts only: no classes to agree on with the data, no evaluator; and it trains with
+        its own step, which loss-term callbacks cannot join."""
+        terms = self.loss_terms(list(callbacks))
+        if terms:
+            names = sorted(type(term).__name__ for term in terms)
+            raise ConfigurationError(f"POSTDistillation trains with its own loss; remove {', '.join(names)}.")
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"name": "student", "params": [p for p in self.student.parameters() if p.requires_grad]}]
+
+    # -- the loss ---------------------------------------------------------------------------------
+    def tokens(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """The teacher's tokens of ``texts`` (right-padded, cut at ``max_length``)."""
+        tokenizer = self.backbone.tokenizer
+        limit = self.max_length or self.backbone.max_length
+        encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+
+    def loss_parts(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """:func:`distillation_loss` of a batch of texts."""
+        input_ids, attention_mask = self.tokens(texts)
+        hidden = self.alphas["cos"] > 0
+        with torch.no_grad():
+            teacher = self.backbone.model(
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden
+            )
+        student = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+        return distillation_loss(
+            student.logits, teacher.logits, input_ids, attention_mask, self.temperature,
+            self.alphas["ce"], self.alphas["clm"], self.alphas["mse"], self.alphas["cos"],
+            student.hidden_states[-1] if hidden else None, teacher.hidden_states[-1] if hidden else None,
+        )  # fmt: skip
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        parts = self.loss_parts(batch[TEXT])
+        size = len(batch[TEXT])
+        for name, value in parts.items():
+            if name != "loss":
+                self.log(f"train/{name}", value, batch_size=size)
+        self.log("train/loss", parts["loss"], prog_bar=True, batch_size=size)
+        return parts["loss"]
+
+    def on_train_epoch_start(self) -> None:
+        self.student.train()  # as the official Distiller: dropout on in the student, whatever mode it was left in
+
+    def on_validation_epoch_start(self) -> None:
+        pass  # no classes to evaluate: validation measures the distillation loss
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        parts = self.loss_parts(batch[TEXT])
+        size = len(batch[TEXT])
+        self.log("val/loss", parts["loss"], prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("val/ce", parts["ce"], batch_size=size, sync_dist=True)
+        self.log("val/clm", parts["clm"], batch_size=size, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        pass
+
+    def on_test_epoch_start(self) -> None:
+        raise ConfigurationError(
+            "POSTDistillation has no test stage: tune a prompt on the student it writes (student_path)."
+        )
+
+    # -- the student ----------------------------------------------------------------------------
+    @rank_zero_only
+    def on_fit_end(self) -> None:
+        if self.student_path is not None:
+            rank_zero_info(f"POST distillation: wrote the student to {self.export_student(self.student_path)}.")
+
+    def export_student(self, directory: str | Path) -> Path:
+        """Write the student as a Hugging Face model folder (safetensors weights, config, tokenizer)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.student.save_pretrained(directory)
+        self.backbone.tokenizer.save_pretrained(directory)
+        return directory
+
+
+def _position_embeddings(model: nn.Module) -> nn.Embedding | None:
+    """A model's learned position embeddings (GPT-2 ``wpe``, BERT ``position_embeddings``), if it has them."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in ("wpe", "position_embeddings"):
+            return module
+    return None
