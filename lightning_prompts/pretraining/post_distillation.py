@@ -154,6 +154,7 @@ class POSTDistillation(PromptModule):
         teacher = self.backbone.model
         total = len(transformer_layers(teacher))
         self.student = keep_layers(copy.deepcopy(teacher), layers_to_keep(total, keep_first, keep_last))
+        _forget_file_quantization(self.student)
         self.student.requires_grad_(True)
         frozen = []
         if freeze_word_embeddings:
@@ -251,6 +252,21 @@ class POSTDistillation(PromptModule):
         self.student.save_pretrained(directory)
         self.backbone.tokenizer.save_pretrained(directory)
         return directory
+
+
+def _forget_file_quantization(model: nn.Module) -> None:
+    """Make a model loaded from a GGUF file say what it is: float weights. transformers dequantizes a GGUF file
+    when it loads it (Gemma-3-270M from the ``[gemma]`` extra), but the model keeps the file's quantizer, and
+    ``save_pretrained`` refuses to write a model with one; the student trains and is saved in floats."""
+    if getattr(model, "hf_quantizer", None) is None:
+        return
+    if any(not parameter.is_floating_point() for parameter in model.parameters()):
+        raise ConfigurationError("POST distillation needs a teacher with float weights, not a quantized one.")
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _position_embeddings(model: nn.Module) -> nn.Embedding | None:

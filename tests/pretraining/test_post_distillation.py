@@ -238,3 +238,21 @@ def test_the_stage_1_snippet_of_the_post_page_runs(tmp_path, monkeypatch):
     assert type(namespace["target"]).__name__ == "POST"
     assert namespace["student"].model.config.n_layer == 1
     assert namespace["target"].source is namespace["student"]
+
+
+def test_a_teacher_dequantized_from_a_gguf_file_gives_a_student_that_saves(tmp_path):
+    """transformers dequantizes a GGUF file (Gemma-3-270M of the [gemma] extra) but keeps its quantizer on the model,
+    and save_pretrained refuses such a model; the student forgets it and saves as the float model it is."""
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    backbone = teacher()
+    backbone.model.hf_quantizer = GgufHfQuantizer(GgufConfig())
+    backbone.model.config.quantization_config = GgufConfig()
+    with pytest.raises(ValueError, match="not serializable"):
+        backbone.model.save_pretrained(tmp_path / "teacher")
+    module = POSTDistillation(backbone, keep_first=1, keep_last=0, student_path=None)
+    module.export_student(tmp_path / "student")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert getattr(loaded.config, "quantization_config", None) is None
+    assert backbone.model.hf_quantizer is not None  # the teacher is left as it was
