@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of prompt tuning (source and direct)")
     parser.add_argument("--lr", type=float, default=0.01, help="prompt tuning AdamW lr (0.3 collapses here)")
     parser.add_argument("--post-epochs", type=int, default=3)
-    parser.add_argument("--control-seeds", type=int, nargs="*", default=[0], help="POST from an untrained prompt")
+    parser.add_argument("--control-seeds", type=int, nargs="*", default=[0, 1, 2], help="POST, untrained source")
     parser.add_argument("--post-lr", type=float, default=0.03, help="POST's Adam lr (official 1e-3 over 6,000 steps)")
     parser.add_argument("--distill-texts", type=int, default=800, help="debate statements distilled on, batch 8")
     parser.add_argument("--distill-lr", type=float, default=1e-4)
@@ -260,7 +260,9 @@ def report(rows: list[dict[str, Any]], out: Path) -> None:
         values = [r["accuracy"] for r in found]
         spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
         per_seed = ", ".join(f"{v:.3f}" for v in values) if "seed" in found[0] else "(no training)"
+        # the control's steps are POST's steps (the same computation from another source prompt)
         step = f"{statistics.median(r['step_s'] for r in found):.2f} s" if "step_s" in found[0] else ""
+        step = "" if name == CONTROL else step
         lines.append(f"| {name} | {statistics.mean(values):.3f}{spread} | {per_seed} | {step} |")
         shown.append((name, values))
     distilled = [r for r in rows if r["stage"] == "distillation"]
