@@ -37,6 +37,7 @@ import argparse
 import gc
 import json
 import statistics
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -274,11 +275,12 @@ def report(rows: list[dict[str, Any]], out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if shown:
-        figure, axis = plt.subplots(figsize=(7, 3.2))
+        figure, axis = plt.subplots(figsize=(7, 3.6))
         for position, (name, values) in enumerate(shown):
             axis.bar(position, statistics.mean(values), color="#9ab" if "zero-shot" in name else "#468")
             axis.scatter([position] * len(values), values, color="black", s=12, zorder=3)
-        axis.set_xticks(range(len(shown)), [name for name, _ in shown], fontsize=8)
+        labels = [textwrap.fill(name, 14) for name, _ in shown]
+        axis.set_xticks(range(len(shown)), labels, fontsize=8)
         axis.set_ylabel("validation accuracy")
         axis.set_ylim(0.4, 1.0)
         axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
