@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Trainer, seed_everything
+from text_testbed import StepTimer  # benchmarks/text_testbed.py (the script's folder is on the path)
 
 from lightning_prompts.backbones import HFText
 from lightning_prompts.data import TextClassificationDataModule
@@ -56,19 +57,6 @@ TEMPLATE = "Review: {text} Sentiment:"
 LABELS = {"labels": ["rotten", "fresh"], "classnames": ["negative", "positive"]}
 CONTROL = "POST from the untrained prompt"
 ROWS = ("zero-shot Gemma", "zero-shot student", "source (student)", "POST (Gemma)", CONTROL, "direct (Gemma)")
-
-
-class StepTimer(Callback):
-    """Wall time of each training step (forward, backward, optimizer)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._start)
 
 
 def trainer(epochs: int, **extra: Any) -> tuple[Trainer, StepTimer]:
