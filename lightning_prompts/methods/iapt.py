@@ -9,7 +9,11 @@ found no released code; what we decided, and ``tests/methods/test_iapt.py`` pins
 * layer 0's tokens come from the input's word embeddings and are prepended as the slot (``n`` positions
   at the front, ``n`` ones in the attention mask); before block ``l >= 1`` the slot is replaced by layer
   ``l``'s tokens, generated from the hidden states of the text's real tokens entering block ``l``;
-* generator ``l``: ``rational_l(W_down,l · attnpool_l(H_l) + b)``, then one up-projection shared by all
+  ``slot_update="add"`` adds them to the slot's own states instead, in units of their RMS — for pre-norm
+  decoders, where a replaced slot made the untrained model's features useless (Gemma-3-270M: see
+  :class:`~lightning_prompts.prompts.instance_prompts.InstancePromptHook`);
+* generator ``l``: ``rational_l(W_down,l · attnpool_l(H_l / rms(H_l)) + b)`` (each token divided by its RMS, so
+  the code has one scale whatever the model's residual scale), then one up-projection shared by all
   layers (``bottleneck → n · d``), zero-initialised with a small random bias, so at initialisation every
   layer gets the same learned base prompt whatever the input;
 * the rational activation is the "safe" Padé form ``P(x) / (1 + |Q(x)|)``, degrees 5 and 4, initialised to
@@ -21,14 +25,14 @@ The instruction is the whole templated input (for classification there is no res
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.methods.base import TextPromptModule
-from lightning_prompts.prompts.instance_prompts import InstancePromptGenerators, InstancePromptHook
+from lightning_prompts.prompts.instance_prompts import SLOT_UPDATES, InstancePromptGenerators, InstancePromptHook
 from lightning_prompts.registry import register_method
 
 
@@ -46,6 +50,8 @@ class IAPT(TextPromptModule):
         classnames: the classes, in label order (linked from the data module).
         num_virtual_tokens: ``n``, tokens per layer (IAPT: 4).
         bottleneck: the generators' bottleneck width.
+        slot_update: ``"replace"`` (the slot becomes layer ``l``'s tokens) or ``"add"`` (they are added to it,
+            in units of its RMS: use it on pre-norm decoders such as Gemma or LLaMA).
         label_words, text_template, truncate: see :class:`~lightning_prompts.methods.base.TextPromptModule`.
         seed: seed of the initialisation.
         **kwargs: see :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` (the generators)
@@ -63,6 +69,7 @@ class IAPT(TextPromptModule):
         classnames: Sequence[str] | None = None,
         num_virtual_tokens: int = 4,
         bottleneck: int = 16,
+        slot_update: Literal["replace", "add"] = "replace",
         label_words: Sequence[str] | None = None,
         text_template: str = "{text}",
         truncate: bool = False,
@@ -71,6 +78,9 @@ class IAPT(TextPromptModule):
     ) -> None:
         super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
         model: HFText = self.backbone
+        if slot_update not in SLOT_UPDATES:
+            raise ValueError(f"slot_update must be one of {SLOT_UPDATES}, not {slot_update!r}.")
+        self.slot_update = slot_update
         generator = torch.Generator().manual_seed(seed)
         self.generators = InstancePromptGenerators(
             model.num_layers, model.hidden_size, num_virtual_tokens, bottleneck, generator
@@ -86,5 +96,5 @@ class IAPT(TextPromptModule):
     def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
         embeds = self.backbone.word_embeddings(input_ids)
         first = self.generators(0, embeds, attention_mask)  # layer 0: from the word embeddings
-        hook = InstancePromptHook(self.generators, attention_mask)
+        hook = InstancePromptHook(self.generators, attention_mask, slot_update=self.slot_update)
         return self.backbone.forward_embeddings(first, input_ids, attention_mask, output_hidden_states, hooks=hook)

@@ -4,7 +4,13 @@ A layer's generator pools the hidden states of the input's real tokens (attentio
 query), passes the pooled vector through a bottleneck with a learnable rational activation, and emits
 ``n`` soft tokens for that layer. :class:`InstancePromptHook` puts them in a fixed slot of ``n`` positions
 at the front of the sequence: layer 0's from the word embeddings (the input the method prepends), layer
-``l``'s replace the slot's hidden states before block ``l`` (deep-prompt style).
+``l``'s before block ``l`` — replacing the slot's hidden states (deep-prompt style) or added to them in units
+of their RMS (``slot_update="add"``, for pre-norm decoders; see :class:`InstancePromptHook`).
+
+The generators read each token's hidden state divided by its RMS, so their codes have one scale on a post-LN
+encoder (about 1 per value) and on a pre-norm decoder whose residual stream grows to thousands (Gemma-3-270M:
+~1 at the embeddings, ~800 per value by the last layer); fed raw, the rational activation's quintic blew
+Gemma's generated tokens to 1e10 in two AdamW steps.
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ class RationalActivation(nn.Module):
         return p / q
 
 
+def rms_normalize(hidden: Tensor, eps: float = 1e-6) -> Tensor:
+    """Each vector divided by its root mean square (in float32; returned in the input's dtype)."""
+    x = hidden.float()
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(hidden.dtype)
+
+
 class AttentionPooling(nn.Module):
     """``Σ_t softmax_t(h_t · w / √d) h_t`` over the real tokens (mask 1)."""
 
@@ -47,7 +59,8 @@ class AttentionPooling(nn.Module):
 
 
 class LayerPromptGenerator(nn.Module):
-    """One layer's generator: pool → down-project → rational activation; the up-projection is shared."""
+    """One layer's generator: RMS-normalise → pool → down-project → rational activation; the up-projection is
+    shared."""
 
     def __init__(self, width: int, bottleneck: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -60,7 +73,7 @@ class LayerPromptGenerator(nn.Module):
         self.activation = RationalActivation()
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
-        return self.activation(self.down(self.pool(hidden, mask)))
+        return self.activation(self.down(self.pool(rms_normalize(hidden), mask)))
 
 
 class InstancePromptGenerators(nn.Module):
@@ -90,12 +103,28 @@ class InstancePromptGenerators(nn.Module):
         return self.up(code).view(hidden.shape[0], self.num_tokens, self.width)
 
 
-class InstancePromptHook(BlockHook):
-    """Replaces the slot's ``n`` positions (after ``offset`` leading positions) before every block ``l >= 1``
-    with the tokens layer ``l``'s generator makes from the hidden states of the text's real tokens."""
+SLOT_UPDATES = ("replace", "add")
 
-    def __init__(self, generators: InstancePromptGenerators, text_mask: Tensor, offset: int = 0) -> None:
-        self.generators, self.text_mask, self.offset = generators, text_mask, offset
+
+class InstancePromptHook(BlockHook):
+    """Before every block ``l >= 1``, updates the slot's ``n`` positions (after ``offset`` leading positions) with
+    the tokens ``T_l`` that layer ``l``'s generator makes from the hidden states of the text's real tokens:
+
+    * ``"replace"``: the slot becomes ``T_l`` (deep-prompt style);
+    * ``"add"``: the slot becomes ``S + rms(S) · T_l``, ``S`` its own hidden states carried from the block before.
+      On a pre-norm decoder the replaced slot is a vector the layer never saw (its norm rescales it to unit RMS,
+      so a small base prompt is a random direction), and every token reads it at every layer: on Gemma-3-270M a
+      linear probe of the untrained IAPT's features fell to chance (50 % against 79 % without the per-layer
+      slot). Added, the slot starts as the layer-0 prompt carried through the model (79 %), and ``T_l`` moves it
+      by a fraction of its own scale, whatever the layer's residual scale.
+    """
+
+    def __init__(
+        self, generators: InstancePromptGenerators, text_mask: Tensor, offset: int = 0, slot_update: str = "replace"
+    ) -> None:
+        if slot_update not in SLOT_UPDATES:
+            raise ValueError(f"slot_update must be one of {SLOT_UPDATES}, not {slot_update!r}.")
+        self.generators, self.text_mask, self.offset, self.slot_update = generators, text_mask, offset, slot_update
 
     def before_block(self, context: BlockContext, tokens: Tensor) -> Tensor:
         if context.index == 0 or context.index >= len(self.generators.layers):
@@ -103,4 +132,8 @@ class InstancePromptHook(BlockHook):
         start, n = self.offset, self.generators.num_tokens
         text = tokens[:, start + n :]
         fresh = self.generators(context.index, text, self.text_mask).to(tokens.dtype)
+        if self.slot_update == "add":
+            slot = tokens[:, start : start + n]
+            scale = slot.float().pow(2).mean(-1, keepdim=True).sqrt().to(tokens.dtype)
+            fresh = slot + scale * fresh
         return torch.cat([tokens[:, :start], fresh, text], dim=1)
