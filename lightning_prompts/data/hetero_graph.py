@@ -8,7 +8,7 @@ and ``val_shots`` validation nodes per class of the ``target`` type from its lab
 labelled nodes are the test set. Every batch is the whole graph with ``data[target].target_mask`` marking the
 split's nodes (transductive, as HetGPT trains). A node type without features (HGB's DBLP venues, …) gets one
 constant feature per node, so it is told apart by its links only. HGB's IMDB labels are multi-hot; a node's class
-is its first label.
+is its lowest-numbered label (the first 1 of its row).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class HeteroGraphDataModule(LightningDataModule):
     @property
     def labels(self) -> torch.Tensor:
         y = self.graph[self.target].y
-        return y.argmax(dim=-1) if y.dim() > 1 else y  # multi-hot (IMDB) read as its first label
+        return y.argmax(dim=-1) if y.dim() > 1 else y  # multi-hot (IMDB): the first 1 of the row, its lowest-numbered label
 
     @property
     def classnames(self) -> list[str]:

@@ -4,12 +4,14 @@ HGB's raw format through PyG, and a fit on the heterogeneous SBM."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import docs_python
 from lightning.pytorch import Trainer
+from torch_geometric.datasets import HGBDataset
 
 from lightning_prompts.backbones.hetero_gnn import HeteroGNN, save_hetero_gnn
 from lightning_prompts.data.hetero_graph import HeteroGraphDataModule, HeteroSBM
@@ -17,6 +19,7 @@ from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.hetgpt import HetGPT, metapath_edges
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.hetero import HeteroFeaturePrompt, NeighbourAttention, SemanticAttention
+from lightning_prompts.recipes import merged_section
 
 SCHEMA = {"in_channels": {"paper": 16, "author": 16, "subject": 16},
           "edge_types": [["paper", "to", "author"], ["author", "to", "paper"], ["paper", "to", "subject"],
@@ -186,8 +189,6 @@ def test_contrastive_pretraining_writes_an_encoder_hetgpt_loads(tmp_path):
 
 
 def test_the_docs_use_snippet_builds_the_method():
-    from pathlib import Path
-
     page = Path(__file__).resolve().parents[2] / "docs" / "methods" / "hetgpt.md"
     namespace: dict = {}
     exec(docs_python(page)[0], namespace)
@@ -196,3 +197,51 @@ def test_the_docs_use_snippet_builds_the_method():
     data.setup("fit")
     with torch.no_grad():
         assert model.eval()(data.val_dataloader().dataset[0]).logits.shape == (15, 3)
+
+
+# HGB's link meanings as its preprocessing writes info.dat (THUDM/HGB, NC/benchmark/raw/preprocess.py): PyG names a
+# relation after the text that follows the '-', or 'to' when that text is the destination type, so IMDB's misspelt
+# "movie->actorh" becomes the relation '>actorh'
+HGB_LINK_MEANINGS = {
+    "acm": [("paper", "paper", "paper-cite-paper"), ("paper", "paper", "paper-ref-paper"),
+            ("paper", "author", "paper-author"), ("author", "paper", "author-paper"),
+            ("paper", "subject", "paper-subject"), ("subject", "paper", "subject-paper"),
+            ("paper", "term", "paper-term"), ("term", "paper", "term-paper")],
+    "dblp": [("author", "paper", "author-paper"), ("paper", "term", "paper-term"), ("paper", "venue", "paper-venue"),
+             ("paper", "author", "paper-author"), ("term", "paper", "term-paper"), ("venue", "paper", "venue-paper")],
+    "imdb": [("movie", "director", "movie->director"), ("director", "movie", "director->movie"),
+             ("movie", "actor", "movie->actorh"), ("actor", "movie", "actor->movie"),
+             ("movie", "keyword", "movie->keyword"), ("keyword", "movie", "keyword->movie")],
+}  # fmt: skip
+
+
+def write_hgb_schema(root, name: str) -> None:
+    """A two-node-per-type HGB folder with the real link meanings: what PyG's naming makes of the real files."""
+    links = HGB_LINK_MEANINGS[name]
+    types = list(dict.fromkeys(t for src, dst, _ in links for t in (src, dst)))
+    raw = root / name / "raw" / name.upper()
+    raw.mkdir(parents=True)
+    info = {"node.dat": {"node type": {str(i): t for i, t in enumerate(types)}},
+            "link.dat": {"link type": {str(k): {"start": str(types.index(s)), "end": str(types.index(d)), "meaning": m}
+                                       for k, (s, d, m) in enumerate(links)}},
+            "label.dat": {"node type": {"0": {"0": "a", "1": "b"}}}}  # fmt: skip
+    (raw / "info.dat").write_text(json.dumps(info))
+    (raw / "node.dat").write_text("".join(f"{2 * i + j}\tn\t{i}\t1.0,0.0\n" for i in range(len(types)) for j in (0, 1)))
+    edges = [f"{2 * types.index(s) + j}\t{2 * types.index(d) + j}\t{k}\t1.0\n" for k, (s, d, _) in enumerate(links)
+             for j in (0, 1)]  # fmt: skip
+    (raw / "link.dat").write_text("".join(edges))
+    (raw / "label.dat").write_text("0\tn\t0\t0\n1\tn\t0\t1\n")
+    (raw / "label.dat.test").write_text("")
+
+
+@pytest.mark.parametrize("name", ["acm", "dblp", "imdb"])
+def test_the_hgb_recipes_name_the_edge_types_pyg_makes_of_the_real_files(tmp_path, name):
+    write_hgb_schema(tmp_path, name)
+    made = set(HGBDataset(str(tmp_path), name)[0].edge_types)
+    recipes = Path(__file__).resolve().parents[2] / "recipes" / "hetgpt"
+    model = merged_section(recipes / f"_{name}.yaml", "model")["init_args"]
+    assert {tuple(edge) for edge in model["backbone"]["init_args"]["edge_types"]} <= made
+    if name == "imdb":
+        assert ("movie", ">actorh", "actor") in made
+        metapaths = merged_section(recipes / "imdb_5shot.yaml", "model")["init_args"]["metapaths"]
+        assert {tuple(edge) for path in metapaths for edge in path} <= made
