@@ -14,7 +14,11 @@ what we decided, and ``tests/methods/test_ept.py`` pins:
 * **initialisation**: ``B = 0`` (DePT's) makes ``A B = 0``, so the fusion adds nothing, and ``V_k = 0``, so
   the projection adds nothing: at initialisation EPT *is* DePT, which *is* prompt tuning.
 
-The prompt, ``U``, ``V`` and the gate train at the prompt's learning rate; ``A`` and ``B`` at ``offset_lr``.
+The prompt trains at the prompt's learning rate, ``A`` and ``B`` at ``offset_lr``, and ``U``, ``V`` and the gate
+at ``projection_lr`` (default: ``offset_lr``, the rate DePT gives its low-rank matrices). At the prompt's 0.3 the
+product ``U V`` grew quadratically — the enriched prompt's norm rose 40-fold in five steps on a tiny BERT — which
+MiniLM's embedding LayerNorm absorbed and Gemma-3-270M, whose prompt enters the residual stream raw, did not
+(EPT stayed at chance there).
 At equal budget the extra ``K · r_p · 2d + d·K + K`` parameters come out of the prompt's length
 (``budget_tokens`` accounts for them).
 """
@@ -85,6 +89,7 @@ class EPT(DePT):
         backbone, classnames: see :class:`~lightning_prompts.methods.DePT`.
         spaces: ``K``, the projection subspaces.
         space_rank: ``r_p``, the rank of each projection.
+        projection_lr: learning rate of ``U``, ``V`` and the gate (group ``"projection"``); ``None``: ``offset_lr``.
         **kwargs: :class:`~lightning_prompts.methods.DePT`'s arguments (``num_virtual_tokens``, ``rank``,
             ``max_length``, ``budget_tokens``, ``offset_lr``, …).
     """
@@ -95,6 +100,7 @@ class EPT(DePT):
         classnames: Sequence[str] | None = None,
         spaces: int = 4,
         space_rank: int = 8,
+        projection_lr: float | None = None,
         budget_tokens: int | None = None,
         seed: int = 0,
         **kwargs: Any,
@@ -111,6 +117,7 @@ class EPT(DePT):
         )  # fmt: skip
         generator = torch.Generator().manual_seed(seed + 1)
         self.projection = GatedMultiSpaceProjection(self.backbone.hidden_size, spaces, space_rank, generator)
+        self.projection_lr = self.offset_lr if projection_lr is None else projection_lr
 
     def enriched_prompt(self) -> Tensor:
         """``P̃``: the short prompt fused with the offset's knowledge, then projected (see the module docstring)."""
@@ -119,6 +126,13 @@ class EPT(DePT):
 
     def prompt_parameters(self) -> list[nn.Parameter]:
         return [self.prompt.embedding, *self.projection.parameters()]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        groups = super().param_groups()  # DePT's: prompt (with the projection), offset, head
+        projection = list(self.projection.parameters())
+        own = {id(p) for p in projection}
+        prompt = {**groups[0], "params": [p for p in groups[0]["params"] if id(p) not in own]}
+        return [prompt, groups[1], {"name": "projection", "params": projection, "lr": self.projection_lr}, *groups[2:]]
 
     def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
         return self.backbone.forward_embeddings(

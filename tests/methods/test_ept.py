@@ -49,13 +49,17 @@ def test_at_initialisation_ept_is_dept_then_the_enriched_prompt_enters():
         assert not torch.allclose(enriched, ept.prompt.embedding)
 
 
-def test_budget_counts_the_projection_and_groups_train_it_with_the_prompt():
+def test_budget_counts_the_projection_and_groups_train_it_at_its_own_rate():
     ept = EPT(HFText("tiny-bert"), ["neg", "pos"], budget_tokens=30, rank=2, max_length=64, spaces=2, space_rank=2)
     counted = sum(p.numel() for p in [*ept.prompt.parameters(), *ept.offset.parameters(), *ept.projection.parameters()])
     assert counted <= 30 * 32
     groups = {group["name"]: group for group in ept.param_groups()}
-    assert {id(p) for p in ept.projection.parameters()} <= {id(p) for p in groups["prompt"]["params"]}
+    assert [p is ept.prompt.embedding for p in groups["prompt"]["params"]] == [True]
+    assert {id(p) for p in groups["projection"]["params"]} == {id(p) for p in ept.projection.parameters()}
+    assert groups["projection"]["lr"] == groups["offset"]["lr"] == ept.offset_lr  # the low-rank matrices' rate
     assert {id(p) for p in groups["offset"]["params"]} == {id(ept.offset.A), id(ept.offset.B)}
+    mine = EPT(HFText("tiny-bert"), ["neg", "pos"], rank=2, max_length=64, spaces=2, space_rank=2, projection_lr=1e-3)
+    assert {g["name"]: g.get("lr") for g in mine.param_groups()}["projection"] == 1e-3
     loss = ept(**ept.tokenize(TEXTS)).logits.sum()
     loss.backward()
     assert ept.prompt.embedding.grad.abs().sum() > 0 and ept.projection.gate.weight.grad is not None
