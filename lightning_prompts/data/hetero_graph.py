@@ -129,7 +129,7 @@ class HeteroGraphDataModule(LightningDataModule):
     @property
     def labels(self) -> torch.Tensor:
         y = self.graph[self.target].y
-        return y.argmax(dim=-1) if y.dim() > 1 else y  # multi-hot (IMDB): the first 1 of the row, its lowest-numbered label
+        return y.argmax(dim=-1) if y.dim() > 1 else y  # multi-hot (IMDB): its lowest-numbered label
 
     @property
     def classnames(self) -> list[str]:
