@@ -16,7 +16,7 @@ what we decided, and ``tests/methods/test_ept.py`` pins:
 
 The prompt trains at the prompt's learning rate, ``A`` and ``B`` at ``offset_lr``, and ``U``, ``V`` and the gate
 at ``projection_lr`` (default: ``offset_lr``, the rate DePT gives its low-rank matrices). At the prompt's 0.3 the
-product ``U V`` grew quadratically — the enriched prompt's norm rose 40-fold in five steps on a tiny BERT — which
+product ``U V`` grew quadratically — the enriched prompt's norm rose nearly 40-fold in five steps on a tiny BERT — which
 MiniLM's embedding LayerNorm absorbed and Gemma-3-270M, whose prompt enters the residual stream raw, did not
 (EPT stayed at chance there).
 At equal budget the extra ``K · r_p · 2d + d·K + K`` parameters come out of the prompt's length

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.methods.base import TextPromptModule
-from lightning_prompts.prompts.instance_prompts import SLOT_UPDATES, InstancePromptGenerators, InstancePromptHook
+from lightning_prompts.prompts.instance_prompts import InstancePromptGenerators, InstancePromptHook, check_slot_update
 from lightning_prompts.registry import register_method
 
 
@@ -78,9 +78,7 @@ class IAPT(TextPromptModule):
     ) -> None:
         super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
         model: HFText = self.backbone
-        if slot_update not in SLOT_UPDATES:
-            raise ValueError(f"slot_update must be one of {SLOT_UPDATES}, not {slot_update!r}.")
-        self.slot_update = slot_update
+        self.slot_update = check_slot_update(slot_update)  # before the Trainer starts
         generator = torch.Generator().manual_seed(seed)
         self.generators = InstancePromptGenerators(
             model.num_layers, model.hidden_size, num_virtual_tokens, bottleneck, generator

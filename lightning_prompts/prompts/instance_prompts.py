@@ -106,6 +106,12 @@ class InstancePromptGenerators(nn.Module):
 SLOT_UPDATES = ("replace", "add")
 
 
+def check_slot_update(slot_update: str) -> str:
+    if slot_update not in SLOT_UPDATES:
+        raise ValueError(f"slot_update must be one of {SLOT_UPDATES}, not {slot_update!r}.")
+    return slot_update
+
+
 class InstancePromptHook(BlockHook):
     """Before every block ``l >= 1``, updates the slot's ``n`` positions (after ``offset`` leading positions) with
     the tokens ``T_l`` that layer ``l``'s generator makes from the hidden states of the text's real tokens:
@@ -122,9 +128,8 @@ class InstancePromptHook(BlockHook):
     def __init__(
         self, generators: InstancePromptGenerators, text_mask: Tensor, offset: int = 0, slot_update: str = "replace"
     ) -> None:
-        if slot_update not in SLOT_UPDATES:
-            raise ValueError(f"slot_update must be one of {SLOT_UPDATES}, not {slot_update!r}.")
-        self.generators, self.text_mask, self.offset, self.slot_update = generators, text_mask, offset, slot_update
+        self.generators, self.text_mask, self.offset = generators, text_mask, offset
+        self.slot_update = check_slot_update(slot_update)
 
     def before_block(self, context: BlockContext, tokens: Tensor) -> Tensor:
         if context.index == 0 or context.index >= len(self.generators.layers):
