@@ -21,7 +21,6 @@ Each trained prompt is then scored on the held-out reviews under the anchor, eac
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer, seed_everything
-from text_testbed import RECIPES, load_backbone, release_memory, task_data  # benchmarks/ is on the path
+from text_testbed import RECIPES, load_backbone, recipe_method, release_memory, task_data  # benchmarks/ is on the path
 
 from lightning_prompts import registry
 from lightning_prompts.callbacks.instruction_consistency import instruction_template, read_paraphrases
@@ -44,13 +43,6 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "+ consistency (KL + CE)": {},
     "+ consistency (KL only)": {"ce_weight": 0.0},
 }
-
-
-def build_method(backbone, classnames: list[str]):
-    section = merged_section(RECIPE, "model")
-    cls = registry.resolve_class(section["class_path"], "method")
-    kwargs = {key: value for key, value in section["init_args"].items() if key != "backbone"}
-    return cls(backbone, classnames, **kwargs)
 
 
 def build_callbacks(change: dict[str, Any] | None) -> list[Any]:
@@ -77,7 +69,7 @@ def accuracy(method, texts: list[str], labels: list[int], template: str, batch_s
 def run(variant: str, seed: int, backbone) -> dict[str, Any]:
     seed_everything(seed, verbose=False)
     data = TextClassificationDataModule(**{**task_data()["sentiment"], "seed": seed})
-    method = build_method(backbone, data.classnames)
+    method = recipe_method(RECIPE, backbone, data.classnames)()
     trainer = Trainer(
         max_epochs=int(merged_section(RECIPE, "trainer")["max_epochs"]), accelerator="cpu", devices=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -143,7 +135,7 @@ def main() -> None:
         for variant in VARIANTS:
             if any(r["variant"] == variant and r["seed"] == seed for r in rows):
                 continue  # resumable: finished runs are kept
-            row = run(variant, seed, copy.deepcopy(backbone))
+            row = run(variant, seed, backbone)
             release_memory()
             rows.append(row)
             results.write_text(json.dumps(rows, indent=1))

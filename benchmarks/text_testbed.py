@@ -109,13 +109,17 @@ def load_backbone(model: str) -> HFText:
 def methods(model: str, backbone: HFText, classnames: list[str]) -> dict[str, Any]:
     """Builders of each row's method from its recipe, on copies of the one loaded backbone (Gemma takes
     minutes to load, so the recipe's own backbone is not instantiated per run)."""
-    builders = {}
-    for name, file in METHODS.items():
-        section = merged_section(RECIPES / ("minilm" if model == "tiny-bert" else model) / f"{file}.yaml", "model")
-        cls = registry.resolve_class(section["class_path"], "method")
-        kwargs = {key: value for key, value in section["init_args"].items() if key != "backbone"}
-        builders[name] = lambda cls=cls, kwargs=kwargs: cls(shared_copy(backbone), classnames, **kwargs)
-    return builders
+    folder = RECIPES / ("minilm" if model == "tiny-bert" else model)
+    return {name: recipe_method(folder / f"{file}.yaml", backbone, classnames) for name, file in METHODS.items()}
+
+
+def recipe_method(recipe: Path, backbone: HFText, classnames: list[str]):
+    """A builder of the recipe's method on a :func:`shared_copy` of ``backbone`` (the recipe's own backbone is
+    not instantiated)."""
+    section = merged_section(recipe, "model")
+    cls = registry.resolve_class(section["class_path"], "method")
+    kwargs = {key: value for key, value in section["init_args"].items() if key != "backbone"}
+    return lambda: cls(shared_copy(backbone), classnames, **kwargs)
 
 
 def shared_copy(backbone: HFText) -> HFText:

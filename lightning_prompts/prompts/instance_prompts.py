@@ -39,10 +39,15 @@ class RationalActivation(nn.Module):
         return p / q
 
 
+def rms(hidden: Tensor, eps: float = 0.0) -> Tensor:
+    """``√(mean(h²) + eps)`` of each vector, kept as a trailing dimension (in float32; the input's dtype)."""
+    return hidden.float().pow(2).mean(-1, keepdim=True).add(eps).sqrt().to(hidden.dtype)
+
+
 def rms_normalize(hidden: Tensor, eps: float = 1e-6) -> Tensor:
     """Each vector divided by its root mean square (in float32; returned in the input's dtype)."""
     x = hidden.float()
-    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(hidden.dtype)
+    return (x / rms(x, eps)).to(hidden.dtype)
 
 
 class AttentionPooling(nn.Module):
@@ -139,6 +144,5 @@ class InstancePromptHook(BlockHook):
         fresh = self.generators(context.index, text, self.text_mask).to(tokens.dtype)
         if self.slot_update == "add":
             slot = tokens[:, start : start + n]
-            scale = slot.float().pow(2).mean(-1, keepdim=True).sqrt().to(tokens.dtype)
-            fresh = slot + scale * fresh
+            fresh = slot + rms(slot) * fresh
         return torch.cat([tokens[:, :start], fresh, text], dim=1)
