@@ -229,6 +229,10 @@ def quiet_step_times(model: str, task: str, backbone: HFText, rounds: int = 5) -
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def report(
     rows: list[dict[str, Any]], out: Path, timing: dict[str, dict[str, float]] | None = None, model: str = "MiniLM-L6"
 ) -> None:
@@ -247,19 +251,21 @@ def report(
     for axis, task in zip(axes[0], tasks):
         base = [r for r in rows if r["task"] == task and r["method"] == "PromptTuning"]
         quiet = (timing or {}).get(task)
-        base_ms = quiet["PromptTuning"] if quiet else statistics.median(r["step_ms"] for r in base)
-        base_mib = statistics.mean(r["activations_mib"] for r in base)
+        # a --methods subset run into a fresh folder has no PromptTuning row to divide by: ratios print as "–"
+        base_ms = quiet["PromptTuning"] if quiet else statistics.median(r["step_ms"] for r in base) if base else None
+        base_mib = statistics.mean(r["activations_mib"] for r in base) if base else None
         means, sds = [], []
         for name in names:
             runs = [r for r in rows if r["task"] == task and r["method"] == name]
             accuracies = [r["accuracy"] for r in runs]
             mean, sd = statistics.mean(accuracies), statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
             means.append(mean), sds.append(sd)
-            ms = (quiet[name] if quiet else statistics.median(r["step_ms"] for r in runs)) / base_ms
-            mib = statistics.mean(r["activations_mib"] for r in runs) / base_mib
+            step_ms = quiet[name] if quiet else statistics.median(r["step_ms"] for r in runs)
+            ms = step_ms / base_ms if base_ms else None
+            mib = statistics.mean(r["activations_mib"] for r in runs) / base_mib if base_mib else None
             lines.append(
                 f"| {task} | {name} | {100 * mean:.1f} ± {100 * sd:.1f} | {runs[0]['prompt_parameters']:,} | "
-                f"{ms:.2f} | {mib:.2f} |"
+                f"{_ratio(ms)} | {_ratio(mib)} |"
             )
         axis.bar(names, [100 * m for m in means], yerr=[100 * s for s in sds], color="#4c72b0", capsize=4)
         axis.set_title(f"{task} ({model})")
