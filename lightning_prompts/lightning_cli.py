@@ -132,7 +132,8 @@ class PromptsCLI(LightningCLI):
             check(stage, self.trainer.callbacks, self.datamodule)
         trained = getattr(self, "_checkpoint_classes", None)
         mine = getattr(self.model, "classnames_for_training", None)
-        if trained and mine is not None and list(trained) != list(mine):
+        accepts = getattr(self.model, "accepts_trained_classes", None)
+        if trained and mine is not None and not (accepts(trained) if callable(accepts) else list(trained) == mine):
             raise ConfigurationError(
                 f"--ckpt_path {self._checkpoint_path} was trained on classes {_names(trained)} but this config's data "
                 f"module provides {_names(mine)}; run with the config it was trained with."
@@ -168,9 +169,9 @@ class PromptsCLI(LightningCLI):
         self._checkpoint_path, self._checkpoint_classes = ckpt_path, stored.get("classnames")
         dump = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="json")
         model = json.loads(dump)[self.config.subcommand].get("model") or {}
-        differences = compare_hparams(stored, model.get("init_args") or {})
         method = (checkpoint.get("lightning_prompts") or {}).get("method")
         configured = str(model.get("class_path", "")).rpartition(".")[2]
+        differences = compare_hparams(stored, model.get("init_args") or {}, test_time_hparams(configured))
         if method and configured and method != configured:
             differences.insert(0, f"method: checkpoint {method}, config {configured}")
         if differences:
@@ -188,11 +189,25 @@ _IGNORED = frozenset(
 )
 
 
-def compare_hparams(stored: dict[str, Any], configured: dict[str, Any]) -> list[str]:
-    """``"key: checkpoint X, config Y"`` for every model argument both name with different values."""
+def test_time_hparams(method: str) -> frozenset[str]:
+    """The registered method's arguments that may differ between training and evaluation (none for a class
+    that is not registered: every argument is compared)."""
+    from lightning_prompts import registry
+
+    try:
+        return registry.resolve_class(method, "method").test_time_hparams
+    except Exception:  # noqa: BLE001 - an unknown class is reported by the method comparison, not here
+        return frozenset()
+
+
+def compare_hparams(
+    stored: dict[str, Any], configured: dict[str, Any], ignored: frozenset[str] = frozenset()
+) -> list[str]:
+    """``"key: checkpoint X, config Y"`` for every model argument both name with different values, except the
+    ``ignored`` ones and those any method may change (optimizer, evaluator…)."""
     differences = []
     for key in sorted(set(stored) & set(configured)):
-        if key in _IGNORED or key.startswith("_"):
+        if key in _IGNORED or key in ignored or key.startswith("_"):
             continue
         differences += _differences(key, _normalise(stored[key]), _normalise(configured[key]))
     return differences

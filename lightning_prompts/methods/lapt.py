@@ -96,6 +96,11 @@ class LAPT(CoOp):
         "class_path": "torch.optim.SGD",
         "init_args": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-5, "nesterov": True},
     }
+    #: the test scores more negative labels in more groups than training (10,000 in 100 against 1,000); the
+    #: contexts do not depend on them, and the templates and mixing only shape training
+    test_time_hparams: ClassVar[frozenset[str]] = frozenset(
+        {"negative_labels", "negative_groups", "templates", "cross_distribution"}
+    )
 
     def __init__(
         self,
@@ -140,6 +145,11 @@ class LAPT(CoOp):
         """Every label the logits cover, in column order: the classes, then the other negative labels."""
         present = set(self.classnames)
         return list(self.classnames) + [name for name in self._negatives if name not in present]
+
+    def accepts_trained_classes(self, trained: Sequence[str]) -> bool:
+        """A checkpoint trained on ID classes and negative labels serves a test on those ID classes (any order:
+        the contexts are shared, the names' rows are rebuilt)."""
+        return set(self.classnames_for_training) <= set(trained)
 
     def rebuild_class_prompts(self, classnames: Sequence[str]) -> None:
         names = self.id_names(classnames)

@@ -137,3 +137,41 @@ def test_lapt_recipes_preprocess_as_openood_with_lapts_bilinear():
     for recipe in ("imagenet_train.yaml", "imagenet_train_cross_distribution.yaml", "ood_imagenet.yaml"):
         data = merged_section(recipes / recipe, "data")["init_args"]
         assert (data["augmentation"], data["normalization"]) == ("openood", "clip"), recipe
+
+
+def test_the_cli_tests_a_checkpoint_with_the_id_classes_and_other_negative_labels(tmp_path):
+    """The documented two stages (fit on ID + negative-label folders, then test on the ID classes against more
+    negative labels in more groups) through the command: the test stage used to refuse the checkpoint as
+    another model (other negative_labels, negative_groups) trained on other classes (the negatives' folders)."""
+    from pathlib import Path
+
+    from lightning_prompts.cli import run_cli
+    from lightning_prompts.data.synthetic import write_image, write_unlabelled_images
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    for label, name in enumerate(["cat", "dog", "teapot", "volcano"]):  # ID classes, then two negative labels
+        for index in range(2):
+            write_image(tmp_path / "fit" / "train" / name / f"{index}.jpg", label, index, 32, 0)
+            if name in ("cat", "dog"):
+                write_image(tmp_path / "test" / "test" / name / f"{index}.jpg", label, 10 + index, 32, 0)
+                write_image(tmp_path / "test" / "train" / name / f"{index}.jpg", label, index, 32, 0)
+    write_unlabelled_images(tmp_path / "ood", 4, 32, 0)
+    common = ["--config", str(recipes / "lapt" / "imagenet_train.yaml"),
+              "--config", str(recipes / "_tiny" / "lapt.yaml"), "--trainer.fast_dev_run", "false",
+              "--trainer.default_root_dir", str(tmp_path / "run"),
+              "--data.init_args.synthetic", "null"]  # fmt: skip
+    fit = run_cli(["fit", *common, "--data.init_args.root", str(tmp_path / "fit"), "--trainer.max_epochs", "1",
+                   "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing", "true"])  # fmt: skip
+    assert fit.model.classnames == ["cat", "dog", "teapot", "volcano"]
+    trained_context = fit.model.negative_prompt.ctx.detach().clone()
+    more = "[teapot, volcano, violin, glacier, anvil, harbor]"
+    test = run_cli(["test", *common, "--data.init_args.root", str(tmp_path / "test"), "--ckpt_path", "last",
+                    "--model.init_args.negative_labels", more, "--model.init_args.negative_groups", "3",
+                    "--data.init_args.ood_sets", f"{{far: {tmp_path / 'ood'}}}"])  # fmt: skip
+    assert test.model.classnames == ["cat", "dog"] and len(test.model.scored_labels()) == 8
+    assert torch.equal(test.model.negative_prompt.ctx, trained_context)  # the trained context, not a new one
+    assert "test/auroc_far" in test.trainer.callback_metrics
+
+    with pytest.raises(ConfigurationError, match="n_ctx: checkpoint 2, config 3"):  # another model: still refused
+        run_cli(["test", *common, "--data.init_args.root", str(tmp_path / "test"), "--ckpt_path", "last",
+                 "--model.init_args.n_ctx", "3"])  # fmt: skip

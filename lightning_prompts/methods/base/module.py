@@ -97,6 +97,9 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
     supports_new_classes: ClassVar[bool] = False
     #: The metric and mode the command's default ``best.ckpt`` is chosen by.
     checkpoint_monitor: ClassVar[tuple[str, str]] = ("val/acc", "max")
+    #: Arguments that only shape training, or that a test may set anew (more negative labels to score), so a
+    #: checkpoint is evaluated under other values of them without the CLI refusing it as another model.
+    test_time_hparams: ClassVar[frozenset[str]] = frozenset()
     #: Optimizer used when none is configured (the method's official default).
     default_optimizer: ClassVar[dict[str, Any]] = {
         "class_path": "torch.optim.SGD",
@@ -330,6 +333,11 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
     def classnames_for_training(self) -> list[str]:
         """The classes the method was configured (and trained) with."""
         return list(self.hparams.get("classnames") or self.classnames)
+
+    def accepts_trained_classes(self, trained: Sequence[str]) -> bool:
+        """Whether a checkpoint trained on the classes ``trained`` can be evaluated with this module's classes:
+        the same classes in the same order (a classifier's rows are its classes)."""
+        return list(trained) == self.classnames_for_training
 
     # ------------------------------------------------------------------------------------------
     # Steps
