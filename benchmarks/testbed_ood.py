@@ -5,19 +5,23 @@ For each method recipe (``recipes/testbed/ood_<method>.yaml``) and seed, runs ``
 train) and ``test`` through the command, each run in ``<workdir>/<method>/seed<k>/``; then reads every
 run's logged test metrics (``metrics.csv``) and writes a Markdown table (mean ± std over seeds of ID
 accuracy and of FPR95/AUROC per OOD set, MCM's convention), a chart of AUROC per set and method, and
-seed 1's score histograms. Methods that train nothing (zero-shot MCM, NegLabel) do not depend on the
+seed 1's score histograms; every run's test metrics go to ``ood_runs.json`` there, from which a method whose run
+folders are gone is still reported. Methods that train nothing (zero-shot MCM, NegLabel) do not depend on the
 few-shot seed and run once.
 
     python -m lightning_prompts.testbed prepare --root data/testbed && python -m lightning_prompts.testbed prepare-ood
     python benchmarks/testbed_ood.py [--methods zeroshot neglabel coop] [--seeds 1 2 3] [--workdir outputs/testbed_ood]
     python benchmarks/testbed_ood.py --methods --report zeroshot neglabel coop    # tables from earlier runs
     python benchmarks/testbed_ood.py --methods local_prompt --report zeroshot neglabel coop local_prompt
+    python -m lightning_prompts.testbed prepare-lapt   # LAPT's folders, then:
+    python benchmarks/testbed_ood.py --methods lapt --report zeroshot neglabel coop local_prompt lapt
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -30,8 +34,11 @@ TITLES = {
     "neglabel": "NegLabel",
     "coop": "CoOp + MCM",
     "local_prompt": "Local-Prompt + R-MCM",
+    "lapt": "LAPT",
 }
 UNTRAINED = {"zeroshot", "neglabel"}
+#: methods whose training recipe is not their test recipe (LAPT trains on ID + negative-label folders)
+TRAIN_RECIPES = {"lapt": "ood_lapt_train.yaml"}
 
 
 def run(method: str, seed: int, workdir: Path) -> None:
@@ -41,7 +48,8 @@ def run(method: str, seed: int, workdir: Path) -> None:
     common = ["--config", str(RECIPES / f"ood_{method}.yaml"), "--seed_everything", str(seed)]
     common += ["--data.init_args.seed", str(seed), "--trainer.default_root_dir", str(folder)]
     if method not in UNTRAINED:
-        run_cli(["fit", *common])
+        train = ["--config", str(RECIPES / TRAIN_RECIPES[method])] + common[2:] if method in TRAIN_RECIPES else common
+        run_cli(["fit", *train])
         common += ["--ckpt_path", "last"]
     run_cli(["test", *common])
 
@@ -65,12 +73,20 @@ def mean_std(values: list[float]) -> str:
 
 
 def report(methods: list[str], workdir: Path, out: Path) -> None:
+    """The table, chart and histograms of ``methods``; each run's test metrics are kept in ``ood_runs.json``
+    beside them, and a method whose run folders are gone is reported from there."""
+    kept = out / "ood_runs.json"
+    stored: dict[str, list[dict[str, float]]] = json.loads(kept.read_text()) if kept.exists() else {}
     results: dict[str, list[dict[str, float]]] = {}
     for method in methods:
         runs = sorted((workdir / method).glob("seed*"))
+        if not runs and method in stored:
+            results[method] = stored[method]
+            continue
         results[method] = [test_metrics(folder)[0] for folder in runs]
         first = test_metrics(runs[0])[1] / "ood_scores.png"
         shutil.copyfile(first, out / f"ood_histogram_{method}.png")
+    kept.write_text(json.dumps({**stored, **results}, indent=1) + "\n")
     header = "| method | seeds | ID acc | " + " | ".join(f"{s} FPR95 ↓ | {s} AUROC ↑" for s in SETS)
     header += " | mean FPR95 ↓ | mean AUROC ↑ |"
     lines = [header, "|" + "---|" * (5 + 2 * len(SETS))]

@@ -5,6 +5,7 @@
     python -m lightning_prompts.testbed prepare --root data/testbed [--source /usr/share/datasets/fashion-mnist]
     python -m lightning_prompts.testbed prepare-ood --root data/testbed
     python -m lightning_prompts.testbed prepare-digits --root data/testbed
+    python -m lightning_prompts.testbed prepare-lapt --root data/testbed
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     digits.add_argument("--val-per-class", type=int, default=20)
     digits.add_argument("--test-per-class", type=int, default=50)
     digits.add_argument("--seed", type=int, default=0)
+    lapt = commands.add_parser(
+        "prepare-lapt", help="write LAPT's training folders: ID classes and negative labels with retrieved crops"
+    )
+    lapt.add_argument("--root", default="data/testbed")
+    lapt.add_argument("--negative-labels", type=int, default=25, help="the first N of NegLabel's 500 mined labels")
+    lapt.add_argument("--per-label", type=int, default=16, help="retrieved crops per negative label")
+    lapt.add_argument("--crops-per-photo", type=int, default=64)
+    lapt.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     if args.command == "align":
@@ -59,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for name, parts in written.items():
             print(f"wrote {args.root}/{name}/: " + ", ".join(f"{part} {count}" for part, count in parts.items()))
+    elif args.command == "prepare-lapt":
+        written = prepare_lapt(args)
+        print(
+            f"wrote {args.root}/lapt/train/: {written['id']} ID images, {written['negative']} crops for "
+            f"{args.negative_labels} negative labels (retrieved from {written['pool']} crops)"
+        )
     elif args.command == "prepare-ood":
         from lightning_prompts.testbed.ood_sets import write_ood_sets
 
@@ -79,6 +95,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"wrote {path}")
     return 0
+
+
+def prepare_lapt(args: argparse.Namespace) -> dict[str, int]:
+    """LAPT's folders, its negative labels mined as ``recipes/testbed/ood_neglabel.yaml`` mines them."""
+    import torch
+
+    from lightning_prompts.backbones import StandInCLIP
+    from lightning_prompts.methods import NegLabel
+    from lightning_prompts.testbed.lapt_sets import ID_CLASSES, LAPT_FOLDER, write_lapt_training_set
+    from lightning_prompts.testbed.ood_sets import OOD_FOLDER
+
+    torch.manual_seed(args.seed)
+    words = f"{args.root}/{OOD_FOLDER}/words.txt"
+    neglabel = NegLabel(StandInCLIP(), ID_CLASSES, word_list=words, num_negative_labels=500, negative_groups=10)
+    neglabel.eval()
+    negatives = neglabel.negative_labels[: args.negative_labels]
+    folder = Path(args.root) / LAPT_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    # training: the labels with image folders; test: all 500, as recipes/testbed/ood_neglabel.yaml scores them
+    (folder / "negative_labels_train.txt").write_text("\n".join(negatives) + "\n")
+    (folder / "negative_labels_test.txt").write_text("\n".join(neglabel.negative_labels) + "\n")
+    return write_lapt_training_set(
+        args.root, negatives, neglabel.image_features, neglabel.encode_texts, args.per_label, args.crops_per_photo,
+        args.seed,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

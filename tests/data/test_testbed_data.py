@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lightning_prompts.data import FewShotImageDataModule
@@ -203,6 +204,56 @@ def test_the_documented_testbed_commands_write_their_data(idx_source, tmp_path, 
     assert main(["prepare-digits", "--root", root, *small, "--test-per-class", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(line.startswith(f"wrote {root}/") for line in lines)
+    words = Path(root, "ood", "words.txt")  # a shorter word list: NegLabel's mining is the slow part
+    words.write_text("\n".join(words.read_text().splitlines()[:40]) + "\n")
+    assert main(["prepare-lapt", "--root", root, "--negative-labels", "3", "--per-label", "2",
+                 "--crops-per-photo", "1"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip().endswith("6 crops for 3 negative labels (retrieved from 20 crops)")
+    train_negatives = Path(root, "lapt", "negative_labels_train.txt").read_text().splitlines()
+    test_negatives = Path(root, "lapt", "negative_labels_test.txt").read_text().splitlines()
+    assert len(train_negatives) == 3 and train_negatives == test_negatives[:3] and len(test_negatives) == 40
+    assert all(len(list(Path(root, "lapt", "train", n.replace(" ", "_")).iterdir())) == 2 for n in train_negatives)
     with pytest.raises(SystemExit):
         main(["prepare", "--train-per-class", "many"])
     assert "invalid int value" in capsys.readouterr().err
+
+
+def test_exclusive_retrieval_gives_each_label_its_most_similar_free_items():
+    from lightning_prompts.testbed.lapt_sets import retrieve_exclusive
+
+    similarity = torch.tensor([[0.9, 0.8, 0.1, 0.0, 0.5], [0.95, 0.2, 0.3, 0.7, 0.1]])
+    # by similarity: (1, item 0) .95; (0, item 0) .9 is taken; (0, 1) .8; (1, 3) .7 fills label 1; (0, 4) .5
+    assert retrieve_exclusive(similarity, per_label=2) == [[1, 4], [0, 3]]
+    with pytest.raises(ValueError, match="need 6 pool items"):
+        retrieve_exclusive(similarity, per_label=3)
+
+
+def test_lapt_training_set_holds_the_id_images_and_retrieved_grey_crops_per_negative_label(idx_source, tmp_path):
+    pytest.importorskip("skimage")
+    from lightning_prompts.testbed.lapt_sets import ID_CLASSES, write_lapt_training_set
+
+    write_fashion_mnist(idx_source, tmp_path, train_per_class=3, val_per_class=1, test_per_class=1)
+    images_seen = []
+
+    def encode_images(images):  # a feature that ranks crops by brightness: label 0 wants bright, label 1 dark
+        images_seen.append(images.shape)
+        brightness = images.mean(dim=(1, 2, 3))
+        return torch.nn.functional.normalize(torch.stack([brightness, -brightness, torch.ones_like(brightness)], 1))
+
+    def encode_texts(texts):
+        assert texts == ["a photo of a lamp.", "a photo of a cave."]
+        return torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+    counts = write_lapt_training_set(tmp_path, ["lamp", "cave"], encode_images, encode_texts, per_label=3,
+                                     crops_per_photo=2, seed=0, batch_size=8)  # fmt: skip
+    assert counts["id"] == 3 * len(ID_CLASSES) and counts["negative"] == 6 and counts["pool"] >= 20
+    assert images_seen[0][1:] == (3, 224, 224)  # the testbed's preprocessing: RGB at 224 px
+    train = tmp_path / "lapt" / "train"
+    assert sorted(p.name for p in train.iterdir()) == sorted(
+        ["lamp", "cave", *(n.replace(" ", "_") for n in ID_CLASSES)]
+    )
+    lamp = [np.asarray(Image.open(p)) for p in sorted((train / "lamp").iterdir())]
+    cave = [np.asarray(Image.open(p)) for p in sorted((train / "cave").iterdir())]
+    assert all(crop.shape == (28, 28) and crop.dtype == np.uint8 for crop in lamp + cave)  # grey 28×28
+    assert min(c.mean() for c in lamp) > max(c.mean() for c in cave)  # each label got its most similar crops
+    assert len(list((train / "t-shirt").iterdir())) == 3

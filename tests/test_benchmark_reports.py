@@ -1,9 +1,11 @@
-"""The text testbed's report (benchmarks/text_testbed.py), on rows written by hand."""
+"""The benchmarks' reports (benchmarks/text_testbed.py, benchmarks/testbed_ood.py), on results written by hand."""
 
+import json
 import runpy
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "text_testbed.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "text_testbed.py"
 
 
 def row(method: str, seed: int, accuracy: float, step_ms: float, mib: float) -> dict:
@@ -26,3 +28,23 @@ def test_report_divides_by_prompt_tuning_and_survives_a_subset_without_it(tmp_pa
     subset.mkdir()
     report(rows[2:], subset)
     assert (subset / "results.md").read_text().splitlines()[2] == "| sentiment | DePT | 75.0 ± 1.4 | 9,216 | – | – |"
+
+
+def ood_run(acc: float, auroc: float) -> dict:
+    metrics = {"test/acc": acc, "test/fpr95": 1 - auroc, "test/auroc": auroc}
+    for name in ("mnist", "digits", "fashion_novel"):
+        metrics |= {f"test/fpr95_{name}": 1 - auroc, f"test/auroc_{name}": auroc}
+    return metrics
+
+
+def test_ood_report_reads_methods_whose_run_folders_are_gone_from_the_kept_metrics(tmp_path):
+    report = runpy.run_path(str(BENCHMARKS / "testbed_ood.py"))["report"]
+    kept = {"lapt": [ood_run(0.5, 0.9), ood_run(0.52, 0.94)], "neglabel": [ood_run(0.36, 0.65)]}
+    (tmp_path / "ood_runs.json").write_text(json.dumps(kept))
+    report(["neglabel", "lapt"], tmp_path / "no_runs", tmp_path)
+    lines = (tmp_path / "ood_table.md").read_text().splitlines()
+    assert lines[2].startswith("| NegLabel | 1 | 36.0 | 35.0 | 65.0 |")
+    assert lines[3].startswith("| LAPT | 2 | 51.0 ± 1.4 | 8.0 ± 2.8 | 92.0 ± 2.8 |")
+    assert lines[3].endswith("| 8.0 ± 2.8 | 92.0 ± 2.8 |")
+    assert json.loads((tmp_path / "ood_runs.json").read_text()) == kept
+    assert (tmp_path / "ood_results.png").stat().st_size > 0
