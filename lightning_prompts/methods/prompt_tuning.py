@@ -48,8 +48,10 @@ class PromptTuning(TextPromptModule):
         backbone: the frozen :class:`~lightning_prompts.backbones.HFText` (its ``task`` picks the head).
         classnames: the classes, in label order (linked from the data module).
         num_virtual_tokens: number of soft tokens.
-        init: ``"text"`` (from ``init_text``), ``"vocab"`` (sampled token embeddings) or ``"random"``.
-        init_text: the text for ``init="text"`` (tokenized with the model's special tokens, as PEFT does).
+        init: ``"text"`` (from ``init_text`` tokenized with the model's special tokens, as PEFT does),
+            ``"text_without_special_tokens"`` (its words alone: the choice on decoders that start every input
+            with a beginning-of-sequence token), ``"vocab"`` (sampled token embeddings) or ``"random"``.
+        init_text: the text for the two text initialisations.
         label_words: causal LM only: one word per class whose next-token logit scores it
             (default: the class names).
         text_template: how an input is presented, e.g. ``"Review: {text} Sentiment:"``.

@@ -42,7 +42,7 @@ from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.soft_prompt import SoftPrompt
 from lightning_prompts.registry import register_method
 
-PTECInit = Literal["labels", "text", "vocab", "random"]
+PTECInit = Literal["labels", "text", "text_without_special_tokens", "vocab", "random"]
 
 
 def class_weights(counts: Sequence[int]) -> Tensor:
@@ -77,7 +77,7 @@ class PTEC(TextPromptModule):
         classnames: the classes, in label order (linked from the data module).
         num_virtual_tokens: prompt length (the paper tunes 50–200).
         init: ``"labels"`` (the official default), or :class:`~lightning_prompts.methods.PromptTuning`'s.
-        init_text: the text for ``init="text"``.
+        init_text: the text for the two text initialisations.
         head_lr: learning rate of the ``"head"`` group (the optimizer's lr is the prompt's).
         pos_weight: per-class positive weights; ``None`` computes PTEC's from the training data at ``fit``
             (``max_k n_k / n_c``), ``[]`` uses none.

@@ -8,7 +8,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-SoftPromptInit = Literal["text", "vocab", "random"]
+SoftPromptInit = Literal["text", "text_without_special_tokens", "vocab", "random"]
+#: The initialisations that start from ``init_text``.
+TEXT_INITS = ("text", "text_without_special_tokens")
+
+
+def repeat_to_length(ids: list[int], length: int) -> list[int]:
+    """``ids`` repeated, then cut to ``length`` (PEFT's text initialisation of a longer or shorter prompt)."""
+    return (ids * math.ceil(length / len(ids)))[:length]
 
 
 class SoftPrompt(nn.Module):
@@ -19,7 +26,9 @@ class SoftPrompt(nn.Module):
     table by sqrt(d)):
 
     * ``"text"``: embeddings of ``init_token_ids`` (the tokenized ``init_text``), repeated or cut to
-      ``num_tokens``;
+      ``num_tokens``; ``"text_without_special_tokens"`` the same, the text tokenized without the model's
+      special tokens (the method tokenizes; see :meth:`TextPromptModule.soft_prompt
+      <lightning_prompts.methods.base.TextPromptModule.soft_prompt>`);
     * ``"vocab"``: embeddings of tokens sampled uniformly from the vocabulary;
     * ``"random"``: uniform in ``[-0.5, 0.5]`` as in the paper (PEFT's ``RANDOM`` keeps
       ``nn.Embedding``'s N(0, 1), far larger than word embeddings).
@@ -44,17 +53,16 @@ class SoftPrompt(nn.Module):
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}.")
         vocab, width = word_embeddings.weight.shape
-        if init == "text":
+        if init in TEXT_INITS:
             if not init_token_ids:
-                raise ValueError("init='text' needs init_text that produces at least one token.")
-            ids = init_token_ids * math.ceil(num_tokens / len(init_token_ids))
-            weight = self._embed(word_embeddings, torch.tensor(ids[:num_tokens]))
+                raise ValueError(f"init={init!r} needs init_text that produces at least one token.")
+            weight = self._embed(word_embeddings, torch.tensor(repeat_to_length(init_token_ids, num_tokens)))
         elif init == "vocab":
             weight = self._embed(word_embeddings, torch.randint(0, vocab, (num_tokens,), generator=generator))
         elif init == "random":
             weight = torch.rand(num_tokens, width, generator=generator) - 0.5
         else:
-            raise ValueError(f"init must be 'text', 'vocab' or 'random', got {init!r}.")
+            raise ValueError(f"init must be one of {(*TEXT_INITS, 'vocab', 'random')}, got {init!r}.")
         self.embedding = nn.Parameter(weight.detach().clone().float())
 
     @staticmethod

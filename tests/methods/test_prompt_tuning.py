@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -74,6 +75,52 @@ def test_text_initialisation_repeats_the_tokens_like_peft():
     ids = backbone.tokenizer("ok")["input_ids"]  # [CLS] o ##k [SEP]
     expected = backbone.word_embeddings.weight[torch.tensor((ids * 2)[:7])]
     assert torch.equal(method.prompt.embedding.detach(), expected)
+
+
+def test_text_initialisation_without_special_tokens_takes_the_words_alone():
+    backbone = HFText("tiny-bert")
+    method = PromptTuning(
+        backbone, ["neg", "pos"], num_virtual_tokens=5, init="text_without_special_tokens", init_text="ok"
+    )
+    ids = backbone.tokenizer("ok", add_special_tokens=False)["input_ids"]  # o ##k: no [CLS], no [SEP]
+    assert len(ids) == 2 and backbone.tokenizer.cls_token_id not in ids
+    expected = backbone.word_embeddings.weight[torch.tensor((ids * 3)[:5])]
+    assert torch.equal(method.prompt.embedding.detach(), expected)
+    with pytest.raises(ValueError, match="init='text_without_special_tokens' needs init_text"):
+        PromptTuning(backbone, ["neg", "pos"], init="text_without_special_tokens")
+
+
+def decoder_adding_bos() -> HFText:
+    """The tiny Gemma-3 with a tokenizer that starts every text with a beginning-of-sequence token, as
+    Gemma's and Llama's do (the tiny causal tokenizer adds nothing)."""
+    from tokenizers import processors
+
+    backbone = HFText("tiny-gemma3", task="causal-lm")
+    tokenizer = backbone.tokenizer
+    tokenizer.bos_token = "[CLS]"
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", special_tokens=[("[CLS]", tokenizer.bos_token_id)]
+    )
+    return backbone
+
+
+def test_text_initialisation_warns_when_the_bos_token_recurs_inside_the_prompt():
+    backbone = decoder_adding_bos()
+    bos = backbone.tokenizer.bos_token_id
+    words = backbone.tokenizer("ok", add_special_tokens=False)["input_ids"]
+    assert backbone.tokenizer("ok")["input_ids"] == [bos, *words]
+    with pytest.warns(UserWarning, match=r"inside the 7-token prompt \(positions \[3, 6\]\)"):
+        method = PromptTuning(backbone, ["neg", "pos"], num_virtual_tokens=7, init="text", init_text="ok")
+    rows = backbone.word_embeddings(torch.tensor([bos, *words] * 2 + [bos]))
+    assert torch.allclose(method.prompt.embedding.detach(), rows)  # PEFT's layout, kept under "text"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = PromptTuning(
+            backbone, ["neg", "pos"], num_virtual_tokens=7, init="text_without_special_tokens", init_text="ok"
+        )
+        first_only = PromptTuning(backbone, ["neg", "pos"], num_virtual_tokens=3, init="text", init_text="ok")
+    assert torch.allclose(plain.prompt.embedding.detach(), backbone.word_embeddings(torch.tensor((words * 4)[:7])))
+    assert torch.allclose(first_only.prompt.embedding.detach(), backbone.word_embeddings(torch.tensor([bos, *words])))
 
 
 @pytest.mark.parametrize("init", ["text", "vocab"])
