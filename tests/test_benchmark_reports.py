@@ -1,4 +1,4 @@
-"""The benchmarks' reports (benchmarks/text_testbed.py, benchmarks/testbed_ood.py), on results written by hand."""
+"""The benchmarks' reports (text_testbed.py, testbed_ood.py, post_testbed.py), on results written by hand."""
 
 import json
 import runpy
@@ -48,3 +48,20 @@ def test_ood_report_reads_methods_whose_run_folders_are_gone_from_the_kept_metri
     assert lines[3].endswith("| 8.0 ± 2.8 | 92.0 ± 2.8 |")
     assert json.loads((tmp_path / "ood_runs.json").read_text()) == kept
     assert (tmp_path / "ood_results.png").stat().st_size > 0
+
+
+def test_post_report_names_the_students_layers_and_reads_rows_from_before_the_flag(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    report = runpy.run_path(str(BENCHMARKS / "post_testbed.py"))["report"]
+    distilled = {"stage": "distillation", "steps": 100, "step_s": 12.8, "trainable_parameters": 33.4e6,
+                 "val_ce": 2.64, "val_loss": 3.56}  # fmt: skip
+    rows = [distilled, {"stage": "zero-shot Gemma", "accuracy": 0.73},
+            {"stage": "source (student)", "seed": 0, "accuracy": 0.5, "step_s": 1.8},
+            {"stage": "source (student)", "seed": 1, "accuracy": 0.6, "step_s": 2.0}]  # fmt: skip
+    report(rows, tmp_path)
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    assert lines[2] == "| zero-shot Gemma | 0.730 | (no training) |  |"
+    assert lines[3] == "| source (student) | 0.550 ± 0.071 | 0.500, 0.600 | 1.90 s |"
+    assert lines[-1].startswith("Distillation into Gemma's first 3 and last 3 of 18 layers: 100 steps, 12.8 s")
+    report([distilled | {"layers": [6, 6]}], tmp_path)
+    assert "first 6 and last 6 of 18 layers" in (tmp_path / "results.md").read_text()
