@@ -107,9 +107,9 @@ class TextPromptModule(PromptModule):
             return SoftPrompt(num_tokens, self.backbone.word_embeddings, init, None, generator)
         tokenizer = self.backbone.tokenizer
         ids = tokenizer(init_text, add_special_tokens=init == "text")["input_ids"]
-        bos = getattr(tokenizer, "bos_token_id", None)
+        bos = getattr(tokenizer, "bos_token_id", None)  # None matches no id: tokenizers without BOS never warn
         inside = [i for i, token in enumerate(repeat_to_length(ids, num_tokens)) if i and token == bos] if ids else []
-        if bos is not None and inside:
+        if inside:
             rank_zero_warn(
                 f"init='text' repeats the tokenizer's beginning-of-sequence token inside the {num_tokens}-token "
                 f"prompt (positions {inside}), as PEFT does; init='text_without_special_tokens' initialises from "
