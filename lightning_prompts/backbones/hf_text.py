@@ -27,9 +27,10 @@ Two heads:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -378,12 +379,16 @@ class HFText(Backbone):
             )
         layers = self.layers()
         contexts = [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
+        cache_into_base = contextlib.nullcontext()
         if hooks.uses("attention_prefix"):
             cache, length = self._prefix_cache(hooks, contexts, embeds)
-            kwargs[self._cache_argument] = cache
+            if self._head_passes_cache or self.pooling != "model":  # (other poolings call the base model)
+                kwargs[self._cache_argument] = cache
+            else:
+                cache_into_base = _extra_arguments(self.model.base_model, {self._cache_argument: cache})
             ones = attention_mask.new_ones(attention_mask.shape[0], length)
             kwargs["attention_mask"] = torch.cat([ones, attention_mask], dim=1)
-        with tokens_before_blocks(hooks, layers, contexts):
+        with tokens_before_blocks(hooks, layers, contexts), cache_into_base:
             return self._run(kwargs, num_prompt, attention_mask)
 
     def _forward_buckets(
@@ -417,6 +422,13 @@ class HFText(Backbone):
         # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated until 5.40);
         # looked up once, not on every forward
         return "cache" if "cache" in inspect.signature(self.model.base_model.forward).parameters else "past_key_values"
+
+    @functools.cached_property
+    def _head_passes_cache(self) -> bool:
+        # transformers 4.x's encoder classification models (BertForSequenceClassification…) take no cache
+        # argument although their base model does; transformers 5's pass it on through ``**kwargs``
+        parameters = inspect.signature(self.model.forward).parameters
+        return self._cache_argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
     def _prefix_cache(self, hooks: BlockHook, contexts: Sequence[BlockContext], embeds: Tensor) -> tuple[Any, int]:
         """The hook's per-layer keys and values as a key/value cache the model's attention reads before the
@@ -544,6 +556,21 @@ def _model_max_length(config: Any, tokenizer: Any) -> int:
     if isinstance(token_limit, int) and 0 < token_limit < model_limit:
         return token_limit
     return model_limit
+
+
+@contextlib.contextmanager
+def _extra_arguments(module: nn.Module, arguments: Mapping[str, Any]) -> Iterator[None]:
+    """Within the block, every call of ``module`` also receives ``arguments`` (a forward pre-hook), so a
+    model's own head code runs unchanged around a base model that needs them."""
+
+    def add(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return args, {**kwargs, **arguments}
+
+    handle = module.register_forward_pre_hook(add, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _accepts(model: nn.Module, argument: str) -> bool:

@@ -12,14 +12,16 @@ cache, the mechanism PEFT's ``PREFIX_TUNING`` and the P-tuning v2 code use (``pa
 text positions start after the prefix, and the attention mask gets ``m`` leading ones.
 
 :meth:`PrefixTuning.export_peft` writes a PEFT ``PREFIX_TUNING`` adapter (the reparameterisation
-baked in, as PEFT saves it); PEFT gives the same logits for causal language models
-(``tests/methods/test_prefix_tuning.py``). Where we deviate: the frozen model runs in eval mode
-(both references train with its dropout on); ``dropout`` on the prefix (P-tuning v2 uses the model's
-hidden dropout, 0.1 for BERT) defaults to 0 as in PEFT.
+baked in, as PEFT saves it); PEFT gives the same logits for causal language models and, under
+transformers 4.x, for sequence classification (``tests/methods/test_prefix_tuning.py``). Where we
+deviate: the frozen model runs in eval mode (both references train with its dropout on); ``dropout`` on
+the prefix (P-tuning v2 uses the model's hidden dropout, 0.1 for BERT) defaults to 0 as in PEFT.
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -106,21 +108,55 @@ class PrefixTuning(TextPromptModule):
     def export_peft(self, directory: str | Path) -> Path:
         """Write a PEFT prefix-tuning adapter that ``PeftModel.from_pretrained(base, directory)`` loads.
 
+        For sequence classification PEFT feeds the token ids, so the model's own head pools: an encoder's
+        pooler (train with ``pooling="model"``), a decoder's last non-padding token (train with
+        ``pooling="last"``). PEFT (0.21) runs prefix tuning only on classification models whose forward
+        takes ``past_key_values``: those of transformers 4.x. transformers 5 renamed the argument to
+        ``cache``, so there the adapter is written with a warning; it gives our logits in PEFT under
+        transformers 4.57 (``tests/methods/test_prefix_tuning.py`` runs PEFT's own forward wherever
+        PEFT can, and otherwise PEFT's loader and prompt through the same forward written out).
+
         Raises:
-            NotImplementedError: for sequence classification, whose ``transformers`` 5 model classes no
-                longer take ``past_key_values``, so PEFT (0.21) refuses prefix tuning on them; use
-                :meth:`export_prompt` (our format) instead.
+            NotImplementedError: a sequence-classification prompt trained with a pooling that PEFT's
+                forward does not compute; :meth:`export_prompt` writes it in our format.
         """
         model: HFText = self.backbone
         if model.task == "sequence-classification":
-            raise NotImplementedError(
-                "PEFT runs prefix tuning through `past_key_values`, which transformers 5's sequence-classification "
-                "models no longer accept (PEFT raises 'Model does not support past key values'); export_prompt() "
-                "writes the prefixes in our format, and causal language models export to PEFT."
-            )
+            peft_pooling = peft_classification_pooling(model)
+            if model.pooling != peft_pooling:
+                raise NotImplementedError(
+                    f"PEFT's prefix tuning classifies with the model's own head on the token ids, which for "
+                    f"{type(model.model).__name__} is pooling={peft_pooling!r}; this prompt was trained with "
+                    f"pooling={model.pooling!r}. Use export_prompt() (our format) instead."
+                )
+            if not peft_runs_prefix_classification(model.model):
+                warnings.warn(
+                    f"{type(model.model).__name__}'s forward takes no `past_key_values` (transformers 5 calls it "
+                    f"`cache`), so PEFT (0.21) refuses prefix tuning on it; the adapter written to {directory} "
+                    f"loads and gives these logits in PEFT under transformers 4.57.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         heads, _ = model.key_value_heads
         with torch.no_grad():
             table = self.prefix.flat()
         return export_peft_prefix_tuning(
             directory, table, model.num_layers, heads, model.task, model.model_name_or_path, model.head_modules()
         )
+
+
+def peft_classification_pooling(model: HFText) -> str:
+    """The :class:`HFText` pooling that PEFT's prefix-tuning forward computes on a classification model: it
+    passes token ids, so the model's own head reads them. Decoders' heads (``score``) take the last
+    non-padding token (our ``"last"``); encoders' (``classifier``) their own pooler (``"model"``)."""
+    return "last" if "score" in model.head_modules() else "model"
+
+
+def peft_runs_prefix_classification(model: nn.Module) -> bool:
+    """Whether PEFT's prefix tuning can run on this sequence-classification model: it passes the prefixes as
+    ``past_key_values`` to the model's forward, or to its transformer backbone's, and refuses otherwise."""
+
+    def takes(module: nn.Module) -> bool:
+        return "past_key_values" in inspect.signature(module.forward).parameters
+
+    return takes(model) or takes(getattr(model, "base_model", model))

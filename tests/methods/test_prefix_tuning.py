@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from torch.nn import functional as F
 
 from lightning_prompts.backbones import HFText
 from lightning_prompts.data import SyntheticText, TextClassificationDataModule
-from lightning_prompts.methods.prefix_tuning import PrefixTuning
+from lightning_prompts.methods.prefix_tuning import PrefixTuning, peft_runs_prefix_classification
 
 TEXTS = ["the film was great and moving", "dull", "an awful, tedious and clumsy film with a weak plot!"]
 
@@ -118,10 +119,62 @@ def test_causal_lm_matches_peft_after_export(name, projection_hidden, trainer_kw
     assert not torch.allclose(ours, plain, atol=1e-4)
 
 
-def test_sequence_classification_export_says_why_peft_cannot_load_it(tmp_path):
-    method = PrefixTuning(HFText("tiny-bert"), ["a", "b"], num_virtual_tokens=2)
-    with pytest.raises(NotImplementedError, match="past_key_values"):
+def peft_prefix_classification_logits(peft_model, input_ids, attention_mask):
+    """PEFT's prefix-tuning forward for sequence classification (``PeftModelForSequenceClassification``):
+    run by PEFT itself where it can (transformers 4.x); otherwise (transformers 5 renamed ``past_key_values``
+    to ``cache`` and PEFT 0.21 refuses) the same steps written out, with PEFT's own prompt and head."""
+    base = peft_model.base_model
+    if peft_runs_prefix_classification(base):
+        return peft_model(input_ids=input_ids, attention_mask=attention_mask).logits
+    prefix = peft_model.get_prompt(input_ids.shape[0])  # the adapter's keys and values, as PEFT lays them out
+    mask = torch.cat(
+        [
+            attention_mask.new_ones(input_ids.shape[0], peft_model.peft_config["default"].num_virtual_tokens),
+            attention_mask,
+        ],
+        1,
+    )
+    if "cache" in inspect.signature(base.forward).parameters:  # decoders: the model with its own head
+        return base(input_ids=input_ids, attention_mask=mask, cache=prefix).logits
+    backbone = base.get_submodule(peft_model.transformer_backbone_name)  # encoders: backbone, pooler output, head
+    pooled = backbone(input_ids=input_ids, attention_mask=mask, cache=prefix)[1]
+    return base.get_submodule(peft_model.cls_layer_name)(pooled)
+
+
+@pytest.mark.parametrize(("name", "pooling"), [("tiny-bert", "model"), ("tiny-gpt2", "last"), ("tiny-gemma3", "last")])
+def test_sequence_classification_matches_peft_after_export(name, pooling, trainer_kwargs, tmp_path):
+    backbone = HFText(name, task="sequence-classification", pooling=pooling)
+    data = TextClassificationDataModule(synthetic=SyntheticText(examples_per_class=8), batch_size=8)
+    method = PrefixTuning(backbone, data.classnames, num_virtual_tokens=4)
+    head_before = backbone.model.get_submodule(next(iter(backbone.head_modules()))).weight.detach().clone()
+    Trainer(max_steps=3, **trainer_kwargs).fit(method, data)
+    method.eval()
+    (head,) = backbone.head_modules().values()
+    assert not torch.allclose(head.weight, head_before)  # the head trained, so the adapter must carry it
+    if peft_runs_prefix_classification(backbone.model):
+        directory = method.export_peft(tmp_path / "adapter")
+    else:
+        with pytest.warns(UserWarning, match="transformers 4.57"):
+            directory = method.export_peft(tmp_path / "adapter")
+    fresh = copy.deepcopy(backbone.model)
+    with torch.no_grad():  # PEFT must bring the trained head, not keep the base model's
+        fresh.get_submodule(next(iter(backbone.head_modules()))).weight.normal_()
+    peft_model = PeftModel.from_pretrained(fresh, str(directory)).eval()
+    tokens = method.tokenize(TEXTS)
+    with torch.no_grad():
+        ours = method(tokens["input_ids"], tokens["attention_mask"]).logits
+        theirs = peft_prefix_classification_logits(peft_model, tokens["input_ids"], tokens["attention_mask"])
+        plain = backbone.forward_embeddings(None, **tokens).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours, plain, atol=1e-4)
+
+
+@pytest.mark.parametrize(("name", "pooling"), [("tiny-bert", "mean"), ("tiny-bert", "cls"), ("tiny-gpt2", "model")])
+def test_sequence_classification_export_refuses_a_pooling_peft_does_not_compute(name, pooling, tmp_path):
+    method = PrefixTuning(HFText(name, pooling=pooling), ["a", "b"], num_virtual_tokens=2)
+    with pytest.raises(NotImplementedError, match=f"pooling={pooling!r}"):
         method.export_peft(tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_the_prefix_takes_positions_from_the_context():
