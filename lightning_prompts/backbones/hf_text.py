@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -217,6 +218,15 @@ class HFText(Backbone):
             raise NotImplementedError(
                 f"pooling={self.pooling!r} feeds the model's classifier Linear, but {model_name_or_path} has a "
                 f"{[type(h).__name__ for h in self.head_modules().values()]} head; use pooling='model'."
+            )
+        if self.task == "sequence-classification" and self.pooling == "model" and "score" in self.head_modules():
+            warnings.warn(
+                f"{type(self.model).__name__}'s own head, given input embeddings, reads each sequence's last position: "
+                f"padding for every text shorter than its batch's longest, so a text's output depends on its batch. "
+                f"pooling='last' reads each text's last real token; pooling='model' is what PEFT's prompt tuning "
+                f"computes (keep it only to match PEFT).",
+                UserWarning,
+                stacklevel=2,
             )
         self._seed = seed
         self.freeze()

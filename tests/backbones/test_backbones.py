@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,30 @@ def test_timm_vit_loads_a_local_checkpoint_file(tiny_vit, tmp_path):
     torch.save(tiny_vit.model.state_dict(), path)
     loaded = TimmViT("tiny", pretrained=False, checkpoint_path=str(path), seed=9)
     assert loaded.identity()["fingerprint"] == tiny_vit.identity()["fingerprint"]
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-gemma3"])
+def test_a_decoders_own_head_reads_padding_so_pooling_model_warns(name):
+    with pytest.warns(UserWarning, match="pooling='last'"):
+        own = HFText(name, num_labels=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*pooling='last'")
+        last = HFText(name, num_labels=3, pooling="last")
+    with torch.no_grad():  # a head large enough that the texts score differently
+        weight = torch.randn(3, own.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        for backbone in (own, last):
+            backbone.model.score.weight.copy_(weight)
+    short, long = "good", "a long and winding review of a film that nobody saw"
+    alone = {b: b.forward_embeddings(None, **b.tokenize([short])).logits[0] for b in (own, last)}
+    padded = {b: b.forward_embeddings(None, **b.tokenize([short, long])).logits[0] for b in (own, last)}
+    assert torch.allclose(alone[last], padded[last], atol=1e-5)  # the last real token: the batch does not matter
+    assert not torch.allclose(alone[own], padded[own], atol=1e-3)  # the last position: a pad once batched
+
+
+def test_an_encoders_own_head_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*pooling='last'")
+        HFText("tiny-bert")
 
 
 def test_hf_text_loads_a_local_directory(tmp_path):
