@@ -335,6 +335,22 @@ def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(case, tmp_p
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize("case", [checkpoint_not_a_checkpoint, checkpoint_of_another_method])
+def test_checkpoints_are_checked_where_lightning_has_no_parse_ckpt_path_call(case, tmp_path, capsys, monkeypatch):
+    """Lightning 2.5 never calls ``_parse_ckpt_path`` (the private hook our check rides on in 2.6): the check must
+    still run, from ``before_instantiate_classes``, before anything reads the file."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_prompts.lightning_cli import PromptsCLI
+
+    monkeypatch.chdir(tmp_path)
+    args, culprit = case(tmp_path)
+    monkeypatch.setattr(PromptsCLI, "_parse_ckpt_path", lambda self: None)  # as if Lightning never called it
+    monkeypatch.setattr(LightningCLI, "_parse_ckpt_path", lambda self: None, raising=False)
+    capsys.readouterr()
+    assert culprit in run(args, tmp_path / "run", capsys)
+
+
 def test_a_run_folder_under_a_file_fails_before_anything_runs(tmp_path, capsys):
     (tmp_path / "file").write_text("in the way")
     with pytest.raises(SystemExit) as exit_info:
