@@ -207,7 +207,10 @@ class HFText(Backbone):
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(
                     token_source, **({"gguf_file": gguf} if gguf else {})
                 )
-                self.model = auto.from_pretrained(source, **extra, **(model_kwargs or {}))
+                self.model, loading = auto.from_pretrained(
+                    source, **extra, **(model_kwargs or {}), output_loading_info=True
+                )
+                self._warn_untrained_frozen(source, loading.get("missing_keys") or ())
         if self.tokenizer.pad_token is None:  # decoder tokenizers often have none; pad is masked out anyway
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.tokenizer.padding_side = "right"
@@ -230,6 +233,21 @@ class HFText(Backbone):
             )
         self._seed = seed
         self.freeze()
+
+    def _warn_untrained_frozen(self, source: str, missing_keys: Sequence[str]) -> None:
+        """Weights the checkpoint lacks are initialised at random; the classifier then trains, but anything else
+        (DistilBERT's ``pre_classifier``, DeBERTa's ``pooler``) would stay random *and frozen* inside the model's
+        own head, which ``pooling="model"`` runs."""
+        heads = tuple(f"{name}." for name in self.head_modules())
+        untrained = sorted({key.rpartition(".")[0] for key in missing_keys if not key.startswith(heads)})
+        if untrained and self.pooling == "model":
+            warnings.warn(
+                f"{type(self.model).__name__} from {source}: {untrained} are not in the checkpoint, so they keep a "
+                f"random initialisation and stay frozen, and pooling='model' runs them. pooling='cls' or 'mean' "
+                f"(encoders) or 'last' (decoders) feeds the hidden states to the trained classifier instead.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     @classmethod
     def check_stored_config(cls, init_args: Mapping[str, Any]) -> None:

@@ -125,6 +125,24 @@ def test_an_encoders_own_head_does_not_warn():
         HFText("tiny-bert")
 
 
+def test_a_head_layer_missing_from_the_checkpoint_warns_that_it_stays_random_and_frozen(tmp_path):
+    """DistilBERT's classification head has a pre_classifier Linear that a base checkpoint lacks: with
+    pooling='model' it would run at its random initialisation, frozen."""
+    import transformers
+
+    config = transformers.DistilBertConfig(
+        vocab_size=len(tiny_tokenizer()), dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64
+    )
+    transformers.DistilBertModel(config).save_pretrained(tmp_path / "distilbert")
+    tiny_tokenizer().save_pretrained(tmp_path / "distilbert")
+    with pytest.warns(UserWarning, match=r"\['pre_classifier'\] are not in the checkpoint"):
+        backbone = HFText(str(tmp_path / "distilbert"), num_labels=3)
+    assert not backbone.model.pre_classifier.weight.requires_grad  # what the warning is about
+    with warnings.catch_warnings():  # mean pooling skips pre_classifier: nothing to warn about
+        warnings.filterwarnings("error", message=".*not in the checkpoint")
+        HFText(str(tmp_path / "distilbert"), num_labels=3, pooling="mean")
+
+
 def test_hf_text_loads_a_local_directory(tmp_path):
     tiny = HFText("tiny-bert", seed=4)
     tiny.model.save_pretrained(tmp_path)
