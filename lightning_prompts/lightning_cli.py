@@ -22,8 +22,12 @@ Imported only when a Lightning subcommand runs (``fit``, ``validate``, ``test``,
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
+import types
+import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +68,10 @@ class PromptsCLI(LightningCLI):
     """LightningCLI with the links, checks and checkpoint rules every recipe relies on."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for action in parser._actions:  # jsonargparse keeps each option's type hint on its action
+            typehint = getattr(action, "_typehint", None)
+            if typehint is not None:
+                action._typehint = int_before_float(typehint)
         parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
         parser.add_argument(
             f"--{EXTENDS}",
@@ -188,6 +196,26 @@ class PromptsCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path} was trained with another configuration than this one ({shown}). Run with "
                 f"the config it was trained with (the run's config.yaml) so the model is rebuilt as trained."
             )
+
+
+def int_before_float(typehint: Any) -> Any:
+    """``typehint`` with ``int`` tried before ``float`` when it is a union of both.
+
+    jsonargparse tries a union's types in order, and Lightning writes ``limit_train_batches: int | float``
+    (1 = one batch, 1.0 = all of them). But ``typing`` caches unions and treats ``Union[float, int]`` as equal to
+    ``Union[int, float]``, so if any module built the former first (scikit-learn does, imported by transformers
+    4.x through torchmetrics) Lightning's annotation *is* it, and ``--trainer.limit_train_batches 1`` parsed as
+    1.0 silently trained on every batch. ``int | float`` (a ``types.UnionType``) is not cached.
+    """
+    args = typing.get_args(typehint)
+    if typing.get_origin(typehint) not in (typing.Union, types.UnionType) or int not in args or float not in args:
+        return typehint
+    if args.index(int) < args.index(float):
+        return typehint
+    order = list(args)
+    i, f = order.index(int), order.index(float)
+    order[i], order[f] = float, int
+    return functools.reduce(operator.or_, order)
 
 
 #: Hyperparameters that may differ between training and evaluating a checkpoint (the evaluator too: a

@@ -212,3 +212,37 @@ def test_callbacks_compose_with_other_methods_from_yaml(recipe, overlay, callbac
         assert isinstance(attached[0], GradientRegulation) and attached[0]._params
     else:
         assert isinstance(attached[0], MomentumAccumulation) and attached[0].offline is not None
+
+
+def test_an_integer_batch_limit_stays_an_integer_whatever_union_typing_cached_first():
+    """typing caches unions and treats Union[float, int] as Union[int, float]: a module that builds the former
+    just before Lightning's Trainer is defined (scikit-learn, imported by transformers 4.x through torchmetrics)
+    leaves `limit_train_batches: Union[float, int, None]` on Trainer, and `--trainer.limit_train_batches 1` parsed
+    as 1.0: every batch. Reproduced by giving Trainer that annotation (built past typing's cache)."""
+    code = (
+        "import typing\n"
+        "from lightning.pytorch import Trainer\n"
+        "swapped = type(typing.Union[int, str])(typing.Union, (float, int, type(None)))\n"
+        "Trainer.__init__.__annotations__['limit_train_batches'] = swapped\n"
+        "from lightning_prompts.cli import main\n"
+        f"main(['fit', '--config', 'recipes/coop/caltech101.yaml', '--config', {TINY_CLIP!r}, "
+        "'--trainer.limit_train_batches=1', '--trainer.limit_val_batches=0.5', '--print_config'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    trainer = yaml.safe_load(result.stdout)["trainer"]
+    assert trainer["limit_train_batches"] == 1 and isinstance(trainer["limit_train_batches"], int)
+    assert trainer["limit_val_batches"] == 0.5
+
+
+def test_int_before_float_reorders_only_unions_of_both():
+    import typing
+    from datetime import timedelta
+
+    from lightning_prompts.lightning_cli import int_before_float
+
+    union = typing.Union[float, int, None]  # noqa: UP007 - the typing form, which is cached
+    assert typing.get_args(int_before_float(union)) == (int, float, type(None))
+    assert typing.get_args(int_before_float(float | str | int | timedelta)) == (int, str, float, timedelta)
+    assert int_before_float(float | None) == float | None
+    assert int_before_float(int) is int
