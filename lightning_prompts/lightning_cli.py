@@ -215,7 +215,10 @@ def int_before_float(typehint: Any) -> Any:
     order = list(args)
     i, f = order.index(int), order.index(float)
     order[i], order[f] = float, int
-    return functools.reduce(operator.or_, order)
+    try:
+        return functools.reduce(operator.or_, order)
+    except TypeError:  # a member that does not support `|` (a string forward reference): leave it as it was
+        return typehint
 
 
 #: Hyperparameters that may differ between training and evaluating a checkpoint (the evaluator too: a
