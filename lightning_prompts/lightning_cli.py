@@ -95,8 +95,7 @@ class PromptsCLI(LightningCLI):
         print_results(self.trainer.callback_metrics, "val")
 
     def before_instantiate_classes(self) -> None:
-        if not getattr(self, "_ckpt_path_checked", False):  # Lightning < 2.6 does not call _parse_ckpt_path
-            self._check_ckpt_path()
+        self._check_ckpt_path()
         section = self.config.get(self.subcommand) if self.subcommand else self.config
         if section is None:
             return
@@ -151,13 +150,12 @@ class PromptsCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning (2.6 and later) calls this after parsing to merge the checkpoint's hyperparameters over the
-        config; we check them against it instead (:meth:`_check_ckpt_path`)."""
-        self._check_ckpt_path()
+        config; we never merge, and check them against it instead (:meth:`_check_ckpt_path`, which runs from
+        :meth:`before_instantiate_classes` so that Lightning versions without this call check too)."""
 
     def _check_ckpt_path(self) -> None:
         """Resolve ``last``/``best`` and compare the checkpoint's hyperparameters with the config, before any
         class is instantiated (so before Lightning or anyone else reads the file)."""
-        self._ckpt_path_checked = True
         if not self.config.get("subcommand"):
             return
         section = self.config[self.config.subcommand]

@@ -222,7 +222,7 @@ class HFText(Backbone):
                 f"pooling={self.pooling!r} feeds the model's classifier Linear, but {model_name_or_path} has a "
                 f"{[type(h).__name__ for h in self.head_modules().values()]} head; use pooling='model'."
             )
-        if self.task == "sequence-classification" and self.pooling == "model" and "score" in self.head_modules():
+        if self.pooling == "model" and self.head_reads_last_token:
             warnings.warn(
                 f"{type(self.model).__name__}'s own head, given input embeddings, reads each sequence's last position: "
                 f"padding for every text shorter than its batch's longest, so a text's output depends on its batch. "
@@ -233,6 +233,12 @@ class HFText(Backbone):
             )
         self._seed = seed
         self.freeze()
+
+    @property
+    def head_reads_last_token(self) -> bool:
+        """Whether the model's own classification head is a decoder's (``score``: GPT-2, Llama, Gemma), which
+        reads the last non-padding token of the token ids, and the last position of input embeddings."""
+        return "score" in self.head_modules()
 
     def _warn_untrained_frozen(self, source: str, missing_keys: Sequence[str]) -> None:
         """Weights the checkpoint lacks are initialised at random; the classifier then trains, but anything else
@@ -410,10 +416,9 @@ class HFText(Backbone):
         cache_into_base = contextlib.nullcontext()
         if hooks.uses("attention_prefix"):
             cache, length = self._prefix_cache(hooks, contexts, embeds)
-            if self._head_passes_cache or self.pooling != "model":  # (other poolings call the base model)
-                kwargs[self._cache_argument] = cache
-            else:
-                cache_into_base = _extra_arguments(self.model.base_model, {self._cache_argument: cache})
+            # handed to the base model itself: the models' own heads do not all pass a cache on (transformers
+            # 4.x's BertForSequenceClassification takes none), and the head code runs unchanged around it
+            cache_into_base = _extra_arguments(self.model.base_model, {self._cache_argument: cache})
             ones = attention_mask.new_ones(attention_mask.shape[0], length)
             kwargs["attention_mask"] = torch.cat([ones, attention_mask], dim=1)
         with tokens_before_blocks(hooks, layers, contexts), cache_into_base:
@@ -450,13 +455,6 @@ class HFText(Backbone):
         # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated until 5.40);
         # looked up once, not on every forward
         return "cache" if "cache" in inspect.signature(self.model.base_model.forward).parameters else "past_key_values"
-
-    @functools.cached_property
-    def _head_passes_cache(self) -> bool:
-        # transformers 4.x's encoder classification models (BertForSequenceClassification…) take no cache
-        # argument although their base model does; transformers 5's pass it on through ``**kwargs``
-        parameters = inspect.signature(self.model.forward).parameters
-        return self._cache_argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
     def _prefix_cache(self, hooks: BlockHook, contexts: Sequence[BlockContext], embeds: Tensor) -> tuple[Any, int]:
         """The hook's per-layer keys and values as a key/value cache the model's attention reads before the

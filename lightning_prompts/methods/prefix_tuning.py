@@ -122,7 +122,7 @@ class PrefixTuning(TextPromptModule):
         """
         model: HFText = self.backbone
         if model.task == "sequence-classification":
-            peft_pooling = peft_classification_pooling(model)
+            peft_pooling = "last" if model.head_reads_last_token else "model"  # PEFT passes token ids to the head
             if model.pooling != peft_pooling:
                 raise NotImplementedError(
                     f"PEFT's prefix tuning classifies with the model's own head on the token ids, which for "
@@ -143,13 +143,6 @@ class PrefixTuning(TextPromptModule):
         return export_peft_prefix_tuning(
             directory, table, model.num_layers, heads, model.task, model.model_name_or_path, model.head_modules()
         )
-
-
-def peft_classification_pooling(model: HFText) -> str:
-    """The :class:`HFText` pooling that PEFT's prefix-tuning forward computes on a classification model: it
-    passes token ids, so the model's own head reads them. Decoders' heads (``score``) take the last
-    non-padding token (our ``"last"``); encoders' (``classifier``) their own pooler (``"model"``)."""
-    return "last" if "score" in model.head_modules() else "model"
 
 
 def peft_runs_prefix_classification(model: nn.Module) -> bool:
