@@ -16,6 +16,7 @@ about the format changes: every file is plain LightningCLI YAML.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,48 @@ class RecipeError(ConfigurationError):
 
 
 def read_yaml(path: Path) -> Any:
+    """``path``'s content, read safely; a key given twice in one mapping is an error, not a silent override."""
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
+    except _DuplicateKey as duplicate:
+        raise RecipeError(
+            f"recipe {path}: '{duplicate.key}' is given twice in one mapping (lines {duplicate.first} and "
+            f"{duplicate.second}); YAML keeps only the last, dropping every option of the first. Merge them into one."
+        ) from None
     except yaml.YAMLError as error:
         raise RecipeError(f"recipe {path} is not valid YAML: {error}") from error
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        self.key, self.first, self.second = key, first, second
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """``yaml.SafeLoader`` that refuses repeated keys. Plain YAML loaders keep the last of two ``trainer:`` blocks,
+    which once silently dropped a recipe's epochs and precision."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges are YAML's own way to repeat keys
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in lines:
+                        raise _DuplicateKey(key, lines[key], line)
+                    lines[key] = line
+                except TypeError:  # an unhashable key: the base class reports it
+                    break
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def expand_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[Path]:

@@ -177,6 +177,18 @@ def yaml_that_is_a_list(tmp: Path):
     return ["fit", "--config", str(recipe)], "list.yaml"
 
 
+def a_key_given_twice(tmp: Path):
+    recipe = tmp / "twice.yaml"
+    recipe.write_text(f"extends: {COOP}\ntrainer:\n  max_epochs: 3\ntrainer:\n  log_every_n_steps: 1\n")
+    return [
+        "fit",
+        "--config",
+        str(recipe),
+        "--config",
+        TINY_CLIP,
+    ], "'trainer' is given twice in one mapping (lines 2 and 4)"
+
+
 def extends_a_missing_file(tmp: Path):
     recipe = tmp / "child.yaml"
     recipe.write_text("extends: parent.yaml\n")
@@ -306,6 +318,7 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         typo_in_a_key,
         typo_in_a_recipe,
         yaml_that_is_a_list,
+        a_key_given_twice,
         extends_a_missing_file,
         extends_in_a_cycle,
         prompt_init_not_safetensors,

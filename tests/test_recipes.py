@@ -51,6 +51,22 @@ def test_recipe_parses(recipe, parser):
     assert overlay_for(recipe).is_file()
 
 
+def test_no_yaml_file_under_recipes_gives_a_key_twice():
+    """A repeated key keeps only its last value: two ``trainer:`` blocks once dropped the KgCoOp recipes' epochs
+    and precision. Every file counts, the _base and _tiny files that other files name as values included."""
+    from lightning_prompts.recipes import RecipeError, read_yaml
+
+    files = sorted(RECIPES.rglob("*.yaml"))
+    assert len(files) > len(FILES)
+    repeated = []
+    for file in files:
+        try:
+            read_yaml(file)
+        except RecipeError as error:
+            repeated.append(str(error))
+    assert not repeated, repeated
+
+
 def test_every_registered_method_has_a_recipe_folder_with_a_recipe():
     folders = {path.relative_to(RECIPES).parts[0] for path in FILES}
     for entry in [*registry.entries("method"), *registry.entries("pretraining")]:
