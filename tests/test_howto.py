@@ -162,8 +162,8 @@ def test_multitask_commands(scratch):
     (target_fit, per_class_fit, voc_fit), (target_test, per_class_test, voc_test) = found["fit"], found["test"]
     tiny = ["--config", "recipes/_tiny/clip.yaml", "--trainer.fast_dev_run=false", "--trainer.max_epochs=1"]
     tiny += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
-    for fit in fits:
-        run_cli([*fit, *tiny])
+    for fit in fits:  # with the recipe's logger (the overlay turns it off): checkpoints sit under its version folder
+        run_cli([*fit, *tiny, "--trainer.logger=true"])
     for export in exports:
         from lightning_prompts.cli import export_command
 
