@@ -79,6 +79,31 @@ def check_node_features(data: Any, where: str) -> None:
         raise DatasetError(f"{where} has no labels (data.y is None).")
 
 
+#: The label dtypes cross-entropy takes as class indices (PyG's TUDataset and Planetoid store torch.long).
+CLASS_INDEX_DTYPES = (torch.long, torch.uint8)
+
+
+def check_class_indices(labels: torch.Tensor, where: str, unit: str, first: int = 0) -> torch.Tensor:
+    """``labels`` if they are class indices (``CLASS_INDEX_DTYPES``, >= 0); ``first``: the node or graph
+    (``unit``) that ``labels[0]`` belongs to, for the message.
+
+    A float label is a regression target or a class that ``int()`` would truncate, and a negative one (often -1,
+    "unlabelled") would become a class of its own in the splits and an index error in the loss."""
+    if labels.dtype not in CLASS_INDEX_DTYPES:
+        raise DatasetError(
+            f"{where}: {unit} {first} has label {labels[0].item():g} of dtype {labels.dtype}; labels must be class "
+            f"indices of dtype torch.long. Convert classes with data.y = data.y.long(); regression is not supported."
+        )
+    negative = (labels < 0).nonzero().view(-1)
+    if len(negative):
+        index = int(negative[0])
+        raise DatasetError(
+            f"{where}: {unit} {first + index} has label {int(labels[index])} ({len(negative)} {unit}s have a negative "
+            f"label); labels must be class indices 0, 1, 2, …. Drop or relabel unlabelled {unit}s first."
+        )
+    return labels
+
+
 def stratified_split(
     labels: Sequence[int],
     shots: int,
@@ -247,9 +272,31 @@ class GraphDataModule(LightningDataModule):
 
     # -- splits -------------------------------------------------------------------------------------
     def _labels(self) -> torch.Tensor:
+        """One class index per node (node tasks) or graph, checked: cross-entropy reads them as class indices, so a
+        -1, a float or a multi-task row would otherwise be drawn into the splits and fail or mislead mid-training."""
+        where = f"{type(self.dataset).__name__} dataset"
         if self.task == "node":
-            return self.graph.y.view(-1)
-        return torch.cat([graph.y.view(-1)[:1] for graph in self.dataset])
+            graph = self.graph
+            if graph.y.numel() != graph.num_nodes:
+                raise DatasetError(
+                    f"{where}: y has shape {tuple(graph.y.shape)} for {graph.num_nodes} nodes; node classification "
+                    f"needs one class index per node (shape [{graph.num_nodes}]). Turn one-hot rows into indices "
+                    f"with data.y = data.y.argmax(-1); multi-label node targets are not supported."
+                )
+            return check_class_indices(graph.y.view(-1), where, "node")
+        labels = []
+        for index, graph in enumerate(self.dataset):
+            if graph.y is None or graph.y.numel() != 1:
+                shape = None if graph.y is None else tuple(graph.y.shape)
+                raise DatasetError(
+                    f"{where}: graph {index} has y of shape {shape}; graph classification needs one class index "
+                    f"per graph (shape [1]). Multi-task labels are not supported: keep one task, e.g. with a "
+                    f"transform setting data.y = data.y[:, task]."
+                )
+            if graph.y.dtype not in CLASS_INDEX_DTYPES:  # refused here, by index: torch.cat would mix the dtypes
+                check_class_indices(graph.y.view(1), where, "graph", first=index)
+            labels.append(graph.y.view(1))
+        return check_class_indices(torch.cat(labels), where, "graph")
 
     def _split_indices(self) -> dict[str, list[int]]:
         labels = self._labels().tolist()

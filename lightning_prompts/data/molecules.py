@@ -13,8 +13,8 @@
   ``y`` is ``(B, tasks)`` with ``nan`` for a missing label: the input of masked binary cross-entropy
   and of :class:`~lightning_prompts.evaluation.MultiTaskAUROCEvaluator`.
 
-Rows whose SMILES RDKit cannot parse are skipped and counted (as the official loaders do for BBBP,
-ClinTox and ToxCast). RDKit is the ``molecules`` extra.
+Rows whose SMILES RDKit cannot parse are skipped, counted and reported in a warning (the official loaders
+skip them for BBBP, ClinTox and ToxCast). RDKit is the ``molecules`` extra.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import gzip
 import io
 import math
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -194,8 +195,21 @@ def random_split(count: int, seed: int, frac_train: float = 0.8, frac_valid: flo
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError; a truncated archive an EOFError
+        raise DatasetError(
+            f"{path} is named .gz but cannot be decompressed ({error}); give the plain .csv or a complete gzip file."
+        ) from error
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark would otherwise stick to the first column's name
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path} is not UTF-8 text: line {line} holds the byte {raw[error.start : error.start + 1]!r}. "
+            f"Re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+        ) from None
+    reader = csv.DictReader(io.StringIO(text))
     rows = list(reader)
     return list(reader.fieldnames or []), rows
 
@@ -229,21 +243,37 @@ def read_moleculenet_csv(
     absent = [task for task in tasks if task not in columns]
     if absent:
         raise DatasetError(f"{path} lacks the task columns {absent}.")
+    # csv.DictReader keeps only the last of equally named columns, so the others' labels would vanish silently
+    repeated = sorted({column for column in [smiles_column, *tasks] if columns.count(column) > 1})
+    if repeated:
+        raise DatasetError(
+            f"{path}: the header names the columns {repeated} more than once; rename or drop the copies."
+        )
     Chem = _rdkit()
-    graphs, smiles, skipped = [], [], 0
+    graphs, smiles, unparsed = [], [], []
     for line, row in enumerate(rows, start=2):
         text = (row[smiles_column] or "").strip()
         mol = Chem.MolFromSmiles(text) if text else None
         if mol is None:
-            skipped += 1
+            unparsed.append(f"line {line}: {text!r}")
             continue
         graph = smiles_to_graph(text, mol)
         graph.y = torch.tensor([[_label(row[task] or "", f"{path}:{line} ({task})") for task in tasks]])
         graphs.append(graph)
         smiles.append(text)
     if not graphs:
-        raise DatasetError(f"{path}: no row has a SMILES string RDKit can parse.")
-    return graphs, smiles, tasks, skipped
+        raise DatasetError(
+            f"{path}: none of its {len(rows)} rows has a SMILES string RDKit can parse (e.g. {unparsed[:3]}); "
+            f"check that column {smiles_column!r} holds SMILES and that the file is comma-separated."
+        )
+    if unparsed:  # the official loaders skip these too (BBBP has 11), but a large share means a wrong column or file
+        warnings.warn(
+            f"{path}: skipped {len(unparsed)} of {len(rows)} rows whose SMILES RDKit cannot parse, e.g. "
+            f"{unparsed[:3]}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return graphs, smiles, tasks, len(unparsed)
 
 
 @register_datamodule()
@@ -336,6 +366,17 @@ class MoleculeNetDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         if self._splits is None:
             self._splits = {name: [self.graphs[i] for i in ids] for name, ids in self.split_indices().items()}
+        # an empty split would otherwise run without a batch (train) or a score (val, test); unlabelled
+        # pre-training sets (no tasks) have nothing to validate
+        needed = {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ("test",))
+        empty = [name for name in needed if not self._splits[name] and (name != "val" or self.tasks)]
+        if empty:
+            sizes = ", ".join(f"{name} {len(graphs)}" for name, graphs in self._splits.items())
+            why = "each scaffold set goes whole into one split" if self.split == "scaffold" else "it cuts at 80%/90%"
+            raise DatasetError(
+                f"{self.path}: the {self.split} split of its {len(self.graphs)} molecules leaves "
+                f"{' and '.join(empty)} empty ({sizes}); {why}. Add molecules to the file."
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         assert self._splits is not None, "call setup() first"

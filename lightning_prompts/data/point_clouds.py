@@ -94,7 +94,7 @@ def read_modelnet40(
             )
     classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
     index = {name: i for i, name in enumerate(classes)}
-    clouds, labels = [], []
+    clouds, labels, paths = [], [], []
     for line, shape in enumerate(s.strip() for s in split_file.read_text().splitlines()):
         if not shape:
             continue
@@ -112,8 +112,20 @@ def read_modelnet40(
             raise DatasetError(f"{path} has {values.shape[1]} columns; expected x,y,z[,nx,ny,nz].")
         clouds.append(normalise_cloud(values[:, :3]))
         labels.append(index[name])
+        paths.append(path)
     if not clouds:
         raise DatasetError(f"{split_file} lists no shapes.")
+    # Batches stack clouds, so every file must give the same count: the first stored_points of the official
+    # 10,000-point files (or, in a small hand-made layout, the most any file has). A shorter file, a truncated
+    # download, would otherwise fail only at the first batch that holds it.
+    kept = max(len(cloud) for cloud in clouds)
+    short = [(path, len(cloud)) for path, cloud in zip(paths, clouds, strict=True) if len(cloud) < kept]
+    if short:
+        raise DatasetError(
+            f"{short[0][0]} has {short[0][1]} points where other files give {kept} (the first {stored_points} of "
+            f"ModelNet40's 10,000-point files are read); {len(short)} of the {len(clouds)} files {split_file.name} "
+            f"lists are shorter: download them again."
+        )
     return clouds, labels, classes
 
 
@@ -509,6 +521,13 @@ class PointCloudDataModule(LightningDataModule):
             splits: dict[str, Dataset] = {}
             for split in ("train", "test"):
                 paths, taxonomies = read_shapenet55_list(str(self.root), split)
+                missing = [path for path in paths if not path.is_file()]  # else the first epoch fails on them
+                if missing:
+                    raise DatasetError(
+                        f"{len(missing)} of the {len(paths)} clouds ShapeNet-55 {split}.txt lists are missing from "
+                        f"{missing[0].parent}, e.g. {[path.name for path in missing[:3]]}; extract ShapeNet55-34 "
+                        f"again or remove them from {split}.txt."
+                    )
                 unknown = sorted(set(taxonomies) - set(index))
                 if unknown:
                     raise DatasetError(f"ShapeNet-55 {split}.txt has taxonomies {unknown} that train.txt lacks.")
