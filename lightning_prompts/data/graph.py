@@ -104,6 +104,20 @@ def check_class_indices(labels: torch.Tensor, where: str, unit: str, first: int 
     return labels
 
 
+def check_edges(graph: Any, where: str) -> None:
+    """Every edge joins two of ``graph``'s nodes: an index past the last node fails deep inside message passing
+    (or silently reads another graph's node once batched)."""
+    edge_index = getattr(graph, "edge_index", None)
+    if edge_index is None or edge_index.numel() == 0:
+        return
+    low, high = int(edge_index.min()), int(edge_index.max())
+    if low < 0 or high >= graph.num_nodes:
+        raise DatasetError(
+            f"{where}: edge_index holds node {low if low < 0 else high}, outside 0..{graph.num_nodes - 1} "
+            f"({graph.num_nodes} nodes); rebuild its edges (torch_geometric's data.validate() shows the same)."
+        )
+
+
 def stratified_split(
     labels: Sequence[int],
     shots: int,
@@ -283,9 +297,11 @@ class GraphDataModule(LightningDataModule):
                     f"needs one class index per node (shape [{graph.num_nodes}]). Turn one-hot rows into indices "
                     f"with data.y = data.y.argmax(-1); multi-label node targets are not supported."
                 )
+            check_edges(graph, where)
             return check_class_indices(graph.y.view(-1), where, "node")
         labels = []
         for index, graph in enumerate(self.dataset):
+            check_edges(graph, f"{where}, graph {index}")
             if graph.y is None or graph.y.numel() != 1:
                 shape = None if graph.y is None else tuple(graph.y.shape)
                 raise DatasetError(

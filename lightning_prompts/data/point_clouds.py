@@ -110,6 +110,9 @@ def read_modelnet40(
             raise DatasetError(f"{path} is not comma-separated coordinates: {error}") from error
         if values.shape[1] < 3:
             raise DatasetError(f"{path} has {values.shape[1]} columns; expected x,y,z[,nx,ny,nz].")
+        bad_rows = np.flatnonzero(~np.isfinite(values[:, :3]).all(axis=1))
+        if len(bad_rows):  # a nan would spread through normalisation to every point of the cloud
+            raise DatasetError(f"{path}: line {bad_rows[0] + 1} has a non-finite coordinate ({len(bad_rows)} lines).")
         clouds.append(normalise_cloud(values[:, :3]))
         labels.append(index[name])
         paths.append(path)
@@ -164,9 +167,17 @@ def read_scanobjectnn(root: str | Path, variant: ScanVariant, split: str) -> tup
         if "data" not in file or "label" not in file:
             raise DatasetError(f"{path} lacks the 'data' and 'label' datasets.")
         data = np.asarray(file["data"], dtype=np.float32)
-        labels = np.asarray(file["label"]).astype(np.int64).reshape(-1)
+        stored = np.asarray(file["label"]).reshape(-1)
+    labels = stored.astype(np.int64)
+    if not np.array_equal(labels, stored):  # a float label such as 2.7 would be cut to class 2
+        raise DatasetError(
+            f"{path}: label holds values that are not whole numbers, e.g. {stored[labels != stored][0]}."
+        )
     if data.ndim != 3 or data.shape[2] < 3 or len(data) != len(labels):
         raise DatasetError(f"{path}: data {data.shape} and label {labels.shape} are not (N, P, 3) and (N,).")
+    bad_clouds = np.flatnonzero(~np.isfinite(data[..., :3]).all(axis=(1, 2)))
+    if len(bad_clouds):
+        raise DatasetError(f"{path}: cloud {bad_clouds[0]} has a non-finite coordinate ({len(bad_clouds)} clouds).")
     if labels.min() < 0 or labels.max() >= len(SCANOBJECTNN_CLASSES):
         raise DatasetError(f"{path}: labels outside 0..{len(SCANOBJECTNN_CLASSES) - 1}.")
     return [cloud[:, :3] for cloud in data], labels.tolist()

@@ -131,6 +131,19 @@ def negative_graph_label():
     return {"dataset": Graphs(graphs(labels)), "task": "graph", "shots": 1}, ["graph 5 has label -1"]
 
 
+def an_edge_past_the_last_node():
+    (graph,) = one_graph(torch.tensor([0, 1] * 6))
+    graph.edge_index[1, 3] = 12
+    return {"dataset": [graph], "task": "node", "shots": 1}, ["edge_index holds node 12, outside 0..11"]
+
+
+def a_graph_with_a_negative_edge_index():
+    labels = [torch.tensor([i % 2]) for i in range(12)]
+    dataset = graphs(labels)
+    dataset[6].edge_index = torch.tensor([[0, -1], [1, 2]])
+    return {"dataset": dataset, "task": "graph", "shots": 1}, ["graph 6: edge_index holds node -1, outside 0..2"]
+
+
 def ego_graphs_of_unlabelled_nodes():
     y = torch.tensor([0, 1] * 6)
     y[7] = -1
@@ -145,6 +158,8 @@ LABEL_CASES = [
     one_float_label_among_integers,
     negative_graph_label,
     ego_graphs_of_unlabelled_nodes,
+    an_edge_past_the_last_node,
+    a_graph_with_a_negative_edge_index,
 ]
 
 
@@ -211,3 +226,32 @@ def test_shapenet55_clouds_missing_from_disk_are_refused_at_setup(tmp_path):
     with pytest.raises(DatasetError, match="4 of the 5 clouds ShapeNet-55 train.txt lists are missing") as error:
         data.setup("fit")
     assert str(root / "shapenet_pc") in str(error.value) and "03001627-missing0.npy" in str(error.value)
+
+
+def test_a_modelnet40_file_with_a_nan_coordinate_is_refused_naming_the_line(tmp_path):
+    root = write_modelnet(tmp_path / "modelnet", [50] * 4)
+    path = root / "bed" / "bed_0001.txt"
+    lines = path.read_text().splitlines()
+    lines[6] = "nan," + lines[6].split(",", 1)[1]
+    path.write_text("\n".join(lines) + "\n")
+    data = PointCloudDataModule("modelnet40", str(root), num_points=32, train_pool=32, batch_size=4)
+    with pytest.raises(DatasetError, match=r"bed_0001.txt: line 7 has a non-finite coordinate \(1 lines\)"):
+        data.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("labels", "culprit"), [([0.0, 2.7, 1.0], "not whole numbers, e.g. 2.7"), ([0, 1, 2], "cloud 1 has a non-finite")]
+)
+def test_scanobjectnn_fractional_labels_and_nan_clouds_are_refused(tmp_path, labels, culprit):
+    h5py = pytest.importorskip("h5py")
+    from lightning_prompts.data.point_clouds import read_scanobjectnn
+
+    folder = tmp_path / "h5_files" / "main_split"
+    folder.mkdir(parents=True)
+    data = np.random.default_rng(0).random((3, 16, 3)).astype(np.float32)
+    if culprit.startswith("cloud"):
+        data[1, 5, 2] = np.inf
+    with h5py.File(folder / "training_objectdataset_augmentedrot_scale75.h5", "w") as file:
+        file["data"], file["label"] = data, np.asarray(labels)
+    with pytest.raises(DatasetError, match=culprit):
+        read_scanobjectnn(tmp_path / "h5_files", "pb_t50_rs", "training")
