@@ -91,7 +91,9 @@ def read_split_json(split_path: Path, image_root: Path) -> dict[str, list[ImageI
     if not split_path.is_file():
         raise DatasetError(f"Split file {split_path} does not exist (expected the CoOp split_zhou_*.json file).")
     try:
-        content = json.loads(split_path.read_text())
+        content = json.loads(split_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"Split file {split_path} is not UTF-8 text ({error}); re-save it as UTF-8.") from error
     except json.JSONDecodeError as error:
         raise DatasetError(f"Split file {split_path} is not valid JSON: {error}") from error
     splits: dict[str, list[ImageItem]] = {}
@@ -105,7 +107,13 @@ def read_split_json(split_path: Path, image_root: Path) -> dict[str, list[ImageI
                     f"{split_path}: {split} entry {index} is {entry!r}; expected [relative_path, label, classname]."
                 )
             path, label, classname = entry
-            items.append(ImageItem(image_root / path, int(label), str(classname)))
+            # int() would turn 1.7 into 1 and "3" into 3, and a bool is an int to Python: take whole numbers only
+            if type(label) is not int or label < 0:
+                raise DatasetError(
+                    f"{split_path}: {split} entry {index} ({path}) has label {label!r}; labels are whole numbers "
+                    f"from 0 (the class index), as in CoOp's split files."
+                )
+            items.append(ImageItem(image_root / path, label, str(classname)))
         splits[split] = items
     return splits
 

@@ -61,9 +61,16 @@ class FGVCDataModule(ImageClassificationDataModule):
         if not path.is_file():
             raise DatasetError(f"{path} does not exist (VPT's FGVC split: image path -> class id).")
         try:
-            content = json.loads(path.read_text())
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise DatasetError(f"{path} is not UTF-8 text ({error}); re-save it as UTF-8.") from error
         except json.JSONDecodeError as error:
             raise DatasetError(f"{path} is not valid JSON: {error}") from error
+        if not isinstance(content, dict):
+            raise DatasetError(
+                f"{path} holds a JSON {type(content).__name__}; VPT's FGVC split is one object mapping each image "
+                f'path to its class id ({{"001.Black_footed_Albatross/x.jpg": "001", …}}).'
+            )
         return {str(k): str(v) for k, v in content.items()}
 
     def load_splits(self) -> LoadedSplits:

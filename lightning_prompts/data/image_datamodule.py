@@ -269,12 +269,20 @@ class ImageClassificationDataModule(LightningDataModule):
                     verify_masks(splits.train, mask_path, f"{self.description} train split")
             if self.pseudolabels is None:
                 self._datasets["train"] = ImageListDataset(splits.train, train_tf, self.views, mask_path)
+                if not splits.val:
+                    self._warn_validation_on_training_images()
                 self._datasets["val"] = ImageListDataset(splits.val or splits.train, eval_tf)
             else:
                 self._setup_pseudolabel_split(splits, train_tf, eval_tf, mask_path)
         if stage in ("test", "predict") and "test" not in self._datasets:
             if not splits.test_sets:
                 raise DatasetError(f"{self.description}: there is no test split.")
+            empty = [name for name, (_, items) in splits.test_sets.items() if not items]
+            if empty:  # it would test 0 batches and report nothing
+                raise DatasetError(
+                    f"{self.description}: test split {empty[0]!r} holds no images; list the test images in the "
+                    f"dataset's test split."
+                )
             if self.verify:
                 for name, (_, items) in splits.test_sets.items():
                     verify_images(items, f"{self.description} test split {name!r}")
@@ -311,7 +319,17 @@ class ImageClassificationDataModule(LightningDataModule):
         self._train_parts = (train_tf, mask_path)
         self._datasets["unlabelled"] = ImageListDataset(partition.unlabelled, eval_tf)
         self.set_pseudolabels([], [])
+        if not (partition.labelled_val or splits.val):
+            self._warn_validation_on_training_images()
         self._datasets["val"] = ImageListDataset(partition.labelled_val or splits.val or splits.train, eval_tf)
+
+    def _warn_validation_on_training_images(self) -> None:
+        # kept (recipes without a val split rely on it), but the `best` checkpoint is then chosen on training data
+        rank_zero_warn(
+            f"{self.description}: there is no validation split, so validation runs on the training images and "
+            f"best-checkpoint selection is made on training data. Give the dataset a val split (a val/ folder, a "
+            f"'val' list in the split file) to validate on held-out images."
+        )
 
     @property
     def pseudolabel_partition(self) -> PseudoLabelPartition:

@@ -37,6 +37,11 @@ def read_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
                 f"{class_dir}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})."
             )
         items.extend(found)
+    if not items:  # an empty val/ or test/ would silently be replaced (test/ by val/, val/ by the training images)
+        raise DatasetError(
+            f"Image folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class folders "
+            f"<class>/<image>; add them, or remove the folder."
+        )
     return names, items
 
 

@@ -134,6 +134,8 @@ def classnames_by_label(items: Sequence[ImageItem], where: str) -> list[str]:
     """Class names ordered by label; raise if a label has two names or labels have gaps."""
     names: dict[int, str] = {}
     for item in items:
+        if item.label < 0:  # NO_LABEL (-1) marks unlabelled images, which cannot define a class
+            raise DatasetError(f"{where}: image {item.path} has label {item.label}; labels must run from 0 to C-1.")
         known = names.setdefault(item.label, item.classname)
         if known != item.classname:
             raise DatasetError(

@@ -16,7 +16,7 @@ import json
 import lzma
 import random
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -61,17 +61,59 @@ def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
         return _checked(path, records, columns)
     opener = _OPENERS.get(suffixes[-1]) if suffixes else None
     kind = suffixes[-2] if opener and len(suffixes) >= 2 else (suffixes[-1] if suffixes else "")
-    raw = opener(path, "rt", encoding="utf-8") if opener else path.open("r", encoding="utf-8", newline="")
-    with raw as handle:
-        if kind == ".jsonl":
-            records = [json.loads(line) for line in handle if line.strip()]
-        elif kind in (".csv", ".tsv"):
-            records = list(csv.DictReader(io.StringIO(handle.read()), delimiter="\t" if kind == ".tsv" else ","))
-        else:
-            raise DatasetError(
-                f"{path}: unsupported format {kind!r} (use .csv, .tsv, .jsonl, optionally compressed, or .parquet)."
-            )
+    if kind not in (".jsonl", ".csv", ".tsv"):
+        raise DatasetError(
+            f"{path}: unsupported format {kind!r} (use .csv, .tsv, .jsonl, optionally compressed, or .parquet)."
+        )
+    # utf-8-sig: spreadsheet programs start a CSV with a byte-order mark, which would end up in the first column's name
+    try:
+        raw = opener(path, "rt", encoding="utf-8-sig") if opener else path.open("r", encoding="utf-8-sig", newline="")
+        with raw as handle:
+            if kind == ".jsonl":
+                records = _json_lines(path, handle)
+            else:
+                records = list(csv.DictReader(io.StringIO(handle.read()), delimiter="\t" if kind == ".tsv" else ","))
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{path}: line {_first_non_utf8_line(path, opener)} is not UTF-8 text ({error.reason}); "
+            f"re-save the file as UTF-8."
+        ) from error
+    except (OSError, EOFError, lzma.LZMAError) as error:  # mostly a damaged or mislabelled archive (BadGzipFile…)
+        hint = f"; check that it really is {suffixes[-1]}-compressed" if opener else ""
+        raise DatasetError(f"{path} cannot be read ({error}){hint}.") from error
     return _checked(path, records, columns)
+
+
+def _json_lines(path: Path, lines: Iterable[str]) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(
+                f"{path}: line {number} is not valid JSON ({error.msg} at character {error.pos + 1}); each line must "
+                f"be one complete JSON object."
+            ) from error
+        if not isinstance(record, dict):
+            raise DatasetError(
+                f"{path}: line {number} holds {line.strip()[:60]}, not a JSON object; each line must be one object "
+                f'such as {{"text": "...", "label": "..."}}.'
+            )
+        records.append(record)
+    return records
+
+
+def _first_non_utf8_line(path: Path, opener: Any) -> int | None:
+    """The number of the first line that is not UTF-8 (a newline byte is never part of a multi-byte character)."""
+    with (opener or open)(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def _checked(path: Path, records: list[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
@@ -79,6 +121,12 @@ def _checked(path: Path, records: list[dict[str, Any]], columns: Sequence[str]) 
         missing = [column for column in columns if column not in record]
         if missing:
             raise DatasetError(f"{path}: row {number} lacks column(s) {missing} (has {sorted(record)}).")
+        # a CSV row with fewer cells than the header, or a JSON null: str() would make it the text/class 'None'
+        empty = [column for column in columns if record[column] is None]
+        if empty:
+            raise DatasetError(
+                f"{path}: row {number} has no value in column(s) {empty}; fill the cell(s) in or remove the row."
+            )
     return [{key: _as_text(value) for key, value in record.items()} for record in records]
 
 
@@ -271,7 +319,16 @@ class TextClassificationDataModule(LightningDataModule):
         file = self.files[split]
         if file is None:
             return None
-        return read_table(resolve_path(file), self.text_column, self.label_column, self.text_format)
+        path = resolve_path(file)
+        rows = read_table(path, self.text_column, self.label_column, self.text_format)
+        if self.label_separator is None:  # (an empty multi-label cell is a row negative for every class)
+            for number, (_, label) in enumerate(rows, 1):
+                if isinstance(label, str) and not label.strip():  # it would become a class named ''
+                    raise DatasetError(
+                        f"{path}: row {number} has an empty {self.label_column!r} cell; fill its label in or remove "
+                        f"the row."
+                    )
+        return rows
 
     def _load(self) -> dict[str, tuple[list[str], list[int]]]:
         if self._splits is not None:

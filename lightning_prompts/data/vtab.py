@@ -66,6 +66,8 @@ def read_list_file(path: Path, task_root: Path) -> list[tuple[Path, int]]:
         relative, _, label = line.strip().rpartition(" ")
         if not relative or not label.lstrip("-").isdigit():
             raise DatasetError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}.")
+        if int(label) < 0:  # cross_entropy would fail on it mid-epoch (an unlabelled -1 has no place in VTAB-1k)
+            raise DatasetError(f"{path}:{number}: label {label} is negative; VTAB-1k labels run from 0 to C-1.")
         pairs.append((task_root / relative, int(label)))
     return pairs
 
@@ -129,6 +131,11 @@ class VTAB1kDataModule(ImageClassificationDataModule):
         if not task_root.is_dir():
             raise DatasetError(f"VTAB-1k task folder {task_root} does not exist.")
         pairs = {split: read_list_file(task_root / name, task_root) for split, name in self._lists.items()}
+        if not pairs["train"]:
+            raise DatasetError(
+                f"VTAB-1k list {task_root / self._lists['train']} lists no images; expected one "
+                f"'<relative path> <label>' line per training image."
+            )
         count = max(label for _, label in pairs["train"]) + 1
         # VTAB's class names are not in the lists; tasks are benchmarks for heads trained on label ids
         classnames = [f"class {i}" for i in range(count)]
