@@ -167,18 +167,9 @@ class PromptsCLI(LightningCLI):
             ckpt_path = section["ckpt_path"] = str(find_checkpoint(root, ckpt_path))
         if not ckpt_path:
             return
-        if not Path(ckpt_path).is_file():
-            raise ConfigurationError(f"--ckpt_path {ckpt_path} does not exist.")
-        import torch
+        from lightning_prompts.methods.base.checkpointing import read_checkpoint
 
-        try:
-            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        except Exception as error:  # noqa: BLE001 - any failure means it is not a checkpoint we can use
-            # torch's own message suggests weights_only=False, which would let the file run code: not shown
-            reason = "only tensors and plain values are read" if "weights_only" in str(error) else str(error)
-            raise ConfigurationError(
-                f"--ckpt_path {ckpt_path} is not a readable Lightning checkpoint ({type(error).__name__}; {reason})."
-            ) from error
+        checkpoint = read_checkpoint(ckpt_path)
         stored = checkpoint.get("hyper_parameters") or {}
         self._checkpoint_path, self._checkpoint_classes = ckpt_path, stored.get("classnames")
         dump = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="json")

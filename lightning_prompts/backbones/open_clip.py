@@ -32,7 +32,9 @@ prompts). ``shared_prefix=False`` on the backbone turns it off. See ``benchmarks
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -40,7 +42,7 @@ from torch import Tensor
 
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, PromptTokens, attached, compose
 from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
-from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.registry import register_backbone
 
 #: OpenAI CLIP preprocessing constants (open_clip's defaults for OpenAI weights).
@@ -55,6 +57,36 @@ TINY_CONFIG: dict[str, Any] = {
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 12, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 12},
 }
+
+
+def require_file(path: str, owner: str) -> None:
+    """Refuse a weights file that is not there before the model is built (a ViT-L takes seconds to build);
+    ``owner`` names the backbone argument in the message."""
+    if not Path(path).is_file():
+        raise ConfigurationError(f"{owner}: weights file {path} does not exist (or is not a file).")
+
+
+def load_weights_file(path: str, load: Callable[[], Any], owner: str) -> None:
+    """Run ``load``, a library's loader of the local weights file ``path`` (open_clip's or timm's, both reading
+    with ``weights_only=True``), with every failure turned into one :class:`ConfigurationError` naming the file."""
+    try:
+        load()
+    except Exception as error:  # noqa: BLE001 - truncated, not a tensor file, other keys: the file is at fault
+        # torch and timm advise retrying with weights_only=False, which would let the file run code: not passed on
+        if "weights_only" in str(error):
+            reason = "it holds objects other than tensors and plain values, or is not a PyTorch file"
+        else:
+            reason = " ".join(str(error).split())[:300] or "no detail"
+        raise ConfigurationError(
+            f"{owner}: {path} could not be loaded as a weights-only checkpoint of this model ({type(error).__name__}: "
+            f"{reason}). Give a complete .pt, .pth, .bin or .safetensors file of this architecture's weights."
+        ) from error
+
+
+def is_file_path(pretrained: str) -> bool:
+    """Whether ``pretrained`` names a file rather than an open_clip tag: tags are plain words (``openai``,
+    ``laion2b_s34b_b88k``), never with a folder or a suffix."""
+    return Path(pretrained).suffix != "" or "/" in pretrained or os.sep in pretrained
 
 
 @register_backbone(family="clip")
@@ -100,22 +132,34 @@ class OpenCLIP(VisionLanguageBackbone):
         self.shared_prefix = shared_prefix
         if model_cfg is None and model_name == "tiny":
             model_cfg = TINY_CONFIG
+        # a local file (always one for a model built from a config) is loaded once the model is built, where a
+        # failure can name it: open_clip's own errors name no file or advise weights_only=False. Tags, and the
+        # hf-hub:/local-dir: model names (which ignore `pretrained`), keep open_clip's own loading.
+        local = pretrained is not None and (
+            model_cfg is not None or (is_file_path(pretrained) and ":" not in model_name)
+        )
+        owner = f"OpenCLIP {model_name!r} pretrained"
+        if local:
+            require_file(pretrained, owner)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if model_cfg is not None:
                 self.model = open_clip.CLIP(**model_cfg, quick_gelu=force_quick_gelu)
-                if pretrained is not None:
-                    open_clip.load_checkpoint(self.model, pretrained)
                 context_length = self.model.context_length
                 self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
                 self.image_mean, self.image_std = CLIP_MEAN, CLIP_STD
             else:
                 self.model = open_clip.create_model(
-                    model_name, pretrained=pretrained, force_quick_gelu=force_quick_gelu, cache_dir=cache_dir
+                    model_name,
+                    pretrained=None if local else pretrained,
+                    force_quick_gelu=force_quick_gelu,
+                    cache_dir=cache_dir,
                 )
                 self.tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
                 self.image_mean = tuple(getattr(self.model.visual, "image_mean", None) or CLIP_MEAN)
                 self.image_std = tuple(getattr(self.model.visual, "image_std", None) or CLIP_STD)
+        if local:
+            load_weights_file(pretrained, lambda: open_clip.load_checkpoint(self.model, pretrained), owner)
         if not hasattr(self.model, "token_embedding"):
             raise NotImplementedError(
                 f"open_clip model {model_name!r} has a custom text tower ({type(self.model).__name__}); "

@@ -29,6 +29,7 @@ from lightning_prompts.backbones.hooks import (
     attached,
     compose,
 )
+from lightning_prompts.backbones.open_clip import load_weights_file, require_file
 from lightning_prompts.registry import register_backbone
 
 #: timm's smallest ViT, shrunk further, for tests and the ``recipes/_tiny/vit.yaml`` overlay.
@@ -84,19 +85,22 @@ class TimmViT(Backbone):
         if model_name == "tiny":
             timm_name, kwargs, pretrained = "test_vit", {**TINY_KWARGS, **kwargs}, False
         self.source = checkpoint_path or ("pretrained" if pretrained else "random")
+        owner = f"TimmViT {model_name!r} checkpoint_path"
+        if checkpoint_path:
+            require_file(checkpoint_path, owner)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = timm.create_model(
-                timm_name,
-                pretrained=pretrained and checkpoint_path is None,
-                num_classes=0,
-                checkpoint_path=checkpoint_path or "",
-                **kwargs,
+                timm_name, pretrained=pretrained and checkpoint_path is None, num_classes=0, **kwargs
             )
         if not isinstance(self.model, VisionTransformer):
             raise NotImplementedError(
                 f"timm model {model_name!r} is a {type(self.model).__name__}; TimmViT needs a timm VisionTransformer."
             )
+        if checkpoint_path:
+            # what timm.create_model(checkpoint_path=...) does, with clear errors: timm's are an empty
+            # FileNotFoundError for a missing file and advice to load with weights_only=False for a foreign one
+            load_weights_file(checkpoint_path, lambda: timm.models.load_checkpoint(self.model, checkpoint_path), owner)
         config = self.model.pretrained_cfg or {}
         self.image_mean = tuple(config.get("mean", (0.485, 0.456, 0.406)))
         self.image_std = tuple(config.get("std", (0.229, 0.224, 0.225)))

@@ -58,19 +58,36 @@ def feature_distance(student: Tensor, teacher: Tensor, distance: Distance) -> Te
 
 
 def read_descriptions(path: str | Path, classnames: Sequence[str]) -> list[list[str]]:
-    """Per-class description lists from a CoPrompt-style JSON file, in ``classnames`` order; lists of
-    different lengths are cycled to the longest (CoPrompt needs equal counts)."""
+    """Per-class description lists from a CoPrompt-style UTF-8 JSON file ``{class name: [description, ...]}``, in
+    ``classnames`` order; lists of different lengths are cycled to the longest (CoPrompt needs equal counts). A
+    class given one description as a plain string (``{"cat": "a small furry pet"}``) gets that one description:
+    friendlier than refusing it, and never split into characters."""
     file = resolve_path(path)
     if not file.is_file():
         raise DatasetError(f"Description file {file} does not exist.")
-    content = json.loads(file.read_text())
+    try:
+        content = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"Description file {file} is not UTF-8 ({error}); save it as UTF-8.") from error
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"Description file {file} is not valid JSON: {error}.") from error
+    if not isinstance(content, dict):
+        raise DatasetError(f"Description file {file} must be an object {{class name: [description, ...]}}.")
     lists = []
     for name in classnames:
         key = name.replace("_", " ")
         entries = content.get(key, content.get(name))
         if not entries:
             raise DatasetError(f"Description file {file} has no descriptions for class {key!r}.")
-        lists.append([str(entry) for entry in entries])
+        if isinstance(entries, str):
+            entries = [entries]
+        if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+            shown = json.dumps(entries)
+            raise DatasetError(
+                f"Description file {file}: class {key!r} must list description strings, got "
+                f"{shown if len(shown) <= 80 else shown[:80] + '…'}."
+            )
+        lists.append(entries)
     longest = max(len(entries) for entries in lists)
     return [[entries[i % len(entries)] for i in range(longest)] for entries in lists]
 

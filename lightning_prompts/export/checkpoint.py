@@ -10,18 +10,12 @@ from lightning_prompts.errors import ConfigurationError
 def export_checkpoint(ckpt_path: str | Path, output: str | Path, peft_dir: str | Path | None = None) -> list[Path]:
     """Rebuild the method of ``ckpt_path`` (registered classes only; the backbone from its stored config)
     and write its trainable state to ``output`` (safetensors), and a PEFT adapter to ``peft_dir``."""
-    import torch
-
+    from lightning_prompts.methods.base.checkpointing import read_checkpoint
     from lightning_prompts.registry import resolve_class
 
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigurationError(f"checkpoint {path} does not exist.")
-    try:
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as error:  # noqa: BLE001 - any failure means it is not a checkpoint we can use
-        raise ConfigurationError(f"{path} is not a readable Lightning checkpoint ({error}).") from error
-    method = (checkpoint.get("lightning_prompts") or {}).get("method") if isinstance(checkpoint, dict) else None
+    checkpoint = read_checkpoint(path)
+    method = (checkpoint.get("lightning_prompts") or {}).get("method")
     if not method:
         raise ConfigurationError(f"{path} was not written by a lightning_prompts method (no method recorded).")
     cls = resolve_class(str(method), ("method", "pretraining"))

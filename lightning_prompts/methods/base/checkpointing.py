@@ -5,7 +5,8 @@ outside the frozen backbone plus backbone parameters a method unfroze (a text cl
 for methods whose trainable state is text (discrete prompt optimisers), the strings of
 :meth:`TrainableStateMixin.text_state`. A checkpoint or a ``safetensors`` prompt file records the
 backbone's identity; loading refuses a file of another backbone, one that lacks a trainable tensor,
-and one with tensors the module does not define, each with a message naming what differs. A
+and one with tensors the module does not define, and tensors of another shape, not floating point, or holding
+NaN or infinite values, each with a message naming the file and what differs. A
 Lightning checkpoint also holds the random generators' states, restored when ``fit`` resumes from it
 (:mod:`~lightning_prompts.methods.base.reproducibility`), so a resumed run equals the uninterrupted one.
 """
@@ -24,6 +25,9 @@ from lightning_prompts.methods.base.reproducibility import restore_rng_state, rn
 
 CHECKPOINT_KEY = "lightning_prompts"
 METADATA_PREFIX = "lightning_prompts."
+#: Added to the in-memory copy that :meth:`TrainableStateMixin.load_from_checkpoint` hands to Lightning (never
+#: saved), so that the checks of ``on_load_checkpoint``, which Lightning gives the content only, name the file.
+SOURCE_KEY = "lightning_prompts.source"
 
 
 class TrainableStateMixin:
@@ -34,17 +38,28 @@ class TrainableStateMixin:
         """Lightning's ``load_from_checkpoint``, with the checkpoint's own class-building instructions
         (``_instantiator``, ``_class_path``) dropped first: they would build the nested classes the file
         names (importing their modules). The module is built by its constructor from the stored
-        hyperparameters instead, which accept only registered classes."""
+        hyperparameters instead, which accept only registered classes. A file that is missing, unreadable or
+        written by another method is refused with a :class:`ConfigurationError` naming it."""
         import io
 
         import torch
 
         if isinstance(checkpoint_path, (str, Path)) and kwargs.get("hparams_file") is None:
-            checkpoint = torch.load(checkpoint_path, map_location=map_location or "cpu", weights_only=True)
-            stored = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+            checkpoint = read_checkpoint(checkpoint_path, map_location or "cpu")
+            meta = checkpoint.get(CHECKPOINT_KEY)
+            method = meta.get("method") if isinstance(meta, dict) else None
+            # the constructor would fail on the other method's hyperparameters with a TypeError naming neither
+            # class; a subclass may load its parent's checkpoint
+            if method and method not in {klass.__name__ for klass in cls.__mro__}:
+                raise ConfigurationError(
+                    f"checkpoint {checkpoint_path} was written by {method}, not {cls.__name__}: load it with "
+                    f"{method}.load_from_checkpoint."
+                )
+            stored = checkpoint.get("hyper_parameters")
             if isinstance(stored, dict):
                 for key in ("_instantiator", "_class_path"):
                     stored.pop(key, None)
+            checkpoint[SOURCE_KEY] = str(checkpoint_path)
             buffer = io.BytesIO()
             torch.save(checkpoint, buffer)
             buffer.seek(0)
@@ -93,13 +108,24 @@ class TrainableStateMixin:
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY) or {}
-        self._check_loadable(checkpoint.get("state_dict", {}).keys(), meta.get("backbone"), "the checkpoint")
+        source = self._checkpoint_source(checkpoint)
+        self._check_loadable(checkpoint.get("state_dict", {}).keys(), meta.get("backbone"), source)
+        for key in ("state_dict", "current_model_state"):  # the second one: Lightning's weight averaging
+            tensors = checkpoint.get(key) or {}
+            self._check_shapes(tensors, source)
+            check_finite(tensors, source)
         self.load_text_state(meta.get("text_state") or {})
         if meta.get("evaluator"):
             self.restore_evaluator_state(meta["evaluator"])
         trainer = getattr(self, "_trainer", None)
         if meta.get("rng") and trainer is not None and trainer.state.fn == "fit":  # resuming: continue exactly
             restore_rng_state(meta["rng"])
+
+    def _checkpoint_source(self, checkpoint: Mapping[str, Any]) -> str:
+        """``checkpoint <path>`` for messages: the file :meth:`load_from_checkpoint` or the Trainer read."""
+        trainer = getattr(self, "_trainer", None)
+        path = checkpoint.get(SOURCE_KEY) or (trainer.ckpt_path if trainer is not None else None)
+        return f"checkpoint {path}" if path else "the checkpoint"
 
     def _check_backbone(self, identity: Mapping[str, str] | None, source: str) -> None:
         mine = self.backbone.identity()
@@ -131,12 +157,21 @@ class TrainableStateMixin:
             )
 
     def _check_shapes(self, tensors: Mapping[str, Tensor], source: str) -> None:
+        """Every tensor of this module fits: same shape, and floating point where the module's is."""
         own = self.state_dict()
         for key, tensor in tensors.items():
-            if key in own and tuple(tensor.shape) != tuple(own[key].shape):
+            if key not in own:
+                continue
+            if tuple(tensor.shape) != tuple(own[key].shape):
                 raise ConfigurationError(
                     f"{source}: {key!r} has shape {tuple(tensor.shape)} but {type(self).__name__} needs "
                     f"{tuple(own[key].shape)} (another n_ctx, width or number of classes?)."
+                )
+            # load_state_dict would cast integers to floats without a word: such a file was not written by us
+            if own[key].is_floating_point() and not tensor.is_floating_point():
+                raise ConfigurationError(
+                    f"{source}: {key!r} is a {tensor.dtype} tensor but {type(self).__name__} needs floating point "
+                    f"({own[key].dtype}); write it with export_prompt (prompt files) or fit (checkpoints)."
                 )
 
     # -- prompt files ------------------------------------------------------------------------------
@@ -229,10 +264,48 @@ def read_prompt_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any
                 metadata[name] = json.loads(value)
             except json.JSONDecodeError as error:
                 raise ConfigurationError(f"prompt file {path}: its {name} metadata is not JSON.") from error
+            if not isinstance(metadata[name], dict):  # export_prompt writes objects; anything else was edited
+                raise ConfigurationError(
+                    f"prompt file {path}: its {name} metadata is not a JSON object (it is {value[:60]!r}); write "
+                    f"the file with export_prompt."
+                )
+    check_finite(tensors, f"prompt file {path}")
+    return tensors, metadata
+
+
+def check_finite(tensors: Mapping[str, Tensor], source: str) -> None:
+    """Refuse NaN or infinite values: a prompt holding them gives NaN logits, and a test run would report an
+    accuracy for them without a word."""
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
-            raise ConfigurationError(f"prompt file {path}: tensor {key!r} holds NaN or infinite values.")
-    return tensors, metadata
+            raise ConfigurationError(
+                f"{source}: tensor {key!r} holds NaN or infinite values (the run that wrote it diverged; use an "
+                f"earlier checkpoint, or train again with a lower learning rate)."
+            )
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The content of a Lightning checkpoint, read with ``weights_only=True`` (tensors and plain values: the
+    file cannot run code); a :class:`ConfigurationError` naming the file when it is missing or unreadable."""
+    import torch
+
+    if not Path(path).is_file():
+        raise ConfigurationError(f"checkpoint {path} does not exist (or is not a file).")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure means it is not a checkpoint we can use
+        # torch's own message suggests weights_only=False, which would let the file run code: not shown
+        reason = "it holds objects other than tensors and plain values" if "weights_only" in str(error) else error
+        raise ConfigurationError(
+            f"checkpoint {path} could not be read as a weights-only Lightning checkpoint ({type(error).__name__}: "
+            f"{reason}). Is it truncated (a copy or save that did not finish)? Use a complete .ckpt written by fit."
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise ConfigurationError(
+            f"checkpoint {path} holds a {type(checkpoint).__name__}, not a Lightning checkpoint (a dict with a "
+            f"state_dict); use a .ckpt written by fit."
+        )
+    return checkpoint
 
 
 def preview(names: Sequence[str], limit: int = 5) -> str:
