@@ -33,7 +33,7 @@ prompts). ``shared_prefix=False`` on the backbone turns it off. See ``benchmarks
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,8 +42,9 @@ from torch import Tensor
 
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, PromptTokens, attached, compose
 from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
-from lightning_prompts.errors import ConfigurationError, ContextLengthError
+from lightning_prompts.errors import ContextLengthError
 from lightning_prompts.registry import register_backbone
+from lightning_prompts.utils.tensor_files import load_weights_file, require_file
 
 #: OpenAI CLIP preprocessing constants (open_clip's defaults for OpenAI weights).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -57,30 +58,6 @@ TINY_CONFIG: dict[str, Any] = {
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 12, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 12},
 }
-
-
-def require_file(path: str, owner: str) -> None:
-    """Refuse a weights file that is not there before the model is built (a ViT-L takes seconds to build);
-    ``owner`` names the backbone argument in the message."""
-    if not Path(path).is_file():
-        raise ConfigurationError(f"{owner}: weights file {path} does not exist (or is not a file).")
-
-
-def load_weights_file(path: str, load: Callable[[], Any], owner: str) -> None:
-    """Run ``load``, a library's loader of the local weights file ``path`` (open_clip's or timm's, both reading
-    with ``weights_only=True``), with every failure turned into one :class:`ConfigurationError` naming the file."""
-    try:
-        load()
-    except Exception as error:  # noqa: BLE001 - truncated, not a tensor file, other keys: the file is at fault
-        # torch and timm advise retrying with weights_only=False, which would let the file run code: not passed on
-        if "weights_only" in str(error):
-            reason = "it holds objects other than tensors and plain values, or is not a PyTorch file"
-        else:
-            reason = " ".join(str(error).split())[:300] or "no detail"
-        raise ConfigurationError(
-            f"{owner}: {path} could not be loaded as a weights-only checkpoint of this model ({type(error).__name__}: "
-            f"{reason}). Give a complete .pt, .pth, .bin or .safetensors file of this architecture's weights."
-        ) from error
 
 
 def is_file_path(pretrained: str) -> bool:

@@ -29,8 +29,8 @@ from lightning_prompts.backbones.hooks import (
     attached,
     compose,
 )
-from lightning_prompts.backbones.open_clip import load_weights_file, require_file
 from lightning_prompts.registry import register_backbone
+from lightning_prompts.utils.tensor_files import load_weights_file, require_file
 
 #: timm's smallest ViT, shrunk further, for tests and the ``recipes/_tiny/vit.yaml`` overlay.
 TINY_KWARGS: dict[str, Any] = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}

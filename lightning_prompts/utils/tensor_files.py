@@ -3,14 +3,19 @@
 :func:`load_tensor_file` reads with ``torch.load(weights_only=True)`` (tensors, containers and plain
 values only: a file cannot run code) and turns every failure into one clear error;
 :func:`save_atomically` writes to a temporary name and renames, so no reader ever sees a partial file.
+:func:`require_file` and :func:`load_weights_file` do the same for a backbone's local weights file, read by
+its library's own loader.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lightning_prompts.errors import ConfigurationError
 
 
 def load_tensor_file(path: Path, what: str) -> Any:
@@ -31,3 +36,27 @@ def save_atomically(content: Any, path: str | Path) -> Path:
     torch.save(content, tmp)
     tmp.replace(path)
     return path
+
+
+def require_file(path: str, owner: str) -> None:
+    """Refuse a weights file that is not there before the model is built (a ViT-L takes seconds to build);
+    ``owner`` names the backbone argument in the message."""
+    if not Path(path).is_file():
+        raise ConfigurationError(f"{owner}: weights file {path} does not exist (or is not a file).")
+
+
+def load_weights_file(path: str, load: Callable[[], Any], owner: str) -> None:
+    """Run ``load``, a library's loader of the local weights file ``path`` (open_clip's or timm's, both reading
+    with ``weights_only=True``), with every failure turned into one :class:`ConfigurationError` naming the file."""
+    try:
+        load()
+    except Exception as error:  # noqa: BLE001 - truncated, not a tensor file, other keys: the file is at fault
+        # torch and timm advise retrying with weights_only=False, which would let the file run code: not passed on
+        if "weights_only" in str(error):
+            reason = "it holds objects other than tensors and plain values, or is not a PyTorch file"
+        else:
+            reason = " ".join(str(error).split())[:300] or "no detail"
+        raise ConfigurationError(
+            f"{owner}: {path} could not be loaded as a weights-only checkpoint of this model ({type(error).__name__}: "
+            f"{reason}). Give a complete .pt, .pth, .bin or .safetensors file of this architecture's weights."
+        ) from error
