@@ -172,8 +172,20 @@ def sample_few_shot(entries: Sequence[IndexEntry], shots: int, seed: int, num_cl
     return chosen
 
 
+#: The share of the (few-shot) training set MVLPT's use of the ELEVATER toolkit holds out for validation.
+TOOLKIT_VALIDATION_FRACTION = 0.2
+
+
+def held_out_positions(labels: Sequence[int], fraction: float) -> set[int]:
+    """Positions of the single-label toolkit hold-out: per class, its first ``ceil(count · fraction)`` items."""
+    positions: dict[int, list[int]] = {}
+    for position, label in enumerate(labels):
+        positions.setdefault(label, []).append(position)
+    return {position for found in positions.values() for position in found[: math.ceil(len(found) * fraction)]}
+
+
 def toolkit_validation_split(
-    entries: Sequence[IndexEntry], num_classes: int, multi_label: bool, fraction: float = 0.2
+    entries: Sequence[IndexEntry], num_classes: int, multi_label: bool, fraction: float = TOOLKIT_VALIDATION_FRACTION
 ) -> tuple[list[IndexEntry], list[IndexEntry]]:
     """``(train, val)``: the ELEVATER toolkit's class-balanced hold-out of ``fraction`` of a training set (see the
     module docstring), deterministic in the entries' order."""
@@ -181,11 +193,7 @@ def toolkit_validation_split(
         return list(entries), []
     chosen: set[int] = set()
     if not multi_label:
-        positions: dict[int, list[int]] = {}
-        for position, entry in enumerate(entries):
-            positions.setdefault(entry.labels[0], []).append(position)
-        for found in positions.values():
-            chosen.update(found[: math.ceil(len(found) * fraction)])  # the toolkit's ceil(count · fraction)
+        chosen = held_out_positions([entry.labels[0] for entry in entries], fraction)
     else:
         hot = torch.zeros(len(entries), num_classes)
         for position, entry in enumerate(entries):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning_prompts.data.dassl import few_shot_splits
+from lightning_prompts.data.elevater import TOOLKIT_VALIDATION_FRACTION, held_out_positions
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import IMAGE_SUFFIXES, ImageItem, check_known_classes
 from lightning_prompts.data.synthetic import write_image_folder_layout
-from lightning_prompts.errors import DatasetError
+from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
 
 
@@ -54,6 +55,10 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             Class names are the training folder names (``_`` read as a space).
         shots: images per class for training (few-shot, seeded); ``-1`` uses all.
         seed: the few-shot sampling seed.
+        validation: ``"folder"``: validate on ``val/`` (without one, on the training images, with a warning, so
+            ``best`` is then chosen on training data); ``"toolkit"``: hold out 20% of the (few-shot) training images
+            per class, the first ``ceil(0.2 · n)`` drawn, as MVLPT's ELEVATER toolkit does (one shot: train and
+            validate on the same image, as it does too); ``val/`` is then not read.
         **kwargs: loader and preprocessing settings of :class:`ImageClassificationDataModule`.
     """
 
@@ -62,10 +67,13 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         root: str = "data",
         shots: int = -1,
         seed: int = 1,
+        validation: Literal["folder", "toolkit"] = "folder",
         **kwargs: Any,
     ) -> None:
+        if validation not in ("folder", "toolkit"):
+            raise ConfigurationError(f"validation must be 'folder' or 'toolkit', got {validation!r}.")
         super().__init__(root, **kwargs)
-        self.shots, self.seed = shots, seed
+        self.shots, self.seed, self.validation = shots, seed, validation
 
     def write_synthetic(self, root: Path, spec: Synthetic) -> None:
         per_class = max(spec.images_per_class, self.shots)
@@ -82,4 +90,11 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         if self.shots > 0:
             train, _ = few_shot_splits(train, [], self.shots, self.seed, self.description)
         test = splits["test"] or splits["val"]
-        return LoadedSplits(classnames, train, splits["val"], {"test": (classnames, test)} if test else {})
+        val = splits["val"]
+        if self.validation == "toolkit":
+            if self.shots == 1:
+                val = list(train)
+            else:
+                held_out = held_out_positions([item.label for item in train], TOOLKIT_VALIDATION_FRACTION)
+                train, val = [i for p, i in enumerate(train) if p not in held_out], [train[p] for p in sorted(held_out)]
+        return LoadedSplits(classnames, train, val, {"test": (classnames, test)} if test else {})

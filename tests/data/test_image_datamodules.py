@@ -22,6 +22,26 @@ def test_image_folder_reads_classes_from_train_folders(tmp_path):
     assert data.test_class_sets == {"test": data.classnames}
 
 
+
+@pytest.mark.parametrize(("shots", "train", "val"), [(5, 4, 1), (-1, 8, 2), (1, 1, 1)])
+def test_image_folder_toolkit_validation_holds_out_a_fifth_of_each_class(tmp_path, shots, train, val):
+    """MVLPT's ELEVATER protocol: per class the first ceil(0.2 n) drawn images validate, the rest train (one shot:
+    the same image does both); the val/ folder is not read."""
+    write_image_folder_layout(tmp_path, num_classes=3, per_class=10, size=16, seed=0)
+    data = ImageFolderDataModule(root=str(tmp_path), shots=shots, validation="toolkit", seed=2, **SMALL)
+    splits = data._splits()
+    for label in range(3):
+        trained = [item.path for item in splits.train if item.label == label]
+        validated = [item.path for item in splits.val if item.label == label]
+        assert (len(trained), len(validated)) == (train, val)
+        assert (set(trained) == set(validated)) if shots == 1 else not set(trained) & set(validated)
+        assert all(path.parent.parent.name == "train" for path in validated)
+    folder = ImageFolderDataModule(root=str(tmp_path), shots=shots, seed=2, **SMALL)._splits()
+    drawn = [item.path for item in folder.train]
+    assert sorted(drawn) == sorted({item.path for item in [*splits.train, *splits.val]})  # the same draw, divided
+    with pytest.raises(Exception, match="validation must be 'folder' or 'toolkit'"):
+        ImageFolderDataModule(root=str(tmp_path), validation="index")
+
 def test_image_folder_rejects_an_unknown_test_class(tmp_path):
     write_image_folder_layout(tmp_path, num_classes=2, per_class=2, size=16, seed=0)
     (tmp_path / "test" / "zebra").mkdir()
