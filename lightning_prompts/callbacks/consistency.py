@@ -40,6 +40,7 @@ from lightning_prompts.callbacks.loss_term import LossTerm
 from lightning_prompts.callbacks.seeded_draws import SeededDraws
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_callback
+from lightning_prompts.utils.json_files import read_json
 from lightning_prompts.utils.resources import resolve_path
 
 if TYPE_CHECKING:
@@ -65,12 +66,7 @@ def read_descriptions(path: str | Path, classnames: Sequence[str]) -> list[list[
     file = resolve_path(path)
     if not file.is_file():
         raise DatasetError(f"Description file {file} does not exist.")
-    try:
-        content = json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"Description file {file} is not UTF-8 ({error}); save it as UTF-8.") from error
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"Description file {file} is not valid JSON: {error}.") from error
+    content = read_json(file, "Description file")
     if not isinstance(content, dict):
         raise DatasetError(f"Description file {file} must be an object {{class name: [description, ...]}}.")
     lists = []

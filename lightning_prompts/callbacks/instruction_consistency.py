@@ -22,7 +22,6 @@ tuning, prefix tuning, DePT. Every paraphrase is checked against the context len
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -35,6 +34,7 @@ from lightning_prompts.callbacks.loss_term import LossTerm
 from lightning_prompts.callbacks.seeded_draws import SeededDraws
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_callback
+from lightning_prompts.utils.json_files import read_json
 from lightning_prompts.utils.resources import resolve_path
 
 if TYPE_CHECKING:
@@ -48,10 +48,7 @@ def read_paraphrases(path: str | Path, task: str | None = None) -> list[str]:
     file = resolve_path(path)
     if not file.is_file():
         raise DatasetError(f"Paraphrase file {file} does not exist.")
-    try:
-        content = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"Paraphrase file {file} is not valid JSON: {error}.") from error
+    content = read_json(file, "Paraphrase file")
     if not isinstance(content, dict) or not content:
         raise DatasetError(f"Paraphrase file {file} must be an object {{task: [instruction, ...]}}.")
     if task is None:

@@ -21,7 +21,6 @@ Unlike Dassl, a class with fewer than K images is an error, not a silent smaller
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from typing import Literal
 
 from lightning_prompts.data.images import ImageItem
 from lightning_prompts.errors import DatasetError
+from lightning_prompts.utils.json_files import read_json
 from lightning_prompts.utils.safe_pickle import load_dassl_fewshot_cache
 
 Subsample = Literal["all", "base", "new"]
@@ -90,12 +90,7 @@ def read_split_json(split_path: Path, image_root: Path) -> dict[str, list[ImageI
     """Read a ``split_zhou_*.json`` file (paths relative to ``image_root``)."""
     if not split_path.is_file():
         raise DatasetError(f"Split file {split_path} does not exist (expected the CoOp split_zhou_*.json file).")
-    try:
-        content = json.loads(split_path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"Split file {split_path} is not UTF-8 text ({error}); re-save it as UTF-8.") from error
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"Split file {split_path} is not valid JSON: {error}") from error
+    content = read_json(split_path, "Split file")
     splits: dict[str, list[ImageItem]] = {}
     for split in ("train", "val", "test"):
         if split not in content:

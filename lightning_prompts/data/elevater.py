@@ -35,7 +35,6 @@ once; a reference that leaves the dataset folder (absolute, ``..``) is refused.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import random
@@ -57,6 +56,7 @@ from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import Augmentation, build_transform
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
+from lightning_prompts.utils.json_files import read_json
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,8 @@ def read_coco_manifest(path: Path) -> tuple[list[str], list[IndexEntry]]:
     """Class names (by category id) and the entries of a vision-datasets COCO classification manifest, checked."""
     if not path.is_file():
         raise DatasetError(f"ELEVATER manifest {path} does not exist.")
+    manifest = read_json(path, "ELEVATER manifest")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
         categories = sorted((int(c["id"]), str(c["name"])) for c in manifest["categories"])
         images = [(int(i["id"]), str(i["file_name"]), i.get("zip_file")) for i in manifest["images"]]
         annotations = [(int(a["image_id"]), int(a["category_id"])) for a in manifest["annotations"]]

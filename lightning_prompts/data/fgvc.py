@@ -8,7 +8,6 @@ names (``"001.Black_footed_Albatross"`` -> ``"Black footed Albatross"``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from lightning_prompts.data.synthetic import write_json_map_layout
 from lightning_prompts.data.transforms import Augmentation
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
+from lightning_prompts.utils.json_files import read_json
 
 
 def _readable(folder: str) -> str:
@@ -60,12 +60,7 @@ class FGVCDataModule(ImageClassificationDataModule):
         path = self.root / f"{split}.json"
         if not path.is_file():
             raise DatasetError(f"{path} does not exist (VPT's FGVC split: image path -> class id).")
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as error:
-            raise DatasetError(f"{path} is not UTF-8 text ({error}); re-save it as UTF-8.") from error
-        except json.JSONDecodeError as error:
-            raise DatasetError(f"{path} is not valid JSON: {error}") from error
+        content = read_json(path, "FGVC split")
         if not isinstance(content, dict):
             raise DatasetError(
                 f"{path} holds a JSON {type(content).__name__}; VPT's FGVC split is one object mapping each image "

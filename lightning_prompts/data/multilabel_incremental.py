@@ -19,7 +19,6 @@ Read from local folders in the layouts the official loaders expect:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
+from lightning_prompts.utils.json_files import read_json
 
 
 @dataclass
@@ -104,8 +104,8 @@ def read_coco(root: Path, split: str) -> tuple[list[str], list[Path], list[list[
     path = root / "coco" / "annotations" / f"instances_{split}2014.json"
     if not path.is_file():
         raise DatasetError(f"COCO annotations not found: {path}.")
+    content = read_json(path, "COCO instances file")
     try:
-        content = json.loads(path.read_text())
         categories = {int(c["id"]): str(c["name"]) for c in content["categories"]}
         images = [(int(image["id"]), str(image["file_name"])) for image in content["images"]]
         annotations = [(int(a["image_id"]), int(a["category_id"])) for a in content["annotations"]]
