@@ -42,7 +42,7 @@ from torch import Tensor
 
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, PromptTokens, attached, compose
 from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
-from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.tensor_files import load_weights_file, require_file
 
@@ -64,6 +64,30 @@ def is_file_path(pretrained: str) -> bool:
     """Whether ``pretrained`` names a file rather than an open_clip tag: tags are plain words (``openai``,
     ``laion2b_s34b_b88k``), never with a folder or a suffix."""
     return Path(pretrained).suffix != "" or "/" in pretrained or os.sep in pretrained
+
+
+def check_known_name(model_name: str, pretrained: str | None) -> None:
+    """Refuse, before anything is built, a model name open_clip has no config for and a tag it has no weights
+    for, suggesting the closest (open_clip raises a bare RuntimeError, a traceback on the command line)."""
+    import difflib
+
+    import open_clip
+
+    models = open_clip.list_models()
+    if model_name not in models:
+        close = difflib.get_close_matches(model_name, models, n=3, cutoff=0.6)
+        raise ConfigurationError(
+            f"OpenCLIP: open_clip has no model {model_name!r}"
+            + (f"; did you mean {', '.join(map(repr, close))}?" if close else " (open_clip.list_models() lists them).")
+        )
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained is not None and pretrained.lower().replace("-", "_") not in tags:  # open_clip's own spelling rule
+        close = difflib.get_close_matches(pretrained.lower(), tags, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise ConfigurationError(
+            f"OpenCLIP {model_name!r}: pretrained {pretrained!r} is neither a weights file nor one of its tags "
+            f"{tags}; {hint}a file path needs a folder or a suffix (./weights.pt)."
+        )
 
 
 @register_backbone(family="clip")
@@ -118,6 +142,8 @@ class OpenCLIP(VisionLanguageBackbone):
         owner = f"OpenCLIP {model_name!r} pretrained"
         if local:
             require_file(pretrained, owner)
+        elif model_cfg is None and ":" not in model_name:
+            check_known_name(model_name, pretrained)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if model_cfg is not None:
@@ -126,12 +152,20 @@ class OpenCLIP(VisionLanguageBackbone):
                 self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
                 self.image_mean, self.image_std = CLIP_MEAN, CLIP_STD
             else:
-                self.model = open_clip.create_model(
-                    model_name,
-                    pretrained=None if local else pretrained,
-                    force_quick_gelu=force_quick_gelu,
-                    cache_dir=cache_dir,
-                )
+                try:
+                    self.model = open_clip.create_model(
+                        model_name,
+                        pretrained=None if local else pretrained,
+                        force_quick_gelu=force_quick_gelu,
+                        cache_dir=cache_dir,
+                    )
+                except RuntimeError as error:
+                    if "Failed to download" not in str(error):
+                        raise
+                    raise ConfigurationError(  # offline, or a hub outage: say what to give instead
+                        f"OpenCLIP {model_name!r}: the {pretrained!r} weights could not be downloaded ({error}). "
+                        f"Offline, give pretrained as a local weights file, or cache_dir where they were downloaded."
+                    ) from None
                 self.tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
                 self.image_mean = tuple(getattr(self.model.visual, "image_mean", None) or CLIP_MEAN)
                 self.image_std = tuple(getattr(self.model.visual, "image_std", None) or CLIP_STD)
