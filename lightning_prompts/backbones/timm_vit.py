@@ -11,6 +11,7 @@ excluded), after the final norm.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from lightning_prompts.backbones.hooks import (
     attached,
     compose,
 )
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.tensor_files import load_weights_file, require_file
 
@@ -88,11 +90,21 @@ class TimmViT(Backbone):
         owner = f"TimmViT {model_name!r} checkpoint_path"
         if checkpoint_path:
             require_file(checkpoint_path, owner)
+        if not timm.is_model(timm_name):
+            close = difflib.get_close_matches(timm_name.partition(".")[0], timm.list_models("vit*"), n=3, cutoff=0.7)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else " (see timm.list_models('vit*'))."
+            raise ConfigurationError(f"TimmViT: timm has no model {model_name!r}{hint}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = timm.create_model(
-                timm_name, pretrained=pretrained and checkpoint_path is None, num_classes=0, **kwargs
-            )
+            try:
+                self.model = timm.create_model(
+                    timm_name, pretrained=pretrained and checkpoint_path is None, num_classes=0, **kwargs
+                )
+            except (RuntimeError, OSError) as error:  # an unknown pretrained tag; weights not downloadable (offline)
+                raise ConfigurationError(
+                    f"TimmViT {model_name!r}: {str(error).rstrip('.')}. Offline, give checkpoint_path (a local "
+                    f"weights file) or pretrained: false."
+                ) from error
         if not isinstance(self.model, VisionTransformer):
             raise NotImplementedError(
                 f"timm model {model_name!r} is a {type(self.model).__name__}; TimmViT needs a timm VisionTransformer."
