@@ -8,7 +8,7 @@ import pytest
 
 from lightning_prompts.data import FGVCDataModule, ImageFolderDataModule, Synthetic, VTAB1kDataModule
 from lightning_prompts.data.synthetic import write_image_folder_layout, write_json_map_layout
-from lightning_prompts.errors import DatasetError
+from lightning_prompts.errors import ConfigurationError, DatasetError
 
 SMALL = {"image_size": 32, "num_workers": 0, "batch_size": 4, "eval_batch_size": 4}
 
@@ -20,7 +20,6 @@ def test_image_folder_reads_classes_from_train_folders(tmp_path):
     data.setup("fit")
     assert len(data._datasets["train"]) == 6
     assert data.test_class_sets == {"test": data.classnames}
-
 
 
 @pytest.mark.parametrize(("shots", "train", "val"), [(5, 4, 1), (-1, 8, 2), (1, 1, 1)])
@@ -39,8 +38,9 @@ def test_image_folder_toolkit_validation_holds_out_a_fifth_of_each_class(tmp_pat
     folder = ImageFolderDataModule(root=str(tmp_path), shots=shots, seed=2, **SMALL)._splits()
     drawn = [item.path for item in folder.train]
     assert sorted(drawn) == sorted({item.path for item in [*splits.train, *splits.val]})  # the same draw, divided
-    with pytest.raises(Exception, match="validation must be 'folder' or 'toolkit'"):
+    with pytest.raises(ConfigurationError, match="validation must be 'folder' or 'toolkit'"):
         ImageFolderDataModule(root=str(tmp_path), validation="index")
+
 
 def test_image_folder_rejects_an_unknown_test_class(tmp_path):
     write_image_folder_layout(tmp_path, num_classes=2, per_class=2, size=16, seed=0)
