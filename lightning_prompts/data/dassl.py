@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +111,22 @@ def read_split_json(split_path: Path, image_root: Path) -> dict[str, list[ImageI
                     f"from 0 (the class index), as in CoOp's split files."
                 )
             items.append(ImageItem(image_root / path, label, str(classname)))
+        repeated = [path for path, count in Counter(item.path for item in items).items() if count > 1]
+        if repeated:  # the few-shot draw could pick an image twice, and scores would count it twice
+            raise DatasetError(
+                f"{split_path}: the {split} list gives {len(repeated)} image(s) more than once, e.g. "
+                f"{repeated[0].relative_to(image_root)}; list each image once."
+            )
         splits[split] = items
+    seen = {item.path for item in splits["train"]}
+    leaked = [item.path for item in splits["test"] if item.path in seen]
+    if leaked:  # kept (the file is the user's protocol), but test accuracy would be inflated
+        warnings.warn(
+            f"{split_path}: {len(leaked)} test image(s) are also training images, e.g. "
+            f"{leaked[0].relative_to(image_root)}; test accuracy counts images the prompt was trained on.",
+            UserWarning,
+            stacklevel=2,
+        )
     return splits
 
 
