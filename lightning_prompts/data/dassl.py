@@ -112,10 +112,12 @@ def read_split_json(split_path: Path, image_root: Path) -> dict[str, list[ImageI
                 )
             items.append(ImageItem(image_root / path, label, str(classname)))
         repeated = [path for path, count in Counter(item.path for item in items).items() if count > 1]
-        if repeated:  # the few-shot draw could pick an image twice, and scores would count it twice
-            raise DatasetError(
+        if repeated:  # warned, not refused (a published split file may hold some): each copy is drawn and scored
+            warnings.warn(
                 f"{split_path}: the {split} list gives {len(repeated)} image(s) more than once, e.g. "
-                f"{repeated[0].relative_to(image_root)}; list each image once."
+                f"{repeated[0].relative_to(image_root)}; each copy is drawn and scored as its own image.",
+                UserWarning,
+                stacklevel=2,
             )
         splits[split] = items
     seen = {item.path for item in splits["train"]}
