@@ -83,3 +83,42 @@ def test_export_a_dp_prompt_as_posts_source(tmp_path, capsys):
     source = HFText("tiny-gpt2", task="causal-lm")
     post = POST(source, trained.classnames, source_backbone=source.config(), source_prompt=str(output))
     torch.testing.assert_close(post.source_prompt_embedding(), trained.prompt().detach())
+
+
+def refused(args: list[str], capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["export", *args])
+    assert done.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_export_refuses_targets_it_would_damage_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """--peft once deleted the folder it was given (--peft . emptied the working folder); a CLIP checkpoint with
+    --peft, or --output naming a folder, failed only after the prompt file was written."""
+    _, text_checkpoint = fit("prompt_tuning/sst2.yaml", "text.yaml", tmp_path / "text")
+    _, clip_checkpoint = fit("coop/caltech101.yaml", "clip.yaml", tmp_path / "clip")
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(precious)
+    prompt = tmp_path / "prompt.safetensors"
+    cases = [
+        (["--ckpt_path", str(text_checkpoint), "--output", str(prompt), "--peft", str(precious)], "holds other files"),
+        (["--ckpt_path", str(text_checkpoint), "--output", str(prompt), "--peft", "."], "holds other files"),
+        (["--ckpt_path", str(text_checkpoint), "--output", str(prompt), "--peft", "notes.txt"], "is a file"),
+        (["--ckpt_path", str(clip_checkpoint), "--output", str(prompt), "--peft", "adapter"], "CoOp has no PEFT"),
+        (["--ckpt_path", str(clip_checkpoint), "--output", str(precious)], "is a folder"),
+    ]
+    for args, culprit in cases:
+        assert culprit in refused(args, capsys)
+        assert not prompt.exists() and not (precious / "adapter").exists()
+    assert sorted(p.name for p in precious.iterdir()) == ["notes.txt", "sub"]
+    assert (precious / "notes.txt").read_text() == "keep me"
+    # an adapter folder written before is replaced whole
+    adapter = tmp_path / "adapter"
+    export(text_checkpoint, "--output", str(prompt), "--peft", str(adapter), capsys=capsys)
+    written = export(text_checkpoint, "--output", str(prompt), "--peft", str(adapter), capsys=capsys)
+    assert written[-1] == str(adapter) and sorted(p.name for p in adapter.iterdir()) == sorted(
+        ["adapter_config.json", "adapter_model.safetensors"]
+    )

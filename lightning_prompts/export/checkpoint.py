@@ -10,6 +10,7 @@ from lightning_prompts.errors import ConfigurationError
 def export_checkpoint(ckpt_path: str | Path, output: str | Path, peft_dir: str | Path | None = None) -> list[Path]:
     """Rebuild the method of ``ckpt_path`` (registered classes only; the backbone from its stored config)
     and write its trainable state to ``output`` (safetensors), and a PEFT adapter to ``peft_dir``."""
+    from lightning_prompts.export.peft import check_adapter_folder
     from lightning_prompts.methods.base.checkpointing import read_checkpoint
     from lightning_prompts.registry import resolve_class
 
@@ -18,12 +19,16 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, peft_dir: str |
     method = (checkpoint.get("lightning_prompts") or {}).get("method")
     if not method:
         raise ConfigurationError(f"{path} was not written by a lightning_prompts method (no method recorded).")
+    # every target is checked before anything is written: a refusal leaves no half-done export behind
+    if Path(output).is_dir():
+        raise ConfigurationError(f"--output {output} is a folder; give the prompt file's name (prompt.safetensors).")
     cls = resolve_class(str(method), ("method", "pretraining"))
+    if peft_dir is not None:
+        if not callable(getattr(cls, "export_peft", None)):
+            raise ConfigurationError(f"{method} has no PEFT export (only text prompt methods do).")
+        check_adapter_folder(peft_dir)
     model = cls.load_from_checkpoint(str(path), map_location="cpu")
     written = [model.export_prompt(output)]
     if peft_dir is not None:
-        export = getattr(model, "export_peft", None)
-        if not callable(export):
-            raise ConfigurationError(f"{method} has no PEFT export (only text prompt methods do).")
-        written.append(Path(export(peft_dir)))
+        written.append(Path(model.export_peft(peft_dir)))
     return written

@@ -20,6 +20,28 @@ from typing import Any
 from torch import Tensor, nn
 
 _TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+#: What a PEFT adapter folder holds (``save_pretrained`` also writes a model card): the only files an export replaces.
+ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md"})
+
+
+def check_adapter_folder(directory: str | Path) -> Path:
+    """``directory`` resolved, if an adapter may be written there: new, empty, or a PEFT adapter folder (replaced
+    whole). Anything else is refused, never deleted: a mistyped ``--peft .`` once emptied the working folder."""
+    from lightning_prompts.errors import ConfigurationError
+
+    resolved = Path(directory).expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise ConfigurationError(f"PEFT adapter folder {directory} is a file; give a new or empty folder.")
+    listed = resolved.iterdir() if resolved.is_dir() else ()
+    others = sorted(path.name for path in listed if path.name not in ADAPTER_FILES)
+    if others:
+        raise ConfigurationError(
+            f"PEFT adapter folder {directory} holds other files than an adapter ({', '.join(others[:5])}"
+            f"{', …' if len(others) > 5 else ''}), which writing the adapter would delete; give a new or empty folder."
+        )
+    if resolved == Path.cwd().resolve() or resolved == Path.home().resolve() or resolved.parent == resolved:
+        raise ConfigurationError(f"PEFT adapter folder {directory} is {resolved}; give a new folder for the adapter.")
+    return resolved
 
 
 def export_peft_prompt_tuning(
@@ -127,7 +149,7 @@ def _write_adapter(
         "modules_to_save": ["classifier", "score"] if task == "sequence-classification" else None,
         "auto_mapping": None,
     }
-    directory = Path(directory)
+    directory = check_adapter_folder(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
