@@ -35,6 +35,7 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_prompts import registry
 from lightning_prompts.errors import ConfigurationError
@@ -139,6 +140,8 @@ class PromptsCLI(LightningCLI):
         check = getattr(self.model, "check_ready", None)
         if callable(check):
             check(stage, self.trainer.callbacks, self.datamodule)
+        if stage != "fit":
+            self._warn_if_untrained(stage)
         trained = getattr(self, "_checkpoint_classes", None)
         mine = getattr(self.model, "classnames_for_training", None)
         accepts = getattr(self.model, "accepts_trained_classes", None)
@@ -147,6 +150,24 @@ class PromptsCLI(LightningCLI):
                 f"--ckpt_path {self._checkpoint_path} was trained on classes {_names(trained)} but this config's data "
                 f"module provides {_names(mine)}; run with the config it was trained with."
             )
+
+    def _warn_if_untrained(self, stage: str) -> None:
+        """Evaluating a method that trains, with neither ``--ckpt_path`` nor ``prompt_init``, scores the prompt's
+        initialisation: right for test-time tuning, almost never meant otherwise (a documented ``test`` command once
+        reported an untrained prompt's accuracy without a word)."""
+        section = self.config.get(self.subcommand) or {}
+        keys = getattr(self.model, "trainable_state_keys", None)
+        resolve = getattr(self.model, "resolve_evaluator", None)
+        evaluator = resolve(self.datamodule) if callable(resolve) else None
+        hparams = getattr(self.model, "hparams", {}) or {}
+        if section.get("ckpt_path") or not callable(keys) or not keys() or hparams.get("prompt_init"):
+            return
+        if getattr(evaluator, "tunes_at_test_time", False):
+            return
+        rank_zero_warn(
+            f"{stage} without --ckpt_path: {type(self.model).__name__}'s prompt is its initialisation, not a trained "
+            f"one. Give --ckpt_path best, last or a file (or prompt_init) to evaluate a trained prompt."
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Lightning (2.6 and later) calls this after parsing to merge the checkpoint's hyperparameters over the

@@ -246,3 +246,36 @@ def test_int_before_float_reorders_only_unions_of_both():
     assert typing.get_args(int_before_float(float | str | int | timedelta)) == (int, str, float, timedelta)
     assert int_before_float(float | None) == float | None
     assert int_before_float(int) is int
+
+
+@pytest.mark.parametrize(
+    ("recipe", "extra", "warns"),
+    [
+        ("coop/caltech101.yaml", [], True),  # a method that trains, evaluated as built
+        ("zero_shot_clip/caltech101.yaml", [], False),  # nothing to train
+        ("tpt/caltech101.yaml", ["--data.init_args.test_views=3"], False),  # tuned on each test image by design
+    ],
+)
+def test_evaluating_an_untrained_prompt_warns(recipe, extra, warns, tmp_path):
+    import warnings
+
+    args = ["test", "--config", str(RECIPES / recipe), "--config", TINY_CLIP, *extra]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli([*args, "--trainer.default_root_dir", str(tmp_path)])
+    said = [str(w.message) for w in caught if "without --ckpt_path" in str(w.message)]
+    assert bool(said) is warns, said
+    if warns:
+        assert said[0].startswith("test without --ckpt_path: CoOp's prompt is its initialisation")
+
+
+def test_evaluating_a_checkpoint_does_not_warn_about_an_untrained_prompt(tmp_path):
+    import warnings
+
+    tiny = ["--config", str(RECIPES / "coop/caltech101.yaml"), "--config", TINY_CLIP]
+    run_cli(["fit", *tiny, "--trainer.default_root_dir", str(tmp_path), "--trainer.fast_dev_run=false",
+             "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli(["test", *tiny, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"])
+    assert not [w for w in caught if "without --ckpt_path" in str(w.message)]

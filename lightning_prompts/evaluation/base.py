@@ -26,6 +26,8 @@ class Evaluator:
     #: ``(metric, mode)`` the command's ``best.ckpt`` is chosen by under this protocol (``None``: the method's
     #: ``checkpoint_monitor``, validation accuracy by default).
     monitor: ClassVar[tuple[str, str] | None] = None
+    #: The protocol tunes the prompt on each test input (TPT): testing from the initial prompt is its design.
+    tunes_at_test_time: ClassVar[bool] = False
 
     def setup(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
         """Read what the protocol needs from the data module (called in the module's ``setup``)."""

@@ -64,6 +64,8 @@ class TestTimePromptTuning(ClassificationEvaluator):
         selection: the share of views kept by confidence (0.1).
     """
 
+    tunes_at_test_time = True
+
     __test__ = False  # not a pytest test class, whatever its name says
 
     def __init__(self, steps: int = 1, lr: float = 5e-3, selection: float = 0.1) -> None:
