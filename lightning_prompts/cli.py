@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from lightning_prompts import __version__, registry
@@ -153,6 +155,11 @@ def describe_error(error: BaseException) -> str | None:
     for item in chain:
         if isinstance(item, LightningPromptsError):
             return str(item)
+    for item in chain:
+        # Lightning's verdict on Trainer options (an accelerator this machine lacks, devices 0), and the checks of
+        # our constructors' arguments (n_ctx 0, a ctx_init longer than n_ctx): a setting to change, not a bug
+        if type(item).__name__ == "MisconfigurationException" or _raised_checking_our_arguments(item):
+            return " ".join(str(item).split())
     if not any(isinstance(item, argparse.ArgumentError) for item in chain):
         return None
     text = "\n".join(str(item) for item in chain)
@@ -161,6 +168,9 @@ def describe_error(error: BaseException) -> str | None:
         owner = re.search(r"class_path '([\w.]+)'", text)
         known = _init_arguments(owner.group(1)) if owner else []
         return _unknown(option.group(1), known, owner.group(1).rpartition(".")[2] if owner else "")
+    class_name = re.search(r"Expected a dot import path string: ([\w.]+)", text)
+    if class_name:
+        return _unknown_class(class_name.group(1))
     key = re.search(r"Key \"([\w.]+)\" is not expected", text) or re.search(
         r"unrecognized arguments: --?([\w.]+)", text, re.IGNORECASE
     )
@@ -196,6 +206,40 @@ def _init_arguments(class_path: str) -> list[str]:
         if cls.__module__.startswith("lightning."):
             break
     return list(dict.fromkeys(names))
+
+
+def _raised_checking_our_arguments(error: BaseException) -> bool:
+    """A ``ValueError`` raised inside one of our constructors (a check of its arguments), not elsewhere."""
+    if not isinstance(error, ValueError):
+        return False
+    package = Path(__file__).resolve().parent
+    frames = list(traceback.walk_tb(error.__traceback__))
+    ours = [frame for frame, _ in frames if Path(frame.f_code.co_filename).resolve().is_relative_to(package)]
+    return bool(ours) and ours[-1] is frames[-1][0] and any(frame.f_code.co_name == "__init__" for frame in ours)
+
+
+def _unknown_class(name: str) -> str:
+    """A class name the option cannot take: a registered class of another kind or family, or a typo."""
+    import difflib
+
+    entry = registry.find(name)
+    if entry is not None:
+        family = f" ({entry.family})" if entry.family else ""
+        listed = next((plural for plural, kind in LIST_KINDS.items() if kind == entry.kind), "methods")
+        return (
+            f"{name} is a registered {entry.kind}{family} that this option does not take: a recipe's tiny overlay "
+            f"or backbone must be of its method's family (lightning-prompts list {listed} shows each family)."
+        )
+    import torch.optim
+    from lightning.pytorch import callbacks
+
+    known = [entry.name for entry in registry.entries()]  # with the classes recipes name from Lightning and torch
+    known += [*callbacks.__all__, *torch.optim.__all__, *torch.optim.lr_scheduler.__all__]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6) or [
+        known_name for known_name in known if known_name.lower() == name.lower()
+    ]
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return f"unknown class {name!r}{hint}; lightning-prompts list shows the registered ones."
 
 
 def _unknown(name: str, known: Sequence[str], owner: str) -> str:

@@ -189,6 +189,23 @@ def a_key_given_twice(tmp: Path):
     ], "'trainer' is given twice in one mapping (lines 2 and 4)"
 
 
+def a_mistyped_method_name(tmp: Path):
+    return ["fit", *TINY, "--model", "CoOP"], "unknown class 'CoOP' (did you mean 'CoOp'?)"
+
+
+def another_familys_tiny_overlay(tmp: Path):
+    overlay = str(RECIPES / "_tiny" / "vit.yaml")
+    return ["fit", "--config", COOP, "--config", overlay], "TimmViT is a registered backbone (vit) that this option"
+
+
+def a_constructor_argument_out_of_range(tmp: Path):
+    return ["fit", *TINY, "--model.init_args.n_ctx", "0"], "n_ctx must be a positive number of context vectors"
+
+
+def a_trainer_setting_lightning_refuses(tmp: Path):
+    return ["fit", *TINY, "--trainer.max_epochs", "-2"], "`max_epochs` must be a non-negative integer or -1"
+
+
 def extends_a_missing_file(tmp: Path):
     recipe = tmp / "child.yaml"
     recipe.write_text("extends: parent.yaml\n")
@@ -319,6 +336,10 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         typo_in_a_recipe,
         yaml_that_is_a_list,
         a_key_given_twice,
+        a_mistyped_method_name,
+        another_familys_tiny_overlay,
+        a_constructor_argument_out_of_range,
+        a_trainer_setting_lightning_refuses,
         extends_a_missing_file,
         extends_in_a_cycle,
         prompt_init_not_safetensors,

@@ -57,3 +57,20 @@ def test_a_closed_pipe_ends_quietly():
     _, error = child.communicate(timeout=120)
     assert child.returncode == 1 and b"Traceback" not in error and b"BrokenPipeError" not in error
     assert b"torch.jit.script" not in error  # torch_geometric's deprecation notice is not the user's business
+
+
+def test_only_our_constructors_argument_checks_become_one_line():
+    """A ValueError from one of our constructors is a setting to change (one line); one raised anywhere else (a
+    bug, a library's failure mid-run) keeps its traceback."""
+    from lightning_prompts import CoOp, OpenCLIP
+    from lightning_prompts.cli import describe_error
+
+    with pytest.raises(ValueError) as ours:
+        CoOp(OpenCLIP("tiny", pretrained=None), ["a", "b"], n_ctx=0)
+    assert describe_error(ours.value) == "n_ctx must be a positive number of context vectors, got 0."
+    with pytest.raises(ValueError) as library:
+        int("x")
+    assert describe_error(library.value) is None
+    with pytest.raises(ValueError) as elsewhere:  # ours, but not a constructor's argument check
+        registry.entries(kind="bogus")
+    assert describe_error(elsewhere.value) is None
