@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_prompts.batch import IMAGE, LABEL
 from lightning_prompts.data.image_datamodule import Synthetic, _synthetic_root
 from lightning_prompts.data.images import ImageItem, decode_fully, load_rgb, verify_images
+from lightning_prompts.data.shots import check_shots
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import Augmentation, build_transform
 from lightning_prompts.errors import DatasetError
@@ -318,8 +319,7 @@ class ElevaterDataModule(LightningDataModule):
         validation: Literal["toolkit", "index"] = "toolkit",
     ) -> None:
         super().__init__()
-        if shots == 0 or shots < -1:
-            raise ValueError(f"shots must be positive or -1 (all), got {shots}.")
+        check_shots(shots)
         if validation not in ("toolkit", "index"):
             raise ValueError(f"validation must be 'toolkit' or 'index', got {validation!r}.")
         self.validation = validation

@@ -19,6 +19,7 @@ from lightning_prompts.data.dassl import (
 )
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import ImageItem, check_known_classes, classnames_by_label
+from lightning_prompts.data.shots import check_shots
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
 
@@ -59,6 +60,7 @@ class FewShotImageDataModule(ImageClassificationDataModule):
         imagenet_variants: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
+        check_shots(shots)
         super().__init__(root, **kwargs)
         self.spec = dataset_spec(dataset)
         if imagenet_variants and (self.spec.layout != "imagenet" or subsample_classes != "all"):

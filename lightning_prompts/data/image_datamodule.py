@@ -143,6 +143,13 @@ class ImageClassificationDataModule(LightningDataModule):
         super().__init__()
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}.")
+        # DataLoader and the transforms would refuse these only once training starts, after the run folder is written
+        for name, value, least in (
+            ("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+            ("image_size", image_size, 1), ("num_workers", num_workers, 0),
+        ):  # fmt: skip
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}, got {value}.")
         self.root = Path(root).expanduser()
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.image_size, self.augmentation, self.normalization = image_size, augmentation, normalization

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from lightning_prompts.data.few_shot_images import FewShotImageDataModule
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import ImageItem
+from lightning_prompts.data.shots import check_shots
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.registry import register_datamodule
 
@@ -46,6 +47,7 @@ class MultiTaskImageDataModule(ImageClassificationDataModule):
         subsample_classes: dict[str, Literal["base", "new"]] | None = None,
         **kwargs: Any,
     ) -> None:
+        check_shots(shots)
         super().__init__(root, **kwargs)
         if not tasks or len(set(tasks)) != len(tasks):
             raise ConfigurationError(f"MultiTaskImageDataModule needs distinct tasks (datasets), got {tasks}.")

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from lightning_prompts.data import FGVCDataModule, ImageFolderDataModule, Synthetic, VTAB1kDataModule
+from lightning_prompts.data import (
+    FewShotImageDataModule,
+    FGVCDataModule,
+    ImageFolderDataModule,
+    Synthetic,
+    TextClassificationDataModule,
+    VTAB1kDataModule,
+)
 from lightning_prompts.data.synthetic import write_image_folder_layout, write_json_map_layout
 from lightning_prompts.errors import ConfigurationError, DatasetError
 
@@ -92,3 +99,23 @@ def test_fgvc_preset_resizes_as_vpts_table(size, resize):
         steps = build_transform("fgvc", size, "imagenet", train=train).transforms
         assert isinstance(steps[0], v2.Resize) and steps[0].size == [resize]
         assert steps[1].size == (size, size)
+
+
+@pytest.mark.parametrize(
+    ("data_module", "kwargs", "message"),
+    [
+        (ImageFolderDataModule, {"shots": 0}, "shots must be a positive number of examples per class, or -1"),
+        (ImageFolderDataModule, {"shots": -5}, "shots must be a positive number of examples per class, or -1"),
+        (ImageFolderDataModule, {"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        (ImageFolderDataModule, {"num_workers": -1}, "num_workers must be at least 0, got -1"),
+        (ImageFolderDataModule, {"image_size": 0}, "image_size must be at least 1, got 0"),
+        (FewShotImageDataModule, {"dataset": "dtd", "shots": 0}, "shots must be a positive number"),
+        (TextClassificationDataModule, {"train_file": "x.csv", "shots": -2}, "shots must be a positive number"),
+        (TextClassificationDataModule, {"train_file": "x.csv", "eval_batch_size": 0}, "eval_batch_size must be at"),
+    ],
+)
+def test_a_shot_count_or_loader_size_that_cannot_work_is_refused_at_construction(data_module, kwargs, message):
+    """0 or a negative number of shots read as "all" (a typo trained on every image); a batch size of 0 failed only
+    once training had started, after the run folder was written."""
+    with pytest.raises(ValueError, match=message):
+        data_module(**kwargs)
