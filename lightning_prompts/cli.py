@@ -47,7 +47,7 @@ subcommands:
   fit        train a method from a recipe (LightningCLI; `lightning-prompts fit --help` lists every option)
   validate   evaluate on the validation split
   test       evaluate on the test sets (base/novel/HM, continual accuracies, …)
-  predict    write predictions
+  predict    write each image's logits and predicted class (predictions.safetensors in the run folder)
   list       list methods, callbacks, backbones, data modules, evaluators or recipes
   export     write a trained prompt from a checkpoint to safetensors (and a PEFT adapter)
   average    average prompt files element-wise (MVLPT's source prompt over seeds)

@@ -95,6 +95,11 @@ class PromptsCLI(LightningCLI):
     def after_validate(self) -> None:
         print_results(self.trainer.callback_metrics, "val")
 
+    def after_predict(self) -> None:
+        written = write_predictions(self.trainer, getattr(self.model, "classnames", None))
+        if written is not None:
+            print(f"predictions: {written}")
+
     def before_instantiate_classes(self) -> None:
         self._check_ckpt_path()
         section = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -310,6 +315,35 @@ def print_results(metrics: dict[str, Any], stage: str) -> None:
     print(f"{'test' if stage == 'test' else 'validation'} results")
     for name, value in rows:
         print(f"  {name:<{width}}  {value:.4f}")
+
+
+def write_predictions(trainer: Trainer, classnames: Sequence[str] | None = None) -> Path | None:
+    """What ``predict`` returned, as ``predictions.safetensors`` in the run's log folder: per prediction set (one per
+    loader, ``<i>/`` before the keys when there are several) the ``logits`` and the predicted class indices
+    ``preds``, in loader order, with the class names in the metadata. ``None`` when nothing was returned (each DDP
+    process keeps its own share: Lightning returns none there)."""
+    import torch
+    from lightning.pytorch.utilities import rank_zero_only
+    from safetensors.torch import save_file
+
+    predictions = trainer.predict_loop.predictions
+    if rank_zero_only.rank != 0 or not predictions:
+        return None
+    loaders = predictions if isinstance(predictions[0], list) else [predictions]
+    tensors: dict[str, torch.Tensor] = {}
+    for index, batches in enumerate(loaders):
+        prefix = f"{index}/" if len(loaders) > 1 else ""
+        for key in ("logits", "preds"):
+            parts = [batch[key] for batch in batches if isinstance(batch, dict) and key in batch]
+            if parts:
+                tensors[prefix + key] = torch.cat([part.detach().cpu() for part in parts]).contiguous()
+    if not tensors:
+        return None
+    folder = Path(trainer.log_dir if trainer.logger is not None else trainer.default_root_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "predictions.safetensors"
+    save_file(tensors, str(path), metadata={"classnames": json.dumps(list(classnames or []))})
+    return path
 
 
 def default_checkpoints(model: Any, datamodule: Any | None = None) -> list[Any]:

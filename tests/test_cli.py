@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_prompts.cli import run_cli
@@ -279,3 +281,22 @@ def test_evaluating_a_checkpoint_does_not_warn_about_an_untrained_prompt(tmp_pat
         warnings.simplefilter("always")
         run_cli(["test", *tiny, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"])
     assert not [w for w in caught if "without --ckpt_path" in str(w.message)]
+
+
+def test_predict_writes_the_logits_and_classes_of_every_predicted_image(tmp_path, capsys):
+    from safetensors import safe_open
+
+    tiny = ["--config", str(RECIPES / "coop/caltech101.yaml"), "--config", TINY_CLIP]
+    run_cli(["fit", *tiny, "--trainer.default_root_dir", str(tmp_path), "--trainer.fast_dev_run=false",
+             "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])  # fmt: skip
+    capsys.readouterr()
+    cli = run_cli(["predict", *tiny, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last",
+                   "--trainer.fast_dev_run=false", "--trainer.limit_predict_batches=2"])  # fmt: skip
+    path = tmp_path / "predictions.safetensors"
+    assert f"predictions: {path}" in capsys.readouterr().out
+    with safe_open(str(path), "pt") as written:
+        logits, preds = written.get_tensor("logits"), written.get_tensor("preds")
+        assert json.loads(written.metadata()["classnames"]) == cli.model.classnames
+    batches = cli.trainer.predict_loop.predictions
+    assert logits.shape == (sum(len(batch["logits"]) for batch in batches), len(cli.model.classnames))
+    assert torch.equal(preds, logits.argmax(-1)) and torch.equal(logits, torch.cat([b["logits"] for b in batches]))
