@@ -26,6 +26,7 @@ from lightning_prompts import __version__, registry
 from lightning_prompts.errors import LightningPromptsError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "list", "export", "average")
 LIST_KINDS = {
     "methods": "method",
     "callbacks": "callback",
@@ -77,8 +78,14 @@ def list_command(args: Sequence[str]) -> int:
     parser.add_argument("--root", default="recipes", help="recipe folder (list recipes)")
     options = parser.parse_args(list(args))
     if options.kind == "recipes":
+        if options.family is not None:
+            parser.error("--family filters registered classes, not recipes (recipe folders are named by method)")
         return _list_recipes(options.root)
-    entries = registry.entries(LIST_KINDS[options.kind], options.family)
+    family = options.family.lower() if options.family else None
+    families = sorted({entry.family for entry in registry.entries() if entry.family})
+    if family is not None and family not in families:  # it printed nothing, as if the family were empty
+        parser.error(f"unknown family {options.family!r}; the families are {', '.join(families)}")
+    entries = registry.entries(LIST_KINDS[options.kind], family)
     rows = [_describe(entry) for entry in entries]
     width = max((len(row[0]) for row in rows), default=0)
     for name, detail in rows:
@@ -245,6 +252,9 @@ def _unknown_class(name: str) -> str:
 def _unknown(name: str, known: Sequence[str], owner: str) -> str:
     import difflib
 
+    if name in ("optimizer", "lr_scheduler"):  # LightningCLI's own top-level options, which our methods take instead
+        return f"unknown option {name!r}: the optimizer belongs to the method here (--model.init_args.{name} …)"
+
     close = difflib.get_close_matches(name.rpartition(".")[2], known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     where = f" of {owner}" if owner else ""
@@ -288,6 +298,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(export_command(args[1:]))
         if args[0] == "average":
             raise SystemExit(average_command(args[1:]))
+        if not args[0].startswith("-") and args[0] not in SUBCOMMANDS:  # before Lightning's import (seconds)
+            import difflib
+
+            close = difflib.get_close_matches(args[0], SUBCOMMANDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SystemExit(_error(f"unknown subcommand {args[0]!r}{hint}; one of {', '.join(SUBCOMMANDS)}"))
         from lightning_prompts.lightning_cli import run_cli
 
         run_cli(None if argv is None else args, exit_on_error=False)
@@ -300,8 +316,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         message = describe_error(error)
         if message is None:
             raise
-        print(f"lightning-prompts: error: {' '.join(message.split())}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(_error(message)) from None
+
+
+def _error(message: str) -> int:
+    """Print the one error line; the exit status of bad input."""
+    print(f"lightning-prompts: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 def __getattr__(name: str) -> Any:

@@ -86,7 +86,9 @@ def expand_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[Path]:
         chain = " -> ".join(str(p) for p in (*_seen, resolved))
         raise RecipeError(f"recipes extend each other in a cycle: {chain}.")
     content = read_yaml(file)
-    if content is not None and not isinstance(content, dict):
+    if content is None:  # jsonargparse would say only "Unexpected config", naming no file
+        raise RecipeError(f"recipe {file} is empty: it sets no option (trainer:, model:, data:, …).")
+    if not isinstance(content, dict):
         raise RecipeError(
             f"recipe {file} holds a {type(content).__name__}, not a mapping of options (trainer:, model:, …)."
         )

@@ -206,6 +206,15 @@ def a_trainer_setting_lightning_refuses(tmp: Path):
     return ["fit", *TINY, "--trainer.max_epochs", "-2"], "`max_epochs` must be a non-negative integer or -1"
 
 
+def an_empty_config_file(tmp: Path):
+    (tmp / "empty.yaml").write_text("")
+    return ["fit", *TINY, "--config", str(tmp / "empty.yaml")], "empty.yaml is empty: it sets no option"
+
+
+def the_optimizer_given_at_the_top_level(tmp: Path):
+    return ["fit", *TINY, "--optimizer", "Adam"], "the optimizer belongs to the method here (--model.init_args"
+
+
 def extends_a_missing_file(tmp: Path):
     recipe = tmp / "child.yaml"
     recipe.write_text("extends: parent.yaml\n")
@@ -336,6 +345,8 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         typo_in_a_recipe,
         yaml_that_is_a_list,
         a_key_given_twice,
+        an_empty_config_file,
+        the_optimizer_given_at_the_top_level,
         a_mistyped_method_name,
         another_familys_tiny_overlay,
         a_constructor_argument_out_of_range,

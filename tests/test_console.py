@@ -74,3 +74,26 @@ def test_only_our_constructors_argument_checks_become_one_line():
     with pytest.raises(ValueError) as elsewhere:  # ours, but not a constructor's argument check
         registry.entries(kind="bogus")
     assert describe_error(elsewhere.value) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["lists", "methods"], "unknown subcommand 'lists' (did you mean 'list'?)"),
+        (["averge"], "unknown subcommand 'averge' (did you mean 'average'?)"),
+        (["list", "methods", "--family", "vision"], "unknown family 'vision'; the families are clip, graph"),
+        (["list", "recipes", "--family", "clip"], "--family filters registered classes, not recipes"),
+    ],
+)
+def test_a_mistyped_subcommand_or_family_is_one_error_line(args, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_family_is_matched_whatever_its_case(capsys):
+    with pytest.raises(SystemExit):
+        main(["list", "methods", "--family", "CLIP"])
+    listed = capsys.readouterr().out.splitlines()
+    assert listed and all(line.split()[1] == "clip" for line in listed)

@@ -580,7 +580,7 @@ def _named_load_errors(source: str) -> Iterator[None]:
     is one line, not a traceback."""
     try:
         yield
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a folder without a tokenizer transformers can build
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigurationError(
             f"HFText: {source!r} cannot be loaded ({first}). Give an existing local folder or file, a pkg:// or "

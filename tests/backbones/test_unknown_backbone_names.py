@@ -59,9 +59,10 @@ def test_timm_weights_that_cannot_be_downloaded_say_what_to_give_offline(monkeyp
         TimmViT("vit_base_patch16_224.augreg2_in21k_ft_in1k", pretrained=True)
 
 
-@pytest.mark.parametrize("name", ["bert-base-uncasd", "./no/such/folder"])
-def test_an_hf_model_that_cannot_be_found_is_one_error_naming_it(name, monkeypatch):
+@pytest.mark.parametrize("name", ["bert-base-uncasd", "./no/such/folder", "EMPTY"])
+def test_an_hf_model_that_cannot_be_found_is_one_error_naming_it(name, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = str(tmp_path) if name == "EMPTY" else name  # a folder holding no model and no tokenizer
     with pytest.raises(ConfigurationError) as error:
         HFText(name)
     assert f"HFText: {name!r} cannot be loaded" in str(error.value)
