@@ -172,9 +172,11 @@ def describe_error(error: BaseException) -> str | None:
     text = "\n".join(str(item) for item in chain)
     option = re.search(r"Option '([\w.]+)' is not accepted", text)
     if option:
-        owner = re.search(r"class_path '([\w.]+)'", text)
-        known = _init_arguments(owner.group(1)) if owner else []
-        return _unknown(option.group(1), known, owner.group(1).rpartition(".")[2] if owner else "")
+        # the innermost class named is the one the option was given to (HFText inside PromptTuning's backbone)
+        owners = re.findall(r"class_path '([\w.]+)'", text)
+        owner = owners[-1] if owners else ""
+        known = _init_arguments(owner) if owner else []
+        return _unknown(option.group(1), known, owner.rpartition(".")[2])
     class_name = re.search(r"Expected a dot import path string: ([\w.]+)", text)
     if class_name:
         return _unknown_class(class_name.group(1))
@@ -199,9 +201,16 @@ def _init_arguments(class_path: str) -> list[str]:
         classes: tuple[type, ...] = (Trainer,)
     else:
         entry = registry.find(class_path.rpartition(".")[2])
-        if entry is None:
+        module, _, name = class_path.rpartition(".")
+        if entry is not None:
+            classes = entry.load().__mro__
+        elif module.split(".")[0] in ("torch", "lightning"):  # an optimizer, scheduler or callback recipes name
+            import importlib
+
+            found = getattr(importlib.import_module(module), name, None)
+            classes = found.__mro__ if isinstance(found, type) else ()
+        else:
             return []
-        classes = entry.load().__mro__
     names: list[str] = []
     for cls in classes:
         init = cls.__dict__.get("__init__")
@@ -298,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(export_command(args[1:]))
         if args[0] == "average":
             raise SystemExit(average_command(args[1:]))
+        given_late = next((arg for arg in args[1:] if arg in SUBCOMMANDS), None)
+        if args[0].startswith("-") and given_late is not None:  # options before the subcommand go to no parser
+            raise SystemExit(_error(f"put the subcommand first: lightning-prompts {given_late} {args[0]} …"))
         if not args[0].startswith("-") and args[0] not in SUBCOMMANDS:  # before Lightning's import (seconds)
             import difflib
 

@@ -50,6 +50,11 @@ def test_files_that_do_not_fit_together_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["average", "--output", str(tmp_path / "o.safetensors"), str(tmp_path / "a.safetensors")])
     assert "at least two" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # one seed twice would weigh double
+        main(["average", "--output", str(tmp_path / "o.safetensors"), str(tmp_path / "a.safetensors"),
+              str(tmp_path / "." / "a.safetensors")])  # fmt: skip
+    assert exit_info.value.code == 2 and "given more than once" in capsys.readouterr().err
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 class ContextAtStart(Callback):

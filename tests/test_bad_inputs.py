@@ -215,6 +215,11 @@ def the_optimizer_given_at_the_top_level(tmp: Path):
     return ["fit", *TINY, "--optimizer", "Adam"], "the optimizer belongs to the method here (--model.init_args"
 
 
+def a_backbone_option_typo(tmp: Path):
+    option = "--model.init_args.backbone.init_args.model_name"  # HFText's is model_name_or_path
+    return ["fit", *TINY_TEXT, option, "x"], "'model_name' of HFText (did you mean 'model_name_or_path'?)"
+
+
 def extends_a_missing_file(tmp: Path):
     recipe = tmp / "child.yaml"
     recipe.write_text("extends: parent.yaml\n")
@@ -345,6 +350,7 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         typo_in_a_recipe,
         yaml_that_is_a_list,
         a_key_given_twice,
+        a_backbone_option_typo,
         an_empty_config_file,
         the_optimizer_given_at_the_top_level,
         a_mistyped_method_name,

@@ -83,6 +83,7 @@ def test_only_our_constructors_argument_checks_become_one_line():
         (["averge"], "unknown subcommand 'averge' (did you mean 'average'?)"),
         (["list", "methods", "--family", "vision"], "unknown family 'vision'; the families are clip, graph"),
         (["list", "recipes", "--family", "clip"], "--family filters registered classes, not recipes"),
+        (["--config", "recipe.yaml", "fit"], "put the subcommand first: lightning-prompts fit --config"),
     ],
 )
 def test_a_mistyped_subcommand_or_family_is_one_error_line(args, message, capsys):

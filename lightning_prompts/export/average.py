@@ -23,6 +23,10 @@ def average_prompt_files(inputs: Sequence[str | Path], output: str | Path) -> Pa
 
     if len(inputs) < 2:
         raise ConfigurationError(f"averaging needs at least two prompt files, got {len(inputs)}.")
+    resolved = [Path(path).resolve() for path in inputs]
+    repeated = sorted({str(path) for path in inputs if resolved.count(Path(path).resolve()) > 1})
+    if repeated:  # a seed given twice would weigh double in the mean without a word
+        raise ConfigurationError(f"prompt file(s) {', '.join(repeated)} given more than once; average each once.")
     first_tensors, first_meta = read_prompt_file(inputs[0])
     sums = {key: tensor.double() for key, tensor in first_tensors.items()}
     for path in inputs[1:]:
