@@ -187,6 +187,14 @@ def describe_error(error: BaseException) -> str | None:
         name = key.group(1)
         known = _init_arguments("lightning.pytorch.Trainer") if name.startswith("trainer.") else []
         return _unknown(name, known, "the Trainer" if known else "")
+    union = re.search(r'Parser key "([\w.]+)":\s*Does not validate against any of the Union subtypes', text)
+    subtypes, given = re.search(r"Subtypes: \[(.*)\]", text), re.search(r"Given value: (.*)", text)
+    if union and subtypes and given:  # the innermost error names only the last type tried (int for `precision fp16`)
+        accepted = re.sub(r"typing\.Literal\[([^\]]*)\]", r"\1", subtypes.group(1))
+        accepted = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", accepted).replace("NoneType", "null")
+        plain = {"int", "float", "bool", "str", "null"}  # a class-valued option has its own, better, inner message
+        if all(item.strip() in plain or item.strip()[:1] in "'-0123456789" for item in accepted.split(",")):
+            return f"--{union.group(1)} {given.group(1).strip()} is not accepted; it takes one of: {accepted}"
     innermost = str(chain[-1]).strip().splitlines()
     return " ".join(line.strip() for line in innermost if line.strip())
 

@@ -220,6 +220,10 @@ def a_backbone_option_typo(tmp: Path):
     return ["fit", *TINY_TEXT, option, "x"], "'model_name' of HFText (did you mean 'model_name_or_path'?)"
 
 
+def a_value_none_of_the_types_accepts(tmp: Path):
+    return ["fit", *TINY, "--trainer.precision", "fp16"], "fp16 is not accepted; it takes one of: 64, 32, 16, 'trans"
+
+
 def extends_a_missing_file(tmp: Path):
     recipe = tmp / "child.yaml"
     recipe.write_text("extends: parent.yaml\n")
@@ -350,6 +354,7 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         typo_in_a_recipe,
         yaml_that_is_a_list,
         a_key_given_twice,
+        a_value_none_of_the_types_accepts,
         a_backbone_option_typo,
         an_empty_config_file,
         the_optimizer_given_at_the_top_level,
