@@ -14,16 +14,17 @@ torch, so they return at once. Bad input ends with one line, ``lightning-prompts
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lightning_prompts import __version__, registry
-from lightning_prompts.errors import LightningPromptsError
+from lightning_prompts.errors import ConfigurationError, LightningPromptsError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "list", "export", "average")
@@ -68,11 +69,18 @@ options:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """The small subcommands' parser: a usage error is the command's one error line (exit 2), like every other bad
+    input, not argparse's usage block followed by the error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigurationError(f"{self.prog}: {message} (--help shows the usage)")
+
+
 def list_command(args: Sequence[str]) -> int:
     """``lightning-prompts list [kind] [--family F] [--root recipes]``: one line per entry."""
-    import argparse
 
-    parser = argparse.ArgumentParser(prog="lightning-prompts list", description="List what lightning_prompts ships.")
+    parser = _Parser(prog="lightning-prompts list", description="List what lightning_prompts ships.")
     parser.add_argument("kind", nargs="?", default="methods", choices=[*LIST_KINDS, "recipes"])
     parser.add_argument("--family", default=None, help="only this family (clip, vit, text, graph)")
     parser.add_argument("--root", default="recipes", help="recipe folder (list recipes)")
@@ -127,9 +135,8 @@ def _list_recipes(root: str) -> int:
 
 def export_command(args: Sequence[str]) -> int:
     """``lightning-prompts export --ckpt_path X --output Y [--peft DIR]``."""
-    import argparse
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lightning-prompts export",
         description="Write the trained prompt of a checkpoint to a safetensors file (and, for prompt tuning, a "
         "PEFT adapter folder). The backbone is rebuilt from the checkpoint's stored, registered config.",
@@ -150,7 +157,6 @@ def describe_error(error: BaseException) -> str | None:
     """One line for an error caused by bad input: our own errors (also when raised while a class was being
     built from the config, which the parser wraps), and the parser's, with a did-you-mean for unknown
     options. ``None`` for anything else (a bug: the traceback is worth seeing)."""
-    import argparse
     import re
 
     chain, seen = [], set()
@@ -280,9 +286,8 @@ def _unknown(name: str, known: Sequence[str], owner: str) -> str:
 
 def average_command(args: Sequence[str]) -> int:
     """``lightning-prompts average --output Y A B [C …]``."""
-    import argparse
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lightning-prompts average",
         description="Average prompt files element-wise (same method, backbone and tensors), e.g. the prompts of "
         "three seeds into MVLPT's source prompt; start another run from it with --model.init_args.prompt_init.",
