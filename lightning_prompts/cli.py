@@ -27,7 +27,7 @@ from lightning_prompts import __version__, registry
 from lightning_prompts.errors import ConfigurationError, LightningPromptsError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "list", "export", "average")
+SUBCOMMANDS = (*LIGHTNING_SUBCOMMANDS, "list", "export", "average")
 LIST_KINDS = {
     "methods": "method",
     "callbacks": "callback",

@@ -64,8 +64,6 @@ def read_descriptions(path: str | Path, classnames: Sequence[str]) -> list[list[
     class given one description as a plain string (``{"cat": "a small furry pet"}``) gets that one description:
     friendlier than refusing it, and never split into characters."""
     file = resolve_path(path)
-    if not file.is_file():
-        raise DatasetError(f"Description file {file} does not exist.")
     content = read_json(file, "Description file")
     if not isinstance(content, dict):
         raise DatasetError(f"Description file {file} must be an object {{class name: [description, ...]}}.")

@@ -46,8 +46,6 @@ def read_paraphrases(path: str | Path, task: str | None = None) -> list[str]:
     """The instructions of ``task`` in a JSON file ``{task: [instruction, ...]}`` (the only task when
     ``task`` is ``None``); at least two, each a non-empty string."""
     file = resolve_path(path)
-    if not file.is_file():
-        raise DatasetError(f"Paraphrase file {file} does not exist.")
     content = read_json(file, "Paraphrase file")
     if not isinstance(content, dict) or not content:
         raise DatasetError(f"Paraphrase file {file} must be an object {{task: [instruction, ...]}}.")

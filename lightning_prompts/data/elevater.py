@@ -50,9 +50,9 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_prompts.batch import IMAGE, LABEL
+from lightning_prompts.data.arguments import check_shots
 from lightning_prompts.data.image_datamodule import Synthetic, _synthetic_root
 from lightning_prompts.data.images import ImageItem, decode_fully, load_rgb, verify_images
-from lightning_prompts.data.shots import check_shots
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import Augmentation, build_transform
 from lightning_prompts.errors import DatasetError
@@ -112,8 +112,6 @@ def read_index(path: Path, num_classes: int) -> list[IndexEntry]:
 
 def read_coco_manifest(path: Path) -> tuple[list[str], list[IndexEntry]]:
     """Class names (by category id) and the entries of a vision-datasets COCO classification manifest, checked."""
-    if not path.is_file():
-        raise DatasetError(f"ELEVATER manifest {path} does not exist.")
     manifest = read_json(path, "ELEVATER manifest")
     try:
         categories = sorted((int(c["id"]), str(c["name"])) for c in manifest["categories"])

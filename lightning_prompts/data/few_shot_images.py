@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning_prompts.data.arguments import check_shots
 from lightning_prompts.data.dassl import (
     dataset_spec,
     few_shot_splits,
@@ -19,7 +20,6 @@ from lightning_prompts.data.dassl import (
 )
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import ImageItem, check_known_classes, classnames_by_label
-from lightning_prompts.data.shots import check_shots
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
 

@@ -20,6 +20,7 @@ splits graphs 80/10/10.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -273,7 +274,7 @@ class GraphDataModule(LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        labels = self._labels()
+        labels = self._labels
         return int(labels.max()) + 1
 
     @property
@@ -285,9 +286,11 @@ class GraphDataModule(LightningDataModule):
         return [f"class {i}" for i in range(self.num_classes)]
 
     # -- splits -------------------------------------------------------------------------------------
+    @functools.cached_property
     def _labels(self) -> torch.Tensor:
         """One class index per node (node tasks) or graph, checked: cross-entropy reads them as class indices, so a
-        -1, a float or a multi-task row would otherwise be drawn into the splits and fail or mislead mid-training."""
+        -1, a float or a multi-task row would otherwise be drawn into the splits and fail or mislead mid-training.
+        Read (and the edges checked) once: ``num_classes`` and ``classnames`` ask for them again and again."""
         where = f"{type(self.dataset).__name__} dataset"
         if self.task == "node":
             graph = self.graph
@@ -315,7 +318,7 @@ class GraphDataModule(LightningDataModule):
         return check_class_indices(torch.cat(labels), where, "graph")
 
     def _split_indices(self) -> dict[str, list[int]]:
-        labels = self._labels().tolist()
+        labels = self._labels.tolist()
         name = type(self.dataset).__name__
         if self.shots > 0:
             sizes = None if self.val_size is None else (self.val_size, self.test_size)

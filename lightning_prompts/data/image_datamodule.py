@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_prompts.batch import INDEX, MASK, PSEUDO_LABELLED, image_view
+from lightning_prompts.data.arguments import check_at_least
 from lightning_prompts.data.images import (
     ImageItem,
     ImageListDataset,
@@ -143,13 +144,10 @@ class ImageClassificationDataModule(LightningDataModule):
         super().__init__()
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}.")
-        # DataLoader and the transforms would refuse these only once training starts, after the run folder is written
-        for name, value, least in (
-            ("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-            ("image_size", image_size, 1), ("num_workers", num_workers, 0),
-        ):  # fmt: skip
-            if value < least:
-                raise ValueError(f"{name} must be at least {least}, got {value}.")
+        check_at_least(
+            batch_size=(batch_size, 1), eval_batch_size=(eval_batch_size, 1), image_size=(image_size, 1),
+            num_workers=(num_workers, 0),
+        )  # fmt: skip
         self.root = Path(root).expanduser()
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.image_size, self.augmentation, self.normalization = image_size, augmentation, normalization

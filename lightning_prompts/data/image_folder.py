@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning_prompts.data.arguments import check_shots
 from lightning_prompts.data.dassl import few_shot_splits
 from lightning_prompts.data.elevater import TOOLKIT_VALIDATION_FRACTION, held_out_positions
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import IMAGE_SUFFIXES, ImageItem, check_known_classes
-from lightning_prompts.data.shots import check_shots
 from lightning_prompts.data.synthetic import write_image_folder_layout
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule

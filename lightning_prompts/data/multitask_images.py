@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning_prompts.data.arguments import check_shots
 from lightning_prompts.data.few_shot_images import FewShotImageDataModule
 from lightning_prompts.data.image_datamodule import ImageClassificationDataModule, LoadedSplits, Synthetic
 from lightning_prompts.data.images import ImageItem
-from lightning_prompts.data.shots import check_shots
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.registry import register_datamodule
 

@@ -26,9 +26,9 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_prompts.batch import LABEL, TEXT
+from lightning_prompts.data.arguments import check_at_least, check_shots
 from lightning_prompts.data.length_grouping import LengthGroupedBatchSampler, longest_first
 from lightning_prompts.data.protocols import TokenCounter, provided
-from lightning_prompts.data.shots import check_shots
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
 from lightning_prompts.utils.resources import resolve_path
@@ -284,9 +284,7 @@ class TextClassificationDataModule(LightningDataModule):
             )
         self.text_format, self.split_protocol = text_format, split_protocol
         check_shots(shots)
-        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1)):
-            if value < least:  # DataLoader would refuse it only once training starts
-                raise ValueError(f"{name} must be at least {least}, got {value}.")
+        check_at_least(batch_size=(batch_size, 1), eval_batch_size=(eval_batch_size, 1))
         if label_separator is not None and (shots > 0 or label_separator == ""):
             raise ValueError("multi-label data (label_separator) takes no `shots` and a non-empty separator.")
         self.label_separator = label_separator

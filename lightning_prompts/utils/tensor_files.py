@@ -45,18 +45,22 @@ def require_file(path: str, owner: str) -> None:
         raise ConfigurationError(f"{owner}: weights file {path} does not exist (or is not a file).")
 
 
+def load_failure_reason(error: BaseException) -> str:
+    """Why a weights-only load failed, for a message: torch and timm advise retrying with ``weights_only=False``,
+    which would let the file run code, so that advice is never passed on."""
+    if "weights_only" in str(error):
+        return "it holds objects other than tensors and plain values, or is not a PyTorch file"
+    return " ".join(str(error).split())[:300] or "no detail"
+
+
 def load_weights_file(path: str, load: Callable[[], Any], owner: str) -> None:
     """Run ``load``, a library's loader of the local weights file ``path`` (open_clip's or timm's, both reading
     with ``weights_only=True``), with every failure turned into one :class:`ConfigurationError` naming the file."""
     try:
         load()
     except Exception as error:  # noqa: BLE001 - truncated, not a tensor file, other keys: the file is at fault
-        # torch and timm advise retrying with weights_only=False, which would let the file run code: not passed on
-        if "weights_only" in str(error):
-            reason = "it holds objects other than tensors and plain values, or is not a PyTorch file"
-        else:
-            reason = " ".join(str(error).split())[:300] or "no detail"
         raise ConfigurationError(
             f"{owner}: {path} could not be loaded as a weights-only checkpoint of this model ({type(error).__name__}: "
-            f"{reason}). Give a complete .pt, .pth, .bin or .safetensors file of this architecture's weights."
+            f"{load_failure_reason(error)}). Give a complete .pt, .pth, .bin or .safetensors file of this "
+            f"architecture's weights."
         ) from error

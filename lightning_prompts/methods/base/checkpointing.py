@@ -289,16 +289,17 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     file cannot run code); a :class:`ConfigurationError` naming the file when it is missing or unreadable."""
     import torch
 
+    from lightning_prompts.utils.tensor_files import load_failure_reason
+
     if not Path(path).is_file():
         raise ConfigurationError(f"checkpoint {path} does not exist (or is not a file).")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure means it is not a checkpoint we can use
-        # torch's own message suggests weights_only=False, which would let the file run code: not shown
-        reason = "it holds objects other than tensors and plain values" if "weights_only" in str(error) else error
         raise ConfigurationError(
             f"checkpoint {path} could not be read as a weights-only Lightning checkpoint ({type(error).__name__}: "
-            f"{reason}). Is it truncated (a copy or save that did not finish)? Use a complete .ckpt written by fit."
+            f"{load_failure_reason(error)}). Is it truncated (a copy or save that did not finish)? Use a complete "
+            f".ckpt written by fit."
         ) from error
     if not isinstance(checkpoint, dict):
         raise ConfigurationError(
