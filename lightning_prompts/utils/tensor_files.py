@@ -25,7 +25,9 @@ def load_tensor_file(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a tensor file, or one holding objects other than tensors
-        raise ValueError(f"{path} is not a {what} readable with weights_only=True: {error}") from error
+        raise ValueError(
+            f"{path} is not a {what} readable with weights_only=True: {load_failure_reason(error)}"
+        ) from error
 
 
 def save_atomically(content: Any, path: str | Path) -> Path:
