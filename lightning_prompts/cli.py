@@ -178,9 +178,11 @@ def describe_error(error: BaseException) -> str | None:
     text = "\n".join(str(item) for item in chain)
     option = re.search(r"Option '([\w.]+)' is not accepted", text)
     if option:
-        # the innermost class named is the one the option was given to (HFText inside PromptTuning's backbone)
+        # the innermost class named is the one the option was given to (HFText inside PromptTuning's backbone);
+        # a class-valued option that is a callable (a method's optimizer) shows the value it got instead
+        direct = re.search(rf"class_path='([\w.]+)', init_args=Namespace\((?:[^()]*\W)?{option.group(1)}=", text)
         owners = re.findall(r"class_path '([\w.]+)'", text)
-        owner = owners[-1] if owners else ""
+        owner = direct.group(1) if direct else owners[-1] if owners else ""
         known = _init_arguments(owner) if owner else []
         return _unknown(option.group(1), known, owner.rpartition(".")[2])
     class_name = re.search(r"Expected a dot import path string: ([\w.]+)", text)
@@ -218,7 +220,7 @@ def _init_arguments(class_path: str) -> list[str]:
         module, _, name = class_path.rpartition(".")
         if entry is not None:
             classes = entry.load().__mro__
-        elif module.split(".")[0] in ("torch", "lightning"):  # an optimizer, scheduler or callback recipes name
+        elif module.split(".")[0] in ("torch", "lightning", "lightning_prompts"):  # an optimizer, scheduler, callback
             import importlib
 
             found = getattr(importlib.import_module(module), name, None)

@@ -220,6 +220,15 @@ def a_backbone_option_typo(tmp: Path):
     return ["fit", *TINY_TEXT, option, "x"], "'model_name' of HFText (did you mean 'model_name_or_path'?)"
 
 
+def an_optimizer_option_typo(tmp: Path):  # the method's optimizer is a callable: the owner is the SGD it names
+    return ["fit", *TINY, "--model.init_args.optimizer.init_args.lrr", "0.1"], "'lrr' of SGD (did you mean 'lr'?)"
+
+
+def a_scheduler_option_typo(tmp: Path):  # one of our classes that is not in the registry
+    option = "--model.init_args.lr_scheduler.init_args.warmup_epoch"
+    return ["fit", *TINY, option, "1"], "'warmup_epoch' of WarmupCosineLR (did you mean 'warmup_epochs'?)"
+
+
 def a_value_none_of_the_types_accepts(tmp: Path):
     return ["fit", *TINY, "--trainer.precision", "fp16"], "fp16 is not accepted; it takes one of: 64, 32, 16, 'trans"
 
@@ -356,6 +365,8 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         a_key_given_twice,
         a_value_none_of_the_types_accepts,
         a_backbone_option_typo,
+        an_optimizer_option_typo,
+        a_scheduler_option_typo,
         an_empty_config_file,
         the_optimizer_given_at_the_top_level,
         a_mistyped_method_name,
