@@ -180,7 +180,9 @@ def describe_error(error: BaseException) -> str | None:
     if option:
         # the innermost class named is the one the option was given to (HFText inside PromptTuning's backbone);
         # a class-valued option that is a callable (a method's optimizer) shows the value it got instead
-        direct = re.search(rf"class_path='([\w.]+)', init_args=Namespace\((?:[^()]*\W)?{option.group(1)}=", text)
+        direct = re.search(
+            rf"class_path='([\w.]+)', init_args=Namespace\((?:[^()]*\W)?{re.escape(option.group(1))}=", text
+        )
         owners = re.findall(r"class_path '([\w.]+)'", text)
         owner = direct.group(1) if direct else owners[-1] if owners else ""
         known = _init_arguments(owner) if owner else []
