@@ -320,16 +320,22 @@ def print_results(metrics: dict[str, Any], stage: str) -> None:
 def write_predictions(trainer: Trainer, classnames: Sequence[str] | None = None) -> Path | None:
     """What ``predict`` returned, as ``predictions.safetensors`` in the run's log folder: per prediction set (one per
     loader, ``<i>/`` before the keys when there are several) the ``logits`` and the predicted class indices
-    ``preds``, in loader order, with the class names in the metadata. ``None`` when nothing was returned (each DDP
-    process keeps its own share: Lightning returns none there)."""
+    ``preds``, in the data set's order, with the class names in the metadata. Under DDP every process takes part
+    and the first writes every process's share, put back in order. ``None`` when nothing was returned (with a
+    warning where the launcher keeps nothing: DDP that spawns or forks its processes)."""
     import torch
-    from lightning.pytorch.utilities import rank_zero_only
+    from lightning.pytorch.utilities import rank_zero_warn
     from safetensors.torch import save_file
 
-    predictions = trainer.predict_loop.predictions
-    if rank_zero_only.rank != 0 or not predictions:
+    if not trainer.predict_loop.return_predictions:
+        rank_zero_warn(
+            f"predict wrote no predictions.safetensors: with strategy {type(trainer.strategy).__name__} and its "
+            "spawned or forked processes Lightning keeps no predictions; use strategy 'ddp' (one process per device, "
+            "launched as the command itself)."
+        )
         return None
-    loaders = predictions if isinstance(predictions[0], list) else [predictions]
+    predictions = trainer.predict_loop.predictions
+    loaders = predictions if predictions and isinstance(predictions[0], list) else [predictions]
     tensors: dict[str, torch.Tensor] = {}
     for index, batches in enumerate(loaders):
         prefix = f"{index}/" if len(loaders) > 1 else ""
@@ -337,13 +343,40 @@ def write_predictions(trainer: Trainer, classnames: Sequence[str] | None = None)
             parts = [batch[key] for batch in batches if isinstance(batch, dict) and key in batch]
             if parts:
                 tensors[prefix + key] = torch.cat([part.detach().cpu() for part in parts]).contiguous()
-    if not tensors:
+    if trainer.world_size > 1:
+        tensors = _gathered_in_data_order(tensors, trainer.world_size)
+    if trainer.global_rank != 0 or not tensors:
         return None
     folder = Path(trainer.log_dir if trainer.logger is not None else trainer.default_root_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "predictions.safetensors"
     save_file(tensors, str(path), metadata={"classnames": json.dumps(list(classnames or []))})
     return path
+
+
+def _gathered_in_data_order(tensors: dict[str, Any], processes: int) -> dict[str, Any]:
+    """Every process's prediction rows (a collective call), interleaved back into the data set's order: process
+    ``r`` of ``W`` predicted samples ``r, r + W, …`` (the data modules' :class:`EvaluationShard`, and Lightning's
+    own predict sampler, split a set that way)."""
+    import torch
+    import torch.distributed as dist
+
+    shares: list[dict[str, Any] | None] = [None] * processes
+    dist.all_gather_object(shares, tensors)
+    gathered = {}
+    for key in dict.fromkeys(key for share in shares for key in (share or {})):
+        parts = [(share or {}).get(key) for share in shares]
+        sizes = [0 if part is None else part.shape[0] for part in parts]
+        total = sum(sizes)
+        if sizes != [len(range(rank, total, processes)) for rank in range(processes)]:
+            raise RuntimeError(f"predictions of {sizes} rows per process are not a strided split of {total} samples.")
+        template = next(part for part in parts if part is not None)
+        rows = torch.empty((total, *template.shape[1:]), dtype=template.dtype)
+        for rank, part in enumerate(parts):
+            if part is not None:
+                rows[rank::processes] = part
+        gathered[key] = rows
+    return gathered
 
 
 def default_checkpoints(model: Any, datamodule: Any | None = None) -> list[Any]:

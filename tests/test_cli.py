@@ -300,3 +300,21 @@ def test_predict_writes_the_logits_and_classes_of_every_predicted_image(tmp_path
     batches = cli.trainer.predict_loop.predictions
     assert logits.shape == (sum(len(batch["logits"]) for batch in batches), len(cli.model.classnames))
     assert torch.equal(preds, logits.argmax(-1)) and torch.equal(logits, torch.cat([b["logits"] for b in batches]))
+
+
+def test_predict_under_two_ddp_processes_writes_every_prediction_once_in_order(tmp_path):
+    """Each process predicts every other image; the first process wrote only its own half (rows 0, 2, 4, …)."""
+    from safetensors.torch import load_file
+
+    tiny = ["--config", str(RECIPES / "coop/caltech101.yaml"), "--config", TINY_CLIP, "--seed_everything", "0",
+            "--trainer.fast_dev_run=false", "--data.init_args.eval_batch_size", "3"]  # fmt: skip
+    command = [sys.executable, "-m", "lightning_prompts.cli", "predict", *tiny, "--trainer.devices", "2",
+               "--trainer.strategy", "ddp", "--trainer.default_root_dir", str(tmp_path / "ddp")]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_cli(["predict", *tiny, "--trainer.default_root_dir", str(tmp_path / "one")])
+    ddp = load_file(str(tmp_path / "ddp" / "predictions.safetensors"))
+    one = load_file(str(tmp_path / "one" / "predictions.safetensors"))
+    assert ddp["logits"].shape == one["logits"].shape and len(one["logits"]) > 3  # several batches per process
+    assert torch.allclose(ddp["logits"], one["logits"], atol=1e-5) and torch.equal(ddp["preds"], one["preds"])

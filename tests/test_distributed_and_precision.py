@@ -49,6 +49,34 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tiny_clip,
     assert torch.allclose(single, ddp, atol=1e-5), (single - ddp).abs().max()
 
 
+def test_ddp_trains_on_small_shares_and_validates_every_image_once(tiny_clip, tmp_path):
+    """5 training images in batches of 4 are 3 per process under two processes: Dassl's drop-the-last-partial-batch
+    rule, decided on the whole set, left them no step at all. The 5 validation images split 3 + 2: Lightning's
+    sampler repeated one to make 3 + 3, and its own average of ``val/loss`` divided the integer sample counts
+    (3 + 2) by 2 with integer division. Validation under DDP now equals one process's on the same weights."""
+    from lightning_prompts.data import FewShotImageDataModule, Synthetic
+
+    data = FewShotImageDataModule(
+        dataset="caltech101", shots=1, batch_size=4, eval_batch_size=2, num_workers=0, image_size=32,
+        augmentation="vtab", shuffle=False, synthetic=Synthetic(num_classes=5, images_per_class=3),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    method = CoOp(tiny_clip, data.classnames, n_ctx=4, init_std=1.0)  # classes score differently
+    before = method.prompt.ctx.detach().clone()
+    trainer = Trainer(
+        strategy="ddp_fork", devices=2, accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(method, data)
+    assert not torch.equal(method.prompt.ctx, before)  # the processes took a step
+    ddp = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
+    single = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    alone = single.validate(method, data, verbose=False)[0]  # the same (trained) weights, one process
+    assert {"val/acc", "val/loss"} <= set(ddp)
+    for key in ddp:
+        assert ddp[key] == pytest.approx(alone[key], abs=1e-6), key
+
+
 @pytest.mark.parametrize("method_name", ["coop", "vpt"])
 def test_bf16_mixed_run_stays_finite(method_name, tiny_clip, tiny_vit, trainer_kwargs):
     data = synthetic_fewshot(augmentation="clip" if method_name == "coop" else "vtab")

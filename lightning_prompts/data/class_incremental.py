@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_prompts.batch import IMAGE, INDEX, LABEL, TASK
 from lightning_prompts.data.image_datamodule import Synthetic
 from lightning_prompts.data.images import IMAGE_SUFFIXES, ImageItem, load_rgb, verify_images
+from lightning_prompts.data.processes import drops_last, evaluation_sampler
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
@@ -269,7 +270,7 @@ class ClassIncrementalDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=True,
-            drop_last=len(dataset) >= self.batch_size,
+            drop_last=drops_last(len(dataset), self.batch_size, self.trainer),
             num_workers=self.num_workers,
         )
 
@@ -281,7 +282,9 @@ class ClassIncrementalDataModule(LightningDataModule):
 
     def _eval_loader(self, tasks: Sequence[int]) -> DataLoader:
         dataset = self._subset("test", list(tasks), train=False)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, sampler=evaluation_sampler(dataset), num_workers=self.num_workers
+        )
 
 
 def _wordnet_names(wnids: Sequence[str]) -> list[str]:

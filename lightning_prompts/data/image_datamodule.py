@@ -37,6 +37,7 @@ from lightning_prompts.data.images import (
     verify_images,
     verify_masks,
 )
+from lightning_prompts.data.processes import drops_last, evaluation_sampler
 from lightning_prompts.data.pseudolabels import (
     PseudoLabelledDataset,
     PseudoLabelPartition,
@@ -367,7 +368,7 @@ class ImageClassificationDataModule(LightningDataModule):
             self.pseudolabel_refresh()
         dataset = self._datasets["train"]
         # Dassl drops the last partial batch only when there is more than one batch
-        drop_last = len(dataset) >= self.batch_size
+        drop_last = drops_last(len(dataset), self.batch_size, self.trainer)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -389,7 +390,9 @@ class ImageClassificationDataModule(LightningDataModule):
         return self.test_dataloader()
 
     def _eval_loader(self, dataset: Any) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, sampler=evaluation_sampler(dataset), num_workers=self.num_workers
+        )
 
 
 def _synthetic_root() -> Path:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_prompts.batch import CAPTION, IMAGE, INDEX
 from lightning_prompts.data.image_datamodule import Synthetic, _synthetic_root
 from lightning_prompts.data.images import ImageItem, load_rgb, verify_images
+from lightning_prompts.data.processes import evaluation_sampler
 from lightning_prompts.data.synthetic import classnames_for, write_image
 from lightning_prompts.data.text import read_records
 from lightning_prompts.data.transforms import build_transform
@@ -256,13 +257,15 @@ class ImageTextDataModule(LightningDataModule):
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._datasets["val"] if len(self._datasets["val"]) else self._datasets["train"])
+        dataset = self._datasets["val"] if len(self._datasets["val"]) else self._datasets["train"]
+        return self._loader(dataset, sampler=evaluation_sampler(dataset))
 
-    def _loader(self, dataset: Dataset, batch_size: int | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int | None = None, sampler: Any = None) -> DataLoader:
+        """In order; every pair (a pass over a whole split, such as the domain assignment's) unless ``sampler``."""
         return DataLoader(
             dataset,
             batch_size=batch_size or self.eval_batch_size,
-            shuffle=False,
+            sampler=sampler,
             collate_fn=collate_pairs,
             num_workers=self.num_workers,
         )

@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from lightning_prompts.data.processes import evaluation_sampler
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
 
@@ -382,8 +383,10 @@ class MoleculeNetDataModule(LightningDataModule):
         assert self._splits is not None, "call setup() first"
         from torch_geometric.loader import DataLoader as GraphLoader
 
+        dataset = self._splits[split]
+        sampler = None if shuffle else evaluation_sampler(dataset)
         return GraphLoader(
-            self._splits[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers
+            dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.num_workers
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_prompts.batch import IMAGE, INDEX, LABEL
 from lightning_prompts.data.class_incremental import current_stream_task
 from lightning_prompts.data.images import load_rgb
+from lightning_prompts.data.processes import evaluation_sampler
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
@@ -267,4 +268,6 @@ class MultiLabelIncrementalDataModule(LightningDataModule):
 
     def _eval_loader(self, seen: int) -> DataLoader:
         dataset = self._subset("test", 0, seen, train=False)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, sampler=evaluation_sampler(dataset), num_workers=self.num_workers
+        )

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_prompts.backbones.point_ops import farthest_point_sample
 from lightning_prompts.batch import LABEL, POINT_VOTES, POINTS
+from lightning_prompts.data.processes import drops_last, evaluation_sampler
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
 
@@ -569,12 +570,15 @@ class PointCloudDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         assert self._splits is not None, "call setup() first"
+        dataset = self._splits[split]
         return DataLoader(
-            self._splits[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else evaluation_sampler(dataset),
             num_workers=self.num_workers,
-            drop_last=shuffle and len(self._splits[split]) > self.batch_size,  # BatchNorm in the head
+            # BatchNorm in the head: no partial batch (of one cloud, maybe) where each process has a full one
+            drop_last=shuffle and drops_last(len(dataset), self.batch_size, self.trainer),
         )
 
     def train_dataloader(self) -> DataLoader:

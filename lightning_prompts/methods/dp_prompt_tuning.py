@@ -100,6 +100,15 @@ class DPPromptTuning(PromptTuning):
         self._noise = torch.Generator()
 
     # -- privacy accounting ------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # the clipped, noised gradient is assigned to .grad by hand, past DDP's averaging: each process would train
+        # on its own share, and the accounting would count one process's batch as the sampling rate
+        if self.trainer.world_size > 1:
+            raise ConfigurationError(
+                "DPPromptTuning clips and noises per-example gradients in one process; run it on one device."
+            )
+        super().on_fit_start()
+
     def on_train_start(self) -> None:
         from opacus.accountants import RDPAccountant
         from opacus.accountants.utils import get_noise_multiplier

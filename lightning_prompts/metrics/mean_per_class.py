@@ -45,7 +45,7 @@ class MeanPerClassAccuracy(Metric):
         self.targets.append(targets.detach().long())
 
     def compute(self) -> Tensor:
-        if not self.targets:
+        if len(self.targets) == 0:  # a list of batches, or one tensor once synchronised over processes
             return torch.tensor(0.0, device=self.device)
         scores, targets = dim_zero_cat(self.scores), dim_zero_cat(self.targets)
         present = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)

@@ -88,7 +88,7 @@ class NPointMeanAveragePrecision(Metric):
         self.targets.append(targets.detach() > 0)
 
     def compute(self) -> Tensor:
-        if not self.targets:
+        if len(self.targets) == 0:  # a list of batches, or one tensor once synchronised over processes
             return torch.tensor(0.0, device=self.device)
         scores, targets = dim_zero_cat(self.scores), dim_zero_cat(self.targets)
         present = [c for c in range(scores.shape[1]) if bool(targets[:, c].any())]

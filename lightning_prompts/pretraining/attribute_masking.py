@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.molecule_gin import NUM_ATOM_TYPES, MoleculeGIN, MoleculeGINEncoder
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
@@ -106,8 +107,8 @@ class AttributeMasking(EncoderPretraining):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, accuracy = self.masked_atom_loss(batch)
-        self.log("val/loss", loss, batch_size=int(batch.num_graphs), sync_dist=True)
-        self.log("val/atom_acc", accuracy, batch_size=int(batch.num_graphs), sync_dist=True)
+        log_validation_mean(self, "loss", loss, int(batch.num_graphs))
+        log_validation_mean(self, "atom_acc", accuracy, int(batch.num_graphs))
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder as the official script does (a plain state dict)."""

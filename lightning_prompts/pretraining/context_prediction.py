@@ -37,6 +37,7 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.molecule_gin import MoleculeGIN, MoleculeGINEncoder
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.registry import register_pretraining
 
@@ -210,8 +211,8 @@ class ContextPrediction(EncoderPretraining):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         result = self.context_loss(batch)
         if result is not None:
-            self.log("val/loss", result[0], batch_size=int(batch.num_graphs), sync_dist=True)
-            self.log("val/context_acc", result[1], batch_size=int(batch.num_graphs), sync_dist=True)
+            log_validation_mean(self, "loss", result[0], int(batch.num_graphs))
+            log_validation_mean(self, "context_acc", result[1], int(batch.num_graphs))
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the substructure GIN as the official script does (a plain state dict)."""

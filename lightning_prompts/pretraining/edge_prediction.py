@@ -30,6 +30,7 @@ from torch.optim import Optimizer
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.gnn import GNN, GraphBackbone, build_gnn, save_gnn
 from lightning_prompts.backbones.molecule_gin import MoleculeGIN, MoleculeGINEncoder
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
@@ -141,7 +142,7 @@ class EdgePrediction(EncoderPretraining):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val/loss", self.loss(batch), batch_size=int(getattr(batch, "num_graphs", 1)), sync_dist=True)
+        log_validation_mean(self, "loss", self.loss(batch), int(getattr(batch, "num_graphs", 1)))
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder for ``GNN(checkpoint_path=...)`` or ``MoleculeGIN(checkpoint_path=...)``."""

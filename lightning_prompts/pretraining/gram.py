@@ -50,6 +50,7 @@ from lightning_prompts.batch import CAPTION, IMAGE, INDEX
 from lightning_prompts.data.protocols import PairDomains, provided
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import PromptModule
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.optim.gradient_regulator import GradientRegulator
 from lightning_prompts.prompts.text_context import ClassContextPrompt
 from lightning_prompts.registry import register_pretraining
@@ -207,9 +208,9 @@ class GRAM(PromptModule):
         image = self.image_features(batch[IMAGE])
         text = self.caption_features(batch[CAPTION])
         size = image.shape[0]
-        self.log("val/loss", contrastive_loss(image, text, self.backbone.logit_scale), batch_size=size)
+        log_validation_mean(self, "loss", contrastive_loss(image, text, self.backbone.logit_scale), size)
         hits = (image @ text.t()).argmax(dim=1) == torch.arange(size, device=image.device)
-        self.log("val/acc", hits.float().mean(), prog_bar=True, batch_size=size)
+        log_validation_mean(self, "acc", hits.float().mean(), size, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         pass  # val/acc is logged per batch (retrieval within the batch), not by the classification metric

@@ -30,6 +30,7 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.gnn import GNN, Pooling, build_gnn, save_gnn
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.registry import register_pretraining
 
@@ -156,7 +157,7 @@ class GraphCL(EncoderPretraining):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         first, second = (AUGMENTATIONS[name](batch, self.aug_ratio) for name in self.augmentations)
         loss = nt_xent(self.embed(first), self.embed(second), self.temperature)
-        self.log("val/loss", loss, batch_size=int(batch.num_graphs), sync_dist=True)
+        log_validation_mean(self, "loss", loss, int(batch.num_graphs))
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder for ``GNN(checkpoint_path=path)`` with the same architecture."""

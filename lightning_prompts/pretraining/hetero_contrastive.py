@@ -26,6 +26,7 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.hetero_gnn import HeteroEncoder, HeteroGNN, save_hetero_gnn
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.pretraining.graphcl import nt_xent
 from lightning_prompts.registry import register_pretraining
@@ -111,7 +112,7 @@ class HeteroContrastive(EncoderPretraining):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val/loss", self.contrastive_loss(batch), batch_size=1, sync_dist=True)
+        log_validation_mean(self, "loss", self.contrastive_loss(batch), 1)
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder for ``HeteroGNN(checkpoint_path=path)`` with the same architecture."""

@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.point_mae import PointBlock, PointMAE, PointTransformerEncoder, point_mae_checkpoint
 from lightning_prompts.batch import POINTS
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.factories import as_factory, describe_factory
@@ -135,7 +136,7 @@ class PointMAEPretraining(EncoderPretraining):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss = self.reconstruction_loss(batch[POINTS])
-        self.log("val/loss", loss, batch_size=int(batch[POINTS].shape[0]), sync_dist=True)
+        log_validation_mean(self, "loss", loss, int(batch[POINTS].shape[0]))
 
     def configure_optimizers(self) -> Any:
         optimizer = self._optimizer_factory(self.parameters())

@@ -48,6 +48,7 @@ from lightning_prompts.backbones.hf_text import HFText, transformer_layers
 from lightning_prompts.batch import TEXT
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import PromptModule
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.layer_extraction import keep_layers, layers_to_keep
 from lightning_prompts.registry import register_pretraining
 
@@ -227,9 +228,9 @@ class POSTDistillation(PromptModule):
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         parts = self.loss_parts(batch[TEXT])
         size = len(batch[TEXT])
-        self.log("val/loss", parts["loss"], prog_bar=True, batch_size=size, sync_dist=True)
-        self.log("val/ce", parts["ce"], batch_size=size, sync_dist=True)
-        self.log("val/clm", parts["clm"], batch_size=size, sync_dist=True)
+        log_validation_mean(self, "loss", parts["loss"], size, prog_bar=True)
+        log_validation_mean(self, "ce", parts["ce"], size)
+        log_validation_mean(self, "clm", parts["clm"], size)
 
     def on_validation_epoch_end(self) -> None:
         pass

@@ -72,3 +72,15 @@ def test_target_epsilon_sets_the_noise_from_the_planned_epochs(trainer_kwargs):
     )
     assert method.noise_multiplier == pytest.approx(expected)
     assert method.epsilon <= 3.0 + 1e-6
+
+
+def test_training_over_several_processes_is_refused(trainer_kwargs, monkeypatch):
+    """The private gradient is set by hand, past DDP's averaging: each process would train on its own share."""
+    from lightning_prompts.errors import ConfigurationError
+
+    method = DPPromptTuning(HFText("tiny-bert"), data().classnames, num_virtual_tokens=3, noise_multiplier=1.0)
+    before = method.prompt().detach().clone()
+    monkeypatch.setattr(Trainer, "world_size", property(lambda self: 2))  # what two DDP processes report
+    with pytest.raises(ConfigurationError, match="run it on one device"):
+        Trainer(max_epochs=1, **trainer_kwargs).fit(method, data())
+    assert torch.equal(method.prompt(), before)  # refused before the first step

@@ -46,6 +46,7 @@ from lightning_prompts.evaluation.base import Evaluator
 from lightning_prompts.methods.base.checkpointing import TrainableStateMixin, preview
 from lightning_prompts.methods.base.fields import collect_providers
 from lightning_prompts.methods.base.optimization import OptimizationMixin
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.utils.factories import as_factory, describe_factory
 
@@ -380,7 +381,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         evaluator.prepare(self, "val", dataloader_idx)
         output = self.forward_batch(batch)
         targets = self.batch_targets(batch)
-        self.log("val/loss", self.task_loss(output, targets), batch_size=int(targets.shape[0]), sync_dist=True)
+        log_validation_mean(self, "loss", self.task_loss(output, targets), int(targets.shape[0]))
         scores = self.evaluation_scores(batch, output.logits.detach())
         evaluator.update(self, batch, scores, targets, "val", dataloader_idx)
 
