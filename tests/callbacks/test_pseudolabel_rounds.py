@@ -435,3 +435,42 @@ def test_the_testbed_pseudolabel_recipes_run_from_the_command_line(recipe, tmp_p
         assert len([key for version, key in cache._stored if version == "eval"]) == unlabelled
     else:
         assert dataset.num_pseudo == 0
+
+
+@pytest.mark.parametrize("strategy", ["fpl", "grip"])
+def test_a_training_step_loss_is_gamma_labelled_ce_plus_pseudolabelled_ce_by_hand(strategy, tiny_clip, trainer_kwargs):
+    """The loss a training step returns, re-computed: ``γ · mean CE(labelled) + mean CE(pseudolabelled)`` with the
+    official γ, |pseudolabelled| / |labelled| for FPL and |labelled| / |pseudolabelled| in GRIP's rounds, on the
+    prompt as the step found it."""
+
+    class Steps(Callback):
+        def __init__(self):
+            self.steps = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            dataset = trainer.datamodule.train_dataset()
+            counts = (dataset.num_labelled, dataset.num_pseudo)
+            self.steps.append({"batch": {k: v.clone() for k, v in batch.items()}, "counts": counts,
+                               "ctx": module.prompt.ctx.detach().clone()})  # fmt: skip
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.steps[-1]["loss"] = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().clone()
+
+    steps = Steps()
+    method, data, pseudo, _ = fit_rounds(tiny_clip, trainer_kwargs, rounds=1, strategy=strategy, epochs=1,
+                                         extra=[steps])  # fmt: skip
+    mixed = [s for s in steps.steps if 0 < int(s["batch"][PSEUDO_LABELLED].sum()) < len(s["batch"][PSEUDO_LABELLED])]
+    assert mixed  # a batch with labelled and pseudolabelled images
+    step = mixed[0]
+    labelled_count, pseudo_count = step["counts"]
+    gamma = pseudo_count / labelled_count if strategy == "fpl" else labelled_count / pseudo_count
+    assert abs(gamma - 1.0) > 0.3  # far from the 1 of a plain CE
+    batch = step["batch"]
+    flags, targets = batch[PSEUDO_LABELLED].bool(), batch["label"]
+    with torch.no_grad():
+        method.prompt.ctx.copy_(step["ctx"])  # the prompt this step started from
+        logits = method.eval()(batch[IMAGE]).logits
+        per_sample = -logits.log_softmax(dim=-1)[torch.arange(len(targets)), targets]
+    expected = gamma * per_sample[~flags].mean() + per_sample[flags].mean()
+    torch.testing.assert_close(step["loss"], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(expected, per_sample.mean(), rtol=1e-3)  # plain CE would give another number

@@ -54,8 +54,8 @@ def reference_tpt(method: CoOp, initial_ctx: torch.Tensor, image: torch.Tensor, 
 class RecordingTPT(TestTimePromptTuning):
     """TPT that records the context each image starts from and the scores of each batch."""
 
-    def __init__(self) -> None:
-        super().__init__(steps=1, lr=5e-3, selection=0.1)
+    def __init__(self, steps: int = 1, lr: float = 5e-3, selection: float = 0.1) -> None:
+        super().__init__(steps=steps, lr=lr, selection=selection)
         self.starts: list[torch.Tensor] = []
         self.scores: list[torch.Tensor] = []
 
@@ -146,3 +146,47 @@ def test_the_cost_benchmark_runs_and_both_paths_predict_the_same(monkeypatch, ca
     printed = capsys.readouterr().out
     difference = float(printed.rsplit("largest logits difference:", 1)[1])
     assert difference < 1e-4 and "one at a time / batched" in printed
+
+
+def reference_tpt_steps(method, initial_ctx, image, views, steps, lr, selection):
+    """TPT's loop with several AdamW steps written out: the views are chosen once, at the first step, and every
+    step minimises the entropy of the mean probability of the chosen views, ``H(mean_v softmax(z_v))``."""
+    with torch.no_grad():
+        method.prompt.ctx.copy_(initial_ctx)
+        inputs = torch.cat([image.unsqueeze(0), views])
+        features = F.normalize(method.backbone.encode_image(inputs).features, dim=-1)
+    optimizer = torch.optim.AdamW([method.prompt.ctx], lr=lr)
+    keep = None
+    with torch.enable_grad():
+        for _ in range(steps):
+            logits = method.logit_scale * features @ method.class_text_features().t()
+            probabilities = logits.softmax(-1)
+            if keep is None:
+                entropy = -(probabilities * logits.log_softmax(-1)).sum(-1)
+                keep = entropy.argsort()[: int(len(inputs) * selection)].detach()
+            mean = probabilities[keep].mean(0)
+            loss = -(mean * mean.log()).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return method.logit_scale * features[:1] @ method.class_text_features().t()
+
+
+def test_several_steps_minimise_the_entropy_of_the_mean_probability_not_the_mean_entropy(tiny_clip, trainer_kwargs):
+    """Four AdamW steps (lr 0.1) on half of 8 inputs: after the first, sign-like, Adam step the loss's shape decides
+    the update, so the mean of per-view entropies would predict other logits."""
+    data = synthetic_fewshot(test_views=7, eval_batch_size=2)
+    evaluator = RecordingTPT(steps=4, lr=0.1, selection=0.5)
+    torch.manual_seed(0)
+    method = CoOp(tiny_clip, data.classnames, n_ctx=4, ctx_init="a photo of a", evaluator=evaluator)
+    with torch.no_grad():
+        method.prompt.ctx.normal_(std=1.0)  # a context far from the words: classes score differently
+    initial = method.prompt.ctx.detach().clone()
+    Trainer(limit_test_batches=1, **trainer_kwargs).test(method, data)
+    batch = next(iter(data.test_dataloader()[0]))
+    method.eval()
+    for index in range(2):
+        expected = reference_tpt_steps(method, initial, batch["image"][index], batch["image_views"][index],
+                                       steps=4, lr=0.1, selection=0.5)  # fmt: skip
+        torch.testing.assert_close(evaluator.scores[0][index], expected[0], rtol=0, atol=2e-5)  # noise: ~3e-6

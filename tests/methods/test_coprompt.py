@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import synthetic_fewshot
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lightning_prompts.batch import IMAGE, IMAGE_VIEW2
 from lightning_prompts.callbacks import ConsistencyRegularization
@@ -140,3 +142,39 @@ def test_missing_description_file_fails_before_training(tiny_clip, trainer_kwarg
     with pytest.raises(DatasetError, match="missing.json does not exist"):
         trainer.fit(model, data)
     assert trainer.global_step == 0
+
+
+def test_one_training_step_is_ce_plus_lambda_text_and_second_view_image_consistency(tiny_clip, trainer_kwargs):
+    """CoPrompt's whole objective for one step, by hand: CE of the prompted logits + λ·[(1 − mean cos to the frozen
+    template text) + (1 − mean cos to the frozen image encoder on ``image_view2``)]."""
+    seed_everything(0)
+    data = synthetic_fewshot(views=2, augmentation="randaugment")
+    model = CoPrompt(tiny_clip, data.classnames, depth=2, consistency_weight=2.0)
+    with torch.no_grad():  # a prompt far from the initial words: the prompted model differs from the frozen one
+        model.prompt.text.ctx.normal_(std=1.0)
+    before = copy.deepcopy(model)
+    seen = {}
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen["batch"] = {key: value.clone() for key, value in batch.items()}
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen["loss"] = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().clone()
+
+    Trainer(max_steps=1, limit_val_batches=0, callbacks=[Record()], **trainer_kwargs).fit(model, data)
+    batch = seen["batch"]
+    images, second, labels = batch[IMAGE], batch[IMAGE_VIEW2], batch["label"]
+    assert not torch.allclose(images, second)  # two different augmented views
+    clip = tiny_clip.model
+    with torch.no_grad():
+        output = before(images)  # the prompted student (MaPLe + adapters, pinned by the tests above)
+        ce = -output.logits.log_softmax(dim=-1)[torch.arange(len(labels)), labels].mean()
+        names = [name.replace("_", " ") for name in data.classnames]
+        teacher_text = F.normalize(clip.encode_text(open_clip.tokenize([f"a photo of a {n}." for n in names])), dim=-1)
+        teacher_image = F.normalize(clip.encode_image(second), dim=-1)  # the frozen encoder on the SECOND view
+        text_term = 1.0 - (F.normalize(output.text_features, dim=-1) * teacher_text).sum(-1).mean()
+        image_term = 1.0 - (F.normalize(output.image_features, dim=-1) * teacher_image).sum(-1).mean()
+    assert float(text_term) > 1e-3 and float(image_term) > 1e-3
+    expected = ce + 2.0 * (text_term + image_term)
+    torch.testing.assert_close(seen["loss"], expected, rtol=1e-4, atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -159,3 +160,51 @@ def test_frozen_background_features_are_computed_once(tiny_clip, monkeypatch):
     assert torch.equal(term.background_text_features(model, output), first) and len(calls) == 1
     term.background_prompts = ["a clean origami sea."]
     assert term.background_text_features(model, output).shape[0] == 1 and len(calls) == 2
+
+
+def official_background_text_features(clip, prompt, texts):
+    """DAPT's background prompts through MaPLe's deep-prompted text encoder, written out: the first layer sees the
+    plain tokens of "a clean origami {word}." (no learned context), layers 1..depth-1 overwrite positions 1..n_ctx
+    with their deep prompts."""
+    model, n = clip.model, prompt.n_ctx
+    tokenized = open_clip.tokenize(texts)
+    x = model.token_embedding(tokenized) + model.positional_embedding
+    for index, block in enumerate(model.transformer.resblocks):
+        if 1 <= index <= len(prompt.deep_text):
+            deep = prompt.deep_text[index - 1].expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :1], deep, x[:, 1 + n :]], dim=1)
+        x = block(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    return F.normalize(x[torch.arange(len(texts)), tokenized.argmax(dim=-1)] @ model.text_projection, dim=-1)
+
+
+def test_background_prompts_are_the_plain_template_through_the_deep_text_prompts(tiny_clip):
+    torch.manual_seed(0)
+    model = DAPT(tiny_clip, ["cat", "dog"], depth=3, background_words=["sky", "road", "tablecloth"])
+    with torch.no_grad():  # every learned piece far from its initial value, so that each one would show
+        model.prompt.text.ctx.normal_(std=1.0)
+        for deep in model.prompt.deep_text:
+            deep.normal_(std=1.0)
+    texts = ["a clean origami sky.", "a clean origami road.", "a clean origami tablecloth."]
+    with torch.no_grad():
+        output = model.compute_output({IMAGE: torch.randn(1, 3, 32, 32)}, {"background_text_features"})
+        expected = official_background_text_features(tiny_clip, model.prompt, texts)
+    torch.testing.assert_close(output.background_text_features, expected, rtol=1e-5, atol=1e-5)
+    assert (expected @ expected.t()).fill_diagonal_(0).abs().max() < 0.999  # the words give different features
+
+
+def test_late_stage_foreground_features_get_no_gradient():
+    """Stage 2: ``CE(s·sg(f_fg)·Tᵀ, y)``: only the text side learns from the foreground alignment; the background
+    term reaches the background image and text features."""
+    torch.manual_seed(0)
+    output, term = random_output(), PullPushRegularization()
+    for field in ("image_features", "text_features", "foreground_image_features", "background_image_features",
+                  "background_text_features"):  # fmt: skip
+        getattr(output, field).requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    term(FakeModule(epoch=7, scale=50.0), {"label": labels}, output).backward()
+    assert output.foreground_image_features.grad is None
+    assert output.text_features.grad is not None and output.text_features.grad.abs().sum() > 0
+    assert output.background_image_features.grad.abs().sum() > 0
+    assert output.background_text_features.grad.abs().sum() > 0
+    assert output.image_features.grad is None  # the full image is not part of the late-stage term

@@ -8,6 +8,7 @@ import copy
 import functools
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -245,3 +246,61 @@ def test_manual_optimisation_still_steps_the_epoch_schedule(tiny_clip, trainer_k
     trainer = Trainer(max_epochs=2, limit_val_batches=0, **trainer_kwargs)
     trainer.fit(method, data)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1)  # halved after each of 2 epochs
+
+
+def official_csc_text_features(clip, ctx, names):
+    """CoOp's class-specific prompts ``[SOS] ctx_c "<name>." [EOT]`` through CLIP's text encoder, written out
+    (Local-Prompt builds its local and negative prompts this way; a negative prompt has no class word)."""
+    model, n_ctx = clip.model, ctx.shape[1]
+    tokenized = torch.cat([open_clip.tokenize(" ".join(["X"] * n_ctx) + f" {name}.") for name in names])
+    embedding = model.token_embedding(tokenized)
+    x = torch.cat([embedding[:, :1], ctx, embedding[:, 1 + n_ctx :]], dim=1) + model.positional_embedding
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+    return F.normalize(x[torch.arange(len(names)), tokenized.argmax(dim=-1)] @ model.text_projection, dim=-1)
+
+
+def test_the_training_loss_is_l_pos_plus_5_l_neg_plus_half_l_div_on_scaled_regional_logits(tiny_clip, trainer_kwargs):
+    """One training step's loss re-computed by hand: views ranked by the frozen global prompt of the label,
+    L_pos on the positive view, L_neg on the least similar view, regional logits = CLIP's logit scale · cos (the
+    official 100·cos), weights 5 and 0.5 (the official defaults)."""
+    seed_everything(0)
+    data = synthetic_fewshot(shots=2, num_classes=3, views=3, augmentation="clip", batch_size=6, shuffle=False)
+    method = LocalPrompt(tiny_clip, data.classnames, n_ctx=2, num_negative_prompts=3, top_k=3, num_positive_views=1,
+                         optimizer=functools.partial(torch.optim.SGD, lr=0.1))  # fmt: skip
+    with torch.no_grad():  # prompts far apart so that classes score differently
+        method.prompt.ctx.normal_(std=1.0)
+        method.negative_prompt.ctx.normal_(std=1.0)
+    local_ctx, negative_ctx = method.prompt.ctx.detach().clone(), method.negative_prompt.ctx.detach().clone()
+    names = [name.replace("_", " ") for name in data.classnames]
+    seen = {}
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen["batch"] = {key: value.clone() for key, value in batch.items()}
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen["loss"] = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().clone()
+
+    Trainer(max_steps=1, limit_val_batches=0, callbacks=[Record()], **trainer_kwargs).fit(method, data)
+    batch, labels = seen["batch"], seen["batch"][LABEL]
+    rows = torch.arange(labels.shape[0])
+    with torch.no_grad():
+        views = [batch[IMAGE], batch[image_view(2)], batch[image_view(3)]]
+        encodings = [tiny_clip.encode_image(view) for view in views]
+        global_text = tiny_clip.encode_text([f"a photo of a {name}." for name in names], normalize=True)[labels]
+        similarity = torch.stack([(F.normalize(e.features, dim=-1) * global_text).sum(-1) for e in encodings])
+        positive_view, negative_view = similarity.argmax(dim=0), similarity.argmin(dim=0)  # (B,) each
+        assert (positive_view != negative_view).all()
+        local = torch.stack([F.normalize(tiny_clip.local_features(e), dim=-1) for e in encodings])  # (V, B, N, D)
+        positive, negative = local[positive_view, rows], local[negative_view, rows]
+        local_text = official_csc_text_features(tiny_clip, local_ctx, names)
+        negative_text = official_csc_text_features(tiny_clip, negative_ctx, [""] * 3)
+        scale = tiny_clip.model.logit_scale.exp()
+        l_pos = official_loss_local(scale * positive @ local_text.t(), scale * positive @ negative_text.t(), labels, 3)
+        l_neg = official_loss_local_neg(
+            scale * negative @ negative_text.t(), scale * negative @ local_text.t(), labels, 3
+        )
+        l_div = official_diversity(negative_text)
+    assert min(float(l_pos), float(l_neg), float(l_div)) > 1e-3  # every term matters
+    expected = l_pos + 5.0 * l_neg + 0.5 * l_div
+    torch.testing.assert_close(seen["loss"], expected, rtol=1e-4, atol=1e-4)

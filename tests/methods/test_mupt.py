@@ -4,6 +4,7 @@ the projected prompts as the official code builds them."""
 
 from __future__ import annotations
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from helpers import official_mvlpt_image_features
@@ -59,3 +60,37 @@ def test_no_token_sees_another_in_the_projector(tiny_clip):
     torch.testing.assert_close(before, after)  # the visual tokens are untouched: a length-1 sequence
     trainable = {name.split(".")[0] for name, p in method.named_parameters() if p.requires_grad}
     assert trainable == {"prompt", "visual_prompt", "projector"}
+
+
+def official_middle_text_features(clip, ctx, classnames):
+    """CoOp's PromptLearner with ``CLASS_TOKEN_POSITION middle`` (as MVLPT's scripts run it) and its TextEncoder,
+    written out: ``[SOS] ctx[:n/2] <class tokens> ctx[n/2:] "." [EOT]``."""
+    model, n_ctx = clip.model, ctx.shape[0]
+    tokenizer = open_clip.tokenizer.SimpleTokenizer()
+    names = [name.replace("_", " ") for name in classnames]
+    tokenized = torch.cat([open_clip.tokenize(" ".join(["X"] * n_ctx) + " " + name + ".") for name in names])
+    embedding = model.token_embedding(tokenized)
+    prefix, suffix, half = embedding[:, :1], embedding[:, 1 + n_ctx :], n_ctx // 2
+    rows = []
+    for i, name in enumerate(names):
+        length = len(tokenizer.encode(name))
+        rows.append(torch.cat([prefix[i], ctx[:half], suffix[i, :length], ctx[half:], suffix[i, length:]], dim=0))
+    x = torch.stack(rows) + model.positional_embedding
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+    return F.normalize(x[torch.arange(len(names)), tokenized.argmax(dim=-1)] @ model.text_projection, dim=-1)
+
+
+def test_text_prompts_put_the_class_name_in_the_middle_of_the_projected_context(tiny_clip):
+    torch.manual_seed(0)
+    names = ["cat", "golden_retriever", "sports car"]
+    method = MUPT(tiny_clip, names, n_ctx=4, num_tokens=2, projector_width=16).eval()
+    with torch.no_grad():
+        method.prompt.ctx.normal_(std=1.0)  # a context far from zero, so that where it sits shows
+        projector = method.projector
+        vpt = torch.cat([method.visual_prompt.tokens[None], method.visual_prompt.deep_tokens])
+        vpt = vpt.reshape(-1, tiny_clip.vision_width)  # one row per visual token
+        joint = official_projection(method, torch.cat([projector.text_in(method.prompt.ctx), projector.vision_in(vpt)]))
+        context = projector.text_out(joint[:4])
+        expected = official_middle_text_features(tiny_clip, context, names)
+        torch.testing.assert_close(method.class_text_features(), expected, rtol=1e-5, atol=1e-5)
+        assert (expected @ expected.t()).fill_diagonal_(0).max() < 0.999  # the classes differ

@@ -4,6 +4,7 @@ labels from the module's logits."""
 
 from __future__ import annotations
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,3 +80,30 @@ def test_it_needs_a_word_list_and_the_ood_evaluator(tiny_clip):
                      evaluator=ClassificationEvaluator())  # fmt: skip
     with pytest.raises(ConfigurationError, match="evaluate it with OODEvaluator"):
         model.check_ready("test", [], None)
+
+
+def test_logits_and_id_mass_equal_an_independent_recomputation(tiny_clip):
+    """Logits = CLIP's logit scale · cos(image, template-ensemble text features) over [ID names, negative labels]
+    (every column scaled alike), and the ID score is the ID columns' softmax mass over all of them."""
+    ids, negatives = ["cat", "dog", "fox"], ["teapot", "volcano", "violin", "glacier"]
+    templates = ("a photo of a {}.", "a drawing of a {}.")
+    model = NegLabel(tiny_clip, ids, templates=templates, negative_labels=negatives, negative_groups=1).eval()
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    clip = tiny_clip.model
+    with torch.no_grad():
+        logits = model(images).logits
+        per_template = [
+            F.normalize(clip.encode_text(open_clip.tokenize([t.format(n) for n in ids + negatives])), dim=-1)
+            for t in templates
+        ]
+        text = F.normalize(torch.stack(per_template).mean(0), dim=-1)  # CLIP's prompt ensembling
+        image = F.normalize(clip.encode_image(images), dim=-1)
+        expected = clip.logit_scale.exp() * image @ text.t()
+    assert float(clip.logit_scale.exp()) != pytest.approx(1.0)  # the scale shows
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-4)
+    assert expected[:, :3].std() > 1e-3 and expected[:, 3:].std() > 1e-3
+    evaluator = model.resolve_evaluator(None)  # its default: OOD detection with the id_mass score
+    evaluator.setup(model, None, "test")
+    mass = expected.softmax(dim=-1)[:, :3].sum(dim=-1)
+    assert ((mass > 0.01) & (mass < 0.99)).all()  # neither side takes all the mass
+    torch.testing.assert_close(evaluator.id_scores(model, logits), mass, rtol=1e-5, atol=1e-6)
