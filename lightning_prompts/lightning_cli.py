@@ -383,7 +383,9 @@ def default_checkpoints(model: Any, datamodule: Any | None = None) -> list[Any]:
     """``checkpoints/best.ckpt`` (by the evaluator's ``monitor``, such as multi-label macro-F1, else the
     method's ``checkpoint_monitor``, validation accuracy by default) and
     ``checkpoints/last.ckpt`` (after every epoch). Two callbacks: Lightning's ``save_last`` only refreshes
-    ``last.ckpt`` when a best checkpoint is saved, which would make "last" the best epoch's."""
+    ``last.ckpt`` when a best checkpoint is saved, which would make "last" the best epoch's. ``last.ckpt`` is written
+    at the end of the training epoch only, never at a validation inside it (recipes that validate every N steps):
+    a training loader cannot resume mid-epoch, so a run resumed from there shuffled the rest of its epoch anew."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     monitor, mode = getattr(model, "checkpoint_monitor", ("val/acc", "max"))
@@ -392,7 +394,7 @@ def default_checkpoints(model: Any, datamodule: Any | None = None) -> list[Any]:
     if evaluator_monitor is not None:
         monitor, mode = evaluator_monitor
     best = ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False)
-    last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
+    last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
     return [best, last]
 
 

@@ -108,3 +108,50 @@ def test_resumed_run_equals_the_uninterrupted_one_bitwise(case, tmp_path):
         assert torch.equal(straight[key], resumed[key]), key
     # and the generators mattered: a resume that replays the first epochs' randomness ends elsewhere
     assert not torch.equal(next(iter(straight.values())), next(iter(train(build, tmp_path / "x", 1).values())))
+
+
+COMMAND_CASES = {
+    # validation inside epochs (DePT, EPT and POST recipes validate every N steps): last.ckpt was written there,
+    # and the resumed run restarted the epoch's loader with a fresh shuffle
+    "validation-every-step": (["coop/caltech101.yaml", "_tiny/clip.yaml"],
+                              ["--trainer.val_check_interval=1", "--trainer.check_val_every_n_epoch=null"], (1, 2)),
+    # the encoder pre-training modules saved no random generators: the resumed run replayed the seed's stream
+    "context-prediction-pretraining": (["gpf/pretraining/context_prediction_zinc.yaml",
+                                        "_tiny/graph_moleculenet_pretraining.yaml"], [], (1, 0)),
+    # GRAM's meta-task sampler never heard the epoch (Lightning tells a loader's sampler, not a batch sampler) and
+    # its domain clustering drew from the restored generators: the resumed run drew epoch 0's tasks again
+    "gram-meta-training": (["gram/meta_train.yaml", "_tiny/clip.yaml"], ["--data.init_args.tasks_per_epoch=3"], (1, 1)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(COMMAND_CASES), ids=list(COMMAND_CASES))
+def test_a_command_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(case, tmp_path, monkeypatch):
+    """Through the command line, with its own ``last.ckpt`` (written at the end of each training epoch)."""
+    from pathlib import Path
+
+    from lightning_prompts.lightning_cli import PromptsCLI, run_cli
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    configs, options, (kill_epoch, kill_batch) = COMMAND_CASES[case]
+    extra: list[Callback] = []
+    instantiate = PromptsCLI._instantiate_trainer
+    monkeypatch.setattr(
+        PromptsCLI, "_instantiate_trainer", lambda self, config, cbs: instantiate(self, config, cbs + extra)
+    )
+    (tmp_path / "recipes").symlink_to(recipes)  # paths in recipes are relative to the repository's root
+    monkeypatch.chdir(tmp_path)  # and recipes that write files (GRAM's regulator) write them here
+
+    def fit(folder, kill=None, resume=False):
+        extra[:] = [kill] if kill else []
+        args = ["fit", *[arg for config in configs for arg in ("--config", str(recipes / config))], *options,
+                "--trainer.fast_dev_run=false", "--trainer.max_steps=-1", "--trainer.max_epochs=3",
+                "--trainer.default_root_dir", str(folder), "--seed_everything=7",
+                *(["--ckpt_path", "last"] if resume else [])]  # fmt: skip
+        return {key: value.clone() for key, value in run_cli(args).model.state_dict().items()}
+
+    straight = fit(tmp_path / "straight")
+    with pytest.raises(Interrupt):
+        fit(tmp_path / "resumed", kill=KillAt(kill_epoch, kill_batch))
+    resumed = fit(tmp_path / "resumed", resume=True)
+    assert straight.keys() == resumed.keys()
+    assert [key for key in straight if not torch.equal(straight[key], resumed[key])] == []

@@ -68,8 +68,33 @@ class GradientRegulation(Callback):
             self.check_ready(pl_module, trainer.datamodule, trainer.callbacks)
             self.regulator.to(pl_module.device)
 
+    def state_dict(self) -> dict[str, Any]:
+        # ψ is not saved, only its fingerprint: a run resumed with another regulator (the file rewritten in between)
+        # would continue silently with other gradients
+        return {"regulator_sha256": _fingerprint(self.regulator)} if self.regulator is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        expected = state_dict.get("regulator_sha256")
+        if expected and self.regulator is not None and _fingerprint(self.regulator) != expected:
+            where = f" {self.source}" if isinstance(self.source, (str, Path)) else ""
+            raise ConfigurationError(
+                f"GradientRegulation: the regulator{where} differs from the one the checkpoint was trained with; "
+                "resume with that regulator."
+            )
+
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         for param in self._params:
             if param.grad is not None:
                 param.grad.copy_(self.regulator(param.grad))
+
+
+def _fingerprint(regulator: nn.Module) -> str:
+    """SHA-256 of the regulator's tensors, in state-dict order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in regulator.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

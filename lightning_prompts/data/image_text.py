@@ -52,9 +52,9 @@ class ImageCaptionDataset(Dataset):
 class CrossDomainTaskSampler(Sampler[list[int]]):
     """Meta-task batches: ``shots`` indices of one domain then ``shots`` of another, drawn with a
     ``random.Random(seed + epoch)`` so every rerun draws the same tasks. Under DDP every rank draws the
-    same task list and keeps its own share of it (tasks ``rank, rank + world, …``). Lightning tells the
-    sampler its epoch (``set_epoch``), so a resumed run draws the tasks of the epoch it resumes at;
-    without it the epoch counts the iterations."""
+    same task list and keeps its own share of it (tasks ``rank, rank + world, …``). GRAM tells the
+    sampler its epoch (``set_epoch``; Lightning calls it on a loader's sampler only, not on a batch sampler), so a
+    resumed run draws the tasks of the epoch it resumes at; without it the epoch counts the iterations."""
 
     def __init__(self, domains: Sequence[int], shots: int, tasks: int, seed: int = 0) -> None:
         self.members: dict[int, list[int]] = {}

@@ -3,7 +3,8 @@
 Each trains a copy of a backbone's encoder under its own objective; this base holds the rest: the optimizer
 from a factory (a YAML ``class_path``/``init_args`` or a callable, described in the hyperparameters), the
 ``val/loss`` checkpoint monitor, and writing the encoder to ``encoder_path`` when ``fit`` ends (rank zero) in
-the format the matching backbone loads (:meth:`EncoderPretraining.export_encoder`).
+the format the matching backbone loads (:meth:`EncoderPretraining.export_encoder`). Checkpoints hold the random
+generators' states, restored when ``fit`` resumes, so a resumed run equals the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 
+from lightning_prompts.methods.base.reproducibility import restore_rng_state, rng_state
 from lightning_prompts.utils.factories import as_factory, describe_factory
 from lightning_prompts.utils.tensor_files import save_atomically
 
@@ -40,6 +42,16 @@ class EncoderPretraining(LightningModule):
     def save_plain_encoder(self, path: str | Path) -> Path:
         """The encoder as a plain state dict, the format of the official Pretrain-GNNs scripts."""
         return save_atomically({k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}, path)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the generators (masks, subgraphs, shuffling) travel with the checkpoint, as the prompt methods' do: a resumed
+        # run that reseeded would replay the epochs it had already drawn
+        checkpoint["pretraining_rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("pretraining_rng")
+        if state and self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: continue exactly
+            restore_rng_state(state)
 
     def on_fit_end(self) -> None:
         if self.encoder_path and self.trainer.is_global_zero:

@@ -154,7 +154,17 @@ class GRAM(PromptModule):
         datamodule = provided(self.datamodule, PairDomains)
         assert datamodule is not None
         if datamodule.domains is None:
-            datamodule.assign_domains(self.cluster_domains(datamodule.pairs_dataloader("train")))
+            # without drawing from the run's generators (a loader's iterator draws a seed): a resumed run clusters
+            # again after restoring them, and must leave them where the uninterrupted run has them
+            with torch.random.fork_rng(devices=[]):
+                datamodule.assign_domains(self.cluster_domains(datamodule.pairs_dataloader("train")))
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning tells a loader's sampler its epoch, not its batch sampler (the meta-task sampler): told here, a
+        # resumed run draws the tasks of the epoch it resumes at, not epoch 0's again
+        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if callable(getattr(batch_sampler, "set_epoch", None)):
+            batch_sampler.set_epoch(self.current_epoch)
 
     @torch.no_grad()
     def cluster_domains(self, loader: Any) -> list[int]:

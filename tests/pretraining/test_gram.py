@@ -276,3 +276,23 @@ def test_image_text_data_reads_csv_and_reports_bad_rows(tmp_path):
     (tmp_path / "bad.csv").write_text("path,text\na.jpg,x\n")
     with pytest.raises(DatasetError, match=r"lacks column\(s\) \['image', 'caption'\]"):
         ImageTextDataModule(str(tmp_path / "bad.csv")).splits()
+
+
+def test_resuming_with_another_regulator_file_is_refused(tiny_clip, trainer_kwargs, tmp_path):
+    """ψ is not in the checkpoint; its fingerprint is: a regulator file rewritten between the kill and the resume
+    would otherwise change the run's gradients without a word."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = synthetic_fewshot(augmentation="vtab", shuffle=False)
+    path = random_regulator(1).save(tmp_path / "regulator.safetensors")
+    method = CoOp(tiny_clip, data.classnames, n_ctx=4)
+    options = {**trainer_kwargs, "enable_checkpointing": True, "default_root_dir": str(tmp_path)}
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    Trainer(max_epochs=1, callbacks=[GradientRegulation(path), checkpoints], **options).fit(method, data)
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+    resumed = CoOp(tiny_clip, data.classnames, n_ctx=4)
+    Trainer(max_epochs=2, callbacks=[GradientRegulation(path)], **options).fit(resumed, data, ckpt_path=last)  # same ψ
+    random_regulator(2).save(path)  # the file rewritten
+    trainer = Trainer(max_epochs=3, callbacks=[GradientRegulation(path)], **options)
+    with pytest.raises(ConfigurationError, match="differs from the one the checkpoint was trained with"):
+        trainer.fit(CoOp(tiny_clip, data.classnames, n_ctx=4), data, ckpt_path=last)
