@@ -63,7 +63,7 @@ class VerifiedImages:
             return
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.file.with_suffix(".tmp")
+            tmp = self.file.with_suffix(f".{os.getpid()}.tmp")  # DDP processes verify and save at once
             tmp.write_text(json.dumps({"root": str(self.root), "images": self.entries}))
             tmp.replace(self.file)
             self.changed = False
