@@ -86,3 +86,19 @@ def official_mvlpt_image_features(visual, images, shallow, deep):
             x = block(x)
     x = x.permute(1, 0, 2)
     return visual.ln_post(x[:, 0, :]) @ visual.proj
+
+
+from lightning.pytorch import Callback  # noqa: E402
+
+
+class RecordTrainingSteps(Callback):
+    """Each training step's batch (cloned before the step) and the loss it returned: what a test re-computes."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.steps.append({"batch": {key: value.clone() for key, value in batch.items()}})
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.steps[-1]["loss"] = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().clone()

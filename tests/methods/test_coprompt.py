@@ -10,8 +10,8 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import synthetic_fewshot
-from lightning.pytorch import Callback, Trainer, seed_everything
+from helpers import RecordTrainingSteps, synthetic_fewshot
+from lightning.pytorch import Trainer, seed_everything
 
 from lightning_prompts.batch import IMAGE, IMAGE_VIEW2
 from lightning_prompts.callbacks import ConsistencyRegularization
@@ -153,16 +153,9 @@ def test_one_training_step_is_ce_plus_lambda_text_and_second_view_image_consiste
     with torch.no_grad():  # a prompt far from the initial words: the prompted model differs from the frozen one
         model.prompt.text.ctx.normal_(std=1.0)
     before = copy.deepcopy(model)
-    seen = {}
-
-    class Record(Callback):
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            seen["batch"] = {key: value.clone() for key, value in batch.items()}
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            seen["loss"] = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().clone()
-
-    Trainer(max_steps=1, limit_val_batches=0, callbacks=[Record()], **trainer_kwargs).fit(model, data)
+    recorder = RecordTrainingSteps()
+    Trainer(max_steps=1, limit_val_batches=0, callbacks=[recorder], **trainer_kwargs).fit(model, data)
+    seen = recorder.steps[0]
     batch = seen["batch"]
     images, second, labels = batch[IMAGE], batch[IMAGE_VIEW2], batch["label"]
     assert not torch.allclose(images, second)  # two different augmented views

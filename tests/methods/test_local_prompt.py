@@ -12,7 +12,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import SquaredTextFeatures, synthetic_fewshot
+from helpers import RecordTrainingSteps, SquaredTextFeatures, synthetic_fewshot
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lightning_prompts.batch import IMAGE, LABEL, image_view
@@ -272,16 +272,9 @@ def test_the_training_loss_is_l_pos_plus_5_l_neg_plus_half_l_div_on_scaled_regio
         method.negative_prompt.ctx.normal_(std=1.0)
     local_ctx, negative_ctx = method.prompt.ctx.detach().clone(), method.negative_prompt.ctx.detach().clone()
     names = [name.replace("_", " ") for name in data.classnames]
-    seen = {}
-
-    class Record(Callback):
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            seen["batch"] = {key: value.clone() for key, value in batch.items()}
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            seen["loss"] = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().clone()
-
-    Trainer(max_steps=1, limit_val_batches=0, callbacks=[Record()], **trainer_kwargs).fit(method, data)
+    recorder = RecordTrainingSteps()
+    Trainer(max_steps=1, limit_val_batches=0, callbacks=[recorder], **trainer_kwargs).fit(method, data)
+    seen = recorder.steps[0]
     batch, labels = seen["batch"], seen["batch"][LABEL]
     rows = torch.arange(labels.shape[0])
     with torch.no_grad():
