@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_prompts.utils.distributed import global_batch_mean
+
 Strategy = Literal["fpl", "ifpl", "grip"]
 
 
@@ -85,14 +87,13 @@ def pseudolabels_per_class(
 
 def pseudolabel_loss(logits: Tensor, targets: Tensor, pseudo_labelled: Tensor, gamma: float) -> Tensor:
     """``γ · CE(labelled part) + CE(pseudolabelled part)``: each part is the mean cross-entropy over the
-    batch's samples of that kind, and a part absent from the batch adds 0 (the official loss)."""
+    batch's samples of that kind, and a part absent from the batch adds 0 (the official loss). Under DDP each part
+    is the mean over the global batch's samples of that kind
+    (:func:`~lightning_prompts.utils.distributed.global_batch_mean`)."""
     pseudo = pseudo_labelled.to(device=logits.device, dtype=torch.bool)
-    loss = logits.new_zeros((), dtype=torch.float32)
-    if (~pseudo).any():
-        loss = loss + gamma * F.cross_entropy(logits[~pseudo].float(), targets[~pseudo])
-    if pseudo.any():
-        loss = loss + F.cross_entropy(logits[pseudo].float(), targets[pseudo])
-    return loss
+    losses = F.cross_entropy(logits.float(), targets, reduction="none")
+    labelled_part = global_batch_mean(losses[~pseudo].sum(), (~pseudo).sum())
+    return gamma * labelled_part + global_batch_mean(losses[pseudo].sum(), pseudo.sum())
 
 
 def balance_weight(strategy: Strategy, num_labelled: int, num_pseudo: int) -> float:

@@ -37,7 +37,7 @@ from lightning_prompts.data.images import (
     verify_images,
     verify_masks,
 )
-from lightning_prompts.data.processes import drops_last, evaluation_sampler
+from lightning_prompts.data.processes import drops_last, evaluation_sampler, training_shard
 from lightning_prompts.data.pseudolabels import (
     PseudoLabelledDataset,
     PseudoLabelPartition,
@@ -373,6 +373,7 @@ class ImageClassificationDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=self.shuffle,
+            sampler=None if self.shuffle else training_shard(dataset),
             drop_last=drop_last,
             num_workers=self.num_workers,
             # workers are re-created (and seeded from the main generator) every epoch, so a run resumed

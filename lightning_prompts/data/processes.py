@@ -17,15 +17,9 @@ import math
 from collections.abc import Iterator, Sized
 from typing import Any
 
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-
-def process_count_and_rank() -> tuple[int, int]:
-    """The number of processes of the run and this one's rank; ``(1, 0)`` outside a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+from lightning_prompts.utils.distributed import process_count_and_rank
 
 
 class EvaluationShard(DistributedSampler):
@@ -62,3 +56,13 @@ def drops_last(dataset_size: int, batch_size: int, trainer: Any | None = None) -
     batch (Lightning pads every process's share to ``ceil(N / W)``)."""
     processes = getattr(trainer, "world_size", None) or process_count_and_rank()[0]
     return math.ceil(dataset_size / processes) >= batch_size
+
+
+def training_shard(dataset: Sized) -> DistributedSampler | None:
+    """Under several processes, an unshuffled share of a training set that asked for no shuffling
+    (``shuffle=False``): Lightning replaces a training loader's sampler with a shuffling one otherwise, and leaves
+    a ``DistributedSampler`` alone. ``None`` in one process."""
+    processes, rank = process_count_and_rank()
+    if processes == 1:
+        return None
+    return DistributedSampler(dataset, num_replicas=processes, rank=rank, shuffle=False)  # type: ignore[arg-type]

@@ -59,3 +59,66 @@ def test_the_weighted_mean_sums_floats_so_unequal_shares_average_exactly():
     first.total, first.weight = first.total + second.total, first.weight + second.weight  # dist_reduce_fx="sum"
     assert first.compute().item() == pytest.approx((1.0568 * 2 + 0.9497) / 3)
     assert first.weight.dtype == torch.float64  # Lightning's own count is an integer, averaged by integer division
+
+
+def test_masked_and_partwise_means_under_two_processes_equal_the_global_batch_mean(monkeypatch):
+    """Masked BCE (MoleculeNet's missing labels) and the pseudolabel loss's two part-means divided each process's
+    sum by its own count, so DDP averaged per-process means (2 and 4 labels; a part absent from one process)
+    instead of taking the global batch's mean. Two processes are simulated here: each sees its half, the
+    collective sums the counts of both halves, and DDP's averaging is the mean of the two gradients; it now
+    equals one process's gradient on the whole batch. tests/test_distributed_and_precision.py runs real ones."""
+    import lightning_prompts.utils.distributed as distributed
+    from lightning_prompts.callbacks.pseudolabel_selection import pseudolabel_loss
+    from lightning_prompts.methods.base.graph import masked_binary_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 2) * 3
+    nan = float("nan")
+    targets = torch.tensor([[1.0, nan], [0.0, nan], [nan, nan], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels, pseudo = torch.tensor([1, 0, 1, 1, 0, 1]), torch.tensor([False, False, False, True, True, False])
+    losses = {
+        "masked_bce": lambda z, rows: masked_binary_cross_entropy(z, targets[rows]),
+        "pseudolabel": lambda z, rows: pseudolabel_loss(z, labels[rows], pseudo[rows], gamma=2.0),
+    }
+    halves = [slice(0, 3), slice(3, 6)]  # process 0 has 2 labels and no pseudolabelled image, process 1 has 6 labels
+    expected = {}
+    for name, loss_of in losses.items():  # one process, the whole batch
+        whole = logits.clone().requires_grad_(True)
+        loss_of(whole, slice(None)).backward()
+        expected[name] = whole.grad
+    for name, loss_of in losses.items():
+        averaged = torch.zeros_like(logits)
+        for rows in halves:
+            counts_of_both = {}
+
+            def all_reduce(count, rows=rows, counts_of_both=counts_of_both, name=name):
+                # the collective's sum of each process's count, taken in the order the loss asks for them
+                call = len(counts_of_both)
+                counts_of_both[call] = count.clone()
+                count += _other_half_count(name, call, rows, targets, pseudo)
+
+            monkeypatch.setattr(distributed, "process_count_and_rank", lambda: (2, 0))
+            monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce)
+            share = logits[rows].clone().requires_grad_(True)
+            loss_of(share, rows).backward()
+            averaged[rows] += share.grad / 2  # DDP: the mean of the processes' gradients
+        torch.testing.assert_close(averaged, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _other_half_count(name, call, rows, targets, pseudo):
+    other = slice(3, 6) if rows.start == 0 else slice(0, 3)
+    if name == "masked_bce":
+        return (~torch.isnan(targets[other])).sum().float()
+    part = ~pseudo[other] if call == 0 else pseudo[other]  # the labelled part's mean is asked for first
+    return part.sum().float()
+
+
+def test_a_training_set_without_shuffling_keeps_its_order_over_processes(monkeypatch):
+    """Lightning gives a training loader a shuffling sampler under DDP whatever its ``shuffle``; the data module's
+    ``shuffle=False`` now gives each process an unshuffled share (Lightning leaves a DistributedSampler alone)."""
+    import lightning_prompts.data.processes as processes
+    from lightning_prompts.data.processes import training_shard
+
+    assert training_shard(range(5)) is None  # one process: the loader's own order
+    monkeypatch.setattr(processes, "process_count_and_rank", lambda: (2, 1))
+    assert list(training_shard(range(5))) == [1, 3, 0]  # every other sample in order, padded as Lightning pads

@@ -25,6 +25,7 @@ from lightning_prompts.data.protocols import GraphTask, provided
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base.module import PromptModule
 from lightning_prompts.outputs import PromptOutput
+from lightning_prompts.utils.distributed import global_batch_mean
 
 
 def mlp_head(in_channels: int, num_classes: int, num_layers: int, hidden: int | None) -> nn.Module:
@@ -154,7 +155,8 @@ class GraphPromptModule(PromptModule):
 
 
 def masked_binary_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Binary cross-entropy with logits averaged over the labelled entries (``nan`` targets are missing)."""
+    """Binary cross-entropy with logits averaged over the labelled entries (``nan`` targets are missing); under DDP
+    over the labelled entries of the global batch (:func:`~lightning_prompts.utils.distributed.global_batch_mean`)."""
     labelled = ~torch.isnan(targets)
     losses = F.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(targets.float()), reduction="none")
-    return torch.where(labelled, losses, torch.zeros_like(losses)).sum() / labelled.sum().clamp(min=1)
+    return global_batch_mean(torch.where(labelled, losses, torch.zeros_like(losses)).sum(), labelled.sum())

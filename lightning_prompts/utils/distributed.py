@@ -1,0 +1,32 @@
+"""What a loss or a data module needs to know about the processes of a DDP run."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def process_count_and_rank() -> tuple[int, int]:
+    """The number of processes of the run and this one's rank; ``(1, 0)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def global_batch_mean(total: Tensor, count: Tensor | int) -> Tensor:
+    """``total / count`` (0 when ``count`` is 0), where ``total`` sums this process's share of a mean over the
+    global batch. DDP averages the gradients of its ``W`` processes, which averages per-process means: right
+    when every process averages the same number of terms, wrong for a mean over the labelled entries of a
+    masked loss, or over one part of a batch (process shares hold 6 and 7 labels, or no pseudolabelled image at
+    all). While gradients are on, each process divides by ``(Σ counts) / W`` instead, so the averaged gradient
+    is the one-process gradient of the global batch. A collective call: in training every process makes it,
+    for every such mean, even over an empty part. Under ``no_grad`` (evaluation, whose shares differ in
+    length) the process's own mean."""
+    count = torch.as_tensor(count, dtype=torch.float32, device=total.device)
+    processes, _ = process_count_and_rank()
+    if processes > 1 and torch.is_grad_enabled():
+        count = count.detach().clone()
+        dist.all_reduce(count)
+        return total * processes / count.clamp(min=1)
+    return total / count.clamp(min=1)
