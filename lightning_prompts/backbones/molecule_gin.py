@@ -57,7 +57,7 @@ class BondGINLayer(nn.Module):
         attr = torch.cat([edge_attr, loop_attr])
         bonds = self.edge_embedding1(attr[:, 0]) + self.edge_embedding2(attr[:, 1])
         messages = x[source] + bonds
-        summed = torch.zeros_like(x).index_add_(0, target, messages)
+        summed = messages.new_zeros(x.shape).index_add_(0, target, messages)  # bf16 x, fp32 messages under autocast
         return self.mlp(summed)
 
 

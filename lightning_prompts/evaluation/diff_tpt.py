@@ -46,6 +46,7 @@ ViewGenerator = Callable[[Tensor], Tensor]
 def select_by_cosine_then_entropy(logits: Tensor, cosine_fraction: float, entropy_fraction: float) -> Tensor:
     """Indices into ``logits`` ``(1 + V, C)`` (row 0: the image) kept by DiffTPT's two filters (see the module
     docstring), at least one at each stage."""
+    logits = logits.float()  # bf16 cosines tie (43 distinct among 63 views), and the cut would fall among ties
     cosine = F.cosine_similarity(logits[1:], logits[:1], dim=-1)
     kept = torch.argsort(cosine, descending=True)[: max(1, int(cosine.shape[0] * cosine_fraction))] + 1
     candidates = torch.cat([torch.zeros(1, dtype=kept.dtype, device=kept.device), kept])

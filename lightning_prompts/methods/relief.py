@@ -320,7 +320,13 @@ class RELIEF(GraphPromptModule):
 
     @torch.no_grad()
     def rollout(self, member: int, data: Any) -> EpisodeBatch:
-        """Member ``member``'s stochastic episodes on a batch of graphs (official ``train_prompt`` loop)."""
+        """Member ``member``'s stochastic episodes on a batch of graphs (official ``train_prompt`` loop), in fp32
+        whatever the run's precision: a reward is a difference of two task losses, smaller than bf16's rounding of
+        them (under bf16 autocast the rewards' signs agreed with fp32's for 60 % of the steps)."""
+        with torch.autocast(data.x.device.type, enabled=False):
+            return self._rollout(member, data)
+
+    def _rollout(self, member: int, data: Any) -> EpisodeBatch:
         counts, starts, padding, increments = self._empty_prompt(data)
         steps = int(counts.max())
         embeddings = self.node_embeddings(data, increments)

@@ -47,7 +47,9 @@ class DiscreteNodeActor(nn.Module):
 
     def forward(self, states: Tensor, padding: Tensor) -> Tensor:
         """Node probabilities ``(B, N)`` of states ``(B, N, d)``; ``padding`` ``(B, N)`` is true for padding."""
-        logits = self.scores(states).squeeze(-1).masked_fill(padding.bool(), float("-inf"))
+        # in fp32: bf16 probabilities made the ensemble's KL penalty negative and PPO's approx-KL noise exceed its
+        # early-stop target under bf16 autocast
+        logits = self.scores(states).squeeze(-1).float().masked_fill(padding.bool(), float("-inf"))
         return logits.softmax(dim=-1)
 
     def distribution(self, states: Tensor, padding: Tensor) -> Categorical:
