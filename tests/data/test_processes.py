@@ -122,3 +122,36 @@ def test_a_training_set_without_shuffling_keeps_its_order_over_processes(monkeyp
     assert training_shard(range(5)) is None  # one process: the loader's own order
     monkeypatch.setattr(processes, "process_count_and_rank", lambda: (2, 1))
     assert list(training_shard(range(5))) == [1, 3, 0]  # every other sample in order, padded as Lightning pads
+
+
+def test_evaluation_under_ddp_uses_the_first_processs_batchnorm_statistics(monkeypatch):
+    """Each DDP process updates its BatchNorm running statistics from its own share of the last training batch
+    (IDPT's generator and head: 0.07 apart after a fit); a ``test`` run in the same processes after ``fit`` scored
+    each share with other statistics than the checkpoint keeps. Every evaluation epoch now starts by giving every
+    process the first process's statistics."""
+    import lightning_prompts.utils.distributed as distributed
+    from lightning_prompts.methods.base.module import PromptModule
+
+    first, mine = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    first.running_mean.fill_(0.5), first.running_var.fill_(2.0), first.num_batches_tracked.fill_(7)
+    sent = dict(zip(("running_mean", "running_var", "num_batches_tracked"), first.buffers()))
+    received = []
+
+    def broadcast(tensor, src):  # this process is rank 1: it receives the first process's buffer
+        name = next(key for key, value in mine.named_buffers() if value is tensor)
+        tensor.copy_(sent[name])
+        received.append((name, src))
+
+    monkeypatch.setattr(distributed, "process_count_and_rank", lambda: (2, 1))
+    monkeypatch.setattr(distributed.dist, "broadcast", broadcast)
+    distributed.share_batchnorm_statistics(torch.nn.Sequential(torch.nn.Linear(3, 3), mine))
+    assert [name for name, src in received if src == 0] == ["running_mean", "running_var", "num_batches_tracked"]
+    assert all(torch.equal(a, b) for a, b in zip(mine.buffers(), first.buffers()))
+
+    calls = []  # and the evaluation epochs of every method start with it
+    monkeypatch.setattr("lightning_prompts.methods.base.module.share_batchnorm_statistics", calls.append)
+    module = PromptModule.__new__(PromptModule)
+    monkeypatch.setattr(PromptModule, "_evaluator", lambda self: type("E", (), {"start": lambda *a: None})())
+    PromptModule.on_validation_epoch_start(module)
+    PromptModule.on_test_epoch_start(module)
+    assert calls == [module, module]

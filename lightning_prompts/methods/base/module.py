@@ -48,6 +48,7 @@ from lightning_prompts.methods.base.fields import collect_providers
 from lightning_prompts.methods.base.optimization import OptimizationMixin
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.outputs import PromptOutput
+from lightning_prompts.utils.distributed import share_batchnorm_statistics
 from lightning_prompts.utils.factories import as_factory, describe_factory
 
 OptimizerCallable = Callable[[Iterable], Optimizer]
@@ -374,6 +375,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         return self.task_loss(output, targets)
 
     def on_validation_epoch_start(self) -> None:
+        share_batchnorm_statistics(self)
         self._evaluator().start(self, "val")
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -389,6 +391,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         self._log_metrics(self._evaluator().finish(self, "val"))
 
     def on_test_epoch_start(self) -> None:
+        share_batchnorm_statistics(self)
         self._evaluator().start(self, "test")
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
