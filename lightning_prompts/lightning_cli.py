@@ -329,9 +329,9 @@ def write_predictions(trainer: Trainer, classnames: Sequence[str] | None = None)
 
     if not trainer.predict_loop.return_predictions:
         rank_zero_warn(
-            f"predict wrote no predictions.safetensors: with strategy {type(trainer.strategy).__name__} and its "
-            "spawned or forked processes Lightning keeps no predictions; use strategy 'ddp' (one process per device, "
-            "launched as the command itself)."
+            "predict wrote no predictions.safetensors: Lightning kept no predictions (return_predictions false, or "
+            f"strategy {type(trainer.strategy).__name__}, whose spawned or forked processes return none; strategy "
+            "'ddp' launches one process per device as the command itself and keeps them)."
         )
         return None
     predictions = trainer.predict_loop.predictions
@@ -344,7 +344,10 @@ def write_predictions(trainer: Trainer, classnames: Sequence[str] | None = None)
             if parts:
                 tensors[prefix + key] = torch.cat([part.detach().cpu() for part in parts]).contiguous()
     if trainer.world_size > 1:
-        tensors = _gathered_in_data_order(tensors, trainer.world_size)
+        sources = trainer.predict_dataloaders
+        sources = sources if isinstance(sources, (list, tuple)) else [sources]
+        samples = {f"{index}/" if len(sources) > 1 else "": _length(source) for index, source in enumerate(sources)}
+        tensors = _gathered_in_data_order(tensors, trainer.world_size, samples)
     if trainer.global_rank != 0 or not tensors:
         return None
     folder = Path(trainer.log_dir if trainer.logger is not None else trainer.default_root_dir)
@@ -354,12 +357,22 @@ def write_predictions(trainer: Trainer, classnames: Sequence[str] | None = None)
     return path
 
 
-def _gathered_in_data_order(tensors: dict[str, Any], processes: int) -> dict[str, Any]:
-    """Every process's prediction rows (a collective call), interleaved back into the data set's order: process
-    ``r`` of ``W`` predicted samples ``r, r + W, …`` (the data modules' :class:`EvaluationShard`, and Lightning's
-    own predict sampler, split a set that way)."""
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None
+
+
+def _gathered_in_data_order(tensors: dict[str, Any], processes: int, samples: dict[str, int | None]) -> dict[str, Any]:
+    """Every process's prediction rows (a collective call), back in the data set's order. Process ``r`` of ``W``
+    predicted samples ``r, r + W, …`` (the data modules' :class:`EvaluationShard`, and Lightning's own predict
+    sampler, split a set that way), so rows that are samples (``samples[prefix]`` of them in all) interleave.
+    Rows that are not (a node task's one graph gives a row per node) come from the processes that hold any: one
+    process, the order it predicted; several, their rows in process order, with a warning."""
     import torch
     import torch.distributed as dist
+    from lightning.pytorch.utilities import rank_zero_warn
 
     shares: list[dict[str, Any] | None] = [None] * processes
     dist.all_gather_object(shares, tensors)
@@ -367,14 +380,18 @@ def _gathered_in_data_order(tensors: dict[str, Any], processes: int) -> dict[str
     for key in dict.fromkeys(key for share in shares for key in (share or {})):
         parts = [(share or {}).get(key) for share in shares]
         sizes = [0 if part is None else part.shape[0] for part in parts]
-        total = sum(sizes)
-        if sizes != [len(range(rank, total, processes)) for rank in range(processes)]:
-            raise RuntimeError(f"predictions of {sizes} rows per process are not a strided split of {total} samples.")
-        template = next(part for part in parts if part is not None)
-        rows = torch.empty((total, *template.shape[1:]), dtype=template.dtype)
-        for rank, part in enumerate(parts):
-            if part is not None:
-                rows[rank::processes] = part
+        total, held = sum(sizes), [part for part in parts if part is not None and part.shape[0]]
+        prefix = key.rpartition("/")[0] + "/" if "/" in key else ""
+        if total == samples.get(prefix) and sizes == [len(range(r, total, processes)) for r in range(processes)]:
+            rows = torch.empty((total, *held[0].shape[1:]), dtype=held[0].dtype)
+            for rank, part in enumerate(parts):
+                if part is not None and part.shape[0]:
+                    rows[rank::processes] = part
+        else:
+            if len(held) > 1:
+                rank_zero_warn(f"predict: the rows of {key} do not map to the data set's samples one by one; they are "
+                               "written in process order.")  # fmt: skip
+            rows = torch.cat(held) if held else next(part for part in parts if part is not None)
         gathered[key] = rows
     return gathered
 

@@ -37,18 +37,22 @@ class WeightedMean(Metric):
         return (self.total / self.weight).float()
 
 
-def log_validation_mean(module: Any, name: str, value: Tensor, batch_size: int, **log_options: Any) -> None:
+def log_validation_mean(
+    module: Any, name: str, value: Tensor, batch_size: int, dataloader_idx: int = 0, **log_options: Any
+) -> None:
     """Log ``val/<name>`` from a LightningModule's ``validation_step``: the batch-size weighted mean of ``value``
-    over the epoch and every process. The metric is made on first use, as a child module ``validation_means``
-    (it holds no state the checkpoint keeps)."""
+    over the epoch and every process, one per validation loader (Lightning adds ``/dataloader_idx_<i>`` to the
+    name when there are several). The metric is made on first use, in a child module ``validation_means`` (it
+    holds no state the checkpoint keeps)."""
     means = getattr(module, "validation_means", None)
     if means is None:
         means = module.validation_means = torch.nn.ModuleDict()
-    if name not in means:
+    key = name if dataloader_idx == 0 else f"{name}_loader_{dataloader_idx}"
+    if key not in means:
         with torch.inference_mode(False):  # normal tensors, though validation may run in inference mode
-            means[name] = WeightedMean().to(value.device)
-    metric = means[name]
+            means[key] = WeightedMean().to(value.device)
+    metric = means[key]
     metric.update(value, batch_size)
     module.log(
-        f"val/{name}", metric, on_step=False, on_epoch=True, metric_attribute=f"validation_means.{name}", **log_options
+        f"val/{name}", metric, on_step=False, on_epoch=True, metric_attribute=f"validation_means.{key}", **log_options
     )

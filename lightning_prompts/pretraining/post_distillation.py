@@ -228,9 +228,9 @@ class POSTDistillation(PromptModule):
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         parts = self.loss_parts(batch[TEXT])
         size = len(batch[TEXT])
-        log_validation_mean(self, "loss", parts["loss"], size, prog_bar=True)
-        log_validation_mean(self, "ce", parts["ce"], size)
-        log_validation_mean(self, "clm", parts["clm"], size)
+        log_validation_mean(self, "loss", parts["loss"], size, dataloader_idx, prog_bar=True)
+        log_validation_mean(self, "ce", parts["ce"], size, dataloader_idx)
+        log_validation_mean(self, "clm", parts["clm"], size, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         pass

@@ -155,3 +155,60 @@ def test_evaluation_under_ddp_uses_the_first_processs_batchnorm_statistics(monke
     PromptModule.on_validation_epoch_start(module)
     PromptModule.on_test_epoch_start(module)
     assert calls == [module, module]
+
+
+def test_predictions_of_several_processes_are_put_back_in_data_order(monkeypatch):
+    """Rows that are samples interleave back (process r predicted samples r, r + W, …); a node task's one graph,
+    predicted by one process as a row per node, is written as that process predicted it (interleaving it failed)."""
+    import pytest
+
+    import lightning_prompts.lightning_cli as lightning_cli
+
+    def gathering(*shares):
+        def all_gather_object(output, mine):
+            output[:] = list(shares)
+
+        monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+
+    samples = torch.arange(5.0).unsqueeze(1)  # 5 images, one row each: process 0 has 0, 2, 4 and process 1 has 1, 3
+    gathering({"logits": samples[0::2]}, {"logits": samples[1::2]})
+    assert torch.equal(lightning_cli._gathered_in_data_order({}, 2, {"": 5})["logits"], samples)
+
+    nodes = torch.arange(7.0).unsqueeze(1)  # one graph of 7 nodes, all on process 0
+    gathering({"logits": nodes}, {})
+    assert torch.equal(lightning_cli._gathered_in_data_order({}, 2, {"": 1})["logits"], nodes)
+
+    gathering({"logits": nodes[:4]}, {"logits": nodes[4:]})  # two graphs of 4 and 3 nodes: not a row per sample
+    with pytest.warns(UserWarning, match="written in process order"):
+        assert torch.equal(lightning_cli._gathered_in_data_order({}, 2, {"": 2})["logits"], nodes)
+
+
+def test_each_validation_loader_logs_its_own_mean(tiny_clip, trainer_kwargs):
+    """One metric per name mixed the loaders: loader 1's ``val/loss`` was the mean over both."""
+    from helpers import synthetic_fewshot
+    from lightning.pytorch import LightningDataModule, Trainer
+
+    from lightning_prompts.methods import CoOp
+
+    data = synthetic_fewshot(augmentation="vtab")
+    data.setup("fit")
+    data.setup("test")
+
+    class Loaders(LightningDataModule):
+        def __init__(self, *loaders):
+            super().__init__()
+            self.loaders = list(loaders)
+
+        def val_dataloader(self):
+            return self.loaders
+
+    torch.manual_seed(0)
+    method = CoOp(tiny_clip, data.classnames, n_ctx=4, init_std=1.0)
+    validate = Trainer(**trainer_kwargs).validate
+    validation, test = data.val_dataloader(), data.test_dataloader()[0]
+    first = validate(method, Loaders(validation), verbose=False)[0]["val/loss"]
+    second = validate(method, Loaders(test), verbose=False)[0]["val/loss"]
+    assert first != pytest.approx(second)
+    both = validate(method, Loaders(validation, test), verbose=False)
+    assert both[0]["val/loss/dataloader_idx_0"] == pytest.approx(first)
+    assert both[1]["val/loss/dataloader_idx_1"] == pytest.approx(second)

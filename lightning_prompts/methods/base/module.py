@@ -383,7 +383,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         evaluator.prepare(self, "val", dataloader_idx)
         output = self.forward_batch(batch)
         targets = self.batch_targets(batch)
-        log_validation_mean(self, "loss", self.task_loss(output, targets), int(targets.shape[0]))
+        log_validation_mean(self, "loss", self.task_loss(output, targets), int(targets.shape[0]), dataloader_idx)
         scores = self.evaluation_scores(batch, output.logits.detach())
         evaluator.update(self, batch, scores, targets, "val", dataloader_idx)
 
