@@ -210,9 +210,12 @@ class ContextPrediction(EncoderPretraining):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         result = self.context_loss(batch)
-        if result is not None:
-            log_validation_mean(self, "loss", result[0], int(batch.num_graphs))
-            log_validation_mean(self, "context_acc", result[1], int(batch.num_graphs))
+        # logged also when the batch has no context to predict (with no weight): under DDP every process must take
+        # part in the end-of-epoch synchronisation of the means, or the others wait for it
+        loss, accuracy = result if result is not None else (torch.zeros((), device=self.device),) * 2
+        size = int(batch.num_graphs) if result is not None else 0
+        log_validation_mean(self, "loss", loss, size)
+        log_validation_mean(self, "context_acc", accuracy, size)
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the substructure GIN as the official script does (a plain state dict)."""
