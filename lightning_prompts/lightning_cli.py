@@ -324,7 +324,6 @@ def write_predictions(trainer: Trainer, classnames: Sequence[str] | None = None)
     and the first writes every process's share, put back in order. ``None`` when nothing was returned (with a
     warning where the launcher keeps nothing: DDP that spawns or forks its processes)."""
     import torch
-    from lightning.pytorch.utilities import rank_zero_warn
     from safetensors.torch import save_file
 
     if not trainer.predict_loop.return_predictions:
@@ -372,7 +371,6 @@ def _gathered_in_data_order(tensors: dict[str, Any], processes: int, samples: di
     process, the order it predicted; several, their rows in process order, with a warning."""
     import torch
     import torch.distributed as dist
-    from lightning.pytorch.utilities import rank_zero_warn
 
     shares: list[dict[str, Any] | None] = [None] * processes
     dist.all_gather_object(shares, tensors)

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_prompts.batch import IMAGE, INDEX, LABEL, TASK
 from lightning_prompts.data.image_datamodule import Synthetic
 from lightning_prompts.data.images import IMAGE_SUFFIXES, ImageItem, load_rgb, verify_images
-from lightning_prompts.data.processes import drops_last, evaluation_sampler
+from lightning_prompts.data.processes import drops_last, evaluation_loader
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
@@ -282,9 +282,7 @@ class ClassIncrementalDataModule(LightningDataModule):
 
     def _eval_loader(self, tasks: Sequence[int]) -> DataLoader:
         dataset = self._subset("test", list(tasks), train=False)
-        return DataLoader(
-            dataset, batch_size=self.eval_batch_size, sampler=evaluation_sampler(dataset), num_workers=self.num_workers
-        )
+        return evaluation_loader(dataset, self.eval_batch_size, self.num_workers)
 
 
 def _wordnet_names(wnids: Sequence[str]) -> list[str]:

@@ -53,7 +53,7 @@ from lightning_prompts.batch import IMAGE, LABEL
 from lightning_prompts.data.arguments import check_shots
 from lightning_prompts.data.image_datamodule import Synthetic, _synthetic_root
 from lightning_prompts.data.images import ImageItem, decode_fully, load_rgb, verify_images
-from lightning_prompts.data.processes import evaluation_sampler
+from lightning_prompts.data.processes import evaluation_loader
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import Augmentation, build_transform
 from lightning_prompts.errors import DatasetError
@@ -411,9 +411,7 @@ class ElevaterDataModule(LightningDataModule):
         return self._eval_loader(self._datasets["test"])
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=self.eval_batch_size, sampler=evaluation_sampler(dataset), num_workers=self.num_workers
-        )
+        return evaluation_loader(dataset, self.eval_batch_size, self.num_workers)
 
 
 def write_synthetic_iris(

@@ -37,7 +37,7 @@ from lightning_prompts.data.images import (
     verify_images,
     verify_masks,
 )
-from lightning_prompts.data.processes import drops_last, evaluation_sampler, training_shard
+from lightning_prompts.data.processes import drops_last, evaluation_loader, training_shard
 from lightning_prompts.data.pseudolabels import (
     PseudoLabelledDataset,
     PseudoLabelPartition,
@@ -391,9 +391,7 @@ class ImageClassificationDataModule(LightningDataModule):
         return self.test_dataloader()
 
     def _eval_loader(self, dataset: Any) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=self.eval_batch_size, sampler=evaluation_sampler(dataset), num_workers=self.num_workers
-        )
+        return evaluation_loader(dataset, self.eval_batch_size, self.num_workers)
 
 
 def _synthetic_root() -> Path:

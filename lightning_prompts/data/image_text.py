@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_prompts.batch import CAPTION, IMAGE, INDEX
 from lightning_prompts.data.image_datamodule import Synthetic, _synthetic_root
 from lightning_prompts.data.images import ImageItem, load_rgb, verify_images
-from lightning_prompts.data.processes import evaluation_sampler
+from lightning_prompts.data.processes import evaluation_loader, process_count_and_rank
 from lightning_prompts.data.synthetic import classnames_for, write_image
 from lightning_prompts.data.text import read_records
 from lightning_prompts.data.transforms import build_transform
@@ -68,14 +68,8 @@ class CrossDomainTaskSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._epoch_given = int(epoch), True
 
-    @staticmethod
-    def _rank_and_world() -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def __len__(self) -> int:
-        return max(1, self.tasks // self._rank_and_world()[1])
+        return max(1, self.tasks // process_count_and_rank()[0])
 
     def _draw(self, rng: random.Random, domain: int) -> list[int]:
         members = self.members[domain]
@@ -88,7 +82,7 @@ class CrossDomainTaskSampler(Sampler[list[int]]):
         if not self._epoch_given:
             self.epoch += 1
         names = sorted(self.members)
-        rank, world = self._rank_and_world()
+        world, rank = process_count_and_rank()
         tasks = []
         for _ in range(max(self.tasks, world)):
             support, query = rng.sample(names, 2)
@@ -258,14 +252,14 @@ class ImageTextDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         dataset = self._datasets["val"] if len(self._datasets["val"]) else self._datasets["train"]
-        return self._loader(dataset, sampler=evaluation_sampler(dataset))
+        return evaluation_loader(dataset, self.eval_batch_size, self.num_workers, collate_fn=collate_pairs)
 
-    def _loader(self, dataset: Dataset, batch_size: int | None = None, sampler: Any = None) -> DataLoader:
-        """In order; every pair (a pass over a whole split, such as the domain assignment's) unless ``sampler``."""
+    def _loader(self, dataset: Dataset, batch_size: int | None = None) -> DataLoader:
+        """Every pair in order, in every process (a pass over a whole split, such as the domain assignment's)."""
         return DataLoader(
             dataset,
             batch_size=batch_size or self.eval_batch_size,
-            sampler=sampler,
+            shuffle=False,
             collate_fn=collate_pairs,
             num_workers=self.num_workers,
         )

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_prompts.batch import IMAGE, INDEX, LABEL
 from lightning_prompts.data.class_incremental import current_stream_task
 from lightning_prompts.data.images import load_rgb
-from lightning_prompts.data.processes import evaluation_sampler
+from lightning_prompts.data.processes import evaluation_loader
 from lightning_prompts.data.synthetic import classnames_for
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
@@ -268,6 +268,4 @@ class MultiLabelIncrementalDataModule(LightningDataModule):
 
     def _eval_loader(self, seen: int) -> DataLoader:
         dataset = self._subset("test", 0, seen, train=False)
-        return DataLoader(
-            dataset, batch_size=self.eval_batch_size, sampler=evaluation_sampler(dataset), num_workers=self.num_workers
-        )
+        return evaluation_loader(dataset, self.eval_batch_size, self.num_workers)

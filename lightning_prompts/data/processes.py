@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator, Sized
 from typing import Any
 
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_prompts.utils.distributed import process_count_and_rank
 
@@ -49,6 +49,13 @@ def evaluation_sampler(dataset: Sized) -> EvaluationShard | None:
     if processes == 1 or len(dataset) < processes:
         return None
     return EvaluationShard(dataset, processes, rank)
+
+
+def evaluation_loader(dataset: Any, batch_size: int, num_workers: int = 0, **options: Any) -> DataLoader:
+    """A validation, test or predict loader: in order, each sample on one process (:func:`evaluation_sampler`)."""
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=evaluation_sampler(dataset), num_workers=num_workers, **options
+    )
 
 
 def drops_last(dataset_size: int, batch_size: int, trainer: Any | None = None) -> bool:

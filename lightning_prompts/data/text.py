@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_prompts.batch import LABEL, TEXT
 from lightning_prompts.data.arguments import check_at_least, check_shots
 from lightning_prompts.data.length_grouping import LengthGroupedBatchSampler, longest_first
-from lightning_prompts.data.processes import evaluation_sampler
+from lightning_prompts.data.processes import evaluation_loader
 from lightning_prompts.data.protocols import TokenCounter, provided
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
@@ -449,14 +449,14 @@ class TextClassificationDataModule(LightningDataModule):
         common = {"collate_fn": collate_text, "num_workers": self.num_workers}
         classes = len(self.classnames) if self.multi_label else None
         if not self.group_by_length or keep_order:
-            batch_size = self.batch_size if train else self.eval_batch_size
             dataset = TextDataset(texts, labels, classes)
-            sampler = None if train else evaluation_sampler(dataset)
-            return DataLoader(dataset, batch_size=batch_size, shuffle=train, sampler=sampler, **common)
+            if train:
+                return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, **common)
+            return evaluation_loader(dataset, self.eval_batch_size, **common)
         if not train:  # metrics do not depend on the order or the batches; padding does: the model's own counts
             order = longest_first(self.text_lengths(texts, unit="tokens"))
             dataset = TextDataset([texts[i] for i in order], [labels[i] for i in order], classes)
-            return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=evaluation_sampler(dataset), **common)
+            return evaluation_loader(dataset, self.eval_batch_size, **common)
         if self.trainer is not None and self.trainer.world_size > 1:
             return DataLoader(TextDataset(texts, labels, classes), batch_size=self.batch_size, shuffle=True, **common)
         sampler = LengthGroupedBatchSampler(self.text_lengths(texts), self.batch_size)

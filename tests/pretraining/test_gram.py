@@ -246,7 +246,7 @@ def test_ddp_ranks_share_the_tasks(monkeypatch):
     everything = list(CrossDomainTaskSampler(domains, shots=2, tasks=10, seed=3))
     shares = []
     for rank in (0, 1):
-        monkeypatch.setattr(CrossDomainTaskSampler, "_rank_and_world", staticmethod(lambda rank=rank: (rank, 2)))
+        monkeypatch.setattr("lightning_prompts.data.image_text.process_count_and_rank", lambda rank=rank: (2, rank))
         sampler = CrossDomainTaskSampler(domains, shots=2, tasks=10, seed=3)
         shares.append(list(sampler))
         assert len(sampler) == 5
