@@ -22,6 +22,7 @@ while the graph is alive, the model's own weights left out; deterministic on any
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import statistics
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from saved_memory import saved_bytes  # benchmarks/saved_memory.py (the script's folder is on the path)
 
 from lightning_prompts.backbones import OpenCLIP
+from lightning_prompts.backbones import open_clip as open_clip_module
 from lightning_prompts.methods import CoOp, MaPLe
 
 
@@ -99,6 +101,49 @@ def timed(function: Callable[[], None], device: str) -> float:
     return time.perf_counter() - start
 
 
+def grouped_by_length(logits_fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``logits_fn`` with the shared-prefix pass grouping the classes by length (the CPU default)."""
+
+    def grouped() -> torch.Tensor:
+        original = open_clip_module._run_with_shared_prefix
+        open_clip_module._run_with_shared_prefix = functools.partial(original, group_by_length=True)
+        try:
+            return logits_fn()
+        finally:
+            open_clip_module._run_with_shared_prefix = original
+
+    return grouped
+
+
+def peak_cuda_memory(label: str, train_step: Callable[[], None], args: argparse.Namespace) -> None:
+    """Our step's peak of allocated CUDA memory (weights and batch included), and whether the step runs with
+    the process held to ``--memory-cap-gib`` of the GPU (cuDNN and cuBLAS pick smaller workspaces there)."""
+    gc.collect()
+    torch.cuda.synchronize()
+    resident = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    train_step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    print(
+        f"peak_cuda_memory_{label}: {peak / 2**30:.2f} GiB (ours, batch {args.batch}; "
+        f"{resident / 2**30:.2f} GiB allocated before the step)",
+        flush=True,
+    )
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total))
+    try:
+        train_step()
+        torch.cuda.synchronize()
+        fits = "yes"
+    except torch.cuda.OutOfMemoryError:
+        fits = "no (out of memory)"
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    print(f"fits_{args.memory_cap_gib:g}_gib_{label}: {fits}", flush=True)
+
+
 def compare(method_name: str, classes: int, args: argparse.Namespace, clip: OpenCLIP) -> None:
     names = class_names(classes)
     torch.manual_seed(0)
@@ -130,9 +175,12 @@ def compare(method_name: str, classes: int, args: argparse.Namespace, clip: Open
             flush=True,
         )
         print(f"mem_ratio_{classes}{suffix}: {memory['reference'] / memory['ours']:.1f}", flush=True)
-    times: dict[str, list[float]] = {"reference": [], "ours": []}
+    times: dict[str, list[float]] = {"reference": [], "ours": [], "ours, grouped by length": []}
+    variants = [("reference", reference), ("ours", ours)]
+    if args.device != "cpu":  # accelerators default to one padded group (open_clip.py): time the other way too
+        variants.append(("ours, grouped by length", grouped_by_length(ours)))
     for round_index in range(args.rounds + 1):  # round 0 warms up
-        for name, fn in (("reference", reference), ("ours", ours)):
+        for name, fn in variants:
             if args.skip_reference and name == "reference":
                 continue
             seconds = timed(lambda fn=fn: step(fn, labels, optimizer), args.device)
@@ -140,18 +188,15 @@ def compare(method_name: str, classes: int, args: argparse.Namespace, clip: Open
                 times[name].append(seconds)
             print(f"  round {round_index}{' (warm-up)' if not round_index else ''}: {name} {seconds:.2f} s", flush=True)
         gc.collect()
-    if args.peak_memory and args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        step(ours, labels, optimizer)
-        print(
-            f"peak_cuda_memory_{classes}{'' if method_name == 'coop' else '_' + method_name}: "
-            f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (ours, batch {args.batch})",
-            flush=True,
-        )
     suffix = "" if method_name == "coop" else f"_{method_name}"
+    if args.peak_memory and args.device == "cuda":
+        peak_cuda_memory(f"{classes}{suffix}", lambda: step(ours, labels, optimizer), args)
     if times["reference"]:
         ratio = statistics.median(times["reference"]) / statistics.median(times["ours"])
         print(f"ratio_{classes}{suffix}: {ratio:.1f}", flush=True)
+    if times["ours, grouped by length"]:
+        ratio = statistics.median(times["ours, grouped by length"]) / statistics.median(times["ours"])
+        print(f"grouped_over_padded_{classes}{suffix}: {ratio:.2f} (the shared-prefix pass's two ways)", flush=True)
     print(f"logits_difference_{classes}{suffix}: {difference:.1e} (relative)", flush=True)
 
 
@@ -165,6 +210,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--peak-memory", action="store_true", help="CUDA: also print our step's peak memory")
+    parser.add_argument("--memory-cap-gib", type=float, default=16.0, help="CUDA: the GPU size to check ours fits")
     parser.add_argument("--skip-reference", action="store_true", help="time ours only (memory is still counted)")
     parser.add_argument("--skip-memory", action="store_true", help="do not count the saved activations")
     args = parser.parse_args()

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# GPU checks (<= 8 minutes on one GPU): every recipe family's tiny overlay with accelerator gpu and
-# bf16-mixed, then benchmarks/coop_step.py on CUDA at 1,000 classes (batch 32, ViT-B/16, with our peak
-# memory). One line per check. Run from the repository root with the project installed:
+# GPU checks (<= 8 minutes on one GPU), one line per check:
+#   1. the installed command: CoOp's tiny overlay through `lightning-prompts fit` on the GPU, in bf16-mixed and in
+#      16-mixed (fp16 with its gradient scaler);
+#   2. every recipe folder's tiny overlay (one recipe per folder, method and data module, and the recipes that are
+#      tested untrained) with accelerator gpu and bf16-mixed: the tests marked `gpu` in tests/test_recipes.py;
+#   3. benchmarks/coop_step.py on CUDA: CoOp at 1,000 classes, batch 32, ViT-B/16, with our peak memory; CoOp and
+#      MaPLe at 100 classes, batch 8.
+# Run from the repository root with the project and its test extra installed (full logs of the recipe tests and the
+# benchmark go to $DEVICE_CHECK_LOGS, default a temporary folder):
 #   bash benchmarks/device_check.sh
 set -uo pipefail
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)" || exit 1
+scratch=$(mktemp -d)
+logs=${DEVICE_CHECK_LOGS:-$scratch}
+mkdir -p "$logs"
 run() {  # name, then the command
   local name=$1; shift
   local start=$(date +%s)
@@ -15,17 +24,18 @@ run() {  # name, then the command
     echo "FAIL  $name  ($(( $(date +%s) - start )) s): $(echo "$output" | grep -E 'error|Error' | tail -1)"
   fi
 }
-GPU=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-mixed)
-run "clip: CoOp tiny bf16"        lightning-prompts fit --config recipes/coop/caltech101.yaml --config recipes/_tiny/clip.yaml "${GPU[@]}"
-run "clip: MaPLe tiny bf16"       lightning-prompts fit --config recipes/maple/dtd.yaml --config recipes/_tiny/clip.yaml "${GPU[@]}"
-run "clip: CoPrompt tiny bf16"    lightning-prompts fit --config recipes/coprompt/dtd.yaml --config recipes/_tiny/clip.yaml "${GPU[@]}"
-run "clip: DAPT tiny bf16"        lightning-prompts fit --config recipes/dapt/dtd.yaml --config recipes/_tiny/clip.yaml "${GPU[@]}"
-run "clip: CLIP-Adapter tiny bf16" lightning-prompts fit --config recipes/clip_adapter/oxford_pets.yaml --config recipes/_tiny/clip.yaml "${GPU[@]}"
-run "vit: VPT tiny bf16"          lightning-prompts fit --config recipes/vpt/cub.yaml --config recipes/_tiny/vit.yaml "${GPU[@]}"
-run "continual: LAE tiny bf16"    lightning-prompts fit --config recipes/lae/cifar100_prefix.yaml --config recipes/_tiny/continual.yaml "${GPU[@]}"
-run "text: PromptTuning tiny bf16" lightning-prompts fit --config recipes/prompt_tuning/sst2.yaml --config recipes/_tiny/text.yaml "${GPU[@]}"
-run "graph: GPF tiny bf16"        lightning-prompts fit --config recipes/gpf/cora.yaml --config recipes/_tiny/graph.yaml "${GPU[@]}"
-python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --methods coop --rounds 2 --peak-memory 2>&1 \
-  | grep -E "^(ratio|mem_ratio|peak_cuda|logits)" | sed 's/^/INFO  /'
-python benchmarks/coop_step.py --device cuda --batch 8 --classes 100 --methods coop maple --rounds 2 2>&1 \
-  | grep -E "^(ratio|mem_ratio|logits)" | sed 's/^/INFO  /'
+TINY_COOP=(--config recipes/coop/caltech101.yaml --config recipes/_tiny/clip.yaml --trainer.accelerator gpu
+           --trainer.devices 1 --trainer.default_root_dir "$scratch")
+run "command: CoOp tiny, gpu, bf16-mixed" lightning-prompts fit "${TINY_COOP[@]}" --trainer.precision bf16-mixed
+run "command: CoOp tiny, gpu, 16-mixed"   lightning-prompts fit "${TINY_COOP[@]}" --trainer.precision 16-mixed
+# every recipe family: -rA prints one PASSED/FAILED/SKIPPED line per recipe; --tb=line one line per error
+python -m pytest tests/test_recipes.py -m gpu -q -rA --tb=line -p no:cacheprovider -n 8 > "$logs/recipes.log" 2>&1
+grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|^/.*Error|(passed|failed) in" "$logs/recipes.log" | sed 's/^/RECIPE  /'
+python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --methods coop --rounds 3 --peak-memory \
+  > "$logs/coop_step_1000.log" 2>&1
+python benchmarks/coop_step.py --device cuda --batch 8 --classes 100 --methods coop maple --rounds 3 \
+  > "$logs/coop_step_100.log" 2>&1
+for log in "$logs/coop_step_1000.log" "$logs/coop_step_100.log"; do
+  grep -vE "Warning|warn|^ *$" "$log" | sed 's/^/BENCH  /'
+done
+rm -rf "$scratch"

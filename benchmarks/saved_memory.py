@@ -23,7 +23,11 @@ def saved_bytes(loss_fn: Callable[[], torch.Tensor], module: torch.nn.Module) ->
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in resident:
             saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        # a detached alias keeps the storage alive while the graph is (no address reused) without the cycle
+        # "saved output -> its grad_fn -> the graph -> the saved output", which the garbage collector cannot
+        # see: returning ``tensor`` itself kept every counted graph, e.g. the reference's 17.8 GiB at 1,000
+        # classes, alive for the rest of the run (found on the first GPU run, 2026-12-04)
+        return tensor.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         loss = loss_fn()

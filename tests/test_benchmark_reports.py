@@ -65,3 +65,28 @@ def test_post_report_names_the_students_layers_and_reads_rows_from_before_the_fl
     assert lines[-1].startswith("Distillation into Gemma's first 3 and last 3 of 18 layers: 100 steps, 12.8 s")
     report([distilled | {"layers": [6, 6]}], tmp_path)
     assert "first 6 and last 6 of 18 layers" in (tmp_path / "results.md").read_text()
+
+
+def test_saved_bytes_counts_what_a_step_keeps_and_then_frees_it(monkeypatch):
+    """benchmarks/saved_memory.py: the storages a graph saves for backward, the weights left out; the graph is
+    released afterwards. Its pack hook once returned the tensor itself: a saved output then held its own
+    grad_fn, a cycle the garbage collector cannot see, and the reference's 17.8 GiB graph stayed allocated
+    for the rest of coop_step.py (inflating the first GPU run's peak memory)."""
+    import gc
+    import weakref
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    saved_bytes = runpy.run_path(str(BENCHMARKS / "saved_memory.py"))["saved_bytes"]
+    layer = torch.nn.Linear(64, 64)
+    outputs = []
+
+    def loss() -> torch.Tensor:
+        hidden = layer(torch.randn(32, 64)).relu()  # saved: the input (for the weight's gradient), relu's output
+        outputs.append(weakref.ref(hidden))
+        return hidden.sum()
+
+    assert saved_bytes(loss, layer) == 2 * 32 * 64 * 4
+    gc.collect()
+    assert outputs[0]() is None

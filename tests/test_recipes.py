@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_prompts import registry
 from lightning_prompts.cli import run_cli
@@ -87,8 +88,11 @@ def tiny_gram_outputs(tmp_path_factory) -> Path:
     return folder / "outputs"
 
 
-@pytest.mark.parametrize("recipe", one_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES)))
-def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monkeypatch, request):
+# what benchmarks/device_check.sh adds to every recipe on a GPU machine: the recipes' own mixed precision
+ON_A_GPU_IN_BF16 = ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed"]
+
+
+def fit_with_tiny_overlay(recipe: Path, tmp_path: Path, monkeypatch, request, device_args: list[str]):
     if recipe.parent.name == "gram":  # GRAM writes outputs/gram/ and its CoOp recipes read it: a scratch folder
         monkeypatch.chdir(tmp_path)
         if recipe.name != "meta_train.yaml":
@@ -96,29 +100,35 @@ def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monk
     elif prompt_init := (merged_section(recipe, "model") or {}).get("init_args", {}).get("prompt_init"):
         # a target stage reads its source prompt (MVLPT): written first by the same recipe, in a scratch folder
         monkeypatch.chdir(tmp_path)
-        source = run_cli(["fit", "--config", str(recipe), "--config", str(overlay_for(recipe)),
+        source = run_cli(["fit", "--config", str(recipe), "--config", str(overlay_for(recipe)), *device_args,
                           "--model.init_args.prompt_init", "null",
                           "--trainer.default_root_dir", str(tmp_path / "source")])  # fmt: skip
         Path(prompt_init).parent.mkdir(parents=True, exist_ok=True)
         source.model.export_prompt(prompt_init)
-    cli = run_cli(
-        [
-            "fit",
-            "--config",
-            str(recipe),
-            "--config",
-            str(overlay_for(recipe)),
-            "--trainer.default_root_dir",
-            str(tmp_path),
-        ]
-    )
+    cli = run_cli(["fit", "--config", str(recipe), "--config", str(overlay_for(recipe)), *device_args,
+                   "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     assert cli.trainer.state.finished
     if any(p.requires_grad for p in cli.model.parameters()):
         assert cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 1
         assert cli.trainer.global_step >= 1  # optimizer steps: LocalPrompt takes one per positive view
         assert "train/loss" in cli.trainer.callback_metrics
+        assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     else:  # nothing to train (zero-shot): fit only validates
         assert "val/acc" in cli.trainer.callback_metrics
+    return cli
+
+
+@pytest.mark.parametrize("recipe", one_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monkeypatch, request):
+    fit_with_tiny_overlay(recipe, tmp_path, monkeypatch, request, [])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", one_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_one_recipe_per_folder_runs_on_a_gpu_in_bf16(recipe, tmp_path, monkeypatch, request):
+    cli = fit_with_tiny_overlay(recipe, tmp_path, monkeypatch, request, ON_A_GPU_IN_BF16)
+    assert cli.trainer.strategy.root_device.type == "cuda"
+    assert cli.trainer.precision == "bf16-mixed"
 
 
 def says_to_test_untrained(recipe: Path) -> bool:
@@ -138,7 +148,21 @@ def one_documented_untrained_test_per_folder_and_method() -> list[Path]:
     "recipe", one_documented_untrained_test_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES))
 )
 def test_a_recipe_tested_without_training_tests_with_its_tiny_overlay(recipe, tmp_path):
-    cli = run_cli(["test", "--config", str(recipe), "--config", str(overlay_for(recipe)),
+    evaluate_with_tiny_overlay(recipe, tmp_path, [])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "recipe", one_documented_untrained_test_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES))
+)
+def test_a_recipe_tested_without_training_tests_on_a_gpu_in_bf16(recipe, tmp_path):
+    cli = evaluate_with_tiny_overlay(recipe, tmp_path, ON_A_GPU_IN_BF16)
+    assert cli.trainer.strategy.root_device.type == "cuda"
+
+
+def evaluate_with_tiny_overlay(recipe: Path, tmp_path: Path, device_args: list[str]):
+    cli = run_cli(["test", "--config", str(recipe), "--config", str(overlay_for(recipe)), *device_args,
                    "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.state.finished and any(name.startswith("test/") for name in metrics), sorted(metrics)
+    return cli

@@ -45,11 +45,22 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return -torch.log(positive / (exp.sum(dim=1) - positive)).mean()
 
 
+def uniform_draws(count: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """``count`` U(0, 1) draws from the CPU generator, moved to ``device``: the same views for a seed on any
+    device (a CUDA batch once got CPU masks and failed), and the checkpointed CPU state resumes them exactly."""
+    return torch.rand(count, generator=generator).to(device)
+
+
+def feature_noise(count: int, width: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """GraphCL's N(0.5, 0.5) replacement features for ``count`` nodes, drawn as :func:`uniform_draws` are."""
+    return (0.5 + 0.5 * torch.randn(count, width, generator=generator)).to(like.device, like.dtype)
+
+
 def drop_nodes(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
     """Keep each node with probability ``1 - ratio`` (at least one node per graph) and its induced edges."""
     from torch_geometric.utils import subgraph
 
-    keep = torch.rand(data.num_nodes, generator=generator) >= ratio
+    keep = uniform_draws(data.num_nodes, data.x.device, generator) >= ratio
     batch = getattr(data, "batch", None)
     if batch is not None:  # never empty a graph: keep its first node
         first = torch.ones_like(batch, dtype=torch.bool)
@@ -67,7 +78,7 @@ def drop_nodes(data: Any, ratio: float, generator: torch.Generator | None = None
 
 def permute_edges(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
     """Drop each edge with probability ``ratio``."""
-    keep = torch.rand(data.edge_index.shape[1], generator=generator) >= ratio
+    keep = uniform_draws(data.edge_index.shape[1], data.edge_index.device, generator) >= ratio
     view = data.clone()
     view.edge_index = data.edge_index[:, keep]
     return view
@@ -75,10 +86,10 @@ def permute_edges(data: Any, ratio: float, generator: torch.Generator | None = N
 
 def mask_nodes(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
     """Replace the features of a ``ratio`` share of nodes with N(0.5, 0.5) noise (GraphCL's mask)."""
-    masked = torch.rand(data.num_nodes, generator=generator) < ratio
+    masked = uniform_draws(data.num_nodes, data.x.device, generator) < ratio
     view = data.clone()
     x = data.x.clone().float()
-    x[masked] = 0.5 + 0.5 * torch.randn(int(masked.sum()), x.shape[1], generator=generator)
+    x[masked] = feature_noise(int(masked.sum()), x.shape[1], x, generator)
     view.x = x
     return view
 

@@ -28,7 +28,7 @@ from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.hetero_gnn import HeteroEncoder, HeteroGNN, save_hetero_gnn
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
-from lightning_prompts.pretraining.graphcl import nt_xent
+from lightning_prompts.pretraining.graphcl import feature_noise, nt_xent, uniform_draws
 from lightning_prompts.registry import register_pretraining
 
 
@@ -36,13 +36,13 @@ def hetero_view(data: Any, ratio: float, generator: torch.Generator | None = Non
     """``(x_dict, edge_index_dict)`` of one augmented view (see the module docstring)."""
     x_dict = {}
     for node, x in data.x_dict.items():
-        masked = torch.rand(x.shape[0], generator=generator) < ratio
+        masked = uniform_draws(x.shape[0], x.device, generator) < ratio
         x = x.clone().float()
-        x[masked] = 0.5 + 0.5 * torch.randn(int(masked.sum()), x.shape[1], generator=generator)
+        x[masked] = feature_noise(int(masked.sum()), x.shape[1], x, generator)
         x_dict[node] = x
     edges = {}
     for edge_type, edge_index in data.edge_index_dict.items():
-        keep = torch.rand(edge_index.shape[1], generator=generator) >= ratio
+        keep = uniform_draws(edge_index.shape[1], edge_index.device, generator) >= ratio
         edges[edge_type] = edge_index[:, keep]
     return x_dict, edges
 

@@ -52,13 +52,18 @@ def build(cls, clip, **kwargs):
     ],
     ids=["coop-random", "coop-phrase", "maple", "coprompt", "dapt", "zero-shot"],
 )
-def test_logits_and_context_gradients_equal_the_plain_pass(cls, kwargs, clips, monkeypatch):
+# grouped by length (the CPU default) and padded to the longest in one group (the default on GPUs)
+@pytest.mark.parametrize("group_by_length", [True, False], ids=["grouped", "padded"])
+def test_logits_and_context_gradients_equal_the_plain_pass(cls, kwargs, group_by_length, clips, monkeypatch):
     fast, plain = clips
     calls = []
     original = open_clip_module._run_with_shared_prefix
-    monkeypatch.setattr(
-        open_clip_module, "_run_with_shared_prefix", lambda *a, **k: calls.append(a[3]) or original(*a, **k)
-    )
+
+    def recorded(*args, **kwargs):
+        calls.append(args[3])
+        return original(*args, **kwargs, group_by_length=group_by_length)
+
+    monkeypatch.setattr(open_clip_module, "_run_with_shared_prefix", recorded)
     a, b = build(cls, fast, **kwargs), build(cls, plain, **kwargs)
     b.load_state_dict(a.state_dict(), strict=False)
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -11,7 +11,14 @@ from torch_geometric.datasets import FakeDataset
 from lightning_prompts.backbones import GNN
 from lightning_prompts.data import GraphDataModule
 from lightning_prompts.pretraining import GraphCL
-from lightning_prompts.pretraining.graphcl import drop_nodes, mask_nodes, nt_xent, permute_edges
+from lightning_prompts.pretraining.graphcl import (
+    drop_nodes,
+    feature_noise,
+    mask_nodes,
+    nt_xent,
+    permute_edges,
+    uniform_draws,
+)
 
 
 def official_loss_cal(x, x_aug, temperature):
@@ -44,6 +51,19 @@ def test_augmentations_keep_every_graph_and_valid_indices():
     assert permute_edges(batch, 0.5, generator).edge_index.shape[1] < batch.edge_index.shape[1]
     masked = mask_nodes(batch, 1.0, generator)
     assert not torch.equal(masked.x, batch.x) and masked.x.shape == batch.x.shape
+
+
+def test_augmentation_draws_come_from_the_cpu_generator_and_land_on_the_batch_device():
+    """A CUDA batch once got CPU masks (a device error on the first GPU run); the draws are made on the CPU
+    (the same views for a seed on any device, resumed by the checkpointed CPU state) and moved."""
+    draws = uniform_draws(5, torch.device("cpu"), torch.Generator().manual_seed(4))
+    assert torch.equal(draws, torch.rand(5, generator=torch.Generator().manual_seed(4)))
+    assert uniform_draws(5, torch.device("meta")).device.type == "meta"
+    like = torch.empty(0, dtype=torch.float64, device="meta")
+    noise = feature_noise(3, 2, like)
+    assert noise.device.type == "meta" and noise.dtype == torch.float64 and noise.shape == (3, 2)
+    expected = 0.5 + 0.5 * torch.randn(3, 2, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(feature_noise(3, 2, torch.empty(0), torch.Generator().manual_seed(2)), expected)
 
 
 def test_pretrain_then_load_as_frozen_backbone(trainer_kwargs, tmp_path):
