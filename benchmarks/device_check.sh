@@ -2,10 +2,12 @@
 # GPU checks (<= 8 minutes on one GPU), one line per check:
 #   1. the installed command: CoOp's tiny overlay through `lightning-prompts fit` on the GPU, in bf16-mixed and in
 #      16-mixed (fp16 with its gradient scaler);
-#   2. every recipe folder's tiny overlay (one recipe per folder, method and data module, and the recipes that are
-#      tested untrained) with accelerator gpu and bf16-mixed: the tests marked `gpu` in tests/test_recipes.py;
-#   3. benchmarks/coop_step.py on CUDA: CoOp at 1,000 classes, batch 32, ViT-B/16, with our peak memory; CoOp and
-#      MaPLe at 100 classes, batch 8.
+#   2. one recipe per folder, method and data module, and the recipes whose evaluation their folder's pick misses, with
+#      its tiny overlay (one batch of fit; and `test` for the recipes the docs tell users to test untrained) with
+#      accelerator gpu and bf16-mixed: the tests marked `gpu` in tests/test_recipes.py;
+#   3. benchmarks/coop_step.py on CUDA: CoOp at 1,000 classes, batch 32, ViT-B/16, with our peak memory and whether
+#      it runs in 16 GiB; CoOp and MaPLe at 100 classes, batch 8; both also time the padded shared-prefix pass.
+# Exits 1 when any check failed.
 # Run from the repository root with the project and its test extra installed (full logs of the recipe tests and the
 # benchmark go to $DEVICE_CHECK_LOGS, default a temporary folder):
 #   bash benchmarks/device_check.sh
@@ -15,6 +17,7 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pri
 scratch=$(mktemp -d)
 logs=${DEVICE_CHECK_LOGS:-$scratch}
 mkdir -p "$logs"
+failed=0  # the exit status: 1 when any check failed
 run() {  # name, then the command
   local name=$1; shift
   local start=$(date +%s)
@@ -22,6 +25,7 @@ run() {  # name, then the command
     echo "PASS  $name  ($(( $(date +%s) - start )) s)"
   else
     echo "FAIL  $name  ($(( $(date +%s) - start )) s): $(echo "$output" | grep -E 'error|Error' | tail -1)"
+    failed=1
   fi
 }
 TINY_COOP=(--config recipes/coop/caltech101.yaml --config recipes/_tiny/clip.yaml --trainer.accelerator gpu
@@ -29,13 +33,15 @@ TINY_COOP=(--config recipes/coop/caltech101.yaml --config recipes/_tiny/clip.yam
 run "command: CoOp tiny, gpu, bf16-mixed" lightning-prompts fit "${TINY_COOP[@]}" --trainer.precision bf16-mixed
 run "command: CoOp tiny, gpu, 16-mixed"   lightning-prompts fit "${TINY_COOP[@]}" --trainer.precision 16-mixed
 # every recipe family: -rA prints one PASSED/FAILED/SKIPPED line per recipe; --tb=line one line per error
-python -m pytest tests/test_recipes.py -m gpu -q -rA --tb=line -p no:cacheprovider -n 8 > "$logs/recipes.log" 2>&1
-grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|^/.*Error|(passed|failed) in" "$logs/recipes.log" | sed 's/^/RECIPE  /'
+python -m pytest tests/test_recipes.py -m gpu -q -rA --tb=line -p no:cacheprovider -n 8 > "$logs/recipes.log" 2>&1 \
+  || failed=1
+grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|^/.*Error|(passed|failed|skipped) in" "$logs/recipes.log" | sed 's/^/RECIPE  /'
 python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --methods coop --rounds 3 --peak-memory \
-  > "$logs/coop_step_1000.log" 2>&1
+  > "$logs/coop_step_1000.log" 2>&1 || failed=1
 python benchmarks/coop_step.py --device cuda --batch 8 --classes 100 --methods coop maple --rounds 3 \
-  > "$logs/coop_step_100.log" 2>&1
+  > "$logs/coop_step_100.log" 2>&1 || failed=1
 for log in "$logs/coop_step_1000.log" "$logs/coop_step_100.log"; do
   grep -vE "Warning|warn|^ *$" "$log" | sed 's/^/BENCH  /'
 done
 rm -rf "$scratch"
+exit $failed

@@ -27,6 +27,10 @@ def overlay_for(recipe: Path) -> Path:
     return specific if specific.is_file() else RECIPES / "_tiny" / f"{entry.overlay}.yaml"
 
 
+# recipes that take an evaluation path their folder's pick does not: ELEVATER's only multi-label set (11-point mAP)
+OTHER_EVALUATION_PATHS = [RECIPES / "mvlpt" / "target_elevater_voc2007.yaml"]
+
+
 def one_per_folder_and_method(keep=lambda recipe: True) -> list[Path]:
     """One recipe per folder, method and data module (a folder's recipes mostly differ in data only)."""
     chosen: dict[tuple[Path, str, str], Path] = {}
@@ -35,6 +39,12 @@ def one_per_folder_and_method(keep=lambda recipe: True) -> list[Path]:
         data_class = data.get("class_path", "") if isinstance(data, dict) else str(data)
         chosen.setdefault((recipe.parent, model_class(recipe) or "", data_class), recipe)
     return sorted(chosen.values())
+
+
+def recipes_to_fit() -> list[Path]:
+    """:func:`one_per_folder_and_method` and :data:`OTHER_EVALUATION_PATHS`."""
+    picked = one_per_folder_and_method()
+    return picked + [recipe for recipe in OTHER_EVALUATION_PATHS if recipe not in picked]
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +128,13 @@ def fit_with_tiny_overlay(recipe: Path, tmp_path: Path, monkeypatch, request, de
     return cli
 
 
-@pytest.mark.parametrize("recipe", one_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES)))
+@pytest.mark.parametrize("recipe", recipes_to_fit(), ids=lambda p: str(p.relative_to(RECIPES)))
 def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monkeypatch, request):
     fit_with_tiny_overlay(recipe, tmp_path, monkeypatch, request, [])
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("recipe", one_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES)))
+@pytest.mark.parametrize("recipe", recipes_to_fit(), ids=lambda p: str(p.relative_to(RECIPES)))
 def test_one_recipe_per_folder_runs_on_a_gpu_in_bf16(recipe, tmp_path, monkeypatch, request):
     cli = fit_with_tiny_overlay(recipe, tmp_path, monkeypatch, request, ON_A_GPU_IN_BF16)
     assert cli.trainer.strategy.root_device.type == "cuda"
@@ -166,3 +176,51 @@ def evaluate_with_tiny_overlay(recipe: Path, tmp_path: Path, device_args: list[s
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.state.finished and any(name.startswith("test/") for name in metrics), sorted(metrics)
     return cli
+
+
+def data_module_classes() -> dict[str, Path]:
+    """Every data module class a recipe names, with one recipe that names it."""
+    classes: dict[str, Path] = {}
+    for recipe in FILES:
+        data = merged_section(recipe, "data")
+        name = data.get("class_path", "") if isinstance(data, dict) else str(data)
+        classes.setdefault(name.rpartition(".")[2], recipe)
+    return classes
+
+
+def test_every_data_module_a_recipe_names_that_can_test_can_predict():
+    """`lightning-prompts predict` once failed with Lightning's "predict_dataloader must be implemented" for the
+    class-incremental, multi-label incremental, point-cloud and ELEVATER data modules. (Pre-training pairs,
+    GRAM's ImageTextDataModule, have no test set.)"""
+    from lightning.pytorch import LightningDataModule
+
+    import lightning_prompts.data as data
+
+    testing = [name for name in data_module_classes() if hasattr(data, name)]
+    testing = [
+        name for name in testing if getattr(data, name).test_dataloader is not LightningDataModule.test_dataloader
+    ]
+    assert len(testing) >= 10
+    for name in testing:
+        assert getattr(data, name).predict_dataloader is not LightningDataModule.predict_dataloader, name
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "lae/cifar100_prefix.yaml",
+        "multi_lane/multilabel/voc_b0_c4.yaml",
+        "idpt/modelnet40.yaml",
+        "mvlpt/target_elevater_voc2007.yaml",
+    ],  # fmt: skip
+)
+def test_predict_runs_on_the_data_modules_that_lacked_it(recipe, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = RECIPES / recipe
+    source = ["--model.init_args.prompt_init", "null"] if "target" in recipe.name else []  # no source run here
+    cli = run_cli(["predict", "--config", str(recipe), "--config", str(overlay_for(recipe)), *source,
+                   "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    rows = sum(len(batch["logits"]) for batch in cli.trainer.predict_loop.predictions)
+    written = load_file(str(tmp_path / "predictions.safetensors"))
+    assert rows > 0 and written["logits"].shape[0] == rows

@@ -23,8 +23,7 @@ of a shared learned context (CoOp, MaPLe, CoPrompt, DAPT, GRAM's CoOp), or the w
 Under the causal mask the hidden states of those positions are identical for every class in every
 layer, so :meth:`OpenCLIP.encode_text_embeddings` finds the longest prefix all sequences share (one
 comparison of the embeddings), runs it once, and runs only each class's own tokens (``name . [EOT]``),
-grouped by length on CPUs so no padding is computed (one padded group on GPUs, bound by kernel launches
-rather than arithmetic), attending to the prefix's keys and values; the gradient to
+grouped by length so no padding is computed, attending to the prefix's keys and values; the gradient to
 a shared context flows through the prefix once. It is used automatically where it is exact: a causal
 text tower, a prefix of at least two positions that ends before every end-of-text token, and block
 hooks that only replace positions inside the prefix with values shared by every sequence (MaPLe's deep
@@ -423,16 +422,16 @@ def _run_with_shared_prefix(
     length: int,
     hook: BlockHook | None,
     eot_positions: Tensor,
-    group_by_length: bool | None = None,
+    group_by_length: bool = True,
 ) -> Tensor:
     """The features (each sequence's row at its end-of-text position, before ``ln_final``) of a causal,
     batch-first open_clip text ``Transformer`` whose first ``length`` positions are identical in every
     sequence: the prefix runs once, as a sequence of its own; then the sequences run their own tokens
-    attending to the prefix's keys and values and to their own. ``group_by_length`` (default: on CPUs)
-    runs them in groups of one length, so no padding is computed; otherwise they run as one group padded to
-    the longest: one pass of the blocks instead of one per length, for GPUs, where a few tokens per class
-    are bound by kernel launches rather than arithmetic (grouped, ours ran slower than the plain pass at
-    100 classes on an H200; the padded group's time there is not measured yet: ``docs/benchmarks.md``)."""
+    attending to the prefix's keys and values and to their own, in groups of one length, so no padding is
+    computed. ``group_by_length=False`` runs them as one group padded to the longest instead, as exact: one
+    pass of the blocks rather than one per length, but about three times the activations with ImageNet's
+    class names (nine lengths). Not a default anywhere: ``benchmarks/coop_step.py`` times it on GPUs, where
+    our grouped step ran slower than the reference at 100 classes (``docs/benchmarks.md``)."""
     blocks = transformer.resblocks
     prefix = x[:1, :length]
     prefix_inputs = []  # the prefix's normalised input to each block: its keys and values come from it
@@ -442,8 +441,6 @@ def _run_with_shared_prefix(
         prefix_inputs.append(block.ln_1(prefix))
         prefix = block(prefix, attn_mask=attn_mask[:length, :length])
     ends = eot_positions + 1
-    if group_by_length is None:  # CPUs are bound by arithmetic, accelerators by the number of small kernels
-        group_by_length = x.device.type == "cpu"
     order, features = [], []
     for end in sorted(set(ends.tolist())) if group_by_length else [int(ends.max())]:
         # one group per sequence length (no padding computed), or every sequence padded to the longest: the

@@ -84,6 +84,14 @@ class MomentumAccumulation(Callback):
         if self.offline is None and self.should_start(trainer):
             # before this step's optimizer update: the online state as the previous task left it
             self.offline = [param.detach().clone() for param in self._params]
+        self.follow_parameters()
+
+    def follow_parameters(self) -> None:
+        """Keep the offline copy on its parameters' devices: a checkpoint restores it on the CPU (for ``test``
+        and ``validate`` too, where no fit starts), and some strategies (DeepSpeed, FSDP) restore checkpoints
+        after ``on_fit_start``."""
+        if self.offline is not None and any(o.device != p.device for o, p in zip(self.offline, self._params)):
+            self.offline = [offline.to(param.device) for offline, param in zip(self.offline, self._params)]
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
@@ -95,6 +103,7 @@ class MomentumAccumulation(Callback):
     def swap(self) -> None:
         """Exchange the online and offline values in place (twice restores them)."""
         assert self.offline is not None
+        self.follow_parameters()
         with torch.no_grad():  # in-place on the parameters bumps their versions, so feature caches see it
             for offline, online in zip(self.offline, self._params):
                 saved = online.detach().clone()
@@ -123,5 +132,4 @@ class MomentumAccumulation(Callback):
         self.offline = None if offline is None else [tensor.clone() for tensor in offline]
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.offline is not None:  # restored from a checkpoint: onto the module's device
-            self.offline = [tensor.to(pl_module.device) for tensor in self.offline]
+        self.follow_parameters()  # restored from a checkpoint: onto the parameters' devices

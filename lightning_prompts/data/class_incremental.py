@@ -280,6 +280,10 @@ class ClassIncrementalDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(range(self.num_tasks))
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test images of every task (as ``test``)."""
+        return self.test_dataloader()
+
     def _eval_loader(self, tasks: Sequence[int]) -> DataLoader:
         dataset = self._subset("test", list(tasks), train=False)
         return evaluation_loader(dataset, self.eval_batch_size, self.num_workers)

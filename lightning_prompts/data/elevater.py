@@ -410,6 +410,10 @@ class ElevaterDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self._datasets["test"])
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test images (as ``test``)."""
+        return self.test_dataloader()
+
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         return evaluation_loader(dataset, self.eval_batch_size, self.num_workers)
 

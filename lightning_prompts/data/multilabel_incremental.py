@@ -266,6 +266,10 @@ class MultiLabelIncrementalDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.seen_classes(self.num_tasks - 1))
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test images of every task (as ``test``)."""
+        return self.test_dataloader()
+
     def _eval_loader(self, seen: int) -> DataLoader:
         dataset = self._subset("test", 0, seen, train=False)
         return evaluation_loader(dataset, self.eval_batch_size, self.num_workers)

@@ -590,6 +590,10 @@ class PointCloudDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test clouds (as ``test``)."""
+        return self.test_dataloader()
+
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """IDPT's sampling and augmentation on the device (see the module docstring)."""
         points = batch[POINTS].float()

@@ -47,8 +47,9 @@ def n_point_average_precision(scores: Tensor, positives: Tensor, points: int = 1
     last_of_run[:-1] = ranked[1:] != ranked[:-1]
     true_positives = torch.cumsum(hits, 0)[last_of_run]
     predicted = (torch.nonzero(last_of_run).squeeze(1) + 1).double()
-    precision = torch.cat([true_positives / predicted, torch.ones(1, dtype=torch.float64)])
-    recall = torch.cat([true_positives / true_positives[-1], torch.zeros(1, dtype=torch.float64)])
+    # the appended end point on the scores' device (a CPU constant failed every GPU evaluation of VOC 2007)
+    precision = torch.cat([true_positives / predicted, true_positives.new_ones(1)])
+    recall = torch.cat([true_positives / true_positives[-1], true_positives.new_zeros(1)])
     levels = recall_levels(points).to(scores.device)
     reaches = recall.unsqueeze(0) >= levels.unsqueeze(1)  # (points, curve points)
     return torch.where(reaches, precision.unsqueeze(0), torch.zeros_like(precision)).amax(dim=1).mean()

@@ -10,12 +10,13 @@ def kmeans(features: Tensor, clusters: int, iterations: int = 50, seed: int = 0)
     """Cluster the rows of ``features`` ``(N, D)``; return ``(labels (N,), centres (clusters, D))``.
 
     Deterministic for a seed. An emptied cluster is moved to the point farthest from its centre, so
-    every cluster keeps at least one member.
+    every cluster keeps at least one member. Runs on the CPU (its seeded generator is a CPU one) whatever
+    the device of ``features``; the labels and centres come back on the CPU.
     """
     count = features.shape[0]
     if not 1 <= clusters <= count:
         raise ValueError(f"cannot make {clusters} clusters of {count} points.")
-    points = features.detach().double()
+    points = features.detach().cpu().double()
     generator = torch.Generator().manual_seed(seed)
     first = int(torch.randint(count, (1,), generator=generator))
     centres = [points[first]]

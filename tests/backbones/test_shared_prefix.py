@@ -52,7 +52,7 @@ def build(cls, clip, **kwargs):
     ],
     ids=["coop-random", "coop-phrase", "maple", "coprompt", "dapt", "zero-shot"],
 )
-# grouped by length (the CPU default) and padded to the longest in one group (the default on GPUs)
+# grouped by length (the default) and padded to the longest in one group (timed on GPUs by coop_step.py)
 @pytest.mark.parametrize("group_by_length", [True, False], ids=["grouped", "padded"])
 def test_logits_and_context_gradients_equal_the_plain_pass(cls, kwargs, group_by_length, clips, monkeypatch):
     fast, plain = clips

@@ -109,3 +109,14 @@ def test_offline_state_round_trips_and_unknown_groups_fail(tiny_vit, trainer_kwa
     with pytest.raises(ConfigurationError, match=r"MomentumAccumulation on VPT: no parameter group \['pets'\]"):
         trainer.fit(VPT(tiny_vit, data.classnames), data)
     assert trainer.global_step == 0
+
+
+def test_the_offline_copy_follows_its_parameters_onto_their_device():
+    """A checkpoint restores the offline copy on the CPU; with the prompt on a GPU (here the meta device stands in)
+    it moves at the next swap or step instead of mixing devices (a latent failure under DeepSpeed/FSDP resume)."""
+    callback = MomentumAccumulation()
+    callback._params = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    callback.load_state_dict({"offline": [torch.ones(3)]})
+    assert callback.offline[0].device.type == "cpu"
+    callback.swap()
+    assert callback.offline[0].device.type == "meta" and callback.offline[0].shape == (3,)
