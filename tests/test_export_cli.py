@@ -110,6 +110,7 @@ def test_export_refuses_targets_it_would_damage_and_writes_nothing(tmp_path, cap
         (["--ckpt_path", str(clip_checkpoint), "--output", str(prompt), "--peft", "adapter"], "CoOp has no PEFT"),
         (["--ckpt_path", str(clip_checkpoint), "--output", str(precious)], "is a folder"),
     ]
+    cases.append((["--ckpt_path", "best", "--output", str(prompt)], "<run>/checkpoints/best.ckpt"))
     for args, culprit in cases:
         assert culprit in refused(args, capsys)
         assert not prompt.exists() and not (precious / "adapter").exists()

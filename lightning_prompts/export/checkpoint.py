@@ -15,6 +15,11 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, peft_dir: str |
     from lightning_prompts.registry import resolve_class
 
     path = Path(ckpt_path)
+    if str(ckpt_path) in ("best", "last") and not path.is_file():  # Lightning's names, which need a Trainer
+        raise ConfigurationError(
+            f"export reads a checkpoint file: --ckpt_path {ckpt_path} names one only for fit, validate, test and "
+            f"predict. Give the file, e.g. <run>/checkpoints/{ckpt_path}.ckpt."
+        )
     checkpoint = read_checkpoint(path)
     method = (checkpoint.get("lightning_prompts") or {}).get("method")
     if not method:
