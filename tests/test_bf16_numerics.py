@@ -1,6 +1,6 @@
 """Computations that must stay in fp32 under bf16 autocast (the recipes' default precision), each found by an audit
-that compared every method under ``torch.autocast("cpu", dtype=torch.bfloat16)`` with fp32. Rounding of the
-logits themselves is expected; these were rankings and differences that bf16 arithmetic made ties or noise of."""
+that compared every method under ``torch.autocast("cpu", dtype=torch.bfloat16)`` with fp32: rankings and
+differences that bf16 arithmetic made ties or noise of. The encoders' activations stay in bf16."""
 
 from __future__ import annotations
 
@@ -72,3 +72,35 @@ def test_local_prompt_scores_classes_in_fp32_under_bf16_autocast(tiny_clip):
     with torch.no_grad(), torch.autocast(**BF16):
         logits = method(images).logits
     assert logits.dtype == torch.float32
+
+
+def test_clip_similarity_logits_stay_in_fp32_and_rank_close_images_apart():
+    """A bf16 logit near 30 rounds in steps of 0.125: 64 images (bf16 features, as an encoder under autocast gives
+    them) took 21 distinct max-logits between 31 and 37, ties that OOD detection (MCM, max-logit, energy) and
+    pseudolabel confidences rank by. Every CLIP method's logits now come from one fp32 product."""
+    import torch.nn.functional as F
+
+    from lightning_prompts.utils.similarity import similarity_logits
+
+    generator = torch.Generator().manual_seed(0)
+    centre = torch.randn(1, 512, generator=generator)
+    image = F.normalize(centre + 0.3 * torch.randn(64, 512, generator=generator), dim=-1).bfloat16()
+    text = F.normalize(centre + 3 * torch.randn(10, 512, generator=generator), dim=-1).bfloat16()  # logits 31-37
+    scale = torch.tensor(100.0)
+    with torch.autocast(**BF16):
+        tied = (scale * image @ text.t()).amax(dim=-1)  # the product as autocast computes it
+        logits = similarity_logits(scale, image, text)
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, scale * (image.float() @ text.float().t()))
+    assert tied.unique().numel() == 21 and logits.amax(dim=-1).unique().numel() == 64
+
+
+def test_every_clip_method_classifies_in_fp32_under_bf16_autocast(tiny_clip):
+    from lightning_prompts.methods import CoOp, NegLabel, ZeroShotCLIP
+
+    images = torch.randn(2, 3, 32, 32)
+    methods = [CoOp(tiny_clip, ["cat", "dog"], n_ctx=2), ZeroShotCLIP(tiny_clip, ["cat", "dog"])]
+    methods.append(NegLabel(tiny_clip, ["cat", "dog"], negative_labels=["stone", "cloud", "river"], negative_groups=1))
+    for method in methods:
+        with torch.no_grad(), torch.autocast(**BF16):
+            assert method.eval()(images).logits.dtype == torch.float32, type(method).__name__

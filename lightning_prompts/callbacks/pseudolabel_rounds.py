@@ -50,6 +50,7 @@ from lightning_prompts.data.pseudolabels import official_subset
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.registry import register_callback
+from lightning_prompts.utils.similarity import similarity_logits
 
 _DEFAULT_ROUNDS = {"fpl": 1, "ifpl": 10, "grip": 10}
 
@@ -256,8 +257,8 @@ class PseudoLabelRounds(Callback):
         if text is None:
             return restrict_to_classes(module.forward_batch(batch).logits, classes).cpu()
         image = batch[IMAGE_FEATURES] if IMAGE_FEATURES in batch else module.frozen_image_features(batch[IMAGE])
-        logits = module.logit_scale * image @ text.t().to(image.dtype)
-        return logits.float().softmax(dim=-1).cpu()
+        logits = similarity_logits(module.logit_scale, image, text)
+        return logits.softmax(dim=-1).cpu()
 
     def _report(self, trainer: Trainer, datamodule: Any, round_index: int) -> None:
         truth = [int(datamodule.pseudolabel_partition.unlabelled[i].label) for i in self.indices]

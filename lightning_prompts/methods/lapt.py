@@ -51,6 +51,7 @@ from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.negative_labels import read_word_list
 from lightning_prompts.prompts.text_context import ClassContextPrompt
 from lightning_prompts.registry import register_method
+from lightning_prompts.utils.similarity import similarity_logits
 
 #: CLIP's seven-template ensemble for ImageNet.
 SEVEN_TEMPLATES = (
@@ -182,7 +183,7 @@ class LAPT(CoOp):
         compare with the classes' frozen features), the negatives' rows are kept for the mixing loss."""
         text = self.encode_class_prompts()
         self._scored_text = text
-        logits = self.logit_scale * image @ text.t().to(image.dtype)
+        logits = similarity_logits(self.logit_scale, image, text)
         return PromptOutput(logits=logits, image_features=image, text_features=text[: len(self.classnames)])
 
     # -- training: cross-modal mixing ------------------------------------------------------------------

@@ -48,6 +48,7 @@ from lightning_prompts.methods.base import CLIPPromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.text_context import ClassContextPrompt
 from lightning_prompts.registry import register_method
+from lightning_prompts.utils.similarity import similarity_logits
 
 
 def regional_contrast_loss(
@@ -190,9 +191,9 @@ class LocalPrompt(CLIPPromptModule):
         scale = self.logit_scale
         global_text = self.frozen_text_features()
         local_text = self.encode_class_prompts()
-        global_logits = scale * global_features @ global_text.t().to(global_features.dtype)
-        local_logits = scale * local @ local_text.t().to(local.dtype)
-        negative_logits = scale * local @ self.negative_text_features().t().to(local.dtype)
+        global_logits = similarity_logits(scale, global_features, global_text)
+        local_logits = similarity_logits(scale, local, local_text)
+        negative_logits = similarity_logits(scale, local, self.negative_text_features())
         k = min(self.test_top_k, local.shape[1])
         # in fp32: under bf16 autocast the log-sum-exp (about log k) rounds in steps larger than the classes' gaps,
         # and a third of the rows tied at the top over 1,000 classes

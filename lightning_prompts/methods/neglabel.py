@@ -32,6 +32,7 @@ from lightning_prompts.methods.zero_shot_clip import ZeroShotCLIP
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.negative_labels import mine_negative_labels, read_word_list
 from lightning_prompts.registry import register_method
+from lightning_prompts.utils.similarity import similarity_logits
 
 
 @register_method(
@@ -100,7 +101,7 @@ class NegLabel(ZeroShotCLIP):
         """Logits over the ID classes, then over the negative labels (the evaluator reads the ID columns);
         ``text_features`` stay the ID classes'."""
         output = super().classify_features(image)
-        negatives = self.logit_scale * image @ self.negative_text_features().t().to(image.dtype)
+        negatives = similarity_logits(self.logit_scale, image, self.negative_text_features())
         return dataclasses.replace(output, logits=torch.cat([output.logits, negatives], dim=-1))
 
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:

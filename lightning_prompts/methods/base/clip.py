@@ -31,6 +31,7 @@ from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base.fields import provides
 from lightning_prompts.methods.base.module import PromptModule
 from lightning_prompts.outputs import PromptOutput
+from lightning_prompts.utils.similarity import similarity_logits
 
 
 @torch.no_grad()
@@ -147,7 +148,7 @@ class CLIPPromptModule(PromptModule):
     def classify_features(self, image: Tensor) -> PromptOutput:
         """The output for L2-normalised image features ``(B, D)``."""
         text = self.encode_class_prompts()
-        logits = self.logit_scale * image @ text.t().to(image.dtype)
+        logits = similarity_logits(self.logit_scale, image, text)
         return PromptOutput(logits=logits, image_features=image, text_features=text)
 
     def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
