@@ -28,7 +28,12 @@ def overlay_for(recipe: Path) -> Path:
 
 
 # recipes that take an evaluation path their folder's pick does not: ELEVATER's only multi-label set (11-point mAP)
-OTHER_EVALUATION_PATHS = [RECIPES / "mvlpt" / "target_elevater_voc2007.yaml"]
+# and its mean-per-class accuracy; the OOD evaluator after training (the testbed's CoOp)
+OTHER_EVALUATION_PATHS = [
+    RECIPES / "mvlpt" / "target_elevater_voc2007.yaml",
+    RECIPES / "mvlpt" / "target_elevater_mean_per_class.yaml",
+    RECIPES / "testbed" / "ood_coop.yaml",
+]
 
 
 def one_per_folder_and_method(keep=lambda recipe: True) -> list[Path]:

@@ -91,7 +91,10 @@ class MomentumAccumulation(Callback):
         and ``validate`` too, where no fit starts), and some strategies (DeepSpeed, FSDP) restore checkpoints
         after ``on_fit_start``."""
         if self.offline is not None and any(o.device != p.device for o, p in zip(self.offline, self._params)):
-            self.offline = [offline.to(param.device) for offline, param in zip(self.offline, self._params)]
+            # outside inference mode: tensors made under `validate`/`test` could not take the EMA's in-place updates
+            with torch.inference_mode(False):
+                pairs = zip(self.offline, self._params, strict=True)
+                self.offline = [offline.to(param.device) for offline, param in pairs]
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:

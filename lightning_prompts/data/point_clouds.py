@@ -591,7 +591,7 @@ class PointCloudDataModule(LightningDataModule):
         return self._loader("test", False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test clouds (as ``test``)."""
+        """The test clouds (as ``test``, without its voting over ``test_votes`` augmented copies)."""
         return self.test_dataloader()
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
