@@ -26,12 +26,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_prompts.batch import CAPTION, IMAGE, INDEX
 from lightning_prompts.data.image_datamodule import Synthetic, _synthetic_root
 from lightning_prompts.data.images import ImageItem, load_rgb, verify_images
-from lightning_prompts.data.processes import evaluation_loader, process_count_and_rank
+from lightning_prompts.data.processes import evaluation_loader
 from lightning_prompts.data.synthetic import classnames_for, write_image
 from lightning_prompts.data.text import read_records
 from lightning_prompts.data.transforms import build_transform
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
+from lightning_prompts.utils.distributed import process_count_and_rank
 from lightning_prompts.utils.resources import resolve_path
 
 

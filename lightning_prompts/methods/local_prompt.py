@@ -195,10 +195,10 @@ class LocalPrompt(CLIPPromptModule):
         local_logits = similarity_logits(scale, local, local_text)
         negative_logits = similarity_logits(scale, local, self.negative_text_features())
         k = min(self.test_top_k, local.shape[1])
-        # in fp32: under bf16 autocast the log-sum-exp (about log k) rounds in steps larger than the classes' gaps,
-        # and a third of the rows tied at the top over 1,000 classes
-        regional = (local_logits.float() / scale / self.temperature).topk(k, dim=1).values  # (B, k, C)
-        logits = global_logits.float() / scale + torch.logsumexp(regional, dim=1) - math.log(k)
+        # the logits are fp32 (similarity_logits): under bf16 the log-sum-exp (about log k) rounded in steps larger
+        # than the classes' gaps, and a third of the rows tied at the top over 1,000 classes
+        regional = (local_logits / scale / self.temperature).topk(k, dim=1).values  # (B, k, C)
+        logits = global_logits / scale + torch.logsumexp(regional, dim=1) - math.log(k)
         extras = {
             "global_logits": global_logits,
             "local_logits": local_logits,
