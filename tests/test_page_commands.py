@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import docs_commands
 from test_recipes import overlay_for
 
@@ -62,3 +63,24 @@ def test_the_page_command_runs(case, tmp_path, monkeypatch, request):
     assert cli.trainer.state.finished
     metrics = cli.trainer.callback_metrics
     assert ("train/loss" in metrics) if subcommand == "fit" else any(name.startswith("test/") for name in metrics)
+
+
+OVERLAY_COMMANDS = [
+    command
+    for command in docs_commands(ROOT / "docs" / "recipes.md")
+    if command[0] == "fit" and any(word.startswith("recipes/_tiny/") for word in command)
+]
+
+
+@pytest.mark.parametrize("command", OVERLAY_COMMANDS, ids=lambda command: " ".join(command[2:5:2]))
+def test_the_recipes_pages_tiny_overlay_commands_run_as_written(command, tmp_path, monkeypatch):
+    """docs/recipes.md's commands already name their overlay: they run as the page gives them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    cli = run_cli([*command, "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert cli.trainer.state.finished and cli.trainer.global_step >= 1
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_the_recipes_page_shows_an_overlay_command_per_family():
+    assert len(OVERLAY_COMMANDS) >= 6

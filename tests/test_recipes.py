@@ -13,18 +13,24 @@ import torch
 
 from lightning_prompts import registry
 from lightning_prompts.cli import run_cli
-from lightning_prompts.recipes import expand_config_args, find_recipes, merged_section, model_class
+from lightning_prompts.recipes import expand_config_args, expand_file, find_recipes, merged_section, model_class
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 FILES = find_recipes(RECIPES)
 
 
 def overlay_for(recipe: Path) -> Path:
-    """The tiny overlay of the recipe's method (its registry entry says which), or the one for the recipe's
-    sub-folder when there is one (``_tiny/<overlay>_<sub-folder>.yaml``: other data, e.g. molecules)."""
+    """The most specific tiny overlay of the recipe's method (its registry entry names the overlay): the one for a
+    data base the recipe extends in its folder (``_tiny/<overlay>_<base>.yaml`` for ``extends: [_<base>.yaml]``:
+    HetGPT's DBLP and IMDB schemas), else the one for its sub-folder (``_tiny/<overlay>_<sub-folder>.yaml``: other
+    data, e.g. molecules), else the method's own."""
     entry = registry.get(model_class(recipe))
-    specific = RECIPES / "_tiny" / f"{entry.overlay}_{recipe.parent.name}.yaml"
-    return specific if specific.is_file() else RECIPES / "_tiny" / f"{entry.overlay}.yaml"
+    bases = [path.stem.lstrip("_") for path in expand_file(recipe)[:-1] if path.parent == recipe.parent]
+    for name in [*bases, recipe.parent.name]:
+        specific = RECIPES / "_tiny" / f"{entry.overlay}_{name}.yaml"
+        if specific.is_file():
+            return specific
+    return RECIPES / "_tiny" / f"{entry.overlay}.yaml"
 
 
 # recipes that take an evaluation path their folder's pick does not: ELEVATER's only multi-label set (11-point mAP)
@@ -34,6 +40,9 @@ OTHER_EVALUATION_PATHS = [
     RECIPES / "mvlpt" / "target_elevater_mean_per_class.yaml",
     RECIPES / "testbed" / "ood_coop.yaml",
 ]
+# recipes whose data the pick does not tell apart from their folder's (same data module) but whose overlay differs:
+# HetGPT on DBLP's and IMDB's schemas (their metapaths name node types ACM lacks)
+OTHER_SCHEMAS = [RECIPES / "hetgpt" / "dblp_5shot.yaml", RECIPES / "hetgpt" / "imdb_5shot.yaml"]
 
 
 def one_per_folder_and_method(keep=lambda recipe: True) -> list[Path]:
@@ -47,9 +56,9 @@ def one_per_folder_and_method(keep=lambda recipe: True) -> list[Path]:
 
 
 def recipes_to_fit() -> list[Path]:
-    """:func:`one_per_folder_and_method` and :data:`OTHER_EVALUATION_PATHS`."""
+    """:func:`one_per_folder_and_method`, :data:`OTHER_EVALUATION_PATHS` and :data:`OTHER_SCHEMAS`."""
     picked = one_per_folder_and_method()
-    return picked + [recipe for recipe in OTHER_EVALUATION_PATHS if recipe not in picked]
+    return picked + [recipe for recipe in OTHER_EVALUATION_PATHS + OTHER_SCHEMAS if recipe not in picked]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +74,15 @@ def test_recipe_parses(recipe, parser):
     method = config.fit.model.class_path.rpartition(".")[2]
     assert registry.get(method).kind in ("method", "pretraining")
     assert overlay_for(recipe).is_file()
+
+
+def test_the_overlay_is_the_data_bases_then_the_folders_then_the_methods():
+    tiny = RECIPES / "_tiny"
+    assert overlay_for(RECIPES / "hetgpt" / "dblp_5shot.yaml") == tiny / "hetero_dblp.yaml"
+    assert overlay_for(RECIPES / "hetgpt" / "imdb_pretrain.yaml") == tiny / "hetero_imdb.yaml"
+    assert overlay_for(RECIPES / "hetgpt" / "acm_5shot.yaml") == tiny / "hetero.yaml"
+    assert overlay_for(RECIPES / "relief" / "node" / "cora_gppt.yaml") == tiny / "relief_node.yaml"
+    assert overlay_for(RECIPES / "coop" / "caltech101.yaml") == tiny / "clip.yaml"
 
 
 def test_no_yaml_file_under_recipes_gives_a_key_twice():

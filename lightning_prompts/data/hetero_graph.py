@@ -26,11 +26,33 @@ from lightning_prompts.registry import register_datamodule
 
 
 class HeteroSBM:
-    """A generated heterogeneous graph: ``papers`` target nodes in ``num_classes`` communities, ``authors`` and
-    ``subjects`` attached mostly within a community, weak class-shifted features (the testbed's stand-in for ACM).
+    """A generated heterogeneous graph: nodes of every type in ``num_classes`` communities (node ``i`` of a type is
+    in community ``i % num_classes``), links drawn mostly within a community, weak class-shifted features; the
+    target type carries the community as its label ``y``.
 
-    ``dataset[0]`` is the ``HeteroData`` (node types ``paper``, ``author``, ``subject``; edge types
-    ``paper–author`` and ``paper–subject`` in both directions).
+    The default schema is the testbed's stand-in for ACM: ``papers`` target nodes, ``authors`` and ``subjects``,
+    each paper linked to 3 authors and 1 subject, both directions typed ``to``. ``nodes``, ``relations`` and
+    ``target`` give any other schema (the tiny overlays for DBLP's and IMDB's recipes name theirs), e.g.::
+
+        HeteroSBM(nodes={"author": 40, "paper": 60, "venue": 4}, target="author", featureless=["venue"],
+                  relations=[{"edge": ["author", "to", "paper"], "links": 2, "reverse": "to"},
+                             {"edge": ["paper", "to", "venue"], "links": 1, "reverse": "to"}])
+
+    Args:
+        papers, authors, subjects: node counts of the default schema (ignored when ``nodes`` is given).
+        num_classes: communities.
+        features: feature size of every node type except ``featureless``.
+        within: probability that a link stays within the source node's community.
+        shift: added to feature ``c`` of a community-``c`` node.
+        seed: seed of every draw.
+        nodes: node type → count, in the order their features are drawn.
+        relations: ``{"edge": [source, relation, destination], "links": k, "reverse": name}``: every source node
+            links to ``k`` destination nodes; ``reverse`` (optional) names the reversed edge type.
+        target: the labelled node type.
+        featureless: node types without ``x`` (as HGB's DBLP venues and IMDB keywords: the data module gives them
+            one constant feature).
+
+    ``dataset[0]`` is the ``HeteroData``.
     """
 
     def __init__(
@@ -43,36 +65,85 @@ class HeteroSBM:
         within: float = 0.9,
         shift: float = 0.3,
         seed: int = 0,
+        nodes: dict[str, int] | None = None,
+        relations: list[dict[str, Any]] | None = None,
+        target: str = "paper",
+        featureless: list[str] | None = None,
     ) -> None:
         from torch_geometric.data import HeteroData
 
+        if nodes is None:
+            nodes = {"paper": papers, "author": authors, "subject": subjects}
+        if relations is None:
+            relations = [
+                {"edge": ["paper", "to", "author"], "links": 3, "reverse": "to"},
+                {"edge": ["paper", "to", "subject"], "links": 1, "reverse": "to"},
+            ]
+        featureless = list(featureless or [])
+        self._check_schema(nodes, relations, target, featureless, num_classes, features)
         generator = torch.Generator().manual_seed(seed)
-        labels = torch.arange(papers) % num_classes
-        author_class = torch.arange(authors) % num_classes
-        subject_class = torch.arange(subjects) % num_classes
+        classes = {name: torch.arange(count) % num_classes for name, count in nodes.items()}
         data = HeteroData()
-        for name, count, classes in (("paper", papers, labels), ("author", authors, author_class),
-                                     ("subject", subjects, subject_class)):  # fmt: skip
+        for name, count in nodes.items():
+            if name in featureless:
+                data[name].num_nodes = count
+                continue
             x = torch.randn(count, features, generator=generator)
-            x[torch.arange(count), classes] += shift
+            x[torch.arange(count), classes[name]] += shift
             data[name].x = x
-        data["paper"].y = labels
-        for other, count, classes, links in (
-            ("author", authors, author_class, 3),
-            ("subject", subjects, subject_class, 1),
-        ):
-            source, target = [], []
-            for paper in range(papers):
-                same = torch.rand(links, generator=generator) < within
-                pool_same = torch.nonzero(classes == labels[paper]).view(-1)
+        data[target].y = classes[target]
+        for relation in relations:
+            source_type, name, destination_type = relation["edge"]
+            source_classes, destination_classes = classes[source_type], classes[destination_type]
+            source, destination = [], []
+            for node in range(nodes[source_type]):
+                same = torch.rand(relation["links"], generator=generator) < within
+                pool_same = torch.nonzero(destination_classes == source_classes[node]).view(-1)
                 for is_same in same.tolist():
-                    pool = pool_same if is_same else torch.arange(count)
-                    source.append(paper)
-                    target.append(int(pool[torch.randint(len(pool), (1,), generator=generator)]))
-            edges = torch.tensor([source, target])
-            data["paper", "to", other].edge_index = edges
-            data[other, "to", "paper"].edge_index = edges.flip(0)
+                    pool = pool_same if is_same else torch.arange(nodes[destination_type])
+                    source.append(node)
+                    destination.append(int(pool[torch.randint(len(pool), (1,), generator=generator)]))
+            edges = torch.tensor([source, destination])
+            data[source_type, name, destination_type].edge_index = edges
+            if relation.get("reverse") is not None:
+                data[destination_type, relation["reverse"], source_type].edge_index = edges.flip(0)
         self.data = data
+
+    @staticmethod
+    def _check_schema(
+        nodes: dict[str, int],
+        relations: list[dict[str, Any]],
+        target: str,
+        featureless: list[str],
+        num_classes: int,
+        features: int,
+    ) -> None:
+        if target not in nodes:
+            raise DatasetError(f"target {target!r} is not one of the generated node types ({list(nodes)}).")
+        if target in featureless:
+            raise DatasetError(f"the target type {target!r} cannot be featureless.")
+        if features < num_classes:
+            raise DatasetError(f"features ({features}) must be at least num_classes ({num_classes}): feature c "
+                               "carries community c's shift.")  # fmt: skip
+        for name, count in nodes.items():
+            if count < num_classes:
+                raise DatasetError(f"{count} {name!r} nodes cannot hold {num_classes} communities.")
+        for name in featureless:
+            if name not in nodes:
+                raise DatasetError(f"featureless type {name!r} is not one of the node types ({list(nodes)}).")
+        for relation in relations:
+            unknown = set(relation) - {"edge", "links", "reverse"}
+            if unknown:
+                raise DatasetError(f"relation {relation}: unknown keys {sorted(unknown)} (edge, links, reverse).")
+            edge = relation.get("edge")
+            if not isinstance(edge, (list, tuple)) or len(edge) != 3 or not all(isinstance(e, str) for e in edge):
+                raise DatasetError(f"relation {relation}: edge must be [source, relation, destination].")
+            for end in (edge[0], edge[2]):
+                if end not in nodes:
+                    raise DatasetError(f"relation {list(edge)}: {end!r} is not one of the node types ({list(nodes)}).")
+            links = relation.get("links")
+            if not isinstance(links, int) or isinstance(links, bool) or links < 1:
+                raise DatasetError(f"relation {list(edge)}: links must be a positive integer, not {links!r}.")
 
     def __len__(self) -> int:
         return 1
@@ -89,7 +160,8 @@ class HeteroGraphDataModule(LightningDataModule):
         dataset: a PyG heterogeneous dataset, or ``{"class_path": "HGBDataset", "init_args": {"root": "data/hgb",
             "name": "acm"}}`` (only ``torch_geometric.datasets`` classes are built from a config), or
             :class:`HeteroSBM`.
-        synthetic: :class:`HeteroSBM` arguments instead of ``dataset`` (tests, tiny overlays, the testbed).
+        synthetic: :class:`HeteroSBM` arguments instead of ``dataset`` (tests, tiny overlays, the testbed); its
+            labelled type is ``target`` unless the arguments name another.
         target: the node type to classify (ACM ``paper``, DBLP ``author``, IMDB ``movie``).
         shots, val_shots: labelled nodes per class for training and validation (HetGPT: 1, 5 or 20 shots).
         seed: seed of the draw.
@@ -111,7 +183,10 @@ class HeteroGraphDataModule(LightningDataModule):
         super().__init__()
         if (dataset is None) == (synthetic is None):
             raise DatasetError("give either dataset (a PyG heterogeneous dataset) or synthetic (HeteroSBM arguments).")
-        self.dataset = HeteroSBM(**synthetic) if synthetic is not None else instantiate_dataset(dataset)
+        if synthetic is not None:
+            self.dataset = HeteroSBM(**{"target": target, **synthetic})
+        else:
+            self.dataset = instantiate_dataset(dataset)
         self.graph = self.dataset[0]
         if target not in self.graph.node_types:
             raise DatasetError(f"target {target!r} is not a node type of the graph ({self.graph.node_types}).")
