@@ -17,6 +17,12 @@ while the graph is alive, the model's own weights left out; deterministic on any
     python benchmarks/coop_step.py                      # 100 and 1000 classes, CoOp; MaPLe at 100
     python benchmarks/coop_step.py --classes 100 --methods coop --rounds 2
     python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --peak-memory   # GPU check
+    python benchmarks/coop_step.py --classes 100 --methods coop --rounds 1 --count-ops      # kernel launches
+
+``--count-ops`` also prints ``dispatched_ops_<C>``: the operations one step dispatches (forward and backward,
+views left out; ``benchmarks/dispatched_ops.py``) for the reference, ours, ours in one padded group and ours
+without the shared prefix, the count a GPU pays per launch when its kernels are too small to keep it busy.
+On CUDA the last two variants are timed too (``grouped_over_padded_<C>``, ``shared_over_plain_<C>``).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from saved_memory import saved_bytes  # benchmarks/saved_memory.py (the script's folder is on the path)
+from dispatched_ops import dispatched_ops  # benchmarks/dispatched_ops.py (the script's folder is on the path)
+from saved_memory import saved_bytes  # benchmarks/saved_memory.py
 
 from lightning_prompts.backbones import OpenCLIP
 from lightning_prompts.backbones import open_clip as open_clip_module
@@ -116,6 +123,20 @@ def padded(logits_fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     return one_group
 
 
+def without_shared_prefix(logits_fn: Callable[[], torch.Tensor], clip: OpenCLIP) -> Callable[[], torch.Tensor]:
+    """``logits_fn`` with the text pass cut at the last end-of-text token but the shared prefix not run apart
+    (``OpenCLIP(shared_prefix=False)``): every class's positions up to it through the plain blocks."""
+
+    def plain() -> torch.Tensor:
+        clip.shared_prefix = False
+        try:
+            return logits_fn()
+        finally:
+            clip.shared_prefix = True
+
+    return plain
+
+
 def peak_cuda_memory(label: str, train_step: Callable[[], None], args: argparse.Namespace) -> None:
     """Our step's peak of allocated CUDA memory (weights and batch included), and whether the step runs with
     PyTorch's allocator held to ``--memory-cap-gib`` (cuDNN and cuBLAS pick smaller workspaces there). The
@@ -161,6 +182,7 @@ def compare(method_name: str, classes: int, args: argparse.Namespace, clip: Open
     ours = lambda: method.compute_output({"image": images}).logits  # noqa: E731
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: both sides keep evaluating the same prompt
+    suffix = "" if method_name == "coop" else f"_{method_name}"
     difference = float("nan")
     if not args.skip_reference:
         with torch.no_grad():
@@ -170,17 +192,28 @@ def compare(method_name: str, classes: int, args: argparse.Namespace, clip: Open
             name: saved_bytes(lambda fn=fn: F.cross_entropy(fn(), labels), method)
             for name, fn in (("reference", reference), ("ours", ours))
         }
-        suffix = "" if method_name == "coop" else "_" + method_name
         print(
             f"{method_name} {classes} classes: saved for backward: reference {memory['reference'] / 2**30:.2f} "
             f"GiB, ours {memory['ours'] / 2**30:.2f} GiB",
             flush=True,
         )
         print(f"mem_ratio_{classes}{suffix}: {memory['reference'] / memory['ours']:.1f}", flush=True)
-    times: dict[str, list[float]] = {"reference": [], "ours": [], "ours, one padded group": []}
     variants = [("reference", reference), ("ours", ours)]
-    if args.device != "cpu":  # fewer kernel launches, more activations: which wins on a GPU is not known yet
-        variants.append(("ours, one padded group", padded(ours)))
+    # fewer kernel launches, more activations and arithmetic: which wins on a GPU is not known yet
+    others = [
+        ("ours, one padded group", padded(ours)),
+        ("ours without the shared prefix", without_shared_prefix(ours, clip)),
+    ]
+    if args.count_ops:
+        counts = {name: sum(dispatched_ops(lambda fn=fn: F.cross_entropy(fn(), labels)).values())
+                  for name, fn in variants + others
+                  if not (args.skip_reference and name == "reference")}  # fmt: skip
+        print(f"dispatched_ops_{classes}{suffix}: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+              + " (per train step, views left out)", flush=True)  # fmt: skip
+        method.zero_grad(set_to_none=True)
+    if args.device != "cpu":
+        variants += others
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
     for round_index in range(args.rounds + 1):  # round 0 warms up
         for name, fn in variants:
             if args.skip_reference and name == "reference":
@@ -190,15 +223,19 @@ def compare(method_name: str, classes: int, args: argparse.Namespace, clip: Open
                 times[name].append(seconds)
             print(f"  round {round_index}{' (warm-up)' if not round_index else ''}: {name} {seconds:.2f} s", flush=True)
         gc.collect()
-    suffix = "" if method_name == "coop" else f"_{method_name}"
     if args.peak_memory and args.device == "cuda":
         peak_cuda_memory(f"{classes}{suffix}", lambda: step(ours, labels, optimizer), args)
     if times["reference"]:
         ratio = statistics.median(times["reference"]) / statistics.median(times["ours"])
         print(f"ratio_{classes}{suffix}: {ratio:.1f}", flush=True)
-    if times["ours, one padded group"]:
+    if times.get("ours, one padded group"):
         ratio = statistics.median(times["ours"]) / statistics.median(times["ours, one padded group"])
         print(f"grouped_over_padded_{classes}{suffix}: {ratio:.2f} (our step's time, grouped / padded)", flush=True)
+    if times.get("ours without the shared prefix"):
+        ratio = statistics.median(times["ours"]) / statistics.median(times["ours without the shared prefix"])
+        print(
+            f"shared_over_plain_{classes}{suffix}: {ratio:.2f} (our step's time, shared prefix / without)", flush=True
+        )
     print(f"logits_difference_{classes}{suffix}: {difference:.1e} (relative)", flush=True)
 
 
@@ -215,6 +252,9 @@ def main() -> None:
     parser.add_argument("--memory-cap-gib", type=float, default=16.0, help="CUDA: the GPU size to check ours fits")
     parser.add_argument("--skip-reference", action="store_true", help="time ours only (memory is still counted)")
     parser.add_argument("--skip-memory", action="store_true", help="do not count the saved activations")
+    parser.add_argument(
+        "--count-ops", action="store_true", help="print each variant's dispatched operations per step (views left out)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

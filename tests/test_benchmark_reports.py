@@ -90,3 +90,16 @@ def test_saved_bytes_counts_what_a_step_keeps_and_then_frees_it(monkeypatch):
     assert saved_bytes(loss, layer) == 2 * 32 * 64 * 4
     gc.collect()
     assert outputs[0]() is None
+
+
+def test_dispatched_ops_counts_forward_and_backward_kernels_not_views():
+    """benchmarks/dispatched_ops.py, whose counts coop_step.py --count-ops prints."""
+    import torch
+
+    dispatched_ops = runpy.run_path(str(BENCHMARKS / "dispatched_ops.py"))["dispatched_ops"]
+    weights = torch.randn(3, 4, requires_grad=True)
+    counts = dispatched_ops(lambda: (weights.view(12).t().exp() * 2).sum())
+    # forward: exp, mul, sum; backward: the seed gradient (ones_like), sum's expand (a view), mul by 2, mul by
+    # exp's output; the views (view, t, expand) launch nothing
+    assert counts == {"exp": 1, "mul": 3, "sum": 1, "ones_like": 1}
+    assert weights.grad is not None and torch.allclose(weights.grad, 2 * weights.detach().exp())

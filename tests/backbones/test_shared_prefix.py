@@ -115,3 +115,24 @@ def test_it_is_not_taken_where_it_would_not_be_exact(clips):
             return hidden
 
     assert fast.shared_prefix_length(prompts, eot, Branch()) == 0  # a hook that changes more than tokens
+
+
+def test_the_command_line_turns_the_shared_prefix_off_as_docs_benchmarks_md_says(tmp_path, monkeypatch):
+    """docs/benchmarks.md suggests ``--model.init_args.backbone.init_args.shared_prefix false`` on GPUs with few
+    classes: it reaches the backbone and the plain pass runs."""
+    from pathlib import Path
+
+    from lightning_prompts.cli import run_cli
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    calls = []
+    original = open_clip_module._run_with_shared_prefix
+    monkeypatch.setattr(
+        open_clip_module, "_run_with_shared_prefix", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    args = ["fit", "--config", str(recipes / "coop" / "caltech101.yaml"),
+            "--config", str(recipes / "_tiny" / "clip.yaml"), "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert run_cli(args).model.backbone.shared_prefix and calls  # on by default
+    calls.clear()
+    cli = run_cli([*args, "--model.init_args.backbone.init_args.shared_prefix", "false"])
+    assert cli.model.backbone.shared_prefix is False and not calls and cli.trainer.state.finished

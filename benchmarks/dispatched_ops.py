@@ -1,0 +1,44 @@
+"""Operations a training step dispatches to PyTorch's kernels (shared by the benchmarks).
+
+Counted with a ``TorchDispatchMode`` over the forward and the backward, views and other metadata-only
+operations (``view``, ``transpose``, ``expand``, …: no kernel runs) left out. Deterministic on any machine.
+On a GPU whose kernels are too small to keep it busy, a step costs about its launch count times the
+per-operation overhead of PyTorch (tens of microseconds from Python), whatever the arithmetic: the count
+is then the step's cost, which a CPU timing cannot show.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# aten operations that only make a new view or read metadata: no kernel is launched for them
+METADATA_ONLY = frozenset(
+    {
+        "_reshape_alias", "_unsafe_view", "alias", "as_strided", "chunk", "detach", "expand", "narrow", "permute",
+        "reshape", "select", "slice", "split", "split_with_sizes", "squeeze", "t", "transpose", "unbind",
+        "unsqueeze", "view",
+    }
+)  # fmt: skip
+
+
+class _Counting(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def dispatched_ops(loss_fn: Callable[[], torch.Tensor]) -> Counter[str]:
+    """Per aten operation (``"mm"``, ``"add"``…), how often ``loss_fn()`` and its backward ran it, views left
+    out. ``sum(...values())`` is the step's kernel count."""
+    counting = _Counting()
+    with counting:
+        loss_fn().backward()
+    return Counter({name: count for name, count in counting.counts.items() if name not in METADATA_ONLY})
