@@ -225,3 +225,33 @@ def test_the_devices_page_precision_commands_run_on_cpu(tmp_path):
                        "--trainer.default_root_dir", str(tmp_path / str(index))])  # fmt: skip
         precision = rest[rest.index("--trainer.precision") + 1]
         assert cli.trainer.precision == precision and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_ddp_pretraining_validates_with_the_first_processs_batchnorm_statistics(tmp_path):
+    """Point-MAE pre-training's mini-PointNet holds BatchNorm: under DDP each process updated its statistics from
+    its own share of the batch, and validated with them. Every process now validates with the first process's
+    (those the checkpoint and the exported encoder keep)."""
+    import json
+
+    from lightning_prompts.backbones.point_mae import PointMAE
+    from lightning_prompts.data.point_clouds import PointCloudDataModule
+    from lightning_prompts.pretraining.point_mae import PointMAEPretraining
+
+    class RecordStatistics(Callback):  # after the epoch-start hooks: what each process validates with
+        def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+            if batch_idx == 0:
+                norm = module.encoder.encoder.first_conv[1]
+                record = {"mean": norm.running_mean.tolist(), "var": norm.running_var.tolist()}
+                (tmp_path / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+    torch.manual_seed(0)
+    module = PointMAEPretraining(PointMAE(num_patches=8, patch_size=8, width=16, depth=2, num_heads=2))
+    data = PointCloudDataModule("shapes", num_points=64, shapes_per_class=4, shapes_test_per_class=1, batch_size=4)
+    trainer = Trainer(strategy="ddp_fork", devices=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, max_epochs=1,
+                      limit_train_batches=2, limit_val_batches=1, callbacks=[RecordStatistics()],
+                      default_root_dir=str(tmp_path))  # fmt: skip
+    trainer.fit(module, data)
+    first, second = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    assert first["mean"] != [0.0] * len(first["mean"])  # training moved them
+    assert first == second

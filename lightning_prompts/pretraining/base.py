@@ -2,7 +2,8 @@
 
 Each trains a copy of a backbone's encoder under its own objective; this base holds the rest: the optimizer
 from a factory (a YAML ``class_path``/``init_args`` or a callable, described in the hyperparameters), the
-``val/loss`` checkpoint monitor, and writing the encoder to ``encoder_path`` when ``fit`` ends (rank zero) in
+``val/loss`` checkpoint monitor, the first process's BatchNorm statistics in every process before an evaluation
+(under DDP), and writing the encoder to ``encoder_path`` when ``fit`` ends (rank zero) in
 the format the matching backbone loads (:meth:`EncoderPretraining.export_encoder`). Checkpoints hold the random
 generators' states, restored when ``fit`` resumes, so a resumed run equals the uninterrupted one.
 """
@@ -17,6 +18,7 @@ from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 
 from lightning_prompts.methods.base.reproducibility import restore_rng_state, rng_state
+from lightning_prompts.utils.distributed import share_batchnorm_statistics
 from lightning_prompts.utils.factories import as_factory, describe_factory
 from lightning_prompts.utils.tensor_files import save_atomically
 
@@ -52,6 +54,14 @@ class EncoderPretraining(LightningModule):
         state = checkpoint.get("pretraining_rng")
         if state and self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: continue exactly
             restore_rng_state(state)
+
+    def on_validation_epoch_start(self) -> None:
+        # under DDP each process updates its BatchNorm statistics from its own share of every batch (GIN's, the
+        # mini-PointNet's): validate with the first process's, which the checkpoint and the exported encoder keep
+        share_batchnorm_statistics(self)
+
+    def on_test_epoch_start(self) -> None:
+        share_batchnorm_statistics(self)
 
     def on_fit_end(self) -> None:
         if self.encoder_path and self.trainer.is_global_zero:
