@@ -25,8 +25,11 @@ def overlay_for(recipe: Path) -> Path:
     HetGPT's DBLP and IMDB schemas), else the one for its sub-folder (``_tiny/<overlay>_<sub-folder>.yaml``: other
     data, e.g. molecules), else the method's own."""
     entry = registry.get(model_class(recipe))
-    bases = [path.stem.lstrip("_") for path in expand_file(recipe)[:-1] if path.parent == recipe.parent]
-    for name in [*bases, recipe.parent.name]:
+    # expand_file lists the most general base first: the nearest base (the one the recipe names) is tried first
+    bases = [
+        path.stem[1:] for path in expand_file(recipe)[:-1] if path.parent == recipe.parent and path.stem[:1] == "_"
+    ]
+    for name in [*reversed(bases), recipe.parent.name]:
         specific = RECIPES / "_tiny" / f"{entry.overlay}_{name}.yaml"
         if specific.is_file():
             return specific
@@ -85,6 +88,19 @@ def test_the_overlay_is_the_data_bases_then_the_folders_then_the_methods():
     assert overlay_for(RECIPES / "coop" / "caltech101.yaml") == tiny / "clip.yaml"
 
 
+def test_the_nearest_data_base_overlay_wins_over_a_more_general_one(tmp_path, monkeypatch):
+    """lae/cifar100_adapter.yaml extends _cifar100.yaml, which extends _defaults.yaml: with overlays for both, the
+    nearer base's is taken."""
+    recipe = RECIPES / "lae" / "cifar100_adapter.yaml"
+    (tmp_path / "_tiny").mkdir()
+    for name in ("continual.yaml", "continual_defaults.yaml", "continual_cifar100.yaml"):
+        (tmp_path / "_tiny" / name).write_text("{}\n")
+    monkeypatch.setattr(__import__(__name__), "RECIPES", tmp_path)  # where overlay_for looks for overlays
+    assert overlay_for(recipe) == tmp_path / "_tiny" / "continual_cifar100.yaml"
+    (tmp_path / "_tiny" / "continual_cifar100.yaml").unlink()
+    assert overlay_for(recipe) == tmp_path / "_tiny" / "continual_defaults.yaml"
+
+
 def test_no_yaml_file_under_recipes_gives_a_key_twice():
     """A repeated key keeps only its last value: two ``trainer:`` blocks once dropped the KgCoOp recipes' epochs
     and precision. Every file counts, the _base and _tiny files that other files name as values included."""
@@ -126,13 +142,16 @@ ON_A_GPU_IN_BF16 = ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "-
 
 
 def fit_with_tiny_overlay(recipe: Path, tmp_path: Path, monkeypatch, request, device_args: list[str]):
+    # what a recipe writes to a relative path (pre-trained encoders) stays in the test's folder; the overlays' own
+    # relative paths (recipes/_tiny/molecules.csv, …) are the checkout's, as when run from its root
+    monkeypatch.chdir(tmp_path)
+    if not (tmp_path / "recipes").exists():
+        (tmp_path / "recipes").symlink_to(RECIPES)
     if recipe.parent.name == "gram":  # GRAM writes outputs/gram/ and its CoOp recipes read it: a scratch folder
-        monkeypatch.chdir(tmp_path)
         if recipe.name != "meta_train.yaml":
             shutil.copytree(request.getfixturevalue("tiny_gram_outputs"), tmp_path / "outputs")
     elif prompt_init := (merged_section(recipe, "model") or {}).get("init_args", {}).get("prompt_init"):
-        # a target stage reads its source prompt (MVLPT): written first by the same recipe, in a scratch folder
-        monkeypatch.chdir(tmp_path)
+        # a target stage reads its source prompt (MVLPT): written first by the same recipe, in the scratch folder
         source = run_cli(["fit", "--config", str(recipe), "--config", str(overlay_for(recipe)), *device_args,
                           "--model.init_args.prompt_init", "null",
                           "--trainer.default_root_dir", str(tmp_path / "source")])  # fmt: skip

@@ -49,8 +49,12 @@ class HeteroSBM:
         relations: ``{"edge": [source, relation, destination], "links": k, "reverse": name}``: every source node
             links to ``k`` destination nodes; ``reverse`` (optional) names the reversed edge type.
         target: the labelled node type.
-        featureless: node types without ``x`` (as HGB's DBLP venues and IMDB keywords: the data module gives them
-            one constant feature).
+        featureless: a list of node types without ``x`` (as HGB's DBLP venues and IMDB keywords: the data module
+            gives them one constant feature).
+
+    A schema that would draw one edge type twice (a repeated relation, a reverse landing on another relation, a
+    relation from a type to itself whose reverse has its name) is refused, as are counts, probabilities and names
+    of the wrong kind.
 
     ``dataset[0]`` is the ``HeteroData``.
     """
@@ -79,8 +83,8 @@ class HeteroSBM:
                 {"edge": ["paper", "to", "author"], "links": 3, "reverse": "to"},
                 {"edge": ["paper", "to", "subject"], "links": 1, "reverse": "to"},
             ]
-        featureless = list(featureless or [])
-        self._check_schema(nodes, relations, target, featureless, num_classes, features)
+        featureless = [] if featureless is None else featureless
+        self._check_schema(nodes, relations, target, featureless, num_classes, features, within)
         generator = torch.Generator().manual_seed(seed)
         classes = {name: torch.arange(count) % num_classes for name, count in nodes.items()}
         data = HeteroData()
@@ -111,27 +115,54 @@ class HeteroSBM:
 
     @staticmethod
     def _check_schema(
-        nodes: dict[str, int],
-        relations: list[dict[str, Any]],
+        nodes: Any,
+        relations: Any,
         target: str,
-        featureless: list[str],
-        num_classes: int,
-        features: int,
+        featureless: Any,
+        num_classes: Any,
+        features: Any,
+        within: Any,
     ) -> None:
+        """Refuse a schema that would fail later with an obscure error or silently draw another graph."""
+
+        def is_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not is_int(num_classes) or num_classes < 1:
+            raise DatasetError(f"num_classes must be a positive integer, not {num_classes!r}.")
+        if not is_int(features) or features < num_classes:
+            raise DatasetError(f"features ({features!r}) must be an integer of at least num_classes ({num_classes}): "
+                               "feature c carries community c's shift.")  # fmt: skip
+        if not isinstance(within, (int, float)) or isinstance(within, bool) or not 0.0 <= within <= 1.0:
+            raise DatasetError(f"within is the probability that a link stays in its community: 0 to 1, not {within!r}.")
+        if not isinstance(nodes, dict) or not nodes:
+            raise DatasetError(
+                f"nodes must map each node type to its count, e.g. {{author: 40, paper: 60}}; got {nodes!r}."
+            )
+        for name, count in nodes.items():
+            if not isinstance(name, str):
+                raise DatasetError(f"node type {name!r} must be a name (a string).")
+            if not is_int(count) or count < num_classes:
+                raise DatasetError(f"{count!r} {name!r} nodes cannot hold {num_classes} communities (give an integer "
+                                   f"of at least {num_classes}).")  # fmt: skip
         if target not in nodes:
             raise DatasetError(f"target {target!r} is not one of the generated node types ({list(nodes)}).")
-        if target in featureless:
-            raise DatasetError(f"the target type {target!r} cannot be featureless.")
-        if features < num_classes:
-            raise DatasetError(f"features ({features}) must be at least num_classes ({num_classes}): feature c "
-                               "carries community c's shift.")  # fmt: skip
-        for name, count in nodes.items():
-            if count < num_classes:
-                raise DatasetError(f"{count} {name!r} nodes cannot hold {num_classes} communities.")
+        if not isinstance(featureless, (list, tuple)):
+            raise DatasetError(f"featureless must be a list of node types, e.g. [venue]; got {featureless!r}.")
         for name in featureless:
             if name not in nodes:
                 raise DatasetError(f"featureless type {name!r} is not one of the node types ({list(nodes)}).")
+        if target in featureless:
+            raise DatasetError(f"the target type {target!r} cannot be featureless.")
+        if not isinstance(relations, (list, tuple)):
+            raise DatasetError(f"relations must be a list of {{edge: [source, relation, destination], links: k}}; "
+                               f"got {relations!r}.")  # fmt: skip
+        drawn: dict[tuple[str, str, str], str] = {}  # every edge type, once: a second would overwrite the first
         for relation in relations:
+            if not isinstance(relation, dict):
+                raise DatasetError(
+                    f"relation {relation!r} must be {{edge: [source, relation, destination], links: k}}."
+                )
             unknown = set(relation) - {"edge", "links", "reverse"}
             if unknown:
                 raise DatasetError(f"relation {relation}: unknown keys {sorted(unknown)} (edge, links, reverse).")
@@ -142,8 +173,20 @@ class HeteroSBM:
                 if end not in nodes:
                     raise DatasetError(f"relation {list(edge)}: {end!r} is not one of the node types ({list(nodes)}).")
             links = relation.get("links")
-            if not isinstance(links, int) or isinstance(links, bool) or links < 1:
+            if not is_int(links) or links < 1:
                 raise DatasetError(f"relation {list(edge)}: links must be a positive integer, not {links!r}.")
+            reverse = relation.get("reverse")
+            if reverse is not None and not isinstance(reverse, str):
+                raise DatasetError(f"relation {list(edge)}: reverse names the reversed relation (a string), not "
+                                   f"{reverse!r}.")  # fmt: skip
+            types = [(tuple(edge), f"relation {list(edge)}")]
+            if reverse is not None:
+                types.append(((edge[2], reverse, edge[0]), f"the reverse of {list(edge)}"))
+            for edge_type, origin in types:
+                if edge_type in drawn:
+                    raise DatasetError(f"edge type {list(edge_type)} is drawn twice ({drawn[edge_type]}, {origin}): "
+                                       "one would overwrite the other.")  # fmt: skip
+                drawn[edge_type] = origin
 
     def __len__(self) -> int:
         return 1
@@ -160,8 +203,8 @@ class HeteroGraphDataModule(LightningDataModule):
         dataset: a PyG heterogeneous dataset, or ``{"class_path": "HGBDataset", "init_args": {"root": "data/hgb",
             "name": "acm"}}`` (only ``torch_geometric.datasets`` classes are built from a config), or
             :class:`HeteroSBM`.
-        synthetic: :class:`HeteroSBM` arguments instead of ``dataset`` (tests, tiny overlays, the testbed); its
-            labelled type is ``target`` unless the arguments name another.
+        synthetic: :class:`HeteroSBM` arguments instead of ``dataset`` (tests, tiny overlays, the testbed); the
+            generated graph labels the ``target`` type.
         target: the node type to classify (ACM ``paper``, DBLP ``author``, IMDB ``movie``).
         shots, val_shots: labelled nodes per class for training and validation (HetGPT: 1, 5 or 20 shots).
         seed: seed of the draw.
@@ -184,7 +227,10 @@ class HeteroGraphDataModule(LightningDataModule):
         if (dataset is None) == (synthetic is None):
             raise DatasetError("give either dataset (a PyG heterogeneous dataset) or synthetic (HeteroSBM arguments).")
         if synthetic is not None:
-            self.dataset = HeteroSBM(**{"target": target, **synthetic})
+            if synthetic.get("target", target) != target:
+                raise DatasetError(f"synthetic labels {synthetic['target']!r} nodes but the data module's target is "
+                                   f"{target!r}: give target once, to the data module.")  # fmt: skip
+            self.dataset = HeteroSBM(**{**synthetic, "target": target})
         else:
             self.dataset = instantiate_dataset(dataset)
         self.graph = self.dataset[0]

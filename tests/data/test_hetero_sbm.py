@@ -3,8 +3,12 @@ IMDB's), checked edge by edge; bad schemas refused before anything is drawn."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from lightning_prompts.data.hetero_graph import HeteroGraphDataModule, HeteroSBM
 from lightning_prompts.errors import DatasetError
@@ -33,6 +37,27 @@ def test_the_default_schema_is_papers_authors_and_subjects_with_3_and_1_links_pe
     assert authors.shape == (2, 90) and torch.equal(authors[0], torch.arange(30).repeat_interleave(3))
     assert data["paper", "to", "subject"].edge_index.shape == (2, 30)
     assert torch.equal(data["author", "to", "paper"].edge_index, authors.flip(0))
+
+
+def test_the_default_graph_is_the_one_drawn_before_the_schema_was_generalised():
+    """Checksums of ``HeteroSBM()`` as the ACM-only generator (before 0b97c64) drew it: the testbed's figures and
+    every seeded test rest on this graph, so any extra or reordered draw must fail here."""
+    data = HeteroSBM().data
+    sums = {"/".join(edge): int(data[edge].edge_index.sum()) for edge in data.edge_types}
+    assert sums == {"paper/to/author": 197731, "author/to/paper": 197731, "paper/to/subject": 49418,
+                    "subject/to/paper": 49418}  # fmt: skip
+    features = {name: float(data[name].x.sum()) for name in data.node_types}
+    assert features == pytest.approx({"paper": 26.3524, "author": 43.5556, "subject": 25.4448}, abs=1e-3)
+
+
+@pytest.mark.parametrize(("within", "low", "high"), [(1.0, 1.0, 1.0), (0.5, 0.5, 0.75), (0.0, 0.15, 0.35)])
+def test_within_is_the_share_of_links_drawn_inside_the_community(within, low, high):
+    """A link stays in its community with probability ``within``, else goes to any node (a quarter of which share
+    the community with 4 classes): expected shares 1, 0.625 and 0.25 over 480 links."""
+    data = HeteroSBM(**{**DBLP_LIKE, "nodes": {**DBLP_LIKE["nodes"], "author": 240}, "within": within}).data
+    edges = data["author", "to", "paper"].edge_index
+    share = float((edges[0] % 4 == edges[1] % 4).float().mean())
+    assert low <= share <= high
 
 
 def test_a_custom_schema_draws_each_relations_links_per_source_node_within_the_community():
@@ -66,13 +91,21 @@ def test_the_data_module_labels_its_target_and_gives_featureless_types_a_constan
     assert torch.equal(module.graph["venue"].x, torch.ones(4, 1))
     module.setup("fit")
     assert [len(module._splits[split]) for split in ("train", "val", "test")] == [8, 8, 8]
-    # DBLP's metapath author-paper-venue-paper-author exists in the generated graph
-    path = [("author", "to", "paper"), ("paper", "to", "venue")]
-    module = HeteroGraphDataModule(synthetic={**DBLP_LIKE, "relations": [
-        {"edge": ["author", "to", "paper"], "links": 2, "reverse": "to"},
-        {"edge": ["paper", "to", "venue"], "links": 1, "reverse": "to"}]}, target="author", shots=2)  # fmt: skip
-    edges = metapath_edges(module.graph, [*path, ("venue", "to", "paper"), ("paper", "to", "author")])
-    assert edges.shape[0] == 2 and edges.shape[1] > 24
+
+
+@pytest.mark.parametrize("name", ["dblp", "imdb"])
+def test_the_overlays_graphs_join_most_targets_to_others_through_every_metapath_of_their_recipe(name):
+    """recipes/_tiny/hetero_<name>.yaml's generated graph against the metapaths of recipes/hetgpt/<name>_5shot.yaml:
+    each path joins at least 80 % of the target nodes to another target node (self-pairs left out)."""
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    overlay = yaml.safe_load((recipes / "_tiny" / f"hetero_{name}.yaml").read_text())["data"]["init_args"]
+    metapaths = yaml.safe_load((recipes / "hetgpt" / f"{name}_5shot.yaml").read_text())["model"]["init_args"]
+    module = HeteroGraphDataModule(synthetic=overlay["synthetic"], target=overlay["target"], shots=2)
+    targets = module.graph[overlay["target"]].num_nodes
+    for path in metapaths["metapaths"]:
+        edges = metapath_edges(module.graph, [tuple(step) for step in path])
+        joined = set(edges[0, edges[0] != edges[1]].tolist())
+        assert len(joined) >= 0.8 * targets, (path, len(joined))
 
 
 @pytest.mark.parametrize(
@@ -87,8 +120,41 @@ def test_the_data_module_labels_its_target_and_gives_featureless_types_a_constan
         ({"relations": [{"edge": ["author", "paper"], "links": 1}]}, "edge must be"),
         ({"relations": [{"edge": ["author", "to", "paper"], "links": 0}]}, "positive integer"),
         ({"relations": [{"edge": ["author", "to", "paper"], "links": 1, "reversed": "to"}]}, "unknown keys"),
+        ({"relations": [{"edge": ["author", "to", "paper"], "links": 1, "reverse": 1}]}, "a string"),
+        ({"relations": {"edge": ["author", "to", "paper"], "links": 1}}, "must be a list"),
+        ({"relations": [["author", "to", "paper"]]}, "must be {edge"),
+        (
+            {
+                "relations": [
+                    {"edge": ["author", "to", "paper"], "links": 2},
+                    {"edge": ["author", "to", "paper"], "links": 1},
+                ]
+            },
+            "drawn twice",
+        ),
+        (
+            {
+                "relations": [
+                    {"edge": ["author", "to", "paper"], "links": 2, "reverse": "to"},
+                    {"edge": ["paper", "to", "author"], "links": 1},
+                ]
+            },
+            "drawn twice",
+        ),
+        ({"relations": [{"edge": ["paper", "cites", "paper"], "links": 2, "reverse": "cites"}]}, "drawn twice"),
+        ({"featureless": "venue"}, "must be a list of node types"),
+        ({"nodes": {"author": "24", "paper": 32}}, "give an integer"),
+        ({"nodes": {"author": 24, 7: 32}}, "must be a name"),
+        ({"num_classes": 0}, "positive integer"),
+        ({"within": 1.5}, "0 to 1"),
+        ({"within": float("nan")}, "0 to 1"),
     ],
 )
 def test_a_bad_schema_is_refused_with_its_reason(change, message):
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(DatasetError, match=re.escape(message)):
         HeteroSBM(**{**DBLP_LIKE, **change})
+
+
+def test_the_data_module_refuses_a_synthetic_target_other_than_its_own():
+    with pytest.raises(DatasetError, match="give target once"):
+        HeteroGraphDataModule(synthetic=DBLP_LIKE, target="paper")
