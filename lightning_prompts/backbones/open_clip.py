@@ -434,11 +434,11 @@ def _run_with_shared_prefix(
     our grouped step ran slower than the reference at 100 classes (``docs/benchmarks.md``)."""
     blocks = transformer.resblocks
     prefix = x[:1, :length]
-    prefix_inputs = []  # the prefix's normalised input to each block: its keys and values come from it
+    prefix_keys_values = []  # each block's keys and values of the prefix, projected once for every group
     for index, block in enumerate(blocks):
         if hook is not None:  # only replaces positions inside the prefix, identically for every sequence
             prefix = hook.before_block(BlockContext(index, len(blocks), 1, "text"), prefix)
-        prefix_inputs.append(block.ln_1(prefix))
+        prefix_keys_values.append(_prefix_keys_values(block.attn, block.ln_1(prefix)))
         prefix = block(prefix, attn_mask=attn_mask[:length, :length])
     ends = eot_positions + 1
     order, features = [], []
@@ -448,8 +448,8 @@ def _run_with_shared_prefix(
         members = (ends == end).nonzero().view(-1) if group_by_length else torch.arange(len(ends), device=x.device)
         rest = x[members, length:end]
         mask = attn_mask[length:end, :end]
-        for block, normed_prefix in zip(blocks, prefix_inputs):
-            rest = rest + block.ls_1(_attend_with_prefix(block.attn, normed_prefix, block.ln_1(rest), mask))
+        for block, (prefix_k, prefix_v) in zip(blocks, prefix_keys_values):
+            rest = rest + block.ls_1(_attend_with_prefix(block.attn, prefix_k, prefix_v, block.ln_1(rest), mask))
             rest = rest + block.ls_2(block.mlp(block.ln_2(rest)))
         order.append(members)
         features.append(rest[torch.arange(len(members), device=x.device), ends[members] - 1 - length])
@@ -459,10 +459,24 @@ def _run_with_shared_prefix(
     return torch.cat(features)[inverse]
 
 
-def _attend_with_prefix(attention: torch.nn.Module, prefix: Tensor, rest: Tensor, mask: Tensor) -> Tensor:
+def _prefix_keys_values(attention: torch.nn.Module, prefix: Tensor) -> tuple[Tensor, Tensor]:
+    """The keys and values ``(heads, P, head_width)`` of ``nn.MultiheadAttention`` (packed in-projection) for the
+    normalised prefix ``(1, P, width)``: projected once per block, shared by every sequence and length group."""
+    import torch.nn.functional as F
+
+    width, heads = prefix.shape[-1], attention.num_heads
+    w_kv = attention.in_proj_weight[width:]
+    b_kv = attention.in_proj_bias[width:] if attention.in_proj_bias is not None else None
+    return tuple(t.reshape(prefix.shape[1], heads, width // heads).transpose(0, 1)
+                 for t in F.linear(prefix[0], w_kv, b_kv).chunk(2, -1))  # fmt: skip
+
+
+def _attend_with_prefix(
+    attention: torch.nn.Module, prefix_k: Tensor, prefix_v: Tensor, rest: Tensor, mask: Tensor
+) -> Tensor:
     """``nn.MultiheadAttention`` (batch-first, packed in-projection) of the queries of ``rest`` over the keys
-    and values of ``[prefix; rest]``. The prefix's keys and values are projected once and broadcast, never
-    copied per sequence: the scores against the prefix and against the sequence's own tokens are
+    and values of ``[prefix; rest]``, the prefix's given by :func:`_prefix_keys_values`. They are broadcast,
+    never copied per sequence: the scores against the prefix and against the sequence's own tokens are
     computed apart and share one softmax."""
     import torch.nn.functional as F
 
@@ -470,15 +484,12 @@ def _attend_with_prefix(attention: torch.nn.Module, prefix: Tensor, rest: Tensor
     head_width = width // heads
     w_q, w_kv = attention.in_proj_weight.split([width, 2 * width])
     b_q, b_kv = attention.in_proj_bias.split([width, 2 * width]) if attention.in_proj_bias is not None else (None, None)
-    count, length, shared = rest.shape[0], rest.shape[1], prefix.shape[1]
+    count, length, shared = rest.shape[0], rest.shape[1], prefix_k.shape[1]
 
     def heads_first(t: Tensor) -> Tensor:
         return t.reshape(t.shape[0], t.shape[1], heads, head_width).transpose(1, 2)
 
     # the prefix side as one matmul per head over every sequence's queries: (h, C·S, d) @ (h, d, P)
-    prefix_k, prefix_v = (
-        t.reshape(shared, heads, head_width).transpose(0, 1) for t in F.linear(prefix[0], w_kv, b_kv).chunk(2, -1)
-    )
     rest_k, rest_v = (heads_first(t) for t in F.linear(rest, w_kv, b_kv).chunk(2, dim=-1))  # (C, h, S, d)
     q = heads_first(F.linear(rest, w_q, b_q)) * head_width**-0.5  # (C, h, S, d)
     by_head = q.transpose(0, 1).reshape(heads, count * length, head_width)
