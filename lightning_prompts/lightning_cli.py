@@ -16,6 +16,8 @@ Imported only when a Lightning subcommand runs (``fit``, ``validate``, ``test``,
   or ``enable_checkpointing: false``.
 * ``--ckpt_path last`` / ``best`` name the newest such checkpoint of the run folder, and finding none
   is an error (Lightning would silently evaluate the untrained model).
+* A resumed ``fit`` that ``EarlyStopping`` had ended stops before its first step, as the uninterrupted run did
+  (:class:`~lightning_prompts.resume.KeepEarlyStoppingDecision`).
 * ``--ckpt_path`` never rewrites the config: a checkpoint trained with another backbone, other
   hyperparameters or other classes than the config is an error that names the differences.
 """
@@ -116,11 +118,13 @@ class PromptsCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
+        from lightning_prompts.resume import KeepEarlyStoppingDecision
+
         configured = [*(config.get("callbacks") or []), *callbacks]
         wanted = config.get("enable_checkpointing") is not False and not config.get("fast_dev_run")
         if wanted and not any(isinstance(callback, ModelCheckpoint) for callback in configured):
             callbacks = [*callbacks, *default_checkpoints(self.model, getattr(self, "datamodule", None))]
-        return super()._instantiate_trainer(config, callbacks)
+        return super()._instantiate_trainer(config, [*callbacks, KeepEarlyStoppingDecision()])
 
     # Check the experiment before the Trainer starts: inside fit, Lightning's SaveConfigCallback
     # writes config.yaml before the module's setup runs, and a run that cannot work should leave

@@ -155,3 +155,35 @@ def test_a_command_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(cas
     resumed = fit(tmp_path / "resumed", resume=True)
     assert straight.keys() == resumed.keys()
     assert [key for key in straight if not torch.equal(straight[key], resumed[key])] == []
+
+
+def test_a_run_early_stopping_ended_resumed_from_last_trains_no_more(tmp_path, monkeypatch):
+    """Lightning keeps EarlyStopping's counters but not its decision: the run resumed from its last.ckpt trained one
+    more epoch (and rewrote last.ckpt). ``lightning-prompts fit`` now stops it before its first step."""
+    import hashlib
+    from pathlib import Path
+
+    from lightning_prompts.lightning_cli import run_cli
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    (tmp_path / "recipes").symlink_to(recipes)
+    monkeypatch.chdir(tmp_path)
+    # val/acc never beats its first value by 10: patience 1 stops the run after its second epoch of five
+    (tmp_path / "stop.yaml").write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+        "      init_args: {monitor: val/acc, mode: max, patience: 1, min_delta: 10.0}\n"
+    )
+    args = ["fit", "--config", str(recipes / "coop" / "caltech101.yaml"),
+            "--config", str(recipes / "_tiny" / "clip.yaml"), "--config", str(tmp_path / "stop.yaml"),
+            "--trainer.fast_dev_run=false", "--trainer.max_epochs=5",
+            "--trainer.check_val_every_n_epoch=1", "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    stopped = run_cli(args)
+    assert stopped.trainer.current_epoch == 2 < 5
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    digest = hashlib.sha256(last.read_bytes()).hexdigest()
+    resumed = run_cli([*args, "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == stopped.trainer.global_step
+    assert all(
+        torch.equal(a, b) for a, b in zip(stopped.model.state_dict().values(), resumed.model.state_dict().values())
+    )
+    assert hashlib.sha256(last.read_bytes()).hexdigest() == digest  # not rewritten by another epoch
