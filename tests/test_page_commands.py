@@ -1,7 +1,7 @@
 """Commands of the docs run as written, with the recipe's tiny overlay (tiny backbone, generated data, one batch)
-added after the recipe: every command of the callback pages and of DAPT's page (its variants are callback
-combinations), and every `test --ckpt_path last|best` command of the method pages, after a fit of the same recipe
-(placeholders such as `<run>` are left to the reader)."""
+added after the recipe: every command of the callback pages, of DAPT's page (its variants are callback
+combinations) and of the recipes page, and every `test --ckpt_path last|best` command of the method pages, after a
+fit of the same recipe (placeholders such as `<run>` are left to the reader)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ from lightning_prompts.cli import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs" / "callbacks").glob("*.md")) + [ROOT / "docs" / "methods" / "dapt.md"]
 COMMANDS = [(page, command) for page in PAGES for command in docs_commands(page)]
+COMMANDS += [  # docs/recipes.md's commands on real data (those naming an overlay run below as written)
+    (ROOT / "docs" / "recipes.md", command)
+    for command in docs_commands(ROOT / "docs" / "recipes.md")
+    if not any(word.startswith("recipes/_tiny/") for word in command) and "--print_config" not in command
+]
 COMMANDS += [
     (page, command)
     for page in sorted((ROOT / "docs" / "methods").glob("*.md"))
@@ -85,3 +90,16 @@ def test_the_recipes_pages_tiny_overlay_commands_run_as_written(command, tmp_pat
 def test_the_recipes_page_shows_an_overlay_command_per_family():
     named = {Path(word).stem for command in OVERLAY_COMMANDS for word in command if word.startswith("recipes/_tiny/")}
     assert {"clip", "vit", "text", "graph", "continual", "hetero_dblp"} <= named
+
+
+def test_the_recipes_pages_print_config_command_prints_the_merged_recipe(capsys, tmp_path, monkeypatch):
+    """Printing builds nothing (no weights, no data): it runs as written, from the checkout's root."""
+    (command,) = [c for c in docs_commands(ROOT / "docs" / "recipes.md") if "--print_config" in c]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(command)
+    printed = capsys.readouterr().out
+    assert exit_info.value.code in (0, None)
+    for line in ("class_path: lightning_prompts.CoOp", "n_ctx: 16", "max_epochs: 200"):  # the recipe's, merged
+        assert line in printed, line
