@@ -103,3 +103,21 @@ def test_the_recipes_pages_print_config_command_prints_the_merged_recipe(capsys,
     assert exit_info.value.code in (0, None)
     for line in ("class_path: lightning_prompts.CoOp", "n_ctx: 16", "max_epochs: 200"):  # the recipe's, merged
         assert line in printed, line
+
+
+def test_the_data_pages_own_ood_set_command_reports_the_set_and_writes_the_histogram(tmp_path, monkeypatch):
+    """docs/data.md's `test --ckpt_path best --data.init_args.ood_sets '{mine: …}'` with the recipe's overlay (its
+    generated data makes the OOD images too, so the folder is not read), after a fit of the same recipe."""
+    (command,) = [c for c in docs_commands(ROOT / "docs" / "data.md") if "--data.init_args.ood_sets" in c]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    subcommand, config_flag, recipe, *rest = command
+    configs = [config_flag, recipe, "--config", str(overlay_for(ROOT / recipe))]
+    root = ["--trainer.default_root_dir", str(tmp_path / "run")]
+    fitted = run_cli(["fit", *configs, *root])
+    fitted.trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")  # fast_dev_run writes none
+    cli = run_cli([subcommand, *configs, *rest, *root])
+    metrics = cli.trainer.callback_metrics
+    assert {"test/acc", "test/fpr95_mine", "test/auroc_mine", "test/aupr_mine"} <= set(metrics), sorted(metrics)
+    assert 0.0 <= float(metrics["test/auroc_mine"]) <= 1.0
+    assert list((tmp_path / "run").rglob("ood_scores.png")) and list((tmp_path / "run").rglob("ood_scores.safetensors"))
