@@ -262,12 +262,13 @@ class HeteroGraphDataModule(LightningDataModule):
         return [f"class {i}" for i in range(count)]
 
     def labelled(self) -> torch.Tensor:
-        """Indices of the target nodes with a real label (HGB: ``train_mask``, i.e. ``label.dat``)."""
+        """Indices of the target nodes with a real label (HGB: ``train_mask``, i.e. ``label.dat``); a multi-hot
+        row without any label (whose first 1 would read as class 0) is never one."""
         store = self.graph[self.target]
+        y = store.y
+        has_label = y.sum(dim=-1) > 0 if y.dim() > 1 else y >= 0
         mask = getattr(store, "train_mask", None)
-        if mask is None:
-            mask = self.labels >= 0
-        return torch.nonzero(mask).view(-1)
+        return torch.nonzero(has_label if mask is None else mask & has_label).view(-1)
 
     def split_indices(self) -> dict[str, torch.Tensor]:
         """``shots`` and ``val_shots`` per class, drawn with ``random.Random(seed)``; the rest is test."""

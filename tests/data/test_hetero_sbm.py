@@ -158,3 +158,30 @@ def test_a_bad_schema_is_refused_with_its_reason(change, message):
 def test_the_data_module_refuses_a_synthetic_target_other_than_its_own():
     with pytest.raises(DatasetError, match="give target once"):
         HeteroGraphDataModule(synthetic=DBLP_LIKE, target="paper")
+
+
+def test_multi_hot_labels_read_as_their_first_label_and_rows_without_one_are_unlabelled():
+    """HGB's IMDB genres are multi-hot: a movie's class is its lowest-numbered genre. A row without any genre once
+    read as class 0 (the arg-max of zeros) when the dataset gave no train_mask."""
+    graph = HeteroSBM(**{**DBLP_LIKE, "num_classes": 3}).data
+    y = torch.zeros(24, 3)
+    first = torch.arange(24) % 3
+    y[torch.arange(24), first] = 1
+    y[torch.arange(0, 24, 2), 2] = 1  # a second genre on every other movie, after its first
+    y[20:] = 0  # four without any
+    graph["author"].y = y
+
+    class OneGraph:  # a dataset instance, as a user would pass one
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return graph
+
+    module = HeteroGraphDataModule(dataset=OneGraph(), target="author", shots=1, val_shots=1)
+    assert torch.equal(module.labels[:20], first[:20])
+    assert module.labelled().tolist() == list(range(20))
+    module.setup("fit")
+    assert set(module._splits["test"].tolist()).isdisjoint(range(20, 24))
+    graph["author"].train_mask = torch.arange(24) < 22  # HGB's mask: labelled.dat's nodes, still no empty row
+    assert module.labelled().tolist() == list(range(20))
