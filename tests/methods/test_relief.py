@@ -497,9 +497,8 @@ def test_the_amazon_node_recipe_samples_ego_graphs_and_warms_up(tmp_path):
     recipes = Path(__file__).resolve().parents[2] / "recipes"
     configs = ["--config", str(recipes / "relief" / "node" / "photo_gppt.yaml")]
     configs += ["--config", str(recipes / "_tiny" / "relief_node.yaml")]
-    cli = run_cli(["fit", *configs, "--data.init_args.ego_hops", "2", "--data.init_args.ego_size", "[1, 80]",
-                   "--model.init_args.max_nodes", "221",
-                   "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
-    assert cli.datamodule.ego_fanout == [20, 10] and cli.model.hparams["warmup_epochs"] == 100
+    cli = run_cli(["fit", *configs, "--trainer.default_root_dir", str(tmp_path)])  # the recipe's hops and fan-out
+    assert cli.datamodule.ego_hops == 2 and cli.datamodule.ego_fanout == [20, 10]
+    assert cli.model.hparams["warmup_epochs"] == 100
     assert max(g.num_nodes for g in cli.datamodule._splits["train"]) <= 1 + 20 + 200
     assert cli.trainer.callback_metrics["time/rollout_s"] == 0  # the one fast_dev_run step was a warm-up step
