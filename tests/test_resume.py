@@ -187,3 +187,30 @@ def test_a_run_early_stopping_ended_resumed_from_last_trains_no_more(tmp_path, m
         torch.equal(a, b) for a, b in zip(stopped.model.state_dict().values(), resumed.model.state_dict().values())
     )
     assert hashlib.sha256(last.read_bytes()).hexdigest() == digest  # not rewritten by another epoch
+
+
+def test_keep_early_stopping_decision_stops_only_a_resumed_run_that_early_stopping_ended(tmp_path):
+    """Resuming a run that EarlyStopping had not stopped (interrupted, or max_epochs raised) trains on."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from lightning_prompts.resume import KeepEarlyStoppingDecision
+
+    class Rising(BoringModel):  # the monitored value never improves after the first epoch
+        def validation_step(self, batch, batch_idx):
+            self.log("score", float(self.current_epoch))
+
+    def fit(max_epochs: int, patience: int, ckpt_path=None) -> Trainer:
+        trainer = Trainer(max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
+                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                          callbacks=[EarlyStopping("score", mode="min", patience=patience),
+                                     KeepEarlyStoppingDecision()])  # fmt: skip
+        trainer.fit(Rising(), ckpt_path=ckpt_path)
+        trainer.save_checkpoint(tmp_path / f"after_{max_epochs}_{patience}.ckpt")
+        return trainer
+
+    assert fit(10, patience=1).current_epoch == 2  # stopped by EarlyStopping after epoch 1
+    assert fit(10, patience=1, ckpt_path=tmp_path / "after_10_1.ckpt").global_step == 4  # resumed: no more steps
+    assert fit(2, patience=5).current_epoch == 2  # ended by max_epochs, EarlyStopping not stopped
+    assert fit(4, patience=5, ckpt_path=tmp_path / "after_2_5.ckpt").current_epoch == 4  # resumed: trains on
