@@ -1,10 +1,12 @@
 """Operations a training step dispatches to PyTorch's kernels (shared by the benchmarks).
 
-Counted with a ``TorchDispatchMode`` over the forward and the backward, views and other metadata-only
-operations (``view``, ``transpose``, ``expand``, …: no kernel runs) left out. Deterministic on any machine.
-On a GPU whose kernels are too small to keep it busy, a step costs about its launch count times the
-per-operation overhead of PyTorch (tens of microseconds from Python), whatever the arithmetic: the count
-is then the step's cost, which a CPU timing cannot show.
+Counted with a ``TorchDispatchMode`` over the forward and the backward (not the optimizer's step), views and
+other metadata-only operations (``view``, ``transpose``, ``expand``, …: no kernel runs) left out. The same for a
+given PyTorch version and device type on any machine; a GPU may take other paths (attention) than the CPU. The
+count approximates the kernel launches: a few counted operations launch none (``empty_like``) and some backward
+ones several. On a GPU whose kernels are too small to keep it busy, a step costs about its launches times the
+per-operation overhead of PyTorch (tens of microseconds from Python), whatever the arithmetic: a cost a CPU
+timing cannot show.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class _Counting(TorchDispatchMode):
 
 def dispatched_ops(loss_fn: Callable[[], torch.Tensor]) -> Counter[str]:
     """Per aten operation (``"mm"``, ``"add"``…), how often ``loss_fn()`` and its backward ran it, views left
-    out. ``sum(...values())`` is the step's kernel count."""
+    out; ``sum(...values())`` approximates the step's kernel launches. Clear the gradients first: one left from an
+    earlier backward adds an accumulation per tensor."""
     counting = _Counting()
     with counting:
         loss_fn().backward()

@@ -439,7 +439,8 @@ def _run_with_shared_prefix(
         if hook is not None:  # only replaces positions inside the prefix, identically for every sequence
             prefix = hook.before_block(BlockContext(index, len(blocks), 1, "text"), prefix)
         prefix_keys_values.append(_prefix_keys_values(block.attn, block.ln_1(prefix)))
-        prefix = block(prefix, attn_mask=attn_mask[:length, :length])
+        if index < len(blocks) - 1:  # the last block's keys and values are all the sequences read of the prefix
+            prefix = block(prefix, attn_mask=attn_mask[:length, :length])
     ends = eot_positions + 1
     order, features = [], []
     for end in sorted(set(ends.tolist())) if group_by_length else [int(ends.max())]:
