@@ -189,8 +189,11 @@ def test_a_run_early_stopping_ended_resumed_from_last_trains_no_more(tmp_path, m
     assert hashlib.sha256(last.read_bytes()).hexdigest() == digest  # not rewritten by another epoch
 
 
-def test_keep_early_stopping_decision_stops_only_a_resumed_run_that_early_stopping_ended(tmp_path):
-    """Resuming a run that EarlyStopping had not stopped (interrupted, or max_epochs raised) trains on."""
+def test_keep_early_stopping_decision_stops_only_a_resumed_run_that_early_stopping_ended(tmp_path, caplog):
+    """Resuming a run that EarlyStopping had not stopped (interrupted, or max_epochs raised) trains on; stopping one
+    says why and how to train on."""
+    import logging
+
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import EarlyStopping
     from lightning.pytorch.demos.boring_classes import BoringModel
@@ -211,6 +214,8 @@ def test_keep_early_stopping_decision_stops_only_a_resumed_run_that_early_stoppi
         return trainer
 
     assert fit(10, patience=1).current_epoch == 2  # stopped by EarlyStopping after epoch 1
-    assert fit(10, patience=1, ckpt_path=tmp_path / "after_10_1.ckpt").global_step == 4  # resumed: no more steps
+    with caplog.at_level(logging.INFO):
+        assert fit(10, patience=1, ckpt_path=tmp_path / "after_10_1.ckpt").global_step == 4  # resumed: no more steps
+    assert "nothing more to train" in caplog.text and "leave EarlyStopping out" in caplog.text
     assert fit(2, patience=5).current_epoch == 2  # ended by max_epochs, EarlyStopping not stopped
     assert fit(4, patience=5, ckpt_path=tmp_path / "after_2_5.ckpt").current_epoch == 4  # resumed: trains on
