@@ -230,14 +230,12 @@ def compare(method_name: str, classes: int, args: argparse.Namespace, clip: Open
     if times["reference"]:
         ratio = statistics.median(times["reference"]) / statistics.median(times["ours"])
         print(f"ratio_{classes}{suffix}: {ratio:.1f}", flush=True)
-    if times.get("ours, one padded group"):
-        ratio = statistics.median(times["ours"]) / statistics.median(times["ours, one padded group"])
-        print(f"grouped_over_padded_{classes}{suffix}: {ratio:.2f} (our step's time, grouped / padded)", flush=True)
-    if times.get("ours without the shared prefix"):
-        ratio = statistics.median(times["ours"]) / statistics.median(times["ours without the shared prefix"])
-        print(
-            f"shared_over_plain_{classes}{suffix}: {ratio:.2f} (our step's time, shared prefix / without)", flush=True
-        )
+    compared = [("grouped_over_padded", "ours, one padded group", "grouped / padded"),
+                ("shared_over_plain", "ours without the shared prefix", "shared prefix / without")]  # fmt: skip
+    for key, name, meaning in compared:
+        if times.get(name):  # timed on CUDA only
+            ratio = statistics.median(times["ours"]) / statistics.median(times[name])
+            print(f"{key}_{classes}{suffix}: {ratio:.2f} (our step's time, {meaning})", flush=True)
     print(f"logits_difference_{classes}{suffix}: {difference:.1e} (relative)", flush=True)
 
 

@@ -8,6 +8,18 @@ from pathlib import Path
 
 from lightning_prompts.data import FewShotImageDataModule, Synthetic
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_from_scratch_root(folder: Path, monkeypatch) -> Path:
+    """Work in ``folder`` as in the checkout's root: the commands' relative ``recipes/…`` paths (and the overlays'
+    ``recipes/_tiny/…`` files) resolve to the checkout's recipes, while whatever a run writes to a relative path
+    (``outputs/…``) stays in ``folder``."""
+    monkeypatch.chdir(folder)
+    if not (folder / "recipes").exists():
+        (folder / "recipes").symlink_to(ROOT / "recipes")
+    return folder
+
 
 def docs_commands(page: Path, program: tuple[str, ...] = ("lightning-prompts",)) -> list[list[str]]:
     """The commands of a docs page's bash blocks that start with ``program`` (continuation lines joined), without

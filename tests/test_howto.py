@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import docs_commands
+from helpers import docs_commands, run_from_scratch_root
 from PIL import Image
 
 from lightning_prompts.cli import run_cli
@@ -53,9 +53,7 @@ def write_image_folders(root: Path) -> None:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
-    return tmp_path
+    return run_from_scratch_root(tmp_path, monkeypatch)
 
 
 def test_own_images_command(scratch):

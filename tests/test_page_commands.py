@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import docs_commands
+from helpers import docs_commands, run_from_scratch_root
 from test_recipes import overlay_for
 
 from lightning_prompts.cli import run_cli
@@ -52,8 +52,7 @@ def gram_outputs(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("case", COMMANDS, ids=[command_id(case) for case in COMMANDS])
 def test_the_page_command_runs(case, tmp_path, monkeypatch, request):
     page, command = case
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    run_from_scratch_root(tmp_path, monkeypatch)
     if any("outputs/gram/" in word for word in command) or "recipes/gram/coop" in " ".join(command):
         shutil.copytree(request.getfixturevalue("gram_outputs"), tmp_path / "outputs")
     subcommand, config_flag, recipe, *rest = command
@@ -80,8 +79,7 @@ OVERLAY_COMMANDS = [
 @pytest.mark.parametrize("command", OVERLAY_COMMANDS, ids=lambda command: " ".join(command[2:5:2]))
 def test_the_recipes_pages_tiny_overlay_commands_run_as_written(command, tmp_path, monkeypatch):
     """docs/recipes.md's commands already name their overlay: they run as the page gives them."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    run_from_scratch_root(tmp_path, monkeypatch)
     cli = run_cli([*command, "--trainer.default_root_dir", str(tmp_path / "run")])
     assert cli.trainer.state.finished and cli.trainer.global_step >= 1
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
@@ -95,8 +93,7 @@ def test_the_recipes_page_shows_an_overlay_command_per_family():
 def test_the_recipes_pages_print_config_command_prints_the_merged_recipe(capsys, tmp_path, monkeypatch):
     """Printing builds nothing (no weights, no data): it runs as written, from the checkout's root."""
     (command,) = [c for c in docs_commands(ROOT / "docs" / "recipes.md") if "--print_config" in c]
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    run_from_scratch_root(tmp_path, monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(command)
     printed = capsys.readouterr().out
@@ -109,8 +106,7 @@ def test_the_data_pages_own_ood_set_command_reports_the_set_and_writes_the_histo
     """docs/data.md's `test --ckpt_path best --data.init_args.ood_sets '{mine: …}'` with the recipe's overlay (its
     generated data makes the OOD images too, so the folder is not read), after a fit of the same recipe."""
     (command,) = [c for c in docs_commands(ROOT / "docs" / "data.md") if "--data.init_args.ood_sets" in c]
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    run_from_scratch_root(tmp_path, monkeypatch)
     subcommand, config_flag, recipe, *rest = command
     configs = [config_flag, recipe, "--config", str(overlay_for(ROOT / recipe))]
     root = ["--trainer.default_root_dir", str(tmp_path / "run")]

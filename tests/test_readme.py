@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_from_scratch_root
 
 from lightning_prompts import registry
 from lightning_prompts.cli import run_cli
@@ -59,8 +60,7 @@ def test_the_readme_has_the_blocks_this_test_runs():
 
 
 def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    run_from_scratch_root(tmp_path, monkeypatch)
     for command in readme_commands():
         recipe = command[command.index("--config") + 1]
         overlay = f"recipes/_tiny/{registry.get(model_class(recipe)).overlay}.yaml"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_from_scratch_root
 
 from lightning_prompts import registry
 from lightning_prompts.cli import run_cli
@@ -52,10 +53,14 @@ def one_per_folder_and_method(keep=lambda recipe: True) -> list[Path]:
     """One recipe per folder, method and data module (a folder's recipes mostly differ in data only)."""
     chosen: dict[tuple[Path, str, str], Path] = {}
     for recipe in filter(keep, FILES):
-        data = merged_section(recipe, "data")
-        data_class = data.get("class_path", "") if isinstance(data, dict) else str(data)
-        chosen.setdefault((recipe.parent, model_class(recipe) or "", data_class), recipe)
+        chosen.setdefault((recipe.parent, model_class(recipe) or "", data_class(recipe)), recipe)
     return sorted(chosen.values())
+
+
+def data_class(recipe: Path) -> str:
+    """The data module class path a recipe names (after ``extends``), ``""`` when it names none."""
+    data = merged_section(recipe, "data")
+    return data.get("class_path", "") if isinstance(data, dict) else str(data)
 
 
 def recipes_to_fit() -> list[Path]:
@@ -144,9 +149,7 @@ ON_A_GPU_IN_BF16 = ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "-
 def fit_with_tiny_overlay(recipe: Path, tmp_path: Path, monkeypatch, request, device_args: list[str]):
     # what a recipe writes to a relative path (pre-trained encoders) stays in the test's folder; the overlays' own
     # relative paths (recipes/_tiny/molecules.csv, …) are the checkout's, as when run from its root
-    monkeypatch.chdir(tmp_path)
-    if not (tmp_path / "recipes").exists():
-        (tmp_path / "recipes").symlink_to(RECIPES)
+    run_from_scratch_root(tmp_path, monkeypatch)
     if recipe.parent.name == "gram":  # GRAM writes outputs/gram/ and its CoOp recipes read it: a scratch folder
         if recipe.name != "meta_train.yaml":
             shutil.copytree(request.getfixturevalue("tiny_gram_outputs"), tmp_path / "outputs")
@@ -224,9 +227,7 @@ def data_module_classes() -> dict[str, Path]:
     """Every data module class a recipe names, with one recipe that names it."""
     classes: dict[str, Path] = {}
     for recipe in FILES:
-        data = merged_section(recipe, "data")
-        name = data.get("class_path", "") if isinstance(data, dict) else str(data)
-        classes.setdefault(name.rpartition(".")[2], recipe)
+        classes.setdefault(data_class(recipe).rpartition(".")[2], recipe)
     return classes
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import synthetic_fewshot
+from helpers import run_from_scratch_root, synthetic_fewshot
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -138,8 +138,7 @@ def test_a_command_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(cas
     monkeypatch.setattr(
         PromptsCLI, "_instantiate_trainer", lambda self, config, cbs: instantiate(self, config, cbs + extra)
     )
-    (tmp_path / "recipes").symlink_to(recipes)  # paths in recipes are relative to the repository's root
-    monkeypatch.chdir(tmp_path)  # and recipes that write files (GRAM's regulator) write them here
+    run_from_scratch_root(tmp_path, monkeypatch)  # and recipes that write files (GRAM's regulator) write them here
 
     def fit(folder, kill=None, resume=False):
         extra[:] = [kill] if kill else []
@@ -166,8 +165,7 @@ def test_a_run_early_stopping_ended_resumed_from_last_trains_no_more(tmp_path, m
     from lightning_prompts.lightning_cli import run_cli
 
     recipes = Path(__file__).resolve().parents[1] / "recipes"
-    (tmp_path / "recipes").symlink_to(recipes)
-    monkeypatch.chdir(tmp_path)
+    run_from_scratch_root(tmp_path, monkeypatch)
     # val/acc never beats its first value by 10: patience 1 stops the run after its second epoch of five
     (tmp_path / "stop.yaml").write_text(
         "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"

@@ -84,12 +84,11 @@ class MomentumAccumulation(Callback):
         if self.offline is None and self.should_start(trainer):
             # before this step's optimizer update: the online state as the previous task left it
             self.offline = [param.detach().clone() for param in self._params]
-        self.follow_parameters()
 
     def follow_parameters(self) -> None:
         """Keep the offline copy on its parameters' devices: a checkpoint restores it on the CPU (for ``test``
-        and ``validate`` too, where no fit starts), and some strategies (DeepSpeed, FSDP) restore checkpoints
-        after ``on_fit_start``."""
+        and ``validate`` too, where no fit starts: every swap checks), and some strategies (DeepSpeed, FSDP)
+        restore checkpoints after ``on_fit_start`` but before ``on_train_start``, which checks again."""
         if self.offline is not None and any(o.device != p.device for o, p in zip(self.offline, self._params)):
             # outside inference mode: tensors made under `validate`/`test` could not take the EMA's in-place updates
             with torch.inference_mode(False):
@@ -136,3 +135,6 @@ class MomentumAccumulation(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.follow_parameters()  # restored from a checkpoint: onto the parameters' devices
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.follow_parameters()  # after every restore, whatever the strategy
