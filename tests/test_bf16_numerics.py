@@ -104,3 +104,25 @@ def test_every_clip_method_classifies_in_fp32_under_bf16_autocast(tiny_clip):
     for method in methods:
         with torch.no_grad(), torch.autocast(**BF16):
             assert method.eval()(images).logits.dtype == torch.float32, type(method).__name__
+
+
+def test_lapts_mixing_losses_score_in_fp32_under_bf16_autocast(tiny_clip, monkeypatch):
+    """LAPT's two training mixes (cross-modal, cross-distribution) scored their mixed features with a bf16 product
+    after the classification logits had moved to fp32; both take the same fp32 product now."""
+    import lightning_prompts.methods.lapt as lapt_module
+
+    products = []
+    fp32_product = lapt_module.similarity_logits
+    monkeypatch.setattr(
+        lapt_module, "similarity_logits", lambda *args: products.append(fp32_product(*args)) or products[-1]
+    )
+    method = lapt_module.LAPT(tiny_clip, ["cat", "teapot", "dog"], negative_labels=["teapot", "violin"],
+                              cross_distribution=True).train()  # fmt: skip
+    targets = torch.tensor([0, 1, 2])
+    with torch.autocast(**BF16):
+        output = method.forward_batch({"image": torch.randn(3, 3, 32, 32)})
+        products.clear()  # the classification logits' own product
+        mixed = method.mixed_logits(output, targets, torch.full((3,), 0.5), torch.zeros(3, dtype=torch.long))
+        method.cross_distribution_loss(output, targets, torch.tensor([1, 0, 1]), torch.tensor(0.5))
+    assert mixed.dtype == torch.float32
+    assert [product.dtype for product in products] == [torch.float32, torch.float32]

@@ -202,7 +202,7 @@ class LAPT(CoOp):
         lam = weights.to(text.dtype).unsqueeze(-1)
         mixed = F.normalize(lam * output.image_features + (1 - lam) * text, dim=-1)
         scored = self._scored_text  # every scored label's learned feature, from this step's forward pass
-        return self.logit_scale * mixed @ scored.t().to(mixed.dtype)
+        return similarity_logits(self.logit_scale, mixed, scored)
 
     def task_loss(self, output: PromptOutput, targets: Tensor) -> Tensor:
         if not self.training:
@@ -211,7 +211,7 @@ class LAPT(CoOp):
         # one λ per step for the whole batch, as the release's mixup_data draws it
         weights = torch.distributions.Beta(1.0, 1.0).sample().expand(size).to(targets.device)
         templates = torch.randint(len(self._templates), (size,), device=targets.device)
-        loss = F.cross_entropy(self.mixed_logits(output, targets, weights, templates).float(), targets)
+        loss = F.cross_entropy(self.mixed_logits(output, targets, weights, templates), targets)
         if self.cross_distribution:
             weight = torch.distributions.Beta(1.0, 1.0).sample().to(targets.device)
             loss = loss + self.cross_distribution_loss(output, targets, self.distribution_partners(targets), weight)
@@ -238,7 +238,7 @@ class LAPT(CoOp):
         image = output.image_features
         lam = weight.to(image.dtype)
         mixed = F.normalize(lam * image + (1 - lam) * image[partners], dim=-1)
-        logits = (self.logit_scale * mixed @ self._scored_text.t().to(mixed.dtype)).float()
+        logits = similarity_logits(self.logit_scale, mixed, self._scored_text)
         one_hot = F.one_hot(targets, logits.shape[1]).float()
         soft = float(weight) * one_hot + (1 - float(weight)) * one_hot[partners]
         return -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
