@@ -11,6 +11,13 @@ changes between epochs (pseudolabel rounds) encodes only the images it has not s
 Validation images (deterministic evaluation preprocessing) are encoded once, at the first validation, and
 reused every epoch: that part is exact.
 
+Resuming is exact. Without pseudolabel rounds a resumed run encodes the training set as the first epoch
+did (same batches, same seeded draws). With rounds the training features are also written into checkpoints
+(``passes`` × the training images seen so far × the feature width, as float32), because a resumed run
+would otherwise encode a later round's images in other batches with other augmentation draws than the
+uninterrupted run, which encoded only the images each round added. ``checkpoint_features=False`` keeps such
+checkpoints small, and the resumed run then ends close to, not equal to, the uninterrupted one.
+
 Training on cached features is **not exact** to per-step augmentation: with random augmentation each
 image is seen in ``passes`` augmented versions instead of a fresh one every epoch. With deterministic
 preprocessing (resize and center crop) one pass reproduces the uncached run's features, and the run
@@ -25,6 +32,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
@@ -42,18 +50,24 @@ class FrozenFeatureCache(Callback):
         passes: augmented passes computed (epoch ``e`` uses pass ``e mod passes``); 1 for deterministic
             preprocessing.
         batch_size: images per encoder pass while filling the cache.
+        checkpoint_features: write the cached training features into checkpoints when a callback changes the
+            training set during the fit (:class:`~lightning_prompts.callbacks.PseudoLabelRounds`), so a resumed
+            run equals the uninterrupted one (see the module docstring).
     """
 
     provides_batch_keys = (IMAGE_FEATURES,)
 
-    def __init__(self, passes: int = 10, batch_size: int = 64) -> None:
+    def __init__(self, passes: int = 10, batch_size: int = 64, checkpoint_features: bool = True) -> None:
         super().__init__()
         if passes < 1:
             raise ValueError(f"passes must be at least 1, got {passes}.")
-        self.passes, self.batch_size = passes, batch_size
+        self.passes, self.batch_size, self.checkpoint_features = passes, batch_size, checkpoint_features
         self.features: Tensor | None = None  # (passes, N, D): the current training set's
         self._train_dataset: Any = None
         self._stored: dict[tuple[int | str, str], Tensor] = {}  # (pass or preprocessing, image file) -> feature
+        self._restored = False  # _stored came from a checkpoint (Lightning restores callbacks before on_fit_start)
+        self._training_set_changes = False  # a callback of the fit changes the training set (pseudolabel rounds)
+        self._check_restored = False  # warn once if the restored features are of other files than the training set
         # validation features per data loader, keyed by the loader's dataset (a new dataset is re-encoded)
         self._eval_features: dict[int, tuple[Any, Tensor | None]] = {}
         self._current_eval: list[Tensor | None] = []
@@ -68,11 +82,65 @@ class FrozenFeatureCache(Callback):
             raise ConfigurationError("FrozenFeatureCache needs a data module that exposes train_dataset().")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.features, self._train_dataset, self._stored = None, None, {}
+        self.features, self._train_dataset = None, None
+        if not self._restored:
+            self._stored = {}
+        self._restored = False
+        self._training_set_changes = any(getattr(c, "changes_training_set", False) for c in trainer.callbacks)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training passes' features by image file, when the training set may change during the fit: a resumed
+        run reads them instead of encoding a later round's images otherwise than the uninterrupted run did."""
+        if not (self.checkpoint_features and self._training_set_changes):
+            return {}
+        entries = [(version, key) for version, key in self._stored if isinstance(version, int)]
+        if not entries:
+            return {}
+        return {
+            "entries": [[version, key] for version, key in entries],
+            "features": torch.stack([self._stored[entry] for entry in entries]),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        entries, features = state_dict.get("entries"), state_dict.get("features")
+        valid = (
+            isinstance(entries, list)
+            and all(
+                isinstance(e, (list, tuple)) and len(e) == 2 and type(e[0]) is int and isinstance(e[1], str)
+                for e in entries
+            )
+            and isinstance(features, Tensor)
+            and features.is_floating_point()
+            and features.dim() == 2
+            and features.shape[0] == len(entries)
+        )
+        if not valid:
+            raise ConfigurationError(
+                "FrozenFeatureCache: the checkpoint's cached features are malformed (expected 'entries', a list of "
+                "[pass, image file] pairs, and 'features', one float row per entry); resume from another checkpoint "
+                "or without the cache."
+            )
+        if not torch.isfinite(features).all():
+            raise ConfigurationError(
+                "FrozenFeatureCache: the checkpoint's cached features hold NaN or infinite values."
+            )
+        self._stored = {(int(version), str(key)): row for (version, key), row in zip(entries, features.float())}
+        self._restored = self._check_restored = True
 
     @torch.no_grad()
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dataset = trainer.datamodule.train_dataset()
+        if self._check_restored:
+            self._check_restored = False
+            keys = _image_keys(dataset)
+            if keys and not any((version, key) in self._stored for version in range(self.passes) for key in keys):
+                rank_zero_warn(
+                    "FrozenFeatureCache: the checkpoint's cached features are of other image files than this training "
+                    "set's (a dataset moved to another folder?); its images are encoded again, so this run will end "
+                    "close to, not equal to, the uninterrupted run."
+                )
         if dataset is not self._train_dataset:  # the first epoch, or a training set that changed (pseudolabels)
             self.features = self.features_of(pl_module, dataset, list(range(self.passes)))
             self._train_dataset = dataset

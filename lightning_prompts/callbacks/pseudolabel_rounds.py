@@ -75,6 +75,9 @@ class PseudoLabelRounds(Callback):
         batch_size: images per pass while pseudolabelling.
     """
 
+    #: the training set changes between rounds (read by ``FrozenFeatureCache`` to checkpoint its features)
+    changes_training_set = True
+
     def __init__(
         self,
         strategy: Strategy = "grip",

@@ -101,3 +101,33 @@ def test_the_testbed_recipe_with_the_cache_runs_from_the_command_line(tmp_path):
     cache = next(c for c in cli.trainer.callbacks if isinstance(c, FrozenFeatureCache))
     assert cache.passes == 1 and cache.features is not None
     assert cache.features.shape[:2] == (1, len(cli.datamodule.train_dataset()))
+
+
+def test_without_a_callback_that_changes_the_training_set_checkpoints_hold_no_features(tiny_clip, trainer_kwargs):
+    cache = FrozenFeatureCache(passes=2)
+    fit_coop(tiny_clip, trainer_kwargs, [cache])
+    assert cache._stored and cache.state_dict() == {}  # a resumed run encodes the same set in the same batches
+
+
+def test_the_checkpointed_features_round_trip_and_malformed_ones_are_refused():
+    rows = torch.randn(3, 4)
+    cache = FrozenFeatureCache(passes=2)
+    cache._stored = {(0, "a.png"): rows[0], (1, "a.png"): rows[1], (0, "b.png"): rows[2], ("eval", "a.png"): rows[0]}
+    cache._training_set_changes = True
+    state = cache.state_dict()
+    assert state["entries"] == [[0, "a.png"], [1, "a.png"], [0, "b.png"]]  # the evaluation pass is not written
+    restored = FrozenFeatureCache(passes=2)
+    restored.load_state_dict(state)
+    assert restored._stored.keys() == {(0, "a.png"), (1, "a.png"), (0, "b.png")}
+    assert all(torch.equal(restored._stored[key], cache._stored[key]) for key in restored._stored)
+    assert FrozenFeatureCache(passes=2, checkpoint_features=False).state_dict() == {}
+    for bad in (
+        {"entries": [[0, "a.png"]], "features": torch.zeros(2, 4)},  # one row per entry
+        {"entries": [["0", "a.png"]], "features": torch.zeros(1, 4)},
+        {"entries": [[0, "a.png"]], "features": torch.zeros(1, 4, dtype=torch.long)},
+        {"entries": "a.png", "features": torch.zeros(1, 4)},
+    ):
+        with pytest.raises(ConfigurationError, match="malformed"):
+            FrozenFeatureCache().load_state_dict(bad)
+    with pytest.raises(ConfigurationError, match="NaN"):
+        FrozenFeatureCache().load_state_dict({"entries": [[0, "a.png"]], "features": torch.full((1, 4), float("nan"))})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +184,9 @@ def test_the_trzsl_split_labels_seen_classes_and_pseudolabels_only_unseen_ones()
 
 
 # -- the rounds ---------------------------------------------------------------------------------------
-def pseudolabel_data(setting="ssl", **split):
+def pseudolabel_data(setting="ssl", root="data", **split):
     return ImageFolderDataModule(
+        root=root,  # the synthetic images are written once: a root that has them is read again
         shots=-1,
         batch_size=8,
         eval_batch_size=16,
@@ -222,15 +224,23 @@ class StopAfterFirstEpoch(Callback):
         trainer.should_stop = True
 
 
+class StopAtEpoch(Callback):
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, module):
+        trainer.should_stop = trainer.current_epoch + 1 >= self.epochs
+
+
 def official_holdout(indices, labels):
     np.random.seed(0)  # the official 80 % of the pseudolabels (K ≥ holdout_from_k)
     kept = np.random.choice(range(len(indices)), size=int(len(indices) * 0.8), replace=False)
     return [indices[i] for i in kept], [labels[i] for i in kept]
 
 
-def fit_rounds(clip, trainer_kwargs, rounds, strategy="grip", epochs=2, setting="ssl", extra=(), **fit):
+def fit_rounds(clip, trainer_kwargs, rounds, strategy="grip", epochs=2, setting="ssl", extra=(), root="data", **fit):
     seed_everything(0)
-    data = pseudolabel_data(setting)
+    data = pseudolabel_data(setting, root=root)
     method = CoOp(clip, data.classnames, n_ctx=4, init_std=0.5, optimizer={"class_path": "torch.optim.SGD",
                   "init_args": {"lr": 0.5, "momentum": 0.9}})  # fmt: skip
     pseudo = PseudoLabelRounds(strategy=strategy, rounds=rounds, epochs_per_round=epochs, holdout_from_k=3)
@@ -316,6 +326,39 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tiny_clip, trainer_kwargs, t
                                        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
     assert pseudo.history == straight_rounds.history and pseudo.labels == straight_rounds.labels
     assert torch.equal(straight.prompt.ctx, resumed.prompt.ctx)
+
+
+@pytest.mark.parametrize("epochs", [1, 2], ids=["between-rounds", "mid-round"])
+def test_a_resumed_run_with_the_feature_cache_equals_the_uninterrupted_run(tiny_clip, trainer_kwargs, tmp_path, epochs):
+    # random augmentation and two passes: re-encoding after the resume would draw other crops in other batches
+    def cache():
+        return FrozenFeatureCache(passes=2, batch_size=5)
+
+    # the cache keys images by file, so the three runs read the same files
+    straight, data, straight_rounds, _ = fit_rounds(tiny_clip, trainer_kwargs, rounds=3, epochs=epochs, extra=[cache()])
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1)
+    kwargs = {**trainer_kwargs, "enable_checkpointing": True}
+    stop = StopAtEpoch(epochs + 1)  # after the first round boundary, so the cache holds two training sets
+    fit_rounds(tiny_clip, kwargs, rounds=3, epochs=epochs, extra=[cache(), checkpoint, stop], root=data.root)
+    resumed_cache = cache()
+    resumed, _, pseudo, _ = fit_rounds(tiny_clip, trainer_kwargs, rounds=3, epochs=epochs, extra=[resumed_cache],
+                                       root=data.root, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+    assert pseudo.history == straight_rounds.history and pseudo.labels == straight_rounds.labels
+    assert torch.equal(straight.prompt.ctx, resumed.prompt.ctx)
+
+
+def test_resuming_with_the_dataset_in_another_folder_warns_that_the_cached_features_are_not_used(
+    tiny_clip, trainer_kwargs, tmp_path
+):
+    _, data, _, _ = fit_rounds(tiny_clip, trainer_kwargs, rounds=2, epochs=1)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1)
+    kwargs = {**trainer_kwargs, "enable_checkpointing": True}
+    cache = FrozenFeatureCache(passes=1)
+    fit_rounds(tiny_clip, kwargs, rounds=2, epochs=1, extra=[cache, checkpoint, StopAfterFirstEpoch()], root=data.root)
+    moved = shutil.copytree(data.root, tmp_path / "moved")
+    with pytest.warns(UserWarning, match="other image files"):
+        fit_rounds(tiny_clip, trainer_kwargs, rounds=2, epochs=1, extra=[FrozenFeatureCache(passes=1)], root=moved,
+                   ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
 
 
 def test_bad_configurations_are_refused_before_training(tiny_clip, trainer_kwargs):
