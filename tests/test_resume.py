@@ -3,6 +3,9 @@ uninterrupted run: the random generators travel in the checkpoint (shuffle, augm
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import run_from_scratch_root, synthetic_fewshot
@@ -85,6 +88,8 @@ def train(build, folder, epochs, kill=None, resume=False, **trainer):
     return {key: value.clone() for key, value in model.state_dict().items() if key in model.trainable_state_keys()}
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
 CASES = {
     "coop": (coop, 3, 1, {}),
     "coop-2-workers": (lambda: coop(workers=2), 3, 1, {}),
@@ -124,34 +129,111 @@ COMMAND_CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(COMMAND_CASES), ids=list(COMMAND_CASES))
-def test_a_command_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(case, tmp_path, monkeypatch):
-    """Through the command line, with its own ``last.ckpt`` (written at the end of each training epoch)."""
-    from pathlib import Path
-
+def command_fits(configs: list[Path], options: list[str], tmp_path: Path, monkeypatch):
+    """``fit(folder, kill=None, resume=False)`` through the command line with ``configs`` and ``options``, 3 epochs,
+    seed 7, in ``folder``; returns the model's state. Recipes that write files (GRAM's regulator) write them in
+    ``tmp_path``."""
     from lightning_prompts.lightning_cli import PromptsCLI, run_cli
 
-    recipes = Path(__file__).resolve().parents[1] / "recipes"
-    configs, options, (kill_epoch, kill_batch) = COMMAND_CASES[case]
     extra: list[Callback] = []
     instantiate = PromptsCLI._instantiate_trainer
     monkeypatch.setattr(
         PromptsCLI, "_instantiate_trainer", lambda self, config, cbs: instantiate(self, config, cbs + extra)
     )
-    run_from_scratch_root(tmp_path, monkeypatch)  # and recipes that write files (GRAM's regulator) write them here
+    run_from_scratch_root(tmp_path, monkeypatch)
 
     def fit(folder, kill=None, resume=False):
         extra[:] = [kill] if kill else []
-        args = ["fit", *[arg for config in configs for arg in ("--config", str(recipes / config))], *options,
+        args = ["fit", *[arg for config in configs for arg in ("--config", str(config))], *options,
                 "--trainer.fast_dev_run=false", "--trainer.max_steps=-1", "--trainer.max_epochs=3",
                 "--trainer.default_root_dir", str(folder), "--seed_everything=7",
                 *(["--ckpt_path", "last"] if resume else [])]  # fmt: skip
-        return {key: value.clone() for key, value in run_cli(args).model.state_dict().items()}
+        model = run_cli(args).model
+        return {key: value.clone() for key, value in model.state_dict().items()}, model
 
-    straight = fit(tmp_path / "straight")
+    return fit
+
+
+@pytest.mark.parametrize("case", list(COMMAND_CASES), ids=list(COMMAND_CASES))
+def test_a_command_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(case, tmp_path, monkeypatch):
+    """Through the command line, with its own ``last.ckpt`` (written at the end of each training epoch)."""
+    configs, options, (kill_epoch, kill_batch) = COMMAND_CASES[case]
+    fit = command_fits([RECIPES / config for config in configs], options, tmp_path, monkeypatch)
+    straight, _ = fit(tmp_path / "straight")
     with pytest.raises(Interrupt):
         fit(tmp_path / "resumed", kill=KillAt(kill_epoch, kill_batch))
-    resumed = fit(tmp_path / "resumed", resume=True)
+    resumed, _ = fit(tmp_path / "resumed", resume=True)
+    assert straight.keys() == resumed.keys()
+    assert [key for key in straight if not torch.equal(straight[key], resumed[key])] == []
+
+
+def one_trained_recipe_per_folder_and_method() -> list[Path]:
+    """The first recipe of every recipe folder (``recipes/<folder>/``) and method that trains something at ``fit``,
+    among those the recipe tests fit: a folder's callbacks (GRIP's rounds, KgCoOp's loss term, the testbed's feature
+    cache) come with it. Left out: the stages that read another run's output (GRAM's CoOp recipes, MVLPT's target
+    stages), the text testbed (the text folders' methods on another backbone) and Local-Prompt's ImageNet recipes
+    (30 s here; ``testbed/ood_local_prompt.yaml`` resumes the same method in 5)."""
+    from test_recipes import recipes_to_fit
+
+    from lightning_prompts.recipes import merged_section, model_class
+
+    chosen: dict[tuple[str, str | None], Path] = {}
+    for recipe in recipes_to_fit():
+        folder = recipe.relative_to(RECIPES).parts[0]
+        reads_a_run = (folder == "gram" and recipe.name != "meta_train.yaml") or (
+            (merged_section(recipe, "model") or {}).get("init_args", {}).get("prompt_init")
+        )
+        if (
+            model_class(recipe) not in TRAINS_NOTHING_AT_FIT
+            and not reads_a_run
+            and folder not in ("text_testbed", "local_prompt")
+        ):
+            chosen.setdefault((folder, model_class(recipe)), recipe)
+    return sorted(chosen.values())
+
+
+TRAINS_NOTHING_AT_FIT = {"ZeroShotCLIP", "NegLabel", "TPT", "DiffTPT"}  # zero-shot and test-time methods
+
+
+class ShortRounds:
+    """Pseudolabel rounds of one epoch, three of them (the recipes' 10 × 150 epochs, shortened)."""
+
+    def __init__(self, monkeypatch):
+        from lightning_prompts.callbacks import PseudoLabelRounds
+
+        init = PseudoLabelRounds.__init__
+
+        @functools.wraps(init)  # the command's parser reads the signature
+        def short(callback, *args, **kwargs):
+            init(callback, *args, **{**kwargs, "rounds": 3, "epochs_per_round": 1})
+
+        monkeypatch.setattr(PseudoLabelRounds, "__init__", short)
+
+
+@pytest.mark.parametrize(
+    "recipe", one_trained_recipe_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES))
+)
+def test_every_method_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(recipe, tmp_path, monkeypatch):
+    """One recipe per method with its tiny overlay, three batches an epoch, killed at the second batch of the second
+    epoch (the first of it when an epoch has one batch) and resumed from the command's ``last.ckpt``."""
+    from test_recipes import overlay_for
+
+    ShortRounds(monkeypatch)
+    # PTEC's recipes stop a diverging run (its macro-F1 under 0.07) after the first epoch: nothing left to resume
+    options = ["--trainer.callbacks=[]"] if recipe.parent.name == "ptec" else []
+    options += ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.num_sanity_val_steps=0"]
+    fit = command_fits([recipe, overlay_for(recipe)], options, tmp_path, monkeypatch)
+    straight, model = fit(tmp_path / "straight")
+    assert any(parameter.requires_grad for parameter in model.parameters())
+    killed = None
+    for batch in (1, 0):
+        try:
+            fit(tmp_path / f"killed_at_{batch}", kill=KillAt(1, batch))
+        except Interrupt:
+            killed = tmp_path / f"killed_at_{batch}"
+            break
+    assert killed is not None, "the run never reached its second epoch"
+    resumed, _ = fit(killed, resume=True)
     assert straight.keys() == resumed.keys()
     assert [key for key in straight if not torch.equal(straight[key], resumed[key])] == []
 
@@ -160,11 +242,10 @@ def test_a_run_early_stopping_ended_resumed_from_last_trains_no_more(tmp_path, m
     """Lightning keeps EarlyStopping's counters but not its decision: the run resumed from its last.ckpt trained one
     more epoch (and rewrote last.ckpt). ``lightning-prompts fit`` now stops it before its first step."""
     import hashlib
-    from pathlib import Path
 
     from lightning_prompts.lightning_cli import run_cli
 
-    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    recipes = RECIPES
     run_from_scratch_root(tmp_path, monkeypatch)
     # val/acc never beats its first value by 10: patience 1 stops the run after its second epoch of five
     (tmp_path / "stop.yaml").write_text(
