@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,7 +120,8 @@ def gram_run(clip, strategy: str, devices: int, root, accumulate: int):
     data = ImageTextDataModule(synthetic=spec, image_size=32, batch_size=2, tasks_per_epoch=4, val_fraction=0.0)
     torch.manual_seed(0)
     gram = GRAM(clip, n_ctx=4, num_domains=3, output_dir=root / "gram")
-    options = {"max_epochs": 2, "accumulate_grad_batches": accumulate, "use_distributed_sampler": False}
+    # Lightning's default use_distributed_sampler: it leaves the meta-task sampler (a DistributedSampler) alone
+    options = {"max_epochs": 2, "accumulate_grad_batches": accumulate}
     fit_copies_back(gram, data, strategy, devices, root, **options)
     return gram.prompt.ctx.detach().clone(), [p.detach().clone() for p in gram.regulator.parameters()]
 
@@ -255,3 +257,93 @@ def test_ddp_pretraining_validates_with_the_first_processs_batchnorm_statistics(
     first, second = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
     assert first["mean"] != [0.0] * len(first["mean"])  # training moved them
     assert first == second
+
+
+class RanksAgree(Callback):
+    """At the end of fit, every process's trained parameters (sums per tensor) equal the first process's; written to
+    ``agree.json`` by the first process."""
+
+    def on_fit_end(self, trainer, module):
+        import json
+
+        trained = {name: p for name, p in module.named_parameters() if p.requires_grad}
+        keys = sorted(trained)
+        sums = torch.stack(
+            [trained[key].detach().double().sum() for key in keys] or [torch.zeros((), dtype=torch.float64)]
+        )
+        gathered = trainer.strategy.all_gather(sums)
+        if trainer.global_rank == 0:
+            record = {
+                "keys": len(keys),
+                "agree": bool(torch.equal(gathered[0], gathered[1])),
+                "steps": trainer.global_step,
+            }
+            (Path(trainer.default_root_dir) / "agree.json").write_text(json.dumps(record))
+
+
+UNUSED_IN_A_STEP = [
+    "lae/cifar100_adapter.yaml",  # LAE: the heads of later tasks
+    "hetgpt/acm_fine_tuning.yaml",  # HeteroFineTuning: the last layer's convolutions into authors and subjects
+    "hetgpt/acm_pretrain.yaml",  # HeteroContrastive: the same
+]
+
+
+@pytest.mark.parametrize("recipe", UNUSED_IN_A_STEP)
+def test_methods_with_parameters_a_step_leaves_without_gradient_train_under_two_processes(
+    recipe, tmp_path, monkeypatch
+):
+    """DDP stopped their first step ("parameters that were not used in producing the loss") unless the user knew
+    to ask for ``ddp_find_unused_parameters_true``; they now ask for it themselves, and the processes agree."""
+    import json
+
+    from helpers import run_from_scratch_root
+    from test_recipes import RECIPES, overlay_for
+
+    from lightning_prompts.cli import run_cli
+    from lightning_prompts.lightning_cli import PromptsCLI
+
+    instantiate = PromptsCLI._instantiate_trainer
+    monkeypatch.setattr(
+        PromptsCLI, "_instantiate_trainer", lambda self, config, cbs: instantiate(self, config, [*cbs, RanksAgree()])
+    )
+    run_from_scratch_root(tmp_path, monkeypatch)
+    run_cli(["fit", "--config", str(RECIPES / recipe), "--config", str(overlay_for(RECIPES / recipe)),
+             "--trainer.fast_dev_run=false", "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
+             "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0", "--trainer.strategy=ddp_fork",
+             "--trainer.devices=2", "--trainer.accelerator=cpu",
+             "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    record = json.loads((tmp_path / "agree.json").read_text())
+    assert record["agree"] and record["keys"] > 0 and record["steps"] >= 2
+
+
+def test_a_strategy_that_chose_find_unused_parameters_keeps_its_choice():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lightning_prompts.utils.distributed import allow_parameters_without_gradient
+
+    chosen = Trainer(strategy=DDPStrategy(find_unused_parameters=False), devices=2, accelerator="cpu", logger=False)
+    allow_parameters_without_gradient(chosen, "LAE")
+    assert chosen.strategy._ddp_kwargs == {"find_unused_parameters": False}
+    default = Trainer(strategy="ddp", devices=2, accelerator="cpu", logger=False)
+    allow_parameters_without_gradient(default, "LAE")
+    assert default.strategy._ddp_kwargs == {"find_unused_parameters": True}
+    one = Trainer(devices=1, accelerator="cpu", logger=False)
+    allow_parameters_without_gradient(one, "LAE")  # nothing to do outside DDP
+    assert not hasattr(one.strategy, "_ddp_kwargs")
+
+
+def test_fit_of_a_method_with_nothing_to_train_on_several_processes_is_refused_before_it_starts(tmp_path, monkeypatch):
+    from helpers import run_from_scratch_root
+    from test_recipes import RECIPES
+
+    from lightning_prompts.cli import run_cli
+    from lightning_prompts.errors import ConfigurationError
+
+    run_from_scratch_root(tmp_path, monkeypatch)
+    args = ["--config", str(RECIPES / "zero_shot_clip" / "caltech101.yaml"),
+            "--config", str(RECIPES / "_tiny" / "clip.yaml"),
+            "--trainer.strategy=ddp_fork", "--trainer.devices=2", "--trainer.accelerator=cpu",
+            "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    with pytest.raises(ConfigurationError, match="nothing to train.*lightning-prompts test"):
+        run_cli(["fit", *args])
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("config.yaml"))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_prompts.batch import CAPTION, IMAGE, INDEX
 from lightning_prompts.data.image_datamodule import Synthetic, _synthetic_root
@@ -50,14 +50,20 @@ class ImageCaptionDataset(Dataset):
         return {IMAGE: torch.as_tensor(image), CAPTION: self.captions[index], INDEX: index}
 
 
-class CrossDomainTaskSampler(Sampler[list[int]]):
-    """Meta-task batches: ``shots`` indices of one domain then ``shots`` of another, drawn with a
+class CrossDomainTaskSampler(DistributedSampler):
+    """Meta-tasks: ``shots`` indices of one domain then ``shots`` of another, drawn with a
     ``random.Random(seed + epoch)`` so every rerun draws the same tasks. Under DDP every rank draws the
-    same task list and keeps its own share of it (tasks ``rank, rank + world, …``). GRAM tells the
-    sampler its epoch (``set_epoch``; Lightning calls it on a loader's sampler only, not on a batch sampler), so a
-    resumed run draws the tasks of the epoch it resumes at; without it the epoch counts the iterations."""
+    same task list and keeps its own share of it (tasks ``rank, rank + world, …``).
+
+    It is the sampler of a loader over :class:`MetaTasks` (one item per task, ``batch_size=None``), not a batch
+    sampler: Lightning then tells it its epoch (``set_epoch``), so a resumed run draws the tasks of the epoch it
+    resumes at, and, being a ``DistributedSampler``, keeps it under DDP instead of trying to put one of its own
+    into it (which stopped GRAM's meta-training on several devices). Without ``set_epoch`` the epoch counts the
+    iterations."""
 
     def __init__(self, domains: Sequence[int], shots: int, tasks: int, seed: int = 0) -> None:
+        world, rank = process_count_and_rank()
+        super().__init__(range(max(tasks, world)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
         self.members: dict[int, list[int]] = {}
         for index, domain in enumerate(domains):
             self.members.setdefault(int(domain), []).append(index)
@@ -89,6 +95,20 @@ class CrossDomainTaskSampler(Sampler[list[int]]):
             support, query = rng.sample(names, 2)
             tasks.append(self._draw(rng, support) + self._draw(rng, query))
         yield from tasks[rank::world][: len(self)]  # the same number of tasks on every rank
+
+
+class MetaTasks(Dataset):
+    """``pairs`` read a task at a time: item ``[i, j, …]`` is the list of those pairs (what
+    :class:`CrossDomainTaskSampler` yields; ``collate_pairs`` makes the batch)."""
+
+    def __init__(self, pairs: Dataset) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)  # type: ignore[arg-type]
+
+    def __getitem__(self, task: Sequence[int]) -> list[dict[str, Any]]:
+        return [self.pairs[index] for index in task]
 
 
 def collate_pairs(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -249,7 +269,9 @@ class ImageTextDataModule(LightningDataModule):
         dataset = self._datasets["train"]
         tasks = self.tasks_per_epoch or max(1, len(dataset) // (2 * self.batch_size))
         sampler = CrossDomainTaskSampler(self.domains, self.batch_size, tasks, self.seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs, num_workers=self.num_workers)
+        return DataLoader(
+            MetaTasks(dataset), batch_size=None, sampler=sampler, collate_fn=collate_pairs, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         dataset = self._datasets["val"] if len(self._datasets["val"]) else self._datasets["train"]

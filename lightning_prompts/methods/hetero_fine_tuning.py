@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from lightning_prompts.methods.hetero_linear_probe import HeteroLinearProbe
 from lightning_prompts.registry import register_method
+from lightning_prompts.utils.distributed import allow_parameters_without_gradient
 
 
 @register_method(
@@ -32,6 +33,11 @@ class HeteroFineTuning(HeteroLinearProbe):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.backbone.requires_grad_(True)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":  # the last layer's convolutions into other node types than the target get no gradient
+            allow_parameters_without_gradient(self.trainer, type(self).__name__)
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [

@@ -47,6 +47,7 @@ from lightning_prompts.methods.base.continual import ContinualMixin
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.pet import BlockPET, PETHooks, PETKind
 from lightning_prompts.registry import register_method
+from lightning_prompts.utils.distributed import allow_parameters_without_gradient
 
 
 @register_method(
@@ -149,6 +150,11 @@ class LAE(ContinualMixin, ViTPromptModule):
         return F.cross_entropy(output.logits[:, start:].float(), targets - start)
 
     # -- task schedule ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":  # the heads of later tasks, and the PET modules in each task's first epochs
+            allow_parameters_without_gradient(self.trainer, type(self).__name__)
+
     def on_train_epoch_start(self) -> None:
         task, epoch = self.current_task, self.epoch_in_task()
         if task > 0 and epoch == 0:  # LAE builds a new optimizer per task

@@ -159,13 +159,6 @@ class GRAM(PromptModule):
             with torch.random.fork_rng(devices=[]):
                 datamodule.assign_domains(self.cluster_domains(datamodule.pairs_dataloader("train")))
 
-    def on_train_epoch_start(self) -> None:
-        # Lightning tells a loader's sampler its epoch, not its batch sampler (the meta-task sampler): told here, a
-        # resumed run draws the tasks of the epoch it resumes at, not epoch 0's again
-        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
-        if callable(getattr(batch_sampler, "set_epoch", None)):
-            batch_sampler.set_epoch(self.current_epoch)
-
     @torch.no_grad()
     def cluster_domains(self, loader: Any) -> list[int]:
         """k-means of the frozen model's concatenated image and caption features (one pass). The image

@@ -30,6 +30,7 @@ from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.pretraining.graphcl import feature_noise, nt_xent, uniform_draws
 from lightning_prompts.registry import register_pretraining
+from lightning_prompts.utils.distributed import allow_parameters_without_gradient
 
 
 def hetero_view(data: Any, ratio: float, generator: torch.Generator | None = None) -> tuple[dict, dict]:
@@ -94,6 +95,10 @@ class HeteroContrastive(EncoderPretraining):
         self.aug_ratio, self.temperature, self.sample_nodes = aug_ratio, temperature, sample_nodes
         self.encoder_path = encoder_path
         self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=1e-3))
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # the last layer's convolutions into other node types than the target get no gradient
+            allow_parameters_without_gradient(self.trainer, type(self).__name__)
 
     def contrastive_loss(self, data: Any) -> Tensor:
         views = [hetero_view(data, self.aug_ratio) for _ in range(2)]

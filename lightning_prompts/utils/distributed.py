@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 
@@ -45,3 +48,20 @@ def share_batchnorm_statistics(module: torch.nn.Module) -> None:
         if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.running_mean is not None:
             for buffer in (layer.running_mean, layer.running_var, layer.num_batches_tracked):
                 dist.broadcast(buffer, src=0)
+
+
+def allow_parameters_without_gradient(trainer: Any, who: str) -> None:
+    """Let a DDP run of ``who`` have trainable parameters that some steps leave without a gradient (LAE's heads of
+    later tasks, a heterogeneous GNN's last-layer convolutions into node types the loss never reads): DDP waits for
+    every parameter's gradient and stops the first step otherwise, asking for ``find_unused_parameters``. Set here,
+    before the strategy wraps the module, unless the run's strategy chose a value itself (e.g.
+    ``ddp_find_unused_parameters_false``). Nothing outside DDP."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = getattr(trainer, "strategy", None)
+    if not isinstance(strategy, DDPStrategy):
+        return
+    options = strategy._ddp_kwargs  # the keyword arguments DDPStrategy passes to DistributedDataParallel
+    if "find_unused_parameters" not in options:
+        options["find_unused_parameters"] = True
+        rank_zero_info(f"{who}: DDP runs with find_unused_parameters=True (some parameters get no gradient in a step).")
