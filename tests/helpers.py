@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -114,3 +115,16 @@ class RecordTrainingSteps(Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.steps[-1]["loss"] = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().clone()
+
+
+def short_pseudolabel_rounds(monkeypatch, rounds: int = 3) -> None:
+    """Pseudolabel rounds of one epoch, ``rounds`` of them, instead of the recipes' 10 × 150 epochs."""
+    from lightning_prompts.callbacks import PseudoLabelRounds
+
+    init = PseudoLabelRounds.__init__
+
+    @functools.wraps(init)  # the command's parser reads the signature
+    def short(callback, *args, **kwargs):
+        init(callback, *args, **{**kwargs, "rounds": rounds, "epochs_per_round": 1})
+
+    monkeypatch.setattr(PseudoLabelRounds, "__init__", short)

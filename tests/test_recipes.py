@@ -69,6 +69,30 @@ def recipes_to_fit() -> list[Path]:
     return picked + [recipe for recipe in OTHER_EVALUATION_PATHS + OTHER_SCHEMAS if recipe not in picked]
 
 
+def one_trained_recipe_per_folder_and_method() -> list[Path]:
+    """The first recipe of every recipe folder (``recipes/<folder>/``) and method that trains something at ``fit``,
+    among those the recipe tests fit: a folder's callbacks (GRIP's rounds, KgCoOp's loss term, the testbed's feature
+    cache) come with it. Left out: the stages that read another run's output (GRAM's CoOp recipes, MVLPT's target
+    stages), the text testbed (the text folders' methods on another backbone) and Local-Prompt's ImageNet recipes
+    (30 s here; ``testbed/ood_local_prompt.yaml`` runs the same method in 5)."""
+    chosen: dict[tuple[str, str | None], Path] = {}
+    for recipe in recipes_to_fit():
+        folder = recipe.relative_to(RECIPES).parts[0]
+        reads_a_run = (folder == "gram" and recipe.name != "meta_train.yaml") or (
+            (merged_section(recipe, "model") or {}).get("init_args", {}).get("prompt_init")
+        )
+        if (
+            model_class(recipe) not in TRAINS_NOTHING_AT_FIT
+            and not reads_a_run
+            and folder not in ("text_testbed", "local_prompt")
+        ):
+            chosen.setdefault((folder, model_class(recipe)), recipe)
+    return sorted(chosen.values())
+
+
+TRAINS_NOTHING_AT_FIT = {"ZeroShotCLIP", "NegLabel", "TPT", "DiffTPT"}  # zero-shot and test-time methods
+
+
 @pytest.fixture(scope="module")
 def parser():
     from lightning_prompts.lightning_cli import recipe_parser

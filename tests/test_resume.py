@@ -3,14 +3,14 @@ uninterrupted run: the random generators travel in the checkpoint (shuffle, augm
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_from_scratch_root, synthetic_fewshot
+from helpers import run_from_scratch_root, short_pseudolabel_rounds, synthetic_fewshot
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from test_recipes import one_trained_recipe_per_folder_and_method
 
 from lightning_prompts.backbones import HFText, OpenCLIP, TimmViT
 from lightning_prompts.data import ClassIncrementalDataModule, SyntheticText, TextClassificationDataModule
@@ -167,49 +167,6 @@ def test_a_command_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(cas
     assert [key for key in straight if not torch.equal(straight[key], resumed[key])] == []
 
 
-def one_trained_recipe_per_folder_and_method() -> list[Path]:
-    """The first recipe of every recipe folder (``recipes/<folder>/``) and method that trains something at ``fit``,
-    among those the recipe tests fit: a folder's callbacks (GRIP's rounds, KgCoOp's loss term, the testbed's feature
-    cache) come with it. Left out: the stages that read another run's output (GRAM's CoOp recipes, MVLPT's target
-    stages), the text testbed (the text folders' methods on another backbone) and Local-Prompt's ImageNet recipes
-    (30 s here; ``testbed/ood_local_prompt.yaml`` resumes the same method in 5)."""
-    from test_recipes import recipes_to_fit
-
-    from lightning_prompts.recipes import merged_section, model_class
-
-    chosen: dict[tuple[str, str | None], Path] = {}
-    for recipe in recipes_to_fit():
-        folder = recipe.relative_to(RECIPES).parts[0]
-        reads_a_run = (folder == "gram" and recipe.name != "meta_train.yaml") or (
-            (merged_section(recipe, "model") or {}).get("init_args", {}).get("prompt_init")
-        )
-        if (
-            model_class(recipe) not in TRAINS_NOTHING_AT_FIT
-            and not reads_a_run
-            and folder not in ("text_testbed", "local_prompt")
-        ):
-            chosen.setdefault((folder, model_class(recipe)), recipe)
-    return sorted(chosen.values())
-
-
-TRAINS_NOTHING_AT_FIT = {"ZeroShotCLIP", "NegLabel", "TPT", "DiffTPT"}  # zero-shot and test-time methods
-
-
-class ShortRounds:
-    """Pseudolabel rounds of one epoch, three of them (the recipes' 10 × 150 epochs, shortened)."""
-
-    def __init__(self, monkeypatch):
-        from lightning_prompts.callbacks import PseudoLabelRounds
-
-        init = PseudoLabelRounds.__init__
-
-        @functools.wraps(init)  # the command's parser reads the signature
-        def short(callback, *args, **kwargs):
-            init(callback, *args, **{**kwargs, "rounds": 3, "epochs_per_round": 1})
-
-        monkeypatch.setattr(PseudoLabelRounds, "__init__", short)
-
-
 @pytest.mark.parametrize(
     "recipe", one_trained_recipe_per_folder_and_method(), ids=lambda p: str(p.relative_to(RECIPES))
 )
@@ -218,7 +175,7 @@ def test_every_method_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(
     epoch (the first of it when an epoch has one batch) and resumed from the command's ``last.ckpt``."""
     from test_recipes import overlay_for
 
-    ShortRounds(monkeypatch)
+    short_pseudolabel_rounds(monkeypatch)
     # PTEC's recipes stop a diverging run (its macro-F1 under 0.07) after the first epoch: nothing left to resume
     options = ["--trainer.callbacks=[]"] if recipe.parent.name == "ptec" else []
     options += ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.num_sanity_val_steps=0"]
