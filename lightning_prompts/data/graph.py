@@ -15,7 +15,9 @@ protocol (ProG's) instead draws ``val_size`` and ``test_size`` examples at rando
 training shots, keeps only nodes whose ego-graph has ``ego_size`` = [min, max] nodes, and reduces the node features
 to ``svd_features`` columns (PyG's ``SVDFeatureReduction``: ``U[:, :k] diag(S[:k])``, no centring).
 ``shots=-1`` keeps a node dataset's own ``train/val/test_mask`` (e.g. Planetoid's public split) or
-splits graphs 80/10/10.
+splits graphs 80/10/10. ``shots=0`` is the split of self-supervised pre-training, which reads no label: every
+example trains except ``val_size`` (default a tenth) drawn at random to validate the pre-training loss (ProG
+pre-trains on every node's subgraph; Planetoid's public split would give it 140 of Cora's 2,708).
 """
 
 from __future__ import annotations
@@ -71,14 +73,17 @@ def pyg_dataset_class(class_path: str) -> type:
     return cls
 
 
-def check_node_features(data: Any, where: str) -> None:
+def check_node_features(data: Any, where: str, labels: bool = True) -> None:
+    """Node features, and (``labels``) labels: every split but pre-training's (``shots=0``) reads them."""
     if getattr(data, "x", None) is None:
         raise DatasetError(
             f"{where} has no node features (data.x is None). Graph prompts act on node features; add "
             f"them first, e.g. with torch_geometric.transforms.OneHotDegree or Constant."
         )
-    if getattr(data, "y", None) is None:
-        raise DatasetError(f"{where} has no labels (data.y is None).")
+    if labels and getattr(data, "y", None) is None:
+        raise DatasetError(
+            f"{where} has no labels (data.y is None); only self-supervised pre-training (shots=0) reads none."
+        )
 
 
 #: The label dtypes cross-entropy takes as class indices (PyG's TUDataset and Planetoid store torch.long).
@@ -171,14 +176,16 @@ class GraphDataModule(LightningDataModule):
             (from Python, a dataset instance works too). The mapping stays a mapping through the config
             parser and only a PyG dataset class is built from it, so a config can name nothing else.
         task: ``"node"`` or ``"graph"`` classification.
-        shots: training examples per class (``-1``: the dataset's own split, or 80/10/10 for graphs).
+        shots: training examples per class (``-1``: the dataset's own split, or 80/10/10 for graphs; ``0``: every
+            example but ``val_size`` trains, labels unread, for self-supervised pre-training).
         val_shots: validation examples per class (default: ``shots``).
         seed: seed of the few-shot split.
         ego_hops: for node tasks, classify each node's k-hop ego-graph instead of the node in the full graph.
         ego_size: ``[min, max]``: only nodes whose ego-graph has between min and max nodes (both included) are
             examples (RELIEF: Cora 4 hops 5–150, CiteSeer 3 hops 20–150, PubMed 2 hops 50–300).
         val_size, test_size: draw validation (and test; ``None``: all the rest) at random, unstratified, from the
-            examples left after the training shots instead of ``val_shots`` per class (RELIEF: 500 and 500).
+            examples left after the training shots instead of ``val_shots`` per class (RELIEF: 500 and 500). With
+            ``shots=0``: the examples held out to validate (default a tenth, at least one); no test set.
         svd_features: reduce node features to this many columns by SVD first (RELIEF: 100); node tasks only.
         edges: ``"as_stored"``, or ``"lower_to_higher"``: keep each edge only from the lower to the higher node
             index (node tasks). RELIEF's processed Cora holds each citation once that way, so its ego-graphs (in-
@@ -218,6 +225,12 @@ class GraphDataModule(LightningDataModule):
             )
         if ego_size is not None and (ego_hops is None or len(ego_size) != 2 or not 1 <= ego_size[0] <= ego_size[1]):
             raise ValueError(f"ego_size must be [min, max] with 1 <= min <= max and needs ego_hops, got {ego_size}.")
+        if shots < -1:
+            raise ValueError(f"shots must be -1 (the dataset's split), 0 (pre-training) or positive, got {shots}.")
+        if shots == 0 and (test_size is not None or (val_size is not None and val_size < 1)):
+            raise ValueError(
+                "with shots=0 (pre-training) val_size is the held-out examples (>= 1) and there is no test."
+            )
         if test_size is not None and val_size is None:
             raise ValueError("test_size needs val_size (both draw from the examples left after the training shots).")
         if svd_features is not None and (task != "node" or svd_features < 1):
@@ -237,7 +250,7 @@ class GraphDataModule(LightningDataModule):
         where = f"{type(self.dataset).__name__} dataset"
         if len(self.dataset) == 0:
             raise DatasetError(f"{where} is empty.")
-        check_node_features(self.dataset[0], where)
+        check_node_features(self.dataset[0], where, labels=shots != 0)
 
     @property
     def graph(self) -> Any:
@@ -319,8 +332,10 @@ class GraphDataModule(LightningDataModule):
         return check_class_indices(torch.cat(labels), where, "graph")
 
     def _split_indices(self) -> dict[str, list[int]]:
-        labels = self._labels.tolist()
         name = type(self.dataset).__name__
+        if self.shots == 0:
+            return self._pretraining_split(name)
+        labels = self._labels.tolist()
         if self.shots > 0:
             sizes = None if self.val_size is None else (self.val_size, self.test_size)
             eligible = None if self.ego_size is None else self.ego_sized_nodes()
@@ -338,6 +353,21 @@ class GraphDataModule(LightningDataModule):
         random.Random(self.seed).shuffle(order)
         cut1, cut2 = int(0.8 * len(order)), int(0.9 * len(order))
         return {"train": sorted(order[:cut1]), "val": sorted(order[cut1:cut2]), "test": sorted(order[cut2:])}
+
+    def _pretraining_split(self, name: str) -> dict[str, list[int]]:
+        """``shots=0``: every example (every node of a node task, or those of ``ego_size``) but ``val_size`` drawn at
+        random trains; the held-out ones validate (and stand as the test split, which pre-training never reads)."""
+        count = self.graph.num_nodes if self.task == "node" else len(self.dataset)
+        examples = self.ego_sized_nodes() if self.ego_size is not None else list(range(count))
+        held = self.val_size if self.val_size is not None else max(1, len(examples) // 10)
+        if held >= len(examples):
+            raise DatasetError(
+                f"{name}: {len(examples)} examples cannot hold out {held} to validate and train on the rest."
+            )
+        order = list(examples)
+        random.Random(self.seed).shuffle(order)
+        val = sorted(order[:held])
+        return {"train": sorted(order[held:]), "val": val, "test": val}
 
     def ego_sized_nodes(self) -> list[int]:
         """The nodes whose ``ego_hops``-hop ego-graph has ``ego_size`` nodes (sizes as ``k_hop_subgraph`` counts:
@@ -412,6 +442,11 @@ class GraphDataModule(LightningDataModule):
         return self._loader("test", False)
 
 
+def _label_of(graph: Any, center: int) -> dict[str, Any]:
+    """``{"y": the centre's class}``, or nothing for an unlabelled graph (pre-training)."""
+    return {} if getattr(graph, "y", None) is None else {"y": graph.y[center].view(1)}
+
+
 def ego_graphs(graph: Any, centers: Sequence[int], hops: int) -> list[Any]:
     """The ``hops``-hop induced subgraph around each center node, labelled with the center's class."""
     from torch_geometric.data import Data
@@ -423,7 +458,7 @@ def ego_graphs(graph: Any, centers: Sequence[int], hops: int) -> list[Any]:
             int(center), hops, graph.edge_index, relabel_nodes=True, num_nodes=graph.num_nodes
         )
         graphs.append(
-            Data(x=graph.x[nodes], edge_index=edge_index, y=graph.y[center].view(1), center_index=mapping.view(1))
+            Data(x=graph.x[nodes], edge_index=edge_index, center_index=mapping.view(1), **_label_of(graph, center))
         )
     return graphs
 
@@ -459,7 +494,9 @@ def sampled_ego_graphs(graph: Any, centers: Sequence[int], fanout: Sequence[int]
         nodes = torch.tensor(list(local), dtype=torch.long)
         edge_index = torch.tensor(edges, dtype=torch.long).t().reshape(2, -1)
         graphs.append(
-            Data(x=graph.x[nodes], edge_index=edge_index, y=graph.y[center].view(1), center_index=torch.zeros(1).long())
+            Data(
+                x=graph.x[nodes], edge_index=edge_index, center_index=torch.zeros(1).long(), **_label_of(graph, center)
+            )
         )
     return graphs
 

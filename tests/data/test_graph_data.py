@@ -110,3 +110,35 @@ def test_sampled_ego_graphs_match_pyg_neighbor_loader_with_all_neighbours_and_re
         assert sub.num_nodes <= 1 + 2 + 2 and int(sub.center_index) == 0
     again = sampled_ego_graphs(graph, centers, [2, 1], seed=3)
     assert all(torch.equal(a.edge_index, b.edge_index) for a, b in zip(narrow, again))  # seeded
+
+
+def test_the_pretraining_split_trains_on_every_node_but_a_held_out_tenth_without_reading_labels():
+    from torch_geometric.datasets import KarateClub
+
+    graph = KarateClub()[0]  # a real graph that installs with PyG: 34 members of Zachary's karate club
+    unlabelled = Data(x=graph.x, edge_index=graph.edge_index)  # no y: pre-training must not read labels
+    data = GraphDataModule([unlabelled], task="node", shots=0, ego_hops=2)
+    split = data._split_indices()
+    assert (len(split["train"]), len(split["val"])) == (31, 3) and split["test"] == split["val"]  # 34 // 10 held out
+    assert sorted(split["train"] + split["val"]) == list(range(34))  # every node, each once
+    data.setup("fit")
+    assert len(data._splits["train"]) == 31 and all(not hasattr(g, "y") or g.y is None for g in data._splits["train"])
+    again = GraphDataModule([unlabelled], task="node", shots=0, ego_hops=2, val_size=5, seed=1)
+    again.setup("fit")
+    assert (len(again._splits["train"]), len(again._splits["val"])) == (29, 5)
+    graphs = GraphDataModule([graph] * 20, task="graph", shots=0)._split_indices()  # graph datasets too
+    assert (len(graphs["train"]), len(graphs["val"])) == (18, 2)
+    with pytest.raises(ValueError, match="no test"):
+        GraphDataModule([unlabelled], task="node", shots=0, ego_hops=2, val_size=3, test_size=3)
+    with pytest.raises(ValueError, match="shots must be"):
+        GraphDataModule([unlabelled], task="node", shots=-2)
+
+
+def test_graphcl_pretraining_on_cora_reads_every_node_not_the_public_split():
+    """recipes/graphcl/cora.yaml took Planetoid's public split (shots: -1): 140 of Cora's 2,708 nodes trained."""
+    from pathlib import Path
+
+    from lightning_prompts.recipes import merged_section
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "graphcl" / "cora.yaml"
+    assert merged_section(recipe, "data")["init_args"]["shots"] == 0
