@@ -260,23 +260,30 @@ def test_ddp_pretraining_validates_with_the_first_processs_batchnorm_statistics(
 
 
 class RanksAgree(Callback):
-    """At the end of fit, every process's trained parameters (sums per tensor) equal the first process's; written to
-    ``agree.json`` by the first process."""
+    """At the end of fit, every process's parameters, trained or frozen, and the method's trainable state (buffers
+    such as LAE's offline PET copy included) equal the first process's, compared by three float64 checksums per
+    tensor (sum, sum of squares, position-weighted sum); written to ``agree.json`` by the first process."""
 
     def on_fit_end(self, trainer, module):
         import json
 
-        trained = {name: p for name, p in module.named_parameters() if p.requires_grad}
-        keys = sorted(trained)
-        sums = torch.stack(
-            [trained[key].detach().double().sum() for key in keys] or [torch.zeros((), dtype=torch.float64)]
-        )
-        gathered = trainer.strategy.all_gather(sums)
+        tensors = dict(module.named_parameters())
+        state = module.state_dict()
+        trainable = getattr(module, "trainable_state_keys", None)
+        tensors |= {key: state[key] for key in (trainable() if callable(trainable) else ())}
+        keys = sorted(tensors)
+        rows = []
+        for key in keys:
+            values = tensors[key].detach().double().flatten()
+            weights = torch.arange(1, values.numel() + 1, dtype=torch.float64)
+            rows.append(torch.stack([values.sum(), (values * values).sum(), (values * weights).sum()]))
+        gathered = trainer.strategy.all_gather(torch.stack(rows))
         if trainer.global_rank == 0:
             record = {
-                "keys": len(keys),
+                "trained": sum(p.requires_grad for p in module.parameters()),
                 "agree": bool(torch.equal(gathered[0], gathered[1])),
-                "steps": trainer.global_step,
+                "batches": trainer.fit_loop.epoch_loop.batch_progress.total.completed,
+                "epochs": trainer.current_epoch,
             }
             (Path(trainer.default_root_dir) / "agree.json").write_text(json.dumps(record))
 
@@ -319,7 +326,7 @@ def test_every_method_trains_under_two_processes_and_the_processes_agree(recipe,
         return
     run_cli(args)
     record = json.loads((tmp_path / "agree.json").read_text())
-    assert record["agree"] and record["keys"] > 0 and record["steps"] >= 2
+    assert record["agree"] and record["trained"] > 0 and record["epochs"] == 2 and record["batches"] >= 2
 
 
 def test_a_strategy_that_chose_find_unused_parameters_keeps_its_choice():

@@ -126,6 +126,10 @@ COMMAND_CASES = {
     # GRAM's meta-task sampler never heard the epoch (Lightning tells a loader's sampler, not a batch sampler) and
     # its domain clustering drew from the restored generators: the resumed run drew epoch 0's tasks again
     "gram-meta-training": (["gram/meta_train.yaml", "_tiny/clip.yaml"], ["--data.init_args.tasks_per_epoch=3"], (1, 1)),
+    # the frozen-feature cache with pseudolabel rounds (one epoch each) through the command, resumed at a round
+    # boundary (tests/callbacks/test_pseudolabel_rounds.py shows, with smaller encoding batches, that equality
+    # needs the features the cache writes into the checkpoint)
+    "feature-cache-and-pseudolabel-rounds": (["testbed/grip_ssl.yaml", "_tiny/clip.yaml"], [], (1, 0)),
 }  # fmt: skip
 
 
@@ -158,6 +162,7 @@ def command_fits(configs: list[Path], options: list[str], tmp_path: Path, monkey
 def test_a_command_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(case, tmp_path, monkeypatch):
     """Through the command line, with its own ``last.ckpt`` (written at the end of each training epoch)."""
     configs, options, (kill_epoch, kill_batch) = COMMAND_CASES[case]
+    short_pseudolabel_rounds(monkeypatch)
     fit = command_fits([RECIPES / config for config in configs], options, tmp_path, monkeypatch)
     straight, _ = fit(tmp_path / "straight")
     with pytest.raises(Interrupt):

@@ -65,7 +65,7 @@ class FrozenFeatureCache(Callback):
         self.features: Tensor | None = None  # (passes, N, D): the current training set's
         self._train_dataset: Any = None
         self._stored: dict[tuple[int | str, str], Tensor] = {}  # (pass or preprocessing, image file) -> feature
-        self._restored = False  # _stored came from a checkpoint (Lightning restores callbacks before on_fit_start)
+        self._restored = False  # _stored came from this run's checkpoint (reset at setup, before any restore)
         self._training_set_changes = False  # a callback of the fit changes the training set (pseudolabel rounds)
         self._check_restored = False  # warn once if the restored features are of other files than the training set
         # validation features per data loader, keyed by the loader's dataset (a new dataset is re-encoded)
@@ -81,11 +81,15 @@ class FrozenFeatureCache(Callback):
         if datamodule is not None and provided(datamodule, TrainingSet) is None:
             raise ConfigurationError("FrozenFeatureCache needs a data module that exposes train_dataset().")
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # before any restore, whatever the stage and strategy: features a validate/test checkpoint brought back
+        # are not kept for a later fit
+        self._restored = self._check_restored = False
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.features, self._train_dataset = None, None
-        if not self._restored:
+        if not self._restored:  # a checkpoint's features restored by now are kept (FSDP and DeepSpeed restore later)
             self._stored = {}
-        self._restored = False
         self._training_set_changes = any(getattr(c, "changes_training_set", False) for c in trainer.callbacks)
 
     def state_dict(self) -> dict[str, Any]:
@@ -141,6 +145,7 @@ class FrozenFeatureCache(Callback):
                     "set's (a dataset moved to another folder?); its images are encoded again, so this run will end "
                     "close to, not equal to, the uninterrupted run."
                 )
+                self._stored = {}  # of no use, and checkpoints would carry them on
         if dataset is not self._train_dataset:  # the first epoch, or a training set that changed (pseudolabels)
             self.features = self.features_of(pl_module, dataset, list(range(self.passes)))
             self._train_dataset = dataset

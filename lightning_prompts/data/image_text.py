@@ -71,6 +71,8 @@ class CrossDomainTaskSampler(DistributedSampler):
             raise DatasetError(f"meta-tasks need at least 2 domains, the training pairs have {len(self.members)}.")
         self.shots, self.tasks, self.seed, self.epoch = shots, tasks, seed, 0
         self._epoch_given = False
+        self.num_samples = len(self)  # DistributedSampler's own count, as this sampler yields it
+        self.total_size = self.num_samples * world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._epoch_given = int(epoch), True
@@ -98,8 +100,8 @@ class CrossDomainTaskSampler(DistributedSampler):
 
 
 class MetaTasks(Dataset):
-    """``pairs`` read a task at a time: item ``[i, j, …]`` is the list of those pairs (what
-    :class:`CrossDomainTaskSampler` yields; ``collate_pairs`` makes the batch)."""
+    """``pairs`` read a task at a time: item ``[i, j, …]`` (a task, as :class:`CrossDomainTaskSampler` yields it) is
+    the list of those pairs, which ``collate_pairs`` makes a batch. Its length is the pairs'."""
 
     def __init__(self, pairs: Dataset) -> None:
         self.pairs = pairs

@@ -97,6 +97,7 @@ class HeteroContrastive(EncoderPretraining):
         self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=1e-3))
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         if stage == "fit":  # the last layer's convolutions into other node types than the target get no gradient
             allow_parameters_without_gradient(self.trainer, type(self).__name__)
 

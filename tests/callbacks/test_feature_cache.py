@@ -131,3 +131,13 @@ def test_the_checkpointed_features_round_trip_and_malformed_ones_are_refused():
             FrozenFeatureCache().load_state_dict(bad)
     with pytest.raises(ConfigurationError, match="NaN"):
         FrozenFeatureCache().load_state_dict({"entries": [[0, "a.png"]], "features": torch.full((1, 4), float("nan"))})
+
+
+def test_features_a_validate_or_test_checkpoint_restored_are_not_kept_for_a_later_fit():
+    from types import SimpleNamespace
+
+    cache = FrozenFeatureCache(passes=1)
+    cache.load_state_dict({"entries": [[0, "old.png"]], "features": torch.zeros(1, 4)})  # validate(ckpt_path=...)
+    cache.setup(None, None, "fit")  # the next run: setup comes before its own restore, if any
+    cache.on_fit_start(SimpleNamespace(callbacks=[]), None)
+    assert cache._stored == {}

@@ -184,7 +184,7 @@ def test_the_trzsl_split_labels_seen_classes_and_pseudolabels_only_unseen_ones()
 
 
 # -- the rounds ---------------------------------------------------------------------------------------
-def pseudolabel_data(setting="ssl", root="data", **split):
+def pseudolabel_data(setting="ssl", root="data", augmentation="vtab", **split):
     return ImageFolderDataModule(
         root=root,  # the synthetic images are written once: a root that has them is read again
         shots=-1,
@@ -192,7 +192,7 @@ def pseudolabel_data(setting="ssl", root="data", **split):
         eval_batch_size=16,
         num_workers=0,
         image_size=32,
-        augmentation="vtab",
+        augmentation=augmentation,
         synthetic=Synthetic(num_classes=4, images_per_class=10),
         pseudolabels={"setting": setting, **split},
     )
@@ -238,9 +238,20 @@ def official_holdout(indices, labels):
     return [indices[i] for i in kept], [labels[i] for i in kept]
 
 
-def fit_rounds(clip, trainer_kwargs, rounds, strategy="grip", epochs=2, setting="ssl", extra=(), root="data", **fit):
+def fit_rounds(
+    clip,
+    trainer_kwargs,
+    rounds,
+    strategy="grip",
+    epochs=2,
+    setting="ssl",
+    extra=(),
+    root="data",
+    augmentation="vtab",
+    **fit,
+):
     seed_everything(0)
-    data = pseudolabel_data(setting, root=root)
+    data = pseudolabel_data(setting, root=root, augmentation=augmentation)
     method = CoOp(clip, data.classnames, n_ctx=4, init_std=0.5, optimizer={"class_path": "torch.optim.SGD",
                   "init_args": {"lr": 0.5, "momentum": 0.9}})  # fmt: skip
     pseudo = PseudoLabelRounds(strategy=strategy, rounds=rounds, epochs_per_round=epochs, holdout_from_k=3)
@@ -329,20 +340,24 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tiny_clip, trainer_kwargs, t
 
 
 @pytest.mark.parametrize("epochs", [1, 2], ids=["between-rounds", "mid-round"])
-def test_a_resumed_run_with_the_feature_cache_equals_the_uninterrupted_run(tiny_clip, trainer_kwargs, tmp_path, epochs):
-    # random augmentation and two passes: re-encoding after the resume would draw other crops in other batches
+@pytest.mark.parametrize("augmentation", ["vtab", "clip"], ids=["resize", "random-crops-and-flips"])
+def test_a_resumed_run_with_the_feature_cache_equals_the_uninterrupted_run(
+    tiny_clip, trainer_kwargs, tmp_path, epochs, augmentation
+):
+    # two passes in batches of 5: re-encoding a later round's images after the resume would put them in other
+    # batches (float rounding) and, with random crops and flips, draw other augmentations
     def cache():
         return FrozenFeatureCache(passes=2, batch_size=5)
 
+    rounds = {"rounds": 3, "epochs": epochs, "augmentation": augmentation}
     # the cache keys images by file, so the three runs read the same files
-    straight, data, straight_rounds, _ = fit_rounds(tiny_clip, trainer_kwargs, rounds=3, epochs=epochs, extra=[cache()])
+    straight, data, straight_rounds, _ = fit_rounds(tiny_clip, trainer_kwargs, extra=[cache()], **rounds)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1)
     kwargs = {**trainer_kwargs, "enable_checkpointing": True}
     stop = StopAtEpoch(epochs + 1)  # after the first round boundary, so the cache holds two training sets
-    fit_rounds(tiny_clip, kwargs, rounds=3, epochs=epochs, extra=[cache(), checkpoint, stop], root=data.root)
-    resumed_cache = cache()
-    resumed, _, pseudo, _ = fit_rounds(tiny_clip, trainer_kwargs, rounds=3, epochs=epochs, extra=[resumed_cache],
-                                       root=data.root, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+    fit_rounds(tiny_clip, kwargs, extra=[cache(), checkpoint, stop], root=data.root, **rounds)
+    resumed, _, pseudo, _ = fit_rounds(tiny_clip, trainer_kwargs, extra=[cache()], root=data.root,
+                                       ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), **rounds)  # fmt: skip
     assert pseudo.history == straight_rounds.history and pseudo.labels == straight_rounds.labels
     assert torch.equal(straight.prompt.ctx, resumed.prompt.ctx)
 
@@ -356,9 +371,11 @@ def test_resuming_with_the_dataset_in_another_folder_warns_that_the_cached_featu
     cache = FrozenFeatureCache(passes=1)
     fit_rounds(tiny_clip, kwargs, rounds=2, epochs=1, extra=[cache, checkpoint, StopAfterFirstEpoch()], root=data.root)
     moved = shutil.copytree(data.root, tmp_path / "moved")
+    resumed = FrozenFeatureCache(passes=1)
     with pytest.warns(UserWarning, match="other image files"):
-        fit_rounds(tiny_clip, trainer_kwargs, rounds=2, epochs=1, extra=[FrozenFeatureCache(passes=1)], root=moved,
+        fit_rounds(tiny_clip, trainer_kwargs, rounds=2, epochs=1, extra=[resumed], root=moved,
                    ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+    assert resumed._stored and all(str(moved) in key for _, key in resumed._stored)  # the old files' features dropped
 
 
 def test_bad_configurations_are_refused_before_training(tiny_clip, trainer_kwargs):
