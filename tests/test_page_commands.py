@@ -59,10 +59,13 @@ def test_the_page_command_runs(case, tmp_path, monkeypatch, request):
     assert config_flag == "--config", command
     overlay = overlay_for(ROOT / recipe)
     run = ["--config", recipe, "--config", str(overlay), *rest, "--trainer.default_root_dir", str(tmp_path / "run")]
-    if "--ckpt_path" in rest:  # after the page's own fit of the same recipe, whose last or best checkpoint it reads
+    if "--ckpt_path" in rest:  # after the page's own fit of the same recipe, whose checkpoint it reads
         which = rest[rest.index("--ckpt_path") + 1]
         fitted = run_cli(["fit", *run[:4], "--trainer.default_root_dir", str(tmp_path / "run")])
-        fitted.trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / f"{which}.ckpt")  # fast_dev_run writes none
+        # fast_dev_run writes none: saved where the command reads it (last/best under the run folder, or the path
+        # the page names, relative to the folder commands run from)
+        where = tmp_path / which if "/" in which else tmp_path / "run" / "checkpoints" / f"{which}.ckpt"
+        fitted.trainer.save_checkpoint(where)
     cli = run_cli([subcommand, *run])
     assert cli.trainer.state.finished
     metrics = cli.trainer.callback_metrics
