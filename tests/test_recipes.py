@@ -291,3 +291,23 @@ def test_predict_runs_on_the_data_modules_that_lacked_it(recipe, tmp_path):
     rows = sum(len(batch["logits"]) for batch in cli.trainer.predict_loop.predictions)
     written = load_file(str(tmp_path / "predictions.safetensors"))
     assert rows > 0 and written["logits"].shape[0] == rows
+
+
+def test_the_karate_club_recipes_run_as_written_on_the_real_graph(tmp_path, monkeypatch):
+    """No overlay: PyG's KarateClub ships with torch-geometric. GraphCL pre-trains and writes its encoder, GPF-plus
+    loads it (a wrong path would fail) and its best checkpoint tests on the 26 members it neither trained nor
+    validated on, as the recipe's header commands say."""
+    run_from_scratch_root(tmp_path, monkeypatch)
+    header = [line for line in (RECIPES / "gpf" / "karate.yaml").read_text().splitlines() if line.startswith("#   ")]
+    commands = [line.removeprefix("#   lightning-prompts ").split() for line in header]
+    assert [command[0] for command in commands] == ["fit", "fit", "test"]
+    runs = []
+    for command in commands:
+        command = [
+            part.replace("recipes/", f"{RECIPES}/", 1) if part.startswith("recipes/") else part for part in command
+        ]
+        runs.append(run_cli([*command, "--trainer.enable_progress_bar", "false"]))
+    assert (tmp_path / "outputs" / "gnn" / "graphcl_karate_gin.pt").is_file()
+    tested = runs[-1]
+    assert tested.trainer.state.finished and 0.0 < float(tested.trainer.callback_metrics["test/acc"]) <= 1.0
+    assert len(tested.datamodule.test_dataloader().dataset) == 26
