@@ -39,8 +39,7 @@ METHODS = {
     "GPF": "gpf/karate_gpf.yaml",
     "GPF-plus": "gpf/karate.yaml",
 }
-# a config file, not `--model.init_args.backbone.init_args.checkpoint_path null`: jsonargparse 4.53 reads a nested
-# class's argument set to null on the command line as the string "None"
+# the same as `--model.init_args.backbone.init_args.checkpoint_path null`, as a config file
 RANDOM_ENCODER = "model:\n  init_args:\n    backbone:\n      init_args: {checkpoint_path: null}\n"
 ENCODERS = {"GraphCL": [], "random": ["--config", "random_encoder.yaml"]}
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

@@ -478,6 +478,35 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "…"
 
 
+def nested_nulls_as_init_args(args: Sequence[str]) -> list[str]:
+    """``--a.init_args.b.init_args.c null`` (or ``=null``) given as ``--a.init_args.b '{"init_args": {"c": null}}'``.
+
+    jsonargparse (4.53) reads a null given this way to an argument of a class nested in another class's arguments
+    (a backbone's ``checkpoint_path``) as the string ``"None"`` when a config had set it; the ``init_args`` form
+    sets None and keeps the class's other arguments. Other arguments pass unchanged."""
+    out: list[str] = []
+    items = list(args)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        key, value, step = item, None, 1
+        if item.startswith("--") and "=" in item:
+            key, _, value = item.partition("=")
+        elif item.startswith("--") and index + 1 < len(items):
+            value, step = items[index + 1], 2
+        if value == "null" and key.count(".init_args.") >= 2:
+            owner, _, leaf = key.rpartition(".init_args.")
+            update: Any = None
+            for part in reversed(leaf.split(".")):
+                update = {part: update}
+            out.extend([owner, json.dumps({"init_args": update})])
+            index += step
+        else:
+            out.append(item)
+            index += 1
+    return out
+
+
 def run_cli(args: Sequence[str] | None = None, run: bool = True, exit_on_error: bool = True) -> PromptsCLI:
     """Run the CLI on ``args`` (``sys.argv`` when ``None``); errors propagate (tests use this).
 
@@ -489,10 +518,10 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True, exit_on_error: 
     registry.import_all()  # short class names and subclass lookups see every registered class
     quiet()
     if args is None:  # the console script: expand in place (LightningCLI reads sys.argv)
-        sys.argv[1:] = expand_config_args(sys.argv[1:])
+        sys.argv[1:] = nested_nulls_as_init_args(expand_config_args(sys.argv[1:]))
         arguments = None
     else:
-        arguments = expand_config_args(list(args))
+        arguments = nested_nulls_as_init_args(expand_config_args(list(args)))
     return PromptsCLI(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,

@@ -318,3 +318,19 @@ def test_predict_under_two_ddp_processes_writes_every_prediction_once_in_order(t
     one = load_file(str(tmp_path / "one" / "predictions.safetensors"))
     assert ddp["logits"].shape == one["logits"].shape and len(one["logits"]) > 3  # several batches per process
     assert torch.allclose(ddp["logits"], one["logits"], atol=1e-5) and torch.equal(ddp["preds"], one["preds"])
+
+
+def test_a_nested_class_argument_set_to_null_on_the_command_line_is_none_not_the_string_none(tmp_path):
+    """jsonargparse 4.53 read ``--model.init_args.backbone.init_args.checkpoint_path null`` as "None" (and the GNN
+    looked for a file of that name) once the recipe had set a path; the command passes it as init_args instead."""
+    from lightning_prompts.lightning_cli import nested_nulls_as_init_args
+
+    assert nested_nulls_as_init_args(["--a.init_args.b.init_args.c", "null", "--a.init_args.d", "null"]) == [
+        "--a.init_args.b", '{"init_args": {"c": null}}', "--a.init_args.d", "null"]  # fmt: skip
+    assert nested_nulls_as_init_args(["--a.init_args.b.init_args.c.e=null", "--x", "--y=1"]) == [
+        "--a.init_args.b", '{"init_args": {"c": {"e": null}}}', "--x", "--y=1"]  # fmt: skip
+    for override in (["--model.init_args.backbone.init_args.checkpoint_path", "null"],
+                     ["--model.init_args.backbone.init_args.checkpoint_path=null"]):  # fmt: skip
+        cli = run_cli(["fit", "--config", str(RECIPES / "gpf" / "karate.yaml"), *override, "--trainer.fast_dev_run",
+                       "true", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+        assert cli.model.backbone.checkpoint_path is None and cli.model.backbone.in_channels == 34  # the rest kept
