@@ -133,8 +133,8 @@ COMMAND_CASES = {
 }  # fmt: skip
 
 
-def command_fits(configs: list[Path], options: list[str], tmp_path: Path, monkeypatch):
-    """``fit(folder, kill=None, resume=False)`` through the command line with ``configs`` and ``options``, 3 epochs,
+def command_fits(configs: list[Path], options: list[str], tmp_path: Path, monkeypatch, epochs: int = 3):
+    """``fit(folder, kill=None, resume=False)`` through the command line with ``configs`` and ``options``, ``epochs``,
     seed 7, in ``folder``; returns the model's state. Recipes that write files (GRAM's regulator) write them in
     ``tmp_path``."""
     from lightning_prompts.lightning_cli import PromptsCLI, run_cli
@@ -149,7 +149,7 @@ def command_fits(configs: list[Path], options: list[str], tmp_path: Path, monkey
     def fit(folder, kill=None, resume=False):
         extra[:] = [kill] if kill else []
         args = ["fit", *[arg for config in configs for arg in ("--config", str(config))], *options,
-                "--trainer.fast_dev_run=false", "--trainer.max_steps=-1", "--trainer.max_epochs=3",
+                "--trainer.fast_dev_run=false", "--trainer.max_steps=-1", f"--trainer.max_epochs={epochs}",
                 "--trainer.default_root_dir", str(folder), "--seed_everything=7",
                 *(["--ckpt_path", "last"] if resume else [])]  # fmt: skip
         model = run_cli(args).model
@@ -180,11 +180,11 @@ def test_every_method_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(
     epoch (the first of it when an epoch has one batch) and resumed from the command's ``last.ckpt``."""
     from test_recipes import overlay_for
 
-    short_pseudolabel_rounds(monkeypatch)
+    short_pseudolabel_rounds(monkeypatch, rounds=2)
     # PTEC's recipes stop a diverging run (its macro-F1 under 0.07) after the first epoch: nothing left to resume
     options = ["--trainer.callbacks=[]"] if recipe.parent.name == "ptec" else []
     options += ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.num_sanity_val_steps=0"]
-    fit = command_fits([recipe, overlay_for(recipe)], options, tmp_path, monkeypatch)
+    fit = command_fits([recipe, overlay_for(recipe)], options, tmp_path, monkeypatch, epochs=2)
     straight, model = fit(tmp_path / "straight")
     assert any(parameter.requires_grad for parameter in model.parameters())
     killed = None
