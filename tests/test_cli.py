@@ -334,3 +334,26 @@ def test_a_nested_class_argument_set_to_null_on_the_command_line_is_none_not_the
         cli = run_cli(["fit", "--config", str(RECIPES / "gpf" / "karate.yaml"), *override, "--trainer.fast_dev_run",
                        "true", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
         assert cli.model.backbone.checkpoint_path is None and cli.model.backbone.in_channels == 34  # the rest kept
+
+
+@pytest.mark.parametrize("stage", ["test", "predict"])
+@pytest.mark.parametrize(
+    "recipe, says",
+    [
+        ("graphcl/cora.yaml", "GraphCL pre-trains an encoder and has no"),
+        ("gram/meta_train.yaml", "GRAM has no"),
+        ("point_mae/shapenet55.yaml", "PointMAEPretraining pre-trains an encoder and has no"),
+    ],  # fmt: skip
+)
+def test_pretraining_recipes_refuse_test_and_predict_before_anything_starts(recipe, says, stage, tmp_path):
+    """Lightning said "No `test_step()` method defined" or "`Trainer.predict` requires `forward`", and GRAM's predict
+    raised a bare NotImplementedError."""
+    from test_recipes import overlay_for
+
+    from lightning_prompts.errors import ConfigurationError
+
+    path = RECIPES / recipe
+    with pytest.raises(ConfigurationError, match=f"{says} {stage} stage"):
+        run_cli([stage, "--config", str(path), "--config", str(overlay_for(path)),
+                 "--trainer.default_root_dir", str(tmp_path / "run")])  # fmt: skip
+    assert not (tmp_path / "run").exists()

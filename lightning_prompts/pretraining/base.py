@@ -17,6 +17,7 @@ from typing import Any
 from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base.reproducibility import restore_rng_state, rng_state
 from lightning_prompts.utils.distributed import share_batchnorm_statistics
 from lightning_prompts.utils.factories import as_factory, describe_factory
@@ -28,6 +29,15 @@ class EncoderPretraining(LightningModule):
 
     checkpoint_monitor = ("val/loss", "min")
     encoder_path: str | None = None
+
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        """Before the command starts: pre-training has ``fit`` and ``validate`` (the pre-training loss) only."""
+        if stage in ("test", "predict"):
+            raise ConfigurationError(
+                f"{type(self).__name__} pre-trains an encoder and has no {stage} stage: fit writes it to encoder_path "
+                f"(validate reports the pre-training loss); load it in a method's backbone (checkpoint_path) and "
+                f"{stage} that method."
+            )
 
     def use_optimizer(self, optimizer: Any, default: Callable[[Any], Optimizer]) -> None:
         """Train with ``optimizer`` (``None``: ``default``, the official one) and record it in the hyperparameters."""

@@ -144,6 +144,13 @@ class GRAM(PromptModule):
         return F.normalize(self.backbone.encode_image(images).features, dim=-1)
 
     # -- domains ------------------------------------------------------------------------------------
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        if stage in ("test", "predict"):  # before the command starts, not at the first test step
+            raise ConfigurationError(
+                f"GRAM has no {stage} stage: tune a method from its output (prompt_init, GradientRegulation)."
+            )
+        super().check_ready(stage, callbacks, datamodule)
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit" and provided(self.datamodule, PairDomains) is None:

@@ -179,6 +179,10 @@ class POSTDistillation(PromptModule):
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         """Distillation reads texts only: no classes to agree on with the data, no evaluator; and it trains with
         its own step, which loss-term callbacks cannot join."""
+        if stage in ("test", "predict"):
+            raise ConfigurationError(
+                f"POSTDistillation has no {stage} stage: tune a prompt on the student it writes (student_path)."
+            )
         terms = self.loss_terms(list(callbacks))
         if terms:
             names = sorted(type(term).__name__ for term in terms)
