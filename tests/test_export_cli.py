@@ -123,3 +123,52 @@ def test_export_refuses_targets_it_would_damage_and_writes_nothing(tmp_path, cap
     assert written[-1] == str(adapter) and sorted(p.name for p in adapter.iterdir()) == sorted(
         ["adapter_config.json", "adapter_model.safetensors"]
     )
+
+
+def fit_for_export(recipe: Path, tmp_path: Path, *options: str) -> Path:
+    from test_recipes import overlay_for
+
+    run_cli(["fit", "--config", str(recipe), "--config", str(overlay_for(recipe)), *options,
+             "--trainer.fast_dev_run=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+             "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+             "--trainer.default_root_dir", str(tmp_path / "run")])  # fmt: skip
+    return next((tmp_path / "run").rglob("last.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "recipe, options",
+    [
+        ("idpt/modelnet40.yaml", []),
+        ("point_vpt/modelnet40.yaml", []),
+        ("point_linear_probe/modelnet40.yaml", []),
+        ("ptec/hatespeech_llama7b.yaml", ["--trainer.callbacks=[]"]),
+    ],  # fmt: skip
+)
+def test_export_rebuilds_point_methods_and_ptec_from_their_checkpoints(recipe, options, tmp_path, monkeypatch, capsys):
+    """The point methods read their backbone's width and depth before it was built from the checkpoint's stored
+    config ('dict' object has no attribute 'width'); PTEC got label_words twice (found by exporting every recipe
+    folder's method)."""
+    from helpers import run_from_scratch_root
+    from safetensors.torch import load_file
+
+    run_from_scratch_root(tmp_path, monkeypatch)
+    last = fit_for_export(RECIPES / recipe, tmp_path, *options)
+    assert export(last, "--output", str(tmp_path / "prompt.safetensors"), capsys=capsys)
+    exported = load_file(str(tmp_path / "prompt.safetensors"))
+    stored = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    assert exported and all(torch.equal(exported[key], stored[key]) for key in exported)
+
+
+def test_export_of_a_pre_training_checkpoint_says_where_its_output_is(tmp_path, monkeypatch):
+    from helpers import run_from_scratch_root
+
+    from lightning_prompts.errors import ConfigurationError
+    from lightning_prompts.export.checkpoint import export_checkpoint
+
+    run_from_scratch_root(tmp_path, monkeypatch)
+    encoder = fit_for_export(RECIPES / "graphcl" / "cora.yaml", tmp_path / "graphcl")
+    with pytest.raises(ConfigurationError, match="encoder_path"):
+        export_checkpoint(encoder, tmp_path / "x.safetensors")
+    student = fit_for_export(RECIPES / "post" / "distill_gemma3_270m.yaml", tmp_path / "post")
+    with pytest.raises(ConfigurationError, match="student_path"):
+        export_checkpoint(student, tmp_path / "x.safetensors")

@@ -23,7 +23,10 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, peft_dir: str |
     checkpoint = read_checkpoint(path)
     method = (checkpoint.get("lightning_prompts") or {}).get("method")
     if not method:
-        raise ConfigurationError(f"{path} was not written by a lightning_prompts method (no method recorded).")
+        raise ConfigurationError(
+            f"{path} was not written by a lightning_prompts prompt method (no method recorded): export reads a prompt "
+            f"method's checkpoint. An encoder pre-training run writes its encoder at the end of fit (encoder_path)."
+        )
     # every target is checked before anything is written: a refusal leaves no half-done export behind
     if Path(output).is_dir():
         raise ConfigurationError(f"--output {output} is a folder; give the prompt file's name (prompt.safetensors).")

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.hooks import BlockHook
 from lightning_prompts.backbones.point_mae import PointEncoding, PointMAE
 from lightning_prompts.methods.base.points import PointPromptModule
@@ -64,6 +65,7 @@ class IDPT(PointPromptModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
+        backbone = build_backbone(backbone)  # a checkpoint passes its stored config; the depth is needed now
         if not 0 <= prompt_layer < backbone.depth:
             raise ValueError(f"prompt_layer must be in [0, {backbone.depth}), got {prompt_layer}.")
         if feature not in ("all", "prompt"):

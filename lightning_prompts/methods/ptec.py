@@ -112,6 +112,8 @@ class PTEC(TextPromptModule):
         model = backbone if isinstance(backbone, HFText) else None
         if model is not None and model.task != "sequence-classification":
             raise ConfigurationError("PTEC trains a classification head: use HFText(task='sequence-classification').")
+        if kwargs.pop("label_words", None) is not None:  # a checkpoint's stored hyperparameters name it, as None
+            raise ConfigurationError("PTEC scores classes with its head on the last token; label_words do not apply.")
         super().__init__(backbone, classnames, None, text_template, truncate, **kwargs)
         model = self.backbone
         generator = torch.Generator().manual_seed(seed)

@@ -244,6 +244,12 @@ class POSTDistillation(PromptModule):
             "POSTDistillation has no test stage: tune a prompt on the student it writes (student_path)."
         )
 
+    def export_prompt(self, path: str | Path, prefix: str = "") -> Path:
+        raise ConfigurationError(
+            "POSTDistillation trains a student model, not a prompt: fit writes the student to student_path; tune a "
+            "prompt on it and export that."
+        )
+
     # -- the student ----------------------------------------------------------------------------
     @rank_zero_only
     def on_fit_end(self) -> None:

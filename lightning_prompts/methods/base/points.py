@@ -74,7 +74,7 @@ class PointPromptModule(PromptModule):
         super().__init__(backbone, classnames, **kwargs)
         if not self.classnames:
             raise ValueError(f"{type(self).__name__} needs classnames to size its head (the CLI links them).")
-        width = backbone.width
+        width = self.backbone.width  # built: a checkpoint passes its stored config (a dict)
         if self.class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
             self.cls_pos = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, width), std=0.02))
