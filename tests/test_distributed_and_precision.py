@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_from_scratch_root, short_pseudolabel_rounds, synthetic_fewshot
+from helpers import run_from_scratch_root, short_pseudolabel_rounds, synthetic_fewshot, without_early_stop
 from lightning.pytorch import Callback, Trainer
 from test_recipes import RECIPES, one_trained_recipe_per_folder_and_method, overlay_for
 
@@ -320,8 +320,7 @@ def test_every_method_trains_under_two_processes_and_the_processes_agree(recipe,
     )
     short_pseudolabel_rounds(monkeypatch, rounds=2)  # one per epoch
     run_from_scratch_root(tmp_path, monkeypatch)
-    # PTEC's recipes stop a diverging run (its macro-F1 under 0.07) after the first epoch
-    options = ["--trainer.callbacks=[]"] if recipe.parent.name == "ptec" else []
+    options = without_early_stop(recipe)
     args = ["fit", "--config", str(recipe), "--config", str(overlay_for(recipe)), *options,
             "--trainer.fast_dev_run=false", "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
             "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0", "--trainer.strategy=ddp_fork",

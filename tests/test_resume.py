@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_from_scratch_root, short_pseudolabel_rounds, synthetic_fewshot
+from helpers import run_from_scratch_root, short_pseudolabel_rounds, synthetic_fewshot, without_early_stop
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_recipes import one_trained_recipe_per_folder_and_method
@@ -181,8 +181,7 @@ def test_every_method_killed_mid_epoch_and_resumed_from_last_ends_bitwise_equal(
     from test_recipes import overlay_for
 
     short_pseudolabel_rounds(monkeypatch, rounds=2)
-    # PTEC's recipes stop a diverging run (its macro-F1 under 0.07) after the first epoch: nothing left to resume
-    options = ["--trainer.callbacks=[]"] if recipe.parent.name == "ptec" else []
+    options = without_early_stop(recipe)
     options += ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.num_sanity_val_steps=0"]
     fit = command_fits([recipe, overlay_for(recipe)], options, tmp_path, monkeypatch, epochs=2)
     straight, model = fit(tmp_path / "straight")

@@ -88,7 +88,7 @@ class MomentumAccumulation(Callback):
     def follow_parameters(self) -> None:
         """Keep the offline copy on its parameters' devices: a checkpoint restores it on the CPU (for ``test``
         and ``validate`` too, where no fit starts: every swap checks), and some strategies (DeepSpeed, FSDP)
-        restore checkpoints after ``on_fit_start`` but before ``on_train_start``, which checks again."""
+        restore checkpoints after ``on_fit_start``; ``on_train_start`` comes after every restore."""
         if self.offline is not None and any(o.device != p.device for o, p in zip(self.offline, self._params)):
             # outside inference mode: tensors made under `validate`/`test` could not take the EMA's in-place updates
             with torch.inference_mode(False):
@@ -133,8 +133,5 @@ class MomentumAccumulation(Callback):
         offline = state_dict.get("offline")
         self.offline = None if offline is None else [tensor.clone() for tensor in offline]
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.follow_parameters()  # restored from a checkpoint: onto the parameters' devices
-
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.follow_parameters()  # after every restore, whatever the strategy
+        self.follow_parameters()  # after every restore, whatever the strategy: onto the parameters' devices

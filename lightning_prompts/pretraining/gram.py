@@ -145,7 +145,7 @@ class GRAM(PromptModule):
 
     # -- domains ------------------------------------------------------------------------------------
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
-        if stage in ("test", "predict"):  # before the command starts, not at the first test step
+        if stage in ("test", "predict"):  # from setup too: before any step
             raise ConfigurationError(
                 f"GRAM has no {stage} stage: tune a method from its output (prompt_init, GradientRegulation)."
             )
@@ -224,11 +224,6 @@ class GRAM(PromptModule):
 
     def on_validation_epoch_end(self) -> None:
         pass  # val/acc is logged per batch (retrieval within the batch), not by the classification metric
-
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        raise ConfigurationError(
-            "GRAM has no test stage: tune a method from its output (prompt_init, GradientRegulation)."
-        )
 
     # -- outputs ------------------------------------------------------------------------------------
     @rank_zero_only

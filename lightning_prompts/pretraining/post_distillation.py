@@ -239,11 +239,6 @@ class POSTDistillation(PromptModule):
     def on_validation_epoch_end(self) -> None:
         pass
 
-    def on_test_epoch_start(self) -> None:
-        raise ConfigurationError(
-            "POSTDistillation has no test stage: tune a prompt on the student it writes (student_path)."
-        )
-
     def export_prompt(self, path: str | Path, prefix: str = "") -> Path:
         raise ConfigurationError(
             "POSTDistillation trains a student model, not a prompt: fit writes the student to student_path; tune a "
