@@ -4,6 +4,8 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPT = BENCHMARKS / "text_testbed.py"
 
@@ -103,3 +105,14 @@ def test_dispatched_ops_counts_forward_and_backward_kernels_not_views():
     # exp's output; the views (view, t, expand) launch nothing
     assert counts == {"exp": 1, "mul": 3, "sum": 1, "ones_like": 1}
     assert weights.grad is not None and torch.allclose(weights.grad, 2 * weights.detach().exp())
+
+
+@pytest.mark.slow  # about 15 s of CPU, mostly reading the corpus; the contract test pins the behaviour in CI
+def test_gradient_checkpointing_benchmark_runs_and_reports_equal_gradients(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling modules
+    monkeypatch.setattr("sys.argv", ["gradient_checkpointing.py", "--model", "tiny", "--rounds", "1", "--batch", "8"])
+    runpy.run_path(str(BENCHMARKS / "gradient_checkpointing.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert printed.count("gradient difference 0.0e+00") == 2  # both methods, bitwise
+    ratios = [float(line.split(": ")[1]) for line in printed.splitlines() if line.startswith("mem_ratio_")]
+    assert len(ratios) == 2 and all(ratio > 2 for ratio in ratios)

@@ -202,3 +202,14 @@ def test_multitask_commands(scratch):
     assert trained.trainer.datamodule.multi_label and len(trained.trainer.datamodule.classnames) == 3
     tested = run_cli([*voc_test, *target_tiny, "--trainer.limit_test_batches=1"])
     assert 0.0 < float(tested.trainer.callback_metrics["test/map_11point"]) <= 1.0
+
+
+def test_devices_gradient_checkpointing_command(scratch):
+    # docs/howto/devices.md's memory command as written, on its recipe's tiny overlay (a tiny decoder, one batch)
+    from test_recipes import overlay_for
+
+    (command,) = [c for c in docs_commands(HOWTO / "devices.md") if any("gradient_checkpointing" in w for w in c)]
+    subcommand, config_flag, recipe, *rest = command
+    cli = run_cli([subcommand, config_flag, recipe, "--config", str(overlay_for(ROOT / recipe)), *rest])
+    assert cli.model.backbone.gradient_checkpointing is True
+    assert cli.trainer.state.finished and cli.trainer.global_step >= 1

@@ -46,6 +46,7 @@ from lightning_prompts.backbones.hooks import (
     expand_to_batch,
     tokens_before_blocks,
 )
+from lightning_prompts.backbones.layer_checkpointing import checkpointed_layers
 from lightning_prompts.backbones.length_buckets import bucket_indices
 from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.registry import register_backbone
@@ -143,6 +144,11 @@ class HFText(Backbone):
             padding's compute, which pays on CPUs (the quickstart's training step: 1.10× faster with 2);
             on a GPU, where padding costs little, keep 1. Applies to forwards without block hooks, input
             offsets or hidden states (the others run as one batch).
+        gradient_checkpointing: keep only each transformer layer's input for the backward pass and recompute the
+            layer then (:mod:`~lightning_prompts.backbones.layer_checkpointing`): the activations a training step
+            keeps fall to about one hidden state per layer, for one more forward pass of compute. Gradients are
+            those of the plain pass (prefixes and token edits included: Hugging Face's own switch would drop a
+            prefix cache and does nothing on a frozen model in eval mode). Off by default.
     """
 
     family = "text"
@@ -158,9 +164,12 @@ class HFText(Backbone):
         model_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
         length_buckets: int = 1,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         import transformers
+
+        self.gradient_checkpointing = gradient_checkpointing
 
         if length_buckets < 1:
             raise ValueError(f"length_buckets must be at least 1, got {length_buckets}.")
@@ -407,7 +416,8 @@ class HFText(Backbone):
             kwargs["output_hidden_states"] = True
         num_prompt = 0 if prompt is None else prompt.shape[1]
         if hooks is None:
-            return self._run(kwargs, num_prompt, attention_mask)
+            with self._checkpointing(kwargs):
+                return self._run(kwargs, num_prompt, attention_mask)
         branches = [c for c in INSIDE_BLOCK if c != "attention_prefix" and hooks.uses(c)]
         if branches:
             raise NotImplementedError(
@@ -423,8 +433,17 @@ class HFText(Backbone):
             cache_into_base = _extra_arguments(self.model.base_model, {self._cache_argument: cache})
             ones = attention_mask.new_ones(attention_mask.shape[0], length)
             kwargs["attention_mask"] = torch.cat([ones, attention_mask], dim=1)
-        with tokens_before_blocks(hooks, layers, contexts), cache_into_base:
+        with tokens_before_blocks(hooks, layers, contexts), cache_into_base, self._checkpointing(kwargs):
             return self._run(kwargs, num_prompt, attention_mask)
+
+    def _checkpointing(self, kwargs: dict[str, Any]) -> contextlib.AbstractContextManager:
+        """Layer checkpointing around one model call when it is on and gradients are recorded; the model
+        then builds no key/value cache of its own (a prefix's cache is handed in and restored per layer)."""
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
+            return contextlib.nullcontext()
+        if _accepts(self.model, "use_cache"):
+            kwargs["use_cache"] = False
+        return checkpointed_layers(self.layers())
 
     def _forward_buckets(
         self, prompt: Tensor | None, input_ids: Tensor, attention_mask: Tensor, buckets: list[tuple[Tensor, int]]
