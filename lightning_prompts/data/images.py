@@ -19,6 +19,10 @@ from lightning_prompts.errors import DatasetError
 
 #: File suffixes read as images (case-insensitive); names starting with "." are skipped.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+#: The formats PIL may decode a dataset image as, whatever its name says. PIL otherwise tries every format it
+#: knows: an EPS file named ``.jpg`` would be handed to Ghostscript, which runs its PostScript. (JPEG covers the
+#: multi-picture JPEGs many cameras write; a format this PIL was built without is left out.)
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 #: The label of images without one (OOD test sets).
 NO_LABEL = -1
 
@@ -46,13 +50,20 @@ def read_unlabelled_images(folder: Path, where: str) -> list[ImageItem]:
     return items
 
 
+def open_image(path: Path | IO[bytes]) -> Any:
+    """``PIL.Image.open`` restricted to :data:`IMAGE_FORMATS` (a file in another format is refused as not an
+    image, never passed to an external decoder)."""
+    from PIL import Image
+
+    Image.init()  # every plugin registered, so the check below sees what this PIL can open
+    return Image.open(path, formats=[name for name in IMAGE_FORMATS if name in Image.OPEN])
+
+
 def load_rgb(path: Path | IO[bytes]) -> Any:
     """Open an image (a path, or a binary file such as an archive member) as 8-bit RGB (PIL): grayscale,
     palette, CMYK and alpha images are converted, and 16-bit or float images are scaled to 8 bits first (PIL's
     RGB conversion would clip them)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
+    with open_image(path) as image:
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             return _to_8bit(image).convert("RGB")
         return image.convert("RGB")
@@ -72,9 +83,7 @@ def decode_fully(path: Path | IO[bytes]) -> None:
     """Decode the whole image (not just its header), so a truncated or corrupt body fails here and not in
     the middle of an epoch. JPEGs decode in draft mode (1/8 scale: every entropy-coded block is still
     read, which is where truncation and corruption show), about 1.6× faster than a full decode."""
-    from PIL import Image
-
-    with Image.open(path) as image:
+    with open_image(path) as image:
         if image.format == "JPEG":
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
         image.load()
@@ -117,14 +126,14 @@ def verify_images(items: Sequence[ImageItem], where: str, cache: Any = None) -> 
 
 def verify_masks(items: Sequence[ImageItem], mask_path: Callable[[ImageItem], Path], where: str) -> None:
     """Raise :class:`DatasetError` naming the first image whose foreground mask is missing or unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     for item in items:
         path = mask_path(item)
         if not path.is_file():
             raise DatasetError(f"{where}: the mask of {item.path} should be at {path}, which does not exist.")
         try:
-            with Image.open(path) as mask:
+            with open_image(path) as mask:
                 mask.verify()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise DatasetError(f"{where}: mask {path} cannot be read: {error}") from error
@@ -226,10 +235,9 @@ class ImageListDataset(Dataset):
 def load_mask(path: Path) -> Any:
     """A foreground mask file as a ``(1, H, W)`` uint8 torchvision ``Mask``."""
     import numpy as np
-    from PIL import Image
     from torchvision import tv_tensors
 
-    with Image.open(path) as mask:
+    with open_image(path) as mask:
         pixels = np.asarray(mask.convert("L"))
     return tv_tensors.Mask(torch.from_numpy(pixels.copy()).unsqueeze(0))
 

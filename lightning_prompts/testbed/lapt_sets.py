@@ -42,7 +42,7 @@ def scikit_image_photos() -> dict[str, np.ndarray]:
     """The photographs inside the installed scikit-image wheel (``skimage/data/*.png|jpg``), grey uint8."""
     import importlib.util
 
-    from PIL import Image
+    from lightning_prompts.data.images import open_image
 
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
@@ -52,7 +52,7 @@ def scikit_image_photos() -> dict[str, np.ndarray]:
     for path in sorted(folder.glob("*")):
         if path.suffix.lower() not in {".png", ".jpg"} or path.stem in SKIPPED_PHOTOS:
             continue
-        with Image.open(path) as image:
+        with open_image(path) as image:
             photos[path.stem] = np.asarray(image.convert("L"))
     if len(photos) < 10:
         raise FileNotFoundError(f"{folder} holds {len(photos)} photos; the installed scikit-image ships more.")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from lightning_prompts.data.images import open_image
 from lightning_prompts.testbed.fashion_mnist import SPLIT_FILE, first_per_class
 
 
@@ -55,7 +56,7 @@ def write_shifted_root(data_root: str | Path, target_root: str | Path, shift: st
     for index, (relative, label, name) in first_per_class(split["test"], per_class):
         shifted = f"{shift}/{relative}"
         (images / shifted).parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(source / "images" / relative) as original:
+        with open_image(source / "images" / relative) as original:
             SHIFTS[shift](original.convert("L"), index).save(images / shifted)
         kept.append([shifted, label, name])
     (target / SPLIT_FILE).write_text(json.dumps({**split, "test": kept}))

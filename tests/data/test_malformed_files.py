@@ -192,3 +192,23 @@ def test_validation_on_the_training_images_is_warned_about(tmp_path):
     ours = [warning for warning in caught if "no validation split" in str(warning.message)]
     assert len(ours) == 1 and "best-checkpoint selection" in str(ours[0].message)
     assert data._datasets["val"].items == data._datasets["train"].items  # the behaviour recipes rely on is kept
+
+
+def test_an_image_file_in_a_format_that_runs_an_external_program_is_refused_unrun(tmp_path, monkeypatch):
+    # PIL opens files by their content: an EPS file named .jpg would be rendered by Ghostscript (which runs its
+    # PostScript). A fake `gs` first on the PATH records any call.
+    import os
+
+    from lightning_prompts.data.images import ImageItem, verify_images
+
+    bin_folder, called = tmp_path / "bin", tmp_path / "gs_was_called"
+    bin_folder.mkdir()
+    (bin_folder / "gs").write_text(f"#!/bin/sh\ntouch {called}\nexit 1\n")
+    (bin_folder / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    image = tmp_path / "cat" / "0.jpg"
+    image.parent.mkdir()
+    image.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\n")
+    with pytest.raises(DatasetError, match=r"0\.jpg.*cannot be read"):
+        verify_images([ImageItem(image, 0, "cat")], "the test folder")
+    assert not called.exists()
