@@ -197,6 +197,7 @@ class PromptsCLI(LightningCLI):
         if not self.config.get("subcommand"):
             return
         section = self.config[self.config.subcommand]
+        _only_weights(section)
         ckpt_path = section.get("ckpt_path")
         if ckpt_path in ("last", "best"):
             root = Path(
@@ -223,6 +224,21 @@ class PromptsCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path} was trained with another configuration than this one ({shown}). Run with "
                 f"the config it was trained with (the run's config.yaml) so the model is rebuilt as trained."
             )
+
+
+def _only_weights(section: Any) -> None:
+    """Lightning reads checkpoints this command never pre-reads (``OnExceptionCheckpoint``'s file when ``fit``
+    has no ``ckpt_path``, ``hpc_ckpt_N.ckpt`` under SLURM) with the ``weights_only`` the config gives; a config's
+    ``weights_only: false`` would let such a file run code. It is always ``True`` (Lightning 2.6 and later have the
+    argument; our checkpoints hold tensors and plain values only)."""
+    if "weights_only" not in section:
+        return
+    if section["weights_only"] is False:
+        raise ConfigurationError(
+            "weights_only: false would let a checkpoint file run code when it is read; lightning-prompts reads every "
+            "checkpoint as weights only (its checkpoints need nothing else). Remove the setting."
+        )
+    section["weights_only"] = True
 
 
 def int_before_float(typehint: Any) -> Any:

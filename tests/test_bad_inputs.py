@@ -4,6 +4,7 @@ written to the run folder; no file the library reads can run code."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -535,3 +536,27 @@ def test_hostile_checkpoint_hyperparameters_run_no_code(tmp_path, capsys, monkey
 
     with pytest.raises(ConfigurationError, match="trust_remote_code"):
         HFText.check_stored_config({"model_kwargs": {"trust_remote_code": True}})
+
+
+def test_a_config_cannot_turn_weights_only_off(tmp_path, capsys, monkeypatch):
+    # Lightning reads some checkpoints this command never pre-reads (OnExceptionCheckpoint's file when fit has no
+    # ckpt_path, SLURM's hpc_ckpt_N.ckpt) with the config's weights_only
+    monkeypatch.chdir(tmp_path)
+    line = run(["fit", *TINY, "--weights_only", "false"], tmp_path / "run", capsys)
+    assert "weights_only: false" in line
+
+
+def test_lightning_is_told_to_read_every_checkpoint_as_weights_only(tmp_path, monkeypatch):
+    """Whatever torch's default (False before torch 2.6), Lightning's own reads get weights_only=True."""
+    from lightning.pytorch import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    @functools.wraps(Trainer.fit)  # the command reads fit's arguments from its signature
+    def fit(self, *args, **kwargs):
+        seen.update(kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    main(["fit", *TINY, "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert seen["weights_only"] is True

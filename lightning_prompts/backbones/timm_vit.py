@@ -111,8 +111,13 @@ class TimmViT(Backbone):
             )
         if checkpoint_path:
             # what timm.create_model(checkpoint_path=...) does, with clear errors: timm's are an empty
-            # FileNotFoundError for a missing file and advice to load with weights_only=False for a foreign one
-            load_weights_file(checkpoint_path, lambda: timm.models.load_checkpoint(self.model, checkpoint_path), owner)
+            # FileNotFoundError for a missing file and advice to load with weights_only=False for a foreign one.
+            # weights_only is explicit: timm 1.0.9 to 1.0.25 defaulted to False, which lets a file run code
+            load_weights_file(
+                checkpoint_path,
+                lambda: timm.models.load_checkpoint(self.model, checkpoint_path, weights_only=True),
+                owner,
+            )
         config = self.model.pretrained_cfg or {}
         self.image_mean = tuple(config.get("mean", (0.485, 0.456, 0.406)))
         self.image_std = tuple(config.get("std", (0.229, 0.224, 0.225)))

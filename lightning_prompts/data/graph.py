@@ -32,6 +32,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from lightning_prompts.data.processes import evaluation_sampler
+from lightning_prompts.data.pyg_files import files_read_as_data
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
 
@@ -44,9 +45,13 @@ def instantiate_dataset(dataset: Any) -> Any:
     if isinstance(dataset, Mapping) and "class_path" in dataset:
         cls = pyg_dataset_class(str(dataset["class_path"]))
         try:
-            return cls(**dict(dataset.get("init_args") or {}))
+            with files_read_as_data(str(dataset["class_path"])):
+                return cls(**dict(dataset.get("init_args") or {}))
         except Exception as error:  # a PyG dataset that must download fails here when offline
-            raise DatasetError(f"Could not build dataset {dataset['class_path']}: {error}") from error
+            raise DatasetError(
+                f"Could not build dataset {dataset['class_path']}: {error} (its files are read as data only: "
+                f"weights-only torch files, no pickled objects but arrays and sparse matrices)"
+            ) from error
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
         raise ConfigurationError(
             f"dataset must be a PyG dataset or a {{class_path, init_args}} mapping, got {type(dataset).__name__}; to "

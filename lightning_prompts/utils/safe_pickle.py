@@ -8,6 +8,7 @@ imported or called; the objects they build are plain data.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 from collections.abc import Callable, Mapping
@@ -25,6 +26,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.allowed, self.what = dict(allowed), what
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names (``__builtin__.list``, ``copy_reg``) as pickle itself maps them; the base class would,
+        # but its find_class is the one replaced here
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         found = self.allowed.get((module, name))
         if found is None:
             raise pickle.UnpicklingError(f"{self.what} names {module}.{name}, which is not allowed in such a file")
@@ -64,10 +69,17 @@ def _numpy_allowed() -> dict[tuple[str, str], Any]:
             raise pickle.UnpicklingError("only numpy scalars of plain dtypes are allowed")
         return np.frombuffer(data, dtype=kind)[0]
 
+    def from_buffer(buffer: Any, kind: Any, shape: Any, order: Any) -> Any:  # protocol 5's arrays (numpy 2)
+        if not isinstance(kind, np.dtype) or kind.hasobject or not isinstance(buffer, (bytes, bytearray)):
+            raise pickle.UnpicklingError("only numpy arrays of plain dtypes are allowed")
+        return np.frombuffer(buffer, dtype=kind).reshape(shape, order=order).copy()
+
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): dtype}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = reconstruct
         allowed[(module, "scalar")] = scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = from_buffer
     return allowed
 
 
@@ -129,3 +141,88 @@ def load_dassl_fewshot_cache(path: Path) -> Any:
     ):
         raise DatasetError(f"Few-shot cache {path} is not a {{split: [Datum, …]}} mapping.")
     return content
+
+
+# -- PyG's raw dataset files: Planetoid's pickled scipy matrices, numpy arrays and adjacency dicts -------------
+class SparseMatrixState:
+    """A pickled scipy sparse matrix (CSR, CSC or COO) as its arrays; :meth:`todense` and :meth:`tocsr` rebuild
+    it with scipy from those arrays alone (the file never chooses what is called)."""
+
+    ARRAYS = {"csr": ("data", "indices", "indptr"), "csc": ("data", "indices", "indptr"), "coo": ("data", "row", "col")}
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __setstate__(self, state: Any) -> None:
+        import numpy as np
+
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"a sparse matrix's state must be a dict, got {type(state).__name__}")
+        arrays = self.ARRAYS[self.kind]
+        if not all(isinstance(state.get(name), np.ndarray) for name in arrays):
+            raise pickle.UnpicklingError(f"a {self.kind} matrix needs the arrays {arrays}")
+        shape = state.get("_shape")
+        if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(n, int) for n in shape)):
+            raise pickle.UnpicklingError("a sparse matrix's shape must be two integers")
+        self.arrays, self.shape = tuple(state[name] for name in arrays), shape
+
+    def tocsr(self) -> Any:
+        import scipy.sparse as sparse
+
+        if self.kind == "coo":
+            data, row, col = self.arrays
+            return sparse.coo_matrix((data, (row, col)), shape=self.shape).tocsr()
+        build = sparse.csr_matrix if self.kind == "csr" else sparse.csc_matrix
+        return build(self.arrays, shape=self.shape).tocsr()
+
+    def todense(self) -> Any:
+        return self.tocsr().todense()
+
+
+def _sparse_class(kind: str) -> type:
+    return type(f"{kind.upper()}MatrixState", (SparseMatrixState,), {"__new__": lambda cls: _new_state(cls, kind)})
+
+
+def _new_state(cls: type, kind: str) -> SparseMatrixState:
+    state = object.__new__(cls)
+    SparseMatrixState.__init__(state, kind)
+    return state
+
+
+def _encode(text: Any, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles of bytes use it (text to latin-1 bytes), nothing else."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
+        raise pickle.UnpicklingError("only latin-1 text may be encoded to bytes")
+    return text.encode("latin1")
+
+
+def _graph_data_allowed() -> dict[tuple[str, str], Any]:
+    """Plain containers, numpy arrays and scipy sparse matrices (as :class:`SparseMatrixState`)."""
+    import collections
+
+    sparse_classes = {kind: _sparse_class(kind) for kind in SparseMatrixState.ARRAYS}
+
+    def reconstructor(cls: Any, base: Any, state: Any) -> Any:  # protocols 0 and 1
+        if (
+            not (isinstance(cls, type) and issubclass(cls, SparseMatrixState))
+            or base is not object
+            or state is not None
+        ):
+            raise pickle.UnpicklingError("only sparse matrices may be reconstructed")
+        return cls()
+
+    allowed = {**_numpy_allowed(), ("copyreg", "_reconstructor"): reconstructor, ("_codecs", "encode"): _encode}
+    for kind, cls in sparse_classes.items():
+        for module in ("scipy.sparse", f"scipy.sparse.{kind}", f"scipy.sparse._{kind}"):
+            allowed[(module, f"{kind}_matrix")] = cls
+    allowed[("collections", "defaultdict")] = collections.defaultdict
+    allowed[("collections", "OrderedDict")] = collections.OrderedDict
+    for name in ("list", "dict", "set", "tuple", "int", "float", "str", "bytes", "frozenset", "object"):
+        allowed[("builtins", name)] = getattr(__import__("builtins"), name)
+    return allowed
+
+
+def load_graph_data_pickle(handle: BinaryIO, what: str, **kwargs: Any) -> Any:
+    """Unpickle an open file of plain containers, numpy arrays and scipy sparse matrices (Planetoid's raw
+    ``ind.<name>.*`` files); anything else it names is refused before it is imported."""
+    return RestrictedUnpickler(handle, _graph_data_allowed(), what, **kwargs).load()

@@ -3,6 +3,8 @@ forward against a block-by-block re-computation on timm's own pieces."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -45,11 +47,12 @@ def test_the_approximated_prompt_is_the_official_module():
 
 
 def test_apt_forward_adds_the_aggregation_to_every_attention_output(tiny_vit):
-    method = APT(tiny_vit, ["a", "b", "c"], num_tokens=6, rank=2)
+    backbone = copy.deepcopy(tiny_vit)  # randomise() rewrites the backbone too: not the session's shared one
+    method = APT(backbone, ["a", "b", "c"], num_tokens=6, rank=2)
     randomise(method)
     method.eval()
     images = torch.randn(2, 3, 32, 32)
-    model = tiny_vit.model
+    model = backbone.model
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
     for block, prompt in zip(model.blocks, method.prompt):
         hidden = block.norm1(x)
