@@ -134,7 +134,7 @@ def _list_recipes(root: str) -> int:
 
 
 def export_command(args: Sequence[str]) -> int:
-    """``lightning-prompts export --ckpt_path X --output Y [--peft DIR]``."""
+    """``lightning-prompts export --ckpt_path X --output Y [--peft DIR] [--prefix NAME]``."""
 
     parser = _Parser(
         prog="lightning-prompts export",
@@ -144,10 +144,16 @@ def export_command(args: Sequence[str]) -> int:
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by lightning-prompts fit")
     parser.add_argument("--output", required=True, help="the safetensors file to write")
     parser.add_argument("--peft", default=None, help="also write a PEFT adapter to this folder (text methods)")
+    parser.add_argument(
+        "--prefix",
+        default="",
+        help="write only the trainable tensors whose names start with this (prefix. : PrefixTuning's prefixes "
+        "without its head, the source prompt PANDA transfers)",
+    )
     options = parser.parse_args(list(args))
     from lightning_prompts.export.checkpoint import export_checkpoint
 
-    written = export_checkpoint(options.ckpt_path, options.output, options.peft)
+    written = export_checkpoint(options.ckpt_path, options.output, options.peft, options.prefix)
     for path in written:
         print(path)
     return 0
@@ -187,8 +193,20 @@ def describe_error(error: BaseException) -> str | None:
         owner = direct.group(1) if direct else owners[-1] if owners else ""
         known = _init_arguments(owner) if owner else []
         return _unknown(option.group(1), known, owner.rpartition(".")[2])
+    # a value for an argument nested in a class's init_args: the outermost parser key and the longest nested key
+    # make the option's full name, which jsonargparse's innermost message lacks ("Expected a <class 'int'>")
+    nested = re.findall(r"NestedArg\(key='([\w.]+)', val='([^']*)'\)", text)
+    top = re.search(r'Parser key "([\w.]+)"', text)
+    expected = re.search(r"Expected a <class '(int|float|bool|str)'>", text)
+    wrong_value = None
+    if nested and top and expected:
+        key, value = max(nested, key=lambda pair: len(pair[0]))
+        kind = expected.group(1)
+        wrong_value = (f"{top.group(1)}.init_args.{key}", value, f"{'an' if kind == 'int' else 'a'} {kind}")
     class_name = re.search(r"Expected a dot import path string: ([\w.]+)", text)
     if class_name:
+        if wrong_value and wrong_value[1] == class_name.group(1):  # `lr fast`: a float, also tried as a class
+            return f"--{wrong_value[0]} {wrong_value[1]} is not accepted; it takes {wrong_value[2]}"
         return _unknown_class(class_name.group(1))
     key = re.search(r"Key \"([\w.]+)\" is not expected", text) or re.search(
         r"unrecognized arguments: --?([\w.]+)", text, re.IGNORECASE
@@ -205,6 +223,8 @@ def describe_error(error: BaseException) -> str | None:
         plain = {"int", "float", "bool", "str", "null"}  # a class-valued option has its own, better, inner message
         if all(item.strip() in plain or item.strip()[:1] in "'-0123456789" for item in accepted.split(",")):
             return f"--{union.group(1)} {given.group(1).strip()} is not accepted; it takes one of: {accepted}"
+    if wrong_value:
+        return f"--{wrong_value[0]} {wrong_value[1]} is not accepted; it takes {wrong_value[2]}"
     innermost = str(chain[-1]).strip().splitlines()
     return " ".join(line.strip() for line in innermost if line.strip())
 

@@ -149,6 +149,11 @@ class PromptsCLI(LightningCLI):
         check = getattr(self.model, "check_ready", None)
         if callable(check):
             check(stage, self.trainer.callbacks, self.datamodule)
+        if stage == "fit":
+            _check_training_length(self.trainer)
+            check_optimizer = getattr(self.model, "check_optimizer", None)
+            if callable(check_optimizer):
+                check_optimizer()
         if stage != "fit":
             self._warn_if_untrained(stage)
         elif self.trainer.world_size > 1 and not any(p.requires_grad for p in self.model.parameters()):
@@ -218,12 +223,43 @@ class PromptsCLI(LightningCLI):
         differences = compare_hparams(stored, model.get("init_args") or {}, test_time_hparams(configured))
         if method and configured and method != configured:
             differences.insert(0, f"method: checkpoint {method}, config {configured}")
+        if self.config.subcommand == "fit":  # resuming restores the optimizer's and scheduler's state
+            differences += _other_optimizer_classes(stored, model.get("init_args") or {})
         if differences:
             shown = "; ".join(differences[:5]) + ("; …" if len(differences) > 5 else "")
             raise ConfigurationError(
                 f"--ckpt_path {ckpt_path} was trained with another configuration than this one ({shown}). Run with "
                 f"the config it was trained with (the run's config.yaml) so the model is rebuilt as trained."
             )
+
+
+def _check_training_length(trainer: Trainer) -> None:
+    """Trainer settings Lightning accepts but a fit cannot use: ``max_epochs: 0`` trains nothing and writes no
+    checkpoint (exit 0), ``accumulate_grad_batches: 0`` divides by zero at the first step."""
+    if trainer.accumulate_grad_batches < 1:
+        raise ConfigurationError(
+            f"trainer.accumulate_grad_batches must be at least 1, got {trainer.accumulate_grad_batches}."
+        )
+    if trainer.max_epochs == 0 and trainer.max_steps in (-1, None):
+        raise ConfigurationError("trainer.max_epochs is 0: fit would train nothing and write no checkpoint.")
+
+
+def _other_optimizer_classes(stored: dict[str, Any], configured: dict[str, Any]) -> list[str]:
+    """The optimizer and scheduler classes a resumed fit would change: their saved state fits only the class that
+    wrote it (AdamW restoring SGD's state fails inside torch). Their other arguments may change on resume."""
+    found = []
+    for key in ("optimizer", "lr_scheduler"):
+        before, now = (_class_name(value) for value in (stored.get(key), configured.get(key)))
+        if before and now and before != now:
+            found.append(f"{key}: checkpoint {before}, config {now} (resuming restores its state; start a new fit "
+                         f"from the trained prompt with prompt_init instead)")  # fmt: skip
+    return found
+
+
+def _class_name(value: Any) -> str | None:
+    if isinstance(value, dict) and value.get("class_path"):
+        return str(value["class_path"]).rpartition(".")[2]
+    return None
 
 
 def _only_weights(section: Any) -> None:

@@ -344,6 +344,99 @@ def checkpoint_of_another_method(tmp: Path):
     ], "method: checkpoint CoOp, config VPT; backbone: checkpoint OpenCLIP, config TimmViT"
 
 
+# -- found by the bad-input audit of 2026-12-04: each crashed deep inside, or ran with the wrong meaning
+def a_prompt_file_as_ckpt_path(tmp: Path):
+    save_file({"prompt.ctx": torch.zeros(16, 32)}, str(tmp / "prompt.safetensors"))
+    return ["test", *TINY, "--ckpt_path", str(tmp / "prompt.safetensors")], "prompt_init"
+
+
+def resume_with_another_optimizer(tmp: Path):
+    path = saved_checkpoint(tmp)
+    args = ["fit", *TINY, "--ckpt_path", str(path), "--model.init_args.optimizer", "torch.optim.AdamW"]
+    return args, "optimizer: checkpoint SGD, config AdamW"
+
+
+def clip_images_of_another_size(tmp: Path):
+    size = ["--data.init_args.image_size", "64", "--data.init_args.synthetic.image_size", "64"]
+    return ["fit", *TINY, *size], "64-pixel images but"
+
+
+def text_files(tmp: Path, train: str, val: str | None = None) -> list[str]:
+    (tmp / "train.csv").write_text(train)
+    files = ["--data.init_args.synthetic", "null", "--data.init_args.train_file", str(tmp / "train.csv")]
+    if val is not None:
+        (tmp / "val.csv").write_text(val)
+        files += ["--data.init_args.val_file", str(tmp / "val.csv")]
+    return ["fit", *TINY_TEXT, *files, "--data.init_args.labels", "[neg, pos]", "--data.init_args.text_column", "text"]
+
+
+def a_text_val_file_of_its_header_only(tmp: Path):
+    rows = "text,label\n" + "".join(f"a fine film {i},pos\na dull film {i},neg\n" for i in range(4))
+    return text_files(tmp, rows, "text,label\n"), "val split"
+
+
+def a_text_class_without_training_rows(tmp: Path):
+    rows = "text,label\n" + "".join(f"a fine film {i},pos\n" for i in range(6))
+    return text_files(tmp, rows, "text,label\na dull film,neg\na fine film,pos\n"), "['neg'] have no training example"
+
+
+def an_empty_text(tmp: Path):
+    rows = "text,label\n" + "".join(f"a fine film {i},pos\na dull film {i},neg\n" for i in range(4)) + "  ,pos\n"
+    return text_files(tmp, rows), "row 9 has an empty text"
+
+
+def max_train_examples_zero(tmp: Path):
+    return ["fit", *TINY_TEXT, "--data.init_args.max_train_examples", "0"], "max_train_examples must be at least 1"
+
+
+def a_wrongly_typed_nested_value(tmp: Path):
+    return ["fit", *TINY, "--data.init_args.batch_size", "big"], "--data.init_args.batch_size big is not accepted"
+
+
+def graph_batch_size_zero(tmp: Path):
+    gpf = ["--config", str(RECIPES / "gpf" / "cora.yaml"), "--config", str(RECIPES / "_tiny" / "graph.yaml")]
+    return ["fit", *gpf, "--data.init_args.batch_size", "0"], "batch_size must be at least 1"
+
+
+def graph_val_shots_zero(tmp: Path):
+    gpf = ["--config", str(RECIPES / "gpf" / "cora.yaml"), "--config", str(RECIPES / "_tiny" / "graph.yaml")]
+    return ["fit", *gpf, "--data.init_args.val_shots", "0"], "val_shots must be at least 1"
+
+
+def graph_labels_with_gaps(tmp: Path):
+    fake = "{class_path: torch_geometric.datasets.FakeDataset, init_args: {num_graphs: 1, avg_num_nodes: 12, "
+    fake += "num_channels: 8, num_classes: 50, task: node}}"
+    return graph_overlay(tmp, fake), "no example has class(es)"
+
+
+POINTS = ["--config", str(RECIPES / "idpt" / "modelnet40.yaml"), "--config", str(RECIPES / "_tiny" / "idpt.yaml")]
+
+
+def point_shots_zero(tmp: Path):
+    return ["fit", *POINTS, "--data.init_args.shots", "0"], "shots must be a positive number of clouds"
+
+
+def fewer_points_than_patches(tmp: Path):
+    return ["fit", *POINTS, "--data.init_args.num_points", "4"], "samples 4 points per cloud"
+
+
+def a_negative_learning_rate(tmp: Path):
+    return ["fit", *TINY, "--model.init_args.optimizer.init_args.lr", "-0.5"], "Invalid learning rate: -0.5"
+
+
+def accumulate_zero_batches(tmp: Path):
+    return ["fit", *TINY, "--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches must be at least 1"
+
+
+def zero_epochs(tmp: Path):
+    return ["fit", *TINY, "--trainer.fast_dev_run", "false", "--trainer.max_epochs", "0"], "max_epochs is 0"
+
+
+def base_to_novel_of_three_classes(tmp: Path):
+    recipe = ["--config", str(RECIPES / "coop" / "base_to_novel" / "eurosat.yaml"), "--config", TINY_CLIP]
+    return ["test", *recipe, "--data.init_args.synthetic.num_classes", "3"], "each half needs at least two classes"
+
+
 CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
     fn.__name__: fn
     for fn in (
@@ -388,6 +481,23 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         checkpoint_of_other_hyperparameters,
         checkpoint_of_another_backbone,
         checkpoint_of_another_method,
+        a_prompt_file_as_ckpt_path,
+        resume_with_another_optimizer,
+        clip_images_of_another_size,
+        a_text_val_file_of_its_header_only,
+        a_text_class_without_training_rows,
+        an_empty_text,
+        max_train_examples_zero,
+        a_wrongly_typed_nested_value,
+        graph_batch_size_zero,
+        graph_val_shots_zero,
+        graph_labels_with_gaps,
+        point_shots_zero,
+        fewer_points_than_patches,
+        a_negative_learning_rate,
+        accumulate_zero_batches,
+        zero_epochs,
+        base_to_novel_of_three_classes,
     )
 }
 

@@ -172,3 +172,20 @@ def test_export_of_a_pre_training_checkpoint_says_where_its_output_is(tmp_path, 
     student = fit_for_export(RECIPES / "post" / "distill_gemma3_270m.yaml", tmp_path / "post")
     with pytest.raises(ConfigurationError, match="student_path"):
         export_checkpoint(student, tmp_path / "x.safetensors")
+
+
+def test_export_prefix_writes_the_source_prompt_panda_transfers(tmp_path, capsys):
+    """docs/methods/panda.md's stage 1: the prefixes of a PrefixTuning run without its head."""
+    from safetensors.torch import load_file
+
+    trained, checkpoint = fit("prefix_tuning/cb_bert_large.yaml", "text.yaml", tmp_path)
+    output = tmp_path / "mnli.safetensors"
+    assert export(checkpoint, "--output", str(output), "--prefix", "prefix.", capsys=capsys) == [str(output)]
+    written = load_file(str(output))
+    expected = {key for key in trained.trainable_state_keys() if key.startswith("prefix.")}
+    assert set(written) == expected and expected and len(expected) < len(trained.trainable_state_keys())
+    for key, tensor in written.items():
+        assert torch.equal(tensor, trained.state_dict()[key])
+    line = refused(["--ckpt_path", str(checkpoint), "--output", str(tmp_path / "x.safetensors"), "--prefix", "no."],
+                   capsys)  # fmt: skip
+    assert "--prefix 'no.'" in line and not (tmp_path / "x.safetensors").exists()

@@ -223,6 +223,10 @@ class OpenCLIP(VisionLanguageBackbone):
         self._require_vit("vision_layers")
         return len(self.model.visual.transformer.resblocks)
 
+    #: Images must have :attr:`image_size` pixels a side: the tower's position embedding (ViT) or attention
+    #: pool (ResNet) has one entry per patch of that size, so another size fails inside the first forward.
+    requires_image_size = True
+
     @property
     def image_size(self) -> int:
         size = self.model.visual.image_size
@@ -295,7 +299,9 @@ class OpenCLIP(VisionLanguageBackbone):
                 (``(n, text_width)`` or ``(N, n, text_width)``), as in MaPLe's text branch (shorthand for
                 a :class:`~lightning_prompts.backbones.hooks.PromptTokens` hook).
             deep_prompt_start: first position of the deep-prompt slot (1 = right after SOS).
-            truncate: run only the first ``max(eot_positions) + 1`` positions (exact, see module doc).
+            truncate: run only the first ``max(eot_positions) + 1`` positions, and the shared prefix once where
+                it is exact (see module doc). ``False``: the reference pass, every position of every sequence
+                through the plain blocks.
             hooks: a block hook for the text transformer (token edits, attention/MLP branches).
         """
         model = self.model
@@ -307,7 +313,7 @@ class OpenCLIP(VisionLanguageBackbone):
         attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
         slot = PromptTokens(None, deep_prompts, deep_prompt_start) if deep_prompts else None
         hook = compose(slot, hooks)
-        shared = self.shared_prefix_length(embeddings[:, :length], eot_positions, hook)
+        shared = self.shared_prefix_length(embeddings[:, :length], eot_positions, hook) if truncate else 0
         if shared:
             x = _run_with_shared_prefix(model.transformer, x, attn_mask, shared, hook, eot_positions)
         else:

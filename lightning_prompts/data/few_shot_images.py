@@ -112,10 +112,14 @@ class FewShotImageDataModule(ImageClassificationDataModule):
             base_train, base_val, base_test = subsample_classes("base", train, val, test)
             novel_train, novel_test = subsample_classes("new", train, test)
             base_names = classnames_by_label(base_train, where)
-            test_sets = {
-                "base": (base_names, base_test),
-                "novel": (classnames_by_label(novel_train, where), novel_test),
-            }
+            novel_names = classnames_by_label(novel_train, where)
+            for half, names in (("base", base_names), ("novel", novel_names)):
+                if len(names) < 2:  # a one-class test scores 100 % whatever the model does
+                    raise DatasetError(
+                        f"{where}: base-to-novel splits {len(classnames)} classes into halves, and the {half} half "
+                        f"has {len(names)} ({names}); each half needs at least two classes to be scored."
+                    )
+            test_sets = {"base": (base_names, base_test), "novel": (novel_names, novel_test)}
             return LoadedSplits(base_names, base_train, base_val, test_sets)
         train, val, test = subsample_classes(self.subsample, train, val, test)
         names = classnames_by_label(train, where)

@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from lightning_prompts.data.arguments import check_at_least
 from lightning_prompts.data.processes import evaluation_sampler
 from lightning_prompts.data.pyg_files import files_read_as_data
 from lightning_prompts.errors import ConfigurationError, DatasetError
@@ -244,6 +245,12 @@ class GraphDataModule(LightningDataModule):
             raise ValueError(f"edges must be 'as_stored' or, for task='node', 'lower_to_higher'; got {edges!r}.")
         if ego_fanout is not None and (ego_hops is None or len(ego_fanout) != ego_hops or min(ego_fanout) < 1):
             raise ValueError(f"ego_fanout needs one positive width per hop of ego_hops ({ego_hops}), got {ego_fanout}.")
+        check_at_least(batch_size=(batch_size, 1), num_workers=(num_workers, 0))
+        if val_shots is not None and val_shots < 1 and shots > 0 and val_size is None:
+            raise ValueError(
+                f"val_shots must be at least 1 (validation examples per class), got {val_shots}: with none, val/acc, "
+                f"which best.ckpt and early stopping read, is never logged."
+            )
         self.edges, self.ego_fanout = edges, ego_fanout
         self.dataset = instantiate_dataset(dataset)
         self.task, self.ego_hops = task, ego_hops
@@ -294,7 +301,15 @@ class GraphDataModule(LightningDataModule):
     @property
     def num_classes(self) -> int:
         labels = self._labels
-        return int(labels.max()) + 1
+        count = int(labels.max()) + 1
+        missing = sorted(set(range(count)) - set(torch.unique(labels).tolist()))
+        if missing:  # a head of `count` classes would train classes that no example has
+            raise DatasetError(
+                f"{type(self.dataset).__name__} dataset: labels run to {count - 1} but no example has class(es) "
+                f"{missing[:10]}{' …' if len(missing) > 10 else ''}; labels must be 0 … C-1, each used. Relabel them "
+                f"consecutively."
+            )
+        return count
 
     @property
     def classnames(self) -> list[str]:

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_prompts.backbones.point_ops import farthest_point_sample
 from lightning_prompts.batch import LABEL, POINT_VOTES, POINTS
+from lightning_prompts.data.arguments import check_at_least
 from lightning_prompts.data.processes import drops_last, evaluation_sampler
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
@@ -488,6 +489,11 @@ class PointCloudDataModule(LightningDataModule):
             )
         if dataset != "shapes" and root is None:
             raise ConfigurationError(f"{dataset} needs root (the dataset folder).")
+        check_at_least(num_points=(num_points, 1), batch_size=(batch_size, 1), num_workers=(num_workers, 0))
+        if shots is not None and shots < 1:
+            raise ConfigurationError(
+                f"shots must be a positive number of clouds per class, or null for all; got {shots}."
+            )
         self.dataset, self.root, self.variant, self.num_points = dataset, root, variant, num_points
         self.train_pool = train_pool if train_pool is not None else int(round(num_points * 1.171875))  # 1024→1200
         if self.train_pool < num_points:

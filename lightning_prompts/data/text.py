@@ -9,6 +9,7 @@ modules know nothing of models). GLUE's SST-2 ``train.tsv``/``dev.tsv`` (columns
 from __future__ import annotations
 
 import bz2
+import collections
 import csv
 import gzip
 import io
@@ -153,10 +154,19 @@ def read_table(
 ) -> list[tuple[str, Any]]:
     """``(text, label)`` rows of a CSV/TSV/JSONL file (label kept as a string). With ``text_format``
     (``"premise: {premise} hypothesis: {hypothesis}"``) the text is built from the columns it names."""
+    columns = [text_column] if text_format is None else format_columns(text_format)
+    records = read_records(path, (*columns, label_column))
+    for number, record in enumerate(records, 1):
+        for column in columns:  # a JSON list or an empty cell would reach the tokenizer as it is
+            if isinstance(record[column], list) or not record[column].strip():
+                kind = "a list" if isinstance(record[column], list) else "an empty text"
+                raise DatasetError(
+                    f"{path}: row {number} has {kind} in column {column!r} ({record[column]!r}); every row needs a "
+                    f"text to classify."
+                )
     if text_format is None:
-        return [(r[text_column], r[label_column]) for r in read_records(path, (text_column, label_column))]
-    columns = format_columns(text_format)
-    return [(text_format.format(**r), r[label_column]) for r in read_records(path, (*columns, label_column))]
+        return [(r[text_column], r[label_column]) for r in records]
+    return [(text_format.format(**r), r[label_column]) for r in records]
 
 
 def format_columns(text_format: str) -> list[str]:
@@ -285,7 +295,9 @@ class TextClassificationDataModule(LightningDataModule):
             )
         self.text_format, self.split_protocol = text_format, split_protocol
         check_shots(shots)
-        check_at_least(batch_size=(batch_size, 1), eval_batch_size=(eval_batch_size, 1))
+        check_at_least(batch_size=(batch_size, 1), eval_batch_size=(eval_batch_size, 1), num_workers=(num_workers, 0))
+        if max_train_examples is not None:
+            check_at_least(max_train_examples=(max_train_examples, 1))
         if label_separator is not None and (shots > 0 or label_separator == ""):
             raise ValueError("multi-label data (label_separator) takes no `shots` and a non-empty separator.")
         self.label_separator = label_separator
@@ -383,6 +395,21 @@ class TextClassificationDataModule(LightningDataModule):
         test = test if test is not None else val
         if not train[0]:
             raise DatasetError("The training split is empty after filtering labels.")
+        for split, (texts, _) in (("val", val), ("test", test)):
+            if not texts:  # a file of its header only, or every row's label dropped
+                raise DatasetError(
+                    f"The {split} split ({self.files[split] or 'held out of the training file'}) has no rows; "
+                    f"evaluation would score nothing."
+                )
+        if not self.multi_label:  # a class of `labels` (or one the hold-out took whole) that nothing trains
+            counts = collections.Counter(train[1])
+            untrained = [name for index, name in enumerate(self._label_values) if not counts[index]]
+            if untrained:
+                raise DatasetError(
+                    f"class(es) {untrained} have no training example (of {len(train[0])} training rows"
+                    f"{'' if val_rows is not None else ', after the validation hold-out'}); add examples, remove them "
+                    f"from `labels`, or give a val_file."
+                )
         self._splits = {"train": train, "val": val, "test": test}
         return self._splits
 

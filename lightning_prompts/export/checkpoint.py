@@ -7,9 +7,12 @@ from pathlib import Path
 from lightning_prompts.errors import ConfigurationError
 
 
-def export_checkpoint(ckpt_path: str | Path, output: str | Path, peft_dir: str | Path | None = None) -> list[Path]:
+def export_checkpoint(
+    ckpt_path: str | Path, output: str | Path, peft_dir: str | Path | None = None, prefix: str = ""
+) -> list[Path]:
     """Rebuild the method of ``ckpt_path`` (registered classes only; the backbone from its stored config)
-    and write its trainable state to ``output`` (safetensors), and a PEFT adapter to ``peft_dir``."""
+    and write its trainable state to ``output`` (safetensors; only the tensors whose names start with
+    ``prefix`` when given), and a PEFT adapter to ``peft_dir``."""
     from lightning_prompts.export.peft import check_adapter_folder
     from lightning_prompts.methods.base.checkpointing import read_checkpoint
     from lightning_prompts.registry import resolve_class
@@ -36,7 +39,13 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, peft_dir: str |
             raise ConfigurationError(f"{method} has no PEFT export (only text prompt methods do).")
         check_adapter_folder(peft_dir)
     model = cls.load_from_checkpoint(str(path), map_location="cpu")
-    written = [model.export_prompt(output)]
+    if prefix and not any(key.startswith(prefix) for key in model.trainable_state_keys()):
+        from lightning_prompts.methods.base.checkpointing import preview
+
+        raise ConfigurationError(
+            f"--prefix {prefix!r} starts none of {method}'s trainable tensors {preview(model.trainable_state_keys())}."
+        )
+    written = [model.export_prompt(output, prefix=prefix)]
     if peft_dir is not None:
         written.append(Path(model.export_peft(peft_dir)))
     return written

@@ -72,6 +72,11 @@ class WarmupCosineLR(LRScheduler):
         if self.max_epochs is None:
             self.max_epochs = max_epochs
 
+    @property
+    def never_leaves_warmup(self) -> bool:
+        """The warm-up is as long as the schedule or longer: every step runs at the warm-up's learning rate."""
+        return self.max_epochs is not None and self.warmup_epochs >= self.max_epochs
+
     def lr_at(self, epoch: int, base_lr: float) -> float:
         """The learning rate of ``epoch`` for a group whose base lr is ``base_lr``."""
         if epoch < self.warmup_epochs:

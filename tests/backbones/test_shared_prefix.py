@@ -136,3 +136,21 @@ def test_the_command_line_turns_the_shared_prefix_off_as_docs_benchmarks_md_says
     calls.clear()
     cli = run_cli([*args, "--model.init_args.backbone.init_args.shared_prefix", "false"])
     assert cli.model.backbone.shared_prefix is False and not calls and cli.trainer.state.finished
+
+
+def test_truncate_false_is_the_reference_pass_without_the_shared_prefix(clips, monkeypatch):
+    # benchmarks/clip_text_encoder.py times it as the CoOp paper's 77-position pass; with the shared prefix it ran
+    # the fast path instead (and timed 1.04x where the page said 11x)
+    fast, _ = clips
+    calls = []
+    original = open_clip_module._run_with_shared_prefix
+    monkeypatch.setattr(
+        open_clip_module, "_run_with_shared_prefix", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    ids = fast.tokenize([f"a photo of a {name}." for name in NAMES])
+    embeddings, eot = fast.embed_tokens(ids), fast.eot_positions(ids)
+    reference = fast.encode_text_embeddings(embeddings, eot, truncate=False)
+    assert not calls
+    torch.testing.assert_close(reference, fast.model.encode_text(ids), rtol=1e-5, atol=1e-5)
+    fast.encode_text_embeddings(embeddings, eot)
+    assert calls  # the default takes the shared prefix here

@@ -96,3 +96,19 @@ def test_from_start_cosine_is_timms_cosine_scheduler_as_point_mae_configures_it(
         optimizer(5e-4), max_epochs=30, warmup_epochs=10, warmup_lr=1e-6, cosine_span="from_start", min_lr=1e-6
     )
     assert lrs(scheduler, 30) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_warm_up_as_long_as_the_run_is_warned_about(tmp_path):
+    # 5 warm-up epochs in a 2-epoch run: the whole run stayed at warmup_lr, silently, before
+    from pathlib import Path
+
+    from lightning_prompts.cli import run_cli
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    command = ["fit", "--config", str(recipes / "coop" / "dtd.yaml"), "--config", str(recipes / "_tiny" / "clip.yaml"),
+               "--trainer.fast_dev_run", "false", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1",
+               "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"warmup_epochs \(5\) is not shorter than the schedule \(2 epochs\)"):
+        run_cli([*command, "--model.init_args.lr_scheduler.init_args.warmup_epochs", "5"])
+    assert not WarmupCosineLR(optimizer(1.0), warmup_epochs=1, max_epochs=2).never_leaves_warmup
+    assert WarmupCosineLR(optimizer(1.0), warmup_epochs=2, max_epochs=2).never_leaves_warmup

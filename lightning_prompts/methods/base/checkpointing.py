@@ -306,6 +306,16 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             f"checkpoint {path} holds a {type(checkpoint).__name__}, not a Lightning checkpoint (a dict with a "
             f"state_dict); use a .ckpt written by fit."
         )
+    if "state_dict" not in checkpoint:  # torch reads a safetensors prompt file too, as a flat dict of tensors
+        raise ConfigurationError(
+            f"checkpoint {path} has no state_dict, so it is not a Lightning checkpoint"
+            + (
+                ": it is a prompt file (lightning-prompts export writes those); load it with "
+                "--model.init_args.prompt_init instead."
+                if str(path).endswith(".safetensors")
+                else "; use a .ckpt written by fit."
+            )
+        )
     return checkpoint
 
 

@@ -80,6 +80,16 @@ class CLIPPromptModule(PromptModule):
         self._text_cache: tuple[Any, Tensor] | None = None
         self._frozen_text_cache: tuple[Any, Tensor] | None = None
 
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        super().check_ready(stage, callbacks, datamodule)
+        size = getattr(datamodule, "image_size", None)
+        if getattr(self.backbone, "requires_image_size", False) and isinstance(size, int):
+            if size != self.backbone.image_size:
+                raise ConfigurationError(
+                    f"the data module makes {size}-pixel images but {self.backbone.name} takes "
+                    f"{self.backbone.image_size}-pixel ones; set data.init_args.image_size: {self.backbone.image_size}."
+                )
+
     # -- what a CLIP method implements -------------------------------------------------------------
     def class_text_features(self) -> Tensor:
         """L2-normalised text features ``(C, D)`` of the current classes."""

@@ -9,6 +9,7 @@ and the scheduler steps per epoch (Dassl, VPT) or per step. A method without tra
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from lightning_prompts.errors import ConfigurationError
@@ -29,6 +30,28 @@ class OptimizationMixin:
     def configure_optimizers(self) -> Any:
         if not self.has_trainable_parameters:
             return None  # nothing to train: fit only validates
+        optimizer = self._optimizer_factory(self._optimizer_groups())
+        if self._scheduler_factory is None:
+            return optimizer
+        scheduler = self._scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_max_epochs") and self._trainer is not None:
+            trainer = self.trainer
+            epochwise = self._scheduler_interval == "epoch"
+            total = self._schedule_epochs(trainer) if epochwise else trainer.estimated_stepping_batches
+            if total is not None and 0 < total < math.inf:
+                scheduler.set_max_epochs(int(total))
+            if getattr(scheduler, "never_leaves_warmup", False) and not trainer.fast_dev_run:
+                warnings.warn(
+                    f"warmup_epochs ({scheduler.warmup_epochs}) is not shorter than the schedule "
+                    f"({scheduler.max_epochs} {'epochs' if epochwise else 'steps'}): the whole run stays in the "
+                    f"warm-up and never reaches the optimizer's learning rate.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self._scheduler_interval}}
+
+    def _optimizer_groups(self) -> list[dict[str, Any]]:
+        """:meth:`param_groups`, checked, with ``param_group_lr``'s learning rates."""
         groups = self.param_groups()
         self._check_param_groups(groups)
         unknown = set(self._param_group_lr) - {group["name"] for group in groups}
@@ -40,17 +63,17 @@ class OptimizationMixin:
         for group in groups:
             if group["name"] in self._param_group_lr:
                 group["lr"] = float(self._param_group_lr[group["name"]])
-        optimizer = self._optimizer_factory(groups)
-        if self._scheduler_factory is None:
-            return optimizer
-        scheduler = self._scheduler_factory(optimizer)
-        if hasattr(scheduler, "set_max_epochs") and self._trainer is not None:
-            trainer = self.trainer
-            epochwise = self._scheduler_interval == "epoch"
-            total = self._schedule_epochs(trainer) if epochwise else trainer.estimated_stepping_batches
-            if total is not None and 0 < total < math.inf:
-                scheduler.set_max_epochs(int(total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self._scheduler_interval}}
+        return groups
+
+    def check_optimizer(self) -> None:
+        """Build the optimizer once, before training: torch checks its settings (a negative learning rate, betas
+        outside [0, 1)) only when it is built, which Lightning does after the run folder is written."""
+        if not self.has_trainable_parameters:
+            return
+        try:
+            self._optimizer_factory(self._optimizer_groups())
+        except (ValueError, TypeError) as error:
+            raise ConfigurationError(f"{type(self).__name__}'s optimizer refuses its settings: {error}") from error
 
     @staticmethod
     def _schedule_epochs(trainer: Any) -> Any:

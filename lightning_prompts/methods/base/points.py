@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from lightning_prompts.backbones.hooks import BlockHook
 from lightning_prompts.backbones.point_mae import PointEncoding, PointMAE
 from lightning_prompts.batch import POINTS
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base.module import PromptModule
 from lightning_prompts.outputs import PromptOutput
 
@@ -69,6 +70,16 @@ class PointPromptModule(PromptModule):
     pooled_parts: ClassVar[int] = 2
     #: whether the method lays out a trained class token (with a trained position) before the patches.
     class_token: ClassVar[bool] = True
+
+    def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        super().check_ready(stage, callbacks, datamodule)
+        points = getattr(datamodule, "num_points", None)
+        needed = max(self.backbone.num_patches, self.backbone.patch_size)
+        if isinstance(points, int) and points < needed:
+            raise ConfigurationError(
+                f"the data module samples {points} points per cloud, but {type(self).__name__}'s backbone groups "
+                f"{self.backbone.num_patches} patches of {self.backbone.patch_size} points: num_points >= {needed}."
+            )
 
     def __init__(self, backbone: PointMAE, classnames: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(backbone, classnames, **kwargs)
