@@ -149,21 +149,21 @@ class PromptsCLI(LightningCLI):
         check = getattr(self.model, "check_ready", None)
         if callable(check):
             check(stage, self.trainer.callbacks, self.datamodule)
-        if stage == "fit":
+        if stage != "fit":
+            self._warn_if_untrained(stage)
+        else:
             _check_training_length(self.trainer)
             check_optimizer = getattr(self.model, "check_optimizer", None)
             if callable(check_optimizer):
                 check_optimizer()
-        if stage != "fit":
-            self._warn_if_untrained(stage)
-        elif self.trainer.world_size > 1 and not any(p.requires_grad for p in self.model.parameters()):
-            # one process validates instead; several would stop in DDP's wrapper ("DistributedDataParallel is not
-            # needed when a module doesn't have any parameter that requires a gradient")
-            raise ConfigurationError(
-                f"{type(self.model).__name__} has nothing to train, and fit on {self.trainer.world_size} processes "
-                f"would stop before its first step; evaluate it with `lightning-prompts test` (or `validate`) and the "
-                "same arguments, which runs on several devices."
-            )
+            if self.trainer.world_size > 1 and not any(p.requires_grad for p in self.model.parameters()):
+                # one process validates instead; several would stop in DDP's wrapper ("DistributedDataParallel is not
+                # needed when a module doesn't have any parameter that requires a gradient")
+                raise ConfigurationError(
+                    f"{type(self.model).__name__} has nothing to train, and fit on {self.trainer.world_size} "
+                    f"processes would stop before its first step; evaluate it with `lightning-prompts test` (or "
+                    "`validate`) and the same arguments, which runs on several devices."
+                )
         trained = getattr(self, "_checkpoint_classes", None)
         mine = getattr(self.model, "classnames_for_training", None)
         accepts = getattr(self.model, "accepts_trained_classes", None)
