@@ -219,7 +219,7 @@ class PromptsCLI(LightningCLI):
         dump = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="json")
         model = json.loads(dump)[self.config.subcommand].get("model") or {}
         method = (checkpoint.get("lightning_prompts") or {}).get("method")
-        configured = str(model.get("class_path", "")).rpartition(".")[2]
+        configured = _class_name(model) or ""
         differences = compare_hparams(stored, model.get("init_args") or {}, test_time_hparams(configured))
         if method and configured and method != configured:
             differences.insert(0, f"method: checkpoint {method}, config {configured}")

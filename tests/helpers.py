@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 from pathlib import Path
@@ -134,3 +135,13 @@ def without_early_stop(recipe: Path) -> list[str]:
     """Options that leave out PTEC's early stop: its recipes end a diverging run (macro-F1 under 0.07) after the first
     epoch, which a tiny model's run always is, leaving later epochs untested."""
     return ["--trainer.callbacks=[]"] if recipe.parent.name == "ptec" else []
+
+
+class CodeInPickle:
+    """Pickles to "run ``touch marker``" when loaded: a hostile file's payload (tests check that no marker appears)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CodeInPickle
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_bad_inputs import TINY, run, saved_checkpoint
@@ -245,20 +246,10 @@ def test_a_single_description_string_is_one_description_not_one_per_character(tm
     ]
 
 
-class _Payload:
-    """Pickles to "create the marker file" when loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 @pytest.mark.parametrize("backbone", ["OpenCLIP tiny", "TimmViT tiny"])
 def test_a_hostile_backbone_weights_file_runs_no_code(backbone, tmp_path):
     # timm 1.0.9 to 1.0.25 read checkpoint_path with weights_only=False unless told otherwise
     marker, path = tmp_path / "pwned", tmp_path / "weights.pt"
-    torch.save({"state_dict": {"payload": _Payload(marker)}}, path)
+    torch.save({"state_dict": {"payload": CodeInPickle(marker)}}, path)
     refused(ConfigurationError, lambda: BACKBONES[backbone](path), str(path), "weights-only")
     assert not marker.exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import CodeInPickle
 from safetensors.torch import save_file
 
 from lightning_prompts.cli import main
@@ -573,22 +574,12 @@ def test_grayscale_cmyk_and_16_bit_images_load_as_8_bit_rgb(tmp_path):
 
 
 # -- hostile files: they would write a marker if any code in them ran ----------------------------------
-class _Payload:
-    """Pickles to "call os.system(touch marker)" when loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_hostile_few_shot_cache_runs_no_code(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     dataset = dassl_tree(tmp_path / "data")
     marker = tmp_path / "pwned"
     (dataset / "split_fewshot").mkdir()
-    (dataset / "split_fewshot" / "shot_2-seed_1.pkl").write_bytes(pickle.dumps({"train": [_Payload(marker)]}))
+    (dataset / "split_fewshot" / "shot_2-seed_1.pkl").write_bytes(pickle.dumps({"train": [CodeInPickle(marker)]}))
     exec_payload = b"cbuiltins\nexec\n(Vopen(" + repr(str(marker)).encode() + b", 'w')\ntR."
     args = ["fit", *TINY, *real_data(tmp_path / "data"), "--data.init_args.shots", "2"]  # the cache of 2 shots
     line = run(args, tmp_path / "run", capsys)
@@ -604,7 +595,7 @@ def test_a_hostile_cifar_file_runs_no_code(tmp_path, capsys, monkeypatch):
     base = tmp_path / "data" / "cifar-100-python"
     base.mkdir(parents=True)
     for split in ("train", "test"):
-        (base / split).write_bytes(pickle.dumps({"data": _Payload(marker), "fine_labels": [0]}))
+        (base / split).write_bytes(pickle.dumps({"data": CodeInPickle(marker), "fine_labels": [0]}))
     (base / "meta").write_bytes(pickle.dumps({"fine_label_names": ["a", "b"]}))
     args = [
         "fit",

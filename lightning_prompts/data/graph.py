@@ -298,8 +298,9 @@ class GraphDataModule(LightningDataModule):
         self.setup("fit")
         return max(int(graph.num_nodes) for split in self._splits.values() for graph in split)
 
-    @property
+    @functools.cached_property
     def num_classes(self) -> int:
+        """``max label + 1``, every class used (checked once: ``classnames`` asks again and again)."""
         labels = self._labels
         count = int(labels.max()) + 1
         missing = sorted(set(range(count)) - set(torch.unique(labels).tolist()))

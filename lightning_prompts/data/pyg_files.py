@@ -1,9 +1,9 @@
 """Build a PyG dataset from a folder without letting its files run code.
 
 PyG's datasets read their folders with loaders that can run code: ``processed/pre_transform.pt`` and
-``pre_filter.pt`` with ``torch.load(weights_only=False)``, ``processed/data.pt`` with a weights-only read that
-falls back to an unrestricted one when the file names a class it does not know, Planetoid's raw ``ind.<name>.*``
-files with ``pickle.load``, and some raw formats with ``numpy.load(allow_pickle=True)``. A dataset folder shared
+``pre_filter.pt`` with an unrestricted ``torch.load``, ``processed/data.pt`` with a weights-only read that falls
+back to an unrestricted one when the file names a class it does not know, Planetoid's raw ``ind.<name>.*`` files
+with ``pickle.load``, and some raw formats with ``numpy.load`` allowing pickles. A dataset folder shared
 by a colleague or downloaded from a mirror is data, and must not be able to run a command.
 
 :func:`files_read_as_data` holds, while a dataset is built, ``torch.load`` to ``weights_only=True``,

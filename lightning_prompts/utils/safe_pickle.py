@@ -145,13 +145,11 @@ def load_dassl_fewshot_cache(path: Path) -> Any:
 
 # -- PyG's raw dataset files: Planetoid's pickled scipy matrices, numpy arrays and adjacency dicts -------------
 class SparseMatrixState:
-    """A pickled scipy sparse matrix (CSR, CSC or COO) as its arrays; :meth:`todense` and :meth:`tocsr` rebuild
-    it with scipy from those arrays alone (the file never chooses what is called)."""
+    """A pickled scipy sparse matrix as its arrays; :meth:`todense` and :meth:`tocsr` rebuild it with scipy from
+    those arrays alone (the file never chooses what is called). One subclass per format (``kind``)."""
 
+    kind = ""
     ARRAYS = {"csr": ("data", "indices", "indptr"), "csc": ("data", "indices", "indptr"), "coo": ("data", "row", "col")}
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
 
     def __setstate__(self, state: Any) -> None:
         import numpy as np
@@ -179,14 +177,16 @@ class SparseMatrixState:
         return self.tocsr().todense()
 
 
-def _sparse_class(kind: str) -> type:
-    return type(f"{kind.upper()}MatrixState", (SparseMatrixState,), {"__new__": lambda cls: _new_state(cls, kind)})
+class CSRMatrixState(SparseMatrixState):
+    kind = "csr"
 
 
-def _new_state(cls: type, kind: str) -> SparseMatrixState:
-    state = object.__new__(cls)
-    SparseMatrixState.__init__(state, kind)
-    return state
+class CSCMatrixState(SparseMatrixState):
+    kind = "csc"
+
+
+class COOMatrixState(SparseMatrixState):
+    kind = "coo"
 
 
 def _encode(text: Any, encoding: str = "latin1") -> bytes:
@@ -198,9 +198,8 @@ def _encode(text: Any, encoding: str = "latin1") -> bytes:
 
 def _graph_data_allowed() -> dict[tuple[str, str], Any]:
     """Plain containers, numpy arrays and scipy sparse matrices (as :class:`SparseMatrixState`)."""
+    import builtins
     import collections
-
-    sparse_classes = {kind: _sparse_class(kind) for kind in SparseMatrixState.ARRAYS}
 
     def reconstructor(cls: Any, base: Any, state: Any) -> Any:  # protocols 0 and 1
         if (
@@ -212,13 +211,13 @@ def _graph_data_allowed() -> dict[tuple[str, str], Any]:
         return cls()
 
     allowed = {**_numpy_allowed(), ("copyreg", "_reconstructor"): reconstructor, ("_codecs", "encode"): _encode}
-    for kind, cls in sparse_classes.items():
-        for module in ("scipy.sparse", f"scipy.sparse.{kind}", f"scipy.sparse._{kind}"):
-            allowed[(module, f"{kind}_matrix")] = cls
+    for cls in (CSRMatrixState, CSCMatrixState, COOMatrixState):
+        for module in ("scipy.sparse", f"scipy.sparse.{cls.kind}", f"scipy.sparse._{cls.kind}"):
+            allowed[(module, f"{cls.kind}_matrix")] = cls
     allowed[("collections", "defaultdict")] = collections.defaultdict
     allowed[("collections", "OrderedDict")] = collections.OrderedDict
     for name in ("list", "dict", "set", "tuple", "int", "float", "str", "bytes", "frozenset", "object"):
-        allowed[("builtins", name)] = getattr(__import__("builtins"), name)
+        allowed[("builtins", name)] = getattr(builtins, name)
     return allowed
 
 

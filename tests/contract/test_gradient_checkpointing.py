@@ -9,7 +9,7 @@ through token edits before every layer, the two ways checkpointing could silentl
 from __future__ import annotations
 
 import copy
-import importlib.util
+import runpy
 from pathlib import Path
 
 import pytest
@@ -26,10 +26,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _saved_bytes():
-    spec = importlib.util.spec_from_file_location("saved_memory", BENCHMARKS / "saved_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.saved_bytes
+    return runpy.run_path(str(BENCHMARKS / "saved_memory.py"))["saved_bytes"]
 
 
 def _scaled_up(module: torch.nn.Module, std: float = 0.3) -> None:

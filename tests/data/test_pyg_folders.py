@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -13,21 +12,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sparse
 import torch
+from helpers import CodeInPickle
 
 from lightning_prompts.data.graph import GraphDataModule, instantiate_dataset
 from lightning_prompts.errors import DatasetError
 
 NODES, FEATURES, CLASSES, TRAIN, TEST = 540, 5, 3, 6, 30  # Planetoid validates on the 500 nodes after y
-
-
-class _Payload:
-    """Pickles to "run touch <marker>" when loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def write_planetoid(root: Path, protocol: int = 2) -> dict[str, object]:
@@ -85,7 +75,7 @@ def test_planetoid_reads_its_raw_format_from_a_local_folder(tmp_path, protocol):
 def test_a_hostile_raw_pickle_runs_no_code(tmp_path):
     write_planetoid(tmp_path)
     marker = tmp_path / "pwned"
-    (tmp_path / "Cora" / "raw" / "ind.cora.ally").write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    (tmp_path / "Cora" / "raw" / "ind.cora.ally").write_bytes(pickle.dumps(CodeInPickle(marker), protocol=2))
     with pytest.raises(DatasetError, match=r"Planetoid.*system.*not allowed"):
         planetoid(tmp_path)
     assert not marker.exists()
@@ -97,7 +87,7 @@ def test_a_hostile_processed_file_runs_no_code(tmp_path, name):
     planetoid(tmp_path)  # processes the raw files into processed/
     marker = tmp_path / "pwned"
     processed = tmp_path / "Cora" / "processed"
-    torch.save({"payload": _Payload(marker)}, processed / name)
+    torch.save({"payload": CodeInPickle(marker)}, processed / name)
     with pytest.raises(DatasetError, match="(?i)weights.only"):
         planetoid(tmp_path)
     assert not marker.exists()
