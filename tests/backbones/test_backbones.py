@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -57,6 +58,22 @@ def test_package_paths_resolve_without_importing_the_package(tmp_path):
     with pytest.raises(FileNotFoundError, match="not installed"):
         resolve_path("pkg://no_such_package_xyz/file")
     assert resolve_path(tmp_path) == tmp_path
+
+
+def test_dotted_package_paths_run_no_package_code(tmp_path, monkeypatch):
+    """``pkg://outer.inner/file`` comes from a config file: finding it must not import ``outer`` (whose
+    ``__init__`` would run)."""
+    marker = tmp_path / "imported"
+    package = tmp_path / "site" / "outer_pkg_xyz"
+    (package / "inner").mkdir(parents=True)
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (package / "inner" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (package / "inner" / "weights.txt").write_text("data")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert resolve_path("pkg://outer_pkg_xyz.inner/weights.txt") == package / "inner" / "weights.txt"
+    assert not marker.exists() and "outer_pkg_xyz" not in sys.modules
+    with pytest.raises(FileNotFoundError, match="not installed"):
+        resolve_path("pkg://../etc/passwd")
 
 
 def test_gnn_checkpoint_must_exist_and_be_ours(tmp_path):
