@@ -12,7 +12,10 @@ feature of its own label (cross-modal mixing, the released setting):
 
 and the loss is the cross-entropy of ``s · cos(f̃, learned text features)`` against ``y``, on the mixed
 features only. At test the ID score is the probability mass of the ID classes among ID + negative labels,
-averaged over groups of negatives (``OODEvaluator(score="id_mass")``, the default evaluator).
+averaged over groups of negatives (``OODEvaluator(score="id_mass", convention="openood")``, the default
+evaluator): FPR95 and AUPR in OpenOOD's convention, as the release reports them (OOD positive: FPR95 is the
+share of ID images rejected at 95 % OOD recall, a different operating point from MCM's convention, so the
+paper's numbers compare with these only).
 
 Label layout: ``classnames`` are the data module's classes; a name that is a negative label uses the
 negative context. Negative labels that are not among them are scored after them. So one checkpoint
@@ -29,9 +32,9 @@ against the soft label ``λ y_a + (1 − λ) y_b``, its own λ per step, and add
 cross-modal loss. Where a batch holds only one of the two distributions the release's pairing returns
 nothing (and fails); here each sample is then its own partner (the clean features' cross-entropy).
 
-Decided here: the seven templates are CLIP's ImageNet ensemble (the release draws one of 7 frozen
-template features; we did not check which 7); both image and template features are L2-normalised before
-mixing.
+The seven templates are CLIP's ImageNet ensemble, the release's ``tip_imagenet_templates`` (it draws one of
+their frozen text features per image). Decided here: both image and template features are L2-normalised
+before mixing.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ class LAPT(CoOp):
         if kwargs.get("evaluator") is None:
             from lightning_prompts.evaluation import OODEvaluator
 
-            kwargs["evaluator"] = OODEvaluator(score="id_mass", negative_groups=negative_groups)
+            kwargs["evaluator"] = OODEvaluator(score="id_mass", convention="openood", negative_groups=negative_groups)
         if not templates or any("{}" not in t for t in templates):
             raise ConfigurationError("LAPT's templates need a '{}' for the label each.")
         self._templates = list(templates)

@@ -3,8 +3,10 @@ the CLIP OOD papers use.
 
 Every score here is an *ID score*: higher means "more in-distribution" (MCM's maximum softmax
 probability, LAPT's ID probability mass). The two conventions differ in which side is the positive
-class and in how FPR95 picks its operating point, so the same scores can give different FPR95 values
-when scores tie (one tied score set in our tests gives 0.625 and 0.800); always say which one a number uses.
+class, so their FPR95s are different operating points: MCM's is the share of OOD samples accepted when
+95 % of the ID samples are, OpenOOD's the share of ID samples rejected when 95 % of the OOD samples are.
+They differ on almost any scores (ID ~ N(1.5, 1) against OOD ~ N(0, 2): 0.53 and 0.94), and also in how a
+tie between thresholds is broken. Always say which one a number uses.
 
 ``"mcm"`` (MCM, GL-MCM, Local-Prompt; the outlier-exposure evaluation code they share):
     ID is positive. FPR95 is the share of OOD samples scored at or above the distinct-score

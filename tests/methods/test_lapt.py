@@ -115,6 +115,21 @@ def test_one_checkpoint_serves_the_test_with_id_classes_and_more_negatives(tiny_
     assert ((0 < score) & (score < 1)).all()
 
 
+def test_lapt_reports_in_openoods_convention_and_the_testbed_in_mcms(tiny_clip):
+    """The release evaluates with OpenOOD-VLM (OOD positive: FPR95 = ID rejected at 95 % OOD recall), an operating
+    point other than MCM's; the testbed's table keeps MCM's for every method."""
+    from pathlib import Path
+
+    from lightning_prompts.recipes import merged_section
+
+    evaluator = LAPT(tiny_clip, ["cat", "dog"], negative_labels=NEGATIVES).resolve_evaluator(None)
+    assert (evaluator.score_name, evaluator.convention) == ("id_mass", "openood")
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    assert "evaluator" not in merged_section(recipes / "lapt" / "ood_imagenet.yaml", "model")["init_args"]
+    testbed = merged_section(recipes / "testbed" / "ood_lapt.yaml", "model")["init_args"]["evaluator"]["init_args"]
+    assert testbed == {"score": "id_mass", "negative_groups": 10, "convention": "mcm"}
+
+
 def test_lapt_recipes_preprocess_as_openood_with_lapts_bilinear():
     """OpenOOD's ImageNet preprocessors with LAPT's `--dataset.interpolation bilinear`: train RandomResizedCrop(224)
     + flip; test (ID and OOD sets) resize 256 + center crop 224; CLIP normalisation."""
