@@ -64,14 +64,17 @@ def test_the_use_snippet_builds_the_method(page, tmp_path, monkeypatch):
     }
     (tmp_path / "gpt_file").mkdir()
     (tmp_path / "gpt_file" / "dtd_prompt.json").write_text(json.dumps(descriptions))  # CoPrompt's teacher text
-    (tmp_path / "wordnet_words.txt").write_text("\n".join(f"{word}{k}" for word in WORDS for k in range(30)))
+    (tmp_path / "wordnet_nouns.txt").write_text("\n".join(f"{word}{k}" for word in WORDS for k in range(30)))
+    (tmp_path / "wordnet_adjectives.txt").write_text("\n".join(f"{word}ish{k}" for word in WORDS for k in range(10)))
     namespace: dict = {}
     exec(blocks(page)[0], namespace)
     assert type(namespace["model"]).__name__ == CLASSES[page]
     if page in ("prefix_tuning", "prompt_tuning"):
         assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     if page == "neglabel":
-        assert len(namespace["model"].negative_labels) == 150  # 10,000 asked, all 150 words kept
+        model = namespace["model"]  # 10,000 asked: all 150 nouns and 50 adjectives kept, the adjectives last
+        assert len(model.negative_labels) == 200 and model.negative_labels[150:] == model.negative_adjectives
+        assert len(model.negative_adjectives) == 50 and model.templates == ["the nice {}"]
 
 
 def test_ptec_trie_snippet_generates_class_names():
@@ -163,14 +166,16 @@ def test_apt_snippet():
 
 def test_lapt_snippet(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    words = tmp_path / "data" / "ood" / "wordnet_words.txt"
+    words = tmp_path / "data" / "ood" / "wordnet_nouns.txt"
     words.parent.mkdir(parents=True)
     words.write_text("\n".join(["teapot", "volcano", "violin", "glacier", "anvil", "harbor", "kettle"]) + "\n")
+    (words.parent / "wordnet_adjectives.txt").write_text("red\nshiny\nwooden\n")
     block = blocks("lapt")[0].replace('OpenCLIP("ViT-B-16", pretrained="openai")', 'OpenCLIP("tiny", pretrained=None)')
     namespace: dict = {}
     exec(block.replace("count=1000", "count=4").replace("negative_groups=10", "negative_groups=2"), namespace)
     model = namespace["model"]
     assert type(model).__name__ == "LAPT" and len(model.negative_labels) == 4
+    assert len(namespace["adjectives"]) == int(4 * 3 / 10) == 1
     assert model.prompt.classnames == ["goldfish", "tabby cat", "golden retriever"]
 
 

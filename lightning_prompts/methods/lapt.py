@@ -83,8 +83,9 @@ class LAPT(CoOp):
         backbone: a CLIP-family backbone.
         classnames: the data module's classes (ID classes, and at ``fit`` also the negative labels that have
             training folders).
-        negative_labels: the negative labels, or a file with one per line (mine them with
-            :func:`~lightning_prompts.prompts.negative_labels.mine_negative_labels`, as NegLabel does).
+        negative_labels: the negative labels, or a file with one per line (mine WordNet's nouns and adjectives
+            with :func:`~lightning_prompts.prompts.negative_labels.mine_nouns_and_adjectives` and the release's
+            templates, as docs/methods/lapt.md shows).
         n_ctx, ctx_init: each context's length and initial phrase (the release: 2 vectors).
         templates: the frozen templates whose text features are mixed into the images.
         negative_groups: groups of the default evaluator's ``id_mass`` score (100 at test in the paper).

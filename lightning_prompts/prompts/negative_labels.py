@@ -5,6 +5,15 @@ names: for each candidate, its similarities to the ``n`` ID names are sorted and
 ``int(percentile · n)`` (a high percentile, so one close ID name is enough to disqualify a word) is its
 closeness; the ``count`` candidates with the smallest closeness become the negative labels. Words that
 are an ID name (ignoring case and ``_``) are never chosen.
+
+Both releases mine WordNet's nouns and adjectives as two lists (:func:`mine_nouns_and_adjectives`): each
+part of speech is turned into text by its own template (the ID names and nouns "the nice {}", adjectives
+"This is a {} photo") and ranked on its own, and each keeps its share of the labels. LAPT's release
+(OpenOOD-VLM's ``get_selected_ood_text_list``) gives the adjectives ``int(count · A / (A + N))`` of ``count``
+and the nouns the rest, reads closeness at position ``int(0.95 · n)``, and keeps a word that is both a noun
+and an adjective as a noun; that is what we do. NegLabel's release keeps ``int(0.15 · size)`` of each list
+(the same split up to rounding: give ``count`` as 15 % of both lists) and reads closeness as an interpolated
+0.95 quantile (the same ranking, up to words whose closeness ties within the interpolation).
 """
 
 from __future__ import annotations
@@ -62,11 +71,62 @@ def mine_negative_labels(
         template: how names are turned into text before encoding.
         batch_size: candidates encoded at once.
     """
-    own = {name.replace("_", " ").lower() for name in id_names}
-    pool = [word for word in candidates if word.replace("_", " ").lower() not in own]
+    pool = _not_id_names(candidates, id_names)
     if count < 1 or count > len(pool):
         raise ValueError(f"count must be between 1 and the {len(pool)} candidates that are not ID names, got {count}.")
     id_features = encode_texts([template.format(name.replace("_", " ")) for name in id_names])
+    return _farthest(encode_texts, id_features, pool, template, count, percentile, batch_size)
+
+
+@torch.no_grad()
+def mine_nouns_and_adjectives(
+    encode_texts: Callable[[Sequence[str]], Tensor],
+    id_names: Sequence[str],
+    nouns: Sequence[str],
+    adjectives: Sequence[str],
+    count: int,
+    percentile: float = 0.95,
+    noun_template: str = "the nice {}",
+    adjective_template: str = "This is a {} photo",
+    batch_size: int = 1000,
+) -> tuple[list[str], list[str]]:
+    """``(nouns, adjectives)`` kept as negative labels, each farthest first, ``count`` in all: the releases'
+    two-list mining (see the module docstring). The default templates are NegLabel's (LAPT's add a full stop
+    and capitalise: ``"The nice {}."``, ``"This is a {} photo."``); the ID names take ``noun_template``."""
+    noun_pool = _not_id_names(nouns, id_names)
+    known = {word.lower() for word in noun_pool}
+    adjective_pool = [word for word in _not_id_names(adjectives, id_names) if word.lower() not in known]
+    total = len(noun_pool) + len(adjective_pool)
+    if count < 1 or count > total:
+        raise ValueError(
+            f"count must be between 1 and the {total} nouns and adjectives that are not ID names, got {count}."
+        )
+    adjective_count = int(count * len(adjective_pool) / total)
+    id_features = encode_texts([noun_template.format(name.replace("_", " ")) for name in id_names])
+    kept = [
+        _farthest(encode_texts, id_features, pool, template, share, percentile, batch_size) if share else []
+        for pool, template, share in (
+            (noun_pool, noun_template, count - adjective_count),
+            (adjective_pool, adjective_template, adjective_count),
+        )
+    ]
+    return kept[0], kept[1]
+
+
+def _not_id_names(words: Sequence[str], id_names: Sequence[str]) -> list[str]:
+    own = {name.replace("_", " ").lower() for name in id_names}
+    return [word for word in words if word.replace("_", " ").lower() not in own]
+
+
+def _farthest(
+    encode_texts: Callable[[Sequence[str]], Tensor],
+    id_features: Tensor,
+    pool: Sequence[str],
+    template: str,
+    count: int,
+    percentile: float,
+    batch_size: int,
+) -> list[str]:
     closeness = torch.cat(
         [
             closeness_to(id_features, encode_texts([template.format(w) for w in pool[i : i + batch_size]]), percentile)

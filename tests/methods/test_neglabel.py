@@ -14,7 +14,12 @@ from lightning.pytorch import Trainer
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.evaluation import ClassificationEvaluator, OODEvaluator
 from lightning_prompts.methods import NegLabel
-from lightning_prompts.prompts.negative_labels import closeness_to, mine_negative_labels, read_word_list
+from lightning_prompts.prompts.negative_labels import (
+    closeness_to,
+    mine_negative_labels,
+    mine_nouns_and_adjectives,
+    read_word_list,
+)
 
 
 def test_closeness_is_the_percentile_similarity_and_the_farthest_words_are_kept():
@@ -32,6 +37,61 @@ def test_closeness_is_the_percentile_similarity_and_the_farthest_words_are_kept(
     mined = mine_negative_labels(encode, ["id0", "id1", "id2"], [*words, "ID1"], count=2, batch_size=2)
     order = similarities.max(dim=1).values.argsort()
     assert mined == [list(words)[int(i)] for i in order[:2]] == ["far", "middle"]  # "ID1" is an ID name: never
+
+
+def test_nouns_and_adjectives_are_ranked_apart_through_their_own_templates_and_share_the_count():
+    """The releases' two-list mining: ID names and nouns through "the nice {}", adjectives through "This is a {}
+    photo", each part of speech ranked on its own, int(count · A / (A + N)) adjectives, the nouns the rest; an ID
+    name is never kept and a word in both lists stays a noun."""
+    generator = torch.Generator().manual_seed(0)
+    id_names, nouns = ["id0", "id1", "id2"], ["teapot", "volcano", "violin", "glacier", "Id1", "anvil"]
+    adjectives = ["red", "shiny", "violin", "wooden"]  # "violin" is also a noun: only the noun counts
+    table = {}
+    for name in id_names + nouns:
+        table[f"the nice {name}"] = F.normalize(torch.randn(8, generator=generator), dim=0)
+    for name in adjectives:
+        # the same word through the other template is another text, so another feature
+        table[f"This is a {name} photo"] = F.normalize(torch.randn(8, generator=generator), dim=0)
+    encode = lambda texts: torch.stack([table[t] for t in texts])  # noqa: E731
+    kept_nouns, kept_adjectives = mine_nouns_and_adjectives(encode, id_names, nouns, adjectives, count=4, batch_size=2)
+
+    id_features = torch.stack([table[f"the nice {n}"] for n in id_names])
+    noun_pool, adjective_pool = ["teapot", "volcano", "violin", "glacier", "anvil"], ["red", "shiny", "wooden"]
+
+    def farthest(pool, template, k):  # the int(0.95 · 3) = 2nd (largest) cosine to the ID names, smallest first
+        closeness = torch.stack([table[template.format(w)] for w in pool]) @ id_features.t()
+        return [pool[int(i)] for i in closeness.max(dim=1).values.argsort()[:k]]
+
+    adjective_count = int(4 * 3 / 8)  # 1 of 4
+    assert kept_adjectives == farthest(adjective_pool, "This is a {} photo", adjective_count)
+    assert kept_nouns == farthest(noun_pool, "the nice {}", 4 - adjective_count)
+    with pytest.raises(ValueError, match="between 1 and the 8 nouns and adjectives"):
+        mine_nouns_and_adjectives(encode, id_names, nouns, adjectives, count=9)
+
+
+def test_neglabel_scores_mined_adjectives_through_their_template_in_the_logits_order(tiny_clip, tmp_path):
+    (tmp_path / "nouns.txt").write_text("teapot\nvolcano\nviolin\nglacier\n")
+    (tmp_path / "adjectives.txt").write_text("red\nshiny\nwooden\nviolin\n")
+    model = NegLabel(
+        tiny_clip, ["cat", "dog"], templates=["the nice {}"], word_list=str(tmp_path / "nouns.txt"),
+        adjective_list=str(tmp_path / "adjectives.txt"), num_negative_labels=6, negative_groups=2,
+    )  # fmt: skip
+    assert len(model.negative_labels) == 6 and len(model.negative_adjectives) == int(6 * 3 / 7) == 2
+    assert model.negative_labels[-2:] == model.negative_adjectives and "violin" not in model.negative_adjectives
+    with torch.no_grad():
+        expected = torch.stack(
+            [
+                tiny_clip.encode_text([("This is a {} photo" if label in model.negative_adjectives else "the nice {}")
+                                       .format(label)], normalize=True)[0]
+                for label in model.negative_labels
+            ]
+        )  # fmt: skip
+        torch.testing.assert_close(model.negative_text_features(), expected)
+    with pytest.raises(ConfigurationError, match="not among the negative_labels"):
+        NegLabel(tiny_clip, ["cat"], negative_labels=["teapot", "anvil"], negative_adjectives=["red"],
+                 negative_groups=1)  # fmt: skip
+    with pytest.raises(ConfigurationError, match="has no '{}'"):
+        NegLabel(tiny_clip, ["cat"], negative_labels=["teapot"], adjective_template="photo", negative_groups=1)
 
 
 def test_word_lists_are_read_once_per_word_and_bad_ones_are_named(tmp_path):
