@@ -31,6 +31,7 @@ from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
+from lightning_prompts.utils.distributed import global_batch_mean
 
 #: The atom types the official linear layer predicts (the mask token's index, 119, excluded).
 PREDICTED_ATOM_TYPES = NUM_ATOM_TYPES - 1
@@ -97,7 +98,9 @@ class AttributeMasking(EncoderPretraining):
         x[masked] = torch.tensor([MASK_ATOM, 0], device=x.device, dtype=x.dtype)
         nodes = self.encoder(x, data.edge_index, data.edge_attr)
         logits = self.atom_predictor(nodes[masked])
-        return F.cross_entropy(logits.float(), targets), (logits.argmax(-1) == targets).float().mean()
+        # the mean over the global batch's masked atoms: under DDP the processes' molecules mask different counts
+        loss = global_batch_mean(F.cross_entropy(logits.float(), targets, reduction="sum"), targets.numel())
+        return loss, (logits.argmax(-1) == targets).float().mean()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss, accuracy = self.masked_atom_loss(batch)

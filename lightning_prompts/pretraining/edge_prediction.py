@@ -34,6 +34,7 @@ from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
+from lightning_prompts.utils.distributed import global_batch_mean
 
 
 def positive_pairs(edge_index: Tensor) -> Tensor:
@@ -70,11 +71,14 @@ def _first_occurrences(keys: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def edge_prediction_loss(nodes: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
-    """``BCE(⟨z_u, z_v⟩, 1)`` over positive pairs plus ``BCE(⟨z_u, z_v⟩, 0)`` over negative pairs."""
+    """``BCE(⟨z_u, z_v⟩, 1)`` over positive pairs plus ``BCE(⟨z_u, z_v⟩, 0)`` over negative pairs, each a mean
+    over the global batch's pairs (under DDP the processes' graphs hold different numbers of edges)."""
     positive = (nodes[positives[0]] * nodes[positives[1]]).sum(dim=-1)
     negative = (nodes[negatives[0]] * nodes[negatives[1]]).sum(dim=-1)
-    return F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive)) + F.binary_cross_entropy_with_logits(
-        negative, torch.zeros_like(negative)
+    return global_batch_mean(
+        F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive), reduction="sum"), positive.numel()
+    ) + global_batch_mean(
+        F.binary_cross_entropy_with_logits(negative, torch.zeros_like(negative), reduction="sum"), negative.numel()
     )
 
 

@@ -29,7 +29,10 @@ safetensors, config, tokenizer), which ``HFText(student_path, task="causal-lm")`
 Where we deviate: the texts come from a text data module (their labels unused), tokenized with the teacher's
 tokenizer and cut at ``max_length`` tokens, instead of the official pre-binarised, length-grouped corpus; the
 models get the attention mask (the official passes none in causal-LM mode: with right padding the real
-positions' outputs are the same either way, and padding never enters the loss).
+positions' outputs are the same either way, and padding never enters the loss). Under DDP each term is averaged
+over the positions of the whole global batch, so that several processes train as one process on the same batch
+(the official's DDP averaged each process's own means, which weighs the processes' shares alike whatever their
+token counts).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from lightning_prompts.methods.base import PromptModule
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.layer_extraction import keep_layers, layers_to_keep
 from lightning_prompts.registry import register_pretraining
+from lightning_prompts.utils.distributed import global_batch_mean
 
 
 def distillation_loss(
@@ -70,23 +74,30 @@ def distillation_loss(
     ``"mse"`` / ``"cos"`` when weighted). Logits ``(B, L, V)``, ids and mask ``(B, L)``, hidden ``(B, L, D)``."""
     real = attention_mask.bool()
     student, teacher = student_logits[real].float(), teacher_logits[real].float()  # (N, V)
+    # every term is a sum over positions divided by the global batch's count of them: under DDP the processes'
+    # shares hold different numbers of real tokens, and averaging their own means would weigh a share of 3 tokens
+    # as much as one of 10 (one process: the official per-batch means)
+    positions = student.shape[0]
     parts: dict[str, Tensor] = {}
-    parts["ce"] = F.kl_div(
-        F.log_softmax(student / temperature, dim=-1), F.softmax(teacher / temperature, dim=-1), reduction="batchmean"
-    ) * (temperature**2)
-    labels = input_ids.masked_fill(~real, -100)
-    parts["clm"] = F.cross_entropy(
-        student_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+    divergence = F.kl_div(
+        F.log_softmax(student / temperature, dim=-1), F.softmax(teacher / temperature, dim=-1), reduction="sum"
     )
+    parts["ce"] = global_batch_mean(divergence, positions) * (temperature**2)
+    labels = input_ids.masked_fill(~real, -100)[:, 1:].flatten()
+    next_token = F.cross_entropy(
+        student_logits[:, :-1].flatten(0, 1).float(), labels, ignore_index=-100, reduction="sum"
+    )
+    parts["clm"] = global_batch_mean(next_token, (labels != -100).sum())
     loss = alpha_ce * parts["ce"] + alpha_clm * parts["clm"]
     if alpha_mse > 0:
-        parts["mse"] = F.mse_loss(student, teacher, reduction="sum") / student.shape[0]
+        parts["mse"] = global_batch_mean(F.mse_loss(student, teacher, reduction="sum"), positions)
         loss = loss + alpha_mse * parts["mse"]
     if alpha_cos > 0:
         if student_hidden is None or teacher_hidden is None:
             raise ValueError("the cosine term needs both models' last hidden states.")
         s, t = student_hidden[real].float(), teacher_hidden[real].float()
-        parts["cos"] = F.cosine_embedding_loss(s, t, s.new_ones(s.shape[0]))
+        cosine = F.cosine_embedding_loss(s, t, s.new_ones(s.shape[0]), reduction="sum")
+        parts["cos"] = global_batch_mean(cosine, positions)
         loss = loss + alpha_cos * parts["cos"]
     parts["loss"] = loss
     return parts
@@ -231,10 +242,12 @@ class POSTDistillation(PromptModule):
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         parts = self.loss_parts(batch[TEXT])
-        size = len(batch[TEXT])
-        log_validation_mean(self, "loss", parts["loss"], size, dataloader_idx, prog_bar=True)
-        log_validation_mean(self, "ce", parts["ce"], size, dataloader_idx)
-        log_validation_mean(self, "clm", parts["clm"], size, dataloader_idx)
+        # weighted by the batch's real tokens (what the terms average over), so the epoch's value does not
+        # depend on how the texts fall into batches and processes
+        tokens = int(self.tokens(batch[TEXT])[1].sum())
+        log_validation_mean(self, "loss", parts["loss"], tokens, dataloader_idx, prog_bar=True)
+        log_validation_mean(self, "ce", parts["ce"], tokens, dataloader_idx)
+        log_validation_mean(self, "clm", parts["clm"], tokens, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         pass
