@@ -78,6 +78,9 @@ class ClassIncrementalDataModule(LightningDataModule):
         epochs_per_task: training epochs per task (LAE: 5 for CIFAR-100, 50 for ImageNet-R).
         class_order: ``None`` (sorted) or a permutation of the dataset's labels.
         batch_size, eval_batch_size, num_workers: loaders (LAE: batch 24, drop_last).
+        drop_last: drop each epoch's last partial training batch where every process has a full one (LAE's
+            config); ``False`` trains on every image (MULTI-LANE's: at batch 1024 on CIFAR-100 dropping it
+            skips 904 of each task's 5,000 images, 4 steps an epoch instead of 5).
         image_size, augmentation, normalization: preprocessing (LAE: 224, ``lae``, ``none``).
         synthetic: generate a tiny stream in memory (``num_classes``, ``images_per_class`` per split).
         verify: check every image file's header at ``setup`` (ImageNet-R).
@@ -93,6 +96,7 @@ class ClassIncrementalDataModule(LightningDataModule):
         batch_size: int = 24,
         eval_batch_size: int = 100,
         num_workers: int = 0,
+        drop_last: bool = True,
         image_size: int = 224,
         augmentation: str = "lae",
         normalization: str = "none",
@@ -108,6 +112,7 @@ class ClassIncrementalDataModule(LightningDataModule):
         self.num_tasks, self.epochs_per_task = num_tasks, epochs_per_task
         self.requested_order = list(class_order) if class_order is not None else None
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.drop_last = drop_last
         self.image_size, self.augmentation, self.normalization = image_size, augmentation, normalization
         self.synthetic = Synthetic(**synthetic) if isinstance(synthetic, dict) else synthetic
         self.verify = verify
@@ -270,7 +275,7 @@ class ClassIncrementalDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=True,
-            drop_last=drops_last(len(dataset), self.batch_size, self.trainer),
+            drop_last=self.drop_last and drops_last(len(dataset), self.batch_size, self.trainer),
             num_workers=self.num_workers,
         )
 

@@ -3,7 +3,7 @@ average incremental accuracy and the forgetting, with the history kept in checkp
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -27,9 +27,17 @@ class ContinualEvaluator(Evaluator):
     each sample's task) and logs ``val/acc`` (A_t), ``val/avg_incremental_acc`` and ``val/forgetting``
     from the history ``R[t, j]`` (:class:`~lightning_prompts.metrics.ContinualAccuracy`); test logs
     ``test/acc`` over all tasks and ``test/acc_task<j>``.
+
+    Args:
+        average: what ``acc`` averages: ``"samples"``, the accuracy over every seen test image (LAE's official
+            ``Acc``), or ``"tasks"``, the mean of the seen tasks' accuracies (L2P, DualPrompt and MULTI-LANE's
+            ``evaluate_till_now``). The two differ where tasks hold different numbers of test images (ImageNet-R).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, average: Literal["samples", "tasks"] = "samples") -> None:
+        if average not in ("samples", "tasks"):
+            raise ConfigurationError(f"ContinualEvaluator: average must be 'samples' or 'tasks', got {average!r}.")
+        self.average = average
         self.num_tasks = 0
         self.task_accuracy: TaskAccuracy | None = None
         self.history: ContinualAccuracy | None = None
@@ -68,6 +76,8 @@ class ContinualEvaluator(Evaluator):
     def finish(self, module: PromptModule, stage: Stage) -> dict[str, Tensor]:
         assert self.task_accuracy is not None and self.history is not None
         overall, per_task = self.task_accuracy.compute()
+        if self.average == "tasks":  # tasks without test images here (not seen yet) are NaN, so left out
+            overall = per_task.nanmean()
         self.task_accuracy.reset()
         if stage == "test":
             return {"test/acc": overall, **{f"test/acc_task{t}": a for t, a in enumerate(per_task)}}

@@ -13,7 +13,10 @@ token is L2-normalised and read by one shared linear head over all classes.
 * **evaluation** runs every seen task's lane and sums the head's logits of each lane masked to its task's
   classes (``head_mode: concat``): each class is scored by its own task's lane;
 * **task boundary**: lane ``t`` starts as a copy of lane ``t − 1`` and the optimizer starts afresh (its
-  schedule too), as the official ``next_task`` and per-task optimizer do.
+  schedule too), as the official ``next_task`` and per-task optimizer do;
+* **single-label accuracy** ``val/acc`` is the mean of the seen tasks' accuracies, the official
+  ``evaluate_till_now`` (``ContinualEvaluator(average="tasks")``, the default here; LAE's pooled accuracy over
+  every seen image differs from it on ImageNet-R, whose tasks hold different numbers of test images).
 
 Only the selectors, the prompts and the head train (the official ``is_trainable``). Tasks own consecutive
 label ranges (the data stream's class order); ``classes_per_task`` gives unequal tasks (VOC B10-C2:
@@ -126,6 +129,15 @@ class MultiLane(ContinualMixin, ViTPromptModule):
             raise ConfigurationError(
                 f"the stream is {'multi' if labels else 'single'}-label; set model.init_args.multi_label: {labels}."
             )
+
+    def resolve_evaluator(self, datamodule: Any | None) -> Any:
+        """A single-label stream's default evaluator averages the tasks' accuracies (the official protocol)."""
+        from lightning_prompts.evaluation.continual import ContinualEvaluator
+
+        evaluator = super().resolve_evaluator(datamodule)
+        if self._evaluator_choice is None and type(evaluator) is ContinualEvaluator and evaluator.average != "tasks":
+            return ContinualEvaluator(average="tasks")
+        return evaluator
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [

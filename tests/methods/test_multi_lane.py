@@ -12,6 +12,8 @@ from lightning.pytorch import Callback, Trainer
 
 from lightning_prompts.backbones import TimmViT
 from lightning_prompts.data import ClassIncrementalDataModule
+from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.methods import LAE
 from lightning_prompts.methods.multi_lane import MultiLane
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.lanes import lane_block_step
@@ -171,6 +173,55 @@ def test_task_boundary_copies_the_lane_and_starts_a_fresh_optimizer(tmp_path):
     torch.testing.assert_close(final[0], seen.before[1][0])  # lane 0 stays as task 0 left it
     assert not torch.equal(final[1], seen.after[1][1])  # lane 1 trained during task 1
     assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
+
+
+def test_single_label_accuracy_is_the_official_mean_over_tasks_and_every_image_trains():
+    """The official ``evaluate_till_now`` averages the tasks' accuracies (LAE pools every image: the two differ when
+    tasks hold different numbers of test images), and its training loader keeps the last partial batch."""
+    from lightning_prompts.evaluation.continual import ContinualEvaluator
+    from lightning_prompts.metrics.continual import ContinualAccuracy, TaskAccuracy
+
+    spec = {"num_classes": 4, "images_per_class": 5, "image_size": 32}
+    data = ClassIncrementalDataModule(num_tasks=2, synthetic=spec, image_size=32, batch_size=4, drop_last=False)
+    data.setup("fit")
+    assert len(data.train_dataloader()) == 3  # 10 images of task 0 in batches of 4: the last 2 train too
+    assert (
+        len(ClassIncrementalDataModule(num_tasks=2, synthetic=spec, image_size=32, batch_size=4).train_dataloader())
+        == 2
+    )
+
+    module = MultiLane(TimmViT("tiny"), data.classnames, num_tasks=2, num_selectors=2, num_prompts=2, prompt_blocks=1)
+    evaluator = module.resolve_evaluator(data)
+    assert type(evaluator) is ContinualEvaluator and evaluator.average == "tasks"
+    lae = LAE(TimmViT("tiny"), data.classnames, num_tasks=2, pet_blocks=[0])
+    assert lae.resolve_evaluator(data).average == "samples"
+    chosen = ContinualEvaluator(average="samples")
+    configured = MultiLane(TimmViT("tiny"), data.classnames, num_tasks=2, prompt_blocks=1, evaluator=chosen)
+    assert configured.resolve_evaluator(data) is chosen
+
+    scores, targets = torch.eye(3)[[0, 1, 2, 2]], torch.tensor([0, 1, 1, 2])  # task 0: 2 of 3 right, task 1: 1 of 1
+    results = {}
+    for average in ("samples", "tasks"):
+        evaluator = ContinualEvaluator(average=average)
+        evaluator.task_accuracy, evaluator.history = TaskAccuracy(2), ContinualAccuracy(2)
+        evaluator.update(module, {"task": torch.tensor([0, 0, 0, 1])}, scores, targets, "test", 0)
+        results[average] = float(evaluator.finish(module, "test")["test/acc"])
+    assert results == pytest.approx({"samples": 3 / 4, "tasks": (2 / 3 + 1) / 2})
+    with pytest.raises(ConfigurationError, match="average must be"):
+        ContinualEvaluator(average="classes")
+
+
+def test_single_label_recipes_neither_clip_nor_drop_as_the_official_code():
+    """The official configs parse ``--clip_grad 1.0`` but ``engine.py`` never clips; ``--drop_last`` is off."""
+    from pathlib import Path
+
+    from lightning_prompts.recipes import merged_section
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes" / "multi_lane"
+    for recipe in ("cifar100.yaml", "imagenet_r.yaml", "multilabel/voc_b0_c4.yaml"):
+        assert "gradient_clip_val" not in merged_section(recipes / recipe, "trainer"), recipe
+    for recipe in ("cifar100.yaml", "imagenet_r.yaml"):
+        assert merged_section(recipes / recipe, "data")["init_args"]["drop_last"] is False, recipe
 
 
 def test_the_docs_use_snippet_builds_the_method():
