@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.point_mae import PointBlock, PointMAE, PointTransformerEncoder, point_mae_checkpoint
 from lightning_prompts.batch import POINTS
+from lightning_prompts.methods.base.points import split_weight_decay
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.registry import register_pretraining
@@ -69,7 +70,8 @@ class PointMAEPretraining(EncoderPretraining):
         decoder_depth: decoder blocks (4).
         decoder_heads: decoder attention heads (default: the encoder's).
         encoder_path: where to write the encoder at the end of ``fit`` (``None``: don't).
-        optimizer: optimizer factory (default AdamW, lr 1e-3, weight decay 0.05, Point-MAE's config).
+        optimizer: optimizer factory (default AdamW, lr 1e-3, weight decay 0.05, Point-MAE's config); as in
+            Point-MAE's builder, 1-D tensors (norms), biases and the mask token are not decayed.
         lr_scheduler: scheduler factory, stepped per epoch (e.g. ``WarmupCosineLR`` with
             ``cosine_span="from_start"``, Point-MAE's schedule); ``None``: a constant learning rate.
     """
@@ -139,7 +141,9 @@ class PointMAEPretraining(EncoderPretraining):
         log_validation_mean(self, "loss", loss, int(batch[POINTS].shape[0]))
 
     def configure_optimizers(self) -> Any:
-        optimizer = self._optimizer_factory(self.parameters())
+        # Point-MAE's add_weight_decay: no decay on 1-D tensors (norms), biases and the mask token
+        decay, no_decay = split_weight_decay(list(self.named_parameters()))
+        optimizer = self._optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
         if self._scheduler_factory is None:
             return optimizer
         scheduler = self._scheduler_factory(optimizer)

@@ -33,6 +33,19 @@ def test_random_mask_hides_exactly_the_ratio_of_patches_per_cloud():
     assert 0.45 < mask.float().mean(0).min() and mask.float().mean(0).max() < 0.75  # every patch gets hidden
 
 
+def test_weight_decay_spares_norms_biases_and_the_mask_token_as_point_maes_builder():
+    module = PointMAEPretraining(PointMAE(**TINY))
+    decayed, spared = module.configure_optimizers().param_groups
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert decayed["weight_decay"] == 0.05 and spared["weight_decay"] == 0.0
+    assert {names[id(p)] for p in spared["params"]} == {
+        n for n, p in module.named_parameters() if p.dim() == 1 or n.endswith(".bias") or "token" in n
+    }
+    assert any("mask_token" in names[id(p)] for p in spared["params"])
+    assert all(p.dim() > 1 and "token" not in names[id(p)] for p in decayed["params"])
+    assert len(decayed["params"]) + len(spared["params"]) == len(list(module.parameters()))
+
+
 def test_reconstruction_loss_is_the_official_forward():
     torch.manual_seed(1)
     module = PointMAEPretraining(PointMAE(**TINY)).eval()
