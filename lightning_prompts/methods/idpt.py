@@ -13,8 +13,11 @@ Faithful to the official code: the generator (k = 20 in feature space, self incl
 prompt enters, the position embedding added before every block, the head, and the prompt's position
 embedding, which the official optimizer never trains (its name lacks ``cls``): here a fixed buffer drawn
 from the same truncated normal, seeded. Deviations: the frozen encoder stays in eval mode (the official
-model trains with dropout-path 0.1 and BatchNorm updates in the "frozen" encoder), and FPS/kNN are torch
-ops (:mod:`lightning_prompts.backbones.point_ops`) instead of CUDA kernels.
+model trains with dropout-path 0.1 and BatchNorm updates in the "frozen" encoder), FPS/kNN are torch
+ops (:mod:`lightning_prompts.backbones.point_ops`) instead of CUDA kernels, and the recipes' gradient clipping
+(norm 10) measures the trained parameters' gradients only: the official measures every gradient, the "frozen"
+encoder's included (its parameters get gradients there without being updated), so it clips harder. Matching it
+would compute the encoder's weight gradients every step for the norm alone.
 """
 
 from __future__ import annotations
