@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -159,12 +160,16 @@ def export_command(args: Sequence[str]) -> int:
     return 0
 
 
+#: Lightning's fit loop, when ``val_check_interval`` counts more batches than an epoch has
+_VAL_CHECK_INTERVAL = re.compile(
+    r"`val_check_interval` \((\d+)\) must be less than or equal to the number of the training batches \((\d+)\)"
+)
+
+
 def describe_error(error: BaseException) -> str | None:
     """One line for an error caused by bad input: our own errors (also when raised while a class was being
     built from the config, which the parser wraps), and the parser's, with a did-you-mean for unknown
     options. ``None`` for anything else (a bug: the traceback is worth seeing)."""
-    import re
-
     chain, seen = [], set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -174,6 +179,15 @@ def describe_error(error: BaseException) -> str | None:
     for item in chain:
         if isinstance(item, LightningPromptsError):
             return str(item)
+    for item in chain:
+        interval = _VAL_CHECK_INTERVAL.search(str(item)) if isinstance(item, ValueError) else None
+        if interval:  # raised when the fit loop counts the epoch's batches (a traceback otherwise)
+            given, batches = interval.groups()
+            return (
+                f"--trainer.val_check_interval {given} is more than the {batches} training batches of an epoch; give "
+                f"at most {batches}, a fraction of the epoch (0.5), or --trainer.check_val_every_n_epoch null to "
+                f"count batches across epochs."
+            )
     for item in chain:
         # Lightning's verdict on Trainer options (an accelerator this machine lacks, devices 0), and the checks of
         # our constructors' arguments (n_ctx 0, a ctx_init longer than n_ctx): a setting to change, not a bug

@@ -538,6 +538,19 @@ def test_a_run_folder_under_a_file_fails_before_anything_runs(tmp_path, capsys):
     assert "cannot be created" in capsys.readouterr().err and (tmp_path / "file").is_file()
 
 
+def test_a_validation_interval_longer_than_the_epoch_is_one_line(tmp_path, capsys):
+    """Lightning counts the epoch's batches only inside fit (after the run folder got its config.yaml), and said
+    so in a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *TINY, "--trainer.fast_dev_run", "false", "--trainer.max_epochs", "1",
+              "--trainer.val_check_interval", "1000", "--trainer.default_root_dir", str(tmp_path / "run")])  # fmt: skip
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    assert lines[-1].startswith("lightning-prompts: error: --trainer.val_check_interval 1000 is more than the ")
+    assert "check_val_every_n_epoch null" in lines[-1]
+
+
 @pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root writes to read-only folders")
 def test_a_read_only_run_folder_fails_before_anything_runs(tmp_path, capsys):
     folder = tmp_path / "ro"
