@@ -9,9 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "LIGHTNING_PROMPTS_CACHE" not in os.environ:  # the image-verification record: never the user's home
+    import atexit
+    import functools
+    import shutil
     import tempfile
 
     os.environ["LIGHTNING_PROMPTS_CACHE"] = tempfile.mkdtemp(prefix="lightning_prompts_cache_")
+    # removed by the process that made it (workers and subprocesses inherit the variable and leave it alone)
+    atexit.register(functools.partial(shutil.rmtree, os.environ["LIGHTNING_PROMPTS_CACHE"], ignore_errors=True))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
