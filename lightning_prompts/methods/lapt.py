@@ -50,6 +50,7 @@ from torch.nn import functional as F
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.coop import CoOp
+from lightning_prompts.metrics.ood import Convention
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.negative_labels import read_word_list
 from lightning_prompts.prompts.text_context import ClassContextPrompt
@@ -89,6 +90,8 @@ class LAPT(CoOp):
         n_ctx, ctx_init: each context's length and initial phrase (the release: 2 vectors).
         templates: the frozen templates whose text features are mixed into the images.
         negative_groups: groups of the default evaluator's ``id_mass`` score (100 at test in the paper).
+        convention: the default evaluator's OOD metric convention: ``"openood"`` (the release's: OOD positive)
+            or ``"mcm"`` (ID positive; the offline testbed's, to compare with the other methods there).
         cross_distribution: add the paper's cross-distribution mixing (the release's ``mix_strategy: wccm_cd``,
             which its scripts do not use): each image feature mixed with that of a random sample of the other
             distribution in the batch (ID ↔ negative label), soft label ``λ y_a + (1 − λ) y_b``, a second λ ~
@@ -104,7 +107,7 @@ class LAPT(CoOp):
     #: the test scores more negative labels in more groups than training (10,000 in 100 against 1,000); the
     #: contexts do not depend on them, and the templates and mixing only shape training
     test_time_hparams: ClassVar[frozenset[str]] = frozenset(
-        {"negative_labels", "negative_groups", "templates", "cross_distribution"}
+        {"negative_labels", "negative_groups", "templates", "cross_distribution", "convention"}
     )
 
     def __init__(
@@ -117,6 +120,7 @@ class LAPT(CoOp):
         templates: Sequence[str] = SEVEN_TEMPLATES,
         negative_groups: int = 100,
         cross_distribution: bool = False,
+        convention: Convention = "openood",
         **kwargs: Any,
     ) -> None:
         if negative_labels is None:
@@ -126,7 +130,7 @@ class LAPT(CoOp):
         if kwargs.get("evaluator") is None:
             from lightning_prompts.evaluation import OODEvaluator
 
-            kwargs["evaluator"] = OODEvaluator(score="id_mass", convention="openood", negative_groups=negative_groups)
+            kwargs["evaluator"] = OODEvaluator(score="id_mass", convention=convention, negative_groups=negative_groups)
         if not templates or any("{}" not in t for t in templates):
             raise ConfigurationError("LAPT's templates need a '{}' for the label each.")
         self._templates = list(templates)

@@ -126,8 +126,10 @@ def test_lapt_reports_in_openoods_convention_and_the_testbed_in_mcms(tiny_clip):
     assert (evaluator.score_name, evaluator.convention) == ("id_mass", "openood")
     recipes = Path(__file__).resolve().parents[2] / "recipes"
     assert "evaluator" not in merged_section(recipes / "lapt" / "ood_imagenet.yaml", "model")["init_args"]
-    testbed = merged_section(recipes / "testbed" / "ood_lapt.yaml", "model")["init_args"]["evaluator"]["init_args"]
-    assert testbed == {"score": "id_mass", "negative_groups": 10, "convention": "mcm"}
+    testbed = merged_section(recipes / "testbed" / "ood_lapt.yaml", "model")["init_args"]
+    assert testbed["convention"] == "mcm" and "evaluator" not in testbed
+    mcm = LAPT(tiny_clip, ["cat", "dog"], negative_labels=NEGATIVES, negative_groups=2, convention="mcm")
+    assert (mcm.resolve_evaluator(None).convention, mcm.resolve_evaluator(None).negative_groups) == ("mcm", 2)
 
 
 def test_lapt_recipes_preprocess_as_openood_with_lapts_bilinear():
