@@ -225,9 +225,11 @@ class TextClassificationDataModule(LightningDataModule):
         split_protocol: where validation and test come from. ``"files"``: the files (or ``val_fraction``).
             The protocol of the DePT/MPT/ATTEMPT papers, whose GLUE/SuperGLUE test labels are hidden:
             ``"halve_validation"`` (small sets: RTE, MRPC, CoLA, STS-B, CB, BoolQ, WiC, …) splits the
-            validation file in two seeded halves, validation and test; ``"holdout_1k"`` (large sets: SST-2,
-            QNLI, QQP, MNLI, …) holds 1,000 seeded training examples out for validation and tests on the
-            validation file.
+            validation file in two halves, validation and test; ``"holdout_1k"`` (large sets: SST-2,
+            QNLI, QQP, MNLI, …) holds 1,000 training examples out for validation and tests on the
+            validation file. Both draw the examples as DePT's code does (``torch.randperm`` seeded 42 over the
+            file's rows, whatever ``seed`` is), so they are the papers' own halves for files in the order
+            ``datasets`` writes them.
         labels: the label values in class order, as they appear in the files (``["0", "1"]``,
             ``["rotten", "fresh"]``); ``None`` uses the sorted values of the training file.
         classnames: readable class names (the verbalizer's default label words); default: ``labels``.
@@ -382,13 +384,15 @@ class TextClassificationDataModule(LightningDataModule):
         test_rows = self._rows("test")
         test = encoded(test_rows, "test") if test_rows is not None else None
         if val_rows is None:
-            train, val = _held_out(train, max(1, int(round(len(train[0]) * self.val_fraction))), rng)
+            order = list(range(len(train[0])))
+            rng.shuffle(order)
+            train, val = _held_out(train, max(1, int(round(len(train[0]) * self.val_fraction))), order)
         elif self.split_protocol == "holdout_1k":
-            train, val = _held_out(train, 1000, rng)
+            train, val = _held_out(train, 1000, _dept_order(len(train[0])))
             test = encoded(val_rows, "val")
         elif self.split_protocol == "halve_validation":
             whole = encoded(val_rows, "val")
-            test, val = _held_out(whole, len(whole[0]) // 2, rng)
+            test, val = _held_out(whole, len(whole[0]) // 2, _dept_order(len(whole[0])))
         else:
             val = encoded(val_rows, "val")
         train = self._sample(train, rng)
@@ -512,15 +516,19 @@ class TextClassificationDataModule(LightningDataModule):
         return self._loader("test", False, keep_order=True)  # predictions in the file's order
 
 
+def _dept_order(size: int) -> list[int]:
+    """The DePT/MPT code's permutation of a split's rows (``torch.randperm`` under a generator seeded 42, whatever
+    the run's seed): its first rows are held out, so the halves and hold-outs are the papers' own examples."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(42)).tolist()
+
+
 def _held_out(
-    split: tuple[list[str], list[int]], count: int, rng: random.Random
+    split: tuple[list[str], list[int]], count: int, order: list[int]
 ) -> tuple[tuple[list[str], list[int]], tuple[list[str], list[int]]]:
-    """``(kept, held)``: ``count`` seeded examples held out of ``split`` (both kept in file order)."""
+    """``(kept, held)``: the rows ``order[:count]`` held out of ``split`` (both kept in file order)."""
     texts, labels = split
     if count >= len(texts):
         raise DatasetError(f"cannot hold {count} examples out of a split of {len(texts)}.")
-    order = list(range(len(texts)))
-    rng.shuffle(order)
     held, kept = sorted(order[:count]), sorted(order[count:])
     return ([texts[i] for i in kept], [labels[i] for i in kept]), ([texts[i] for i in held], [labels[i] for i in held])
 

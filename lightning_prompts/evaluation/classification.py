@@ -33,11 +33,16 @@ class ClassificationEvaluator(Evaluator):
             ``test/mean_per_class``; one test set only; :class:`~lightning_prompts.metrics.MeanPerClassAccuracy`),
             the official metric of Caltech-101, FGVC-Aircraft, Flowers-102 and Oxford-IIIT Pets in MVLPT's
             ELEVATER tables; the best checkpoint then follows ``val/mean_per_class``.
+        matthews: also report Matthews' correlation coefficient (``val/mcc``, ``test/mcc``; one test set only),
+            GLUE's metric of CoLA, which DePT's code also selects its checkpoint on; the best checkpoint then
+            follows ``val/mcc``.
     """
 
-    def __init__(self, macro_f1: bool = False, mean_per_class: bool = False) -> None:
-        self.macro_f1, self.mean_per_class = macro_f1, mean_per_class
-        monitored = "val/mean_per_class" if mean_per_class else "val/macro_f1" if macro_f1 else None
+    def __init__(self, macro_f1: bool = False, mean_per_class: bool = False, matthews: bool = False) -> None:
+        self.macro_f1, self.mean_per_class, self.matthews = macro_f1, mean_per_class, matthews
+        monitored = (
+            "val/mean_per_class" if mean_per_class else "val/mcc" if matthews else "val/macro_f1" if macro_f1 else None
+        )
         self.monitor = (monitored, "max") if monitored else None  # type: ignore[misc]
         self._extra: dict[str, dict[str, Any]] = {}
         self.val_accuracy = SetwiseAccuracy(["val"])
@@ -57,7 +62,7 @@ class ClassificationEvaluator(Evaluator):
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
         if stage == "test" and len(self.class_sets(module, datamodule)) > 1:
-            for name in ("macro_f1", "mean_per_class"):
+            for name in ("macro_f1", "mean_per_class", "matthews"):
                 if getattr(self, name):
                     raise ConfigurationError(f"{name}=True scores one test set; the data module has several.")
         ood = provided(datamodule, OODTestSets)
@@ -87,6 +92,10 @@ class ClassificationEvaluator(Evaluator):
             self._extra[stage]["macro_f1"] = f1.to(module.device)
         if self.mean_per_class:
             self._extra[stage]["mean_per_class"] = MeanPerClassAccuracy().to(module.device)
+        if self.matthews:
+            from torchmetrics.classification import MulticlassMatthewsCorrCoef
+
+            self._extra[stage]["mcc"] = MulticlassMatthewsCorrCoef(len(module.classnames)).to(module.device)
         if stage == "val":
             self.val_accuracy = self.val_accuracy.to(module.device)
             self.val_accuracy.reset()
@@ -114,7 +123,7 @@ class ClassificationEvaluator(Evaluator):
         self, module: PromptModule, batch: Any, scores: Tensor, targets: Tensor, stage: Stage, dataloader_idx: int
     ) -> None:
         for name, metric in self._extra.get(stage, {}).items():
-            metric.update(scores.argmax(dim=-1) if name == "macro_f1" else scores, targets)
+            metric.update(scores.argmax(dim=-1) if name in ("macro_f1", "mcc") else scores, targets)
         if stage == "val":
             self.val_accuracy.update(scores, targets)
         else:

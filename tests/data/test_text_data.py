@@ -6,6 +6,7 @@ import bz2
 import json
 
 import pytest
+import torch
 
 from lightning_prompts.data import TextClassificationDataModule
 from lightning_prompts.errors import DatasetError
@@ -109,6 +110,16 @@ def test_split_protocols_of_the_glue_papers(tmp_path):
     again = TextClassificationDataModule(split_protocol="halve_validation", **common)
     again.setup("fit")
     assert again._splits["val"][0] == val_texts  # seeded: the same halves every run
+    # DePT's code (src/tasks.py get_split_indices): validation = the first n // 2 rows of torch.randperm(n) under a
+    # generator seeded 42, test the rest, whatever the run's seed; the 1k hold-out the first 1,000 of the training file
+    dept = torch.randperm(11, generator=torch.Generator().manual_seed(42)).tolist()
+    assert val_texts == [f"premise {5000 + i}" for i in sorted(dept[:5])]
+    assert test_texts == [f"premise {5000 + i}" for i in sorted(dept[5:])]
+    other_seed = TextClassificationDataModule(split_protocol="halve_validation", seed=3, **common)
+    other_seed.setup("fit")
+    assert other_seed._splits["val"][0] == val_texts
+    held = torch.randperm(1200, generator=torch.Generator().manual_seed(42)).tolist()[:1000]
+    assert large._splits["val"][0] == [f"premise {i}" for i in sorted(held)]
     with pytest.raises(ValueError, match="no test_file"):
         TextClassificationDataModule(split_protocol="halve_validation", test_file=validation, **common)
 

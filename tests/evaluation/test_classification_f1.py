@@ -42,3 +42,25 @@ def test_macro_f1_is_the_mean_of_the_per_class_f1(stage):
     plain.start(module, "val")
     plain.update(module, None, torch.eye(3), torch.arange(3), "val", 0)
     assert set(plain.finish(module, "val")) == {"val/acc"}
+
+
+@pytest.mark.parametrize("stage", ["val", "test"])
+def test_matthews_correlation_is_sklearns_and_picks_the_best_checkpoint(stage):
+    """GLUE's CoLA metric, which DePT's code reports and selects on."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    names = ["unacceptable", "acceptable"]
+    module = SimpleNamespace(classnames=names, classnames_for_training=names, device="cpu", datamodule=None,
+                             set_classnames=lambda names: None)  # fmt: skip
+    evaluator = ClassificationEvaluator(matthews=True)
+    assert evaluator.monitor == ("val/mcc", "max")
+    evaluator.start(module, stage)
+    generator = torch.Generator().manual_seed(1)
+    predicted, targets = [], []
+    for _ in range(3):
+        scores, labels = torch.randn(9, 2, generator=generator), torch.randint(0, 2, (9,), generator=generator)
+        evaluator.prepare(module, stage, 0)
+        evaluator.update(module, None, scores, labels, stage, 0)
+        predicted += scores.argmax(-1).tolist()
+        targets += labels.tolist()
+    report = evaluator.finish(module, stage)
+    assert float(report[f"{stage}/mcc"]) == pytest.approx(metrics.matthews_corrcoef(targets, predicted), abs=1e-6)
