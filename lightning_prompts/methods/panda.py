@@ -161,7 +161,7 @@ class PANDA(PrefixTuning):
     ) -> None:
         super().__init__(
             backbone, classnames, num_virtual_tokens, projection_hidden, dropout, label_words, text_template,
-            truncate, seed, **kwargs,
+            truncate, seed=seed, **kwargs,
         )  # fmt: skip
         self.teacher_prompt, self.beta, self.kd_scale = teacher_prompt, float(beta), float(kd_scale)
         self._teacher: dict[str, Tensor] | None = None

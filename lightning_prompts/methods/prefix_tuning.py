@@ -24,7 +24,7 @@ import inspect
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +54,11 @@ class PrefixTuning(TextPromptModule):
             with ``prefix_hidden_size``, 512 in its scripts); ``None`` trains the prefixes directly.
         dropout: dropout on the prefixes while training.
         label_words, text_template, truncate: see :class:`~lightning_prompts.methods.base.TextPromptModule`.
-        seed: seed of the prefix initialisation (N(0, 1), as ``nn.Embedding`` in both references).
+        seed: seed of the prefix initialisation.
+        init: the prefix's initialisation: ``"p-tuning-v2"``, as P-tuning v2 (and PANDA, built on it) gets it from
+            ``from_pretrained``: table and projection weights N(0, the model's ``initializer_range``, 0.02 for
+            BERT), zero biases; ``"peft"``: PEFT's ``nn.Embedding`` N(0, 1) and ``nn.Linear`` defaults, 50 times
+            larger.
         **kwargs: ``optimizer``, ``lr_scheduler``, ``param_group_lr`` …; groups ``"prompt"`` and
             (sequence classification) ``"head"``. Default optimizer: AdamW, lr 5e-3, no weight decay
             (P-tuning v2's SuperGLUE scripts use 5e-3 to 1e-2).
@@ -76,11 +80,15 @@ class PrefixTuning(TextPromptModule):
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,
+        init: Literal["p-tuning-v2", "peft"] = "p-tuning-v2",
         **kwargs: Any,
     ) -> None:
+        if init not in ("p-tuning-v2", "peft"):
+            raise ValueError(f"init must be 'p-tuning-v2' or 'peft', got {init!r}.")
         super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
         model: HFText = self.backbone
         heads, head_dim = model.key_value_heads
+        init_std = None if init == "peft" else float(getattr(model.model.config, "initializer_range", 0.02))
         self.prefix = DeepPrefix(
             num_virtual_tokens,
             model.num_layers,
@@ -89,6 +97,7 @@ class PrefixTuning(TextPromptModule):
             token_dim=model.hidden_size,
             dropout=dropout,
             generator=torch.Generator().manual_seed(seed),
+            init_std=init_std,
         )
 
     @property

@@ -7,10 +7,15 @@ token in PEFT's order ``[layer][key, value][head][dim]``.
 
 Two parameterisations, as in PEFT's ``PrefixEncoder`` and P-tuning v2's ``PrefixEncoder``:
 
-* direct: the table itself is the parameter (``nn.Embedding(m, 2·L·W)``, N(0, 1) init);
+* direct: the table itself is the parameter (``nn.Embedding(m, 2·L·W)``);
 * reparameterised (``projection_hidden``): an ``(m, token_dim)`` table through
   ``Linear → tanh → Linear(2·L·W)``, which trains more stably; only its output is needed at inference,
   which is what a PEFT export stores.
+
+Initialisation (``init_std``): PEFT keeps ``nn.Embedding``'s N(0, 1) and ``nn.Linear``'s default. P-tuning v2
+builds its prefix encoder inside a ``PreTrainedModel`` loaded with ``from_pretrained``, which initialises every
+module the checkpoint lacks with the model's ``_init_weights``: the table and the projection's weights
+N(0, initializer_range) (0.02 for BERT and RoBERTa), the projection's biases 0; ``init_std`` gives that.
 
 Dropout on the table (P-tuning v2 applies the model's hidden dropout to it; PEFT applies none) is
 ``dropout``, 0 by default.
@@ -35,6 +40,8 @@ class DeepPrefix(nn.Module):
         token_dim: input width of the reparameterisation (default ``width``; PEFT uses the model width).
         dropout: dropout on the table during training.
         generator: random generator of the initialisation.
+        init_std: ``None``: PEFT's initialisation; a number: P-tuning v2's, normal with this standard deviation
+            (the model's ``initializer_range``) and zero biases.
     """
 
     def __init__(
@@ -46,24 +53,30 @@ class DeepPrefix(nn.Module):
         token_dim: int | None = None,
         dropout: float = 0.0,
         generator: torch.Generator | None = None,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}.")
         self.num_tokens, self.num_layers, self.width = num_tokens, num_layers, width
         out = num_layers * 2 * width
+        scale = 1.0 if init_std is None else init_std
         if projection_hidden is None:
-            self.table = nn.Parameter(torch.randn(num_tokens, out, generator=generator))
+            self.table = nn.Parameter(torch.randn(num_tokens, out, generator=generator) * scale)
             self.projection: nn.Module | None = None
         else:
             token_dim = token_dim or width
-            self.table = nn.Parameter(torch.randn(num_tokens, token_dim, generator=generator))
+            self.table = nn.Parameter(torch.randn(num_tokens, token_dim, generator=generator) * scale)
             first, last = nn.Linear(token_dim, projection_hidden), nn.Linear(projection_hidden, out)
-            for linear in (first, last):  # nn.Linear's default init, drawn from our generator
-                bound = linear.in_features**-0.5
+            for linear in (first, last):  # drawn from our generator
                 with torch.no_grad():
-                    linear.weight.uniform_(-bound, bound, generator=generator)
-                    linear.bias.uniform_(-bound, bound, generator=generator)
+                    if init_std is None:  # nn.Linear's default
+                        bound = linear.in_features**-0.5
+                        linear.weight.uniform_(-bound, bound, generator=generator)
+                        linear.bias.uniform_(-bound, bound, generator=generator)
+                    else:  # a Hugging Face model's _init_weights
+                        linear.weight.normal_(0.0, init_std, generator=generator)
+                        linear.bias.zero_()
             self.projection = nn.Sequential(first, nn.Tanh(), last)
         self.dropout = nn.Dropout(dropout)
 

@@ -73,6 +73,23 @@ def test_encoder_prefixes_match_a_hand_written_bert():
     assert trainable == {"prefix.table", "backbone.model.classifier.weight", "backbone.model.classifier.bias"}
 
 
+def test_the_prefix_starts_as_p_tuning_v2s_from_pretrained_leaves_it_or_as_peft():
+    """P-tuning v2 builds its PrefixEncoder inside a model loaded with from_pretrained, which initialises what the
+    checkpoint lacks with _init_weights: N(0, initializer_range) weights, zero biases; PEFT keeps N(0, 1)."""
+    backbone = HFText("tiny-bert", task="sequence-classification")
+    spread = backbone.model.config.initializer_range
+    table = PrefixTuning(backbone, ["a", "b"], num_virtual_tokens=64).prefix.table
+    assert table.std().item() == pytest.approx(spread, rel=0.1) and abs(table.mean().item()) < spread / 5
+    projected = PrefixTuning(backbone, ["a", "b"], num_virtual_tokens=64, projection_hidden=32).prefix
+    assert projected.table.std().item() == pytest.approx(spread, rel=0.1)
+    for linear in (projected.projection[0], projected.projection[2]):
+        assert linear.weight.std().item() == pytest.approx(spread, rel=0.1) and not linear.bias.any()
+    peft = PrefixTuning(backbone, ["a", "b"], num_virtual_tokens=64, init="peft").prefix.table
+    assert peft.std().item() == pytest.approx(1.0, rel=0.1)
+    with pytest.raises(ValueError, match="init must be"):
+        PrefixTuning(backbone, ["a", "b"], init="zeros")
+
+
 def test_reparameterisation_is_p_tuning_v2s_mlp():
     method = PrefixTuning(HFText("tiny-bert"), ["a", "b"], num_virtual_tokens=4, projection_hidden=8)
     mlp = method.prefix.projection
