@@ -7,11 +7,12 @@ Each step: per-example gradients of the trainable tensors (the prompt, and the h
 classification), each clipped to norm ``max_grad_norm`` (C), summed, Gaussian noise N(0, σ²C²) added,
 divided by the batch size, then a plain SGD step (the official code allows SGD only).
 
-Privacy accounting uses Opacus (``opacus``, the maintained PyTorch DP library): its RDP accountant
-tracks ε for ``δ = 1/N`` (the official choice) and, given a target ε, its ``get_noise_multiplier``
-picks σ for the planned epochs. Opacus's own per-sample-gradient hooks cannot see a soft prompt (a
-parameter concatenated to the inputs, not a layer applied to them), so the per-example gradients are
-computed here, one example at a time — exact, and affordable on the small models this stage is for.
+Privacy accounting uses Opacus (``opacus``, the maintained PyTorch DP library): its PRV accountant (the
+default of the official code's ``PrivacyEngine()``; ``accountant="rdp"`` for the RDP one, which adds about 6 %
+more noise for the same ε) tracks ε for ``δ = 1/N`` (the official choice) and, given a target ε, its
+``get_noise_multiplier`` picks σ for the planned epochs. Opacus's own per-sample-gradient hooks cannot see a
+soft prompt (a parameter concatenated to the inputs, not a layer applied to them), so the per-example gradients
+are computed here, one example at a time — exact, and affordable on the small models this stage is for.
 
 Where we deviate: batches are fixed-size shuffled batches, while the accountant assumes Poisson sampling
 of rate ``batch_size / N`` (the common approximation; the official code samples Poisson batches with
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -70,6 +71,8 @@ class DPPromptTuning(PromptTuning):
         noise_multiplier: σ directly.
         max_grad_norm: C, the per-example clipping norm (POST: 1.0).
         delta: δ (default ``1 / N``).
+        accountant: Opacus's privacy accountant, ``"prv"`` (the official code's, Opacus's default) or ``"rdp"``
+            (looser: at ε = 8 on SST-2 over 3 epochs, σ 0.432 instead of 0.407).
         **kwargs: :class:`~lightning_prompts.methods.PromptTuning`'s. Default optimizer: SGD, lr 0.1.
     """
 
@@ -85,9 +88,13 @@ class DPPromptTuning(PromptTuning):
         noise_multiplier: float | None = None,
         max_grad_norm: float = 1.0,
         delta: float | None = None,
+        accountant: Literal["prv", "rdp"] = "prv",
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, classnames, **kwargs)
+        if accountant not in ("prv", "rdp"):
+            raise ValueError(f"accountant must be 'prv' or 'rdp', got {accountant!r}.")
+        self.accountant = accountant
         if noise_multiplier is None and target_epsilon is None:
             raise ConfigurationError("DPPromptTuning needs target_epsilon or noise_multiplier.")
         if max_grad_norm <= 0:
@@ -110,7 +117,7 @@ class DPPromptTuning(PromptTuning):
         super().on_fit_start()
 
     def on_train_start(self) -> None:
-        from opacus.accountants import RDPAccountant
+        from opacus.accountants import create_accountant
         from opacus.accountants.utils import get_noise_multiplier
 
         size = len(self.trainer.datamodule.train_dataloader().dataset) if self.trainer.datamodule else None
@@ -127,11 +134,11 @@ class DPPromptTuning(PromptTuning):
                     target_delta=self.delta,
                     sample_rate=self._sample_rate,
                     epochs=epochs,
-                    accountant="rdp",
+                    accountant=self.accountant,
                 )
             )
         if self._accountant is None:  # a resumed run keeps the history (and noise stream) of its checkpoint
-            self._accountant = RDPAccountant()
+            self._accountant = create_accountant(self.accountant)
             self._noise.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", "0")) + 7919)
 
     @property
@@ -174,9 +181,9 @@ class DPPromptTuning(PromptTuning):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if "dp_accountant" in checkpoint:
-            from opacus.accountants import RDPAccountant
+            from opacus.accountants import create_accountant
 
-            self._accountant = RDPAccountant()
+            self._accountant = create_accountant(self.accountant)
             self._accountant.history = [tuple(step[:2]) + (int(step[2]),) for step in checkpoint["dp_accountant"]]
             self.noise_multiplier = checkpoint.get("dp_noise_multiplier", self.noise_multiplier)
             if "dp_noise_state" in checkpoint:

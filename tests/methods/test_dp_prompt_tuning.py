@@ -1,4 +1,5 @@
-"""DP-SGD on the prompt: per-example clipping, Gaussian noise σC, mean over the batch; Opacus's RDP accounting."""
+"""DP-SGD on the prompt: per-example clipping, Gaussian noise σC, mean over the batch; Opacus's PRV accounting (the
+official code's) or its RDP one."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def data():
     return TextClassificationDataModule(synthetic=SyntheticText(examples_per_class=12), batch_size=6)
 
 
-def test_a_private_step_is_the_clipped_mean_gradient_and_epsilon_is_opacus_rdp(trainer_kwargs):
-    from opacus.accountants import RDPAccountant
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_a_private_step_is_the_clipped_mean_gradient_and_epsilon_is_opacus(accountant, trainer_kwargs):
+    from opacus.accountants import PRVAccountant, RDPAccountant
 
     module = data()
     method = DPPromptTuning(
@@ -53,9 +55,11 @@ def test_a_private_step_is_the_clipped_mean_gradient_and_epsilon_is_opacus_rdp(t
     for g, e in zip(got, expected):
         assert torch.allclose(g, e / len(per_example), atol=1e-6)
     trainer = Trainer(max_steps=3, **trainer_kwargs)
-    noisy = DPPromptTuning(HFText("tiny-bert"), module.classnames, num_virtual_tokens=3, noise_multiplier=1.1)
+    noisy = DPPromptTuning(
+        HFText("tiny-bert"), module.classnames, num_virtual_tokens=3, noise_multiplier=1.1, accountant=accountant
+    )
     trainer.fit(noisy, data())
-    reference = RDPAccountant()
+    reference = PRVAccountant() if accountant == "prv" else RDPAccountant()
     for _ in range(3):
         reference.step(noise_multiplier=1.1, sample_rate=6 / 24)
     assert noisy.epsilon == pytest.approx(reference.get_epsilon(1 / 24))
@@ -66,11 +70,16 @@ def test_target_epsilon_sets_the_noise_from_the_planned_epochs(trainer_kwargs):
     from opacus.accountants.utils import get_noise_multiplier
 
     method = DPPromptTuning(HFText("tiny-bert"), data().classnames, num_virtual_tokens=3, target_epsilon=3.0)
+    assert method.accountant == "prv"  # the official PrivacyEngine()'s default
     Trainer(max_epochs=1, **trainer_kwargs).fit(method, data())
     expected = get_noise_multiplier(
-        target_epsilon=3.0, target_delta=1 / 24, sample_rate=6 / 24, epochs=1, accountant="rdp"
+        target_epsilon=3.0, target_delta=1 / 24, sample_rate=6 / 24, epochs=1, accountant="prv"
     )
     assert method.noise_multiplier == pytest.approx(expected)
+    looser = get_noise_multiplier(
+        target_epsilon=3.0, target_delta=1 / 24, sample_rate=6 / 24, epochs=1, accountant="rdp"
+    )
+    assert looser > expected  # RDP's bound needs more noise for the same ε
     assert method.epsilon <= 3.0 + 1e-6
 
 
