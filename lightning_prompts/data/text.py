@@ -64,9 +64,9 @@ def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
         return _checked(path, records, columns)
     opener = _OPENERS.get(suffixes[-1]) if suffixes else None
     kind = suffixes[-2] if opener and len(suffixes) >= 2 else (suffixes[-1] if suffixes else "")
-    if kind not in (".jsonl", ".csv", ".tsv"):
+    if kind not in (".jsonl", ".json", ".csv", ".tsv"):
         raise DatasetError(
-            f"{path}: unsupported format {kind!r} (use .csv, .tsv, .jsonl, optionally compressed, or .parquet)."
+            f"{path}: unsupported format {kind!r} (use .csv, .tsv, .jsonl, .json, optionally compressed, or .parquet)."
         )
     # utf-8-sig: spreadsheet programs start a CSV with a byte-order mark, which would end up in the first column's name
     try:
@@ -74,6 +74,11 @@ def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
         with raw as handle:
             if kind == ".jsonl":
                 records = _json_lines(path, handle)
+            elif kind == ".json":  # what `datasets`' and pandas' to_json write: JSON lines, or one array of rows
+                text = handle.read()
+                records = (
+                    _json_array(path, text) if text.lstrip().startswith("[") else _json_lines(path, text.splitlines())
+                )
             else:
                 records = list(csv.DictReader(io.StringIO(handle.read()), delimiter="\t" if kind == ".tsv" else ","))
     except UnicodeDecodeError as error:
@@ -106,6 +111,16 @@ def _json_lines(path: Path, lines: Iterable[str]) -> list[dict[str, Any]]:
             )
         records.append(record)
     return records
+
+
+def _json_array(path: Path, text: str) -> list[dict[str, Any]]:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}).") from error
+    if not all(isinstance(row, dict) for row in rows):
+        raise DatasetError(f'{path}: a JSON array of rows must hold objects such as {{"text": ..., "label": ...}}.')
+    return rows
 
 
 def _first_non_utf8_line(path: Path, opener: Any) -> int | None:
@@ -150,12 +165,14 @@ def _as_text(value: Any) -> str | list[str]:
 
 
 def read_table(
-    path: Path, text_column: str, label_column: str, text_format: str | None = None
+    path: Path, text_column: str, label_column: str | Sequence[str], text_format: str | None = None
 ) -> list[tuple[str, Any]]:
     """``(text, label)`` rows of a CSV/TSV/JSONL file (label kept as a string). With ``text_format``
-    (``"premise: {premise} hypothesis: {hypothesis}"``) the text is built from the columns it names."""
+    (``"premise: {premise} hypothesis: {hypothesis}"``) the text is built from the columns it names. With several
+    label columns (one 0/1 column per class, multi-label) the label is the list of the columns holding 1."""
     columns = [text_column] if text_format is None else format_columns(text_format)
-    records = read_records(path, (*columns, label_column))
+    label_columns = [label_column] if isinstance(label_column, str) else list(label_column)
+    records = read_records(path, (*columns, *label_columns))
     for number, record in enumerate(records, 1):
         for column in columns:  # a JSON list or an empty cell would reach the tokenizer as it is
             if isinstance(record[column], list) or not record[column].strip():
@@ -164,9 +181,25 @@ def read_table(
                     f"{path}: row {number} has {kind} in column {column!r} ({record[column]!r}); every row needs a "
                     f"text to classify."
                 )
+    if isinstance(label_column, str):
+        labels: list[Any] = [r[label_column] for r in records]
+    else:
+        labels = [_one_hot_labels(path, number, r, label_columns) for number, r in enumerate(records, 1)]
     if text_format is None:
-        return [(r[text_column], r[label_column]) for r in records]
-    return [(text_format.format(**r), r[label_column]) for r in records]
+        return [(r[text_column], label) for r, label in zip(records, labels)]
+    return [(text_format.format(**r), label) for r, label in zip(records, labels)]
+
+
+_FLAGS = {"1": True, "1.0": True, "true": True, "0": False, "0.0": False, "false": False}
+
+
+def _one_hot_labels(path: Path, number: int, record: dict[str, Any], columns: Sequence[str]) -> list[str]:
+    """The columns of ``columns`` whose cell is 1 (0/1, also as 0.0/1.0 or true/false)."""
+    flags = {column: _FLAGS.get(str(record[column]).strip().lower()) for column in columns}
+    other = {column: record[column] for column, flag in flags.items() if flag is None}
+    if other:
+        raise DatasetError(f"{path}: row {number} has {other} in label column(s); each takes 0 or 1.")
+    return [column for column in columns if flags[column]]
 
 
 def format_columns(text_format: str) -> list[str]:
@@ -214,8 +247,8 @@ class TextClassificationDataModule(LightningDataModule):
     """Text classification from files.
 
     Args:
-        train_file: training data (``.csv``/``.tsv``/``.jsonl``, optionally ``.gz``/``.bz2``/``.xz``, or
-            ``.parquet``);
+        train_file: training data (``.csv``/``.tsv``/``.jsonl``, ``.json`` as JSON lines (what ``datasets`` and
+            pandas write) or one array of rows, optionally ``.gz``/``.bz2``/``.xz``, or ``.parquet``);
             ``pkg://<package>/<path>`` reads a file shipped inside a Python package.
         val_file: validation data; ``None`` holds out ``val_fraction`` of the training file.
         test_file: test data; ``None`` tests on the validation data.
@@ -233,6 +266,9 @@ class TextClassificationDataModule(LightningDataModule):
         labels: the label values in class order, as they appear in the files (``["0", "1"]``,
             ``["rotten", "fresh"]``); ``None`` uses the sorted values of the training file.
         classnames: readable class names (the verbalizer's default label words); default: ``labels``.
+        label_columns: multi-label data with one 0/1 column per class (PTEC's hate-speech files, Kaggle's toxic
+            comments): the classes are these columns, in this order (``labels`` defaults to them), and a row's
+            labels are the columns holding 1; replaces ``label_column``.
         label_separator: multi-label data: the label column holds several labels separated by this string
             (``"|"``), or a JSON list; batches then carry multi-hot ``(B, C)`` float targets, and the default
             evaluation is :class:`~lightning_prompts.evaluation.MultiLabelEvaluator`.
@@ -266,6 +302,7 @@ class TextClassificationDataModule(LightningDataModule):
         split_protocol: Literal["files", "halve_validation", "holdout_1k"] = "files",
         labels: list[str] | None = None,
         classnames: list[str] | None = None,
+        label_columns: list[str] | None = None,
         label_separator: str | None = None,
         drop_other_labels: bool = False,
         val_fraction: float = 0.1,
@@ -302,8 +339,10 @@ class TextClassificationDataModule(LightningDataModule):
             check_at_least(max_train_examples=(max_train_examples, 1))
         if label_separator is not None and (shots > 0 or label_separator == ""):
             raise ValueError("multi-label data (label_separator) takes no `shots` and a non-empty separator.")
-        self.label_separator = label_separator
-        self.labels, self._classnames = labels, classnames
+        if label_columns is not None and (not label_columns or shots > 0 or label_separator is not None):
+            raise ValueError("label_columns takes one column per class, no `shots` and no label_separator.")
+        self.label_separator, self.label_columns = label_separator, label_columns
+        self.labels, self._classnames = labels or (list(label_columns) if label_columns else None), classnames
         self.drop_other_labels, self.val_fraction = drop_other_labels, val_fraction
         self.shots, self.max_train_examples, self.seed = shots, max_train_examples, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -338,8 +377,8 @@ class TextClassificationDataModule(LightningDataModule):
         if file is None:
             return None
         path = resolve_path(file)
-        rows = read_table(path, self.text_column, self.label_column, self.text_format)
-        if self.label_separator is None:  # (an empty multi-label cell is a row negative for every class)
+        rows = read_table(path, self.text_column, self.label_columns or self.label_column, self.text_format)
+        if not self.multi_label:  # (an empty multi-label cell is a row negative for every class)
             for number, (_, label) in enumerate(rows, 1):
                 if isinstance(label, str) and not label.strip():  # it would become a class named ''
                     raise DatasetError(
@@ -367,7 +406,7 @@ class TextClassificationDataModule(LightningDataModule):
                 if unknown:  # (a multi-label row may have no label: a negative for every class)
                     if self.drop_other_labels:
                         values = [value for value in values if value in encode]
-                        if not values and self.label_separator is None:
+                        if not values and not self.multi_label:
                             continue
                     else:
                         raise DatasetError(
@@ -375,7 +414,7 @@ class TextClassificationDataModule(LightningDataModule):
                             f"of {self._label_values}; list it in `labels` or set drop_other_labels=True."
                         )
                 texts.append(text)
-                labels.append([encode[v] for v in values] if self.label_separator is not None else encode[values[0]])
+                labels.append([encode[v] for v in values] if self.multi_label else encode[values[0]])
             return texts, labels
 
         rng = random.Random(self.seed)
@@ -419,16 +458,16 @@ class TextClassificationDataModule(LightningDataModule):
 
     def _label_list(self, label: Any) -> list[str]:
         """A row's label values: one (single-label), or every label of a multi-label row."""
-        if self.label_separator is None:
+        if not self.multi_label:
             if isinstance(label, list):
                 raise DatasetError(f"a label list {label} in single-label data; set label_separator for multi-label.")
             return [label]
-        values = label if isinstance(label, list) else label.split(self.label_separator)
+        values = label if isinstance(label, list) else label.split(self.label_separator or "\n")
         return [value.strip() for value in values if value.strip()]
 
     @property
     def multi_label(self) -> bool:
-        return self.label_separator is not None
+        return self.label_separator is not None or self.label_columns is not None
 
     def train_label_counts(self) -> list[int]:
         """Training examples of each class (the positives of each label, for multi-label data)."""

@@ -68,7 +68,7 @@ class MultiLabelEvaluator(Evaluator):
     def check_ready(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
         if datamodule is not None and getattr(datamodule, "multi_label", True) is False:
             raise ConfigurationError(
-                "MultiLabelEvaluator needs multi-label data (set label_separator on the data module)."
+                "MultiLabelEvaluator needs multi-label data (set label_separator or label_columns on the data module)."
             )
 
     def start(self, module: PromptModule, stage: Stage) -> None:

@@ -149,3 +149,39 @@ def test_parquet_as_datasets_writes_it(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(DatasetError, match="not a readable Parquet file"):
         TextClassificationDataModule(train_file=str(tmp_path / "broken.parquet")).setup("fit")
+
+
+def test_one_hot_label_columns_as_ptecs_hate_speech_files(tmp_path):
+    """PTEC's released files: JSON lines with a ``prompt`` text and one 0/1 column per class."""
+    import json
+
+    classes = ["Towards law enforcement", "Swearing", "Neutral"]
+    rows = [
+        {"ID": 1, "prompt": "Title: a Message: b", "Towards law enforcement": 1, "Swearing": 1, "Neutral": 0},
+        {"ID": 2, "prompt": "Title: c Message: d", "Towards law enforcement": 0, "Swearing": 0, "Neutral": 1},
+        {"ID": 3, "prompt": "Title: e Message: f", "Towards law enforcement": 0, "Swearing": 0, "Neutral": 0},
+        {"ID": 4, "prompt": "Title: g Message: h", "Towards law enforcement": 1, "Swearing": 0, "Neutral": 0},
+    ]
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.json").write_text("\n".join(json.dumps(r) for r in rows))
+    train, dev = str(tmp_path / "train.json"), str(tmp_path / "dev.json")  # JSON lines named .json, as pandas writes
+    data = TextClassificationDataModule(
+        train_file=train, val_file=dev, text_column="prompt", label_columns=classes, batch_size=4
+    )
+    data.setup("fit")
+    assert data.classnames == classes and data.multi_label
+    batch = next(iter(data.val_dataloader()))
+    assert batch["label"].tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 0], [1, 0, 0]]
+    assert data.train_label_counts() == [2, 1, 1]
+    (tmp_path / "array.json").write_text(json.dumps(rows))  # one JSON array of rows reads the same
+    array = TextClassificationDataModule(train_file=str(tmp_path / "array.json"), val_file=dev, text_column="prompt",
+                                         label_columns=classes)  # fmt: skip
+    array.setup("fit")
+    assert array._splits["train"] == data._splits["train"]
+    rows[1]["Swearing"] = 2
+    (tmp_path / "dev.json").write_text("\n".join(json.dumps(r) for r in rows))
+    bad = TextClassificationDataModule(train_file=train, val_file=dev, text_column="prompt", label_columns=classes)
+    with pytest.raises(DatasetError, match=r"row 2 has \{'Swearing': '2'\} in label column\(s\); each takes 0 or 1"):
+        bad.setup("fit")
+    with pytest.raises(ValueError, match="label_columns takes"):
+        TextClassificationDataModule(train_file=train, label_columns=classes, label_separator="|")
