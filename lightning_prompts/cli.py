@@ -197,6 +197,15 @@ def describe_error(error: BaseException) -> str | None:
         return None
     text = "\n".join(str(item) for item in chain)
     option = re.search(r"Option '([\w.]+)' is not accepted", text)
+    bad_value = re.search(
+        r"class_path '([\w.]+)':\s*Parser key \"([\w.]+)\":\s*Expected (?:a )?(.+?)\. Got value: (.+)", text
+    )
+    if option and bad_value and bad_value.group(2) == option.group(1):
+        # a known option with a value its class refuses: jsonargparse also tried the value on the base class (a
+        # Callback), which has no such option, and that message came first
+        owner, key, expected, given = bad_value.groups()
+        expected = re.sub(r"typing\.Literal\[([^\]]*)\]", r"one of: \1", expected)
+        return f"{given.strip()} is not accepted for {owner.rpartition('.')[2]}'s {key}; it takes {expected}"
     if option:
         # the innermost class named is the one the option was given to (HFText inside PromptTuning's backbone);
         # a class-valued option that is a callable (a method's optimizer) shows the value it got instead

@@ -438,6 +438,32 @@ def base_to_novel_of_three_classes(tmp: Path):
     return ["test", *recipe, "--data.init_args.synthetic.num_classes", "3"], "each half needs at least two classes"
 
 
+def a_callback_value_its_class_refuses(tmp: Path):
+    extra = ["--trainer.callbacks+=ConsistencyRegularization", "--trainer.callbacks.distance=bogus"]
+    return ["fit", *TINY, *extra], "bogus is not accepted for ConsistencyRegularization's distance"
+
+
+def a_callback_the_method_attaches_itself(tmp: Path):
+    recipe = ["--config", str(RECIPES / "coprompt" / "dtd.yaml"), "--config", TINY_CLIP]
+    extra = ["--trainer.callbacks+=ConsistencyRegularization", "--trainer.callbacks.weight=100"]
+    return ["fit", *recipe, *extra], "CoPrompt attaches ConsistencyRegularization itself"
+
+
+def a_loss_term_on_post(tmp: Path):
+    recipe = ["--config", str(RECIPES / "post" / "sst2_gpt2_to_gpt2_large.yaml"), "--config",
+              str(RECIPES / "_tiny" / "post.yaml")]  # fmt: skip
+    paraphrases = str(RECIPES / "instruction_consistency" / "sentiment_instructions.json")
+    extra = ["--trainer.callbacks+=InstructionConsistency", "--trainer.callbacks.paraphrases", paraphrases]
+    return ["fit", *recipe, *extra], "POST trains with its own training step"
+
+
+def image_consistency_on_a_fine_tuned_vit(tmp: Path):
+    recipe = ["--config", str(RECIPES / "sequential_fine_tuning" / "cifar100.yaml"), "--config",
+              str(RECIPES / "_tiny" / "sequential_fine_tuning.yaml")]  # fmt: skip
+    extra = ["--trainer.callbacks+=ConsistencyRegularization", "--trainer.callbacks.text=false"]
+    return ["fit", *recipe, *extra], "frozen_image_features"
+
+
 CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
     fn.__name__: fn
     for fn in (
@@ -499,6 +525,10 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         accumulate_zero_batches,
         zero_epochs,
         base_to_novel_of_three_classes,
+        a_callback_value_its_class_refuses,
+        a_callback_the_method_attaches_itself,
+        a_loss_term_on_post,
+        image_consistency_on_a_fine_tuned_vit,
     )
 }
 

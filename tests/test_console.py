@@ -37,6 +37,15 @@ def test_list_methods_prints_one_line_per_registered_method(capsys):
     assert "CoOp" not in capsys.readouterr().out
 
 
+def test_list_callbacks_names_what_each_loss_term_reads(capsys):
+    with pytest.raises(SystemExit):
+        main(["list", "callbacks"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    # its fields are set per instance (text/image switches); the listing shows the defaults' (it said "-")
+    assert lines["ConsistencyRegularization"].endswith("needs: text_features, image_features, frozen_image_features")
+    assert "needs: image_features, text_features" in lines["PullPushRegularization"]
+
+
 def test_list_recipes_names_each_recipe_and_its_method(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit):

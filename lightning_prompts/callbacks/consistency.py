@@ -107,6 +107,9 @@ class ConsistencyRegularization(SeededDraws, LossTerm):
         name: logged as ``train/<name>``.
     """
 
+    #: with the defaults (text and image); an instance keeps only what its ``text``/``image`` switches read
+    required_fields = ("text_features", "image_features", "frozen_image_features")
+
     def __init__(
         self,
         weight: float = 1.0,

@@ -99,6 +99,8 @@ class POST(PromptTuning):
     """
 
     default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}}
+    #: its own training step (the transfer loss on anchor texts) takes no loss-term callbacks
+    accepts_loss_terms: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -42,6 +42,8 @@ class SequentialFineTuning(ContinualMixin, ViTPromptModule):
     """
 
     default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-4}}
+    #: the ViT trains here: it has no frozen image features to give (a consistency term on them was always 0)
+    _provide_frozen_image = None
 
     def __init__(
         self, backbone: TimmViT, classnames: Sequence[str] | None = None, num_tasks: int = 10, **kwargs: Any

@@ -83,6 +83,9 @@ class GradientRegulator(nn.Module):
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         if config is None:
             raise ValueError(f"{path} is not a gradient regulator file (no lightning_prompts.regulator metadata).")
-        regulator = cls(**config)
+        # building the layers draws their initial weights, which the file then replaces: from a forked generator,
+        # so that loading a regulator leaves the run's seeded random stream (data order, augmentation) as it was
+        with torch.random.fork_rng(devices=[]):
+            regulator = cls(**config)
         regulator.load_state_dict(tensors)
         return regulator

@@ -296,3 +296,18 @@ def test_resuming_with_another_regulator_file_is_refused(tiny_clip, trainer_kwar
     trainer = Trainer(max_epochs=3, callbacks=[GradientRegulation(path)], **options)
     with pytest.raises(ConfigurationError, match="differs from the one the checkpoint was trained with"):
         trainer.fit(CoOp(tiny_clip, data.classnames, n_ctx=4), data, ckpt_path=last)
+
+
+def test_loading_a_regulator_leaves_the_seeded_random_stream_alone(tmp_path):
+    """Building the regulator's layers draws their initial weights, which the file replaces: drawn from the global
+    generator after seed_everything, they shifted the run's data order and augmentation (an identity regulator gave
+    another first-step loss than the run without GRAM)."""
+    original = GradientRegulator(8)
+    path = original.save(tmp_path / "regulator.safetensors")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    loaded = GradientRegulator.load(path)
+    assert torch.equal(torch.rand(3), expected)
+    for key, value in original.state_dict().items():  # and the file's weights, not the fresh draws
+        assert torch.equal(loaded.state_dict()[key], value), key

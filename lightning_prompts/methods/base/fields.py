@@ -44,4 +44,5 @@ def collect_providers(cls: type) -> dict[str, str]:
             field = getattr(value, _MARK, None)
             if field is not None:
                 providers[field] = name
-    return providers
+    # a subclass that sets a provider's name to None (or to an unmarked method) no longer provides the field
+    return {field: name for field, name in providers.items() if getattr(getattr(cls, name, None), _MARK, None) == field}

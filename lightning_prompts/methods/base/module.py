@@ -232,6 +232,16 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         """
         own = self.configure_callbacks()  # callbacks a method brings itself (CoPrompt's consistency term)
         own = list(own) if isinstance(own, Sequence) else [own]
+        # Lightning replaces a Trainer callback of the same type as one the method brings, dropping its settings
+        # with an info line; a user who added one meant those settings
+        given = {type(c).__name__ for c in callbacks if not getattr(c, ATTACHED_BY_METHOD, False)}
+        replaced = sorted(given & {type(c).__name__ for c in own})
+        if replaced:
+            raise ConfigurationError(
+                f"{type(self).__name__} attaches {', '.join(replaced)} itself, with the settings of its own arguments "
+                f"(see its docs), and Lightning would drop the one given to the Trainer: remove it from "
+                f"trainer.callbacks and set those options on the model."
+            )
         everything = [*callbacks, *own]
         terms = self.loss_terms(everything)
         self.check_output_fields(terms)
@@ -406,6 +416,19 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         logits = self.forward_batch(batch).logits
         return {"logits": logits, "preds": self.evaluation_scores(batch, logits).argmax(dim=-1)}
+
+
+#: set on the callbacks a method's ``configure_callbacks`` returns (:func:`attached_by_method`)
+ATTACHED_BY_METHOD = "_attached_by_method"
+
+
+def attached_by_method(*callbacks: Any) -> list[Any]:
+    """The callbacks a method's ``configure_callbacks`` returns, marked as the method's, so that
+    :meth:`PromptModule.check_ready` tells them from callbacks a user gave the Trainer (which Lightning would
+    replace by them)."""
+    for callback in callbacks:
+        setattr(callback, ATTACHED_BY_METHOD, True)
+    return list(callbacks)
 
 
 def check_class_list(method: str, classnames: Sequence[str], stage: str) -> None:
