@@ -76,9 +76,9 @@ def read_records(path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
                 records = _json_lines(path, handle)
             elif kind == ".json":  # what `datasets`' and pandas' to_json write: JSON lines, or one array of rows
                 text = handle.read()
-                records = (
-                    _json_array(path, text) if text.lstrip().startswith("[") else _json_lines(path, text.splitlines())
-                )
+                # (lines at "\n" only: str.splitlines also breaks at U+2028 and U+0085, which JSON strings may hold)
+                lines = io.StringIO(text)
+                records = _json_array(path, text) if text.lstrip().startswith("[") else _json_lines(path, lines)
             else:
                 records = list(csv.DictReader(io.StringIO(handle.read()), delimiter="\t" if kind == ".tsv" else ","))
     except UnicodeDecodeError as error:

@@ -33,7 +33,6 @@ from torch import Tensor
 
 from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
 from lightning_prompts.callbacks.consistency import ConsistencyRegularization
-from lightning_prompts.methods.base.module import attached_by_method
 from lightning_prompts.methods.maple import MaPLe
 from lightning_prompts.prompts.adapter import ResidualAdapter
 from lightning_prompts.registry import register_method
@@ -93,7 +92,7 @@ class CoPrompt(MaPLe):
     def configure_callbacks(self) -> list[Callback]:
         # part of CoPrompt's objective; by Lightning's rule it replaces a ConsistencyRegularization
         # given to the Trainer, so its knobs are CoPrompt's arguments
-        return attached_by_method(ConsistencyRegularization(**self.consistency))
+        return [ConsistencyRegularization(**self.consistency)]
 
     def class_text_features(self) -> Tensor:
         return F.normalize(self.text_adapter(self.encode_text_prompts()), dim=-1)

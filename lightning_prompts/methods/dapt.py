@@ -30,7 +30,6 @@ from lightning_prompts.backbones.vision_language import VisionLanguageBackbone
 from lightning_prompts.callbacks.gradcam_masks import GradCAMMasks
 from lightning_prompts.callbacks.pull_push import BACKGROUND_TEMPLATE, BACKGROUND_WORDS, PullPushRegularization
 from lightning_prompts.methods.base import provides
-from lightning_prompts.methods.base.module import attached_by_method
 from lightning_prompts.methods.maple import MaPLe
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.registry import register_method
@@ -96,7 +95,7 @@ class DAPT(MaPLe):
         callbacks: list[Callback] = [PullPushRegularization(**self.pull_push)]
         if self.masks == "gradcam":
             callbacks.insert(0, GradCAMMasks(refresh=self.gradcam_refresh))
-        return attached_by_method(*callbacks)
+        return callbacks
 
     @provides("background_text_features")
     def _provide_background_text(self, batch: Any, output: PromptOutput) -> Tensor:

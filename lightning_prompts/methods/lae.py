@@ -44,7 +44,6 @@ from lightning_prompts.backbones.timm_vit import TimmViT
 from lightning_prompts.callbacks.momentum_accumulation import MomentumAccumulation
 from lightning_prompts.methods.base import ViTPromptModule
 from lightning_prompts.methods.base.continual import ContinualMixin
-from lightning_prompts.methods.base.module import attached_by_method
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.pet import BlockPET, PETHooks, PETKind
 from lightning_prompts.registry import register_method
@@ -128,9 +127,7 @@ class LAE(ContinualMixin, ViTPromptModule):
         self.check_stream(datamodule)
 
     def configure_callbacks(self) -> list[Callback]:
-        return attached_by_method(
-            MomentumAccumulation(decay=self.ema_decay, groups=["prompt"], start_task=1, ensemble=self.ensemble)
-        )
+        return [MomentumAccumulation(decay=self.ema_decay, groups=["prompt"], start_task=1, ensemble=self.ensemble)]
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [

@@ -96,15 +96,14 @@ class NegLabel(ZeroShotCLIP):
             candidates = read_word_list(word_list)
             if adjective_list is None:
                 negative_labels = mine_negative_labels(
-                    self.encode_texts, self.classnames, candidates, min(num_negative_labels, len(candidates)),
-                    percentile, self.templates[0],
+                    self.encode_texts, self.classnames, candidates, num_negative_labels, percentile,
+                    self.templates[0], at_most=True,
                 )  # fmt: skip
             else:
                 adjectives = read_word_list(adjective_list)
                 nouns, negative_adjectives = mine_nouns_and_adjectives(
-                    self.encode_texts, self.classnames, candidates, adjectives,
-                    min(num_negative_labels, len(candidates) + len(adjectives)), percentile, self.templates[0],
-                    adjective_template,
+                    self.encode_texts, self.classnames, candidates, adjectives, num_negative_labels, percentile,
+                    self.templates[0], adjective_template, at_most=True,
                 )  # fmt: skip
                 negative_labels = [*nouns, *negative_adjectives]
         self.negative_labels = list(negative_labels)

@@ -242,12 +242,14 @@ class POSTDistillation(PromptModule):
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         parts = self.loss_parts(batch[TEXT])
-        # weighted by the batch's real tokens (what the terms average over), so the epoch's value does not
-        # depend on how the texts fall into batches and processes
-        tokens = int(self.tokens(batch[TEXT])[1].sum())
+        # each term weighted by what it averages over (the KL by real tokens, the next-token loss by the tokens it
+        # predicts), so the epoch's values do not depend on how the texts fall into batches and processes; the
+        # mixed loss by real tokens
+        real = self.tokens(batch[TEXT])[1].sum(dim=1)
+        tokens, predicted = int(real.sum()), int((real - 1).clamp(min=0).sum())
         log_validation_mean(self, "loss", parts["loss"], tokens, dataloader_idx, prog_bar=True)
         log_validation_mean(self, "ce", parts["ce"], tokens, dataloader_idx)
-        log_validation_mean(self, "clm", parts["clm"], tokens, dataloader_idx)
+        log_validation_mean(self, "clm", parts["clm"], predicted, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         pass

@@ -59,6 +59,7 @@ def mine_negative_labels(
     percentile: float = 0.95,
     template: str = "a photo of a {}.",
     batch_size: int = 1000,
+    at_most: bool = False,
 ) -> list[str]:
     """The ``count`` candidates farthest from ``id_names`` (see the module docstring), farthest first.
 
@@ -70,8 +71,10 @@ def mine_negative_labels(
         percentile: where in the sorted similarities to read a candidate's closeness (0.95).
         template: how names are turned into text before encoding.
         batch_size: candidates encoded at once.
+        at_most: ``count`` is a cap: keep every candidate when fewer remain (after the ID names are removed).
     """
     pool = _not_id_names(candidates, id_names)
+    count = min(count, len(pool)) if at_most else count
     if count < 1 or count > len(pool):
         raise ValueError(f"count must be between 1 and the {len(pool)} candidates that are not ID names, got {count}.")
     id_features = encode_texts([template.format(name.replace("_", " ")) for name in id_names])
@@ -89,14 +92,17 @@ def mine_nouns_and_adjectives(
     noun_template: str = "the nice {}",
     adjective_template: str = "This is a {} photo",
     batch_size: int = 1000,
+    at_most: bool = False,
 ) -> tuple[list[str], list[str]]:
     """``(nouns, adjectives)`` kept as negative labels, each farthest first, ``count`` in all: the releases'
     two-list mining (see the module docstring). The default templates are NegLabel's (LAPT's add a full stop
-    and capitalise: ``"The nice {}."``, ``"This is a {} photo."``); the ID names take ``noun_template``."""
+    and capitalise: ``"The nice {}."``, ``"This is a {} photo."``); the ID names take ``noun_template``.
+    ``at_most``: ``count`` is a cap (every word kept when fewer remain after ID names and repeats are removed)."""
     noun_pool = _not_id_names(nouns, id_names)
     known = {word.lower() for word in noun_pool}
     adjective_pool = [word for word in _not_id_names(adjectives, id_names) if word.lower() not in known]
     total = len(noun_pool) + len(adjective_pool)
+    count = min(count, total) if at_most else count
     if count < 1 or count > total:
         raise ValueError(
             f"count must be between 1 and the {total} nouns and adjectives that are not ID names, got {count}."

@@ -173,6 +173,12 @@ def test_one_hot_label_columns_as_ptecs_hate_speech_files(tmp_path):
     batch = next(iter(data.val_dataloader()))
     assert batch["label"].tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 0], [1, 0, 0]]
     assert data.train_label_counts() == [2, 1, 1]
+    rows[0]["prompt"] = "Title: a\u2028b Message: c\x85d"  # separators JSON strings may hold, unescaped
+    (tmp_path / "dev.json").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    data = TextClassificationDataModule(train_file=train, val_file=dev, text_column="prompt", label_columns=classes)
+    data.setup("fit")
+    assert data._splits["val"][0][0] == "Title: a\u2028b Message: c\x85d" and len(data._splits["val"][0]) == 4
+    rows[0]["prompt"] = "Title: a Message: b"
     (tmp_path / "array.json").write_text(json.dumps(rows))  # one JSON array of rows reads the same
     array = TextClassificationDataModule(train_file=str(tmp_path / "array.json"), val_file=dev, text_column="prompt",
                                          label_columns=classes)  # fmt: skip

@@ -87,6 +87,11 @@ def test_neglabel_scores_mined_adjectives_through_their_template_in_the_logits_o
             ]
         )  # fmt: skip
         torch.testing.assert_close(model.negative_text_features(), expected)
+    (tmp_path / "few.txt").write_text("teapot\ncat\n")  # an ID name and a word of both lists leave 3 words
+    (tmp_path / "few_adjectives.txt").write_text("teapot\nred\nshiny\n")
+    lists = {"word_list": str(tmp_path / "few.txt"), "adjective_list": str(tmp_path / "few_adjectives.txt")}
+    few = NegLabel(tiny_clip, ["cat", "dog"], **lists, num_negative_labels=10, negative_groups=1)
+    assert sorted(few.negative_labels) == ["red", "shiny", "teapot"]  # 10 asked: every remaining word kept
     with pytest.raises(ConfigurationError, match="not among the negative_labels"):
         NegLabel(tiny_clip, ["cat"], negative_labels=["teapot", "anvil"], negative_adjectives=["red"],
                  negative_groups=1)  # fmt: skip

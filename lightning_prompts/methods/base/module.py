@@ -25,6 +25,7 @@ methods ``encode_texts(texts)`` (the frozen text encoder), ``logit_scale`` and `
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -116,6 +117,8 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
             cls.produced_fields = frozenset(own["output_fields"])
         cls._field_providers = collect_providers(cls)
         cls.output_fields = frozenset(cls.produced_fields) | frozenset(cls._field_providers)
+        if "configure_callbacks" in own:  # so check_ready tells the method's callbacks from a user's
+            cls.configure_callbacks = _marking_attached(own["configure_callbacks"])  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -232,16 +235,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         """
         own = self.configure_callbacks()  # callbacks a method brings itself (CoPrompt's consistency term)
         own = list(own) if isinstance(own, Sequence) else [own]
-        # Lightning replaces a Trainer callback of the same type as one the method brings, dropping its settings
-        # with an info line; a user who added one meant those settings
-        given = {type(c).__name__ for c in callbacks if not getattr(c, ATTACHED_BY_METHOD, False)}
-        replaced = sorted(given & {type(c).__name__ for c in own})
-        if replaced:
-            raise ConfigurationError(
-                f"{type(self).__name__} attaches {', '.join(replaced)} itself, with the settings of its own arguments "
-                f"(see its docs), and Lightning would drop the one given to the Trainer: remove it from "
-                f"trainer.callbacks and set those options on the model."
-            )
+        _refuse_given_twice(self, callbacks, own)
         everything = [*callbacks, *own]
         terms = self.loss_terms(everything)
         self.check_output_fields(terms)
@@ -418,17 +412,43 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         return {"logits": logits, "preds": self.evaluation_scores(batch, logits).argmax(dim=-1)}
 
 
-#: set on the callbacks a method's ``configure_callbacks`` returns (:func:`attached_by_method`)
+#: set on every callback a method's ``configure_callbacks`` returns: Lightning adds them to ``trainer.callbacks``
+#: before ``setup``, where :meth:`PromptModule.check_ready` must not take them for callbacks a user gave
 ATTACHED_BY_METHOD = "_attached_by_method"
 
 
-def attached_by_method(*callbacks: Any) -> list[Any]:
-    """The callbacks a method's ``configure_callbacks`` returns, marked as the method's, so that
-    :meth:`PromptModule.check_ready` tells them from callbacks a user gave the Trainer (which Lightning would
-    replace by them)."""
-    for callback in callbacks:
-        setattr(callback, ATTACHED_BY_METHOD, True)
-    return list(callbacks)
+def _marking_attached(configure_callbacks: Callable[..., Any]) -> Callable[..., Any]:
+    """``configure_callbacks`` of a method class, marking what it returns as the method's (any subclass,
+    also a user's, gets this from ``PromptModule.__init_subclass__``)."""
+    if getattr(configure_callbacks, ATTACHED_BY_METHOD, False):
+        return configure_callbacks
+
+    @functools.wraps(configure_callbacks)
+    def marked(self: Any) -> Any:
+        returned = configure_callbacks(self)
+        own = list(returned) if isinstance(returned, Sequence) else [returned]
+        for callback in own:
+            setattr(callback, ATTACHED_BY_METHOD, True)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:  # Lightning asks just before it replaces the Trainer's callbacks of these types
+            _refuse_given_twice(self, trainer.callbacks, own)
+        return returned
+
+    setattr(marked, ATTACHED_BY_METHOD, True)
+    return marked
+
+
+def _refuse_given_twice(method: Any, callbacks: Sequence[Any], own: Sequence[Any]) -> None:
+    """Lightning replaces a Trainer callback of the same type as one the method brings, dropping its settings
+    with an info line; a user who gave one meant those settings."""
+    given = {type(c).__name__ for c in callbacks if not getattr(c, ATTACHED_BY_METHOD, False)}
+    replaced = sorted(given & {type(c).__name__ for c in own})
+    if replaced:
+        raise ConfigurationError(
+            f"{type(method).__name__} attaches {', '.join(replaced)} itself, with the settings of its own arguments "
+            f"(see its docs), and Lightning would drop the one given to the Trainer: remove it from "
+            f"trainer.callbacks and set those options on the model."
+        )
 
 
 def check_class_list(method: str, classnames: Sequence[str], stage: str) -> None:
