@@ -257,3 +257,21 @@ def test_a_teacher_dequantized_from_a_gguf_file_gives_a_student_that_saves(tmp_p
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "student")
     assert getattr(loaded.config, "quantization_config", None) is None
     assert backbone.model.hf_quantizer is not None  # the teacher is left as it was
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_validation_terms_do_not_depend_on_how_texts_are_batched(batch_size, trainer_kwargs, tmp_path):
+    """Each logged term is weighted by what it averages over: the KL by real tokens, the next-token loss by the
+    tokens it predicts (one fewer per text), so batches of 2 or 3 give the value of one batch of all 6 texts."""
+    texts = ["a", "the cat sat on the mat", "dogs", "a long sentence about nothing much at all here", "hi", "ok go"]
+    rows = "\n".join(f"{text},{'yes' if i % 2 else 'no'}" for i, text in enumerate(texts))
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.csv").write_text("text,label\n" + rows + "\n")
+    files = {"train_file": str(tmp_path / "train.csv"), "val_file": str(tmp_path / "val.csv")}
+    module = POSTDistillation(teacher(), keep_first=1, keep_last=0, student_path=None)
+    whole = Trainer(**trainer_kwargs).validate(module, TextClassificationDataModule(**files, eval_batch_size=6),
+                                               verbose=False)[0]  # fmt: skip
+    data = TextClassificationDataModule(**files, eval_batch_size=batch_size)
+    batched = Trainer(**trainer_kwargs).validate(module, data, verbose=False)[0]
+    assert batched["val/clm"] == pytest.approx(whole["val/clm"], rel=1e-5)
+    assert batched["val/ce"] == pytest.approx(whole["val/ce"], rel=1e-5)
