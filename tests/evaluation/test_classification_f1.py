@@ -20,21 +20,26 @@ def hand_macro_f1(predicted, targets, classes):
     return sum(scores) / classes
 
 
-@pytest.mark.parametrize("stage", ["val", "test"])
-def test_macro_f1_is_the_mean_of_the_per_class_f1(stage):
-    module = SimpleNamespace(classnames=["a", "b", "c"], classnames_for_training=["a", "b", "c"], device="cpu",
-                             datamodule=None, set_classnames=lambda names: None)  # fmt: skip
-    evaluator = ClassificationEvaluator(macro_f1=True)
+def evaluated(evaluator, names, stage, batch_size, seed):
+    """The evaluator's report over 3 random batches, with the predicted and true classes it scored."""
+    module = SimpleNamespace(classnames=names, classnames_for_training=names, device="cpu", datamodule=None,
+                             set_classnames=lambda names: None)  # fmt: skip
     evaluator.start(module, stage)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     predicted, targets = [], []
     for _ in range(3):  # batches
-        scores, labels = torch.randn(7, 3, generator=generator), torch.randint(0, 3, (7,), generator=generator)
+        scores = torch.randn(batch_size, len(names), generator=generator)
+        labels = torch.randint(0, len(names), (batch_size,), generator=generator)
         evaluator.prepare(module, stage, 0)
         evaluator.update(module, None, scores, labels, stage, 0)
         predicted += scores.argmax(-1).tolist()
         targets += labels.tolist()
-    report = evaluator.finish(module, stage)
+    return evaluator.finish(module, stage), predicted, targets, module
+
+
+@pytest.mark.parametrize("stage", ["val", "test"])
+def test_macro_f1_is_the_mean_of_the_per_class_f1(stage):
+    report, predicted, targets, module = evaluated(ClassificationEvaluator(macro_f1=True), ["a", "b", "c"], stage, 7, 0)
     assert float(report[f"{stage}/macro_f1"]) == pytest.approx(hand_macro_f1(predicted, targets, 3), abs=1e-6)
     accuracy = sum(int(p == t) for p, t in zip(predicted, targets)) / len(targets)
     assert float(report[f"{stage}/acc"]) == pytest.approx(accuracy, abs=1e-6)
@@ -48,19 +53,7 @@ def test_macro_f1_is_the_mean_of_the_per_class_f1(stage):
 def test_matthews_correlation_is_sklearns_and_picks_the_best_checkpoint(stage):
     """GLUE's CoLA metric, which DePT's code reports and selects on."""
     metrics = pytest.importorskip("sklearn.metrics")
-    names = ["unacceptable", "acceptable"]
-    module = SimpleNamespace(classnames=names, classnames_for_training=names, device="cpu", datamodule=None,
-                             set_classnames=lambda names: None)  # fmt: skip
     evaluator = ClassificationEvaluator(matthews=True)
     assert evaluator.monitor == ("val/mcc", "max")
-    evaluator.start(module, stage)
-    generator = torch.Generator().manual_seed(1)
-    predicted, targets = [], []
-    for _ in range(3):
-        scores, labels = torch.randn(9, 2, generator=generator), torch.randint(0, 2, (9,), generator=generator)
-        evaluator.prepare(module, stage, 0)
-        evaluator.update(module, None, scores, labels, stage, 0)
-        predicted += scores.argmax(-1).tolist()
-        targets += labels.tolist()
-    report = evaluator.finish(module, stage)
+    report, predicted, targets, _ = evaluated(evaluator, ["unacceptable", "acceptable"], stage, 9, 1)
     assert float(report[f"{stage}/mcc"]) == pytest.approx(metrics.matthews_corrcoef(targets, predicted), abs=1e-6)
