@@ -462,7 +462,10 @@ class TextClassificationDataModule(LightningDataModule):
             if isinstance(label, list):
                 raise DatasetError(f"a label list {label} in single-label data; set label_separator for multi-label.")
             return [label]
-        values = label if isinstance(label, list) else label.split(self.label_separator or "\n")
+        if isinstance(label, list):  # a JSON list, or the one-hot columns (label_columns) holding 1
+            values = label
+        else:
+            values = label.split(self.label_separator) if self.label_separator is not None else [label]
         return [value.strip() for value in values if value.strip()]
 
     @property

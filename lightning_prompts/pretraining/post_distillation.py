@@ -212,7 +212,10 @@ class POSTDistillation(PromptModule):
 
     def loss_parts(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """:func:`distillation_loss` of a batch of texts."""
-        input_ids, attention_mask = self.tokens(texts)
+        return self.token_loss_parts(*self.tokens(texts))
+
+    def token_loss_parts(self, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
+        """:func:`distillation_loss` of a batch of the teacher's tokens."""
         hidden = self.alphas["cos"] > 0
         with torch.no_grad():
             teacher = self.backbone.model(
@@ -241,11 +244,12 @@ class POSTDistillation(PromptModule):
         pass  # no classes to evaluate: validation measures the distillation loss
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        parts = self.loss_parts(batch[TEXT])
+        input_ids, attention_mask = self.tokens(batch[TEXT])
+        parts = self.token_loss_parts(input_ids, attention_mask)
         # each term weighted by what it averages over (the KL by real tokens, the next-token loss by the tokens it
         # predicts), so the epoch's values do not depend on how the texts fall into batches and processes; the
         # mixed loss by real tokens
-        real = self.tokens(batch[TEXT])[1].sum(dim=1)
+        real = attention_mask.sum(dim=1)
         tokens, predicted = int(real.sum()), int((real - 1).clamp(min=0).sum())
         log_validation_mean(self, "loss", parts["loss"], tokens, dataloader_idx, prog_bar=True)
         log_validation_mean(self, "ce", parts["ce"], tokens, dataloader_idx)
