@@ -11,14 +11,18 @@ and we do (read at valbuc/PTEC@19788bdd):
 * **learning rates**: the prompt's (the optimizer's lr, 3e-3) and the head's (``head_lr``, 1e-5), both
   decaying exponentially to 1 % of their start over training, once per optimizer update
   (``γ = 0.01^(1/(U−1))``, :class:`~lightning_prompts.optim.ExponentialDecayLR`);
-* **prompt initialisation** (``init="labels"``): the embeddings of the class names' tokens, a random
-  subset when there are more than ``m``, padded with tokens 1000, 1001, … when fewer;
+* **prompt initialisation** (``init="labels"``): the embeddings of the tokens of the class names joined by
+  spaces, tokenized with the tokenizer's special tokens (``tokenizer.encode(" ".join(labels))``: LLaMA's
+  BOS, BERT's ``[CLS]``/``[SEP]``), a random subset when there are more than ``m``, padded with tokens 1000,
+  1001, … when fewer;
 * the official script accumulates 16 micro-batches of 2 and clips the summed gradient to norm 1:
   ``accumulate_grad_batches`` and ``gradient_clip_val`` in the recipes.
 
 Where we deviate: right padding with the last real token read (the official code left-pads and reads
 the last position: the same token); the frozen model runs in eval mode; tokens 1000+ wrap around a
-vocabulary smaller than that (only the tiny test models have one).
+vocabulary smaller than that (only the tiny test models have one); the random subset of too many label
+tokens is drawn with ``random.Random(seed)`` (the official code takes ``torch.randperm`` from the global
+generator), and underscores in class names (folder names) are read as spaces.
 
 The baseline the paper compares with — a prompt that *generates* the label names, optionally with
 trie-constrained decoding — is :class:`~lightning_prompts.prompts.label_trie.TrieConstrainedLogitsProcessor`.
@@ -51,10 +55,10 @@ def class_weights(counts: Sequence[int]) -> Tensor:
     return counts_t.max() / counts_t.clamp_min(1.0)
 
 
-def label_token_init(label_ids: Sequence[Sequence[int]], num_tokens: int, vocab: int, seed: int) -> list[int]:
-    """Token ids initialising a PTEC prompt: the class names' tokens, a random subset when too many,
-    padded with 1000, 1001, … (modulo ``vocab``) when too few."""
-    ids = [token for name in label_ids for token in name]
+def label_token_init(ids: Sequence[int], num_tokens: int, vocab: int, seed: int) -> list[int]:
+    """Token ids initialising a PTEC prompt from the class names' tokens ``ids``: a random subset when too
+    many, padded with 1000, 1001, … (modulo ``vocab``) when too few."""
+    ids = list(ids)
     if len(ids) > num_tokens:
         return random.Random(seed).sample(ids, num_tokens)
     return ids + [(1000 + i) % vocab for i in range(num_tokens - len(ids))]
@@ -118,11 +122,11 @@ class PTEC(TextPromptModule):
         model = self.backbone
         generator = torch.Generator().manual_seed(seed)
         if init == "labels":
-            names = [
-                model.tokenizer(name.replace("_", " "), add_special_tokens=False)["input_ids"]
-                for name in self.classnames
-            ]
-            ids = label_token_init(names, num_virtual_tokens, model.word_embeddings.num_embeddings, seed)
+            # the official tokenizer.encode(" ".join(labels)): one string, the special tokens included
+            joined = " ".join(name.replace("_", " ") for name in self.classnames)
+            ids = label_token_init(
+                model.tokenizer(joined)["input_ids"], num_virtual_tokens, model.word_embeddings.num_embeddings, seed
+            )
             self.prompt = SoftPrompt(num_virtual_tokens, model.word_embeddings, "text", ids)
         else:
             self.prompt = self.soft_prompt(num_virtual_tokens, init, init_text, generator)

@@ -81,14 +81,19 @@ def test_head_reads_the_last_real_token_after_the_prompt():
 
 
 def test_prompt_starts_from_the_class_names_tokens():
-    assert label_token_init([[5, 6], [7]], 5, 50_000, 0) == [5, 6, 7, 1000, 1001]
-    subset = label_token_init([[1, 2, 3], [4, 5, 6]], 4, 50_000, 0)
-    assert len(subset) == 4 and set(subset) <= {1, 2, 3, 4, 5, 6}
-    backbone = HFText("tiny-gpt2", pooling="last")
-    method = PTEC(backbone, CLASSES, num_virtual_tokens=30)
-    ids = [backbone.tokenizer(name, add_special_tokens=False)["input_ids"] for name in CLASSES]
-    expected = label_token_init(ids, 30, backbone.word_embeddings.num_embeddings, 0)
-    assert torch.equal(method.prompt.embedding.detach(), backbone.word_embeddings.weight[torch.tensor(expected)])
+    assert label_token_init([5, 6, 7], 5, 50_000, 0) == [5, 6, 7, 1000, 1001]
+    subset = label_token_init([1, 2, 3, 4, 5, 6], 4, 50_000, 0)
+    assert len(subset) == 4 and len(set(subset)) == 4 and set(subset) <= {1, 2, 3, 4, 5, 6}
+    for name in ("tiny-gpt2", "tiny-bert"):
+        backbone = HFText(name, task="sequence-classification", pooling="last")
+        method = PTEC(backbone, ["finance", "real_estate"], num_virtual_tokens=30)
+        # as the official tokenizer.encode(" ".join(labels)): one string, special tokens included
+        tokenizer = backbone.tokenizer
+        labels = tokenizer.encode("finance real estate")
+        assert labels[1:-1] == tokenizer.encode("finance real estate", add_special_tokens=False)  # BOS/CLS … EOS/SEP
+        expected = labels + [(1000 + i) % backbone.word_embeddings.num_embeddings for i in range(30 - len(labels))]
+        weights = backbone.word_embeddings.weight
+        assert torch.equal(method.prompt.embedding.detach(), weights[torch.tensor(expected)])
 
 
 def test_multilabel_fit_decays_both_rates_to_one_percent_and_weights_from_the_data(tmp_path, trainer_kwargs):
