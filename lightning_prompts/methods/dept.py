@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.errors import ConfigurationError, ContextLengthError
-from lightning_prompts.methods.base import TextPromptModule
+from lightning_prompts.methods.base import LabelWords, TextPromptModule
 from lightning_prompts.prompts.low_rank_offset import LowRankPositionOffset
 from lightning_prompts.prompts.soft_prompt import SoftPromptInit
 from lightning_prompts.registry import register_method
@@ -112,7 +112,7 @@ class DePT(TextPromptModule):
         pad_to_max_length: bool = True,
         init: SoftPromptInit = "text",
         init_text: str | None = DEPT_INIT_TEXT,
-        label_words: Sequence[str] | None = None,
+        label_words: LabelWords | None = None,
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,

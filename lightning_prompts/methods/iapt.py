@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
-from lightning_prompts.methods.base import TextPromptModule
+from lightning_prompts.methods.base import LabelWords, TextPromptModule
 from lightning_prompts.prompts.instance_prompts import InstancePromptGenerators, InstancePromptHook, check_slot_update
 from lightning_prompts.registry import register_method
 
@@ -70,7 +70,7 @@ class IAPT(TextPromptModule):
         num_virtual_tokens: int = 4,
         bottleneck: int = 16,
         slot_update: Literal["replace", "add"] = "replace",
-        label_words: Sequence[str] | None = None,
+        label_words: LabelWords | None = None,
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,

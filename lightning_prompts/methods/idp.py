@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText, masked_mean
 from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods.base import TextPromptModule
+from lightning_prompts.methods.base import LabelWords, TextPromptModule
 from lightning_prompts.methods.base.checkpointing import read_soft_prompt
 from lightning_prompts.prompts.soft_prompt import SoftPromptInit
 from lightning_prompts.registry import register_method
@@ -73,7 +73,7 @@ class IDP(TextPromptModule):
         prompt_files: Sequence[str] | None = None,
         selector_layer: int = -1,
         init: SoftPromptInit = "vocab",
-        label_words: Sequence[str] | None = None,
+        label_words: LabelWords | None = None,
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,

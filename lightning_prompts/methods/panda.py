@@ -46,7 +46,7 @@ from torch.func import functional_call
 from lightning_prompts.backbones.hf_text import HFText, masked_mean
 from lightning_prompts.batch import ATTENTION_MASK, INPUT_IDS
 from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods.base.text import TextPromptModule
+from lightning_prompts.methods.base.text import LabelWords, TextPromptModule
 from lightning_prompts.methods.prefix_tuning import PrefixTuning
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.registry import register_method
@@ -153,7 +153,7 @@ class PANDA(PrefixTuning):
         teacher_prompt: str | None = None,
         beta: float = 0.1,
         kd_scale: float = 0.1,
-        label_words: Sequence[str] | None = None,
+        label_words: LabelWords | None = None,
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,

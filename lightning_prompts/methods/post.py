@@ -36,6 +36,7 @@ from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.batch import ATTENTION_MASK, INPUT_IDS, TEXT
 from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.methods.base import LabelWords
 from lightning_prompts.methods.base.checkpointing import read_soft_prompt
 from lightning_prompts.methods.prompt_tuning import PromptTuning
 from lightning_prompts.prompts.soft_prompt import SoftPromptInit
@@ -113,7 +114,7 @@ class POST(PromptTuning):
         temperature: float = 2.0,
         init: SoftPromptInit = "vocab",
         init_text: str | None = None,
-        label_words: Sequence[str] | None = None,
+        label_words: LabelWords | None = None,
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,

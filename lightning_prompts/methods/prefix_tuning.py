@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.export.peft import export_peft_prefix_tuning
-from lightning_prompts.methods.base import TextPromptModule
+from lightning_prompts.methods.base import LabelWords, TextPromptModule
 from lightning_prompts.prompts.prefix import DeepPrefix
 from lightning_prompts.registry import register_method
 
@@ -76,7 +76,7 @@ class PrefixTuning(TextPromptModule):
         num_virtual_tokens: int = 20,
         projection_hidden: int | None = None,
         dropout: float = 0.0,
-        label_words: Sequence[str] | None = None,
+        label_words: LabelWords | None = None,
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.export.peft import export_peft_prompt_tuning
-from lightning_prompts.methods.base import TextPromptModule
+from lightning_prompts.methods.base import LabelWords, TextPromptModule
 from lightning_prompts.prompts.soft_prompt import PromptEncoderMLP, SoftPromptInit
 from lightning_prompts.registry import register_method
 
@@ -52,8 +52,9 @@ class PromptTuning(TextPromptModule):
             ``"text_without_special_tokens"`` (its words alone: the choice on decoders that start every input
             with a beginning-of-sequence token), ``"vocab"`` (sampled token embeddings) or ``"random"``.
         init_text: the text for the two text initialisations.
-        label_words: causal LM only: one word per class whose next-token logit scores it
-            (default: the class names).
+        label_words: causal LM only: one word per class whose next-token logit scores it, or a list of words per
+            class scored by their mean logit (default: the class names; see
+            :class:`~lightning_prompts.methods.base.TextPromptModule`).
         text_template: how an input is presented, e.g. ``"Review: {text} Sentiment:"``.
         truncate: cut texts that do not fit the context (otherwise too long a text is an error before training).
         seed: seed of the ``"vocab"``/``"random"`` initialisation.
@@ -79,7 +80,7 @@ class PromptTuning(TextPromptModule):
         num_virtual_tokens: int = 20,
         init: SoftPromptInit = "vocab",
         init_text: str | None = None,
-        label_words: Sequence[str] | None = None,
+        label_words: LabelWords | None = None,
         text_template: str = "{text}",
         truncate: bool = False,
         seed: int = 0,

@@ -169,6 +169,37 @@ def test_label_words_must_start_with_distinct_tokens():
         PromptTuning(HFText("tiny-gpt2", task="causal-lm"), ["a", "b"], label_words=["good", "great"])
 
 
+def test_several_label_words_score_a_class_by_their_mean_logit():
+    """POST's verbalizer: a class's score is the mean next-token logit of its words (the tiny tokenizer reads
+    each word by its first letter, so the words start with distinct letters)."""
+    backbone = HFText("tiny-gpt2", task="causal-lm")
+    groups = [["terrible", "bad", "awful"], ["good", "excellent", "fine"], "moderate"]
+    method = PromptTuning(backbone, ["neg", "pos", "mid"], label_words=groups, num_virtual_tokens=3, init="random")
+    words = [*groups[0], *groups[1], groups[2]]
+    one_per_word = PromptTuning(backbone, words, label_words=words, num_virtual_tokens=3, init="random", seed=1)
+    one_per_word.prompt.load_state_dict(method.prompt.state_dict())
+    tokens = method.tokenize(TEXTS)
+    with torch.no_grad():
+        ours = method(tokens["input_ids"], tokens["attention_mask"]).logits
+        each = one_per_word(tokens["input_ids"], tokens["attention_mask"]).logits
+    expected = torch.stack([each[:, 0:3].mean(1), each[:, 3:6].mean(1), each[:, 6]], dim=1)
+    assert ours.shape == (len(TEXTS), 3)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert not torch.allclose(ours, each[:, [0, 3, 6]], atol=1e-4)  # not the first word's alone
+
+
+def test_label_words_are_one_per_class_and_never_empty():
+    backbone = HFText("tiny-gpt2", task="causal-lm")
+    with pytest.raises(ValueError, match="2 label words for 3 classes"):
+        PromptTuning(backbone, ["a", "b", "c"], label_words=["bad", "good"])
+    with pytest.raises(ValueError, match="needs a label word"):
+        PromptTuning(backbone, ["a", "b"], label_words=[["bad"], []])
+    with pytest.raises(ValueError, match="distinct tokens"):  # the same tokens (b, a) for both classes
+        PromptTuning(backbone, ["a", "b"], label_words=[["bad", "awful"], ["awesome", "brilliant"]])
+    shared = PromptTuning(backbone, ["a", "b"], label_words=[["bad", "awful"], ["good", "amazing"]])
+    assert shared.label_word_ids == [5, 4, 10, 4]  # a token in two classes adds to both means
+
+
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_sentence_encoder_pooling_reads_text_tokens_only(pooling):
     backbone = HFText("tiny-bert", pooling=pooling)

@@ -13,13 +13,14 @@ from lightning_prompts.methods.base.fields import provides
 from lightning_prompts.methods.base.graph import GraphPromptModule, mlp_head
 from lightning_prompts.methods.base.hetero import HeteroNodeModule
 from lightning_prompts.methods.base.module import PromptModule
-from lightning_prompts.methods.base.text import TextPromptModule
+from lightning_prompts.methods.base.text import LabelWords, TextPromptModule
 from lightning_prompts.methods.base.vit import ViTPromptModule
 
 __all__ = [
     "CLIPPromptModule",
     "GraphPromptModule",
     "HeteroNodeModule",
+    "LabelWords",
     "PromptModule",
     "TextPromptModule",
     "ViTPromptModule",

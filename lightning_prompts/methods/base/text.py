@@ -7,7 +7,7 @@
   the soft tokens (the data module's ``split_texts``), so a too-long text fails in seconds, not in epoch 3;
 * **scoring**: sequence classification trains the model's own classification head (resized to the
   classes, PEFT's ``modules_to_save``); a causal LM scores each class by the next-token logit of its
-  label word at the last real position (a verbalizer);
+  label word at the last real position (a verbalizer), or by the mean logit of several words (POST's);
 * **parameter groups**: ``"prompt"`` (:meth:`~TextPromptModule.prompt_parameters`) and ``"head"``.
 
 A method implements :meth:`~TextPromptModule.reserved_tokens`, :meth:`~TextPromptModule.prompt_parameters`
@@ -16,6 +16,7 @@ and :meth:`~TextPromptModule.run_model` (how its prompt enters the model).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -32,6 +33,9 @@ from lightning_prompts.methods.base.module import PromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.soft_prompt import TEXT_INITS, SoftPrompt, SoftPromptInit, repeat_to_length
 
+#: Per class, one label word or several whose next-token logits are averaged (``[["bad", "awful"], ["good"]]``).
+LabelWords = Sequence[str | Sequence[str]]
+
 # Tokenizing in the module's on_before_batch_transfer is the design (data stays model-agnostic).
 warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
 
@@ -42,8 +46,10 @@ class TextPromptModule(PromptModule):
     Args:
         backbone: the frozen :class:`~lightning_prompts.backbones.HFText` (its ``task`` picks the head).
         classnames: the classes, in label order (linked from the data module).
-        label_words: causal LM only: one word per class whose next-token logit scores it
-            (default: the class names).
+        label_words: causal LM only: one word per class whose next-token logit scores it, or a list of words
+            per class scored by the mean of their next-token logits (POST's verbalizer,
+            ``[[terrible, negative, bad, poor, awful], [positive, good, great, awesome, brilliant, amazing]]``;
+            default: the class names). A word is read as it follows a space, by its first token.
         text_template: how an input is presented, e.g. ``"Review: {text} Sentiment:"``.
         truncate: cut texts that do not fit the context (otherwise too long a text is an error before training).
         **kwargs: see :class:`~lightning_prompts.methods.PromptModule`.
@@ -55,7 +61,7 @@ class TextPromptModule(PromptModule):
         self,
         backbone: HFText,
         classnames: Sequence[str] | None = None,
-        label_words: Sequence[str] | None = None,
+        label_words: LabelWords | None = None,
         text_template: str = "{text}",
         truncate: bool = False,
         **kwargs: Any,
@@ -72,13 +78,25 @@ class TextPromptModule(PromptModule):
             for head in model.head_modules().values():
                 head.requires_grad_(True)
             self.label_word_ids: list[int] = []
+            self.label_word_counts: list[int] = []
         else:
-            words = list(label_words) if label_words else [name.replace("_", " ") for name in self.classnames]
-            if len(words) != len(self.classnames):
-                raise ValueError(f"{len(words)} label words for {len(self.classnames)} classes.")
+            given = list(label_words) if label_words else [name.replace("_", " ") for name in self.classnames]
+            if len(given) != len(self.classnames):
+                raise ValueError(f"{len(given)} label words for {len(self.classnames)} classes.")
+            per_class = [[entry] if isinstance(entry, str) else list(entry) for entry in given]
+            if not all(per_class):
+                raise ValueError(f"Every class needs a label word; got {given}.")
+            words = [word for class_words in per_class for word in class_words]
+            #: every label word's first token, class by class (``label_word_counts`` words each)
             self.label_word_ids = model.label_word_ids(words)
-            if len(set(self.label_word_ids)) != len(words):
-                raise ValueError(f"Label words {words} do not start with distinct tokens in {model.name}.")
+            self.label_word_counts = [len(class_words) for class_words in per_class]
+            start = [0, *itertools.accumulate(self.label_word_counts)]
+            tokens = [frozenset(self.label_word_ids[a:b]) for a, b in zip(start, start[1:])]
+            if len(set(tokens)) != len(tokens):  # two classes would always score the same
+                raise ValueError(
+                    f"Label words {given} do not give the classes distinct tokens in {model.name} (a word is read "
+                    "by its first token as it follows a space)."
+                )
 
     # -- what a text method implements ---------------------------------------------------------------
     @property
@@ -196,6 +214,8 @@ class TextPromptModule(PromptModule):
         logits = output.logits
         if self.label_word_ids:
             logits = logits[:, self.label_word_ids]
+            if len(self.label_word_ids) != len(self.label_word_counts):  # several words per class: their mean
+                logits = torch.stack([part.mean(dim=1) for part in logits.split(self.label_word_counts, 1)], 1)
         pooled = output.hidden_states[-1][:, 0] if want_pooled else None
         return PromptOutput(logits=logits, pooled_features=pooled)
 
