@@ -244,6 +244,10 @@ class HeteroGraphDataModule(LightningDataModule):
                 self.graph[node].x = torch.ones(self.graph[node].num_nodes, 1)
         self.target, self.shots, self.seed = target, shots, seed
         self.val_shots = shots if val_shots is None else val_shots
+        if shots < 1 or self.val_shots < 1:
+            raise DatasetError(
+                f"shots and val_shots must be at least 1 labelled node per class, got {shots} and {self.val_shots}."
+            )
         self._classnames = classnames
         self._splits: dict[str, torch.Tensor] | None = None
 
@@ -288,7 +292,8 @@ class HeteroGraphDataModule(LightningDataModule):
             train += members[: self.shots]
             val += members[self.shots : self.shots + self.val_shots]
         test = sorted(set(pool) - set(train) - set(val))
-        return {"train": torch.tensor(sorted(train)), "val": torch.tensor(sorted(val)), "test": torch.tensor(test)}
+        splits = {"train": sorted(train), "val": sorted(val), "test": test}
+        return {name: torch.tensor(indices, dtype=torch.long) for name, indices in splits.items()}
 
     def setup(self, stage: str) -> None:
         if self._splits is None:
@@ -304,6 +309,12 @@ class HeteroGraphDataModule(LightningDataModule):
         return view
 
     def _loader(self, split: str) -> DataLoader:
+        assert self._splits is not None, "call setup() first"
+        if not len(self._splits[split]):  # only the test split can be empty: the shots took every labelled node
+            raise DatasetError(
+                f"no labelled {self.target} nodes are left for the {split} split after {self.shots} training and "
+                f"{self.val_shots} validation shots per class."
+            )
         return DataLoader([self._view(split)], batch_size=1, collate_fn=first_item)
 
     def train_dataloader(self) -> DataLoader:
