@@ -23,6 +23,13 @@ Two heads:
 * ``task="causal-lm"``: ``AutoModelForCausalLM``; the class score is the next-token logit of each
   class's label word at the last real position (a verbalizer). Inputs are right-padded so every
   real token keeps its true position.
+
+Sentence pairs: on a model with token types whose tokenizer encodes a pair as ``[CLS] A [SEP] B [SEP]`` with
+segment 1 on ``B [SEP]`` (BERT, MiniLM, ELECTRA…; checked on a probe pair when the backbone is built), a text
+holding the separator (``text_format: "{premise} [SEP] {hypothesis}"``) is encoded as the pair
+``tokenizer(premise, hypothesis)``: the same tokens, BERT's segment ids (soft tokens take segment 0, as PEFT
+gives them), and truncation takes tokens from the longer part first (``truncation=True``), as the P-tuning v2
+and PANDA scripts encode GLUE/SuperGLUE pairs.
 """
 
 from __future__ import annotations
@@ -228,6 +235,7 @@ class HFText(Backbone):
         if getattr(self.model.config, "pad_token_id", None) is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.max_length = max_length or _model_max_length(self.model.config, self.tokenizer)
+        self.pair_separator = _pair_separator(self.tokenizer, self.model.config)
         if self.pooling != "model" and not all(isinstance(h, nn.Linear) for h in self.head_modules().values()):
             raise NotImplementedError(
                 f"pooling={self.pooling!r} feeds the model's classifier Linear, but {model_name_or_path} has a "
@@ -333,7 +341,7 @@ class HFText(Backbone):
                 f"{reserve} soft tokens leave no room for text in {self.name} (context {self.max_length})."
             )
         options: dict[str, Any] = {"truncation": True, "max_length": limit} if truncate else {}
-        encoded = self.tokenizer(list(texts), padding=True, return_tensors="pt", **options)
+        encoded = self._encode(texts, padding=True, return_tensors="pt", **options)
         if encoded["input_ids"].shape[1] > limit:
             lengths = encoded["attention_mask"].sum(1)
             worst = int(lengths.argmax())
@@ -346,7 +354,22 @@ class HFText(Backbone):
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Number of tokens of each text (special tokens included)."""
-        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+        return [len(ids) for ids in self._encode(texts)["input_ids"]]
+
+    def _encode(self, texts: Sequence[str], **options: Any) -> Any:
+        """The tokenizer on ``texts``; texts holding :attr:`pair_separator` as sentence pairs (see the module
+        docstring)."""
+        separator = self.pair_separator
+        if separator is None or not any(separator in text for text in texts):
+            return self.tokenizer(list(texts), **options)
+        parts = [text.split(separator, 1) for text in texts]
+        single = [index for index, part in enumerate(parts) if len(part) == 1]
+        if single:
+            raise ValueError(
+                f"text {single[0]} of a batch of sentence pairs has no {separator!r} between its two texts: "
+                f"{texts[single[0]][:80]!r}. Give every row both columns (text_format) or none."
+            )
+        return self.tokenizer([a.strip() for a, _ in parts], [b.strip() for _, b in parts], **options)
 
     def label_word_ids(self, words: Sequence[str]) -> list[int]:
         """First token id of each label word as it follows a space (its form after the prompt)."""
@@ -406,12 +429,19 @@ class HFText(Backbone):
                     f"an input offset for {input_offset.shape[-2]} positions, but {input_ids.shape[1]} tokens."
                 )
             embeds = embeds + input_offset.to(embeds.dtype)
+        kwargs: dict[str, Any] = {}
+        if self.pair_separator is not None:  # sentence pairs: BERT's segment ids, read off the separators
+            types = pair_token_types(input_ids, attention_mask, self.tokenizer.sep_token_id)
+            if bool(types.any()):
+                kwargs["token_type_ids"] = types
         if prompt is not None:
             prompt = expand_to_batch(prompt, embeds.shape[0])
             embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
             ones = attention_mask.new_ones(attention_mask.shape[0], prompt.shape[1])
             attention_mask = torch.cat([ones, attention_mask], dim=1)
-        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
+            if "token_type_ids" in kwargs:  # soft tokens take segment 0, as PEFT gives them
+                kwargs["token_type_ids"] = torch.cat([torch.zeros_like(ones), kwargs["token_type_ids"]], dim=1)
+        kwargs.update(inputs_embeds=embeds, attention_mask=attention_mask)
         if output_hidden_states:
             kwargs["output_hidden_states"] = True
         num_prompt = 0 if prompt is None else prompt.shape[1]
@@ -561,6 +591,30 @@ def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
+def pair_token_types(input_ids: Tensor, attention_mask: Tensor, separator_id: int) -> Tensor:
+    """BERT's segment ids of right-padded ``[CLS] A [SEP] B [SEP]`` rows: 1 from the token after the first
+    separator through the last real token, 0 elsewhere (a single text ``[CLS] A [SEP]`` is all 0)."""
+    is_separator = (input_ids == separator_id).long()
+    separators_before = is_separator.cumsum(dim=1) - is_separator
+    return ((separators_before > 0) & attention_mask.bool()).long()
+
+
+def _pair_separator(tokenizer: Any, config: Any) -> str | None:
+    """The tokenizer's ``sep_token`` when the model has token types and the tokenizer encodes a pair as
+    :func:`pair_token_types` reads it and joins it like the text ``"A [SEP] B"`` (checked on a probe pair);
+    otherwise ``None``: texts are then never split into pairs."""
+    separator = getattr(tokenizer, "sep_token", None)
+    if separator is None or int(getattr(config, "type_vocab_size", 0) or 0) < 2:
+        return None
+    pair = tokenizer("a b", "c", return_token_type_ids=True)
+    ids = torch.tensor([pair["input_ids"]])
+    types = pair_token_types(ids, torch.ones_like(ids), tokenizer.sep_token_id)[0].tolist()
+    joined = tokenizer(f"a b {separator} c")["input_ids"]
+    if pair["token_type_ids"] != types or joined != pair["input_ids"] or not any(types):
+        return None
+    return separator
+
+
 def tiny_tokenizer(causal: bool = False) -> Any:
     """A character-level WordPiece tokenizer built in code (no download), for the tiny models.
 
@@ -579,7 +633,7 @@ def tiny_tokenizer(causal: bool = False) -> Any:
     if not causal:
         tokenizer.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
-            pair="[CLS] $A [SEP] $B [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",  # BERT's: segment 1 on the second text and its separator
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
         )
     return PreTrainedTokenizerFast(
