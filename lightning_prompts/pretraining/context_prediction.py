@@ -201,8 +201,12 @@ class ContextPrediction(EncoderPretraining):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         result = self.context_loss(batch)
+        if result is None and self.trainer.world_size > 1:
+            # under DDP every process must join the gradient all-reduce: a zero loss on every trainable parameter
+            # adds zero gradients to the mean, where one process skipping its step would leave the others waiting
+            return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
         if result is None:
-            return None  # Lightning skips the step
+            return None  # Lightning skips the step, as the official batching skips the batch
         loss, accuracy = result
         self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))
         self.log("train/context_acc", accuracy, batch_size=int(batch.num_graphs))

@@ -4,6 +4,8 @@ a transcription of the official ``train``, and an exported encoder in the offici
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import networkx as nx
 import pytest
 import torch
@@ -112,3 +114,18 @@ def test_pretraining_writes_an_encoder_molecule_gin_loads(tmp_path, trainer_kwar
     loaded = MoleculeGIN(str(path), num_layers=2, emb_dim=8)
     for key, value in module.encoder.state_dict().items():
         assert torch.equal(loaded.encoder.state_dict()[key], value), key
+
+
+def test_a_batch_without_context_still_joins_ddps_gradient_all_reduce(monkeypatch):
+    """One process skips a batch without context as the official batching does; under DDP a skipped step would
+    leave the other processes waiting in the gradient all-reduce, so the step is a zero loss on every parameter."""
+    module = ContextPrediction(MoleculeGIN(num_layers=2, emb_dim=8), context_size=2)
+    monkeypatch.setattr(module, "context_loss", lambda batch: None)
+    module._trainer = SimpleNamespace(world_size=1)
+    assert module.training_step(None, 0) is None
+    module._trainer = SimpleNamespace(world_size=2)
+    loss = module.training_step(None, 0)
+    assert loss.item() == 0.0
+    loss.backward()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
