@@ -220,7 +220,9 @@ class PromptsCLI(LightningCLI):
         model = json.loads(dump)[self.config.subcommand].get("model") or {}
         method = (checkpoint.get("lightning_prompts") or {}).get("method")
         configured = _class_name(model) or ""
-        differences = compare_hparams(stored, model.get("init_args") or {}, test_time_hparams(configured))
+        arguments = model.get("init_args") or {}
+        resolved = {key for key in method_hparams(configured, "data_resolved_hparams") if arguments.get(key) is None}
+        differences = compare_hparams(stored, arguments, method_hparams(configured, "test_time_hparams") | resolved)
         if method and configured and method != configured:
             differences.insert(0, f"method: checkpoint {method}, config {configured}")
         if self.config.subcommand == "fit":  # resuming restores the optimizer's and scheduler's state
@@ -307,13 +309,13 @@ _IGNORED = frozenset(
 )
 
 
-def test_time_hparams(method: str) -> frozenset[str]:
-    """The registered method's arguments that may differ between training and evaluation (none for a class
-    that is not registered: every argument is compared)."""
+def method_hparams(method: str, which: str) -> frozenset[str]:
+    """The registered method's ``test_time_hparams`` (arguments that may differ between training and evaluation)
+    or ``data_resolved_hparams``; none for a class that is not registered: every argument is compared."""
     from lightning_prompts import registry
 
     try:
-        return registry.resolve_class(method, "method").test_time_hparams
+        return getattr(registry.resolve_class(method, "method"), which)
     except Exception:  # noqa: BLE001 - an unknown class is reported by the method comparison, not here
         return frozenset()
 

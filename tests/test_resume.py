@@ -65,7 +65,7 @@ def relief():
     seed_everything(0, verbose=False)  # FakeDataset draws from the global generators
     graphs = FakeDataset(num_graphs=24, avg_num_nodes=6, num_channels=5, num_classes=2, task="graph")
     data = GraphDataModule(graphs, task="graph", shots=4, val_shots=2, batch_size=4)  # two pools per epoch
-    settings = {"ensemble_size": 2, "ppo_minibatch_size": 8, "ppo_epochs": 2, "max_nodes": data.max_nodes}
+    settings = {"ensemble_size": 2, "ppo_minibatch_size": 8, "ppo_epochs": 2}  # the critic sized by the data at fit
     return RELIEF(GNN("gin", in_channels=5, hidden_channels=8, num_layers=2), data.classnames, **settings), data
 
 

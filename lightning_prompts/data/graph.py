@@ -290,12 +290,12 @@ class GraphDataModule(LightningDataModule):
 
     @property
     def max_nodes(self) -> int:
-        """Nodes of the largest graph a method sees (ego-graphs once built; RELIEF sizes its critic by it)."""
-        if self.task == "graph":
-            return max(int(graph.num_nodes) for graph in self.dataset)
-        if self.ego_hops is None:
+        """Nodes of the largest graph a method sees: of the run's splits (the few-shot training draw, validation and
+        test; ego-graphs once built), the width RELIEF's official code gives its critic (``max_node_num``)."""
+        if self.task == "node" and self.ego_hops is None:
             return int(self.graph.num_nodes)
         self.setup("fit")
+        assert self._splits is not None
         return max(int(graph.num_nodes) for split in self._splits.values() for graph in split)
 
     @functools.cached_property

@@ -344,8 +344,11 @@ class MoleculeNetDataModule(LightningDataModule):
 
     @property
     def max_nodes(self) -> int:
-        """Atoms of the largest molecule (RELIEF sizes its critic by it)."""
-        return max(graph.num_nodes for graph in self.graphs)
+        """Atoms of the largest molecule of the run's splits (the few-shot training draw, validation and test):
+        the width RELIEF's official ``main.py`` gives its critic (``max_node_num``)."""
+        if self._splits is None:
+            self._splits = {name: [self.graphs[i] for i in ids] for name, ids in self.split_indices().items()}
+        return max(int(graph.num_nodes) for split in self._splits.values() for graph in split)
 
     def default_evaluator(self) -> Any:
         from lightning_prompts.evaluation.multitask import MultiTaskAUROCEvaluator

@@ -56,6 +56,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.gnn import GraphBackbone, Pooling
@@ -103,7 +104,10 @@ class RELIEF(GraphPromptModule):
             molecules, or :class:`~lightning_prompts.backbones.gnn.GNN`).
         classnames, task, pooling, head_layers, head_hidden, objective: as :class:`GraphPromptModule`
             (RELIEF's head: ``head_layers`` of 1–3, hidden width = embedding width).
-        max_nodes: the largest graph in the data (the critic's input is ``max_nodes`` padded node states).
+        max_nodes: the critic's width (its input is ``max_nodes`` padded node states). ``None`` (the default):
+            the data module's ``max_nodes`` at ``fit``, the largest graph of the run's splits (the few-shot
+            training draw, validation and test), as the official ``main.py`` sets ``max_node_num``; the resolved
+            width is stored in the hyperparameters, so a checkpoint rebuilds the same critic.
         ensemble_size: policy members (3; 1 disables the ensemble and its penalties).
         max_increment: ``max_z``, the bound of an increment's mean (0.1–1.0 in the official scripts).
         init_log_std: the continuous actors' initial log-std (annealed to −5).
@@ -134,12 +138,13 @@ class RELIEF(GraphPromptModule):
 
     default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}}
     accepts_loss_terms: ClassVar[bool] = False  # the prompt is not differentiable; the head's loss is fixed
+    data_resolved_hparams: ClassVar[frozenset[str]] = frozenset({"max_nodes"})
 
     def __init__(
         self,
         backbone: GraphBackbone,
         classnames: Sequence[str] | None = None,
-        max_nodes: int = 132,
+        max_nodes: int | None = None,
         task: Literal["node", "graph"] = "graph",
         pooling: Pooling = "mean",
         head_layers: int = 1,
@@ -197,8 +202,10 @@ class RELIEF(GraphPromptModule):
         self.entropy_weight = entropy_coef
         self.phase_seconds = {"rollout": 0.0, "ppo": 0.0, "head": 0.0}
 
-    def build_prompt(self) -> nn.Module:
+    def build_prompt(self) -> nn.Module | None:
         h = self.hparams
+        if h["max_nodes"] is None:  # built at fit, once the data module gives the width
+            return None
         return InsertionPolicy(
             self.backbone.hidden_channels, self.backbone.in_channels, h["max_nodes"], h["ensemble_size"],
             h["max_increment"], h["init_log_std"], h["clamp_increments"],
@@ -206,16 +213,34 @@ class RELIEF(GraphPromptModule):
 
     @property
     def policy(self) -> InsertionPolicy:
+        if self.prompt is None:
+            raise ConfigurationError(
+                "RELIEF's critic width (max_nodes) comes from the data module when it fits; give max_nodes to use "
+                "the policy without one (the largest graph it will see)."
+            )
         return self.prompt
 
     # -- checks ---------------------------------------------------------------------------------------
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         super().check_ready(stage, callbacks, datamodule)
         largest = getattr(datamodule, "max_nodes", None)
-        if isinstance(largest, int) and largest > self.policy.max_nodes:
+        if self.prompt is None:
+            if not isinstance(largest, int):
+                raise ConfigurationError(
+                    f"RELIEF sizes its critic by the data's largest graph, but {type(datamodule).__name__} gives no "
+                    f"max_nodes; set model.init_args.max_nodes."
+                )
+            self.hparams["max_nodes"] = largest  # stored in checkpoints: a reload builds this critic
+            self.prompt = self.build_prompt()
+        elif isinstance(largest, int) and largest > self.policy.max_nodes:
             raise ConfigurationError(
                 f"the data's largest graph has {largest} nodes but RELIEF was built with max_nodes="
-                f"{self.policy.max_nodes}; set model.init_args.max_nodes: {largest}."
+                f"{self.policy.max_nodes}; set model.init_args.max_nodes: {largest} (or leave it out: the data's)."
+            )
+        elif isinstance(largest, int) and largest != self.policy.max_nodes:
+            rank_zero_warn(
+                f"RELIEF's critic is {self.policy.max_nodes} nodes wide, the run's largest graph {largest}; the "
+                f"official code sizes it by the run's splits (leave max_nodes out to do so)."
             )
         if stage == "fit" and self._trainer is not None:
             if self.trainer.world_size > 1:

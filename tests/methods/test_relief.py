@@ -423,6 +423,31 @@ def test_node_classification_through_ego_graphs(trainer_kwargs):
     assert 0.0 <= metrics["val/acc"] <= 1.0
 
 
+def test_left_out_max_nodes_sizes_the_critic_by_the_runs_splits_and_checkpoints_keep_it(tmp_path, trainer_kwargs):
+    """The official main.py: ``max_node_num`` is the largest graph of the train, validation and test splits."""
+    from torch_geometric.datasets import KarateClub
+
+    from lightning_prompts.data import GraphDataModule
+
+    data = GraphDataModule(KarateClub(), task="node", shots=2, val_shots=1, ego_hops=1, batch_size=8)
+    gnn = GNN("gin", in_channels=34, hidden_channels=8, num_layers=2)
+    method = RELIEF(gnn, data.classnames, ensemble_size=2, ppo_minibatch_size=8)
+    with pytest.raises(ConfigurationError, match="comes from the data module"):
+        method.policy
+    trainer = Trainer(max_epochs=1, **trainer_kwargs)
+    trainer.fit(method, data)
+    data.setup("fit")
+    largest = max(int(graph.num_nodes) for split in data._splits.values() for graph in split)
+    assert method.policy.max_nodes == largest == 18 and method.hparams["max_nodes"] == 18
+    assert method.policy.critic.value[1].in_features == 18 * 8
+    trainer.save_checkpoint(tmp_path / "relief.ckpt")
+    reloaded = RELIEF.load_from_checkpoint(tmp_path / "relief.ckpt", backbone=gnn)
+    assert reloaded.policy.max_nodes == 18
+    assert torch.equal(reloaded.policy.critic.value[1].weight, method.policy.critic.value[1].weight)
+    with pytest.warns(UserWarning, match="critic is 30 nodes wide, the run's largest graph 18"):
+        Trainer(max_epochs=1, **trainer_kwargs).fit(RELIEF(gnn, data.classnames, max_nodes=30, ensemble_size=2), data)
+
+
 def test_the_docs_use_snippet_builds_the_method():
     block = docs_python(Path(__file__).resolve().parents[2] / "docs" / "methods" / "relief.md")[0]
     block = block.replace('"data/moleculenet/bbbp/raw/BBBP.csv", dataset="bbbp"', '"recipes/_tiny/molecules.csv"')

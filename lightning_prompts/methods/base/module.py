@@ -103,6 +103,9 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
     #: Arguments that only shape training, or that a test may set anew (more negative labels to score), so a
     #: checkpoint is evaluated under other values of them without the CLI refusing it as another model.
     test_time_hparams: ClassVar[frozenset[str]] = frozenset()
+    #: Arguments that, left ``None``, the method resolves from the data at ``fit`` and stores resolved in its
+    #: hyperparameters (RELIEF's ``max_nodes``): a config leaving them out matches a checkpoint's value.
+    data_resolved_hparams: ClassVar[frozenset[str]] = frozenset()
     #: Optimizer used when none is configured (the method's official default).
     default_optimizer: ClassVar[dict[str, Any]] = {
         "class_path": "torch.optim.SGD",
