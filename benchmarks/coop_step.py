@@ -7,12 +7,15 @@ the frozen image encoder on the batch; ``CE(s · <f, w_c>)``; backward into the 
 Ours is :class:`~lightning_prompts.methods.CoOp`'s step on the same backbone: the text pass stops at the
 last end-of-text token and runs the context prefix shared by all classes once.
 
-Both run in one process, alternating (one warm-up, then ``--rounds`` rounds), on CLIP ViT-B/16's
-architecture with random weights (the cost does not depend on the values), batch 8, 16 context vectors,
-fp32. Printed: each round, ``ratio_<C>`` (reference time / ours), the largest relative logits
-difference, and ``mem_ratio_<C>``: the bytes of activations saved for backward in one step, counted with
-``torch.autograd.graph.saved_tensors_hooks`` (every distinct storage the step's graph keeps, counted
-while the graph is alive, the model's own weights left out; deterministic on any machine).
+Both run in one process, alternating (one warm-up, then ``--rounds`` rounds), on CLIP ViT-B/16's architecture
+with random weights (the cost does not depend on the values), batch 8, 16 context vectors, fp32. MaPLe runs with
+its own configuration (``vit_b16_c2_ep5_batch4_2ctx``: 2 context vectors, prompt depth 9, batch 4;
+``--maple-batch 8`` for CoOp's batch): both sides run the same image tower forward and backward into the visual prompts,
+so the batch sets how much of the step no text pass can save. Printed: each round, ``ratio_<C>`` (reference time
+/ ours), the largest relative logits difference, and ``mem_ratio_<C>``: the bytes of activations saved for
+backward in one step, counted with ``torch.autograd.graph.saved_tensors_hooks`` (every distinct storage the
+step's graph keeps, counted while the graph is alive, the model's own weights left out; deterministic on any
+machine).
 
     python benchmarks/coop_step.py                      # 100 and 1000 classes, CoOp; MaPLe at 100
     python benchmarks/coop_step.py --classes 100 --methods coop --rounds 2
@@ -137,7 +140,7 @@ def without_shared_prefix(logits_fn: Callable[[], torch.Tensor], clip: OpenCLIP)
     return plain
 
 
-def peak_cuda_memory(label: str, train_step: Callable[[], None], args: argparse.Namespace) -> None:
+def peak_cuda_memory(label: str, train_step: Callable[[], None], batch: int, args: argparse.Namespace) -> None:
     """Our step's peak of allocated CUDA memory (weights and batch included), and whether the step runs with
     PyTorch's allocator held to ``--memory-cap-gib`` (cuDNN and cuBLAS pick smaller workspaces there). The
     CUDA context (about half a GiB) is outside the allocator, and a "16 GB" card offers a little less."""
@@ -149,7 +152,7 @@ def peak_cuda_memory(label: str, train_step: Callable[[], None], args: argparse.
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
     print(
-        f"peak_cuda_memory_{label}: {peak / 2**30:.2f} GiB (ours, batch {args.batch}; "
+        f"peak_cuda_memory_{label}: {peak / 2**30:.2f} GiB (ours, batch {batch}; "
         f"{resident / 2**30:.2f} GiB allocated before the step)",
         flush=True,
     )
@@ -169,6 +172,7 @@ def peak_cuda_memory(label: str, train_step: Callable[[], None], args: argparse.
 
 def compare(method_name: str, classes: int, args: argparse.Namespace, clip: OpenCLIP) -> None:
     names = class_names(classes)
+    batch = args.batch if method_name == "coop" else args.maple_batch
     torch.manual_seed(0)
     if method_name == "coop":
         method = CoOp(clip, names, n_ctx=16).to(args.device)
@@ -177,12 +181,12 @@ def compare(method_name: str, classes: int, args: argparse.Namespace, clip: Open
         method = MaPLe(clip, names, n_ctx=2, depth=9).to(args.device)
         reference = lambda: reference_maple_logits(method, images)  # noqa: E731
     method.train()
-    images = torch.randn(args.batch, 3, 224, 224, device=args.device)
-    labels = torch.randint(0, classes, (args.batch,), device=args.device)
+    images = torch.randn(batch, 3, 224, 224, device=args.device)
+    labels = torch.randint(0, classes, (batch,), device=args.device)
     ours = lambda: method.compute_output({"image": images}).logits  # noqa: E731
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: both sides keep evaluating the same prompt
-    suffix = "" if method_name == "coop" else f"_{method_name}"
+    suffix = "" if method_name == "coop" else f"_{method_name}" + ("" if batch == 4 else f"_batch{batch}")
     difference = float("nan")
     if not args.skip_reference:
         with torch.no_grad():
@@ -226,7 +230,7 @@ def compare(method_name: str, classes: int, args: argparse.Namespace, clip: Open
             print(f"  round {round_index}{' (warm-up)' if not round_index else ''}: {name} {seconds:.2f} s", flush=True)
         gc.collect()
     if args.peak_memory and args.device == "cuda":
-        peak_cuda_memory(f"{classes}{suffix}", lambda: step(ours, labels, optimizer), args)
+        peak_cuda_memory(f"{classes}{suffix}", lambda: step(ours, labels, optimizer), batch, args)
     if times["reference"]:
         ratio = statistics.median(times["reference"]) / statistics.median(times["ours"])
         print(f"ratio_{classes}{suffix}: {ratio:.1f}", flush=True)
@@ -245,7 +249,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["coop", "maple"], choices=["coop", "maple"])
     parser.add_argument("--maple-classes", type=int, nargs="+", default=[100])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8, help="CoOp's batch")
+    parser.add_argument("--maple-batch", type=int, default=4, help="MaPLe's batch (its configuration's: 4)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--peak-memory", action="store_true", help="CUDA: also print our step's peak memory")
@@ -260,7 +265,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(
         f"device {args.device}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, "
-        f"batch {args.batch}",
+        f"batch {args.batch} (MaPLe {args.maple_batch})",
         flush=True,
     )
     clip = OpenCLIP("ViT-B-16", pretrained=None).to(args.device)  # ViT-B/16's architecture, random weights

@@ -39,7 +39,7 @@ python -m pytest tests/test_recipes.py -m gpu -q -rA --tb=line -p no:cacheprovid
 grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|^/.*Error|(passed|failed|skipped) in" "$logs/recipes.log" | sed 's/^/RECIPE  /'
 python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --methods coop --rounds 3 --peak-memory \
   > "$logs/coop_step_1000.log" 2>&1 || failed=1
-python benchmarks/coop_step.py --device cuda --batch 8 --classes 100 --methods coop maple --rounds 3 --count-ops \
+python benchmarks/coop_step.py --device cuda --batch 8 --maple-batch 8 --classes 100 --methods coop maple --rounds 3 --count-ops \
   > "$logs/coop_step_100.log" 2>&1 || failed=1
 for log in "$logs/coop_step_1000.log" "$logs/coop_step_100.log"; do
   grep -vE "Warning|warn|^ *$" "$log" | sed 's/^/BENCH  /'
