@@ -12,6 +12,10 @@ and ``time_ratio_<method>`` (checkpointed / plain; the price, about one more for
 gradient difference (0: the recomputation is the same arithmetic).
 
     python benchmarks/gradient_checkpointing.py [--model minilm|gemma|tiny] [--batch 32] [--rounds 3]
+    python benchmarks/gradient_checkpointing.py --model vision --batch 4   # MaPLe and VPT-deep on ViT-B/16 towers
+
+``--model vision`` does the same for ``OpenCLIP``/``TimmViT(gradient_checkpointing=True)``: MaPLe (100 classes,
+2 context vectors, depth 9) and VPT-deep (50 tokens), on ViT-B/16 architectures with random weights.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import functools
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,11 +49,13 @@ def _loss(method: torch.nn.Module, tokens: dict[str, torch.Tensor], labels: torc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="minilm")
+    parser.add_argument("--model", choices=[*sorted(MODELS), "vision"], default="minilm")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.model == "vision":
+        return vision(args)
     name, options = MODELS[args.model]
     backbone = HFText(name, task="sequence-classification", max_length=args.max_length, **options)
     data = rotten_tomatoes()
@@ -64,30 +71,51 @@ def main() -> None:
         "prefix_tuning": PrefixTuning(copy.deepcopy(backbone), data.classnames, num_virtual_tokens=2, truncate=True),
     }
     for label, plain in methods.items():
-        plain.train()
-        checkpointed = copy.deepcopy(plain)
-        checkpointed.backbone.gradient_checkpointing = True
         tokens = plain.tokenize(texts)
-        loss_of = functools.partial(_loss, tokens=tokens, labels=labels)
+        compare(label, plain, functools.partial(_loss, tokens=tokens, labels=labels), args.rounds)
 
-        times: dict[str, list[float]] = {"plain": [], "checkpointed": []}
-        gradients: dict[str, list[torch.Tensor]] = {}
-        for round_index in range(args.rounds + 1):
-            for setting, method in (("plain", plain), ("checkpointed", checkpointed)):
-                params = [p for p in method.parameters() if p.requires_grad]
-                start = time.perf_counter()
-                gradients[setting] = list(torch.autograd.grad(loss_of(method), params))
-                if round_index:
-                    times[setting].append(time.perf_counter() - start)
-        difference = max((a - b).abs().max().item() for a, b in zip(gradients["plain"], gradients["checkpointed"]))
-        kept = saved_bytes(functools.partial(loss_of, plain), plain)
-        kept_checkpointed = saved_bytes(functools.partial(loss_of, checkpointed), checkpointed)
-        plain_s, checkpointed_s = statistics.median(times["plain"]), statistics.median(times["checkpointed"])
-        print(f"{label}: saved for backward {kept / 2**20:.1f} MiB plain, {kept_checkpointed / 2**20:.1f} checkpointed")
-        print(f"{label}: step {plain_s:.2f} s plain, {checkpointed_s:.2f} s checkpointed (rounds: {times})")
-        print(f"{label}: gradient difference {difference:.1e}")
-        print(f"mem_ratio_{label}: {kept / kept_checkpointed:.2f}")
-        print(f"time_ratio_{label}: {checkpointed_s / plain_s:.2f}", flush=True)
+
+def vision(args: argparse.Namespace) -> None:
+    """MaPLe on CLIP ViT-B/16 (100 classes, its batch of 4) and VPT-deep on ViT-B/16, random weights."""
+    from lightning_prompts.backbones import OpenCLIP, TimmViT
+    from lightning_prompts.methods import VPT, MaPLe
+
+    print(f"ViT-B/16 towers, random weights, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
+    images = torch.randn(args.batch, 3, 224, 224)
+    labels = torch.arange(args.batch) % 2
+    names = [f"class {i}" for i in range(100)]
+    maple = MaPLe(OpenCLIP("ViT-B-16", pretrained=None), names, n_ctx=2, depth=9)
+    vpt = VPT(TimmViT("vit_base_patch16_224", pretrained=False), names, num_tokens=50, deep=True)
+    for label, plain in (("maple", maple), ("vpt_deep", vpt)):
+        compare(label, plain, lambda method: F.cross_entropy(method.compute_output({"image": images}).logits, labels),
+                args.rounds)  # fmt: skip
+
+
+def compare(
+    label: str, plain: torch.nn.Module, loss_of: Callable[[torch.nn.Module], torch.Tensor], rounds: int
+) -> None:
+    """One method's train step with and without checkpointing, alternating; prints the ratios."""
+    plain.train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.backbone.gradient_checkpointing = True
+    times: dict[str, list[float]] = {"plain": [], "checkpointed": []}
+    gradients: dict[str, list[torch.Tensor]] = {}
+    for round_index in range(rounds + 1):
+        for setting, method in (("plain", plain), ("checkpointed", checkpointed)):
+            params = [p for p in method.parameters() if p.requires_grad]
+            start = time.perf_counter()
+            gradients[setting] = list(torch.autograd.grad(loss_of(method), params))
+            if round_index:
+                times[setting].append(time.perf_counter() - start)
+    difference = max((a - b).abs().max().item() for a, b in zip(gradients["plain"], gradients["checkpointed"]))
+    kept = saved_bytes(functools.partial(loss_of, plain), plain)
+    kept_checkpointed = saved_bytes(functools.partial(loss_of, checkpointed), checkpointed)
+    plain_s, checkpointed_s = statistics.median(times["plain"]), statistics.median(times["checkpointed"])
+    print(f"{label}: saved for backward {kept / 2**20:.1f} MiB plain, {kept_checkpointed / 2**20:.1f} checkpointed")
+    print(f"{label}: step {plain_s:.2f} s plain, {checkpointed_s:.2f} s checkpointed (rounds: {times})")
+    print(f"{label}: gradient difference {difference:.1e}")
+    print(f"mem_ratio_{label}: {kept / kept_checkpointed:.2f}")
+    print(f"time_ratio_{label}: {checkpointed_s / plain_s:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -204,12 +204,15 @@ def test_multitask_commands(scratch):
     assert 0.0 < float(tested.trainer.callback_metrics["test/map_11point"]) <= 1.0
 
 
-def test_devices_gradient_checkpointing_command(scratch):
-    # docs/howto/devices.md's memory command as written, on its recipe's tiny overlay (a tiny decoder, one batch)
+def test_devices_gradient_checkpointing_commands(scratch):
+    # docs/howto/devices.md's memory commands as written (a text model, an image tower), on their recipes' tiny
+    # overlays (a tiny decoder; a tiny CLIP), one batch each
     from test_recipes import overlay_for
 
-    (command,) = [c for c in docs_commands(HOWTO / "devices.md") if any("gradient_checkpointing" in w for w in c)]
-    subcommand, config_flag, recipe, *rest = command
-    cli = run_cli([subcommand, config_flag, recipe, "--config", str(overlay_for(ROOT / recipe)), *rest])
-    assert cli.model.backbone.gradient_checkpointing is True
-    assert cli.trainer.state.finished and cli.trainer.global_step >= 1
+    commands = [c for c in docs_commands(HOWTO / "devices.md") if any("gradient_checkpointing" in w for w in c)]
+    assert len(commands) == 2
+    for command in commands:
+        subcommand, config_flag, recipe, *rest = command
+        cli = run_cli([subcommand, config_flag, recipe, "--config", str(overlay_for(ROOT / recipe)), *rest])
+        assert cli.model.backbone.gradient_checkpointing is True
+        assert cli.trainer.state.finished and cli.trainer.global_step >= 1

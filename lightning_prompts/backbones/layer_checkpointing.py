@@ -51,6 +51,30 @@ def checkpointed_layers(layers: Sequence[nn.Module]) -> Iterator[None]:
             del layer.forward  # the instance attribute goes; the class's forward is back
 
 
+def run_block(
+    block: Callable[..., Any],
+    x: Any,
+    checkpointed: bool,
+    inside: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    **kwargs: Any,
+) -> Any:
+    """``block(x, **kwargs)`` inside the context ``inside()`` (a block hook's attachments to this block); with
+    ``checkpointed``, gradients recorded and ``x`` requiring them, under non-reentrant activation checkpointing:
+    only ``x`` is kept, and the recomputation enters ``inside()`` again, so the hook's branches and prefixes are
+    part of it (they are detached once the forward pass is over). The open_clip and timm block loops use it; token
+    edits between blocks stay outside and run once."""
+
+    def run(tokens: Any) -> Any:
+        with inside():
+            return block(tokens, **kwargs)
+
+    # tokens that need no gradient record nothing in the block itself (a hook's own parameters at most), and the
+    # checkpoint would keep them all the same
+    if not (checkpointed and torch.is_grad_enabled() and getattr(x, "requires_grad", False)):
+        return run(x)
+    return checkpoint(run, x, use_reentrant=False)
+
+
 def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():

@@ -32,6 +32,7 @@ prompts). ``shared_prefix=False`` on the backbone turns it off. See ``benchmarks
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 from torch import Tensor
 
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, PromptTokens, attached, compose
+from lightning_prompts.backbones.layer_checkpointing import run_block
 from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
 from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.registry import register_backbone
@@ -108,6 +110,10 @@ class OpenCLIP(VisionLanguageBackbone):
             when a checkpoint is loaded (tests, tiny overlays).
         shared_prefix: encode the prefix all text sequences share once (see the module docstring); exact,
             so only worth turning off to compare.
+        gradient_checkpointing: keep only each block's input for the backward pass and recompute the block
+            there (image tower and the text tower's plain pass; the shared-prefix pass keeps its activations):
+            memory for deep visual prompts (MaPLe, VPT on CLIP) on large towers, at about one more forward.
+            Gradients equal the plain pass's bitwise; hooks inside the blocks run again in the recomputation.
 
     Example:
         >>> clip = OpenCLIP("ViT-B-16", pretrained="openai")            # doctest: +SKIP
@@ -125,12 +131,13 @@ class OpenCLIP(VisionLanguageBackbone):
         cache_dir: str | None = None,
         seed: int = 0,
         shared_prefix: bool = True,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         import open_clip
 
         self.model_name, self.pretrained = model_name, pretrained
-        self.shared_prefix = shared_prefix
+        self.shared_prefix, self.gradient_checkpointing = shared_prefix, gradient_checkpointing
         if model_cfg is None and model_name == "tiny":
             model_cfg = TINY_CONFIG
         # a local file (always one for a model built from a config) is loaded once the model is built, where a
@@ -318,7 +325,9 @@ class OpenCLIP(VisionLanguageBackbone):
             x = _run_with_shared_prefix(model.transformer, x, attn_mask, shared, hook, eot_positions)
         else:
             rows = torch.arange(x.shape[0], device=x.device)
-            x = _run_blocks(model.transformer, x, attn_mask, hook, "text", self.name)[rows, eot_positions]
+            checkpointed = self.gradient_checkpointing
+            x = _run_blocks(model.transformer, x, attn_mask, hook, "text", self.name, False, checkpointed)
+            x = x[rows, eot_positions]
         x = model.ln_final(x)  # per token: only the rows read are normalised
         projection = model.text_projection
         if projection is None:
@@ -381,7 +390,9 @@ class OpenCLIP(VisionLanguageBackbone):
         if hook is not None and not after_ln_pre:  # block 0's input edit comes before ln_pre (see above)
             x = hook.before_block(BlockContext(0, self.vision_layers, 1, "vision"), x)
         x = visual.ln_pre(x)
-        x = _run_blocks(visual.transformer, x, None, hook, "vision", self.name, first_edited=not after_ln_pre)
+        x = _run_blocks(
+            visual.transformer, x, None, hook, "vision", self.name, not after_ln_pre, self.gradient_checkpointing
+        )
         if hook is not None:  # drop the prompt tokens before pooling
             x, _ = hook.after_blocks(BlockContext(self.vision_layers, self.vision_layers, 1, "vision"), x)
         pooled, tokens = visual._pool(x)
@@ -517,18 +528,20 @@ def _run_blocks(
     tower: str,
     backbone: str,
     first_edited: bool = False,
+    checkpointed: bool = False,
 ) -> Tensor:
     """Run an open_clip ``Transformer`` block by block with ``hook`` (``first_edited``: block 0's input
-    edit was already applied by the caller)."""
+    edit was already applied by the caller; ``checkpointed``: each block under activation checkpointing, see
+    :func:`~lightning_prompts.backbones.layer_checkpointing.run_block`)."""
     blocks = transformer.resblocks
     contexts = [BlockContext(i, len(blocks), 1, tower) for i in range(len(blocks))]
     sites = [BlockSites(attention=block.attn, mlp=block.mlp) for block in blocks]
-    with attached(hook, sites, contexts, backbone):
-        for block, context in zip(blocks, contexts):
-            if hook is not None and not (first_edited and context.index == 0):
-                x = hook.before_block(context, x)
-            if transformer.batch_first:
-                x = block(x, attn_mask=attn_mask)
-            else:  # older open_clip (and OpenAI CLIP) run sequence-first
-                x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    for block, site, context in zip(blocks, sites, contexts):
+        if hook is not None and not (first_edited and context.index == 0):
+            x = hook.before_block(context, x)
+        inside = functools.partial(attached, hook, [site], [context], backbone)
+        if transformer.batch_first:
+            x = run_block(block, x, checkpointed, inside, attn_mask=attn_mask)
+        else:  # older open_clip (and OpenAI CLIP) run sequence-first
+            x = run_block(block, x.transpose(0, 1), checkpointed, inside, attn_mask=attn_mask).transpose(0, 1)
     return x

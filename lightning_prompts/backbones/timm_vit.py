@@ -12,6 +12,7 @@ excluded), after the final norm.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from lightning_prompts.backbones.hooks import (
     attached,
     compose,
 )
+from lightning_prompts.backbones.layer_checkpointing import run_block
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.tensor_files import load_weights_file, require_file
@@ -65,6 +67,9 @@ class TimmViT(Backbone):
         checkpoint_path: load weights from this local file instead (timm ``checkpoint_path``).
         model_kwargs: extra keyword arguments for ``timm.create_model`` (``img_size``, ``drop_path_rate``…).
         seed: seed for random initialisation (tests, tiny overlays).
+        gradient_checkpointing: keep only each block's input for the backward pass and recompute the block there
+            (memory for VPT-deep and adapters on large ViTs, at about one more forward); gradients equal the plain
+            pass's bitwise, and hooks inside the blocks run again in the recomputation.
     """
 
     family = "vit"
@@ -76,12 +81,13 @@ class TimmViT(Backbone):
         checkpoint_path: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         import timm
         from timm.models.vision_transformer import VisionTransformer
 
-        self.model_name = model_name
+        self.model_name, self.gradient_checkpointing = model_name, gradient_checkpointing
         kwargs = dict(model_kwargs or {})
         timm_name = model_name
         if model_name == "tiny":
@@ -196,11 +202,11 @@ class TimmViT(Backbone):
         x = self.embed(images)
         depth = len(model.blocks)
         contexts = [BlockContext(i, depth, self.num_prefix_tokens, "vision") for i in range(depth)]
-        with attached(hook, self.block_sites(), contexts, self.name):
-            for block, context in zip(model.blocks, contexts):
-                if hook is not None:
-                    x = hook.before_block(context, x)
-                x = block(x)
+        for block, site, context in zip(model.blocks, self.block_sites(), contexts):
+            if hook is not None:
+                x = hook.before_block(context, x)
+            inside = functools.partial(attached, hook, [site], [context], self.name)
+            x = run_block(block, x, self.gradient_checkpointing, inside)
         x = model.norm(x)
         prompt_tokens = None
         if hook is not None:

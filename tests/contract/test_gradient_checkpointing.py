@@ -1,4 +1,5 @@
-"""Layer checkpointing of the text backbone (``HFText(gradient_checkpointing=True)``) changes memory, not results.
+"""Layer checkpointing of the text backbone (``HFText(gradient_checkpointing=True)``) changes memory, not results;
+so does block checkpointing of the CLIP and ViT backbones (``OpenCLIP``/``TimmViT(gradient_checkpointing=True)``).
 
 For every registered text method, on an encoder and on a decoder with sliding-window layers: the loss and every
 trainable tensor's gradient equal the plain pass's bitwise (the recomputation is the same arithmetic), and the
@@ -81,3 +82,47 @@ def test_checkpointed_layers_give_the_plain_gradients_and_keep_less(entry, model
     kept = saved_bytes(lambda: loss_of(plain, entry.family)[0], plain)
     kept_checkpointed = saved_bytes(lambda: loss_of(checkpointed, entry.family)[0], checkpointed)
     assert kept_checkpointed < kept
+
+
+VISION_METHODS = [entry for entry in registry.entries("method") if entry.family in ("clip", "vit")]
+#: methods whose trained tensors sit in or before a tower's blocks outside the shared-prefix text pass, so the plain
+#: step keeps those blocks' activations and the checkpointed one only their inputs
+PROMPTED_BLOCKS = {"APT", "CoPrompt", "DAPT", "DVPT", "LAE", "MaPLe", "MUPT", "MVLPT", "MVPT", "VPT"}
+
+
+def _scaled_up_vision(module: torch.nn.Module, std: float = 0.3) -> None:
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in module.backbone.model.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std / parameter.shape[1] ** 0.5)
+
+
+@pytest.mark.parametrize("entry", VISION_METHODS, ids=[entry.name for entry in VISION_METHODS])
+def test_checkpointed_clip_and_vit_blocks_give_the_plain_gradients(entry):
+    plain = build(entry).train()
+    if not trainable(plain):
+        pytest.skip(f"{entry.name} trains nothing")
+    _scaled_up_vision(plain)
+    checkpointed = copy.deepcopy(plain)
+    assert checkpointed.backbone.gradient_checkpointing is False
+    checkpointed.backbone.gradient_checkpointing = True
+
+    torch.manual_seed(0)  # the same draws for both (LAPT mixes with a random λ)
+    loss, gradients = _loss_and_gradients(plain, entry.family)
+    torch.manual_seed(0)
+    checkpointed_loss, checkpointed_gradients = _loss_and_gradients(checkpointed, entry.family)
+    assert torch.equal(checkpointed_loss, loss)
+    assert checkpointed_gradients.keys() == gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(checkpointed_gradients[name], gradient, rtol=0, atol=0, msg=name)
+
+    saved_bytes = _saved_bytes()
+    torch.manual_seed(0)
+    kept = saved_bytes(lambda: loss_of(plain, entry.family)[0], plain)
+    torch.manual_seed(0)
+    kept_checkpointed = saved_bytes(lambda: loss_of(checkpointed, entry.family)[0], checkpointed)
+    if entry.name in PROMPTED_BLOCKS:
+        assert kept_checkpointed < kept
+    else:
+        assert kept_checkpointed <= kept
