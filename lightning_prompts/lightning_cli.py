@@ -221,7 +221,13 @@ class PromptsCLI(LightningCLI):
         method = (checkpoint.get("lightning_prompts") or {}).get("method")
         configured = _class_name(model) or ""
         arguments = model.get("init_args") or {}
-        resolved = {key for key in method_hparams(configured, "data_resolved_hparams") if arguments.get(key) is None}
+        resolved = {
+            key
+            for key in method_hparams(configured, "data_resolved_hparams")
+            if arguments.get(key) is None and stored.get(key) is not None
+        }
+        for key in resolved:  # rebuilt as trained: the data may resolve another value (another seed, other shots)
+            self.config[f"{self.config.subcommand}.model.init_args.{key}"] = stored[key]
         differences = compare_hparams(stored, arguments, method_hparams(configured, "test_time_hparams") | resolved)
         if method and configured and method != configured:
             differences.insert(0, f"method: checkpoint {method}, config {configured}")

@@ -357,3 +357,22 @@ def test_pretraining_recipes_refuse_test_and_predict_before_anything_starts(reci
         run_cli([stage, "--config", str(path), "--config", str(overlay_for(path)),
                  "--trainer.default_root_dir", str(tmp_path / "run")])  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_with_a_width_resolved_from_its_data_is_rebuilt_as_trained(tmp_path):
+    """RELIEF's max_nodes left out in the config: a command given the checkpoint rebuilds the checkpoint's width
+    (here 40, wider than the data's), not the one the data would resolve now."""
+    tiny = [
+        "--config",
+        str(RECIPES / "relief/node/cora_gppt.yaml"),
+        "--config",
+        str(RECIPES / "_tiny/relief_node.yaml"),
+    ]
+    fit = run_cli(["fit", *tiny, "--trainer.default_root_dir", str(tmp_path), "--model.init_args.max_nodes", "40"])
+    assert fit.model.policy.max_nodes == 40
+    fit.trainer.save_checkpoint(tmp_path / "relief.ckpt")
+    tested = run_cli(
+        ["test", *tiny, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "relief.ckpt")]
+    )
+    assert tested.model.policy.max_nodes == 40
+    assert "test/acc" in tested.trainer.callback_metrics

@@ -220,24 +220,37 @@ class RELIEF(GraphPromptModule):
             )
         return self.prompt
 
+    def size_by_data(self, datamodule: Any | None) -> None:
+        """Build the policy as wide as ``datamodule.max_nodes`` when ``max_nodes`` was left out (idempotent). Its
+        weights are drawn after the head's, as the official code builds them, so a width left out and the same
+        width given are two different initialisations."""
+        if self.prompt is not None:
+            return
+        largest = getattr(datamodule, "max_nodes", None)
+        if not isinstance(largest, int):
+            raise ConfigurationError(
+                f"RELIEF sizes its critic by the data's largest graph, but {type(datamodule).__name__} gives no "
+                f"max_nodes; set model.init_args.max_nodes."
+            )
+        self.hparams["max_nodes"] = largest  # stored in checkpoints: a reload builds this critic
+        self.prompt = self.build_prompt()
+
+    def configure_model(self) -> None:
+        # Lightning calls it after setup, and weight-averaging callbacks call it before they copy the module
+        if self._trainer is not None:
+            self.size_by_data(self.trainer.datamodule)
+
     # -- checks ---------------------------------------------------------------------------------------
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
+        self.size_by_data(datamodule)  # first: the base's checks read the prompt's tensors
         super().check_ready(stage, callbacks, datamodule)
         largest = getattr(datamodule, "max_nodes", None)
-        if self.prompt is None:
-            if not isinstance(largest, int):
-                raise ConfigurationError(
-                    f"RELIEF sizes its critic by the data's largest graph, but {type(datamodule).__name__} gives no "
-                    f"max_nodes; set model.init_args.max_nodes."
-                )
-            self.hparams["max_nodes"] = largest  # stored in checkpoints: a reload builds this critic
-            self.prompt = self.build_prompt()
-        elif isinstance(largest, int) and largest > self.policy.max_nodes:
+        if isinstance(largest, int) and largest > self.policy.max_nodes:
             raise ConfigurationError(
                 f"the data's largest graph has {largest} nodes but RELIEF was built with max_nodes="
                 f"{self.policy.max_nodes}; set model.init_args.max_nodes: {largest} (or leave it out: the data's)."
             )
-        elif isinstance(largest, int) and largest != self.policy.max_nodes:
+        if isinstance(largest, int) and largest != self.policy.max_nodes:
             rank_zero_warn(
                 f"RELIEF's critic is {self.policy.max_nodes} nodes wide, the run's largest graph {largest}; the "
                 f"official code sizes it by the run's splits (leave max_nodes out to do so)."

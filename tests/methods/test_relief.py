@@ -448,6 +448,27 @@ def test_left_out_max_nodes_sizes_the_critic_by_the_runs_splits_and_checkpoints_
         Trainer(max_epochs=1, **trainer_kwargs).fit(RELIEF(gnn, data.classnames, max_nodes=30, ensemble_size=2), data)
 
 
+def test_a_width_from_the_data_takes_prompt_init_and_weight_averaging(tmp_path, trainer_kwargs):
+    """With max_nodes left out the policy is built before the base's checks (a prompt_init file names its tensors)
+    and in configure_model (a weight-averaging callback copies the module before the module's own setup)."""
+    from lightning.pytorch.callbacks import WeightAveraging
+    from torch_geometric.datasets import KarateClub
+
+    from lightning_prompts.data import GraphDataModule
+
+    data = GraphDataModule(KarateClub(), task="node", shots=2, val_shots=1, ego_hops=1, batch_size=8)
+    gnn = GNN("gin", in_channels=34, hidden_channels=8, num_layers=2)
+    first = RELIEF(gnn, data.classnames, ensemble_size=2, ppo_minibatch_size=8)
+    Trainer(max_epochs=1, **trainer_kwargs).fit(first, data)
+    first.export_prompt(tmp_path / "relief.safetensors")
+    second = RELIEF(
+        gnn, data.classnames, ensemble_size=2, ppo_minibatch_size=8, prompt_init=tmp_path / "relief.safetensors"
+    )
+    trainer = Trainer(max_epochs=1, callbacks=[WeightAveraging()], **trainer_kwargs)
+    trainer.fit(second, data)
+    assert second.policy.max_nodes == 18 and trainer.global_step > 0
+
+
 def test_the_docs_use_snippet_builds_the_method():
     block = docs_python(Path(__file__).resolve().parents[2] / "docs" / "methods" / "relief.md")[0]
     block = block.replace('"data/moleculenet/bbbp/raw/BBBP.csv", dataset="bbbp"', '"recipes/_tiny/molecules.csv"')

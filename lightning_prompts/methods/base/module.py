@@ -104,7 +104,8 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
     #: checkpoint is evaluated under other values of them without the CLI refusing it as another model.
     test_time_hparams: ClassVar[frozenset[str]] = frozenset()
     #: Arguments that, left ``None``, the method resolves from the data at ``fit`` and stores resolved in its
-    #: hyperparameters (RELIEF's ``max_nodes``): a config leaving them out matches a checkpoint's value.
+    #: hyperparameters (RELIEF's ``max_nodes``): a command given a checkpoint and a config leaving them out rebuilds
+    #: the model with the checkpoint's values.
     data_resolved_hparams: ClassVar[frozenset[str]] = frozenset()
     #: Optimizer used when none is configured (the method's official default).
     default_optimizer: ClassVar[dict[str, Any]] = {
