@@ -56,10 +56,11 @@ def test_truncation_takes_from_the_longer_text_first(encoder):
 
 def test_segment_ids_reach_the_model_as_peft_passes_them(tmp_path):
     backbone = HFText("tiny-bert", task="sequence-classification")
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # weights large enough that texts, and segment ids, score differently
         for name, weight in backbone.model.named_parameters():
             if weight.dim() == 2:
-                weight.normal_(std=0.3 if "embeddings" in name else 0.15)
+                weight.normal_(std=0.3 if "embeddings" in name else 0.15, generator=generator)
     method = PromptTuning(backbone, ["entailment", "contradiction", "neutral"], num_virtual_tokens=4).eval()
     tokens = method.tokenize(TEXTS)
     types = backbone.tokenizer(
