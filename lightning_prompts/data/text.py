@@ -273,6 +273,10 @@ class TextClassificationDataModule(LightningDataModule):
             (``"|"``), or a JSON list; batches then carry multi-hot ``(B, C)`` float targets, and the default
             evaluation is :class:`~lightning_prompts.evaluation.MultiLabelEvaluator`.
         drop_other_labels: drop rows whose label is not in ``labels`` instead of failing.
+        split_columns: for ``"val"`` and ``"test"`` files laid out otherwise than the training file, their
+            ``text_column``, ``label_column``, ``text_format`` and ``labels`` (that file's label values in class
+            order), e.g. POST's public anchors from one corpus and GLUE's SST-2 dev file for validation:
+            ``{"val": {"text_column": "sentence", "label_column": "label", "labels": ["0", "1"]}}``.
         val_fraction: share of the training file held out when there is no ``val_file``.
         shots: training examples per class (few-shot); ``-1`` uses all.
         max_train_examples: cap the training set (after few-shot sampling), keeping class balance.
@@ -305,6 +309,7 @@ class TextClassificationDataModule(LightningDataModule):
         label_columns: list[str] | None = None,
         label_separator: str | None = None,
         drop_other_labels: bool = False,
+        split_columns: dict[str, dict[str, Any]] | None = None,
         val_fraction: float = 0.1,
         shots: int = -1,
         max_train_examples: int | None = None,
@@ -342,6 +347,7 @@ class TextClassificationDataModule(LightningDataModule):
         if label_columns is not None and (not label_columns or shots > 0 or label_separator is not None):
             raise ValueError("label_columns takes one column per class, no `shots` and no label_separator.")
         self.label_separator, self.label_columns = label_separator, label_columns
+        self.split_columns = _checked_split_columns(split_columns, multi_label=self.multi_label)
         self.labels, self._classnames = labels or (list(label_columns) if label_columns else None), classnames
         self.drop_other_labels, self.val_fraction = drop_other_labels, val_fraction
         self.shots, self.max_train_examples, self.seed = shots, max_train_examples, seed
@@ -377,7 +383,12 @@ class TextClassificationDataModule(LightningDataModule):
         if file is None:
             return None
         path = resolve_path(file)
-        rows = read_table(path, self.text_column, self.label_columns or self.label_column, self.text_format)
+        layout = self.split_columns.get(split, {})
+        text_column = layout.get("text_column", self.text_column)
+        label_column = layout.get("label_column", self.label_columns or self.label_column)
+        rows = read_table(path, text_column, label_column, layout.get("text_format", self.text_format))
+        if "labels" in layout:  # this file's values in class order: read as the training file's
+            rows = self._as_training_labels(rows, layout["labels"], path)
         if not self.multi_label:  # (an empty multi-label cell is a row negative for every class)
             for number, (_, label) in enumerate(rows, 1):
                 if isinstance(label, str) and not label.strip():  # it would become a class named ''
@@ -386,6 +397,19 @@ class TextClassificationDataModule(LightningDataModule):
                         f"the row."
                     )
         return rows
+
+    def _as_training_labels(self, rows: list[tuple[str, Any]], labels: list[str], path: Path) -> list[tuple[str, Any]]:
+        """``rows`` with each label value of ``labels`` replaced by the training label value of its class."""
+        training = self.labels
+        if training is None:
+            raise DatasetError(f"split_columns gives {path} its own labels; give the training file's `labels` too.")
+        if len(labels) != len(training):
+            raise DatasetError(
+                f"split_columns gives {len(labels)} labels for {path}; the training file has {len(training)} "
+                f"({training})."
+            )
+        renamed = dict(zip(labels, training))
+        return [(text, renamed.get(label, label) if isinstance(label, str) else label) for text, label in rows]
 
     def _load(self) -> dict[str, tuple[list[str], list[int]]]:
         if self._splits is not None:
@@ -556,6 +580,26 @@ class TextClassificationDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", False, keep_order=True)  # predictions in the file's order
+
+
+#: What ``split_columns`` may set for a split's file.
+_SPLIT_LAYOUT = frozenset({"text_column", "label_column", "text_format", "labels"})
+
+
+def _checked_split_columns(split_columns: dict[str, dict[str, Any]] | None, multi_label: bool) -> dict[str, dict]:
+    """``split_columns`` checked: only the val and test files, only :data:`_SPLIT_LAYOUT` keys, plain formats."""
+    layouts = dict(split_columns or {})
+    for split, layout in layouts.items():
+        if split not in ("val", "test"):
+            raise ValueError(f"split_columns sets the val and test files' columns, not {split!r}.")
+        unknown = sorted(set(layout) - _SPLIT_LAYOUT)
+        if unknown:
+            raise ValueError(f"split_columns[{split!r}] takes {sorted(_SPLIT_LAYOUT)}, not {unknown}.")
+        if multi_label and ("label_column" in layout or "labels" in layout):
+            raise ValueError("split_columns cannot relabel multi-label data; give its files the same label columns.")
+        if layout.get("text_format") is not None:
+            format_columns(layout["text_format"])
+    return layouts
 
 
 def _dept_order(size: int) -> list[int]:

@@ -191,3 +191,50 @@ def test_one_hot_label_columns_as_ptecs_hate_speech_files(tmp_path):
         bad.setup("fit")
     with pytest.raises(ValueError, match="label_columns takes"):
         TextClassificationDataModule(train_file=train, label_columns=classes, label_separator="|")
+
+
+def test_split_columns_read_a_validation_file_laid_out_otherwise(tmp_path):
+    """POST's SST-2 transfer: anchors with text/category columns (rotten/fresh), GLUE's dev.tsv with sentence/label
+    (0/1) for validation; the validation labels land on the training file's classes."""
+    train = tmp_path / "anchors.csv"
+    train.write_text("text,category\n" + "".join(f"snippet {i},{'fresh' if i % 2 else 'rotten'}\n" for i in range(8)))
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\nit 's a charming journey . \t1\nunflinchingly bleak \t0\na gorgeous film \t1\n")
+    layout = {"val": {"text_column": "sentence", "label_column": "label", "labels": ["0", "1"]}}
+    data = TextClassificationDataModule(
+        str(train), str(dev), text_column="text", label_column="category", labels=["rotten", "fresh"],
+        classnames=["negative", "positive"], split_columns=layout,
+    )  # fmt: skip
+    data.setup("fit")
+    texts, labels = data._load()["val"]
+    assert texts == ["it 's a charming journey . ", "unflinchingly bleak ", "a gorgeous film "]
+    assert labels == [1, 0, 1] and data.classnames == ["negative", "positive"]
+    with pytest.raises(DatasetError, match="lacks column"):  # the dev file read with the training file's columns
+        plain = TextClassificationDataModule(str(train), str(dev), label_column="category", labels=["rotten", "fresh"])
+        plain.setup("fit")
+    with pytest.raises(ValueError, match="not 'train'"):
+        TextClassificationDataModule(str(train), split_columns={"train": {"text_column": "x"}})
+    with pytest.raises(ValueError, match=r"not \['label_map'\]"):
+        TextClassificationDataModule(str(train), split_columns={"val": {"label_map": {}}})
+    with pytest.raises(DatasetError, match="gives 3 labels"):
+        TextClassificationDataModule(
+            str(train), str(dev), label_column="category", labels=["rotten", "fresh"],
+            split_columns={"val": {**layout["val"], "labels": ["0", "1", "2"]}},
+        ).setup("fit")  # fmt: skip
+
+
+def test_posts_recipe_reads_the_rotten_tomatoes_anchors_and_glues_sst2_dev_file(tmp_path):
+    """recipes/post/sst2_gpt2_to_gpt2_large.yaml's data block as written, its val_file a GLUE-format dev.tsv."""
+    from pathlib import Path
+
+    from lightning_prompts.recipes import merged_section
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes/post/sst2_gpt2_to_gpt2_large.yaml"
+    arguments = dict(merged_section(recipe, "data")["init_args"])
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\nit 's a charming journey . \t1\nunflinchingly bleak \t0\n")
+    data = TextClassificationDataModule(**{**arguments, "val_file": str(dev)})
+    data.setup("fit")
+    anchors, _ = data._load()["train"]
+    assert len(anchors) == 1000
+    assert data._load()["val"] == (["it 's a charming journey . ", "unflinchingly bleak "], [1, 0])
