@@ -606,7 +606,10 @@ def _pair_separator(tokenizer: Any, config: Any) -> str | None:
     separator = getattr(tokenizer, "sep_token", None)
     if separator is None or int(getattr(config, "type_vocab_size", 0) or 0) < 2:
         return None
-    pair = tokenizer("a b", "c", return_token_type_ids=True)
+    try:
+        pair = tokenizer("a b", "c", return_token_type_ids=True)
+    except Exception:  # noqa: BLE001 - a tokenizer that encodes no pairs: texts stay single
+        return None
     ids = torch.tensor([pair["input_ids"]])
     types = pair_token_types(ids, torch.ones_like(ids), tokenizer.sep_token_id)[0].tolist()
     joined = tokenizer(f"a b {separator} c")["input_ids"]

@@ -228,9 +228,10 @@ class RELIEF(GraphPromptModule):
             return
         largest = getattr(datamodule, "max_nodes", None)
         if not isinstance(largest, int):
+            source = type(datamodule).__name__ if datamodule is not None else "a fit without a data module"
             raise ConfigurationError(
-                f"RELIEF sizes its critic by the data's largest graph, but {type(datamodule).__name__} gives no "
-                f"max_nodes; set model.init_args.max_nodes."
+                f"RELIEF sizes its critic by the data's largest graph, but {source} gives no max_nodes; set "
+                f"model.init_args.max_nodes."
             )
         self.hparams["max_nodes"] = largest  # stored in checkpoints: a reload builds this critic
         self.prompt = self.build_prompt()
