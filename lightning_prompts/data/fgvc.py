@@ -2,8 +2,9 @@
 
 ``<root>/images/…`` plus ``train.json``, ``val.json``, ``test.json``, each mapping an image path
 (relative to ``images/``) to a class id. Ids are relabelled ``0..C-1`` in sorted order, as VPT's
-loader does (CUB's ids are zero-padded ``"001"``..``"200"``); class names come from the folder
-names (``"001.Black_footed_Albatross"`` -> ``"Black footed Albatross"``).
+loader does (``sorted(set(anno.values()))``: strings such as CUB's zero-padded ``"001"``..``"200"`` in string
+order, JSON integers in numeric order); class names come from the folder names (``"001.Black_footed_Albatross"``
+-> ``"Black footed Albatross"``).
 """
 
 from __future__ import annotations
@@ -68,10 +69,18 @@ class FGVCDataModule(ImageClassificationDataModule):
             )
         return {str(k): str(v) for k, v in content.items()}
 
+    def _class_order(self) -> dict[str, int]:
+        """Sorted as VPT's ``sorted(set(anno.values()))`` sorts the train file's ids: JSON integers numerically
+        (10 after 9), anything else as strings."""
+        content = read_json(self.root / "train.json", "FGVC split")
+        numeric = all(isinstance(value, int) and not isinstance(value, bool) for value in content.values())
+        ordered = sorted(set(content.values())) if numeric else sorted({str(value) for value in content.values()})
+        return {str(class_id): label for label, class_id in enumerate(ordered)}
+
     def load_splits(self) -> LoadedSplits:
         raw = {split: self._read(split) for split in ("train", "val", "test")}
-        ids = sorted(set(raw["train"].values()))
-        label_of = {class_id: label for label, class_id in enumerate(ids)}
+        label_of = self._class_order()
+        ids = list(label_of)
         folder_of: dict[str, str] = {}
         for path, class_id in raw["train"].items():
             folder_of.setdefault(class_id, path.split("/")[0] if "/" in path else class_id)

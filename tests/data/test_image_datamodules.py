@@ -79,6 +79,18 @@ def test_fgvc_relabels_sorted_class_ids_and_names_from_folders(tmp_path):
     assert sorted({item.label for item in splits.train}) == [0, 1, 2]
 
 
+def test_fgvc_integer_class_ids_are_ordered_numerically_as_vpts_sorted_does(tmp_path):
+    write_json_map_layout(tmp_path, num_classes=3, per_class=2, size=16, seed=0)
+    integer = {"001": 1, "002": 2, "003": 10}  # JSON integers: VPT's sorted() puts 10 after 2, not before
+    for split in ("train", "val", "test"):
+        mapping = json.loads((tmp_path / f"{split}.json").read_text())
+        (tmp_path / f"{split}.json").write_text(json.dumps({path: integer[cid] for path, cid in mapping.items()}))
+    data = FGVCDataModule(root=str(tmp_path), **SMALL)
+    assert data.classnames == ["airplane", "bicycle", "bird"]
+    train = data._splits().train
+    assert {item.path.parent.name: item.label for item in train} == {"001.airplane": 0, "002.bicycle": 1, "003.bird": 2}
+
+
 def test_fgvc_test_entry_with_unknown_class(tmp_path):
     write_json_map_layout(tmp_path, num_classes=2, per_class=2, size=16, seed=0)
     test = json.loads((tmp_path / "test.json").read_text())
