@@ -137,15 +137,19 @@ def test_ood_and_test_time_commands(scratch):
     # generated test images are <class>/test_<i>.jpg, a few per class)
     from lightning_prompts.data.synthetic import classnames_for
 
+    listed = []
     for name in classnames_for(4):
-        for i in range(16):
+        for i in range(2):  # two images per class, listed as the official generator lists them
+            listed.append(scratch / "data/difftpt/dtd" / name / f"test_{i:03d}.jpg")
             for k in range(2):
                 path = scratch / "data/difftpt/dtd" / name / f"test_{i:03d}_{k}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(np.full((32, 32, 3), 60 * k + i, np.uint8)).save(path)
+    (scratch / "data/difftpt/dtd/selected_data_list.txt").write_text("".join(f"{path}\n" for path in listed))
     diffused = run_cli([*difftpt, "--config", "recipes/_tiny/clip.yaml", "--data.init_args.test_views=3",
                         "--data.init_args.generated_views=2"])  # fmt: skip
     assert type(diffused.model.evaluator).__name__ == "DiffTPT" and "test/acc" in diffused.trainer.callback_metrics
+    assert len(diffused.trainer.datamodule._datasets["test"][0]) == len(listed)  # the listed images only
 
 
 def test_multitask_commands(scratch):

@@ -115,6 +115,9 @@ class ImageClassificationDataModule(LightningDataModule):
             from ``generated_views_root`` in DiffTPT's layout, ``<root>/<image's folder>/<image stem>_<k><ext>``,
             resized and centre-cropped like the test image. Every file is checked at ``setup``.
         generated_views_root: the folder of the generated views.
+        generated_views_listed: test only on the images listed in ``<generated_views_root>/selected_data_list.txt``,
+            as DiffTPT's evaluation does (its ``image_generator_R.py`` picks 5 random images per class folder, writes
+            their views and lists them there); otherwise every test image needs its views.
         pseudolabels: split the training images into labelled and unlabelled ones for pseudolabel prompt
             tuning (``{setting: ssl | ul | trzsl, ...}``, see
             :class:`~lightning_prompts.data.pseudolabels.PseudoLabelSplit`); the
@@ -140,6 +143,7 @@ class ImageClassificationDataModule(LightningDataModule):
         test_view_augmentation: TestViewAugmentation = "crops",
         generated_views: int = 0,
         generated_views_root: str | None = None,
+        generated_views_listed: bool = False,
         pseudolabels: PseudoLabelSplit | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -168,6 +172,9 @@ class ImageClassificationDataModule(LightningDataModule):
             raise ValueError("generated_views (a count > 0) and generated_views_root come together.")
         self.generated_views = generated_views
         self.generated_views_root = Path(generated_views_root).expanduser() if generated_views_root else None
+        if generated_views_listed and not generated_views:
+            raise ValueError("generated_views_listed selects the test images by DiffTPT's list: set generated_views.")
+        self.generated_views_listed = generated_views_listed
         self.pseudolabels = PseudoLabelSplit(**pseudolabels) if isinstance(pseudolabels, dict) else pseudolabels
         #: called before each epoch's training loader is built, so the pseudolabels of that epoch are in place
         #: (set by :class:`~lightning_prompts.callbacks.PseudoLabelRounds`)
@@ -301,6 +308,12 @@ class ImageClassificationDataModule(LightningDataModule):
                     "view_seed": getattr(self, "seed", 0),
                 }
             generated: dict[str, Any] = {}
+            if self.generated_views_listed:
+                assert self.generated_views_root is not None
+                splits.test_sets = {
+                    name: (names, listed_images(items, self.generated_views_root, self.description))
+                    for name, (names, items) in splits.test_sets.items()
+                }
             if self.generated_views:
                 for _, items in splits.test_sets.values():
                     check_generated_views(items, self.generated_view_path, self.generated_views, self.description)
@@ -398,6 +411,26 @@ def _synthetic_root() -> Path:
     path = Path(tempfile.mkdtemp(prefix="lightning_prompts_synthetic_"))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
+
+
+def listed_images(items: list[ImageItem], root: Path, where: str) -> list[ImageItem]:
+    """The test images DiffTPT's ``<root>/selected_data_list.txt`` names (one path per line, as its generator
+    writes them: ``<save folder>/<class folder>/<file>``), matched by class folder and file name."""
+    listing = root / "selected_data_list.txt"
+    if not listing.is_file():
+        raise DatasetError(
+            f"{where}: {listing} does not exist; DiffTPT's image_generator_R.py writes it beside the views it "
+            f"generates (or set generated_views_listed: false to test on every test image)."
+        )
+    wanted = {tuple(Path(line.strip()).parts[-2:]) for line in listing.read_text().splitlines() if line.strip()}
+    chosen = [item for item in items if (item.path.parent.name, item.path.name) in wanted]
+    missing = sorted(wanted - {(item.path.parent.name, item.path.name) for item in chosen})
+    if missing:
+        raise DatasetError(
+            f"{where}: {len(missing)} image(s) of {listing} are not in the test split (first: {'/'.join(missing[0])}); "
+            f"generate the views from the test split's images."
+        )
+    return chosen
 
 
 def check_generated_views(items: Any, path_of: Any, count: int, where: str) -> None:

@@ -108,6 +108,34 @@ def test_generated_views_are_read_and_every_image_is_tuned_as_difftpt_does(tiny_
     shutil.rmtree(generated)
 
 
+def test_listed_generated_views_test_the_images_difftpts_list_names(tmp_path):
+    """DiffTPT's protocol: its generator picks images per class, writes their views and lists them in
+    selected_data_list.txt (full paths under its save folder); the evaluation reads exactly those."""
+    generated = tmp_path / "generated"
+    options = {"generated_views": 2, "generated_views_root": str(generated), "generated_views_listed": True}
+    data = synthetic_fewshot(**options)
+    items = [item for _, test in data._splits().test_sets.values() for item in test]
+    chosen = [items[0], items[-1]]
+    for item in chosen:  # views for the listed images only, as the official generator writes them
+        for k in range(2):
+            path = generated / item.path.parent.name / f"{item.path.stem}_{k}{item.path.suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.path, path)
+    with pytest.raises(DatasetError, match="selected_data_list.txt does not exist"):
+        data.setup("test")
+    listing = generated / "selected_data_list.txt"
+    listing.write_text("".join(f"{generated}/{item.path.parent.name}/{item.path.name}\n" for item in chosen))
+    data = synthetic_fewshot(**options)
+    data.setup("test")
+    tested = [(item.path.parent.name, item.path.name) for item in data._datasets["test"][0].items]
+    assert tested == [(item.path.parent.name, item.path.name) for item in chosen] and len(items) > 2
+    listing.write_text(listing.read_text() + f"{generated}/{chosen[0].path.parent.name}/elsewhere.jpg\n")
+    with pytest.raises(DatasetError, match="1 image.* not in the test split"):
+        synthetic_fewshot(**options).setup("test")
+    with pytest.raises(ValueError, match="set generated_views"):
+        synthetic_fewshot(generated_views_listed=True)
+
+
 def test_difftpt_needs_generated_views_or_a_generator(tiny_clip):
     data = synthetic_fewshot(test_views=3)
     method = CoOp(tiny_clip, data.classnames, n_ctx=4)
