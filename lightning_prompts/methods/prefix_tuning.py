@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.export.peft import export_peft_prefix_tuning
 from lightning_prompts.methods.base import LabelWords, TextPromptModule
 from lightning_prompts.prompts.prefix import DeepPrefix
@@ -85,6 +86,11 @@ class PrefixTuning(TextPromptModule):
     ) -> None:
         if init not in ("p-tuning-v2", "peft"):
             raise ValueError(f"init must be 'p-tuning-v2' or 'peft', got {init!r}.")
+        if isinstance(backbone, HFText) and backbone.task == "seq2seq-lm":
+            raise ConfigurationError(
+                f"{type(self).__name__}'s prefixes enter through a decoder's key/value cache; on an encoder-decoder "
+                f"({backbone.name}) use soft tokens: PromptTuning, DePT or EPT."
+            )
         super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
         model: HFText = self.backbone
         heads, head_dim = model.key_value_heads

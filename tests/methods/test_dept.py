@@ -26,6 +26,9 @@ def official_dept_logits(method: DePT, input_ids, attention_mask):
     embeds = embeds + (8.0 / math.sqrt(rank)) * (method.offset.A @ method.offset.B).repeat(input_ids.shape[0], 1, 1)
     prompt = method.prompt.embedding.repeat(input_ids.shape[0], 1, 1)
     mask = torch.cat([torch.ones(input_ids.shape[0], prompt.shape[1], dtype=attention_mask.dtype), attention_mask], 1)
+    if model.config.is_encoder_decoder:  # T5, DePT's own backbone: the decoder's first step from its start token
+        start = torch.full((input_ids.shape[0], 1), model.config.decoder_start_token_id)
+        return model(inputs_embeds=torch.cat([prompt, embeds], 1), attention_mask=mask, decoder_input_ids=start)
     return model(inputs_embeds=torch.cat([prompt, embeds], 1), attention_mask=mask)
 
 
@@ -44,7 +47,9 @@ def test_offset_starts_at_zero_and_dept_then_equals_prompt_tuning():
         assert torch.allclose(dept(**padded).logits, tuning(**tuning.tokenize(TEXTS)).logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,task", [("tiny-bert", "sequence-classification"), ("tiny-gemma3", "causal-lm")])
+@pytest.mark.parametrize(
+    "name,task", [("tiny-bert", "sequence-classification"), ("tiny-gemma3", "causal-lm"), ("tiny-t5", "seq2seq-lm")]
+)
 def test_forward_is_the_official_formula_with_the_offset_on_every_position(name, task):
     backbone = HFText(name, task=task)
     method = DePT(backbone, ["neg", "pos"], num_virtual_tokens=3, rank=4, max_length=48).eval()
@@ -59,8 +64,10 @@ def test_forward_is_the_official_formula_with_the_offset_on_every_position(name,
         if task == "causal-lm":
             last = tokens["attention_mask"].sum(1) - 1 + 3
             full = full[torch.arange(3), last][:, method.label_word_ids]
+        if task == "seq2seq-lm":  # the label words as the decoder's first token
+            full = full[:, 0][:, method.label_word_ids]
         without = backbone.forward_embeddings(method.prompt(), **tokens).logits
-        if task == "causal-lm":
+        if task != "sequence-classification":
             without = without[:, method.label_word_ids]
     assert torch.allclose(ours, full, atol=1e-5)
     assert not torch.allclose(ours, without, atol=1e-3)
