@@ -8,7 +8,7 @@ cache, the way PEFT's prefix tuning and P-tuning v2 pass them (``past_key_values
 for any model whose attention reads a ``transformers`` cache: BERT-style encoders, GPT-2, Llama,
 Gemma.
 
-Two heads:
+Three heads:
 
 * ``task="sequence-classification"``: ``AutoModelForSequenceClassification``. With
   ``pooling="model"`` the model's own pooler and classifier read the sequence (for BERT: the first
@@ -26,9 +26,10 @@ Two heads:
 * ``task="seq2seq-lm"``: ``AutoModelForSeq2SeqLM`` (T5: DePT's and EPT's backbone); soft tokens and the text enter
   the encoder (as PEFT's prompt tuning for ``SEQ_2_SEQ_LM``), and the class score is the logit of each class's label
   word as the decoder's first token (rank classification over the label words). DePT's code trains T5 with the
-  language-model loss on the label text and decodes it greedily; for labels that are one token (DePT's GLUE and
-  SuperGLUE targets ``"0"``, ``"1"``, …) both predict the label word with the highest first-step logit when it is
-  the decoder's top token, and training here is cross-entropy over the label words only.
+  language-model loss on the label text and decodes it greedily; for labels told apart by their first token
+  (DePT's GLUE and SuperGLUE targets ``"0"``, ``"1"``, …: ``▁``, ``▁1``, … on T5's tokenizer) both predict the label
+  whose first token has the highest first-step logit when it is the decoder's top token, and training here is
+  cross-entropy over the label words' first tokens only.
 
 Sentence pairs: on a model with token types whose tokenizer encodes a pair as ``[CLS] A [SEP] B [SEP]`` with
 segment 1 on ``B [SEP]`` (BERT, MiniLM, ELECTRA…; checked on a probe pair when the backbone is built), a text
