@@ -453,10 +453,9 @@ class HFText(Backbone):
                 )
             embeds = embeds + input_offset.to(embeds.dtype)
         kwargs: dict[str, Any] = {}
-        if self.pair_separator is not None:  # sentence pairs: BERT's segment ids, read off the separators
-            types = pair_token_types(input_ids, attention_mask, self.tokenizer.sep_token_id)
-            if bool(types.any()):
-                kwargs["token_type_ids"] = types
+        if self.pair_separator is not None:  # BERT's segment ids, read off the separators (all 0 for single texts,
+            # the model's own default: passed whatever they are, so no device sync asks whether any is 1)
+            kwargs["token_type_ids"] = pair_token_types(input_ids, attention_mask, self.tokenizer.sep_token_id)
         if prompt is not None:
             prompt = expand_to_batch(prompt, embeds.shape[0])
             embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)

@@ -57,7 +57,8 @@ class FGVCDataModule(ImageClassificationDataModule):
     def write_synthetic(self, root: Path, spec: Synthetic) -> None:
         write_json_map_layout(root, spec.num_classes, spec.images_per_class, spec.image_size, spec.seed)
 
-    def _read(self, split: str) -> dict[str, str]:
+    def _read(self, split: str) -> dict[str, Any]:
+        """The split's file as written: image path -> class id (a JSON string or integer)."""
         path = self.root / f"{split}.json"
         if not path.is_file():
             raise DatasetError(f"{path} does not exist (VPT's FGVC split: image path -> class id).")
@@ -67,20 +68,16 @@ class FGVCDataModule(ImageClassificationDataModule):
                 f"{path} holds a JSON {type(content).__name__}; VPT's FGVC split is one object mapping each image "
                 f'path to its class id ({{"001.Black_footed_Albatross/x.jpg": "001", …}}).'
             )
-        return {str(k): str(v) for k, v in content.items()}
-
-    def _class_order(self) -> dict[str, int]:
-        """Sorted as VPT's ``sorted(set(anno.values()))`` sorts the train file's ids: JSON integers numerically
-        (10 after 9), anything else as strings."""
-        content = read_json(self.root / "train.json", "FGVC split")
-        numeric = all(isinstance(value, int) and not isinstance(value, bool) for value in content.values())
-        ordered = sorted(set(content.values())) if numeric else sorted({str(value) for value in content.values()})
-        return {str(class_id): label for label, class_id in enumerate(ordered)}
+        return {str(k): v for k, v in content.items()}
 
     def load_splits(self) -> LoadedSplits:
-        raw = {split: self._read(split) for split in ("train", "val", "test")}
-        label_of = self._class_order()
-        ids = list(label_of)
+        written = {split: self._read(split) for split in ("train", "val", "test")}
+        # ordered as VPT's sorted(set(anno.values())) orders the train ids: JSON integers numerically (10 after 9)
+        train_ids = written["train"].values()
+        numeric = all(isinstance(value, int) and not isinstance(value, bool) for value in train_ids)
+        ids = [str(value) for value in (sorted(set(train_ids)) if numeric else sorted({str(v) for v in train_ids}))]
+        label_of = {class_id: label for label, class_id in enumerate(ids)}
+        raw = {split: {path: str(value) for path, value in mapping.items()} for split, mapping in written.items()}
         folder_of: dict[str, str] = {}
         for path, class_id in raw["train"].items():
             folder_of.setdefault(class_id, path.split("/")[0] if "/" in path else class_id)

@@ -346,9 +346,13 @@ class MoleculeNetDataModule(LightningDataModule):
     def max_nodes(self) -> int:
         """Atoms of the largest molecule of the run's splits (the few-shot training draw, validation and test):
         the width RELIEF's official ``main.py`` gives its critic (``max_node_num``)."""
+        return max(int(graph.num_nodes) for split in self._split_graphs().values() for graph in split)
+
+    def _split_graphs(self) -> dict[str, list[Any]]:
+        """The molecules of each split (drawn once)."""
         if self._splits is None:
             self._splits = {name: [self.graphs[i] for i in ids] for name, ids in self.split_indices().items()}
-        return max(int(graph.num_nodes) for split in self._splits.values() for graph in split)
+        return self._splits
 
     def default_evaluator(self) -> Any:
         from lightning_prompts.evaluation.multitask import MultiTaskAUROCEvaluator
@@ -368,8 +372,7 @@ class MoleculeNetDataModule(LightningDataModule):
         return {"train": train, "val": val, "test": test}
 
     def setup(self, stage: str) -> None:
-        if self._splits is None:
-            self._splits = {name: [self.graphs[i] for i in ids] for name, ids in self.split_indices().items()}
+        self._split_graphs()
         # an empty split would otherwise run without a batch (train) or a score (val, test); unlabelled
         # pre-training sets (no tasks) have nothing to validate
         needed = {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ("test",))
