@@ -333,6 +333,11 @@ class HFText(Backbone):
         return {name: getattr(self.model, name) for name in ("classifier", "score") if hasattr(self.model, name)}
 
     @property
+    def initializer_range(self) -> float:
+        """The std ``from_pretrained`` draws weights a checkpoint lacks from (0.02 when the config has none)."""
+        return float(getattr(self.model.config, "initializer_range", 0.02))
+
+    @property
     def num_labels(self) -> int:
         return int(self.model.config.num_labels)
 
@@ -340,7 +345,7 @@ class HFText(Backbone):
         """Give the classification head ``num_labels`` outputs (a new, seeded initialisation)."""
         if self.task != "sequence-classification" or num_labels == self.num_labels:
             return
-        std = float(getattr(self.model.config, "initializer_range", 0.02))
+        std = self.initializer_range
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed)
             for name, head in self.head_modules().items():

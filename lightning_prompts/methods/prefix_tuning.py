@@ -94,7 +94,7 @@ class PrefixTuning(TextPromptModule):
         super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
         model: HFText = self.backbone
         heads, head_dim = model.key_value_heads
-        init_std = None if init == "peft" else float(getattr(model.model.config, "initializer_range", 0.02))
+        init_std = None if init == "peft" else model.initializer_range
         self.prefix = DeepPrefix(
             num_virtual_tokens,
             model.num_layers,

@@ -249,8 +249,8 @@ class POSTDistillation(PromptModule):
         # each term weighted by what it averages over (the KL by real tokens, the next-token loss by the tokens it
         # predicts), so the epoch's values do not depend on how the texts fall into batches and processes; the
         # mixed loss by real tokens
-        real = attention_mask.sum(dim=1)
-        tokens, predicted = int(real.sum()), int((real - 1).clamp(min=0).sum())
+        # the next-token loss predicts every real token after the first: what its labels (!= -100) count
+        tokens, predicted = int(attention_mask.sum()), int(attention_mask[:, 1:].sum())
         log_validation_mean(self, "loss", parts["loss"], tokens, dataloader_idx, prog_bar=True)
         log_validation_mean(self, "ce", parts["ce"], tokens, dataloader_idx)
         log_validation_mean(self, "clm", parts["clm"], predicted, dataloader_idx)

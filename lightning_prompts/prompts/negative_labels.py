@@ -73,12 +73,10 @@ def mine_negative_labels(
         batch_size: candidates encoded at once.
         at_most: ``count`` is a cap: keep every candidate when fewer remain (after the ID names are removed).
     """
-    pool = _not_id_names(candidates, id_names)
-    count = min(count, len(pool)) if at_most else count
-    if count < 1 or count > len(pool):
-        raise ValueError(f"count must be between 1 and the {len(pool)} candidates that are not ID names, got {count}.")
-    id_features = encode_texts([template.format(name.replace("_", " ")) for name in id_names])
-    return _farthest(encode_texts, id_features, pool, template, count, percentile, batch_size)
+    nouns, _ = mine_nouns_and_adjectives(  # one list: the two-list mining without adjectives
+        encode_texts, id_names, candidates, (), count, percentile, template, template, batch_size, at_most
+    )
+    return nouns
 
 
 @torch.no_grad()
