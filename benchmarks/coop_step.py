@@ -45,6 +45,7 @@ from saved_memory import saved_bytes  # benchmarks/saved_memory.py
 
 from lightning_prompts.backbones import OpenCLIP
 from lightning_prompts.backbones import open_clip as open_clip_module
+from lightning_prompts.backbones.batch_first_attention import projected_batch_first
 from lightning_prompts.methods import CoOp, MaPLe
 
 
@@ -60,11 +61,21 @@ def class_names(count: int) -> list[str]:
 
 
 # -- the reference: CoOp's text encoder and training step -------------------------------------------------
+def sequence_first_block(block: torch.nn.Module, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    """open_clip's block at the cost of OpenAI CLIP's sequence-first one, which the papers' code runs: batch-first,
+    ``nn.MultiheadAttention`` would project a transposed view, one matrix product per position when the tokens
+    need gradients (``lightning_prompts/backbones/batch_first_attention.py``); the same arithmetic otherwise."""
+    with projected_batch_first(block.attn):
+        return block(x, attn_mask=attn_mask)
+
+
+# -- the reference: CoOp's text encoder and training step
 def reference_text_features(clip: OpenCLIP, prompts: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     """CoOp's TextEncoder.forward on open_clip's modules: all 77 positions, then the EOT row."""
     model = clip.model
     x = prompts + model.positional_embedding
-    x = model.transformer(x, attn_mask=model.attn_mask)
+    for block in model.transformer.resblocks:
+        x = sequence_first_block(block, x, model.attn_mask)
     x = model.ln_final(x)
     return x[torch.arange(x.shape[0]), eot] @ model.text_projection
 
@@ -87,7 +98,7 @@ def reference_maple_logits(method: MaPLe, images: torch.Tensor) -> torch.Tensor:
     for index, block in enumerate(model.transformer.resblocks):
         if 1 <= index <= len(deep):
             x = torch.cat([x[:, :1], deep[index - 1].expand(x.shape[0], -1, -1), x[:, 1 + deep[0].shape[0] :]], 1)
-        x = block(x, attn_mask=model.attn_mask)
+        x = sequence_first_block(block, x, model.attn_mask)
     x = model.ln_final(x)
     text = F.normalize(x[torch.arange(x.shape[0]), eot] @ model.text_projection, dim=-1)
     image = method.image_features(images)

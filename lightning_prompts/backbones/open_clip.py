@@ -32,15 +32,17 @@ prompts). ``shared_prefix=False`` on the backbone turns it off. See ``benchmarks
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from lightning_prompts.backbones.batch_first_attention import projected_batch_first
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, PromptTokens, attached, compose
 from lightning_prompts.backbones.layer_checkpointing import run_block
 from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
@@ -539,9 +541,17 @@ def _run_blocks(
     for block, site, context in zip(blocks, sites, contexts):
         if hook is not None and not (first_edited and context.index == 0):
             x = hook.before_block(context, x)
-        inside = functools.partial(attached, hook, [site], [context], backbone)
+        inside = functools.partial(_attachments, hook, site, context, backbone)
         if transformer.batch_first:
             x = run_block(block, x, checkpointed, inside, attn_mask=attn_mask)
         else:  # older open_clip (and OpenAI CLIP) run sequence-first
             x = run_block(block, x.transpose(0, 1), checkpointed, inside, attn_mask=attn_mask).transpose(0, 1)
     return x
+
+
+@contextlib.contextmanager
+def _attachments(hook: BlockHook | None, site: BlockSites, context: BlockContext, backbone: str) -> Iterator[None]:
+    """One block's run: its attention projecting the batch-first tokens (:mod:`.batch_first_attention`; the same
+    arithmetic, without the transposed projection ``nn.MultiheadAttention`` runs) and ``hook`` attached."""
+    with projected_batch_first(site.attention), attached(hook, [site], [context], backbone):
+        yield
