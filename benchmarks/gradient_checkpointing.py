@@ -12,10 +12,11 @@ and ``time_ratio_<method>`` (checkpointed / plain; the price, about one more for
 gradient difference (0: the recomputation is the same arithmetic).
 
     python benchmarks/gradient_checkpointing.py [--model minilm|gemma|tiny] [--batch 32] [--rounds 3]
-    python benchmarks/gradient_checkpointing.py --model vision --batch 4   # MaPLe and VPT-deep on ViT-B/16 towers
+    python benchmarks/gradient_checkpointing.py --model vision --batch 4   # MaPLe, VPT-deep, CoOp (ViT-B/16)
 
 ``--model vision`` does the same for ``OpenCLIP``/``TimmViT(gradient_checkpointing=True)``: MaPLe (100 classes,
-2 context vectors, depth 9) and VPT-deep (50 tokens), on ViT-B/16 architectures with random weights.
+2 context vectors, depth 9), VPT-deep (50 tokens) and CoOp at 1,000 classes (16 context vectors), on ViT-B/16
+architectures with random weights.
 """
 
 from __future__ import annotations
@@ -76,9 +77,10 @@ def main() -> None:
 
 
 def vision(args: argparse.Namespace) -> None:
-    """MaPLe on CLIP ViT-B/16 (100 classes, its batch of 4) and VPT-deep on ViT-B/16, random weights."""
+    """MaPLe on CLIP ViT-B/16 (100 classes, its batch of 4), VPT-deep on ViT-B/16 and CoOp on CLIP ViT-B/16 at
+    1,000 classes (its text pass over every class: the shared-prefix pass), random weights."""
     from lightning_prompts.backbones import OpenCLIP, TimmViT
-    from lightning_prompts.methods import VPT, MaPLe
+    from lightning_prompts.methods import VPT, CoOp, MaPLe
 
     print(f"ViT-B/16 towers, random weights, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
     images = torch.randn(args.batch, 3, 224, 224)
@@ -86,7 +88,8 @@ def vision(args: argparse.Namespace) -> None:
     names = [f"class {i}" for i in range(100)]
     maple = MaPLe(OpenCLIP("ViT-B-16", pretrained=None), names, n_ctx=2, depth=9)
     vpt = VPT(TimmViT("vit_base_patch16_224", pretrained=False), names, num_tokens=50, deep=True)
-    for label, plain in (("maple", maple), ("vpt_deep", vpt)):
+    coop = CoOp(OpenCLIP("ViT-B-16", pretrained=None), [f"class {i}" for i in range(1000)], n_ctx=16)
+    for label, plain in (("maple", maple), ("vpt_deep", vpt), ("coop_1000", coop)):
         compare(label, plain, lambda method: F.cross_entropy(method.compute_output({"image": images}).logits, labels),
                 args.rounds)  # fmt: skip
 

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from lightning_prompts.backbones.batch_first_attention import projected_batch_first
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, PromptTokens, attached, compose
@@ -113,8 +114,9 @@ class OpenCLIP(VisionLanguageBackbone):
         shared_prefix: encode the prefix all text sequences share once (see the module docstring); exact,
             so only worth turning off to compare.
         gradient_checkpointing: keep only each block's input for the backward pass and recompute the block
-            there (image tower and the text tower's plain pass; the shared-prefix pass keeps its activations):
-            memory for deep visual prompts (MaPLe, VPT on CLIP) on large towers, at about one more forward.
+            there (both towers; in the shared-prefix text pass, the blocks over the sequences' own tokens): memory
+            for deep visual prompts (MaPLe, VPT on CLIP) on large towers and for the text pass over ImageNet's 1,000
+            classes, at about one more forward.
             Gradients equal the plain pass's bitwise; hooks inside the blocks run again in the recomputation.
 
     Example:
@@ -323,11 +325,13 @@ class OpenCLIP(VisionLanguageBackbone):
         slot = PromptTokens(None, deep_prompts, deep_prompt_start) if deep_prompts else None
         hook = compose(slot, hooks)
         shared = self.shared_prefix_length(embeddings[:, :length], eot_positions, hook) if truncate else 0
+        checkpointed = self.gradient_checkpointing
         if shared:
-            x = _run_with_shared_prefix(model.transformer, x, attn_mask, shared, hook, eot_positions)
+            x = _run_with_shared_prefix(
+                model.transformer, x, attn_mask, shared, hook, eot_positions, checkpointed=checkpointed
+            )
         else:
             rows = torch.arange(x.shape[0], device=x.device)
-            checkpointed = self.gradient_checkpointing
             x = _run_blocks(model.transformer, x, attn_mask, hook, "text", self.name, False, checkpointed)
             x = x[rows, eot_positions]
         x = model.ln_final(x)  # per token: only the rows read are normalised
@@ -442,6 +446,7 @@ def _run_with_shared_prefix(
     hook: BlockHook | None,
     eot_positions: Tensor,
     group_by_length: bool = True,
+    checkpointed: bool = False,
 ) -> Tensor:
     """The features (each sequence's row at its end-of-text position, before ``ln_final``) of a causal,
     batch-first open_clip text ``Transformer`` whose first ``length`` positions are identical in every
@@ -450,7 +455,9 @@ def _run_with_shared_prefix(
     computed. ``group_by_length=False`` runs them as one group padded to the longest instead, as exact: one
     pass of the blocks rather than one per length, but about three times the activations with ImageNet's
     class names (nine lengths). Not a default anywhere: ``benchmarks/coop_step.py`` times it on GPUs, where
-    our grouped step ran slower than the reference at 100 classes (``docs/benchmarks.md``)."""
+    our grouped step ran slower than the reference at 100 classes (``docs/benchmarks.md``). ``checkpointed``: each
+    block of the sequences' pass keeps its input only and is recomputed in backward (the prefix's own pass, one
+    sequence of a few positions, keeps its activations)."""
     blocks = transformer.resblocks
     prefix = x[:1, :length]
     prefix_keys_values = []  # each block's keys and values of the prefix, projected once for every group
@@ -469,14 +476,22 @@ def _run_with_shared_prefix(
         rest = x[members, length:end]
         mask = attn_mask[length:end, :end]
         for block, (prefix_k, prefix_v) in zip(blocks, prefix_keys_values):
-            rest = rest + block.ls_1(_attend_with_prefix(block.attn, prefix_k, prefix_v, block.ln_1(rest), mask))
-            rest = rest + block.ls_2(block.mlp(block.ln_2(rest)))
+            if checkpointed and torch.is_grad_enabled() and (rest.requires_grad or prefix_k.requires_grad):
+                rest = checkpoint(_sequences_block, block, prefix_k, prefix_v, rest, mask, use_reentrant=False)
+            else:
+                rest = _sequences_block(block, prefix_k, prefix_v, rest, mask)
         order.append(members)
         features.append(rest[torch.arange(len(members), device=x.device), ends[members] - 1 - length])
     order_all = torch.cat(order)
     inverse = torch.empty_like(order_all)
     inverse[order_all] = torch.arange(order_all.numel(), device=order_all.device)
     return torch.cat(features)[inverse]
+
+
+def _sequences_block(block: torch.nn.Module, prefix_k: Tensor, prefix_v: Tensor, rest: Tensor, mask: Tensor) -> Tensor:
+    """One open_clip block over the sequences' own tokens ``rest``, attending to the prefix's keys and values too."""
+    rest = rest + block.ls_1(_attend_with_prefix(block.attn, prefix_k, prefix_v, block.ln_1(rest), mask))
+    return rest + block.ls_2(block.mlp(block.ln_2(rest)))
 
 
 def _prefix_keys_values(attention: torch.nn.Module, prefix: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from lightning_prompts.backbones.attention import prefix_attention
 from lightning_prompts.backbones.base import Backbone
@@ -68,8 +69,8 @@ class TimmViT(Backbone):
         model_kwargs: extra keyword arguments for ``timm.create_model`` (``img_size``, ``drop_path_rate``…).
         seed: seed for random initialisation (tests, tiny overlays).
         gradient_checkpointing: keep only each block's input for the backward pass and recompute the block there
-            (memory for VPT-deep and adapters on large ViTs, at about one more forward); gradients equal the plain
-            pass's bitwise, and hooks inside the blocks run again in the recomputation.
+            (memory for VPT-deep, adapters and MULTI-LANE's lanes on large ViTs, at about one more forward);
+            gradients equal the plain pass's bitwise, and hooks inside the blocks run again in the recomputation.
     """
 
     family = "vit"
@@ -224,12 +225,17 @@ class TimmViT(Backbone):
         Before block ``i`` runs on the main tokens ``x``, ``side = step(i, block, x, side)`` (``block`` is the
         timm block, whose weights the step may reuse); after the last block both streams go through the final
         norm. Returns ``(x, side)``. MULTI-LANE's lanes are such a stream: per-task tokens that summarise the
-        frozen stream's patches and attend among themselves with the frozen weights.
+        frozen stream's patches and attend among themselves with the frozen weights. With
+        ``gradient_checkpointing`` each step keeps its inputs only and is recomputed in backward (the frozen
+        stream records nothing: it needs no gradient).
         """
         model = self.model
         x = self.embed(images)
         for index, block in enumerate(model.blocks):
-            side = step(index, block, x, side)
+            if self.gradient_checkpointing and torch.is_grad_enabled() and side.requires_grad:
+                side = checkpoint(step, index, block, x, side, use_reentrant=False)
+            else:
+                side = step(index, block, x, side)
             x = block(x)
         return model.norm(x), model.norm(side)
 

@@ -90,9 +90,10 @@ VISION_METHODS = [
     for entry in registry.entries("method")
     if entry.family in ("clip", "vit") and entry.name not in NOTHING_TO_TRAIN
 ]
-#: methods whose trained tensors sit in or before a tower's blocks outside the shared-prefix text pass, so the plain
-#: step keeps those blocks' activations and the checkpointed one only their inputs
-PROMPTED_BLOCKS = {"APT", "CoPrompt", "DAPT", "DVPT", "LAE", "MaPLe", "MUPT", "MVLPT", "MVPT", "VPT"}
+#: methods whose trained tensors all sit after the towers: no block records anything for them, checkpointed or not.
+#: Every other method's checkpointed step keeps strictly less (the shared-prefix text pass and MULTI-LANE's side
+#: stream included)
+AFTER_THE_TOWERS = {"CLIPAdapter", "ConES"}
 
 
 def _scaled_up_vision(module: torch.nn.Module, std: float = 0.3) -> None:
@@ -126,7 +127,7 @@ def test_checkpointed_clip_and_vit_blocks_give_the_plain_gradients(entry):
     kept = saved_bytes(lambda: loss_of(plain, entry.family)[0], plain)
     torch.manual_seed(0)
     kept_checkpointed = saved_bytes(lambda: loss_of(checkpointed, entry.family)[0], checkpointed)
-    if entry.name in PROMPTED_BLOCKS:
-        assert kept_checkpointed < kept
+    if entry.name in AFTER_THE_TOWERS:
+        assert kept_checkpointed == kept
     else:
-        assert kept_checkpointed <= kept
+        assert kept_checkpointed < kept

@@ -115,6 +115,23 @@ def test_gradcam_masks_follow_dapt(tiny_clip):
     assert masks.shape == (3, 1, 32, 32) and 0 < masks.mean() < 1
 
 
+def test_gradcam_masks_are_the_same_with_block_checkpointing(tiny_clip):
+    """The hooked ``ln_1`` runs inside the last block's checkpoint (and again in its recomputation): the captured
+    activations and their gradient are the plain pass's."""
+    from lightning_prompts.backbones import OpenCLIP
+
+    checkpointed = OpenCLIP("tiny", pretrained=None, gradient_checkpointing=True)
+    checkpointed.model.load_state_dict(tiny_clip.model.state_dict())
+    torch.manual_seed(0)
+    images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 0])
+    masks = {}
+    for name, clip in (("plain", tiny_clip), ("checkpointed", checkpointed)):
+        torch.manual_seed(1)
+        masks[name] = gradcam_masks(DAPT(clip, ["cat", "dog"], depth=3), images, labels)
+    assert torch.equal(masks["checkpointed"], masks["plain"])
+    assert 0 < masks["plain"].mean() < 1
+
+
 @pytest.mark.parametrize("masks", ["data", "gradcam"])
 def test_dapt_trains_with_disk_or_gradcam_masks(masks, tiny_clip, trainer_kwargs):
     data = synthetic_fewshot(masks=masks == "data", augmentation="vtab")
