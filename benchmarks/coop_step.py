@@ -21,6 +21,8 @@ machine).
     python benchmarks/coop_step.py --classes 100 --methods coop --rounds 2
     python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --peak-memory   # GPU check
     python benchmarks/coop_step.py --classes 100 --methods coop --rounds 1 --count-ops      # kernel launches
+    python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --methods coop --skip-reference \
+        --peak-memory --gradient-checkpointing                                              # ours, checkpointed
 
 ``--count-ops`` also prints ``dispatched_ops_<C>``: the operations one step dispatches (forward and backward,
 views left out; ``benchmarks/dispatched_ops.py``) for the reference, ours, ours in one padded group and ours
@@ -269,6 +271,11 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true", help="time ours only (memory is still counted)")
     parser.add_argument("--skip-memory", action="store_true", help="do not count the saved activations")
     parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="OpenCLIP(gradient_checkpointing=True): our text pass and both sides' image tower recompute their blocks",
+    )
+    parser.add_argument(
         "--count-ops", action="store_true", help="print each variant's dispatched operations per step (views left out)"
     )
     args = parser.parse_args()
@@ -280,6 +287,7 @@ def main() -> None:
         flush=True,
     )
     clip = OpenCLIP("ViT-B-16", pretrained=None).to(args.device)  # ViT-B/16's architecture, random weights
+    clip.gradient_checkpointing = args.gradient_checkpointing
     for method_name in args.methods:
         for classes in args.classes if method_name == "coop" else args.maple_classes:
             compare(method_name, classes, args, clip)

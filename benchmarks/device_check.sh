@@ -6,7 +6,8 @@
 #      its tiny overlay (one batch of fit; and `test` for the recipes the docs tell users to test untrained) with
 #      accelerator gpu and bf16-mixed: the tests marked `gpu` in tests/test_recipes.py;
 #   3. benchmarks/coop_step.py on CUDA: CoOp at 1,000 classes, batch 32, ViT-B/16, with our peak memory and whether
-#      it runs in 16 GiB; CoOp and MaPLe at 100 classes, batch 8, with each variant's dispatched operations; both
+#      it runs in 16 GiB, and ours alone with OpenCLIP(gradient_checkpointing=True); CoOp and MaPLe at 100 classes,
+#      batch 8, with each variant's dispatched operations; both
 #      also time the padded shared-prefix pass and the pass without the shared prefix.
 # Exits 1 when any check failed.
 # Run from the repository root with the project and its test extra installed (full logs of the recipe tests and the
@@ -39,9 +40,11 @@ python -m pytest tests/test_recipes.py -m gpu -q -rA --tb=line -p no:cacheprovid
 grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|^/.*Error|(passed|failed|skipped) in" "$logs/recipes.log" | sed 's/^/RECIPE  /'
 python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --methods coop --rounds 3 --peak-memory \
   > "$logs/coop_step_1000.log" 2>&1 || failed=1
+python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --methods coop --rounds 1 --skip-reference \
+  --skip-memory --peak-memory --gradient-checkpointing > "$logs/coop_step_1000_checkpointed.log" 2>&1 || failed=1
 python benchmarks/coop_step.py --device cuda --batch 8 --maple-batch 8 --classes 100 --methods coop maple --rounds 3 --count-ops \
   > "$logs/coop_step_100.log" 2>&1 || failed=1
-for log in "$logs/coop_step_1000.log" "$logs/coop_step_100.log"; do
+for log in "$logs/coop_step_1000.log" "$logs/coop_step_1000_checkpointed.log" "$logs/coop_step_100.log"; do
   grep -vE "Warning|warn|^ *$" "$log" | sed 's/^/BENCH  /'
 done
 rm -rf "$scratch"
