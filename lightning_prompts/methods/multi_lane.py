@@ -135,8 +135,8 @@ class MultiLane(ContinualMixin, ViTPromptModule):
         from lightning_prompts.evaluation.continual import ContinualEvaluator
 
         evaluator = super().resolve_evaluator(datamodule)
-        if self._evaluator_choice is None and type(evaluator) is ContinualEvaluator and evaluator.average != "tasks":
-            return ContinualEvaluator(average="tasks")
+        if self._evaluator_choice is None and type(evaluator) is ContinualEvaluator:
+            evaluator.average = "tasks"
         return evaluator
 
     def param_groups(self) -> list[dict[str, Any]]:
