@@ -113,3 +113,19 @@ def test_open_clip_towers_train_through_it(tiny_clip):
     assert "bmm" not in ops.names
     torch.testing.assert_close(ours, tiny_clip.model.encode_image(images), rtol=1e-5, atol=1e-5)
     assert all("forward" not in vars(block.attn) for block in tiny_clip.model.visual.transformer.resblocks)
+
+
+def test_as_close_to_float32_as_multihead_attention_under_bf16_autocast():
+    """Mixed precision: both round the projections and the attention to bfloat16 (in different product orders), so
+    each is compared with the float32 result, and ours is no further from it than PyTorch's."""
+    module = attention_module()
+    tokens = torch.randn(3, 7, 32)
+    (exact, _), exact_grad = output_and_input_gradient(module, tokens, False, need_weights=False, attn_mask=CAUSAL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (plain, _), plain_grad = output_and_input_gradient(module, tokens, False, need_weights=False, attn_mask=CAUSAL)
+        (ours, _), ours_grad = output_and_input_gradient(module, tokens, True, need_weights=False, attn_mask=CAUSAL)
+    assert ours.dtype == plain.dtype == torch.bfloat16
+    for low, theirs, reference in ((ours, plain, exact), (ours_grad, plain_grad, exact_grad)):
+        error, their_error = ((t.float() - reference).abs().mean() for t in (low, theirs))
+        assert error <= 1.25 * their_error, (error, their_error)
+        assert error < 0.02 * reference.abs().mean()
