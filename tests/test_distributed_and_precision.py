@@ -364,3 +364,25 @@ def test_fit_of_a_method_with_nothing_to_train_on_several_processes_is_refused_b
     with pytest.raises(ConfigurationError, match="nothing to train.*lightning-prompts test"):
         run_cli(["fit", *args])
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("config.yaml"))
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_a_true_half_precision_warns_that_the_prompt_has_no_float32_master_copy(precision, trainer_kwargs):
+    """A '-true' precision casts the trained tensors too; in float16 Adam's first step already gives NaN or inf."""
+    from lightning_prompts.backbones import OpenCLIP
+
+    data = synthetic_fewshot(augmentation="clip")
+    method = CoOp(OpenCLIP("tiny", pretrained=None), data.classnames, n_ctx=4)  # not the shared fixture: it is cast
+    trainer = Trainer(max_steps=2, precision=precision, **trainer_kwargs)
+    with pytest.warns(UserWarning, match="no float32 master copy") as record:
+        trainer.fit(method, data)
+    assert f"trains 1 tensor(s) in {'bfloat16' if precision == 'bf16-true' else 'float16'} (prompt.ctx" in str(
+        next(w.message for w in record if "master copy" in str(w.message))
+    )
+    assert method.prompt.ctx.dtype == (torch.bfloat16 if precision == "bf16-true" else torch.float16)
+
+
+def test_mixed_precision_keeps_the_prompt_in_float32_without_the_warning(tiny_clip, trainer_kwargs, recwarn):
+    data = synthetic_fewshot(augmentation="clip")
+    Trainer(max_steps=1, precision="bf16-mixed", **trainer_kwargs).fit(CoOp(tiny_clip, data.classnames, n_ctx=4), data)
+    assert not [w for w in recwarn if "master copy" in str(w.message)]

@@ -12,7 +12,11 @@ import math
 import warnings
 from typing import Any
 
+import torch
+
 from lightning_prompts.errors import ConfigurationError
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class OptimizationMixin:
@@ -30,6 +34,7 @@ class OptimizationMixin:
     def configure_optimizers(self) -> Any:
         if not self.has_trainable_parameters:
             return None  # nothing to train: fit only validates
+        self._warn_on_half_precision_parameters()
         optimizer = self._optimizer_factory(self._optimizer_groups())
         if self._scheduler_factory is None:
             return optimizer
@@ -49,6 +54,23 @@ class OptimizationMixin:
                     stacklevel=2,
                 )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self._scheduler_interval}}
+
+    def _warn_on_half_precision_parameters(self) -> None:
+        """A ``"-true"`` precision (or a module cast to half precision) leaves the trained tensors in 16 bits: the
+        optimizer then has no float32 master copy (openai/CLIP issue 40: NaN after one fp16 step with Adam)."""
+        half = [name for name, p in self.named_parameters() if p.requires_grad and p.dtype in HALF_DTYPES]
+        if not half:
+            return
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in self.parameters() if p.dtype in HALF_DTYPES})
+        warnings.warn(
+            f"{type(self).__name__} trains {len(half)} tensor(s) in {' and '.join(dtypes)} ({half[0]}…): the "
+            f"optimizer updates them with no float32 master copy, so steps smaller than their resolution are lost "
+            f"(in float16, Adam and AdamW divide by zero where a gradient is small: NaN or inf after one step). A '-true' precision casts the "
+            f"whole module; use precision 'bf16-mixed' or '16-mixed', which keep the trained tensors in float32 and "
+            f"run the frozen model in half precision (docs/howto/devices.md).",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def _optimizer_groups(self) -> list[dict[str, Any]]:
         """:meth:`param_groups`, checked, with ``param_group_lr``'s learning rates."""
