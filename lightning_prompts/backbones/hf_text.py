@@ -165,7 +165,9 @@ class HFText(Backbone):
             to their number of classes with :meth:`resize_head`.
         tokenizer_name_or_path: tokenizer source when it differs from the model's.
         max_length: longest input the model accepts (default: the model's position limit).
-        model_kwargs: extra keyword arguments for ``from_pretrained`` (``revision``, ``gguf_file``…).
+        model_kwargs: extra keyword arguments for ``from_pretrained`` (``revision``, ``gguf_file``…). With
+            ``torch_dtype: bfloat16`` the frozen model runs in half precision and the trained classifier keeps float32
+            weights (except with ``pooling="model"``), as the soft prompts do.
             ``trust_remote_code: true`` runs Python files shipped with the model; only set it in your own
             config for a model you trust. A checkpoint can never set it (:meth:`check_stored_config`).
         seed: seed for the random parts (a new classification head, tiny models).
@@ -274,7 +276,18 @@ class HFText(Backbone):
                 stacklevel=2,
             )
         self._seed = seed
+        self._trained_heads_in_float32()
         self.freeze()
+
+    def _trained_heads_in_float32(self) -> None:
+        """The classifier the methods train keeps float32 weights when the model is loaded in half precision
+        (``model_kwargs={"torch_dtype": "bfloat16"}``), as the soft prompts do: the optimizer then has a float32
+        master copy, and the pooled state is cast to it. ``pooling="model"`` runs the model's own head inside its
+        forward, in the model's dtype, so that head stays as loaded (``fit`` warns that it trains in 16 bits)."""
+        if self.pooling == "model":
+            return
+        for head in self.head_modules().values():
+            head.float()
 
     @property
     def head_reads_last_token(self) -> bool:
@@ -352,6 +365,7 @@ class HFText(Backbone):
                 setattr(self.model, name, _resized(head, num_labels, std))
         self.model.config.num_labels = num_labels
         self.model.num_labels = num_labels
+        self._trained_heads_in_float32()
         self.requires_grad_(False)
 
     # -- text seams --------------------------------------------------------------------------
@@ -612,6 +626,7 @@ class HFText(Backbone):
             mask[:, :num_prompt] = 0  # the soft tokens are not text
             pooled = masked_mean(hidden, mask)
         (head,) = self.head_modules().values()
+        pooled = pooled.to(head.weight.dtype)  # a float32 head on a model loaded in half precision
         return SequenceClassifierOutput(logits=head(pooled), hidden_states=outputs.hidden_states)
 
 
@@ -751,7 +766,8 @@ def _resized(head: nn.Module, num_labels: int, std: float) -> nn.Module:
 
 
 def _new_linear(old: nn.Linear, num_labels: int, std: float) -> nn.Linear:
-    new = nn.Linear(old.in_features, num_labels, bias=old.bias is not None)
+    # the old head's dtype: a model loaded in half precision calls its own head (pooling="model") in it
+    new = nn.Linear(old.in_features, num_labels, bias=old.bias is not None, dtype=old.weight.dtype)
     nn.init.normal_(new.weight, std=std)
     if new.bias is not None:
         nn.init.zeros_(new.bias)

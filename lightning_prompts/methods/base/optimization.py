@@ -58,16 +58,16 @@ class OptimizationMixin:
     def _warn_on_half_precision_parameters(self) -> None:
         """A ``"-true"`` precision (or a module cast to half precision) leaves the trained tensors in 16 bits: the
         optimizer then has no float32 master copy (openai/CLIP issue 40: NaN after one fp16 step with Adam)."""
-        half = [name for name, p in self.named_parameters() if p.requires_grad and p.dtype in HALF_DTYPES]
+        half = {name: p.dtype for name, p in self.named_parameters() if p.requires_grad and p.dtype in HALF_DTYPES}
         if not half:
             return
-        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in self.parameters() if p.dtype in HALF_DTYPES})
+        dtypes = " and ".join(sorted({str(dtype).removeprefix("torch.") for dtype in half.values()}))
         warnings.warn(
-            f"{type(self).__name__} trains {len(half)} tensor(s) in {' and '.join(dtypes)} ({half[0]}…): the "
-            f"optimizer updates them with no float32 master copy, so steps smaller than their resolution are lost "
-            f"(in float16, Adam and AdamW divide by zero where a gradient is small: NaN or inf after one step). A '-true' precision casts the "
-            f"whole module; use precision 'bf16-mixed' or '16-mixed', which keep the trained tensors in float32 and "
-            f"run the frozen model in half precision (docs/howto/devices.md).",
+            f"{type(self).__name__} trains {len(half)} tensor(s) in {dtypes} ({next(iter(half))}…): the optimizer "
+            f"updates them with no float32 master copy, so steps smaller than their resolution are lost (in float16, "
+            f"Adam and AdamW divide by zero where a gradient is small: NaN or inf after one step). A '-true' "
+            f"precision casts the whole module; use precision 'bf16-mixed' or '16-mixed', which keep the trained "
+            f"tensors in float32 and run the frozen model in half precision (docs/howto/devices.md).",
             UserWarning,
             stacklevel=2,
         )

