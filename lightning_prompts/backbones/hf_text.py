@@ -235,6 +235,9 @@ class HFText(Backbone):
                     spec.pop("model_type"), vocab_size=len(self.tokenizer), **special_ids, **spec, **extra
                 )
                 self.model = auto.from_config(config)
+                dtype = (model_kwargs or {}).get("torch_dtype") or (model_kwargs or {}).get("dtype")
+                if dtype is not None:  # as from_pretrained would load it
+                    self.model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
             else:
                 if model_name_or_path.startswith("pypi://"):
                     model_name_or_path, pypi_kwargs = resolve_pypi_model(model_name_or_path)

