@@ -33,11 +33,13 @@ def projected_batch_first(attention: nn.Module) -> Iterator[None]:
     if not (_covered(attention) and torch.is_grad_enabled()) or "forward" in vars(attention):
         yield
         return
-    attention.forward = functools.partial(_self_attention, attention, attention.forward)  # type: ignore[method-assign]
+    patched = functools.partial(_self_attention, attention, attention.forward)
+    attention.forward = patched  # type: ignore[method-assign]
     try:
         yield
     finally:
-        del attention.forward  # the instance attribute goes; the class's forward is back
+        if vars(attention).get("forward") is patched:  # (a patch inside this one removes its own, and so ours)
+            del attention.forward  # the instance attribute goes; the class's forward is back
 
 
 def _covered(attention: nn.Module) -> bool:

@@ -236,7 +236,7 @@ class HFText(Backbone):
                 )
                 self.model = auto.from_config(config)
                 dtype = (model_kwargs or {}).get("torch_dtype") or (model_kwargs or {}).get("dtype")
-                if dtype is not None:  # as from_pretrained would load it
+                if dtype not in (None, "auto"):  # as from_pretrained would load it ("auto": the config's, float32)
                     self.model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
             else:
                 if model_name_or_path.startswith("pypi://"):
