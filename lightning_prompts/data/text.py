@@ -278,6 +278,10 @@ class TextClassificationDataModule(LightningDataModule):
             order), e.g. POST's public anchors from one corpus and GLUE's SST-2 dev file for validation:
             ``{"val": {"text_column": "sentence", "label_column": "label", "labels": ["0", "1"]}}``.
         val_fraction: share of the training file held out when there is no ``val_file``.
+        val_stratified: hold out ``val_fraction`` of each class (rounded; a class of one example keeps it for
+            training) instead of a random share of the file, so a rare class is neither left out of validation nor
+            taken from training whole. Single-label data only. Off by default: the published testbed figures used
+            the random share.
         shots: training examples per class (few-shot); ``-1`` uses all.
         max_train_examples: cap the training set (after few-shot sampling), keeping class balance.
         seed: seed of the hold-out and few-shot sampling (identical on every DDP rank).
@@ -311,6 +315,7 @@ class TextClassificationDataModule(LightningDataModule):
         drop_other_labels: bool = False,
         split_columns: dict[str, dict[str, Any]] | None = None,
         val_fraction: float = 0.1,
+        val_stratified: bool = False,
         shots: int = -1,
         max_train_examples: int | None = None,
         seed: int = 0,
@@ -350,6 +355,9 @@ class TextClassificationDataModule(LightningDataModule):
         self.split_columns = _checked_split_columns(split_columns, multi_label=self.multi_label)
         self.labels, self._classnames = labels or (list(label_columns) if label_columns else None), classnames
         self.drop_other_labels, self.val_fraction = drop_other_labels, val_fraction
+        self.val_stratified = val_stratified
+        if val_stratified and self.multi_label:
+            raise ValueError("val_stratified holds out a share of each class: single-label data only.")
         self.shots, self.max_train_examples, self.seed = shots, max_train_examples, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         if length_unit not in ("characters", "tokens"):
@@ -449,7 +457,10 @@ class TextClassificationDataModule(LightningDataModule):
         if val_rows is None:
             order = list(range(len(train[0])))
             rng.shuffle(order)
-            train, val = _held_out(train, max(1, int(round(len(train[0]) * self.val_fraction))), order)
+            count = max(1, int(round(len(train[0]) * self.val_fraction)))
+            if self.val_stratified:
+                order, count = _stratified_order(train[1], order, self.val_fraction)
+            train, val = _held_out(train, count, order)
         elif self.split_protocol == "holdout_1k":
             train, val = _held_out(train, 1000, _dept_order(len(train[0])))
             test = encoded(val_rows, "val")
@@ -606,6 +617,17 @@ def _dept_order(size: int) -> list[int]:
     """The DePT/MPT code's permutation of a split's rows (``torch.randperm`` under a generator seeded 42, whatever
     the run's seed): its first rows are held out, so the halves and hold-outs are the papers' own examples."""
     return torch.randperm(size, generator=torch.Generator().manual_seed(42)).tolist()
+
+
+def _stratified_order(labels: Sequence[int], order: list[int], fraction: float) -> tuple[list[int], int]:
+    """``order`` rearranged so that its first ``count`` rows hold ``round(fraction · n_c)`` rows of each class
+    ``c`` (the first of that class in ``order``, a shuffled order), and ``count``."""
+    by_class: dict[int, list[int]] = collections.defaultdict(list)
+    for index in order:
+        by_class[labels[index]].append(index)
+    held = [index for rows in by_class.values() for index in rows[: int(round(len(rows) * fraction))]]
+    chosen = set(held)
+    return held + [index for index in order if index not in chosen], len(held)
 
 
 def _held_out(

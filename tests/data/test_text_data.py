@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import collections
 import json
 
 import pytest
@@ -238,3 +239,44 @@ def test_posts_recipe_reads_the_rotten_tomatoes_anchors_and_glues_sst2_dev_file(
     anchors, _ = data._load()["train"]
     assert len(anchors) == 1000
     assert data._load()["val"] == (["it 's a charming journey . ", "unflinchingly bleak "], [1, 0])
+
+
+def test_stratified_hold_out_takes_each_classs_share(tmp_path):
+    """40 + 40 + 3 rows, a quarter held out: 10, 10 and 1 (round(0.75)) per class with val_stratified; the random
+    share of the file leaves every class's count to chance (for some seeds the rare class has none in validation,
+    or none left to train on)."""
+    path = tmp_path / "train.csv"
+    rows_ = [(f"common a {i}", "a") for i in range(40)] + [(f"common b {i}", "b") for i in range(40)]
+    rows_ += [(f"rare {i}", "rare") for i in range(3)]
+    path.write_text("text,label\n" + "".join(f"{t},{label_}\n" for t, label_ in rows_))
+
+    def counts(stratified: bool, seed: int) -> tuple[collections.Counter, collections.Counter, set]:
+        data = TextClassificationDataModule(
+            train_file=str(path), val_fraction=0.25, val_stratified=stratified, seed=seed
+        )
+        data.setup("fit")
+        (train_texts, train_labels), (val_texts, val_labels) = data._splits["train"], data._splits["val"]
+        names = data.classnames
+        assert set(train_texts) | set(val_texts) == {t for t, _ in rows_} and not set(train_texts) & set(val_texts)
+        return (collections.Counter(names[i] for i in train_labels), collections.Counter(names[i] for i in val_labels),
+                set(val_texts))  # fmt: skip
+
+    draws = {}
+    for seed in range(6):
+        train, val, held = counts(True, seed)
+        assert val == {"a": 10, "b": 10, "rare": 1} and train == {"a": 30, "b": 30, "rare": 2}
+        draws[seed] = held
+    assert len({frozenset(held) for held in draws.values()}) > 1  # the seed still draws which rows
+    random_rare = set()
+    for seed in range(6):  # without it the rare class's share is left to the seed
+        try:
+            random_rare.add(counts(False, seed)[1]["rare"])
+        except DatasetError as error:  # all three drawn into validation: nothing left to train the class
+            assert "['rare'] have no training example" in str(error)
+            random_rare.add(3)
+    assert len(random_rare) > 1
+
+
+def test_stratified_hold_out_refuses_multi_label_data(tmp_path):
+    with pytest.raises(ValueError, match="single-label data only"):
+        TextClassificationDataModule(train_file=str(tmp_path / "x.csv"), label_separator="|", val_stratified=True)
