@@ -22,11 +22,9 @@ import argparse
 import contextlib
 import os
 import statistics
-import time
 
 import torch
-import torch.nn.functional as F
-from coop_step import class_names  # benchmarks/coop_step.py (the script's folder is on the path)
+from coop_step import class_names, step, timed  # benchmarks/coop_step.py (the script's folder is on the path)
 
 from lightning_prompts.backbones import OpenCLIP
 from lightning_prompts.backbones import open_clip as open_clip_module
@@ -53,12 +51,8 @@ def compare(label: str, method: torch.nn.Module, batch: int, args: argparse.Name
     def logits() -> torch.Tensor:
         return method.compute_output({"image": images}).logits
 
-    def step() -> float:
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(logits(), labels).backward()
-        optimizer.step()
-        return time.perf_counter() - start
+    def one_step() -> float:
+        return timed(lambda: step(logits, labels, optimizer), "cpu")
 
     ours = logits().detach()  # with gradients recorded, as in training (the projection is theirs only)
     with transposed_projection():
@@ -67,8 +61,8 @@ def compare(label: str, method: torch.nn.Module, batch: int, args: argparse.Name
     times: dict[str, list[float]] = {"transposed": [], "batch-first": []}
     for round_index in range(args.rounds + 1):  # round 0 warms up
         with transposed_projection():
-            seconds = {"transposed": step()}
-        seconds["batch-first"] = step()
+            seconds = {"transposed": one_step()}
+        seconds["batch-first"] = one_step()
         for name, value in seconds.items():
             if round_index:
                 times[name].append(value)

@@ -70,9 +70,17 @@ def run_block(
 
     # tokens that need no gradient record nothing in the block itself (a hook's own parameters at most), and the
     # checkpoint would keep them all the same
-    if not (checkpointed and torch.is_grad_enabled() and getattr(x, "requires_grad", False)):
-        return run(x)
-    return checkpoint(run, x, use_reentrant=False)
+    return checkpoint_if_recording(checkpointed, run, x)
+
+
+def checkpoint_if_recording(checkpointed: bool, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``; with ``checkpointed``, while gradients are recorded and a tensor of ``args`` requires
+    them, under non-reentrant activation checkpointing (only ``args`` are kept; the call is recomputed in backward).
+    The open_clip and timm block loops, the shared-prefix text pass and MULTI-LANE's side stream use it."""
+    recording = torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    if checkpointed and recording:
+        return checkpoint(function, *args, use_reentrant=False)
+    return function(*args)
 
 
 def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:

@@ -41,11 +41,10 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from lightning_prompts.backbones.batch_first_attention import projected_batch_first
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, PromptTokens, attached, compose
-from lightning_prompts.backbones.layer_checkpointing import run_block
+from lightning_prompts.backbones.layer_checkpointing import checkpoint_if_recording, run_block
 from lightning_prompts.backbones.vision_language import GradCAMTarget, ImageEncoding, VisionLanguageBackbone
 from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.registry import register_backbone
@@ -476,10 +475,7 @@ def _run_with_shared_prefix(
         rest = x[members, length:end]
         mask = attn_mask[length:end, :end]
         for block, (prefix_k, prefix_v) in zip(blocks, prefix_keys_values):
-            if checkpointed and torch.is_grad_enabled() and (rest.requires_grad or prefix_k.requires_grad):
-                rest = checkpoint(_sequences_block, block, prefix_k, prefix_v, rest, mask, use_reentrant=False)
-            else:
-                rest = _sequences_block(block, prefix_k, prefix_v, rest, mask)
+            rest = checkpoint_if_recording(checkpointed, _sequences_block, block, prefix_k, prefix_v, rest, mask)
         order.append(members)
         features.append(rest[torch.arange(len(members), device=x.device), ends[members] - 1 - length])
     order_all = torch.cat(order)

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from lightning_prompts.backbones.attention import prefix_attention
 from lightning_prompts.backbones.base import Backbone
@@ -32,7 +31,7 @@ from lightning_prompts.backbones.hooks import (
     attached,
     compose,
 )
-from lightning_prompts.backbones.layer_checkpointing import run_block
+from lightning_prompts.backbones.layer_checkpointing import checkpoint_if_recording, run_block
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.registry import register_backbone
 from lightning_prompts.utils.tensor_files import load_weights_file, require_file
@@ -232,10 +231,7 @@ class TimmViT(Backbone):
         model = self.model
         x = self.embed(images)
         for index, block in enumerate(model.blocks):
-            if self.gradient_checkpointing and torch.is_grad_enabled() and side.requires_grad:
-                side = checkpoint(step, index, block, x, side, use_reentrant=False)
-            else:
-                side = step(index, block, x, side)
+            side = checkpoint_if_recording(self.gradient_checkpointing, step, index, block, x, side)
             x = block(x)
         return model.norm(x), model.norm(side)
 

@@ -457,9 +457,10 @@ class TextClassificationDataModule(LightningDataModule):
         if val_rows is None:
             order = list(range(len(train[0])))
             rng.shuffle(order)
-            count = max(1, int(round(len(train[0]) * self.val_fraction)))
             if self.val_stratified:
                 order, count = _stratified_order(train[1], order, self.val_fraction)
+            else:
+                count = max(1, int(round(len(train[0]) * self.val_fraction)))
             train, val = _held_out(train, count, order)
         elif self.split_protocol == "holdout_1k":
             train, val = _held_out(train, 1000, _dept_order(len(train[0])))
