@@ -154,14 +154,17 @@ class PointTransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """``(centres (B, G, 3), patches (B, G, k, 3))`` of clouds ``(B, N, 3)``, patches relative to centres."""
+        """``(centres (B, G, 3), patches (B, G, k, 3))`` of clouds ``(B, N, 3)``, patches relative to centres,
+        found in float32 (half-precision distances tie) and returned in the backbone's dtype."""
         if points.dim() != 3 or points.shape[-1] != 3:
             raise ValueError(f"point clouds must be (B, N, 3) coordinates, got {tuple(points.shape)}.")
         if points.shape[1] < max(self.num_patches, self.patch_size):
             raise ValueError(
                 f"clouds of {points.shape[1]} points cannot make {self.num_patches} patches of {self.patch_size}."
             )
-        return group_patches(points.float(), self.num_patches, self.patch_size)
+        centres, patches = group_patches(points.float(), self.num_patches, self.patch_size)
+        dtype = self.norm.weight.dtype  # float32 unless the module was cast (bf16-true)
+        return centres.to(dtype), patches.to(dtype)
 
     def embed(self, points: Tensor) -> PointPatches:
         """Patch tokens and positions of clouds ``(B, N, 3)``."""

@@ -32,6 +32,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from lightning_prompts.data.arguments import check_at_least
+from lightning_prompts.data.graph_precision import GraphBatchesInTrainerPrecision
 from lightning_prompts.data.processes import evaluation_sampler
 from lightning_prompts.data.pyg_files import files_read_as_data
 from lightning_prompts.errors import ConfigurationError, DatasetError
@@ -173,7 +174,7 @@ def stratified_split(
 
 
 @register_datamodule()
-class GraphDataModule(LightningDataModule):
+class GraphDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
     """Few-shot node or graph classification on a PyG dataset.
 
     Args:

@@ -21,6 +21,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from lightning_prompts.data.graph import first_item, instantiate_dataset
+from lightning_prompts.data.graph_precision import GraphBatchesInTrainerPrecision
 from lightning_prompts.errors import DatasetError
 from lightning_prompts.registry import register_datamodule
 
@@ -196,7 +197,7 @@ class HeteroSBM:
 
 
 @register_datamodule()
-class HeteroGraphDataModule(LightningDataModule):
+class HeteroGraphDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
     """Few-shot node classification on a heterogeneous graph (see the module docstring).
 
     Args:

@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from lightning_prompts.data.graph_precision import GraphBatchesInTrainerPrecision
 from lightning_prompts.data.processes import evaluation_sampler
 from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
@@ -278,7 +279,7 @@ def read_moleculenet_csv(
 
 
 @register_datamodule()
-class MoleculeNetDataModule(LightningDataModule):
+class MoleculeNetDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
     """Multi-task binary molecule property prediction from a MoleculeNet CSV (see the module docstring).
 
     Args:

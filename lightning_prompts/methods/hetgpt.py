@@ -47,7 +47,7 @@ def metapath_edges(data: Any, path: Sequence[EdgeType]) -> Tensor:
         for edge_type in path:
             source, _, target = edge_type
             index = data[tuple(edge_type)].edge_index
-            values = torch.ones(index.shape[1], device=index.device)
+            values = torch.ones(index.shape[1], device=index.device, dtype=torch.float32)  # any default dtype
             shape = (data[source].num_nodes, data[target].num_nodes)
             adjacency = torch.sparse_coo_tensor(index, values, shape, check_invariants=False)
             product = adjacency if product is None else torch.sparse.mm(product, adjacency)

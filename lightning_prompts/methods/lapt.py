@@ -69,6 +69,13 @@ SEVEN_TEMPLATES = (
 )
 
 
+def uniform_mixing_weight() -> Tensor:
+    """One λ ~ Beta(1, 1), drawn in float32 whatever the default dtype (a ``bf16-true`` step runs with bfloat16 as
+    the default, and torch's Dirichlet, under its Beta, has no bfloat16 sampler)."""
+    one = torch.ones((), dtype=torch.float32)
+    return torch.distributions.Beta(one, one).sample()
+
+
 @register_method(
     family="clip",
     paper="ECCV 2024 — LAPT: Label-driven Automated Prompt Tuning for OOD Detection with Vision-Language Models",
@@ -217,11 +224,11 @@ class LAPT(CoOp):
             return super().task_loss(output, targets)
         size = targets.shape[0]
         # one λ per step for the whole batch, as the release's mixup_data draws it
-        weights = torch.distributions.Beta(1.0, 1.0).sample().expand(size).to(targets.device)
+        weights = uniform_mixing_weight().expand(size).to(targets.device)
         templates = torch.randint(len(self._templates), (size,), device=targets.device)
         loss = F.cross_entropy(self.mixed_logits(output, targets, weights, templates), targets)
         if self.cross_distribution:
-            weight = torch.distributions.Beta(1.0, 1.0).sample().to(targets.device)
+            weight = uniform_mixing_weight().to(targets.device)
             loss = loss + self.cross_distribution_loss(output, targets, self.distribution_partners(targets), weight)
         return loss
 

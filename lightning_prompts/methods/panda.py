@@ -167,12 +167,17 @@ class PANDA(PrefixTuning):
         self._teacher: dict[str, Tensor] | None = None
 
     def teacher_tensors(self) -> dict[str, Tensor]:
-        """The teacher's prefixes and head (read once, on the module's device)."""
+        """The teacher's prefixes and head (read once), each on the device and in the dtype of the tensor it stands
+        in for (a ``bf16-true`` run casts the student; the file holds float32)."""
         if self._teacher is None:
             if self.teacher_prompt is None:
                 raise ConfigurationError("PANDA has no teacher_prompt to distil from.")
             self._teacher = _prompt_tensors(self.teacher_prompt, self)
-        return {key: value.to(self.device) for key, value in self._teacher.items()}
+        return {key: value.to(self.device, self._own_tensor(key).dtype) for key, value in self._teacher.items()}
+
+    def _own_tensor(self, key: str) -> Tensor:
+        owner, _, name = key.rpartition(".")
+        return getattr(self.get_submodule(owner), name)
 
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         super().check_ready(stage, callbacks, datamodule)

@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from lightning_prompts.backbones.gnn import GraphBackbone, Pooling
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import GraphPromptModule
+from lightning_prompts.methods.base.optimization import warn_on_half_precision_parameters
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.insertion_policy import InsertionPolicy, NodeIncrements
 from lightning_prompts.registry import register_method
@@ -275,6 +276,7 @@ class RELIEF(GraphPromptModule):
 
     def configure_optimizers(self) -> Any:
         """One Adam (ε 1e-5) per ensemble member over its actors and the shared critic, then the head's."""
+        warn_on_half_precision_parameters(self)
         h = self.hparams
         policy = [
             torch.optim.Adam(

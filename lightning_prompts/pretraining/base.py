@@ -18,6 +18,7 @@ from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 
 from lightning_prompts.errors import ConfigurationError
+from lightning_prompts.methods.base.optimization import warn_on_half_precision_parameters
 from lightning_prompts.methods.base.reproducibility import restore_rng_state, rng_state
 from lightning_prompts.utils.distributed import share_batchnorm_statistics
 from lightning_prompts.utils.factories import as_factory, describe_factory
@@ -45,6 +46,7 @@ class EncoderPretraining(LightningModule):
         self._optimizer_factory = as_factory(optimizer) or default
 
     def configure_optimizers(self) -> Any:
+        warn_on_half_precision_parameters(self)
         return self._optimizer_factory(self.parameters())
 
     def export_encoder(self, path: str | Path) -> Path:

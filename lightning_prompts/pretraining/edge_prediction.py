@@ -32,6 +32,7 @@ from lightning_prompts.backbones.gnn import GNN, GraphBackbone, build_gnn, save_
 from lightning_prompts.backbones.molecule_gin import MoleculeGIN, MoleculeGINEncoder
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
+from lightning_prompts.pretraining.graphcl import floating
 from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.distributed import global_batch_mean
@@ -127,7 +128,7 @@ class EdgePrediction(EncoderPretraining):
     def encode(self, data: Any) -> Tensor:
         if self.config is None:
             return self.encoder(data.x, data.edge_index, data.edge_attr)
-        return self.encoder(data.x.float(), data.edge_index)
+        return self.encoder(floating(data.x), data.edge_index)
 
     def loss(self, data: Any, negatives: Tensor | None = None) -> Tensor:
         """The edge-prediction loss of a batch (``negatives``: fixed negative pairs; default a fresh draw)."""

@@ -58,10 +58,11 @@ from lightning_prompts.utils.kmeans import kmeans
 
 
 def contrastive_loss(image_features: Tensor, text_features: Tensor, scale: Tensor) -> Tensor:
-    """CLIP's symmetric InfoNCE of matching rows (features L2-normalised)."""
-    logits = scale * image_features @ text_features.t()
+    """CLIP's symmetric InfoNCE of matching rows (features L2-normalised), in float32: under ``bf16-true`` the
+    caption features are bfloat16 while the cached image features stay float32."""
+    logits = scale.float() * image_features.float() @ text_features.float().t()
     targets = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits.t().float(), targets)) / 2
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
 
 @register_pretraining(

@@ -51,6 +51,12 @@ def uniform_draws(count: int, device: torch.device, generator: torch.Generator |
     return torch.rand(count, generator=generator).to(device)
 
 
+def floating(x: Tensor) -> Tensor:
+    """Node features as floats: integer features become float32, floating ones keep their dtype (a ``bf16-true``
+    run hands the encoder bfloat16 features, and a float32 copy would not meet its bfloat16 weights)."""
+    return x if x.is_floating_point() else x.float()
+
+
 def feature_noise(count: int, width: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """GraphCL's N(0.5, 0.5) replacement features for ``count`` nodes, drawn as :func:`uniform_draws` are."""
     return (0.5 + 0.5 * torch.randn(count, width, generator=generator)).to(like.device, like.dtype)
@@ -88,7 +94,7 @@ def mask_nodes(data: Any, ratio: float, generator: torch.Generator | None = None
     """Replace the features of a ``ratio`` share of nodes with N(0.5, 0.5) noise (GraphCL's mask)."""
     masked = uniform_draws(data.num_nodes, data.x.device, generator) < ratio
     view = data.clone()
-    x = data.x.clone().float()
+    x = floating(data.x).clone()
     x[masked] = feature_noise(int(masked.sum()), x.shape[1], x, generator)
     view.x = x
     return view
@@ -156,7 +162,7 @@ class GraphCL(EncoderPretraining):
 
     def embed(self, data: Any) -> Tensor:
         """Projected graph embeddings of a batch."""
-        nodes = self.encoder(data.x.float(), data.edge_index)
+        nodes = self.encoder(floating(data.x), data.edge_index)
         return self.projection(GNN.pool(nodes, getattr(data, "batch", None), self.pooling))
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

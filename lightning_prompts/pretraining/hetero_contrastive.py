@@ -28,7 +28,7 @@ from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.hetero_gnn import HeteroEncoder, HeteroGNN, save_hetero_gnn
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
-from lightning_prompts.pretraining.graphcl import feature_noise, nt_xent, uniform_draws
+from lightning_prompts.pretraining.graphcl import feature_noise, floating, nt_xent, uniform_draws
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.distributed import allow_parameters_without_gradient
 
@@ -38,7 +38,7 @@ def hetero_view(data: Any, ratio: float, generator: torch.Generator | None = Non
     x_dict = {}
     for node, x in data.x_dict.items():
         masked = uniform_draws(x.shape[0], x.device, generator) < ratio
-        x = x.clone().float()
+        x = floating(x).clone()
         x[masked] = feature_noise(int(masked.sum()), x.shape[1], x, generator)
         x_dict[node] = x
     edges = {}

@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.point_mae import PointBlock, PointMAE, PointTransformerEncoder, point_mae_checkpoint
 from lightning_prompts.batch import POINTS
+from lightning_prompts.methods.base.optimization import warn_on_half_precision_parameters
 from lightning_prompts.methods.base.points import split_weight_decay
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
@@ -38,8 +39,9 @@ from lightning_prompts.utils.tensor_files import save_atomically
 
 def chamfer_l2(predicted: Tensor, target: Tensor) -> Tensor:
     """Chamfer distance L2 of point sets ``(S, n, 3)`` and ``(S, m, 3)``: the mean squared distance from each
-    predicted point to its nearest target point plus the same from the targets' side."""
-    distance = torch.cdist(predicted, target).pow(2)
+    predicted point to its nearest target point plus the same from the targets' side (in float32: torch has no
+    half-precision ``cdist`` on the CPU)."""
+    distance = torch.cdist(predicted.float(), target.float()).pow(2)
     return distance.min(dim=2).values.mean() + distance.min(dim=1).values.mean()
 
 
@@ -141,6 +143,7 @@ class PointMAEPretraining(EncoderPretraining):
         log_validation_mean(self, "loss", loss, int(batch[POINTS].shape[0]))
 
     def configure_optimizers(self) -> Any:
+        warn_on_half_precision_parameters(self)
         # Point-MAE's add_weight_decay: no decay on 1-D tensors (norms), biases and the mask token
         decay, no_decay = split_weight_decay(list(self.named_parameters()))
         optimizer = self._optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])

@@ -59,9 +59,11 @@ class JointPromptProjector(nn.Module):
 
     def forward(self, text: Tensor, visual: Tensor) -> tuple[Tensor, Tensor]:
         """``text`` ``(n_text, text_width)`` and ``visual`` ``(layers, n_visual, vision_width)`` -> the same
-        shapes, projected jointly (computed in float32, as the official code does)."""
-        text_tokens = self.text_in(text.float())
-        visual_tokens = self.vision_in(visual.float().reshape(-1, visual.shape[-1]))
+        shapes, projected jointly in the projector's own dtype: float32, as the official code computes, unless the
+        whole module was cast (``bf16-true``)."""
+        dtype = self.block.ln_1.weight.dtype
+        text_tokens = self.text_in(text.to(dtype))
+        visual_tokens = self.vision_in(visual.to(dtype).reshape(-1, visual.shape[-1]))
         joint = self.block(torch.cat([text_tokens, visual_tokens], dim=0))
         count = text.shape[0]
         new_text = self.text_out(joint[:count]).to(text.dtype)

@@ -22,8 +22,9 @@ from lightning_prompts.backbones.hooks import BlockContext, BlockHook, PromptTok
 
 
 def feature_knn(features: Tensor, k: int) -> Tensor:
-    """Indices ``(B, G, k)`` of each token's ``k`` nearest tokens by squared distance (itself included)."""
-    distance = torch.cdist(features, features).pow(2)
+    """Indices ``(B, G, k)`` of each token's ``k`` nearest tokens by squared distance (itself included; distances
+    in float32, where half precision would tie neighbours and torch has no half-precision ``cdist`` on the CPU)."""
+    distance = torch.cdist(features.float(), features.float()).pow(2)
     return distance.topk(k, dim=-1, largest=False).indices
 
 

@@ -19,6 +19,25 @@ from lightning_prompts.errors import ConfigurationError
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def warn_on_half_precision_parameters(module: torch.nn.Module) -> None:
+    """Warn when ``module`` trains tensors in 16 bits: a ``"-true"`` precision (or a module cast to half precision)
+    leaves the optimizer no float32 master copy (openai/CLIP issue 40: NaN after one fp16 step with Adam). Called
+    by every ``configure_optimizers`` of ours, after Lightning has cast the module."""
+    half = {name: p.dtype for name, p in module.named_parameters() if p.requires_grad and p.dtype in HALF_DTYPES}
+    if not half:
+        return
+    dtypes = " and ".join(sorted({str(dtype).removeprefix("torch.") for dtype in half.values()}))
+    warnings.warn(
+        f"{type(module).__name__} trains {len(half)} tensor(s) in {dtypes} ({next(iter(half))}…): the optimizer "
+        f"updates them with no float32 master copy, so steps smaller than their resolution are lost (in float16, "
+        f"Adam and AdamW divide by zero where a gradient is small: NaN or inf after one step). A '-true' "
+        f"precision casts the whole module; use precision 'bf16-mixed' or '16-mixed', which keep the trained "
+        f"tensors in float32 and run the frozen model in half precision (docs/howto/devices.md).",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 class OptimizationMixin:
     """``configure_optimizers`` over named parameter groups (see the module docstring)."""
 
@@ -34,7 +53,7 @@ class OptimizationMixin:
     def configure_optimizers(self) -> Any:
         if not self.has_trainable_parameters:
             return None  # nothing to train: fit only validates
-        self._warn_on_half_precision_parameters()
+        warn_on_half_precision_parameters(self)
         optimizer = self._optimizer_factory(self._optimizer_groups())
         if self._scheduler_factory is None:
             return optimizer
@@ -54,23 +73,6 @@ class OptimizationMixin:
                     stacklevel=2,
                 )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self._scheduler_interval}}
-
-    def _warn_on_half_precision_parameters(self) -> None:
-        """A ``"-true"`` precision (or a module cast to half precision) leaves the trained tensors in 16 bits: the
-        optimizer then has no float32 master copy (openai/CLIP issue 40: NaN after one fp16 step with Adam)."""
-        half = {name: p.dtype for name, p in self.named_parameters() if p.requires_grad and p.dtype in HALF_DTYPES}
-        if not half:
-            return
-        dtypes = " and ".join(sorted({str(dtype).removeprefix("torch.") for dtype in half.values()}))
-        warnings.warn(
-            f"{type(self).__name__} trains {len(half)} tensor(s) in {dtypes} ({next(iter(half))}…): the optimizer "
-            f"updates them with no float32 master copy, so steps smaller than their resolution are lost (in float16, "
-            f"Adam and AdamW divide by zero where a gradient is small: NaN or inf after one step). A '-true' "
-            f"precision casts the whole module; use precision 'bf16-mixed' or '16-mixed', which keep the trained "
-            f"tensors in float32 and run the frozen model in half precision (docs/howto/devices.md).",
-            UserWarning,
-            stacklevel=2,
-        )
 
     def _optimizer_groups(self) -> list[dict[str, Any]]:
         """:meth:`param_groups`, checked, with ``param_group_lr``'s learning rates."""
