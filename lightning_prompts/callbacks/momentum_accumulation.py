@@ -5,7 +5,7 @@ Gao et al., "A Unified Continual Learning Framework with General Parameter-Effic
 (LAE: Learning, Accumulation, Ensemble; ICCV 2023; official code: github.com/gqk/LAE). The online
 parameters learn the current task fast; the offline copy accumulates them slowly,
 
-    offline ← decay · offline + (1 − decay) · online          (every training step; LAE: 0.9999)
+    offline ← decay · offline + (1 − decay) · online          (every optimizer step; LAE: 0.9999)
 
 and at evaluation each class is scored by the larger of the two models' probabilities
 (``max(softmax(online), softmax(offline))``), so the ensemble keeps what either model knows.
@@ -48,7 +48,8 @@ class MomentumAccumulation(Callback):
     """EMA of a method's prompt parameters into an offline copy, and the online/offline ensemble.
 
     Args:
-        decay: EMA decay per training step (LAE: 0.9999).
+        decay: EMA decay per optimizer step (LAE: 0.9999); a batch that only accumulates gradients
+            (``accumulate_grad_batches``) does not move the copy.
         groups: the method's parameter groups (``param_groups()`` names) to accumulate.
         start_task: first task (0-based) with an offline copy, on methods that have tasks.
         ensemble: score evaluation batches with the per-class max of both models' probabilities.
@@ -65,6 +66,7 @@ class MomentumAccumulation(Callback):
         self.decay, self.groups, self.start_task, self.ensemble = decay, list(groups), start_task, ensemble
         self.offline: list[Tensor] | None = None
         self._params: list[nn.Parameter] = []
+        self._optimizer_steps = 0  # the trainer's global step at the last batch end (set again when training starts)
 
     # -- which parameters ---------------------------------------------------------------------------
     def check_ready(self, module: Any, datamodule: Any | None, callbacks: Sequence[Any] = ()) -> None:
@@ -97,7 +99,8 @@ class MomentumAccumulation(Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if self.offline is None:
+        stepped, self._optimizer_steps = trainer.global_step != self._optimizer_steps, trainer.global_step
+        if self.offline is None or not stepped:  # a batch that only accumulated gradients left the online unmoved
             return
         for offline, online in zip(self.offline, self._params):
             offline.mul_(self.decay).add_(online.detach().to(offline.dtype), alpha=1.0 - self.decay)
@@ -135,3 +138,4 @@ class MomentumAccumulation(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.follow_parameters()  # after every restore, whatever the strategy: onto the parameters' devices
+        self._optimizer_steps = trainer.global_step

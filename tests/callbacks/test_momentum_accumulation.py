@@ -51,6 +51,22 @@ def test_offline_copy_is_the_ema_of_the_prompt_and_only_of_it(tiny_vit, trainer_
     assert {id(p) for p in accumulation._params} == prompt_ids  # never the backbone, never the head
 
 
+def test_offline_copy_moves_once_per_optimizer_step_when_gradients_accumulate(tiny_vit, trainer_kwargs):
+    """LAE's EMA is per update of the online parameters; under ``accumulate_grad_batches`` a batch without an
+    optimizer step left them unchanged, and averaging them in again squared the decay of every step."""
+    data = synthetic_fewshot(augmentation="vtab", batch_size=2)
+    model = VPT(tiny_vit, data.classnames, num_tokens=2)
+    accumulation, spy = MomentumAccumulation(decay=0.5), OnlineSpy()
+    Trainer(max_steps=2, accumulate_grad_batches=2, callbacks=[accumulation, spy], **trainer_kwargs).fit(model, data)
+    assert len(spy.values) == 4  # four batches, two updates: batches 0 and 2 end with the parameters unchanged
+    assert all(torch.equal(a, b) for a, b in zip(spy.initial, spy.values[0]))
+    expected = spy.initial
+    for online in (spy.values[1], spy.values[3]):
+        expected = [0.5 * e + 0.5 * o for e, o in zip(expected, online)]
+    for offline, reference in zip(accumulation.offline, expected):
+        assert torch.allclose(offline, reference, atol=1e-6)
+
+
 def test_offline_copy_starts_at_the_second_task(tiny_vit, trainer_kwargs):
     data = two_task_stream(augmentation="vtab", batch_size=2)
     model = VPT(tiny_vit, data.classnames, num_tokens=2)
