@@ -30,7 +30,7 @@ from lightning_prompts.data.processes import evaluation_loader
 from lightning_prompts.data.synthetic import classnames_for, write_image
 from lightning_prompts.data.text import read_records
 from lightning_prompts.data.transforms import build_transform
-from lightning_prompts.errors import DatasetError
+from lightning_prompts.errors import ConfigurationError, DatasetError
 from lightning_prompts.registry import register_datamodule
 from lightning_prompts.utils.distributed import process_count_and_rank
 from lightning_prompts.utils.resources import resolve_path
@@ -267,6 +267,13 @@ class ImageTextDataModule(LightningDataModule):
         if self.domains is None:
             raise DatasetError(
                 "ImageTextDataModule has no domains: give a domain_column or let the meta-learner assign them."
+            )
+        if self.trainer is not None and self.trainer.overfit_batches:
+            # Lightning would swap the task sampler for a sequential one over single pairs (read as tasks, they fail)
+            raise ConfigurationError(
+                "ImageTextDataModule draws each training batch as a meta-task (support and query pairs from two "
+                "domains) with its own sampler, which trainer.overfit_batches replaces; leave overfit_batches out "
+                "(trainer.limit_train_batches and data.init_args.tasks_per_epoch make short epochs)."
             )
         dataset = self._datasets["train"]
         tasks = self.tasks_per_epoch or max(1, len(dataset) // (2 * self.batch_size))

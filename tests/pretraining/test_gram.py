@@ -210,6 +210,15 @@ def test_gram_writes_an_initialisation_and_a_regulator_that_coop_uses(tiny_clip,
     assert "train/loss" in trainer.callback_metrics
 
 
+def test_overfit_batches_is_refused_with_what_to_use_instead(tiny_clip, trainer_kwargs, tmp_path):
+    """Lightning's overfit_batches swaps the training sampler for a sequential one: the meta-task loader then read
+    single pair indices as tasks and stopped on a TypeError at the first batch."""
+    gram = GRAM(tiny_clip, n_ctx=4, num_domains=3, output_dir=tmp_path / "gram")
+    with pytest.raises(ConfigurationError, match="overfit_batches.*limit_train_batches"):
+        Trainer(overfit_batches=1, max_epochs=1, **trainer_kwargs).fit(gram, image_text_data())
+    assert not (tmp_path / "gram").exists()
+
+
 def test_prompt_init_must_fit(tiny_clip, tmp_path):
     gram = GRAM(tiny_clip, n_ctx=4, ctx_init=None)
     path = gram.export_prompt(tmp_path / "init.safetensors", prefix="prompt.")
