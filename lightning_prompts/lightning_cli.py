@@ -146,6 +146,9 @@ class PromptsCLI(LightningCLI):
         setup = getattr(self.datamodule, "setup", None)
         if callable(setup):  # reads and verifies the data now (Lightning's own call then finds it done)
             setup(stage)
+        from lightning_prompts.methods.base.module import check_precision_for_backbone
+
+        check_precision_for_backbone(self.model, self.trainer.precision)
         check = getattr(self.model, "check_ready", None)
         if callable(check):
             check(stage, self.trainer.callbacks, self.datamodule)

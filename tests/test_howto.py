@@ -220,3 +220,21 @@ def test_devices_gradient_checkpointing_commands(scratch):
         cli = run_cli([subcommand, config_flag, recipe, "--config", str(overlay_for(ROOT / recipe)), *rest])
         assert cli.model.backbone.gradient_checkpointing is True
         assert cli.trainer.state.finished and cli.trainer.global_step >= 1
+
+
+def test_devices_half_precision_weights_command(scratch):
+    # docs/howto/devices.md's 16-bit weights command as written, on its recipe's tiny overlay, in the recipe's own
+    # precision (bf16-mixed; the overlay sets 32-true, under which the command is refused, as the page says)
+    from test_recipes import overlay_for
+
+    from lightning_prompts.errors import ConfigurationError
+
+    (command,) = [c for c in docs_commands(HOWTO / "devices.md") if any(".dtype" in word for word in c)]
+    subcommand, config_flag, recipe, *rest = command
+    args = [subcommand, config_flag, recipe, "--config", str(overlay_for(ROOT / recipe)), *rest]
+    with pytest.raises(ConfigurationError, match="precision 'bf16-mixed'"):
+        run_cli(args)
+    cli = run_cli([*args, "--trainer.precision", "bf16-mixed"])
+    assert {p.dtype for p in cli.model.backbone.parameters()} == {torch.bfloat16}
+    assert cli.model.prompt.ctx.dtype == torch.float32
+    assert cli.trainer.state.finished and cli.trainer.global_step >= 1

@@ -26,6 +26,20 @@ import torch
 from torch import nn
 
 from lightning_prompts.backbones.hooks import expand_to_batch  # noqa: F401  (shared helper, re-exported)
+from lightning_prompts.errors import ConfigurationError
+
+#: what the vision backbones' ``dtype`` argument accepts: the dtype their frozen weights are kept and run in
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Trainer precisions under which a backbone with half-precision weights runs: autocast puts the float32 prompts,
+#: adapters and heads in the products with its weights in one dtype; a '-true' precision casts everything
+HALF_WEIGHT_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16-true", "16-true")
+
+
+def weight_dtype(name: str, owner: str) -> torch.dtype:
+    """The torch dtype of a ``dtype`` argument, or a clear refusal."""
+    if name not in WEIGHT_DTYPES:
+        raise ConfigurationError(f"{owner} dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {name!r}.")
+    return WEIGHT_DTYPES[name]
 
 
 class Backbone(nn.Module):
@@ -60,6 +74,17 @@ class Backbone(nn.Module):
         self.requires_grad_(False)
         self.eval()
         self._fingerprint = _fingerprint(self)
+
+    #: whether the frozen weights are kept in 16 bits (a vision backbone's ``dtype``): such a backbone runs under
+    #: one of :data:`HALF_WEIGHT_PRECISIONS`, which methods check before their first step
+    half_weights: bool = False
+
+    def keep_weights_in(self, dtype: torch.dtype) -> None:
+        """Keep the frozen weights in ``dtype``; after :meth:`freeze`, so the fingerprint is the loaded weights'
+        (a prompt trained on the bfloat16 copy loads into the float32 one and back)."""
+        if dtype != torch.float32:
+            self.model.to(dtype)
+            self.half_weights = True
 
     def train(self, mode: bool = True) -> Backbone:
         """Stay in eval mode whatever is asked: the backbone is frozen, dropout and BN included."""

@@ -42,6 +42,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_prompts.backbones.base import weight_dtype
 from lightning_prompts.backbones.batch_first_attention import projected_batch_first
 from lightning_prompts.backbones.hooks import BlockContext, BlockHook, BlockSites, PromptTokens, attached, compose
 from lightning_prompts.backbones.layer_checkpointing import checkpoint_if_recording, run_block
@@ -117,6 +118,10 @@ class OpenCLIP(VisionLanguageBackbone):
             for deep visual prompts (MaPLe, VPT on CLIP) on large towers and for the text pass over ImageNet's 1,000
             classes, at about one more forward.
             Gradients equal the plain pass's bitwise; hooks inside the blocks run again in the recomputation.
+        dtype: the dtype the frozen weights are kept and run in: ``"float32"`` (default), ``"bfloat16"`` or
+            ``"float16"``, half the weight memory for large towers. The prompts, adapters and heads the methods
+            train stay float32, so a 16-bit backbone runs under ``precision: bf16-mixed`` (or ``16-mixed``),
+            whose autocast meets the two in one dtype; other precisions are refused before the first step.
 
     Example:
         >>> clip = OpenCLIP("ViT-B-16", pretrained="openai")            # doctest: +SKIP
@@ -135,10 +140,12 @@ class OpenCLIP(VisionLanguageBackbone):
         seed: int = 0,
         shared_prefix: bool = True,
         gradient_checkpointing: bool = False,
+        dtype: str = "float32",
     ) -> None:
         super().__init__()
         import open_clip
 
+        weights = weight_dtype(dtype, "OpenCLIP")  # before any weights are read
         self.model_name, self.pretrained = model_name, pretrained
         self.shared_prefix, self.gradient_checkpointing = shared_prefix, gradient_checkpointing
         if model_cfg is None and model_name == "tiny":
@@ -188,6 +195,7 @@ class OpenCLIP(VisionLanguageBackbone):
                 "ln_final, text_projection)."
             )
         self.freeze()
+        self.keep_weights_in(weights)
 
     # -- description ------------------------------------------------------------------------
     @property

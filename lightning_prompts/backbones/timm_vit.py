@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lightning_prompts.backbones.attention import prefix_attention
-from lightning_prompts.backbones.base import Backbone
+from lightning_prompts.backbones.base import Backbone, weight_dtype
 from lightning_prompts.backbones.hooks import (
     AttentionPrefix,
     BlockContext,
@@ -70,6 +70,10 @@ class TimmViT(Backbone):
         gradient_checkpointing: keep only each block's input for the backward pass and recompute the block there
             (memory for VPT-deep, adapters and MULTI-LANE's lanes on large ViTs, at about one more forward);
             gradients equal the plain pass's bitwise, and hooks inside the blocks run again in the recomputation.
+        dtype: the dtype the frozen weights are kept and run in: ``"float32"`` (default), ``"bfloat16"`` or
+            ``"float16"``, half the weight memory for large towers. The prompts, adapters and heads the methods
+            train stay float32, so a 16-bit backbone runs under ``precision: bf16-mixed`` (or ``16-mixed``),
+            whose autocast meets the two in one dtype; other precisions are refused before the first step.
     """
 
     family = "vit"
@@ -82,11 +86,13 @@ class TimmViT(Backbone):
         model_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
         gradient_checkpointing: bool = False,
+        dtype: str = "float32",
     ) -> None:
         super().__init__()
         import timm
         from timm.models.vision_transformer import VisionTransformer
 
+        weights = weight_dtype(dtype, "TimmViT")  # before any weights are read
         self.model_name, self.gradient_checkpointing = model_name, gradient_checkpointing
         kwargs = dict(model_kwargs or {})
         timm_name = model_name
@@ -128,6 +134,7 @@ class TimmViT(Backbone):
         self.image_mean = tuple(config.get("mean", (0.485, 0.456, 0.406)))
         self.image_std = tuple(config.get("std", (0.229, 0.224, 0.225)))
         self.freeze()
+        self.keep_weights_in(weights)
 
     @property
     def name(self) -> str:
@@ -233,7 +240,7 @@ class TimmViT(Backbone):
         for index, block in enumerate(model.blocks):
             side = checkpoint_if_recording(self.gradient_checkpointing, step, index, block, x, side)
             x = block(x)
-        return model.norm(x), model.norm(side)
+        return model.norm(x), model.norm(side.to(model.norm.weight.dtype))  # 16-bit weights: the norm's dtype
 
 
 def _prefixed_timm_attention(attention: Any) -> Any:

@@ -98,7 +98,7 @@ def lane_block_step(
     attention = block.attn
     heads, width = attention.num_heads, x.shape[-1]
     frozen = block.norm1(x).detach()
-    normed = block.norm1(lanes)
+    normed = block.norm1(lanes.to(block.norm1.weight.dtype))  # a 16-bit backbone's norms take its dtype (CPU)
     cls, selectors = normed[:, :, :1], normed[:, :, 1:]
     if summarise:
         weights = (torch.einsum("lbsc,bnc->lbsn", selectors, frozen) * width**-0.5).softmax(dim=-1)
@@ -117,4 +117,4 @@ def lane_block_step(
     if summarise and drop:
         out = torch.cat([out[:, :, :1], selectors], dim=2)  # drop the summaries, keep the selectors
     lanes = lanes + block.drop_path1(block.ls1(out))
-    return lanes + block.drop_path2(block.ls2(block.mlp(block.norm2(lanes))))
+    return lanes + block.drop_path2(block.ls2(block.mlp(block.norm2(lanes.to(block.norm2.weight.dtype)))))

@@ -37,12 +37,13 @@ from lightning_prompts.utils.similarity import similarity_logits
 @torch.no_grad()
 def template_ensemble(backbone: VisionLanguageBackbone, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
     """``(C, D)``: the normalised mean over ``templates`` of the normalised features of each filled-in
-    template (CLIP's prompt ensembling; one template gives its features). ``_`` in names becomes a space."""
+    template (CLIP's prompt ensembling; one template gives its features), in float32 whatever the backbone's
+    dtype (ConES trains these as its parameters). ``_`` in names becomes a space."""
     per_template = [
         backbone.encode_text([template.format(name.replace("_", " ")) for name in classnames], normalize=True)
         for template in templates
     ]
-    return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
+    return F.normalize(torch.stack(per_template).float().mean(dim=0), dim=-1)
 
 
 class CLIPPromptModule(PromptModule):

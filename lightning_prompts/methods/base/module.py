@@ -274,6 +274,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
     def setup(self, stage: str) -> None:
         callbacks = self.trainer.callbacks
         datamodule = self.datamodule
+        check_precision_for_backbone(self, self.trainer.precision)
         self.check_ready(stage, callbacks, datamodule)
         self._requested_fields = self.check_output_fields(self.loss_terms(callbacks))
         evaluator = self.resolve_evaluator(datamodule)
@@ -452,6 +453,21 @@ def _refuse_given_twice(method: Any, callbacks: Sequence[Any], own: Sequence[Any
             f"{type(method).__name__} attaches {', '.join(replaced)} itself, with the settings of its own arguments "
             f"(see its docs), and Lightning would drop the one given to the Trainer: remove it from "
             f"trainer.callbacks and set those options on the model."
+        )
+
+
+def check_precision_for_backbone(method: Any, precision: str) -> None:
+    """A backbone that keeps its frozen weights in 16 bits (``dtype``) runs under a precision whose autocast (or
+    cast) meets them and the float32 tensors the method trains in one dtype; without it the first product of the
+    two stops on mixed dtypes (an adapter or head on the features, a LayerNorm of a float32 token on the CPU)."""
+    from lightning_prompts.backbones.base import HALF_WEIGHT_PRECISIONS
+
+    backbone = getattr(method, "backbone", None)
+    if getattr(backbone, "half_weights", False) and str(precision) not in HALF_WEIGHT_PRECISIONS:
+        raise ConfigurationError(
+            f"{type(method).__name__}'s backbone keeps its weights in {next(backbone.parameters()).dtype} (dtype) "
+            f"but the trainer's precision is {precision!r}: use precision 'bf16-mixed' (or '16-mixed'), or leave "
+            f"the backbone's dtype at float32."
         )
 
 
