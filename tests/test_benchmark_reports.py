@@ -116,3 +116,18 @@ def test_gradient_checkpointing_benchmark_runs_and_reports_equal_gradients(monke
     assert printed.count("gradient difference 0.0e+00") == 2  # both methods, bitwise
     ratios = [float(line.split(": ")[1]) for line in printed.splitlines() if line.startswith("mem_ratio_")]
     assert len(ratios) == 2 and all(ratio > 2 for ratio in ratios)
+
+
+def test_half_precision_weights_benchmark_reports_half_the_weights_and_fewer_saved_bytes(monkeypatch, capsys):
+    """On the tiny towers (about 8 s): bfloat16 weights are half the bytes, and a step keeps less for backward
+    (no autocast copy of the frozen weights in the prompt's gradient path)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr("sys.argv", ["half_precision_weights.py", "--model", "tiny", "--rounds", "1"])
+    runpy.run_path(str(BENCHMARKS / "half_precision_weights.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+
+    def ratios(prefix: str) -> list[float]:
+        return [float(line.split(": ")[1]) for line in printed.splitlines() if line.startswith(prefix)]
+
+    assert ratios("weights_ratio_") == [2.0, 2.0, 2.0]
+    assert len(ratios("mem_ratio_")) == 3 and all(ratio > 1.1 for ratio in ratios("mem_ratio_"))
