@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.export.peft import export_peft_prompt_tuning
 from lightning_prompts.methods.base import LabelWords, TextPromptModule
 from lightning_prompts.prompts.soft_prompt import PromptEncoderMLP, SoftPromptInit
@@ -108,6 +109,38 @@ class PromptTuning(TextPromptModule):
 
     def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
         return self.backbone.forward_embeddings(self.soft_tokens(), input_ids, attention_mask, output_hidden_states)
+
+    # -- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, texts: Sequence[str], decode: bool = True, **generate_kwargs: Any) -> list[str] | Tensor:
+        """Continue each text (put into ``text_template``) after the soft prompt with the frozen causal LM's own
+        ``generate`` (greedy unless ``generate_kwargs`` say otherwise, e.g. ``max_new_tokens=20``,
+        ``do_sample=True``): the generated texts, or with ``decode=False`` their token ids ``(B, new)``.
+
+        The batch enters as ``inputs_embeds`` ``[pads; soft tokens; text]`` with the padding masked, so every text
+        is continued as it would be alone (the model's generation derives positions from the mask); PEFT's
+        prompt-tuning ``generate`` puts its pads between the soft tokens and the text, which the mask makes the same.
+        """
+        model: HFText = self.backbone
+        if model.task != "causal-lm":
+            raise ConfigurationError(
+                f"generate continues texts with a causal language model; {model.name} is loaded for {model.task!r}."
+            )
+        tokens = self.tokenize(texts)
+        ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+        text_embeds = model.word_embeddings(ids)
+        soft = self.soft_tokens().to(text_embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
+        embeds = torch.cat([soft, text_embeds], dim=1)
+        full_mask = torch.cat([mask.new_ones(soft.shape[:2]), mask], dim=1)
+        # right-padded rows rolled right by their padding: the pads come first, the text ends every row
+        length = embeds.shape[1]
+        source = (torch.arange(length, device=ids.device) - (mask.shape[1] - mask.sum(dim=1, keepdim=True))) % length
+        embeds = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+        full_mask = full_mask.gather(1, source)
+        tokenizer = model.tokenizer
+        options = {"max_new_tokens": 20, "do_sample": False, "pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
+        generated = model.model.generate(inputs_embeds=embeds, attention_mask=full_mask, **options)
+        return tokenizer.batch_decode(generated, skip_special_tokens=True) if decode else generated
 
     # -- export ----------------------------------------------------------------------------------------
     def export_peft(self, directory: str | Path) -> Path:
