@@ -118,8 +118,9 @@ class PromptTuning(TextPromptModule):
         ``do_sample=True``): the generated texts, or with ``decode=False`` their token ids ``(B, new)``.
 
         The batch enters as ``inputs_embeds`` ``[pads; soft tokens; text]`` with the padding masked, so every text
-        is continued as it would be alone (the model's generation derives positions from the mask); PEFT's
-        prompt-tuning ``generate`` puts its pads between the soft tokens and the text, which the mask makes the same.
+        is continued as it would be alone (the model's generation derives positions from the mask). Pinned to greedy
+        decoding over PEFT's forward on the :meth:`export_peft` adapter; PEFT's own ``generate`` on that adapter
+        gave other tokens from the third on (peft 0.21.2, transformers 5.25).
         """
         model: HFText = self.backbone
         if model.task != "causal-lm":
