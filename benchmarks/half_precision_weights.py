@@ -23,10 +23,10 @@ import argparse
 import functools
 import os
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from coop_step import timed  # benchmarks/coop_step.py (the script's folder is on the path)
 from saved_memory import saved_bytes
 
 from lightning_prompts.backbones import OpenCLIP, TimmViT
@@ -81,13 +81,11 @@ def compare(
         return F.cross_entropy(logits_of(method, images), labels)
 
     times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
-    for round_index in range(rounds + 1):
+    for round_index in range(rounds + 1):  # the first round warms up
         for setting, method in (("float32", full), ("bfloat16", half)):
             params = [p for p in method.parameters() if p.requires_grad]
-            start = time.perf_counter()
-            torch.autograd.grad(loss_of(method), params)
-            if round_index:
-                times[setting].append(time.perf_counter() - start)
+            seconds = timed(lambda: torch.autograd.grad(loss_of(method), params), "cpu")  # noqa: B023 (run at once)
+            times[setting].extend([seconds] if round_index else [])
     weights = {
         setting: sum(p.numel() * p.element_size() for p in method.backbone.parameters())
         for setting, method in (("float32", full), ("bfloat16", half))
