@@ -8,7 +8,9 @@
 #   3. benchmarks/coop_step.py on CUDA: CoOp at 1,000 classes, batch 32, ViT-B/16, with our peak memory and whether
 #      it runs in 16 GiB, and ours alone with OpenCLIP(gradient_checkpointing=True); CoOp and MaPLe at 100 classes,
 #      batch 8, with each variant's dispatched operations; both
-#      also time the padded shared-prefix pass and the pass without the shared prefix.
+#      also time the padded shared-prefix pass and the pass without the shared prefix;
+#   4. benchmarks/half_precision_weights.py on CUDA, batch 32: MaPLe, VPT-deep and CoOp at 1,000 classes on ViT-B/16
+#      with bfloat16 against float32 frozen weights under bf16 autocast, with each step's peak memory.
 # Exits 1 when any check failed.
 # Run from the repository root with the project and its test extra installed (full logs of the recipe tests and the
 # benchmark go to $DEVICE_CHECK_LOGS, default a temporary folder):
@@ -44,7 +46,10 @@ python benchmarks/coop_step.py --device cuda --batch 32 --classes 1000 --methods
   --skip-memory --peak-memory --gradient-checkpointing > "$logs/coop_step_1000_checkpointed.log" 2>&1 || failed=1
 python benchmarks/coop_step.py --device cuda --batch 8 --maple-batch 8 --classes 100 --methods coop maple --rounds 3 --count-ops \
   > "$logs/coop_step_100.log" 2>&1 || failed=1
-for log in "$logs/coop_step_1000.log" "$logs/coop_step_1000_checkpointed.log" "$logs/coop_step_100.log"; do
+python benchmarks/half_precision_weights.py --device cuda --batch 32 --rounds 3 \
+  > "$logs/half_precision_weights.log" 2>&1 || failed=1
+for log in "$logs/coop_step_1000.log" "$logs/coop_step_1000_checkpointed.log" "$logs/coop_step_100.log" \
+           "$logs/half_precision_weights.log"; do
   grep -vE "Warning|warn|^ *$" "$log" | sed 's/^/BENCH  /'
 done
 rm -rf "$scratch"

@@ -14,7 +14,10 @@ bfloat16 weights; >1 means 16-bit weights keep less), the median step times and 
 / float32 weights; on CPUs without bfloat16 units autocast is slow either way), and the largest logit difference
 beside the logits' spread over the classes.
 
-    python benchmarks/half_precision_weights.py [--model vit_b16|tiny] [--batch 4] [--rounds 2]
+    python benchmarks/half_precision_weights.py [--model vit_b16|tiny] [--batch 4] [--rounds 2] [--device cuda]
+
+On ``--device cuda`` the same runs on the GPU, and each setting's step also prints its peak of allocated CUDA memory
+above what was resident before it (activations, autocast's casts and the gradients).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def methods(model: str, dtype: str) -> dict[str, torch.nn.Module]:
 
 
 def logits_of(method: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
         return method.compute_output({"image": images}).logits.float()
 
 
@@ -63,15 +66,16 @@ def main() -> None:
     parser.add_argument("--model", choices=["vit_b16", "tiny"], default="vit_b16")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cuda: also the step's peak of CUDA memory above the weights")
     args = parser.parse_args()
     size = 32 if args.model == "tiny" else 224
     print(f"{args.model} towers, random weights, batch {args.batch}, threads {torch.get_num_threads()}, "
           f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
-    images = torch.randn(args.batch, 3, size, size)
-    labels = torch.arange(args.batch) % 2
+    images = torch.randn(args.batch, 3, size, size).to(args.device)
+    labels = (torch.arange(args.batch) % 2).to(args.device)
     full, half = methods(args.model, "float32"), methods(args.model, "bfloat16")
     for label in full:
-        compare(label, full[label], half[label], images, labels, args.rounds)
+        compare(label, full[label].to(args.device), half[label].to(args.device), images, labels, args.rounds)
 
 
 def compare(
@@ -84,8 +88,18 @@ def compare(
     for round_index in range(rounds + 1):  # the first round warms up
         for setting, method in (("float32", full), ("bfloat16", half)):
             params = [p for p in method.parameters() if p.requires_grad]
-            seconds = timed(lambda: torch.autograd.grad(loss_of(method), params), "cpu")  # noqa: B023 (run at once)
+            seconds = timed(lambda: torch.autograd.grad(loss_of(method), params), images.device.type)  # noqa: B023
             times[setting].extend([seconds] if round_index else [])
+    if images.device.type == "cuda":
+        for setting, method in (("float32", full), ("bfloat16", half)):
+            params = [p for p in method.parameters() if p.requires_grad]
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            torch.autograd.grad(loss_of(method), params)
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+            print(f"{label}: step's CUDA peak above the resident tensors {peak:.1f} MiB with {setting} weights")
     weights = {
         setting: sum(p.numel() * p.element_size() for p in method.backbone.parameters())
         for setting, method in (("float32", full), ("bfloat16", half))
