@@ -83,3 +83,26 @@ def test_a_16_bit_backbone_without_autocast_is_refused_before_the_first_step(tmp
 def test_an_unknown_dtype_is_refused_by_name():
     with pytest.raises(ConfigurationError, match="dtype must be one of float32, bfloat16, float16, got 'half'"):
         TimmViT("tiny", dtype="half")
+
+
+@pytest.mark.parametrize("name", ["MaPLe", "VPT", "CoOp"])
+def test_block_checkpointing_on_16_bit_weights_gives_the_same_gradients(name):
+    """The two memory options combine: the recomputation under autocast is the same bfloat16 arithmetic."""
+    import torch.nn.functional as F
+
+    from lightning_prompts import methods
+
+    names, images, labels = CLASSNAMES, torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    options = {"MaPLe": {"n_ctx": 2, "depth": 1}, "VPT": {"num_tokens": 4, "deep": True}, "CoOp": {"n_ctx": 4}}[name]
+    gradients = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        family = "vit" if name == "VPT" else "clip"
+        backbone = tiny(family, "bfloat16")
+        backbone.gradient_checkpointing = checkpointed
+        method = getattr(methods, name)(backbone, names, **options).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(method.compute_output({"image": images}).logits.float(), labels)
+        gradients.append(torch.autograd.grad(loss, [p for p in method.parameters() if p.requires_grad]))
+    assert all(torch.equal(a, b) for a, b in zip(*gradients))
+    assert any(grad.abs().sum() > 0 for grad in gradients[0])
