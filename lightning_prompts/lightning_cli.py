@@ -316,6 +316,12 @@ def int_before_float(typehint: Any) -> Any:
 _IGNORED = frozenset(
     {"prompt_init", "classnames", "optimizer", "lr_scheduler", "lr_scheduler_interval", "param_group_lr", "evaluator"}
 )
+#: backbone arguments that change how the frozen model runs, not what was trained against it: a prompt trained with
+#: block checkpointing, the shared-prefix pass, sub-batches or 16-bit weights is evaluated with or without them
+_BACKBONE_RUN_OPTIONS = frozenset(
+    f"backbone.init_args.{name}"
+    for name in ("gradient_checkpointing", "shared_prefix", "length_buckets", "dtype", "cache_dir")
+)
 
 
 def method_hparams(method: str, which: str) -> frozenset[str]:
@@ -354,7 +360,8 @@ def _differences(where: str, stored: Any, configured: Any) -> list[str]:
     ):
         found = []
         for key in sorted(set(stored) | set(configured)):
-            found += _differences(f"{where}.{key}", stored.get(key), configured.get(key))
+            if f"{where}.{key}" not in _BACKBONE_RUN_OPTIONS:
+                found += _differences(f"{where}.{key}", stored.get(key), configured.get(key))
         return found
     if isinstance(stored, dict) and isinstance(configured, dict) and "class_path" in stored:
         return [f"{where}: checkpoint {stored['class_path']}, config {configured.get('class_path')}"]

@@ -704,3 +704,21 @@ def test_lightning_is_told_to_read_every_checkpoint_as_weights_only(tmp_path, mo
     monkeypatch.setattr(Trainer, "fit", fit)
     main(["fit", *TINY, "--trainer.default_root_dir", str(tmp_path / "run")])
     assert seen["weights_only"] is True
+
+
+def test_a_checkpoint_is_evaluated_with_other_backbone_run_options(tmp_path, monkeypatch):
+    """How the frozen model runs (block checkpointing, the shared-prefix pass, 16-bit weights) is not what was
+    trained: a checkpoint trained without them is tested with them, where another seed (other weights) is refused."""
+    from lightning_prompts.lightning_cli import compare_hparams, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    path = saved_checkpoint(tmp_path)
+    backbone = "--model.init_args.backbone.init_args."
+    options = [f"{backbone}gradient_checkpointing", "true", f"{backbone}shared_prefix", "false",
+               f"{backbone}dtype", "bfloat16", "--trainer.precision", "bf16-mixed"]  # fmt: skip
+    cli = run_cli(["test", *TINY, "--ckpt_path", str(path), *options, "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.trainer.state.finished and "test/acc" in cli.trainer.callback_metrics
+    assert cli.model.backbone.gradient_checkpointing and cli.model.backbone.half_weights
+    stored = {"backbone": {"class_path": "OpenCLIP", "init_args": {"seed": 0, "dtype": "float32"}}}
+    other = {"backbone": {"class_path": "OpenCLIP", "init_args": {"seed": 5, "dtype": "bfloat16"}}}
+    assert compare_hparams(stored, other) == ["backbone.init_args.seed: checkpoint 0, config 5"]
