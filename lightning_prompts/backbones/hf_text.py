@@ -556,6 +556,14 @@ class HFText(Backbone):
         # looked up once, not on every forward
         return "cache" if "cache" in inspect.signature(self.model.base_model.forward).parameters else "past_key_values"
 
+    def prefix_cache(self, hooks: BlockHook, embeds: Tensor) -> tuple[Any, int]:
+        """The hooks' attention prefixes of every layer as the key/value cache the model reads, and their length,
+        for a batch of input embeddings ``embeds`` ``(B, T, H)`` (its size, dtype and device): what generation
+        after a prefix starts from."""
+        layers = self.layers()
+        contexts = [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
+        return self._prefix_cache(hooks, contexts, embeds)
+
     def _prefix_cache(self, hooks: BlockHook, contexts: Sequence[BlockContext], embeds: Tensor) -> tuple[Any, int]:
         """The hook's per-layer keys and values as a key/value cache the model's attention reads before the
         sequence's own keys, exactly the mechanism (and the layout) PEFT's prefix tuning uses: every query

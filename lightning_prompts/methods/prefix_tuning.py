@@ -119,6 +119,45 @@ class PrefixTuning(TextPromptModule):
             None, input_ids, attention_mask, output_hidden_states, hooks=self.prefix.hooks()
         )
 
+    # -- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, texts: Sequence[str], decode: bool = True, **generate_kwargs: Any) -> list[str] | Tensor:
+        """Continue each text (put into ``text_template``) after the trained prefixes with the frozen causal LM's
+        own ``generate`` (greedy and 20 new tokens unless ``generate_kwargs`` say otherwise): the generated texts,
+        or with ``decode=False`` their token ids ``(B, new)``, padded with the tokenizer's padding id.
+
+        The prefixes enter as the key/value cache generation starts from, as they enter the forward pass. The
+        model's generation counts a given cache as input it already read, so the input holds that many placeholder
+        ids ahead of the text, never read. Texts run in groups of one token length, unpadded: padding between the
+        cache and a text changed what Gemma-3 generated (its sliding window counts the padded positions), where
+        one length per call gives greedy decoding over our forward exactly (tested on GPT-2 and Gemma-3).
+        """
+        model: HFText = self.backbone
+        if model.task != "causal-lm":
+            raise ConfigurationError(
+                f"generate continues texts with a causal language model; {model.name} is loaded for {model.task!r}."
+            )
+        tokens = self.tokenize(texts)
+        ids, lengths = tokens["input_ids"].to(self.device), tokens["attention_mask"].sum(dim=1).tolist()
+        pad = model.tokenizer.pad_token_id
+        options = {"max_new_tokens": 20, "do_sample": False, "pad_token_id": pad, **generate_kwargs}
+        rows: list[Tensor | None] = [None] * len(lengths)
+        for length in sorted(set(lengths)):
+            group = [i for i, n in enumerate(lengths) if n == length]
+            text_ids = ids[group, :length]
+            cache, prefix = model.prefix_cache(self.prefix.hooks(), model.word_embeddings(text_ids[:, :1]))
+            input_ids = torch.cat([text_ids.new_full((len(group), prefix), pad), text_ids], dim=1)
+            attention_mask = torch.ones_like(input_ids)
+            with warnings.catch_warnings():  # transformers 5 renames generate's argument to `cache` (4.x lacks it)
+                warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated")
+                generated = model.model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **options
+                )
+            for row, index in zip(generated[:, input_ids.shape[1] :], group):
+                rows[index] = row
+        new = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
+        return model.tokenizer.batch_decode(new, skip_special_tokens=True) if decode else new
+
     # -- export ----------------------------------------------------------------------------------------
     def export_peft(self, directory: str | Path) -> Path:
         """Write a PEFT prefix-tuning adapter that ``PeftModel.from_pretrained(base, directory)`` loads.

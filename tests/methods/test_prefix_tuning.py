@@ -199,3 +199,43 @@ def test_the_prefix_takes_positions_from_the_context():
     method = PrefixTuning(backbone, ["a", "b"], num_virtual_tokens=6)
     assert method.reserved_tokens == 6
     assert method.tokenize(["abc"])["input_ids"].shape[1] <= 10
+
+
+GENERATION_TEXTS = [
+    "the film was great and moving",
+    "dull",
+    "an awful, tedious and clumsy film with a weak plot!",
+    "dire",
+]
+
+
+@pytest.mark.parametrize(("name", "std"), [("tiny-gpt2", 0.5), ("tiny-gemma3", 0.1)])
+def test_generate_after_the_prefixes_is_greedy_decoding_over_our_forward(name, std):
+    """Texts of three token lengths (two of one): each continued exactly as a greedy loop over our forward with the
+    prefixes continues it alone. Batched with padding between the prefix cache and the text, Gemma-3 (sliding
+    window) generated otherwise: texts run in groups of one length."""
+    torch.manual_seed(0)
+    backbone = HFText(name, task="causal-lm")
+    with torch.no_grad():
+        for param in backbone.model.parameters():
+            param.normal_(std=std)
+    method = PrefixTuning(backbone, ["good", "bad"], num_virtual_tokens=3, text_template="{text} so:")
+    with torch.no_grad():
+        for param in method.prefix.parameters():
+            param.normal_(std=1.0)  # prefixes that change what the model says
+    references = []
+    for text in GENERATION_TEXTS:
+        tokens = method.tokenize([text])
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        generated = []
+        with torch.no_grad():
+            for _ in range(6):
+                token = backbone.forward_embeddings(None, ids, mask, hooks=method.prefix.hooks()).logits.argmax(-1)
+                generated.append(int(token))
+                ids, mask = torch.cat([ids, token[:, None]], dim=1), torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+        references.append(generated)
+    assert method.generate(GENERATION_TEXTS, decode=False, max_new_tokens=6).tolist() == references
+    assert len({tuple(row) for row in references[:3]}) == 3  # each text is continued differently
+    assert method.generate(GENERATION_TEXTS[:1], max_new_tokens=6) == backbone.tokenizer.batch_decode(
+        [references[0]], skip_special_tokens=True
+    )
