@@ -133,14 +133,10 @@ class PrefixTuning(TextPromptModule):
         one length per call gives greedy decoding over our forward exactly (tested on GPT-2 and Gemma-3).
         """
         model: HFText = self.backbone
-        if model.task != "causal-lm":
-            raise ConfigurationError(
-                f"generate continues texts with a causal language model; {model.name} is loaded for {model.task!r}."
-            )
+        options = self.generation_options(generate_kwargs)
         tokens = self.tokenize(texts)
         ids, lengths = tokens["input_ids"].to(self.device), tokens["attention_mask"].sum(dim=1).tolist()
         pad = model.tokenizer.pad_token_id
-        options = {"max_new_tokens": 20, "do_sample": False, "pad_token_id": pad, **generate_kwargs}
         rows: list[Tensor | None] = [None] * len(lengths)
         for length in sorted(set(lengths)):
             group = [i for i, n in enumerate(lengths) if n == length]

@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
-from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.export.peft import export_peft_prompt_tuning
 from lightning_prompts.methods.base import LabelWords, TextPromptModule
 from lightning_prompts.prompts.soft_prompt import PromptEncoderMLP, SoftPromptInit
@@ -123,10 +122,7 @@ class PromptTuning(TextPromptModule):
         gave other tokens from the third on (peft 0.21.2, transformers 5.25).
         """
         model: HFText = self.backbone
-        if model.task != "causal-lm":
-            raise ConfigurationError(
-                f"generate continues texts with a causal language model; {model.name} is loaded for {model.task!r}."
-            )
+        options = self.generation_options(generate_kwargs)
         tokens = self.tokenize(texts)
         ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
         text_embeds = model.word_embeddings(ids)
@@ -138,10 +134,8 @@ class PromptTuning(TextPromptModule):
         source = (torch.arange(length, device=ids.device) - (mask.shape[1] - mask.sum(dim=1, keepdim=True))) % length
         embeds = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
         full_mask = full_mask.gather(1, source)
-        tokenizer = model.tokenizer
-        options = {"max_new_tokens": 20, "do_sample": False, "pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
         generated = model.model.generate(inputs_embeds=embeds, attention_mask=full_mask, **options)
-        return tokenizer.batch_decode(generated, skip_special_tokens=True) if decode else generated
+        return model.tokenizer.batch_decode(generated, skip_special_tokens=True) if decode else generated
 
     # -- export ----------------------------------------------------------------------------------------
     def export_peft(self, directory: str | Path) -> Path:

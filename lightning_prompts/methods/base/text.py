@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from lightning_prompts.backbones.hf_text import HFText
 from lightning_prompts.batch import ATTENTION_MASK, INPUT_IDS, TEXT
 from lightning_prompts.data.protocols import TextSplits, provided
-from lightning_prompts.errors import ContextLengthError
+from lightning_prompts.errors import ConfigurationError, ContextLengthError
 from lightning_prompts.methods.base.module import PromptModule
 from lightning_prompts.outputs import PromptOutput
 from lightning_prompts.prompts.soft_prompt import TEXT_INITS, SoftPrompt, SoftPromptInit, repeat_to_length
@@ -156,6 +156,21 @@ class TextPromptModule(PromptModule):
         """The texts put into ``template`` (default: the method's ``text_template``)."""
         template = self.text_template if template is None else template
         return [template.format(text=text) for text in texts]
+
+    def generation_options(self, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """For a method's ``generate``: the model's ``generate`` arguments, greedy with 20 new tokens and the
+        tokenizer's padding id unless ``generate_kwargs`` say otherwise; a model that is not a causal LM is refused."""
+        model: HFText = self.backbone
+        if model.task != "causal-lm":
+            raise ConfigurationError(
+                f"generate continues texts with a causal language model; {model.name} is loaded for {model.task!r}."
+            )
+        return {
+            "max_new_tokens": 20,
+            "do_sample": False,
+            "pad_token_id": model.tokenizer.pad_token_id,
+            **generate_kwargs,
+        }
 
     def tokenize(self, texts: Sequence[str], template: str | None = None) -> dict[str, Tensor]:
         """Template and tokenize raw texts, leaving room for the soft tokens."""
