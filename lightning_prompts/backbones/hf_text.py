@@ -497,8 +497,7 @@ class HFText(Backbone):
             raise NotImplementedError(
                 f"{self.name} takes token edits and attention prefixes from block hooks, not {branches}."
             )
-        layers = self.layers()
-        contexts = [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
+        layers, contexts = self._layers_and_contexts()
         cache_into_base = contextlib.nullcontext()
         if hooks.uses("attention_prefix"):
             if self.task == "seq2seq-lm":  # an encoder's self-attention reads no key/value cache
@@ -560,9 +559,12 @@ class HFText(Backbone):
         """The hooks' attention prefixes of every layer as the key/value cache the model reads, and their length,
         for a batch of input embeddings ``embeds`` ``(B, T, H)`` (its size, dtype and device): what generation
         after a prefix starts from."""
+        return self._prefix_cache(hooks, self._layers_and_contexts()[1], embeds)
+
+    def _layers_and_contexts(self) -> tuple[nn.ModuleList, list[BlockContext]]:
+        """The transformer layers and the block context a hook sees at each."""
         layers = self.layers()
-        contexts = [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
-        return self._prefix_cache(hooks, contexts, embeds)
+        return layers, [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
 
     def _prefix_cache(self, hooks: BlockHook, contexts: Sequence[BlockContext], embeds: Tensor) -> tuple[Any, int]:
         """The hook's per-layer keys and values as a key/value cache the model's attention reads before the

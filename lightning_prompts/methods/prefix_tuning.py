@@ -137,11 +137,12 @@ class PrefixTuning(TextPromptModule):
         tokens = self.tokenize(texts)
         ids, lengths = tokens["input_ids"].to(self.device), tokens["attention_mask"].sum(dim=1).tolist()
         pad = model.tokenizer.pad_token_id
+        hooks = self.prefix.hooks()  # the prefixes once (their MLP, when reparameterised), for every group
         rows: list[Tensor | None] = [None] * len(lengths)
         for length in sorted(set(lengths)):
             group = [i for i, n in enumerate(lengths) if n == length]
             text_ids = ids[group, :length]
-            cache, prefix = model.prefix_cache(self.prefix.hooks(), model.word_embeddings(text_ids[:, :1]))
+            cache, prefix = model.prefix_cache(hooks, model.word_embeddings(text_ids[:, :1]))
             input_ids = torch.cat([text_ids.new_full((len(group), prefix), pad), text_ids], dim=1)
             attention_mask = torch.ones_like(input_ids)
             with warnings.catch_warnings():  # transformers 5 renames generate's argument to `cache` (4.x lacks it)
