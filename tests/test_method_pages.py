@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ WORDS = ["teapot", "volcano", "violin", "glacier", "lantern"]  # NegLabel's word
 PAGES = Path(__file__).resolve().parents[1] / "docs" / "methods"
 MODELS = {'"gpt2-large"': '"tiny-gpt2"', '"gpt2"': '"tiny-gpt2"', '"huggyllama/llama-7b"': '"tiny-gpt2"'}
 MODELS['"bert-base-uncased"'] = '"tiny-bert"'
+MODELS['"t5-base"'] = '"tiny-t5"'
 TINY_CLIP = 'OpenCLIP("tiny", pretrained=None)'
 MODELS |= {f'OpenCLIP("{name}", pretrained="openai")': TINY_CLIP for name in ("ViT-B-16-quickgelu", "RN50-quickgelu")}
 MODELS['TimmViT("vit_base_patch16_224.orig_in21k")'] = 'TimmViT("tiny")'
@@ -93,6 +95,14 @@ def test_ptec_trie_snippet_generates_class_names():
     with torch.no_grad():
         exec(blocks("ptec")[1], namespace)
     assert namespace["labels"] and all(set(labels) <= {0, 1, 2} for labels in namespace["labels"])
+
+
+def test_dept_generation_snippet_decodes_with_t5(capsys):
+    namespace: dict = {}
+    exec(blocks("dept")[1], namespace)
+    assert namespace["t5"].backbone.task == "seq2seq-lm"
+    printed = ast.literal_eval(capsys.readouterr().out.strip())
+    assert isinstance(printed, list) and len(printed) == 1 and isinstance(printed[0], str)  # one decoded output
 
 
 def test_panda_transferability_snippet(tmp_path, monkeypatch):

@@ -561,6 +561,39 @@ class HFText(Backbone):
         after a prefix starts from."""
         return self._prefix_cache(hooks, self._layers_and_contexts()[1], embeds)
 
+    def generate_after_prompt(
+        self,
+        prompt: Tensor | None,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        input_offset: Tensor | None = None,
+        **generate_kwargs: Any,
+    ) -> Tensor:
+        """Generate after soft tokens with the model's own ``generate``: the new token ids ``(B, new)``. Arguments as
+        :meth:`forward_embeddings` takes them; ``input_offset`` is added to the text's positions only.
+
+        A causal LM continues each text: the batch enters as ``inputs_embeds`` ``[pads; prompt; text]`` with the
+        padding masked, so every text is continued as it would be alone (the model's generation derives positions
+        from the mask), and the generated tokens enter as the model embeds them. An encoder-decoder reads
+        ``[prompt; text]`` in its encoder and its decoder generates from its start token (not returned).
+        """
+        embeds = self.word_embeddings(input_ids)
+        if input_offset is not None:
+            embeds = embeds + input_offset.to(embeds.dtype)
+        mask = attention_mask
+        if prompt is not None:
+            soft = expand_to_batch(prompt, input_ids.shape[0]).to(embeds.dtype)
+            embeds = torch.cat([soft, embeds], dim=1)
+            mask = torch.cat([mask.new_ones(soft.shape[:2]), mask], dim=1)
+        if self.task == "seq2seq-lm":
+            return self.model.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)[:, 1:]
+        # right-padded rows rolled right by their padding: the pads come first, the text ends every row
+        length = embeds.shape[1]
+        padding = attention_mask.shape[1] - attention_mask.sum(dim=1, keepdim=True)
+        source = (torch.arange(length, device=input_ids.device) - padding) % length
+        embeds = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+        return self.model.generate(inputs_embeds=embeds, attention_mask=mask.gather(1, source), **generate_kwargs)
+
     def _layers_and_contexts(self) -> tuple[nn.ModuleList, list[BlockContext]]:
         """The transformer layers and the block context a hook sees at each."""
         layers = self.layers()

@@ -162,14 +162,8 @@ class DePT(TextPromptModule):
             }
         return tokens
 
-    def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
-        return self.backbone.forward_embeddings(
-            self.prompt(),
-            input_ids,
-            attention_mask,
-            output_hidden_states,
-            input_offset=self.offset(input_ids.shape[1]),
-        )
+    def prompt_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        return self.prompt(), self.offset(input_ids.shape[1])
 
     # -- export ----------------------------------------------------------------------------------------
     def export_peft(self, directory: str | Path) -> Path:

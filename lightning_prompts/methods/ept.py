@@ -134,11 +134,5 @@ class EPT(DePT):
         prompt = {**groups[0], "params": [p for p in groups[0]["params"] if id(p) not in own]}
         return [prompt, groups[1], {"name": "projection", "params": projection, "lr": self.projection_lr}, *groups[2:]]
 
-    def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
-        return self.backbone.forward_embeddings(
-            self.enriched_prompt(),
-            input_ids,
-            attention_mask,
-            output_hidden_states,
-            input_offset=self.offset(input_ids.shape[1]),
-        )
+    def prompt_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        return self.enriched_prompt(), self.offset(input_ids.shape[1])

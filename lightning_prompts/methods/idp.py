@@ -131,6 +131,5 @@ class IDP(TextPromptModule):
         keys = F.normalize(self.prompt_keys().float(), dim=-1)
         return (queries @ keys.T).argmax(dim=-1)
 
-    def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
-        chosen = self.select(input_ids, attention_mask)
-        return self.backbone.forward_embeddings(self.bank[chosen], input_ids, attention_mask, output_hidden_states)
+    def prompt_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, None]:
+        return self.bank[self.select(input_ids, attention_mask)], None

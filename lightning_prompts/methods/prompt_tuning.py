@@ -13,6 +13,9 @@ classification head for sequence classification, PEFT's ``modules_to_save``).
 
 :meth:`PromptTuning.export_peft` writes a PEFT adapter folder that ``PeftModel.from_pretrained``
 loads and that gives the same logits (``tests/test_prompt_tuning.py`` checks this).
+On a causal LM, :meth:`~lightning_prompts.methods.base.TextPromptModule.generate` continues texts after the soft
+prompt; it is pinned to greedy decoding over PEFT's forward on the exported adapter. PEFT's own ``generate`` on that
+adapter gave other tokens from the third on (peft 0.21.2, transformers 5.25).
 
 Where we deviate: the frozen model runs in eval mode (PEFT trains with the base model's dropout
 on); ``"random"`` init is Lester's uniform(-0.5, 0.5), not PEFT's N(0, 1).
@@ -106,36 +109,8 @@ class PromptTuning(TextPromptModule):
     def prompt_parameters(self) -> list[nn.Parameter]:
         return [self.prompt.embedding, *(self.encoder.parameters() if self.encoder is not None else [])]
 
-    def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
-        return self.backbone.forward_embeddings(self.soft_tokens(), input_ids, attention_mask, output_hidden_states)
-
-    # -- generation ------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, texts: Sequence[str], decode: bool = True, **generate_kwargs: Any) -> list[str] | Tensor:
-        """Continue each text (put into ``text_template``) after the soft prompt with the frozen causal LM's own
-        ``generate`` (greedy unless ``generate_kwargs`` say otherwise, e.g. ``max_new_tokens=20``,
-        ``do_sample=True``): the generated texts, or with ``decode=False`` their token ids ``(B, new)``.
-
-        The batch enters as ``inputs_embeds`` ``[pads; soft tokens; text]`` with the padding masked, so every text
-        is continued as it would be alone (the model's generation derives positions from the mask). Pinned to greedy
-        decoding over PEFT's forward on the :meth:`export_peft` adapter; PEFT's own ``generate`` on that adapter
-        gave other tokens from the third on (peft 0.21.2, transformers 5.25).
-        """
-        model: HFText = self.backbone
-        options = self.generation_options(generate_kwargs)
-        tokens = self.tokenize(texts)
-        ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
-        text_embeds = model.word_embeddings(ids)
-        soft = self.soft_tokens().to(text_embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
-        embeds = torch.cat([soft, text_embeds], dim=1)
-        full_mask = torch.cat([mask.new_ones(soft.shape[:2]), mask], dim=1)
-        # right-padded rows rolled right by their padding: the pads come first, the text ends every row
-        length = embeds.shape[1]
-        source = (torch.arange(length, device=ids.device) - (mask.shape[1] - mask.sum(dim=1, keepdim=True))) % length
-        embeds = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
-        full_mask = full_mask.gather(1, source)
-        generated = model.model.generate(inputs_embeds=embeds, attention_mask=full_mask, **options)
-        return model.tokenizer.batch_decode(generated, skip_special_tokens=True) if decode else generated
+    def prompt_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, None]:
+        return self.soft_tokens(), None
 
     # -- export ----------------------------------------------------------------------------------------
     def export_peft(self, directory: str | Path) -> Path:

@@ -145,8 +145,8 @@ class PTEC(TextPromptModule):
     def prompt_parameters(self) -> list[nn.Parameter]:
         return [self.prompt.embedding]
 
-    def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
-        return self.backbone.forward_embeddings(self.prompt(), input_ids, attention_mask, output_hidden_states)
+    def prompt_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, None]:
+        return self.prompt(), None
 
     def param_groups(self) -> list[dict[str, Any]]:
         groups = super().param_groups()

@@ -308,5 +308,5 @@ def test_generate_needs_a_causal_language_model():
     from lightning_prompts.errors import ConfigurationError
 
     method = PromptTuning(HFText("tiny-bert"), ["a", "b"], num_virtual_tokens=2)
-    with pytest.raises(ConfigurationError, match="causal language model.*sequence-classification"):
+    with pytest.raises(ConfigurationError, match="sequence-to-sequence language model.*sequence-classification"):
         method.generate(["text"])

@@ -8,10 +8,13 @@
 * **scoring**: sequence classification trains the model's own classification head (resized to the
   classes, PEFT's ``modules_to_save``); a causal LM scores each class by the next-token logit of its
   label word at the last real position (a verbalizer), or by the mean logit of several words (POST's);
-* **parameter groups**: ``"prompt"`` (:meth:`~TextPromptModule.prompt_parameters`) and ``"head"``.
+* **parameter groups**: ``"prompt"`` (:meth:`~TextPromptModule.prompt_parameters`) and ``"head"``;
+* **generation** (causal LMs): :meth:`~TextPromptModule.generate` continues texts after the prompt.
 
 A method implements :meth:`~TextPromptModule.reserved_tokens`, :meth:`~TextPromptModule.prompt_parameters`
-and :meth:`~TextPromptModule.run_model` (how its prompt enters the model).
+and :meth:`~TextPromptModule.prompt_inputs` (the soft tokens and input offset its prompt puts into the model), or
+:meth:`~TextPromptModule.run_model` where the prompt enters inside the layers.
+
 """
 
 from __future__ import annotations
@@ -139,9 +142,51 @@ class TextPromptModule(PromptModule):
         """The prompt's trainable parameters (the ``"prompt"`` group)."""
         return []
 
+    def prompt_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """What the method's prompt puts into the model for a batch of right-padded tokens ``(B, T)``: soft tokens
+        ``(n, H)`` or ``(B, n, H)`` ahead of the text, and an offset ``(T, H)`` added to the text's word embeddings
+        (DePT's), either ``None``. :meth:`run_model` and :meth:`generate` read the prompt here."""
+        return None, None
+
     def run_model(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
-        """The backbone's output (``.logits``; ``.hidden_states`` when asked) with the method's prompt."""
-        return self.backbone.forward_embeddings(None, input_ids, attention_mask, output_hidden_states)
+        """The backbone's output (``.logits``; ``.hidden_states`` when asked) with the method's prompt: by default
+        :meth:`prompt_inputs`; a method whose prompt enters the model otherwise (per-layer hooks) overrides this."""
+        prompt, offset = self.prompt_inputs(input_ids, attention_mask)
+        return self.backbone.forward_embeddings(
+            prompt, input_ids, attention_mask, output_hidden_states, input_offset=offset
+        )
+
+    # -- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, texts: Sequence[str], decode: bool = True, **generate_kwargs: Any) -> list[str] | Tensor:
+        """Generate after the method's prompt with the frozen model's own ``generate`` (greedy and 20 new tokens
+        unless ``generate_kwargs`` say otherwise, e.g. ``max_new_tokens=5``, ``do_sample=True``): the generated
+        texts, or with ``decode=False`` their token ids ``(B, new)``. A causal LM continues each text (put into
+        ``text_template``); an encoder-decoder (T5) reads it in its encoder and its decoder writes the output, as
+        DePT's official evaluation decodes the label text.
+
+        The prompt is :meth:`prompt_inputs` of the texts, as the forward pass reads it; an input offset (DePT's)
+        is added to the text's positions, not to the generated tokens (the official DePT adds it to the encoder's
+        input only). Every text of a batch is continued as it would be alone (:meth:`HFText.generate_after_prompt`).
+
+        Raises:
+            ConfigurationError: the backbone has no language-model head (sequence classification).
+            NotImplementedError: the method feeds its prompt through its own :meth:`run_model` (IAPT's per-layer
+                tokens), which generation does not reproduce.
+        """
+        if type(self).run_model is not TextPromptModule.run_model:
+            raise NotImplementedError(
+                f"{type(self).__name__} feeds its prompt to the model through its own run_model (tokens inside the "
+                "layers); generate continues texts after a prompt at the input only."
+            )
+        model: HFText = self.backbone
+        options = self.generation_options(generate_kwargs)
+        tokens = self.tokenize(texts)
+        longest = int(tokens["attention_mask"].sum(dim=1).max())  # padding past every text is masked: cut it
+        ids, mask = (tokens[key][:, :longest].to(self.device) for key in (INPUT_IDS, ATTENTION_MASK))
+        prompt, offset = self.prompt_inputs(ids, mask)
+        generated = model.generate_after_prompt(prompt, ids, mask, offset, **options)
+        return model.tokenizer.batch_decode(generated, skip_special_tokens=True) if decode else generated
 
     # -- parameters ------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
@@ -159,11 +204,13 @@ class TextPromptModule(PromptModule):
 
     def generation_options(self, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
         """For a method's ``generate``: the model's ``generate`` arguments, greedy with 20 new tokens and the
-        tokenizer's padding id unless ``generate_kwargs`` say otherwise; a model that is not a causal LM is refused."""
+        tokenizer's padding id unless ``generate_kwargs`` say otherwise; a model without a language-model head
+        (loaded for sequence classification) is refused."""
         model: HFText = self.backbone
-        if model.task != "causal-lm":
+        if model.task not in ("causal-lm", "seq2seq-lm"):
             raise ConfigurationError(
-                f"generate continues texts with a causal language model; {model.name} is loaded for {model.task!r}."
+                f"generate needs a causal or sequence-to-sequence language model; {model.name} is loaded for "
+                f"{model.task!r}."
             )
         return {
             "max_new_tokens": 20,

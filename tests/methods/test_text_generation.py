@@ -1,0 +1,122 @@
+"""``TextPromptModule.generate`` for the methods whose prompt enters at the input (DePT, EPT, IDP; PromptTuning's
+own tests are in test_prompt_tuning.py): pinned to greedy decoding written out over the causal LM's plain forward
+on ``[prompt; text + offset; generated]``, one text at a time, unpadded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_prompts.backbones import HFText
+from lightning_prompts.methods import EPT, IAPT, IDP, DePT
+
+TEXTS = ["the film was great and moving", "dull", "an awful, tedious and clumsy film with a weak plot!"]
+STEPS = 6
+
+
+def causal_lm(name: str, std: float) -> HFText:
+    torch.manual_seed(0)
+    backbone = HFText(name, task="causal-lm")
+    with torch.no_grad():  # weights large enough that what follows depends on the prompt
+        for param in backbone.model.parameters():
+            param.normal_(std=std)
+    return backbone
+
+
+def trained_looking(method, std: float = 1.0):
+    """Every trained parameter drawn afresh (DePT's B starts at zero: its offset would prove nothing)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in [p for p in method.parameters() if p.requires_grad]:
+            param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return method.eval()
+
+
+def greedy(backbone: HFText, prompt: torch.Tensor, ids: torch.Tensor, offset: torch.Tensor | None) -> list[int]:
+    """Greedy decoding over the model's own forward: the prompt, the text's embeddings plus the offset, then the
+    generated tokens' embeddings with none; the whole sequence each step, no cache."""
+    embed = backbone.word_embeddings
+    text = embed(ids) + (0 if offset is None else offset)
+    generated: list[int] = []
+    with torch.no_grad():
+        for _ in range(STEPS):
+            new = embed(torch.tensor(generated, dtype=torch.long))
+            inputs = torch.cat([prompt, text, new])[None]
+            generated.append(int(backbone.model(inputs_embeds=inputs).logits[0, -1].argmax()))
+    return generated
+
+
+def real_ids(method, text: str) -> torch.Tensor:
+    tokens = method.tokenize([text])
+    return tokens["input_ids"][0, : int(tokens["attention_mask"].sum())]
+
+
+@pytest.mark.parametrize(("name", "std"), [("tiny-gpt2", 0.5), ("tiny-gemma3", 0.1)])
+@pytest.mark.parametrize("method_class", [DePT, EPT])
+def test_dept_and_ept_continue_each_text_after_the_prompt_with_the_offset_on_the_text_only(method_class, name, std):
+    backbone = causal_lm(name, std)
+    kwargs = {"spaces": 2, "space_rank": 2} if method_class is EPT else {}
+    method = method_class(backbone, ["good", "bad"], num_virtual_tokens=3, rank=4, max_length=48, **kwargs)
+    trained_looking(method, std=0.2)
+    with torch.no_grad():  # the prompt, and the offset rows of all 48 positions a text can meet
+        prompt, offset = method.prompt_inputs(torch.zeros(1, 48, dtype=torch.long), torch.ones(1, 48))
+    references = []
+    for text in TEXTS:
+        ids = real_ids(method, text)
+        references.append(greedy(backbone, prompt, ids, offset[: len(ids)]))
+    assert method.generate(TEXTS, decode=False, max_new_tokens=STEPS).tolist() == references
+    assert len({tuple(row) for row in references}) == len(TEXTS)  # each text is continued differently
+    # the offset matters: without it the first text goes on otherwise
+    assert greedy(backbone, prompt, real_ids(method, TEXTS[0]), None) != references[0]
+    assert method.generate(TEXTS[:1], max_new_tokens=STEPS) == backbone.tokenizer.batch_decode([references[0]])
+
+
+@pytest.mark.parametrize(("name", "std", "seed"), [("tiny-gpt2", 0.5, 3), ("tiny-gemma3", 0.1, 0)])
+def test_idp_continues_each_text_after_the_prompt_it_chooses(name, std, seed):
+    """The bank's seed per model is one where the three texts do not all choose one prompt."""
+    backbone = causal_lm(name, std)
+    method = IDP(backbone, ["good", "bad"], num_prompts=3, num_virtual_tokens=2, seed=seed).eval()
+    with torch.no_grad():
+        method.bank.mul_(1.0 / method.bank.std())  # prompts the size of words or larger: they steer the model
+    tokens = method.tokenize(TEXTS)
+    chosen = method.select(tokens["input_ids"], tokens["attention_mask"]).tolist()
+    assert len(set(chosen)) > 1  # the batch runs with different prompts
+    references = [greedy(backbone, method.bank[i].detach(), real_ids(method, t), None) for i, t in zip(chosen, TEXTS)]
+    assert method.generate(TEXTS, decode=False, max_new_tokens=STEPS).tolist() == references
+    # the bank's prompts continue the first text differently: which one generation used matters
+    continuations = {
+        tuple(greedy(backbone, prompt.detach(), real_ids(method, TEXTS[0]), None)) for prompt in method.bank
+    }
+    assert len(continuations) > 1
+
+
+def test_a_prompt_inside_the_layers_is_refused():
+    method = IAPT(HFText("tiny-gpt2", task="causal-lm"), ["good", "bad"], num_virtual_tokens=2, bottleneck=4)
+    with pytest.raises(NotImplementedError, match="IAPT feeds its prompt.*own run_model"):
+        method.generate(["text"])
+
+
+def test_dept_on_an_encoder_decoder_decodes_from_the_prompted_encoder():
+    """T5, as DePT's official code evaluates: ``[prompt; text + offset]`` in the encoder, greedy decoding from the
+    decoder's start token, written out step by step over the model's forward."""
+    torch.manual_seed(0)
+    backbone = HFText("tiny-t5", task="seq2seq-lm")
+    with torch.no_grad():
+        for param in backbone.model.parameters():
+            param.normal_(std=0.5)
+    method = trained_looking(DePT(backbone, ["good", "bad"], num_virtual_tokens=3, rank=4, max_length=48), std=0.2)
+    start = backbone.model.config.decoder_start_token_id
+    references = []
+    for text in TEXTS:
+        ids = real_ids(method, text)
+        with torch.no_grad():
+            prompt, offset = method.prompt_inputs(ids[None], torch.ones(1, len(ids)))
+            encoder_inputs = torch.cat([prompt, backbone.word_embeddings(ids) + offset])[None]
+            decoded = [start]
+            for _ in range(STEPS):
+                logits = backbone.model(inputs_embeds=encoder_inputs, decoder_input_ids=torch.tensor([decoded])).logits
+                decoded.append(int(logits[0, -1].argmax()))
+        references.append(decoded[1:])
+    ours = method.generate(TEXTS, decode=False, max_new_tokens=STEPS, min_new_tokens=STEPS)
+    assert ours.tolist() == references
+    assert len({tuple(row) for row in references}) == len(TEXTS)
