@@ -67,6 +67,14 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r"Starting from v1\.9\.0, `tensorboardX` has been removed")
 
 
+def already_expanded(value: Any) -> None:
+    """The parsed value of a recipe's ``extends``: none. :func:`run_cli` has put the files it names in as ``--config``
+    options before this one (:func:`~lightning_prompts.recipes.expand_config_args`, which also checks the value), so
+    the parsed config holds no ``extends``: what ``--print_config`` prints and a run saves runs as it is, from any
+    folder (a kept file name would be read against the folder of the printed file)."""
+    return None
+
+
 class PromptsCLI(LightningCLI):
     """LightningCLI with the links, checks and checkpoint rules every recipe relies on."""
 
@@ -78,7 +86,7 @@ class PromptsCLI(LightningCLI):
         parser.link_arguments("data.classnames", "model.init_args.classnames", apply_on="instantiate")
         parser.add_argument(
             f"--{EXTENDS}",
-            type=str | list[str] | None,
+            type=already_expanded,
             default=None,
             help="Recipe files this one builds on; lightning-prompts expands them into --config options.",
         )
@@ -107,8 +115,6 @@ class PromptsCLI(LightningCLI):
         section = self.config.get(self.subcommand) if self.subcommand else self.config
         if section is None:
             return
-        if EXTENDS in section:
-            section[EXTENDS] = None  # already expanded into the files before this one
         trainer = section.get("trainer")
         if trainer is not None and trainer.get("default_root_dir") is None:
             folder = run_folder(section.get("config") or [])

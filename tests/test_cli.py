@@ -31,6 +31,23 @@ def test_print_config_shows_every_default_with_short_names(capsys):
     assert config["trainer"]["max_epochs"] == 200
 
 
+def test_a_printed_config_runs_as_it_is_from_another_folder(capsys, tmp_path, monkeypatch):
+    """``--print_config > full.yaml``, then ``fit --config full.yaml``: the recipe's ``extends`` (expanded before
+    parsing) is not printed, where it named a file beside the recipe that full.yaml's folder does not have."""
+    recipe = RECIPES / "coop" / "caltech101.yaml"
+    assert "extends" in yaml.safe_load(recipe.read_text())
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", str(recipe), "--config", TINY_CLIP, "--print_config"])
+    printed = capsys.readouterr().out
+    assert yaml.safe_load(printed)["extends"] is None
+    full = tmp_path / "elsewhere" / "full.yaml"
+    full.parent.mkdir()
+    full.write_text(printed)
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", "--config", str(full), "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert cli.trainer.state.finished and cli.model.classnames == ["airplane", "bicycle", "bird", "cat"]
+
+
 def test_classnames_flow_from_data_to_model(tmp_path):
     cli = run_cli(
         [
