@@ -31,8 +31,15 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base import LabelWords, TextPromptModule
-from lightning_prompts.prompts.instance_prompts import InstancePromptGenerators, InstancePromptHook, check_slot_update
+from lightning_prompts.prompts.instance_prompts import (
+    InstancePromptGenerators,
+    InstancePromptHook,
+    RecordingInstancePromptHook,
+    ReplayedSlots,
+    check_slot_update,
+)
 from lightning_prompts.registry import register_method
 
 
@@ -96,3 +103,47 @@ class IAPT(TextPromptModule):
         first = self.generators(0, embeds, attention_mask)  # layer 0: from the word embeddings
         hook = InstancePromptHook(self.generators, attention_mask, slot_update=self.slot_update)
         return self.backbone.forward_embeddings(first, input_ids, attention_mask, output_hidden_states, hooks=hook)
+
+    # -- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, texts: Sequence[str], decode: bool = True, **generate_kwargs: Any) -> list[str] | Tensor:
+        """Continue each text (put into ``text_template``, the instruction) after the tokens its instruction
+        generates, with the frozen causal LM's own ``generate`` (greedy and 20 new tokens unless ``generate_kwargs``
+        say otherwise): the generated texts, or with ``decode=False`` their token ids ``(B, new)``.
+
+        Every layer's tokens are generated from the instruction alone, as in the forward pass, and stay fixed while
+        the answer is written (the generated tokens are not instruction): one forward pass over ``[slot;
+        instruction]`` with the per-layer tokens fills the key/value cache up to the instruction's last token,
+        which the model's generation then reads and goes on from. Tested against greedy decoding written out over
+        the forward pass with the instruction as the generators' input (GPT-2 and Gemma-3).
+
+        Raises:
+            ConfigurationError: the backbone is not a causal language model.
+        """
+        model: HFText = self.backbone
+        if model.task != "causal-lm":
+            raise ConfigurationError(
+                f"IAPT generates by continuing texts with a causal language model; {model.name} is loaded for "
+                f"{model.task!r}."
+            )
+        new = self.generate_from_caches(texts, self._instruction_cache, generate_kwargs)
+        return model.tokenizer.batch_decode(new, skip_special_tokens=True) if decode else new
+
+    def _instruction_cache(self, text_ids: Tensor) -> tuple[Any, int]:
+        """The key/value cache of ``[slot; instruction]`` with the per-layer tokens, less the instruction's last
+        position (generation runs it, reading the rest), and the slot's length.
+
+        Two passes: the whole instruction generates every layer's tokens (recorded), then the instruction less its
+        last token runs with those tokens in the slot. Under the causal mask its cache is the first pass's less one
+        position, built without cutting a cache (a sliding-window layer cannot give back positions it dropped)."""
+        model: HFText = self.backbone
+        mask = torch.ones_like(text_ids)
+        first = self.generators(0, model.word_embeddings(text_ids), mask)
+        recorder = RecordingInstancePromptHook(self.generators, mask, slot_update=self.slot_update)
+        model.forward_embeddings(first, text_ids, mask, hooks=recorder)
+        output = model.forward_embeddings(first, text_ids[:, :-1], mask[:, :-1], hooks=ReplayedSlots(recorder.slots))
+        cache = output.get("cache")  # transformers 5's name; 4.x: past_key_values
+        cache = output.get("past_key_values") if cache is None else cache
+        if cache is None:
+            raise NotImplementedError(f"{model.name} returned no key/value cache to generate from.")
+        return cache, self.reserved_tokens

@@ -133,26 +133,10 @@ class PrefixTuning(TextPromptModule):
         one length per call gives greedy decoding over our forward exactly (tested on GPT-2 and Gemma-3).
         """
         model: HFText = self.backbone
-        options = self.generation_options(generate_kwargs)
-        tokens = self.tokenize(texts)
-        ids, lengths = tokens["input_ids"].to(self.device), tokens["attention_mask"].sum(dim=1).tolist()
-        pad = model.tokenizer.pad_token_id
         hooks = self.prefix.hooks()  # the prefixes once (their MLP, when reparameterised), for every group
-        rows: list[Tensor | None] = [None] * len(lengths)
-        for length in sorted(set(lengths)):
-            group = [i for i, n in enumerate(lengths) if n == length]
-            text_ids = ids[group, :length]
-            cache, prefix = model.prefix_cache(hooks, model.word_embeddings(text_ids[:, :1]))
-            input_ids = torch.cat([text_ids.new_full((len(group), prefix), pad), text_ids], dim=1)
-            attention_mask = torch.ones_like(input_ids)
-            with warnings.catch_warnings():  # transformers 5 renames generate's argument to `cache` (4.x lacks it)
-                warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated")
-                generated = model.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **options
-                )
-            for row, index in zip(generated[:, input_ids.shape[1] :], group):
-                rows[index] = row
-        new = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
+        new = self.generate_from_caches(
+            texts, lambda text_ids: model.prefix_cache(hooks, model.word_embeddings(text_ids[:, :1])), generate_kwargs
+        )
         return model.tokenizer.batch_decode(new, skip_special_tokens=True) if decode else new
 
     # -- export ----------------------------------------------------------------------------------------

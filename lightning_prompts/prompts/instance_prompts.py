@@ -15,6 +15,8 @@ Gemma's generated tokens to 1e10 in two AdamW steps.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -148,3 +150,33 @@ class InstancePromptHook(BlockHook):
             slot = tokens[:, start : start + n]
             fresh = slot + rms(slot) * fresh
         return torch.cat([tokens[:, :start], fresh, text], dim=1)
+
+
+class RecordingInstancePromptHook(InstancePromptHook):
+    """:class:`InstancePromptHook` that keeps the slot's states entering each block (``slots[l]``), so that a
+    later pass can reproduce them with :class:`ReplayedSlots` (IAPT's generation: the key/value cache of the
+    instruction less its last token, with the tokens the whole instruction generated)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots: dict[int, Tensor] = {}
+
+    def before_block(self, context: BlockContext, tokens: Tensor) -> Tensor:
+        tokens = super().before_block(context, tokens)
+        self.slots[context.index] = tokens[:, self.offset : self.offset + self.generators.num_tokens]
+        return tokens
+
+
+class ReplayedSlots(BlockHook):
+    """Before every block, the slot (``n`` positions after ``offset``) becomes the recorded ``slots[l]``: the
+    per-layer tokens of another pass, whatever the tokens after the slot are now."""
+
+    def __init__(self, slots: dict[int, Tensor], offset: int = 0) -> None:
+        self.slots, self.offset = slots, offset
+
+    def before_block(self, context: BlockContext, tokens: Tensor) -> Tensor:
+        slot = self.slots.get(context.index)
+        if slot is None:
+            return tokens
+        start, n = self.offset, slot.shape[1]
+        return torch.cat([tokens[:, :start], slot.to(tokens.dtype), tokens[:, start + n :]], dim=1)

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from lightning_prompts.backbones import HFText
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods import EPT, IAPT, IDP, DePT
+from lightning_prompts.prompts.instance_prompts import InstancePromptHook
 
 TEXTS = ["the film was great and moving", "dull", "an awful, tedious and clumsy film with a weak plot!"]
 STEPS = 6
@@ -90,9 +92,46 @@ def test_idp_continues_each_text_after_the_prompt_it_chooses(name, std, seed):
     assert len(continuations) > 1
 
 
-def test_a_prompt_inside_the_layers_is_refused():
-    method = IAPT(HFText("tiny-gpt2", task="causal-lm"), ["good", "bad"], num_virtual_tokens=2, bottleneck=4)
-    with pytest.raises(NotImplementedError, match="IAPT feeds its prompt.*own run_model"):
+def iapt_reference(method: IAPT, text: str) -> list[int]:
+    """Greedy decoding over IAPT's forward pass on ``[slot; instruction; generated]``, the whole sequence each step,
+    with the generators reading the instruction only (the generated tokens are masked out of their pooling)."""
+    backbone, ids = method.backbone, real_ids(method, text)[None]
+    generated: list[int] = []
+    with torch.no_grad():
+        for _ in range(STEPS):
+            all_ids = torch.cat([ids, torch.tensor([generated], dtype=torch.long)], dim=1)
+            instruction = torch.cat([torch.ones_like(ids), torch.zeros(1, len(generated), dtype=torch.long)], dim=1)
+            first = method.generators(0, backbone.word_embeddings(all_ids), instruction)
+            hook = InstancePromptHook(method.generators, instruction, slot_update=method.slot_update)
+            logits = backbone.forward_embeddings(first, all_ids, torch.ones_like(all_ids), hooks=hook).logits
+            generated.append(int(logits.argmax(-1)))
+    return generated
+
+
+@pytest.mark.parametrize(("name", "std", "slot_update"), [("tiny-gpt2", 0.5, "replace"), ("tiny-gemma3", 0.1, "add")])
+def test_iapt_continues_each_text_after_the_tokens_its_instruction_generates(name, std, slot_update):
+    backbone = causal_lm(name, std)
+    method = IAPT(backbone, ["good", "bad"], num_virtual_tokens=2, bottleneck=4, slot_update=slot_update)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # trained-looking generators: tokens that depend on the input and differ by layer
+        for parameter in method.generators.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    method.eval()
+    references = [iapt_reference(method, text) for text in TEXTS]
+    assert method.generate(TEXTS, decode=False, max_new_tokens=STEPS).tolist() == references
+    assert len({tuple(row) for row in references}) == len(TEXTS)
+    # the per-layer tokens matter: with the layer-0 tokens alone (no hook) the texts go on otherwise
+    without_layers = []
+    for text in TEXTS:
+        ids = real_ids(method, text)
+        first = method.generators(0, backbone.word_embeddings(ids[None]), torch.ones(1, len(ids))).detach()[0]
+        without_layers.append(greedy(backbone, first, ids, None))
+    assert without_layers != references
+
+
+def test_iapt_generation_needs_a_causal_language_model():
+    method = IAPT(HFText("tiny-bert"), ["good", "bad"], num_virtual_tokens=2, bottleneck=4)
+    with pytest.raises(ConfigurationError, match="causal language model"):
         method.generate(["text"])
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -171,8 +171,9 @@ class TextPromptModule(PromptModule):
 
         Raises:
             ConfigurationError: the backbone has no language-model head (sequence classification).
-            NotImplementedError: the method feeds its prompt through its own :meth:`run_model` (IAPT's per-layer
-                tokens), which generation does not reproduce.
+            NotImplementedError: the method feeds its prompt through its own :meth:`run_model` (tokens inside the
+                layers), which this generation does not reproduce, and has no ``generate`` of its own (PrefixTuning
+                and IAPT have, through :meth:`generate_from_caches`).
         """
         if type(self).run_model is not TextPromptModule.run_model:
             raise NotImplementedError(
@@ -187,6 +188,40 @@ class TextPromptModule(PromptModule):
         prompt, offset = self.prompt_inputs(ids, mask)
         generated = model.generate_after_prompt(prompt, ids, mask, offset, **options)
         return model.tokenizer.batch_decode(generated, skip_special_tokens=True) if decode else generated
+
+    def generate_from_caches(
+        self,
+        texts: Sequence[str],
+        start: Callable[[Tensor], tuple[Any, int]],
+        generate_kwargs: dict[str, Any],
+    ) -> Tensor:
+        """For a method whose prompt enters a causal LM's key/value cache (prefixes, IAPT's per-layer tokens): the
+        new token ids ``(B, new)``, padded with the tokenizer's padding id.
+
+        Texts run in groups of one token length, unpadded: padding between a cache and a text changed what Gemma-3
+        (sliding window) generated. ``start(text_ids)`` gives a group's cache and how many positions ahead of the
+        text it holds; the model's generation counts the cache as input it already read, so the input holds that
+        many placeholder ids ahead of the text (never read) and generation runs the positions past the cache.
+        """
+        model: HFText = self.backbone
+        options = self.generation_options(generate_kwargs)
+        tokens = self.tokenize(texts)
+        ids, lengths = tokens[INPUT_IDS].to(self.device), tokens[ATTENTION_MASK].sum(dim=1).tolist()
+        pad = model.tokenizer.pad_token_id
+        rows: list[Tensor | None] = [None] * len(lengths)
+        for length in sorted(set(lengths)):
+            group = [i for i, n in enumerate(lengths) if n == length]
+            text_ids = ids[group, :length]
+            cache, ahead = start(text_ids)
+            input_ids = torch.cat([text_ids.new_full((len(group), ahead), pad), text_ids], dim=1)
+            with warnings.catch_warnings():  # transformers 5 renames generate's argument to `cache` (4.x lacks it)
+                warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated")
+                generated = model.model.generate(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), past_key_values=cache, **options
+                )
+            for row, index in zip(generated[:, input_ids.shape[1] :], group):
+                rows[index] = row
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
 
     # -- parameters ------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
