@@ -155,6 +155,9 @@ class PromptsCLI(LightningCLI):
         from lightning_prompts.methods.base.module import check_precision_for_backbone
 
         check_precision_for_backbone(self.model, self.trainer.precision)
+        check_trainer = getattr(self.model, "check_trainer", None)
+        if callable(check_trainer):
+            check_trainer(stage, self.trainer)
         check = getattr(self.model, "check_ready", None)
         if callable(check):
             check(stage, self.trainer.callbacks, self.datamodule)

@@ -421,6 +421,28 @@ def fewer_points_than_patches(tmp: Path):
     return ["fit", *POINTS, "--data.init_args.num_points", "4"], "samples 4 points per cloud"
 
 
+def a_training_batch_of_one_cloud(tmp: Path):
+    return ["fit", *POINTS, "--data.init_args.batch_size", "1"], "head has BatchNorm (head.1"
+
+
+def a_gram_meta_task_of_one_pair(tmp: Path):
+    recipe = ["--config", str(RECIPES / "gram" / "meta_train.yaml"), "--config", TINY_CLIP]
+    return ["fit", *recipe, "--data.init_args.batch_size", "1"], "at least 2, got 1"
+
+
+def relief_without_an_epoch_count(tmp: Path):
+    recipe = ["--config", str(RECIPES / "relief" / "node" / "cora_gppt.yaml"), "--config",
+              str(RECIPES / "_tiny" / "relief_node.yaml")]  # fmt: skip
+    args = ["--trainer.fast_dev_run", "false", "--trainer.max_epochs", "-1", "--trainer.max_steps", "3"]
+    return ["fit", *recipe, *args], "needs their number"
+
+
+def dp_prompt_tuning_on_two_processes(tmp: Path):
+    recipe = ["--config", str(RECIPES / "dp_prompt_tuning" / "sst2_gpt2.yaml"), "--config",
+              str(RECIPES / "_tiny" / "text_short_prompt.yaml")]  # fmt: skip
+    return ["fit", *recipe, "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"], "run it on one device"
+
+
 def a_negative_learning_rate(tmp: Path):
     return ["fit", *TINY, "--model.init_args.optimizer.init_args.lr", "-0.5"], "Invalid learning rate: -0.5"
 
@@ -521,6 +543,10 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         graph_labels_with_gaps,
         point_shots_zero,
         fewer_points_than_patches,
+        a_training_batch_of_one_cloud,
+        a_gram_meta_task_of_one_pair,
+        relief_without_an_epoch_count,
+        dp_prompt_tuning_on_two_processes,
         a_negative_learning_rate,
         accumulate_zero_batches,
         zero_epochs,

@@ -165,6 +165,11 @@ class ImageTextDataModule(LightningDataModule):
             raise ValueError("ImageTextDataModule needs train_file (or synthetic).")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        if batch_size < 2:  # the contrastive loss ranks each pair's caption among the other pairs' captions
+            raise ValueError(
+                f"batch_size is the pairs of a meta-task's support set and of its query set, each ranked among "
+                f"themselves by a contrastive loss: at least 2, got {batch_size}."
+            )
         self.train_file, self.val_file = train_file, val_file
         self.image_root = Path(image_root) if image_root is not None else None
         self.columns = (image_column, caption_column, domain_column)

@@ -10,13 +10,16 @@ divided by the batch size, then a plain SGD step (the official code allows SGD o
 Privacy accounting uses Opacus (``opacus``, the maintained PyTorch DP library): its PRV accountant (the
 default of the official code's ``PrivacyEngine()``; ``accountant="rdp"`` for the RDP one, which adds about 6 %
 more noise for the same ε) tracks ε for ``δ = 1/N`` (the official choice) and, given a target ε, its
-``get_noise_multiplier`` picks σ for the planned epochs. Opacus's own per-sample-gradient hooks cannot see a
-soft prompt (a parameter concatenated to the inputs, not a layer applied to them), so the per-example gradients
-are computed here, one example at a time — exact, and affordable on the small models this stage is for.
+``get_noise_multiplier`` picks σ for the optimizer steps the run takes. Opacus's own per-sample-gradient hooks
+cannot see a soft prompt (a parameter concatenated to the inputs, not a layer applied to them), so the per-example
+gradients are computed here, one example at a time — exact, and affordable on the small models this stage is for.
 
 Where we deviate: batches are fixed-size shuffled batches, while the accountant assumes Poisson sampling
 of rate ``batch_size / N`` (the common approximation; the official code samples Poisson batches with
-Opacus's data loader).
+Opacus's data loader). σ is calibrated to the batches the run takes (``Trainer.estimated_stepping_batches``:
+⌈N/B⌉ per epoch, or ``max_steps`` when it ends the run first), where the official code's
+``make_private_with_epsilon`` takes the epochs at N/B expected batches each: equal when B divides N, and a run
+that ``max_steps`` ends still finishes at the target ε.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ class DPPromptTuning(PromptTuning):
     Args:
         backbone, classnames: see :class:`~lightning_prompts.methods.PromptTuning` (and its other arguments
             through ``**kwargs``).
-        target_epsilon: ε to reach after ``max_epochs`` (σ is computed from it at the start of training);
+        target_epsilon: ε to reach at the end of the run (σ is computed from it and the run's steps at the start
+            of training);
             ignored when ``noise_multiplier`` is given.
         noise_multiplier: σ directly.
         max_grad_norm: C, the per-example clipping norm (POST: 1.0).
@@ -107,14 +111,20 @@ class DPPromptTuning(PromptTuning):
         self._noise = torch.Generator()
 
     # -- privacy accounting ------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
+    def check_trainer(self, stage: str, trainer: Any) -> None:
+        if stage != "fit":
+            return
         # the clipped, noised gradient is assigned to .grad by hand, past DDP's averaging: each process would train
         # on its own share, and the accounting would count one process's batch as the sampling rate
-        if self.trainer.world_size > 1:
+        if trainer.world_size > 1:
             raise ConfigurationError(
                 "DPPromptTuning clips and noises per-example gradients in one process; run it on one device."
             )
-        super().on_fit_start()
+        if self.noise_multiplier is None and trainer.max_epochs == -1 and trainer.max_steps == -1:
+            raise ConfigurationError(
+                "DPPromptTuning sets its noise to reach target_epsilon over the run's steps: give the run an end "
+                "(trainer.max_epochs or trainer.max_steps), or set noise_multiplier."
+            )
 
     def on_train_start(self) -> None:
         from opacus.accountants import create_accountant
@@ -127,13 +137,15 @@ class DPPromptTuning(PromptTuning):
         self._sample_rate = min(1.0, batch / size)
         self.delta = self.delta if self.delta is not None else 1.0 / size
         if self.noise_multiplier is None:
-            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+            # the optimizer steps this run takes (its epochs' batches, or max_steps when that ends it first): the
+            # accountant counts one step of rate B/N per batch, so the run ends at target_epsilon, not past it
+            steps = self.trainer.estimated_stepping_batches
             self.noise_multiplier = float(
                 get_noise_multiplier(
                     target_epsilon=self.target_epsilon,
                     target_delta=self.delta,
                     sample_rate=self._sample_rate,
-                    epochs=epochs,
+                    steps=int(steps),
                     accountant=self.accountant,
                 )
             )

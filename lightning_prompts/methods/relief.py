@@ -257,15 +257,18 @@ class RELIEF(GraphPromptModule):
                 f"RELIEF's critic is {self.policy.max_nodes} nodes wide, the run's largest graph {largest}; the "
                 f"official code sizes it by the run's splits (leave max_nodes out to do so)."
             )
-        if stage == "fit" and self._trainer is not None:
-            if self.trainer.world_size > 1:
-                raise ConfigurationError("RELIEF trains its policy in one process; run it on one device.")
-            epochs = self.trainer.max_epochs
-            if not self.trainer.fast_dev_run and (epochs is None or epochs <= self.hparams["warmup_epochs"]):
-                raise ConfigurationError(
-                    "RELIEF anneals its policy over the epochs after its warm-up; set trainer.max_epochs above "
-                    f"warmup_epochs ({self.hparams['warmup_epochs']})."
-                )
+
+    def check_trainer(self, stage: str, trainer: Any) -> None:
+        if stage != "fit":
+            return
+        if trainer.world_size > 1:
+            raise ConfigurationError("RELIEF trains its policy in one process; run it on one device.")
+        epochs = trainer.max_epochs
+        if not trainer.fast_dev_run and (epochs is None or epochs <= self.hparams["warmup_epochs"]):
+            raise ConfigurationError(
+                "RELIEF anneals its policy over the epochs after its warm-up, so it needs their number: set "
+                f"trainer.max_epochs above warmup_epochs ({self.hparams['warmup_epochs']}), got {epochs}."
+            )
 
     # -- optimisation ---------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:

@@ -83,6 +83,33 @@ def test_target_epsilon_sets_the_noise_from_the_planned_epochs(trainer_kwargs):
     assert method.epsilon <= 3.0 + 1e-6
 
 
+def test_a_run_that_max_steps_ends_after_two_epochs_ends_at_the_target_epsilon(trainer_kwargs):
+    """8 steps of 6 out of 24 (two epochs; max_epochs unlimited): σ for 8 steps, and ε at the end within the target.
+    Calibrated to one epoch (4 steps), as before, σ was 0.58 instead of 0.71 and the run ended at ε 4.6 for a target
+    of 3."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    method = DPPromptTuning(HFText("tiny-bert"), data().classnames, num_virtual_tokens=3, target_epsilon=3.0)
+    Trainer(max_epochs=-1, max_steps=8, **trainer_kwargs).fit(method, data())
+    assert method.global_step == 8
+    expected = get_noise_multiplier(
+        target_epsilon=3.0, target_delta=1 / 24, sample_rate=6 / 24, steps=8, accountant="prv"
+    )
+    assert method.noise_multiplier == pytest.approx(expected)
+    assert 2.5 < method.epsilon <= 3.0 + 1e-6  # the budget spent, not exceeded
+
+
+def test_a_run_without_an_end_is_refused_when_the_noise_comes_from_a_target(trainer_kwargs):
+    from lightning_prompts.errors import ConfigurationError
+
+    method = DPPromptTuning(HFText("tiny-bert"), data().classnames, num_virtual_tokens=3, target_epsilon=3.0)
+    with pytest.raises(ConfigurationError, match="give the run an end"):
+        Trainer(max_epochs=-1, **trainer_kwargs).fit(method, data())
+    fixed = DPPromptTuning(HFText("tiny-bert"), data().classnames, num_virtual_tokens=3, noise_multiplier=1.0)
+    Trainer(max_epochs=-1, max_steps=2, **trainer_kwargs).fit(fixed, data())  # σ given: nothing to calibrate
+    assert fixed.global_step == 2
+
+
 def test_training_over_several_processes_is_refused(trainer_kwargs, monkeypatch):
     """The private gradient is set by hand, past DDP's averaging: each process would train on its own share."""
     from lightning_prompts.errors import ConfigurationError

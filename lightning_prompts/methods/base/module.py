@@ -228,6 +228,11 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
             needed |= {field for field in term.optional_fields if field in self.output_fields}
         return frozenset(needed)
 
+    def check_trainer(self, stage: str, trainer: Any) -> None:
+        """Fail now if the Trainer's settings cannot run this method (a process count, a run length it needs).
+        The command calls it with its Trainer before anything runs or is written; :meth:`setup` calls it too, for
+        runs from Python. Methods override it; the base has nothing to check."""
+
     def check_ready(self, stage: str, callbacks: Iterable[Any], datamodule: Any | None) -> None:
         """Fail now, before anything runs or is written, if this experiment cannot work: a callback
         needs an output field the method lacks, the prompt_init file does not fit, model and data
@@ -275,6 +280,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         callbacks = self.trainer.callbacks
         datamodule = self.datamodule
         check_precision_for_backbone(self, self.trainer.precision)
+        self.check_trainer(stage, self.trainer)
         self.check_ready(stage, callbacks, datamodule)
         self._requested_fields = self.check_output_fields(self.loss_terms(callbacks))
         evaluator = self.resolve_evaluator(datamodule)

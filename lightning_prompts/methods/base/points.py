@@ -73,6 +73,15 @@ class PointPromptModule(PromptModule):
 
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:
         super().check_ready(stage, callbacks, datamodule)
+        batch_size = getattr(datamodule, "batch_size", None)
+        # the head normalises pooled features (B, C) over the batch; the prompt modules' norms also run over points
+        norms = [f"head.{name}" for name, module in self.head.named_modules() if isinstance(module, nn.BatchNorm1d)]
+        if stage == "fit" and batch_size == 1 and norms:
+            raise ConfigurationError(
+                f"{type(self).__name__}'s head has BatchNorm ({norms[0]}, as the official fine-tuning head), which "
+                "normalises over the clouds of a training batch: a batch of one cloud has no statistics. Set "
+                "data.init_args.batch_size to 2 or more."
+            )
         points = getattr(datamodule, "num_points", None)
         needed = max(self.backbone.num_patches, self.backbone.patch_size)
         if isinstance(points, int) and points < needed:
