@@ -166,8 +166,9 @@ class HFText(Backbone):
         tokenizer_name_or_path: tokenizer source when it differs from the model's.
         max_length: longest input the model accepts (default: the model's position limit).
         model_kwargs: extra keyword arguments for ``from_pretrained`` (``revision``, ``gguf_file``…). With
-            ``torch_dtype: bfloat16`` the frozen model runs in half precision and the trained classifier keeps float32
-            weights (except with ``pooling="model"``), as the soft prompts do.
+            ``dtype: bfloat16`` (``torch_dtype``, transformers' deprecated name for it, works too) the frozen model
+            runs in half precision and the trained classifier keeps float32 weights (except with
+            ``pooling="model"``), as the soft prompts do.
             ``trust_remote_code: true`` runs Python files shipped with the model; only set it in your own
             config for a model you trust. A checkpoint can never set it (:meth:`check_stored_config`).
         seed: seed for the random parts (a new classification head, tiny models).
@@ -284,7 +285,7 @@ class HFText(Backbone):
 
     def _trained_heads_in_float32(self) -> None:
         """The classifier the methods train keeps float32 weights when the model is loaded in half precision
-        (``model_kwargs={"torch_dtype": "bfloat16"}``), as the soft prompts do: the optimizer then has a float32
+        (``model_kwargs={"dtype": "bfloat16"}``), as the soft prompts do: the optimizer then has a float32
         master copy, and the pooled state is cast to it. ``pooling="model"`` runs the model's own head inside its
         forward, in the model's dtype, so that head stays as loaded (``fit`` warns that it trains in 16 bits)."""
         if self.pooling == "model":

@@ -1,4 +1,4 @@
-"""A text model loaded in half precision (``model_kwargs={"torch_dtype": "bfloat16"}``): the frozen model runs in
+"""A text model loaded in half precision (``model_kwargs={"dtype": "bfloat16"}``): the frozen model runs in
 bfloat16 while what the methods train (the soft prompt, the classifier) keeps float32 weights."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ TEXTS = ["a moving, funny film", "a dull, lifeless remake", "it has its moments"
 
 
 def minilm(pooling: str, dtype: str | None = None) -> HFText:
-    options = {"model_kwargs": {"torch_dtype": dtype}} if dtype else {}
+    options = {"model_kwargs": {"dtype": dtype}} if dtype else {}
     return HFText(MINILM, task="sequence-classification", pooling=pooling, **options)
 
 
