@@ -9,12 +9,11 @@
   classes, PEFT's ``modules_to_save``); a causal LM scores each class by the next-token logit of its
   label word at the last real position (a verbalizer), or by the mean logit of several words (POST's);
 * **parameter groups**: ``"prompt"`` (:meth:`~TextPromptModule.prompt_parameters`) and ``"head"``;
-* **generation** (causal LMs): :meth:`~TextPromptModule.generate` continues texts after the prompt.
+* **generation** (causal LMs and encoder-decoders): :meth:`~TextPromptModule.generate` writes after the prompt.
 
 A method implements :meth:`~TextPromptModule.reserved_tokens`, :meth:`~TextPromptModule.prompt_parameters`
 and :meth:`~TextPromptModule.prompt_inputs` (the soft tokens and input offset its prompt puts into the model), or
 :meth:`~TextPromptModule.run_model` where the prompt enters inside the layers.
-
 """
 
 from __future__ import annotations
