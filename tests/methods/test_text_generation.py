@@ -159,3 +159,24 @@ def test_dept_on_an_encoder_decoder_decodes_from_the_prompted_encoder():
     ours = method.generate(TEXTS, decode=False, max_new_tokens=STEPS, min_new_tokens=STEPS)
     assert ours.tolist() == references
     assert len({tuple(row) for row in references}) == len(TEXTS)
+
+
+def test_a_prompt_trained_and_loaded_from_its_checkpoint_generates_the_same(trainer_kwargs, tmp_path):
+    """The user's way: fit, then ``load_from_checkpoint`` (which rebuilds the frozen model from the stored config)
+    and generate: the same tokens as the trained module in memory."""
+    from lightning.pytorch import Trainer
+
+    from lightning_prompts.data import SyntheticText, TextClassificationDataModule
+
+    data = TextClassificationDataModule(synthetic=SyntheticText(examples_per_class=8), batch_size=8)
+    backbone = HFText("tiny-gpt2", task="causal-lm")
+    method = DePT(backbone, data.classnames, num_virtual_tokens=3, rank=4, max_length=48, offset_lr=0.5)
+    trainer = Trainer(max_steps=3, **trainer_kwargs)
+    trainer.fit(method, data)
+    assert method.offset(48).abs().max() > 0  # the offset trained away from its zero start
+    trainer.save_checkpoint(tmp_path / "dept.ckpt")
+    restored = DePT.load_from_checkpoint(tmp_path / "dept.ckpt").eval()
+    with torch.no_grad():
+        assert torch.equal(restored.offset(48), method.offset(48)) and torch.equal(restored.prompt(), method.prompt())
+    expected = method.eval().generate(TEXTS, decode=False, max_new_tokens=STEPS)
+    assert restored.generate(TEXTS, decode=False, max_new_tokens=STEPS).tolist() == expected.tolist()
