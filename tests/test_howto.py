@@ -4,6 +4,7 @@ overlay that leaves the guide's data options alone."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,26 @@ def test_devices_half_precision_weights_command(scratch):
     assert {p.dtype for p in cli.model.backbone.parameters()} == {torch.bfloat16}
     assert cli.model.prompt.ctx.dtype == torch.float32
     assert cli.trainer.state.finished and cli.trainer.global_step >= 1
+
+
+def test_generate_after_a_trained_prompt(scratch, capsys):
+    """docs/howto/generate.md: its fit command on SST-2 files in GLUE's layout (tiny GPT-2, one batch, the logger on
+    so the checkpoint lands where the page loads it from), then its Python block as written."""
+    from helpers import docs_python
+
+    glue = scratch / "data" / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    rows = ["sentence\tlabel", *(["a fine film\t1", "a dull film\t0"] * 8)]
+    for name in ("train.tsv", "dev.tsv"):
+        (glue / name).write_text("\n".join(rows) + "\n")
+    (fit,) = commands("generate.md")
+    overlay = scratch / "tiny_gpt2.yaml"
+    overlay.write_text(TINY_MODELS["text"] + ONE_BATCH.replace("  logger: false\n", ""))
+    run_cli([*fit, "--config", str(overlay)])
+    (block,) = docs_python(HOWTO / "generate.md")
+    capsys.readouterr()
+    namespace: dict = {}
+    exec(block, namespace)
+    greedy, sampled = capsys.readouterr().out.strip().splitlines()
+    assert len(ast.literal_eval(greedy)) == len(namespace["reviews"]) == len(ast.literal_eval(sampled))
+    assert type(namespace["model"]).__name__ == "PromptTuning" and namespace["model"].backbone.task == "causal-lm"
