@@ -9,7 +9,7 @@ import torch
 
 from lightning_prompts.backbones import HFText
 from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods import EPT, IAPT, IDP, DePT
+from lightning_prompts.methods import EPT, IAPT, IDP, DePT, PrefixTuning
 from lightning_prompts.prompts.instance_prompts import InstancePromptHook
 
 TEXTS = ["the film was great and moving", "dull", "an awful, tedious and clumsy film with a weak plot!"]
@@ -180,3 +180,42 @@ def test_a_prompt_trained_and_loaded_from_its_checkpoint_generates_the_same(trai
         assert torch.equal(restored.offset(48), method.offset(48)) and torch.equal(restored.prompt(), method.prompt())
     expected = method.eval().generate(TEXTS, decode=False, max_new_tokens=STEPS)
     assert restored.generate(TEXTS, decode=False, max_new_tokens=STEPS).tolist() == expected.tolist()
+
+
+def prefix_reference(method: PrefixTuning, text: str) -> list[int]:
+    """Greedy decoding over PrefixTuning's forward on ``[text; generated]``, the whole sequence each step."""
+    ids = real_ids(method, text)[None]
+    generated: list[int] = []
+    with torch.no_grad():
+        for _ in range(STEPS):
+            all_ids = torch.cat([ids, torch.tensor([generated], dtype=torch.long)], dim=1)
+            hooks = method.prefix.hooks()
+            logits = method.backbone.forward_embeddings(None, all_ids, torch.ones_like(all_ids), hooks=hooks).logits
+            generated.append(int(logits.argmax(-1)))
+    return generated
+
+
+@pytest.mark.parametrize("method_class", [PrefixTuning, IAPT])
+def test_a_cache_is_repeated_for_several_sequences_per_text(method_class):
+    """Generation repeats each text for its beams or returned sequences, not a cache handed to it (before: a size
+    mismatch at the first step). Two sequences per text sampled from the top token only are both the greedy one,
+    in the texts' order; beam search returns one sequence per text."""
+    backbone = causal_lm("tiny-gpt2", 0.5)
+    if method_class is PrefixTuning:
+        method = PrefixTuning(backbone, ["good", "bad"], num_virtual_tokens=3)
+        with torch.no_grad():
+            for param in method.prefix.parameters():
+                param.normal_(std=1.0)
+        reference = prefix_reference
+    else:
+        method = IAPT(backbone, ["good", "bad"], num_virtual_tokens=2, bottleneck=4)
+        reference = iapt_reference
+    method.eval()
+    expected = [reference(method, text) for text in TEXTS]
+    sampled = method.generate(
+        TEXTS, decode=False, max_new_tokens=STEPS, do_sample=True, top_k=1, num_return_sequences=2
+    ).tolist()
+    assert sampled == [row for row in expected for _ in range(2)]
+    assert method.generate(TEXTS, decode=False, max_new_tokens=STEPS, num_beams=3).shape == (len(TEXTS), STEPS)
+    beams = method.generate(TEXTS, decode=False, max_new_tokens=STEPS, num_beams=3, num_return_sequences=2)
+    assert beams.shape == (2 * len(TEXTS), STEPS)

@@ -204,23 +204,31 @@ class TextPromptModule(PromptModule):
         """
         model: HFText = self.backbone
         options = self.generation_options(generate_kwargs)
+        defaults = model.model.generation_config
+        beams = options.get("num_beams", defaults.num_beams) or 1
+        returns = options.get("num_return_sequences", defaults.num_return_sequences) or 1
+        # generation repeats each input for its beams or returned sequences, but not a cache it is handed
+        expand = max(beams, returns)
         tokens = self.tokenize(texts)
         ids, lengths = tokens[INPUT_IDS].to(self.device), tokens[ATTENTION_MASK].sum(dim=1).tolist()
         pad = model.tokenizer.pad_token_id
-        rows: list[Tensor | None] = [None] * len(lengths)
+        rows: list[Tensor | None] = [None] * len(lengths)  # per text, its `returns` sequences
         for length in sorted(set(lengths)):
             group = [i for i, n in enumerate(lengths) if n == length]
             text_ids = ids[group, :length]
             cache, ahead = start(text_ids)
+            if expand > 1:
+                cache.batch_repeat_interleave(expand)
             input_ids = torch.cat([text_ids.new_full((len(group), ahead), pad), text_ids], dim=1)
             with warnings.catch_warnings():  # transformers 5 renames generate's argument to `cache` (4.x lacks it)
                 warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated")
                 generated = model.model.generate(
                     input_ids=input_ids, attention_mask=torch.ones_like(input_ids), past_key_values=cache, **options
                 )
-            for row, index in zip(generated[:, input_ids.shape[1] :], group):
-                rows[index] = row
-        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
+            for sequences, index in zip(generated[:, input_ids.shape[1] :].split(returns), group):
+                rows[index] = sequences
+        new = [sequence for sequences in rows for sequence in sequences]  # the texts' order, returns consecutive
+        return torch.nn.utils.rnn.pad_sequence(new, batch_first=True, padding_value=pad)
 
     # -- parameters ------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
