@@ -219,3 +219,11 @@ def test_a_cache_is_repeated_for_several_sequences_per_text(method_class):
     assert method.generate(TEXTS, decode=False, max_new_tokens=STEPS, num_beams=3).shape == (len(TEXTS), STEPS)
     beams = method.generate(TEXTS, decode=False, max_new_tokens=STEPS, num_beams=3, num_return_sequences=2)
     assert beams.shape == (2 * len(TEXTS), STEPS)
+
+
+def test_max_length_is_refused_for_max_new_tokens():
+    """transformers' max_length counts the input: after a prompt, the positions it counted differed by method (a
+    default of 20 new tokens silently won over it before)."""
+    method = IDP(causal_lm("tiny-gpt2", 0.5), ["good", "bad"], num_prompts=2, num_virtual_tokens=2)
+    with pytest.raises(ConfigurationError, match="max_new_tokens"):
+        method.generate(TEXTS, max_length=40)

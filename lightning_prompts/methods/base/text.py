@@ -247,12 +247,17 @@ class TextPromptModule(PromptModule):
     def generation_options(self, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
         """For a method's ``generate``: the model's ``generate`` arguments, greedy with 20 new tokens and the
         tokenizer's padding id unless ``generate_kwargs`` say otherwise; a model without a language-model head
-        (loaded for sequence classification) is refused."""
+        (loaded for sequence classification) is refused, and so is ``max_length`` (use ``max_new_tokens``)."""
         model: HFText = self.backbone
         if model.task not in ("causal-lm", "seq2seq-lm"):
             raise ConfigurationError(
                 f"generate needs a causal or sequence-to-sequence language model; {model.name} is loaded for "
                 f"{model.task!r}."
+            )
+        if "max_length" in generate_kwargs:  # it would count the prompt's positions, which differ by method
+            raise ConfigurationError(
+                "generate bounds the output by max_new_tokens (default 20); max_length would count the prompt's "
+                "positions too, which each method places differently."
             )
         return {
             "max_new_tokens": 20,
