@@ -112,10 +112,11 @@ class IAPT(TextPromptModule):
         say otherwise): the generated texts, or with ``decode=False`` their token ids ``(B, new)``.
 
         Every layer's tokens are generated from the instruction alone, as in the forward pass, and stay fixed while
-        the answer is written (the generated tokens are not instruction): one forward pass over ``[slot;
-        instruction]`` with the per-layer tokens fills the key/value cache up to the instruction's last token,
-        which the model's generation then reads and goes on from. Tested against greedy decoding written out over
-        the forward pass with the instruction as the generators' input (GPT-2 and Gemma-3).
+        the answer is written (the generated tokens are not instruction): the key/value cache of ``[slot;
+        instruction]`` with the per-layer tokens, up to the instruction's last token, is built first (two forward
+        passes, see :meth:`_instruction_cache`), and the model's generation reads it and goes on from there.
+        Tested against greedy decoding written out over the forward pass with the instruction as the generators'
+        input (GPT-2 and Gemma-3).
 
         Raises:
             ConfigurationError: the backbone is not a causal language model.
