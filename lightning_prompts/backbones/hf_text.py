@@ -468,28 +468,19 @@ class HFText(Backbone):
     ) -> Any:
         """:meth:`forward_embeddings` on the batch as it comes; ``options`` are its last three arguments."""
         output_hidden_states, hooks, input_offset = options
-        embeds = self.word_embeddings(input_ids)
-        if input_offset is not None:
-            if input_offset.shape[-2] != input_ids.shape[1]:
-                raise ValueError(
-                    f"an input offset for {input_offset.shape[-2]} positions, but {input_ids.shape[1]} tokens."
-                )
-            embeds = embeds + input_offset.to(embeds.dtype)
+        embeds, full_mask = self._prompted_embeddings(prompt, input_ids, attention_mask, input_offset)
+        num_prompt = embeds.shape[1] - input_ids.shape[1]
         kwargs: dict[str, Any] = {}
         if self.pair_separator is not None:  # BERT's segment ids, read off the separators (all 0 for single texts,
             # the model's own default: passed whatever they are, so no device sync asks whether any is 1)
-            kwargs["token_type_ids"] = pair_token_types(input_ids, attention_mask, self.tokenizer.sep_token_id)
-        if prompt is not None:
-            prompt = expand_to_batch(prompt, embeds.shape[0])
-            embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
-            ones = attention_mask.new_ones(attention_mask.shape[0], prompt.shape[1])
-            attention_mask = torch.cat([ones, attention_mask], dim=1)
-            if "token_type_ids" in kwargs:  # soft tokens take segment 0, as PEFT gives them
-                kwargs["token_type_ids"] = torch.cat([torch.zeros_like(ones), kwargs["token_type_ids"]], dim=1)
+            types = pair_token_types(input_ids, attention_mask, self.tokenizer.sep_token_id)
+            if num_prompt:  # soft tokens take segment 0, as PEFT gives them
+                types = torch.cat([types.new_zeros(types.shape[0], num_prompt), types], dim=1)
+            kwargs["token_type_ids"] = types
+        attention_mask = full_mask
         kwargs.update(inputs_embeds=embeds, attention_mask=attention_mask)
         if output_hidden_states:
             kwargs["output_hidden_states"] = True
-        num_prompt = 0 if prompt is None else prompt.shape[1]
         if hooks is None:
             with self._checkpointing(kwargs):
                 return self._run(kwargs, num_prompt, attention_mask)
@@ -578,14 +569,7 @@ class HFText(Backbone):
         from the mask), and the generated tokens enter as the model embeds them. An encoder-decoder reads
         ``[prompt; text]`` in its encoder and its decoder generates from its start token (not returned).
         """
-        embeds = self.word_embeddings(input_ids)
-        if input_offset is not None:
-            embeds = embeds + input_offset.to(embeds.dtype)
-        mask = attention_mask
-        if prompt is not None:
-            soft = expand_to_batch(prompt, input_ids.shape[0]).to(embeds.dtype)
-            embeds = torch.cat([soft, embeds], dim=1)
-            mask = torch.cat([mask.new_ones(soft.shape[:2]), mask], dim=1)
+        embeds, mask = self._prompted_embeddings(prompt, input_ids, attention_mask, input_offset)
         if self.task == "seq2seq-lm":
             return self.model.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)[:, 1:]
         # right-padded rows rolled right by their padding: the pads come first, the text ends every row
@@ -594,6 +578,24 @@ class HFText(Backbone):
         source = (torch.arange(length, device=input_ids.device) - padding) % length
         embeds = embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
         return self.model.generate(inputs_embeds=embeds, attention_mask=mask.gather(1, source), **generate_kwargs)
+
+    def _prompted_embeddings(
+        self, prompt: Tensor | None, input_ids: Tensor, attention_mask: Tensor, input_offset: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``[prompt; embed(input_ids) + input_offset]`` and the attention mask with ones for the prompt: the input
+        of :meth:`forward_embeddings` and :meth:`generate_after_prompt`."""
+        embeds = self.word_embeddings(input_ids)
+        if input_offset is not None:
+            if input_offset.shape[-2] != input_ids.shape[1]:
+                raise ValueError(
+                    f"an input offset for {input_offset.shape[-2]} positions, but {input_ids.shape[1]} tokens."
+                )
+            embeds = embeds + input_offset.to(embeds.dtype)
+        if prompt is None:
+            return embeds, attention_mask
+        prompt = expand_to_batch(prompt, embeds.shape[0])
+        ones = attention_mask.new_ones(attention_mask.shape[0], prompt.shape[1])
+        return torch.cat([prompt.to(embeds.dtype), embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
 
     def _layers_and_contexts(self) -> tuple[nn.ModuleList, list[BlockContext]]:
         """The transformer layers and the block context a hook sees at each."""
