@@ -327,9 +327,15 @@ _IGNORED = frozenset(
 )
 #: backbone arguments that change how the frozen model runs, not what was trained against it: a prompt trained with
 #: block checkpointing, the shared-prefix pass, sub-batches or 16-bit weights is evaluated with or without them
+#: (a text backbone's weight type and attention kernel are transformers' loading options, in its ``model_kwargs``)
 _BACKBONE_RUN_OPTIONS = frozenset(
-    f"backbone.init_args.{name}"
-    for name in ("gradient_checkpointing", "shared_prefix", "length_buckets", "dtype", "cache_dir")
+    [
+        *(
+            f"backbone.init_args.{name}"
+            for name in ("gradient_checkpointing", "shared_prefix", "length_buckets", "dtype", "cache_dir")
+        ),
+        *(f"backbone.init_args.model_kwargs.{name}" for name in ("dtype", "torch_dtype", "attn_implementation")),
+    ]
 )
 
 
@@ -362,6 +368,10 @@ def _differences(where: str, stored: Any, configured: Any) -> list[str]:
     so a long nested config shows what differs instead of a shared prefix."""
     if stored == configured:
         return []
+    if isinstance(stored, dict) and "class_path" not in stored and configured is None:
+        configured = {}  # a keyword dictionary (model_kwargs) left out: compare key by key, run options aside
+    if isinstance(configured, dict) and "class_path" not in configured and stored is None:
+        stored = {}
     if (
         isinstance(stored, dict)
         and isinstance(configured, dict)

@@ -443,6 +443,24 @@ def dp_prompt_tuning_on_two_processes(tmp: Path):
     return ["fit", *recipe, "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"], "run it on one device"
 
 
+def dp_prompt_tuning_with_the_trainers_gradient_accumulation(tmp: Path):
+    recipe = ["--config", str(RECIPES / "dp_prompt_tuning" / "sst2_gpt2.yaml"), "--config",
+              str(RECIPES / "_tiny" / "text_short_prompt.yaml")]  # fmt: skip
+    return ["fit", *recipe, "--trainer.accumulate_grad_batches", "2"], "remove trainer.accumulate_grad_batches (2)"
+
+
+def relief_with_the_trainers_gradient_clipping(tmp: Path):
+    recipe = ["--config", str(RECIPES / "relief" / "node" / "cora_gppt.yaml"), "--config",
+              str(RECIPES / "_tiny" / "relief_node.yaml")]  # fmt: skip
+    return ["fit", *recipe, "--trainer.gradient_clip_val", "0.5"], "remove trainer.gradient_clip_val (0.5)"
+
+
+def local_prompt_with_the_trainers_accumulation_and_clipping(tmp: Path):
+    recipe = ["--config", str(RECIPES / "local_prompt" / "imagenet_16shot.yaml"), "--config", TINY_CLIP]
+    options = ["--trainer.accumulate_grad_batches", "4", "--trainer.gradient_clip_val", "1"]
+    return ["fit", *recipe, *options], "LocalPrompt steps its optimizers itself (one step per positive view"
+
+
 def a_negative_learning_rate(tmp: Path):
     return ["fit", *TINY, "--model.init_args.optimizer.init_args.lr", "-0.5"], "Invalid learning rate: -0.5"
 
@@ -547,6 +565,9 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
         a_gram_meta_task_of_one_pair,
         relief_without_an_epoch_count,
         dp_prompt_tuning_on_two_processes,
+        dp_prompt_tuning_with_the_trainers_gradient_accumulation,
+        relief_with_the_trainers_gradient_clipping,
+        local_prompt_with_the_trainers_accumulation_and_clipping,
         a_negative_learning_rate,
         accumulate_zero_batches,
         zero_epochs,
@@ -748,3 +769,30 @@ def test_a_checkpoint_is_evaluated_with_other_backbone_run_options(tmp_path, mon
     stored = {"backbone": {"class_path": "OpenCLIP", "init_args": {"seed": 0, "dtype": "float32"}}}
     other = {"backbone": {"class_path": "OpenCLIP", "init_args": {"seed": 5, "dtype": "bfloat16"}}}
     assert compare_hparams(stored, other) == ["backbone.init_args.seed: checkpoint 0, config 5"]
+
+
+def test_a_text_prompt_trained_on_16_bit_weights_is_evaluated_on_float32_weights(tmp_path, monkeypatch):
+    """A text backbone's weight type is a loading option of transformers (``model_kwargs.dtype``): a checkpoint
+    trained on the bfloat16 model validates on the float32 one (the configs differ only there, and the weights share
+    their bfloat16 fingerprint), where another ``model_kwargs`` entry is still a difference, named by its key."""
+    from lightning_prompts.lightning_cli import compare_hparams, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "trained"
+    half = "--model.init_args.backbone.init_args.model_kwargs={dtype: bfloat16}"
+    steps = ["--trainer.fast_dev_run", "false", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"]
+    fit = run_cli(["fit", *TINY_TEXT, half, *steps, "--trainer.default_root_dir", str(folder)])
+    assert next(fit.model.backbone.model.base_model.parameters()).dtype == torch.bfloat16
+    path = next(folder.rglob("last.ckpt"))
+    cli = run_cli(["validate", *TINY_TEXT, "--ckpt_path", str(path), "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.trainer.state.finished and "val/acc" in cli.trainer.callback_metrics
+    assert next(cli.model.backbone.model.base_model.parameters()).dtype == torch.float32
+    torch.testing.assert_close(cli.model.prompt.embedding, fit.model.prompt.embedding)
+
+    kwargs = {"dtype": "bfloat16", "revision": "a"}
+    stored = {"backbone": {"class_path": "HFText", "init_args": {"model_kwargs": kwargs}}}
+    other = {"backbone": {"class_path": "HFText", "init_args": {"model_kwargs": {"revision": "b"}}}}
+    assert compare_hparams(stored, other) == ['backbone.init_args.model_kwargs.revision: checkpoint "a", config "b"']
+    assert compare_hparams(stored, {"backbone": {"class_path": "HFText", "init_args": {}}}) == [
+        'backbone.init_args.model_kwargs.revision: checkpoint "a", config null'
+    ]

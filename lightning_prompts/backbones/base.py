@@ -73,7 +73,9 @@ class Backbone(nn.Module):
         """Stop gradients into every parameter, switch to eval mode, and fingerprint the weights."""
         self.requires_grad_(False)
         self.eval()
-        self._fingerprint = _fingerprint(self)
+        self._fingerprints = {"fingerprint": _fingerprint(self)} | {
+            f"fingerprint_{str(dtype).removeprefix('torch.')}": _fingerprint(self, dtype) for dtype in _HALF_TYPES
+        }
 
     #: whether the frozen weights are kept in 16 bits (a vision backbone's ``dtype``): such a backbone runs under
     #: one of :data:`HALF_WEIGHT_PRECISIONS`, which methods check before their first step
@@ -110,22 +112,39 @@ class Backbone(nn.Module):
         return type(self).__name__
 
     def identity(self) -> dict[str, str]:
-        """What a prompt checkpoint remembers about the backbone it was trained on."""
-        return {"class": type(self).__name__, "name": self.name, "fingerprint": self._fingerprint}
+        """What a prompt checkpoint remembers about the backbone it was trained on: the weights' fingerprint, and
+        the fingerprints of the weights rounded to bfloat16 and to float16, which a model loaded in float32 and the
+        same model loaded in 16 bits (``HFText(model_kwargs={"dtype": "bfloat16"})``) share."""
+        return {"class": type(self).__name__, "name": self.name, **self._fingerprints}
+
+    def is_identified_by(self, identity: Mapping[str, str]) -> bool:
+        """Whether ``identity`` (a checkpoint's record, :meth:`identity`) names these weights: the same class and
+        one fingerprint in common (the float32 one, or a 16-bit one when one side was loaded in 16 bits).
+        Checkpoints written before the 16-bit fingerprints existed compare by the first."""
+        if identity.get("class") != type(self).__name__:
+            return False
+        return any(identity.get(key) == value for key, value in self._fingerprints.items())
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
 
 
-def _fingerprint(module: nn.Module) -> str:
-    """Hash of parameter names, shapes and per-tensor sums (rounded, so precision casts and
-    summation order do not change it while a different checkpoint almost surely does)."""
+#: the 16-bit types a model may be loaded in, whose rounding of the float32 weights :meth:`Backbone.identity` records
+_HALF_TYPES = (torch.bfloat16, torch.float16)
+
+
+def _fingerprint(module: nn.Module, rounded_to: torch.dtype | None = None) -> str:
+    """Hash of parameter names, shapes and per-tensor sums (rounded, so summation order does not change it while a
+    different checkpoint almost surely does), of every weight first rounded to ``rounded_to`` if given."""
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
             if not torch.is_tensor(tensor) or not tensor.is_floating_point():
                 continue
-            total = tensor.detach().to("cpu", torch.float64).sum().item()
+            tensor = tensor.detach().to("cpu")
+            if rounded_to is not None:
+                tensor = tensor.to(rounded_to)
+            total = tensor.to(torch.float64).sum().item()
             digest.update(f"{name}:{tuple(tensor.shape)}:{total:.5g};".encode())
     return digest.hexdigest()[:16]
 

@@ -83,6 +83,10 @@ class DPPromptTuning(PromptTuning):
     default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
     #: the private step clips and noises per-example gradients of the task loss only
     accepts_loss_terms: ClassVar[bool] = False
+    manual_steps: ClassVar[str] = (
+        "one noisy step per batch of per-example gradients clipped to max_grad_norm; for more examples per step, "
+        "raise the data's batch_size"
+    )
 
     def __init__(
         self,
@@ -112,6 +116,7 @@ class DPPromptTuning(PromptTuning):
 
     # -- privacy accounting ------------------------------------------------------------------------------
     def check_trainer(self, stage: str, trainer: Any) -> None:
+        super().check_trainer(stage, trainer)
         if stage != "fit":
             return
         # the clipped, noised gradient is assigned to .grad by hand, past DDP's averaging: each process would train

@@ -119,6 +119,7 @@ class LocalPrompt(CLIPPromptModule):
     produced_fields: ClassVar[frozenset[str]] = frozenset({"logits", "image_features", "text_features"})
     #: one optimizer step per positive view on the method's own three losses
     accepts_loss_terms: ClassVar[bool] = False
+    manual_steps: ClassVar[str] = "one step per positive view, as the official code does"
 
     def __init__(
         self,

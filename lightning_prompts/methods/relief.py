@@ -139,6 +139,7 @@ class RELIEF(GraphPromptModule):
 
     default_optimizer: ClassVar[dict[str, Any]] = {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}}
     accepts_loss_terms: ClassVar[bool] = False  # the prompt is not differentiable; the head's loss is fixed
+    manual_steps: ClassVar[str] = "PPO updates of each policy member clipped to max_grad_norm, then the head's steps"
     data_resolved_hparams: ClassVar[frozenset[str]] = frozenset({"max_nodes"})
 
     def __init__(
@@ -259,6 +260,7 @@ class RELIEF(GraphPromptModule):
             )
 
     def check_trainer(self, stage: str, trainer: Any) -> None:
+        super().check_trainer(stage, trainer)
         if stage != "fit":
             return
         if trainer.world_size > 1:

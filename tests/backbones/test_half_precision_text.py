@@ -91,3 +91,24 @@ def test_every_text_method_trains_float32_tensors_on_a_bfloat16_model(entry):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.values())
         losses[dtype] = loss.detach().item()
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
+
+
+def test_the_16_bit_loads_of_a_model_share_a_fingerprint_with_its_float32_load(tmp_path):
+    """A prompt trained on the model loaded in bfloat16 (or float16) loads into the model loaded in float32 and back:
+    each identity records the weights rounded to both 16-bit types too. Another model shares none of them, and a
+    record with only the first fingerprint (written before the others existed) matches the float32 load only."""
+    loads = {dtype: minilm("mean", dtype) for dtype in (None, "bfloat16", "float16")}
+    for half in (loads["bfloat16"], loads["float16"]):
+        assert half.is_identified_by(loads[None].identity()) and loads[None].is_identified_by(half.identity())
+    assert loads["bfloat16"].identity()["fingerprint"] != loads[None].identity()["fingerprint"]
+    assert not loads[None].is_identified_by(HFText("tiny").identity())
+    legacy = {key: loads[None].identity()[key] for key in ("class", "name", "fingerprint")}
+    assert loads[None].is_identified_by(legacy) and not loads["bfloat16"].is_identified_by(legacy)
+
+    half = PromptTuning(loads["bfloat16"], CLASSNAMES[:2], num_virtual_tokens=4)
+    with torch.no_grad():
+        half.prompt.embedding.normal_()
+    path = half.export_prompt(tmp_path / "prompt.safetensors")
+    full = PromptTuning(loads[None], CLASSNAMES[:2], num_virtual_tokens=4)
+    full.load_prompt(path)
+    torch.testing.assert_close(full.prompt.embedding, half.prompt.embedding)

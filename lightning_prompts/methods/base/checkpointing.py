@@ -129,9 +129,7 @@ class TrainableStateMixin:
 
     def _check_backbone(self, identity: Mapping[str, str] | None, source: str) -> None:
         mine = self.backbone.identity()
-        if identity is not None and (
-            identity.get("class") != mine["class"] or identity.get("fingerprint") != mine["fingerprint"]
-        ):
+        if identity is not None and not self.backbone.is_identified_by(identity):
             raise BackboneMismatchError(
                 f"{source} holds a prompt trained on backbone {identity.get('class')} {identity.get('name')!r} "
                 f"(fingerprint {identity.get('fingerprint')}), but this {type(self).__name__} has "

@@ -228,10 +228,31 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
             needed |= {field for field in term.optional_fields if field in self.output_fields}
         return frozenset(needed)
 
+    #: for a method that steps its optimizers itself (``automatic_optimization = False``): how, in a few words, for
+    #: the refusal of the Trainer's gradient accumulation and clipping, which such a step bypasses
+    manual_steps: ClassVar[str] = ""
+
     def check_trainer(self, stage: str, trainer: Any) -> None:
         """Fail now if the Trainer's settings cannot run this method (a process count, a run length it needs).
         The command calls it with its Trainer before anything runs or is written; :meth:`setup` calls it too, for
-        runs from Python. Methods override it; the base has nothing to check."""
+        runs from Python. Methods extend it (``super().check_trainer(...)``); the base refuses the Trainer's
+        gradient accumulation and clipping for a method that steps its optimizers itself."""
+        if stage != "fit" or self.automatic_optimization:
+            return
+        asked = [
+            f"trainer.{name} ({value})"
+            for name, value, inert in (
+                ("accumulate_grad_batches", trainer.accumulate_grad_batches, (1,)),
+                ("gradient_clip_val", trainer.gradient_clip_val, (None, 0)),
+            )
+            if value not in inert
+        ]
+        if asked:
+            # Lightning's own refusal says to switch to automatic optimization, which a user of the method cannot
+            raise ConfigurationError(
+                f"{type(self).__name__} steps its optimizers itself ({self.manual_steps}), so the Trainer can neither "
+                f"accumulate nor clip its gradients: remove {' and '.join(asked)}."
+            )
 
     def check_ready(self, stage: str, callbacks: Iterable[Any], datamodule: Any | None) -> None:
         """Fail now, before anything runs or is written, if this experiment cannot work: a callback
