@@ -145,3 +145,14 @@ class CodeInPickle:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+def precision_options(precision: str) -> dict:
+    """Trainer options for ``precision``; ``"16-mixed"`` with the float16 gradient scaler it has on a GPU, which
+    Lightning replaces by bfloat16 (no scaler) on a CPU: its plugin given as is runs float16 autocast on the CPU."""
+    if precision != "16-mixed":
+        return {"precision": precision}
+    import torch
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}

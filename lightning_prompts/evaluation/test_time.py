@@ -76,6 +76,7 @@ class TestTimePromptTuning(ClassificationEvaluator):
             raise ConfigurationError("TestTimePromptTuning: steps >= 1, lr > 0 and 0 < selection <= 1.")
         self.steps, self.lr, self.selection = steps, lr, selection
         self._initial: dict[str, Tensor] = {}
+        self._scaler: torch.amp.GradScaler | None = None
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
         super().check_ready(module, datamodule, stage)
@@ -94,6 +95,7 @@ class TestTimePromptTuning(ClassificationEvaluator):
         super().start(module, stage)
         if stage == "test":  # the prompt every test image starts from
             self._initial = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+            self._scaler = None
 
     def score(self, module: PromptModule, batch: Any, stage: Stage, dataloader_idx: int) -> Tensor:
         if stage != "test":
@@ -120,10 +122,24 @@ class TestTimePromptTuning(ClassificationEvaluator):
                 parameters[name].grad = None
         return [parameters[name] for name in self._initial]
 
+    def gradient_scaler(self, module: PromptModule) -> torch.amp.GradScaler | None:
+        """TPT's float16 gradient scaler (initial factor 1,000, kept over the test's images, as the official code
+        keeps one for the run) when the test runs under float16 autocast (precision ``16-mixed``), where the
+        backward of the entropy's small gradients could flush to zero; none otherwise (float32 and bfloat16 have
+        float32's range)."""
+        device = module.device.type
+        if not (torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16):
+            return None
+        if self._scaler is None:
+            self._scaler = torch.amp.GradScaler(device, init_scale=1000.0)
+        return self._scaler
+
     def tune(self, module: PromptModule, logits_of: Callable[[], Tensor]) -> None:
         """Reset the prompt, then ``steps`` AdamW steps on the entropy of the mean probability of the most
-        confident rows of ``logits_of()`` (the rows are chosen at the first step and kept, as TPT does)."""
+        confident rows of ``logits_of()`` (the rows are chosen at the first step and kept, as TPT does), through
+        :meth:`gradient_scaler` under float16 autocast."""
         optimizer = torch.optim.AdamW(self.reset(module), lr=self.lr)
+        scaler = self.gradient_scaler(module)
         selected = None
         for _ in range(self.steps):
             logits = logits_of()
@@ -131,8 +147,13 @@ class TestTimePromptTuning(ClassificationEvaluator):
                 selected = self.select(logits.detach())
             loss = average_probability_entropy(logits[selected])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:  # a step whose scaled gradients overflow is skipped and the factor halved, as in TPT's code
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
 
     def tune_and_predict(self, module: PromptModule, image: Tensor, views: Tensor) -> Tensor:
         """Logits ``(1, C)`` of ``image`` after tuning on ``[image, *views]`` from the initial prompt."""

@@ -170,16 +170,21 @@ class DPPromptTuning(PromptTuning):
         optimizer = self.optimizers()
         params = [p for p in self.parameters() if p.requires_grad]
         ids, mask, targets = batch[INPUT_IDS], batch[ATTENTION_MASK], self.batch_targets(batch)
+        # under a float16 scaler (16-mixed), each loss is scaled as manual_backward would, so no gradient flushes to
+        # zero in the half-precision backward; clipping and noise work on the true gradients, and .grad gets them
+        # scaled back, because the scaler's step divides them (and skips a step whose gradients are not finite)
         per_example, losses = [], []
         for index in range(ids.shape[0]):
             one = slice(index, index + 1)
             loss = self.task_loss(self(ids[one], mask[one]), targets[one])
-            per_example.append(torch.autograd.grad(loss, params))
+            per_example.append(torch.autograd.grad(self.scale_loss(loss), params))
             losses.append(loss.detach())
+        scale = self.gradient_scale()
+        per_example = [[g / scale for g in grads] for grads in per_example] if scale != 1.0 else per_example
         assert self.noise_multiplier is not None
         grads = clip_and_noise(per_example, self.max_grad_norm, self.noise_multiplier, self._noise)
         for param, grad in zip(params, grads):
-            param.grad = grad
+            param.grad = grad * scale
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self._accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self._sample_rate)

@@ -469,7 +469,9 @@ class RELIEF(GraphPromptModule):
                 loss = loss_d.mean() + loss_c.mean() + critic_loss
                 optimizer.zero_grad()
                 self.manual_backward(loss)
-                torch.nn.utils.clip_grad_norm_(policy.member_parameters(member), h["max_grad_norm"])
+                # the gradients are still multiplied by a float16 scaler's factor here (its step divides them)
+                max_norm = h["max_grad_norm"] * self.gradient_scale()
+                torch.nn.utils.clip_grad_norm_(policy.member_parameters(member), max_norm)
                 optimizer.step()
                 kl_d += float(approx_kl(lp_d.detach(), experience.logprob_nodes[idx]))
                 kl_c += float(approx_kl(lp_c.detach(), experience.logprob_increments[idx]))

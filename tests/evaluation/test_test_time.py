@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import synthetic_fewshot
+from helpers import precision_options, synthetic_fewshot
 from lightning.pytorch import Trainer
 
 from lightning_prompts.errors import ConfigurationError
@@ -126,10 +126,11 @@ def test_the_cost_benchmark_runs_and_both_paths_predict_the_same(monkeypatch, ca
     assert difference < 1e-4 and "one at a time / batched" in printed
 
 
-def reference_tpt(method, initial_ctx, image, views, steps=1, lr=5e-3, selection=0.1):
+def reference_tpt(method, initial_ctx, image, views, steps=1, lr=5e-3, selection=0.1, scaler=None):
     """TPT's loop written out: reset the context, score [image, *views], keep the ``selection`` most confident
     views (chosen once, at the first step), ``steps`` AdamW steps (lr 5e-3 by default) on the entropy of their mean
-    probability, ``H(mean_v softmax(z_v))``, then classify the image."""
+    probability, ``H(mean_v softmax(z_v))``, then classify the image; with ``scaler``, each step through it
+    (``scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()``, as TPT's code under autocast)."""
     with torch.no_grad():
         method.prompt.ctx.copy_(initial_ctx)
         inputs = torch.cat([image.unsqueeze(0), views])
@@ -146,10 +147,56 @@ def reference_tpt(method, initial_ctx, image, views, steps=1, lr=5e-3, selection
             mean = probabilities[keep].mean(0)
             loss = -(mean * mean.log()).sum()
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
     with torch.no_grad():
         return method.logit_scale * features[:1] @ method.class_text_features().t()
+
+
+def test_under_float16_autocast_each_step_goes_through_tpts_gradient_scaler(tiny_clip, trainer_kwargs):
+    """TPT's code tunes under float16 autocast through a GradScaler(init_scale=1000) kept for the whole run; the
+    16-mixed test does so (the scaler is the evaluator's, over both images), and a float32 test has none."""
+    data = synthetic_fewshot(test_views=7, eval_batch_size=2)
+    evaluator = RecordingTPT(steps=2, lr=0.1, selection=0.5)
+    torch.manual_seed(0)
+    method = CoOp(tiny_clip, data.classnames, n_ctx=4, ctx_init="a photo of a", evaluator=evaluator)
+    with torch.no_grad():
+        method.prompt.ctx.normal_(std=1.0)  # a context far from the words: classes score differently
+    initial = method.prompt.ctx.detach().clone()
+    Trainer(limit_test_batches=1, **precision_options("16-mixed"), **trainer_kwargs).test(method, data)
+    assert isinstance(evaluator._scaler, torch.amp.GradScaler) and evaluator._scaler._init_scale == 1000.0
+    batch = next(iter(data.test_dataloader()[0]))
+    method.eval()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1000.0)  # one for both images, as the run keeps one
+    with torch.autocast("cpu", dtype=torch.float16):
+        expected = [
+            reference_tpt(
+                method,
+                initial,
+                batch["image"][index],
+                batch["image_views"][index],
+                steps=2,
+                lr=0.1,
+                selection=0.5,
+                scaler=scaler,
+            )  # fmt: skip
+            for index in range(2)
+        ]
+    for index in range(2):
+        torch.testing.assert_close(evaluator.scores[0][index].float(), expected[index][0].float(), rtol=0, atol=2e-2)
+    with torch.no_grad():
+        method.prompt.ctx.copy_(initial)
+        untuned = method(batch["image"][:2]).logits
+    assert (evaluator.scores[0].float() - untuned).abs().max() > 1.0  # the steps moved the logits (by 4)
+    assert evaluator._scaler.get_scale() == scaler.get_scale()  # the same steps skipped (none or the same ones)
+
+    Trainer(limit_test_batches=1, **trainer_kwargs).test(method, data)
+    assert evaluator._scaler is None
 
 
 def test_several_steps_minimise_the_entropy_of_the_mean_probability_not_the_mean_entropy(tiny_clip, trainer_kwargs):

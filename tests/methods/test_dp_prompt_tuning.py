@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import precision_options
 from lightning.pytorch import Trainer
 
 from lightning_prompts.backbones import HFText
@@ -120,3 +121,22 @@ def test_training_over_several_processes_is_refused(trainer_kwargs, monkeypatch)
     with pytest.raises(ConfigurationError, match="run it on one device"):
         Trainer(max_epochs=1, **trainer_kwargs).fit(method, data())
     assert torch.equal(method.prompt(), before)  # refused before the first step
+
+
+def test_a_float16_gradient_scaler_leaves_the_private_step_as_in_float32(trainer_kwargs):
+    """Under 16-mixed Lightning's float16 scaler divides every gradient by its factor (2**16) before the step; the
+    private gradients, set by hand, were divided too, so the prompt hardly moved. The losses are now scaled as
+    manual_backward scales them and the clipped, noised gradient handed back scaled: the step equals float32's."""
+    moved = {}
+    for precision in ("32-true", "16-mixed"):
+        torch.manual_seed(0)  # the same prompt and batch order for both
+        module = data()
+        method = DPPromptTuning(
+            HFText("tiny-bert"), module.classnames, num_virtual_tokens=3, noise_multiplier=0.5, max_grad_norm=0.05,
+            optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        )  # fmt: skip
+        before = method.prompt.embedding.detach().clone()
+        Trainer(max_steps=1, limit_val_batches=0, **precision_options(precision), **trainer_kwargs).fit(method, module)
+        moved[precision] = method.prompt.embedding.detach() - before
+    assert moved["32-true"].norm() > 0.01  # the clipped mean gradient and the noise, at lr 1
+    torch.testing.assert_close(moved["16-mixed"], moved["32-true"], rtol=0.02, atol=2e-4)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import docs_python
+from helpers import docs_python, precision_options
 from lightning import Callback, Trainer
 from torch.distributions import Categorical, Normal
 from torch_geometric.data import Batch, Data
@@ -548,3 +548,24 @@ def test_the_amazon_node_recipe_samples_ego_graphs_and_warms_up(tmp_path):
     assert cli.model.hparams["warmup_epochs"] == 100
     assert max(g.num_nodes for g in cli.datamodule._splits["train"]) <= 1 + 20 + 200
     assert cli.trainer.callback_metrics["time/rollout_s"] == 0  # the one fast_dev_run step was a warm-up step
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
+def test_each_policy_update_is_clipped_to_max_grad_norm_in_true_gradient_units(precision, trainer_kwargs):
+    """Under 16-mixed the policy's gradients are still multiplied by the float16 scaler's factor (2**16) when RELIEF
+    clips them; clipped at max_grad_norm there, the scaler's step then divided them to 2**16 times less. What the
+    optimizer sees (after the scaler, in on_before_optimizer_step) is at most max_grad_norm, and reaches it."""
+    module = relief(max_grad_norm=0.01)  # small, so every update is clipped
+    norms = []
+
+    class Record(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if optimizer is not trainer.optimizers[-1]:  # a policy member's optimizer, not the head's
+                grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                norms.append(torch.sqrt(sum(g.float().pow(2).sum() for g in grads)).item())
+
+    options = precision_options(precision)
+    trainer = Trainer(max_epochs=1, callbacks=[Record()], limit_val_batches=0, **options, **trainer_kwargs)
+    trainer.fit(module, train_dataloaders=DataLoader(graphs(12), batch_size=12))
+    finite = [norm for norm in norms if math.isfinite(norm)]  # the scaler skips a step that overflowed, and backs off
+    assert finite and max(finite) == pytest.approx(0.01, rel=1e-3)

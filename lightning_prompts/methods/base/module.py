@@ -228,6 +228,21 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
             needed |= {field for field in term.optional_fields if field in self.output_fields}
         return frozenset(needed)
 
+    def scale_loss(self, loss: Tensor) -> Tensor:
+        """``loss`` times the factor of a float16 gradient scaler (precision ``16-mixed``), as ``manual_backward``
+        scales it; unchanged without one. For a method that takes gradients with ``torch.autograd.grad``: the
+        scaler's step divides every gradient by :meth:`gradient_scale` before the optimizer runs."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return scaler.scale(loss) if scaler is not None else loss
+
+    def gradient_scale(self) -> float:
+        """The factor a float16 gradient scaler (precision ``16-mixed``) multiplies this step's loss by, 1 without
+        one. A method that steps its optimizers itself needs it where it makes or clips gradients outside
+        ``manual_backward``: the scaler's step divides every gradient by it (and skips a step whose gradients are
+        not finite, then lowers the factor)."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None else 1.0
+
     #: for a method that steps its optimizers itself (``automatic_optimization = False``): how, in a few words, for
     #: the refusal of the Trainer's gradient accumulation and clipping, which such a step bypasses
     manual_steps: ClassVar[str] = ""
