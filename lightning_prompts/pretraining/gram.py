@@ -218,9 +218,11 @@ class GRAM(PromptModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         image = self.image_features(batch[IMAGE])
         text = self.caption_features(batch[CAPTION])
-        size = image.shape[0]
+        # a batch of one pair (a split's last, or a process's share) is retrieved from itself: loss 0, accuracy 1;
+        # it is logged with no weight (every process still takes part in the synchronisation of the means)
+        size = image.shape[0] if image.shape[0] > 1 else 0
         log_validation_mean(self, "loss", contrastive_loss(image, text, self.backbone.logit_scale), size)
-        hits = (image @ text.t()).argmax(dim=1) == torch.arange(size, device=image.device)
+        hits = (image @ text.t()).argmax(dim=1) == torch.arange(image.shape[0], device=image.device)
         log_validation_mean(self, "acc", hits.float().mean(), size, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:

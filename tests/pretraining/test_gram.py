@@ -12,6 +12,7 @@ from helpers import synthetic_fewshot
 from lightning.pytorch import Callback, Trainer
 
 from lightning_prompts.backbones import HFText, OpenCLIP
+from lightning_prompts.batch import CAPTION, IMAGE
 from lightning_prompts.callbacks import GradientRegulation
 from lightning_prompts.data import ImageTextDataModule, SyntheticText, TextClassificationDataModule
 from lightning_prompts.data.image_text import CrossDomainTaskSampler
@@ -208,6 +209,31 @@ def test_gram_writes_an_initialisation_and_a_regulator_that_coop_uses(tiny_clip,
     trainer.fit(coop, classes)
     assert torch.equal(start.ctx, gram.prompt.ctx.detach())
     assert "train/loss" in trainer.callback_metrics
+
+
+def test_validation_retrieves_within_each_batch_and_a_batch_of_one_pair_does_not_count(
+    tiny_clip, trainer_kwargs, tmp_path
+):
+    """val/loss and val/acc: the contrastive loss and the image-to-caption retrieval within each validation batch,
+    weighted by its size; a last batch of one pair would score loss 0 and accuracy 1 (it can only find itself)."""
+    data = image_text_data(val_fraction=0.5)
+    data.setup("validate")
+    pairs = len(data.val_dataloader().dataset)
+    data.eval_batch_size = pairs - 1  # a full batch, then one pair
+    torch.manual_seed(0)
+    gram = GRAM(tiny_clip, n_ctx=4, num_domains=3, output_dir=tmp_path / "gram")
+    with torch.no_grad():
+        gram.prompt.ctx.normal_(std=1.0)  # a context far from the words: captions score differently
+    metrics = Trainer(**trainer_kwargs).validate(gram, data)[0]
+    batches = list(data.val_dataloader())
+    assert [len(batch[CAPTION]) for batch in batches] == [pairs - 1, 1] and pairs > 2
+    with torch.no_grad():
+        image = gram.image_features(batches[0][IMAGE])
+        text = gram.caption_features(batches[0][CAPTION])
+        loss = reference_contrastive(image, text, gram.backbone.logit_scale)
+        accuracy = ((image @ text.t()).argmax(dim=1) == torch.arange(pairs - 1)).float().mean()
+    assert metrics["val/loss"] == pytest.approx(loss.item(), rel=1e-5) and loss.item() > 0.01
+    assert metrics["val/acc"] == pytest.approx(accuracy.item())
 
 
 def test_overfit_batches_is_refused_with_what_to_use_instead(tiny_clip, trainer_kwargs, tmp_path):
