@@ -53,6 +53,7 @@ CLASSES = {"prefix_tuning": "PrefixTuning", "dept": "DePT", "ept": "EPT", "idp":
 CLASSES |= {"ptec": "PTEC", "post": "POST", "prompt_tuning": "PromptTuning"}
 CLASSES |= {"coop": "CoOp", "clip_adapter": "CLIPAdapter", "cones": "ConES", "coprompt": "CoPrompt", "dapt": "DAPT"}
 CLASSES |= {"maple": "MaPLe", "neglabel": "NegLabel", "vpt": "VPT", "zero_shot_clip": "ZeroShotCLIP"}
+CLASSES |= {"zero_shot_text": "ZeroShotText"}
 
 
 @pytest.mark.parametrize("page", list(CLASSES))
@@ -73,6 +74,9 @@ def test_the_use_snippet_builds_the_method(page, tmp_path, monkeypatch):
     assert type(namespace["model"]).__name__ == CLASSES[page]
     if page in ("prefix_tuning", "prompt_tuning"):
         assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    if page == "zero_shot_text":  # the page's printed prediction, on the real MiniLM it names
+        model, tokens = namespace["model"], namespace["tokens"]
+        assert model(tokens["input_ids"], tokens["attention_mask"]).logits.argmax(dim=1).tolist() == [1, 0]
     if page == "neglabel":
         model = namespace["model"]  # 10,000 asked: all 150 nouns and 50 adjectives kept, the adjectives last
         assert len(model.negative_labels) == 200 and model.negative_labels[150:] == model.negative_adjectives

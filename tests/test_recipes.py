@@ -43,6 +43,9 @@ OTHER_EVALUATION_PATHS = [
     RECIPES / "mvlpt" / "target_elevater_voc2007.yaml",
     RECIPES / "mvlpt" / "target_elevater_mean_per_class.yaml",
     RECIPES / "testbed" / "ood_coop.yaml",
+    RECIPES
+    / "zero_shot_text"
+    / "sst2_minilm.yaml",  # the encoder's class descriptions (the folder's pick: GPT-2's words)
 ]
 # recipes whose data the pick does not tell apart from their folder's (same data module) but whose overlay differs:
 # HetGPT on DBLP's and IMDB's schemas (their metapaths name node types ACM lacks)
@@ -90,7 +93,13 @@ def one_trained_recipe_per_folder_and_method() -> list[Path]:
     return sorted(chosen.values())
 
 
-TRAINS_NOTHING_AT_FIT = {"ZeroShotCLIP", "NegLabel", "TPT", "DiffTPT"}  # zero-shot and test-time methods
+TRAINS_NOTHING_AT_FIT = {
+    "ZeroShotCLIP",
+    "ZeroShotText",
+    "NegLabel",
+    "TPT",
+    "DiffTPT",
+}  # zero-shot and test-time methods
 
 
 @pytest.fixture(scope="module")

@@ -665,18 +665,36 @@ class HFText(Backbone):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         outputs = self.model.base_model(**kwargs)
-        hidden = outputs.last_hidden_state
-        if self.pooling == "last":  # right padding: the last real token (soft tokens are in the mask)
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), sequence_mask.sum(1) - 1]
-        elif self.pooling == "cls":
-            pooled = hidden[:, num_prompt]
-        else:
-            mask = sequence_mask.clone()
-            mask[:, :num_prompt] = 0  # the soft tokens are not text
-            pooled = masked_mean(hidden, mask)
         (head,) = self.head_modules().values()
+        pooled = self._pool(outputs.last_hidden_state, sequence_mask, num_prompt)
         pooled = pooled.to(head.weight.dtype)  # a float32 head on a model loaded in half precision
         return SequenceClassifierOutput(logits=head(pooled), hidden_states=outputs.hidden_states)
+
+    def _pool(self, hidden: Tensor, sequence_mask: Tensor, num_prompt: int) -> Tensor:
+        """``(B, H)``: the ``pooling`` of last hidden states ``(B, T, H)`` whose real positions ``sequence_mask``
+        marks, the first ``num_prompt`` of them soft tokens."""
+        if self.pooling == "last":  # right padding: the last real token (soft tokens are in the mask)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), sequence_mask.sum(1) - 1]
+        if self.pooling == "cls":
+            return hidden[:, num_prompt]
+        mask = sequence_mask.clone()
+        mask[:, :num_prompt] = 0  # the soft tokens are not text
+        return masked_mean(hidden, mask)
+
+    @torch.no_grad()
+    def pooled_text_features(self, texts: Sequence[str]) -> Tensor:
+        """``(N, H)`` float32: the texts' last hidden states pooled as the classification head reads them
+        (``pooling`` ``"mean"``, ``"cls"`` or ``"last"``), with no prompt; a sentence encoder's embeddings
+        (MiniLM's, before their normalisation) for ``pooling="mean"``."""
+        if self.task != "sequence-classification" or self.pooling == "model":
+            raise ConfigurationError(
+                f"pooled text features come from a sequence-classification backbone with pooling 'mean', 'cls' or "
+                f"'last'; {self.name} has task {self.task!r}, pooling {self.pooling!r}."
+            )
+        device = self.word_embeddings.weight.device
+        tokens = {key: value.to(device) for key, value in self.tokenize(texts, truncate=True).items()}
+        hidden = self.model.base_model(**tokens).last_hidden_state
+        return self._pool(hidden, tokens["attention_mask"], 0).float()
 
 
 def transformer_layers(model: nn.Module) -> nn.ModuleList:
