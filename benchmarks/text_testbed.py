@@ -18,7 +18,9 @@ Methods at (about) equal trainable prompt parameters — 24 soft tokens' worth �
 optimiser: ``PromptTuning`` (24 tokens), ``PrefixTuning`` (2 tokens per layer, keys and values), ``DePT``
 (budget 24, r = 4, s = 64), ``PTEC`` (24 tokens, BCE, head lr 1e-5, decay to 1 %), ``EPT`` (DePT's budget, an
 8-token prompt), ``IAPT`` (4 generated tokens per layer, bottleneck 2), ``IDP`` (4 routed prompts of 6 tokens)
-and the head-only baseline (``PromptTuning`` whose single soft token has learning rate 0). Per run: validation
+the head-only baseline (``PromptTuning`` whose single soft token has learning rate 0) and the zero-shot one
+(``ZeroShotText``, validated only: MiniLM's class-name embeddings; Gemma's class names as the next word, with the
+causal LM loaded once more for it). Per run: validation
 accuracy after the recipe's epochs, trainable parameters, the median training step time, the activations saved
 for backward of one batch (relative to ``PromptTuning`` in the report) and, for IDP, how many held-out texts
 each prompt of the bank takes (``routes``). ``--methods`` runs some rows only.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import functools
 import gc
 import json
 import statistics
@@ -55,6 +58,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "text_testbed"
 MODELS = {"minilm": "MiniLM-L6", "gemma": "Gemma-3-270M", "tiny-bert": "tiny-bert"}
 #: the table's rows and their recipes (``recipes/text_testbed/<model>/<file>.yaml``)
 METHODS = {
+    "zero-shot": "zero_shot",
     "head only": "head_only",
     "PromptTuning": "prompt_tuning",
     "PrefixTuning": "prefix_tuning",
@@ -115,11 +119,20 @@ def methods(model: str, backbone: HFText, classnames: list[str]) -> dict[str, An
 
 def recipe_method(recipe: Path, backbone: HFText, classnames: list[str]):
     """A builder of the recipe's method on a :func:`shared_copy` of ``backbone`` (the recipe's own backbone is
-    not instantiated)."""
+    not instantiated), or of the recipe's own backbone, loaded once, where it asks for another task (the zero-shot
+    row on Gemma scores words with the causal LM)."""
     section = merged_section(recipe, "model")
     cls = registry.resolve_class(section["class_path"], "method")
     kwargs = {key: value for key, value in section["init_args"].items() if key != "backbone"}
+    own = section["init_args"]["backbone"]["init_args"]
+    if own.get("task", backbone.task) != backbone.task and backbone.model_name_or_path != "tiny-bert":
+        backbone = other_task_backbone(json.dumps(own, sort_keys=True))
     return lambda: cls(shared_copy(backbone), classnames, **kwargs)
+
+
+@functools.cache
+def other_task_backbone(init_args: str) -> HFText:
+    return HFText(**json.loads(init_args))
 
 
 def shared_copy(backbone: HFText) -> HFText:
@@ -181,11 +194,14 @@ def run(tasks: dict[str, dict[str, Any]], task: str, name: str, build, seed: int
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
         check_val_every_n_epoch=epochs,
     )  # fmt: skip
-    trainer.fit(method, data)  # validates once, after the last epoch
+    if any(p.requires_grad for p in method.parameters()):
+        trainer.fit(method, data)  # validates once, after the last epoch
+    else:  # zero-shot: nothing to train
+        trainer.validate(method, data)
     accuracy = float(trainer.callback_metrics["val/acc"])
     routes = prompt_routes(method, data) if hasattr(method, "select") else None
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    head = sum(p.numel() for m in method.backbone.head_modules().values() for p in m.parameters())
+    head = sum(p.numel() for m in method.backbone.head_modules().values() for p in m.parameters() if p.requires_grad)
     return {
         "task": task,
         "method": name,
@@ -194,7 +210,7 @@ def run(tasks: dict[str, dict[str, Any]], task: str, name: str, build, seed: int
         "accuracy": accuracy,
         "trainable": trainable,
         "prompt_parameters": trainable - head,
-        "step_ms": statistics.median(timer.times[1:] or timer.times) * 1e3,
+        "step_ms": statistics.median(timer.times[1:] or timer.times or [0.0]) * 1e3,
         "activations_mib": activations(method, data) / 2**20,
         **({"routes": routes} if routes is not None else {}),
     }
@@ -208,6 +224,7 @@ def quiet_step_times(model: str, task: str, backbone: HFText, rounds: int = 5) -
     data = TextClassificationDataModule(**{**task_data(model)[task], "seed": 0, "group_by_length": False})
     texts, labels = data._load()["train"]
     built = {name: build().train() for name, build in methods(model, backbone, data.classnames).items()}
+    built = {name: method for name, method in built.items() if any(p.requires_grad for p in method.parameters())}
     steps = {}
     for name, method in built.items():
         tokens, targets = method.tokenize(texts[:32]), torch.tensor(labels[:32])
@@ -246,7 +263,8 @@ def report(
     header = "| " + " | ".join([*columns, f"activations {relative}"]) + " |"
     lines = [header, "|---|---|---|---|---|---|"]
     tasks = sorted({row["task"] for row in rows}, key=list(TASKS).index)
-    names = list(dict.fromkeys(row["method"] for row in rows))
+    order = list(METHODS)  # the table's rows in METHODS' order, whenever a row was run
+    names = sorted(dict.fromkeys(row["method"] for row in rows), key=lambda n: order.index(n) if n in order else 99)
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for axis, task in zip(axes[0], tasks):
         base = [r for r in rows if r["task"] == task and r["method"] == "PromptTuning"]
@@ -260,9 +278,11 @@ def report(
             accuracies = [r["accuracy"] for r in runs]
             mean, sd = statistics.mean(accuracies), statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
             means.append(mean), sds.append(sd)
-            step_ms = quiet[name] if quiet else statistics.median(r["step_ms"] for r in runs)
-            ms = step_ms / base_ms if base_ms else None
+            step_ms = quiet.get(name) if quiet else statistics.median(r["step_ms"] for r in runs)
+            ms = step_ms / base_ms if base_ms and step_ms is not None else None
             mib = statistics.mean(r["activations_mib"] for r in runs) / base_mib if base_mib else None
+            if runs[0]["trainable"] == 0:  # zero-shot: no training step to time, nothing saved for backward
+                ms = mib = None
             lines.append(
                 f"| {task} | {name} | {100 * mean:.1f} ± {100 * sd:.1f} | {runs[0]['prompt_parameters']:,} | "
                 f"{_ratio(ms)} | {_ratio(mib)} |"

