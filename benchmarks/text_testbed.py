@@ -281,7 +281,7 @@ def report(
             step_ms = quiet.get(name) if quiet else statistics.median(r["step_ms"] for r in runs)
             ms = step_ms / base_ms if base_ms and step_ms is not None else None
             mib = statistics.mean(r["activations_mib"] for r in runs) / base_mib if base_mib else None
-            if runs[0]["trainable"] == 0:  # zero-shot: no training step to time, nothing saved for backward
+            if runs[0].get("trainable") == 0:  # zero-shot: no training step to time, nothing saved for backward
                 ms = mib = None
             lines.append(
                 f"| {task} | {name} | {100 * mean:.1f} ± {100 * sd:.1f} | {runs[0]['prompt_parameters']:,} | "

@@ -85,10 +85,11 @@ def test_every_text_method_trains_float32_tensors_on_a_bfloat16_model(entry):
         assert next(backbone.model.base_model.parameters()).dtype == getattr(torch, dtype)
         data = batch("text")
         loss = method.task_loss(method.compute_output(data, frozenset()), method.batch_targets(data))
-        loss.backward()
         trained = {name: p for name, p in method.named_parameters() if p.requires_grad}
-        assert {p.dtype for p in trained.values()} == {torch.float32}
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.values())
+        if trained:  # zero-shot methods train nothing: their loss alone is compared
+            loss.backward()
+            assert {p.dtype for p in trained.values()} == {torch.float32}
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.values())
         losses[dtype] = loss.detach().item()
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
 
