@@ -73,9 +73,7 @@ class Backbone(nn.Module):
         """Stop gradients into every parameter, switch to eval mode, and fingerprint the weights."""
         self.requires_grad_(False)
         self.eval()
-        self._fingerprints = {"fingerprint": _fingerprint(self)} | {
-            f"fingerprint_{str(dtype).removeprefix('torch.')}": _fingerprint(self, dtype) for dtype in _HALF_TYPES
-        }
+        self._fingerprints = _fingerprints(self)
 
     #: whether the frozen weights are kept in 16 bits (a vision backbone's ``dtype``): such a backbone runs under
     #: one of :data:`HALF_WEIGHT_PRECISIONS`, which methods check before their first step
@@ -130,23 +128,24 @@ class Backbone(nn.Module):
 
 
 #: the 16-bit types a model may be loaded in, whose rounding of the float32 weights :meth:`Backbone.identity` records
-_HALF_TYPES = (torch.bfloat16, torch.float16)
+_HALF_TYPES = {"fingerprint_bfloat16": torch.bfloat16, "fingerprint_float16": torch.float16}
 
 
-def _fingerprint(module: nn.Module, rounded_to: torch.dtype | None = None) -> str:
-    """Hash of parameter names, shapes and per-tensor sums (rounded, so summation order does not change it while a
-    different checkpoint almost surely does), of every weight first rounded to ``rounded_to`` if given."""
-    digest = hashlib.sha256()
+def _fingerprints(module: nn.Module) -> dict[str, str]:
+    """``{"fingerprint": ..., "fingerprint_bfloat16": ..., "fingerprint_float16": ...}``: hashes of parameter names,
+    shapes and per-tensor sums (rounded, so summation order does not change them while a different checkpoint
+    almost surely does), of the weights as they are and rounded to each 16-bit type; one pass over the weights."""
+    digests = {key: hashlib.sha256() for key in ("fingerprint", *_HALF_TYPES)}
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
             if not torch.is_tensor(tensor) or not tensor.is_floating_point():
                 continue
             tensor = tensor.detach().to("cpu")
-            if rounded_to is not None:
-                tensor = tensor.to(rounded_to)
-            total = tensor.to(torch.float64).sum().item()
-            digest.update(f"{name}:{tuple(tensor.shape)}:{total:.5g};".encode())
-    return digest.hexdigest()[:16]
+            for key, digest in digests.items():
+                rounded = tensor.to(_HALF_TYPES[key]) if key in _HALF_TYPES else tensor
+                total = rounded.to(torch.float64).sum().item()
+                digest.update(f"{name}:{tuple(tensor.shape)}:{total:.5g};".encode())
+    return {key: digest.hexdigest()[:16] for key, digest in digests.items()}
 
 
 def build_backbone(config: Backbone | Mapping[str, Any]) -> Backbone:
