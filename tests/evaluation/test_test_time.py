@@ -158,16 +158,22 @@ def reference_tpt(method, initial_ctx, image, views, steps=1, lr=5e-3, selection
         return method.logit_scale * features[:1] @ method.class_text_features().t()
 
 
-def test_under_float16_autocast_each_step_goes_through_tpts_gradient_scaler(tiny_clip, trainer_kwargs):
-    """TPT's code tunes under float16 autocast through a GradScaler(init_scale=1000) kept for the whole run; the
-    16-mixed test does so (the scaler is the evaluator's, over both images), and a float32 test has none."""
+def tpt_on_coop(tiny_clip, steps: int):
+    """Two images of 8 inputs each (7 views), ``steps`` AdamW steps at lr 0.1 on the surer half, from a CoOp context
+    far from the words (classes score differently): the data, the recording evaluator, the method, its context."""
     data = synthetic_fewshot(test_views=7, eval_batch_size=2)
-    evaluator = RecordingTPT(steps=2, lr=0.1, selection=0.5)
+    evaluator = RecordingTPT(steps=steps, lr=0.1, selection=0.5)
     torch.manual_seed(0)
     method = CoOp(tiny_clip, data.classnames, n_ctx=4, ctx_init="a photo of a", evaluator=evaluator)
     with torch.no_grad():
-        method.prompt.ctx.normal_(std=1.0)  # a context far from the words: classes score differently
-    initial = method.prompt.ctx.detach().clone()
+        method.prompt.ctx.normal_(std=1.0)
+    return data, evaluator, method, method.prompt.ctx.detach().clone()
+
+
+def test_under_float16_autocast_each_step_goes_through_tpts_gradient_scaler(tiny_clip, trainer_kwargs):
+    """TPT's code tunes under float16 autocast through a GradScaler(init_scale=1000) kept for the whole run; the
+    16-mixed test does so (the scaler is the evaluator's, over both images), and a float32 test has none."""
+    data, evaluator, method, initial = tpt_on_coop(tiny_clip, steps=2)
     Trainer(limit_test_batches=1, **precision_options("16-mixed"), **trainer_kwargs).test(method, data)
     assert isinstance(evaluator._scaler, torch.amp.GradScaler) and evaluator._scaler._init_scale == 1000.0
     batch = next(iter(data.test_dataloader()[0]))
@@ -202,13 +208,7 @@ def test_under_float16_autocast_each_step_goes_through_tpts_gradient_scaler(tiny
 def test_several_steps_minimise_the_entropy_of_the_mean_probability_not_the_mean_entropy(tiny_clip, trainer_kwargs):
     """Four AdamW steps (lr 0.1) on half of 8 inputs: after the first, sign-like, Adam step the loss's shape decides
     the update, so the mean of per-view entropies would predict other logits."""
-    data = synthetic_fewshot(test_views=7, eval_batch_size=2)
-    evaluator = RecordingTPT(steps=4, lr=0.1, selection=0.5)
-    torch.manual_seed(0)
-    method = CoOp(tiny_clip, data.classnames, n_ctx=4, ctx_init="a photo of a", evaluator=evaluator)
-    with torch.no_grad():
-        method.prompt.ctx.normal_(std=1.0)  # a context far from the words: classes score differently
-    initial = method.prompt.ctx.detach().clone()
+    data, evaluator, method, initial = tpt_on_coop(tiny_clip, steps=4)
     Trainer(limit_test_batches=1, **trainer_kwargs).test(method, data)
     batch = next(iter(data.test_dataloader()[0]))
     method.eval()
