@@ -232,7 +232,7 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         """``loss`` times the factor of a float16 gradient scaler (precision ``16-mixed``), as ``manual_backward``
         scales it; unchanged without one. For a method that takes gradients with ``torch.autograd.grad``: the
         scaler's step divides every gradient by :meth:`gradient_scale` before the optimizer runs."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scaler = self._gradient_scaler()
         return scaler.scale(loss) if scaler is not None else loss
 
     def gradient_scale(self) -> float:
@@ -240,8 +240,12 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         one. A method that steps its optimizers itself needs it where it makes or clips gradients outside
         ``manual_backward``: the scaler's step divides every gradient by it (and skips a step whose gradients are
         not finite, then lowers the factor)."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scaler = self._gradient_scaler()
         return float(scaler.get_scale()) if scaler is not None else 1.0
+
+    def _gradient_scaler(self) -> Any:
+        """The Trainer's float16 gradient scaler (``16-mixed``), or ``None``."""
+        return getattr(self.trainer.precision_plugin, "scaler", None)
 
     #: for a method that steps its optimizers itself (``automatic_optimization = False``): how, in a few words, for
     #: the refusal of the Trainer's gradient accumulation and clipping, which such a step bypasses
