@@ -218,8 +218,12 @@ class ContextPrediction(EncoderPretraining):
         # part in the end-of-epoch synchronisation of the means, or the others wait for it
         loss, accuracy = result if result is not None else (torch.zeros((), device=self.device),) * 2
         size = int(batch.num_graphs) if result is not None else 0
-        log_validation_mean(self, "loss", loss, size)
-        log_validation_mean(self, "context_acc", accuracy, size)
+        why = (
+            f"every batch had fewer than 2 molecules with a context ring, atoms more than l1 = {self.l1} hops from the "
+            f"drawn root: the molecules are too small for k = {self.k}"
+        )
+        log_validation_mean(self, "loss", loss, size, when_empty=why)
+        log_validation_mean(self, "context_acc", accuracy, size, when_empty=why)
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the substructure GIN as the official script does (a plain state dict)."""

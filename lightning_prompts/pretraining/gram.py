@@ -221,9 +221,11 @@ class GRAM(PromptModule):
         # a batch of one pair (a split's last, or a process's share) is retrieved from itself: loss 0, accuracy 1;
         # it is logged with no weight (every process still takes part in the synchronisation of the means)
         size = image.shape[0] if image.shape[0] > 1 else 0
-        log_validation_mean(self, "loss", contrastive_loss(image, text, self.backbone.logit_scale), size)
+        why = "every batch held one pair: give each process at least 2 validation pairs per batch"
+        loss = contrastive_loss(image, text, self.backbone.logit_scale)
+        log_validation_mean(self, "loss", loss, size, when_empty=why)
         hits = (image @ text.t()).argmax(dim=1) == torch.arange(image.shape[0], device=image.device)
-        log_validation_mean(self, "acc", hits.float().mean(), size, prog_bar=True)
+        log_validation_mean(self, "acc", hits.float().mean(), size, when_empty=why, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         pass  # val/acc is logged per batch (retrieval within the batch), not by the classification metric

@@ -129,3 +129,15 @@ def test_a_batch_without_context_still_joins_ddps_gradient_all_reduce(monkeypatc
     loss.backward()
     trainable = [p for p in module.parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
+
+
+def test_validation_with_no_context_ring_says_why_its_loss_is_nan(tmp_path, trainer_kwargs):
+    """Molecules too small for the context ring are skipped (as the official batching does); an epoch that skipped
+    them all logs NaN and says why, rather than leaving a checkpoint monitor a NaN to puzzle over."""
+    csv = tmp_path / "small.csv"
+    csv.write_text("\n".join(["smiles", *(["CCO", "CCN", "CO"] * 10)]) + "\n")  # 2-3 atoms: nothing 3 hops away
+    data = MoleculeNetDataModule(str(csv), tasks=[], split="random", batch_size=4)
+    module = ContextPrediction(MoleculeGIN(num_layers=3, emb_dim=8), context_size=2)
+    with pytest.warns(UserWarning, match=r"val/loss: no validation sample was scored.*l1 = 2 hops.*k = 3"):
+        (metrics,) = Trainer(**trainer_kwargs).validate(module, data)
+    assert torch.isnan(torch.tensor(metrics["val/loss"])) and torch.isnan(torch.tensor(metrics["val/context_acc"]))
