@@ -8,6 +8,9 @@ against the other graphs of the batch::
     s_ij = exp(cos(z_i, z'_j) / τ),     loss = mean_i −log( s_ii / (Σ_j s_ij − s_ii) )
 
 (one direction, positive excluded from the denominator, as in ``loss_cal`` of the official code).
+Under DDP the other graphs are those of every process's batch (``gather_negatives``, the default): the loss and
+its gradient are one process's on the global batch, as the official single-GPU code computes it; off, each
+process contrasts its own graphs only (fewer negatives per graph, as many as its share of the batch).
 
 Augmentations (GraphCL's names): ``"drop_nodes"`` removes each node with probability ``ratio``,
 ``"permute_edges"`` removes each edge with probability ``ratio``, ``"mask_nodes"`` replaces the
@@ -33,16 +36,23 @@ from lightning_prompts.backbones.gnn import GNN, Pooling, build_gnn, save_gnn
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.registry import register_pretraining
+from lightning_prompts.utils.distributed import gather_rows, global_batch_mean
 
 Augmentation = Literal["drop_nodes", "permute_edges", "mask_nodes"]
 
 
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
-    """GraphCL's NT-Xent between two views (rows of ``z1`` and ``z2`` pair up)."""
+def nt_xent_terms(z1: Tensor, z2: Tensor, temperature: float, offset: int = 0) -> Tensor:
+    """Each row's GraphCL NT-Xent term: row ``i`` of ``z1`` against every row of ``z2``, its positive ``z2[offset +
+    i]`` (``offset``: where this process's rows start among the gathered ``z2`` of every process)."""
     similarity = F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).t()
     exp = torch.exp(similarity / temperature)
-    positive = exp.diagonal()
-    return -torch.log(positive / (exp.sum(dim=1) - positive)).mean()
+    positive = exp.diagonal(offset)
+    return -torch.log(positive / (exp.sum(dim=1) - positive))
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """GraphCL's NT-Xent between two views (rows of ``z1`` and ``z2`` pair up)."""
+    return nt_xent_terms(z1, z2, temperature).mean()
 
 
 def uniform_draws(count: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
@@ -126,6 +136,8 @@ class GraphCL(EncoderPretraining):
         pooling: graph readout before the projection head.
         encoder_path: where to write the trained encoder at the end of ``fit`` (``None``: don't).
         optimizer: optimizer factory (default Adam, lr 0.01, weight decay 1e-4 as in ProG's GraphCL).
+        gather_negatives: under DDP, contrast each graph against the graphs of every process's batch (``True``,
+            one process's loss on the global batch) or of its own process's only; nothing in one process.
     """
 
     #: What the command's default checkpoint keeps as "best" (there is no accuracy to pre-training).
@@ -138,6 +150,7 @@ class GraphCL(EncoderPretraining):
         pooling: Pooling = "mean",
         encoder_path: str | None = None,
         optimizer: Callable[[Any], Optimizer] | None = None,
+        gather_negatives: bool = True,
     ) -> None:
         super().__init__()
         gnn = build_backbone(backbone)
@@ -157,7 +170,7 @@ class GraphCL(EncoderPretraining):
             nn.Linear(hidden_channels, hidden_channels),
         )
         self.augmentations, self.aug_ratio, self.temperature = list(augmentations), aug_ratio, temperature
-        self.pooling, self.encoder_path = pooling, encoder_path
+        self.pooling, self.encoder_path, self.gather_negatives = pooling, encoder_path, gather_negatives
         self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4))
 
     def embed(self, data: Any) -> Tensor:
@@ -165,16 +178,26 @@ class GraphCL(EncoderPretraining):
         nodes = self.encoder(floating(data.x), data.edge_index)
         return self.projection(GNN.pool(nodes, getattr(data, "batch", None), self.pooling))
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def contrastive_loss(self, batch: Any) -> Tensor:
+        """The NT-Xent of two augmented views of ``batch``: under DDP with ``gather_negatives``, this process's share
+        of the global batch's mean while training (DDP's average of the gradients is then the global batch's), and
+        the mean of its own graphs' terms in evaluation (the epoch's weighted mean over processes is the global
+        one)."""
         first, second = (AUGMENTATIONS[name](batch, self.aug_ratio) for name in self.augmentations)
-        loss = nt_xent(self.embed(first), self.embed(second), self.temperature)
+        z1, z2 = self.embed(first), self.embed(second)
+        if not self.gather_negatives:
+            return nt_xent(z1, z2, self.temperature)
+        columns, offset = gather_rows(z2)
+        terms = nt_xent_terms(z1, columns, self.temperature, offset)
+        return global_batch_mean(terms.sum(), terms.shape[0])
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self.contrastive_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        first, second = (AUGMENTATIONS[name](batch, self.aug_ratio) for name in self.augmentations)
-        loss = nt_xent(self.embed(first), self.embed(second), self.temperature)
-        log_validation_mean(self, "loss", loss, int(batch.num_graphs))
+        log_validation_mean(self, "loss", self.contrastive_loss(batch), int(batch.num_graphs))
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder for ``GNN(checkpoint_path=path)`` with the same architecture."""

@@ -35,6 +35,47 @@ def global_batch_mean(total: Tensor, count: Tensor | int) -> Tensor:
     return total / count.clamp(min=1)
 
 
+class _GatherRows(torch.autograd.Function):
+    """Every process's rows in rank order, given each process's row count; backward sums the gradient of the
+    gathered rows over the processes (each process's loss reads every process's rows) and returns this process's
+    slice."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: Tensor, sizes: list[int], start: int) -> Tensor:  # type: ignore[override]
+        # all_gather takes tensors of one shape: shares that differ (an evaluation set that does not split evenly)
+        # are padded to the largest and cut back after
+        padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows
+        pieces = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(pieces, padded)
+        ctx.start, ctx.count = start, rows.shape[0]
+        return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.start : ctx.start + ctx.count], None, None
+
+
+def gather_rows(rows: Tensor) -> tuple[Tensor, int]:
+    """Under DDP, the rows of every process's ``rows`` (first dimension; shares may differ in length) in rank order,
+    and where this process's own rows start among them; ``(rows, 0)`` in one process. Differentiable: a loss that
+    reads every process's rows (in-batch negatives from the global batch) sends each process the gradient of every
+    process's loss with respect to its rows, so DDP's average of the parameter gradients is the one-process
+    gradient of the global batch when each process's loss is its share of the global mean
+    (:func:`global_batch_mean`). A collective call."""
+    processes, rank = process_count_and_rank()
+    if processes == 1:
+        return rows, 0
+    count = torch.tensor([rows.shape[0]], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(processes)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    start = sum(sizes[:rank])
+    return _GatherRows.apply(rows.contiguous(), sizes, start), start
+
+
 def share_batchnorm_statistics(module: torch.nn.Module) -> None:
     """Under DDP, give every process the first process's BatchNorm running statistics (the ones its checkpoint
     keeps) before an evaluation. DDP copies them from the first process only at the start of each training

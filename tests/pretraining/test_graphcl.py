@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -16,6 +18,7 @@ from lightning_prompts.pretraining.graphcl import (
     feature_noise,
     mask_nodes,
     nt_xent,
+    nt_xent_terms,
     permute_edges,
     uniform_draws,
 )
@@ -79,3 +82,49 @@ def test_pretrain_then_load_as_frozen_backbone(trainer_kwargs, tmp_path):
         assert torch.equal(trained, loaded), name
     with pytest.raises(ValueError, match="another architecture"):
         GNN("gin", in_channels=4, hidden_channels=32, num_layers=2, checkpoint_path=str(path))
+
+
+def test_nt_xent_terms_of_each_process_rows_against_the_gathered_views_are_the_global_batchs():
+    """A process's rows scored against every process's second views (its positives at its offset) give exactly the
+    global batch's terms: what ``gather_negatives`` computes under DDP."""
+    z1, z2 = torch.randn(7, 8), torch.randn(7, 8)
+    whole = nt_xent_terms(z1, z2, 0.2)
+    shares = [nt_xent_terms(z1[:4], z2, 0.2, offset=0), nt_xent_terms(z1[4:], z2, 0.2, offset=4)]
+    torch.testing.assert_close(torch.cat(shares), whole)
+    assert whole.mean() == pytest.approx(official_loss_cal(z1, z2, 0.2).item(), rel=1e-5)
+    assert not torch.allclose(shares[1], nt_xent_terms(z1[4:], z2[4:], 0.2))  # own-process negatives differ
+
+
+def graphcl_on_processes(processes: int, gather_negatives: bool, root) -> tuple[torch.Tensor, float]:
+    """GraphCL fitted one epoch on 8 graphs in one global batch (one process, or 4 per process on two), views left
+    unaugmented (ratio 0: every process would draw its own masks) and no BatchNorm (which normalises per process);
+    the encoder's weights after the step, and ``val/loss`` on 5 held-out graphs (3 + 2 on two processes)."""
+    seed_everything(0, verbose=False)
+    dataset = FakeDataset(num_graphs=13, avg_num_nodes=6, num_channels=4, num_classes=2, task="graph")
+    data = GraphDataModule(dataset, task="graph", shots=0, val_size=5, batch_size=8 // processes)
+    torch.manual_seed(1)
+    gnn = GNN("gin", in_channels=4, hidden_channels=8, num_layers=2, norm=None)
+    module = GraphCL(
+        gnn, aug_ratio=0.0, gather_negatives=gather_negatives, optimizer=functools.partial(torch.optim.SGD, lr=0.5)
+    )
+    trainer = Trainer(strategy="ddp_fork" if processes > 1 else "auto", devices=processes, accelerator="cpu",
+                      max_epochs=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))  # fmt: skip
+    trainer.fit(module, data)
+    weights = torch.cat([p.detach().flatten() for p in module.encoder.parameters()])
+    return weights, float(trainer.callback_metrics["val/loss"])
+
+
+def test_ddp_with_gathered_negatives_is_one_process_on_the_global_batch(tmp_path):
+    """Under DDP each process contrasted its graphs against its own share of the batch only; with the negatives
+    gathered from every process (the default) the step and the validation loss are one process's on the global
+    batch (8 graphs in one step; 4 per process on two)."""
+    single, single_val = graphcl_on_processes(1, True, tmp_path / "one")
+    gathered, gathered_val = graphcl_on_processes(2, True, tmp_path / "two")
+    own, own_val = graphcl_on_processes(2, False, tmp_path / "own")
+    torch.manual_seed(1)
+    before = torch.cat([p.flatten() for p in GNN("gin", 4, 8, 2, norm=None).encoder.parameters()])
+    assert (single - before).abs().max() > 1e-3  # the step moved the encoder
+    torch.testing.assert_close(gathered, single, rtol=1e-5, atol=1e-6)
+    assert gathered_val == pytest.approx(single_val, abs=2e-5)  # float32 terms summed in another order
+    assert (own - single).abs().max() > 1e-4 and own_val != pytest.approx(single_val, rel=1e-3)
