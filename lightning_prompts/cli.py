@@ -165,6 +165,9 @@ _VAL_CHECK_INTERVAL = re.compile(
     r"`val_check_interval` \((\d+)\) must be less than or equal to the number of the training batches \((\d+)\)"
 )
 
+#: Lightning's trainer, when ``val_check_interval`` is a fraction and ``check_val_every_n_epoch`` is None
+_FRACTION_ACROSS_EPOCHS = "`val_check_interval` should be an integer or a time-based duration"
+
 
 def describe_error(error: BaseException) -> str | None:
     """One line for an error caused by bad input: our own errors (also when raised while a class was being
@@ -187,6 +190,13 @@ def describe_error(error: BaseException) -> str | None:
                 f"--trainer.val_check_interval {given} is more than the {batches} training batches of an epoch; give "
                 f"at most {batches}, a fraction of the epoch (0.5), or --trainer.check_val_every_n_epoch null to "
                 f"count batches across epochs."
+            )
+        if type(item).__name__ == "MisconfigurationException" and _FRACTION_ACROSS_EPOCHS in str(item):
+            # a fraction of an epoch where the recipe counts steps across epochs (DePT's, EPT's, POST's)
+            return (
+                "--trainer.val_check_interval takes a number of training batches (an integer) where "
+                "check_val_every_n_epoch is null, as the recipe sets it to validate every N steps across epochs; "
+                "for a fraction of an epoch also give --trainer.check_val_every_n_epoch 1."
             )
     for item in chain:
         # Lightning's verdict on Trainer options (an accelerator this machine lacks, devices 0), and the checks of

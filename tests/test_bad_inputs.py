@@ -796,3 +796,15 @@ def test_a_text_prompt_trained_on_16_bit_weights_is_evaluated_on_float32_weights
     assert compare_hparams(stored, {"backbone": {"class_path": "HFText", "init_args": {}}}) == [
         'backbone.init_args.model_kwargs.revision: checkpoint "a", config null'
     ]
+
+
+def test_a_validation_fraction_where_the_recipe_counts_steps_across_epochs_says_what_to_add(tmp_path, capsys):
+    """DePT's, EPT's and POST's recipes validate every N steps across epochs (check_val_every_n_epoch null), where
+    Lightning takes no fraction of an epoch; the message says which option to add."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *TINY, "--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "0.5",
+              "--trainer.default_root_dir", str(tmp_path / "run")])  # fmt: skip
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("lightning-prompts: error: --trainer.val_check_interval takes a number of training batches")
+    assert last.endswith("also give --trainer.check_val_every_n_epoch 1.")
