@@ -156,3 +156,61 @@ def precision_options(precision: str) -> dict:
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+
+
+def bio_ego_networks(train: int, test: int, tasks: int = 3, seed: int = 0) -> list[dict]:
+    """Small ego-networks as Pretrain-GNNs' bio dataset stores them: ``x`` ones ``(N, 1)``, both directions of each
+    edge with the same 9 features (7 association channels, then two zero flags), the centre, the species (the
+    first ``train`` from the training species in turn, then ``test`` human ones) and 0/1 GO-term labels."""
+    import torch
+
+    from lightning_prompts.data.bio import TEST_SPECIES, TRAIN_VALID_SPECIES
+
+    generator = torch.Generator().manual_seed(seed)
+    networks = []
+    for i in range(train + test):
+        nodes = int(torch.randint(2, 7, (1,), generator=generator))
+        pairs = torch.randint(0, nodes, (2, nodes + 1), generator=generator)
+        pairs = pairs[:, pairs[0] != pairs[1]]
+        channels = torch.randint(0, 2, (pairs.shape[1], 7), generator=generator).float()
+        features = torch.cat([channels, torch.zeros(pairs.shape[1], 2)], dim=1)
+        networks.append(
+            {
+                "x": torch.ones(nodes, 1),
+                "edge_index": torch.stack([pairs, pairs.flip(0)], dim=2).reshape(2, -1),  # (i, j) then (j, i)
+                "edge_attr": features.repeat_interleave(2, dim=0),
+                "center_node_idx": torch.randint(0, nodes, (1,), generator=generator),
+                "species_id": torch.tensor([TRAIN_VALID_SPECIES[i % 7] if i < train else TEST_SPECIES[0]]),
+                "go_target_downstream": torch.randint(0, 2, (tasks,), generator=generator),
+                "go_target_pretrain": torch.randint(0, 2, (5,), generator=generator),
+            }
+        )
+    return networks
+
+
+def write_processed_bio(path: Path, networks: list[dict]) -> Path:
+    """``networks`` collated and saved as PyG 1.0's ``InMemoryDataset`` saved the bio dataset in 2019: ``torch.save``
+    (legacy format) of a pickled ``torch_geometric.data.data.Data`` holding the concatenated fields (each graph's
+    node indices its own) and the slices of every field."""
+    import torch
+    import torch_geometric.data.data as pyg_data
+
+    class Data:  # the pickled class: an object whose attributes are the fields (PyG 1.0's Data had no _store)
+        pass
+
+    Data.__module__, Data.__qualname__ = "torch_geometric.data.data", "Data"
+    stored = Data()
+    stored.y = stored.pos = None  # PyG 1.0's Data.__init__ set them
+    slices = {}
+    for key in networks[0]:
+        dim = 1 if key == "edge_index" else 0
+        parts = [network[key] for network in networks]
+        setattr(stored, key, torch.cat(parts, dim=dim))
+        slices[key] = torch.tensor([0, *[part.shape[dim] for part in parts]]).cumsum(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    original, pyg_data.Data = pyg_data.Data, Data  # pickle finds the class by its module and name
+    try:
+        torch.save((stored, slices), path, _use_new_zipfile_serialization=False)
+    finally:
+        pyg_data.Data = original
+    return path

@@ -12,8 +12,8 @@ The module tree repeats the official one (``gnns.<i>.mlp``, ``gnns.<i>.edge_enco
 input embedding is taken before layer 0 here (the official layer 0 embeds inside its forward), so a block hook
 before layer 0 — GPF's prompt — lands where GPF's ``bio`` code adds it: on the embedded nodes.
 
-The bio *dataset* (STRING ego-networks) is distributed as pickled networkx graphs and torch-pickled processed
-files; we do not read those (no pickle), so bring the graphs as PyG ``Data`` objects with ``x`` ``(N, 1)`` and
+The bio *dataset* (STRING ego-networks) is read from its processed file, without unpickling code, by
+:class:`~lightning_prompts.data.bio.BioDataModule`; graphs of your own are PyG ``Data`` with ``x`` ``(N, 1)`` and
 ``edge_attr`` ``(E, 9)``.
 """
 

@@ -290,6 +290,11 @@ class GraphDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
         return int((self.graph if self.task == "node" else self.dataset[0]).x.shape[-1])
 
     @property
+    def center_nodes(self) -> bool:
+        """Whether each graph marks a centre node (``center_index``): the ego-graphs of a node task."""
+        return self.task == "node" and self.ego_hops is not None
+
+    @property
     def max_nodes(self) -> int:
         """Nodes of the largest graph a method sees: of the run's splits (the few-shot training draw, validation and
         test; ego-graphs once built), the width RELIEF's official code gives its critic (``max_node_num``)."""

@@ -2,7 +2,9 @@
 
 Logged per stage: ``<stage>/roc_auc`` (the mean over tasks that have both classes among their labelled
 examples, the metric of Pretrain-GNNs and GPF and the default ``best.ckpt`` monitor) and
-``<stage>/tasks_scored`` (the share of tasks that entered the mean).
+``<stage>/tasks_scored`` (the share of tasks that entered the mean). A data module that tests on several sets names
+them (``test_sets``, in the order of its test loaders; the bio dataset's ``broad`` and ``none``): each is scored on
+its own, ``test/roc_auc_<name>`` and ``test/tasks_scored_<name>``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ class MultiTaskAUROCEvaluator(Evaluator):
     monitor: ClassVar[tuple[str, str] | None] = ("val/roc_auc", "max")
 
     def __init__(self) -> None:
-        self._metrics: dict[str, MultiTaskAUROC] = {}
+        self._metrics: dict[str, list[MultiTaskAUROC]] = {}
+        self._test_sets: list[str] = []
+
+    def setup(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
+        self._test_sets = list(getattr(datamodule, "test_sets", None) or [])
 
     def check_ready(self, module: PromptModule, datamodule: Any | None, stage: str) -> None:
         if datamodule is not None and not getattr(datamodule, "binary_tasks", False):
@@ -35,18 +41,27 @@ class MultiTaskAUROCEvaluator(Evaluator):
                 "MultiTaskAUROCEvaluator needs multi-task binary labels (e.g. MoleculeNetDataModule)."
             )
 
+    def _set_names(self, stage: Stage) -> list[str]:
+        """The suffix of each loader's values: ``""`` for a stage of one set."""
+        return [f"_{name}" for name in self._test_sets] if stage == "test" and len(self._test_sets) > 1 else [""]
+
     def start(self, module: PromptModule, stage: Stage) -> None:
-        self._metrics[stage] = MultiTaskAUROC(len(module.classnames)).to(module.device)
+        count = len(self._set_names(stage))
+        self._metrics[stage] = [MultiTaskAUROC(len(module.classnames)).to(module.device) for _ in range(count)]
 
     def update(
         self, module: PromptModule, batch: Any, scores: Tensor, targets: Tensor, stage: Stage, dataloader_idx: int
     ) -> None:
-        self._metrics[stage].update(scores, targets)
+        metrics = self._metrics[stage]
+        metrics[dataloader_idx if len(metrics) > 1 else 0].update(scores, targets)
 
     def finish(self, module: PromptModule, stage: Stage) -> dict[str, Tensor]:
-        metric = self._metrics.get(stage)
-        if metric is None or not metric.update_called:
-            return {}
-        mean, per_task = metric.compute()
-        metric.reset()
-        return {f"{stage}/roc_auc": mean, f"{stage}/tasks_scored": (~per_task.isnan()).float().mean()}
+        values: dict[str, Tensor] = {}
+        for suffix, metric in zip(self._set_names(stage), self._metrics.get(stage, [])):
+            if not metric.update_called:
+                continue
+            mean, per_task = metric.compute()
+            metric.reset()
+            values[f"{stage}/roc_auc{suffix}"] = mean
+            values[f"{stage}/tasks_scored{suffix}"] = (~per_task.isnan()).float().mean()
+        return values

@@ -330,12 +330,9 @@ class RELIEF(GraphPromptModule):
         edge_attr = getattr(data, "edge_attr", None)
         return self.backbone.encode_nodes(data.x, data.edge_index, hooks=hooks, edge_attr=edge_attr)
 
-    def example_features(self, data: Any, nodes: Tensor) -> Tensor:
-        return self.backbone.pool(nodes, data.batch, self.pooling)
-
     def graph_losses(self, data: Any, nodes: Tensor) -> Tensor:
         """``(G,)``: each graph's task loss under the current head, the reward's ``ℓ`` (module docstring)."""
-        logits = self.head(self.example_features(data, nodes))
+        logits = self.head(self.graph_features(data, nodes))
         targets = self.batch_targets(data)
         if self.objective == "masked_bce":
             labelled = ~torch.isnan(targets)
@@ -403,7 +400,7 @@ class RELIEF(GraphPromptModule):
         generator = torch.Generator(data.x.device).manual_seed(int(self.hparams["eval_seed"]))
         increments = self.joint_increments(data, generator)
         nodes = self.node_embeddings(data, increments)
-        features = self.example_features(data, nodes)
+        features = self.graph_features(data, nodes)
         return PromptOutput(logits=self.head(features), pooled_features=features, node_embeddings=nodes)
 
     # -- training -------------------------------------------------------------------------------------
@@ -423,7 +420,7 @@ class RELIEF(GraphPromptModule):
         data = _batch_of([graphs[i] for i in group.tolist()]).to(self.device)
         with torch.no_grad():
             nodes = self.node_embeddings(data, self.joint_increments(data) if prompted else None)
-        logits = self.head(self.example_features(data, nodes))
+        logits = self.head(self.graph_features(data, nodes))
         loss = self.task_loss(PromptOutput(logits=logits), self.batch_targets(data))
         head_optimizer.zero_grad()
         self.manual_backward(loss)

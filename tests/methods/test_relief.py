@@ -371,7 +371,7 @@ def test_the_multitask_reward_is_the_official_unmasked_sum_over_labelled_count()
     data.y = torch.tensor([[1.0, float("nan"), 0.0], [float("nan"), float("nan"), float("nan")]])
     with torch.no_grad():
         nodes = module.node_embeddings(data)
-        logits = module.head(module.example_features(data, nodes))
+        logits = module.head(module.graph_features(data, nodes))
         ours = module.graph_losses(data, nodes)
     official_y = torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0]])  # {-1, 0 missing, 1}
     losses = F.binary_cross_entropy_with_logits(logits, (official_y + 1) / 2, reduction="none")

@@ -3,7 +3,8 @@
 A graph method plugs its prompt into the GNN's layers through a block hook
 (:meth:`GraphPromptModule.block_hooks`; GPF edits the node features entering layer 0), and a small
 trained head classifies the node embeddings (node tasks) or their mean/sum/max pool (graph tasks,
-ego-graphs included). Two objectives: cross-entropy over classes, and masked binary cross-entropy
+ego-graphs included; ``center_node`` concatenates the centre node's embedding to the pool, the readout of
+Pretrain-GNNs' and GPF's biology models). Two objectives: cross-entropy over classes, and masked binary cross-entropy
 over tasks with missing labels (``objective="masked_bce"``, MoleculeNet: one sigmoid output per task,
 the loss averaged over the labelled entries as in Pretrain-GNNs and GPF). The base checks, before
 training, that the task level, the label kind and the node-feature width of the data match the
@@ -54,6 +55,9 @@ class GraphPromptModule(PromptModule):
         head_layers, head_hidden: the MLP head.
         objective: ``"cross_entropy"`` (one class per example) or ``"masked_bce"`` (multi-task binary
             labels with ``nan`` for missing ones; needs data that declares ``binary_tasks``).
+        center_node: graph tasks: read each graph as ``[pool ‖ centre node's embedding]`` (the official bio
+            ``GNN_graphpred``: mean pool and ``center_node_idx``; the head is twice as wide); needs graphs that mark
+            their centre (``center_index``: the bio dataset's ego-networks, a node task's ego-graphs).
         **kwargs: see :class:`~lightning_prompts.methods.PromptModule`; groups ``"prompt"`` and ``"head"``.
     """
 
@@ -68,6 +72,7 @@ class GraphPromptModule(PromptModule):
         head_layers: int = 1,
         head_hidden: int | None = None,
         objective: Literal["cross_entropy", "masked_bce"] = "cross_entropy",
+        center_node: bool = False,
         **kwargs: Any,
     ) -> None:
         if objective not in ("cross_entropy", "masked_bce"):
@@ -78,9 +83,12 @@ class GraphPromptModule(PromptModule):
             raise ValueError(f"{type(self).__name__} needs classnames to size its head (the CLI links them).")
         if task not in ("node", "graph"):
             raise ValueError(f"task must be 'node' or 'graph', got {task!r}.")
-        self.task, self.pooling = task, pooling
+        if center_node and task != "graph":
+            raise ValueError("center_node reads a graph's centre next to its pool: it needs task='graph'.")
+        self.task, self.pooling, self.center_node = task, pooling, center_node
         self.prompt = self.build_prompt()  # before the head: the prompt's initialisation draws first
-        self.head = mlp_head(self.backbone.hidden_channels, len(self.classnames), head_layers, head_hidden)
+        width = self.backbone.hidden_channels * (2 if center_node else 1)
+        self.head = mlp_head(width, len(self.classnames), head_layers, head_hidden)
 
     # -- what a graph method implements --------------------------------------------------------------
     def build_prompt(self) -> nn.Module | None:
@@ -113,6 +121,11 @@ class GraphPromptModule(PromptModule):
                 f"{type(self).__name__} has objective={self.objective!r} but the data module provides "
                 f"{'multi-task binary' if binary else 'single-label class'} labels; set objective: {wanted}."
             )
+        if self.center_node and not getattr(datamodule, "center_nodes", False):
+            raise ConfigurationError(
+                f"{type(self).__name__} has center_node: true but the graphs of {type(datamodule).__name__} mark no "
+                f"centre node (BioDataModule's ego-networks and a node task's ego-graphs do)."
+            )
         width = data.num_features
         if width != self.backbone.input_features:
             raise ConfigurationError(
@@ -132,11 +145,19 @@ class GraphPromptModule(PromptModule):
         edge_attr = getattr(data, "edge_attr", None)
         nodes = self.backbone.encode_nodes(data.x, data.edge_index, hooks=self.block_hooks(), edge_attr=edge_attr)
         if self.task == "graph":
-            features = self.backbone.pool(nodes, getattr(data, "batch", None), self.pooling)
+            features = self.graph_features(data, nodes)
         else:
             mask = getattr(data, "target_mask", None)
             features = nodes if mask is None else nodes[mask]
         return PromptOutput(logits=self.head(features), pooled_features=features, node_embeddings=nodes)
+
+    def graph_features(self, data: Any, nodes: Tensor) -> Tensor:
+        """What the head reads of each graph of a batch: the pool of its node embeddings, and with ``center_node``
+        its centre's embedding after it."""
+        features = self.backbone.pool(nodes, getattr(data, "batch", None), self.pooling)
+        if self.center_node:  # PyG's batching offsets each graph's center_index to its nodes in the batch
+            features = torch.cat([features, nodes[data.center_index.view(-1)]], dim=1)
+        return features
 
     def forward_batch(self, batch: Any, fields: frozenset[str] = frozenset()) -> PromptOutput:
         return self(batch, fields)

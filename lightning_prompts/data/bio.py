@@ -1,0 +1,304 @@
+"""Pretrain-GNNs' biology dataset: protein ego-networks with GO-term labels, read from its processed file without
+running code from it, and split as Pretrain-GNNs and GPF split it.
+
+The data archive of "Strategies for Pre-training Graph Neural Networks" (Hu et al., ICLR 2020;
+``bio_dataset.zip`` of snap-stanford/pretrain-gnns, which GPF's ``bio`` scripts read) holds
+``dataset/supervised/processed/geometric_data_processed.pt``: 88k ego-networks of STRING protein association
+graphs from 8 species, saved in 2019 by ``torch.save`` as one collated PyG ``Data`` and its slices (PyG 1.0's
+``InMemoryDataset``). Each graph has ``x`` ``(N, 1)`` (all ones), ``edge_attr`` ``(E, 9)`` (7 association
+channels, then the self-loop and mask flags, zero), ``center_node_idx`` (the ego-network's centre), ``species_id``
+and ``go_target_downstream`` (40 binary GO-term labels of the centre protein, the downstream tasks).
+
+Reading: the file is loaded with ``torch.load(weights_only=True)``: tensors and plain containers only, no code. The
+pickled ``Data`` object is accepted as a plain attribute holder (its class is not imported from the file), which
+also reads files that PyG 2's own ``Data`` cannot load (``'Data' object has no attribute '_store'``). Every graph is
+checked (shapes, node indices in range, 0/1 labels) before it is used.
+
+Splits (official ``splitters.py`` and GPF's ``prompt_tuning_{full,few}_shot.py``, ``--seed`` 42):
+
+* ``species`` (the papers' protocol): graphs of 7 species (3702, 6239, 511145, 7227, 10090, 4932, 7955) train and
+  validate, human (9606) tests. The first are shuffled by ``random.seed(seed)``: the first 85% train and the next
+  15% validate (``random_split`` with ``frac_test=0``); with ``shots`` (GPF's few-shot, 50) the first ``shots``
+  train and the validation slice is ``[int((1 - 0.15) n), n)``. The human graphs are shuffled by the same seed and
+  halved into two test sets, ``broad`` and ``none`` (the official ``test_easy``/``test_hard`` loaders); both are
+  scored, each on its own.
+* ``random``: the official 80/10/10 random split of every graph, one test set.
+
+The 40 labels are the 0/1 ``go_target_downstream`` of the centre (no missing labels): multi-task binary
+cross-entropy (``objective: masked_bce``, which equals the official ``BCEWithLogitsLoss`` when nothing is missing)
+and the mean ROC-AUC over the tasks with both classes. The official model reads the graph through the mean of its
+node embeddings concatenated with the centre's: ``center_node: true`` on the graph methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader
+
+from lightning_prompts.data.graph_precision import GraphBatchesInTrainerPrecision
+from lightning_prompts.data.molecules import random_split
+from lightning_prompts.data.processes import evaluation_sampler
+from lightning_prompts.errors import ConfigurationError, DatasetError
+from lightning_prompts.registry import register_datamodule
+
+#: the processed file under the official dataset folder (``dataset/supervised``)
+PROCESSED_FILE = Path("processed") / "geometric_data_processed.pt"
+#: species that train and validate, and the one that tests (the official ``species_split`` defaults)
+TRAIN_VALID_SPECIES = (3702, 6239, 511145, 7227, 10090, 4932, 7955)
+TEST_SPECIES = (9606,)
+#: stored fields the ego-networks need
+FIELDS = ("x", "edge_index", "edge_attr", "center_node_idx", "species_id", "go_target_downstream")
+EDGE_FEATURES = 9
+
+
+class StoredData:
+    """What the pickled PyG ``Data`` of the processed file becomes on loading: a holder of its attributes."""
+
+
+def _load_collated(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The collated fields and the slices of a processed file, loaded as tensors and containers only."""
+    try:
+        # PyG 2 marks its own Data class safe for weights_only loading and may resolve the name to it; either way
+        # the state lands in the object's __dict__, which is all that is read
+        with torch.serialization.safe_globals([(StoredData, "torch_geometric.data.data.Data")]):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors come in many types; the message is what the user needs
+        raise DatasetError(
+            f"{path} could not be read as the processed bio dataset (tensors and a PyG Data only; nothing else "
+            f"is loaded): {error}"
+        ) from error
+    if not (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[1], dict)):
+        raise DatasetError(f"{path} does not hold (data, slices) as PyG's InMemoryDataset saves them.")
+    stored, slices = loaded
+    fields = dict(vars(stored)) if hasattr(stored, "__dict__") else {}
+    return fields, slices
+
+
+def _check_slices(path: Path, fields: dict[str, Any], slices: dict[str, Any]) -> int:
+    """The number of graphs, after checking every needed field and its slices."""
+    missing = [
+        key for key in FIELDS if not isinstance(fields.get(key), Tensor) or not isinstance(slices.get(key), Tensor)
+    ]
+    if missing:
+        raise DatasetError(
+            f"{path} lacks {missing} (with their slices): the supervised bio dataset (dataset/supervised) has "
+            f"{list(FIELDS)}; the unsupervised one has no labels."
+        )
+    count = len(slices["x"]) - 1
+    for key in FIELDS:
+        cuts = slices[key]
+        length = fields[key].shape[1 if key == "edge_index" else 0]
+        if len(cuts) != count + 1 or cuts[0] != 0 or cuts[-1] != length or bool((cuts[1:] < cuts[:-1]).any()):
+            raise DatasetError(f"{path}: the slices of {key!r} do not cut its {length} entries into {count} graphs.")
+    if count < 1:
+        raise DatasetError(f"{path} holds no graph.")
+    return count
+
+
+def _graph_part(collated: Tensor, key: str, start: int, end: int) -> Tensor:
+    """One graph's entries of a collated field (edges along the second dimension, as PyG concatenates them)."""
+    return collated[:, start:end] if key == "edge_index" else collated[start:end]
+
+
+def read_bio_dataset(path: str | Path) -> list[Any]:
+    """The ego-networks of a processed bio dataset (the file, or the folder holding ``processed/``) as PyG
+    ``Data`` with ``x``, ``edge_index``, ``edge_attr``, ``center_index`` (the centre, incremented by PyG's
+    batching), ``species_id`` and ``y`` ``(1, 40)`` (float 0/1), in the file's order."""
+    from torch_geometric.data import Data
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / PROCESSED_FILE
+    if not path.is_file():
+        raise DatasetError(
+            f"{path} does not exist: give the processed bio dataset, dataset/supervised/{PROCESSED_FILE.as_posix()} "
+            f"of Pretrain-GNNs' bio_dataset.zip (or the dataset/supervised folder)."
+        )
+    fields, slices = _load_collated(path)
+    count = _check_slices(path, fields, slices)
+    cut = {key: slices[key].tolist() for key in FIELDS}
+    tasks = None
+    graphs = []
+    for i in range(count):
+        part = {key: _graph_part(fields[key], key, cut[key][i], cut[key][i + 1]) for key in FIELDS}
+        x, edge_index, edge_attr = part["x"], part["edge_index"], part["edge_attr"]
+        nodes, labels = x.shape[0], part["go_target_downstream"]
+        tasks = len(labels) if tasks is None else tasks
+        problem = None
+        if x.dim() != 2 or x.shape[1] != 1 or nodes == 0:
+            problem = f"x has shape {tuple(x.shape)}, not (N, 1)"
+        elif edge_attr.dim() != 2 or edge_attr.shape != (edge_index.shape[1], EDGE_FEATURES):
+            problem = f"edge_attr has shape {tuple(edge_attr.shape)} for {edge_index.shape[1]} edges, not (E, 9)"
+        elif edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= nodes):
+            problem = f"edge_index holds nodes outside 0..{nodes - 1}"
+        elif part["center_node_idx"].numel() != 1 or not 0 <= int(part["center_node_idx"]) < nodes:
+            problem = f"center_node_idx {part['center_node_idx'].tolist()} is not one node of 0..{nodes - 1}"
+        elif part["species_id"].numel() != 1:
+            problem = f"species_id has {part['species_id'].numel()} entries, not 1"
+        elif len(labels) != tasks or not bool(((labels == 0) | (labels == 1)).all()):
+            problem = f"go_target_downstream has {len(labels)} entries (others have {tasks}) or values other than 0/1"
+        if problem:
+            raise DatasetError(f"{path}: graph {i}: {problem}.")
+        graphs.append(
+            Data(
+                x=x.float(),
+                edge_index=edge_index.long(),
+                edge_attr=edge_attr.float(),
+                center_index=part["center_node_idx"].long().view(1),
+                species_id=part["species_id"].long().view(1),
+                y=labels.float().view(1, -1),
+            )
+        )
+    return graphs
+
+
+def species_split(species: Sequence[int], where: str) -> tuple[list[int], list[int]]:
+    """Indices of the training-and-validation species' graphs and of the test species', in the file's order (the
+    official ``species_split``); a graph of another species is an error, as the official assertion makes it."""
+    train_valid = [i for i, s in enumerate(species) if s in TRAIN_VALID_SPECIES]
+    test = [i for i, s in enumerate(species) if s in TEST_SPECIES]
+    if len(train_valid) + len(test) != len(species):
+        other = sorted({s for s in species if s not in TRAIN_VALID_SPECIES + TEST_SPECIES})
+        raise DatasetError(
+            f"{where}: species {other[:5]} are neither the training species {list(TRAIN_VALID_SPECIES)} nor the "
+            f"test species {list(TEST_SPECIES)} of the species split; use split: random."
+        )
+    return train_valid, test
+
+
+def species_split_indices(species: Sequence[int], seed: int, shots: int | None, where: str) -> dict[str, list[int]]:
+    """``{"train", "val", "broad", "none"}`` indices of the species protocol (see the module docstring)."""
+    train_valid, test = species_split(species, where)
+    count = len(train_valid)
+    if shots is None:
+        train, val, _ = random_split(count, seed, 0.85, 0.15)
+    else:  # GPF's random_split_abs_value(number_train=shots, frac_valid=0.15, frac_test=0)
+        train, _, _ = random_split(count, seed, 1.0, 0.0)
+        train, val = train[:shots], train[int((1 - 0.15 - 0) * count) : int((1 - 0) * count)]
+        if set(train) & set(val):
+            raise ConfigurationError(f"shots {shots} reach into the validation slice of the {count} graphs.")
+    broad, none, _ = random_split(len(test), seed, 0.5, 0.5)
+    return {
+        "train": [train_valid[i] for i in train],
+        "val": [train_valid[i] for i in val],
+        "broad": [test[i] for i in broad],
+        "none": [test[i] for i in none],
+    }
+
+
+@register_datamodule()
+class BioDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
+    """Pretrain-GNNs' biology dataset, split as GPF and Pretrain-GNNs split it (see the module docstring).
+
+    Args:
+        path: the processed file (``dataset/supervised/processed/geometric_data_processed.pt``) or the
+            ``dataset/supervised`` folder.
+        split: ``"species"`` (the papers' protocol: test on human ego-networks, two test sets ``broad`` and
+            ``none``) or ``"random"`` (80/10/10, one test set).
+        shots: few-shot training size under the species split (GPF's 50-shot tables); ``None``: 85% of the
+            training species.
+        seed: seed of the shuffles (the official ``--seed``, 42).
+        batch_size: graphs per training batch (32 in the official scripts).
+        eval_batch_size: graphs per evaluation batch (``None``: 10 × ``batch_size``, as the official loaders).
+        num_workers: loader workers.
+    """
+
+    task_level = "graph"
+    binary_tasks = True
+    #: each ego-network marks its centre (``center_index``), which ``center_node: true`` reads
+    center_nodes = True
+
+    def __init__(
+        self,
+        path: str,
+        split: Literal["species", "random"] = "species",
+        shots: int | None = None,
+        seed: int = 42,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if split not in ("species", "random"):
+            raise ConfigurationError(f"split must be 'species' or 'random', got {split!r}.")
+        if shots is not None and (split != "species" or shots < 1):
+            raise ConfigurationError("shots (GPF's few-shot protocol) needs split='species' and a count >= 1.")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1) or num_workers < 0:
+            raise ValueError("batch_size and eval_batch_size must be at least 1 and num_workers at least 0.")
+        self.path, self.split, self.shots, self.seed = Path(path), split, shots, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.eval_batch_size = eval_batch_size or 10 * batch_size
+        self.graphs = read_bio_dataset(self.path)
+        self._splits: dict[str, list[Any]] | None = None
+
+    # -- protocol with the methods ------------------------------------------------------------------
+    @property
+    def num_features(self) -> int:
+        return 1
+
+    @property
+    def classnames(self) -> list[str]:
+        """One name per GO-term task (the processed file does not name them)."""
+        return [f"go_task_{i}" for i in range(self.graphs[0].y.shape[1])]
+
+    @property
+    def test_sets(self) -> list[str]:
+        """The test sets, in the order of the test loaders."""
+        return ["broad", "none"] if self.split == "species" else ["test"]
+
+    def default_evaluator(self) -> Any:
+        from lightning_prompts.evaluation.multitask import MultiTaskAUROCEvaluator
+
+        return MultiTaskAUROCEvaluator()
+
+    # -- splits ---------------------------------------------------------------------------------------
+    def split_indices(self) -> dict[str, list[int]]:
+        """Indices of each split's graphs in the file (train, val, then the test sets)."""
+        if self.split == "species":
+            species = [int(graph.species_id) for graph in self.graphs]
+            return species_split_indices(species, self.seed, self.shots, str(self.path))
+        train, val, test = random_split(len(self.graphs), self.seed)
+        return {"train": train, "val": val, "test": test}
+
+    def setup(self, stage: str) -> None:
+        if self._splits is None:
+            self._splits = {name: [self.graphs[i] for i in ids] for name, ids in self.split_indices().items()}
+        needed = {"fit": ["train", "val"], "validate": ["val"]}.get(stage, self.test_sets)
+        empty = [name for name in needed if not self._splits[name]]
+        if empty:
+            sizes = ", ".join(f"{name} {len(graphs)}" for name, graphs in self._splits.items())
+            raise DatasetError(f"{self.path}: the {self.split} split leaves {' and '.join(empty)} empty ({sizes}).")
+
+    def _loader(self, graphs: Any, train: bool) -> DataLoader:
+        from torch_geometric.loader import DataLoader as GraphLoader
+
+        return GraphLoader(
+            graphs,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            sampler=None if train else evaluation_sampler(graphs),
+            num_workers=self.num_workers,
+        )
+
+    def _split(self, name: str) -> list[Any]:
+        assert self._splits is not None, "call setup() first"
+        return self._splits[name]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._split("train"), True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._split("val"), False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self._split(name), False) for name in self.test_sets]
+
+    def predict_dataloader(self) -> DataLoader:
+        """Every test graph, the test sets one after the other (``broad`` then ``none``)."""
+        return self._loader(ConcatDataset([self._split(name) for name in self.test_sets]), False)
