@@ -383,8 +383,11 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         return self.evaluator
 
     def _log_metrics(self, metrics: Mapping[str, Tensor]) -> None:
+        # the evaluators' values are already the same on every process (their metrics sum their states over the
+        # processes before computing); "max" over identical values keeps them exactly and spares every DDP run
+        # Lightning's advice to synchronise them
         for name, value in metrics.items():
-            self.log(name, value, prog_bar=name == "val/acc", add_dataloader_idx=False)
+            self.log(name, value, prog_bar=name == "val/acc", add_dataloader_idx=False, sync_dist=True, reduce_fx="max")
 
     @property
     def classnames_for_training(self) -> list[str]:
