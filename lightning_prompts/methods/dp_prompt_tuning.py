@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_prompts.backbones.hf_text import HFText
@@ -129,6 +130,13 @@ class DPPromptTuning(PromptTuning):
             raise ConfigurationError(
                 "DPPromptTuning sets its noise to reach target_epsilon over the run's steps: give the run an end "
                 "(trainer.max_epochs or trainer.max_steps), or set noise_multiplier."
+            )
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            rank_zero_warn(
+                "DPPromptTuning under a float16 gradient scaler (16-mixed): a step whose scaled gradients overflow is "
+                "skipped, a decision that depends on the batch before clipping and noise and is outside the privacy "
+                "guarantee (the accountant still counts the step). Train in 32-true or bf16-mixed where the "
+                "accounting must be strict."
             )
 
     def on_train_start(self) -> None:

@@ -3,6 +3,8 @@ official code's) or its RDP one."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers import precision_options
@@ -136,7 +138,13 @@ def test_a_float16_gradient_scaler_leaves_the_private_step_as_in_float32(trainer
             optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
         )  # fmt: skip
         before = method.prompt.embedding.detach().clone()
-        Trainer(max_steps=1, limit_val_batches=0, **precision_options(precision), **trainer_kwargs).fit(method, module)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = Trainer(max_steps=1, limit_val_batches=0, **precision_options(precision), **trainer_kwargs)
+            trainer.fit(method, module)
         moved[precision] = method.prompt.embedding.detach() - before
+        # the scaler's skip decision is data-dependent: said under 16-mixed, not otherwise
+        said = [str(w.message) for w in caught if "outside the privacy guarantee" in str(w.message)]
+        assert len(said) == (precision == "16-mixed"), said
     assert moved["32-true"].norm() > 0.01  # the clipped mean gradient and the noise, at lr 1
     torch.testing.assert_close(moved["16-mixed"], moved["32-true"], rtol=0.02, atol=2e-4)
