@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from lightning_prompts.data.graph_precision import GraphBatchesInTrainerPrecision
 from lightning_prompts.data.molecules import random_split
@@ -101,17 +101,86 @@ def _check_slices(path: Path, fields: dict[str, Any], slices: dict[str, Any]) ->
     return count
 
 
-def _graph_part(collated: Tensor, key: str, start: int, end: int) -> Tensor:
-    """One graph's entries of a collated field (edges along the second dimension, as PyG concatenates them)."""
-    return collated[:, start:end] if key == "edge_index" else collated[start:end]
+def _first(bad: Tensor) -> int | None:
+    """The index of the first ``True`` of a per-graph flag, ``None`` if none."""
+    hits = torch.nonzero(bad).view(-1)
+    return int(hits[0]) if len(hits) else None
 
 
-def read_bio_dataset(path: str | Path) -> list[Any]:
-    """The ego-networks of a processed bio dataset (the file, or the folder holding ``processed/``) as PyG
-    ``Data`` with ``x``, ``edge_index``, ``edge_attr``, ``center_index`` (the centre, incremented by PyG's
-    batching), ``species_id`` and ``y`` ``(1, 40)`` (float 0/1), in the file's order."""
-    from torch_geometric.data import Data
+def _check_graphs(path: Path, fields: dict[str, Tensor], slices: dict[str, Tensor], count: int) -> None:
+    """Every graph's shapes, node indices and labels, checked on the collated tensors at once (the dataset holds
+    88k graphs); the first graph at fault is named."""
+    x, edge_index, edge_attr = fields["x"], fields["edge_index"], fields["edge_attr"]
+    if x.dim() != 2 or x.shape[1] != 1 or edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise DatasetError(
+            f"{path}: x is {tuple(x.shape)} and edge_index {tuple(edge_index.shape)}, not (N, 1), (2, E)."
+        )
+    if edge_attr.dim() != 2 or edge_attr.shape[1] != EDGE_FEATURES:
+        raise DatasetError(f"{path}: edge_attr is {tuple(edge_attr.shape)}, not (E, {EDGE_FEATURES}).")
+    sizes = {key: slices[key][1:] - slices[key][:-1] for key in FIELDS}
+    nodes, edges = sizes["x"], sizes["edge_index"]
+    owner = torch.repeat_interleave(torch.arange(count), edges)  # the graph of each edge
+    outside = torch.zeros(count, dtype=torch.bool)
+    if edges.sum() > 0:
+        outside[owner[(edge_index.min(dim=0).values < 0) | (edge_index.max(dim=0).values >= nodes[owner])]] = True
+    single_center = sizes["center_node_idx"] == 1
+    center = torch.zeros(count, dtype=torch.long)
+    center[single_center] = fields["center_node_idx"][slices["center_node_idx"][:-1][single_center]].long()
+    tasks = int(sizes["go_target_downstream"][0])
+    labels = fields["go_target_downstream"]
+    label_owner = torch.repeat_interleave(torch.arange(count), sizes["go_target_downstream"])
+    not_binary = torch.zeros(count, dtype=torch.bool)
+    not_binary[label_owner[(labels != 0) & (labels != 1)]] = True
+    problems = [
+        (nodes == 0, "it has no node"),
+        (sizes["edge_attr"] != edges, "edge_attr has another number of rows than edge_index has edges"),
+        (outside, "edge_index holds nodes outside the graph's"),
+        (~single_center | (center < 0) | (center >= nodes), "center_node_idx is not one of the graph's nodes"),
+        (sizes["species_id"] != 1, "species_id is not one entry"),
+        (sizes["go_target_downstream"] != tasks, f"go_target_downstream has other than {tasks} entries"),
+        (not_binary, "go_target_downstream holds values other than 0/1"),
+    ]
+    for bad, problem in problems:
+        first = _first(bad)
+        if first is not None:
+            raise DatasetError(f"{path}: graph {first}: {problem}.")
 
+
+class BioEgoNetworks(Dataset):
+    """The ego-networks of a processed bio dataset, each made when it is asked for (PyG ``Data`` with ``x``,
+    ``edge_index``, ``edge_attr``, ``center_index`` (the centre, which PyG's batching offsets), ``species_id`` and
+    ``y`` ``(1, tasks)``, float 0/1): views of the collated tensors, as PyG's ``InMemoryDataset`` serves them."""
+
+    def __init__(self, fields: dict[str, Tensor], slices: dict[str, Tensor]) -> None:
+        self.x, self.edge_attr = fields["x"].float(), fields["edge_attr"].float()
+        self.edge_index, self.center = fields["edge_index"].long(), fields["center_node_idx"].long()
+        self.species, self.labels = fields["species_id"].long(), fields["go_target_downstream"].float()
+        self.cut = {key: slices[key].tolist() for key in FIELDS}
+        self.tasks = int(slices["go_target_downstream"][1])
+
+    def __len__(self) -> int:
+        return len(self.cut["x"]) - 1
+
+    def __getitem__(self, index: int) -> Any:
+        from torch_geometric.data import Data
+
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"graph {index} of {len(self)}")
+        i = index % len(self)
+        node, edge, task = (self.cut[key][i : i + 2] for key in ("x", "edge_index", "go_target_downstream"))
+        return Data(
+            x=self.x[node[0] : node[1]],
+            edge_index=self.edge_index[:, edge[0] : edge[1]],  # edges along the second dimension, as PyG collates
+            edge_attr=self.edge_attr[edge[0] : edge[1]],
+            center_index=self.center[self.cut["center_node_idx"][i]].view(1),
+            species_id=self.species[self.cut["species_id"][i]].view(1),
+            y=self.labels[task[0] : task[1]].view(1, -1),
+        )
+
+
+def read_bio_dataset(path: str | Path) -> BioEgoNetworks:
+    """The ego-networks of a processed bio dataset (the file, or the folder holding ``processed/``), in the file's
+    order, after checking every one of them."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / PROCESSED_FILE
@@ -122,40 +191,8 @@ def read_bio_dataset(path: str | Path) -> list[Any]:
         )
     fields, slices = _load_collated(path)
     count = _check_slices(path, fields, slices)
-    cut = {key: slices[key].tolist() for key in FIELDS}
-    tasks = None
-    graphs = []
-    for i in range(count):
-        part = {key: _graph_part(fields[key], key, cut[key][i], cut[key][i + 1]) for key in FIELDS}
-        x, edge_index, edge_attr = part["x"], part["edge_index"], part["edge_attr"]
-        nodes, labels = x.shape[0], part["go_target_downstream"]
-        tasks = len(labels) if tasks is None else tasks
-        problem = None
-        if x.dim() != 2 or x.shape[1] != 1 or nodes == 0:
-            problem = f"x has shape {tuple(x.shape)}, not (N, 1)"
-        elif edge_attr.dim() != 2 or edge_attr.shape != (edge_index.shape[1], EDGE_FEATURES):
-            problem = f"edge_attr has shape {tuple(edge_attr.shape)} for {edge_index.shape[1]} edges, not (E, 9)"
-        elif edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= nodes):
-            problem = f"edge_index holds nodes outside 0..{nodes - 1}"
-        elif part["center_node_idx"].numel() != 1 or not 0 <= int(part["center_node_idx"]) < nodes:
-            problem = f"center_node_idx {part['center_node_idx'].tolist()} is not one node of 0..{nodes - 1}"
-        elif part["species_id"].numel() != 1:
-            problem = f"species_id has {part['species_id'].numel()} entries, not 1"
-        elif len(labels) != tasks or not bool(((labels == 0) | (labels == 1)).all()):
-            problem = f"go_target_downstream has {len(labels)} entries (others have {tasks}) or values other than 0/1"
-        if problem:
-            raise DatasetError(f"{path}: graph {i}: {problem}.")
-        graphs.append(
-            Data(
-                x=x.float(),
-                edge_index=edge_index.long(),
-                edge_attr=edge_attr.float(),
-                center_index=part["center_node_idx"].long().view(1),
-                species_id=part["species_id"].long().view(1),
-                y=labels.float().view(1, -1),
-            )
-        )
-    return graphs
+    _check_graphs(path, fields, slices, count)
+    return BioEgoNetworks(fields, slices)
 
 
 def species_split(species: Sequence[int], where: str) -> tuple[list[int], list[int]]:
@@ -235,7 +272,7 @@ class BioDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.eval_batch_size = eval_batch_size or 10 * batch_size
         self.graphs = read_bio_dataset(self.path)
-        self._splits: dict[str, list[Any]] | None = None
+        self._splits: dict[str, Subset] | None = None
 
     # -- protocol with the methods ------------------------------------------------------------------
     @property
@@ -245,7 +282,7 @@ class BioDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
     @property
     def classnames(self) -> list[str]:
         """One name per GO-term task (the processed file does not name them)."""
-        return [f"go_task_{i}" for i in range(self.graphs[0].y.shape[1])]
+        return [f"go_task_{i}" for i in range(self.graphs.tasks)]
 
     @property
     def test_sets(self) -> list[str]:
@@ -261,14 +298,13 @@ class BioDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
     def split_indices(self) -> dict[str, list[int]]:
         """Indices of each split's graphs in the file (train, val, then the test sets)."""
         if self.split == "species":
-            species = [int(graph.species_id) for graph in self.graphs]
-            return species_split_indices(species, self.seed, self.shots, str(self.path))
+            return species_split_indices(self.graphs.species.tolist(), self.seed, self.shots, str(self.path))
         train, val, test = random_split(len(self.graphs), self.seed)
         return {"train": train, "val": val, "test": test}
 
     def setup(self, stage: str) -> None:
         if self._splits is None:
-            self._splits = {name: [self.graphs[i] for i in ids] for name, ids in self.split_indices().items()}
+            self._splits = {name: Subset(self.graphs, ids) for name, ids in self.split_indices().items()}
         needed = {"fit": ["train", "val"], "validate": ["val"]}.get(stage, self.test_sets)
         empty = [name for name in needed if not self._splits[name]]
         if empty:
@@ -286,7 +322,7 @@ class BioDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    def _split(self, name: str) -> list[Any]:
+    def _split(self, name: str) -> Subset:
         assert self._splits is not None, "call setup() first"
         return self._splits[name]
 
