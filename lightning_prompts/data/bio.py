@@ -24,6 +24,10 @@ Splits (official ``splitters.py`` and GPF's ``prompt_tuning_{full,few}_shot.py``
   scored, each on its own.
 * ``random``: the official 80/10/10 random split of every graph, one test set.
 
+``dataset/unsupervised`` (306k ego-networks of 50 species, no labels) reads the same way, for encoder pre-training
+(:class:`~lightning_prompts.pretraining.EdgePrediction` on a ``BioGIN``) with ``split: random``: the official
+scripts train on every graph; here a tenth validates the pre-training loss, as the molecule pre-training recipes do.
+
 The 40 labels are the 0/1 ``go_target_downstream`` of the centre (no missing labels): multi-task binary
 cross-entropy (``objective: masked_bce``, which equals the official ``BCEWithLogitsLoss`` when nothing is missing)
 and the mean ROC-AUC over the tasks with both classes. The official model reads the graph through the mean of its
@@ -52,8 +56,9 @@ PROCESSED_FILE = Path("processed") / "geometric_data_processed.pt"
 #: species that train and validate, and the one that tests (the official ``species_split`` defaults)
 TRAIN_VALID_SPECIES = (3702, 6239, 511145, 7227, 10090, 4932, 7955)
 TEST_SPECIES = (9606,)
-#: stored fields the ego-networks need
-FIELDS = ("x", "edge_index", "edge_attr", "center_node_idx", "species_id", "go_target_downstream")
+#: stored fields every ego-network has, and its downstream labels (the supervised dataset only)
+FIELDS = ("x", "edge_index", "edge_attr", "center_node_idx", "species_id")
+LABELS = "go_target_downstream"
 EDGE_FEATURES = 9
 
 
@@ -80,18 +85,20 @@ def _load_collated(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return fields, slices
 
 
+def _stored(key: str, fields: dict[str, Any], slices: dict[str, Any]) -> bool:
+    return isinstance(fields.get(key), Tensor) and isinstance(slices.get(key), Tensor)
+
+
 def _check_slices(path: Path, fields: dict[str, Any], slices: dict[str, Any]) -> int:
-    """The number of graphs, after checking every needed field and its slices."""
-    missing = [
-        key for key in FIELDS if not isinstance(fields.get(key), Tensor) or not isinstance(slices.get(key), Tensor)
-    ]
+    """The number of graphs, after checking every needed field (and the labels, when stored) and its slices."""
+    missing = [key for key in FIELDS if not _stored(key, fields, slices)]
     if missing:
         raise DatasetError(
-            f"{path} lacks {missing} (with their slices): the supervised bio dataset (dataset/supervised) has "
-            f"{list(FIELDS)}; the unsupervised one has no labels."
+            f"{path} lacks {missing} (with their slices): a processed bio dataset (dataset/supervised, or "
+            f"dataset/unsupervised for pre-training) has {list(FIELDS)}."
         )
     count = len(slices["x"]) - 1
-    for key in FIELDS:
+    for key in [*FIELDS, *([LABELS] if _stored(LABELS, fields, slices) else [])]:
         cuts = slices[key]
         length = fields[key].shape[1 if key == "edge_index" else 0]
         if len(cuts) != count + 1 or cuts[0] != 0 or cuts[-1] != length or bool((cuts[1:] < cuts[:-1]).any()):
@@ -126,20 +133,22 @@ def _check_graphs(path: Path, fields: dict[str, Tensor], slices: dict[str, Tenso
     single_center = sizes["center_node_idx"] == 1
     center = torch.zeros(count, dtype=torch.long)
     center[single_center] = fields["center_node_idx"][slices["center_node_idx"][:-1][single_center]].long()
-    tasks = int(sizes["go_target_downstream"][0])
-    labels = fields["go_target_downstream"]
-    label_owner = torch.repeat_interleave(torch.arange(count), sizes["go_target_downstream"])
-    not_binary = torch.zeros(count, dtype=torch.bool)
-    not_binary[label_owner[(labels != 0) & (labels != 1)]] = True
     problems = [
         (nodes == 0, "it has no node"),
         (sizes["edge_attr"] != edges, "edge_attr has another number of rows than edge_index has edges"),
         (outside, "edge_index holds nodes outside the graph's"),
         (~single_center | (center < 0) | (center >= nodes), "center_node_idx is not one of the graph's nodes"),
         (sizes["species_id"] != 1, "species_id is not one entry"),
-        (sizes["go_target_downstream"] != tasks, f"go_target_downstream has other than {tasks} entries"),
-        (not_binary, "go_target_downstream holds values other than 0/1"),
     ]
+    if _stored(LABELS, fields, slices):
+        per_graph = slices[LABELS][1:] - slices[LABELS][:-1]
+        tasks, labels = int(per_graph[0]), fields[LABELS]
+        not_binary = torch.zeros(count, dtype=torch.bool)
+        not_binary[torch.repeat_interleave(torch.arange(count), per_graph)[(labels != 0) & (labels != 1)]] = True
+        problems += [
+            (per_graph != tasks, f"{LABELS} has other than {tasks} entries"),
+            (not_binary, f"{LABELS} holds values other than 0/1"),
+        ]
     for bad, problem in problems:
         first = _first(bad)
         if first is not None:
@@ -148,15 +157,18 @@ def _check_graphs(path: Path, fields: dict[str, Tensor], slices: dict[str, Tenso
 
 class BioEgoNetworks(Dataset):
     """The ego-networks of a processed bio dataset, each made when it is asked for (PyG ``Data`` with ``x``,
-    ``edge_index``, ``edge_attr``, ``center_index`` (the centre, which PyG's batching offsets), ``species_id`` and
-    ``y`` ``(1, tasks)``, float 0/1): views of the collated tensors, as PyG's ``InMemoryDataset`` serves them."""
+    ``edge_index``, ``edge_attr``, ``center_index`` (the centre, which PyG's batching offsets), ``species_id`` and,
+    in the supervised dataset, ``y`` ``(1, tasks)``, float 0/1): views of the collated tensors, as PyG's
+    ``InMemoryDataset`` serves them. ``tasks`` is 0 for the unsupervised dataset."""
 
     def __init__(self, fields: dict[str, Tensor], slices: dict[str, Tensor]) -> None:
         self.x, self.edge_attr = fields["x"].float(), fields["edge_attr"].float()
         self.edge_index, self.center = fields["edge_index"].long(), fields["center_node_idx"].long()
-        self.species, self.labels = fields["species_id"].long(), fields["go_target_downstream"].float()
-        self.cut = {key: slices[key].tolist() for key in FIELDS}
-        self.tasks = int(slices["go_target_downstream"][1])
+        self.species = fields["species_id"].long()
+        labelled = _stored(LABELS, fields, slices)
+        self.labels = fields[LABELS].float() if labelled else None
+        self.cut = {key: slices[key].tolist() for key in [*FIELDS, *([LABELS] if labelled else [])]}
+        self.tasks = int(slices[LABELS][1]) if labelled else 0
 
     def __len__(self) -> int:
         return len(self.cut["x"]) - 1
@@ -167,20 +179,22 @@ class BioEgoNetworks(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"graph {index} of {len(self)}")
         i = index % len(self)
-        node, edge, task = (self.cut[key][i : i + 2] for key in ("x", "edge_index", "go_target_downstream"))
-        return Data(
+        node, edge = (self.cut[key][i : i + 2] for key in ("x", "edge_index"))
+        graph = Data(
             x=self.x[node[0] : node[1]],
             edge_index=self.edge_index[:, edge[0] : edge[1]],  # edges along the second dimension, as PyG collates
             edge_attr=self.edge_attr[edge[0] : edge[1]],
             center_index=self.center[self.cut["center_node_idx"][i]].view(1),
             species_id=self.species[self.cut["species_id"][i]].view(1),
-            y=self.labels[task[0] : task[1]].view(1, -1),
         )
+        if self.labels is not None:
+            graph.y = self.labels[self.cut[LABELS][i] : self.cut[LABELS][i + 1]].view(1, -1)
+        return graph
 
 
 def read_bio_dataset(path: str | Path) -> BioEgoNetworks:
-    """The ego-networks of a processed bio dataset (the file, or the folder holding ``processed/``), in the file's
-    order, after checking every one of them."""
+    """The ego-networks of a processed bio dataset (the file, or the folder holding ``processed/``; the supervised
+    dataset or the unsupervised one), in the file's order, after checking every one of them."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / PROCESSED_FILE
@@ -235,7 +249,7 @@ class BioDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
 
     Args:
         path: the processed file (``dataset/supervised/processed/geometric_data_processed.pt``) or the
-            ``dataset/supervised`` folder.
+            ``dataset/supervised`` folder; ``dataset/unsupervised`` (no labels) for pre-training.
         split: ``"species"`` (the papers' protocol: test on human ego-networks, two test sets ``broad`` and
             ``none``) or ``"random"`` (80/10/10, one test set).
         shots: few-shot training size under the species split (GPF's 50-shot tables); ``None``: 85% of the
@@ -281,7 +295,7 @@ class BioDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
 
     @property
     def classnames(self) -> list[str]:
-        """One name per GO-term task (the processed file does not name them)."""
+        """One name per GO-term task (the processed file does not name them); none for the unsupervised dataset."""
         return [f"go_task_{i}" for i in range(self.graphs.tasks)]
 
     @property

@@ -8,9 +8,11 @@ drawn per graph as negatives; a pair's score is the dot product of its node embe
 binary cross-entropy on positives plus binary cross-entropy on negatives (each averaged). Adam, lr 1e-3,
 no weight decay, batch 256 in the official script.
 
-Works for both graph backbones: a :class:`~lightning_prompts.backbones.gnn.GNN` (PyG GIN/GCN/GAT, the
-encoder written with :func:`~lightning_prompts.backbones.gnn.save_gnn`) and the
-:class:`~lightning_prompts.backbones.molecule_gin.MoleculeGIN` (written as the official plain state dict).
+Works for the graph backbones: a :class:`~lightning_prompts.backbones.gnn.GNN` (PyG GIN/GCN/GAT, the
+encoder written with :func:`~lightning_prompts.backbones.gnn.save_gnn`), the
+:class:`~lightning_prompts.backbones.molecule_gin.MoleculeGIN` and the
+:class:`~lightning_prompts.backbones.bio_gin.BioGIN` (both written as the official plain state dict; the bio
+encoder pre-trains on the unsupervised protein ego-networks, ``bio/pretrain_edgepred.py``, the same objective).
 Negatives follow the official ``NegativeEdge`` transform: per graph, five times as many uniform candidate
 pairs as it has edges, rejecting edges, self-pairs and repeats, keeping up to one per edge.
 """
@@ -29,7 +31,7 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.gnn import GNN, GraphBackbone, build_gnn, save_gnn
-from lightning_prompts.backbones.molecule_gin import MoleculeGIN, MoleculeGINEncoder
+from lightning_prompts.backbones.pretrain_gnns import PretrainGNNsBackbone
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.pretraining.graphcl import floating
@@ -97,8 +99,8 @@ class EdgePrediction(EncoderPretraining):
     """Pre-train a GNN or molecule GIN by edge prediction (see the module docstring).
 
     Args:
-        backbone: the :class:`GNN` or :class:`MoleculeGIN` to pre-train, configured as the prompt method will
-            load it; its weights are copied into a trainable encoder.
+        backbone: the :class:`GNN`, :class:`MoleculeGIN` or :class:`BioGIN` to pre-train, configured as the prompt
+            method will load it; its weights are copied into a trainable encoder.
         encoder_path: where to write the encoder at the end of ``fit`` (``None``: don't).
         optimizer: optimizer factory (default Adam, lr 1e-3, no weight decay).
     """
@@ -116,11 +118,11 @@ class EdgePrediction(EncoderPretraining):
         if isinstance(frozen, GNN):
             self.config: dict[str, Any] | None = dict(frozen.arch_config)
             self.encoder = build_gnn(**self.config, dropout=0.0)
-        elif isinstance(frozen, MoleculeGIN):
+        elif isinstance(frozen, PretrainGNNsBackbone):  # the molecule or the bio GIN
             self.config = None
-            self.encoder = MoleculeGINEncoder(frozen.num_layers, frozen.emb_dim)
+            self.encoder = frozen.encoder_class(frozen.num_layers, frozen.emb_dim)
         else:
-            raise TypeError(f"edge prediction pre-trains a GNN or MoleculeGIN, got {type(frozen).__name__}.")
+            raise TypeError(f"edge prediction pre-trains a GNN, MoleculeGIN or BioGIN, got {type(frozen).__name__}.")
         self.encoder.load_state_dict(frozen.encoder.state_dict())
         self.encoder_path = encoder_path
         self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=1e-3))
@@ -150,7 +152,7 @@ class EdgePrediction(EncoderPretraining):
         log_validation_mean(self, "loss", self.loss(batch), int(getattr(batch, "num_graphs", 1)))
 
     def export_encoder(self, path: str | Path) -> Path:
-        """Write the encoder for ``GNN(checkpoint_path=...)`` or ``MoleculeGIN(checkpoint_path=...)``."""
+        """Write the encoder for ``GNN``, ``MoleculeGIN`` or ``BioGIN`` (``checkpoint_path=...``)."""
         if self.config is not None:
             return save_gnn(self.encoder, path, self.config)
         return self.save_plain_encoder(path)

@@ -79,10 +79,16 @@ def test_a_malformed_graph_is_named(field, value, message, tmp_path):
         read_bio_dataset(write_processed_bio(tmp_path / "data.pt", networks))
 
 
-def test_a_file_without_the_downstream_labels_says_which_dataset_to_give(tmp_path):
-    networks = [{k: v for k, v in net.items() if k != "go_target_downstream"} for net in bio_ego_networks(2, 1)]
-    with pytest.raises(DatasetError, match=r"lacks \['go_target_downstream'\].*dataset/supervised"):
-        read_bio_dataset(write_processed_bio(tmp_path / "data.pt", networks))
+def test_the_unsupervised_dataset_reads_without_labels_and_a_missing_field_is_named(tmp_path):
+    """dataset/unsupervised (pre-training) has no GO-term labels: its graphs have no ``y`` and no task names."""
+    unlabelled = [{k: v for k, v in net.items() if not k.startswith("go_")} for net in bio_ego_networks(8, 2)]
+    data = BioDataModule(str(write_processed_bio(tmp_path / "unsupervised.pt", unlabelled)), split="random")
+    data.setup("fit")
+    assert data.classnames == [] and len(data.graphs) == 10 and "y" not in data.graphs[3]
+    assert torch.equal(data.graphs[3].edge_index, unlabelled[3]["edge_index"])
+    no_centres = [{k: v for k, v in net.items() if k != "center_node_idx"} for net in unlabelled]
+    with pytest.raises(DatasetError, match=r"lacks \['center_node_idx'\].*dataset/unsupervised"):
+        read_bio_dataset(write_processed_bio(tmp_path / "data.pt", no_centres))
     with pytest.raises(DatasetError, match="does not exist: give the processed bio dataset"):
         read_bio_dataset(tmp_path / "nowhere")
 

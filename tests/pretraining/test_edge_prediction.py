@@ -65,7 +65,41 @@ def test_pretrained_gnn_and_molecule_gin_load_back(tmp_path, trainer_kwargs):
     assert torch.isfinite(gin.loss(molecules))
     gin.export_encoder(tmp_path / "edgepred.pth")
     MoleculeGIN(str(tmp_path / "edgepred.pth"), num_layers=2, emb_dim=8)
-    with pytest.raises(TypeError, match="GNN or MoleculeGIN"):
+    with pytest.raises(TypeError, match="GNN, MoleculeGIN or BioGIN"):
         from lightning_prompts.backbones.point_mae import PointMAE
 
         EdgePrediction(PointMAE(num_patches=4, patch_size=4, width=8, depth=1, num_heads=2))
+
+
+def test_the_bio_gin_pre_trains_on_the_unlabelled_ego_networks_as_the_official_edgepred(tmp_path, trainer_kwargs):
+    """bio/pretrain_edgepred.py: positives are every stored edge pair once (``edge_index[:, ::2]``, each edge stored
+    both ways), scored by the bio GIN's node embeddings; the encoder written as a plain state dict BioGIN loads."""
+    from helpers import bio_ego_networks, write_processed_bio
+
+    from lightning_prompts.backbones import BioGIN
+    from lightning_prompts.data.bio import BioDataModule
+
+    unlabelled = [{k: v for k, v in net.items() if not k.startswith("go_")} for net in bio_ego_networks(30, 10)]
+    data = BioDataModule(
+        str(write_processed_bio(tmp_path / "unsupervised.pt", unlabelled)), split="random", batch_size=8
+    )
+    torch.manual_seed(0)
+    module = EdgePrediction(BioGIN(num_layers=2, emb_dim=8), encoder_path=str(tmp_path / "edgepred.pth")).eval()
+    edge_attr = torch.cat([torch.randint(0, 2, (3, 7)).float(), torch.zeros(3, 2)], dim=1).repeat_interleave(2, 0)
+    graph = Data(x=torch.ones(5, 1), edge_index=torch.tensor([[0, 1, 1, 2, 3, 4], [1, 0, 2, 1, 4, 3]]),
+                 edge_attr=edge_attr)  # fmt: skip
+    negatives = torch.tensor([[0, 2], [3, 4]])
+    z = module.encoder(graph.x, graph.edge_index, graph.edge_attr)
+    stored = graph.edge_index[:, ::2]
+    positive = (z[stored[0]] * z[stored[1]]).sum(dim=1)
+    negative = (z[negatives[0]] * z[negatives[1]]).sum(dim=1)
+    expected = -torch.log(torch.sigmoid(positive)).mean() - torch.log(1 - torch.sigmoid(negative)).mean()
+    torch.testing.assert_close(module.loss(graph, negatives), expected)
+    assert data.classnames == [] and "y" not in data.graphs[0]  # the unsupervised dataset has no labels
+    before = {key: value.clone() for key, value in module.encoder.state_dict().items()}
+    Trainer(max_steps=3, **trainer_kwargs).fit(module.train(), data)
+    loaded = BioGIN(str(tmp_path / "edgepred.pth"), num_layers=2, emb_dim=8)
+    state = module.encoder.state_dict()
+    assert any(not torch.equal(state[key], before[key]) for key in state)  # trained
+    for key, value in state.items():
+        assert torch.equal(loaded.encoder.state_dict()[key], value), key
