@@ -28,7 +28,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
-from lightning_prompts.backbones.molecule_gin import MoleculeGIN, MoleculeGINEncoder
+from lightning_prompts.backbones.bio_gin import BioGIN
+from lightning_prompts.backbones.molecule_gin import MoleculeGIN
+from lightning_prompts.backbones.pretrain_gnns import PretrainGNNsBackbone
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
 from lightning_prompts.registry import register_pretraining
@@ -119,6 +121,9 @@ class ContextPrediction(EncoderPretraining):
         optimizer: optimizer factory (default Adam, lr 1e-3, no weight decay).
     """
 
+    #: the backbone this pre-training takes (the bio variant takes the bio GIN)
+    backbone_type: ClassVar[type[PretrainGNNsBackbone]] = MoleculeGIN
+
     def __init__(
         self,
         backbone: MoleculeGIN,
@@ -130,17 +135,18 @@ class ContextPrediction(EncoderPretraining):
     ) -> None:
         super().__init__()
         frozen = build_backbone(backbone)
-        if not isinstance(frozen, MoleculeGIN):
-            raise TypeError(f"context prediction pre-trains a MoleculeGIN backbone, got {type(frozen).__name__}.")
+        if not isinstance(frozen, self.backbone_type):
+            wanted, given = self.backbone_type.__name__, type(frozen).__name__
+            raise TypeError(f"{type(self).__name__} pre-trains a {wanted} backbone, got {given}.")
         if mode not in ("cbow", "skipgram"):
             raise ValueError(f"mode must be 'cbow' or 'skipgram', got {mode!r}.")
         if context_size < 1 or neg_samples < 1:
             raise ValueError("context_size and neg_samples must be >= 1.")
         self.save_hyperparameters(ignore=["optimizer", "backbone"])
         self.hparams["backbone"] = frozen.config()
-        self.encoder = MoleculeGINEncoder(frozen.num_layers, frozen.emb_dim)
+        self.encoder = frozen.encoder_class(frozen.num_layers, frozen.emb_dim)
         self.encoder.load_state_dict(frozen.encoder.state_dict())
-        self.context_encoder = MoleculeGINEncoder(context_size, frozen.emb_dim)
+        self.context_encoder = frozen.encoder_class(context_size, frozen.emb_dim)
         self.k, self.l1 = frozen.num_layers, frozen.num_layers - 1
         self.l2 = self.l1 + context_size
         self.mode, self.neg_samples, self.encoder_path = mode, neg_samples, encoder_path
@@ -219,8 +225,8 @@ class ContextPrediction(EncoderPretraining):
         loss, accuracy = result if result is not None else (torch.zeros((), device=self.device),) * 2
         size = int(batch.num_graphs) if result is not None else 0
         why = (
-            f"every batch had fewer than 2 molecules with a context ring, atoms more than l1 = {self.l1} hops from the "
-            f"drawn root: the molecules are too small for k = {self.k}"
+            f"every batch had fewer than 2 graphs with a context, nodes more than l1 = {self.l1} hops from the drawn "
+            f"root: the graphs are too small (k = {self.k})"
         )
         log_validation_mean(self, "loss", loss, size, when_empty=why)
         log_validation_mean(self, "context_acc", accuracy, size, when_empty=why)
@@ -228,3 +234,77 @@ class ContextPrediction(EncoderPretraining):
     def export_encoder(self, path: str | Path) -> Path:
         """Write the substructure GIN as the official script does (a plain state dict)."""
         return self.save_plain_encoder(path)
+
+
+def bio_context_pair(data: Any, root: int, l1: int) -> dict[str, Tensor] | None:
+    """The official bio ``ExtractSubstructureContextPair`` for one ego-network and root (``None``: no context): the
+    substructure is the whole graph, read at its centre; the context is every node more than ``l1`` hops from the root
+    (unreachable ones too), with the associations among them; every context node is an anchor."""
+    distance = hop_distances(data.edge_index, data.num_nodes, root)
+    context = [n for n in range(data.num_nodes) if distance[n] > l1]
+    if not context:
+        return None
+    x_ctx, edges_ctx, attr_ctx, _ = _induced(data, context)
+    return {
+        "x_substruct": data.x, "edge_index_substruct": data.edge_index, "edge_attr_substruct": data.edge_attr,
+        "center_substruct_idx": data.center_index.view(1),
+        "x_context": x_ctx, "edge_index_context": edges_ctx, "edge_attr_context": attr_ctx,
+        "overlap_context_substruct_idx": torch.arange(len(context)),
+    }  # fmt: skip
+
+
+@register_pretraining(
+    family="graph",
+    title="Context prediction (Pretrain-GNNs, bio)",
+    paper="Hu, Liu, Gomes, Zitnik, Liang, Pande, Leskovec, ICLR 2020 — Strategies for Pre-training Graph Neural "
+    "Networks",
+    code="snap-stanford/pretrain-gnns",
+    docs="methods/gpf.md",
+    recipes="gpf",
+    overlay="graph_moleculenet",
+)
+class BioContextPrediction(ContextPrediction):
+    """Pre-train the bio GIN by context prediction, as ``bio/pretrain_contextpred.py`` (behind the bio
+    ``contextpred.pth`` GPF prompts): each ego-network whole is the substructure, read at its centre protein; the
+    context is the nodes more than ``l1`` hops from a root drawn at random (``root: center`` takes the centre, the
+    official ``--center 1``), encoded by a 3-layer context GIN and mean-pooled (``cbow``) or scored node by node
+    (``skipgram``); negatives, loss and optimizer as :class:`ContextPrediction`. Ego-networks without a context are
+    skipped.
+
+    Args:
+        backbone: the :class:`~lightning_prompts.backbones.bio_gin.BioGIN` to pre-train.
+        l1: context nodes are more than ``l1`` hops from the root (the official ``--l1``, 1).
+        root: ``"random"`` (the official default) or ``"center"``.
+        context_layers: the context GIN's depth (3 in the official script).
+        mode, neg_samples, encoder_path, optimizer: see :class:`ContextPrediction`.
+    """
+
+    backbone_type = BioGIN
+
+    def __init__(
+        self,
+        backbone: BioGIN,
+        l1: int = 1,
+        root: Literal["random", "center"] = "random",
+        context_layers: int = 3,
+        mode: Literal["cbow", "skipgram"] = "cbow",
+        neg_samples: int = 1,
+        encoder_path: str | None = None,
+        optimizer: Callable[[Any], Optimizer] | None = None,
+    ) -> None:
+        if l1 < 0 or root not in ("random", "center"):
+            raise ValueError(f"l1 must be >= 0 and root 'random' or 'center', got l1={l1}, root={root!r}.")
+        super().__init__(backbone, context_layers, mode, neg_samples, encoder_path, optimizer)
+        # the official transform turns l1 = 0 into -1: every node, the root included, is context
+        self.l1, self.root = (l1 if l1 > 0 else -1), root
+
+    def pairs(self, batch: Any) -> list[dict[str, Tensor]]:
+        """Each ego-network's pair around its root (drawn by Python's ``random``, or its centre); no context: none."""
+        found = []
+        for graph in batch.to_data_list():
+            graph = graph.cpu()
+            root = int(graph.center_index) if self.root == "center" else random.sample(range(graph.num_nodes), 1)[0]
+            pair = bio_context_pair(graph, root, self.l1)
+            if pair is not None:
+                found.append(pair)
+        return found
