@@ -287,6 +287,10 @@ class BioDataModule(GraphBatchesInTrainerPrecision, LightningDataModule):
         self.eval_batch_size = eval_batch_size or 10 * batch_size
         self.graphs = read_bio_dataset(self.path)
         self._splits: dict[str, Subset] | None = None
+        # PyG's loader class must exist before Lightning asks for the loaders: under DDP Lightning rebuilds them with
+        # its sampler from the arguments it records by patching the DataLoader classes defined at that moment; a class
+        # first imported inside the hook is not patched, and the rebuild failed ("multiple values for 'shuffle'")
+        import torch_geometric.loader  # noqa: F401
 
     # -- protocol with the methods ------------------------------------------------------------------
     @property
