@@ -27,8 +27,7 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.molecule_gin import NUM_ATOM_TYPES, MoleculeGIN, MoleculeGINEncoder
-from lightning_prompts.metrics.validation_means import log_validation_mean
-from lightning_prompts.pretraining.base import EncoderPretraining
+from lightning_prompts.pretraining.base import EncoderPretraining, ObjectiveSteps
 from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.distributed import global_batch_mean
@@ -55,7 +54,7 @@ def sample_masked_atoms(batch: Tensor, counts: Tensor, rate: float) -> Tensor:
     recipes="gpf",
     overlay="graph_moleculenet",
 )
-class AttributeMasking(EncoderPretraining):
+class AttributeMasking(ObjectiveSteps, EncoderPretraining):
     """Pre-train a molecule GIN by masked-atom prediction (see the module docstring).
 
     Args:
@@ -65,6 +64,8 @@ class AttributeMasking(EncoderPretraining):
         encoder_path: where to write the encoder at the end of ``fit`` (``None``: don't).
         optimizer: optimizer factory (default Adam, lr 1e-3, no weight decay).
     """
+
+    accuracy_name = "atom_acc"
 
     def __init__(
         self,
@@ -102,16 +103,8 @@ class AttributeMasking(EncoderPretraining):
         loss = global_batch_mean(F.cross_entropy(logits.float(), targets, reduction="sum"), targets.numel())
         return loss, (logits.argmax(-1) == targets).float().mean()
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, accuracy = self.masked_atom_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))
-        self.log("train/atom_acc", accuracy, batch_size=int(batch.num_graphs))
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, accuracy = self.masked_atom_loss(batch)
-        log_validation_mean(self, "loss", loss, int(batch.num_graphs))
-        log_validation_mean(self, "atom_acc", accuracy, int(batch.num_graphs))
+    def objective(self, batch: Any) -> tuple[Tensor, Tensor]:
+        return self.masked_atom_loss(batch)
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder as the official script does (a plain state dict)."""

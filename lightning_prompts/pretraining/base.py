@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lightning.pytorch import LightningModule
+from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods.base.optimization import warn_on_half_precision_parameters
 from lightning_prompts.methods.base.reproducibility import restore_rng_state, rng_state
+from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.utils.distributed import share_batchnorm_statistics
 from lightning_prompts.utils.factories import as_factory, describe_factory
 from lightning_prompts.utils.tensor_files import save_atomically
@@ -78,3 +80,26 @@ class EncoderPretraining(LightningModule):
     def on_fit_end(self) -> None:
         if self.encoder_path and self.trainer.is_global_zero:
             self.export_encoder(self.encoder_path)
+
+
+class ObjectiveSteps:
+    """The steps of a graph pre-training whose ``objective(batch)`` gives a batch's ``(loss, accuracy)`` (attribute
+    masking, edge masking, Infomax): ``train/loss`` and ``train/<accuracy_name>`` each step, ``val/loss`` and
+    ``val/<accuracy_name>`` as epoch means over every process. Put it before :class:`EncoderPretraining`."""
+
+    #: what the accuracy logged beside the loss measures (``"atom_acc"``: masked atoms typed right, …)
+    accuracy_name: ClassVar[str]
+
+    def objective(self, batch: Any) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss, accuracy = self.objective(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))  # type: ignore[attr-defined]
+        self.log(f"train/{self.accuracy_name}", accuracy, batch_size=int(batch.num_graphs))  # type: ignore[attr-defined]
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, accuracy = self.objective(batch)
+        log_validation_mean(self, "loss", loss, int(batch.num_graphs))
+        log_validation_mean(self, self.accuracy_name, accuracy, int(batch.num_graphs))

@@ -27,9 +27,8 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.bio_gin import EDGE_FEATURES, BioGIN, BioGINEncoder
-from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.attribute_masking import sample_masked_atoms
-from lightning_prompts.pretraining.base import EncoderPretraining
+from lightning_prompts.pretraining.base import EncoderPretraining, ObjectiveSteps
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.distributed import global_batch_mean
 
@@ -57,7 +56,7 @@ def masked_edge_features(edge_attr: Tensor, first: Tensor) -> Tensor:
     recipes="gpf",
     overlay="graph_moleculenet",
 )
-class EdgeMasking(EncoderPretraining):
+class EdgeMasking(ObjectiveSteps, EncoderPretraining):
     """Pre-train a bio GIN by masked-edge-type prediction (see the module docstring).
 
     Args:
@@ -67,6 +66,8 @@ class EdgeMasking(EncoderPretraining):
         encoder_path: where to write the encoder at the end of ``fit`` (``None``: don't).
         optimizer: optimizer factory (default Adam, lr 1e-3, no weight decay).
     """
+
+    accuracy_name = "edge_acc"
 
     def __init__(
         self,
@@ -118,16 +119,8 @@ class EdgeMasking(EncoderPretraining):
         loss = global_batch_mean(F.cross_entropy(logits.float(), targets, reduction="sum"), targets.numel())
         return loss, (logits.argmax(-1) == targets).float().mean()
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, accuracy = self.masked_edge_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))
-        self.log("train/edge_acc", accuracy, batch_size=int(batch.num_graphs))
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, accuracy = self.masked_edge_loss(batch)
-        log_validation_mean(self, "loss", loss, int(batch.num_graphs))
-        log_validation_mean(self, "edge_acc", accuracy, int(batch.num_graphs))
+    def objective(self, batch: Any) -> tuple[Tensor, Tensor]:
+        return self.masked_edge_loss(batch)
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder as the official script does (a plain state dict)."""

@@ -26,8 +26,7 @@ from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.pretrain_gnns import PretrainGNNsBackbone
-from lightning_prompts.metrics.validation_means import log_validation_mean
-from lightning_prompts.pretraining.base import EncoderPretraining
+from lightning_prompts.pretraining.base import EncoderPretraining, ObjectiveSteps
 from lightning_prompts.pretraining.context_prediction import cyclic_shift
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.distributed import global_batch_mean
@@ -43,7 +42,7 @@ from lightning_prompts.utils.distributed import global_batch_mean
     recipes="gpf",
     overlay="graph_moleculenet",
 )
-class DeepGraphInfomax(EncoderPretraining):
+class DeepGraphInfomax(ObjectiveSteps, EncoderPretraining):
     """Pre-train a molecule or bio GIN by Deep Graph Infomax (see the module docstring).
 
     Args:
@@ -53,6 +52,8 @@ class DeepGraphInfomax(EncoderPretraining):
         encoder_path: where to write the encoder at the end of ``fit`` (``None``: don't).
         optimizer: optimizer factory (default Adam, lr 1e-3, no weight decay).
     """
+
+    accuracy_name = "infomax_acc"
 
     def __init__(
         self,
@@ -97,16 +98,8 @@ class DeepGraphInfomax(EncoderPretraining):
         accuracy = ((positive > 0).float().sum() + (negative < 0).float().sum()) / (2 * positive.numel())
         return loss, accuracy
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, accuracy = self.infomax_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))
-        self.log("train/infomax_acc", accuracy, batch_size=int(batch.num_graphs))
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, accuracy = self.infomax_loss(batch)
-        log_validation_mean(self, "loss", loss, int(batch.num_graphs))
-        log_validation_mean(self, "infomax_acc", accuracy, int(batch.num_graphs))
+    def objective(self, batch: Any) -> tuple[Tensor, Tensor]:
+        return self.infomax_loss(batch)
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder as the official script does (a plain state dict)."""
