@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 from lightning_prompts.data import FewShotImageDataModule, Synthetic
 
@@ -214,3 +215,35 @@ def write_processed_bio(path: Path, networks: list[dict]) -> Path:
     finally:
         pyg_data.Data = original
     return path
+
+
+def unlabelled_bio_networks(train: int, test: int) -> list[dict]:
+    """:func:`bio_ego_networks` without the GO-term labels: the layout of the unsupervised dataset (pre-training)."""
+    return [{k: v for k, v in net.items() if not k.startswith("go_")} for net in bio_ego_networks(train, test)]
+
+
+def unlabelled_bio_data(folder: Path, batch_size: int = 8) -> Any:
+    """A ``BioDataModule`` (random split) on 40 unlabelled ego-networks written under ``folder``."""
+    from lightning_prompts.data.bio import BioDataModule
+
+    path = write_processed_bio(folder / "unsupervised.pt", unlabelled_bio_networks(30, 10))
+    return BioDataModule(str(path), split="random", batch_size=batch_size)
+
+
+def pretrain_and_reload_the_bio_encoder(module: Any, data: Any, path: Path, trainer_kwargs: dict) -> Any:
+    """Fit a bio GIN pre-training ``module`` three steps on ``data``: its encoder moved, and the file it wrote to
+    ``path`` loads into ``BioGIN`` with every tensor equal. Returns the Trainer."""
+    import torch
+    from lightning.pytorch import Trainer
+
+    from lightning_prompts.backbones import BioGIN
+
+    before = {key: value.clone() for key, value in module.encoder.state_dict().items()}
+    trainer = Trainer(max_steps=3, **trainer_kwargs)
+    trainer.fit(module, data)
+    state = module.encoder.state_dict()
+    assert any(not torch.equal(state[key], before[key]) for key in state)  # trained
+    loaded = BioGIN(str(path), num_layers=2, emb_dim=8)
+    for key, value in state.items():
+        assert torch.equal(loaded.encoder.state_dict()[key], value), key
+    return trainer

@@ -61,6 +61,12 @@ class PretrainGNNsBackbone(GraphBackbone):
             self._load(Path(checkpoint_path))
         self.freeze()
 
+    def trainable_encoder(self) -> nn.Module:
+        """A new encoder holding these weights, for a pre-training to train (this backbone stays frozen)."""
+        encoder = self.encoder_class(self.num_layers, self.emb_dim)
+        encoder.load_state_dict(self.encoder.state_dict())
+        return encoder
+
     def _load(self, path: Path) -> None:
         state = read_encoder_state(path, self.marker_key, self.label)
         layers = len({int(key.split(".")[1]) for key in state if key.startswith("gnns.")})

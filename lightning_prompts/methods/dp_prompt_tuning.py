@@ -131,7 +131,7 @@ class DPPromptTuning(PromptTuning):
                 "DPPromptTuning sets its noise to reach target_epsilon over the run's steps: give the run an end "
                 "(trainer.max_epochs or trainer.max_steps), or set noise_multiplier."
             )
-        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+        if self._gradient_scaler(trainer) is not None:
             rank_zero_warn(
                 "DPPromptTuning under a float16 gradient scaler (16-mixed): a step whose scaled gradients overflow is "
                 "skipped, a decision that depends on the batch before clipping and noise and is outside the privacy "

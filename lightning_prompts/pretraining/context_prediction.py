@@ -144,8 +144,7 @@ class ContextPrediction(EncoderPretraining):
             raise ValueError("context_size and neg_samples must be >= 1.")
         self.save_hyperparameters(ignore=["optimizer", "backbone"])
         self.hparams["backbone"] = frozen.config()
-        self.encoder = frozen.encoder_class(frozen.num_layers, frozen.emb_dim)
-        self.encoder.load_state_dict(frozen.encoder.state_dict())
+        self.encoder = frozen.trainable_encoder()
         self.context_encoder = frozen.encoder_class(context_size, frozen.emb_dim)
         self.k, self.l1 = frozen.num_layers, frozen.num_layers - 1
         self.l2 = self.l1 + context_size

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
-from lightning_prompts.backbones.bio_gin import EDGE_FEATURES, BioGIN, BioGINEncoder
+from lightning_prompts.backbones.bio_gin import EDGE_FEATURES, BioGIN
 from lightning_prompts.pretraining.attribute_masking import sample_masked_atoms
 from lightning_prompts.pretraining.base import EncoderPretraining, ObjectiveSteps
 from lightning_prompts.registry import register_pretraining
@@ -84,8 +84,7 @@ class EdgeMasking(ObjectiveSteps, EncoderPretraining):
             raise ValueError(f"mask_rate must be in [0, 1), got {mask_rate}.")
         self.save_hyperparameters(ignore=["optimizer", "backbone"])
         self.hparams["backbone"] = frozen.config()
-        self.encoder = BioGINEncoder(frozen.num_layers, frozen.emb_dim)
-        self.encoder.load_state_dict(frozen.encoder.state_dict())
+        self.encoder = frozen.trainable_encoder()
         self.edge_predictor = nn.Linear(frozen.emb_dim, EDGE_TYPES)
         self.mask_rate, self.encoder_path = mask_rate, encoder_path
         self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=1e-3))

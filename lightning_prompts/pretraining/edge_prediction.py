@@ -118,12 +118,12 @@ class EdgePrediction(EncoderPretraining):
         if isinstance(frozen, GNN):
             self.config: dict[str, Any] | None = dict(frozen.arch_config)
             self.encoder = build_gnn(**self.config, dropout=0.0)
+            self.encoder.load_state_dict(frozen.encoder.state_dict())
         elif isinstance(frozen, PretrainGNNsBackbone):  # the molecule or the bio GIN
             self.config = None
-            self.encoder = frozen.encoder_class(frozen.num_layers, frozen.emb_dim)
+            self.encoder = frozen.trainable_encoder()
         else:
             raise TypeError(f"edge prediction pre-trains a GNN, MoleculeGIN or BioGIN, got {type(frozen).__name__}.")
-        self.encoder.load_state_dict(frozen.encoder.state_dict())
         self.encoder_path = encoder_path
         self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=1e-3))
 

@@ -67,8 +67,7 @@ class DeepGraphInfomax(ObjectiveSteps, EncoderPretraining):
             raise TypeError(f"DeepGraphInfomax pre-trains a MoleculeGIN or BioGIN, got {type(frozen).__name__}.")
         self.save_hyperparameters(ignore=["optimizer", "backbone"])
         self.hparams["backbone"] = frozen.config()
-        self.encoder = frozen.encoder_class(frozen.num_layers, frozen.emb_dim)
-        self.encoder.load_state_dict(frozen.encoder.state_dict())
+        self.encoder = frozen.trainable_encoder()
         bound = 1.0 / math.sqrt(frozen.emb_dim)
         self.discriminator = nn.Parameter(torch.empty(frozen.emb_dim, frozen.emb_dim).uniform_(-bound, bound))
         self.encoder_path = encoder_path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CodeInPickle, bio_ego_networks, write_processed_bio
+from helpers import CodeInPickle, bio_ego_networks, unlabelled_bio_networks, write_processed_bio
 from lightning.pytorch import Trainer
 from sklearn.metrics import roc_auc_score
 from torch_geometric.data import Batch
@@ -81,7 +81,7 @@ def test_a_malformed_graph_is_named(field, value, message, tmp_path):
 
 def test_the_unsupervised_dataset_reads_without_labels_and_a_missing_field_is_named(tmp_path):
     """dataset/unsupervised (pre-training) has no GO-term labels: its graphs have no ``y`` and no task names."""
-    unlabelled = [{k: v for k, v in net.items() if not k.startswith("go_")} for net in bio_ego_networks(8, 2)]
+    unlabelled = unlabelled_bio_networks(8, 2)
     data = BioDataModule(str(write_processed_bio(tmp_path / "unsupervised.pt", unlabelled)), split="random")
     data.setup("fit")
     assert data.classnames == [] and len(data.graphs) == 10 and "y" not in data.graphs[3]

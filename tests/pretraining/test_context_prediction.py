@@ -184,30 +184,20 @@ def test_the_bio_context_is_the_official_one_and_the_substructure_the_whole_ego_
 
 
 def test_bio_context_prediction_trains_and_writes_an_encoder_bio_gin_loads(tmp_path, trainer_kwargs):
-    from helpers import bio_ego_networks, write_processed_bio
+    from helpers import pretrain_and_reload_the_bio_encoder, unlabelled_bio_data
 
     from lightning_prompts.backbones import BioGIN
-    from lightning_prompts.data.bio import BioDataModule
     from lightning_prompts.pretraining.context_prediction import BioContextPrediction
 
-    unlabelled = [{k: v for k, v in net.items() if not k.startswith("go_")} for net in bio_ego_networks(30, 10)]
-    data = BioDataModule(
-        str(write_processed_bio(tmp_path / "unsupervised.pt", unlabelled)), split="random", batch_size=8
-    )
+    data = unlabelled_bio_data(tmp_path)
     path = tmp_path / "contextpred.pth"
     torch.manual_seed(0)
     module = BioContextPrediction(BioGIN(num_layers=2, emb_dim=8), root="center", encoder_path=str(path))
     assert len(module.context_encoder.gnns) == 3 and module.l1 == 1
     data.setup("fit")
     assert module.pairs(next(iter(data.train_dataloader())))  # some ego-networks reach past one hop
-    before = {key: value.clone() for key, value in module.encoder.state_dict().items()}
-    trainer = Trainer(max_steps=3, **trainer_kwargs)
-    trainer.fit(module, data)
+    trainer = pretrain_and_reload_the_bio_encoder(module, data, path, trainer_kwargs)
     state = module.encoder.state_dict()
-    assert any(not torch.equal(state[key], before[key]) for key in state)
-    loaded = BioGIN(str(path), num_layers=2, emb_dim=8)
-    for key, value in state.items():
-        assert torch.equal(loaded.encoder.state_dict()[key], value), key
     trainer.save_checkpoint(tmp_path / "bio.ckpt")
     reloaded = BioContextPrediction.load_from_checkpoint(tmp_path / "bio.ckpt", weights_only=True)
     assert (reloaded.root, reloaded.l1, len(reloaded.context_encoder.gnns)) == ("center", 1, 3)

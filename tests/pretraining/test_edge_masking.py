@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import bio_ego_networks, write_processed_bio
-from lightning.pytorch import Trainer
+from helpers import pretrain_and_reload_the_bio_encoder, unlabelled_bio_data
 from torch_geometric.data import Batch, Data
 
 from lightning_prompts.backbones import BioGIN
-from lightning_prompts.data.bio import BioDataModule
 from lightning_prompts.pretraining.edge_masking import EdgeMasking
 
 
@@ -63,20 +61,11 @@ def test_each_graph_masks_int_of_15_percent_of_its_edges_plus_one_first_directio
 
 
 def test_pretraining_writes_an_encoder_bio_gin_loads(tmp_path, trainer_kwargs):
-    unlabelled = [{k: v for k, v in net.items() if not k.startswith("go_")} for net in bio_ego_networks(30, 10)]
-    data = BioDataModule(
-        str(write_processed_bio(tmp_path / "unsupervised.pt", unlabelled)), split="random", batch_size=8
-    )
+    data = unlabelled_bio_data(tmp_path)
     path = tmp_path / "masking.pth"
     torch.manual_seed(0)
     module = EdgeMasking(BioGIN(num_layers=2, emb_dim=8), encoder_path=str(path))
-    before = {key: value.clone() for key, value in module.encoder.state_dict().items()}
-    Trainer(max_steps=3, **trainer_kwargs).fit(module, data)
-    state = module.encoder.state_dict()
-    assert any(not torch.equal(state[key], before[key]) for key in state)
-    loaded = BioGIN(str(path), num_layers=2, emb_dim=8)
-    for key, value in state.items():
-        assert torch.equal(loaded.encoder.state_dict()[key], value), key
+    pretrain_and_reload_the_bio_encoder(module, data, path, trainer_kwargs)
     with pytest.raises(TypeError, match="pre-trains a BioGIN"):
         from lightning_prompts.backbones.molecule_gin import MoleculeGIN
 

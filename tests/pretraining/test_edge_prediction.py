@@ -74,15 +74,11 @@ def test_pretrained_gnn_and_molecule_gin_load_back(tmp_path, trainer_kwargs):
 def test_the_bio_gin_pre_trains_on_the_unlabelled_ego_networks_as_the_official_edgepred(tmp_path, trainer_kwargs):
     """bio/pretrain_edgepred.py: positives are every stored edge pair once (``edge_index[:, ::2]``, each edge stored
     both ways), scored by the bio GIN's node embeddings; the encoder written as a plain state dict BioGIN loads."""
-    from helpers import bio_ego_networks, write_processed_bio
+    from helpers import pretrain_and_reload_the_bio_encoder, unlabelled_bio_data
 
     from lightning_prompts.backbones import BioGIN
-    from lightning_prompts.data.bio import BioDataModule
 
-    unlabelled = [{k: v for k, v in net.items() if not k.startswith("go_")} for net in bio_ego_networks(30, 10)]
-    data = BioDataModule(
-        str(write_processed_bio(tmp_path / "unsupervised.pt", unlabelled)), split="random", batch_size=8
-    )
+    data = unlabelled_bio_data(tmp_path)
     torch.manual_seed(0)
     module = EdgePrediction(BioGIN(num_layers=2, emb_dim=8), encoder_path=str(tmp_path / "edgepred.pth")).eval()
     edge_attr = torch.cat([torch.randint(0, 2, (3, 7)).float(), torch.zeros(3, 2)], dim=1).repeat_interleave(2, 0)
@@ -96,10 +92,4 @@ def test_the_bio_gin_pre_trains_on_the_unlabelled_ego_networks_as_the_official_e
     expected = -torch.log(torch.sigmoid(positive)).mean() - torch.log(1 - torch.sigmoid(negative)).mean()
     torch.testing.assert_close(module.loss(graph, negatives), expected)
     assert data.classnames == [] and "y" not in data.graphs[0]  # the unsupervised dataset has no labels
-    before = {key: value.clone() for key, value in module.encoder.state_dict().items()}
-    Trainer(max_steps=3, **trainer_kwargs).fit(module.train(), data)
-    loaded = BioGIN(str(tmp_path / "edgepred.pth"), num_layers=2, emb_dim=8)
-    state = module.encoder.state_dict()
-    assert any(not torch.equal(state[key], before[key]) for key in state)  # trained
-    for key, value in state.items():
-        assert torch.equal(loaded.encoder.state_dict()[key], value), key
+    pretrain_and_reload_the_bio_encoder(module.train(), data, tmp_path / "edgepred.pth", trainer_kwargs)

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import bio_ego_networks, write_processed_bio
-from lightning.pytorch import Trainer
+from helpers import pretrain_and_reload_the_bio_encoder, unlabelled_bio_data
 from torch_geometric.data import Batch
 from torch_geometric.nn import global_mean_pool
 
 from lightning_prompts.backbones import BioGIN
-from lightning_prompts.data.bio import BioDataModule, read_bio_dataset
+from lightning_prompts.data.bio import read_bio_dataset
 from lightning_prompts.pretraining.infomax import DeepGraphInfomax
 
 
@@ -45,20 +44,11 @@ def test_the_loss_is_the_official_train_step():
 
 
 def test_a_molecule_gin_and_a_bio_gin_pretrain_and_load_back(tmp_path, trainer_kwargs):
-    unlabelled = [{k: v for k, v in net.items() if not k.startswith("go_")} for net in bio_ego_networks(30, 10)]
-    data = BioDataModule(
-        str(write_processed_bio(tmp_path / "unsupervised.pt", unlabelled)), split="random", batch_size=8
-    )
+    data = unlabelled_bio_data(tmp_path)
     path = tmp_path / "infomax.pth"
     torch.manual_seed(0)
     module = DeepGraphInfomax(BioGIN(num_layers=2, emb_dim=8), encoder_path=str(path))
-    before = {key: value.clone() for key, value in module.encoder.state_dict().items()}
-    Trainer(max_steps=3, **trainer_kwargs).fit(module, data)
-    state = module.encoder.state_dict()
-    assert any(not torch.equal(state[key], before[key]) for key in state)
-    loaded = BioGIN(str(path), num_layers=2, emb_dim=8)
-    for key, value in state.items():
-        assert torch.equal(loaded.encoder.state_dict()[key], value), key
+    pretrain_and_reload_the_bio_encoder(module, data, path, trainer_kwargs)
 
     pytest.importorskip("rdkit")
     from lightning_prompts.backbones.molecule_gin import MoleculeGIN

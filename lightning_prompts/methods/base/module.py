@@ -243,9 +243,9 @@ class PromptModule(TrainableStateMixin, OptimizationMixin, LightningModule):
         scaler = self._gradient_scaler()
         return float(scaler.get_scale()) if scaler is not None else 1.0
 
-    def _gradient_scaler(self) -> Any:
-        """The Trainer's float16 gradient scaler (``16-mixed``), or ``None``."""
-        return getattr(self.trainer.precision_plugin, "scaler", None)
+    def _gradient_scaler(self, trainer: Any | None = None) -> Any:
+        """The float16 gradient scaler (``16-mixed``) of ``trainer`` (default: the module's), or ``None``."""
+        return getattr((trainer or self.trainer).precision_plugin, "scaler", None)
 
     #: for a method that steps its optimizers itself (``automatic_optimization = False``): how, in a few words, for
     #: the refusal of the Trainer's gradient accumulation and clipping, which such a step bypasses
