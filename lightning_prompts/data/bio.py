@@ -25,9 +25,9 @@ Splits (official ``splitters.py`` and GPF's ``prompt_tuning_{full,few}_shot.py``
 * ``random``: the official 80/10/10 random split of every graph, one test set.
 
 ``dataset/unsupervised`` (the ego-networks of 50 species, no labels) reads the same way, for pre-training a
-``BioGIN`` (edge prediction, edge masking, context prediction, Infomax: ``recipes/gpf/bio/pretrain_*.yaml``) with
-``split: random``: the official scripts train on every graph; here a tenth validates the pre-training loss, as the
-molecule pre-training recipes do.
+``BioGIN`` (edge prediction, edge masking, context prediction, Infomax, GraphCL:
+``recipes/gpf/bio/pretrain_*.yaml``) with ``split: random``: the official scripts train on every graph; here a
+tenth validates the pre-training loss, as the molecule pre-training recipes do.
 
 The 40 labels are the 0/1 ``go_target_downstream`` of the centre (no missing labels): multi-task binary
 cross-entropy (``objective: masked_bce``, which equals the official ``BCEWithLogitsLoss`` when nothing is missing)

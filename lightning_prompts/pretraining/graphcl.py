@@ -55,6 +55,17 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return nt_xent_terms(z1, z2, temperature).mean()
 
 
+def contrast_views(z1: Tensor, z2: Tensor, temperature: float, gather_negatives: bool) -> Tensor:
+    """The NT-Xent of two views' projections: under DDP with ``gather_negatives``, this process's share of the
+    global batch's mean while training (DDP's average of the gradients is then the global batch's), and the mean of
+    its own graphs' terms in evaluation (the epoch's weighted mean over processes is the global one)."""
+    if not gather_negatives:
+        return nt_xent(z1, z2, temperature)
+    columns, offset = gather_rows(z2)
+    terms = nt_xent_terms(z1, columns, temperature, offset)
+    return global_batch_mean(terms.sum(), terms.shape[0])
+
+
 def uniform_draws(count: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
     """``count`` U(0, 1) draws from the CPU generator, moved to ``device``: the same views for a seed on any
     device (a CUDA batch once got CPU masks and failed), and the checkpointed CPU state resumes them exactly."""
@@ -179,17 +190,9 @@ class GraphCL(EncoderPretraining):
         return self.projection(GNN.pool(nodes, getattr(data, "batch", None), self.pooling))
 
     def contrastive_loss(self, batch: Any) -> Tensor:
-        """The NT-Xent of two augmented views of ``batch``: under DDP with ``gather_negatives``, this process's share
-        of the global batch's mean while training (DDP's average of the gradients is then the global batch's), and
-        the mean of its own graphs' terms in evaluation (the epoch's weighted mean over processes is the global
-        one)."""
+        """The NT-Xent of two augmented views of ``batch`` (:func:`contrast_views`)."""
         first, second = (AUGMENTATIONS[name](batch, self.aug_ratio) for name in self.augmentations)
-        z1, z2 = self.embed(first), self.embed(second)
-        if not self.gather_negatives:
-            return nt_xent(z1, z2, self.temperature)
-        columns, offset = gather_rows(z2)
-        terms = nt_xent_terms(z1, columns, self.temperature, offset)
-        return global_batch_mean(terms.sum(), terms.shape[0])
+        return contrast_views(self.embed(first), self.embed(second), self.temperature, self.gather_negatives)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self.contrastive_loss(batch)
