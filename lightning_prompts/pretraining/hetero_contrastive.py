@@ -7,7 +7,8 @@ embeds both with the encoder, projects the ``target`` type's nodes (up to ``samp
 step) with a two-layer head, and applies GraphCL's NT-Xent: a node's two views are the positive pair, the other
 sampled nodes of the other view the negatives. Labels are not used. The encoder is written with
 :func:`~lightning_prompts.backbones.hetero_gnn.save_hetero_gnn` at the end of ``fit``, ready for
-``HeteroGNN(checkpoint_path=…)``.
+``HeteroGNN(checkpoint_path=…)``. Each step reads the whole graph: under DDP every process embeds all of it and,
+seeded alike, draws the same views and nodes, so several processes train exactly as one does (no speed-up).
 
 Decision: HetGPT's paper prompts encoders pre-trained with heterogeneous contrastive methods (DMGI, HeCo and
 others); this is a simpler member of that family, documented as such.
