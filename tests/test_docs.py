@@ -88,3 +88,22 @@ def test_docs_tables_and_nav_come_from_the_registry():
     sections = {key: value for item in config["nav"] for key, value in item.items()}
     assert {entry.docs for entry in registry.entries("method")} <= {next(iter(i.values())) for i in sections["Methods"]}
     assert [next(iter(i)) for i in sections["Callbacks"]] == [e.name for e in registry.entries("callback")]
+
+
+def test_every_test_file_the_docs_and_docstrings_name_exists():
+    """A page or docstring that says which test pins a method names a file that is there (twelve once pointed at
+    ``tests/test_<method>.py`` after the tests moved into ``tests/methods/`` and ``tests/pretraining/``), and a
+    ``file.py::name`` reference names a test of that file."""
+    import re
+
+    sources = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "lightning_prompts").rglob("*.py")]
+    sources += [*(ROOT / "recipes").rglob("*.yaml"), *(ROOT / "benchmarks").rglob("*.py")]
+    named = {}
+    for source in sources:
+        for match in re.finditer(r"\btests/[\w/]+\.py(?:::(\w+))?", source.read_text()):
+            named.setdefault(match.group(0), source.relative_to(ROOT))
+    assert len(named) > 20  # the pages do name their tests
+    for reference, source in sorted(named.items()):
+        path, _, test = reference.partition("::")
+        assert (ROOT / path).is_file(), f"{source} names {path}, which does not exist"
+        assert not test or f"def {test}(" in (ROOT / path).read_text(), f"{source} names {reference}, not a test"

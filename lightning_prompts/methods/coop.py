@@ -10,7 +10,7 @@ is trained, with cross-entropy.
 Faithful to the official code: prompt construction (placeholder tokens, SOS prefix and
 class/EOT suffix kept as buffers, class token at the end/middle/front, ``_`` -> space), random
 init N(0, 0.02²) or from the phrase's token embeddings with ``n_ctx`` = number of words, logits.
-``tests/test_coop.py`` re-computes the official steps independently on a tiny CLIP.
+``tests/methods/test_coop.py`` re-computes the official steps independently on a tiny CLIP.
 
 Where we deviate, and why:
 

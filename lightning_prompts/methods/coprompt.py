@@ -16,7 +16,7 @@ CoPrompt is MaPLe plus three things:
 
 Faithful to the official code: adapter architecture and mixing ratios, the loss, the teacher's
 text features computed once from the description file and indexed per step, MaPLe's prompts.
-``tests/test_coprompt.py`` re-computes the adapter mixing and the loss. Deviations: fp32 master
+``tests/methods/test_coprompt.py`` re-computes the adapter mixing and the loss. Deviations: fp32 master
 weights with mixed precision left to the Trainer; the hand-written templates, which the official
 code computes but never uses, are the fallback when no description file is given; description
 lists of unequal length are cycled to the longest (the official code needs equal lengths).

@@ -7,7 +7,7 @@ the same levels, linear projections of those text prompts (text → vision coupl
 the patch tokens. Only the prompts and the projections train, with cross-entropy
 (:mod:`lightning_prompts.prompts.coupled` has the details).
 
-Faithful to the official code (``tests/test_maple.py`` re-computes its forward pass on a tiny
+Faithful to the official code (``tests/methods/test_maple.py`` re-computes its forward pass on a tiny
 CLIP): slot replacement at positions ``1..n_ctx`` of the text and at the last ``n_ctx`` tokens of
 the image sequence for layers ``1..depth-1``; visual prompts appended before ``ln_pre`` and
 without positional embedding; projections initialised as copies of one Linear; the

@@ -12,7 +12,7 @@ classification head for sequence classification, PEFT's ``modules_to_save``).
   word at the last input token (``text_template`` can end with a cue such as ``"Sentiment:"``).
 
 :meth:`PromptTuning.export_peft` writes a PEFT adapter folder that ``PeftModel.from_pretrained``
-loads and that gives the same logits (``tests/test_prompt_tuning.py`` checks this).
+loads and that gives the same logits (``tests/methods/test_prompt_tuning.py`` checks this).
 On a causal LM, :meth:`~lightning_prompts.methods.base.TextPromptModule.generate` continues texts after the soft
 prompt; it is pinned to greedy decoding over PEFT's forward on the exported adapter. PEFT's own ``generate`` on that
 adapter gave other tokens from the third on (peft 0.21.2, transformers 5.25).

@@ -12,7 +12,7 @@ The head reads the class token after the final LayerNorm (timm's own pooling: fo
 averaging, the average excludes the prompt tokens). Faithful to the official code: prompt
 init uniform in ``±sqrt(6/(3·p²+d))``, optional projection, prompt dropout, head init (Kaiming
 fan-out weights, bias ``-log(99)``), frozen encoder in eval mode, only prompts and head trained.
-``tests/test_vpt.py`` checks token placement against a block-by-block re-computation.
+``tests/methods/test_vpt.py`` checks token placement against a block-by-block re-computation.
 
 Deviation: the official code builds its own ViT from Google's ``.npz``; we use timm's
 ``VisionTransformer`` (the same weights are ``vit_base_patch16_224.orig_in21k`` in timm).
