@@ -4,6 +4,7 @@ a transcription of the official ``train``, and an exported encoder in the offici
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from torch.nn import functional as F
+from torch_geometric.data import Batch
 
 from lightning_prompts.backbones.molecule_gin import MoleculeGIN
 from lightning_prompts.data.molecules import MoleculeNetDataModule, smiles_to_graph
@@ -62,14 +64,10 @@ def test_cyclic_shift_is_the_official_cycle_index():
     assert cyclic_shift(5, 2).tolist() == [2, 3, 4, 0, 1]
 
 
-@pytest.mark.parametrize("mode", ["cbow", "skipgram"])
-def test_the_loss_is_the_official_train_step(mode):
-    torch.manual_seed(0)
-    module = ContextPrediction(MoleculeGIN(num_layers=2, emb_dim=8), context_size=2, mode=mode, neg_samples=2)
-    module.eval()  # BatchNorm on running statistics: molecule by molecule equals the batch
-    pairs = [substructure_context_pair(smiles_to_graph(s), 0, 2, 1, 3) for s in LONG]
-    positive, negative = module.scores(pairs)
-    # the official batching and train(): substructure and context batches, centers and anchors offset per molecule
+def official_train_step(module: ContextPrediction, pairs: list[dict], mode: str, neg_samples: int):
+    """The official ``train`` (chem and bio alike) on the collated ``pairs``: substructure and context batches, centres
+    and anchors offset per graph, negatives by cyclic shifts, ``loss_pos + neg_samples · loss_neg`` in float64, and
+    the accuracy ``0.5 · (share of positives > 0 + share of negatives < 0)``. Returns loss, accuracy and both scores."""
     encode = module.encoder
     sub = [encode(p["x_substruct"], p["edge_index_substruct"], p["edge_attr_substruct"])[p["center_substruct_idx"]]
            for p in pairs]  # fmt: skip
@@ -78,27 +76,64 @@ def test_the_loss_is_the_official_train_step(mode):
         p["overlap_context_substruct_idx"]] for p in pairs]  # fmt: skip
     if mode == "cbow":
         context_rep = torch.stack([o.mean(0) for o in overlapped])
-        neg = torch.cat([context_rep[cyclic_shift(len(context_rep), i + 1)] for i in range(2)])
+        neg = torch.cat([context_rep[cyclic_shift(len(context_rep), i + 1)] for i in range(neg_samples)])
         pred_pos = (substruct_rep * context_rep).sum(1)
-        pred_neg = (substruct_rep.repeat((2, 1)) * neg).sum(1)
+        pred_neg = (substruct_rep.repeat((neg_samples, 1)) * neg).sum(1)
     else:
         sizes = [len(o) for o in overlapped]
         node_rep = torch.cat(overlapped)
         expanded = torch.cat([substruct_rep[i].repeat((sizes[i], 1)) for i in range(len(pairs))])
         pred_pos = (expanded * node_rep).sum(1)
         shifted = []
-        for i in range(2):
+        for i in range(neg_samples):
             rep = substruct_rep[cyclic_shift(len(substruct_rep), i + 1)]
             shifted.append(torch.cat([rep[j].repeat((sizes[j], 1)) for j in range(len(pairs))]))
-        pred_neg = (torch.cat(shifted) * node_rep.repeat((2, 1))).sum(1)
-    torch.testing.assert_close(positive, pred_pos, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(negative, pred_neg, atol=1e-5, rtol=1e-5)
-    expected = F.binary_cross_entropy_with_logits(pred_pos.double(), torch.ones(len(pred_pos)).double())
-    expected = expected + 2 * F.binary_cross_entropy_with_logits(pred_neg.double(), torch.zeros(len(pred_neg)).double())
-    loss = F.binary_cross_entropy_with_logits(positive.double(), torch.ones_like(positive).double()) + 2 * (
-        F.binary_cross_entropy_with_logits(negative.double(), torch.zeros_like(negative).double())
+        pred_neg = (torch.cat(shifted) * node_rep.repeat((neg_samples, 1))).sum(1)
+    loss = F.binary_cross_entropy_with_logits(pred_pos.double(), torch.ones(len(pred_pos)).double())
+    loss = loss + neg_samples * F.binary_cross_entropy_with_logits(
+        pred_neg.double(), torch.zeros(len(pred_neg)).double()
     )
-    torch.testing.assert_close(loss, expected)
+    accuracy = 0.5 * ((pred_pos > 0).float().mean() + (pred_neg < 0).float().mean())
+    return loss.float(), accuracy, pred_pos, pred_neg
+
+
+def widen(module: ContextPrediction, std: float = 0.3) -> ContextPrediction:
+    """Weights wide enough that the graphs score apart; eval mode (BatchNorm on running statistics, so graph by graph
+    equals the batch)."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0, std)
+    return module.eval()
+
+
+def check_context_loss(module: ContextPrediction, graphs: list, official_pair, expected_pairs: int) -> None:
+    """The module's ``context_loss`` on the batch of ``graphs`` (roots drawn by Python's ``random``) against
+    :func:`official_train_step` on the pairs ``official_pair(graph, root)`` gives for the same roots."""
+    random.seed(5)
+    loss, accuracy = module.context_loss(Batch.from_data_list(graphs))
+    random.seed(5)  # the same roots, drawn as the official transform draws them
+    pairs = [official_pair(g, random.sample(range(g.num_nodes), 1)[0]) for g in graphs]
+    pairs = [p for p in pairs if p is not None]  # the official batching skips graphs without a context
+    assert len(pairs) == expected_pairs
+    expected, expected_accuracy, pred_pos, pred_neg = official_train_step(module, pairs, module.mode, 2)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(accuracy, expected_accuracy)
+    assert pred_pos.std() > 0.05 and pred_neg.std() > 0.05  # the scores differ: the comparison can fail
+
+
+@pytest.mark.parametrize("mode", ["cbow", "skipgram"])
+def test_the_loss_is_the_official_train_step(mode):
+    """Molecules of varied neighbourhoods and methane, which has no context and is skipped."""
+    torch.manual_seed(0)
+    module = widen(ContextPrediction(MoleculeGIN(num_layers=2, emb_dim=8), context_size=2, mode=mode, neg_samples=2))
+    drugs = [
+        "CC(=O)Nc1ccc(O)cc1",
+        "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",
+        "CC(C)Cc1ccc(cc1)C(C)C(=O)O",
+        "OC(=O)c1ccccc1OC(C)=O",
+    ]
+    molecules = [smiles_to_graph(s) for s in [*drugs, "C"]]
+    check_context_loss(module, molecules, lambda m, root: substructure_context_pair(m, root, 2, 1, 3), len(drugs))
 
 
 def test_pretraining_writes_an_encoder_molecule_gin_loads(tmp_path, trainer_kwargs):
@@ -204,3 +239,20 @@ def test_bio_context_prediction_trains_and_writes_an_encoder_bio_gin_loads(tmp_p
     torch.testing.assert_close(reloaded.encoder.state_dict(), state)
     with pytest.raises(TypeError, match="BioContextPrediction pre-trains a BioGIN backbone, got MoleculeGIN"):
         BioContextPrediction(MoleculeGIN(num_layers=2, emb_dim=8))
+
+
+@pytest.mark.parametrize("mode", ["cbow", "skipgram"])
+def test_the_bio_loss_is_the_official_train_step(mode):
+    """``bio/pretrain_contextpred.py``'s ``train`` is the chem one on the bio pairs (pinned above to networkx)."""
+    from lightning_prompts.backbones import BioGIN
+    from lightning_prompts.data.bio import read_bio_dataset
+    from lightning_prompts.pretraining.context_prediction import BioContextPrediction, bio_context_pair
+
+    torch.manual_seed(0)
+    module = widen(BioContextPrediction(BioGIN(num_layers=2, emb_dim=8), mode=mode, neg_samples=2), std=0.5)
+    dataset = read_bio_dataset(Path(__file__).resolve().parents[2] / "recipes" / "_tiny" / "bio")
+    graphs = [dataset[i] for i in range(16)]
+    random.seed(5)
+    with_context = sum(bio_context_pair(g, random.sample(range(g.num_nodes), 1)[0], 1) is not None for g in graphs)
+    assert 2 < with_context < len(graphs)  # some ego-networks are skipped, enough remain
+    check_context_loss(module, graphs, lambda g, root: bio_context_pair(g, root, 1), with_context)
