@@ -75,3 +75,25 @@ def test_a_checkpoint_is_tested_with_the_recipe_it_was_trained_with(folder, tmp_
     cli = run_cli(["test", *common, "--ckpt_path", "last", "--data.init_args.ood_sets", "{mine: unused}"])
     assert type(cli.model.evaluator).__name__ == "OODEvaluator"
     assert "test/acc" in cli.trainer.callback_metrics and "test/auroc_mine" in cli.trainer.callback_metrics
+
+
+def test_the_optimiser_is_the_clip_familys_sgd_and_the_recipes_add_dassls_cosine(tiny_clip):
+    """The page's decision: SGD, lr 0.002, momentum 0.9, weight decay 5e-4 by default; the recipes add Dassl's cosine
+    schedule (one constant warm-up epoch at 1e-5)."""
+    from pathlib import Path
+
+    import yaml
+
+    optimizer = ConES(tiny_clip, ["cat", "dog"]).configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    assert type(optimizer) is torch.optim.SGD
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.002, 0.9, 5e-4)
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    defaults = yaml.safe_load((recipes / "cones" / "_defaults.yaml").read_text())["model"]["init_args"]
+    assert defaults["optimizer"] == {
+        "class_path": "torch.optim.SGD",
+        "init_args": {"lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4},
+    }
+    schedule = yaml.safe_load((recipes / "cones" / defaults["lr_scheduler"]).read_text())
+    assert schedule["class_path"] == "WarmupCosineLR" and schedule["init_args"]["warmup_lr"] == 1e-5
