@@ -252,3 +252,39 @@ def test_imagenet_r_lists_are_read_and_bad_lines_named(tmp_path):
     (base / "val_list.txt").write_text("imagenet-r/n01443537/0.jpg\n")
     with pytest.raises(DatasetError, match=r"val_list.txt: line 1 is not '<path> <label>'"):
         ClassIncrementalDataModule("imagenet_r", tmp_path, num_tasks=2).data()
+
+
+def test_logits_are_the_seen_heads_on_the_final_class_token_and_training_scores_the_current_task_only():
+    """LAE's forward written out (timm's ViT with LAE's blocks where PETs sit, the final [CLS], every seen task's
+    head concatenated) and its loss: cross-entropy on the current task's logits with shifted targets while training,
+    over every seen class when evaluating."""
+    data = tiny_stream()
+    torch.manual_seed(0)
+    model = LAE(TimmViT("tiny"), data.classnames, num_tasks=3, pet="prefix", pet_blocks=[0, 1], prefix_length=3)
+    for index, pet in model.pets.items():
+        randomised(pet, seed=int(index))
+    with torch.no_grad():
+        for head in model.heads:
+            head.weight.normal_(0, 0.5)
+    model.current_task = 1
+    images = torch.randn(4, 3, 32, 32)
+    vit = model.backbone.model
+    with torch.no_grad():
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+        for index, block in enumerate(vit.blocks):
+            x = reference_block(block, x, model.pets[str(index)]) if str(index) in model.pets else block(x)
+        cls = vit.norm(x)[:, 0]
+        expected = torch.cat([model.heads[0](cls), model.heads[1](cls)], dim=-1)
+        model.eval()
+        logits = model(images).logits
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert logits.shape == (4, 4) and logits.std(dim=0).min() > 1e-3  # the images score apart
+
+    targets = torch.tensor([2, 3, 3, 2])  # the current task's classes
+    model.train()
+    output = model(images)
+    torch.testing.assert_close(model.task_loss(output, targets), F.cross_entropy(output.logits[:, 2:], targets - 2))
+    assert not torch.isclose(model.task_loss(output, targets), F.cross_entropy(output.logits, targets))
+    model.eval()
+    output = model(images)
+    torch.testing.assert_close(model.task_loss(output, targets), F.cross_entropy(output.logits, targets))
