@@ -113,6 +113,11 @@ def test_full_fine_tuning_trains_the_gnn_and_the_head_and_keeps_batchnorm_statis
     running_mean = gnn.encoder.norms[0].module.running_mean.clone()
     method = GraphFineTuning(gnn, data.classnames, task="graph")
     assert [g["name"] for g in method.param_groups()] == ["backbone", "head"]
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    with torch.no_grad():  # Pretrain-GNNs' GNN_graphpred: a linear head on the mean-pooled node embeddings
+        pooled = GNN.pool(gnn.encode_nodes(batch.x, batch.edge_index), batch.batch, "mean")
+        torch.testing.assert_close(method.eval()(batch).logits, method.head(pooled))
     Trainer(max_steps=3, **trainer_kwargs).fit(method, data)
     assert not torch.equal(gnn.encoder.convs[0].nn.lins[0].weight, weight)  # the GNN trained
     assert torch.equal(gnn.encoder.norms[0].module.running_mean, running_mean)
@@ -120,7 +125,5 @@ def test_full_fine_tuning_trains_the_gnn_and_the_head_and_keeps_batchnorm_statis
     path = method.export_prompt(tmp_path / "fine_tuned.safetensors")  # the fine-tuned GNN travels in the file
     fresh = GraphFineTuning(GNN("gin", in_channels=5, hidden_channels=16, num_layers=2), data.classnames)
     fresh.load_prompt(path)
-    data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(batch).logits, method.eval()(batch).logits)

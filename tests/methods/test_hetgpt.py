@@ -4,6 +4,7 @@ HGB's raw format through PyG, and a fit on the heterogeneous SBM."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,40 @@ def test_contrastive_pretraining_writes_an_encoder_hetgpt_loads(tmp_path):
     loaded = HeteroGNN(**SCHEMA, hidden_channels=8, checkpoint_path=str(path))
     assert any(not torch.equal(before[k], v) for k, v in loaded.encoder.state_dict().items())
     HetGPT(loaded, ["a", "b", "c"], target="paper")  # the prompt method takes it as its backbone
+
+
+def test_contrastive_pretraining_step_follows_its_equations():
+    """The documented step written out: in each of two views, a share of every type's nodes gets N(0.5, 0.5) features
+    and a share of every edge type's edges is dropped; the target type's sampled nodes are projected, and the loss is
+    GraphCL's ``loss_cal`` between the two views (τ = 0.2)."""
+    from lightning_prompts.pretraining.hetero_contrastive import HeteroContrastive, hetero_view
+
+    graph = HeteroSBM(papers=30, authors=10, subjects=3)[0]
+    x_dict, edges = hetero_view(graph, 0.3, torch.Generator().manual_seed(0))
+    for node, x in graph.x_dict.items():  # rows are either kept or replaced by noise around 0.5
+        changed = (x_dict[node] != x.float()).any(dim=1)
+        assert int(changed.sum()) < x.shape[0] and (int(changed.sum()) > 0 or x.shape[0] < 5)  # 3 subjects: maybe none
+    for edge_type, edge_index in graph.edge_index_dict.items():  # the kept edges are some of the graph's
+        kept = Counter(map(tuple, edges[edge_type].t().tolist()))
+        assert 0 < kept.total() < edge_index.shape[1] and not kept - Counter(map(tuple, edge_index.t().tolist()))
+    torch.manual_seed(0)
+    module = HeteroContrastive(HeteroGNN(**SCHEMA, hidden_channels=8), target="paper", sample_nodes=12)
+    with torch.no_grad():  # weights wide enough that the papers' projections differ clearly
+        for parameter in module.parameters():
+            parameter.normal_(0, 0.5)
+    module.eval()
+    torch.manual_seed(3)
+    loss = module.contrastive_loss(graph)
+    torch.manual_seed(3)  # the same draws, in the module's order: both views, then the sampled nodes
+    views = [hetero_view(graph, 0.2) for _ in range(2)]
+    chosen = torch.randperm(graph["paper"].num_nodes)[:12]
+    z1, z2 = (module.projection(module.encoder(x, e)["paper"][chosen]) for x, e in views)
+    similarity = torch.einsum("ik,jk->ij", z1, z2) / torch.einsum("i,j->ij", z1.norm(dim=1), z2.norm(dim=1))
+    similarity = torch.exp(similarity / 0.2)
+    positive = similarity.diagonal()
+    expected = -torch.log(positive / (similarity.sum(dim=1) - positive)).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    assert abs(expected.item() - torch.log(torch.tensor(11.0)).item()) > 0.05  # the papers score apart
 
 
 def test_the_docs_use_snippet_builds_the_method():

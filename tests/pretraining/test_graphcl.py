@@ -45,6 +45,30 @@ def small_batch():
     return Batch.from_data_list(graphs)
 
 
+def test_the_module_loss_is_loss_cal_of_the_projected_mean_pooled_views():
+    """GraphCL's step written out: the two views (``drop_nodes`` then ``mask_nodes``, drawn in that order), the
+    encoder, a mean pool, the two-layer projection head, and ``loss_cal`` at τ = 0.2."""
+    from torch_geometric.nn import global_mean_pool
+
+    torch.manual_seed(0)
+    module = GraphCL(GNN("gin", in_channels=3, hidden_channels=16, num_layers=2))
+    with torch.no_grad():  # weights wide enough that the graphs' projections differ clearly
+        for parameter in module.parameters():
+            parameter.normal_(0, 0.5)
+    module.eval()
+    batch = small_batch()
+    torch.manual_seed(1)
+    loss = module.contrastive_loss(batch)
+    torch.manual_seed(1)
+    views = drop_nodes(batch, 0.2), mask_nodes(batch, 0.2)
+    projected = [
+        module.projection(global_mean_pool(module.encoder(view.x, view.edge_index), view.batch)) for view in views
+    ]
+    expected = official_loss_cal(*projected, 0.2)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    assert abs(expected.item() - torch.log(torch.tensor(2.0)).item()) > 0.05  # not the loss of identical graphs
+
+
 def test_augmentations_keep_every_graph_and_valid_indices():
     batch = small_batch()
     generator = torch.Generator().manual_seed(0)
