@@ -48,6 +48,10 @@ def test_prompts_go_through_the_official_projection_then_into_both_towers(tiny_c
         torch.testing.assert_close(
             method.image_features(images), F.normalize(expected_image, dim=-1), rtol=1e-5, atol=1e-5
         )
+        # logits: CLIP's scaled cosine between the two
+        expected_logits = tiny_clip.model.logit_scale.exp() * F.normalize(expected_image, dim=-1) @ expected_text.t()
+        torch.testing.assert_close(method(images).logits, expected_logits, rtol=1e-5, atol=1e-4)
+        assert expected_logits.std(dim=1).min() > 1e-2  # the classes score apart
 
 
 def test_no_token_sees_another_in_the_projector(tiny_clip):

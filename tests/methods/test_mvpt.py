@@ -23,6 +23,11 @@ def test_image_features_equal_the_official_encoder(tiny_clip):
             tiny_clip.model.visual, images, method.prompt.tokens, method.prompt.deep_tokens
         )
     torch.testing.assert_close(ours, F.normalize(expected, dim=-1), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # logits: CLIP's scaled cosine to the frozen template's text features
+        text = tiny_clip.encode_text([f"a photo of a {name}." for name in ["cat", "dog", "fox"]], normalize=True)
+        expected_logits = tiny_clip.model.logit_scale.exp() * F.normalize(expected, dim=-1) @ text.t()
+        torch.testing.assert_close(method(images).logits, expected_logits, rtol=1e-5, atol=1e-4)
+    assert expected_logits.std(dim=1).min() > 1e-2  # the classes score apart
     # the prompts matter: without them the feature differs
     assert not torch.allclose(ours, F.normalize(tiny_clip.encode_image(images).features, dim=-1), atol=1e-3)
     assert method.prompt.deep_tokens.shape == (11, 3, 48)  # layers 1..11 of the tiny 12-layer tower
