@@ -109,8 +109,14 @@ def test_one_checkpoint_serves_the_test_with_id_classes_and_more_negatives(tiny_
     assert torch.equal(tested.prompt.ctx, trained.prompt.ctx)
     assert tested.scored_labels() == ["cat", "dog", *more]
     tested.eval()
-    logits = tested.forward_batch({"image": torch.randn(2, 3, 32, 32)}).logits
-    assert logits.shape == (2, 8)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = tested.forward_batch({"image": images}).logits
+        # CLIP's scaled cosine of the frozen image features to every scored label's learned text feature
+        image = F.normalize(tiny_clip.encode_image(images).features, dim=-1)
+        expected = tiny_clip.model.logit_scale.exp() * image @ tested.class_text_features().t()
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-4)
+    assert logits.shape == (2, 8) and logits.std(dim=1).min() > 1e-2
     score = id_mass(logits, num_id=2, groups=3)
     assert ((0 < score) & (score < 1)).all()
 
