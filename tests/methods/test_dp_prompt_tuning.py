@@ -69,6 +69,39 @@ def test_a_private_step_is_the_clipped_mean_gradient_and_epsilon_is_opacus(accou
     assert trainer.logged_metrics["train/epsilon"] == pytest.approx(noisy.epsilon)
 
 
+def test_a_training_step_moves_the_prompt_by_the_clipped_mean_gradient(trainer_kwargs, tmp_path):
+    """The module's own step (not only ``clip_and_noise``): with no noise and SGD at lr 1, one step over the whole
+    training set moves every trainable tensor by minus the mean of the per-example gradients, each clipped to C
+    (classes 3 : 1, so the two classes' gradients do not cancel in the mean)."""
+    rows = [f"good film number {i}" for i in range(18)] + [f"dull film number {i}" for i in range(6)]
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{t},{int(i >= 18)}\n" for i, t in enumerate(rows)))
+    module = TextClassificationDataModule(str(tmp_path / "train.csv"), val_file=str(tmp_path / "train.csv"),
+                                          labels=["0", "1"], classnames=["good", "dull"], batch_size=24)  # fmt: skip
+    torch.manual_seed(0)
+    method = DPPromptTuning(
+        HFText("tiny-bert"), module.classnames, num_virtual_tokens=3, noise_multiplier=0.0, max_grad_norm=0.05,
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0), accountant="rdp",  # PRV refuses σ = 0
+    )  # fmt: skip
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert len(batch["text"]) == 24  # the whole training set: one step, in any order
+    tokens = method.tokenize(batch["text"])
+    params = [p for p in method.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    expected = [torch.zeros_like(p) for p in params]
+    for i in range(24):
+        output = method(tokens["input_ids"][i : i + 1], tokens["attention_mask"][i : i + 1])
+        grads = torch.autograd.grad(method.task_loss(output, batch["label"][i : i + 1]), params)
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        assert norm > 0.05  # clipping is exercised
+        for total, g in zip(expected, grads):
+            total += g * (0.05 / norm) / 24
+    Trainer(max_steps=1, limit_val_batches=0, **trainer_kwargs).fit(method, module)
+    for param, start, step in zip(params, before, expected):
+        torch.testing.assert_close(param.detach() - start, -step, atol=1e-7, rtol=1e-4)
+    assert max(float(step.abs().max()) for step in expected) > 1e-3  # the step is visible
+
+
 def test_target_epsilon_sets_the_noise_from_the_planned_epochs(trainer_kwargs):
     from opacus.accountants.utils import get_noise_multiplier
 
