@@ -1,7 +1,8 @@
 """The contract every registered method keeps, checked on its family's tiny backbone.
 
 Parametrised over the registry: a new method is covered the moment it registers. Per method: only
-its declared trainable tensors get gradients; a checkpoint holds only trainable state and round-trips;
+its declared trainable tensors get gradients; its training objective is the cross-entropy of its logits or a
+named test pins it; a checkpoint holds only trainable state and round-trips;
 the exported prompt round-trips; ``check_ready`` names a field the method cannot fill; a bf16 autocast
 step stays finite; and it composes with every registered loss term whose fields it has.
 """
@@ -109,6 +110,64 @@ def test_a_bf16_autocast_step_stays_finite(entry):
     if trainable(module):
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in trainable(module).values() if p.grad is not None)
+
+
+#: methods whose training objective is their own, not the default cross-entropy of their logits, and the test (file
+#: of tests/methods/, name) that pins it to the official computation (or to the page's equations where no code exists)
+OWN_OBJECTIVE = {
+    "DPPromptTuning": (
+        "test_dp_prompt_tuning.py",
+        "test_a_training_step_moves_the_prompt_by_the_clipped_mean_gradient",
+    ),
+    "HetGPT": ("test_hetgpt.py", "test_logits_loss_and_class_tokens_follow_the_equations"),
+    "LAE": (
+        "test_lae.py",
+        "test_logits_are_the_seen_heads_on_the_final_class_token_and_training_scores_the_current_task_only",
+    ),
+    "LAPT": ("test_lapt.py", "test_mixing_loss_is_ce_of_mixed_image_and_template_features"),
+    "LocalPrompt": (
+        "test_local_prompt.py",
+        "test_the_training_loss_is_l_pos_plus_5_l_neg_plus_half_l_div_on_scaled_regional_logits",
+    ),
+    "MultiLane": (
+        "test_multi_lane.py",
+        "test_training_runs_the_current_lane_and_masks_the_loss_as_the_official_engine",
+    ),
+    "PANDA": ("test_panda.py", "test_loss_is_ce_plus_the_official_distillation_term"),
+    "POST": (
+        "test_post.py",
+        "test_transfer_loss_reads_both_models_at_the_last_token_and_trains_only_the_target_prompt",
+    ),
+    "PTEC": ("test_ptec.py", "test_loss_is_class_weighted_bce_over_batch_and_classes"),
+    "RELIEF": ("test_relief.py", "test_two_epochs_equal_the_official_training_loop"),
+    "SequentialFineTuning": (
+        "test_sequential_fine_tuning.py",
+        "test_training_masks_other_tasks_and_the_whole_vit_learns",
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", METHODS, ids=IDS)
+def test_the_training_objective_is_cross_entropy_or_a_named_test_pins_it(entry):
+    """The loss a training step starts from is the cross-entropy of the logits (what CoOp's, VPT's, MaPLe's …
+    official trainers minimise), checked here on the tiny batch; a method with its own objective names the test that
+    pins it, so a new method cannot bring an unchecked loss."""
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    from lightning_prompts.methods.base import PromptModule
+
+    assert set(OWN_OBJECTIVE) <= set(IDS)  # no stale name
+    if entry.name in OWN_OBJECTIVE:
+        file, name = OWN_OBJECTIVE[entry.name]
+        assert f"def {name}(" in (Path(__file__).resolve().parents[1] / "methods" / file).read_text()
+        return
+    cls = entry.load()
+    assert cls.training_step is PromptModule.training_step, f"{entry.name} trains its own way: name its test above"
+    module = build(entry).train()
+    loss, output, data = loss_of(module, entry.family)
+    torch.testing.assert_close(loss, F.cross_entropy(output.logits.float(), module.batch_targets(data)))
 
 
 class _Data:
