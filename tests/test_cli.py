@@ -44,8 +44,16 @@ def test_a_printed_config_runs_as_it_is_from_another_folder(capsys, tmp_path, mo
     full.parent.mkdir()
     full.write_text(printed)
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", "--config", str(full), "--trainer.default_root_dir", str(tmp_path / "run")])
+    run = ["--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.fast_dev_run", "false"]
+    run += ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"]  # a run that saves its config.yaml
+    cli = run_cli(["fit", "--config", str(full), *run])
     assert cli.trainer.state.finished and cli.model.classnames == ["airplane", "bicycle", "bird", "cat"]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the config a run saves ...
+    expected = yaml.safe_load(printed)  # ... is the printed one, with this command's own options
+    expected["trainer"].update(default_root_dir=str(tmp_path / "run"), fast_dev_run=False, max_steps=1)
+    expected["trainer"]["limit_val_batches"] = 0
+    expected["weights_only"] = True  # what every command resolves it to (checkpoints are read weights-only)
+    assert saved == expected
 
 
 def test_classnames_flow_from_data_to_model(tmp_path):

@@ -211,6 +211,14 @@ def test_one_recipe_per_folder_runs_with_its_tiny_overlay(recipe, tmp_path, monk
     fit_with_tiny_overlay(recipe, tmp_path, monkeypatch, request, [])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", FILES, ids=lambda p: str(p.relative_to(RECIPES)))
+def test_every_recipe_file_runs_with_its_tiny_overlay(recipe, tmp_path, monkeypatch, request):
+    """Every file, not one per folder, method and data module: about two minutes on two workers, so out of the default
+    run (``pytest -m slow tests/test_recipes.py -k every_recipe_file``; docs/recipes.md)."""
+    fit_with_tiny_overlay(recipe, tmp_path, monkeypatch, request, [])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("recipe", recipes_to_fit(), ids=lambda p: str(p.relative_to(RECIPES)))
 def test_one_recipe_per_folder_runs_on_a_gpu_in_bf16(recipe, tmp_path, monkeypatch, request):
