@@ -43,11 +43,17 @@ Augmentation = Literal["drop_nodes", "permute_edges", "mask_nodes"]
 
 def nt_xent_terms(z1: Tensor, z2: Tensor, temperature: float, offset: int = 0) -> Tensor:
     """Each row's GraphCL NT-Xent term: row ``i`` of ``z1`` against every row of ``z2``, its positive ``z2[offset +
-    i]`` (``offset``: where this process's rows start among the gathered ``z2`` of every process)."""
-    similarity = F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).t()
-    exp = torch.exp(similarity / temperature)
-    positive = exp.diagonal(offset)
-    return -torch.log(positive / (exp.sum(dim=1) - positive))
+    i]`` (``offset``: where this process's rows start among the gathered ``z2`` of every process).
+
+    The official ``−log(s_ii / (Σ_j s_ij − s_ii))`` with ``s_ij = exp(cos_ij / τ)``, computed as
+    ``logsumexp_{j ≠ i}(cos_ij / τ) − cos_ii / τ`` in float32 outside autocast: under float16 autocast the sum of
+    ``exp(1 / 0.1)`` over a batch of eight already overflows (an infinite loss, found with ``16-mixed``)."""
+    with torch.autocast(z1.device.type, enabled=False):
+        scaled = F.normalize(z1.float(), dim=1) @ F.normalize(z2.float(), dim=1).t() / temperature
+        rows = torch.arange(scaled.shape[0], device=scaled.device)
+        positive = scaled[rows, rows + offset]
+        others = scaled.index_put((rows, rows + offset), torch.tensor(float("-inf"), device=scaled.device))
+        return torch.logsumexp(others, dim=1) - positive
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
