@@ -9,7 +9,7 @@ import torch
 
 from lightning_prompts.backbones import HFText
 from lightning_prompts.errors import ConfigurationError
-from lightning_prompts.methods import EPT, IAPT, IDP, DePT, PrefixTuning
+from lightning_prompts.methods import EPT, IAPT, IDP, PANDA, POST, DePT, DPPromptTuning, PrefixTuning
 from lightning_prompts.prompts.instance_prompts import InstancePromptHook
 
 TEXTS = ["the film was great and moving", "dull", "an awful, tedious and clumsy film with a weak plot!"]
@@ -71,6 +71,30 @@ def test_dept_and_ept_continue_each_text_after_the_prompt_with_the_offset_on_the
     # the offset matters: without it the first text goes on otherwise
     assert greedy(backbone, prompt, real_ids(method, TEXTS[0]), None) != references[0]
     assert method.generate(TEXTS[:1], max_new_tokens=STEPS) == backbone.tokenizer.batch_decode([references[0]])
+
+
+@pytest.mark.parametrize("method_class", [DPPromptTuning, POST, PANDA])
+def test_methods_built_on_prompt_or_prefix_tuning_generate_as_their_base(method_class):
+    """DP prompt tuning and POST continue each text after their soft tokens, PANDA after its prefixes (the key/value
+    cache generation starts from): greedy decoding written out over the model's forward, one text at a time."""
+    backbone = causal_lm("tiny-gpt2", 0.5)
+    method = trained_looking(method_class(backbone, ["good", "bad"], num_virtual_tokens=3))
+    references = []
+    for text in TEXTS:
+        ids = real_ids(method, text)
+        if method_class is not PANDA:
+            with torch.no_grad():
+                references.append(greedy(backbone, method.soft_tokens(), ids, None))
+            continue
+        generated: list[int] = []
+        with torch.no_grad():
+            for _ in range(STEPS):
+                tokens = torch.cat([ids, torch.tensor(generated, dtype=torch.long)])[None]
+                logits = backbone.forward_embeddings(None, tokens, torch.ones_like(tokens), hooks=method.prefix.hooks())
+                generated.append(int(logits.logits.argmax(-1)))
+        references.append(generated)
+    assert method.generate(TEXTS, decode=False, max_new_tokens=STEPS).tolist() == references
+    assert len({tuple(row) for row in references}) == len(TEXTS)  # each text is continued differently
 
 
 @pytest.mark.parametrize(("name", "std", "seed"), [("tiny-gpt2", 0.5, 3), ("tiny-gemma3", 0.1, 0)])
