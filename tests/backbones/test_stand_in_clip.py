@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_prompts import registry
 from lightning_prompts.backbones import OpenCLIP, StandInCLIP
+from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods import CoOp, ZeroShotCLIP
 from lightning_prompts.testbed.alignment import AlignmentConfig, align
 
@@ -70,6 +72,30 @@ def test_the_same_method_code_runs_on_both_backbones(method, family, tiny_clip, 
         assert torch.allclose(output.text_features, zero_shot.text_features, atol=1e-4)
         output.logits.sum().backward()
         assert model.prompt.ctx.grad is not None and model.prompt.ctx.grad.abs().sum() > 0
+
+
+CLIP_METHODS = [entry for entry in registry.entries("method") if entry.family == "clip"]
+
+
+@pytest.mark.parametrize("entry", CLIP_METHODS, ids=[entry.name for entry in CLIP_METHODS])
+def test_every_clip_method_runs_on_the_stand_in_or_refuses_visual_prompts_clearly(entry, tiny_stand_in):
+    """The testbed page's claim, for every registered CLIP method: the same code scores images on the stand-in's
+    seams, or (visual prompt tokens in a ViT) stops with an error that names the CNN tower."""
+    import copy
+
+    example = dict(entry.example)
+    example.pop("contract_backbone", None)
+    if "depth" in example:  # deep prompts within the tiny stand-in's two text layers
+        example["depth"] = min(example["depth"], 2)
+    torch.manual_seed(0)
+    try:
+        model = entry.load()(copy.deepcopy(tiny_stand_in), ["t-shirt", "ankle boot", "bag"], **example).eval()
+        with torch.no_grad():
+            logits = model(torch.randn(2, 3, 64, 64)).logits
+    except (NotImplementedError, ConfigurationError) as error:
+        assert "CNN" in str(error) or "ViT image tower" in str(error), error
+        return
+    assert logits.shape[0] == 2 and logits.shape[1] >= 3 and torch.isfinite(logits).all()
 
 
 def test_cnn_image_tower_refuses_visual_prompts(tiny_stand_in):
