@@ -400,3 +400,78 @@ def test_mixed_precision_keeps_the_prompt_in_float32_without_the_warning(tiny_cl
     data = synthetic_fewshot(augmentation="clip")
     Trainer(max_steps=1, precision="bf16-mixed", **trainer_kwargs).fit(CoOp(tiny_clip, data.classnames, n_ctx=4), data)
     assert not [w for w in recwarn if "master copy" in str(w.message)]
+
+
+def scalar_metrics(cli) -> dict[str, float]:
+    return {key: float(value) for key, value in cli.trainer.callback_metrics.items() if value.numel() == 1}
+
+
+def one_recipe_per_prompt_method() -> list[Path]:
+    """:func:`one_recipe_per_method` without the encoder pre-trainings, whose objectives draw per sample (masks,
+    negatives, views): on two processes those draws differ from one process's, and so does their ``val/loss``."""
+    from lightning_prompts import registry
+    from lightning_prompts.recipes import model_class
+
+    return [recipe for recipe in one_recipe_per_method() if registry.get(model_class(recipe) or "").kind == "method"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", one_recipe_per_prompt_method(), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_two_processes_validate_and_test_a_checkpoint_as_one_process_does(recipe, tmp_path, monkeypatch):
+    """One recipe per prompt method: two batches of fit on its tiny overlay, then ``validate`` and ``test`` of the
+    checkpoint on one process and on two (gloo) give the same metrics (docs/howto/devices.md; two minutes on two
+    workers, hence slow)."""
+    from lightning_prompts.cli import run_cli
+    from lightning_prompts.recipes import model_class
+
+    method = model_class(recipe) or ""
+    short_pseudolabel_rounds(monkeypatch, rounds=1)  # GRIP's 10 rounds of 150 epochs: one round of one epoch
+    run_from_scratch_root(tmp_path, monkeypatch)
+    configs = ["--config", str(recipe), "--config", str(overlay_for(recipe))]
+    limits = ["--trainer.fast_dev_run=false", "--trainer.accelerator=cpu"]
+    run_cli(["fit", *configs, *without_early_stop(recipe), *limits, "--trainer.max_epochs=1",
+             "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+             "--trainer.default_root_dir", str(tmp_path / "fit")])  # fmt: skip
+    checkpoints = sorted((tmp_path / "fit").rglob("last*.ckpt")) or sorted((tmp_path / "fit").rglob("*.ckpt"))
+    stages = ["validate"] if method == "LAPT" else ["validate", "test"]  # LAPT's overlay has no OOD sets to test
+    for stage in stages:
+        common = [stage, *configs, *limits, "--ckpt_path", str(checkpoints[-1]), "--seed_everything=3"]
+        one = scalar_metrics(
+            run_cli([*common, "--trainer.devices=1", "--trainer.default_root_dir", str(tmp_path / "1")])
+        )
+        two = scalar_metrics(run_cli([*common, "--trainer.devices=2", "--trainer.strategy=ddp_fork",
+                                      "--trainer.default_root_dir", str(tmp_path / "2")]))  # fmt: skip
+        assert one and one.keys() == two.keys(), (stage, sorted(one), sorted(two))
+        assert all(two[key] == pytest.approx(value, rel=1e-5, abs=1e-6) for key, value in one.items()), (one, two)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", one_recipe_per_method(), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_every_method_trains_under_float16_autocast_with_the_gradient_scaler(recipe, tmp_path, monkeypatch):
+    """``16-mixed`` as on a GPU: float16 autocast with Lightning's gradient scaler, given on the CPU as a plugin
+    (Lightning turns ``16-mixed`` into ``bf16-mixed`` there). Three batches of one recipe per method on its tiny
+    overlay end with finite metrics (docs/howto/devices.md; slow)."""
+    import math
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    from lightning_prompts.cli import run_cli
+
+    original = _AcceleratorConnector._check_and_init_precision
+
+    def float16_with_scaler(self):
+        if self._precision_flag == "16-mixed":
+            return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+        return original(self)
+
+    monkeypatch.setattr(_AcceleratorConnector, "_check_and_init_precision", float16_with_scaler)
+    short_pseudolabel_rounds(monkeypatch, rounds=1)  # GRIP's 10 rounds of 150 epochs: one round of one epoch
+    run_from_scratch_root(tmp_path, monkeypatch)
+    cli = run_cli(["fit", "--config", str(recipe), "--config", str(overlay_for(recipe)), *without_early_stop(recipe),
+                   "--trainer.fast_dev_run=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+                   "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0", "--trainer.precision=16-mixed",
+                   "--trainer.accelerator=cpu", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert isinstance(cli.trainer.precision_plugin.scaler, torch.amp.GradScaler)
+    metrics = scalar_metrics(cli)
+    assert metrics and all(math.isfinite(value) for value in metrics.values()), metrics
