@@ -51,6 +51,34 @@ def test_truncation_is_exact_with_deep_prompts(tiny_clip):
     assert not torch.allclose(truncated, plain, atol=1e-3)  # the deep prompts do something
 
 
+@pytest.mark.parametrize("change", ["no causal mask", "last position", "first position"])
+def test_text_towers_where_truncation_is_not_exact_run_every_position(tiny_clip, change):
+    """The architecture page's exception: without a causal mask every output reads the padding after the text, and
+    a feature read at the first or last position is not the end-of-text token's; such towers run all 77 positions
+    (and never the shared prefix), equal to open_clip's own ``encode_text``."""
+    import copy
+
+    clip = copy.deepcopy(tiny_clip)
+    with torch.no_grad():  # weights wide enough that the padding positions change what the feature reads
+        for parameter in clip.model.transformer.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    if change == "no causal mask":
+        clip.model.attn_mask = None
+    else:
+        clip.model.text_pool_type = change.split()[0]
+    assert not clip.truncates_text
+    ids = clip.tokenize(PROMPTS)
+    embeddings, eot = clip.embed_tokens(ids), clip.eot_positions(ids)
+    with torch.no_grad():
+        ours = clip.encode_text_embeddings(embeddings, eot)
+        torch.testing.assert_close(ours, clip.model.encode_text(ids), atol=1e-5, rtol=1e-5)
+        if change == "no causal mask":  # what a truncated pass would have given differs
+            cut = int(eot.max()) + 1
+            x = clip.model.transformer(embeddings[:, :cut] + clip.model.positional_embedding[:cut])
+            truncated = clip.model.ln_final(x)[torch.arange(len(PROMPTS)), eot] @ clip.model.text_projection
+            assert not torch.allclose(truncated, ours, atol=1e-3)
+
+
 def test_encode_image_matches_open_clip_and_returns_patch_tokens(tiny_clip):
     images = torch.randn(3, 3, 32, 32)
     encoding = tiny_clip.encode_image(images)
