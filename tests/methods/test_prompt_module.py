@@ -140,6 +140,27 @@ def test_model_and_data_classes_must_agree(tiny_clip, trainer_kwargs):
         Trainer(max_steps=1, **trainer_kwargs).fit(CoOp(tiny_clip, ["x", "y"], n_ctx=4), synthetic_fewshot())
 
 
+def test_a_method_with_a_fixed_head_is_not_tested_on_other_classes(tiny_clip):
+    """The architecture page: a method whose classes are a trained head's (VPT) refuses another class list and a
+    data module whose test sets hold other classes (base-to-novel), before testing starts; CoOp takes both."""
+    from lightning_prompts.errors import ConfigurationError
+    from lightning_prompts.evaluation import ClassificationEvaluator
+
+    class BaseToNovel:
+        test_class_sets = {"base": ["a", "b"], "novel": ["c", "d"]}
+
+    vpt = VPT(TimmViT("tiny"), ["a", "b"], num_tokens=2)
+    with pytest.raises(ConfigurationError, match="trained for 2 fixed classes"):
+        vpt.set_classnames(["c", "d"])
+    vpt.set_classnames(["a", "b"])  # its own classes are fine
+    with pytest.raises(ConfigurationError, match=r"fixed set of classes .* \['novel'\]"):
+        ClassificationEvaluator().check_ready(vpt, BaseToNovel(), "test")
+    coop = CoOp(tiny_clip, ["a", "b"], n_ctx=4)
+    ClassificationEvaluator().check_ready(coop, BaseToNovel(), "test")
+    coop.set_classnames(["c", "d"])
+    assert coop.classnames == ["c", "d"]
+
+
 def test_missing_trainable_tensor_is_an_error(tiny_clip):
     method = CoOp(tiny_clip, ["a", "b"], n_ctx=4)
     checkpoint = {"state_dict": {}, "lightning_prompts": {"backbone": tiny_clip.identity()}}
