@@ -497,6 +497,29 @@ def a_loss_term_on_post(tmp: Path):
     return ["fit", *recipe, *extra], "POST trains with its own training step"
 
 
+def folder_classes_renamed(tmp: Path, names: list[str]) -> list[str]:
+    """An ImageFolder tree of three classes whose folders are renamed to ``names``, and the command to fit on it."""
+    write_image_folder_layout(tmp / "folder", 3, 3, 32, 0)
+    for part in ("train", "val", "test"):
+        for folder, name in zip(sorted((tmp / "folder" / part).iterdir()), names):
+            folder.rename(folder.parent / name)
+    recipe = tmp / "folder_recipe.yaml"
+    recipe.write_text(
+        f"extends: {COOP}\ndata:\n  class_path: ImageFolderDataModule\n"
+        f"  init_args: {{root: '{tmp / 'folder'}', num_workers: 0, image_size: 32}}\n"
+    )
+    command = ["fit", "--config", str(recipe), "--config", TINY_CLIP, "--data.init_args.synthetic", "null"]
+    return [*command, "--data.init_args.shots", "-1"]
+
+
+def empty_class_name(tmp: Path):
+    return folder_classes_renamed(tmp, ["cat", "_", "dog"]), "class names at positions [0] are empty"  # "_" sorts first
+
+
+def two_names_one_prompt(tmp: Path):
+    return folder_classes_renamed(tmp, ["cat", "t_shirt", "T shirt"]), "are the same name"
+
+
 def image_consistency_on_a_fine_tuned_vit(tmp: Path):
     recipe = ["--config", str(RECIPES / "sequential_fine_tuning" / "cifar100.yaml"), "--config",
               str(RECIPES / "_tiny" / "sequential_fine_tuning.yaml")]  # fmt: skip
@@ -507,6 +530,8 @@ def image_consistency_on_a_fine_tuned_vit(tmp: Path):
 CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
     fn.__name__: fn
     for fn in (
+        empty_class_name,
+        two_names_one_prompt,
         truncated_jpeg,
         zero_byte_image,
         split_not_json,

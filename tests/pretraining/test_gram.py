@@ -311,6 +311,13 @@ def test_image_text_data_reads_csv_and_reports_bad_rows(tmp_path):
     (tmp_path / "bad.csv").write_text("path,text\na.jpg,x\n")
     with pytest.raises(DatasetError, match=r"lacks column\(s\) \['image', 'caption'\]"):
         ImageTextDataModule(str(tmp_path / "bad.csv")).splits()
+    (tmp_path / "empty.csv").write_text("image,caption\na.jpg,a red square\na.jpg,  \n")
+    with pytest.raises(DatasetError, match=r"empty\.csv: row 2 has an empty caption"):
+        ImageTextDataModule(str(tmp_path / "empty.csv")).splits()
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not the rest of a JPEG")
+    (tmp_path / "broken.csv").write_text("image,caption\na.jpg,a red square\nbroken.jpg,a torn photo\n")
+    with pytest.raises(DatasetError, match=r"broken\.jpg.*cannot be read"):
+        ImageTextDataModule(str(tmp_path / "broken.csv"), val_fraction=0.0).setup("fit")
 
 
 def test_resuming_with_another_regulator_file_is_refused(tiny_clip, trainer_kwargs, tmp_path):
