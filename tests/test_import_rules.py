@@ -86,3 +86,21 @@ def test_registering_every_class_imports_no_optional_model_library():
     )
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_command_starts_without_the_families_libraries():
+    """The home page's core install: with PyG, timm, OpenCLIP, PEFT, scikit-learn, Opacus, h5py and RDKit made
+    unimportable, the package imports every registered module and ``lightning-prompts list methods`` answers.
+    (transformers cannot be hidden this way: torchmetrics imports it whenever it is installed.)"""
+    import subprocess
+    import sys
+
+    blocked = ("torch_geometric", "timm", "open_clip", "peft", "sklearn", "opacus", "h5py", "rdkit")
+    code = (
+        f"import sys; sys.modules.update(dict.fromkeys({blocked!r}));"
+        "from lightning_prompts import registry; registry.import_all();"
+        "from lightning_prompts.cli import main; main(['list', 'methods'])"
+    )
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "CoOp" in result.stdout and "GPF" in result.stdout and "PromptTuning" in result.stdout
