@@ -72,6 +72,28 @@ def contrast_views(z1: Tensor, z2: Tensor, temperature: float, gather_negatives:
     return global_batch_mean(terms.sum(), terms.shape[0])
 
 
+def projection_head(width: int) -> nn.Sequential:
+    """GraphCL's projection head: ``width → width → width`` with a ReLU between."""
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, width))
+
+
+class ContrastiveSteps:
+    """The steps of a graph pre-training whose ``contrastive_loss(batch)`` is a batch's loss (GraphCL on PyG GNNs and
+    on the Pretrain-GNNs GINs): ``train/loss`` each step, ``val/loss`` as an epoch mean over every process. Put it
+    before :class:`~lightning_prompts.pretraining.base.EncoderPretraining`."""
+
+    def contrastive_loss(self, batch: Any) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self.contrastive_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))  # type: ignore[attr-defined]
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        log_validation_mean(self, "loss", self.contrastive_loss(batch), int(batch.num_graphs))
+
+
 def uniform_draws(count: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
     """``count`` U(0, 1) draws from the CPU generator, moved to ``device``: the same views for a seed on any
     device (a CUDA batch once got CPU masks and failed), and the checkpointed CPU state resumes them exactly."""
@@ -140,7 +162,7 @@ AUGMENTATIONS: dict[str, Callable[..., Any]] = {
     code="Shen-Lab/GraphCL",
     docs="methods/gpf.md",
 )
-class GraphCL(EncoderPretraining):
+class GraphCL(ContrastiveSteps, EncoderPretraining):
     """Pre-train a GIN/GCN/GAT encoder with GraphCL; write it for :class:`GNN` backbones.
 
     Args:
@@ -181,11 +203,7 @@ class GraphCL(EncoderPretraining):
         hidden_channels = gnn.hidden_channels
         self.encoder = build_gnn(**self.config, dropout=0.0)
         self.encoder.load_state_dict(gnn.encoder.state_dict())
-        self.projection = nn.Sequential(
-            nn.Linear(hidden_channels, hidden_channels),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_channels, hidden_channels),
-        )
+        self.projection = projection_head(hidden_channels)
         self.augmentations, self.aug_ratio, self.temperature = list(augmentations), aug_ratio, temperature
         self.pooling, self.encoder_path, self.gather_negatives = pooling, encoder_path, gather_negatives
         self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4))
@@ -199,14 +217,6 @@ class GraphCL(EncoderPretraining):
         """The NT-Xent of two augmented views of ``batch`` (:func:`contrast_views`)."""
         first, second = (AUGMENTATIONS[name](batch, self.aug_ratio) for name in self.augmentations)
         return contrast_views(self.embed(first), self.embed(second), self.temperature, self.gather_negatives)
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss = self.contrastive_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        log_validation_mean(self, "loss", self.contrastive_loss(batch), int(batch.num_graphs))
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder for ``GNN(checkpoint_path=path)`` with the same architecture."""

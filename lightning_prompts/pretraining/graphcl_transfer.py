@@ -28,15 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.bio_gin import BioGIN
 from lightning_prompts.backbones.pretrain_gnns import PretrainGNNsBackbone
-from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
-from lightning_prompts.pretraining.graphcl import contrast_views
+from lightning_prompts.pretraining.graphcl import ContrastiveSteps, contrast_views, projection_head
 from lightning_prompts.pretraining.transfer_augmentations import (
     AUGMENTATIONS,
     Masks,
@@ -60,7 +59,7 @@ PROTEIN_LOADER = (("drop_nodes", "subgraph", "permute_edges"), True)
     recipes="gpf",
     overlay="graph_moleculenet",
 )
-class PretrainGNNsGraphCL(EncoderPretraining):
+class PretrainGNNsGraphCL(ContrastiveSteps, EncoderPretraining):
     """Pre-train a molecule or bio GIN with GraphCL's transfer-learning code (see the module docstring).
 
     Args:
@@ -113,8 +112,7 @@ class PretrainGNNsGraphCL(EncoderPretraining):
         self.subgraph_grows = official_growth if subgraph_grows is None else subgraph_grows
         self.aug_ratio, self.temperature, self.gather_negatives = aug_ratio, temperature, gather_negatives
         self.encoder = frozen.trainable_encoder()
-        width = frozen.emb_dim
-        self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, width))
+        self.projection = projection_head(frozen.emb_dim)
         self.encoder_path = encoder_path
         self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=1e-3))
 
@@ -144,14 +142,6 @@ class PretrainGNNsGraphCL(EncoderPretraining):
     def contrastive_loss(self, data: Any) -> Tensor:
         first, second = (self.augment(data, name) for name in self.augmentations)
         return self.views_loss(data, first, second)
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss = self.contrastive_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch.num_graphs))
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        log_validation_mean(self, "loss", self.contrastive_loss(batch), int(batch.num_graphs))
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder for ``MoleculeGIN`` or ``BioGIN(checkpoint_path=path)``, as the official script does."""
