@@ -52,7 +52,7 @@ def nt_xent_terms(z1: Tensor, z2: Tensor, temperature: float, offset: int = 0) -
         scaled = F.normalize(z1.float(), dim=1) @ F.normalize(z2.float(), dim=1).t() / temperature
         rows = torch.arange(scaled.shape[0], device=scaled.device)
         positive = scaled[rows, rows + offset]
-        others = scaled.index_put((rows, rows + offset), torch.tensor(float("-inf"), device=scaled.device))
+        others = scaled.index_put((rows, rows + offset), scaled.new_tensor(float("-inf")))  # float32 in bf16-true too
         return torch.logsumexp(others, dim=1) - positive
 
 
