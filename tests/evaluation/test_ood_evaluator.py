@@ -73,6 +73,30 @@ def test_id_mass_averages_the_id_probability_over_groups_of_negative_labels():
         id_mass(logits[:, :3], num_id=3)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_logit_scores_are_their_formulas_at_any_temperature(temperature):
+    """MSP (max softmax(z / T)), max-logit (max z) and energy (T · log Σ exp(z / T)), written out with math on
+    plain floats, through the evaluator's ``id_scores``; and MCM's cosines (logits / logit_scale) at T."""
+    import math
+    from types import SimpleNamespace
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
+    rows = logits.tolist()
+    expected = {
+        "msp": [max(math.exp(v / temperature) for v in r) / sum(math.exp(v / temperature) for v in r) for r in rows],
+        "max_logit": [max(r) for r in rows],
+        "energy": [temperature * math.log(sum(math.exp(v / temperature) for v in r)) for r in rows],
+    }
+    for name, values in expected.items():
+        scores = OODEvaluator(score=name, temperature=temperature).id_scores(None, logits)
+        torch.testing.assert_close(scores, torch.tensor(values))
+    clip_like = SimpleNamespace(logit_scale=torch.tensor(4.0))
+    cosines = [[v / 4.0 for v in r] for r in rows]
+    mcm = [max(math.exp(c / temperature) for c in r) / sum(math.exp(c / temperature) for c in r) for r in cosines]
+    torch.testing.assert_close(OODEvaluator(score="mcm", temperature=temperature).id_scores(clip_like, logits),
+                               torch.tensor(mcm))  # fmt: skip
+
+
 def test_ood_folders_are_read_at_any_depth_and_a_missing_or_empty_one_is_named(tmp_path):
     from lightning_prompts.data import ImageFolderDataModule
     from lightning_prompts.data.synthetic import write_image_folder_layout, write_unlabelled_images

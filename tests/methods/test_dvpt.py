@@ -87,19 +87,22 @@ def test_side_merge_refines_queries_over_the_untouched_vit(tiny_vit):
         DVPT(tiny_vit, CLASSES, merge="concat")
 
 
-def test_quadratic_kappa_matches_a_hand_computation(tiny_vit):
-    evaluator = GradedClassificationEvaluator()
+@pytest.mark.parametrize("weights", ["quadratic", "linear"])
+def test_weighted_kappa_matches_a_hand_computation(tiny_vit, weights):
+    evaluator = GradedClassificationEvaluator(weights=weights)
     method = DVPT(tiny_vit, CLASSES, bottleneck=8, num_queries=2)
     evaluator.start(method, "val")
     predicted, truth = torch.tensor([0, 1, 2, 2, 0, 1]), torch.tensor([0, 2, 2, 1, 0, 0])
     evaluator.update(method, None, F.one_hot(predicted, 3).float(), truth, "val", 0)
     metrics = evaluator.finish(method, "val")
-    # kappa = 1 - Σ w O / Σ w E, w_ij = (i - j)² / (K - 1)², E = outer(row totals, column totals) / n
+    # kappa = 1 - Σ w O / Σ w E, w_ij = (i - j)² / (K - 1)² (linear: |i - j| / (K - 1)), E = outer(row and column
+    # totals) / n
     observed = torch.zeros(3, 3)
     for t, p in zip(truth, predicted):
         observed[t, p] += 1
     expected = observed.sum(1, keepdim=True) @ observed.sum(0, keepdim=True) / observed.sum()
-    w = torch.tensor([[(i - j) ** 2 / 4 for j in range(3)] for i in range(3)])
+    power = 2 if weights == "quadratic" else 1
+    w = torch.tensor([[abs(i - j) ** power / 2**power for j in range(3)] for i in range(3)])
     kappa = 1 - (w * observed).sum() / (w * expected).sum()
     assert metrics["val/kappa"].item() == pytest.approx(kappa.item(), abs=1e-6)
     assert metrics["val/acc"].item() == pytest.approx(3 / 6)

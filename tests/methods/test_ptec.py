@@ -132,6 +132,22 @@ def test_multilabel_batches_and_metrics_match_sklearn(tmp_path):
     assert values["macro_f1"].item() == pytest.approx(f1_score(targets.numpy(), predicted, average="macro"))
     assert values["micro_f1"].item() == pytest.approx(f1_score(targets.numpy(), predicted, average="micro"))
     assert values["jaccard"].item() == pytest.approx(jaccard_score(targets.numpy(), predicted, average="macro"))
+    # through the evaluator, from logits in two batches: its sigmoid, threshold 0.5, and mAP against sklearn too
+    from types import SimpleNamespace
+
+    from sklearn.metrics import average_precision_score
+
+    logits = torch.logit(probs)
+    evaluator, module = MultiLabelEvaluator(), SimpleNamespace(classnames=["a", "b", "c"], device=torch.device("cpu"))
+    evaluator.start(module, "test")
+    for rows in (slice(0, 25), slice(25, 40)):
+        evaluator.update(module, None, logits[rows], targets[rows], "test", 0)
+    logged = evaluator.finish(module, "test")
+    truth = targets.numpy()
+    assert logged["test/macro_f1"].item() == pytest.approx(f1_score(truth, predicted, average="macro"))
+    assert logged["test/micro_f1"].item() == pytest.approx(f1_score(truth, predicted, average="micro"))
+    assert logged["test/jaccard"].item() == pytest.approx(jaccard_score(truth, predicted, average="macro"))
+    assert logged["test/map"].item() == pytest.approx(average_precision_score(truth, probs.numpy(), average="macro"))
 
 
 def test_trie_allows_only_unused_class_names_then_separator_or_end():
