@@ -57,6 +57,13 @@ def test_hold_out_and_few_shot_are_deterministic(tmp_path):
     first = TextClassificationDataModule(train_file=str(path), shots=4, seed=3)._load()
     second = TextClassificationDataModule(train_file=str(path), shots=4, seed=3)._load()
     assert first == second and len(first["train"][0]) == 8
+    texts, labels = first["train"]
+    assert sorted(labels) == [0, 0, 0, 0, 1, 1, 1, 1]  # 4 shots of each class
+    originals = dict(rows(40))
+    labels_in_file = TextClassificationDataModule(train_file=str(path)).classnames  # label values in class order
+    assert all(originals[text] == labels_in_file[label] for text, label in zip(texts, labels))  # rows kept whole
+    other = TextClassificationDataModule(train_file=str(path), shots=4, seed=4)._load()
+    assert other["train"][0] != texts  # another seed, another draw
     with pytest.raises(DatasetError, match="fewer than the 30 shots"):
         TextClassificationDataModule(train_file=str(path), shots=30)._load()
 

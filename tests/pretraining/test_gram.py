@@ -311,6 +311,15 @@ def test_image_text_data_reads_csv_and_reports_bad_rows(tmp_path):
     (tmp_path / "bad.csv").write_text("path,text\na.jpg,x\n")
     with pytest.raises(DatasetError, match=r"lacks column\(s\) \['image', 'caption'\]"):
         ImageTextDataModule(str(tmp_path / "bad.csv")).splits()
+    (tmp_path / "many.csv").write_text("image,caption\n" + "".join(f"a.jpg,caption {i}\n" for i in range(20)))
+    held = ImageTextDataModule(str(tmp_path / "many.csv"), val_fraction=0.25, seed=1).splits()
+    train, val = held["train"][1], held["val"][1]  # a seeded quarter held out, disjoint from training
+    assert (
+        len(val) == 5 and not set(train) & set(val) and sorted(train + val) == sorted(f"caption {i}" for i in range(20))
+    )
+    again = ImageTextDataModule(str(tmp_path / "many.csv"), val_fraction=0.25, seed=1).splits()["val"][1]
+    other = ImageTextDataModule(str(tmp_path / "many.csv"), val_fraction=0.25, seed=2).splits()["val"][1]
+    assert again == val and other != val
     (tmp_path / "empty.csv").write_text("image,caption\na.jpg,a red square\na.jpg,  \n")
     with pytest.raises(DatasetError, match=r"empty\.csv: row 2 has an empty caption"):
         ImageTextDataModule(str(tmp_path / "empty.csv")).splits()
