@@ -229,6 +229,14 @@ def test_cifar100_stream_follows_the_class_order(tmp_path):
     assert first[0]["image"].shape == (3, 32, 32) and 0 <= float(first[0]["image"].min())  # no normalisation
     seen = data._subset("test", [0, 1], train=False)
     assert sorted(set(seen.tasks)) == [0, 1] and len(seen) == 20 * 2
+    # each image is its pickled row (3072 values: the red, green and blue 32×32 planes), under its reordered label
+    stored = pickle.loads((tmp_path / "cifar-100-python" / "train").read_bytes())
+    images, labels = data.data()["train"]
+    for index in (0, 57, 199):
+        planes = stored["data"][index].reshape(3, 32, 32).transpose(1, 2, 0)
+        assert np.array_equal(images[index], planes) and labels[index] == stored["fine_labels"][index]
+    kept = next(i for i, label in enumerate(labels) if label in order[:10])  # task 0: classes 99..90, relabelled
+    assert np.array_equal(first.images[0], images[kept]) and first.labels[0] == order.index(labels[kept])
     with pytest.raises(DatasetError, match="permutation"):
         ClassIncrementalDataModule("cifar100", tmp_path, class_order=[0, 1]).data()
     with pytest.raises(DatasetError, match="cannot be cut into 7 equal tasks"):
