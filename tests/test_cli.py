@@ -96,6 +96,17 @@ def test_base_to_novel_fit_then_test_reports_base_novel_and_hm(tmp_path, capsys)
     base, novel = metrics["test/acc_base"], metrics["test/acc_novel"]
     assert metrics["test/hm"] == pytest.approx(2 * base * novel / (base + novel) if base + novel else 0.0, abs=1e-6)
     assert test.model.classnames == test.datamodule.classnames  # back to the base classes afterwards
+    model, data = test.model.eval(), test.datamodule  # each half's accuracy recomputed over its own classes
+    loaders = data.test_dataloader()
+    for (name, names), loader in zip(data.test_class_sets.items(), loaders, strict=True):
+        model.set_classnames(names)
+        correct = total = 0
+        with torch.no_grad():
+            for batch in loader:
+                predicted = model.forward_batch(batch).logits.argmax(dim=-1)
+                correct, total = correct + int((predicted == batch["label"]).sum()), total + len(predicted)
+        assert metrics[f"test/acc_{name}"] == pytest.approx(correct / total, abs=1e-6), name
+    model.set_classnames(data.classnames)
     printed = capsys.readouterr()
     table = printed.out[printed.out.index("test results") :].splitlines()[1:4]  # one row per metric, sorted
     assert [line.split() for line in table] == [
