@@ -66,6 +66,35 @@ def test_vtab_lists_train_on_train800val200_in_final_mode():
     assert all("/train800/" in str(item.path) for item in tune._datasets["train"].items)
 
 
+def test_vtab_lists_written_by_hand_give_their_paths_and_labels(tmp_path):
+    """A task folder written here in VTAB-1k's layout (``images/<split>/<file> <label>`` lines; a file name with a
+    space): every item is its line, final runs validate on val200 and test on test, tuning runs test on val200."""
+    from lightning_prompts.data.synthetic import write_image
+
+    task = tmp_path / "vtab-1k" / "dtd"
+    lines: dict[str, list[str]] = {}
+    for split, count in (("train800", 6), ("val200", 3), ("test", 4)):
+        lines[split] = []
+        for index in range(count):
+            relative = f"images/{split}/photo {index}.jpg"
+            write_image(task / relative, index % 3, index, 16, 0)
+            lines[split].append(f"{relative} {index % 3}")
+        (task / f"{split}.txt").write_text("\n".join(lines[split]) + "\n")
+    (task / "train800val200.txt").write_text("\n".join(lines["train800"] + lines["val200"]) + "\n")
+
+    def as_lines(items):
+        return [f"{item.path.relative_to(task)} {item.label}" for item in items]
+
+    final = VTAB1kDataModule(root=str(tmp_path / "vtab-1k"), task="dtd", **SMALL)
+    final.setup("test")
+    splits = final.load_splits()
+    assert final.classnames == ["class 0", "class 1", "class 2"]
+    assert as_lines(splits.train) == lines["train800"] + lines["val200"] and as_lines(splits.val) == lines["val200"]
+    assert as_lines(splits.test_sets["test"][1]) == lines["test"]
+    tune = VTAB1kDataModule(root=str(tmp_path / "vtab-1k"), task="dtd", mode="tune", **SMALL).load_splits()
+    assert as_lines(tune.train) == lines["train800"] and as_lines(tune.test_sets["test"][1]) == lines["val200"]
+
+
 def test_vtab_unknown_task():
     with pytest.raises(ValueError, match="Unknown VTAB-1k task"):
         VTAB1kDataModule(task="imagenet")
