@@ -183,6 +183,32 @@ def test_point_mae_checkpoint_loads_and_encodes_as_the_official_encoder(checkpoi
     torch.testing.assert_close(encoded.tokens, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("data_parallel", [True, False])
+def test_a_fine_tuned_checkpoint_loads_its_encoder_and_leaves_the_rest(checkpoint, tmp_path, data_parallel):
+    """The layout of a Point-MAE / IDPT fine-tuning checkpoint: ``base_model`` is the whole classifier (no
+    ``MAE_encoder.`` prefix; ``module.`` under DataParallel), with the [CLS] token, the head and the prompt
+    generator beside the encoder. The backbone takes the encoder's tensors, identical, and nothing else."""
+    _, weights = checkpoint
+    prefix = "module." if data_parallel else ""
+    base_model = {
+        f"{prefix}{key.replace('blocks.', 'blocks.blocks.', 1) if key.startswith('blocks.') else key}": value + 1.0
+        for key, value in weights.items()
+        if value.is_floating_point()
+    }
+    base_model.update({f"{prefix}{k}": v for k, v in weights.items() if not v.is_floating_point()})
+    base_model[f"{prefix}cls_token"] = torch.zeros(1, 1, WIDTH)
+    base_model[f"{prefix}cls_pos"] = torch.zeros(1, 1, WIDTH)
+    base_model[f"{prefix}cls_head_finetune.0.weight"] = torch.zeros(256, 2 * WIDTH)
+    base_model[f"{prefix}prompt_generator.conv1.weight"] = torch.zeros(WIDTH, 2 * WIDTH, 1, 1)
+    path = tmp_path / "ckpt-best.pth"
+    torch.save({"base_model": base_model, "epoch": 299, "metrics": {"acc": 91.2}}, path)
+    loaded = backbone_from(path).model.state_dict()
+    assert set(loaded) == set(weights)
+    for key, value in weights.items():
+        expected = value + 1.0 if value.is_floating_point() else value
+        assert torch.equal(loaded[key], expected), key
+
+
 @pytest.mark.parametrize("prompt_layer", [0, 2])
 def test_idpt_forward_is_the_official_forward(checkpoint, prompt_layer):
     path, weights = checkpoint
