@@ -247,3 +247,28 @@ def pretrain_and_reload_the_bio_encoder(module: Any, data: Any, path: Path, trai
     for key, value in state.items():
         assert torch.equal(loaded.encoder.state_dict()[key], value), key
     return trainer
+
+
+def official_graphcl_loss(x, x_aug, temperature: float):
+    """GraphCL's NT-Xent as its code writes it (``loss_cal`` of unsupervised_TU, ``loss_cl`` of the transfer-learning
+    code at T = 0.1): one direction, the positive left out of the denominator."""
+    import torch
+
+    batch_size = x.shape[0]
+    x_abs, x_aug_abs = x.norm(dim=1), x_aug.norm(dim=1)
+    sim_matrix = torch.einsum("ik,jk->ij", x, x_aug) / torch.einsum("i,j->ij", x_abs, x_aug_abs)
+    sim_matrix = torch.exp(sim_matrix / temperature)
+    pos_sim = sim_matrix[range(batch_size), range(batch_size)]
+    loss = pos_sim / (sim_matrix.sum(dim=1) - pos_sim)
+    return -torch.log(loss).mean()
+
+
+def widened(module: Any, std: float = 0.5) -> Any:
+    """``module`` with every parameter drawn from N(0, std²): weights wide enough that the samples a test compares
+    score apart (with the default initialisation a comparison can hold for any formula)."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0, std)
+    return module

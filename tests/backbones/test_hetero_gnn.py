@@ -6,6 +6,7 @@ reaches keeps its state."""
 from __future__ import annotations
 
 import torch
+from helpers import widened
 
 from lightning_prompts.backbones.hetero_gnn import HeteroGNN
 
@@ -22,9 +23,7 @@ def sage(conv, source: torch.Tensor, target: torch.Tensor, edge_index: torch.Ten
 def test_encode_nodes_is_per_type_projections_then_summed_sage_convolutions():
     torch.manual_seed(0)
     gnn = HeteroGNN({"paper": 5, "author": 3, "venue": 2}, [list(e) for e in EDGES], hidden_channels=6, num_layers=2)
-    with torch.no_grad():
-        for parameter in gnn.encoder.parameters():
-            parameter.normal_(0, 0.5)
+    widened(gnn.encoder)
     x = {"paper": torch.randn(7, 5), "author": torch.randn(4, 3), "venue": torch.randn(2, 2)}
     edges = {
         EDGES[0]: torch.tensor([[0, 1, 2, 3, 6], [0, 0, 1, 2, 3]]),

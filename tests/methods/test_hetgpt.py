@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import docs_python
+from helpers import docs_python, official_graphcl_loss, widened
 from lightning.pytorch import Trainer
 from torch_geometric.datasets import HGBDataset
 
@@ -205,20 +205,14 @@ def test_contrastive_pretraining_step_follows_its_equations():
         assert 0 < kept.total() < edge_index.shape[1] and not kept - Counter(map(tuple, edge_index.t().tolist()))
     torch.manual_seed(0)
     module = HeteroContrastive(HeteroGNN(**SCHEMA, hidden_channels=8), target="paper", sample_nodes=12)
-    with torch.no_grad():  # weights wide enough that the papers' projections differ clearly
-        for parameter in module.parameters():
-            parameter.normal_(0, 0.5)
-    module.eval()
+    widened(module).eval()
     torch.manual_seed(3)
     loss = module.contrastive_loss(graph)
     torch.manual_seed(3)  # the same draws, in the module's order: both views, then the sampled nodes
     views = [hetero_view(graph, 0.2) for _ in range(2)]
     chosen = torch.randperm(graph["paper"].num_nodes)[:12]
     z1, z2 = (module.projection(module.encoder(x, e)["paper"][chosen]) for x, e in views)
-    similarity = torch.einsum("ik,jk->ij", z1, z2) / torch.einsum("i,j->ij", z1.norm(dim=1), z2.norm(dim=1))
-    similarity = torch.exp(similarity / 0.2)
-    positive = similarity.diagonal()
-    expected = -torch.log(positive / (similarity.sum(dim=1) - positive)).mean()
+    expected = official_graphcl_loss(z1, z2, 0.2)
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     assert abs(expected.item() - torch.log(torch.tensor(11.0)).item()) > 0.05  # the papers score apart
 

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import networkx as nx
 import pytest
 import torch
+from helpers import widened
 from lightning.pytorch import Trainer
 from torch.nn import functional as F
 from torch_geometric.data import Batch
@@ -97,15 +98,6 @@ def official_train_step(module: ContextPrediction, pairs: list[dict], mode: str,
     return loss.float(), accuracy, pred_pos, pred_neg
 
 
-def widen(module: ContextPrediction, std: float = 0.3) -> ContextPrediction:
-    """Weights wide enough that the graphs score apart; eval mode (BatchNorm on running statistics, so graph by graph
-    equals the batch)."""
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.normal_(0, std)
-    return module.eval()
-
-
 def check_context_loss(module: ContextPrediction, graphs: list, official_pair, expected_pairs: int) -> None:
     """The module's ``context_loss`` on the batch of ``graphs`` (roots drawn by Python's ``random``) against
     :func:`official_train_step` on the pairs ``official_pair(graph, root)`` gives for the same roots."""
@@ -125,7 +117,8 @@ def check_context_loss(module: ContextPrediction, graphs: list, official_pair, e
 def test_the_loss_is_the_official_train_step(mode):
     """Molecules of varied neighbourhoods and methane, which has no context and is skipped."""
     torch.manual_seed(0)
-    module = widen(ContextPrediction(MoleculeGIN(num_layers=2, emb_dim=8), context_size=2, mode=mode, neg_samples=2))
+    module = ContextPrediction(MoleculeGIN(num_layers=2, emb_dim=8), context_size=2, mode=mode, neg_samples=2)
+    widened(module, std=0.3).eval()  # BatchNorm on running statistics: graph by graph equals the batch
     drugs = [
         "CC(=O)Nc1ccc(O)cc1",
         "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",
@@ -249,7 +242,8 @@ def test_the_bio_loss_is_the_official_train_step(mode):
     from lightning_prompts.pretraining.context_prediction import BioContextPrediction, bio_context_pair
 
     torch.manual_seed(0)
-    module = widen(BioContextPrediction(BioGIN(num_layers=2, emb_dim=8), mode=mode, neg_samples=2), std=0.5)
+    module = BioContextPrediction(BioGIN(num_layers=2, emb_dim=8), mode=mode, neg_samples=2)
+    widened(module, std=0.5).eval()
     dataset = read_bio_dataset(Path(__file__).resolve().parents[2] / "recipes" / "_tiny" / "bio")
     graphs = [dataset[i] for i in range(16)]
     random.seed(5)

@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from helpers import official_graphcl_loss, widened
 from lightning.pytorch import Trainer, seed_everything
 from torch_geometric.data import Batch, Data
 from torch_geometric.datasets import FakeDataset
@@ -24,20 +25,9 @@ from lightning_prompts.pretraining.graphcl import (
 )
 
 
-def official_loss_cal(x, x_aug, temperature):
-    """GraphCL's loss_cal (unsupervised_TU), re-written."""
-    batch_size = x.shape[0]
-    x_abs, x_aug_abs = x.norm(dim=1), x_aug.norm(dim=1)
-    sim_matrix = torch.einsum("ik,jk->ij", x, x_aug) / torch.einsum("i,j->ij", x_abs, x_aug_abs)
-    sim_matrix = torch.exp(sim_matrix / temperature)
-    pos_sim = sim_matrix[range(batch_size), range(batch_size)]
-    loss = pos_sim / (sim_matrix.sum(dim=1) - pos_sim)
-    return -torch.log(loss).mean()
-
-
 def test_nt_xent_matches_graphcl():
     z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
-    assert torch.allclose(nt_xent(z1, z2, 0.2), official_loss_cal(z1, z2, 0.2), atol=1e-5)
+    assert torch.allclose(nt_xent(z1, z2, 0.2), official_graphcl_loss(z1, z2, 0.2), atol=1e-5)
 
 
 def small_batch():
@@ -51,11 +41,7 @@ def test_the_module_loss_is_loss_cal_of_the_projected_mean_pooled_views():
     from torch_geometric.nn import global_mean_pool
 
     torch.manual_seed(0)
-    module = GraphCL(GNN("gin", in_channels=3, hidden_channels=16, num_layers=2))
-    with torch.no_grad():  # weights wide enough that the graphs' projections differ clearly
-        for parameter in module.parameters():
-            parameter.normal_(0, 0.5)
-    module.eval()
+    module = widened(GraphCL(GNN("gin", in_channels=3, hidden_channels=16, num_layers=2))).eval()
     batch = small_batch()
     torch.manual_seed(1)
     loss = module.contrastive_loss(batch)
@@ -64,7 +50,7 @@ def test_the_module_loss_is_loss_cal_of_the_projected_mean_pooled_views():
     projected = [
         module.projection(global_mean_pool(module.encoder(view.x, view.edge_index), view.batch)) for view in views
     ]
-    expected = official_loss_cal(*projected, 0.2)
+    expected = official_graphcl_loss(*projected, 0.2)
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     assert abs(expected.item() - torch.log(torch.tensor(2.0)).item()) > 0.05  # not the loss of identical graphs
 
@@ -115,7 +101,7 @@ def test_nt_xent_terms_of_each_process_rows_against_the_gathered_views_are_the_g
     whole = nt_xent_terms(z1, z2, 0.2)
     shares = [nt_xent_terms(z1[:4], z2, 0.2, offset=0), nt_xent_terms(z1[4:], z2, 0.2, offset=4)]
     torch.testing.assert_close(torch.cat(shares), whole)
-    assert whole.mean() == pytest.approx(official_loss_cal(z1, z2, 0.2).item(), rel=1e-5)
+    assert whole.mean() == pytest.approx(official_graphcl_loss(z1, z2, 0.2).item(), rel=1e-5)
     assert not torch.allclose(shares[1], nt_xent_terms(z1[4:], z2[4:], 0.2))  # own-process negatives differ
 
 

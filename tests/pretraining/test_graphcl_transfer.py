@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import pretrain_and_reload_the_bio_encoder, unlabelled_bio_data
+from helpers import official_graphcl_loss, pretrain_and_reload_the_bio_encoder, unlabelled_bio_data, widened
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import global_mean_pool
 
@@ -163,19 +163,7 @@ def official_loss(module: PretrainGNNsGraphCL, graphs: list[Data], first, second
         batch = Batch.from_data_list(per_graph)
         pooled = global_mean_pool(module.encoder(batch.x, batch.edge_index, batch.edge_attr), batch.batch)
         views.append(module.projection(pooled))
-    x1, x2 = views
-    sim_matrix = torch.einsum("ik,jk->ij", x1, x2) / torch.einsum("i,j->ij", x1.norm(dim=1), x2.norm(dim=1))
-    sim_matrix = torch.exp(sim_matrix / 0.1)
-    pos_sim = sim_matrix[range(len(graphs)), range(len(graphs))]
-    return -torch.log(pos_sim / (sim_matrix.sum(dim=1) - pos_sim)).mean()
-
-
-def bold(module: PretrainGNNsGraphCL) -> PretrainGNNsGraphCL:
-    """Weights wide enough that the graphs' embeddings differ clearly (the loss is then far from log(B − 1))."""
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.normal_(0, 0.5)
-    return module.eval()  # BatchNorm with its running statistics, the same in both computations
+    return official_graphcl_loss(*views, 0.1)
 
 
 def check_loss_is_official(module: PretrainGNNsGraphCL, graphs: list[Data]) -> None:
@@ -193,7 +181,7 @@ def check_loss_is_official(module: PretrainGNNsGraphCL, graphs: list[Data]) -> N
 def test_the_loss_is_the_official_forward_cl_and_loss_cl_on_both_gins():
     torch.manual_seed(0)
     graphs = read_bio_dataset(Path(__file__).resolve().parents[2] / "recipes" / "_tiny" / "bio")
-    module = bold(PretrainGNNsGraphCL(BioGIN(num_layers=2, emb_dim=8)))
+    module = widened(PretrainGNNsGraphCL(BioGIN(num_layers=2, emb_dim=8))).eval()
     assert module.random_choices == ["drop_nodes", "subgraph", "permute_edges"] and module.subgraph_grows
     check_loss_is_official(module, [graphs[i] for i in range(12)])
 
@@ -202,7 +190,7 @@ def test_the_loss_is_the_official_forward_cl_and_loss_cl_on_both_gins():
     from lightning_prompts.data.molecules import smiles_to_graph
 
     smiles = ["CCO", "c1ccccc1", "CC(=O)O", "CCN(CC)CC", "c1ccc2ccccc2c1", "OC(=O)c1ccccc1O", "CCCCCCCC"]
-    molecules = bold(PretrainGNNsGraphCL(MoleculeGIN(num_layers=2, emb_dim=8)))
+    molecules = widened(PretrainGNNsGraphCL(MoleculeGIN(num_layers=2, emb_dim=8))).eval()
     assert molecules.random_choices == ["drop_nodes", "subgraph"] and not molecules.subgraph_grows
     check_loss_is_official(molecules, [smiles_to_graph(s) for s in smiles])
 
