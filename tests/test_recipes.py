@@ -50,6 +50,9 @@ OTHER_EVALUATION_PATHS = [
 # recipes whose data the pick does not tell apart from their folder's (same data module) but whose overlay differs:
 # HetGPT on DBLP's and IMDB's schemas (their metapaths name node types ACM lacks)
 OTHER_SCHEMAS = [RECIPES / "hetgpt" / "dblp_5shot.yaml", RECIPES / "hetgpt" / "imdb_5shot.yaml"]
+# recipes whose backbone family the pick does not tell apart from their folder's: prefix tuning on an
+# encoder-decoder (T5), whose prefixes enter all three of its attentions
+OTHER_BACKBONES = [RECIPES / "prefix_tuning" / "boolq_t5.yaml"]
 
 
 def one_per_folder_and_method(keep=lambda recipe: True) -> list[Path]:
@@ -67,9 +70,11 @@ def data_class(recipe: Path) -> str:
 
 
 def recipes_to_fit() -> list[Path]:
-    """:func:`one_per_folder_and_method`, :data:`OTHER_EVALUATION_PATHS` and :data:`OTHER_SCHEMAS`."""
+    """:func:`one_per_folder_and_method`, :data:`OTHER_EVALUATION_PATHS`, :data:`OTHER_SCHEMAS` and
+    :data:`OTHER_BACKBONES`."""
     picked = one_per_folder_and_method()
-    return picked + [recipe for recipe in OTHER_EVALUATION_PATHS + OTHER_SCHEMAS if recipe not in picked]
+    others = OTHER_EVALUATION_PATHS + OTHER_SCHEMAS + OTHER_BACKBONES
+    return picked + [recipe for recipe in others if recipe not in picked]
 
 
 def one_trained_recipe_per_folder_and_method() -> list[Path]:

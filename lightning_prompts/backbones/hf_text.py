@@ -6,7 +6,8 @@ exactly as PEFT's prompt tuning does, so a prompt trained here loads into PEFT u
 Per-layer key/value prefixes (a block hook's ``attention_prefix``) enter as a prefilled key/value
 cache, the way PEFT's prefix tuning and P-tuning v2 pass them (``past_key_values``), so they work
 for any model whose attention reads a ``transformers`` cache: BERT-style encoders, GPT-2, Llama,
-Gemma.
+Gemma. A T5-style encoder-decoder takes them in its encoder, decoder and cross-attention
+(:mod:`~lightning_prompts.backbones.encoder_decoder_prefixes`).
 
 Three heads:
 
@@ -53,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.base import Backbone
+from lightning_prompts.backbones.encoder_decoder_prefixes import encoder_decoder_prefixes, prefix_site_count
 from lightning_prompts.backbones.hooks import (
     INSIDE_BLOCK,
     BlockContext,
@@ -490,14 +492,12 @@ class HFText(Backbone):
                 f"{self.name} takes token edits and attention prefixes from block hooks, not {branches}."
             )
         layers, contexts = self._layers_and_contexts()
-        cache_into_base = contextlib.nullcontext()
-        if hooks.uses("attention_prefix"):
-            if self.task == "seq2seq-lm":  # an encoder's self-attention reads no key/value cache
-                raise NotImplementedError(
-                    f"{self.name}: attention prefixes (prefix tuning, P-tuning v2) enter through a decoder's key/value "
-                    f"cache; on an encoder-decoder use soft tokens (prompt tuning, DePT, EPT)."
-                )
-            cache, length = self._prefix_cache(hooks, contexts, embeds)
+        cache_into_base: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if hooks.uses("attention_prefix") and self.task == "seq2seq-lm":
+            prefixes = self._prefix_keys_values(hooks, embeds)
+            cache_into_base = self._encoder_decoder_prefixes(prefixes, kwargs)
+        elif hooks.uses("attention_prefix"):
+            cache, length = self._prefix_cache(hooks, embeds)
             # handed to the base model itself: the models' own heads do not all pass a cache on (transformers
             # 4.x's BertForSequenceClassification takes none), and the head code runs unchanged around it
             cache_into_base = _extra_arguments(self.model.base_model, {self._cache_argument: cache})
@@ -505,6 +505,14 @@ class HFText(Backbone):
             kwargs["attention_mask"] = torch.cat([ones, attention_mask], dim=1)
         with tokens_before_blocks(hooks, layers, contexts), cache_into_base, self._checkpointing(kwargs):
             return self._run(kwargs, num_prompt, attention_mask)
+
+    @contextlib.contextmanager
+    def _encoder_decoder_prefixes(self, prefixes: list[tuple[Tensor, Tensor]], kwargs: dict) -> Iterator[None]:
+        """An encoder-decoder's prefixes in place for one model call: the encoder's read through its attentions'
+        pre-hooks, the decoder's handed to the call as its cache (:mod:`.encoder_decoder_prefixes`)."""
+        with encoder_decoder_prefixes(self.model, prefixes) as cache:
+            kwargs[self._cache_argument] = cache
+            yield
 
     def _checkpointing(self, kwargs: dict[str, Any]) -> contextlib.AbstractContextManager:
         """Layer checkpointing around one model call when it is on and gradients are recorded; the model
@@ -534,12 +542,19 @@ class HFText(Backbone):
         heads than query heads); a prefix token of a layer has ``heads * head_dim`` key (and value) entries."""
         config = self.model.config
         heads = int(config.num_attention_heads)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None) or config.hidden_size // heads
         return int(getattr(config, "num_key_value_heads", None) or heads), int(head_dim)
 
     @property
     def num_layers(self) -> int:
         return len(self.layers())
+
+    @property
+    def prefix_layers(self) -> int:
+        """How many per-layer attention prefixes the model takes: one per layer of an encoder or a decoder; on an
+        encoder-decoder (T5) its encoder layers, then its decoder's self-attentions, then its cross-attentions
+        (Li & Liang's three prefixes, :mod:`.encoder_decoder_prefixes`)."""
+        return prefix_site_count(self.model) if self.task == "seq2seq-lm" else self.num_layers
 
     @functools.cached_property
     def _cache_argument(self) -> str:
@@ -551,7 +566,34 @@ class HFText(Backbone):
         """The hooks' attention prefixes of every layer as the key/value cache the model reads, and their length,
         for a batch of input embeddings ``embeds`` ``(B, T, H)`` (its size, dtype and device): what generation
         after a prefix starts from."""
-        return self._prefix_cache(hooks, self._layers_and_contexts()[1], embeds)
+        return self._prefix_cache(hooks, embeds)
+
+    def generation_copies(self, generate_kwargs: Mapping[str, Any]) -> int:
+        """How many copies of each input the model's ``generate`` decodes (its beams or returned sequences): a
+        cache handed to ``generate`` is not repeated for them, so its caller repeats it this many times."""
+        defaults = self.model.generation_config
+        beams = generate_kwargs.get("num_beams", defaults.num_beams) or 1
+        returns = generate_kwargs.get("num_return_sequences", defaults.num_return_sequences) or 1
+        return max(beams, returns)
+
+    def generate_after_prefixes(
+        self, hooks: BlockHook, input_ids: Tensor, attention_mask: Tensor, **generate_kwargs: Any
+    ) -> Tensor:
+        """An encoder-decoder's generation with the hooks' attention prefixes in all three attentions, with the
+        model's own ``generate``: the new token ids ``(B, new)``. The encoder reads its prefixes as in the forward
+        pass; the decoder starts from its start token with the self- and cross-attention prefixes as its cache
+        (:mod:`.encoder_decoder_prefixes`). A causal LM generates after prefixes through :meth:`prefix_cache`."""
+        if self.task != "seq2seq-lm":
+            raise ConfigurationError(f"generate_after_prefixes is for encoder-decoders; {self.name} is {self.task!r}.")
+        embeds = self.word_embeddings(input_ids)
+        with encoder_decoder_prefixes(self.model, self._prefix_keys_values(hooks, embeds)) as cache:
+            copies = self.generation_copies(generate_kwargs)
+            if copies > 1:
+                cache.batch_repeat_interleave(copies)
+            start = input_ids.new_full((input_ids.shape[0], 1), self.model.config.decoder_start_token_id)
+            inputs = {"inputs_embeds": embeds, "attention_mask": attention_mask, "decoder_input_ids": start}
+            generated = self.model.generate(**inputs, cache=cache, **generate_kwargs)
+        return generated[:, 1:]
 
     def generate_after_prompt(
         self,
@@ -602,22 +644,34 @@ class HFText(Backbone):
         layers = self.layers()
         return layers, [BlockContext(i, len(layers), 0, "text") for i in range(len(layers))]
 
-    def _prefix_cache(self, hooks: BlockHook, contexts: Sequence[BlockContext], embeds: Tensor) -> tuple[Any, int]:
+    def _prefix_cache(self, hooks: BlockHook, embeds: Tensor) -> tuple[Any, int]:
         """The hook's per-layer keys and values as a key/value cache the model's attention reads before the
         sequence's own keys, exactly the mechanism (and the layout) PEFT's prefix tuning uses: every query
         attends to them, they have no queries, and positions of the text start after them."""
         from transformers import DynamicCache
 
+        prefixes = self._prefix_keys_values(hooks, embeds)
+        cache = DynamicCache(config=self.model.config)
+        length = prefixes[0][0].shape[-2]
+        position = torch.arange(length, device=embeds.device)
+        for index, (keys, values) in enumerate(prefixes):
+            cache.update(keys, values, index, cache_kwargs={"cache_position": position})
+        return cache, length
+
+    def _prefix_keys_values(self, hooks: BlockHook, embeds: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """The hook's keys and values ``(B, kv_heads, m, head_dim)`` for each of the :attr:`prefix_layers`, in the
+        batch size and dtype of the input embeddings ``embeds``; checked: every layer has one, with joint softmax,
+        of the model's key width, all of one length."""
         heads, head_dim = self.key_value_heads
         batch = embeds.shape[0]
-        cache = DynamicCache(config=self.model.config)
-        lengths = set()
-        for context in contexts:
-            prefix = hooks.attention_prefix(context)
+        count = self.prefix_layers
+        prefixes, lengths = [], set()
+        for index in range(count):
+            prefix = hooks.attention_prefix(BlockContext(index, count, 0, "text"))
             if prefix is None or prefix.compensatory:
                 raise NotImplementedError(
                     f"{self.name} reads prefixes through a key/value cache: every layer needs one, with joint softmax "
-                    f"(layer {context.index} has {'a compensatory one' if prefix is not None else 'none'})."
+                    f"(layer {index} has {'a compensatory one' if prefix is not None else 'none'})."
                 )
             keys, values = (expand_to_batch(t, batch).to(embeds.dtype) for t in (prefix.keys, prefix.values))
             if keys.shape[-1] != heads * head_dim:
@@ -627,12 +681,10 @@ class HFText(Backbone):
                 )
             length = keys.shape[1]
             lengths.add(length)
-            keys, values = (t.reshape(batch, length, heads, head_dim).transpose(1, 2) for t in (keys, values))
-            position = torch.arange(length, device=embeds.device)
-            cache.update(keys, values, context.index, cache_kwargs={"cache_position": position})
+            prefixes.append(tuple(t.reshape(batch, length, heads, head_dim).transpose(1, 2) for t in (keys, values)))
         if len(lengths) != 1:
             raise ValueError(f"prefixes of every layer must have one length, got {sorted(lengths)}.")
-        return cache, lengths.pop()
+        return prefixes
 
     def _run(self, kwargs: dict[str, Any], num_prompt: int, sequence_mask: Tensor) -> Any:
         """The model on ``kwargs``; ``sequence_mask`` marks the real positions of the input sequence (soft

@@ -9,7 +9,11 @@ them with the model's classification head on natural-language understanding task
 The prefixes are a :class:`~lightning_prompts.prompts.prefix.DeepPrefix` whose block hook
 (``attention_prefix``) :class:`~lightning_prompts.backbones.HFText` turns into a prefilled key/value
 cache, the mechanism PEFT's ``PREFIX_TUNING`` and the P-tuning v2 code use (``past_key_values``):
-text positions start after the prefix, and the attention mask gets ``m`` leading ones.
+text positions start after the prefix, and the attention mask gets ``m`` leading ones. On an encoder-decoder
+(T5) the prefixes go where Li & Liang put them on BART: the encoder's self-attention, the decoder's
+self-attention and its cross-attention, each layer its own
+(:mod:`~lightning_prompts.backbones.encoder_decoder_prefixes`); classes are scored at the decoder's first
+step, and :meth:`PrefixTuning.generate` decodes from the start token.
 
 :meth:`PrefixTuning.export_peft` writes a PEFT ``PREFIX_TUNING`` adapter (the reparameterisation
 baked in, as PEFT saves it); PEFT gives the same logits for causal language models and, under
@@ -30,7 +34,6 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prompts.backbones.hf_text import HFText
-from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.export.peft import export_peft_prefix_tuning
 from lightning_prompts.methods.base import LabelWords, TextPromptModule
 from lightning_prompts.prompts.prefix import DeepPrefix
@@ -86,18 +89,13 @@ class PrefixTuning(TextPromptModule):
     ) -> None:
         if init not in ("p-tuning-v2", "peft"):
             raise ValueError(f"init must be 'p-tuning-v2' or 'peft', got {init!r}.")
-        if isinstance(backbone, HFText) and backbone.task == "seq2seq-lm":
-            raise ConfigurationError(
-                f"{type(self).__name__}'s prefixes enter through a decoder's key/value cache; on an encoder-decoder "
-                f"({backbone.name}) use soft tokens: PromptTuning, DePT or EPT."
-            )
         super().__init__(backbone, classnames, label_words, text_template, truncate, **kwargs)
         model: HFText = self.backbone
         heads, head_dim = model.key_value_heads
         init_std = None if init == "peft" else model.initializer_range
         self.prefix = DeepPrefix(
             num_virtual_tokens,
-            model.num_layers,
+            model.prefix_layers,
             heads * head_dim,
             projection_hidden=projection_hidden,
             token_dim=model.hidden_size,
@@ -124,16 +122,23 @@ class PrefixTuning(TextPromptModule):
     def generate(self, texts: Sequence[str], decode: bool = True, **generate_kwargs: Any) -> list[str] | Tensor:
         """Continue each text (put into ``text_template``) after the trained prefixes with the frozen causal LM's
         own ``generate`` (greedy and 20 new tokens unless ``generate_kwargs`` say otherwise): the generated texts,
-        or with ``decode=False`` their token ids ``(B, new)``, padded with the tokenizer's padding id.
+        or with ``decode=False`` their token ids ``(B, new)``, padded with the tokenizer's padding id. An
+        encoder-decoder (T5) reads each text in its prefixed encoder and its decoder writes the output from its
+        start token, with its self- and cross-attention prefixes (:meth:`HFText.generate_after_prefixes`).
 
-        The prefixes enter as the key/value cache generation starts from, as they enter the forward pass. The
-        model's generation counts a given cache as input it already read, so the input holds that many placeholder
-        ids ahead of the text, never read. Texts run in groups of one token length, unpadded: padding between the
-        cache and a text changed what Gemma-3 generated (its sliding window counts the padded positions), where
-        one length per call gives greedy decoding over our forward exactly (tested on GPT-2 and Gemma-3).
+        On a causal LM the prefixes enter as the key/value cache generation starts from, as they enter the forward
+        pass. The model's generation counts a given cache as input it already read, so the input holds that many
+        placeholder ids ahead of the text, never read. Texts run in groups of one token length, unpadded: padding
+        between the cache and a text changed what Gemma-3 generated (its sliding window counts the padded
+        positions), where one length per call gives greedy decoding over our forward exactly (tested on GPT-2 and
+        Gemma-3).
         """
         model: HFText = self.backbone
         hooks = self.prefix.hooks()  # the prefixes once (their MLP, when reparameterised), for every group
+        if model.task == "seq2seq-lm":
+            ids, mask = self.generation_batch(texts)
+            new = model.generate_after_prefixes(hooks, ids, mask, **self.generation_options(generate_kwargs))
+            return model.tokenizer.batch_decode(new, skip_special_tokens=True) if decode else new
         new = self.generate_from_caches(
             texts, lambda text_ids: model.prefix_cache(hooks, model.word_embeddings(text_ids[:, :1])), generate_kwargs
         )
@@ -153,9 +158,16 @@ class PrefixTuning(TextPromptModule):
 
         Raises:
             NotImplementedError: a sequence-classification prompt trained with a pooling that PEFT's
-                forward does not compute; :meth:`export_prompt` writes it in our format.
+                forward does not compute, or prefixes of an encoder-decoder (PEFT prefixes its decoder only);
+                :meth:`export_prompt` writes them in our format.
         """
         model: HFText = self.backbone
+        if model.task == "seq2seq-lm":
+            raise NotImplementedError(
+                f"PEFT's prefix tuning of sequence-to-sequence models prefixes the decoder's self-attention only, "
+                f"where ours on {model.name} prefixes the encoder, the decoder and the cross-attention (Li & Liang's "
+                f"three); PEFT could not load these prefixes. Use export_prompt() (our format) instead."
+            )
         if model.task == "sequence-classification":
             peft_pooling = "last" if model.head_reads_last_token else "model"  # PEFT passes token ids to the head
             if model.pooling != peft_pooling:

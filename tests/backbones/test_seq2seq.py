@@ -11,7 +11,6 @@ import torch
 from peft import PeftModel
 
 from lightning_prompts.backbones import HFText
-from lightning_prompts.errors import ConfigurationError
 from lightning_prompts.methods import PrefixTuning, PromptTuning
 
 TEXTS = ["the film was great and moving", "dull", "an awful, tedious and clumsy film with a weak plot!"]
@@ -43,6 +42,130 @@ def test_prompt_tuning_on_t5_matches_peft_after_export(tmp_path):
     assert not torch.allclose(ours[0], ours[1], atol=1e-3)
 
 
-def test_key_value_prefixes_are_refused_on_an_encoder_decoder():
-    with pytest.raises(ConfigurationError, match="use soft tokens"):
-        PrefixTuning(HFText("tiny-t5", task="seq2seq-lm"), ["neg", "pos"], num_virtual_tokens=2)
+def prefixes_from_a_longer_run(backbone: HFText, tokens: dict, lead: torch.Tensor, placeholders: torch.Tensor):
+    """Per-row prefixes that make ``tokens`` run exactly as the plain model runs ``[lead; text]`` into a decoder
+    fed ``[placeholders; start]``: each layer's keys and values of the lead (encoder self-attention, and the
+    encoder output's for cross-attention) and of the placeholders (decoder self-attention), read off that longer
+    run. Returns the ``(B, m, sites, 2, W)`` table and the longer run's last-position logits ``(B, V)``."""
+    model = backbone.model
+    batch, m = tokens["input_ids"].shape[0], lead.shape[0]
+    ids = torch.cat([lead.expand(batch, -1), tokens["input_ids"]], dim=1)
+    mask = torch.cat([torch.ones(batch, m, dtype=torch.long), tokens["attention_mask"]], dim=1)
+    start = torch.full((batch, 1), model.config.decoder_start_token_id)
+    decoder_ids = torch.cat([placeholders.expand(batch, -1), start], dim=1)
+    out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids, output_hidden_states=True)
+
+    def keys_values(attention, states):
+        return torch.stack([attention.k(states), attention.v(states)], dim=2)  # (B, m, 2, W)
+
+    sites = []
+    for block, hidden in zip(model.encoder.block, out.encoder_hidden_states):  # the input of each layer
+        sites.append(keys_values(block.layer[0].SelfAttention, block.layer[0].layer_norm(hidden[:, :m])))
+    for block, hidden in zip(model.decoder.block, out.decoder_hidden_states):
+        sites.append(keys_values(block.layer[0].SelfAttention, block.layer[0].layer_norm(hidden[:, :m])))
+    encoded = out.encoder_last_hidden_state[:, :m]  # cross-attention reads the encoder's output unnormalised
+    for block in model.decoder.block:
+        sites.append(keys_values(block.layer[1].EncDecAttention, encoded))
+    return torch.stack(sites, dim=2), out.logits[:, -1]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_prefixes_on_t5_are_extra_positions_before_the_text_in_all_three_attentions(attention):
+    """Li & Liang's encoder-decoder prefixes (encoder self-attention, decoder self-attention, cross-attention),
+    pinned to the plain model on a longer input: prefixes read off the lead's positions of that run give exactly
+    its logits (relative position bias included: the prefix sits before the text, as in a cache)."""
+    from lightning_prompts.prompts.prefix import PrefixHook
+
+    backbone = scaled_up(HFText("tiny-t5", task="seq2seq-lm", model_kwargs={"attn_implementation": attention}))
+    assert backbone.prefix_layers == 2 + 2 * 2 and backbone.key_value_heads == (2, 16)
+    tokens = backbone.tokenize(TEXTS)
+    assert not tokens["attention_mask"].all()  # padding: the masks get the prefix's columns
+    lead, placeholders = torch.tensor([7, 12, 9]), torch.tensor([20, 5, 31])
+    with torch.no_grad():
+        table, expected = prefixes_from_a_longer_run(backbone, tokens, lead, placeholders)
+        ours = backbone.forward_embeddings(None, **tokens, hooks=PrefixHook(table)).logits
+        plain = backbone.forward_embeddings(None, **tokens).logits
+        without_cross = table.clone()
+        without_cross[:, :, 4:] = 0  # the cross-attention prefixes matter on their own
+        partial = backbone.forward_embeddings(None, **tokens, hooks=PrefixHook(without_cross)).logits
+    assert ours.shape == expected.shape == (3, backbone.model.config.vocab_size)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, plain, atol=1e-2) and not torch.allclose(ours, partial, atol=1e-2)
+
+
+def test_prefix_tuning_on_t5_trains_every_site_and_checkpointing_changes_nothing():
+    torch.manual_seed(0)
+    backbone = scaled_up(HFText("tiny-t5", task="seq2seq-lm"))
+    method = PrefixTuning(backbone, ["neg", "pos", "mid"], num_virtual_tokens=2, label_words=["0", "1", "2"])
+    assert method.prefix().shape == (2, 6, 2, 32)  # m, sites (2 encoder, 2 decoder, 2 cross), key/value, W
+    tokens = method.tokenize(TEXTS)
+    labels = torch.tensor([0, 1, 2])
+
+    def step():
+        method.prefix.table.grad = None
+        logits = method(**tokens).logits
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        return logits.detach(), method.prefix.table.grad.view(2, 6, 2, 32).clone()
+
+    logits, grad = step()
+    assert logits.shape == (3, 3) and not torch.allclose(logits[0], logits[1], atol=1e-3)
+    assert (grad.abs().sum(dim=(0, 2, 3)) > 0).all()  # every site's keys and values get a gradient
+    backbone.gradient_checkpointing = True
+    checkpointed_logits, checkpointed_grad = step()
+    torch.testing.assert_close(checkpointed_logits, logits)
+    torch.testing.assert_close(checkpointed_grad, grad)
+
+
+def test_other_encoder_decoder_layouts_are_refused_with_a_clear_error():
+    from lightning_prompts.backbones.encoder_decoder_prefixes import t5_attentions
+
+    with pytest.raises(NotImplementedError, match="T5's architecture"):
+        t5_attentions(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_generation_after_t5_prefixes_is_the_plain_models_generation_on_the_longer_input(beams):
+    """Greedy and beam search after the three prefixes equal the plain model's own generation on ``[lead; text]``
+    with its decoder started from ``[placeholders; start]``, the run the prefixes were read off."""
+    from lightning_prompts.prompts.prefix import PrefixHook
+
+    backbone = scaled_up(HFText("tiny-t5", task="seq2seq-lm"))
+    model = backbone.model
+    tokens = backbone.tokenize(TEXTS)
+    # the placeholders open with the start token, or generate() would put one before them
+    lead, placeholders = torch.tensor([7, 12, 9]), torch.tensor([model.config.decoder_start_token_id, 5, 31])
+    options = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "num_beams": beams}
+    options["num_return_sequences"] = beams
+    with torch.no_grad():
+        table, _ = prefixes_from_a_longer_run(backbone, tokens, lead, placeholders)
+        ours = backbone.generate_after_prefixes(PrefixHook(table), **tokens, **options)
+        batch = len(TEXTS)
+        start = torch.full((batch, 1), model.config.decoder_start_token_id)
+        expected = model.generate(
+            input_ids=torch.cat([lead.expand(batch, -1), tokens["input_ids"]], dim=1),
+            attention_mask=torch.cat([torch.ones(batch, 3, dtype=torch.long), tokens["attention_mask"]], dim=1),
+            decoder_input_ids=torch.cat([placeholders.expand(batch, -1), start], dim=1),
+            **options,
+        )[:, 4:]
+    assert ours.shape == (batch * beams, 6)
+    assert ours.tolist() == expected.tolist()
+    assert len({tuple(row) for row in ours.tolist()}) > 1
+
+
+def test_prefix_tuning_generates_on_t5_with_its_own_prefixes_and_refuses_a_peft_export(tmp_path):
+    backbone = scaled_up(HFText("tiny-t5", task="seq2seq-lm"))
+    method = PrefixTuning(backbone, ["neg", "pos"], num_virtual_tokens=2, label_words=["0", "1"]).eval()
+    with torch.no_grad():
+        method.prefix.table.normal_(std=0.5)
+        ids, mask = method.generation_batch(TEXTS)
+        expected = backbone.generate_after_prefixes(
+            method.prefix.hooks(), ids, mask, max_new_tokens=4, min_new_tokens=4
+        )
+        plain = backbone.generate_after_prompt(None, ids, mask, max_new_tokens=4, min_new_tokens=4)
+    ours = method.generate(TEXTS, decode=False, max_new_tokens=4, min_new_tokens=4)
+    assert ours.tolist() == expected.tolist() and ours.tolist() != plain.tolist()
+    assert method.generate(TEXTS[:1], max_new_tokens=4) == backbone.tokenizer.batch_decode(
+        expected[:1], skip_special_tokens=True
+    )
+    with pytest.raises(NotImplementedError, match="decoder's self-attention only"):
+        method.export_peft(tmp_path / "peft")

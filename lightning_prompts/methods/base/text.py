@@ -181,12 +181,18 @@ class TextPromptModule(PromptModule):
             )
         model: HFText = self.backbone
         options = self.generation_options(generate_kwargs)
-        tokens = self.tokenize(texts)
-        longest = int(tokens["attention_mask"].sum(dim=1).max())  # padding past every text is masked: cut it
-        ids, mask = (tokens[key][:, :longest].to(self.device) for key in (INPUT_IDS, ATTENTION_MASK))
+        ids, mask = self.generation_batch(texts)
         prompt, offset = self.prompt_inputs(ids, mask)
         generated = model.generate_after_prompt(prompt, ids, mask, offset, **options)
         return model.tokenizer.batch_decode(generated, skip_special_tokens=True) if decode else generated
+
+    def generation_batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """The texts' token ids and attention mask on the module's device, cut to the longest text (padding past
+        every text is masked): what generation reads."""
+        tokens = self.tokenize(texts)
+        longest = int(tokens[ATTENTION_MASK].sum(dim=1).max())
+        ids, mask = (tokens[key][:, :longest].to(self.device) for key in (INPUT_IDS, ATTENTION_MASK))
+        return ids, mask
 
     def generate_from_caches(
         self,
@@ -204,11 +210,8 @@ class TextPromptModule(PromptModule):
         """
         model: HFText = self.backbone
         options = self.generation_options(generate_kwargs)
-        defaults = model.model.generation_config
-        beams = options.get("num_beams", defaults.num_beams) or 1
-        returns = options.get("num_return_sequences", defaults.num_return_sequences) or 1
-        # generation repeats each input for its beams or returned sequences, but not a cache it is handed
-        expand = max(beams, returns)
+        expand = model.generation_copies(options)
+        returns = options.get("num_return_sequences", model.model.generation_config.num_return_sequences) or 1
         tokens = self.tokenize(texts)
         ids, lengths = tokens[INPUT_IDS].to(self.device), tokens[ATTENTION_MASK].sum(dim=1).tolist()
         pad = model.tokenizer.pad_token_id
