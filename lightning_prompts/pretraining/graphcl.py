@@ -14,7 +14,14 @@ process contrasts its own graphs only (fewer negatives per graph, as many as its
 
 Augmentations (GraphCL's names): ``"drop_nodes"`` removes each node with probability ``ratio``,
 ``"permute_edges"`` removes each edge with probability ``ratio``, ``"mask_nodes"`` replaces the
-features of a ``ratio`` share of nodes with N(0.5, 0.5) noise. The trained encoder is written
+features of a ``ratio`` share of nodes with N(0.5, 0.5) noise, and ``"subgraph"`` is the official unsupervised code's
+(``unsupervised_TU/aug.py``): per graph a seed node drawn uniformly, then up to ``int(n · ratio)`` more drawn uniformly
+from the *seed's* neighbours (the official ``idx_neigh.union(...)`` result is discarded, so the neighbour set never
+grows; a repeat draw wastes a try, at most ``n`` tries); the edges among the chosen nodes stay and every other edge
+goes, while every node stays, the others isolated (the official code removes their edges from the adjacency and
+keeps ``data.x`` whole). The official function hard-codes ``0.2`` where this takes ``aug_ratio`` (default 0.2).
+:class:`~lightning_prompts.pretraining.PretrainGNNsGraphCL` has the transfer-learning code's subgraphs, which drop
+the other nodes. The trained encoder is written
 with :func:`~lightning_prompts.backbones.gnn.save_gnn` to ``encoder_path`` at the end of
 ``fit``, ready for ``GNN(checkpoint_path=...)``.
 """
@@ -35,10 +42,11 @@ from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.gnn import GNN, Pooling, build_gnn, save_gnn
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
+from lightning_prompts.pretraining.transfer_augmentations import subgraph_nodes
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.distributed import gather_rows, global_batch_mean
 
-Augmentation = Literal["drop_nodes", "permute_edges", "mask_nodes"]
+Augmentation = Literal["drop_nodes", "permute_edges", "mask_nodes", "subgraph"]
 
 
 def nt_xent_terms(z1: Tensor, z2: Tensor, temperature: float, offset: int = 0) -> Tensor:
@@ -149,10 +157,26 @@ def mask_nodes(data: Any, ratio: float, generator: torch.Generator | None = None
     return view
 
 
+def subgraph(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
+    """GraphCL's unsupervised ``subgraph``: per graph a seed node and up to ``int(n · ratio)`` of its neighbours keep
+    the edges among them; every other edge goes and every node stays (see the module docstring)."""
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        batch = torch.zeros(data.num_nodes, dtype=torch.long, device=data.edge_index.device)
+    num_graphs = int(batch.max()) + 1 if batch.numel() else 1
+    # drawn on the CPU as the other augmentations are (:func:`uniform_draws`)
+    chosen = subgraph_nodes(data.edge_index.cpu(), batch.cpu(), num_graphs, ratio, False, generator)
+    chosen = chosen.to(data.edge_index.device)
+    view = data.clone()
+    view.edge_index = data.edge_index[:, chosen[data.edge_index[0]] & chosen[data.edge_index[1]]]
+    return view
+
+
 AUGMENTATIONS: dict[str, Callable[..., Any]] = {
     "drop_nodes": drop_nodes,
     "permute_edges": permute_edges,
     "mask_nodes": mask_nodes,
+    "subgraph": subgraph,
 }
 
 

@@ -60,10 +60,25 @@ def drop_nodes(edge_index: Tensor, batch: Tensor, num_graphs: int, ratio: float,
 
 def subgraph(edge_index: Tensor, batch: Tensor, num_graphs: int, ratio: float, grow: bool = False) -> Masks:
     """A seed and ``int(n · ratio)`` more nodes drawn from its (``grow``: the chosen nodes') neighbours, per graph."""
+    chosen = subgraph_nodes(edge_index, batch, num_graphs, ratio, grow)
+    edges = chosen[edge_index[0]] & chosen[edge_index[1]]
+    return keep_whole_if_edgeless(chosen, edges, batch, batch[edge_index[0]], num_graphs)
+
+
+def subgraph_nodes(
+    edge_index: Tensor,
+    batch: Tensor,
+    num_graphs: int,
+    ratio: float,
+    grow: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The nodes :func:`subgraph` chooses (before its edgeless fallback): a boolean mask over the batch's nodes.
+    ``generator``: one on the batch's device (default: the device's own)."""
     source, target = edge_index
     sizes = torch.bincount(batch, minlength=num_graphs)
     wanted = share(sizes, ratio) + 1
-    chosen = random_ranks(batch, num_graphs) == 0  # the seeds
+    chosen = random_ranks(batch, num_graphs, generator) == 0  # the seeds
     neighbours = torch.zeros_like(chosen)
     neighbours[target[chosen[source]]] = True
     tries = torch.zeros_like(sizes)
@@ -75,15 +90,14 @@ def subgraph(edge_index: Tensor, batch: Tensor, num_graphs: int, ratio: float, g
             break
         tries += drawing.long()
         candidates = torch.nonzero(neighbours & drawing[batch]).squeeze(1)
-        drawn = candidates[random_ranks(batch[candidates], num_graphs) == 0]  # one uniform neighbour per graph
+        drawn = candidates[random_ranks(batch[candidates], num_graphs, generator) == 0]  # one neighbour per graph
         new = drawn[~chosen[drawn]]
         chosen[new] = True
         if grow:
             added = torch.zeros_like(chosen)
             added[new] = True
             neighbours[target[added[source]]] = True
-    edges = chosen[source] & chosen[target]
-    return keep_whole_if_edgeless(chosen, edges, batch, batch[source], num_graphs)
+    return chosen
 
 
 def permute_edges(edge_index: Tensor, batch: Tensor, num_graphs: int, ratio: float, grow: bool = False) -> Masks:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from helpers import official_graphcl_loss, widened
@@ -21,6 +23,7 @@ from lightning_prompts.pretraining.graphcl import (
     nt_xent,
     nt_xent_terms,
     permute_edges,
+    subgraph,
     uniform_draws,
 )
 
@@ -64,6 +67,54 @@ def test_augmentations_keep_every_graph_and_valid_indices():
     assert permute_edges(batch, 0.5, generator).edge_index.shape[1] < batch.edge_index.shape[1]
     masked = mask_nodes(batch, 1.0, generator)
     assert not torch.equal(masked.x, batch.x) and masked.x.shape == batch.x.shape
+    sub = subgraph(batch, 0.5, generator)
+    assert sub.edge_index.shape[1] < batch.edge_index.shape[1] and torch.equal(sub.x, batch.x)
+    single = subgraph(Data(x=torch.randn(4, 3), edge_index=torch.tensor([[0, 1, 2], [1, 2, 3]])), 0.5)
+    assert single.num_nodes == 4 and single.edge_index.shape[1] <= 1  # a seed and one out-neighbour at most
+    seeded = [subgraph(batch, 0.5, torch.Generator().manual_seed(3)).edge_index for _ in range(2)]
+    assert torch.equal(*seeded)  # the generator decides the draw
+
+
+def official_unsupervised_subgraph(edge_index: np.ndarray, n: int, rng: np.random.RandomState) -> frozenset:
+    """``subgraph`` of GraphCL's ``unsupervised_TU/aug.py``, transcribed: the kept (directed) edges as a set."""
+    sub_num = int(n * 0.2)
+    idx_sub = [rng.randint(n, size=1)[0]]
+    idx_neigh = set(edge_index[1][edge_index[0] == idx_sub[0]].tolist())
+    count = 0
+    while len(idx_sub) <= sub_num:
+        count += 1
+        if count > n or len(idx_neigh) == 0:
+            break
+        sample_node = rng.choice(list(idx_neigh))
+        if sample_node in idx_sub:
+            continue
+        idx_sub.append(sample_node)
+        idx_neigh.union(set(edge_index[1][edge_index[0] == idx_sub[-1]].tolist()))  # discarded, as in the official
+    kept = set(idx_sub)
+    return frozenset((a, b) for a, b in edge_index.T.tolist() if a in kept and b in kept)
+
+
+def test_subgraph_draws_the_official_unsupervised_subgraphs_and_keeps_every_node():
+    """Eleven nodes (a 0.2 share of two neighbours besides the seed): the distribution of kept edge sets over many
+    draws equals the official function's (total variation), and every node stays with its features."""
+    pairs = [(0, 1), (1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 2), (1, 7), (7, 8), (8, 9), (9, 10), (10, 1), (4, 0)]
+    edge_index = torch.tensor(
+        [[a for a, b in pairs] + [b for a, b in pairs], [b for a, b in pairs] + [a for a, b in pairs]]
+    )
+    copies = 6000
+    graph = Data(x=torch.randn(11, 3), edge_index=edge_index)
+    batch = Batch.from_data_list([graph] * copies)
+    view = subgraph(batch, 0.2, torch.Generator().manual_seed(0))
+    assert torch.equal(view.x, batch.x) and torch.equal(view.batch, batch.batch)  # every node stays
+    owner = view.batch[view.edge_index[0]]
+    local = view.edge_index - (owner * 11)
+    ours = Counter(frozenset(map(tuple, local[:, owner == g].T.tolist())) for g in range(copies))
+    rng = np.random.RandomState(0)
+    theirs = Counter(official_unsupervised_subgraph(edge_index.numpy(), 11, rng) for _ in range(copies))
+    total_variation = 0.5 * sum(abs(ours[key] - theirs[key]) for key in ours.keys() | theirs.keys()) / copies
+    assert total_variation < 0.05, total_variation
+    assert len(theirs) > 10  # many distinct subgraphs: the comparison has something to tell apart
+    assert max(len(edges) for edges in ours) == 4  # seed and two of its neighbours: at most two undirected edges
 
 
 def test_augmentation_draws_come_from_the_cpu_generator_and_land_on_the_batch_device():
