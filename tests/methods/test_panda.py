@@ -22,8 +22,8 @@ def data():
     return TextClassificationDataModule(synthetic=SyntheticText(examples_per_class=8), batch_size=8)
 
 
-def trained_prefix(tmp_path, trainer_kwargs, seed, name, **kwargs):
-    method = PrefixTuning(HFText("tiny-bert"), data().classnames, num_virtual_tokens=4, seed=seed, **kwargs)
+def trained_prefix(tmp_path, trainer_kwargs, seed, name, backbone=("tiny-bert", "sequence-classification"), **kwargs):
+    method = PrefixTuning(HFText(*backbone), data().classnames, num_virtual_tokens=4, seed=seed, **kwargs)
     Trainer(max_steps=3, **trainer_kwargs).fit(method, data())
     return method.eval(), method.export_prompt(tmp_path / f"{name}.safetensors")
 
@@ -36,9 +36,11 @@ def test_loss_is_ce_plus_the_official_distillation_term():
     assert torch.allclose(panda_loss(student, teacher, targets, beta=0.7), by_hand)
 
 
-def test_student_distils_from_the_frozen_vanilla_transfer_model(tmp_path, trainer_kwargs):
-    teacher, path = trained_prefix(tmp_path, trainer_kwargs, seed=1, name="teacher")
-    student = PANDA(HFText("tiny-bert"), data().classnames, num_virtual_tokens=4, teacher_prompt=str(path), beta=0.5)
+@pytest.mark.parametrize("backbone", [("tiny-bert", "sequence-classification"), ("tiny-t5", "seq2seq-lm")])
+def test_student_distils_from_the_frozen_vanilla_transfer_model(tmp_path, trainer_kwargs, backbone):
+    """On an encoder (P-tuning v2's classifier head) and on T5 (prefixes in all three attentions, label words)."""
+    teacher, path = trained_prefix(tmp_path, trainer_kwargs, seed=1, name="teacher", backbone=backbone)
+    student = PANDA(HFText(*backbone), data().classnames, num_virtual_tokens=4, teacher_prompt=str(path), beta=0.5)
     student.check_ready("fit", [], None)
     before = {k: v.detach().clone() for k, v in student.named_parameters() if v.requires_grad}
     tokens = student.tokenize(TEXTS)
