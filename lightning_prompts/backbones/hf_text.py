@@ -508,7 +508,7 @@ class HFText(Backbone):
 
     @contextlib.contextmanager
     def _encoder_decoder_prefixes(self, prefixes: list[tuple[Tensor, Tensor]], kwargs: dict) -> Iterator[None]:
-        """An encoder-decoder's prefixes in place for one model call: the encoder's read through its attentions'
+        """An encoder-decoder's prefixes in place for one model call: the encoder's handed to its layers by
         pre-hooks, the decoder's handed to the call as its cache (:mod:`.encoder_decoder_prefixes`)."""
         with encoder_decoder_prefixes(self.model, prefixes) as cache:
             kwargs[self._cache_argument] = cache
