@@ -14,14 +14,15 @@ process contrasts its own graphs only (fewer negatives per graph, as many as its
 
 Augmentations (GraphCL's names): ``"drop_nodes"`` removes each node with probability ``ratio``,
 ``"permute_edges"`` removes each edge with probability ``ratio``, ``"mask_nodes"`` replaces the
-features of a ``ratio`` share of nodes with N(0.5, 0.5) noise, and ``"subgraph"`` is the official unsupervised code's
-(``unsupervised_TU/aug.py``): per graph a seed node drawn uniformly, then up to ``int(n · ratio)`` more drawn uniformly
-from the *seed's* neighbours (the official ``idx_neigh.union(...)`` result is discarded, so the neighbour set never
-grows; a repeat draw wastes a try, at most ``n`` tries); the edges among the chosen nodes stay and every other edge
-goes, while every node stays, the others isolated (the official code removes their edges from the adjacency and
-keeps ``data.x`` whole). The official function hard-codes ``0.2`` where this takes ``aug_ratio`` (default 0.2).
-:class:`~lightning_prompts.pretraining.PretrainGNNsGraphCL` has the transfer-learning code's subgraphs, which drop
-the other nodes. The trained encoder is written
+features of a ``ratio`` share of nodes with N(0.5, 0.5) noise, and ``"subgraph"`` is the official unsupervised
+code's (``unsupervised_TU``): per graph a seed node drawn uniformly, then up to ``int(n · ratio)`` more drawn
+uniformly from the *seed's* neighbours (the official ``idx_neigh.union(...)`` result is discarded, so the neighbour
+set never grows; a repeat draw wastes a try, at most ``n`` tries), and the edges among the chosen nodes. The other
+nodes go: ``aug.py`` only cuts their edges, but the dataset adds a self-loop to every node (all but the
+highest-numbered, an off-by-one not reproduced here), and ``gsimclr.py`` then drops the nodes left without an edge.
+The official function hard-codes ``0.2`` where this takes ``aug_ratio`` (default 0.2).
+:class:`~lightning_prompts.pretraining.PretrainGNNsGraphCL` has the transfer-learning code's subgraphs (the protein
+one grows its neighbour set). The trained encoder is written
 with :func:`~lightning_prompts.backbones.gnn.save_gnn` to ``encoder_path`` at the end of
 ``fit``, ready for ``GNN(checkpoint_path=...)``.
 """
@@ -158,17 +159,21 @@ def mask_nodes(data: Any, ratio: float, generator: torch.Generator | None = None
 
 
 def subgraph(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
-    """GraphCL's unsupervised ``subgraph``: per graph a seed node and up to ``int(n · ratio)`` of its neighbours keep
-    the edges among them; every other edge goes and every node stays (see the module docstring)."""
+    """GraphCL's unsupervised ``subgraph``: per graph a seed node and up to ``int(n · ratio)`` of its neighbours, with
+    the edges among them (see the module docstring); every graph keeps at least its seed."""
+    from torch_geometric.utils import subgraph as induced_subgraph
+
     batch = getattr(data, "batch", None)
-    if batch is None:
-        batch = torch.zeros(data.num_nodes, dtype=torch.long, device=data.edge_index.device)
-    num_graphs = int(batch.max()) + 1 if batch.numel() else 1
+    owner = batch if batch is not None else data.edge_index.new_zeros(data.num_nodes)
+    num_graphs = int(owner.max()) + 1 if owner.numel() else 1
     # drawn on the CPU as the other augmentations are (:func:`uniform_draws`)
-    chosen = subgraph_nodes(data.edge_index.cpu(), batch.cpu(), num_graphs, ratio, False, generator)
-    chosen = chosen.to(data.edge_index.device)
+    keep = subgraph_nodes(data.edge_index.cpu(), owner.cpu(), num_graphs, ratio, False, generator)
+    keep = keep.to(data.edge_index.device)
+    edge_index, _ = induced_subgraph(keep, data.edge_index, relabel_nodes=True, num_nodes=data.num_nodes)
     view = data.clone()
-    view.edge_index = data.edge_index[:, chosen[data.edge_index[0]] & chosen[data.edge_index[1]]]
+    view.x, view.edge_index = data.x[keep], edge_index
+    if batch is not None:
+        view.batch = batch[keep]
     return view
 
 
