@@ -34,7 +34,7 @@ from lightning_prompts.backbones.gnn import GNN, GraphBackbone, build_gnn, save_
 from lightning_prompts.backbones.pretrain_gnns import PretrainGNNsBackbone
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
-from lightning_prompts.pretraining.graphcl import floating
+from lightning_prompts.pretraining.graph_augmentations import floating
 from lightning_prompts.pretraining.sampling import random_ranks
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.distributed import global_batch_mean

@@ -12,17 +12,7 @@ Under DDP the other graphs are those of every process's batch (``gather_negative
 its gradient are one process's on the global batch, as the official single-GPU code computes it; off, each
 process contrasts its own graphs only (fewer negatives per graph, as many as its share of the batch).
 
-Augmentations (GraphCL's names): ``"drop_nodes"`` removes each node with probability ``ratio``,
-``"permute_edges"`` removes each edge with probability ``ratio``, ``"mask_nodes"`` replaces the
-features of a ``ratio`` share of nodes with N(0.5, 0.5) noise, and ``"subgraph"`` is the official unsupervised
-code's (``unsupervised_TU``): per graph a seed node drawn uniformly, then up to ``int(n · ratio)`` more drawn
-uniformly from the *seed's* neighbours (the official ``idx_neigh.union(...)`` result is discarded, so the neighbour
-set never grows; a repeat draw wastes a try, at most ``n`` tries), and the edges among the chosen nodes. The other
-nodes go: ``aug.py`` only cuts their edges, but the dataset adds a self-loop to every node (all but the
-highest-numbered, an off-by-one not reproduced here), and ``gsimclr.py`` then drops the nodes left without an edge.
-The official function hard-codes ``0.2`` where this takes ``aug_ratio`` (default 0.2).
-:class:`~lightning_prompts.pretraining.PretrainGNNsGraphCL` has the transfer-learning code's subgraphs (the protein
-one grows its neighbour set). The trained encoder is written
+Augmentations: :mod:`~lightning_prompts.pretraining.graph_augmentations`. The trained encoder is written
 with :func:`~lightning_prompts.backbones.gnn.save_gnn` to ``encoder_path`` at the end of
 ``fit``, ready for ``GNN(checkpoint_path=...)``.
 """
@@ -32,7 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +33,15 @@ from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.gnn import GNN, Pooling, build_gnn, save_gnn
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
-from lightning_prompts.pretraining.transfer_augmentations import subgraph_nodes
+from lightning_prompts.pretraining.graph_augmentations import (
+    AUGMENTATIONS,
+    FIXED_AUGMENTATIONS,
+    Augmentation,
+    floating,
+    random_augmentation,
+)
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.distributed import gather_rows, global_batch_mean
-
-Augmentation = Literal["drop_nodes", "permute_edges", "mask_nodes", "subgraph"]
 
 
 def nt_xent_terms(z1: Tensor, z2: Tensor, temperature: float, offset: int = 0) -> Tensor:
@@ -103,88 +97,6 @@ class ContrastiveSteps:
         log_validation_mean(self, "loss", self.contrastive_loss(batch), int(batch.num_graphs))
 
 
-def uniform_draws(count: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
-    """``count`` U(0, 1) draws from the CPU generator, moved to ``device``: the same views for a seed on any
-    device (a CUDA batch once got CPU masks and failed), and the checkpointed CPU state resumes them exactly."""
-    return torch.rand(count, generator=generator).to(device)
-
-
-def floating(x: Tensor) -> Tensor:
-    """Node features as floats: integer features become float32, floating ones keep their dtype (a ``bf16-true``
-    run hands the encoder bfloat16 features, and a float32 copy would not meet its bfloat16 weights)."""
-    return x if x.is_floating_point() else x.float()
-
-
-def feature_noise(count: int, width: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """GraphCL's N(0.5, 0.5) replacement features for ``count`` nodes, drawn as :func:`uniform_draws` are."""
-    return (0.5 + 0.5 * torch.randn(count, width, generator=generator)).to(like.device, like.dtype)
-
-
-def drop_nodes(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
-    """Keep each node with probability ``1 - ratio`` (at least one node per graph) and its induced edges."""
-    from torch_geometric.utils import subgraph
-
-    keep = uniform_draws(data.num_nodes, data.x.device, generator) >= ratio
-    batch = getattr(data, "batch", None)
-    if batch is not None:  # never empty a graph: keep its first node
-        first = torch.ones_like(batch, dtype=torch.bool)
-        first[1:] = batch[1:] != batch[:-1]
-        keep |= first
-    else:
-        keep[0] = True
-    edge_index, _ = subgraph(keep, data.edge_index, relabel_nodes=True, num_nodes=data.num_nodes)
-    view = data.clone()
-    view.x, view.edge_index = data.x[keep], edge_index
-    if batch is not None:
-        view.batch = batch[keep]
-    return view
-
-
-def permute_edges(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
-    """Drop each edge with probability ``ratio``."""
-    keep = uniform_draws(data.edge_index.shape[1], data.edge_index.device, generator) >= ratio
-    view = data.clone()
-    view.edge_index = data.edge_index[:, keep]
-    return view
-
-
-def mask_nodes(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
-    """Replace the features of a ``ratio`` share of nodes with N(0.5, 0.5) noise (GraphCL's mask)."""
-    masked = uniform_draws(data.num_nodes, data.x.device, generator) < ratio
-    view = data.clone()
-    x = floating(data.x).clone()
-    x[masked] = feature_noise(int(masked.sum()), x.shape[1], x, generator)
-    view.x = x
-    return view
-
-
-def subgraph(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
-    """GraphCL's unsupervised ``subgraph``: per graph a seed node and up to ``int(n · ratio)`` of its neighbours, with
-    the edges among them (see the module docstring); every graph keeps at least its seed."""
-    from torch_geometric.utils import subgraph as induced_subgraph
-
-    batch = getattr(data, "batch", None)
-    owner = batch if batch is not None else data.edge_index.new_zeros(data.num_nodes)
-    num_graphs = int(owner.max()) + 1 if owner.numel() else 1
-    # drawn on the CPU as the other augmentations are (:func:`uniform_draws`)
-    keep = subgraph_nodes(data.edge_index.cpu(), owner.cpu(), num_graphs, ratio, False, generator)
-    keep = keep.to(data.edge_index.device)
-    edge_index, _ = induced_subgraph(keep, data.edge_index, relabel_nodes=True, num_nodes=data.num_nodes)
-    view = data.clone()
-    view.x, view.edge_index = data.x[keep], edge_index
-    if batch is not None:
-        view.batch = batch[keep]
-    return view
-
-
-AUGMENTATIONS: dict[str, Callable[..., Any]] = {
-    "drop_nodes": drop_nodes,
-    "permute_edges": permute_edges,
-    "mask_nodes": mask_nodes,
-    "subgraph": subgraph,
-}
-
-
 @register_pretraining(
     family="graph",
     paper="You, Chen, Sui, Chen, Wang, Shen, NeurIPS 2020 — Graph Contrastive Learning with Augmentations",
@@ -198,8 +110,14 @@ class GraphCL(ContrastiveSteps, EncoderPretraining):
         backbone: the :class:`GNN` to pre-train, configured exactly as the prompt method will later
             load it (the same ``backbone`` block in both recipes); its weights (random, or a
             checkpoint to continue from) are copied into a trainable encoder.
-        augmentations: the two augmentations, one per view.
+        augmentations: the two augmentations, one per view
+            (:mod:`~lightning_prompts.pretraining.graph_augmentations`): ``drop_nodes``, ``permute_edges``,
+            ``mask_nodes``, ``subgraph``, ``none`` (the graph itself) or ``random`` (per graph one of
+            ``random_choices``).
         aug_ratio: strength of each augmentation (GraphCL: 0.2).
+        random_choices: what ``random`` draws from, uniformly per graph: ProG's node dropping or edge perturbation
+            (the default); GraphCL's unsupervised ``random4`` is ``[drop_nodes, subgraph, permute_edges,
+            mask_nodes]``.
         temperature: NT-Xent temperature τ (GraphCL's unsupervised code: 0.2).
         pooling: graph readout before the projection head.
         encoder_path: where to write the trained encoder at the end of ``fit`` (``None``: don't).
@@ -214,6 +132,7 @@ class GraphCL(ContrastiveSteps, EncoderPretraining):
         backbone: GNN,
         augmentations: Sequence[Augmentation] = ("drop_nodes", "mask_nodes"),
         aug_ratio: float = 0.2,
+        random_choices: Sequence[Augmentation] = ("drop_nodes", "permute_edges"),
         temperature: float = 0.2,
         pooling: Pooling = "mean",
         encoder_path: str | None = None,
@@ -228,12 +147,15 @@ class GraphCL(ContrastiveSteps, EncoderPretraining):
         self.hparams["backbone"] = gnn.config()
         if len(augmentations) != 2 or any(name not in AUGMENTATIONS for name in augmentations):
             raise ValueError(f"augmentations must be two of {sorted(AUGMENTATIONS)}, got {list(augmentations)}.")
+        if not random_choices or any(name not in FIXED_AUGMENTATIONS for name in random_choices):
+            raise ValueError(f"random_choices must be among {sorted(FIXED_AUGMENTATIONS)}, got {list(random_choices)}.")
         self.config = dict(gnn.arch_config)
         hidden_channels = gnn.hidden_channels
         self.encoder = build_gnn(**self.config, dropout=0.0)
         self.encoder.load_state_dict(gnn.encoder.state_dict())
         self.projection = projection_head(hidden_channels)
         self.augmentations, self.aug_ratio, self.temperature = list(augmentations), aug_ratio, temperature
+        self.random_choices = list(random_choices)
         self.pooling, self.encoder_path, self.gather_negatives = pooling, encoder_path, gather_negatives
         self.use_optimizer(optimizer, functools.partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4))
 
@@ -244,8 +166,14 @@ class GraphCL(ContrastiveSteps, EncoderPretraining):
 
     def contrastive_loss(self, batch: Any) -> Tensor:
         """The NT-Xent of two augmented views of ``batch`` (:func:`contrast_views`)."""
-        first, second = (AUGMENTATIONS[name](batch, self.aug_ratio) for name in self.augmentations)
+        first, second = (self.augment(name, batch) for name in self.augmentations)
         return contrast_views(self.embed(first), self.embed(second), self.temperature, self.gather_negatives)
+
+    def augment(self, name: str, batch: Any) -> Any:
+        """One view of ``batch`` by the augmentation ``name`` at ``aug_ratio``."""
+        if name == "random":
+            return random_augmentation(batch, self.aug_ratio, choices=self.random_choices)
+        return AUGMENTATIONS[name](batch, self.aug_ratio)
 
     def export_encoder(self, path: str | Path) -> Path:
         """Write the encoder for ``GNN(checkpoint_path=path)`` with the same architecture."""

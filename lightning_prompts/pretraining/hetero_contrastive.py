@@ -29,7 +29,8 @@ from lightning_prompts.backbones.base import build_backbone
 from lightning_prompts.backbones.hetero_gnn import HeteroEncoder, HeteroGNN, save_hetero_gnn
 from lightning_prompts.metrics.validation_means import log_validation_mean
 from lightning_prompts.pretraining.base import EncoderPretraining
-from lightning_prompts.pretraining.graphcl import feature_noise, floating, nt_xent, uniform_draws
+from lightning_prompts.pretraining.graph_augmentations import feature_noise, floating, uniform_draws
+from lightning_prompts.pretraining.graphcl import nt_xent
 from lightning_prompts.registry import register_pretraining
 from lightning_prompts.utils.distributed import allow_parameters_without_gradient
 

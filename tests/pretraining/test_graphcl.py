@@ -16,16 +16,16 @@ from torch_geometric.datasets import FakeDataset
 from lightning_prompts.backbones import GNN
 from lightning_prompts.data import GraphDataModule
 from lightning_prompts.pretraining import GraphCL
-from lightning_prompts.pretraining.graphcl import (
+from lightning_prompts.pretraining.graph_augmentations import (
     drop_nodes,
     feature_noise,
     mask_nodes,
-    nt_xent,
-    nt_xent_terms,
     permute_edges,
+    random_augmentation,
     subgraph,
     uniform_draws,
 )
+from lightning_prompts.pretraining.graphcl import nt_xent, nt_xent_terms
 
 
 def test_nt_xent_matches_graphcl():
@@ -118,6 +118,54 @@ def test_subgraph_draws_the_official_unsupervised_subgraphs():
     numbers = view.x[:, 0].long()
     edges = {(int(a), int(b)) for a, b in numbers[view.edge_index[:, first]].T}
     assert edges == {(a, b) for a, b in pairs if a in kept[0] and b in kept[0]} and edges
+
+
+def numbered_graphs(copies: int, nodes: int = 6) -> Batch:
+    """``copies`` rings of ``nodes`` nodes whose feature is the node's number within its graph, plus 100·graph."""
+    ring = torch.tensor([[i, (i + 1) % nodes] for i in range(nodes)] + [[(i + 1) % nodes, i] for i in range(nodes)]).T
+    graphs = [Data(x=(torch.arange(nodes) + 100.0 * g)[:, None], edge_index=ring) for g in range(copies)]
+    return Batch.from_data_list(graphs)
+
+
+def test_random_gives_each_graph_the_view_of_one_choice_drawn_uniformly():
+    """``none`` or ``mask_nodes`` at ratio 1 (the whole graph noised) per graph: each graph of the view is one of the
+    two, about half each; with ``subgraph`` the picks keep their own node counts, and the view stays a valid batch in
+    graph order whose edges stay inside their graph."""
+    copies = 400
+    batch = numbered_graphs(copies)
+    view = random_augmentation(batch, 1.0, torch.Generator().manual_seed(0), choices=("none", "mask_nodes"))
+    assert torch.equal(view.batch, batch.batch)
+    untouched = [bool(torch.equal(view.x[batch.batch == g], batch.x[batch.batch == g])) for g in range(copies)]
+    noised = [bool((view.x[batch.batch == g] != batch.x[batch.batch == g]).all()) for g in range(copies)]
+    assert all(a != b for a, b in zip(untouched, noised))  # each graph is wholly one view or the other
+    assert 0.4 < sum(untouched) / copies < 0.6  # uniform picks (400 graphs: 0.5 ± 0.025)
+    assert set(map(tuple, view.edge_index.T.tolist())) == set(map(tuple, batch.edge_index.T.tolist()))
+
+    mixed = random_augmentation(batch, 0.2, torch.Generator().manual_seed(1), choices=("none", "subgraph"))
+    sizes = torch.bincount(mixed.batch, minlength=copies)
+    assert set(sizes.tolist()) == {6, 2}  # whole, or a seed and one of its two neighbours (int(6 · 0.2) = 1)
+    assert (mixed.batch[1:] >= mixed.batch[:-1]).all()  # graph order
+    assert torch.equal(mixed.batch[mixed.edge_index[0]], mixed.batch[mixed.edge_index[1]])
+    assert ((mixed.x[:, 0] // 100).long() == mixed.batch).all()  # every node sits in its own graph
+    whole = sizes == 6
+    first_whole = int(torch.nonzero(whole)[0])
+    rows = mixed.batch[mixed.edge_index[0]] == first_whole
+    assert int(rows.sum()) == 12  # a whole ring keeps its 12 directed edges
+    with pytest.raises(ValueError, match="random draws from"):
+        random_augmentation(batch, 0.2, choices=("random",))
+
+
+def test_graphcl_takes_none_and_random_views(trainer_kwargs):
+    seed_everything(0, verbose=False)
+    dataset = FakeDataset(num_graphs=16, avg_num_nodes=8, num_channels=4, num_classes=2, task="graph")
+    data = GraphDataModule(dataset, task="graph", shots=-1, batch_size=8)
+    gnn = GNN("gin", in_channels=4, hidden_channels=16, num_layers=2)
+    module = GraphCL(gnn, augmentations=("none", "random"), random_choices=("drop_nodes", "subgraph", "mask_nodes"))
+    before = [p.detach().clone() for p in module.encoder.parameters()]
+    Trainer(max_steps=2, **trainer_kwargs).fit(module, data)
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.encoder.parameters()))
+    with pytest.raises(ValueError, match="random_choices"):
+        GraphCL(gnn, random_choices=("random",))
 
 
 def test_augmentation_draws_come_from_the_cpu_generator_and_land_on_the_batch_device():
