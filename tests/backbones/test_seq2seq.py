@@ -42,6 +42,20 @@ def test_prompt_tuning_on_t5_matches_peft_after_export(tmp_path):
     assert not torch.allclose(ours[0], ours[1], atol=1e-3)
 
 
+def key_value_maps(layer, kind: str):
+    """A layer's key and value projections for its ``"self"`` or ``"cross"`` attention, and what its input goes
+    through first: T5 normalises the self-attention's input (pre-norm), BART feeds it as it is (post-norm); both
+    read the encoder's output as it is for cross-attention."""
+    if hasattr(layer, "self_attn"):  # BART
+        attention = layer.self_attn if kind == "self" else layer.encoder_attn
+        return attention.k_proj, attention.v_proj, lambda hidden: hidden
+    if kind == "self":
+        attention = layer.layer[0].SelfAttention
+        return attention.k, attention.v, layer.layer[0].layer_norm
+    attention = layer.layer[1].EncDecAttention
+    return attention.k, attention.v, lambda hidden: hidden
+
+
 def prefixes_from_a_longer_run(backbone: HFText, tokens: dict, lead: torch.Tensor, placeholders: torch.Tensor):
     """Per-row prefixes that make ``tokens`` run exactly as the plain model runs ``[lead; text]`` into a decoder
     fed ``[placeholders; start]``: each layer's keys and values of the lead (encoder self-attention, and the
@@ -54,29 +68,45 @@ def prefixes_from_a_longer_run(backbone: HFText, tokens: dict, lead: torch.Tenso
     start = torch.full((batch, 1), model.config.decoder_start_token_id)
     decoder_ids = torch.cat([placeholders.expand(batch, -1), start], dim=1)
     out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids, output_hidden_states=True)
+    encoder, decoder = model.get_encoder(), model.get_decoder()
+    encoder_layers = getattr(encoder, "block", None) or encoder.layers
+    decoder_layers = getattr(decoder, "block", None) or decoder.layers
 
-    def keys_values(attention, states):
-        return torch.stack([attention.k(states), attention.v(states)], dim=2)  # (B, m, 2, W)
+    def keys_values(layer, kind, states):
+        key, value, first = key_value_maps(layer, kind)
+        return torch.stack([key(first(states)), value(first(states))], dim=2)  # (B, m, 2, W)
 
-    sites = []
-    for block, hidden in zip(model.encoder.block, out.encoder_hidden_states):  # the input of each layer
-        sites.append(keys_values(block.layer[0].SelfAttention, block.layer[0].layer_norm(hidden[:, :m])))
-    for block, hidden in zip(model.decoder.block, out.decoder_hidden_states):
-        sites.append(keys_values(block.layer[0].SelfAttention, block.layer[0].layer_norm(hidden[:, :m])))
-    encoded = out.encoder_last_hidden_state[:, :m]  # cross-attention reads the encoder's output unnormalised
-    for block in model.decoder.block:
-        sites.append(keys_values(block.layer[1].EncDecAttention, encoded))
+    sites = [  # the hidden states of each layer's input
+        keys_values(layer, "self", hidden[:, :m]) for layer, hidden in zip(encoder_layers, out.encoder_hidden_states)
+    ]
+    sites += [
+        keys_values(layer, "self", hidden[:, :m]) for layer, hidden in zip(decoder_layers, out.decoder_hidden_states)
+    ]
+    sites += [keys_values(layer, "cross", out.encoder_last_hidden_state[:, :m]) for layer in decoder_layers]
     return torch.stack(sites, dim=2), out.logits[:, -1]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_prefixes_on_t5_are_extra_positions_before_the_text_in_all_three_attentions(attention):
+def without_encoder_positions(backbone: HFText) -> HFText:
+    """BART adds learned positions to the encoder's input, where the longer run's text sits ``m`` places later than
+    the prefixed run's: zeroed, both runs see the same encoder input (T5's relative bias needs nothing)."""
+    positions = getattr(backbone.model.get_encoder(), "embed_positions", None)
+    if positions is not None:
+        with torch.no_grad():
+            positions.weight.zero_()
+    return backbone
+
+
+@pytest.mark.parametrize(
+    "name,attention", [("tiny-t5", "sdpa"), ("tiny-t5", "eager"), ("tiny-bart", "sdpa"), ("tiny-bart", "eager")]
+)
+def test_encoder_decoder_prefixes_are_extra_positions_before_the_text_in_all_three_attentions(name, attention):
     """Li & Liang's encoder-decoder prefixes (encoder self-attention, decoder self-attention, cross-attention),
     pinned to the plain model on a longer input: prefixes read off the lead's positions of that run give exactly
-    its logits (relative position bias included: the prefix sits before the text, as in a cache)."""
+    its logits (T5's relative position bias included: the prefix sits before the text, as in a cache)."""
     from lightning_prompts.prompts.prefix import PrefixHook
 
-    backbone = scaled_up(HFText("tiny-t5", task="seq2seq-lm", model_kwargs={"attn_implementation": attention}))
+    backbone = HFText(name, task="seq2seq-lm", model_kwargs={"attn_implementation": attention})
+    backbone = without_encoder_positions(scaled_up(backbone))
     assert backbone.prefix_layers == 2 + 2 * 2 and backbone.key_value_heads == (2, 16)
     tokens = backbone.tokenize(TEXTS)
     assert not tokens["attention_mask"].all()  # padding: the masks get the prefix's columns
@@ -93,9 +123,33 @@ def test_prefixes_on_t5_are_extra_positions_before_the_text_in_all_three_attenti
     assert not torch.allclose(ours, plain, atol=1e-2) and not torch.allclose(ours, partial, atol=1e-2)
 
 
-def test_prefix_tuning_on_t5_trains_every_site_and_checkpointing_changes_nothing():
+def test_bart_keeps_the_texts_encoder_positions_and_moves_the_decoders_past_its_prefix():
+    """Which positions BART's learned embeddings give: the encoder's text keeps its own (the prefixes enter below
+    its input, as in Li & Liang's BART code); the decoder's first token sits after its prefix, as after a cache."""
+    from lightning_prompts.prompts.prefix import PrefixHook
+
+    backbone = HFText("tiny-bart", task="seq2seq-lm")
+    tokens = backbone.tokenize(TEXTS)
+    seen: dict[str, list[torch.Tensor]] = {"encoder": [], "decoder": []}
+    for part in seen:
+        stack = getattr(backbone.model, f"get_{part}")()
+        stack.embed_positions.register_forward_hook(lambda module, args, out, part=part: seen[part].append(out))
+    table = torch.randn(len(TEXTS), 2, 6, 2, 32)
+    with torch.no_grad():
+        backbone.forward_embeddings(None, **tokens)
+        backbone.forward_embeddings(None, **tokens, hooks=PrefixHook(table))
+    plain, prefixed = seen["encoder"]
+    torch.testing.assert_close(prefixed, plain)
+    weights = backbone.model.get_decoder().embed_positions.weight
+    offset = backbone.model.get_decoder().embed_positions.offset
+    torch.testing.assert_close(seen["decoder"][0].reshape(-1, 32)[0], weights[offset])
+    torch.testing.assert_close(seen["decoder"][1].reshape(-1, 32)[0], weights[offset + 2])
+
+
+@pytest.mark.parametrize("name", ["tiny-t5", "tiny-bart"])
+def test_prefix_tuning_on_an_encoder_decoder_trains_every_site_and_checkpointing_changes_nothing(name):
     torch.manual_seed(0)
-    backbone = scaled_up(HFText("tiny-t5", task="seq2seq-lm"))
+    backbone = scaled_up(HFText(name, task="seq2seq-lm"))
     method = PrefixTuning(backbone, ["neg", "pos", "mid"], num_virtual_tokens=2, label_words=["0", "1", "2"])
     assert method.prefix().shape == (2, 6, 2, 32)  # m, sites (2 encoder, 2 decoder, 2 cross), key/value, W
     tokens = method.tokenize(TEXTS)
@@ -117,19 +171,20 @@ def test_prefix_tuning_on_t5_trains_every_site_and_checkpointing_changes_nothing
 
 
 def test_other_encoder_decoder_layouts_are_refused_with_a_clear_error():
-    from lightning_prompts.backbones.encoder_decoder_prefixes import t5_attentions
+    from lightning_prompts.backbones.encoder_decoder_prefixes import encoder_decoder_layers
 
-    with pytest.raises(NotImplementedError, match="T5's architecture"):
-        t5_attentions(torch.nn.Linear(2, 2))
+    with pytest.raises(NotImplementedError, match="T5's and BART's architectures"):
+        encoder_decoder_layers(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("name", ["tiny-t5", "tiny-bart"])
 @pytest.mark.parametrize("beams", [1, 2])
-def test_generation_after_t5_prefixes_is_the_plain_models_generation_on_the_longer_input(beams):
+def test_generation_after_encoder_decoder_prefixes_is_the_plain_models_generation_on_the_longer_input(beams, name):
     """Greedy and beam search after the three prefixes equal the plain model's own generation on ``[lead; text]``
     with its decoder started from ``[placeholders; start]``, the run the prefixes were read off."""
     from lightning_prompts.prompts.prefix import PrefixHook
 
-    backbone = scaled_up(HFText("tiny-t5", task="seq2seq-lm"))
+    backbone = without_encoder_positions(scaled_up(HFText(name, task="seq2seq-lm")))
     model = backbone.model
     tokens = backbone.tokenize(TEXTS)
     # the placeholders open with the start token, or generate() would put one before them
