@@ -1,5 +1,5 @@
 """Attention prefixes (prefix tuning, P-tuning v2) on an encoder-decoder: T5's architecture (T5, mT5, Flan-T5) and
-BART's (BART, and the models built as it is: mBART, Pegasus, Marian…).
+BART's (BART, mBART, Pegasus, Marian; each pinned in ``tests/backbones/test_encoder_decoder_prefixes.py``).
 
 Li & Liang's prefix tuning of an encoder-decoder (BART, for summarisation) gives three attentions their own
 per-layer keys and values: the encoder's self-attention, the decoder's self-attention and the decoder's
@@ -86,18 +86,18 @@ def prefix_site_count(model: nn.Module) -> int:
 
 
 class PrefixKeysValues:
-    """What an encoder layer's attention takes for a cache: ``get_seq_length`` is the prefix length (the text's
-    positions start after it) and ``update`` returns ``[prefix; text]`` keys and values, keeping nothing."""
+    """What one encoder layer's attention takes for a cache: ``get_seq_length`` is the prefix length (T5 starts the
+    text's positions after it) and ``update`` returns ``[prefix; text]`` keys and values, keeping nothing. It
+    answers for its own layer whatever index the attention asks with (mBART's encoder attentions have none)."""
 
-    def __init__(self, layers: Sequence[KeysValues]) -> None:
-        self.layers = list(layers)
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        self.keys, self.values = keys, values
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.layers[layer_idx][0].shape[-2]
+    def get_seq_length(self, layer_idx: int | None = None) -> int:
+        return self.keys.shape[-2]
 
-    def update(self, keys: Tensor, values: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> KeysValues:
-        prefix_keys, prefix_values = self.layers[layer_idx]
-        return torch.cat([prefix_keys, keys], dim=-2), torch.cat([prefix_values, values], dim=-2)
+    def update(self, keys: Tensor, values: Tensor, *args: Any, **kwargs: Any) -> KeysValues:
+        return torch.cat([self.keys, keys], dim=-2), torch.cat([self.values, values], dim=-2)
 
 
 @contextlib.contextmanager
@@ -125,10 +125,14 @@ def encoder_decoder_prefixes(model: nn.Module, prefixes: Sequence[KeysValues]) -
     decoder_cache = EncoderDecoderCache(*caches)
     # a filled cross-attention cache reads as computed: marked otherwise, each layer appends the encoder's keys
     decoder_cache.is_updated = dict.fromkeys(range(len(decoder)), False)
-    stand_in = PrefixKeysValues(prefixes[: ends[0]])
-    read_prefix = functools.partial(_edit_arguments, functools.partial(_read_prefix, stand_in, length))
+    handles = [
+        layer.register_forward_pre_hook(
+            functools.partial(_edit_arguments, functools.partial(_read_prefix, PrefixKeysValues(*prefix), length)),
+            with_kwargs=True,
+        )
+        for layer, prefix in zip(encoder, prefixes[: ends[0]])
+    ]
     see_prefix = functools.partial(_edit_arguments, functools.partial(_see_prefix, length))
-    handles = [layer.register_forward_pre_hook(read_prefix, with_kwargs=True) for layer in encoder]
     handles += [layer.register_forward_pre_hook(see_prefix, with_kwargs=True) for layer in decoder]
     try:
         yield decoder_cache

@@ -1,0 +1,115 @@
+"""The encoder-decoder prefix mechanism on every architecture it claims (T5, mT5, BART, mBART, Pegasus, Marian), pinned
+to the plain model on a longer input: each attention's keys and values at the lead's (encoder) and placeholders'
+(decoder) positions of that run, handed over as prefixes, give exactly its logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from lightning_prompts.backbones.encoder_decoder_prefixes import (
+    encoder_decoder_layers,
+    encoder_decoder_prefixes,
+    prefix_site_count,
+)
+
+SIZES = {
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "max_position_embeddings": 64,
+    "num_layers": 2,  # T5's names
+    "num_decoder_layers": 2,
+    "num_heads": 2,
+    "d_kv": 16,
+    "d_ff": 64,
+}
+
+
+def tiny(model_type: str) -> torch.nn.Module:
+    config = transformers.AutoConfig.for_model(
+        model_type, vocab_size=60, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **SIZES
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSeq2SeqLM.from_config(config).eval()
+    with torch.no_grad():  # weights large enough that tokens score differently
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.normal_(std=0.3)
+        # learned or sinusoidal encoder positions would move with the longer run's text: zeroed, both runs agree
+        positions = getattr(model.get_encoder(), "embed_positions", None)
+        if positions is not None:
+            positions.weight.zero_()
+    return model
+
+
+def attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every prefix site's attention, in the prefixes' order: encoder self, decoder self, decoder cross."""
+    encoder, decoder = encoder_decoder_layers(model)
+    if hasattr(encoder[0], "self_attn"):
+        return (
+            [layer.self_attn for layer in encoder]
+            + [layer.self_attn for layer in decoder]
+            + [layer.encoder_attn for layer in decoder]
+        )
+    return (
+        [layer.layer[0].SelfAttention for layer in encoder]
+        + [layer.layer[0].SelfAttention for layer in decoder]
+        + [layer.layer[1].EncDecAttention for layer in decoder]
+    )
+
+
+def projections(attention: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    return (attention.k_proj, attention.v_proj) if hasattr(attention, "k_proj") else (attention.k, attention.v)
+
+
+@pytest.mark.parametrize("model_type", ["t5", "mt5", "bart", "mbart", "pegasus", "marian"])
+def test_prefixes_read_off_a_longer_run_give_its_logits(model_type):
+    model = tiny(model_type)
+    batch, m, heads, width = 3, 3, 2, 16
+    ids = torch.randint(3, 60, (batch, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # padding: the masks get the prefix's columns
+    lead, placeholders = torch.randint(3, 60, (1, m)).expand(batch, -1), torch.randint(3, 60, (1, m))
+    start = torch.zeros(batch, 1, dtype=torch.long)
+    # the longer run, every attention's key and value projections recorded
+    recorded: list[list[torch.Tensor]] = []
+    handles = []
+    for attention in attentions(model):
+        outputs: list[torch.Tensor] = []
+        recorded.append(outputs)
+        for projection in projections(attention):
+            handles.append(projection.register_forward_hook(lambda module, args, out, into=outputs: into.append(out)))
+    with torch.no_grad():
+        longer = model(
+            input_ids=torch.cat([lead, ids], dim=1),
+            attention_mask=torch.cat([torch.ones(batch, m, dtype=torch.long), mask], dim=1),
+            decoder_input_ids=torch.cat([placeholders.expand(batch, -1), start], dim=1),
+        ).logits[:, -1]
+    for handle in handles:
+        handle.remove()
+    assert all(len(outputs) == 2 for outputs in recorded)  # one key and one value projection per attention
+
+    def heads_first(t: torch.Tensor) -> torch.Tensor:  # (B, m, W) → (B, heads, m, head_dim)
+        return t[:, :m].reshape(batch, m, heads, width).transpose(1, 2)
+
+    prefixes = [(heads_first(keys), heads_first(values)) for keys, values in recorded]
+    assert len(prefixes) == prefix_site_count(model) == 6
+    with torch.no_grad():
+        with encoder_decoder_prefixes(model, prefixes) as cache:
+            ours = model(input_ids=ids, attention_mask=mask, decoder_input_ids=start, cache=cache).logits[:, -1]
+        plain = model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[:, -1]
+    torch.testing.assert_close(ours, longer, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, plain, atol=1e-2)
+
+
+def test_a_wrong_number_of_prefixes_is_refused():
+    model = tiny("bart")
+    prefix = (torch.zeros(1, 2, 1, 16), torch.zeros(1, 2, 1, 16))
+    with pytest.raises(ValueError, match="takes 6 prefixes"), encoder_decoder_prefixes(model, [prefix] * 4):
+        pass
