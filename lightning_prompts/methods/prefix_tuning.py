@@ -106,8 +106,9 @@ class PrefixTuning(TextPromptModule):
 
     @property
     def reserved_tokens(self) -> int:
-        # the text's positions start after the prefix (the model counts the cache as past positions)
-        return self.prefix.num_tokens
+        # the text's positions start after the prefix (the model counts the cache as past positions); an
+        # encoder-decoder's encoder text keeps its own (T5's relative bias has no end, BART's positions do not move)
+        return 0 if self.backbone.task == "seq2seq-lm" else self.prefix.num_tokens
 
     def prompt_parameters(self) -> list[nn.Parameter]:
         return list(self.prefix.parameters())

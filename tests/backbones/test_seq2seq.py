@@ -152,6 +152,7 @@ def test_prefix_tuning_on_an_encoder_decoder_trains_every_site_and_checkpointing
     backbone = scaled_up(HFText(name, task="seq2seq-lm"))
     method = PrefixTuning(backbone, ["neg", "pos", "mid"], num_virtual_tokens=2, label_words=["0", "1", "2"])
     assert method.prefix().shape == (2, 6, 2, 32)  # m, sites (2 encoder, 2 decoder, 2 cross), key/value, W
+    assert method.max_text_tokens == backbone.max_length  # the encoder's text keeps every position
     tokens = method.tokenize(TEXTS)
     labels = torch.tensor([0, 1, 2])
 
