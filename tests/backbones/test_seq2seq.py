@@ -225,3 +225,34 @@ def test_prefix_tuning_generates_on_t5_with_its_own_prefixes_and_refuses_a_peft_
     )
     with pytest.raises(NotImplementedError, match="decoder's self-attention only"):
         method.export_peft(tmp_path / "peft")
+
+
+def prefix_tuning_step(processes: int, root) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of prefix tuning on T5 over the whole synthetic training set (16 texts: one global batch), on one
+    process or two (gloo, 8 texts each): the prefix table before and after."""
+    from lightning.pytorch import Trainer, seed_everything
+
+    from lightning_prompts.data import SyntheticText, TextClassificationDataModule
+
+    seed_everything(0, verbose=False)
+    data = TextClassificationDataModule(synthetic=SyntheticText(examples_per_class=8), batch_size=16 // processes)
+    method = PrefixTuning(
+        scaled_up(HFText("tiny-t5", task="seq2seq-lm")),
+        data.classnames,
+        num_virtual_tokens=2,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
+    )
+    before = method.prefix.table.detach().clone()
+    trainer = Trainer(strategy="ddp_fork" if processes > 1 else "auto", devices=processes, accelerator="cpu",
+                      max_steps=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=str(root))  # fmt: skip
+    trainer.fit(method, data)
+    return before, method.prefix.table.detach().clone()
+
+
+def test_t5_prefix_tuning_on_two_processes_is_one_process_on_the_global_batch(tmp_path):
+    before, alone = prefix_tuning_step(1, tmp_path / "one")
+    _, shared = prefix_tuning_step(2, tmp_path / "two")
+    assert (alone - before).abs().max() > 1e-3  # the step moved the prefixes
+    torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-6)
