@@ -156,7 +156,7 @@ def _edit_arguments(
     """A forward pre-hook: ``edit`` the layer's call arguments by name (T5's stack passes most by position), then
     call with all of them by name (a name the signature lacks goes to its ``**kwargs``: BART's encoder layer hands
     those to its attention)."""
-    signature = inspect.signature(type(layer).forward)
+    signature = _forward_signature(type(layer))
     bound = signature.bind(layer, *args, **kwargs)
     named: dict[str, Any] = {}
     for name, value in list(bound.arguments.items())[1:]:
@@ -166,6 +166,12 @@ def _edit_arguments(
             named[name] = value
     edit(named)
     return (), named
+
+
+@functools.cache
+def _forward_signature(layer_class: type) -> inspect.Signature:
+    """A layer class's ``forward`` signature, read once (every layer, every forward pass binds its arguments)."""
+    return inspect.signature(layer_class.forward)
 
 
 def _read_prefix(stand_in: PrefixKeysValues, length: int, arguments: dict[str, Any]) -> None:
