@@ -10,8 +10,10 @@ last end-of-text token and runs the context prefix shared by all classes once.
 Both run in one process, alternating (one warm-up, then ``--rounds`` rounds), on CLIP ViT-B/16's architecture
 with random weights (the cost does not depend on the values), batch 8, 16 context vectors, fp32. MaPLe runs with
 its own configuration (``vit_b16_c2_ep5_batch4_2ctx``: 2 context vectors, prompt depth 9, batch 4;
-``--maple-batch 8`` for CoOp's batch): both sides run the same image tower forward and backward into the visual prompts,
-so the batch sets how much of the step no text pass can save. Printed: each round, ``ratio_<C>`` (reference time
+``--maple-batch 8`` for CoOp's batch): both sides run the image tower forward and backward into the visual prompts
+(the reference every token through its last block, as the papers' code; ours the class token only,
+``lightning_prompts/backbones/class_token_block.py``), so the batch sets how much of the step no text pass can
+save. Printed: each round, ``ratio_<C>`` (reference time
 / ours), the largest relative logits difference, and ``mem_ratio_<C>``: the bytes of activations saved for
 backward in one step, counted with ``torch.autograd.graph.saved_tensors_hooks`` (every distinct storage the
 step's graph keeps, counted while the graph is alive, the model's own weights left out; deterministic on any
@@ -92,7 +94,8 @@ def reference_coop_logits(method: CoOp, images: torch.Tensor) -> torch.Tensor:
 
 
 def reference_maple_logits(method: MaPLe, images: torch.Tensor) -> torch.Tensor:
-    """MaPLe's official forward: the deep-prompted text encoder over all 77 positions."""
+    """MaPLe's official forward: the deep-prompted text encoder over all 77 positions, and the whole prompted image
+    tower (every token through the last block, as the official code runs it)."""
     clip = method.backbone
     prompts, eot, deep = method.prompt.text_prompts()
     model = clip.model
@@ -103,7 +106,7 @@ def reference_maple_logits(method: MaPLe, images: torch.Tensor) -> torch.Tensor:
         x = sequence_first_block(block, x, model.attn_mask)
     x = model.ln_final(x)
     text = F.normalize(x[torch.arange(x.shape[0]), eot] @ model.text_projection, dim=-1)
-    image = method.image_features(images)
+    image = F.normalize(clip.encode_image(images, hooks=method.prompt.vision_hooks()).features, dim=-1)
     return clip.logit_scale * image @ text.t()
 
 

@@ -265,6 +265,7 @@ class StandInCLIP(VisionLanguageBackbone):
         deep_prompts: Sequence[Tensor] | None = None,
         location: str = "append",
         hooks: BlockHook | None = None,
+        patch_tokens: bool = True,
     ) -> ImageEncoding:
         """Pooled EfficientNet feature (the classifier's input space) and the last feature map as tokens."""
         if prompts is not None or deep_prompts or hooks is not None:

@@ -105,8 +105,10 @@ class VisionLanguageBackbone(Backbone):
         deep_prompts: Sequence[Tensor] | None = None,
         location: str = "append",
         hooks: BlockHook | None = None,
+        patch_tokens: bool = True,
     ) -> ImageEncoding:
-        """Image features, optionally with visual prompt tokens or a block hook (ViT towers)."""
+        """Image features, optionally with visual prompt tokens or a block hook (ViT towers); ``patch_tokens=False``:
+        the caller reads ``features`` only, and a backbone may then skip computing the patch tokens."""
         raise NotImplementedError
 
     def local_features(self, encoding: ImageEncoding) -> Tensor:

@@ -72,4 +72,4 @@ class CLIPAdapter(CLIPPromptModule):
         return self.frozen_text_features()
 
     def image_features(self, images: Tensor) -> Tensor:
-        return F.normalize(self.adapter(self.backbone.encode_image(images).features), dim=-1)
+        return F.normalize(self.adapter(self.backbone.encode_image(images, patch_tokens=False).features), dim=-1)

@@ -92,4 +92,4 @@ class ConES(CLIPPromptModule):
         return torch.stack(features)
 
     def image_features(self, images: Tensor) -> Tensor:
-        return F.normalize(self.backbone.encode_image(images).features, dim=-1)
+        return F.normalize(self.backbone.encode_image(images, patch_tokens=False).features, dim=-1)

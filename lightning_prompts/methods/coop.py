@@ -94,7 +94,7 @@ class CoOp(CLIPPromptModule):
         return F.normalize(self.backbone.encode_text_embeddings(prompts, eot), dim=-1)
 
     def image_features(self, images: Tensor) -> Tensor:
-        return F.normalize(self.backbone.encode_image(images).features, dim=-1)
+        return F.normalize(self.backbone.encode_image(images, patch_tokens=False).features, dim=-1)
 
     def frozen_image_features(self, images: Tensor) -> Tensor:
         # CoOp prompts only the text side: its image features *are* the frozen model's

@@ -80,7 +80,7 @@ class MaPLe(CLIPPromptModule):
 
     def encode_prompted_images(self, images: Tensor) -> Tensor:
         """Projected (not normalised) features of the images with the coupled visual prompts."""
-        return self.backbone.encode_image(images, hooks=self.prompt.vision_hooks()).features
+        return self.backbone.encode_image(images, hooks=self.prompt.vision_hooks(), patch_tokens=False).features
 
     def encode_prompted_texts(self, texts: Sequence[str]) -> Tensor:
         """L2-normalised features of plain strings through the deep text prompts (their first layer left

@@ -98,5 +98,7 @@ class MUPT(CLIPPromptModule):
     def image_features(self, images: Tensor) -> Tensor:
         _, visual = self.projected_prompts()
         deep = list(visual[1:])
-        encoded = self.backbone.encode_image(images, visual[0], deep, location="prepend", after_ln_pre=True)
+        encoded = self.backbone.encode_image(
+            images, visual[0], deep, location="prepend", after_ln_pre=True, patch_tokens=False
+        )
         return F.normalize(encoded.features, dim=-1)

@@ -102,5 +102,7 @@ class MVPT(CLIPPromptModule):
 
     def image_features(self, images: Tensor) -> Tensor:
         first, deep = self.prompt()
-        encoded = self.backbone.encode_image(images, first, deep, location="prepend", after_ln_pre=self.after_ln_pre)
+        encoded = self.backbone.encode_image(
+            images, first, deep, location="prepend", after_ln_pre=self.after_ln_pre, patch_tokens=False
+        )
         return F.normalize(encoded.features, dim=-1)

@@ -57,7 +57,7 @@ class ZeroShotCLIP(CLIPPromptModule):
         return template_ensemble(self.backbone, self.classnames, self.templates)
 
     def image_features(self, images: Tensor) -> Tensor:
-        return F.normalize(self.backbone.encode_image(images).features, dim=-1)
+        return F.normalize(self.backbone.encode_image(images, patch_tokens=False).features, dim=-1)
 
     def frozen_text_features(self) -> Tensor:
         return self.encode_class_prompts()  # the model is its own frozen teacher

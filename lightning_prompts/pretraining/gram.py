@@ -142,7 +142,7 @@ class GRAM(PromptModule):
 
     @torch.no_grad()
     def image_features(self, images: Tensor) -> Tensor:
-        return F.normalize(self.backbone.encode_image(images).features, dim=-1)
+        return F.normalize(self.backbone.encode_image(images, patch_tokens=False).features, dim=-1)
 
     # -- domains ------------------------------------------------------------------------------------
     def check_ready(self, stage: str, callbacks: Any, datamodule: Any | None) -> None:

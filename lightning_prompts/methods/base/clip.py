@@ -148,7 +148,7 @@ class CLIPPromptModule(PromptModule):
     @torch.no_grad()
     def frozen_image_features(self, images: Tensor) -> Tensor:
         """L2-normalised features of the unprompted image encoder."""
-        return F.normalize(self.backbone.encode_image(images).features, dim=-1)
+        return F.normalize(self.backbone.encode_image(images, patch_tokens=False).features, dim=-1)
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, images: Tensor, fields: frozenset[str] = frozenset()) -> PromptOutput:
