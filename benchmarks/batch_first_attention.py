@@ -21,10 +21,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 
 import torch
-from coop_step import class_names, step, timed  # benchmarks/coop_step.py (the script's folder is on the path)
+from alternating import (  # benchmarks/alternating.py (the script's folder is on the path)
+    clip_training_step,
+    compare_alternating,
+)
+from coop_step import class_names  # benchmarks/coop_step.py
 
 from lightning_prompts.backbones import OpenCLIP
 from lightning_prompts.backbones import open_clip as open_clip_module
@@ -43,34 +46,9 @@ def transposed_projection():
 
 
 def compare(label: str, method: torch.nn.Module, batch: int, args: argparse.Namespace) -> None:
-    method.train()
-    images = torch.randn(batch, 3, 224, 224)
-    labels = torch.randint(0, args.classes, (batch,))
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.0)  # the prompt stays
-
-    def logits() -> torch.Tensor:
-        return method.compute_output({"image": images}).logits
-
-    def one_step() -> float:
-        return timed(lambda: step(logits, labels, optimizer), "cpu")
-
-    ours = logits().detach()  # with gradients recorded, as in training (the projection is theirs only)
-    with transposed_projection():
-        transposed = logits().detach()
-    difference = ((ours - transposed).abs().max() / ours.abs().max()).item()
-    times: dict[str, list[float]] = {"transposed": [], "batch-first": []}
-    for round_index in range(args.rounds + 1):  # round 0 warms up
-        with transposed_projection():
-            seconds = {"transposed": one_step()}
-        seconds["batch-first"] = one_step()
-        for name, value in seconds.items():
-            if round_index:
-                times[name].append(value)
-            warm_up = " (warm-up)" * (not round_index)
-            print(f"  {label} round {round_index}{warm_up}: {name} {value:.2f} s", flush=True)
-    ratio = statistics.median(times["transposed"]) / statistics.median(times["batch-first"])
-    print(f"speedup_{label}: {ratio:.2f} (batch {batch})", flush=True)
-    print(f"logits_difference_{label}: {difference:.1e} (relative)", flush=True)
+    run, logits = clip_training_step(method, batch, args.classes)
+    names = ("transposed", "batch-first")
+    compare_alternating(label, run, logits, transposed_projection, names, args.rounds, note=f" (batch {batch})")
 
 
 def main() -> None:

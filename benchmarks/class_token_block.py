@@ -21,11 +21,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 from collections.abc import Callable
 
 import torch
-from coop_step import class_names, step, timed  # benchmarks/coop_step.py (the script's folder is on the path)
+from alternating import (  # benchmarks/alternating.py (the script's folder is on the path)
+    clip_training_step,
+    compare_alternating,
+)
+from coop_step import class_names, timed  # benchmarks/coop_step.py
 
 from lightning_prompts.backbones import OpenCLIP
 from lightning_prompts.backbones import open_clip as open_clip_module
@@ -41,38 +44,6 @@ def whole_last_block():
         yield
     finally:
         open_clip_module.reads_class_token_only = original
-
-
-def compare(label: str, run: Callable[[], float], logits: Callable[[], torch.Tensor], rounds: int) -> None:
-    ours = logits()
-    with whole_last_block():
-        whole = logits()
-    difference = ((ours - whole).abs().max() / whole.abs().max()).item()
-    times: dict[str, list[float]] = {"whole block": [], "class token": []}
-    for round_index in range(rounds + 1):  # round 0 warms up
-        with whole_last_block():
-            seconds = {"whole block": run()}
-        seconds["class token"] = run()
-        for name, value in seconds.items():
-            if round_index:
-                times[name].append(value)
-            warm_up = " (warm-up)" * (not round_index)
-            print(f"  {label} round {round_index}{warm_up}: {name} {value:.2f} s", flush=True)
-    ratio = statistics.median(times["whole block"]) / statistics.median(times["class token"])
-    print(f"speedup_{label}: {ratio:.2f}", flush=True)
-    print(f"logits_difference_{label}: {difference:.1e} (relative)", flush=True)
-
-
-def training_step(method: torch.nn.Module, batch: int, classes: int) -> tuple[Callable[[], float], Callable]:
-    method.train()
-    images = torch.randn(batch, 3, 224, 224)
-    labels = torch.randint(0, classes, (batch,))
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.0)  # the prompt stays
-
-    def logits() -> torch.Tensor:
-        return method.compute_output({"image": images}).logits
-
-    return (lambda: timed(lambda: step(logits, labels, optimizer), "cpu")), (lambda: logits().detach())
 
 
 def evaluation(method: torch.nn.Module, batch: int) -> tuple[Callable[[], float], Callable]:
@@ -99,12 +70,12 @@ def main() -> None:
     names = class_names(args.classes)
     torch.manual_seed(0)
     uses = {
-        "maple_batch8": training_step(MaPLe(clip, names, n_ctx=2, depth=9), 8, args.classes),
-        "coop_batch8": training_step(CoOp(clip, names, n_ctx=16), 8, args.classes),
+        "maple_batch8": clip_training_step(MaPLe(clip, names, n_ctx=2, depth=9), 8, args.classes),
+        "coop_batch8": clip_training_step(CoOp(clip, names, n_ctx=16), 8, args.classes),
         "zero_shot_eval_batch32": evaluation(ZeroShotCLIP(clip, names), 32),
     }
     for label, (run, logits) in uses.items():
-        compare(label, run, logits, args.rounds)
+        compare_alternating(label, run, logits, whole_last_block, ("whole block", "class token"), args.rounds)
     print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
 
 

@@ -11,7 +11,7 @@ already take; an encoder-decoder's encoder drops any cache it is handed, so the 
   and values before the text's, and adds visible columns for them to the mask. T5's attention counts the
   prefix as positions already seen, so its relative position bias places the prefix before the text, as a
   decoder's cache is placed; BART's positions are added to the text's embeddings before the first layer and do not
-  move (as in Li & Liang's BART code).
+  move (the prefix takes none of them).
 * **decoder self- and cross-attention**: an ``EncoderDecoderCache`` prefilled with the prefixes, its
   cross-attention marked as not yet computed, so the model appends the encoder's keys and values after the
   cross prefix; a pre-hook on every decoder layer adds the prefix's visible columns to the encoder mask. The

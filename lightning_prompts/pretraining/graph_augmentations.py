@@ -48,8 +48,6 @@ def feature_noise(count: int, width: int, like: Tensor, generator: torch.Generat
 
 def drop_nodes(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
     """Keep each node with probability ``1 - ratio`` (at least one node per graph) and its induced edges."""
-    from torch_geometric.utils import subgraph
-
     keep = uniform_draws(data.num_nodes, data.x.device, generator) >= ratio
     batch = getattr(data, "batch", None)
     if batch is not None:  # never empty a graph: keep its first node
@@ -58,12 +56,7 @@ def drop_nodes(data: Any, ratio: float, generator: torch.Generator | None = None
         keep |= first
     else:
         keep[0] = True
-    edge_index, _ = subgraph(keep, data.edge_index, relabel_nodes=True, num_nodes=data.num_nodes)
-    view = data.clone()
-    view.x, view.edge_index = data.x[keep], edge_index
-    if batch is not None:
-        view.batch = batch[keep]
-    return view
+    return induced_view(data, keep)
 
 
 def permute_edges(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
@@ -87,19 +80,23 @@ def mask_nodes(data: Any, ratio: float, generator: torch.Generator | None = None
 def subgraph(data: Any, ratio: float, generator: torch.Generator | None = None) -> Any:
     """GraphCL's unsupervised ``subgraph``: per graph a seed node and up to ``int(n · ratio)`` of its neighbours, with
     the edges among them (see the module docstring); every graph keeps at least its seed."""
-    from torch_geometric.utils import subgraph as induced_subgraph
-
     batch = getattr(data, "batch", None)
     owner = batch if batch is not None else data.edge_index.new_zeros(data.num_nodes)
     num_graphs = int(owner.max()) + 1 if owner.numel() else 1
     # drawn on the CPU as the other augmentations are (:func:`uniform_draws`)
     keep = subgraph_nodes(data.edge_index.cpu(), owner.cpu(), num_graphs, ratio, False, generator)
-    keep = keep.to(data.edge_index.device)
+    return induced_view(data, keep.to(data.edge_index.device))
+
+
+def induced_view(data: Any, keep: Tensor) -> Any:
+    """The nodes ``keep`` marks and the edges among them, renumbered (and their ``batch`` entries)."""
+    from torch_geometric.utils import subgraph as induced_subgraph
+
     edge_index, _ = induced_subgraph(keep, data.edge_index, relabel_nodes=True, num_nodes=data.num_nodes)
     view = data.clone()
     view.x, view.edge_index = data.x[keep], edge_index
-    if batch is not None:
-        view.batch = batch[keep]
+    if getattr(data, "batch", None) is not None:
+        view.batch = data.batch[keep]
     return view
 
 

@@ -13,21 +13,14 @@ from lightning_prompts.backbones.encoder_decoder_prefixes import (
     encoder_decoder_prefixes,
     prefix_site_count,
 )
+from lightning_prompts.backbones.hf_text import TINY_CONFIGS
 
+#: the tiny BART's and the tiny T5's sizes (each architecture reads its own names and ignores the other's)
 SIZES = {
-    "d_model": 32,
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "encoder_attention_heads": 2,
-    "decoder_attention_heads": 2,
-    "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64,
-    "max_position_embeddings": 64,
-    "num_layers": 2,  # T5's names
-    "num_decoder_layers": 2,
-    "num_heads": 2,
-    "d_kv": 16,
-    "d_ff": 64,
+    name: value
+    for config in (TINY_CONFIGS["tiny-bart"], TINY_CONFIGS["tiny-t5"])
+    for name, value in config.items()
+    if name != "model_type"
 }
 
 

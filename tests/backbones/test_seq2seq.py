@@ -125,7 +125,7 @@ def test_encoder_decoder_prefixes_are_extra_positions_before_the_text_in_all_thr
 
 def test_bart_keeps_the_texts_encoder_positions_and_moves_the_decoders_past_its_prefix():
     """Which positions BART's learned embeddings give: the encoder's text keeps its own (the prefixes enter below
-    its input, as in Li & Liang's BART code); the decoder's first token sits after its prefix, as after a cache."""
+    its input and take none); the decoder's first token sits after its prefix, as after a cache."""
     from lightning_prompts.prompts.prefix import PrefixHook
 
     backbone = HFText("tiny-bart", task="seq2seq-lm")
