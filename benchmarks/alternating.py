@@ -1,14 +1,41 @@
-"""Two variants of one computation timed alternately in one process: the measuring loop of the benchmarks that
-switch a code path off with a context manager (``batch_first_attention.py``, ``class_token_block.py``)."""
+"""Two variants of one computation timed alternately in one process: what the benchmarks that switch a code path
+off share (``batch_first_attention.py``, ``class_token_block.py``): their arguments, the switch, the loop."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from coop_step import step, timed  # benchmarks/coop_step.py (the script's folder is on the path)
+
+
+def clip_arguments(description: str) -> argparse.Namespace:
+    """``--classes`` (100), ``--rounds`` (3), ``--threads``; sets the threads and prints them with the load."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    return args
+
+
+@contextlib.contextmanager
+def replaced(module: Any, name: str, value: Any) -> Iterator[None]:
+    """``module.name`` is ``value`` within the block (the code path a benchmark compares against)."""
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def compare_alternating(

@@ -24,8 +24,10 @@ import os
 
 import torch
 from alternating import (  # benchmarks/alternating.py (the script's folder is on the path)
+    clip_arguments,
     clip_training_step,
     compare_alternating,
+    replaced,
 )
 from coop_step import class_names  # benchmarks/coop_step.py
 
@@ -34,15 +36,9 @@ from lightning_prompts.backbones import open_clip as open_clip_module
 from lightning_prompts.methods import CoOp, MaPLe
 
 
-@contextlib.contextmanager
-def transposed_projection():
+def transposed_projection() -> contextlib.AbstractContextManager:
     """``OpenCLIP``'s blocks as ``nn.MultiheadAttention`` runs them: the transposed view projected."""
-    original = open_clip_module.projected_batch_first
-    open_clip_module.projected_batch_first = lambda attention: contextlib.nullcontext()
-    try:
-        yield
-    finally:
-        open_clip_module.projected_batch_first = original
+    return replaced(open_clip_module, "projected_batch_first", lambda attention: contextlib.nullcontext())
 
 
 def compare(label: str, method: torch.nn.Module, batch: int, args: argparse.Namespace) -> None:
@@ -52,14 +48,7 @@ def compare(label: str, method: torch.nn.Module, batch: int, args: argparse.Name
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    args = clip_arguments(__doc__.split("\n\n")[0])
     clip = OpenCLIP("ViT-B-16", pretrained=None)  # ViT-B/16's architecture, random weights
     names = class_names(args.classes)
     torch.manual_seed(0)

@@ -18,15 +18,16 @@ logits difference.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 from collections.abc import Callable
 
 import torch
 from alternating import (  # benchmarks/alternating.py (the script's folder is on the path)
+    clip_arguments,
     clip_training_step,
     compare_alternating,
+    replaced,
 )
 from coop_step import class_names, timed  # benchmarks/coop_step.py
 
@@ -35,15 +36,9 @@ from lightning_prompts.backbones import open_clip as open_clip_module
 from lightning_prompts.methods import CoOp, MaPLe, ZeroShotCLIP
 
 
-@contextlib.contextmanager
-def whole_last_block():
+def whole_last_block() -> contextlib.AbstractContextManager:
     """``OpenCLIP`` as before the class-token path: every token through the last block."""
-    original = open_clip_module.reads_class_token_only
-    open_clip_module.reads_class_token_only = lambda visual, hook: False
-    try:
-        yield
-    finally:
-        open_clip_module.reads_class_token_only = original
+    return replaced(open_clip_module, "reads_class_token_only", lambda visual, hook: False)
 
 
 def evaluation(method: torch.nn.Module, batch: int) -> tuple[Callable[[], float], Callable]:
@@ -58,14 +53,7 @@ def evaluation(method: torch.nn.Module, batch: int) -> tuple[Callable[[], float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    args = clip_arguments(__doc__.split("\n\n")[0])
     clip = OpenCLIP("ViT-B-16", pretrained=None)  # ViT-B/16's architecture, random weights
     names = class_names(args.classes)
     torch.manual_seed(0)
