@@ -5,8 +5,8 @@ attention queries, output projection and MLP is computed and thrown away (and, w
 through the backward pass). :func:`class_token_through` runs the block for the class token alone: the keys and
 values of every token (they are what the class token attends to), one query, the output projection and the MLP of
 one row. The class token's output is the full block's to float rounding; on ViT-B/16 the block's cost falls to
-about a fifth. Used by :meth:`~lightning_prompts.backbones.OpenCLIP.encode_image` when the caller asks for no
-patch tokens and :func:`reads_class_token_only` holds.
+about a sixth (its keys and values). Used by :meth:`~lightning_prompts.backbones.OpenCLIP.encode_image` when the
+caller asks for no patch tokens and :func:`reads_class_token_only` holds.
 """
 
 from __future__ import annotations
