@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -54,7 +55,16 @@ def _plain_block(block: Any) -> bool:
 
 def class_token_through(block: nn.Module, x: Tensor) -> Tensor:
     """``(B, 1, W)``: the output at the first position (the class token) of an open_clip block run on the
-    batch-first tokens ``x`` ``(B, N, W)`` (no attention mask: a vision tower's)."""
+    batch-first tokens ``x`` ``(B, N, W)`` (no attention mask: a vision tower's).
+
+    Each image runs on its own: a matrix product's rounding can depend on how many rows it has (one class token per
+    image, a handful per batch), and an image's features must not depend on the batch it came in — a feature cache
+    filled in other batches than training reads, or a resumed run, would differ from a straight one in the last
+    bits. The whole block's products have every token's rows and did not show it."""
+    return torch.cat([_class_token_of_one(block, x[index : index + 1]) for index in range(x.shape[0])])
+
+
+def _class_token_of_one(block: nn.Module, x: Tensor) -> Tensor:
     attention: nn.MultiheadAttention = block.attn
     width, heads = x.shape[-1], attention.num_heads
     normed = block.ln_1(x)

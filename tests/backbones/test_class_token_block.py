@@ -72,3 +72,15 @@ def test_hooks_inside_the_block_keep_the_whole_block(clip):
         plain = clip.encode_image(images(clip), patch_tokens=False)
     assert encoding.patch_tokens is not None  # the whole tower ran, branch included
     assert not torch.allclose(encoding.features, plain.features, atol=1e-3)
+
+
+def test_an_images_features_do_not_depend_on_the_batch_it_came_in(clip):
+    """As for the whole tower (from four images a batch): the same image gives bitwise the same features in a batch
+    of 8 as in two of 4, so a feature cache filled in other batches, or a resumed run, reads what a straight run does
+    (a batch-wide product over the class tokens alone broke that and a resume test)."""
+    batch = torch.randn(8, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for patch_tokens in (True, False):
+            together = clip.encode_image(batch, patch_tokens=patch_tokens).features
+            halves = [clip.encode_image(half, patch_tokens=patch_tokens).features for half in batch.split(4)]
+            assert torch.equal(together, torch.cat(halves)), patch_tokens
