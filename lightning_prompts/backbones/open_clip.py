@@ -388,8 +388,9 @@ class OpenCLIP(VisionLanguageBackbone):
             after_ln_pre: apply the prompts and the hook's block-0 edit *after* ``ln_pre`` instead (MVLPT's
                 visual prompts, VPT on CLIP), so the inserted tokens are not normalised by it.
             patch_tokens: ``False`` when the caller reads ``features`` only: a tower pooled at its class token then
-                runs its last block for the class token alone (:mod:`.class_token_block`; the same features to
-                float rounding, about a twelfth less compute on ViT-B/16) and ``patch_tokens`` is ``None``.
+                runs its last block for the class token alone while gradients are recorded (:mod:`.class_token_block`;
+                the same features to float rounding, about a twelfth less compute on ViT-B/16, forward and
+                backward) and ``patch_tokens`` is ``None``.
         """
         visual = self.model.visual
         slot = None
@@ -408,7 +409,10 @@ class OpenCLIP(VisionLanguageBackbone):
         if hook is not None and not after_ln_pre:  # block 0's input edit comes before ln_pre (see above)
             x = hook.before_block(BlockContext(0, self.vision_layers, 1, "vision"), x)
         x = visual.ln_pre(x)
-        class_token_only = not patch_tokens and reads_class_token_only(visual, hook)
+        # while gradients are recorded (a prompted tower in training, where the backward pass through the last block
+        # is saved too); a forward without them keeps the batched whole block, where one image at a time would launch
+        # more kernels on a GPU than it saves
+        class_token_only = not patch_tokens and torch.is_grad_enabled() and reads_class_token_only(visual, hook)
         x = _run_blocks(
             visual.transformer, x, None, hook, "vision", self.name, not after_ln_pre, self.gradient_checkpointing,
             class_token_only,

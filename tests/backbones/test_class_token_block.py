@@ -67,10 +67,9 @@ def test_hooks_inside_the_block_keep_the_whole_block(clip):
     visual = clip.model.visual
     assert reads_class_token_only(visual, None) and reads_class_token_only(visual, PromptTokens(None, []))
     assert not reads_class_token_only(visual, MLPBranch())
-    with torch.no_grad():
-        encoding = clip.encode_image(images(clip), hooks=MLPBranch(), patch_tokens=False)
-        plain = clip.encode_image(images(clip), patch_tokens=False)
-    assert encoding.patch_tokens is not None  # the whole tower ran, branch included
+    encoding = clip.encode_image(images(clip), hooks=MLPBranch(), patch_tokens=False)  # gradients recorded
+    plain = clip.encode_image(images(clip), patch_tokens=False)
+    assert encoding.patch_tokens is not None and plain.patch_tokens is None  # the whole tower ran, branch included
     assert not torch.allclose(encoding.features, plain.features, atol=1e-3)
 
 
@@ -79,8 +78,15 @@ def test_an_images_features_do_not_depend_on_the_batch_it_came_in(clip):
     of 8 as in two of 4, so a feature cache filled in other batches, or a resumed run, reads what a straight run does
     (a batch-wide product over the class tokens alone broke that and a resume test)."""
     batch = torch.randn(8, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(5))
+    for patch_tokens in (True, False):  # gradients recorded: the class-token path is taken
+        together = clip.encode_image(batch, patch_tokens=patch_tokens)
+        halves = [clip.encode_image(half, patch_tokens=patch_tokens).features for half in batch.split(4)]
+        assert (together.patch_tokens is None) == (not patch_tokens)
+        assert torch.equal(together.features, torch.cat(halves)), patch_tokens
+
+
+def test_without_gradients_the_whole_block_runs(clip):
+    """Frozen features and evaluation keep the batched whole block (one image at a time would launch more kernels
+    on a GPU than the class token saves)."""
     with torch.no_grad():
-        for patch_tokens in (True, False):
-            together = clip.encode_image(batch, patch_tokens=patch_tokens).features
-            halves = [clip.encode_image(half, patch_tokens=patch_tokens).features for half in batch.split(4)]
-            assert torch.equal(together, torch.cat(halves)), patch_tokens
+        assert clip.encode_image(images(clip), patch_tokens=False).patch_tokens is not None
