@@ -6,8 +6,9 @@ through the backward pass). :func:`class_token_through` runs the block for the c
 values of every token (they are what the class token attends to), one query, the output projection and the MLP of
 one row. The class token's output is the full block's to float rounding; on ViT-B/16 the block's cost falls to
 about a sixth (its keys and values). Used by :meth:`~lightning_prompts.backbones.OpenCLIP.encode_image` when the
-caller asks for no patch tokens, gradients are recorded (a prompted tower in training: MaPLe, VPT on CLIP) and
-:func:`reads_class_token_only` holds; frozen features and evaluation keep the batched whole block.
+caller asks for no patch tokens, gradients are recorded (a training step: a prompted tower, MaPLe or VPT on CLIP,
+or CoOp's frozen one) and :func:`reads_class_token_only` holds; evaluation and feature caches (``torch.no_grad``)
+keep the batched whole block.
 """
 
 from __future__ import annotations
