@@ -62,14 +62,16 @@ def class_token_through(block: nn.Module, x: Tensor) -> Tensor:
     Each image runs on its own: a matrix product's rounding can depend on how many rows it has (one class token per
     image, a handful per batch), and an image's features must not depend on the batch it came in — a feature cache
     filled in other batches than training reads, or a resumed run, would differ from a straight one in the last
-    bits. The whole block's products have every token's rows and did not show it."""
-    return torch.cat([_class_token_of_one(block, x[index : index + 1]) for index in range(x.shape[0])])
+    bits. The whole block's products have every token's rows and did not show it. The first norm runs on the whole
+    batch, once: a hook on it (DAPT's Grad-CAM target) sees every image's tokens, as in the whole block."""
+    normed = block.ln_1(x)
+    return torch.cat([_class_token_of_one(block, x[i : i + 1], normed[i : i + 1]) for i in range(x.shape[0])])
 
 
-def _class_token_of_one(block: nn.Module, x: Tensor) -> Tensor:
+def _class_token_of_one(block: nn.Module, x: Tensor, normed: Tensor) -> Tensor:
+    """One image's class-token output, given its tokens ``x`` ``(1, N, W)`` and their first norm ``normed``."""
     attention: nn.MultiheadAttention = block.attn
     width, heads = x.shape[-1], attention.num_heads
-    normed = block.ln_1(x)
     w_q, w_kv = attention.in_proj_weight.split([width, 2 * width])
     b_q, b_kv = attention.in_proj_bias.split([width, 2 * width]) if attention.in_proj_bias is not None else (None, None)
 
