@@ -272,3 +272,37 @@ def widened(module: Any, std: float = 0.5) -> Any:
         for parameter in module.parameters():
             parameter.normal_(0, std)
     return module
+
+
+def prefix_site_attentions(model: Any) -> list[Any]:
+    """An encoder-decoder's attentions in the order its prefixes come: encoder self, decoder self, decoder cross
+    (T5's ``SelfAttention``/``EncDecAttention``, BART's ``self_attn``/``encoder_attn``)."""
+    from lightning_prompts.backbones.encoder_decoder_prefixes import encoder_decoder_layers
+
+    encoder, decoder = encoder_decoder_layers(model)
+    if hasattr(encoder[0], "self_attn"):
+        return [*(layer.self_attn for layer in (*encoder, *decoder)), *(layer.encoder_attn for layer in decoder)]
+    return [
+        *(layer.layer[0].SelfAttention for layer in (*encoder, *decoder)),
+        *(layer.layer[1].EncDecAttention for layer in decoder),
+    ]
+
+
+def recorded_key_values(model: Any, run: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    """``run()``'s output and, for every prefix site's attention (:func:`prefix_site_attentions`), the outputs of its
+    key and value projections ``(B, L, W)`` in that call: the keys and values of every position it read."""
+    recorded: list[list[Any]] = []
+    handles = []
+    for attention in prefix_site_attentions(model):
+        outputs: list[Any] = []
+        recorded.append(outputs)
+        bart = hasattr(attention, "k_proj")
+        for projection in (attention.k_proj, attention.v_proj) if bart else (attention.k, attention.v):
+            handles.append(projection.register_forward_hook(lambda module, args, out, into=outputs: into.append(out)))
+    try:
+        output = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert all(len(outputs) == 2 for outputs in recorded)  # one key and one value projection per attention
+    return [(keys, values) for keys, values in recorded], output

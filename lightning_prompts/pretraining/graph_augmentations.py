@@ -127,12 +127,13 @@ def random_augmentation(
         view = FIXED_AUGMENTATIONS[name](data, ratio, generator)
         view_owner = view.batch if batch is not None else owner.new_zeros(view.x.shape[0])
         mine = picks[view_owner] == index
+        kept = int(mine.sum())
         renumbered = torch.full_like(view_owner, -1)
-        renumbered[mine] = torch.arange(int(mine.sum()), device=owner.device) + count
+        renumbered[mine] = torch.arange(kept, device=owner.device) + count
         edges.append(renumbered[view.edge_index[:, mine[view.edge_index[0]]]])
         xs.append(view.x[mine])
         owners.append(view_owner[mine])
-        count += int(mine.sum())
+        count += kept
     merged_owner = torch.cat(owners)
     order = torch.argsort(merged_owner, stable=True)  # graph by graph, each graph's nodes in its view's order
     position = torch.empty_like(order)

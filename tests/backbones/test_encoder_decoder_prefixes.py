@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from helpers import recorded_key_values
 
 from lightning_prompts.backbones.encoder_decoder_prefixes import (
-    encoder_decoder_layers,
     encoder_decoder_prefixes,
     prefix_site_count,
 )
@@ -41,26 +41,6 @@ def tiny(model_type: str) -> torch.nn.Module:
     return model
 
 
-def attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Every prefix site's attention, in the prefixes' order: encoder self, decoder self, decoder cross."""
-    encoder, decoder = encoder_decoder_layers(model)
-    if hasattr(encoder[0], "self_attn"):
-        return (
-            [layer.self_attn for layer in encoder]
-            + [layer.self_attn for layer in decoder]
-            + [layer.encoder_attn for layer in decoder]
-        )
-    return (
-        [layer.layer[0].SelfAttention for layer in encoder]
-        + [layer.layer[0].SelfAttention for layer in decoder]
-        + [layer.layer[1].EncDecAttention for layer in decoder]
-    )
-
-
-def projections(attention: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    return (attention.k_proj, attention.v_proj) if hasattr(attention, "k_proj") else (attention.k, attention.v)
-
-
 @pytest.mark.parametrize("model_type", ["t5", "mt5", "bart", "mbart", "pegasus", "marian"])
 def test_prefixes_read_off_a_longer_run_give_its_logits(model_type):
     model = tiny(model_type)
@@ -70,23 +50,16 @@ def test_prefixes_read_off_a_longer_run_give_its_logits(model_type):
     mask[1, 6:] = 0  # padding: the masks get the prefix's columns
     lead, placeholders = torch.randint(3, 60, (1, m)).expand(batch, -1), torch.randint(3, 60, (1, m))
     start = torch.zeros(batch, 1, dtype=torch.long)
-    # the longer run, every attention's key and value projections recorded
-    recorded: list[list[torch.Tensor]] = []
-    handles = []
-    for attention in attentions(model):
-        outputs: list[torch.Tensor] = []
-        recorded.append(outputs)
-        for projection in projections(attention):
-            handles.append(projection.register_forward_hook(lambda module, args, out, into=outputs: into.append(out)))
-    with torch.no_grad():
-        longer = model(
-            input_ids=torch.cat([lead, ids], dim=1),
-            attention_mask=torch.cat([torch.ones(batch, m, dtype=torch.long), mask], dim=1),
-            decoder_input_ids=torch.cat([placeholders.expand(batch, -1), start], dim=1),
-        ).logits[:, -1]
-    for handle in handles:
-        handle.remove()
-    assert all(len(outputs) == 2 for outputs in recorded)  # one key and one value projection per attention
+    with torch.no_grad():  # the longer run, every attention's key and value projections recorded
+        recorded, longer = recorded_key_values(
+            model,
+            lambda: model(
+                input_ids=torch.cat([lead, ids], dim=1),
+                attention_mask=torch.cat([torch.ones(batch, m, dtype=torch.long), mask], dim=1),
+                decoder_input_ids=torch.cat([placeholders.expand(batch, -1), start], dim=1),
+            ),
+        )
+    longer = longer.logits[:, -1]
 
     def heads_first(t: torch.Tensor) -> torch.Tensor:  # (B, m, W) → (B, heads, m, head_dim)
         return t[:, :m].reshape(batch, m, heads, width).transpose(1, 2)

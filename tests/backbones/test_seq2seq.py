@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from helpers import recorded_key_values
 from peft import PeftModel
 
 from lightning_prompts.backbones import HFText
@@ -42,20 +43,6 @@ def test_prompt_tuning_on_t5_matches_peft_after_export(tmp_path):
     assert not torch.allclose(ours[0], ours[1], atol=1e-3)
 
 
-def key_value_maps(layer, kind: str):
-    """A layer's key and value projections for its ``"self"`` or ``"cross"`` attention, and what its input goes
-    through first: T5 normalises the self-attention's input (pre-norm), BART feeds it as it is (post-norm); both
-    read the encoder's output as it is for cross-attention."""
-    if hasattr(layer, "self_attn"):  # BART
-        attention = layer.self_attn if kind == "self" else layer.encoder_attn
-        return attention.k_proj, attention.v_proj, lambda hidden: hidden
-    if kind == "self":
-        attention = layer.layer[0].SelfAttention
-        return attention.k, attention.v, layer.layer[0].layer_norm
-    attention = layer.layer[1].EncDecAttention
-    return attention.k, attention.v, lambda hidden: hidden
-
-
 def prefixes_from_a_longer_run(backbone: HFText, tokens: dict, lead: torch.Tensor, placeholders: torch.Tensor):
     """Per-row prefixes that make ``tokens`` run exactly as the plain model runs ``[lead; text]`` into a decoder
     fed ``[placeholders; start]``: each layer's keys and values of the lead (encoder self-attention, and the
@@ -67,22 +54,10 @@ def prefixes_from_a_longer_run(backbone: HFText, tokens: dict, lead: torch.Tenso
     mask = torch.cat([torch.ones(batch, m, dtype=torch.long), tokens["attention_mask"]], dim=1)
     start = torch.full((batch, 1), model.config.decoder_start_token_id)
     decoder_ids = torch.cat([placeholders.expand(batch, -1), start], dim=1)
-    out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids, output_hidden_states=True)
-    encoder, decoder = model.get_encoder(), model.get_decoder()
-    encoder_layers = getattr(encoder, "block", None) or encoder.layers
-    decoder_layers = getattr(decoder, "block", None) or decoder.layers
-
-    def keys_values(layer, kind, states):
-        key, value, first = key_value_maps(layer, kind)
-        return torch.stack([key(first(states)), value(first(states))], dim=2)  # (B, m, 2, W)
-
-    sites = [  # the hidden states of each layer's input
-        keys_values(layer, "self", hidden[:, :m]) for layer, hidden in zip(encoder_layers, out.encoder_hidden_states)
-    ]
-    sites += [
-        keys_values(layer, "self", hidden[:, :m]) for layer, hidden in zip(decoder_layers, out.decoder_hidden_states)
-    ]
-    sites += [keys_values(layer, "cross", out.encoder_last_hidden_state[:, :m]) for layer in decoder_layers]
+    recorded, out = recorded_key_values(
+        model, lambda: model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+    )
+    sites = [torch.stack([keys[:, :m], values[:, :m]], dim=2) for keys, values in recorded]  # (B, m, 2, W) each
     return torch.stack(sites, dim=2), out.logits[:, -1]
 
 
